@@ -1,0 +1,422 @@
+//! The daemon: wires the subsystems together, runs the data plane on a worker pool and
+//! the control plane (control socket, admin, reaper, map expiry) on its own thread.
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex, atomic::Ordering},
+    time::Duration,
+};
+
+use tokio::sync::watch;
+
+use crate::{
+    admin::{self, AdminState},
+    bpf::{self, Attachment, BpfError, ConnMaps, ProxyTarget},
+    cgroup::{self, CgroupError, CgroupTree},
+    config::{Config, Source},
+    control::{ControlError, ControlServer, Handler, JobInfo, Request, Response, Status},
+    jobs::{Caller, JobError, JobRegistry},
+    metrics::{JobEndLabel, Metrics},
+    proxy::{Listeners, ProxyError, Shared},
+    record::{self, RecordError, Recorder, Store},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Bpf(#[from] BpfError),
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error(transparent)]
+    Jobs(#[from] JobError),
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error("admin listener {addr}: {source}")]
+    Admin {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("starting the {what} runtime: {source}")]
+    Runtime {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the agent must run as root (it attaches eBPF programs and manages cgroups)")]
+    NotRoot,
+    #[error("an agent is running on {0}; stop it before cleaning up")]
+    Running(PathBuf),
+}
+
+fn cgroup_tree(config: &Config) -> Result<CgroupTree, AgentError> {
+    let mount = match &config.cgroup.mount {
+        Some(mount) => mount.clone(),
+        None => cgroup::find_cgroup2_mount()?,
+    };
+    Ok(CgroupTree::new(mount, &config.cgroup.parent))
+}
+
+fn runtime_err(what: &'static str) -> impl FnOnce(std::io::Error) -> AgentError {
+    move |source| AgentError::Runtime { what, source }
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(AgentError::NotRoot);
+    }
+    tracing::info!(
+        config = %source,
+        effective = %toml::to_string(&config).unwrap_or_default().replace('\n', " "),
+        "starting tollgate agent {}",
+        env!("CARGO_PKG_VERSION")
+    );
+    let tree = cgroup_tree(&config)?;
+    tree.ensure_parent()?;
+
+    let metrics = Arc::new(Metrics::new());
+    let db_path = config.recording_path();
+    let (recorder, writer) = record::writer::spawn(
+        &db_path,
+        config.recording.queue_capacity,
+        config.recording.batch_size,
+        metrics.record.clone(),
+    )?;
+    let store = Store::open(&db_path)?;
+    let jobs = Arc::new(JobRegistry::new(
+        tree.clone(),
+        recorder.clone(),
+        metrics.jobs.clone(),
+    ));
+    let report = jobs.adopt(&store)?;
+    tracing::info!(
+        adopted = ?report.adopted,
+        lost = ?report.lost,
+        removed = ?report.unknown_removed,
+        "jobs re-adopted"
+    );
+
+    let workers = if config.proxy.workers == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        config.proxy.workers
+    };
+    let data_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name("tollgate-proxy")
+        .enable_all()
+        .build()
+        .map_err(runtime_err("proxy"))?;
+    let listeners = data_rt.block_on(Listeners::bind(
+        config.proxy.port,
+        config.proxy.ipv4,
+        config.proxy.ipv6,
+    ))?;
+    let (maps, attachment) = bpf::install(
+        &config.bpf.pin_dir,
+        tree.parent(),
+        ProxyTarget {
+            port: config.proxy.port,
+            ipv4: config.proxy.ipv4,
+            ipv6: config.proxy.ipv6,
+        },
+    )?;
+    let maps = Arc::new(maps);
+    tracing::info!(
+        listeners = ?listeners.local_addrs(),
+        cgroup_parent = %tree.parent().display(),
+        pin_dir = %config.bpf.pin_dir.display(),
+        ?attachment,
+        "interception active"
+    );
+
+    let shared = Arc::new(Shared::new(
+        maps.clone(),
+        jobs.clone(),
+        Box::new(tollgate_policy::AllowAll),
+        recorder.clone(),
+        metrics.proxy.clone(),
+        config.proxy.connect_timeout,
+        config.proxy.buffer_size,
+        config.recording.strict,
+    ));
+    let admin_state = Arc::new(AdminState {
+        metrics: metrics.clone(),
+        maps: maps.clone(),
+        recorder: recorder.clone(),
+        strict_recording: config.recording.strict,
+        ready: false.into(),
+    });
+    let handler = Arc::new(AgentControl {
+        jobs: jobs.clone(),
+        store: Mutex::new(store),
+        maps: maps.clone(),
+        recorder: recorder.clone(),
+        status: StatusBase {
+            proxy_port: config.proxy.port,
+            attachment: match attachment {
+                Attachment::Fresh => "fresh",
+                Attachment::Adopted => "adopted",
+            },
+            cgroup_parent: tree.parent().display().to_string(),
+            pin_dir: config.bpf.pin_dir.display().to_string(),
+        },
+    });
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let control_thread = spawn_control_plane(
+        &config,
+        handler,
+        admin_state.clone(),
+        jobs.clone(),
+        maps.clone(),
+        metrics.clone(),
+        shutdown_rx.clone(),
+    )?;
+
+    admin_state.ready.store(true, Ordering::Relaxed);
+    let drain = config.proxy.drain_timeout;
+    data_rt.block_on(async move {
+        let serve = tokio::spawn(listeners.serve(shared, shutdown_rx, drain));
+        wait_for_shutdown_signal().await;
+        tracing::info!("shutting down: draining connections (programs stay attached)");
+        let _ = shutdown_tx.send(true);
+        let _ = serve.await;
+    });
+    data_rt.shutdown_timeout(Duration::from_secs(1));
+    if control_thread.join().is_err() {
+        tracing::error!("control plane thread panicked");
+    }
+    drop(jobs);
+    drop(recorder);
+    drop(admin_state);
+    writer.shutdown();
+    tracing::info!("stopped; job connects are refused until the agent is back");
+    Ok(())
+}
+
+async fn wait_for_shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the agent with SIGKILL");
+        std::future::pending::<()>().await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => tracing::info!("SIGHUP: nothing to reload yet (no policy configured)"),
+        }
+    }
+}
+
+fn spawn_control_plane(
+    config: &Config,
+    handler: Arc<AgentControl>,
+    admin_state: Arc<AdminState>,
+    jobs: Arc<JobRegistry>,
+    maps: Arc<ConnMaps>,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<std::thread::JoinHandle<()>, AgentError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(runtime_err("control"))?;
+    let admin_addr = config.admin.listen;
+    let admin = rt
+        .block_on(tokio::net::TcpListener::bind(admin_addr))
+        .map_err(|source| AgentError::Admin {
+            addr: admin_addr,
+            source,
+        })?;
+    if !config.admin_is_loopback() {
+        tracing::warn!(%admin_addr, "admin listener is reachable from other hosts");
+    }
+    let control = rt.block_on(ControlServer::bind(
+        &config.control.socket,
+        config.control.allowed_uids.clone(),
+        config.control.allowed_gids.clone(),
+        metrics.control.clone(),
+    ))?;
+    let socket_path = control.path().to_owned();
+    let stale_after = config.bpf.stale_after;
+    std::thread::Builder::new()
+        .name("tollgate-control".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                tokio::spawn(admin::serve(admin, admin_state));
+                tokio::spawn(control.serve(handler));
+                let mut reap = tokio::time::interval(Duration::from_secs(1));
+                let mut expire = tokio::time::interval(Duration::from_secs(10));
+                loop {
+                    tokio::select! {
+                        _ = reap.tick() => {
+                            let jobs = jobs.clone();
+                            let _ = tokio::task::spawn_blocking(move || jobs.reap()).await;
+                        }
+                        _ = expire.tick() => match maps.expire_stale(stale_after) {
+                            Ok(0) => {}
+                            Ok(n) => {
+                                metrics.bpf.expired.inc_by(n as u64);
+                                tracing::warn!(expired = n, "expired unclaimed connection entries");
+                            }
+                            Err(error) => tracing::warn!(%error, "expiring connection entries"),
+                        },
+                        _ = shutdown.wait_for(|stop| *stop) => break,
+                    }
+                }
+            });
+            let _ = std::fs::remove_file(&socket_path);
+        })
+        .map_err(runtime_err("control"))
+}
+
+struct StatusBase {
+    proxy_port: u16,
+    attachment: &'static str,
+    cgroup_parent: String,
+    pin_dir: String,
+}
+
+/// Answers control requests.
+struct AgentControl {
+    jobs: Arc<JobRegistry>,
+    store: Mutex<Store>,
+    maps: Arc<ConnMaps>,
+    recorder: Recorder,
+    status: StatusBase,
+}
+
+fn error(message: impl std::fmt::Display) -> Response {
+    Response::Error {
+        message: message.to_string(),
+    }
+}
+
+impl AgentControl {
+    fn answer(&self, caller: Caller, request: Request) -> Response {
+        match request {
+            Request::CreateJob { labels, name } => match self.jobs.create(labels, name, caller) {
+                Ok(job) => Response::Job(JobInfo::from(&*job)),
+                Err(e) => error(e),
+            },
+            Request::EnrollPid { job_id, pid } => match self.jobs.enroll(&job_id, pid, caller) {
+                Ok(()) => Response::Done,
+                Err(e) => error(e),
+            },
+            Request::EndJob { job_id, exit } => {
+                match self
+                    .jobs
+                    .end(&job_id, exit, JobEndLabel::Exited, Some(caller))
+                {
+                    Ok(()) => Response::Done,
+                    Err(e) => error(e),
+                }
+            }
+            Request::ListJobs {} => Response::Jobs {
+                jobs: self
+                    .jobs
+                    .list()
+                    .iter()
+                    .map(|j| JobInfo::from(&**j))
+                    .collect(),
+            },
+            Request::ListSessions { job_id, limit } => {
+                let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+                match store.list_connections(job_id.as_deref(), limit) {
+                    Ok(sessions) => Response::Sessions { sessions },
+                    Err(e) => error(e),
+                }
+            }
+            Request::ShowSession { id } => {
+                let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+                match store.connection(&id) {
+                    Ok(session) => Response::Session(Box::new(session)),
+                    Err(e) => error(e),
+                }
+            }
+            Request::Status {} => Response::Status(Status {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                proxy_port: self.status.proxy_port,
+                attachment: self.status.attachment.to_owned(),
+                cgroup_parent: self.status.cgroup_parent.clone(),
+                pin_dir: self.status.pin_dir.clone(),
+                active_jobs: self.jobs.list().len(),
+                maps: self.maps.occupancy().ok(),
+                recording_healthy: self.recorder.is_healthy(),
+            }),
+        }
+    }
+}
+
+impl Handler for AgentControl {
+    async fn handle(self: Arc<Self>, caller: Caller, request: Request) -> Response {
+        // Jobs and the store do blocking IO (cgroupfs, SQLite): keep it off the runtime.
+        match tokio::task::spawn_blocking(move || self.answer(caller, request)).await {
+            Ok(response) => response,
+            Err(e) => error(format!("internal error: {e}")),
+        }
+    }
+}
+
+/// `tollgate agent --cleanup`: kills and removes job cgroups, detaches and unpins the
+/// programs, removes the parent cgroup and the control socket.
+pub fn cleanup(config: &Config) -> Result<Vec<String>, AgentError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(AgentError::NotRoot);
+    }
+    let socket = &config.control.socket;
+    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        return Err(AgentError::Running(socket.clone()));
+    }
+    let mut removed = Vec::new();
+    let tree = cgroup_tree(config)?;
+    let open_jobs = tree.list_jobs()?;
+    if !open_jobs.is_empty() {
+        // Close their records, so the store does not show them as running.
+        let metrics = Metrics::new();
+        let db_path = config.recording_path();
+        if db_path.exists() {
+            let (recorder, writer) =
+                record::writer::spawn(&db_path, 1024, 256, metrics.record.clone())?;
+            for (id, _, _) in &open_jobs {
+                recorder.record(record::RecordEvent::JobEnded {
+                    id: id.clone(),
+                    ended_at: record::now_ms(),
+                    exit: None,
+                    reason: JobEndLabel::Cleanup.as_str().to_owned(),
+                });
+            }
+            drop(recorder);
+            writer.shutdown();
+        }
+    }
+    // Kill the jobs before detaching, so nothing in them connects unintercepted.
+    for (_, path, _) in &open_jobs {
+        cgroup::kill_and_remove(path, Duration::from_secs(10))?;
+        removed.push(path.display().to_string());
+    }
+    for path in bpf::uninstall(&config.bpf.pin_dir)? {
+        removed.push(path.display().to_string());
+    }
+    if tree.parent().exists() {
+        tree.remove_all()?;
+        removed.push(tree.parent().display().to_string());
+    }
+    if std::fs::remove_file(socket).is_ok() {
+        removed.push(socket.display().to_string());
+    }
+    Ok(removed)
+}

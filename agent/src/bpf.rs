@@ -1,0 +1,405 @@
+//! Loads Tollgate's eBPF programs, attaches them once to the parent of all job cgroups,
+//! pins links and maps under the pin directory, re-adopts those pins after a restart, and
+//! removes them on cleanup. Pinned links keep the programs attached while the agent is
+//! down, so job connects are refused rather than bypassed (fail closed).
+mod maps;
+mod syscall;
+
+use std::{
+    fs,
+    io::{self, ErrorKind},
+    net::{Ipv4Addr, Ipv6Addr},
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    EbpfLoader,
+    maps::{Array, Map, MapData},
+    programs::{
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps,
+        links::{FdLink, PinnedLink},
+    },
+};
+use tollgate_common::{
+    ABI_VERSION, MAP_CONN_BY_COOKIE, MAP_CONN_BY_TUPLE, MAP_COUNTERS, MAP_SETTINGS, Settings,
+};
+
+pub use maps::{ConnMaps, MapOccupancy};
+
+/// The eBPF object built by agent/build.rs.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tollgate"));
+
+/// Flags 0: the kernel attaches cgroup bpf_links as multi-programs anyway, and rejects
+/// explicit attach flags on LINK_CREATE.
+const ATTACH_MODE: CgroupAttachMode = CgroupAttachMode::Single;
+
+/// bpffs magic number (statfs f_type).
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// The programs, by function name, and the name of each one's link pin.
+const PROGRAMS: [(&str, &str); 6] = [
+    ("connect4", "link_connect4"),
+    ("connect6", "link_connect6"),
+    ("getpeername4", "link_getpeername4"),
+    ("getpeername6", "link_getpeername6"),
+    ("sock_release", "link_sock_release"),
+    ("tollgate_sockops", "link_sockops"),
+];
+const MAPS: [&str; 4] = [
+    MAP_CONN_BY_COOKIE,
+    MAP_CONN_BY_TUPLE,
+    MAP_SETTINGS,
+    MAP_COUNTERS,
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum BpfError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("mounting bpffs at {path}: {source}")]
+    Mount {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} is not on a bpffs")]
+    NotBpffs { path: PathBuf },
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("eBPF program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("pinning the link of {name}: {source}")]
+    Pin {
+        name: &'static str,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("eBPF link {path}: {source}")]
+    Link {
+        path: PathBuf,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
+    #[error("eBPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("eBPF object has no {0}")]
+    Missing(&'static str),
+    #[error(
+        "the pins in {path} come from an incompatible Tollgate build (ABI {found}, this build \
+         {ABI_VERSION}); run `tollgate agent --cleanup` with the old build first"
+    )]
+    AbiMismatch { path: PathBuf, found: u32 },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BpfError + '_ {
+    move |source| BpfError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Where the proxy listens; written into the programs' settings.
+#[derive(Debug, Clone, Copy)]
+pub struct ProxyTarget {
+    pub port: u16,
+    pub ipv4: Ipv4Addr,
+    pub ipv6: Ipv6Addr,
+}
+
+/// How the programs came to be attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attachment {
+    /// Loaded and attached by this agent.
+    Fresh,
+    /// Left attached by an earlier agent and adopted from the pins.
+    Adopted,
+}
+
+/// Installs the programs on `cgroup_parent` (or adopts them), and returns the maps.
+pub fn install(
+    pin_dir: &Path,
+    cgroup_parent: &Path,
+    target: ProxyTarget,
+) -> Result<(ConnMaps, Attachment), BpfError> {
+    ensure_bpffs(pin_dir)?;
+    fs::create_dir_all(pin_dir).map_err(io_err(pin_dir))?;
+    let link_pins: Vec<PathBuf> = PROGRAMS.iter().map(|(_, pin)| pin_dir.join(pin)).collect();
+    let settings = Settings {
+        abi_version: ABI_VERSION,
+        proxy_port: target.port,
+        _pad: 0,
+        proxy_ip4: u32::from_ne_bytes(target.ipv4.octets()),
+        proxy_ip6: ipv6_words(target.ipv6),
+    };
+
+    if link_pins.iter().all(|pin| pin.exists()) {
+        for pin in &link_pins {
+            // Opening each link proves the pin is a live link, not a stale file.
+            PinnedLink::from_pin(pin).map_err(|source| BpfError::Link {
+                path: pin.clone(),
+                source,
+            })?;
+        }
+        let mut maps = open_pinned_maps(pin_dir)?;
+        let found = maps.settings_abi()?;
+        if found != ABI_VERSION {
+            return Err(BpfError::AbiMismatch {
+                path: pin_dir.to_owned(),
+                found,
+            });
+        }
+        maps.write_settings(settings)?;
+        return Ok((maps, Attachment::Adopted));
+    }
+
+    // A partial set of link pins is left over from an interrupted install: start over.
+    for pin in &link_pins {
+        remove_if_exists(pin)?;
+    }
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(pin_dir)
+        .load(EBPF_OBJECT)?;
+    // Settings first: an attached program without settings refuses every connect.
+    {
+        let map = ebpf
+            .map_mut(MAP_SETTINGS)
+            .ok_or(BpfError::Missing(MAP_SETTINGS))?;
+        let mut array: Array<&mut MapData, Settings> =
+            Array::try_from(map).map_err(|source| BpfError::Map {
+                name: MAP_SETTINGS,
+                source,
+            })?;
+        array.set(0, settings, 0).map_err(|source| BpfError::Map {
+            name: MAP_SETTINGS,
+            source,
+        })?;
+    }
+    let cgroup = fs::File::open(cgroup_parent).map_err(io_err(cgroup_parent))?;
+    for (name, pin) in PROGRAMS {
+        let program = ebpf.program_mut(name).ok_or(BpfError::Missing(name))?;
+        let prog_err = |source| BpfError::Program { name, source };
+        let link: FdLink = match program {
+            aya::programs::Program::CgroupSockAddr(p) => attach_sock_addr(p, &cgroup, name)?,
+            aya::programs::Program::CgroupSock(p) => attach_sock(p, &cgroup, name)?,
+            aya::programs::Program::SockOps(p) => attach_sock_ops(p, &cgroup, name)?,
+            _ => return Err(prog_err(aya::programs::ProgramError::UnexpectedProgramType)),
+        };
+        link.pin(pin_dir.join(pin))
+            .map_err(|source| BpfError::Pin { name, source })?;
+    }
+    let maps = ConnMaps::from_maps(
+        take(&mut ebpf, MAP_CONN_BY_COOKIE)?,
+        take(&mut ebpf, MAP_CONN_BY_TUPLE)?,
+        take(&mut ebpf, MAP_SETTINGS)?,
+        take(&mut ebpf, MAP_COUNTERS)?,
+    );
+    Ok((maps, Attachment::Fresh))
+}
+
+fn attach_sock_addr(
+    program: &mut CgroupSockAddr,
+    cgroup: &fs::File,
+    name: &'static str,
+) -> Result<FdLink, BpfError> {
+    let err = |source| BpfError::Program { name, source };
+    program.load().map_err(err)?;
+    let id = program.attach(cgroup, ATTACH_MODE).map_err(err)?;
+    let link = program.take_link(id).map_err(err)?;
+    FdLink::try_from(link).map_err(|source| BpfError::Link {
+        path: PathBuf::from(name),
+        source,
+    })
+}
+
+fn attach_sock(
+    program: &mut CgroupSock,
+    cgroup: &fs::File,
+    name: &'static str,
+) -> Result<FdLink, BpfError> {
+    let err = |source| BpfError::Program { name, source };
+    program.load().map_err(err)?;
+    let id = program.attach(cgroup, ATTACH_MODE).map_err(err)?;
+    let link = program.take_link(id).map_err(err)?;
+    FdLink::try_from(link).map_err(|source| BpfError::Link {
+        path: PathBuf::from(name),
+        source,
+    })
+}
+
+fn attach_sock_ops(
+    program: &mut SockOps,
+    cgroup: &fs::File,
+    name: &'static str,
+) -> Result<FdLink, BpfError> {
+    let err = |source| BpfError::Program { name, source };
+    program.load().map_err(err)?;
+    let id = program.attach(cgroup, ATTACH_MODE).map_err(err)?;
+    let link = program.take_link(id).map_err(err)?;
+    FdLink::try_from(link).map_err(|source| BpfError::Link {
+        path: PathBuf::from(name),
+        source,
+    })
+}
+
+fn take(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<Map, BpfError> {
+    ebpf.take_map(name).ok_or(BpfError::Missing(name))
+}
+
+fn open_pinned_maps(pin_dir: &Path) -> Result<ConnMaps, BpfError> {
+    let open = |name: &'static str| -> Result<Map, BpfError> {
+        let data = MapData::from_pin(pin_dir.join(name))
+            .map_err(|source| BpfError::Map { name, source })?;
+        Map::from_map_data(data).map_err(|source| BpfError::Map { name, source })
+    };
+    Ok(ConnMaps::from_maps(
+        open(MAP_CONN_BY_COOKIE)?,
+        open(MAP_CONN_BY_TUPLE)?,
+        open(MAP_SETTINGS)?,
+        open(MAP_COUNTERS)?,
+    ))
+}
+
+/// Detaches every program (by removing the link pins) and removes the map pins and the
+/// pin directory. Returns what was removed.
+pub fn uninstall(pin_dir: &Path) -> Result<Vec<PathBuf>, BpfError> {
+    let mut removed = Vec::new();
+    for (_, pin) in PROGRAMS {
+        let path = pin_dir.join(pin);
+        if remove_if_exists(&path)? {
+            removed.push(path);
+        }
+    }
+    for name in MAPS {
+        let path = pin_dir.join(name);
+        if remove_if_exists(&path)? {
+            removed.push(path);
+        }
+    }
+    match fs::remove_dir(pin_dir) {
+        Ok(()) => removed.push(pin_dir.to_owned()),
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(pin_dir)(e)),
+    }
+    Ok(removed)
+}
+
+fn remove_if_exists(path: &Path) -> Result<bool, BpfError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+/// Makes sure the pin directory's parent is on a bpffs, mounting one at /sys/fs/bpf if
+/// nothing is mounted there yet.
+fn ensure_bpffs(pin_dir: &Path) -> Result<(), BpfError> {
+    let parent = pin_dir.parent().unwrap_or(Path::new("/"));
+    if is_bpffs(parent)? {
+        return Ok(());
+    }
+    let default = Path::new("/sys/fs/bpf");
+    if parent == default && same_device_as_parent(default)? {
+        let target = c"/sys/fs/bpf";
+        // SAFETY: valid NUL-terminated strings; mount(2) has no other preconditions.
+        let rc = unsafe {
+            libc::mount(
+                c"bpf".as_ptr(),
+                target.as_ptr(),
+                c"bpf".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            return Err(BpfError::Mount {
+                path: default.to_owned(),
+                source: io::Error::last_os_error(),
+            });
+        }
+        if is_bpffs(parent)? {
+            return Ok(());
+        }
+    }
+    Err(BpfError::NotBpffs {
+        path: parent.to_owned(),
+    })
+}
+
+fn is_bpffs(path: &Path) -> Result<bool, BpfError> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| BpfError::Io {
+        path: path.to_owned(),
+        source: io::Error::new(ErrorKind::InvalidInput, "path contains NUL"),
+    })?;
+    let mut stat = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: c_path is NUL-terminated and stat points to writable memory of the right size.
+    let rc = unsafe { libc::statfs(c_path.as_ptr(), stat.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io_err(path)(io::Error::last_os_error()));
+    }
+    // SAFETY: statfs succeeded and filled the struct.
+    let stat = unsafe { stat.assume_init() };
+    #[expect(
+        clippy::useless_conversion,
+        reason = "f_type is i64 on x86_64 and aarch64 but narrower on other targets"
+    )]
+    let f_type = i64::from(stat.f_type);
+    Ok(f_type == BPF_FS_MAGIC)
+}
+
+/// True if nothing is mounted on `path` yet (same device as its parent).
+fn same_device_as_parent(path: &Path) -> Result<bool, BpfError> {
+    let dev = fs::metadata(path).map_err(io_err(path))?.dev();
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    let parent_dev = fs::metadata(parent).map_err(io_err(parent))?.dev();
+    Ok(dev == parent_dev)
+}
+
+/// IPv6 address as four network-order words, as the kernel's user_ip6 holds it.
+pub fn ipv6_words(ip: Ipv6Addr) -> [u32; 4] {
+    let o = ip.octets();
+    [
+        u32::from_ne_bytes([o[0], o[1], o[2], o[3]]),
+        u32::from_ne_bytes([o[4], o[5], o[6], o[7]]),
+        u32::from_ne_bytes([o[8], o[9], o[10], o[11]]),
+        u32::from_ne_bytes([o[12], o[13], o[14], o[15]]),
+    ]
+}
+
+/// The inverse of [`ipv6_words`].
+pub fn ipv6_from_words(words: [u32; 4]) -> Ipv6Addr {
+    let mut octets = [0u8; 16];
+    for (chunk, word) in octets.chunks_exact_mut(4).zip(words) {
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    Ipv6Addr::from(octets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_words_round_trip() {
+        for ip in ["::1", "::ffff:127.0.0.1", "2001:db8::42"] {
+            let ip: Ipv6Addr = ip.parse().unwrap();
+            assert_eq!(ipv6_from_words(ipv6_words(ip)), ip);
+        }
+        // ::1 has its one bit in the last byte, in network order.
+        assert_eq!(ipv6_words(Ipv6Addr::LOCALHOST)[3], 1_u32.to_be());
+    }
+}

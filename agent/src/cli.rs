@@ -1,0 +1,192 @@
+//! Command-line interface. `anyhow` lives here, at the edge.
+mod output;
+mod run;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use crate::{
+    config::{Config, DEFAULT_CONTROL_SOCKET, LogFormat},
+    control::{Client, Request, Response},
+};
+
+#[derive(Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "Intercept, attribute, decide and record CI jobs' connections"
+)]
+struct Cli {
+    /// The agent's control socket.
+    #[arg(long, global = true, env = "TOLLGATE_CONTROL_SOCKET", default_value = DEFAULT_CONTROL_SOCKET)]
+    control_socket: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent (as root), or remove everything it installed.
+    Agent {
+        /// Config file [default: /etc/tollgate/agent.toml if it exists, else built-in].
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Kill and remove job cgroups, detach and unpin the eBPF programs, then exit.
+        #[arg(long)]
+        cleanup: bool,
+        /// Validate the config, print the effective config and exit.
+        #[arg(long)]
+        check_config: bool,
+    },
+    /// Run a command as a new Tollgate job.
+    Run {
+        /// A label for the job (repeatable), e.g. --label repo=acme/api.
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = crate::jobs::parse_label)]
+        labels: Vec<(String, String)>,
+        /// A human-readable name for the job.
+        #[arg(long)]
+        name: Option<String>,
+        /// The command and its arguments.
+        #[arg(required = true, last = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// List the active jobs.
+    Jobs {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recorded sessions (connections).
+    Sessions {
+        #[command(subcommand)]
+        command: SessionsCommand,
+    },
+    /// Show the agent's status.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionsCommand {
+    /// List recorded sessions, newest first.
+    List {
+        /// Only the sessions of this job.
+        #[arg(long)]
+        job: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one session.
+    Show {
+        /// Session id or a unique prefix of it.
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("tollgate: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let socket = cli.control_socket;
+    match cli.command {
+        Command::Agent {
+            config,
+            cleanup,
+            check_config,
+        } => {
+            let (config, source) = Config::load(config.as_deref())?;
+            if check_config {
+                println!("# effective config (from {source})");
+                print!("{}", toml::to_string(&config)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            init_logging(&config);
+            if cleanup {
+                let removed = crate::agent::cleanup(&config)?;
+                if removed.is_empty() {
+                    println!("nothing to remove");
+                }
+                for path in removed {
+                    println!("removed {path}");
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            crate::agent::run(config, source)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run {
+            labels,
+            name,
+            command,
+        } => run::run(&socket, labels.into_iter().collect(), name, &command),
+        Command::Jobs { json } => {
+            let Response::Jobs { jobs } = call(&socket, &Request::ListJobs {})? else {
+                anyhow::bail!("unexpected reply");
+            };
+            output::jobs(&jobs, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sessions { command } => match command {
+            SessionsCommand::List { job, limit, json } => {
+                let request = Request::ListSessions { job_id: job, limit };
+                let Response::Sessions { sessions } = call(&socket, &request)? else {
+                    anyhow::bail!("unexpected reply");
+                };
+                output::sessions(&sessions, json)?;
+                Ok(ExitCode::SUCCESS)
+            }
+            SessionsCommand::Show { id, json } => {
+                let Response::Session(session) = call(&socket, &Request::ShowSession { id })?
+                else {
+                    anyhow::bail!("unexpected reply");
+                };
+                output::session(&session, json)?;
+                Ok(ExitCode::SUCCESS)
+            }
+        },
+        Command::Status { json } => {
+            let Response::Status(status) = call(&socket, &Request::Status {})? else {
+                anyhow::bail!("unexpected reply");
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                println!("{}", toml::to_string(&status)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn call(socket: &std::path::Path, request: &Request) -> anyhow::Result<Response> {
+    let mut client = Client::connect(socket)?;
+    client.call(request).context("request failed")
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

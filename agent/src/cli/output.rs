@@ -1,0 +1,105 @@
+//! Human and JSON output of the CLI.
+use std::time::{Duration, UNIX_EPOCH};
+
+use crate::{control::JobInfo, record::ConnectionRecord};
+
+pub fn time(ms: i64) -> String {
+    let at = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+fn labels(labels: &std::collections::BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub fn jobs(jobs: &[JobInfo], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(jobs)?);
+        return Ok(());
+    }
+    println!(
+        "{:<36}  {:<16}  {:>8}  {:<24}  LABELS",
+        "JOB", "NAME", "OWNER", "STARTED"
+    );
+    for job in jobs {
+        println!(
+            "{:<36}  {:<16}  {:>8}  {:<24}  {}",
+            job.id,
+            job.name.as_deref().unwrap_or("-"),
+            job.owner_pid,
+            time(job.started_at),
+            labels(&job.labels)
+        );
+    }
+    Ok(())
+}
+
+pub fn sessions(sessions: &[ConnectionRecord], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(sessions)?);
+        return Ok(());
+    }
+    println!(
+        "{:<36}  {:<24}  {:<36}  {:>7}  {:<15}  {:<28}  {:<12}  {:>9}  {:>9}",
+        "SESSION", "STARTED", "JOB", "PID", "COMM", "DESTINATION", "DECISION", "UP", "DOWN"
+    );
+    for s in sessions {
+        println!(
+            "{:<36}  {:<24}  {:<36}  {:>7}  {:<15}  {:<28}  {:<12}  {:>9}  {:>9}",
+            s.id,
+            time(s.started_at),
+            s.job_id.as_deref().unwrap_or("-"),
+            s.pid.map_or("-".to_owned(), |p| p.to_string()),
+            s.comm.as_deref().unwrap_or("-"),
+            s.destination.as_deref().unwrap_or("-"),
+            s.decision,
+            s.bytes_up,
+            s.bytes_down
+        );
+    }
+    Ok(())
+}
+
+pub fn session(s: &ConnectionRecord, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(s)?);
+        return Ok(());
+    }
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
+    println!("session:     {}", s.id);
+    println!("job:         {}", opt(s.job_id.clone()));
+    if let Some(name) = &s.job_name {
+        println!("job name:    {name}");
+    }
+    println!("job labels:  {}", labels(&s.job_labels));
+    println!("attributed:  {}", s.attributed);
+    println!(
+        "process:     pid {} (tid {}) uid {} gid {} comm {} exe {}",
+        opt(s.pid.map(|v| v.to_string())),
+        opt(s.tid.map(|v| v.to_string())),
+        opt(s.uid.map(|v| v.to_string())),
+        opt(s.gid.map(|v| v.to_string())),
+        opt(s.comm.clone()),
+        opt(s.exe.clone())
+    );
+    println!("cgroup id:   {}", opt(s.cgroup_id.map(|v| v.to_string())));
+    println!("source:      {}", s.source);
+    println!("destination: {}", opt(s.destination.clone()));
+    println!("decision:    {} ({})", s.decision, s.reason);
+    if !s.policy_ids.is_empty() {
+        println!("policies:    {}", s.policy_ids.join(", "));
+    }
+    println!("bytes:       {} up, {} down", s.bytes_up, s.bytes_down);
+    println!("started:     {}", time(s.started_at));
+    println!(
+        "connected:   {}",
+        opt(s.connect_us.map(|us| format!("{us} µs after accept")))
+    );
+    println!("ended:       {}", time(s.ended_at));
+    println!("error:       {}", opt(s.error.clone()));
+    Ok(())
+}

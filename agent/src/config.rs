@@ -1,0 +1,510 @@
+//! The agent's one typed configuration: TOML, validated on load, with errors that name
+//! the file, the position and the key.
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+/// Where the agent looks for its config when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/tollgate/agent.toml";
+/// The control socket's default path; the CLI uses it too.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/tollgate/control.sock";
+/// Default proxy port: below 1024, so an unprivileged process cannot take the listener
+/// over while the agent is down.
+pub const DEFAULT_PROXY_PORT: u16 = 977;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read config: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: `{key}`: {message}")]
+    Parse {
+        path: String,
+        line: usize,
+        column: usize,
+        key: String,
+        message: String,
+    },
+    #[error("{path}: `{key}`: {message}")]
+    Invalid {
+        path: String,
+        key: &'static str,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub proxy: ProxyConfig,
+    pub admin: AdminConfig,
+    pub control: ControlConfig,
+    pub cgroup: CgroupConfig,
+    pub bpf: BpfConfig,
+    pub state: StateConfig,
+    pub recording: RecordingConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Port of both loopback listeners (IPv4 and IPv6).
+    pub port: u16,
+    /// IPv4 loopback address of the listener.
+    pub ipv4: Ipv4Addr,
+    /// IPv6 loopback address of the listener.
+    pub ipv6: Ipv6Addr,
+    /// How long to wait for the original destination to accept.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Data-plane worker threads; 0 means one per CPU.
+    pub workers: usize,
+    /// Relay buffer size per direction, in bytes.
+    pub buffer_size: usize,
+    /// How long shutdown waits for live connections to finish.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            port: DEFAULT_PROXY_PORT,
+            ipv4: Ipv4Addr::LOCALHOST,
+            ipv6: Ipv6Addr::LOCALHOST,
+            connect_timeout: Duration::from_secs(10),
+            workers: 0,
+            buffer_size: 16 * 1024,
+            drain_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the HTTP listener serving /metrics, /healthz and /readyz.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 9477)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// Path of the control socket.
+    pub socket: PathBuf,
+    /// Users (besides root) allowed to use the control socket.
+    pub allowed_uids: Vec<u32>,
+    /// Groups whose members (by primary gid of the caller) may use the control socket.
+    pub allowed_gids: Vec<u32>,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
+            allowed_uids: Vec::new(),
+            allowed_gids: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CgroupConfig {
+    /// The root-owned parent of all job cgroups, relative to the cgroup2 mount.
+    pub parent: String,
+    /// The cgroup2 mount; found in /proc/mounts when unset.
+    pub mount: Option<PathBuf>,
+}
+
+impl Default for CgroupConfig {
+    fn default() -> Self {
+        Self {
+            parent: "tollgate".to_owned(),
+            mount: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BpfConfig {
+    /// bpffs directory for the pinned links and maps.
+    pub pin_dir: PathBuf,
+    /// Entries that no accept() claimed within this time are expired.
+    #[serde(with = "humantime_serde")]
+    pub stale_after: Duration,
+}
+
+impl Default for BpfConfig {
+    fn default() -> Self {
+        Self {
+            pin_dir: PathBuf::from("/sys/fs/bpf/tollgate"),
+            stale_after: Duration::from_secs(120),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// Directory for the embedded recording store and other state.
+    pub dir: PathBuf,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("/var/lib/tollgate"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordingConfig {
+    /// SQLite database; `<state.dir>/recordings.db` when unset.
+    pub path: Option<PathBuf>,
+    /// Refuse new connections while recording is failing.
+    pub strict: bool,
+    /// Records waiting for the writer before new ones count as failures.
+    pub queue_capacity: usize,
+    /// Most records written in one transaction.
+    pub batch_size: usize,
+}
+
+impl Default for RecordingConfig {
+    fn default() -> Self {
+        Self {
+            path: None,
+            strict: false,
+            queue_capacity: 65_536,
+            batch_size: 512,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter, e.g. `info` or `info,access=warn`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Where the effective config came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    File(PathBuf),
+    BuiltIn,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::File(path) => write!(f, "{}", path.display()),
+            Source::BuiltIn => f.write_str("built-in defaults"),
+        }
+    }
+}
+
+impl Config {
+    /// Loads `explicit`, or the default path if it exists, or the built-in defaults (with
+    /// state under `./.tollgate` in the working directory).
+    pub fn load(explicit: Option<&Path>) -> Result<(Config, Source), ConfigError> {
+        if let Some(path) = explicit {
+            return Ok((Self::from_file(path)?, Source::File(path.to_owned())));
+        }
+        let default = Path::new(DEFAULT_CONFIG_PATH);
+        if default.exists() {
+            return Ok((Self::from_file(default)?, Source::File(default.to_owned())));
+        }
+        Ok((Self::builtin(), Source::BuiltIn))
+    }
+
+    /// The built-in defaults used when there is no config file at all.
+    pub fn builtin() -> Config {
+        let mut config = Config::default();
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        config.state.dir = cwd.join(".tollgate");
+        config
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Self::parse(&text, &shown)
+    }
+
+    /// Parses and validates `text`; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
+        let deserializer = toml::Deserializer::parse(text).map_err(|error| {
+            parse_error(path, text, String::new(), error.span(), error.message())
+        })?;
+        let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|error| {
+            let key = error.path().to_string();
+            let inner = error.into_inner();
+            parse_error(path, text, key, inner.span(), inner.message())
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, message: &str| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            message: message.to_owned(),
+        };
+        if self.proxy.port == 0 {
+            return Err(invalid("proxy.port", "must be a fixed port (1-65535)"));
+        }
+        if self.proxy.port == self.admin.listen.port() && self.admin.listen.ip().is_loopback() {
+            return Err(invalid("admin.listen", "must not use the proxy's port"));
+        }
+        if !self.proxy.ipv4.is_loopback() {
+            return Err(invalid(
+                "proxy.ipv4",
+                "must be a loopback address (127.0.0.0/8)",
+            ));
+        }
+        if !self.proxy.ipv6.is_loopback() {
+            return Err(invalid(
+                "proxy.ipv6",
+                "must be the IPv6 loopback address (::1)",
+            ));
+        }
+        if self.proxy.connect_timeout.is_zero() {
+            return Err(invalid(
+                "proxy.connect_timeout",
+                "must be greater than zero",
+            ));
+        }
+        if !(4096..=16 * 1024 * 1024).contains(&self.proxy.buffer_size) {
+            return Err(invalid(
+                "proxy.buffer_size",
+                "must be between 4096 and 16777216",
+            ));
+        }
+        if self.proxy.workers > 1024 {
+            return Err(invalid(
+                "proxy.workers",
+                "must be at most 1024 (0 = one per CPU)",
+            ));
+        }
+        if !valid_cgroup_parent(&self.cgroup.parent) {
+            return Err(invalid(
+                "cgroup.parent",
+                "must be a relative path of names made of [A-Za-z0-9._-], without `..`",
+            ));
+        }
+        if let Some(mount) = &self.cgroup.mount
+            && !mount.is_absolute()
+        {
+            return Err(invalid("cgroup.mount", "must be an absolute path"));
+        }
+        if !self.bpf.pin_dir.is_absolute() {
+            return Err(invalid(
+                "bpf.pin_dir",
+                "must be an absolute path on a bpffs",
+            ));
+        }
+        if !self.control.socket.is_absolute() {
+            return Err(invalid("control.socket", "must be an absolute path"));
+        }
+        if self.state.dir.as_os_str().is_empty() {
+            return Err(invalid("state.dir", "must not be empty"));
+        }
+        if self.recording.queue_capacity == 0 {
+            return Err(invalid(
+                "recording.queue_capacity",
+                "must be greater than zero",
+            ));
+        }
+        if self.recording.batch_size == 0 {
+            return Err(invalid("recording.batch_size", "must be greater than zero"));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(invalid("log.level", "is not a valid filter (e.g. `info`)"));
+        }
+        Ok(())
+    }
+
+    /// The recording database path.
+    pub fn recording_path(&self) -> PathBuf {
+        self.recording
+            .path
+            .clone()
+            .unwrap_or_else(|| self.state.dir.join("recordings.db"))
+    }
+
+    /// Whether the admin listener is reachable only from this host.
+    pub fn admin_is_loopback(&self) -> bool {
+        match self.admin.listen.ip() {
+            IpAddr::V4(ip) => ip.is_loopback(),
+            IpAddr::V6(ip) => ip.is_loopback(),
+        }
+    }
+}
+
+fn valid_cgroup_parent(parent: &str) -> bool {
+    !parent.is_empty()
+        && !parent.starts_with('/')
+        && parent.split('/').all(|part| {
+            !part.is_empty()
+                && part != "."
+                && part != ".."
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        })
+}
+
+fn parse_error(
+    path: &str,
+    text: &str,
+    key: String,
+    span: Option<std::ops::Range<usize>>,
+    message: &str,
+) -> ConfigError {
+    let (line, column) = span.map_or((1, 1), |span| line_col(text, span.start));
+    ConfigError::Parse {
+        path: path.to_owned(),
+        line,
+        column,
+        key: if key.is_empty() || key == "." {
+            "(document)".to_owned()
+        } else {
+            key
+        },
+        message: message.trim().to_owned(),
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let config = Config::parse("", "agent.toml").unwrap();
+        assert_eq!(config.proxy.port, DEFAULT_PROXY_PORT);
+        assert_eq!(config.admin.listen.to_string(), "127.0.0.1:9477");
+        assert_eq!(config.control.socket, Path::new(DEFAULT_CONTROL_SOCKET));
+        assert!(!config.recording.strict);
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let config = Config::parse(
+            r#"
+            [proxy]
+            port = 900
+            connect_timeout = "2s"
+            [admin]
+            listen = "127.0.0.1:19477"
+            [cgroup]
+            parent = "tollgate-test/a"
+            [recording]
+            strict = true
+            "#,
+            "agent.toml",
+        )
+        .unwrap();
+        assert_eq!(config.proxy.port, 900);
+        assert_eq!(config.proxy.connect_timeout, Duration::from_secs(2));
+        assert_eq!(config.cgroup.parent, "tollgate-test/a");
+        assert!(config.recording.strict);
+    }
+
+    #[test]
+    fn type_error_names_key_and_position() {
+        let err = Config::parse("[proxy]\nport = \"abc\"\n", "/etc/t.toml").unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("/etc/t.toml:2:8: `proxy.port`:"), "{text}");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::parse("[proxy]\nprot = 1\n", "a.toml").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("a.toml:2:1"), "{text}");
+        assert!(text.contains("prot"), "{text}");
+    }
+
+    #[test]
+    fn unknown_section_is_named() {
+        let err = Config::parse("[proxxy]\n", "a.toml").unwrap_err();
+        assert!(err.to_string().contains("proxxy"), "{err}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_key() {
+        for (text, key) in [
+            ("[proxy]\nport = 0", "proxy.port"),
+            ("[proxy]\nipv4 = \"10.0.0.1\"", "proxy.ipv4"),
+            ("[cgroup]\nparent = \"../x\"", "cgroup.parent"),
+            ("[cgroup]\nparent = \"/abs\"", "cgroup.parent"),
+            ("[bpf]\npin_dir = \"rel\"", "bpf.pin_dir"),
+            ("[recording]\nbatch_size = 0", "recording.batch_size"),
+            ("[log]\nlevel = \"[\"", "log.level"),
+        ] {
+            let err = Config::parse(text, "x.toml").unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}`")), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn malformed_toml_has_position() {
+        let err = Config::parse("[proxy\nport = 1", "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("x.toml:1:"), "{err}");
+    }
+}

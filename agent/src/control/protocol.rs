@@ -1,0 +1,136 @@
+//! Requests and replies of the control socket.
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    bpf::MapOccupancy,
+    jobs::Job,
+    record::{ConnectionRecord, JobExit},
+};
+
+/// Largest request line accepted.
+pub const MAX_LINE: usize = 1024 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Create a job cgroup owned by the caller.
+    CreateJob {
+        labels: BTreeMap<String, String>,
+        name: Option<String>,
+    },
+    /// Place a child process of the caller into the caller's job.
+    EnrollPid {
+        job_id: String,
+        pid: u32,
+    },
+    /// The job's command ended: kill leftovers, remove the cgroup, close the record.
+    EndJob {
+        job_id: String,
+        exit: Option<JobExit>,
+    },
+    ListJobs {},
+    ListSessions {
+        job_id: Option<String>,
+        limit: u32,
+    },
+    ShowSession {
+        id: String,
+    },
+    Status {},
+}
+
+impl Request {
+    /// Bounded label value for metrics.
+    pub const fn op(&self) -> &'static str {
+        match self {
+            Request::CreateJob { .. } => "create_job",
+            Request::EnrollPid { .. } => "enroll_pid",
+            Request::EndJob { .. } => "end_job",
+            Request::ListJobs {} => "list_jobs",
+            Request::ListSessions { .. } => "list_sessions",
+            Request::ShowSession { .. } => "show_session",
+            Request::Status {} => "status",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobInfo {
+    pub id: String,
+    pub name: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub cgroup_id: u64,
+    pub cgroup_path: String,
+    pub owner_pid: u32,
+    pub owner_uid: u32,
+    pub started_at: i64,
+}
+
+impl From<&Job> for JobInfo {
+    fn from(job: &Job) -> Self {
+        Self {
+            id: job.id.clone(),
+            name: job.name.clone(),
+            labels: job.labels.clone(),
+            cgroup_id: job.cgroup_id,
+            cgroup_path: job.cgroup_path.display().to_string(),
+            owner_pid: job.owner_pid,
+            owner_uid: job.owner_uid,
+            started_at: job.started_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub proxy_port: u16,
+    pub attachment: String,
+    pub cgroup_parent: String,
+    pub pin_dir: String,
+    pub active_jobs: usize,
+    pub maps: Option<MapOccupancy>,
+    pub recording_healthy: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Response {
+    Job(JobInfo),
+    Jobs { jobs: Vec<JobInfo> },
+    Sessions { sessions: Vec<ConnectionRecord> },
+    Session(Box<ConnectionRecord>),
+    Status(Status),
+    Done,
+    Error { message: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_as_json() {
+        let request = Request::CreateJob {
+            labels: [("repo".to_owned(), "acme/api".to_owned())].into(),
+            name: None,
+        };
+        let text = serde_json::to_string(&request).unwrap();
+        assert!(text.contains("\"op\":\"create_job\""), "{text}");
+        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), request);
+        let end = Request::EndJob {
+            job_id: "j".to_owned(),
+            exit: Some(JobExit::Signal(9)),
+        };
+        let text = serde_json::to_string(&end).unwrap();
+        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), end);
+    }
+
+    #[test]
+    fn unknown_ops_are_rejected() {
+        assert!(serde_json::from_str::<Request>(r#"{"op":"drop_tables"}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"op":"list_jobs","x":1}"#).is_err());
+    }
+}

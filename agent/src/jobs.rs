@@ -1,0 +1,407 @@
+//! Jobs: each one a labelled cgroup below the parent, owned by the process that asked
+//! for it. The data path looks jobs up by cgroup id without taking a lock.
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    cgroup::{self, CgroupError, CgroupTree},
+    metrics::{JobEndLabel, JobMetrics},
+    proc_info,
+    record::{JobExit, JobRecord, RecordEvent, Recorder, Store, now_ms},
+};
+
+const MAX_LABELS: usize = 64;
+const MAX_KEY_LEN: usize = 63;
+const MAX_VALUE_LEN: usize = 1024;
+const MAX_NAME_LEN: usize = 128;
+/// How long ending a job waits for its processes to die.
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("invalid label `{key}`: {reason}")]
+    InvalidLabel { key: String, reason: &'static str },
+    #[error("invalid job name: {0}")]
+    InvalidName(&'static str),
+    #[error("no active job `{0}`")]
+    NotFound(String),
+    #[error("job `{0}` belongs to another user")]
+    NotOwner(String),
+    #[error("process {pid} is not a child of the caller (pid {caller})")]
+    NotChild { pid: u32, caller: u32 },
+    #[error("process {0} is already in a job")]
+    AlreadyInJob(u32),
+    #[error("process {pid}: {source}")]
+    Process {
+        pid: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+}
+
+/// A running job, as the data path and the CLI see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: String,
+    pub name: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub cgroup_id: u64,
+    pub cgroup_path: PathBuf,
+    pub owner_pid: u32,
+    pub owner_start: u64,
+    pub owner_uid: u32,
+    pub started_at: i64,
+}
+
+impl Job {
+    fn record(&self) -> JobRecord {
+        JobRecord {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            labels: self.labels.clone(),
+            cgroup_id: self.cgroup_id,
+            cgroup_path: self.cgroup_path.display().to_string(),
+            owner_pid: self.owner_pid,
+            owner_start: self.owner_start,
+            owner_uid: self.owner_uid,
+            started_at: self.started_at,
+            ended_at: None,
+            exit: None,
+            end_reason: None,
+        }
+    }
+}
+
+/// The caller of a control request, as the kernel reported it (SO_PEERCRED).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// What re-adoption at startup found.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct AdoptReport {
+    pub adopted: Vec<String>,
+    /// Recorded as running, but their cgroup was gone.
+    pub lost: Vec<String>,
+    /// Cgroups with no record: killed and removed.
+    pub unknown_removed: Vec<String>,
+}
+
+pub struct JobRegistry {
+    by_cgroup: ArcSwap<HashMap<u64, Arc<Job>>>,
+    writer: Mutex<()>,
+    tree: CgroupTree,
+    recorder: Recorder,
+    metrics: Arc<JobMetrics>,
+}
+
+impl JobRegistry {
+    pub fn new(tree: CgroupTree, recorder: Recorder, metrics: Arc<JobMetrics>) -> Self {
+        Self {
+            by_cgroup: ArcSwap::from_pointee(HashMap::new()),
+            writer: Mutex::new(()),
+            tree,
+            recorder,
+            metrics,
+        }
+    }
+
+    /// The job owning a cgroup id: a lock-free lookup, then (for sub-cgroups a job
+    /// created itself) a walk of the job cgroups.
+    pub fn resolve(&self, cgroup_id: u64) -> Option<Arc<Job>> {
+        let jobs = self.by_cgroup.load();
+        if let Some(job) = jobs.get(&cgroup_id) {
+            return Some(job.clone());
+        }
+        let job_id = self.tree.find_job_of(cgroup_id)?;
+        jobs.values().find(|job| job.id == job_id).cloned()
+    }
+
+    pub fn list(&self) -> Vec<Arc<Job>> {
+        let mut jobs: Vec<Arc<Job>> = self.by_cgroup.load().values().cloned().collect();
+        jobs.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.id.cmp(&b.id)));
+        jobs
+    }
+
+    pub fn get(&self, job_id: &str) -> Option<Arc<Job>> {
+        self.by_cgroup
+            .load()
+            .values()
+            .find(|job| job.id == job_id)
+            .cloned()
+    }
+
+    fn update(&self, change: impl FnOnce(&mut HashMap<u64, Arc<Job>>)) {
+        let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut jobs = HashMap::clone(&self.by_cgroup.load());
+        change(&mut jobs);
+        self.metrics.active.set(jobs.len() as i64);
+        self.by_cgroup.store(Arc::new(jobs));
+    }
+
+    /// Creates a job cgroup carrying `labels`, owned by `caller`.
+    pub fn create(
+        &self,
+        labels: BTreeMap<String, String>,
+        name: Option<String>,
+        caller: Caller,
+    ) -> Result<Arc<Job>, JobError> {
+        validate_labels(&labels)?;
+        if let Some(name) = &name {
+            validate_name(name)?;
+        }
+        let owner_start =
+            proc_info::start_time(caller.pid).map_err(|source| JobError::Process {
+                pid: caller.pid,
+                source,
+            })?;
+        let id = uuid::Uuid::now_v7().to_string();
+        let (cgroup_path, cgroup_id) = self.tree.create_job(&id)?;
+        let job = Arc::new(Job {
+            id,
+            name,
+            labels,
+            cgroup_id,
+            cgroup_path,
+            owner_pid: caller.pid,
+            owner_start,
+            owner_uid: caller.uid,
+            started_at: now_ms(),
+        });
+        self.recorder.record(RecordEvent::JobStarted(job.record()));
+        self.metrics.started.inc();
+        let inserted = job.clone();
+        self.update(|jobs| {
+            jobs.insert(inserted.cgroup_id, inserted);
+        });
+        tracing::info!(job = %job.id, labels = ?job.labels, cgroup = %job.cgroup_path.display(), "job created");
+        Ok(job)
+    }
+
+    fn owned(&self, job_id: &str, caller: Caller) -> Result<Arc<Job>, JobError> {
+        let job = self
+            .get(job_id)
+            .ok_or_else(|| JobError::NotFound(job_id.to_owned()))?;
+        if caller.uid != 0 && caller.uid != job.owner_uid {
+            return Err(JobError::NotOwner(job_id.to_owned()));
+        }
+        Ok(job)
+    }
+
+    /// Moves `pid`, a direct child of the caller that is not in a job yet, into the job.
+    pub fn enroll(&self, job_id: &str, pid: u32, caller: Caller) -> Result<(), JobError> {
+        let job = self.owned(job_id, caller)?;
+        let parent =
+            proc_info::parent_pid(pid).map_err(|source| JobError::Process { pid, source })?;
+        if parent != caller.pid {
+            return Err(JobError::NotChild {
+                pid,
+                caller: caller.pid,
+            });
+        }
+        let current = cgroup::cgroup_of_pid(pid)?;
+        let current_abs = self
+            .tree
+            .mount()
+            .join(current.strip_prefix("/").unwrap_or(&current));
+        if current_abs.starts_with(self.tree.parent()) {
+            return Err(JobError::AlreadyInJob(pid));
+        }
+        cgroup::move_pid(&job.cgroup_path, pid)?;
+        tracing::info!(job = %job.id, pid, "process enrolled");
+        Ok(())
+    }
+
+    /// Ends a job: kills what is left in its cgroup, removes the cgroup, closes the record.
+    pub fn end(
+        &self,
+        job_id: &str,
+        exit: Option<JobExit>,
+        reason: JobEndLabel,
+        caller: Option<Caller>,
+    ) -> Result<(), JobError> {
+        let job = match caller {
+            Some(caller) => self.owned(job_id, caller)?,
+            None => self
+                .get(job_id)
+                .ok_or_else(|| JobError::NotFound(job_id.to_owned()))?,
+        };
+        let result = cgroup::kill_and_remove(&job.cgroup_path, KILL_TIMEOUT);
+        self.update(|jobs| {
+            jobs.remove(&job.cgroup_id);
+        });
+        self.recorder.record(RecordEvent::JobEnded {
+            id: job.id.clone(),
+            ended_at: now_ms(),
+            exit,
+            reason: reason.as_str().to_owned(),
+        });
+        self.metrics.ended(reason);
+        tracing::info!(job = %job.id, ?exit, reason = reason.as_str(), "job ended");
+        result.map_err(JobError::from)
+    }
+
+    /// Ends the jobs whose owner process is gone without having reported an exit.
+    pub fn reap(&self) {
+        for job in self.list() {
+            if !proc_info::is_alive(job.owner_pid, job.owner_start) {
+                tracing::warn!(job = %job.id, owner = job.owner_pid, "job owner is gone; ending job");
+                if let Err(error) = self.end(&job.id, None, JobEndLabel::OwnerGone, None) {
+                    tracing::error!(job = %job.id, %error, "ending job");
+                }
+            }
+        }
+    }
+
+    /// At startup: adopt recorded jobs whose cgroups still exist, close the records of
+    /// those whose cgroups are gone, and remove cgroups nobody recorded.
+    pub fn adopt(&self, store: &Store) -> Result<AdoptReport, JobError> {
+        let mut report = AdoptReport::default();
+        let existing = self.tree.list_jobs()?;
+        let records = store.open_jobs().unwrap_or_else(|error| {
+            tracing::error!(%error, "reading open jobs from the recording store");
+            Vec::new()
+        });
+        let mut adopted = Vec::new();
+        for record in records {
+            match existing.iter().find(|(id, _, _)| *id == record.id) {
+                Some((_, path, cgroup_id)) => {
+                    adopted.push(Arc::new(Job {
+                        id: record.id.clone(),
+                        name: record.name,
+                        labels: record.labels,
+                        cgroup_id: *cgroup_id,
+                        cgroup_path: path.clone(),
+                        owner_pid: record.owner_pid,
+                        owner_start: record.owner_start,
+                        owner_uid: record.owner_uid,
+                        started_at: record.started_at,
+                    }));
+                    report.adopted.push(record.id);
+                }
+                None => {
+                    self.recorder.record(RecordEvent::JobEnded {
+                        id: record.id.clone(),
+                        ended_at: now_ms(),
+                        exit: None,
+                        reason: JobEndLabel::Lost.as_str().to_owned(),
+                    });
+                    self.metrics.ended(JobEndLabel::Lost);
+                    report.lost.push(record.id);
+                }
+            }
+        }
+        for (id, path, _) in &existing {
+            if !report.adopted.contains(id) {
+                tracing::warn!(job = %id, "job cgroup has no record; killing and removing it");
+                cgroup::kill_and_remove(path, KILL_TIMEOUT)?;
+                report.unknown_removed.push(id.clone());
+            }
+        }
+        self.update(|jobs| {
+            for job in adopted {
+                jobs.insert(job.cgroup_id, job);
+            }
+        });
+        Ok(report)
+    }
+}
+
+fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), JobError> {
+    if labels.len() > MAX_LABELS {
+        return Err(JobError::InvalidLabel {
+            key: format!("({} labels)", labels.len()),
+            reason: "at most 64 labels",
+        });
+    }
+    for (key, value) in labels {
+        let invalid = |reason| JobError::InvalidLabel {
+            key: key.clone(),
+            reason,
+        };
+        if key.is_empty() || key.len() > MAX_KEY_LEN {
+            return Err(invalid("keys are 1 to 63 characters"));
+        }
+        if !key.starts_with(|c: char| c.is_ascii_alphanumeric())
+            || !key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
+        {
+            return Err(invalid(
+                "keys are [A-Za-z0-9._/-], starting with a letter or digit",
+            ));
+        }
+        if value.len() > MAX_VALUE_LEN {
+            return Err(invalid("values are at most 1024 bytes"));
+        }
+        if value.chars().any(char::is_control) {
+            return Err(invalid("values must not contain control characters"));
+        }
+    }
+    Ok(())
+}
+
+fn validate_name(name: &str) -> Result<(), JobError> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(JobError::InvalidName("names are 1 to 128 bytes"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(JobError::InvalidName(
+            "names must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// Parses `key=value` (as given to `tollgate run --label`).
+pub fn parse_label(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("label `{text}` is not key=value"))?;
+    Ok((key.to_owned(), value.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn label_validation() {
+        assert!(validate_labels(&labels(&[("repo", "acme/api"), ("ci.run-id", "42")])).is_ok());
+        assert!(validate_labels(&labels(&[("", "x")])).is_err());
+        assert!(validate_labels(&labels(&[("-x", "x")])).is_err());
+        assert!(validate_labels(&labels(&[("a b", "x")])).is_err());
+        assert!(validate_labels(&labels(&[("a", "x\ny")])).is_err());
+        assert!(validate_labels(&labels(&[(&"k".repeat(64), "x")])).is_err());
+        assert!(validate_name("deploy").is_ok());
+        assert!(validate_name("").is_err());
+    }
+
+    #[test]
+    fn parses_labels() {
+        assert_eq!(
+            parse_label("repo=acme/api=x").unwrap(),
+            ("repo".to_owned(), "acme/api=x".to_owned())
+        );
+        assert!(parse_label("repo").is_err());
+    }
+}

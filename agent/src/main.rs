@@ -1,0 +1,17 @@
+//! `tollgate`: the agent daemon and its command-line interface.
+mod admin;
+mod agent;
+mod bpf;
+mod cgroup;
+mod cli;
+mod config;
+mod control;
+mod jobs;
+mod metrics;
+mod proc_info;
+mod proxy;
+mod record;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}

@@ -1,0 +1,423 @@
+//! Prometheus metrics, one struct per subsystem, each registered in its `new()`.
+//! Labels take values from fixed sets only; run ids, pids and addresses never become
+//! labels.
+use std::sync::{Arc, Mutex};
+
+use prometheus::{
+    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use tollgate_common::Counter;
+
+use crate::bpf::{ConnMaps, MapOccupancy};
+
+/// Every subsystem's metrics, sharing one registry.
+pub struct Metrics {
+    registry: Registry,
+    pub proxy: Arc<ProxyMetrics>,
+    pub record: Arc<RecordMetrics>,
+    pub jobs: Arc<JobMetrics>,
+    pub control: Arc<ControlMetrics>,
+    pub bpf: Arc<BpfMetrics>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let metric = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry
+        .register(Box::new(metric.clone()))
+        .unwrap_or_else(|e| panic!("registering {name}: {e}"));
+    metric
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry
+        .register(Box::new(metric.clone()))
+        .unwrap_or_else(|e| panic!("registering {name}: {e}"));
+    metric
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let metric = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry
+        .register(Box::new(metric.clone()))
+        .unwrap_or_else(|e| panic!("registering {name}: {e}"));
+    metric
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let metric = IntGaugeVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry
+        .register(Box::new(metric.clone()))
+        .unwrap_or_else(|e| panic!("registering {name}: {e}"));
+    metric
+}
+
+impl Metrics {
+    // Metric names and help texts are constants: a failure to build or register them is
+    // a programming error caught by the unit tests, hence the panics above.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let info = gauge_vec(
+            &registry,
+            "tollgate_build_info",
+            "Build information (always 1).",
+            &["version"],
+        );
+        info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        Self {
+            proxy: Arc::new(ProxyMetrics::new(&registry)),
+            record: Arc::new(RecordMetrics::new(&registry)),
+            jobs: Arc::new(JobMetrics::new(&registry)),
+            control: Arc::new(ControlMetrics::new(&registry)),
+            bpf: Arc::new(BpfMetrics::new(&registry)),
+            registry,
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
+            tracing::error!(%error, "encoding metrics");
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+/// Why a connection ended up decided the way it did (label `decision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecisionLabel {
+    Allow,
+    Deny,
+}
+
+impl DecisionLabel {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DecisionLabel::Allow => "allow",
+            DecisionLabel::Deny => "deny",
+        }
+    }
+}
+
+/// Why the upstream connect failed (label `kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    Refused,
+    Timeout,
+    Unreachable,
+    Other,
+}
+
+impl UpstreamErrorKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            UpstreamErrorKind::Refused => "refused",
+            UpstreamErrorKind::Timeout => "timeout",
+            UpstreamErrorKind::Unreachable => "unreachable",
+            UpstreamErrorKind::Other => "other",
+        }
+    }
+}
+
+pub struct ProxyMetrics {
+    pub intercepted: IntCounter,
+    decisions: IntCounterVec,
+    pub unattributed: IntCounter,
+    pub active: IntGauge,
+    bytes: IntCounterVec,
+    upstream_errors: IntCounterVec,
+    pub upstream_connect_seconds: Histogram,
+}
+
+impl ProxyMetrics {
+    fn new(registry: &Registry) -> Self {
+        let upstream_connect_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "tollgate_proxy_upstream_connect_seconds",
+                "Time from accepting an intercepted connection to being connected upstream.",
+            )
+            .buckets(vec![
+                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
+                0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+        )
+        .unwrap_or_else(|e| panic!("histogram: {e}"));
+        registry
+            .register(Box::new(upstream_connect_seconds.clone()))
+            .unwrap_or_else(|e| panic!("registering histogram: {e}"));
+        Self {
+            intercepted: counter(
+                registry,
+                "tollgate_proxy_intercepted_total",
+                "Connections accepted by the proxy (redirected by the kernel).",
+            ),
+            decisions: counter_vec(
+                registry,
+                "tollgate_proxy_decisions_total",
+                "Attributed connections by decision.",
+                &["decision"],
+            ),
+            unattributed: counter(
+                registry,
+                "tollgate_proxy_unattributed_total",
+                "Connections refused because the kernel had no record of them.",
+            ),
+            active: gauge(
+                registry,
+                "tollgate_proxy_active_connections",
+                "Connections currently open through the proxy.",
+            ),
+            bytes: counter_vec(
+                registry,
+                "tollgate_proxy_bytes_total",
+                "Bytes relayed; up is client to server, down is server to client.",
+                &["direction"],
+            ),
+            upstream_errors: counter_vec(
+                registry,
+                "tollgate_proxy_upstream_connect_errors_total",
+                "Failed connects to the original destination, by kind.",
+                &["kind"],
+            ),
+            upstream_connect_seconds,
+        }
+    }
+
+    pub fn decision(&self, decision: DecisionLabel) {
+        self.decisions.with_label_values(&[decision.as_str()]).inc();
+    }
+
+    pub fn bytes(&self, up: u64, down: u64) {
+        self.bytes.with_label_values(&["up"]).inc_by(up);
+        self.bytes.with_label_values(&["down"]).inc_by(down);
+    }
+
+    pub fn upstream_error(&self, kind: UpstreamErrorKind) {
+        self.upstream_errors
+            .with_label_values(&[kind.as_str()])
+            .inc();
+    }
+}
+
+pub struct RecordMetrics {
+    pub queue_depth: IntGauge,
+    pub written: IntCounter,
+    pub failures: IntCounter,
+    pub dropped: IntCounter,
+}
+
+impl RecordMetrics {
+    fn new(registry: &Registry) -> Self {
+        Self {
+            queue_depth: gauge(
+                registry,
+                "tollgate_recording_queue_depth",
+                "Records waiting for the writer.",
+            ),
+            written: counter(
+                registry,
+                "tollgate_recording_written_total",
+                "Records written to the store.",
+            ),
+            failures: counter(
+                registry,
+                "tollgate_recording_failures_total",
+                "Failed batch writes (each is retried).",
+            ),
+            dropped: counter(
+                registry,
+                "tollgate_recording_dropped_total",
+                "Records lost because the queue was full or the writer gave up.",
+            ),
+        }
+    }
+}
+
+/// Why a job ended (label `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobEndLabel {
+    /// Its command exited and `tollgate run` reported it.
+    Exited,
+    /// The process that owned it went away without reporting.
+    OwnerGone,
+    /// Its cgroup disappeared while the agent was down.
+    Lost,
+    /// Removed by `tollgate agent --cleanup`.
+    Cleanup,
+}
+
+impl JobEndLabel {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            JobEndLabel::Exited => "exited",
+            JobEndLabel::OwnerGone => "owner_gone",
+            JobEndLabel::Lost => "lost",
+            JobEndLabel::Cleanup => "cleanup",
+        }
+    }
+}
+
+pub struct JobMetrics {
+    pub active: IntGauge,
+    pub started: IntCounter,
+    ended: IntCounterVec,
+}
+
+impl JobMetrics {
+    fn new(registry: &Registry) -> Self {
+        Self {
+            active: gauge(registry, "tollgate_jobs_active", "Jobs currently running."),
+            started: counter(registry, "tollgate_jobs_started_total", "Jobs created."),
+            ended: counter_vec(
+                registry,
+                "tollgate_jobs_ended_total",
+                "Jobs ended, by reason.",
+                &["reason"],
+            ),
+        }
+    }
+
+    pub fn ended(&self, reason: JobEndLabel) {
+        self.ended.with_label_values(&[reason.as_str()]).inc();
+    }
+}
+
+pub struct ControlMetrics {
+    requests: IntCounterVec,
+}
+
+impl ControlMetrics {
+    fn new(registry: &Registry) -> Self {
+        Self {
+            requests: counter_vec(
+                registry,
+                "tollgate_control_requests_total",
+                "Control socket requests by operation and result (ok, error, denied).",
+                &["op", "result"],
+            ),
+        }
+    }
+
+    pub fn request(&self, op: &'static str, result: &'static str) {
+        self.requests.with_label_values(&[op, result]).inc();
+    }
+}
+
+pub struct BpfMetrics {
+    entries: IntGaugeVec,
+    capacity: IntGaugeVec,
+    events: IntCounterVec,
+    pub expired: IntCounter,
+    /// Last kernel counter values seen, to turn them into counter increments.
+    last: Mutex<[u64; Counter::COUNT as usize]>,
+}
+
+impl BpfMetrics {
+    fn new(registry: &Registry) -> Self {
+        Self {
+            entries: gauge_vec(
+                registry,
+                "tollgate_bpf_map_entries",
+                "Entries in each connection map.",
+                &["map"],
+            ),
+            capacity: gauge_vec(
+                registry,
+                "tollgate_bpf_map_capacity",
+                "Capacity of each connection map.",
+                &["map"],
+            ),
+            events: counter_vec(
+                registry,
+                "tollgate_bpf_events_total",
+                "Events counted by the eBPF programs.",
+                &["event"],
+            ),
+            expired: counter(
+                registry,
+                "tollgate_bpf_expired_entries_total",
+                "Tuple entries expired because no accept() claimed them.",
+            ),
+            last: Mutex::new([0; Counter::COUNT as usize]),
+        }
+    }
+
+    /// Reads occupancy and counters from the maps (called before each scrape).
+    pub fn refresh(&self, maps: &ConnMaps) {
+        match maps.occupancy() {
+            Ok(MapOccupancy {
+                conn_by_cookie,
+                conn_by_tuple,
+                capacity,
+            }) => {
+                self.entries
+                    .with_label_values(&["conn_by_cookie"])
+                    .set(conn_by_cookie as i64);
+                self.entries
+                    .with_label_values(&["conn_by_tuple"])
+                    .set(conn_by_tuple as i64);
+                for map in ["conn_by_cookie", "conn_by_tuple"] {
+                    self.capacity.with_label_values(&[map]).set(capacity as i64);
+                }
+            }
+            Err(error) => tracing::warn!(%error, "reading map occupancy"),
+        }
+        match maps.counters() {
+            Ok(counters) => {
+                let Ok(mut last) = self.last.lock() else {
+                    return;
+                };
+                for (counter, value) in counters {
+                    let slot = &mut last[counter as usize];
+                    if value > *slot {
+                        self.events
+                            .with_label_values(&[counter.name()])
+                            .inc_by(value - *slot);
+                    } else {
+                        // Touch the series so that it is exported from the start.
+                        self.events.with_label_values(&[counter.name()]);
+                    }
+                    *slot = value;
+                }
+            }
+            Err(error) => tracing::warn!(%error, "reading eBPF counters"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_metrics_register_and_render() {
+        let metrics = Metrics::new();
+        metrics.proxy.decision(DecisionLabel::Allow);
+        metrics.proxy.bytes(3, 4);
+        metrics.proxy.upstream_error(UpstreamErrorKind::Refused);
+        metrics.jobs.ended(JobEndLabel::Exited);
+        metrics.control.request("create_job", "ok");
+        let text = metrics.render();
+        for needle in [
+            "tollgate_proxy_decisions_total{decision=\"allow\"} 1",
+            "tollgate_proxy_bytes_total{direction=\"down\"} 4",
+            "tollgate_proxy_upstream_connect_errors_total{kind=\"refused\"} 1",
+            "tollgate_jobs_ended_total{reason=\"exited\"} 1",
+            "tollgate_recording_queue_depth 0",
+            "tollgate_proxy_upstream_connect_seconds_bucket",
+            "tollgate_build_info",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+    }
+}

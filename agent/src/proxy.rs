@@ -1,0 +1,263 @@
+//! The transparent proxy: loopback listeners that receive the connections the kernel
+//! redirected, attribute each one from the kernel's record, decide it, and relay it to
+//! its original destination.
+mod access;
+mod connection;
+mod relay;
+
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use arc_swap::ArcSwap;
+use tokio::{net::TcpListener, sync::watch};
+use tollgate_common::{AF_INET, AF_INET6, ConnInfo, TupleKey};
+use tollgate_policy::Engine;
+
+use crate::{
+    bpf::{ConnMaps, ipv6_from_words, ipv6_words},
+    jobs::JobRegistry,
+    metrics::ProxyMetrics,
+    record::Recorder,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("binding the proxy listener {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Everything a connection task needs, shared by all of them.
+pub struct Shared {
+    pub maps: Arc<ConnMaps>,
+    pub jobs: Arc<JobRegistry>,
+    pub engine: ArcSwap<Box<dyn Engine>>,
+    pub recorder: Recorder,
+    pub metrics: Arc<ProxyMetrics>,
+    pub connect_timeout: Duration,
+    pub buffer_size: usize,
+    pub strict_recording: bool,
+    live: AtomicUsize,
+}
+
+impl Shared {
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "plain constructor of shared state"
+    )]
+    pub fn new(
+        maps: Arc<ConnMaps>,
+        jobs: Arc<JobRegistry>,
+        engine: Box<dyn Engine>,
+        recorder: Recorder,
+        metrics: Arc<ProxyMetrics>,
+        connect_timeout: Duration,
+        buffer_size: usize,
+        strict_recording: bool,
+    ) -> Self {
+        Self {
+            maps,
+            jobs,
+            engine: ArcSwap::from_pointee(engine),
+            recorder,
+            metrics,
+            connect_timeout,
+            buffer_size,
+            strict_recording,
+            live: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn live_connections(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+}
+
+/// Bound proxy listeners (IPv4 and, when the host has it, IPv6 loopback).
+pub struct Listeners {
+    listeners: Vec<TcpListener>,
+}
+
+impl Listeners {
+    pub async fn bind(port: u16, ipv4: Ipv4Addr, ipv6: Ipv6Addr) -> Result<Self, ProxyError> {
+        let mut listeners = Vec::new();
+        for ip in [IpAddr::V4(ipv4), IpAddr::V6(ipv6)] {
+            let addr = SocketAddr::new(ip, port);
+            match bind(addr) {
+                Ok(listener) => listeners.push(listener),
+                Err(source) if ip.is_ipv6() && source.kind() == io::ErrorKind::AddrNotAvailable => {
+                    tracing::warn!(%addr, "IPv6 loopback unavailable; IPv6 job connects will fail");
+                }
+                Err(source) => return Err(ProxyError::Bind { addr, source }),
+            }
+        }
+        Ok(Self { listeners })
+    }
+
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// Accepts until `shutdown` flips, then waits up to `drain` for live connections.
+    pub async fn serve(
+        self,
+        shared: Arc<Shared>,
+        mut shutdown: watch::Receiver<bool>,
+        drain: Duration,
+    ) {
+        let mut tasks = Vec::new();
+        for listener in self.listeners {
+            let shared = shared.clone();
+            let mut shutdown = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        accepted = listener.accept() => match accepted {
+                            Ok((stream, peer)) => {
+                                let shared = shared.clone();
+                                shared.live.fetch_add(1, Ordering::Relaxed);
+                                tokio::spawn(async move {
+                                    connection::handle(stream, peer, &shared).await;
+                                    shared.live.fetch_sub(1, Ordering::Relaxed);
+                                });
+                            }
+                            Err(error) => {
+                                // EMFILE and friends: back off instead of spinning.
+                                tracing::error!(%error, "proxy accept failed");
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                        },
+                        _ = shutdown.changed() => break,
+                    }
+                }
+            }));
+        }
+        let _ = shutdown.wait_for(|stop| *stop).await;
+        for task in tasks {
+            let _ = task.await;
+        }
+        let deadline = Instant::now() + drain;
+        while shared.live_connections() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if shared.live_connections() > 0 {
+            tracing::warn!(
+                live = shared.live_connections(),
+                "drain timeout: closing the remaining connections"
+            );
+        }
+    }
+}
+
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
+/// The kernel's key for an accepted connection: the client's (family, ip, port).
+pub fn tuple_key(peer: SocketAddr) -> TupleKey {
+    match peer {
+        SocketAddr::V4(v4) => TupleKey {
+            family: u32::from(AF_INET),
+            port: u32::from(v4.port()),
+            ip: [u32::from_ne_bytes(v4.ip().octets()), 0, 0, 0],
+        },
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => TupleKey {
+                family: u32::from(AF_INET),
+                port: u32::from(v6.port()),
+                ip: [u32::from_ne_bytes(v4.octets()), 0, 0, 0],
+            },
+            None => TupleKey {
+                family: u32::from(AF_INET6),
+                port: u32::from(v6.port()),
+                ip: ipv6_words(*v6.ip()),
+            },
+        },
+    }
+}
+
+/// The original destination the kernel recorded, in canonical form.
+pub fn original_destination(info: &ConnInfo) -> SocketAddr {
+    if info.orig_family == AF_INET {
+        SocketAddr::V4(SocketAddrV4::new(
+            Ipv4Addr::from(info.orig_ip[0].to_ne_bytes()),
+            info.orig_port,
+        ))
+    } else {
+        SocketAddr::V6(SocketAddrV6::new(
+            ipv6_from_words(info.orig_ip),
+            info.orig_port,
+            0,
+            0,
+        ))
+    }
+}
+
+/// The `comm` bytes up to the first NUL.
+pub fn comm(info: &ConnInfo) -> String {
+    let end = info
+        .comm
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(info.comm.len());
+    String::from_utf8_lossy(&info.comm[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_match_what_the_kernel_writes() {
+        let key = tuple_key("127.0.0.1:40000".parse().unwrap());
+        assert_eq!(key.family, u32::from(AF_INET));
+        assert_eq!(key.port, 40000);
+        // Network order in memory: 127 is the first byte.
+        assert_eq!(key.ip[0].to_ne_bytes(), [127, 0, 0, 1]);
+        let mapped = tuple_key("[::ffff:127.0.0.1]:40000".parse().unwrap());
+        assert_eq!(mapped, key);
+        let v6 = tuple_key("[::1]:1".parse().unwrap());
+        assert_eq!(v6.family, u32::from(AF_INET6));
+        assert_eq!(v6.ip, [0, 0, 0, 1_u32.to_be()]);
+    }
+
+    #[test]
+    fn destinations_are_canonical() {
+        let mut info = ConnInfo {
+            orig_family: AF_INET,
+            orig_port: 5432,
+            ..Default::default()
+        };
+        info.orig_ip[0] = u32::from_ne_bytes([10, 1, 2, 3]);
+        assert_eq!(original_destination(&info).to_string(), "10.1.2.3:5432");
+        info.orig_family = AF_INET6;
+        info.orig_ip = ipv6_words("2001:db8::1".parse().unwrap());
+        assert_eq!(
+            original_destination(&info).to_string(),
+            "[2001:db8::1]:5432"
+        );
+        info.comm[..4].copy_from_slice(b"psql");
+        assert_eq!(comm(&info), "psql");
+    }
+}

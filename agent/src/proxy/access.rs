@@ -1,0 +1,121 @@
+//! One access-log event and one connection record per connection, emitted by a guard
+//! that fires however the connection task ends (finished, denied early, or cancelled).
+use std::{net::SocketAddr, time::Instant};
+
+use tollgate_common::ConnInfo;
+use tollgate_policy::Decision;
+
+use super::{Shared, comm, original_destination};
+use crate::{
+    jobs::Job,
+    metrics::DecisionLabel,
+    record::{ConnectionRecord, RecordEvent, now_ms},
+};
+
+pub struct AccessLog<'a> {
+    shared: &'a Shared,
+    record: ConnectionRecord,
+    labels: Option<std::collections::BTreeMap<String, String>>,
+}
+
+impl<'a> AccessLog<'a> {
+    pub fn new(shared: &'a Shared, peer: SocketAddr) -> Self {
+        shared.metrics.intercepted.inc();
+        shared.metrics.active.inc();
+        Self {
+            shared,
+            record: ConnectionRecord {
+                id: uuid::Uuid::now_v7().to_string(),
+                source: peer.to_string(),
+                decision: "unattributed".to_owned(),
+                reason: "connection ended before it was attributed".to_owned(),
+                started_at: now_ms(),
+                ended_at: 0,
+                ..Default::default()
+            },
+            labels: None,
+        }
+    }
+
+    /// The kernel had no record of this connection: it is refused.
+    pub fn unattributed(&mut self, reason: String) {
+        self.shared.metrics.unattributed.inc();
+        self.record.decision = "unattributed".to_owned();
+        self.record.reason = reason;
+    }
+
+    pub fn attribute(&mut self, info: &ConnInfo, job: Option<&Job>, exe: Option<String>) {
+        let r = &mut self.record;
+        r.attributed = true;
+        r.pid = Some(info.tgid);
+        r.tid = Some(info.tid);
+        r.uid = Some(info.uid);
+        r.gid = Some(info.gid);
+        r.comm = Some(comm(info));
+        r.exe = exe;
+        r.cgroup_id = Some(info.cgroup_id);
+        r.destination = Some(original_destination(info).to_string());
+        r.job_id = job.map(|job| job.id.clone());
+        self.labels = job.map(|job| job.labels.clone());
+    }
+
+    pub fn decide(&mut self, decision: &Decision) {
+        let label = match decision.effect {
+            tollgate_policy::Effect::Allow => DecisionLabel::Allow,
+            tollgate_policy::Effect::Deny => DecisionLabel::Deny,
+        };
+        self.shared.metrics.decision(label);
+        self.record.decision = decision.effect.as_str().to_owned();
+        self.record.reason = decision.reason.clone();
+        self.record.policy_ids = decision.policy_ids.clone();
+    }
+
+    pub fn connected(&mut self, accepted: Instant) {
+        let elapsed = accepted.elapsed();
+        self.shared
+            .metrics
+            .upstream_connect_seconds
+            .observe(elapsed.as_secs_f64());
+        self.record.connect_us = Some(elapsed.as_micros() as u64);
+    }
+
+    pub fn bytes(&mut self, up: u64, down: u64) {
+        self.record.bytes_up = up;
+        self.record.bytes_down = down;
+    }
+
+    pub fn error(&mut self, error: String) {
+        self.record.error = Some(error);
+    }
+}
+
+impl Drop for AccessLog<'_> {
+    fn drop(&mut self) {
+        let r = &mut self.record;
+        r.ended_at = now_ms();
+        self.shared.metrics.active.dec();
+        self.shared.metrics.bytes(r.bytes_up, r.bytes_down);
+        tracing::info!(
+            target: "access",
+            id = %r.id,
+            job = r.job_id.as_deref().unwrap_or("-"),
+            labels = ?self.labels.as_ref(),
+            pid = r.pid,
+            uid = r.uid,
+            comm = r.comm.as_deref().unwrap_or("-"),
+            src = %r.source,
+            dst = r.destination.as_deref().unwrap_or("-"),
+            decision = %r.decision,
+            reason = %r.reason,
+            bytes_up = r.bytes_up,
+            bytes_down = r.bytes_down,
+            duration_ms = r.ended_at - r.started_at,
+            error = r.error.as_deref().unwrap_or("-"),
+            "connection"
+        );
+        let record = std::mem::take(r);
+        self.shared
+            .recorder
+            .record(RecordEvent::Connection(Box::new(record)));
+    }
+}

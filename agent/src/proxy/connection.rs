@@ -1,0 +1,122 @@
+//! One intercepted connection: attribute, decide, connect upstream, relay.
+use std::{
+    io,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use tokio::net::TcpStream;
+use tollgate_policy::{ConnectRequest, Decision, Effect, Principal, Process};
+
+use super::{Shared, access::AccessLog, comm, original_destination, relay, tuple_key};
+use crate::{metrics::UpstreamErrorKind, proc_info};
+
+pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
+    let accepted = Instant::now();
+    let mut log = AccessLog::new(shared, peer);
+
+    let info = match shared.maps.take(&tuple_key(peer)) {
+        Ok(Some(info)) => info,
+        Ok(None) => {
+            log.unattributed("no kernel record for this connection: refused".to_owned());
+            reset(client);
+            return;
+        }
+        Err(error) => {
+            log.unattributed(format!("kernel record lookup failed: {error}: refused"));
+            reset(client);
+            return;
+        }
+    };
+    let job = shared.jobs.resolve(info.cgroup_id);
+    let exe = proc_info::exe(info.tgid).map(|p| p.display().to_string());
+    log.attribute(&info, job.as_deref(), exe.clone());
+    let destination = original_destination(&info);
+
+    let decision = match &job {
+        None => Decision::deny(format!(
+            "cgroup {} is not an active Tollgate job: refused",
+            info.cgroup_id
+        )),
+        Some(_) if shared.strict_recording && !shared.recorder.is_healthy() => {
+            Decision::deny("recording is failing and recording.strict is set: refused")
+        }
+        Some(job) => {
+            let principal = Principal {
+                job_id: job.id.clone(),
+                labels: job.labels.clone(),
+            };
+            let process = Process {
+                pid: info.tgid,
+                uid: info.uid,
+                gid: info.gid,
+                comm: comm(&info),
+                exe,
+            };
+            shared.engine.load().decide_connect(&ConnectRequest {
+                principal: &principal,
+                process: &process,
+                destination,
+            })
+        }
+    };
+    log.decide(&decision);
+    if decision.effect == Effect::Deny {
+        reset(client);
+        return;
+    }
+
+    let upstream = match connect(destination, shared.connect_timeout).await {
+        Ok(upstream) => upstream,
+        Err((kind, error)) => {
+            shared.metrics.upstream_error(kind);
+            log.error(format!("upstream connect to {destination}: {error}"));
+            // Mirror the failure promptly: the client sees a reset, as it would have
+            // seen a refusal from the destination itself.
+            reset(client);
+            return;
+        }
+    };
+    log.connected(accepted);
+    let _ = upstream.set_nodelay(true);
+    let _ = client.set_nodelay(true);
+
+    let outcome = relay::relay(client, upstream, shared.buffer_size).await;
+    log.bytes(outcome.up, outcome.down);
+    if let Some(error) = outcome.error {
+        log.error(error);
+    }
+}
+
+async fn connect(
+    destination: SocketAddr,
+    timeout: Duration,
+) -> Result<TcpStream, (UpstreamErrorKind, io::Error)> {
+    match tokio::time::timeout(timeout, TcpStream::connect(destination)).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(error)) => {
+            let kind = match error.kind() {
+                io::ErrorKind::ConnectionRefused => UpstreamErrorKind::Refused,
+                io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => {
+                    UpstreamErrorKind::Unreachable
+                }
+                io::ErrorKind::TimedOut => UpstreamErrorKind::Timeout,
+                _ => UpstreamErrorKind::Other,
+            };
+            Err((kind, error))
+        }
+        Err(_) => Err((
+            UpstreamErrorKind::Timeout,
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer within {timeout:?}"),
+            ),
+        )),
+    }
+}
+
+/// Closes the client's connection with a reset (SO_LINGER 0), not an orderly FIN.
+pub fn reset(stream: TcpStream) {
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    drop(stream);
+}

@@ -1,0 +1,161 @@
+//! The recording store: every job and every connection, written to an embedded SQLite
+//! database (WAL) by a batched writer thread, off the data path.
+mod query;
+mod schema;
+pub mod writer;
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc::{SyncSender, TrySendError},
+    },
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::RecordMetrics;
+
+pub use query::Store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("recording store {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("recording store {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("recording store query: {0}")]
+    Query(#[from] rusqlite::Error),
+    #[error("no session matches `{0}`")]
+    NoSuchSession(String),
+    #[error("`{0}` matches more than one session; give more characters")]
+    AmbiguousSession(String),
+    #[error("starting the recording writer: {0}")]
+    Spawn(#[source] std::io::Error),
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// How a job's command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobExit {
+    Code(i32),
+    Signal(i32),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: String,
+    pub name: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub cgroup_id: u64,
+    pub cgroup_path: String,
+    pub owner_pid: u32,
+    pub owner_start: u64,
+    pub owner_uid: u32,
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
+    pub exit: Option<JobExit>,
+    pub end_reason: Option<String>,
+}
+
+/// One connection, written once when it ends.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionRecord {
+    pub id: String,
+    pub job_id: Option<String>,
+    /// The job's name and labels (joined from the job's record when read back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_name: Option<String>,
+    #[serde(default)]
+    pub job_labels: BTreeMap<String, String>,
+    /// False when the kernel had no entry for the connection (it was refused).
+    pub attributed: bool,
+    pub pid: Option<u32>,
+    pub tid: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub comm: Option<String>,
+    pub exe: Option<String>,
+    pub cgroup_id: Option<u64>,
+    /// The client's address as the proxy saw it.
+    pub source: String,
+    /// The original destination, canonical (IPv4-mapped addresses as IPv4).
+    pub destination: Option<String>,
+    /// allow, deny, or unattributed.
+    pub decision: String,
+    pub reason: String,
+    pub policy_ids: Vec<String>,
+    /// Client to server.
+    pub bytes_up: u64,
+    /// Server to client.
+    pub bytes_down: u64,
+    pub started_at: i64,
+    /// Accept to upstream connected, in microseconds.
+    pub connect_us: Option<u64>,
+    pub ended_at: i64,
+    pub error: Option<String>,
+}
+
+#[derive(Debug)]
+pub enum RecordEvent {
+    JobStarted(JobRecord),
+    JobEnded {
+        id: String,
+        ended_at: i64,
+        exit: Option<JobExit>,
+        reason: String,
+    },
+    Connection(Box<ConnectionRecord>),
+}
+
+/// The data path's handle on the writer: a bounded queue and a health flag.
+#[derive(Clone)]
+pub struct Recorder {
+    tx: SyncSender<RecordEvent>,
+    healthy: Arc<AtomicBool>,
+    metrics: Arc<RecordMetrics>,
+}
+
+impl Recorder {
+    /// Queues an event for the writer. A full queue counts as a recording failure: the
+    /// event is dropped, logged and counted, never blocking the data path.
+    pub fn record(&self, event: RecordEvent) {
+        match self.tx.try_send(event) {
+            Ok(()) => self.metrics.queue_depth.inc(),
+            Err(TrySendError::Full(event)) => {
+                self.metrics.dropped.inc();
+                self.healthy.store(false, Ordering::Relaxed);
+                tracing::error!(?event, "recording queue is full; record dropped");
+            }
+            Err(TrySendError::Disconnected(event)) => {
+                self.metrics.dropped.inc();
+                self.healthy.store(false, Ordering::Relaxed);
+                tracing::error!(?event, "recording writer is gone; record dropped");
+            }
+        }
+    }
+
+    /// False while writes are failing or records are being dropped.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,272 @@
+//! Read access to the recording store, for the control socket and the agent's restart.
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags, Row, params};
+
+use super::{ConnectionRecord, JobExit, JobRecord, RecordError};
+
+/// A read-only connection to the recording store.
+pub struct Store {
+    conn: Connection,
+}
+
+const CONNECTION_COLUMNS: &str = "c.id, c.job_id, c.attributed, c.pid, c.tid, c.uid, c.gid, \
+    c.comm, c.exe, c.cgroup_id, c.source, c.destination, c.decision, c.reason, c.policy_ids, \
+    c.bytes_up, c.bytes_down, c.started_at, c.connect_us, c.ended_at, c.error, j.name, j.labels";
+const CONNECTION_FROM: &str = "connections c LEFT JOIN jobs j ON j.id = c.job_id";
+const JOB_COLUMNS: &str = "id, name, labels, cgroup_id, cgroup_path, owner_pid, owner_start, \
+    owner_uid, started_at, ended_at, exit_code, exit_signal, end_reason";
+
+impl Store {
+    /// Opens the database read-only (the writer must have created it).
+    pub fn open(path: &Path) -> Result<Self, RecordError> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| RecordError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(Self { conn })
+    }
+
+    /// The newest connections first, optionally of one job.
+    pub fn list_connections(
+        &self,
+        job: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ConnectionRecord>, RecordError> {
+        let mut rows = Vec::new();
+        if let Some(job) = job {
+            let mut stmt = self.conn.prepare_cached(&format!(
+                "SELECT {CONNECTION_COLUMNS} FROM {CONNECTION_FROM} WHERE c.job_id = ?1 \
+                 ORDER BY c.started_at DESC, c.id DESC LIMIT ?2"
+            ))?;
+            for row in stmt.query_map(params![job, limit], connection_from_row)? {
+                rows.push(row?);
+            }
+        } else {
+            let mut stmt = self.conn.prepare_cached(&format!(
+                "SELECT {CONNECTION_COLUMNS} FROM {CONNECTION_FROM} \
+                 ORDER BY c.started_at DESC, c.id DESC LIMIT ?1"
+            ))?;
+            for row in stmt.query_map(params![limit], connection_from_row)? {
+                rows.push(row?);
+            }
+        }
+        Ok(rows)
+    }
+
+    /// One connection by id or unique id prefix.
+    pub fn connection(&self, id: &str) -> Result<ConnectionRecord, RecordError> {
+        let pattern = format!("{}%", id.replace(['%', '_'], ""));
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {CONNECTION_COLUMNS} FROM {CONNECTION_FROM} WHERE c.id LIKE ?1 LIMIT 2"
+        ))?;
+        let mut found: Vec<ConnectionRecord> = stmt
+            .query_map(params![pattern], connection_from_row)?
+            .collect::<Result<_, _>>()?;
+        match found.len() {
+            0 => Err(RecordError::NoSuchSession(id.to_owned())),
+            1 => Ok(found.remove(0)),
+            _ => Err(RecordError::AmbiguousSession(id.to_owned())),
+        }
+    }
+
+    #[cfg(test)]
+    pub fn job(&self, id: &str) -> Result<Option<JobRecord>, RecordError> {
+        use rusqlite::OptionalExtension as _;
+        Ok(self
+            .conn
+            .query_row(
+                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
+                params![id],
+                job_from_row,
+            )
+            .optional()?)
+    }
+
+    /// Jobs with no end recorded: candidates for re-adoption after a restart.
+    pub fn open_jobs(&self) -> Result<Vec<JobRecord>, RecordError> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE ended_at IS NULL ORDER BY started_at"
+        ))?;
+        let jobs = stmt
+            .query_map([], job_from_row)?
+            .collect::<Result<_, _>>()?;
+        Ok(jobs)
+    }
+
+    /// Connections recorded per decision.
+    #[cfg(test)]
+    pub fn count_by_decision(&self) -> Result<Vec<(String, u64)>, RecordError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT decision, COUNT(*) FROM connections GROUP BY decision")?;
+        let counts = stmt
+            .query_map([], |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as u64)))?
+            .collect::<Result<_, _>>()?;
+        Ok(counts)
+    }
+}
+
+fn connection_from_row(row: &Row<'_>) -> rusqlite::Result<ConnectionRecord> {
+    let policy_ids: String = row.get(14)?;
+    let labels: Option<String> = row.get(22)?;
+    Ok(ConnectionRecord {
+        job_name: row.get(21)?,
+        job_labels: labels
+            .and_then(|labels| serde_json::from_str(&labels).ok())
+            .unwrap_or_default(),
+        id: row.get(0)?,
+        job_id: row.get(1)?,
+        attributed: row.get(2)?,
+        pid: row.get(3)?,
+        tid: row.get(4)?,
+        uid: row.get(5)?,
+        gid: row.get(6)?,
+        comm: row.get(7)?,
+        exe: row.get(8)?,
+        cgroup_id: row.get::<_, Option<i64>>(9)?.map(|id| id as u64),
+        source: row.get(10)?,
+        destination: row.get(11)?,
+        decision: row.get(12)?,
+        reason: row.get(13)?,
+        policy_ids: serde_json::from_str(&policy_ids).unwrap_or_default(),
+        bytes_up: row.get::<_, i64>(15)? as u64,
+        bytes_down: row.get::<_, i64>(16)? as u64,
+        started_at: row.get(17)?,
+        connect_us: row.get::<_, Option<i64>>(18)?.map(|us| us as u64),
+        ended_at: row.get(19)?,
+        error: row.get(20)?,
+    })
+}
+
+fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
+    let labels: String = row.get(2)?;
+    let exit = match (
+        row.get::<_, Option<i32>>(10)?,
+        row.get::<_, Option<i32>>(11)?,
+    ) {
+        (Some(code), _) => Some(JobExit::Code(code)),
+        (None, Some(signal)) => Some(JobExit::Signal(signal)),
+        (None, None) => None,
+    };
+    Ok(JobRecord {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        labels: serde_json::from_str(&labels).unwrap_or_default(),
+        cgroup_id: row.get::<_, i64>(3)? as u64,
+        cgroup_path: row.get(4)?,
+        owner_pid: row.get(5)?,
+        owner_start: row.get::<_, i64>(6)? as u64,
+        owner_uid: row.get(7)?,
+        started_at: row.get(8)?,
+        ended_at: row.get(9)?,
+        exit,
+        end_reason: row.get(12)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{
+        metrics::Metrics,
+        record::{RecordEvent, writer},
+    };
+
+    fn job(id: &str) -> JobRecord {
+        JobRecord {
+            id: id.to_owned(),
+            name: Some("build".to_owned()),
+            labels: [("repo".to_owned(), "acme/api".to_owned())].into(),
+            cgroup_id: 42,
+            cgroup_path: "/sys/fs/cgroup/tollgate/job-1".to_owned(),
+            owner_pid: 10,
+            owner_start: 99,
+            owner_uid: 0,
+            started_at: 1000,
+            ended_at: None,
+            exit: None,
+            end_reason: None,
+        }
+    }
+
+    #[test]
+    fn writer_and_store_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/rec.db");
+        let metrics = Arc::new(Metrics::new());
+        let (recorder, handle) = writer::spawn(&path, 16, 4, metrics.record.clone()).unwrap();
+        recorder.record(RecordEvent::JobStarted(job("j1")));
+        recorder.record(RecordEvent::JobStarted(job("j2")));
+        for i in 0..10 {
+            recorder.record(RecordEvent::Connection(Box::new(ConnectionRecord {
+                id: format!("c{i:02}"),
+                job_id: Some("j1".to_owned()),
+                attributed: true,
+                pid: Some(7),
+                source: "127.0.0.1:5000".to_owned(),
+                destination: Some("127.0.0.1:5432".to_owned()),
+                decision: "allow".to_owned(),
+                reason: "default".to_owned(),
+                policy_ids: vec!["p1".to_owned()],
+                bytes_up: 10,
+                bytes_down: 20,
+                started_at: 2000 + i,
+                ended_at: 3000 + i,
+                ..Default::default()
+            })));
+        }
+        recorder.record(RecordEvent::JobEnded {
+            id: "j1".to_owned(),
+            ended_at: 5000,
+            exit: Some(JobExit::Signal(9)),
+            reason: "exited".to_owned(),
+        });
+        drop(recorder);
+        handle.shutdown();
+        assert_eq!(metrics.record.written.get(), 13);
+        assert_eq!(metrics.record.queue_depth.get(), 0);
+
+        let store = Store::open(&path).unwrap();
+        let list = store.list_connections(Some("j1"), 5).unwrap();
+        assert_eq!(list.len(), 5);
+        assert_eq!(list[0].id, "c09", "newest first");
+        assert_eq!(list[0].policy_ids, vec!["p1".to_owned()]);
+        assert_eq!(
+            list[0].job_labels["repo"], "acme/api",
+            "labels joined from the job"
+        );
+        assert_eq!(list[0].job_name.as_deref(), Some("build"));
+        assert!(store.list_connections(Some("j2"), 5).unwrap().is_empty());
+        assert_eq!(store.connection("c03").unwrap().started_at, 2003);
+        assert!(matches!(
+            store.connection("c0"),
+            Err(RecordError::AmbiguousSession(_))
+        ));
+        assert!(matches!(
+            store.connection("zz"),
+            Err(RecordError::NoSuchSession(_))
+        ));
+        let j1 = store.job("j1").unwrap().unwrap();
+        assert_eq!(j1.exit, Some(JobExit::Signal(9)));
+        assert_eq!(j1.labels["repo"], "acme/api");
+        let open: Vec<String> = store
+            .open_jobs()
+            .unwrap()
+            .into_iter()
+            .map(|j| j.id)
+            .collect();
+        assert_eq!(open, vec!["j2".to_owned()]);
+        assert_eq!(
+            store.count_by_decision().unwrap(),
+            vec![("allow".to_owned(), 10)]
+        );
+    }
+}

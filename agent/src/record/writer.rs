@@ -1,0 +1,235 @@
+//! The batched writer thread.
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc::{Receiver, RecvTimeoutError, sync_channel},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use rusqlite::{Connection, params};
+
+use super::{ConnectionRecord, JobExit, JobRecord, RecordError, RecordEvent, Recorder, schema};
+use crate::metrics::RecordMetrics;
+
+/// How long a failed batch waits before it is written again.
+const RETRY_AFTER: Duration = Duration::from_millis(500);
+
+/// Owns the writer thread; `shutdown` flushes what is queued and stops it.
+pub struct WriterHandle {
+    thread: Option<JoinHandle<()>>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl WriterHandle {
+    /// Call after every [`Recorder`] clone is dropped: the writer drains the queue and
+    /// exits. Failing batches are retried a few times more, then reported as lost.
+    pub fn shutdown(mut self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("recording writer panicked");
+        }
+    }
+}
+
+/// Opens (creating if needed) the database at `path` and starts the writer.
+pub fn spawn(
+    path: &Path,
+    capacity: usize,
+    batch_size: usize,
+    metrics: Arc<RecordMetrics>,
+) -> Result<(Recorder, WriterHandle), RecordError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| RecordError::Dir {
+            path: dir.to_owned(),
+            source,
+        })?;
+    }
+    let open_err = |source| RecordError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let conn = Connection::open(path).map_err(open_err)?;
+    schema::apply(&conn).map_err(open_err)?;
+    let (tx, rx) = sync_channel(capacity);
+    let healthy = Arc::new(AtomicBool::new(true));
+    let stopping = Arc::new(AtomicBool::new(false));
+    let writer = Writer {
+        conn,
+        path: path.to_owned(),
+        rx,
+        batch_size,
+        healthy: healthy.clone(),
+        stopping: stopping.clone(),
+        metrics: metrics.clone(),
+    };
+    let thread = std::thread::Builder::new()
+        .name("tollgate-recorder".into())
+        .spawn(move || writer.run())
+        .map_err(RecordError::Spawn)?;
+    Ok((
+        Recorder {
+            tx,
+            healthy,
+            metrics,
+        },
+        WriterHandle {
+            thread: Some(thread),
+            stopping,
+        },
+    ))
+}
+
+struct Writer {
+    conn: Connection,
+    path: PathBuf,
+    rx: Receiver<RecordEvent>,
+    batch_size: usize,
+    healthy: Arc<AtomicBool>,
+    stopping: Arc<AtomicBool>,
+    metrics: Arc<RecordMetrics>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        let mut batch = Vec::with_capacity(self.batch_size);
+        loop {
+            match self.rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(event) => batch.push(event),
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            while batch.len() < self.batch_size {
+                match self.rx.try_recv() {
+                    Ok(event) => batch.push(event),
+                    Err(_) => break,
+                }
+            }
+            self.metrics.queue_depth.sub(batch.len() as i64);
+            self.write_with_retry(&batch);
+            batch.clear();
+        }
+    }
+
+    fn write_with_retry(&mut self, batch: &[RecordEvent]) {
+        let mut attempts_while_stopping = 0;
+        loop {
+            match write_batch(&mut self.conn, batch) {
+                Ok(()) => {
+                    self.metrics.written.inc_by(batch.len() as u64);
+                    self.healthy.store(true, Ordering::Relaxed);
+                    return;
+                }
+                Err(error) => {
+                    self.metrics.failures.inc();
+                    self.healthy.store(false, Ordering::Relaxed);
+                    tracing::error!(
+                        path = %self.path.display(),
+                        %error,
+                        records = batch.len(),
+                        "recording write failed; will retry"
+                    );
+                    if self.stopping.load(Ordering::Relaxed) {
+                        attempts_while_stopping += 1;
+                        if attempts_while_stopping >= 3 {
+                            self.metrics.dropped.inc_by(batch.len() as u64);
+                            tracing::error!(
+                                records = batch.len(),
+                                "recording writer stopping; records lost"
+                            );
+                            return;
+                        }
+                    }
+                    std::thread::sleep(RETRY_AFTER);
+                }
+            }
+        }
+    }
+}
+
+fn write_batch(conn: &mut Connection, batch: &[RecordEvent]) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    for event in batch {
+        match event {
+            RecordEvent::JobStarted(job) => insert_job(&tx, job)?,
+            RecordEvent::JobEnded {
+                id,
+                ended_at,
+                exit,
+                reason,
+            } => {
+                let (code, signal) = match exit {
+                    Some(JobExit::Code(code)) => (Some(*code), None),
+                    Some(JobExit::Signal(signal)) => (None, Some(*signal)),
+                    None => (None, None),
+                };
+                tx.execute(
+                    "UPDATE jobs SET ended_at = ?2, exit_code = ?3, exit_signal = ?4, \
+                     end_reason = ?5 WHERE id = ?1 AND ended_at IS NULL",
+                    params![id, ended_at, code, signal, reason],
+                )?;
+            }
+            RecordEvent::Connection(conn) => insert_connection(&tx, conn)?,
+        }
+    }
+    tx.commit()
+}
+
+fn insert_job(tx: &rusqlite::Transaction<'_>, job: &JobRecord) -> rusqlite::Result<()> {
+    let labels = serde_json::to_string(&job.labels).unwrap_or_else(|_| "{}".to_owned());
+    tx.execute(
+        "INSERT OR REPLACE INTO jobs (id, name, labels, cgroup_id, cgroup_path, owner_pid, \
+         owner_start, owner_uid, started_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            job.id,
+            job.name,
+            labels,
+            job.cgroup_id as i64,
+            job.cgroup_path,
+            job.owner_pid,
+            job.owner_start as i64,
+            job.owner_uid,
+            job.started_at
+        ],
+    )?;
+    Ok(())
+}
+
+fn insert_connection(tx: &rusqlite::Transaction<'_>, c: &ConnectionRecord) -> rusqlite::Result<()> {
+    let policy_ids = serde_json::to_string(&c.policy_ids).unwrap_or_else(|_| "[]".to_owned());
+    let mut stmt = tx.prepare_cached(
+        "INSERT OR REPLACE INTO connections (id, job_id, attributed, pid, tid, uid, gid, comm, \
+         exe, cgroup_id, source, destination, decision, reason, policy_ids, bytes_up, \
+         bytes_down, started_at, connect_us, ended_at, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, \
+         ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+    )?;
+    stmt.execute(params![
+        c.id,
+        c.job_id,
+        c.attributed,
+        c.pid,
+        c.tid,
+        c.uid,
+        c.gid,
+        c.comm,
+        c.exe,
+        c.cgroup_id.map(|id| id as i64),
+        c.source,
+        c.destination,
+        c.decision,
+        c.reason,
+        policy_ids,
+        c.bytes_up as i64,
+        c.bytes_down as i64,
+        c.started_at,
+        c.connect_us.map(|us| us as i64),
+        c.ended_at,
+        c.error,
+    ])?;
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! Types shared by Tollgate's eBPF programs and the agent.
+//!
+//! Every type here is `#[repr(C)]` with explicit padding, so that the kernel side and the
+//! userspace side agree on the byte layout of map keys and values.
+#![no_std]
+
+/// `AF_INET`, as the kernel spells it in `struct sockaddr`.
+pub const AF_INET: u16 = 2;
+/// `AF_INET6`.
+pub const AF_INET6: u16 = 10;
+
+/// Capacity of [`ConnInfo`] maps (entries). A connect that cannot be recorded is refused.
+pub const CONN_MAP_CAPACITY: u32 = 65_536;
+
+/// Name of the map from socket cookie to [`ConnInfo`] (live job sockets).
+pub const MAP_CONN_BY_COOKIE: &str = "CONN_BY_COOKIE";
+/// Name of the map from client tuple ([`TupleKey`]) to [`ConnInfo`] (awaiting accept).
+pub const MAP_CONN_BY_TUPLE: &str = "CONN_BY_TUPLE";
+/// Name of the settings array ([`Settings`], one entry).
+pub const MAP_SETTINGS: &str = "SETTINGS";
+/// Name of the per-CPU counter array (indexed by [`Counter`]).
+pub const MAP_COUNTERS: &str = "COUNTERS";
+
+/// Version of the layout of the maps and programs. The agent refuses to adopt pins
+/// written by a build with another version.
+pub const ABI_VERSION: u32 = 1;
+
+/// What the connect hook recorded about one intercepted connection, in the client's own
+/// `connect()`. Addresses are in network byte order, as the kernel hands them over.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// Original destination. For `AF_INET`, only `orig_ip[0]` is used.
+    pub orig_ip: [u32; 4],
+    /// Original destination port, host byte order.
+    pub orig_port: u16,
+    /// Canonical family of the original destination: IPv4-mapped IPv6 destinations
+    /// (`::ffff:a.b.c.d`) are recorded as `AF_INET`.
+    pub orig_family: u16,
+    /// Process id (thread group id) of the caller of `connect()`.
+    pub tgid: u32,
+    /// Thread id of the caller of `connect()`.
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Family of the client's socket (`AF_INET6` for a dual-stack socket that connected
+    /// to an IPv4-mapped address).
+    pub sock_family: u16,
+    pub _pad: u16,
+    /// cgroup v2 id of the caller (the inode number of its cgroup directory).
+    pub cgroup_id: u64,
+    /// Socket cookie of the client's socket.
+    pub cookie: u64,
+    /// `bpf_ktime_get_ns()` at connect; lets the agent expire entries never accepted.
+    pub ktime_ns: u64,
+    /// The caller's `comm`, NUL padded.
+    pub comm: [u8; 16],
+}
+
+/// The client side of an intercepted connection as the proxy's `accept()` sees it: the
+/// family, the client's local address and port. IPv4-mapped client addresses are keyed
+/// as `AF_INET`, because the proxy's IPv4 listener sees them that way.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TupleKey {
+    pub family: u32,
+    /// Host byte order.
+    pub port: u32,
+    /// Network byte order; for `AF_INET`, only `ip[0]` is set.
+    pub ip: [u32; 4],
+}
+
+/// Settings written by the agent and read by the programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// Must equal [`ABI_VERSION`]; zero means "not configured": connects are refused.
+    pub abi_version: u32,
+    /// The proxy listener's port, host byte order.
+    pub proxy_port: u16,
+    pub _pad: u16,
+    /// The proxy's IPv4 listener address, network byte order.
+    pub proxy_ip4: u32,
+    /// The proxy's IPv6 listener address, network byte order.
+    pub proxy_ip6: [u32; 4],
+}
+
+/// Kernel-side counters, one slot each in the per-CPU array [`MAP_COUNTERS`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Connects redirected to the proxy.
+    Redirected = 0,
+    /// Connects refused because they targeted the proxy listener itself.
+    RefusedProxyDirect = 1,
+    /// Connects refused because the cookie map was full or the insert failed.
+    RefusedMapFull = 2,
+    /// Connects refused because the agent had not configured the programs.
+    RefusedUnconfigured = 3,
+    /// TCP_CONNECT_CB events whose tuple insert failed (the proxy will refuse them).
+    TupleInsertFailed = 4,
+    /// Tuple entries removed because the connection failed before it was accepted.
+    TupleReleasedUnaccepted = 5,
+}
+
+impl Counter {
+    pub const COUNT: u32 = 6;
+    pub const ALL: [Counter; Self::COUNT as usize] = [
+        Counter::Redirected,
+        Counter::RefusedProxyDirect,
+        Counter::RefusedMapFull,
+        Counter::RefusedUnconfigured,
+        Counter::TupleInsertFailed,
+        Counter::TupleReleasedUnaccepted,
+    ];
+
+    /// Stable label value for metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::Redirected => "redirected",
+            Counter::RefusedProxyDirect => "refused_proxy_direct",
+            Counter::RefusedMapFull => "refused_map_full",
+            Counter::RefusedUnconfigured => "refused_unconfigured",
+            Counter::TupleInsertFailed => "tuple_insert_failed",
+            Counter::TupleReleasedUnaccepted => "tuple_released_unaccepted",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all three types are #[repr(C)], Copy, contain only integers and have
+    // explicit padding fields, so every byte pattern is a valid value.
+    unsafe impl aya::Pod for super::ConnInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TupleKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Settings {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{align_of, size_of};
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(
+            size_of::<ConnInfo>(),
+            16 + 2 + 2 + 4 * 4 + 2 + 2 + 8 * 3 + 16
+        );
+        assert_eq!(align_of::<ConnInfo>(), 8);
+        assert_eq!(size_of::<TupleKey>(), 24);
+        assert_eq!(size_of::<Settings>(), 28);
+    }
+}

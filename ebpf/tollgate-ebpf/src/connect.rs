@@ -1,0 +1,184 @@
+//! cgroup/connect4 and cgroup/connect6: record and redirect TCP connects of job sockets.
+use aya_ebpf::{
+    bindings::bpf_sock_addr,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_uid_gid, generated::bpf_get_socket_cookie, generated::bpf_ktime_get_ns,
+    },
+    macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+};
+use tollgate_common::{AF_INET, AF_INET6, ConnInfo, Counter, Settings};
+
+use crate::maps::{CONN_BY_COOKIE, count, settings};
+
+const ALLOW: i32 = 1;
+/// Returning 0 from a cgroup sock_addr hook fails the syscall with EPERM.
+const REFUSE: i32 = 0;
+const SOCK_STREAM: u32 = 1;
+const IPPROTO_TCP: u32 = 6;
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    match try_connect4(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    match try_connect6(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+fn try_connect4(ctx: &SockAddrContext) -> Result<i32, i32> {
+    let sa = ctx.sock_addr;
+    if !is_tcp(sa) {
+        return Ok(ALLOW);
+    }
+    let settings = configured()?;
+    // SAFETY: ctx fields of a connect4 hook are readable.
+    let (ip, port) = unsafe { ((*sa).user_ip4, u16::from_be((*sa).user_port as u16)) };
+    if port == settings.proxy_port && is_local4(ip) {
+        count(Counter::RefusedProxyDirect);
+        return Err(REFUSE);
+    }
+    record(sa, [ip, 0, 0, 0], port, AF_INET, AF_INET)?;
+    // SAFETY: user_ip4 and user_port are writable in connect4.
+    unsafe {
+        (*sa).user_ip4 = settings.proxy_ip4;
+        (*sa).user_port = u32::from(settings.proxy_port.to_be());
+    }
+    count(Counter::Redirected);
+    Ok(ALLOW)
+}
+
+fn try_connect6(ctx: &SockAddrContext) -> Result<i32, i32> {
+    let sa = ctx.sock_addr;
+    if !is_tcp(sa) {
+        return Ok(ALLOW);
+    }
+    let settings = configured()?;
+    // SAFETY: ctx fields of a connect6 hook are readable; each 4-byte word separately.
+    let (ip, port) = unsafe {
+        (
+            [
+                (*sa).user_ip6[0],
+                (*sa).user_ip6[1],
+                (*sa).user_ip6[2],
+                (*sa).user_ip6[3],
+            ],
+            u16::from_be((*sa).user_port as u16),
+        )
+    };
+    if is_v4_mapped(&ip) {
+        if port == settings.proxy_port && is_local4(ip[3]) {
+            count(Counter::RefusedProxyDirect);
+            return Err(REFUSE);
+        }
+        record(sa, [ip[3], 0, 0, 0], port, AF_INET, AF_INET6)?;
+        // SAFETY: user_ip6 and user_port are writable in connect6.
+        unsafe {
+            (*sa).user_ip6[0] = 0;
+            (*sa).user_ip6[1] = 0;
+            (*sa).user_ip6[2] = 0xffff_u32.to_be();
+            (*sa).user_ip6[3] = settings.proxy_ip4;
+            (*sa).user_port = u32::from(settings.proxy_port.to_be());
+        }
+    } else {
+        if port == settings.proxy_port && is_local6(&ip) {
+            count(Counter::RefusedProxyDirect);
+            return Err(REFUSE);
+        }
+        record(sa, ip, port, AF_INET6, AF_INET6)?;
+        // SAFETY: as above.
+        unsafe {
+            (*sa).user_ip6[0] = settings.proxy_ip6[0];
+            (*sa).user_ip6[1] = settings.proxy_ip6[1];
+            (*sa).user_ip6[2] = settings.proxy_ip6[2];
+            (*sa).user_ip6[3] = settings.proxy_ip6[3];
+            (*sa).user_port = u32::from(settings.proxy_port.to_be());
+        }
+    }
+    count(Counter::Redirected);
+    Ok(ALLOW)
+}
+
+#[inline(always)]
+fn configured() -> Result<Settings, i32> {
+    match settings() {
+        Some(settings) => Ok(settings),
+        None => {
+            // Fail closed: without settings there is no proxy to send the job to.
+            count(Counter::RefusedUnconfigured);
+            Err(REFUSE)
+        }
+    }
+}
+
+#[inline(always)]
+fn is_tcp(sa: *mut bpf_sock_addr) -> bool {
+    // SAFETY: type and protocol are readable in every sock_addr hook.
+    unsafe { (*sa).type_ == SOCK_STREAM && (*sa).protocol == IPPROTO_TCP }
+}
+
+/// Records the connect in the caller's context. A failed insert refuses the connect:
+/// a connection is never passed through unattributed.
+#[inline(always)]
+fn record(
+    sa: *mut bpf_sock_addr,
+    orig_ip: [u32; 4],
+    orig_port: u16,
+    orig_family: u16,
+    sock_family: u16,
+) -> Result<(), i32> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    // SAFETY: helpers allowed in cgroup sock_addr programs.
+    let (cookie, cgroup_id, ktime_ns) = unsafe {
+        (
+            bpf_get_socket_cookie(sa.cast()),
+            bpf_get_current_cgroup_id(),
+            bpf_ktime_get_ns(),
+        )
+    };
+    let info = ConnInfo {
+        orig_ip,
+        orig_port,
+        orig_family,
+        tgid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        uid: uid_gid as u32,
+        gid: (uid_gid >> 32) as u32,
+        sock_family,
+        _pad: 0,
+        cgroup_id,
+        cookie,
+        ktime_ns,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    if CONN_BY_COOKIE.insert(cookie, info, 0).is_err() {
+        count(Counter::RefusedMapFull);
+        return Err(REFUSE);
+    }
+    Ok(())
+}
+
+/// 127.0.0.0/8 or 0.0.0.0 (network byte order).
+#[inline(always)]
+fn is_local4(ip: u32) -> bool {
+    let host = u32::from_be(ip);
+    host >> 24 == 127 || host == 0
+}
+
+/// ::1, :: or an IPv4-mapped local address (network byte order words).
+#[inline(always)]
+fn is_local6(ip: &[u32; 4]) -> bool {
+    ip[0] == 0 && ip[1] == 0 && ip[2] == 0 && (ip[3] == 0 || ip[3] == 1_u32.to_be())
+}
+
+#[inline(always)]
+pub fn is_v4_mapped(ip: &[u32; 4]) -> bool {
+    ip[0] == 0 && ip[1] == 0 && ip[2] == 0xffff_u32.to_be()
+}

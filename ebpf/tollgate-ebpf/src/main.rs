@@ -1,0 +1,27 @@
+//! Tollgate's eBPF programs, attached once to the root-owned parent cgroup of all job
+//! cgroups (and so inherited by every job cgroup).
+//!
+//! - `connect4`/`connect6` (kernel 4.17+): record the original destination and the
+//!   caller's process facts by socket cookie, then redirect TCP connects to the proxy.
+//! - `tollgate_sockops` at `TCP_CONNECT_CB` (kernel 4.13+; cookies in sock_ops 5.x):
+//!   copy the entry to a map keyed by the client tuple, which the proxy's `accept()` sees.
+//! - `getpeername4`/`getpeername6` (kernel 5.8+): show clients their original peer.
+//! - `sock_release` (kernel 5.9+): forget the socket's entry when it is closed.
+#![no_std]
+#![no_main]
+
+mod connect;
+mod maps;
+mod peer;
+mod release;
+mod sockops;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,43 @@
+//! The maps shared with the agent. All are pinned by name under the agent's pin
+//! directory, so they survive the agent and are re-adopted when it restarts.
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray},
+};
+use tollgate_common::{CONN_MAP_CAPACITY, ConnInfo, Counter, Settings, TupleKey};
+
+/// Live intercepted job sockets: written by the connect hooks, read by sock_ops and
+/// getpeername, removed by sock_release.
+#[map(name = "CONN_BY_COOKIE")]
+pub static CONN_BY_COOKIE: HashMap<u64, ConnInfo> = HashMap::pinned(CONN_MAP_CAPACITY, 0);
+
+/// Connections waiting for the proxy's accept(): written by sock_ops, taken by the agent.
+#[map(name = "CONN_BY_TUPLE")]
+pub static CONN_BY_TUPLE: HashMap<TupleKey, ConnInfo> = HashMap::pinned(CONN_MAP_CAPACITY, 0);
+
+/// One [`Settings`] entry, written by the agent before any program is attached.
+#[map(name = "SETTINGS")]
+pub static SETTINGS: Array<Settings> = Array::pinned(1, 0);
+
+/// Per-CPU event counters, indexed by [`Counter`].
+#[map(name = "COUNTERS")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);
+
+#[inline(always)]
+pub fn count(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot; no other writer runs on this CPU concurrently.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Returns the settings, or `None` when the agent has not configured the programs.
+#[inline(always)]
+pub fn settings() -> Option<Settings> {
+    let settings = SETTINGS.get(0)?;
+    if settings.abi_version == tollgate_common::ABI_VERSION {
+        Some(*settings)
+    } else {
+        None
+    }
+}

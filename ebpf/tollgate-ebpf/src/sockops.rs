@@ -1,0 +1,108 @@
+//! sock_ops: key each intercepted connection by its client tuple once the local port is
+//! bound (TCP_CONNECT_CB, before the SYN), and drop that key again if the connection
+//! fails before it could be accepted.
+use core::ptr::addr_of;
+
+use aya_ebpf::{
+    bindings::{
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
+        BPF_TCP_CLOSE, BPF_TCP_SYN_SENT,
+    },
+    helpers::generated::bpf_get_socket_cookie,
+    macros::sock_ops,
+    programs::SockOpsContext,
+};
+use tollgate_common::{AF_INET, AF_INET6, Counter, TupleKey};
+
+use crate::{
+    connect::is_v4_mapped,
+    maps::{CONN_BY_COOKIE, CONN_BY_TUPLE, count},
+};
+
+const DONE: u32 = 1;
+
+/// Named apart from the `sockops` section to avoid a symbol clash.
+#[sock_ops]
+pub fn tollgate_sockops(ctx: SockOpsContext) -> u32 {
+    match try_sockops(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+fn try_sockops(ctx: &SockOpsContext) -> Result<u32, u32> {
+    match ctx.op() {
+        BPF_SOCK_OPS_TCP_CONNECT_CB => on_connect(ctx),
+        BPF_SOCK_OPS_STATE_CB => on_state(ctx),
+        _ => Ok(DONE),
+    }
+}
+
+fn on_connect(ctx: &SockOpsContext) -> Result<u32, u32> {
+    // SAFETY: the cookie helper is allowed in sock_ops programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+    // SAFETY: the value is copied out at once; the entry is only removed by
+    // sock_release, which cannot run while this socket is connecting.
+    let Some(info) = (unsafe { CONN_BY_COOKIE.get(cookie) }).copied() else {
+        return Ok(DONE);
+    };
+    let key = local_tuple(ctx);
+    if CONN_BY_TUPLE.insert(key, info, 0).is_err() {
+        // The proxy will find no entry and refuse the connection (fail closed).
+        count(Counter::TupleInsertFailed);
+        return Ok(DONE);
+    }
+    // Ask for state callbacks, so a connection that fails before the proxy accepts it
+    // does not leave its tuple behind.
+    let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+    Ok(DONE)
+}
+
+fn on_state(ctx: &SockOpsContext) -> Result<u32, u32> {
+    let (old, new) = (ctx.arg(0), ctx.arg(1));
+    if old == BPF_TCP_SYN_SENT && new == BPF_TCP_CLOSE {
+        let key = local_tuple(ctx);
+        if CONN_BY_TUPLE.remove(key).is_ok() {
+            count(Counter::TupleReleasedUnaccepted);
+        }
+    }
+    Ok(DONE)
+}
+
+/// The client's (family, local ip, local port), canonical as the proxy's accept() sees it.
+#[inline(always)]
+fn local_tuple(ctx: &SockOpsContext) -> TupleKey {
+    let ops = ctx.ops;
+    // SAFETY: reading sock_ops context fields; each 4-byte word of local_ip6 separately,
+    // because the verifier rejects a wider access to the context.
+    unsafe {
+        let port = core::ptr::read_volatile(addr_of!((*ops).local_port));
+        if ctx.family() == u32::from(AF_INET6) {
+            let ip = [
+                core::ptr::read_volatile(addr_of!((*ops).local_ip6[0])),
+                core::ptr::read_volatile(addr_of!((*ops).local_ip6[1])),
+                core::ptr::read_volatile(addr_of!((*ops).local_ip6[2])),
+                core::ptr::read_volatile(addr_of!((*ops).local_ip6[3])),
+            ];
+            if is_v4_mapped(&ip) {
+                TupleKey {
+                    family: u32::from(AF_INET),
+                    port,
+                    ip: [ip[3], 0, 0, 0],
+                }
+            } else {
+                TupleKey {
+                    family: u32::from(AF_INET6),
+                    port,
+                    ip,
+                }
+            }
+        } else {
+            let ip = core::ptr::read_volatile(addr_of!((*ops).local_ip4));
+            TupleKey {
+                family: u32::from(AF_INET),
+                port,
+                ip: [ip, 0, 0, 0],
+            }
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! `cargo xtask`: setup, build, run, test (and, later, bench and vm-test).
+mod setup;
+mod test;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install every prerequisite (idempotent): pinned nightly, bpf-linker, Debian packages.
+    Setup,
+    /// Build the agent (and its eBPF programs).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Setup, build, then run the agent in the foreground on its built-in defaults.
+    Run {
+        /// Arguments for `tollgate agent`, e.g. -- --config /etc/tollgate/agent.toml
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Setup, then every check and test: fmt, clippy (host and bpf), unit, end-to-end.
+    Test {
+        /// Only run end-to-end tests whose name contains this.
+        #[arg(long)]
+        e2e_filter: Option<String>,
+        /// Skip fmt and clippy.
+        #[arg(long)]
+        no_lint: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.command {
+        Cmd::Setup => setup::all(&root),
+        Cmd::Build { release } => build(&root, release).map(|_| ()),
+        Cmd::Run { args } => {
+            setup::all(&root)?;
+            let bin = build(&root, true)?;
+            let status = Command::new(&bin)
+                .arg("agent")
+                .args(&args)
+                .status()
+                .with_context(|| format!("running {}", bin.display()))?;
+            if !status.success() {
+                bail!("tollgate agent exited with {status}");
+            }
+            Ok(())
+        }
+        Cmd::Test {
+            e2e_filter,
+            no_lint,
+        } => {
+            setup::all(&root)?;
+            test::all(&root, e2e_filter.as_deref(), !no_lint)
+        }
+    }
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Builds the agent; returns the binary's path.
+pub fn build(root: &Path, release: bool) -> anyhow::Result<PathBuf> {
+    let mut cmd = cargo(root);
+    cmd.args(["build", "--package", "tollgate"]);
+    if release {
+        cmd.arg("--release");
+    }
+    run(&mut cmd)?;
+    Ok(root
+        .join("target")
+        .join(if release { "release" } else { "debug" })
+        .join("tollgate"))
+}
+
+pub fn cargo(root: &Path) -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root);
+    cmd
+}
+
+/// Runs a command, echoing it, and fails unless it succeeds.
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("xtask: $ {}", display(cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("spawning {}", display(cmd)))?;
+    if !status.success() {
+        bail!("`{}` failed: {status}", display(cmd));
+    }
+    Ok(())
+}
+
+fn display(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The nightly channel pinned in ebpf/tollgate-ebpf/rust-toolchain.toml.
+pub fn ebpf_toolchain(root: &Path) -> anyhow::Result<String> {
+    let path = root.join("ebpf/tollgate-ebpf/rust-toolchain.toml");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .find_map(|line| {
+            let value = line
+                .trim()
+                .strip_prefix("channel")?
+                .trim()
+                .strip_prefix('=')?;
+            Some(value.trim().trim_matches('"').to_owned())
+        })
+        .with_context(|| format!("no channel in {}", path.display()))
+}
+
+pub fn is_root() -> bool {
+    // Avoids a libc dependency: /proc/self/status has the effective uid.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|uids| uids.split_whitespace().nth(1).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}

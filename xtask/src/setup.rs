@@ -1,0 +1,173 @@
+//! Installs what the project needs, idempotently: the pinned nightly with rust-src and
+//! clippy, bpf-linker 0.13.0 linked against that nightly's own libLLVM, and the Debian
+//! packages the tests use.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{ebpf_toolchain, run};
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+/// bpf-linker's LLVM feature must match the pinned nightly's LLVM major version.
+const BPF_LINKER_FEATURES: &str = "llvm-22,no-llvm-linking";
+/// Debian packages, each with a file that shows it is installed.
+const APT_PACKAGES: [(&str, &str); 7] = [
+    ("postgresql", "/usr/lib/postgresql"),
+    ("postgresql-client", "/usr/bin/psql"),
+    ("pgbouncer", "/usr/sbin/pgbouncer"),
+    ("curl", "/usr/bin/curl"),
+    ("iproute2", "/usr/sbin/ip"),
+    ("bpftool", "/usr/sbin/bpftool"),
+    ("python3", "/usr/bin/python3"),
+];
+
+pub fn all(root: &Path) -> anyhow::Result<()> {
+    let nightly = ebpf_toolchain(root)?;
+    nightly_toolchain(&nightly)?;
+    bpf_linker(root, &nightly)?;
+    apt_packages()?;
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn nightly_toolchain(nightly: &str) -> anyhow::Result<()> {
+    let installed = output(Command::new("rustup").args(["toolchain", "list"]))?;
+    let have = installed.lines().any(|l| l.starts_with(nightly));
+    let components = if have {
+        output(Command::new("rustup").args([
+            "component",
+            "list",
+            "--installed",
+            "--toolchain",
+            nightly,
+        ]))?
+    } else {
+        String::new()
+    };
+    let missing = ["rust-src", "clippy"]
+        .iter()
+        .any(|c| !components.lines().any(|l| l.starts_with(c)));
+    if have && !missing {
+        eprintln!("xtask: setup: {nightly} with rust-src and clippy is installed");
+        return Ok(());
+    }
+    run(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        nightly,
+        "--profile",
+        "minimal",
+        "--component",
+        "rust-src",
+        "--component",
+        "clippy",
+    ]))
+}
+
+fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+}
+
+fn bpf_linker(root: &Path, nightly: &str) -> anyhow::Result<()> {
+    let sysroot = output(
+        Command::new("rustc")
+            .arg(format!("+{nightly}"))
+            .args(["--print", "sysroot"]),
+    )?;
+    let sysroot = PathBuf::from(sysroot.trim());
+    // The installed binary links to this nightly's libLLVM: key the install on both.
+    let stamp_path = cargo_home().join("bin/.bpf-linker.tollgate-stamp");
+    let stamp = format!(
+        "{BPF_LINKER_VERSION} {BPF_LINKER_FEATURES} {}",
+        sysroot.display()
+    );
+    let linker = cargo_home().join("bin/bpf-linker");
+    let works = Command::new(&linker)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
+        });
+    if works && std::fs::read_to_string(&stamp_path).is_ok_and(|s| s == stamp) {
+        eprintln!("xtask: setup: bpf-linker {BPF_LINKER_VERSION} for {nightly} is installed");
+        return Ok(());
+    }
+    let lib_dir = sysroot.join("lib");
+    let llvm_lib = std::fs::read_dir(&lib_dir)
+        .with_context(|| format!("reading {}", lib_dir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| {
+            name.starts_with("libLLVM") && name.contains("-rust-") && name.ends_with(".so")
+        })
+        .min()
+        .with_context(|| format!("no libLLVM-*-rust-*.so in {}", lib_dir.display()))?;
+    let llvm_lib = llvm_lib
+        .trim_start_matches("lib")
+        .trim_end_matches(".so")
+        .to_owned();
+    let rustflags = format!(
+        "-L {lib} -l dylib={llvm_lib} -C link-arg=-Wl,-rpath,{lib}",
+        lib = lib_dir.display()
+    );
+    run(Command::new("cargo")
+        .current_dir(root)
+        .env("RUSTFLAGS", rustflags)
+        .args([
+            "install",
+            "bpf-linker",
+            "--force",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--locked",
+            "--no-default-features",
+            "--features",
+            BPF_LINKER_FEATURES,
+        ]))?;
+    std::fs::write(&stamp_path, stamp)
+        .with_context(|| format!("writing {}", stamp_path.display()))?;
+    Ok(())
+}
+
+fn apt_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .filter(|(_, probe)| !Path::new(probe).exists())
+        .map(|(name, _)| *name)
+        .collect();
+    if missing.is_empty() {
+        eprintln!("xtask: setup: Debian packages are installed");
+        return Ok(());
+    }
+    if !crate::is_root() {
+        bail!("missing Debian packages {missing:?}: run `cargo xtask setup` as root");
+    }
+    // The tests start their own PostgreSQL clusters: don't let the package create and
+    // start a system-wide one.
+    let conf = Path::new("/etc/postgresql-common/createcluster.conf");
+    if !conf.exists() {
+        std::fs::create_dir_all("/etc/postgresql-common")?;
+        std::fs::write(conf, "create_main_cluster = false\n")?;
+    }
+    run(Command::new("apt-get").arg("update").arg("-q"))?;
+    run(Command::new("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing))
+}
