@@ -76,6 +76,7 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
         "starting tollgate agent {}",
         env!("CARGO_PKG_VERSION")
     );
+    raise_fd_limit();
     let tree = cgroup_tree(&config)?;
     tree.ensure_parent()?;
 
@@ -87,11 +88,15 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
         config.recording.batch_size,
         metrics.record.clone(),
     )?;
+    recorder.record(record::RecordEvent::CloseDangling {
+        at: record::now_ms(),
+    });
     let store = Store::open(&db_path)?;
     let jobs = Arc::new(JobRegistry::new(
         tree.clone(),
         recorder.clone(),
         metrics.jobs.clone(),
+        config.bpf.stale_after,
     ));
     let report = jobs.adopt(&store)?;
     tracing::info!(
@@ -198,6 +203,24 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
     writer.shutdown();
     tracing::info!("stopped; job connects are refused until the agent is back");
     Ok(())
+}
+
+/// A proxy holds two descriptors per connection: raise the soft limit to the hard one.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid, writable rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                tracing::warn!("could not raise the open-file limit");
+            }
+        }
+    }
 }
 
 async fn wait_for_shutdown_signal() {

@@ -4,7 +4,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     path::PathBuf,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use arc_swap::ArcSwap;
@@ -101,6 +101,11 @@ pub struct AdoptReport {
 
 pub struct JobRegistry {
     by_cgroup: ArcSwap<HashMap<u64, Arc<Job>>>,
+    /// Jobs that ended recently. A job's connections can still wait in the proxy's
+    /// accept queue after its command exited; they stay attributed to it. Cgroup ids are
+    /// never reused, so this cannot misattribute.
+    recently_ended: ArcSwap<HashMap<u64, (Instant, Arc<Job>)>>,
+    ended_grace: Duration,
     writer: Mutex<()>,
     tree: CgroupTree,
     recorder: Recorder,
@@ -108,9 +113,17 @@ pub struct JobRegistry {
 }
 
 impl JobRegistry {
-    pub fn new(tree: CgroupTree, recorder: Recorder, metrics: Arc<JobMetrics>) -> Self {
+    /// `ended_grace`: how long an ended job still owns connections queued before it ended.
+    pub fn new(
+        tree: CgroupTree,
+        recorder: Recorder,
+        metrics: Arc<JobMetrics>,
+        ended_grace: Duration,
+    ) -> Self {
         Self {
             by_cgroup: ArcSwap::from_pointee(HashMap::new()),
+            recently_ended: ArcSwap::from_pointee(HashMap::new()),
+            ended_grace,
             writer: Mutex::new(()),
             tree,
             recorder,
@@ -123,6 +136,9 @@ impl JobRegistry {
     pub fn resolve(&self, cgroup_id: u64) -> Option<Arc<Job>> {
         let jobs = self.by_cgroup.load();
         if let Some(job) = jobs.get(&cgroup_id) {
+            return Some(job.clone());
+        }
+        if let Some((_, job)) = self.recently_ended.load().get(&cgroup_id) {
             return Some(job.clone());
         }
         let job_id = self.tree.find_job_of(cgroup_id)?;
@@ -239,6 +255,13 @@ impl JobRegistry {
                 .ok_or_else(|| JobError::NotFound(job_id.to_owned()))?,
         };
         let result = cgroup::kill_and_remove(&job.cgroup_path, KILL_TIMEOUT);
+        {
+            let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let mut ended = HashMap::clone(&self.recently_ended.load());
+            ended.retain(|_, (at, _)| at.elapsed() < self.ended_grace);
+            ended.insert(job.cgroup_id, (Instant::now(), job.clone()));
+            self.recently_ended.store(Arc::new(ended));
+        }
         self.update(|jobs| {
             jobs.remove(&job.cgroup_id);
         });
@@ -253,8 +276,20 @@ impl JobRegistry {
         result.map_err(JobError::from)
     }
 
-    /// Ends the jobs whose owner process is gone without having reported an exit.
+    /// Ends the jobs whose owner process is gone without having reported an exit, and
+    /// forgets jobs that ended longer than the grace period ago.
     pub fn reap(&self) {
+        if self
+            .recently_ended
+            .load()
+            .values()
+            .any(|(at, _)| at.elapsed() >= self.ended_grace)
+        {
+            let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let mut ended = HashMap::clone(&self.recently_ended.load());
+            ended.retain(|_, (at, _)| at.elapsed() < self.ended_grace);
+            self.recently_ended.store(Arc::new(ended));
+        }
         for job in self.list() {
             if !proc_info::is_alive(job.owner_pid, job.owner_start) {
                 tracing::warn!(job = %job.id, owner = job.owner_pid, "job owner is gone; ending job");

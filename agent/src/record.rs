@@ -111,7 +111,8 @@ pub struct ConnectionRecord {
     pub started_at: i64,
     /// Accept to upstream connected, in microseconds.
     pub connect_us: Option<u64>,
-    pub ended_at: i64,
+    /// None while the connection is open (or if the agent stopped before it ended).
+    pub ended_at: Option<i64>,
     pub error: Option<String>,
 }
 
@@ -124,7 +125,15 @@ pub enum RecordEvent {
         exit: Option<JobExit>,
         reason: String,
     },
+    /// An allowed connection is about to be relayed: its row is written now, so that
+    /// it is on record even if the agent dies before the connection ends.
+    ConnectionOpened(Box<ConnectionRecord>),
+    /// A connection ended: its one row is written (or completed).
     Connection(Box<ConnectionRecord>),
+    /// At startup: close the rows of connections that were open when the agent stopped.
+    CloseDangling {
+        at: i64,
+    },
 }
 
 /// The data path's handle on the writer: a bounded queue and a health flag.

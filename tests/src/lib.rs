@@ -1,1 +1,80 @@
+//! Harness for Tollgate's end-to-end tests. Every test gets its own agent, with its own
+//! job parent cgroup, pin directory, ports and store; the harness removes all of it and
+//! checks that nothing is left. Tests panic with a clear message rather than return
+//! errors, and run serially (`--test-threads=1`): they share the kernel.
+pub mod agent;
+pub mod postgres;
+pub mod servers;
 
+use std::{
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+pub use agent::Agent;
+pub use postgres::postgres;
+
+/// Fails the test unless it runs as root; outside CI, says loudly that it skips.
+/// Returns false when the test should return early.
+pub fn require_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    assert!(
+        !ci,
+        "end-to-end tests need root (CAP_BPF, cgroups) and CI=true forbids skipping"
+    );
+    eprintln!("SKIPPED: this end-to-end test needs root; run `sudo cargo xtask test`");
+    false
+}
+
+/// Runs a command to completion, capturing its output.
+pub fn output(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Polls `check` until it returns Some, or panics with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A free TCP port on loopback (IPv4 and IPv6) within `range`.
+pub fn free_port(range: std::ops::Range<u16>) -> u16 {
+    for port in range.clone() {
+        let v4 = std::net::TcpListener::bind(("127.0.0.1", port));
+        let v6 = std::net::TcpListener::bind(("::1", port));
+        if v4.is_ok() && v6.is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {range:?}");
+}
+
+/// An ephemeral free port on 127.0.0.1.
+pub fn ephemeral_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("binding an ephemeral port: {e}"))
+}

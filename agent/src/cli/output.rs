@@ -99,7 +99,10 @@ pub fn session(s: &ConnectionRecord, json: bool) -> anyhow::Result<()> {
         "connected:   {}",
         opt(s.connect_us.map(|us| format!("{us} µs after accept")))
     );
-    println!("ended:       {}", time(s.ended_at));
+    println!(
+        "ended:       {}",
+        s.ended_at.map_or_else(|| "(open)".to_owned(), time)
+    );
     println!("error:       {}", opt(s.error.clone()));
     Ok(())
 }

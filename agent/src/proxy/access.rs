@@ -30,7 +30,7 @@ impl<'a> AccessLog<'a> {
                 decision: "unattributed".to_owned(),
                 reason: "connection ended before it was attributed".to_owned(),
                 started_at: now_ms(),
-                ended_at: 0,
+                ended_at: None,
                 ..Default::default()
             },
             labels: None,
@@ -70,6 +70,13 @@ impl<'a> AccessLog<'a> {
         self.record.policy_ids = decision.policy_ids.clone();
     }
 
+    /// Puts the allowed connection on record before relaying it.
+    pub fn opened(&self) {
+        self.shared
+            .recorder
+            .record(RecordEvent::ConnectionOpened(Box::new(self.record.clone())));
+    }
+
     pub fn connected(&mut self, accepted: Instant) {
         let elapsed = accepted.elapsed();
         self.shared
@@ -92,7 +99,8 @@ impl<'a> AccessLog<'a> {
 impl Drop for AccessLog<'_> {
     fn drop(&mut self) {
         let r = &mut self.record;
-        r.ended_at = now_ms();
+        let ended_at = now_ms();
+        r.ended_at = Some(ended_at);
         self.shared.metrics.active.dec();
         self.shared.metrics.bytes(r.bytes_up, r.bytes_down);
         tracing::info!(
@@ -109,7 +117,7 @@ impl Drop for AccessLog<'_> {
             reason = %r.reason,
             bytes_up = r.bytes_up,
             bytes_down = r.bytes_down,
-            duration_ms = r.ended_at - r.started_at,
+            duration_ms = ended_at - r.started_at,
             error = r.error.as_deref().unwrap_or("-"),
             "connection"
         );

@@ -65,6 +65,7 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
         reset(client);
         return;
     }
+    log.opened();
 
     let upstream = match connect(destination, shared.connect_timeout).await {
         Ok(upstream) => upstream,

@@ -219,7 +219,7 @@ mod tests {
                 bytes_up: 10,
                 bytes_down: 20,
                 started_at: 2000 + i,
-                ended_at: 3000 + i,
+                ended_at: Some(3000 + i),
                 ..Default::default()
             })));
         }

@@ -39,7 +39,7 @@ CREATE TABLE IF NOT EXISTS connections (
     bytes_down  INTEGER NOT NULL,
     started_at  INTEGER NOT NULL,
     connect_us  INTEGER,
-    ended_at    INTEGER NOT NULL,
+    ended_at    INTEGER,
     error       TEXT
 );
 CREATE INDEX IF NOT EXISTS connections_by_job ON connections (job_id, started_at);

@@ -174,7 +174,22 @@ fn write_batch(conn: &mut Connection, batch: &[RecordEvent]) -> rusqlite::Result
                     params![id, ended_at, code, signal, reason],
                 )?;
             }
-            RecordEvent::Connection(conn) => insert_connection(&tx, conn)?,
+            RecordEvent::ConnectionOpened(conn) | RecordEvent::Connection(conn) => {
+                insert_connection(&tx, conn)?
+            }
+            RecordEvent::CloseDangling { at } => {
+                let closed = tx.execute(
+                    "UPDATE connections SET ended_at = ?1, error = COALESCE(error, \
+                     'the agent stopped before the connection ended') WHERE ended_at IS NULL",
+                    params![at],
+                )?;
+                if closed > 0 {
+                    tracing::warn!(
+                        closed,
+                        "closed the records of connections cut by an agent stop"
+                    );
+                }
+            }
         }
     }
     tx.commit()

@@ -1,0 +1,225 @@
+//! Fail closed: a killed agent leaves job connects refused, never direct; a restarted
+//! agent adopts its pins and the running jobs.
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    process::{ChildStdin, ChildStdout, Stdio},
+    sync::atomic::Ordering,
+};
+
+use tollgate_e2e::{Agent, require_root, servers::Server};
+
+/// A job running a small Python client that connects on request.
+const CONTROLLER: &str = "\
+import os, socket, sys
+print(os.environ['TOLLGATE_JOB_ID'], flush=True)
+held = []
+for line in sys.stdin:
+    verb, host, port = line.split()
+    if verb == 'hold':
+        s = socket.create_connection((host, int(port)), timeout=5)
+        s.sendall(b'x')
+        held.append(s)
+        print('held', flush=True)
+        continue
+    try:
+        s = socket.create_connection((host, int(port)), timeout=5)
+        s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')
+        data = s.recv(4096)
+        s.close()
+        print('ok', len(data), flush=True)
+    except OSError as e:
+        print('err', e.errno, flush=True)
+";
+
+struct Controller {
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Controller {
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .expect("reading the job's output");
+        line.trim().to_owned()
+    }
+
+    fn connect(&mut self, port: u16) -> String {
+        writeln!(self.stdin, "connect 127.0.0.1 {port}").expect("writing to the job");
+        self.line()
+    }
+
+    fn hold(&mut self, port: u16) -> String {
+        writeln!(self.stdin, "hold 127.0.0.1 {port}").expect("writing to the job");
+        self.line()
+    }
+}
+
+#[test]
+fn sigkill_fails_closed_and_restart_resumes_interception() {
+    if !require_root() {
+        return;
+    }
+    let http = Server::http("127.0.0.1:0");
+    let sink = Server::sink("127.0.0.1:0");
+    let mut agent = Agent::start();
+    let mut child = agent
+        .run_command(
+            &[("repo", "acme/long")],
+            &["python3", "-u", "-c", CONTROLLER],
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("tollgate run");
+    let mut job = Controller {
+        stdin: child.stdin.take().expect("stdin"),
+        stdout: BufReader::new(child.stdout.take().expect("stdout")),
+    };
+    let job_id = job.line();
+    assert!(
+        job.connect(http.port()).starts_with("ok "),
+        "before the kill"
+    );
+    assert_eq!(http.accepted.load(Ordering::Relaxed), 1);
+    agent.wait_sessions(Some(&job_id), 1);
+    // A connection that is open when the agent dies is on record, and closed as cut
+    // when the agent is back.
+    assert_eq!(job.hold(sink.port()), "held");
+    let open = agent.wait_recorded(Some(&job_id), 2);
+    assert!(
+        open[0]["ended_at"].is_null(),
+        "the held connection is on record as open"
+    );
+
+    agent.kill9();
+    assert!(
+        agent.pin_dir.join("link_connect4").exists(),
+        "pins survive SIGKILL"
+    );
+    let refused = job.connect(http.port());
+    assert_eq!(
+        refused,
+        format!("err {}", libc::ECONNREFUSED),
+        "connect while the agent is down"
+    );
+    assert_eq!(
+        http.accepted.load(Ordering::Relaxed),
+        1,
+        "a connection went direct while the agent was down"
+    );
+
+    agent.start_again();
+    let jobs = agent.jobs();
+    assert_eq!(jobs.len(), 1, "the job survives the restart: {jobs:?}");
+    assert_eq!(jobs[0]["id"], job_id.as_str());
+    assert_eq!(jobs[0]["labels"]["repo"], "acme/long");
+    assert_eq!(agent.status()["attachment"], "adopted");
+    assert!(
+        job.connect(http.port()).starts_with("ok "),
+        "after the restart"
+    );
+    assert_eq!(http.accepted.load(Ordering::Relaxed), 2);
+
+    drop(job);
+    let status = child.wait().expect("tollgate run");
+    assert!(status.success(), "tollgate run: {status}");
+    let sessions = agent.wait_sessions(Some(&job_id), 3);
+    assert_eq!(sessions.len(), 3, "{sessions:?}");
+    assert!(
+        sessions
+            .iter()
+            .all(|s| s["job_labels"]["repo"] == "acme/long")
+    );
+    assert!(
+        sessions.iter().all(|s| s["ended_at"].is_i64()),
+        "all closed: {sessions:?}"
+    );
+    let cut: Vec<_> = sessions
+        .iter()
+        .filter(|s| {
+            s["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("agent stopped"))
+        })
+        .collect();
+    assert_eq!(
+        cut.len(),
+        1,
+        "the held connection is recorded as cut: {sessions:?}"
+    );
+    assert_eq!(
+        cut[0]["destination"],
+        format!("127.0.0.1:{}", sink.port()).as_str()
+    );
+    assert!(agent.jobs().is_empty());
+    assert!(agent.job_cgroups().is_empty());
+}
+
+#[test]
+fn cleanup_detaches_everything_and_refuses_while_the_agent_runs() {
+    if !require_root() {
+        return;
+    }
+    let mut agent = Agent::start();
+    let running = tollgate_e2e::output(
+        std::process::Command::new(tollgate_e2e::agent::tollgate_bin())
+            .args(["agent", "--cleanup", "--config"])
+            .arg(&agent.config_path),
+    );
+    assert!(
+        !running.status.success(),
+        "cleanup must refuse while the agent runs"
+    );
+    assert!(
+        tollgate_e2e::stderr(&running).contains("stop it"),
+        "{}",
+        tollgate_e2e::stderr(&running)
+    );
+    // A job left running when the agent stops is killed by the cleanup.
+    let mut child = agent
+        .run_command(
+            &[("repo", "acme/left")],
+            &["sh", "-c", "echo $$; exec sleep 300"],
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("tollgate run");
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    let sleep_pid: u32 = line.trim().parse().expect("pid");
+    assert_eq!(agent.jobs().len(), 1);
+    let parent = agent.cgroup_parent.clone();
+    let bpftool = tollgate_e2e::output(
+        std::process::Command::new("bpftool")
+            .args(["cgroup", "show"])
+            .arg(&parent),
+    );
+    let attached = tollgate_e2e::stdout(&bpftool);
+    for hook in [
+        "connect4",
+        "connect6",
+        "getpeername4",
+        "getpeername6",
+        "sock_release",
+        "sock_ops",
+    ] {
+        assert!(
+            attached.contains(hook),
+            "{hook} not attached to {}: {attached}",
+            parent.display()
+        );
+    }
+    agent.cleanup();
+    tollgate_e2e::wait_for(
+        "the job's command to be killed by the cleanup",
+        std::time::Duration::from_secs(10),
+        || (!std::path::Path::new(&format!("/proc/{sleep_pid}")).exists()).then_some(()),
+    );
+    // `tollgate run` would keep trying to report the end to an agent that is gone.
+    let _ = child.kill();
+    let _ = child.wait();
+}

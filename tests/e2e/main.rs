@@ -1,0 +1,74 @@
+//! Tollgate end-to-end tests: the real kernel hooks, real clients (curl, psql, python
+//! sockets) and a real PostgreSQL. Run with `cargo xtask test` (root, serially).
+mod failclosed;
+mod interception;
+mod recording;
+mod run_cli;
+mod stress;
+
+use serde_json::Value;
+use tollgate_e2e::Agent;
+
+/// Every recorded session is reflected in the metrics, and vice versa.
+pub fn assert_metrics_match_records(agent: &Agent) {
+    let sessions = agent.sessions(None);
+    let count = |decision: &str| {
+        sessions
+            .iter()
+            .filter(|s| s["decision"] == decision)
+            .count() as f64
+    };
+    let metrics = agent.metrics();
+    let m = |series: &str| tollgate_e2e::agent::metric_value(&metrics, series);
+    assert_eq!(
+        m("tollgate_proxy_intercepted_total"),
+        sessions.len() as f64,
+        "intercepted"
+    );
+    assert_eq!(
+        m("tollgate_proxy_decisions_total{decision=\"allow\"}"),
+        count("allow"),
+        "allow"
+    );
+    assert_eq!(
+        m("tollgate_proxy_decisions_total{decision=\"deny\"}"),
+        count("deny"),
+        "deny"
+    );
+    assert_eq!(
+        m("tollgate_proxy_unattributed_total"),
+        count("unattributed"),
+        "unattributed"
+    );
+    assert_eq!(m("tollgate_proxy_active_connections"), 0.0, "active");
+    let up: u64 = sessions.iter().filter_map(|s| s["bytes_up"].as_u64()).sum();
+    let down: u64 = sessions
+        .iter()
+        .filter_map(|s| s["bytes_down"].as_u64())
+        .sum();
+    assert_eq!(
+        m("tollgate_proxy_bytes_total{direction=\"up\"}"),
+        up as f64,
+        "bytes up"
+    );
+    assert_eq!(
+        m("tollgate_proxy_bytes_total{direction=\"down\"}"),
+        down as f64,
+        "bytes down"
+    );
+}
+
+pub fn str_field<'a>(value: &'a Value, key: &str) -> &'a str {
+    value[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("no string `{key}` in {value}"))
+}
+
+/// The first line a job's shell printed to stderr with `echo $$ >&2` (its pid).
+pub fn first_line_pid(stderr: &str) -> u64 {
+    stderr
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no pid on the first stderr line: {stderr}"))
+}

@@ -1,0 +1,84 @@
+//! The recording store under failure: visible in logs and metrics, and with
+//! `recording.strict`, new connections are refused until writes succeed again.
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use tollgate_e2e::{Agent, require_root, servers::Server, stderr, wait_for};
+
+use crate::{assert_metrics_match_records, str_field};
+
+#[test]
+fn strict_recording_refuses_connections_while_writes_fail_and_loses_nothing() {
+    if !require_root() {
+        return;
+    }
+    let http = Server::http("127.0.0.1:0");
+    let agent = Agent::start_with("[recording]\nstrict = true\n");
+    let url = format!("http://127.0.0.1:{}/", http.port());
+    let curl = |expect_ok: bool| {
+        let out = agent.run_job(&[("repo", "acme/rec")], &["curl", "-sS", "-m", "5", &url]);
+        assert_eq!(out.status.success(), expect_ok, "curl: {}", stderr(&out));
+    };
+    curl(true);
+    agent.wait_sessions(None, 1);
+
+    // Another process holds an exclusive lock on the store: writes fail.
+    let mut locker = Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3, sys\n\
+             c = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+             c.execute('BEGIN EXCLUSIVE')\n\
+             print('locked', flush=True)\n\
+             sys.stdin.read()\n",
+        ])
+        .arg(&agent.db_path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    BufReader::new(locker.stdout.as_mut().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    assert_eq!(line.trim(), "locked");
+
+    curl(true); // allowed: recording was healthy when it started
+    wait_for("a recording failure", Duration::from_secs(30), || {
+        (agent.metric("tollgate_recording_failures_total") > 0.0).then_some(())
+    });
+    assert_eq!(
+        agent.admin_get("/readyz").0,
+        503,
+        "not ready while recording fails"
+    );
+    assert!(
+        agent.log().contains("recording write failed"),
+        "failure is logged"
+    );
+    curl(false); // refused: strict mode and recording is failing
+
+    drop(locker.stdin.take());
+    let _ = locker.wait();
+    wait_for("recording to recover", Duration::from_secs(30), || {
+        (agent.admin_get("/readyz").0 == 200).then_some(())
+    });
+    curl(true);
+    let sessions = agent.wait_sessions(None, 4);
+    assert_eq!(sessions.len(), 4, "nothing lost: {sessions:?}");
+    let denied: Vec<_> = sessions
+        .iter()
+        .filter(|s| s["decision"] == "deny")
+        .collect();
+    assert_eq!(denied.len(), 1, "{sessions:?}");
+    assert!(
+        str_field(denied[0], "reason").contains("recording.strict"),
+        "{}",
+        denied[0]
+    );
+    assert_eq!(agent.metric("tollgate_recording_dropped_total"), 0.0);
+    assert_metrics_match_records(&agent);
+}

@@ -1,0 +1,368 @@
+//! An agent under test.
+use std::{
+    fs,
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
+};
+
+use serde_json::Value;
+
+use crate::{ephemeral_port, free_port, output, stderr, stdout, wait_for};
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// The tollgate binary under test (`TOLLGATE_BIN`, else target/debug/tollgate).
+pub fn tollgate_bin() -> PathBuf {
+    std::env::var_os("TOLLGATE_BIN").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/tollgate"),
+        PathBuf::from,
+    )
+}
+
+/// The cgroup2 mount, from /proc/mounts.
+pub fn cgroup2_mount() -> PathBuf {
+    let mounts = fs::read_to_string("/proc/mounts").expect("reading /proc/mounts");
+    mounts
+        .lines()
+        .find_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
+        })
+        .expect("no cgroup2 mount")
+}
+
+pub struct Agent {
+    pub dir: tempfile::TempDir,
+    pub name: String,
+    pub config_path: PathBuf,
+    pub socket: PathBuf,
+    pub proxy_port: u16,
+    pub admin_port: u16,
+    pub cgroup_parent: PathBuf,
+    pub pin_dir: PathBuf,
+    pub db_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl Agent {
+    pub fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// Starts an agent whose config has `extra` appended (whole TOML tables).
+    pub fn start_with(extra: &str) -> Self {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("tollgate-test-{}-{n}", std::process::id());
+        let dir = tempfile::Builder::new()
+            .prefix("tollgate-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        let proxy_port = free_port(900..1000);
+        let admin_port = ephemeral_port();
+        let socket = dir.path().join("control.sock");
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{name}"));
+        let state = dir.path().join("state");
+        let config = format!(
+            "[proxy]\nport = {proxy_port}\nconnect_timeout = \"3s\"\n\n\
+             [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n\
+             [control]\nsocket = \"{socket}\"\n\n\
+             [cgroup]\nparent = \"{name}\"\n\n\
+             [bpf]\npin_dir = \"{pins}\"\n\n\
+             [state]\ndir = \"{state}\"\n\n{extra}\n",
+            socket = socket.display(),
+            pins = pin_dir.display(),
+            state = state.display(),
+        );
+        let config_path = dir.path().join("agent.toml");
+        fs::write(&config_path, config).expect("writing config");
+        let mut agent = Self {
+            cgroup_parent: cgroup2_mount().join(&name),
+            db_path: state.join("recordings.db"),
+            dir,
+            name,
+            config_path,
+            socket,
+            proxy_port,
+            admin_port,
+            pin_dir,
+            child: None,
+        };
+        agent.spawn();
+        agent
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    fn spawn(&mut self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.log"))
+            .expect("agent log");
+        let child = Command::new(tollgate_bin())
+            .args(["agent", "--config"])
+            .arg(&self.config_path)
+            .env("TOLLGATE_LOG", "info,access=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", tollgate_bin().display()));
+        self.child = Some(child);
+        let ready = wait_for_ready(self, Duration::from_secs(30));
+        assert!(ready, "agent did not become ready; log:\n{}", self.log());
+    }
+
+    /// SIGKILLs the agent (no cleanup of any kind can run).
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERMs the agent and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let exited = wait_for_exit(&mut child, Duration::from_secs(15));
+            if !exited {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("agent did not exit on SIGTERM; log:\n{}", self.log());
+            }
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "agent is still running");
+        self.spawn();
+    }
+
+    /// `tollgate` with this agent's control socket.
+    pub fn tollgate(&self) -> Command {
+        let mut cmd = Command::new(tollgate_bin());
+        cmd.env("TOLLGATE_CONTROL_SOCKET", &self.socket);
+        cmd
+    }
+
+    /// `tollgate run --label k=v ... -- cmd...`, to completion.
+    pub fn run_job(&self, labels: &[(&str, &str)], cmd: &[&str]) -> Output {
+        let mut command = self.run_command(labels, cmd);
+        output(&mut command)
+    }
+
+    pub fn run_command(&self, labels: &[(&str, &str)], cmd: &[&str]) -> Command {
+        let mut command = self.tollgate();
+        command.arg("run");
+        for (k, v) in labels {
+            command.arg("--label").arg(format!("{k}={v}"));
+        }
+        command.arg("--").args(cmd);
+        command
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let out = output(self.tollgate().args(args));
+        assert!(
+            out.status.success(),
+            "tollgate {args:?} failed: {}",
+            stderr(&out)
+        );
+        serde_json::from_str(&stdout(&out))
+            .unwrap_or_else(|e| panic!("tollgate {args:?}: bad JSON: {e}: {}", stdout(&out)))
+    }
+
+    /// Recorded sessions, newest first (optionally of one job).
+    pub fn sessions(&self, job: Option<&str>) -> Vec<Value> {
+        let mut args = vec!["sessions", "list", "--json", "--limit", "1000000"];
+        if let Some(job) = job {
+            args.extend(["--job", job]);
+        }
+        match self.json(&args) {
+            Value::Array(sessions) => sessions,
+            other => panic!("sessions list: not an array: {other}"),
+        }
+    }
+
+    /// Waits until `n` sessions have ended and been recorded (for the job, if given), and
+    /// returns all of that job's sessions.
+    pub fn wait_sessions(&self, job: Option<&str>, n: usize) -> Vec<Value> {
+        self.wait_until_recorded(job, n, true)
+    }
+
+    /// Waits until `n` sessions are on record, open or ended.
+    pub fn wait_recorded(&self, job: Option<&str>, n: usize) -> Vec<Value> {
+        self.wait_until_recorded(job, n, false)
+    }
+
+    fn wait_until_recorded(&self, job: Option<&str>, n: usize, ended: bool) -> Vec<Value> {
+        wait_for(
+            &format!("{n} recorded sessions (job {job:?}, ended: {ended})"),
+            Duration::from_secs(20),
+            || {
+                let sessions = self.sessions(job);
+                let count = sessions
+                    .iter()
+                    .filter(|s| !ended || s["ended_at"].is_i64())
+                    .count();
+                (count >= n).then_some(sessions)
+            },
+        )
+    }
+
+    pub fn jobs(&self) -> Vec<Value> {
+        match self.json(&["jobs", "--json"]) {
+            Value::Array(jobs) => jobs,
+            other => panic!("jobs: not an array: {other}"),
+        }
+    }
+
+    pub fn status(&self) -> Value {
+        self.json(&["status", "--json"])
+    }
+
+    /// GET a path on the admin listener: (status code, body).
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        http_get(self.admin_port, path)
+    }
+
+    pub fn metrics(&self) -> String {
+        let (code, body) = self.admin_get("/metrics");
+        assert_eq!(code, 200, "/metrics: {body}");
+        body
+    }
+
+    /// The value of one series, e.g. `tollgate_proxy_decisions_total{decision="allow"}`;
+    /// 0 when the series is absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        metric_value(&self.metrics(), series)
+    }
+
+    /// The job cgroup directories currently below this agent's parent.
+    pub fn job_cgroups(&self) -> Vec<String> {
+        fs::read_dir(&self.cgroup_parent)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Stops the agent, runs `tollgate agent --cleanup`, and checks nothing is left.
+    pub fn cleanup(&mut self) {
+        self.stop();
+        let out = output(
+            Command::new(tollgate_bin())
+                .args(["agent", "--cleanup", "--config"])
+                .arg(&self.config_path),
+        );
+        assert!(out.status.success(), "cleanup failed: {}", stderr(&out));
+        assert!(
+            !self.pin_dir.exists(),
+            "{} left behind",
+            self.pin_dir.display()
+        );
+        assert!(
+            !self.cgroup_parent.exists(),
+            "{} left behind",
+            self.cgroup_parent.display()
+        );
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.child.is_none() && !self.pin_dir.exists() && !self.cgroup_parent.exists() {
+            return;
+        }
+        if std::thread::panicking() {
+            // Clean up as well as we can without masking the original failure.
+            self.kill9();
+            let _ = Command::new(tollgate_bin())
+                .args(["agent", "--cleanup", "--config"])
+                .arg(&self.config_path)
+                .output();
+            eprintln!("--- agent log ---\n{}", self.log());
+        } else {
+            self.cleanup();
+        }
+    }
+}
+
+fn wait_for_exit(child: &mut Child, timeout: Duration) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < timeout {
+        if let Ok(Some(_)) = child.try_wait() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+fn wait_for_ready(agent: &mut Agent, timeout: Duration) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < timeout {
+        if let Some(child) = agent.child.as_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            panic!(
+                "agent exited during startup ({status}); log:\n{}",
+                agent.log()
+            );
+        }
+        if let Ok((200, _)) = try_http_get(agent.admin_port, "/readyz") {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn try_http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    try_http_get(port, path).unwrap_or_else(|e| panic!("GET {path} on port {port}: {e}"))
+}
+
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
