@@ -1,4 +1,5 @@
 //! `cargo xtask`: setup, build, run, test (and, later, bench and vm-test).
+mod bench;
 mod setup;
 mod test;
 
@@ -32,6 +33,18 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// pgbench through direct, Tollgate and pgbouncer paths, interleaved (root).
+    Bench {
+        /// Interleaved rounds.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds per pgbench run.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// pgbench scale factor.
+        #[arg(long, default_value_t = 10)]
+        scale: u32,
+    },
     /// Setup, then every check and test: fmt, clippy (host and bpf), unit, end-to-end.
     Test {
         /// Only run end-to-end tests whose name contains this.
@@ -61,6 +74,21 @@ fn main() -> anyhow::Result<()> {
                 bail!("tollgate agent exited with {status}");
             }
             Ok(())
+        }
+        Cmd::Bench {
+            rounds,
+            seconds,
+            scale,
+        } => {
+            setup::all(&root)?;
+            bench::bench(
+                &root,
+                &bench::Options {
+                    rounds,
+                    seconds,
+                    scale,
+                },
+            )
         }
         Cmd::Test {
             e2e_filter,

@@ -1,6 +1,10 @@
 //! `cargo xtask test`: fmt, clippy (host and bpf target), unit tests, then the privileged
 //! end-to-end suite (serially: it shares kernel state).
-use std::path::Path;
+use std::{
+    io::{BufRead as _, BufReader},
+    path::Path,
+    process::{Command, Stdio},
+};
 
 use anyhow::bail;
 
@@ -41,7 +45,8 @@ pub fn all(root: &Path, e2e_filter: Option<&str>, lint: bool) -> anyhow::Result<
             .env_remove("RUSTC")
             .env_remove("RUSTC_WORKSPACE_WRAPPER"))?;
     }
-    run(cargo(root).args([
+    let mut totals = Totals::default();
+    totals.run(cargo(root).args([
         "test",
         "--workspace",
         "--exclude",
@@ -67,5 +72,61 @@ pub fn all(root: &Path, e2e_filter: Option<&str>, lint: bool) -> anyhow::Result<
         cmd.arg(filter);
     }
     cmd.env("TOLLGATE_BIN", &bin);
-    run(&mut cmd)
+    totals.run(&mut cmd)?;
+    totals.summary();
+    Ok(())
+}
+
+/// Counts what cargo test reports, echoing its output as it comes.
+#[derive(Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+}
+
+impl Totals {
+    fn run(&mut self, cmd: &mut Command) -> anyhow::Result<()> {
+        eprintln!("xtask: $ {cmd:?}");
+        let mut child = cmd.stdout(Stdio::piped()).spawn()?;
+        if let Some(stdout) = child.stdout.take() {
+            for line in BufReader::new(stdout).lines() {
+                let line = line?;
+                println!("{line}");
+                if let Some(rest) = line.strip_prefix("test result: ") {
+                    self.passed += count(rest, " passed");
+                    self.failed += count(rest, " failed");
+                }
+            }
+        }
+        let status = child.wait()?;
+        if !status.success() {
+            bail!("tests failed: {status}");
+        }
+        Ok(())
+    }
+
+    fn summary(&self) {
+        println!("{} passed, {} failed", self.passed, self.failed);
+    }
+}
+
+/// The number before `what` in "ok. 15 passed; 0 failed; ...".
+fn count(text: &str, what: &str) -> u64 {
+    text.split(';')
+        .find_map(|part| {
+            let part = part.trim();
+            let number = part.strip_suffix(what.trim_start())?.trim();
+            number.rsplit(' ').next()?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counts_cargo_test_results() {
+        let line = "ok. 15 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out";
+        assert_eq!(super::count(line, " passed"), 15);
+        assert_eq!(super::count(line, " failed"), 2);
+    }
 }

@@ -1,0 +1,369 @@
+//! `cargo xtask bench`: pgbench against PostgreSQL through three paths in one run — a
+//! direct connection, the same client inside a Tollgate job (L4 relay), and pgbouncer in
+//! session mode — interleaved over several rounds, reporting median TPS and the ratio to
+//! direct from the same round.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{build, run};
+
+pub struct Options {
+    pub rounds: usize,
+    pub seconds: u64,
+    pub scale: u32,
+}
+
+/// A workload: name and pgbench arguments (besides host/port/duration).
+const WORKLOADS: [(&str, &[&str]); 2] = [
+    (
+        "-S -c8 (simple)",
+        &["-S", "-M", "simple", "-c", "8", "-j", "2"],
+    ),
+    (
+        "-C -S -c4",
+        &["-C", "-S", "-M", "simple", "-c", "4", "-j", "2"],
+    ),
+];
+const PATHS: [&str; 3] = ["direct", "tollgate", "pgbouncer"];
+
+pub fn bench(root: &Path, options: &Options) -> anyhow::Result<()> {
+    if !crate::is_root() {
+        bail!("the benchmark needs root (it runs the agent)");
+    }
+    let bin = build(root, true)?;
+    let scratch = PathBuf::from(format!("/tmp/tollgate-bench-{}", std::process::id()));
+    let mut env = Environment::start(&scratch, &bin, options.scale)?;
+    let result = measure(&mut env, options);
+    env.stop();
+    let results = result?;
+    report(&results, options);
+    Ok(())
+}
+
+struct Sample {
+    round: usize,
+    workload: usize,
+    path: usize,
+    tps: f64,
+}
+
+fn measure(env: &mut Environment, options: &Options) -> anyhow::Result<Vec<Sample>> {
+    let mut samples = Vec::new();
+    for round in 0..options.rounds {
+        for (workload, (name, args)) in WORKLOADS.iter().enumerate() {
+            for (path, path_name) in PATHS.iter().enumerate() {
+                let tps = env.pgbench(path_name, args, options.seconds)?;
+                eprintln!(
+                    "xtask: bench: round {} {name:<16} {path_name:<9} {tps:>10.1} tps",
+                    round + 1
+                );
+                samples.push(Sample {
+                    round,
+                    workload,
+                    path,
+                    tps,
+                });
+            }
+        }
+    }
+    Ok(samples)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+fn report(samples: &[Sample], options: &Options) {
+    println!();
+    println!(
+        "pgbench, {} rounds x {} s per run, interleaved; ratio = path TPS / direct TPS of the same round",
+        options.rounds, options.seconds
+    );
+    println!(
+        "{:<18} {:<10} {:>12} {:>14} {:>28}",
+        "workload", "path", "median tps", "median ratio", "per-round ratios"
+    );
+    for (workload, (name, _)) in WORKLOADS.iter().enumerate() {
+        for (path, path_name) in PATHS.iter().enumerate() {
+            let tps: Vec<f64> = samples
+                .iter()
+                .filter(|s| s.workload == workload && s.path == path)
+                .map(|s| s.tps)
+                .collect();
+            let ratios: Vec<f64> = (0..options.rounds)
+                .filter_map(|round| {
+                    let of = |p: usize| {
+                        samples
+                            .iter()
+                            .find(|s| s.round == round && s.workload == workload && s.path == p)
+                            .map(|s| s.tps)
+                    };
+                    Some(of(path)? / of(0)?)
+                })
+                .collect();
+            let per_round = ratios
+                .iter()
+                .map(|r| format!("{r:.3}"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            println!(
+                "{:<18} {:<10} {:>12.1} {:>14.3} {:>28}",
+                name,
+                path_name,
+                median(tps),
+                median(ratios.clone()),
+                per_round
+            );
+        }
+    }
+}
+
+/// PostgreSQL, pgbouncer and a Tollgate agent, all in a scratch directory, stopped on
+/// every exit path.
+struct Environment {
+    scratch: PathBuf,
+    bin: PathBuf,
+    pg_bin: PathBuf,
+    pg_port: u16,
+    bouncer_port: u16,
+    bouncer: Option<Child>,
+    agent: Option<Child>,
+    agent_config: PathBuf,
+    agent_socket: PathBuf,
+    pg_started: bool,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn pg_bin_dir() -> anyhow::Result<PathBuf> {
+    let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .context("PostgreSQL is not installed (cargo xtask setup)")?
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .map(|(_, bin)| bin)
+        .context("no PostgreSQL under /usr/lib/postgresql")
+}
+
+fn as_postgres(program: &Path) -> Command {
+    let mut cmd = Command::new("runuser");
+    cmd.args(["-u", "postgres", "--"]).arg(program);
+    cmd
+}
+
+impl Environment {
+    fn start(scratch: &Path, bin: &Path, scale: u32) -> anyhow::Result<Self> {
+        let _ = fs::remove_dir_all(scratch);
+        fs::create_dir_all(scratch)?;
+        run(Command::new("chown").arg("postgres:postgres").arg(scratch))?;
+        let mut env = Self {
+            scratch: scratch.to_owned(),
+            bin: bin.to_owned(),
+            pg_bin: pg_bin_dir()?,
+            pg_port: free_port()?,
+            bouncer_port: free_port()?,
+            bouncer: None,
+            agent: None,
+            agent_config: scratch.join("agent.toml"),
+            agent_socket: scratch.join("control.sock"),
+            pg_started: false,
+        };
+        if let Err(error) = env.start_all(scale) {
+            env.stop();
+            return Err(error);
+        }
+        Ok(env)
+    }
+
+    fn start_all(&mut self, scale: u32) -> anyhow::Result<()> {
+        let data = self.scratch.join("pgdata");
+        run(as_postgres(&self.pg_bin.join("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args(["--auth=trust", "-U", "postgres", "--no-sync"])
+            .stdout(Stdio::null()))?;
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=100 \
+             -c shared_buffers=256MB -c fsync=off -c synchronous_commit=off",
+            self.pg_port,
+            self.scratch.display()
+        );
+        run(as_postgres(&self.pg_bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(self.scratch.join("pg.log"))
+            .args(["-w", "-o", &options, "start"])
+            .stdout(Stdio::null()))?;
+        self.pg_started = true;
+        run(Command::new("pgbench")
+            .args(["-i", "-q", "-s", &scale.to_string()])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.pg_port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .arg("postgres")
+            .stderr(Stdio::null()))?;
+
+        let ini = format!(
+            "[databases]\npostgres = host=127.0.0.1 port={pg} dbname=postgres user=postgres\n\
+             [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nauth_type = any\n\
+             pool_mode = session\nmax_client_conn = 200\ndefault_pool_size = 20\n\
+             unix_socket_dir =\nlogfile = {dir}/pgbouncer.log\n",
+            pg = self.pg_port,
+            port = self.bouncer_port,
+            dir = self.scratch.display()
+        );
+        let ini_path = self.scratch.join("pgbouncer.ini");
+        fs::write(&ini_path, ini)?;
+        run(Command::new("chown")
+            .arg("postgres:postgres")
+            .arg(&ini_path))?;
+        self.bouncer = Some(
+            as_postgres(Path::new("/usr/sbin/pgbouncer"))
+                .arg(&ini_path)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting pgbouncer")?,
+        );
+
+        let name = format!("tollgate-bench-{}", std::process::id());
+        let config = format!(
+            "[proxy]\nport = 979\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+             [control]\nsocket = \"{socket}\"\n[cgroup]\nparent = \"{name}\"\n\
+             [bpf]\npin_dir = \"/sys/fs/bpf/{name}\"\n[state]\ndir = \"{state}\"\n\
+             [log]\nlevel = \"warn\"\n",
+            admin = free_port()?,
+            socket = self.agent_socket.display(),
+            state = self.scratch.join("state").display(),
+        );
+        fs::write(&self.agent_config, config)?;
+        let log = fs::File::create(self.scratch.join("agent.log"))?;
+        self.agent = Some(
+            Command::new(&self.bin)
+                .arg("agent")
+                .arg("--config")
+                .arg(&self.agent_config)
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .context("starting the agent")?,
+        );
+        let start = Instant::now();
+        while !self.agent_socket.exists() {
+            if start.elapsed() > Duration::from_secs(20) {
+                bail!(
+                    "the agent did not start; see {}/agent.log",
+                    self.scratch.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Every path must answer before measuring.
+        for path in PATHS {
+            self.pgbench(path, &["-S", "-t", "10"], 0)?;
+        }
+        Ok(())
+    }
+
+    /// Runs pgbench on `path` and returns its TPS.
+    fn pgbench(&self, path: &str, args: &[&str], seconds: u64) -> anyhow::Result<f64> {
+        let port = if path == "pgbouncer" {
+            self.bouncer_port
+        } else {
+            self.pg_port
+        };
+        let mut pgbench = vec![
+            "pgbench".to_owned(),
+            "-n".to_owned(),
+            "-h".to_owned(),
+            "127.0.0.1".to_owned(),
+            "-p".to_owned(),
+            port.to_string(),
+            "-U".to_owned(),
+            "postgres".to_owned(),
+        ];
+        pgbench.extend(args.iter().map(|a| (*a).to_owned()));
+        if seconds > 0 {
+            pgbench.extend(["-T".to_owned(), seconds.to_string()]);
+        }
+        pgbench.push("postgres".to_owned());
+        let mut cmd = if path == "tollgate" {
+            let mut cmd = Command::new(&self.bin);
+            cmd.env("TOLLGATE_CONTROL_SOCKET", &self.agent_socket)
+                .args(["run", "--label", "bench=pgbench", "--"])
+                .args(&pgbench);
+            cmd
+        } else {
+            let mut cmd = Command::new(&pgbench[0]);
+            cmd.args(&pgbench[1..]);
+            cmd
+        };
+        let out = cmd
+            .output()
+            .with_context(|| format!("running pgbench ({path})"))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            bail!(
+                "pgbench ({path}) failed: {}{}",
+                text,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        text.lines()
+            .find_map(|l| l.strip_prefix("tps = "))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|tps| tps.parse().ok())
+            .with_context(|| format!("no tps in pgbench output ({path}): {text}"))
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut agent) = self.agent.take() {
+            // SAFETY: kill(2) on our own child.
+            let _ = Command::new("kill").arg(agent.id().to_string()).status();
+            let _ = agent.wait();
+            let _ = Command::new(&self.bin)
+                .args(["agent", "--cleanup", "--config"])
+                .arg(&self.agent_config)
+                .stdout(Stdio::null())
+                .status();
+        }
+        if let Some(mut bouncer) = self.bouncer.take() {
+            let _ = bouncer.kill();
+            let _ = bouncer.wait();
+        }
+        if self.pg_started {
+            let _ = as_postgres(&self.pg_bin.join("pg_ctl"))
+                .arg("-D")
+                .arg(self.scratch.join("pgdata"))
+                .args(["-m", "fast", "-w", "stop"])
+                .stdout(Stdio::null())
+                .status();
+            self.pg_started = false;
+        }
+        let _ = fs::remove_dir_all(&self.scratch);
+    }
+}
