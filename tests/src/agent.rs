@@ -55,6 +55,15 @@ impl Agent {
 
     /// Starts an agent whose config has `extra` appended (whole TOML tables).
     pub fn start_with(extra: &str) -> Self {
+        Self::start_configured("", extra)
+    }
+
+    /// Starts an agent with `control` added to its `[control]` table.
+    pub fn start_with_control(control: &str) -> Self {
+        Self::start_configured(control, "")
+    }
+
+    fn start_configured(control: &str, extra: &str) -> Self {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let name = format!("tollgate-test-{}-{n}", std::process::id());
         let dir = tempfile::Builder::new()
@@ -69,7 +78,7 @@ impl Agent {
         let config = format!(
             "[proxy]\nport = {proxy_port}\nconnect_timeout = \"3s\"\n\n\
              [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n\
-             [control]\nsocket = \"{socket}\"\n\n\
+             [control]\nsocket = \"{socket}\"\n{control}\n\n\
              [cgroup]\nparent = \"{name}\"\n\n\
              [bpf]\npin_dir = \"{pins}\"\n\n\
              [state]\ndir = \"{state}\"\n\n{extra}\n",

@@ -7,7 +7,7 @@ use std::{
 };
 
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
 };
 
@@ -178,5 +178,3 @@ async fn write_line(
     text.push(b'\n');
     write.write_all(&text).await
 }
-
-use tokio::io::AsyncReadExt as _;
