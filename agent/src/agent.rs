@@ -86,6 +86,7 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
         &db_path,
         config.recording.queue_capacity,
         config.recording.batch_size,
+        config.recording.flush_interval,
         metrics.record.clone(),
     )?;
     recorder.record(record::RecordEvent::CloseDangling {
@@ -413,7 +414,7 @@ pub fn cleanup(config: &Config) -> Result<Vec<String>, AgentError> {
         let db_path = config.recording_path();
         if db_path.exists() {
             let (recorder, writer) =
-                record::writer::spawn(&db_path, 1024, 256, metrics.record.clone())?;
+                record::writer::spawn(&db_path, 1024, 256, Duration::ZERO, metrics.record.clone())?;
             for (id, _, _) in &open_jobs {
                 recorder.record(record::RecordEvent::JobEnded {
                     id: id.clone(),

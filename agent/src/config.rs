@@ -187,6 +187,9 @@ pub struct RecordingConfig {
     pub queue_capacity: usize,
     /// Most records written in one transaction.
     pub batch_size: usize,
+    /// How long the writer gathers records before it commits them.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
 }
 
 impl Default for RecordingConfig {
@@ -196,6 +199,7 @@ impl Default for RecordingConfig {
             strict: false,
             queue_capacity: 65_536,
             batch_size: 512,
+            flush_interval: Duration::from_millis(100),
         }
     }
 }
@@ -356,6 +360,9 @@ impl Config {
                 "recording.queue_capacity",
                 "must be greater than zero",
             ));
+        }
+        if self.recording.flush_interval > Duration::from_secs(10) {
+            return Err(invalid("recording.flush_interval", "must be at most 10s"));
         }
         if self.recording.batch_size == 0 {
             return Err(invalid("recording.batch_size", "must be greater than zero"));

@@ -202,7 +202,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/rec.db");
         let metrics = Arc::new(Metrics::new());
-        let (recorder, handle) = writer::spawn(&path, 16, 4, metrics.record.clone()).unwrap();
+        let (recorder, handle) = writer::spawn(
+            &path,
+            16,
+            4,
+            std::time::Duration::from_millis(5),
+            metrics.record.clone(),
+        )
+        .unwrap();
         recorder.record(RecordEvent::JobStarted(job("j1")));
         recorder.record(RecordEvent::JobStarted(job("j2")));
         for i in 0..10 {

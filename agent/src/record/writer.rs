@@ -1,5 +1,6 @@
 //! The batched writer thread.
 use std::{
+    collections::HashSet,
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -7,7 +8,7 @@ use std::{
         mpsc::{Receiver, RecvTimeoutError, sync_channel},
     },
     thread::JoinHandle,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use rusqlite::{Connection, params};
@@ -42,6 +43,7 @@ pub fn spawn(
     path: &Path,
     capacity: usize,
     batch_size: usize,
+    flush_interval: Duration,
     metrics: Arc<RecordMetrics>,
 ) -> Result<(Recorder, WriterHandle), RecordError> {
     if let Some(dir) = path.parent() {
@@ -64,6 +66,7 @@ pub fn spawn(
         path: path.to_owned(),
         rx,
         batch_size,
+        flush_interval,
         healthy: healthy.clone(),
         stopping: stopping.clone(),
         metrics: metrics.clone(),
@@ -90,6 +93,7 @@ struct Writer {
     path: PathBuf,
     rx: Receiver<RecordEvent>,
     batch_size: usize,
+    flush_interval: Duration,
     healthy: Arc<AtomicBool>,
     stopping: Arc<AtomicBool>,
     metrics: Arc<RecordMetrics>,
@@ -104,15 +108,26 @@ impl Writer {
                 Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => break,
             }
+            // Gather for up to one flush interval: one transaction per batch, not per record.
+            let deadline = Instant::now() + self.flush_interval;
+            let mut disconnected = false;
             while batch.len() < self.batch_size {
-                match self.rx.try_recv() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match self.rx.recv_timeout(left) {
                     Ok(event) => batch.push(event),
-                    Err(_) => break,
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        disconnected = true;
+                        break;
+                    }
                 }
             }
             self.metrics.queue_depth.sub(batch.len() as i64);
             self.write_with_retry(&batch);
             batch.clear();
+            if disconnected {
+                break;
+            }
         }
     }
 
@@ -153,9 +168,18 @@ impl Writer {
 }
 
 fn write_batch(conn: &mut Connection, batch: &[RecordEvent]) -> rusqlite::Result<()> {
+    // A connection that opened and ended within this batch is written once, complete.
+    let ended: HashSet<&str> = batch
+        .iter()
+        .filter_map(|event| match event {
+            RecordEvent::Connection(c) => Some(c.id.as_str()),
+            _ => None,
+        })
+        .collect();
     let tx = conn.transaction()?;
     for event in batch {
         match event {
+            RecordEvent::ConnectionOpened(c) if ended.contains(c.id.as_str()) => {}
             RecordEvent::JobStarted(job) => insert_job(&tx, job)?,
             RecordEvent::JobEnded {
                 id,
