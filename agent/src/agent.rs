@@ -112,17 +112,12 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
     } else {
         config.proxy.workers
     };
-    let data_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .thread_name("tollgate-proxy")
-        .enable_all()
-        .build()
-        .map_err(runtime_err("proxy"))?;
-    let listeners = data_rt.block_on(Listeners::bind(
+    let listeners = Listeners::bind(
         config.proxy.port,
         config.proxy.ipv4,
         config.proxy.ipv6,
-    ))?;
+        workers,
+    )?;
     let (maps, attachment) = bpf::install(
         &config.bpf.pin_dir,
         tree.parent(),
@@ -186,15 +181,19 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
     )?;
 
     admin_state.ready.store(true, Ordering::Relaxed);
-    let drain = config.proxy.drain_timeout;
-    data_rt.block_on(async move {
-        let serve = tokio::spawn(listeners.serve(shared, shutdown_rx, drain));
-        wait_for_shutdown_signal().await;
-        tracing::info!("shutting down: draining connections (programs stay attached)");
-        let _ = shutdown_tx.send(true);
-        let _ = serve.await;
-    });
-    data_rt.shutdown_timeout(Duration::from_secs(1));
+    let workers = listeners.serve(shared, shutdown_rx, config.proxy.drain_timeout)?;
+    let signals = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(runtime_err("signal"))?;
+    signals.block_on(wait_for_shutdown_signal());
+    tracing::info!("shutting down: draining connections (programs stay attached)");
+    let _ = shutdown_tx.send(true);
+    for worker in workers {
+        if worker.join().is_err() {
+            tracing::error!("proxy worker panicked");
+        }
+    }
     if control_thread.join().is_err() {
         tracing::error!("control plane thread panicked");
     }

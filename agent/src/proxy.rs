@@ -35,6 +35,11 @@ pub enum ProxyError {
         #[source]
         source: io::Error,
     },
+    #[error("starting a proxy worker thread: {source}")]
+    Thread {
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Everything a connection task needs, shared by all of them.
@@ -83,95 +88,158 @@ impl Shared {
     }
 }
 
-/// Bound proxy listeners (IPv4 and, when the host has it, IPv6 loopback).
+/// Bound proxy listeners: one set (IPv4 and, when the host has it, IPv6 loopback) per
+/// worker thread, sharing the port through SO_REUSEPORT. Each worker runs its own
+/// single-threaded runtime, so a connection is accepted, relayed and woken on one thread
+/// with no cross-thread hand-offs.
 pub struct Listeners {
-    listeners: Vec<TcpListener>,
+    sets: Vec<Vec<std::net::TcpListener>>,
 }
 
 impl Listeners {
-    pub async fn bind(port: u16, ipv4: Ipv4Addr, ipv6: Ipv6Addr) -> Result<Self, ProxyError> {
-        let mut listeners = Vec::new();
-        for ip in [IpAddr::V4(ipv4), IpAddr::V6(ipv6)] {
-            let addr = SocketAddr::new(ip, port);
-            match bind(addr) {
-                Ok(listener) => listeners.push(listener),
-                Err(source) if ip.is_ipv6() && source.kind() == io::ErrorKind::AddrNotAvailable => {
-                    tracing::warn!(%addr, "IPv6 loopback unavailable; IPv6 job connects will fail");
+    pub fn bind(
+        port: u16,
+        ipv4: Ipv4Addr,
+        ipv6: Ipv6Addr,
+        workers: usize,
+    ) -> Result<Self, ProxyError> {
+        let mut sets = Vec::with_capacity(workers);
+        let mut ipv6_ok = true;
+        for _ in 0..workers.max(1) {
+            let mut set = Vec::new();
+            for ip in [IpAddr::V4(ipv4), IpAddr::V6(ipv6)] {
+                if ip.is_ipv6() && !ipv6_ok {
+                    continue;
                 }
-                Err(source) => return Err(ProxyError::Bind { addr, source }),
+                let addr = SocketAddr::new(ip, port);
+                match bind(addr) {
+                    Ok(listener) => set.push(listener),
+                    Err(source)
+                        if ip.is_ipv6() && source.kind() == io::ErrorKind::AddrNotAvailable =>
+                    {
+                        tracing::warn!(%addr, "IPv6 loopback unavailable; IPv6 job connects will fail");
+                        ipv6_ok = false;
+                    }
+                    Err(source) => return Err(ProxyError::Bind { addr, source }),
+                }
             }
+            sets.push(set);
         }
-        Ok(Self { listeners })
+        Ok(Self { sets })
     }
 
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners
-            .iter()
-            .filter_map(|l| l.local_addr().ok())
-            .collect()
+        self.sets
+            .first()
+            .map(|set| set.iter().filter_map(|l| l.local_addr().ok()).collect())
+            .unwrap_or_default()
     }
 
-    /// Accepts until `shutdown` flips, then waits up to `drain` for live connections.
-    pub async fn serve(
+    /// Starts one worker thread per listener set. Each accepts until `shutdown` flips,
+    /// then waits up to `drain` for live connections; what is left is closed (and
+    /// recorded) when its runtime is dropped.
+    pub fn serve(
         self,
         shared: Arc<Shared>,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: watch::Receiver<bool>,
         drain: Duration,
-    ) {
-        let mut tasks = Vec::new();
-        for listener in self.listeners {
+    ) -> Result<Vec<std::thread::JoinHandle<()>>, ProxyError> {
+        let mut threads = Vec::new();
+        for (index, set) in self.sets.into_iter().enumerate() {
             let shared = shared.clone();
-            let mut shutdown = shutdown.clone();
-            tasks.push(tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        accepted = listener.accept() => match accepted {
-                            Ok((stream, peer)) => {
-                                let shared = shared.clone();
-                                shared.live.fetch_add(1, Ordering::Relaxed);
-                                tokio::spawn(async move {
-                                    connection::handle(stream, peer, &shared).await;
-                                    shared.live.fetch_sub(1, Ordering::Relaxed);
-                                });
-                            }
-                            Err(error) => {
-                                // EMFILE and friends: back off instead of spinning.
-                                tracing::error!(%error, "proxy accept failed");
-                                tokio::time::sleep(Duration::from_millis(20)).await;
-                            }
-                        },
-                        _ = shutdown.changed() => break,
-                    }
-                }
-            }));
+            let shutdown = shutdown.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("tollgate-proxy-{index}"))
+                .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(runtime) => runtime,
+                        Err(error) => {
+                            tracing::error!(%error, "proxy worker runtime");
+                            return;
+                        }
+                    };
+                    runtime.block_on(worker(set, shared, shutdown, drain));
+                })
+                .map_err(|source| ProxyError::Thread { source })?;
+            threads.push(thread);
         }
-        let _ = shutdown.wait_for(|stop| *stop).await;
-        for task in tasks {
-            let _ = task.await;
-        }
-        let deadline = Instant::now() + drain;
-        while shared.live_connections() > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if shared.live_connections() > 0 {
-            tracing::warn!(
-                live = shared.live_connections(),
-                "drain timeout: closing the remaining connections"
-            );
-        }
+        Ok(threads)
     }
 }
 
-fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
+async fn worker(
+    set: Vec<std::net::TcpListener>,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+    drain: Duration,
+) {
+    let mut tasks = Vec::new();
+    for listener in set {
+        let listener = match TcpListener::from_std(listener) {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::error!(%error, "proxy listener");
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        let mut shutdown = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, peer)) => {
+                            let shared = shared.clone();
+                            shared.live.fetch_add(1, Ordering::Relaxed);
+                            tokio::spawn(async move {
+                                connection::handle(stream, peer, &shared).await;
+                                shared.live.fetch_sub(1, Ordering::Relaxed);
+                            });
+                        }
+                        Err(error) => {
+                            // EMFILE and friends: back off instead of spinning.
+                            tracing::error!(%error, "proxy accept failed");
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    },
+                    _ = shutdown.changed() => break,
+                }
+            }
+        }));
+    }
+    let _ = shutdown.wait_for(|stop| *stop).await;
+    for task in tasks {
+        let _ = task.await;
+    }
+    let deadline = Instant::now() + drain;
+    while shared.live_connections() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if shared.live_connections() > 0 {
+        tracing::warn!(
+            live = shared.live_connections(),
+            "drain timeout: closing the remaining connections"
+        );
+    }
+}
+
+fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
     } else {
-        tokio::net::TcpSocket::new_v6()?
+        socket2::Domain::IPV6
     };
-    socket.set_reuseaddr(true)?;
-    socket.set_nodelay(true)?;
-    socket.bind(addr)?;
-    socket.listen(4096)
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_tcp_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
 }
 
 /// The kernel's key for an accepted connection: the client's (family, ip, port).
