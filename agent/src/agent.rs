@@ -13,8 +13,8 @@ use crate::{
     bpf::{self, Attachment, BpfError, ConnMaps, ProxyTarget},
     cgroup::{self, CgroupError, CgroupTree},
     config::{Config, Source},
-    control::{ControlError, ControlServer, Handler, JobInfo, Request, Response, Status},
-    jobs::{Caller, JobError, JobRegistry},
+    control::{ControlError, ControlServer, Handler, Request, Response, Status},
+    jobs::{Caller, Job, JobError, JobRegistry},
     metrics::{JobEndLabel, Metrics},
     proxy::{Listeners, ProxyError, Shared},
     record::{self, RecordError, Recorder, Store},
@@ -331,7 +331,7 @@ impl AgentControl {
     fn answer(&self, caller: Caller, request: Request) -> Response {
         match request {
             Request::CreateJob { labels, name } => match self.jobs.create(labels, name, caller) {
-                Ok(job) => Response::Job(JobInfo::from(&*job)),
+                Ok(job) => Response::Job(Job::clone(&job)),
                 Err(e) => error(e),
             },
             Request::EnrollPid { job_id, pid } => match self.jobs.enroll(&job_id, pid, caller) {
@@ -348,12 +348,7 @@ impl AgentControl {
                 }
             }
             Request::ListJobs {} => Response::Jobs {
-                jobs: self
-                    .jobs
-                    .list()
-                    .iter()
-                    .map(|j| JobInfo::from(&**j))
-                    .collect(),
+                jobs: self.jobs.list().iter().map(|j| Job::clone(j)).collect(),
             },
             Request::ListSessions { job_id, limit } => {
                 let store = self.store.lock().unwrap_or_else(|e| e.into_inner());

@@ -17,7 +17,7 @@ use aya::{
     EbpfLoader,
     maps::{Array, Map, MapData},
     programs::{
-        CgroupAttachMode, CgroupSock, CgroupSockAddr, SockOps,
+        CgroupAttachMode, Program,
         links::{FdLink, PinnedLink},
     },
 };
@@ -128,6 +128,22 @@ pub enum Attachment {
     Adopted,
 }
 
+/// Loads a cgroup program, attaches it to `cgroup` and hands back its link for pinning.
+/// (The aya program types share no trait for this, hence the macro.)
+macro_rules! attach_to_cgroup {
+    ($program:expr, $cgroup:expr, $name:expr) => {{
+        let name = $name;
+        let err = |source| BpfError::Program { name, source };
+        $program.load().map_err(err)?;
+        let id = $program.attach($cgroup, ATTACH_MODE).map_err(err)?;
+        let link = $program.take_link(id).map_err(err)?;
+        FdLink::try_from(link).map_err(|source| BpfError::Link {
+            path: PathBuf::from(name),
+            source,
+        })?
+    }};
+}
+
 /// Installs the programs on `cgroup_parent` (or adopts them), and returns the maps.
 pub fn install(
     pin_dir: &Path,
@@ -192,9 +208,9 @@ pub fn install(
         let program = ebpf.program_mut(name).ok_or(BpfError::Missing(name))?;
         let prog_err = |source| BpfError::Program { name, source };
         let link: FdLink = match program {
-            aya::programs::Program::CgroupSockAddr(p) => attach_sock_addr(p, &cgroup, name)?,
-            aya::programs::Program::CgroupSock(p) => attach_sock(p, &cgroup, name)?,
-            aya::programs::Program::SockOps(p) => attach_sock_ops(p, &cgroup, name)?,
+            Program::CgroupSockAddr(p) => attach_to_cgroup!(p, &cgroup, name),
+            Program::CgroupSock(p) => attach_to_cgroup!(p, &cgroup, name),
+            Program::SockOps(p) => attach_to_cgroup!(p, &cgroup, name),
             _ => return Err(prog_err(aya::programs::ProgramError::UnexpectedProgramType)),
         };
         link.pin(pin_dir.join(pin))
@@ -207,51 +223,6 @@ pub fn install(
         take(&mut ebpf, MAP_COUNTERS)?,
     );
     Ok((maps, Attachment::Fresh))
-}
-
-fn attach_sock_addr(
-    program: &mut CgroupSockAddr,
-    cgroup: &fs::File,
-    name: &'static str,
-) -> Result<FdLink, BpfError> {
-    let err = |source| BpfError::Program { name, source };
-    program.load().map_err(err)?;
-    let id = program.attach(cgroup, ATTACH_MODE).map_err(err)?;
-    let link = program.take_link(id).map_err(err)?;
-    FdLink::try_from(link).map_err(|source| BpfError::Link {
-        path: PathBuf::from(name),
-        source,
-    })
-}
-
-fn attach_sock(
-    program: &mut CgroupSock,
-    cgroup: &fs::File,
-    name: &'static str,
-) -> Result<FdLink, BpfError> {
-    let err = |source| BpfError::Program { name, source };
-    program.load().map_err(err)?;
-    let id = program.attach(cgroup, ATTACH_MODE).map_err(err)?;
-    let link = program.take_link(id).map_err(err)?;
-    FdLink::try_from(link).map_err(|source| BpfError::Link {
-        path: PathBuf::from(name),
-        source,
-    })
-}
-
-fn attach_sock_ops(
-    program: &mut SockOps,
-    cgroup: &fs::File,
-    name: &'static str,
-) -> Result<FdLink, BpfError> {
-    let err = |source| BpfError::Program { name, source };
-    program.load().map_err(err)?;
-    let id = program.attach(cgroup, ATTACH_MODE).map_err(err)?;
-    let link = program.take_link(id).map_err(err)?;
-    FdLink::try_from(link).map_err(|source| BpfError::Link {
-        path: PathBuf::from(name),
-        source,
-    })
 }
 
 fn take(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<Map, BpfError> {

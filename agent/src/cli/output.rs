@@ -1,7 +1,7 @@
 //! Human and JSON output of the CLI.
 use std::time::{Duration, UNIX_EPOCH};
 
-use crate::{control::JobInfo, record::ConnectionRecord};
+use crate::{jobs::Job, record::ConnectionRecord};
 
 pub fn time(ms: i64) -> String {
     let at = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
@@ -16,7 +16,7 @@ fn labels(labels: &std::collections::BTreeMap<String, String>) -> String {
         .join(",")
 }
 
-pub fn jobs(jobs: &[JobInfo], json: bool) -> anyhow::Result<()> {
+pub fn jobs(jobs: &[Job], json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(jobs)?);
         return Ok(());

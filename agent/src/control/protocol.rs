@@ -57,33 +57,6 @@ impl Request {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobInfo {
-    pub id: String,
-    pub name: Option<String>,
-    pub labels: BTreeMap<String, String>,
-    pub cgroup_id: u64,
-    pub cgroup_path: String,
-    pub owner_pid: u32,
-    pub owner_uid: u32,
-    pub started_at: i64,
-}
-
-impl From<&Job> for JobInfo {
-    fn from(job: &Job) -> Self {
-        Self {
-            id: job.id.clone(),
-            name: job.name.clone(),
-            labels: job.labels.clone(),
-            cgroup_id: job.cgroup_id,
-            cgroup_path: job.cgroup_path.display().to_string(),
-            owner_pid: job.owner_pid,
-            owner_uid: job.owner_uid,
-            started_at: job.started_at,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
     pub version: String,
     pub proxy_port: u16,
@@ -98,8 +71,8 @@ pub struct Status {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub enum Response {
-    Job(JobInfo),
-    Jobs { jobs: Vec<JobInfo> },
+    Job(Job),
+    Jobs { jobs: Vec<Job> },
     Sessions { sessions: Vec<ConnectionRecord> },
     Session(Box<ConnectionRecord>),
     Status(Status),
