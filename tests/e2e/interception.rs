@@ -286,3 +286,32 @@ fn a_refused_upstream_is_mirrored_as_a_prompt_reset() {
     );
     assert_metrics_match_records(&agent);
 }
+
+#[test]
+fn a_remote_host_in_a_network_namespace_is_intercepted() {
+    if !require_root() {
+        return;
+    }
+    let mut host = tollgate_e2e::netns::NetnsHost::create(7);
+    let www = tempfile::tempdir().expect("tempdir");
+    std::fs::write(www.path().join("index.txt"), "from the netns host\n").expect("write");
+    host.serve_http(8080, www.path());
+    let agent = Agent::start();
+    let url = format!("http://{}:8080/index.txt", host.peer_ip);
+
+    let direct = output(Command::new("curl").args(["-sS", &url]));
+    assert_eq!(stdout(&direct), "from the netns host\n");
+    let job = agent.run_job(&[("repo", "acme/remote")], &["curl", "-sS", &url]);
+    assert!(job.status.success(), "{}", stderr(&job));
+    assert_eq!(stdout(&job), stdout(&direct));
+
+    let sessions = agent.wait_sessions(None, 1);
+    assert_eq!(sessions.len(), 1, "only the job's connection is recorded");
+    assert_eq!(
+        str_field(&sessions[0], "destination"),
+        format!("{}:8080", host.peer_ip)
+    );
+    assert_eq!(str_field(&sessions[0], "comm"), "curl");
+    assert_eq!(sessions[0]["job_labels"]["repo"], "acme/remote");
+    assert_metrics_match_records(&agent);
+}

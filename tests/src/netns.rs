@@ -1,0 +1,91 @@
+//! A test host in a network namespace the test creates: a veth pair with addresses from
+//! the benchmarking range 198.18.0.0/15, and an HTTP server inside the namespace.
+use std::{
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use crate::{output, stderr, wait_for};
+
+pub struct NetnsHost {
+    pub name: String,
+    pub host_ip: String,
+    pub peer_ip: String,
+    host_if: String,
+    server: Option<Child>,
+}
+
+fn ip(args: &[&str]) {
+    let out = output(Command::new("ip").args(args));
+    assert!(out.status.success(), "ip {args:?}: {}", stderr(&out));
+}
+
+impl NetnsHost {
+    /// Creates namespace `tg<n>` with 198.18.<n>.2/30 inside and 198.18.<n>.1/30 here.
+    pub fn create(n: u8) -> Self {
+        let name = format!("tge2e{}-{n}", std::process::id() % 100_000);
+        let host_if = format!("tgh{}{n}", std::process::id() % 10_000);
+        let peer_if = format!("tgp{}{n}", std::process::id() % 10_000);
+        let (host_ip, peer_ip) = (format!("198.18.{n}.1"), format!("198.18.{n}.2"));
+        let host = Self {
+            name: name.clone(),
+            host_ip: host_ip.clone(),
+            peer_ip: peer_ip.clone(),
+            host_if: host_if.clone(),
+            server: None,
+        };
+        ip(&["netns", "add", &name]);
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &peer_if,
+        ]);
+        ip(&["link", "set", &peer_if, "netns", &name]);
+        ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_if]);
+        ip(&["link", "set", &host_if, "up"]);
+        ip(&[
+            "-n",
+            &name,
+            "addr",
+            "add",
+            &format!("{peer_ip}/30"),
+            "dev",
+            &peer_if,
+        ]);
+        ip(&["-n", &name, "link", "set", &peer_if, "up"]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        host
+    }
+
+    /// Serves files from a scratch directory over HTTP inside the namespace.
+    pub fn serve_http(&mut self, port: u16, dir: &std::path::Path) {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.name, "python3", "-m", "http.server"])
+            .args(["--bind", &self.peer_ip, &port.to_string()])
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("http server in netns");
+        self.server = Some(child);
+        let addr = format!("{}:{port}", self.peer_ip);
+        wait_for(
+            &format!("the server on {addr}"),
+            Duration::from_secs(10),
+            || std::net::TcpStream::connect(&addr).ok().map(|_| ()),
+        );
+    }
+}
+
+impl Drop for NetnsHost {
+    fn drop(&mut self) {
+        if let Some(mut server) = self.server.take() {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
