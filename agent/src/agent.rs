@@ -50,6 +50,8 @@ pub enum AgentError {
     NotRoot,
     #[error("an agent is running on {0}; stop it before cleaning up")]
     Running(PathBuf),
+    #[error("an agent is already running on {0}")]
+    AlreadyRunning(PathBuf),
 }
 
 fn cgroup_tree(config: &Config) -> Result<CgroupTree, AgentError> {
@@ -70,6 +72,17 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
     if unsafe { libc::geteuid() } != 0 {
         return Err(AgentError::NotRoot);
     }
+    // Before binding anything: a second agent would share the proxy port (SO_REUSEPORT)
+    // and take connections from the running one.
+    if std::os::unix::net::UnixStream::connect(&config.control.socket).is_ok() {
+        return Err(AgentError::AlreadyRunning(config.control.socket.clone()));
+    }
+    // Signal handlers first, so SIGTERM during startup is a clean stop.
+    let signals = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(runtime_err("signal"))?;
+    let mut shutdown_signals = signals.block_on(async { ShutdownSignals::register() });
     tracing::info!(
         config = %source,
         effective = %toml::to_string(&config).unwrap_or_default().replace('\n', " "),
@@ -182,11 +195,7 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
 
     admin_state.ready.store(true, Ordering::Relaxed);
     let workers = listeners.serve(shared, shutdown_rx, config.proxy.drain_timeout)?;
-    let signals = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(runtime_err("signal"))?;
-    signals.block_on(wait_for_shutdown_signal());
+    signals.block_on(shutdown_signals.wait());
     tracing::info!("shutting down: draining connections (programs stay attached)");
     let _ = shutdown_tx.send(true);
     for worker in workers {
@@ -223,22 +232,41 @@ fn raise_fd_limit() {
     }
 }
 
-async fn wait_for_shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop the agent with SIGKILL");
-        std::future::pending::<()>().await;
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => return,
-            _ = int.recv() => return,
-            _ = hup.recv() => tracing::info!("SIGHUP: nothing to reload yet (no policy configured)"),
+/// SIGTERM and SIGINT stop the agent; SIGHUP is reserved for reloading policy.
+struct ShutdownSignals {
+    streams: Option<[tokio::signal::unix::Signal; 3]>,
+}
+
+impl ShutdownSignals {
+    fn register() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        let streams = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(term), Ok(int), Ok(hup)) => Some([term, int, hup]),
+            _ => {
+                tracing::error!("cannot install signal handlers; stop the agent with SIGKILL");
+                None
+            }
+        };
+        Self { streams }
+    }
+
+    async fn wait(&mut self) {
+        let Some([term, int, hup]) = self.streams.as_mut() else {
+            std::future::pending::<()>().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => return,
+                _ = int.recv() => return,
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: nothing to reload yet (no policy configured)");
+                }
+            }
         }
     }
 }

@@ -177,6 +177,20 @@ fn cleanup_detaches_everything_and_refuses_while_the_agent_runs() {
         "{}",
         tollgate_e2e::stderr(&running)
     );
+    let second = tollgate_e2e::output(
+        std::process::Command::new(tollgate_e2e::agent::tollgate_bin())
+            .args(["agent", "--config"])
+            .arg(&agent.config_path),
+    );
+    assert!(
+        !second.status.success(),
+        "a second agent must refuse to start"
+    );
+    assert!(
+        tollgate_e2e::stderr(&second).contains("already running"),
+        "{}",
+        tollgate_e2e::stderr(&second)
+    );
     // A job left running when the agent stops is killed by the cleanup.
     let mut child = agent
         .run_command(
