@@ -13,7 +13,8 @@ use crate::{
     bpf::{self, Attachment, BpfError, ConnMaps, ProxyTarget},
     cgroup::{self, CgroupError, CgroupTree},
     config::{Config, Source},
-    control::{ControlError, ControlServer, Handler, Request, Response, Status},
+    control::{ControlError, ControlServer, Handler, PolicyStatus, Request, Response, Status},
+    enforce::{EnforceError, Enforcer},
     jobs::{Caller, Job, JobError, JobRegistry},
     metrics::{JobEndLabel, Metrics},
     proxy::{Listeners, ProxyError, Shared},
@@ -30,6 +31,8 @@ pub enum AgentError {
     Record(#[from] RecordError),
     #[error(transparent)]
     Jobs(#[from] JobError),
+    #[error(transparent)]
+    Policy(#[from] EnforceError),
     #[error(transparent)]
     Proxy(#[from] ProxyError),
     #[error(transparent)]
@@ -90,10 +93,33 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
         env!("CARGO_PKG_VERSION")
     );
     raise_fd_limit();
+    let metrics = Arc::new(Metrics::new());
+    // Policy first: an invalid set stops the agent before it attaches anything.
+    let enforcer = Arc::new(Enforcer::load(
+        &config.policy.dir,
+        config.policy.mode,
+        config.targets.clone(),
+        metrics.policy.clone(),
+    )?);
+    if enforcer.configured() {
+        tracing::info!(
+            dir = %config.policy.dir.display(),
+            policies = enforcer.policy_count(),
+            mode = ?config.policy.mode,
+            targets = config.targets.len(),
+            "policy loaded"
+        );
+    } else {
+        tracing::warn!(
+            dir = %config.policy.dir.display(),
+            "no policy directory: every connection of a job is allowed (and recorded)"
+        );
+    }
+    let (policy_tx, policy_rx) = watch::channel(enforcer.generation());
+    let policy_tx = Arc::new(policy_tx);
     let tree = cgroup_tree(&config)?;
     tree.ensure_parent()?;
 
-    let metrics = Arc::new(Metrics::new());
     let db_path = config.recording_path();
     let (recorder, writer) = record::writer::spawn(
         &db_path,
@@ -152,9 +178,11 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
     let shared = Arc::new(Shared::new(
         maps.clone(),
         jobs.clone(),
-        Box::new(tollgate_policy::AllowAll),
+        enforcer.clone(),
+        policy_rx,
         recorder.clone(),
         metrics.proxy.clone(),
+        metrics.policy.clone(),
         config.proxy.connect_timeout,
         config.proxy.buffer_size,
         config.recording.strict,
@@ -168,6 +196,7 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
     });
     let handler = Arc::new(AgentControl {
         jobs: jobs.clone(),
+        enforcer: enforcer.clone(),
         store: Mutex::new(store),
         maps: maps.clone(),
         recorder: recorder.clone(),
@@ -185,17 +214,29 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let control_thread = spawn_control_plane(
         &config,
-        handler,
-        admin_state.clone(),
-        jobs.clone(),
-        maps.clone(),
-        metrics.clone(),
+        ControlPlane {
+            handler,
+            admin_state: admin_state.clone(),
+            jobs: jobs.clone(),
+            maps: maps.clone(),
+            metrics: metrics.clone(),
+            reload: PolicyReload {
+                enforcer: enforcer.clone(),
+                notify: policy_tx.clone(),
+                interval: config.policy.reload_interval,
+            },
+        },
         shutdown_rx.clone(),
     )?;
 
     admin_state.ready.store(true, Ordering::Relaxed);
     let workers = listeners.serve(shared, shutdown_rx, config.proxy.drain_timeout)?;
-    signals.block_on(shutdown_signals.wait());
+    let reload = PolicyReload {
+        enforcer: enforcer.clone(),
+        notify: policy_tx.clone(),
+        interval: config.policy.reload_interval,
+    };
+    signals.block_on(shutdown_signals.wait(|| reload.run()));
     tracing::info!("shutting down: draining connections (programs stay attached)");
     let _ = shutdown_tx.send(true);
     for worker in workers {
@@ -232,7 +273,23 @@ fn raise_fd_limit() {
     }
 }
 
-/// SIGTERM and SIGINT stop the agent; SIGHUP is reserved for reloading policy.
+/// Reloads policy and tells the proxy workers, which re-decide live connections.
+#[derive(Clone)]
+struct PolicyReload {
+    enforcer: Arc<Enforcer>,
+    notify: Arc<watch::Sender<u64>>,
+    interval: Duration,
+}
+
+impl PolicyReload {
+    fn run(&self) {
+        if let Ok(reloaded) = self.enforcer.reload() {
+            let _ = self.notify.send(reloaded.generation);
+        }
+    }
+}
+
+/// SIGTERM and SIGINT stop the agent; SIGHUP reloads policy.
 struct ShutdownSignals {
     streams: Option<[tokio::signal::unix::Signal; 3]>,
 }
@@ -254,7 +311,8 @@ impl ShutdownSignals {
         Self { streams }
     }
 
-    async fn wait(&mut self) {
+    /// Waits for SIGTERM or SIGINT; calls `on_hup` for each SIGHUP.
+    async fn wait(&mut self, on_hup: impl Fn()) {
         let Some([term, int, hup]) = self.streams.as_mut() else {
             std::future::pending::<()>().await;
             return;
@@ -264,22 +322,37 @@ impl ShutdownSignals {
                 _ = term.recv() => return,
                 _ = int.recv() => return,
                 _ = hup.recv() => {
-                    tracing::info!("SIGHUP: nothing to reload yet (no policy configured)");
+                    tracing::info!("SIGHUP: reloading policy");
+                    on_hup();
                 }
             }
         }
     }
 }
 
-fn spawn_control_plane(
-    config: &Config,
+/// What the control-plane thread serves and looks after.
+struct ControlPlane {
     handler: Arc<AgentControl>,
     admin_state: Arc<AdminState>,
     jobs: Arc<JobRegistry>,
     maps: Arc<ConnMaps>,
     metrics: Arc<Metrics>,
+    reload: PolicyReload,
+}
+
+fn spawn_control_plane(
+    config: &Config,
+    parts: ControlPlane,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<std::thread::JoinHandle<()>, AgentError> {
+    let ControlPlane {
+        handler,
+        admin_state,
+        jobs,
+        maps,
+        metrics,
+        reload,
+    } = parts;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -310,8 +383,19 @@ fn spawn_control_plane(
                 tokio::spawn(control.serve(handler));
                 let mut reap = tokio::time::interval(Duration::from_secs(1));
                 let mut expire = tokio::time::interval(Duration::from_secs(10));
+                let mut policy_poll = tokio::time::interval(reload.interval);
                 loop {
                     tokio::select! {
+                        _ = policy_poll.tick() => {
+                            let reload = reload.clone();
+                            let _ = tokio::task::spawn_blocking(move || {
+                                if reload.enforcer.changed_on_disk() {
+                                    tracing::info!("policy files changed: reloading");
+                                    reload.run();
+                                }
+                            })
+                            .await;
+                        }
                         _ = reap.tick() => {
                             let jobs = jobs.clone();
                             let _ = tokio::task::spawn_blocking(move || jobs.reap()).await;
@@ -343,6 +427,7 @@ struct StatusBase {
 /// Answers control requests.
 struct AgentControl {
     jobs: Arc<JobRegistry>,
+    enforcer: Arc<Enforcer>,
     store: Mutex<Store>,
     maps: Arc<ConnMaps>,
     recorder: Recorder,
@@ -401,6 +486,13 @@ impl AgentControl {
                 active_jobs: self.jobs.list().len(),
                 maps: self.maps.occupancy().ok(),
                 recording_healthy: self.recorder.is_healthy(),
+                policy: PolicyStatus {
+                    configured: self.enforcer.configured(),
+                    dir: self.enforcer.dir().display().to_string(),
+                    mode: format!("{:?}", self.enforcer.mode()).to_lowercase(),
+                    policies: self.enforcer.policy_count(),
+                    generation: self.enforcer.generation(),
+                },
             }),
         }
     }

@@ -7,6 +7,7 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
+use tollgate_policy::{Catalog, Mode, TargetSpec};
 
 /// Where the agent looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/tollgate/agent.toml";
@@ -51,6 +52,32 @@ pub struct Config {
     pub state: StateConfig,
     pub recording: RecordingConfig,
     pub log: LogConfig,
+    pub policy: PolicyConfig,
+    /// The targets catalog: named destinations for policies (`[[targets]]`).
+    pub targets: Vec<TargetSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// `enforce` (deny unless permitted) or `audit` (record, never block).
+    pub mode: Mode,
+    /// Directory of `*.cedar` files. If it does not exist, no policy is configured and
+    /// every connection of a job is allowed (and recorded as such).
+    pub dir: PathBuf,
+    /// How often the directory is checked for changes (SIGHUP reloads at once).
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Enforce,
+            dir: PathBuf::from("/etc/tollgate/policies"),
+            reload_interval: Duration::from_secs(2),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -264,6 +291,7 @@ impl Config {
         let mut config = Config::default();
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
         config.state.dir = cwd.join(".tollgate");
+        config.policy.dir = cwd.join(".tollgate/policies");
         config
     }
 
@@ -367,6 +395,15 @@ impl Config {
         if self.recording.batch_size == 0 {
             return Err(invalid("recording.batch_size", "must be greater than zero"));
         }
+        if self.policy.reload_interval.is_zero() {
+            return Err(invalid(
+                "policy.reload_interval",
+                "must be greater than zero",
+            ));
+        }
+        if let Err(message) = Catalog::new(self.targets.clone()) {
+            return Err(invalid("targets", &message));
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(invalid("log.level", "is not a valid filter (e.g. `info`)"));
         }
@@ -460,6 +497,15 @@ mod tests {
             parent = "tollgate-test/a"
             [recording]
             strict = true
+            [policy]
+            mode = "audit"
+            dir = "/srv/policies"
+            [[targets]]
+            name = "prod-db"
+            cidrs = ["10.1.0.0/16"]
+            ports = [5432, "6000-6010"]
+            tags = { env = "production" }
+            mode = "enforce"
             "#,
             "agent.toml",
         )
@@ -468,6 +514,24 @@ mod tests {
         assert_eq!(config.proxy.connect_timeout, Duration::from_secs(2));
         assert_eq!(config.cgroup.parent, "tollgate-test/a");
         assert!(config.recording.strict);
+        assert_eq!(config.policy.mode, Mode::Audit);
+        assert_eq!(config.targets[0].name, "prod-db");
+        assert_eq!(config.targets[0].ports.len(), 2);
+    }
+
+    #[test]
+    fn bad_target_values_name_the_key() {
+        let err = Config::parse("[[targets]]\nname = \"x\"\nports = [\"9-1\"]\n", "a.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("targets[0].ports"), "{err}");
+        let err = Config::parse(
+            "[[targets]]\nname = \"x\"\ncidrs = [\"10.0.0.0/33\"]\n",
+            "a.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("targets[0].cidrs"), "{err}");
     }
 
     #[test]
@@ -501,6 +565,11 @@ mod tests {
             ("[bpf]\npin_dir = \"rel\"", "bpf.pin_dir"),
             ("[recording]\nbatch_size = 0", "recording.batch_size"),
             ("[log]\nlevel = \"[\"", "log.level"),
+            ("[[targets]]\nname = \"a\"\n", "targets"),
+            (
+                "[policy]\nreload_interval = \"0s\"",
+                "policy.reload_interval",
+            ),
         ] {
             let err = Config::parse(text, "x.toml").unwrap_err().to_string();
             assert!(err.contains(&format!("`{key}`")), "{text}: {err}");

@@ -5,5 +5,5 @@ mod protocol;
 mod server;
 
 pub use client::{Client, ClientError};
-pub use protocol::{Request, Response, Status};
+pub use protocol::{PolicyStatus, Request, Response, Status};
 pub use server::{ControlError, ControlServer, Handler};

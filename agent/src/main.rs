@@ -6,6 +6,7 @@ mod cgroup;
 mod cli;
 mod config;
 mod control;
+mod enforce;
 mod jobs;
 mod metrics;
 mod proc_info;

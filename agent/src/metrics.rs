@@ -19,6 +19,7 @@ pub struct Metrics {
     pub jobs: Arc<JobMetrics>,
     pub control: Arc<ControlMetrics>,
     pub bpf: Arc<BpfMetrics>,
+    pub policy: Arc<PolicyMetrics>,
 }
 
 impl Default for Metrics {
@@ -79,6 +80,7 @@ impl Metrics {
             jobs: Arc::new(JobMetrics::new(&registry)),
             control: Arc::new(ControlMetrics::new(&registry)),
             bpf: Arc::new(BpfMetrics::new(&registry)),
+            policy: Arc::new(PolicyMetrics::new(&registry)),
             registry,
         }
     }
@@ -90,22 +92,6 @@ impl Metrics {
             tracing::error!(%error, "encoding metrics");
         }
         String::from_utf8(buffer).unwrap_or_default()
-    }
-}
-
-/// Why a connection ended up decided the way it did (label `decision`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DecisionLabel {
-    Allow,
-    Deny,
-}
-
-impl DecisionLabel {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            DecisionLabel::Allow => "allow",
-            DecisionLabel::Deny => "deny",
-        }
     }
 }
 
@@ -164,7 +150,8 @@ impl ProxyMetrics {
             decisions: counter_vec(
                 registry,
                 "tollgate_proxy_decisions_total",
-                "Attributed connections by decision.",
+                "Attributed connections by decision: allow, deny, require_approval, \
+                 would_deny, would_require_approval (audit mode).",
                 &["decision"],
             ),
             unattributed: counter(
@@ -193,8 +180,9 @@ impl ProxyMetrics {
         }
     }
 
-    pub fn decision(&self, decision: DecisionLabel) {
-        self.decisions.with_label_values(&[decision.as_str()]).inc();
+    /// `label` is one of the fixed decision labels of [`tollgate_policy::Decision::label`].
+    pub fn decision(&self, label: &'static str) {
+        self.decisions.with_label_values(&[label]).inc();
     }
 
     pub fn bytes(&self, up: u64, down: u64) {
@@ -313,6 +301,42 @@ impl ControlMetrics {
     }
 }
 
+pub struct PolicyMetrics {
+    /// Policies in force.
+    pub loaded: IntGauge,
+    reloads: IntCounterVec,
+    /// Live connections closed because a reload denied them.
+    pub revoked: IntCounter,
+}
+
+impl PolicyMetrics {
+    fn new(registry: &Registry) -> Self {
+        Self {
+            loaded: gauge(registry, "tollgate_policy_loaded", "Policies in force."),
+            reloads: counter_vec(
+                registry,
+                "tollgate_policy_reloads_total",
+                "Policy reloads by result (ok, error); on error the previous set stays.",
+                &["result"],
+            ),
+            revoked: counter(
+                registry,
+                "tollgate_policy_revoked_total",
+                "Live connections closed because a policy reload denied them.",
+            ),
+        }
+    }
+
+    pub fn reload(&self, result: &'static str) {
+        self.reloads.with_label_values(&[result]).inc();
+    }
+
+    #[cfg(test)]
+    pub fn reloads_with(&self, result: &str) -> u64 {
+        self.reloads.with_label_values(&[result]).get()
+    }
+}
+
 pub struct BpfMetrics {
     entries: IntGaugeVec,
     capacity: IntGaugeVec,
@@ -402,7 +426,7 @@ mod tests {
     #[test]
     fn all_metrics_register_and_render() {
         let metrics = Metrics::new();
-        metrics.proxy.decision(DecisionLabel::Allow);
+        metrics.proxy.decision("allow");
         metrics.proxy.bytes(3, 4);
         metrics.proxy.upstream_error(UpstreamErrorKind::Refused);
         metrics.jobs.ended(JobEndLabel::Exited);

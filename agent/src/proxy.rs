@@ -3,6 +3,7 @@
 //! its original destination.
 mod access;
 mod connection;
+mod live;
 mod relay;
 
 use std::{
@@ -15,15 +16,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use arc_swap::ArcSwap;
 use tokio::{net::TcpListener, sync::watch};
 use tollgate_common::{AF_INET, AF_INET6, ConnInfo, TupleKey};
-use tollgate_policy::Engine;
 
 use crate::{
     bpf::{ConnMaps, ipv6_from_words, ipv6_words},
+    enforce::Enforcer,
     jobs::JobRegistry,
-    metrics::ProxyMetrics,
+    metrics::{PolicyMetrics, ProxyMetrics},
     record::Recorder,
 };
 
@@ -46,9 +46,13 @@ pub enum ProxyError {
 pub struct Shared {
     pub maps: Arc<ConnMaps>,
     pub jobs: Arc<JobRegistry>,
-    pub engine: ArcSwap<Box<dyn Engine>>,
+    pub enforcer: Arc<Enforcer>,
+    /// The generation of the policy in force; workers re-decide live connections when
+    /// it changes.
+    pub policy_generation: watch::Receiver<u64>,
     pub recorder: Recorder,
     pub metrics: Arc<ProxyMetrics>,
+    pub policy_metrics: Arc<PolicyMetrics>,
     pub connect_timeout: Duration,
     pub buffer_size: usize,
     pub strict_recording: bool,
@@ -63,9 +67,11 @@ impl Shared {
     pub fn new(
         maps: Arc<ConnMaps>,
         jobs: Arc<JobRegistry>,
-        engine: Box<dyn Engine>,
+        enforcer: Arc<Enforcer>,
+        policy_generation: watch::Receiver<u64>,
         recorder: Recorder,
         metrics: Arc<ProxyMetrics>,
+        policy_metrics: Arc<PolicyMetrics>,
         connect_timeout: Duration,
         buffer_size: usize,
         strict_recording: bool,
@@ -73,9 +79,11 @@ impl Shared {
         Self {
             maps,
             jobs,
-            engine: ArcSwap::from_pointee(engine),
+            enforcer,
+            policy_generation,
             recorder,
             metrics,
+            policy_metrics,
             connect_timeout,
             buffer_size,
             strict_recording,
@@ -177,6 +185,19 @@ async fn worker(
     drain: Duration,
 ) {
     let mut tasks = Vec::new();
+    // Re-decide this worker's live connections after every policy reload.
+    let revoker = {
+        let shared = shared.clone();
+        let mut generation = shared.policy_generation.clone();
+        tokio::spawn(async move {
+            while generation.changed().await.is_ok() {
+                let revoked = live::revoke_denied(&shared.enforcer);
+                if revoked > 0 {
+                    tracing::warn!(revoked, "policy reload revoked live connections");
+                }
+            }
+        })
+    };
     for listener in set {
         let listener = match TcpListener::from_std(listener) {
             Ok(listener) => listener,
@@ -214,6 +235,7 @@ async fn worker(
     for task in tasks {
         let _ = task.await;
     }
+    revoker.abort();
     let deadline = Instant::now() + drain;
     while shared.live_connections() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -100,8 +100,11 @@ pub struct ConnectionRecord {
     pub source: String,
     /// The original destination, canonical (IPv4-mapped addresses as IPv4).
     pub destination: Option<String>,
-    /// allow, deny, or unattributed.
+    /// allow, deny, require_approval, would_deny, would_require_approval, revoked, or
+    /// unattributed.
     pub decision: String,
+    /// The policy target the destination resolved to (`(unknown)` if none).
+    pub target: Option<String>,
     pub reason: String,
     pub policy_ids: Vec<String>,
     /// Client to server.

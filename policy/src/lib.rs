@@ -1,14 +1,26 @@
 //! Tollgate's policy engine: a pure library that decides, for a job's identity, the
 //! process that opened a connection and its destination, whether the connection may
-//! proceed. No IO, no async runtime, no unsafe code; the agent enforces what it decides.
+//! proceed. Policies are Cedar, validated against [`schema::SCHEMA`]. No IO, no async
+//! runtime, no unsafe code; the agent reads the files and enforces what this decides.
 #![forbid(unsafe_code)]
 
-use std::{collections::BTreeMap, net::SocketAddr};
+pub mod eval;
+pub mod load;
+pub mod schema;
+pub mod targets;
+pub mod testcases;
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// The process that opened a connection, as the kernel recorded it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub use eval::PolicyEngine;
+pub use load::{LoadErrors, PolicyBundle, PolicyError, Source, load};
+pub use targets::{Catalog, PortRange, TargetSpec};
+
+/// The process that opened a connection, as the kernel recorded it. Decisions depend
+/// on every field but `pid`, which is informational.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Process {
     pub pid: u32,
     pub uid: u32,
@@ -22,14 +34,24 @@ pub struct Process {
 pub struct Principal {
     pub job_id: String,
     pub labels: BTreeMap<String, String>,
+    /// Identity fields (repository, workflow, ref, ...). A field missing here falls back
+    /// to the label of the same name.
+    #[serde(default)]
+    pub identity: BTreeMap<String, String>,
+    /// `host-asserted` (the default) or `oidc-verified`.
+    #[serde(default)]
+    pub assurance: Option<String>,
 }
 
-/// A request to open an L4 connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConnectRequest<'a> {
-    pub principal: &'a Principal,
-    pub process: &'a Process,
-    pub destination: SocketAddr,
+/// Whether decisions are enforced or only recorded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Deny unless permitted.
+    #[default]
+    Enforce,
+    /// Evaluate and record everything, never block.
+    Audit,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +59,7 @@ pub struct ConnectRequest<'a> {
 pub enum Effect {
     Allow,
     Deny,
+    RequireApproval,
 }
 
 impl Effect {
@@ -44,69 +67,60 @@ impl Effect {
         match self {
             Effect::Allow => "allow",
             Effect::Deny => "deny",
+            Effect::RequireApproval => "require_approval",
         }
     }
 }
 
-/// A decision with the policies that determined it and a reason a person can read.
+/// A decision, with the policies that determined it and a reason a person can read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {
     pub effect: Effect,
+    /// False in audit mode: the effect is recorded, the connection proceeds.
+    pub enforced: bool,
     pub policy_ids: Vec<String>,
     pub reason: String,
+    /// The target the destination resolved to, or `(unknown)`.
+    pub target: String,
 }
 
 impl Decision {
     pub fn allow(reason: impl Into<String>) -> Self {
         Self {
             effect: Effect::Allow,
+            enforced: true,
             policy_ids: Vec::new(),
             reason: reason.into(),
+            target: String::new(),
         }
     }
 
     pub fn deny(reason: impl Into<String>) -> Self {
         Self {
             effect: Effect::Deny,
+            enforced: true,
             policy_ids: Vec::new(),
             reason: reason.into(),
+            target: String::new(),
+        }
+    }
+
+    /// Whether the connection must be refused.
+    pub fn blocks(&self) -> bool {
+        self.enforced && self.effect != Effect::Allow
+    }
+
+    /// The label recorded and counted: allow, deny, require_approval, or in audit mode
+    /// would_deny / would_require_approval.
+    pub fn label(&self) -> &'static str {
+        match (self.effect, self.enforced) {
+            (Effect::Allow, _) => "allow",
+            (Effect::Deny, true) => "deny",
+            (Effect::RequireApproval, true) => "require_approval",
+            (Effect::Deny, false) => "would_deny",
+            (Effect::RequireApproval, false) => "would_require_approval",
         }
     }
 }
 
-/// Decides connections. Implementations must be cheap and must not block: the proxy
-/// calls them for every intercepted connection.
-pub trait Engine: Send + Sync {
-    fn decide_connect(&self, request: &ConnectRequest<'_>) -> Decision;
-}
-
-/// The engine in force while no policy is configured: every connection is allowed, and
-/// the record says why.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct AllowAll;
-
-pub const ALLOW_ALL_REASON: &str = "no policy configured: default allow";
-
-impl Engine for AllowAll {
-    fn decide_connect(&self, _request: &ConnectRequest<'_>) -> Decision {
-        Decision::allow(ALLOW_ALL_REASON)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn allow_all_allows_with_a_reason() {
-        let principal = Principal::default();
-        let process = Process::default();
-        let decision = AllowAll.decide_connect(&ConnectRequest {
-            principal: &principal,
-            process: &process,
-            destination: "127.0.0.1:5432".parse().unwrap(),
-        });
-        assert_eq!(decision.effect, Effect::Allow);
-        assert_eq!(decision.reason, ALLOW_ALL_REASON);
-    }
-}
+pub const NO_POLICY_REASON: &str = "no policy configured: default allow";

@@ -49,27 +49,50 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// The agent's policy directory (absent unless the test creates it).
+    pub fn policy_dir(&self) -> PathBuf {
+        self.dir.path().join("policies")
+    }
+}
+
+impl Agent {
     pub fn start() -> Self {
         Self::start_with("")
     }
 
     /// Starts an agent whose config has `extra` appended (whole TOML tables).
     pub fn start_with(extra: &str) -> Self {
-        Self::start_configured("", extra)
+        Self::start_configured("", "", extra)
     }
 
     /// Starts an agent with `control` added to its `[control]` table.
     pub fn start_with_control(control: &str) -> Self {
-        Self::start_configured(control, "")
+        Self::start_configured(control, "", "")
     }
 
-    fn start_configured(control: &str, extra: &str) -> Self {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let name = format!("tollgate-test-{}-{n}", std::process::id());
-        let dir = tempfile::Builder::new()
+    /// Starts an agent whose `[policy]` table has `policy` added (its `dir` is
+    /// [`Agent::policy_dir`]) and whose config ends with `extra` (e.g. `[[targets]]`).
+    /// `setup` runs before the agent starts, to write policies.
+    pub fn start_with_policy(policy: &str, extra: &str, setup: impl FnOnce(&Path)) -> Self {
+        let dir = Self::prepare();
+        setup(&dir.path().join("policies"));
+        Self::start_in(dir, "", policy, extra)
+    }
+
+    fn prepare() -> tempfile::TempDir {
+        tempfile::Builder::new()
             .prefix("tollgate-e2e-")
             .tempdir()
-            .expect("tempdir");
+            .expect("tempdir")
+    }
+
+    fn start_configured(control: &str, policy: &str, extra: &str) -> Self {
+        Self::start_in(Self::prepare(), control, policy, extra)
+    }
+
+    fn start_in(dir: tempfile::TempDir, control: &str, policy: &str, extra: &str) -> Self {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("tollgate-test-{}-{n}", std::process::id());
         let proxy_port = free_port(900..1000);
         let admin_port = ephemeral_port();
         let socket = dir.path().join("control.sock");
@@ -81,7 +104,9 @@ impl Agent {
              [control]\nsocket = \"{socket}\"\n{control}\n\n\
              [cgroup]\nparent = \"{name}\"\n\n\
              [bpf]\npin_dir = \"{pins}\"\n\n\
-             [state]\ndir = \"{state}\"\n\n{extra}\n",
+             [state]\ndir = \"{state}\"\n\n\
+             [policy]\ndir = \"{policies}\"\nreload_interval = \"200ms\"\n{policy}\n\n{extra}\n",
+            policies = dir.path().join("policies").display(),
             socket = socket.display(),
             pins = pin_dir.display(),
             state = state.display(),

@@ -89,6 +89,7 @@ pub fn session(s: &ConnectionRecord, json: bool) -> anyhow::Result<()> {
     println!("cgroup id:   {}", opt(s.cgroup_id.map(|v| v.to_string())));
     println!("source:      {}", s.source);
     println!("destination: {}", opt(s.destination.clone()));
+    println!("target:      {}", opt(s.target.clone()));
     println!("decision:    {} ({})", s.decision, s.reason);
     if !s.policy_ids.is_empty() {
         println!("policies:    {}", s.policy_ids.join(", "));

@@ -66,6 +66,17 @@ pub struct Status {
     pub active_jobs: usize,
     pub maps: Option<MapOccupancy>,
     pub recording_healthy: bool,
+    pub policy: PolicyStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyStatus {
+    /// False when the policy directory does not exist (everything is allowed).
+    pub configured: bool,
+    pub dir: String,
+    pub mode: String,
+    pub policies: usize,
+    pub generation: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,7 +8,6 @@ use tollgate_policy::Decision;
 use super::{Shared, comm, original_destination};
 use crate::{
     jobs::Job,
-    metrics::DecisionLabel,
     record::{ConnectionRecord, RecordEvent, now_ms},
 };
 
@@ -60,13 +59,21 @@ impl<'a> AccessLog<'a> {
     }
 
     pub fn decide(&mut self, decision: &Decision) {
-        let label = match decision.effect {
-            tollgate_policy::Effect::Allow => DecisionLabel::Allow,
-            tollgate_policy::Effect::Deny => DecisionLabel::Deny,
-        };
+        let label = decision.label();
         self.shared.metrics.decision(label);
-        self.record.decision = decision.effect.as_str().to_owned();
+        self.record.decision = label.to_owned();
         self.record.reason = decision.reason.clone();
+        self.record.policy_ids = decision.policy_ids.clone();
+        if !decision.target.is_empty() {
+            self.record.target = Some(decision.target.clone());
+        }
+    }
+
+    /// A policy reload denied this live connection.
+    pub fn revoked(&mut self, decision: &Decision) {
+        self.shared.policy_metrics.revoked.inc();
+        self.record.decision = "revoked".to_owned();
+        self.record.reason = format!("revoked by a policy reload: {}", decision.reason);
         self.record.policy_ids = decision.policy_ids.clone();
     }
 

@@ -6,9 +6,9 @@ use std::{
 };
 
 use tokio::net::TcpStream;
-use tollgate_policy::{ConnectRequest, Decision, Effect, Principal, Process};
+use tollgate_policy::{Decision, Principal, Process};
 
-use super::{Shared, access::AccessLog, comm, original_destination, relay, tuple_key};
+use super::{Shared, access::AccessLog, comm, live, original_destination, relay, tuple_key};
 use crate::{metrics::UpstreamErrorKind, proc_info};
 
 pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
@@ -33,7 +33,19 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
     log.attribute(&info, job.as_deref(), exe.clone());
     let destination = original_destination(&info);
 
-    let decision = match &job {
+    let process = Process {
+        pid: info.tgid,
+        uid: info.uid,
+        gid: info.gid,
+        comm: comm(&info),
+        exe,
+    };
+    let principal = job.as_ref().map(|job| Principal {
+        job_id: job.id.clone(),
+        labels: job.labels.clone(),
+        ..Default::default()
+    });
+    let decision = match &principal {
         None => Decision::deny(format!(
             "cgroup {} is not an active Tollgate job: refused",
             info.cgroup_id
@@ -41,27 +53,12 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
         Some(_) if shared.strict_recording && !shared.recorder.is_healthy() => {
             Decision::deny("recording is failing and recording.strict is set: refused")
         }
-        Some(job) => {
-            let principal = Principal {
-                job_id: job.id.clone(),
-                labels: job.labels.clone(),
-            };
-            let process = Process {
-                pid: info.tgid,
-                uid: info.uid,
-                gid: info.gid,
-                comm: comm(&info),
-                exe,
-            };
-            shared.engine.load().decide_connect(&ConnectRequest {
-                principal: &principal,
-                process: &process,
-                destination,
-            })
-        }
+        Some(principal) => shared
+            .enforcer
+            .decide_connect(principal, &process, destination),
     };
     log.decide(&decision);
-    if decision.effect == Effect::Deny {
+    if decision.blocks() {
         reset(client);
         return;
     }
@@ -82,8 +79,19 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
     let _ = upstream.set_nodelay(true);
     let _ = client.set_nodelay(true);
 
-    let outcome = relay::relay(client, upstream, shared.buffer_size).await;
+    // A policy reload may revoke the connection while it is relayed.
+    let (_registration, revoked) = match principal {
+        Some(principal) => {
+            let (registration, revoked) = live::register(principal, process, destination);
+            (Some(registration), Some(revoked))
+        }
+        None => (None, None),
+    };
+    let outcome = relay::relay(client, upstream, shared.buffer_size, revoked).await;
     log.bytes(outcome.up, outcome.down);
+    if let Some(decision) = &outcome.revoked {
+        log.revoked(decision);
+    }
     if let Some(error) = outcome.error {
         log.error(error);
     }

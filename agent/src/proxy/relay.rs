@@ -5,9 +5,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
     net::TcpStream,
+    sync::oneshot,
 };
+use tollgate_policy::Decision;
 
 pub struct Outcome {
+    /// Set when a policy reload revoked the connection mid-relay.
+    pub revoked: Option<Decision>,
     /// Client to server.
     pub up: u64,
     /// Server to client.
@@ -15,7 +19,21 @@ pub struct Outcome {
     pub error: Option<String>,
 }
 
-pub async fn relay(mut client: TcpStream, mut upstream: TcpStream, buffer_size: usize) -> Outcome {
+pub async fn relay(
+    mut client: TcpStream,
+    mut upstream: TcpStream,
+    buffer_size: usize,
+    revoke: Option<oneshot::Receiver<Decision>>,
+) -> Outcome {
+    let mut revoked = None;
+    let revoke = async move {
+        match revoke {
+            Some(receiver) => receiver.await.ok(),
+            None => None,
+        }
+    };
+    tokio::pin!(revoke);
+    let mut revoke_done = false;
     let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
     let error = {
         let (mut client_read, mut client_write) = client.split();
@@ -34,6 +52,14 @@ pub async fn relay(mut client: TcpStream, mut upstream: TcpStream, buffer_size: 
                     Ok(()) => down_done = true,
                     Err(e) => break Some(format!("server to client: {e}")),
                 },
+                decision = &mut revoke, if !revoke_done => match decision {
+                    Some(decision) => {
+                        revoked = Some(decision);
+                        break Some("closed: revoked by a policy reload".to_owned());
+                    }
+                    // No revocation can come any more (the registry let go).
+                    None => revoke_done = true,
+                },
             }
             if up_done && down_done {
                 break None;
@@ -47,6 +73,7 @@ pub async fn relay(mut client: TcpStream, mut upstream: TcpStream, buffer_size: 
         }
     }
     Outcome {
+        revoked,
         up: up.into_inner(),
         down: down.into_inner(),
         error,

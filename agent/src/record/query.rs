@@ -12,7 +12,8 @@ pub struct Store {
 
 const CONNECTION_COLUMNS: &str = "c.id, c.job_id, c.attributed, c.pid, c.tid, c.uid, c.gid, \
     c.comm, c.exe, c.cgroup_id, c.source, c.destination, c.decision, c.reason, c.policy_ids, \
-    c.bytes_up, c.bytes_down, c.started_at, c.connect_us, c.ended_at, c.error, j.name, j.labels";
+    c.bytes_up, c.bytes_down, c.started_at, c.connect_us, c.ended_at, c.error, j.name, j.labels, \
+    c.target";
 const CONNECTION_FROM: &str = "connections c LEFT JOIN jobs j ON j.id = c.job_id";
 const JOB_COLUMNS: &str = "id, name, labels, cgroup_id, cgroup_path, owner_pid, owner_start, \
     owner_uid, started_at, ended_at, exit_code, exit_signal, end_reason";
@@ -141,6 +142,7 @@ fn connection_from_row(row: &Row<'_>) -> rusqlite::Result<ConnectionRecord> {
         connect_us: row.get::<_, Option<i64>>(18)?.map(|us| us as u64),
         ended_at: row.get(19)?,
         error: row.get(20)?,
+        target: row.get(23)?,
     })
 }
 

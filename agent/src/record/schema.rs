@@ -1,7 +1,7 @@
 //! The SQLite schema of the recording store.
 use rusqlite::Connection;
 
-pub const VERSION: i64 = 1;
+pub const VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS connections (
     started_at  INTEGER NOT NULL,
     connect_us  INTEGER,
     ended_at    INTEGER,
-    error       TEXT
+    error       TEXT,
+    target      TEXT
 );
 CREATE INDEX IF NOT EXISTS connections_by_job ON connections (job_id, started_at);
 CREATE INDEX IF NOT EXISTS connections_by_start ON connections (started_at);
@@ -51,7 +52,12 @@ pub fn apply(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
     conn.execute_batch(SCHEMA)?;
+    if (1..2).contains(&version) {
+        // Version 2 records the policy target of each connection.
+        conn.execute_batch("ALTER TABLE connections ADD COLUMN target TEXT")?;
+    }
     conn.pragma_update(None, "user_version", VERSION)?;
     Ok(())
 }

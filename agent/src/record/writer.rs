@@ -244,8 +244,8 @@ fn insert_connection(tx: &rusqlite::Transaction<'_>, c: &ConnectionRecord) -> ru
     let mut stmt = tx.prepare_cached(
         "INSERT OR REPLACE INTO connections (id, job_id, attributed, pid, tid, uid, gid, comm, \
          exe, cgroup_id, source, destination, decision, reason, policy_ids, bytes_up, \
-         bytes_down, started_at, connect_us, ended_at, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, \
-         ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+         bytes_down, started_at, connect_us, ended_at, error, target) VALUES (?1, ?2, ?3, ?4, \
+         ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
     )?;
     stmt.execute(params![
         c.id,
@@ -269,6 +269,7 @@ fn insert_connection(tx: &rusqlite::Transaction<'_>, c: &ConnectionRecord) -> ru
         c.connect_us.map(|us| us as i64),
         c.ended_at,
         c.error,
+        c.target,
     ])?;
     Ok(())
 }

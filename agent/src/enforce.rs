@@ -1,0 +1,353 @@
+//! Policy enforcement in the agent: loads the policy directory into a
+//! [`tollgate_policy::PolicyEngine`], reloads it on SIGHUP and when the files change
+//! (keeping the previous set when the new one is invalid), and answers decisions from a
+//! per-thread cache, so the data path takes no lock.
+use std::{
+    cell::RefCell,
+    collections::HashMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::SystemTime,
+};
+
+use arc_swap::ArcSwap;
+use tollgate_policy::{
+    Catalog, Decision, LoadErrors, Mode, NO_POLICY_REASON, PolicyEngine, Principal, Process,
+    Source, TargetSpec,
+};
+
+use crate::metrics::PolicyMetrics;
+
+/// Cached decisions per thread, at most this many before the cache starts over.
+const CACHE_CAPACITY: usize = 16 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnforceError {
+    #[error("policy directory {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid policy:\n{0}")]
+    Invalid(#[from] LoadErrors),
+    #[error("targets: {0}")]
+    Targets(String),
+}
+
+/// What is in force.
+struct Active {
+    generation: u64,
+    /// None: the policy directory does not exist, so no policy is configured.
+    engine: Option<PolicyEngine>,
+    /// Names, sizes and mtimes of the files the set was read from.
+    signature: Vec<(PathBuf, u64, Option<SystemTime>)>,
+}
+
+pub struct Enforcer {
+    dir: PathBuf,
+    mode: Mode,
+    catalog: Catalog,
+    active: ArcSwap<Active>,
+    next_generation: AtomicU64,
+    reload_lock: Mutex<()>,
+    metrics: Arc<PolicyMetrics>,
+}
+
+/// A successful reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    pub generation: u64,
+    pub policies: usize,
+}
+
+impl Enforcer {
+    /// Loads the policy set; an invalid set is an error (at startup there is nothing
+    /// older to keep).
+    pub fn load(
+        dir: &Path,
+        mode: Mode,
+        targets: Vec<TargetSpec>,
+        metrics: Arc<PolicyMetrics>,
+    ) -> Result<Self, EnforceError> {
+        let catalog = Catalog::new(targets).map_err(EnforceError::Targets)?;
+        let (engine, signature) = read(dir, mode, &catalog)?;
+        metrics
+            .loaded
+            .set(engine.as_ref().map_or(0, |e| e.policy_count() as i64));
+        Ok(Self {
+            dir: dir.to_owned(),
+            mode,
+            catalog,
+            active: ArcSwap::from_pointee(Active {
+                generation: 1,
+                engine,
+                signature,
+            }),
+            next_generation: AtomicU64::new(2),
+            reload_lock: Mutex::new(()),
+            metrics,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.active.load().generation
+    }
+
+    /// Whether a policy directory is in force (else everything is allowed).
+    pub fn configured(&self) -> bool {
+        self.active.load().engine.is_some()
+    }
+
+    pub fn policy_count(&self) -> usize {
+        self.active
+            .load()
+            .engine
+            .as_ref()
+            .map_or(0, PolicyEngine::policy_count)
+    }
+
+    /// Whether the files on disk differ from the set in force.
+    pub fn changed_on_disk(&self) -> bool {
+        signature(&self.dir).ok() != Some(self.active.load().signature.clone())
+    }
+
+    /// Reads the directory again. On error the previous set stays in force, the error is
+    /// logged and counted, and returned.
+    pub fn reload(&self) -> Result<Reloaded, EnforceError> {
+        let _guard = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+        match read(&self.dir, self.mode, &self.catalog) {
+            Ok((engine, signature)) => {
+                let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+                let policies = engine.as_ref().map_or(0, PolicyEngine::policy_count);
+                self.metrics.loaded.set(policies as i64);
+                self.metrics.reload("ok");
+                self.active.store(Arc::new(Active {
+                    generation,
+                    engine,
+                    signature,
+                }));
+                tracing::info!(dir = %self.dir.display(), policies, generation, "policy reloaded");
+                Ok(Reloaded {
+                    generation,
+                    policies,
+                })
+            }
+            Err(error) => {
+                self.metrics.reload("error");
+                // Don't retry the same broken files on every poll.
+                if let Ok(signature) = signature(&self.dir) {
+                    let current = self.active.load();
+                    self.active.store(Arc::new(Active {
+                        generation: current.generation,
+                        engine: current.engine.clone(),
+                        signature,
+                    }));
+                }
+                tracing::error!(dir = %self.dir.display(), %error, "policy reload failed; the previous policy stays in force");
+                Err(error)
+            }
+        }
+    }
+
+    /// Decides an L4 connect, from this thread's cache when possible.
+    pub fn decide_connect(
+        &self,
+        principal: &Principal,
+        process: &Process,
+        destination: SocketAddr,
+    ) -> Decision {
+        let active = self.active.load();
+        let Some(engine) = active.engine.as_ref() else {
+            return Decision::allow(NO_POLICY_REASON);
+        };
+        let key = CacheKey {
+            job_id: principal.job_id.clone(),
+            uid: process.uid,
+            gid: process.gid,
+            comm: process.comm.clone(),
+            exe: process.exe.clone(),
+            destination,
+        };
+        CACHE.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if cache.generation != active.generation || cache.map.len() >= CACHE_CAPACITY {
+                cache.generation = active.generation;
+                cache.map.clear();
+            }
+            if let Some(decision) = cache.map.get(&key) {
+                return decision.clone();
+            }
+            let decision = engine.decide_connect(principal, process, destination);
+            cache.map.insert(key, decision.clone());
+            decision
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct CacheKey {
+    job_id: String,
+    uid: u32,
+    gid: u32,
+    comm: String,
+    exe: Option<String>,
+    destination: SocketAddr,
+}
+
+#[derive(Default)]
+struct DecisionCache {
+    generation: u64,
+    map: HashMap<CacheKey, Decision>,
+}
+
+thread_local! {
+    static CACHE: RefCell<DecisionCache> = RefCell::new(DecisionCache::default());
+}
+
+type Signature = Vec<(PathBuf, u64, Option<SystemTime>)>;
+
+/// The `*.cedar` files of `dir`, sorted; None if the directory does not exist.
+fn policy_files(dir: &Path) -> Result<Option<Vec<PathBuf>>, EnforceError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(EnforceError::Read {
+                path: dir.to_owned(),
+                source,
+            });
+        }
+    };
+    let mut files: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|ext| ext == "cedar") && p.is_file())
+        .collect();
+    files.sort();
+    Ok(Some(files))
+}
+
+fn signature(dir: &Path) -> Result<Signature, EnforceError> {
+    Ok(policy_files(dir)?
+        .unwrap_or_default()
+        .into_iter()
+        .map(|path| {
+            let meta = std::fs::metadata(&path).ok();
+            let len = meta.as_ref().map_or(0, std::fs::Metadata::len);
+            let modified = meta.and_then(|m| m.modified().ok());
+            (path, len, modified)
+        })
+        .collect())
+}
+
+/// Reads and validates every policy file of `dir`.
+pub fn read_sources(dir: &Path) -> Result<Option<Vec<Source>>, EnforceError> {
+    let Some(files) = policy_files(dir)? else {
+        return Ok(None);
+    };
+    let mut sources = Vec::with_capacity(files.len());
+    for path in files {
+        let text = std::fs::read_to_string(&path).map_err(|source| EnforceError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        sources.push(Source {
+            name: path.display().to_string(),
+            text,
+        });
+    }
+    Ok(Some(sources))
+}
+
+fn read(
+    dir: &Path,
+    mode: Mode,
+    catalog: &Catalog,
+) -> Result<(Option<PolicyEngine>, Signature), EnforceError> {
+    let signature = signature(dir)?;
+    let Some(sources) = read_sources(dir)? else {
+        return Ok((None, signature));
+    };
+    let bundle = tollgate_policy::load(&sources)?;
+    Ok((
+        Some(PolicyEngine::new(bundle, catalog.clone(), mode)),
+        signature,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    fn principal() -> Principal {
+        Principal {
+            job_id: "j".to_owned(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn missing_dir_allows_and_invalid_reload_keeps_the_previous_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let policies = dir.path().join("policies");
+        let metrics = Metrics::new();
+        let enforcer =
+            Enforcer::load(&policies, Mode::Enforce, Vec::new(), metrics.policy.clone()).unwrap();
+        let dest: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        let decision = enforcer.decide_connect(&principal(), &Process::default(), dest);
+        assert!(!decision.blocks());
+        assert_eq!(decision.reason, NO_POLICY_REASON);
+
+        std::fs::create_dir(&policies).unwrap();
+        std::fs::write(
+            policies.join("a.cedar"),
+            "@id(\"web\")\npermit(principal, action, resource) when { resource.port == 80 };",
+        )
+        .unwrap();
+        assert!(enforcer.changed_on_disk());
+        let reloaded = enforcer.reload().unwrap();
+        assert_eq!(reloaded.policies, 1);
+        assert!(!enforcer.changed_on_disk());
+        let decision = enforcer.decide_connect(&principal(), &Process::default(), dest);
+        assert_eq!(decision.policy_ids, vec!["web".to_owned()]);
+        let other: SocketAddr = "127.0.0.1:81".parse().unwrap();
+        assert!(
+            enforcer
+                .decide_connect(&principal(), &Process::default(), other)
+                .blocks()
+        );
+
+        std::fs::write(
+            policies.join("b.cedar"),
+            "permit(principal, action, resource) when {",
+        )
+        .unwrap();
+        let error = enforcer.reload().unwrap_err().to_string();
+        assert!(error.contains("b.cedar:1:"), "{error}");
+        assert!(
+            !enforcer.changed_on_disk(),
+            "a broken set is not retried until it changes"
+        );
+        let decision = enforcer.decide_connect(&principal(), &Process::default(), dest);
+        assert_eq!(
+            decision.policy_ids,
+            vec!["web".to_owned()],
+            "previous set in force"
+        );
+        assert_eq!(metrics.policy.reloads_with("error"), 1);
+    }
+}

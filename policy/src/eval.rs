@@ -1,0 +1,310 @@
+//! Evaluating a connection (or, later, a statement) against the policy set.
+use std::{collections::BTreeMap, net::SocketAddr, str::FromStr as _};
+
+use cedar_policy::{
+    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName,
+    EntityUid, PolicyId, Request, RestrictedExpression,
+};
+
+use crate::{
+    Decision, Effect, Mode, Principal, Process,
+    load::PolicyBundle,
+    targets::{Catalog, TargetSpec, canonical},
+};
+
+/// The annotation on a permit policy that turns its Allow into RequireApproval.
+pub const APPROVAL_ANNOTATION: &str = "approval";
+
+/// Policies, the targets catalog and the mode: everything a decision needs.
+#[derive(Debug, Clone)]
+pub struct PolicyEngine {
+    bundle: PolicyBundle,
+    catalog: Catalog,
+    mode: Mode,
+    authorizer: Authorizer,
+}
+
+fn uid(type_name: &str, id: &str) -> Option<EntityUid> {
+    Some(EntityUid::from_type_name_and_id(
+        EntityTypeName::from_str(type_name).ok()?,
+        EntityId::new(id),
+    ))
+}
+
+fn string(value: &str) -> RestrictedExpression {
+    RestrictedExpression::new_string(value.to_owned())
+}
+
+impl PolicyEngine {
+    pub fn new(bundle: PolicyBundle, catalog: Catalog, mode: Mode) -> Self {
+        Self {
+            bundle,
+            catalog,
+            mode,
+            authorizer: Authorizer::new(),
+        }
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub fn policy_count(&self) -> usize {
+        self.bundle.len()
+    }
+
+    /// The target a destination resolves to, if any.
+    pub fn target(&self, destination: SocketAddr) -> Option<&TargetSpec> {
+        self.catalog
+            .lookup(canonical(destination.ip()), destination.port())
+    }
+
+    /// Decides an L4 connect.
+    pub fn decide_connect(
+        &self,
+        principal: &Principal,
+        process: &Process,
+        destination: SocketAddr,
+    ) -> Decision {
+        let target = self.target(destination);
+        let mode = target.and_then(|t| t.mode).unwrap_or(self.mode);
+        let target_name = target.map_or_else(|| "(unknown)".to_owned(), |t| t.name.clone());
+        let evaluated = self.evaluate(principal, process, destination, target, "connect");
+        let (effect, policy_ids, reason) = match evaluated {
+            Ok(result) => result,
+            Err(error) => (
+                Effect::Deny,
+                Vec::new(),
+                format!("policy evaluation failed ({error}): refused (fail closed)"),
+            ),
+        };
+        Decision {
+            effect,
+            enforced: mode == Mode::Enforce,
+            policy_ids,
+            reason,
+            target: target_name,
+        }
+    }
+
+    fn evaluate(
+        &self,
+        principal: &Principal,
+        process: &Process,
+        destination: SocketAddr,
+        target: Option<&TargetSpec>,
+        action: &str,
+    ) -> Result<(Effect, Vec<String>, String), String> {
+        let job_uid = uid("Job", &principal.job_id).ok_or("bad job id")?;
+        let target_uid = uid(
+            "Target",
+            &target.map_or_else(|| destination.to_string(), |t| t.name.clone()),
+        )
+        .ok_or("bad target id")?;
+        let action_uid = uid("Action", action).ok_or("bad action")?;
+        let job = job_entity(job_uid.clone(), principal, process).map_err(|e| e.to_string())?;
+        let resource =
+            target_entity(target_uid.clone(), destination, target).map_err(|e| e.to_string())?;
+        let entities = Entities::from_entities([job, resource], None).map_err(|e| e.to_string())?;
+        let request = Request::new(job_uid, action_uid, target_uid, Context::empty(), None)
+            .map_err(|e| e.to_string())?;
+        let response = self
+            .authorizer
+            .is_authorized(&request, &self.bundle.set, &entities);
+        let determining: Vec<PolicyId> = response.diagnostics().reason().cloned().collect();
+        let ids: Vec<String> = determining.iter().map(ToString::to_string).collect();
+        let errors: Vec<String> = response
+            .diagnostics()
+            .errors()
+            .map(ToString::to_string)
+            .collect();
+        let errors_note = if errors.is_empty() {
+            String::new()
+        } else {
+            format!(" (evaluation errors: {})", errors.join("; "))
+        };
+        Ok(match response.decision() {
+            CedarDecision::Allow => {
+                let needs_approval = determining
+                    .iter()
+                    .any(|id| self.bundle.annotation(id, APPROVAL_ANNOTATION) == Some("required"));
+                if needs_approval {
+                    let reason =
+                        format!("permitted by {} but approval is required", ids.join(", "));
+                    (Effect::RequireApproval, ids, reason)
+                } else {
+                    let reason = format!("permitted by {}", ids.join(", "));
+                    (Effect::Allow, ids, reason)
+                }
+            }
+            CedarDecision::Deny if ids.is_empty() => (
+                Effect::Deny,
+                ids,
+                format!("no policy permits {action} to this target (default deny){errors_note}"),
+            ),
+            CedarDecision::Deny => {
+                let reason = format!("forbidden by {}{errors_note}", ids.join(", "));
+                (Effect::Deny, ids, reason)
+            }
+        })
+    }
+}
+
+/// Identity fields that may come from labels of the same name.
+const IDENTITY_FIELDS: [&str; 15] = [
+    "provider",
+    "repository",
+    "workflow",
+    "workflow_ref",
+    "job",
+    "run_id",
+    "run_attempt",
+    "ref",
+    "ref_type",
+    "sha",
+    "environment",
+    "actor",
+    "event",
+    "runner",
+    "name",
+];
+
+fn job_entity(
+    uid: EntityUid,
+    principal: &Principal,
+    process: &Process,
+) -> Result<Entity, Box<dyn std::error::Error>> {
+    let mut attrs: BTreeMap<String, RestrictedExpression> = BTreeMap::new();
+    attrs.insert("job_id".to_owned(), string(&principal.job_id));
+    for field in IDENTITY_FIELDS {
+        let value = principal
+            .identity
+            .get(field)
+            .or_else(|| principal.labels.get(field))
+            .map_or("", String::as_str);
+        attrs.insert(field.to_owned(), string(value));
+    }
+    attrs.insert(
+        "assurance".to_owned(),
+        string(principal.assurance.as_deref().unwrap_or("host-asserted")),
+    );
+    attrs.insert(
+        "labels".to_owned(),
+        RestrictedExpression::new_set(
+            principal
+                .labels
+                .iter()
+                .map(|(k, v)| string(&format!("{k}={v}"))),
+        ),
+    );
+    attrs.insert(
+        "process".to_owned(),
+        RestrictedExpression::new_record([
+            (
+                "uid".to_owned(),
+                RestrictedExpression::new_long(i64::from(process.uid)),
+            ),
+            (
+                "gid".to_owned(),
+                RestrictedExpression::new_long(i64::from(process.gid)),
+            ),
+            ("comm".to_owned(), string(&process.comm)),
+            (
+                "exe".to_owned(),
+                string(process.exe.as_deref().unwrap_or("")),
+            ),
+        ])?,
+    );
+    let tags = principal.labels.iter().map(|(k, v)| (k.clone(), string(v)));
+    Ok(Entity::new_with_tags(uid, attrs, [], tags)?)
+}
+
+fn target_entity(
+    uid: EntityUid,
+    destination: SocketAddr,
+    target: Option<&TargetSpec>,
+) -> Result<Entity, Box<dyn std::error::Error>> {
+    let ip = canonical(destination.ip());
+    let tags = target.map(|t| t.tags.clone()).unwrap_or_default();
+    let attrs: BTreeMap<String, RestrictedExpression> = [
+        (
+            "name".to_owned(),
+            string(target.map_or("", |t| t.name.as_str())),
+        ),
+        (
+            "known".to_owned(),
+            RestrictedExpression::new_bool(target.is_some()),
+        ),
+        (
+            "ip".to_owned(),
+            RestrictedExpression::new_ip(ip.to_string()),
+        ),
+        (
+            "port".to_owned(),
+            RestrictedExpression::new_long(i64::from(destination.port())),
+        ),
+        (
+            "protocol".to_owned(),
+            string(target.and_then(|t| t.protocol.as_deref()).unwrap_or("")),
+        ),
+        (
+            "tags".to_owned(),
+            RestrictedExpression::new_set(tags.iter().map(|(k, v)| string(&format!("{k}={v}")))),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let tags = tags.into_iter().map(|(k, v)| (k, string(&v)));
+    Ok(Entity::new_with_tags(uid, attrs, [], tags)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::schema;
+
+    /// Decisions skip runtime validation for speed; this checks that the entities built
+    /// for a request conform to the schema.
+    #[test]
+    fn entities_conform_to_the_schema() {
+        let principal = Principal {
+            job_id: "j1".to_owned(),
+            labels: [
+                ("repository".to_owned(), "acme/api".to_owned()),
+                ("team".to_owned(), "db".to_owned()),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        let process = Process {
+            pid: 1,
+            uid: 2,
+            gid: 3,
+            comm: "psql".to_owned(),
+            exe: Some("/usr/bin/psql".to_owned()),
+        };
+        let target = TargetSpec {
+            name: "prod-db".to_owned(),
+            cidrs: vec!["10.0.0.0/8".parse().unwrap()],
+            ports: Vec::new(),
+            dns_names: Vec::new(),
+            protocol: Some("postgres".to_owned()),
+            tags: [("env".to_owned(), "production".to_owned())].into(),
+            mode: None,
+        };
+        let destination: SocketAddr = "10.1.2.3:5432".parse().unwrap();
+        for target in [Some(&target), None] {
+            let job = job_entity(uid("Job", "j1").unwrap(), &principal, &process).unwrap();
+            let resource = target_entity(uid("Target", "t").unwrap(), destination, target).unwrap();
+            Entities::from_entities([job, resource], Some(schema())).unwrap();
+        }
+        Request::new(
+            uid("Job", "j1").unwrap(),
+            uid("Action", "connect").unwrap(),
+            uid("Target", "t").unwrap(),
+            Context::empty(),
+            Some(schema()),
+        )
+        .unwrap();
+    }
+}

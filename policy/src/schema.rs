@@ -1,0 +1,80 @@
+//! The Cedar schema every policy is validated against. It has no namespace, so policies
+//! read plainly: `Action::"connect"`, `principal.repository`, `resource.port`.
+use std::sync::OnceLock;
+
+use cedar_policy::Schema;
+
+/// The schema, in Cedar's schema syntax (also printed by `tollgate policy schema`).
+pub const SCHEMA: &str = r#"
+// A CI job (or cron/legacy script) run by Tollgate. Identity fields are "" when unknown.
+// Labels are entity tags: principal.hasTag("team") && principal.getTag("team") == "db".
+entity Job = {
+  job_id: String,
+  name: String,
+  provider: String,
+  repository: String,
+  workflow: String,
+  workflow_ref: String,
+  job: String,
+  run_id: String,
+  run_attempt: String,
+  ref: String,
+  ref_type: String,
+  sha: String,
+  environment: String,
+  actor: String,
+  event: String,
+  runner: String,
+  // "host-asserted" (from labels or the runner's environment) or "oidc-verified".
+  assurance: String,
+  // Every label as "key=value".
+  labels: Set<String>,
+  // The process that opened the connection, as the kernel recorded it. (No pid: a
+  // decision depends only on stable facts, so the agent can cache it.)
+  process: { uid: Long, gid: Long, comm: String, exe: String },
+} tags String;
+
+// A destination: a named target from the catalog, or (known == false) any other address.
+// Tags are entity tags and also a set of "key=value" strings.
+entity Target = {
+  name: String,
+  known: Bool,
+  ip: __cedar::ipaddr,
+  port: Long,
+  protocol: String,
+  tags: Set<String>,
+} tags String;
+
+type SqlContext = { database: String, user: String, tables: Set<String> };
+
+action connect appliesTo { principal: [Job], resource: [Target] };
+// Reserved for the L7 issues.
+action "sql:read" appliesTo { principal: [Job], resource: [Target], context: SqlContext };
+action "sql:write" appliesTo { principal: [Job], resource: [Target], context: SqlContext };
+action "sql:ddl" appliesTo { principal: [Job], resource: [Target], context: SqlContext };
+action "sql:admin" appliesTo { principal: [Job], resource: [Target], context: SqlContext };
+action "sql:unknown" appliesTo { principal: [Job], resource: [Target], context: SqlContext };
+action "http:request" appliesTo {
+  principal: [Job],
+  resource: [Target],
+  context: { method: String, path: String, host: String },
+};
+"#;
+
+/// The parsed schema. It is a constant of this crate, so a parse failure is a bug that
+/// the unit tests catch.
+pub fn schema() -> &'static Schema {
+    static SCHEMA_PARSED: OnceLock<Schema> = OnceLock::new();
+    SCHEMA_PARSED.get_or_init(|| match Schema::from_cedarschema_str(SCHEMA) {
+        Ok((schema, _warnings)) => schema,
+        Err(error) => panic!("the built-in Cedar schema does not parse: {error}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn schema_parses() {
+        let _ = super::schema();
+    }
+}

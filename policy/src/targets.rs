@@ -1,0 +1,216 @@
+//! The targets catalog: named destinations matched by address, port and DNS name, with
+//! a protocol hint and tags. Every destination becomes a Cedar `Target`: a catalog entry,
+//! or an unknown target with just its address and port.
+use std::{collections::BTreeMap, net::IpAddr};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::Mode;
+
+/// A port or an inclusive port range, written `5432` or `"8000-8100"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "PortSpec", into = "PortSpec")]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+enum PortSpec {
+    Port(u16),
+    Text(String),
+}
+
+impl TryFrom<PortSpec> for PortRange {
+    type Error = String;
+
+    fn try_from(spec: PortSpec) -> Result<Self, String> {
+        match spec {
+            PortSpec::Port(0) => Err("port 0 is not a port".to_owned()),
+            PortSpec::Port(port) => Ok(PortRange {
+                first: port,
+                last: port,
+            }),
+            PortSpec::Text(text) => {
+                let parse = |p: &str| {
+                    p.trim()
+                        .parse::<u16>()
+                        .ok()
+                        .filter(|&p| p != 0)
+                        .ok_or_else(|| format!("`{text}` is not a port or a range like 8000-8100"))
+                };
+                match text.split_once('-') {
+                    Some((first, last)) => {
+                        let (first, last) = (parse(first)?, parse(last)?);
+                        if first > last {
+                            return Err(format!("`{text}`: the range is empty"));
+                        }
+                        Ok(PortRange { first, last })
+                    }
+                    None => {
+                        let port = parse(&text)?;
+                        Ok(PortRange {
+                            first: port,
+                            last: port,
+                        })
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl From<PortRange> for PortSpec {
+    fn from(range: PortRange) -> Self {
+        if range.first == range.last {
+            PortSpec::Port(range.first)
+        } else {
+            PortSpec::Text(format!("{}-{}", range.first, range.last))
+        }
+    }
+}
+
+impl PortRange {
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+}
+
+/// One named target of the catalog (`[[targets]]` in the agent's config).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSpec {
+    pub name: String,
+    /// Addresses or networks, e.g. `"10.0.0.0/8"`, `"127.0.0.1"`, `"::1/128"`.
+    #[serde(default)]
+    pub cidrs: Vec<IpNet>,
+    /// Ports or ranges; empty means any port.
+    #[serde(default)]
+    pub ports: Vec<PortRange>,
+    /// DNS names that resolve to this target (informational until DNS-aware matching).
+    #[serde(default)]
+    pub dns_names: Vec<String>,
+    /// A protocol hint, e.g. `"postgres"` or `"http"`.
+    #[serde(default)]
+    pub protocol: Option<String>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// Overrides the global mode (`enforce` or `audit`) for this target.
+    #[serde(default)]
+    pub mode: Option<Mode>,
+}
+
+impl TargetSpec {
+    pub fn matches(&self, ip: IpAddr, port: u16) -> bool {
+        let ip = canonical(ip);
+        (self.cidrs.is_empty() || self.cidrs.iter().any(|net| net.contains(&ip)))
+            && (self.ports.is_empty() || self.ports.iter().any(|range| range.contains(port)))
+    }
+
+    /// Checks the entry; the message names the problem.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.name.is_empty() {
+            return Err("a target needs a name".to_owned());
+        }
+        if self.cidrs.is_empty() && self.ports.is_empty() {
+            return Err(format!(
+                "target `{}` matches nothing: give cidrs or ports",
+                self.name
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// IPv4-mapped IPv6 addresses match IPv4 networks.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The catalog: the first matching entry wins, in config order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Catalog {
+    targets: Vec<TargetSpec>,
+}
+
+impl Catalog {
+    pub fn new(targets: Vec<TargetSpec>) -> Result<Self, String> {
+        let mut names = std::collections::HashSet::new();
+        for target in &targets {
+            target.validate()?;
+            if !names.insert(target.name.as_str()) {
+                return Err(format!("target `{}` is defined twice", target.name));
+            }
+        }
+        Ok(Self { targets })
+    }
+
+    pub fn lookup(&self, ip: IpAddr, port: u16) -> Option<&TargetSpec> {
+        self.targets.iter().find(|t| t.matches(ip, port))
+    }
+
+    pub fn targets(&self) -> &[TargetSpec] {
+        &self.targets
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(name: &str, cidrs: &[&str], ports: &[&str]) -> TargetSpec {
+        TargetSpec {
+            name: name.to_owned(),
+            cidrs: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
+            ports: ports
+                .iter()
+                .map(|p| PortRange::try_from(PortSpec::Text((*p).to_owned())).unwrap())
+                .collect(),
+            dns_names: Vec::new(),
+            protocol: None,
+            tags: BTreeMap::new(),
+            mode: None,
+        }
+    }
+
+    #[test]
+    fn cidr_and_port_range_matching() {
+        let catalog = Catalog::new(vec![
+            target("prod-db", &["10.1.0.0/16"], &["5432"]),
+            target("internal-web", &["10.0.0.0/8", "fd00::/8"], &["8000-8100"]),
+            target("any-ssh", &[], &["22"]),
+        ])
+        .unwrap();
+        let name = |ip: &str, port| {
+            catalog
+                .lookup(ip.parse().unwrap(), port)
+                .map(|t| t.name.clone())
+        };
+        assert_eq!(name("10.1.2.3", 5432).as_deref(), Some("prod-db"));
+        assert_eq!(name("10.1.2.3", 5433), None);
+        assert_eq!(name("10.9.9.9", 8000).as_deref(), Some("internal-web"));
+        assert_eq!(name("10.9.9.9", 8100).as_deref(), Some("internal-web"));
+        assert_eq!(name("10.9.9.9", 8101), None);
+        assert_eq!(name("fd00::1", 8050).as_deref(), Some("internal-web"));
+        assert_eq!(
+            name("::ffff:10.1.0.1", 5432).as_deref(),
+            Some("prod-db"),
+            "mapped"
+        );
+        assert_eq!(name("192.0.2.1", 22).as_deref(), Some("any-ssh"));
+    }
+
+    #[test]
+    fn bad_entries_are_rejected() {
+        assert!(PortRange::try_from(PortSpec::Text("9-1".into())).is_err());
+        assert!(PortRange::try_from(PortSpec::Text("http".into())).is_err());
+        assert!(PortRange::try_from(PortSpec::Port(0)).is_err());
+        assert!(Catalog::new(vec![target("a", &[], &[])]).is_err());
+        assert!(Catalog::new(vec![target("a", &[], &["1"]), target("a", &[], &["2"])]).is_err());
+    }
+}

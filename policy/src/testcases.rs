@@ -1,0 +1,136 @@
+//! `tollgate policy test FILE`: a table of expected decisions that users run in their own
+//! CI, like `opa test`. The file is TOML:
+//!
+//! ```toml
+//! policy_dir = "policies"          # relative to this file; default: the agent's
+//! mode = "enforce"                 # default enforce
+//!
+//! [[targets]]                      # optional; default: the agent's catalog
+//! name = "prod-db"
+//! cidrs = ["10.1.0.0/16"]
+//! ports = [5432]
+//! tags = { env = "production" }
+//!
+//! [[case]]
+//! name = "deploy on main may reach prod-db"
+//! labels = { repository = "acme/api", workflow = "deploy", ref = "refs/heads/main" }
+//! dest = "10.1.2.3:5432"
+//! expect = "allow"                 # allow | deny | require_approval
+//! policies = ["prod-db-deploy"]    # optional: the determining policy ids
+//! ```
+use std::{collections::BTreeMap, net::SocketAddr};
+
+use serde::Deserialize;
+
+use crate::{Effect, Mode, PolicyEngine, Principal, Process, TargetSpec};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestFile {
+    pub policy_dir: Option<String>,
+    pub mode: Option<Mode>,
+    pub targets: Option<Vec<TargetSpec>>,
+    #[serde(rename = "case", default)]
+    pub cases: Vec<Case>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub dest: SocketAddr,
+    #[serde(default)]
+    pub action: Option<String>,
+    #[serde(default)]
+    pub process: Option<CaseProcess>,
+    pub expect: Effect,
+    #[serde(default)]
+    pub policies: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseProcess {
+    #[serde(default)]
+    pub uid: u32,
+    #[serde(default)]
+    pub gid: u32,
+    #[serde(default)]
+    pub comm: String,
+    #[serde(default)]
+    pub exe: Option<String>,
+}
+
+/// What one case produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub name: String,
+    pub passed: bool,
+    pub detail: String,
+}
+
+impl TestFile {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
+/// Runs every case against `engine` (whose mode is ignored: cases expect the effect).
+pub fn run(engine: &PolicyEngine, cases: &[Case]) -> Vec<Outcome> {
+    cases
+        .iter()
+        .map(|case| {
+            if let Some(action) = case.action.as_deref()
+                && action != "connect"
+            {
+                return Outcome {
+                    name: case.name.clone(),
+                    passed: false,
+                    detail: format!("action `{action}` cannot be tested yet (only connect)"),
+                };
+            }
+            let principal = Principal {
+                job_id: "policy-test".to_owned(),
+                labels: case.labels.clone(),
+                ..Default::default()
+            };
+            let p = case.process.clone().unwrap_or_default();
+            let process = Process {
+                pid: 1,
+                uid: p.uid,
+                gid: p.gid,
+                comm: p.comm,
+                exe: p.exe,
+            };
+            let decision = engine.decide_connect(&principal, &process, case.dest);
+            let mut problems = Vec::new();
+            if decision.effect != case.expect {
+                problems.push(format!(
+                    "expected {}, got {}",
+                    case.expect.as_str(),
+                    decision.effect.as_str()
+                ));
+            }
+            if let Some(expected) = &case.policies {
+                let mut want = expected.clone();
+                let mut got = decision.policy_ids.clone();
+                want.sort();
+                got.sort();
+                if want != got {
+                    problems.push(format!("expected policies {want:?}, got {got:?}"));
+                }
+            }
+            Outcome {
+                name: case.name.clone(),
+                passed: problems.is_empty(),
+                detail: if problems.is_empty() {
+                    format!("{} ({})", decision.effect.as_str(), decision.reason)
+                } else {
+                    format!("{} ({})", problems.join("; "), decision.reason)
+                },
+            }
+        })
+        .collect()
+}
