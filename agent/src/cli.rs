@@ -1,5 +1,6 @@
 //! Command-line interface. `anyhow` lives here, at the edge.
 mod output;
+mod policy;
 mod run;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -62,11 +63,54 @@ enum Command {
         #[command(subcommand)]
         command: SessionsCommand,
     },
+    /// Check, explain and test policies (offline, with the agent's engine).
+    Policy {
+        /// Config whose policy.dir, policy.mode and targets apply.
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Show the agent's status.
     Status {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate policies against the schema; errors name file:line:col.
+    Check {
+        /// A .cedar file or a directory [default: the config's policy.dir].
+        path: Option<PathBuf>,
+    },
+    /// Print the decision and the determining policies for one connection.
+    Explain {
+        /// The job's labels (repeatable); identity fields come from labels of their name.
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = crate::jobs::parse_label)]
+        labels: Vec<(String, String)>,
+        /// The destination, HOST:PORT.
+        #[arg(long)]
+        dest: String,
+        #[arg(long, default_value = "connect")]
+        action: String,
+        /// The process's uid.
+        #[arg(long, default_value_t = 0)]
+        uid: u32,
+        /// The process's comm.
+        #[arg(long, default_value = "")]
+        comm: String,
+        /// Policies to use instead of the config's policy.dir.
+        #[arg(long)]
+        policy_dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a table of expected decisions (TOML); exits non-zero on a failure.
+    Test { file: PathBuf },
+    /// Print the Cedar schema policies are validated against.
+    Schema,
 }
 
 #[derive(Subcommand)]
@@ -156,6 +200,34 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     anyhow::bail!("unexpected reply");
                 };
                 output::session(&session, json)?;
+                Ok(ExitCode::SUCCESS)
+            }
+        },
+        Command::Policy { config, command } => match command {
+            PolicyCommand::Check { path } => policy::check(path, config.as_deref()),
+            PolicyCommand::Explain {
+                labels,
+                dest,
+                action,
+                uid,
+                comm,
+                policy_dir,
+                json,
+            } => policy::explain(
+                policy::ExplainArgs {
+                    labels,
+                    dest,
+                    action,
+                    uid,
+                    comm,
+                    policy_dir,
+                    json,
+                },
+                config.as_deref(),
+            ),
+            PolicyCommand::Test { file } => policy::test(&file, config.as_deref()),
+            PolicyCommand::Schema => {
+                print!("{}", tollgate_policy::schema::SCHEMA);
                 Ok(ExitCode::SUCCESS)
             }
         },

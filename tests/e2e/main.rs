@@ -3,6 +3,7 @@
 mod control;
 mod failclosed;
 mod interception;
+mod policy;
 mod recording;
 mod run_cli;
 mod stress;

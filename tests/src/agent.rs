@@ -153,6 +153,13 @@ impl Agent {
         assert!(ready, "agent did not become ready; log:\n{}", self.log());
     }
 
+    /// Sends a signal to the running agent.
+    pub fn signal(&self, signal: i32) {
+        let child = self.child.as_ref().expect("the agent is running");
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, signal) };
+    }
+
     /// SIGKILLs the agent (no cleanup of any kind can run).
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -1,0 +1,184 @@
+//! `tollgate policy check | explain | test`: offline tools over the same engine the agent
+//! runs, for reviewing policies and testing them in CI.
+use std::{
+    net::{SocketAddr, ToSocketAddrs as _},
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use anyhow::{Context as _, bail};
+use tollgate_policy::{
+    Catalog, Mode, PolicyEngine, Principal, Process, Source,
+    testcases::{self, TestFile},
+};
+
+use crate::{config::Config, enforce::read_sources};
+
+/// Loads PATH (a file or a directory of *.cedar files) as sources.
+fn sources(path: &Path) -> anyhow::Result<Vec<Source>> {
+    if path.is_dir() {
+        Ok(read_sources(path)?.unwrap_or_default())
+    } else {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(vec![Source {
+            name: path.display().to_string(),
+            text,
+        }])
+    }
+}
+
+/// `tollgate policy check [PATH]`.
+pub fn check(path: Option<PathBuf>, config: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let path = match path {
+        Some(path) => path,
+        None => Config::load(config)?.0.policy.dir,
+    };
+    if !path.exists() {
+        bail!("{} does not exist", path.display());
+    }
+    let sources = sources(&path)?;
+    match tollgate_policy::load(&sources) {
+        Ok(bundle) => {
+            println!(
+                "ok: {} policies in {} file(s) under {}",
+                bundle.len(),
+                sources.len(),
+                path.display()
+            );
+            for (id, file) in &bundle.origins {
+                println!("  {id}  ({file})");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errors) => {
+            for error in &errors.0 {
+                eprintln!("{error}");
+            }
+            eprintln!("{} error(s)", errors.0.len());
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn engine(
+    config: &Config,
+    policy_dir: Option<&Path>,
+    mode: Option<Mode>,
+) -> anyhow::Result<PolicyEngine> {
+    let dir = policy_dir.unwrap_or(&config.policy.dir);
+    let sources = match read_sources(dir)? {
+        Some(sources) => sources,
+        None => bail!("policy directory {} does not exist", dir.display()),
+    };
+    let bundle = tollgate_policy::load(&sources).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let catalog =
+        Catalog::new(config.targets.clone()).map_err(|e| anyhow::anyhow!("targets: {e}"))?;
+    Ok(PolicyEngine::new(
+        bundle,
+        catalog,
+        mode.unwrap_or(config.policy.mode),
+    ))
+}
+
+fn resolve(dest: &str) -> anyhow::Result<SocketAddr> {
+    if let Ok(addr) = dest.parse() {
+        return Ok(addr);
+    }
+    dest.to_socket_addrs()
+        .with_context(|| format!("--dest {dest}: expected HOST:PORT"))?
+        .next()
+        .with_context(|| format!("--dest {dest}: no address"))
+}
+
+pub struct ExplainArgs {
+    pub labels: Vec<(String, String)>,
+    pub dest: String,
+    pub action: String,
+    pub uid: u32,
+    pub comm: String,
+    pub policy_dir: Option<PathBuf>,
+    pub json: bool,
+}
+
+/// `tollgate policy explain`.
+pub fn explain(args: ExplainArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
+    if args.action != "connect" {
+        bail!(
+            "--action {}: only `connect` can be explained yet",
+            args.action
+        );
+    }
+    let (config, _) = Config::load(config)?;
+    let engine = engine(&config, args.policy_dir.as_deref(), None)?;
+    let destination = resolve(&args.dest)?;
+    let principal = Principal {
+        job_id: "explain".to_owned(),
+        labels: args.labels.into_iter().collect(),
+        ..Default::default()
+    };
+    let process = Process {
+        pid: 0,
+        uid: args.uid,
+        gid: 0,
+        comm: args.comm,
+        exe: None,
+    };
+    let decision = engine.decide_connect(&principal, &process, destination);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&decision)?);
+    } else {
+        println!("decision:    {}", decision.label());
+        println!("effect:      {}", decision.effect.as_str());
+        println!(
+            "mode:        {}",
+            if decision.enforced {
+                "enforce"
+            } else {
+                "audit (not blocking)"
+            }
+        );
+        println!("destination: {destination}");
+        println!("target:      {}", decision.target);
+        println!(
+            "policies:    {}",
+            if decision.policy_ids.is_empty() {
+                "(none)".to_owned()
+            } else {
+                decision.policy_ids.join(", ")
+            }
+        );
+        println!("reason:      {}", decision.reason);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tollgate policy test FILE`.
+pub fn test(file: &Path, config: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let tests = TestFile::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let (mut config, _) = Config::load(config)?;
+    if let Some(targets) = tests.targets.clone() {
+        config.targets = targets;
+    }
+    let base = file.parent().unwrap_or(Path::new("."));
+    let policy_dir = tests.policy_dir.as_ref().map(|dir| base.join(dir));
+    let engine = engine(&config, policy_dir.as_deref(), tests.mode)?;
+    let outcomes = testcases::run(&engine, &tests.cases);
+    let failed = outcomes.iter().filter(|o| !o.passed).count();
+    for outcome in &outcomes {
+        println!(
+            "{} {}: {}",
+            if outcome.passed { "PASS" } else { "FAIL" },
+            outcome.name,
+            outcome.detail
+        );
+    }
+    println!("{} passed, {} failed", outcomes.len() - failed, failed);
+    Ok(if failed == 0 && !outcomes.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
