@@ -51,7 +51,8 @@ struct Active {
 pub struct Enforcer {
     dir: PathBuf,
     mode: Mode,
-    catalog: Catalog,
+    /// As configured; DNS names are resolved again on every reload.
+    targets: Vec<TargetSpec>,
     active: ArcSwap<Active>,
     next_generation: AtomicU64,
     reload_lock: Mutex<()>,
@@ -74,7 +75,7 @@ impl Enforcer {
         targets: Vec<TargetSpec>,
         metrics: Arc<PolicyMetrics>,
     ) -> Result<Self, EnforceError> {
-        let catalog = Catalog::new(targets).map_err(EnforceError::Targets)?;
+        let catalog = resolved_catalog(&targets)?;
         let (engine, signature) = read(dir, mode, &catalog)?;
         metrics
             .loaded
@@ -82,7 +83,7 @@ impl Enforcer {
         Ok(Self {
             dir: dir.to_owned(),
             mode,
-            catalog,
+            targets,
             active: ArcSwap::from_pointee(Active {
                 generation: 1,
                 engine,
@@ -128,7 +129,9 @@ impl Enforcer {
     /// logged and counted, and returned.
     pub fn reload(&self) -> Result<Reloaded, EnforceError> {
         let _guard = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
-        match read(&self.dir, self.mode, &self.catalog) {
+        match resolved_catalog(&self.targets)
+            .and_then(|catalog| read(&self.dir, self.mode, &catalog))
+        {
             Ok((engine, signature)) => {
                 let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
                 let policies = engine.as_ref().map_or(0, PolicyEngine::policy_count);
@@ -215,6 +218,25 @@ struct DecisionCache {
 
 thread_local! {
     static CACHE: RefCell<DecisionCache> = RefCell::new(DecisionCache::default());
+}
+
+/// The catalog with each target's DNS names resolved to addresses (now, and again on
+/// every reload). A name that does not resolve matches nothing, and is logged.
+fn resolved_catalog(targets: &[TargetSpec]) -> Result<Catalog, EnforceError> {
+    use std::net::ToSocketAddrs as _;
+    let mut targets = targets.to_vec();
+    for target in &mut targets {
+        target.resolved.clear();
+        for name in &target.dns_names {
+            match (name.as_str(), 0).to_socket_addrs() {
+                Ok(addrs) => target.resolved.extend(addrs.map(|a| a.ip())),
+                Err(error) => {
+                    tracing::warn!(target = %target.name, %name, %error, "DNS name does not resolve");
+                }
+            }
+        }
+    }
+    Catalog::new(targets).map_err(EnforceError::Targets)
 }
 
 type Signature = Vec<(PathBuf, u64, Option<SystemTime>)>;
@@ -349,5 +371,40 @@ mod tests {
             "previous set in force"
         );
         assert_eq!(metrics.policy.reloads_with("error"), 1);
+    }
+
+    #[test]
+    fn dns_names_resolve_into_the_catalog() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("a.cedar"),
+            "@id(\"local\")\npermit(principal, action, resource) when { resource.name == \"local\" };",
+        )
+        .unwrap();
+        let target: TargetSpec =
+            toml::from_str("name = \"local\"\ndns_names = [\"localhost\"]\nports = [8080]\n")
+                .unwrap();
+        let metrics = Metrics::new();
+        let enforcer = Enforcer::load(
+            dir.path(),
+            Mode::Enforce,
+            vec![target],
+            metrics.policy.clone(),
+        )
+        .unwrap();
+        let local = enforcer.decide_connect(
+            &principal(),
+            &Process::default(),
+            "127.0.0.1:8080".parse().unwrap(),
+        );
+        assert_eq!(local.target, "local");
+        assert!(!local.blocks(), "{local:?}");
+        let other = enforcer.decide_connect(
+            &principal(),
+            &Process::default(),
+            "192.0.2.1:8080".parse().unwrap(),
+        );
+        assert_eq!(other.target, "(unknown)");
+        assert!(other.blocks());
     }
 }

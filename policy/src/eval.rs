@@ -129,8 +129,10 @@ impl PolicyEngine {
                     .iter()
                     .any(|id| self.bundle.annotation(id, APPROVAL_ANNOTATION) == Some("required"));
                 if needs_approval {
-                    let reason =
-                        format!("permitted by {} but approval is required", ids.join(", "));
+                    let reason = format!(
+                        "permitted by {} but approval is required; just-in-time approval is not available yet, so this is refused",
+                        ids.join(", ")
+                    );
                     (Effect::RequireApproval, ids, reason)
                 } else {
                     let reason = format!("permitted by {}", ids.join(", "));
@@ -291,6 +293,7 @@ mod tests {
             protocol: Some("postgres".to_owned()),
             tags: [("env".to_owned(), "production".to_owned())].into(),
             mode: None,
+            resolved: Vec::new(),
         };
         let destination: SocketAddr = "10.1.2.3:5432".parse().unwrap();
         for target in [Some(&target), None] {

@@ -100,13 +100,21 @@ pub struct TargetSpec {
     /// Overrides the global mode (`enforce` or `audit`) for this target.
     #[serde(default)]
     pub mode: Option<Mode>,
+    /// Addresses `dns_names` resolved to (filled in by the agent; not configured).
+    #[serde(skip)]
+    pub resolved: Vec<IpAddr>,
 }
 
 impl TargetSpec {
+    /// A target with neither cidrs nor DNS names matches any address; one with DNS names
+    /// matches only the addresses they resolved to (and its cidrs).
     pub fn matches(&self, ip: IpAddr, port: u16) -> bool {
         let ip = canonical(ip);
-        (self.cidrs.is_empty() || self.cidrs.iter().any(|net| net.contains(&ip)))
-            && (self.ports.is_empty() || self.ports.iter().any(|range| range.contains(port)))
+        let any_address = self.cidrs.is_empty() && self.dns_names.is_empty();
+        let address = any_address
+            || self.cidrs.iter().any(|net| net.contains(&ip))
+            || self.resolved.iter().any(|r| canonical(*r) == ip);
+        address && (self.ports.is_empty() || self.ports.iter().any(|range| range.contains(port)))
     }
 
     /// Checks the entry; the message names the problem.
@@ -114,9 +122,9 @@ impl TargetSpec {
         if self.name.is_empty() {
             return Err("a target needs a name".to_owned());
         }
-        if self.cidrs.is_empty() && self.ports.is_empty() {
+        if self.cidrs.is_empty() && self.ports.is_empty() && self.dns_names.is_empty() {
             return Err(format!(
-                "target `{}` matches nothing: give cidrs or ports",
+                "target `{}` would match every destination: give cidrs, dns_names or ports",
                 self.name
             ));
         }
@@ -175,6 +183,7 @@ mod tests {
             protocol: None,
             tags: BTreeMap::new(),
             mode: None,
+            resolved: Vec::new(),
         }
     }
 
@@ -203,6 +212,20 @@ mod tests {
             "mapped"
         );
         assert_eq!(name("192.0.2.1", 22).as_deref(), Some("any-ssh"));
+    }
+
+    #[test]
+    fn dns_names_match_only_their_resolved_addresses() {
+        let mut named = target("db", &[], &["5432"]);
+        named.dns_names = vec!["db.internal".to_owned()];
+        assert!(
+            !named.matches("10.0.0.1".parse().unwrap(), 5432),
+            "unresolved: nothing"
+        );
+        named.resolved = vec!["10.0.0.1".parse().unwrap()];
+        assert!(named.matches("10.0.0.1".parse().unwrap(), 5432));
+        assert!(named.matches("::ffff:10.0.0.1".parse().unwrap(), 5432));
+        assert!(!named.matches("10.0.0.2".parse().unwrap(), 5432));
     }
 
     #[test]
