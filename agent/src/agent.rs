@@ -95,8 +95,13 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
     raise_fd_limit();
     let metrics = Arc::new(Metrics::new());
     // Policy first: an invalid set stops the agent before it attaches anything.
+    let config_file = match &source {
+        Source::File(path) => Some(path.as_path()),
+        Source::BuiltIn => None,
+    };
     let enforcer = Arc::new(Enforcer::load(
         &config.policy.dir,
+        config_file,
         config.policy.mode,
         config.targets.clone(),
         metrics.policy.clone(),

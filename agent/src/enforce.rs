@@ -20,7 +20,10 @@ use tollgate_policy::{
     Source, TargetSpec,
 };
 
-use crate::metrics::PolicyMetrics;
+use crate::{
+    config::{Config, ConfigError},
+    metrics::PolicyMetrics,
+};
 
 /// Cached decisions per thread, at most this many before the cache starts over.
 const CACHE_CAPACITY: usize = 16 * 1024;
@@ -37,6 +40,8 @@ pub enum EnforceError {
     Invalid(#[from] LoadErrors),
     #[error("targets: {0}")]
     Targets(String),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
 /// What is in force.
@@ -44,15 +49,19 @@ struct Active {
     generation: u64,
     /// None: the policy directory does not exist, so no policy is configured.
     engine: Option<PolicyEngine>,
-    /// Names, sizes and mtimes of the files the set was read from.
+    /// Names, sizes and mtimes of the files the set was read from (the agent's config
+    /// file included).
     signature: Vec<(PathBuf, u64, Option<SystemTime>)>,
+    mode: Mode,
 }
 
 pub struct Enforcer {
     dir: PathBuf,
-    mode: Mode,
-    /// As configured; DNS names are resolved again on every reload.
-    targets: Vec<TargetSpec>,
+    /// The agent's config file: `[policy] mode` and `[[targets]]` are read again from
+    /// it on every reload. None for the built-in config.
+    config_file: Option<PathBuf>,
+    /// As configured (DNS names are resolved again on every reload).
+    settings: Mutex<(Mode, Vec<TargetSpec>)>,
     active: ArcSwap<Active>,
     next_generation: AtomicU64,
     reload_lock: Mutex<()>,
@@ -71,23 +80,25 @@ impl Enforcer {
     /// older to keep).
     pub fn load(
         dir: &Path,
+        config_file: Option<&Path>,
         mode: Mode,
         targets: Vec<TargetSpec>,
         metrics: Arc<PolicyMetrics>,
     ) -> Result<Self, EnforceError> {
         let catalog = resolved_catalog(&targets)?;
-        let (engine, signature) = read(dir, mode, &catalog)?;
+        let (engine, signature) = read(dir, config_file, mode, &catalog)?;
         metrics
             .loaded
             .set(engine.as_ref().map_or(0, |e| e.policy_count() as i64));
         Ok(Self {
             dir: dir.to_owned(),
-            mode,
-            targets,
+            config_file: config_file.map(Path::to_owned),
+            settings: Mutex::new((mode, targets)),
             active: ArcSwap::from_pointee(Active {
                 generation: 1,
                 engine,
                 signature,
+                mode,
             }),
             next_generation: AtomicU64::new(2),
             reload_lock: Mutex::new(()),
@@ -100,7 +111,7 @@ impl Enforcer {
     }
 
     pub fn mode(&self) -> Mode {
-        self.mode
+        self.active.load().mode
     }
 
     pub fn generation(&self) -> u64 {
@@ -122,17 +133,23 @@ impl Enforcer {
 
     /// Whether the files on disk differ from the set in force.
     pub fn changed_on_disk(&self) -> bool {
-        signature(&self.dir).ok() != Some(self.active.load().signature.clone())
+        signature(&self.dir, self.config_file.as_deref()).ok()
+            != Some(self.active.load().signature.clone())
     }
 
     /// Reads the directory again. On error the previous set stays in force, the error is
     /// logged and counted, and returned.
     pub fn reload(&self) -> Result<Reloaded, EnforceError> {
         let _guard = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
-        match resolved_catalog(&self.targets)
-            .and_then(|catalog| read(&self.dir, self.mode, &catalog))
-        {
-            Ok((engine, signature)) => {
+        let mut settings = self.settings.lock().unwrap_or_else(|e| e.into_inner());
+        let attempt = self.read_settings(&settings).and_then(|(mode, targets)| {
+            let catalog = resolved_catalog(&targets)?;
+            let (engine, signature) = read(&self.dir, self.config_file.as_deref(), mode, &catalog)?;
+            Ok((engine, signature, mode, targets))
+        });
+        match attempt {
+            Ok((engine, signature, mode, targets)) => {
+                *settings = (mode, targets);
                 let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
                 let policies = engine.as_ref().map_or(0, PolicyEngine::policy_count);
                 self.metrics.loaded.set(policies as i64);
@@ -141,6 +158,7 @@ impl Enforcer {
                     generation,
                     engine,
                     signature,
+                    mode,
                 }));
                 tracing::info!(dir = %self.dir.display(), policies, generation, "policy reloaded");
                 Ok(Reloaded {
@@ -151,18 +169,39 @@ impl Enforcer {
             Err(error) => {
                 self.metrics.reload("error");
                 // Don't retry the same broken files on every poll.
-                if let Ok(signature) = signature(&self.dir) {
+                if let Ok(signature) = signature(&self.dir, self.config_file.as_deref()) {
                     let current = self.active.load();
                     self.active.store(Arc::new(Active {
                         generation: current.generation,
                         engine: current.engine.clone(),
                         signature,
+                        mode: current.mode,
                     }));
                 }
                 tracing::error!(dir = %self.dir.display(), %error, "policy reload failed; the previous policy stays in force");
                 Err(error)
             }
         }
+    }
+
+    /// `[policy] mode` and `[[targets]]` from the config file (or as they are, for the
+    /// built-in config). A malformed config file keeps the previous set in force.
+    fn read_settings(
+        &self,
+        current: &(Mode, Vec<TargetSpec>),
+    ) -> Result<(Mode, Vec<TargetSpec>), EnforceError> {
+        let Some(path) = &self.config_file else {
+            return Ok(current.clone());
+        };
+        let config = Config::from_file(path)?;
+        if config.policy.dir != self.dir {
+            tracing::warn!(
+                configured = %config.policy.dir.display(),
+                in_use = %self.dir.display(),
+                "policy.dir changed: restart the agent to use the new directory"
+            );
+        }
+        Ok((config.policy.mode, config.targets))
     }
 
     /// Decides an L4 connect, from this thread's cache when possible.
@@ -262,10 +301,11 @@ fn policy_files(dir: &Path) -> Result<Option<Vec<PathBuf>>, EnforceError> {
     Ok(Some(files))
 }
 
-fn signature(dir: &Path) -> Result<Signature, EnforceError> {
+fn signature(dir: &Path, config_file: Option<&Path>) -> Result<Signature, EnforceError> {
     Ok(policy_files(dir)?
         .unwrap_or_default()
         .into_iter()
+        .chain(config_file.map(Path::to_owned))
         .map(|path| {
             let meta = std::fs::metadata(&path).ok();
             let len = meta.as_ref().map_or(0, std::fs::Metadata::len);
@@ -296,10 +336,11 @@ pub fn read_sources(dir: &Path) -> Result<Option<Vec<Source>>, EnforceError> {
 
 fn read(
     dir: &Path,
+    config_file: Option<&Path>,
     mode: Mode,
     catalog: &Catalog,
 ) -> Result<(Option<PolicyEngine>, Signature), EnforceError> {
-    let signature = signature(dir)?;
+    let signature = signature(dir, config_file)?;
     let Some(sources) = read_sources(dir)? else {
         return Ok((None, signature));
     };
@@ -327,8 +368,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let policies = dir.path().join("policies");
         let metrics = Metrics::new();
-        let enforcer =
-            Enforcer::load(&policies, Mode::Enforce, Vec::new(), metrics.policy.clone()).unwrap();
+        let enforcer = Enforcer::load(
+            &policies,
+            None,
+            Mode::Enforce,
+            Vec::new(),
+            metrics.policy.clone(),
+        )
+        .unwrap();
         let dest: SocketAddr = "127.0.0.1:80".parse().unwrap();
         let decision = enforcer.decide_connect(&principal(), &Process::default(), dest);
         assert!(!decision.blocks());
@@ -387,6 +434,7 @@ mod tests {
         let metrics = Metrics::new();
         let enforcer = Enforcer::load(
             dir.path(),
+            None,
             Mode::Enforce,
             vec![target],
             metrics.policy.clone(),
@@ -406,5 +454,69 @@ mod tests {
         );
         assert_eq!(other.target, "(unknown)");
         assert!(other.blocks());
+    }
+
+    #[test]
+    fn reload_rereads_targets_and_mode_from_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let policies = dir.path().join("policies");
+        std::fs::create_dir(&policies).unwrap();
+        std::fs::write(
+            policies.join("a.cedar"),
+            "@id(\"db\")\npermit(principal, action, resource) when { resource.name == \"db\" };",
+        )
+        .unwrap();
+        let config_path = dir.path().join("agent.toml");
+        let write_config = |port: u16, mode: &str| {
+            std::fs::write(
+                &config_path,
+                format!(
+                    "[policy]\ndir = \"{}\"\nmode = \"{mode}\"\n[[targets]]\nname = \"db\"\n\
+                     cidrs = [\"127.0.0.1/32\"]\nports = [{port}]\n",
+                    policies.display()
+                ),
+            )
+            .unwrap();
+        };
+        write_config(5432, "enforce");
+        let config = Config::from_file(&config_path).unwrap();
+        let metrics = Metrics::new();
+        let enforcer = Enforcer::load(
+            &policies,
+            Some(&config_path),
+            config.policy.mode,
+            config.targets,
+            metrics.policy.clone(),
+        )
+        .unwrap();
+        let to = |port: u16| {
+            enforcer.decide_connect(
+                &principal(),
+                &Process::default(),
+                SocketAddr::from(([127, 0, 0, 1], port)),
+            )
+        };
+        assert!(!to(5432).blocks());
+        assert!(to(6432).blocks());
+
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        write_config(6432, "audit");
+        assert!(enforcer.changed_on_disk(), "a config change is a change");
+        enforcer.reload().unwrap();
+        assert!(!to(6432).blocks(), "the target moved to 6432");
+        assert_eq!(enforcer.mode(), Mode::Audit);
+        assert!(!to(5432).blocks(), "audit mode never blocks");
+        assert_eq!(to(5432).label(), "would_deny");
+
+        std::fs::write(&config_path, "[policy]\nmode = 3\n").unwrap();
+        let error = enforcer.reload().unwrap_err().to_string();
+        assert!(error.contains("agent.toml:2:8"), "{error}");
+        assert!(error.contains("policy.mode"), "{error}");
+        assert_eq!(
+            enforcer.mode(),
+            Mode::Audit,
+            "the previous set stays in force"
+        );
+        assert!(!to(6432).blocks());
     }
 }
