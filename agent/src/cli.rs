@@ -86,27 +86,7 @@ enum PolicyCommand {
         path: Option<PathBuf>,
     },
     /// Print the decision and the determining policies for one connection.
-    Explain {
-        /// The job's labels (repeatable); identity fields come from labels of their name.
-        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = crate::jobs::parse_label)]
-        labels: Vec<(String, String)>,
-        /// The destination, HOST:PORT.
-        #[arg(long)]
-        dest: String,
-        #[arg(long, default_value = "connect")]
-        action: String,
-        /// The process's uid.
-        #[arg(long, default_value_t = 0)]
-        uid: u32,
-        /// The process's comm.
-        #[arg(long, default_value = "")]
-        comm: String,
-        /// Policies to use instead of the config's policy.dir.
-        #[arg(long)]
-        policy_dir: Option<PathBuf>,
-        #[arg(long)]
-        json: bool,
-    },
+    Explain(policy::ExplainArgs),
     /// Run a table of expected decisions (TOML); exits non-zero on a failure.
     Test { file: PathBuf },
     /// Print the Cedar schema policies are validated against.
@@ -205,26 +185,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Command::Policy { config, command } => match command {
             PolicyCommand::Check { path } => policy::check(path, config.as_deref()),
-            PolicyCommand::Explain {
-                labels,
-                dest,
-                action,
-                uid,
-                comm,
-                policy_dir,
-                json,
-            } => policy::explain(
-                policy::ExplainArgs {
-                    labels,
-                    dest,
-                    action,
-                    uid,
-                    comm,
-                    policy_dir,
-                    json,
-                },
-                config.as_deref(),
-            ),
+            PolicyCommand::Explain(args) => policy::explain(args, config.as_deref()),
             PolicyCommand::Test { file } => policy::test(&file, config.as_deref()),
             PolicyCommand::Schema => {
                 print!("{}", tollgate_policy::schema::SCHEMA);

@@ -7,7 +7,7 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use tollgate_policy::{Catalog, Mode, TargetSpec};
+use tollgate_policy::{Catalog, Mode, TargetSpec, load::line_col};
 
 /// Where the agent looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/tollgate/agent.toml";
@@ -459,16 +459,6 @@ fn parse_error(
         },
         message: message.trim().to_owned(),
     }
-}
-
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before
-        .rfind('\n')
-        .map_or(before.len(), |nl| before.len() - nl - 1)
-        + 1;
-    (line, column)
 }
 
 #[cfg(test)]

@@ -73,7 +73,8 @@ impl PolicyBundle {
     }
 }
 
-fn position(text: &str, offset: usize) -> (usize, usize) {
+/// The 1-based line and column of a byte offset in `text`.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let column = before
@@ -84,7 +85,7 @@ fn position(text: &str, offset: usize) -> (usize, usize) {
 }
 
 fn error_at(source: &Source, offset: Option<usize>, message: String) -> PolicyError {
-    let (line, column) = offset.map_or((1, 1), |o| position(&source.text, o));
+    let (line, column) = offset.map_or((1, 1), |o| line_col(&source.text, o));
     PolicyError {
         file: source.name.clone(),
         line,

@@ -91,14 +91,27 @@ fn resolve(dest: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("--dest {dest}: no address"))
 }
 
+#[derive(clap::Args)]
 pub struct ExplainArgs {
-    pub labels: Vec<(String, String)>,
-    pub dest: String,
-    pub action: String,
-    pub uid: u32,
-    pub comm: String,
-    pub policy_dir: Option<PathBuf>,
-    pub json: bool,
+    /// The job's labels (repeatable); identity fields come from labels of their name.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = crate::jobs::parse_label)]
+    labels: Vec<(String, String)>,
+    /// The destination, HOST:PORT.
+    #[arg(long)]
+    dest: String,
+    #[arg(long, default_value = "connect")]
+    action: String,
+    /// The process's uid.
+    #[arg(long, default_value_t = 0)]
+    uid: u32,
+    /// The process's comm.
+    #[arg(long, default_value = "")]
+    comm: String,
+    /// Policies to use instead of the config's policy.dir.
+    #[arg(long)]
+    policy_dir: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
 }
 
 /// `tollgate policy explain`.
