@@ -241,8 +241,12 @@ impl Environment {
         run(Command::new("chown")
             .arg("postgres:postgres")
             .arg(&ini_path))?;
+        // setpriv execs pgbouncer itself, so killing the child stops pgbouncer (runuser
+        // would stay in between).
         self.bouncer = Some(
-            as_postgres(Path::new("/usr/sbin/pgbouncer"))
+            Command::new("setpriv")
+                .args(["--reuid=postgres", "--regid=postgres", "--init-groups", "--"])
+                .arg("/usr/sbin/pgbouncer")
                 .arg(&ini_path)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
