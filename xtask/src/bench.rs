@@ -245,7 +245,12 @@ impl Environment {
         // would stay in between).
         self.bouncer = Some(
             Command::new("setpriv")
-                .args(["--reuid=postgres", "--regid=postgres", "--init-groups", "--"])
+                .args([
+                    "--reuid=postgres",
+                    "--regid=postgres",
+                    "--init-groups",
+                    "--",
+                ])
                 .arg("/usr/sbin/pgbouncer")
                 .arg(&ini_path)
                 .stdout(Stdio::null())
