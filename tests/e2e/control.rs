@@ -3,7 +3,7 @@
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     os::unix::net::UnixStream,
-    process::{Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
@@ -136,19 +136,7 @@ fn a_job_whose_owner_is_killed_is_ended() {
         return;
     }
     let agent = Agent::start();
-    let mut owner = agent
-        .run_command(
-            &[("repo", "acme/orphan")],
-            &["sh", "-c", "echo $$; exec sleep 300"],
-        )
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("tollgate run");
-    let mut line = String::new();
-    BufReader::new(owner.stdout.as_mut().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read");
-    let sleep_pid = line.trim().to_owned();
+    let (mut owner, sleep_pid) = agent.start_sleeping_job(&[("repo", "acme/orphan")]);
     assert_eq!(agent.jobs().len(), 1);
     owner.kill().expect("SIGKILL tollgate run");
     let _ = owner.wait();

@@ -192,19 +192,7 @@ fn cleanup_detaches_everything_and_refuses_while_the_agent_runs() {
         tollgate_e2e::stderr(&second)
     );
     // A job left running when the agent stops is killed by the cleanup.
-    let mut child = agent
-        .run_command(
-            &[("repo", "acme/left")],
-            &["sh", "-c", "echo $$; exec sleep 300"],
-        )
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("tollgate run");
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read");
-    let sleep_pid: u32 = line.trim().parse().expect("pid");
+    let (mut child, sleep_pid) = agent.start_sleeping_job(&[("repo", "acme/left")]);
     assert_eq!(agent.jobs().len(), 1);
     let parent = agent.cgroup_parent.clone();
     let bpftool = tollgate_e2e::output(

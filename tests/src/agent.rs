@@ -205,6 +205,24 @@ impl Agent {
         output(&mut command)
     }
 
+    /// Starts `tollgate run -- sleep 300` (through a shell that prints its pid, then
+    /// execs) and returns the running `tollgate run` and the sleep's pid.
+    pub fn start_sleeping_job(&self, labels: &[(&str, &str)]) -> (Child, u32) {
+        let mut child = self
+            .run_command(labels, &["sh", "-c", "echo $$; exec sleep 300"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("tollgate run");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.as_mut().expect("stdout")),
+            &mut line,
+        )
+        .expect("reading the job's pid");
+        let pid = line.trim().parse().expect("the job's pid");
+        (child, pid)
+    }
+
     pub fn run_command(&self, labels: &[(&str, &str)], cmd: &[&str]) -> Command {
         let mut command = self.tollgate();
         command.arg("run");
