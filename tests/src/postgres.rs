@@ -16,19 +16,20 @@ pub struct Postgres {
 }
 
 static SERVER: OnceLock<Postgres> = OnceLock::new();
+/// (bin dir, scratch dir): the server's data directory is `<scratch>/data`.
 static TO_STOP: Mutex<Option<(PathBuf, PathBuf)>> = Mutex::new(None);
 
 extern "C" fn stop_at_exit() {
     let taken = TO_STOP.lock().ok().and_then(|mut guard| guard.take());
-    if let Some((bin_dir, data_dir)) = taken {
+    if let Some((bin_dir, scratch)) = taken {
         let _ = Command::new("runuser")
             .args(["-u", "postgres", "--"])
             .arg(bin_dir.join("pg_ctl"))
             .args(["-D"])
-            .arg(&data_dir)
+            .arg(scratch.join("data"))
             .args(["-m", "immediate", "-w", "stop"])
             .output();
-        let _ = fs::remove_dir_all(&data_dir);
+        let _ = fs::remove_dir_all(&scratch);
     }
 }
 
@@ -100,7 +101,7 @@ fn start() -> Postgres {
         fs::read_to_string(data_dir.join("server.log")).unwrap_or_default()
     );
     if let Ok(mut guard) = TO_STOP.lock() {
-        *guard = Some((bin_dir.clone(), data_dir.join("data")));
+        *guard = Some((bin_dir.clone(), data_dir.clone()));
     }
     // SAFETY: registering a plain extern "C" function.
     unsafe { libc::atexit(stop_at_exit) };
