@@ -217,6 +217,12 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
     });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // SIGHUP (main thread) and file changes (control thread) reload the same way.
+    let reload = PolicyReload {
+        enforcer: enforcer.clone(),
+        notify: policy_tx.clone(),
+        interval: config.policy.reload_interval,
+    };
     let control_thread = spawn_control_plane(
         &config,
         ControlPlane {
@@ -225,22 +231,13 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
             jobs: jobs.clone(),
             maps: maps.clone(),
             metrics: metrics.clone(),
-            reload: PolicyReload {
-                enforcer: enforcer.clone(),
-                notify: policy_tx.clone(),
-                interval: config.policy.reload_interval,
-            },
+            reload: reload.clone(),
         },
         shutdown_rx.clone(),
     )?;
 
     admin_state.ready.store(true, Ordering::Relaxed);
     let workers = listeners.serve(shared, shutdown_rx, config.proxy.drain_timeout)?;
-    let reload = PolicyReload {
-        enforcer: enforcer.clone(),
-        notify: policy_tx.clone(),
-        interval: config.policy.reload_interval,
-    };
     signals.block_on(shutdown_signals.wait(|| reload.run()));
     tracing::info!("shutting down: draining connections (programs stay attached)");
     let _ = shutdown_tx.send(true);
@@ -547,17 +544,14 @@ pub fn cleanup(config: &Config) -> Result<Vec<String>, AgentError> {
         }
     }
     // Kill the jobs before detaching, so nothing in them connects unintercepted.
-    for (_, path, _) in &open_jobs {
-        cgroup::kill_and_remove(path, Duration::from_secs(10))?;
-        removed.push(path.display().to_string());
-    }
-    for path in bpf::uninstall(&config.bpf.pin_dir)? {
-        removed.push(path.display().to_string());
-    }
-    if tree.parent().exists() {
-        tree.remove_all()?;
-        removed.push(tree.parent().display().to_string());
-    }
+    let cgroups = tree.remove_all(Duration::from_secs(10))?;
+    let pins = bpf::uninstall(&config.bpf.pin_dir)?;
+    removed.extend(
+        cgroups
+            .iter()
+            .chain(&pins)
+            .map(|path| path.display().to_string()),
+    );
     if std::fs::remove_file(socket).is_ok() {
         removed.push(socket.display().to_string());
     }

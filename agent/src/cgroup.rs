@@ -144,16 +144,20 @@ impl CgroupTree {
             .map(|(job_id, _, _)| job_id)
     }
 
-    /// Removes the parent cgroup, killing whatever is left in job cgroups below it.
-    pub fn remove_all(&self) -> Result<(), CgroupError> {
+    /// Kills whatever is left in the job cgroups, removes them and then the parent.
+    /// Returns every cgroup directory it removed.
+    pub fn remove_all(&self, timeout: Duration) -> Result<Vec<PathBuf>, CgroupError> {
+        let mut removed = Vec::new();
         for (_, path, _) in self.list_jobs()? {
-            kill_and_remove(&path, Duration::from_secs(5))?;
+            kill_and_remove(&path, timeout)?;
+            removed.push(path);
         }
         match fs::remove_dir(&self.parent) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err(&self.parent)(e)),
+            Ok(()) => removed.push(self.parent.clone()),
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&self.parent)(e)),
         }
+        Ok(removed)
     }
 }
 

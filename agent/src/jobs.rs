@@ -9,6 +9,7 @@ use std::{
 
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
+use tollgate_policy::Principal;
 
 use crate::{
     cgroup::{self, CgroupError, CgroupTree},
@@ -60,9 +61,22 @@ pub struct Job {
     pub owner_start: u64,
     pub owner_uid: u32,
     pub started_at: i64,
+    /// The job as policy sees it, built once per job rather than per connection.
+    #[serde(skip)]
+    pub principal: Arc<Principal>,
 }
 
 impl Job {
+    /// Fills in the derived principal and shares the job.
+    fn finish(mut self) -> Arc<Self> {
+        self.principal = Arc::new(Principal {
+            job_id: self.id.clone(),
+            labels: self.labels.clone(),
+            ..Default::default()
+        });
+        Arc::new(self)
+    }
+
     fn record(&self) -> JobRecord {
         JobRecord {
             id: self.id.clone(),
@@ -167,6 +181,17 @@ impl JobRegistry {
         self.by_cgroup.store(Arc::new(jobs));
     }
 
+    /// Forgets ended jobs past the grace period, and adds `just_ended`.
+    fn update_ended(&self, just_ended: Option<Arc<Job>>) {
+        let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ended = HashMap::clone(&self.recently_ended.load());
+        ended.retain(|_, (at, _)| at.elapsed() < self.ended_grace);
+        if let Some(job) = just_ended {
+            ended.insert(job.cgroup_id, (Instant::now(), job));
+        }
+        self.recently_ended.store(Arc::new(ended));
+    }
+
     /// Creates a job cgroup carrying `labels`, owned by `caller`.
     pub fn create(
         &self,
@@ -185,7 +210,7 @@ impl JobRegistry {
             })?;
         let id = uuid::Uuid::now_v7().to_string();
         let (cgroup_path, cgroup_id) = self.tree.create_job(&id)?;
-        let job = Arc::new(Job {
+        let job = Job {
             id,
             name,
             labels,
@@ -195,7 +220,9 @@ impl JobRegistry {
             owner_start,
             owner_uid: caller.uid,
             started_at: now_ms(),
-        });
+            principal: Arc::default(),
+        }
+        .finish();
         self.recorder.record(RecordEvent::JobStarted(job.record()));
         self.metrics.started.inc();
         let inserted = job.clone();
@@ -255,13 +282,8 @@ impl JobRegistry {
                 .ok_or_else(|| JobError::NotFound(job_id.to_owned()))?,
         };
         let result = cgroup::kill_and_remove(&job.cgroup_path, KILL_TIMEOUT);
-        {
-            let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-            let mut ended = HashMap::clone(&self.recently_ended.load());
-            ended.retain(|_, (at, _)| at.elapsed() < self.ended_grace);
-            ended.insert(job.cgroup_id, (Instant::now(), job.clone()));
-            self.recently_ended.store(Arc::new(ended));
-        }
+        // Into the ended map before out of the active one: never in neither.
+        self.update_ended(Some(job.clone()));
         self.update(|jobs| {
             jobs.remove(&job.cgroup_id);
         });
@@ -285,10 +307,7 @@ impl JobRegistry {
             .values()
             .any(|(at, _)| at.elapsed() >= self.ended_grace)
         {
-            let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-            let mut ended = HashMap::clone(&self.recently_ended.load());
-            ended.retain(|_, (at, _)| at.elapsed() < self.ended_grace);
-            self.recently_ended.store(Arc::new(ended));
+            self.update_ended(None);
         }
         for job in self.list() {
             if !proc_info::is_alive(job.owner_pid, job.owner_start) {
@@ -313,17 +332,21 @@ impl JobRegistry {
         for record in records {
             match existing.iter().find(|(id, _, _)| *id == record.id) {
                 Some((_, path, cgroup_id)) => {
-                    adopted.push(Arc::new(Job {
-                        id: record.id.clone(),
-                        name: record.name,
-                        labels: record.labels,
-                        cgroup_id: *cgroup_id,
-                        cgroup_path: path.clone(),
-                        owner_pid: record.owner_pid,
-                        owner_start: record.owner_start,
-                        owner_uid: record.owner_uid,
-                        started_at: record.started_at,
-                    }));
+                    adopted.push(
+                        Job {
+                            id: record.id.clone(),
+                            name: record.name,
+                            labels: record.labels,
+                            cgroup_id: *cgroup_id,
+                            cgroup_path: path.clone(),
+                            owner_pid: record.owner_pid,
+                            owner_start: record.owner_start,
+                            owner_uid: record.owner_uid,
+                            started_at: record.started_at,
+                            principal: Arc::default(),
+                        }
+                        .finish(),
+                    );
                     report.adopted.push(record.id);
                 }
                 None => {

@@ -45,10 +45,6 @@ impl PolicyEngine {
         }
     }
 
-    pub fn catalog(&self) -> &Catalog {
-        &self.catalog
-    }
-
     pub fn policy_count(&self) -> usize {
         self.bundle.len()
     }

@@ -52,14 +52,6 @@ pub struct PolicyBundle {
 }
 
 impl PolicyBundle {
-    pub fn empty() -> Self {
-        Self {
-            set: PolicySet::new(),
-            ids: Vec::new(),
-            origins: Vec::new(),
-        }
-    }
-
     pub fn len(&self) -> usize {
         self.ids.len()
     }

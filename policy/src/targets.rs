@@ -161,10 +161,6 @@ impl Catalog {
     pub fn lookup(&self, ip: IpAddr, port: u16) -> Option<&TargetSpec> {
         self.targets.iter().find(|t| t.matches(ip, port))
     }
-
-    pub fn targets(&self) -> &[TargetSpec] {
-        &self.targets
-    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,6 @@
 //! The recording store under failure: visible in logs and metrics, and with
 //! `recording.strict`, new connections are refused until writes succeed again.
 use std::{
-    io::{BufRead as _, BufReader},
     process::{Command, Stdio},
     time::Duration,
 };
@@ -40,11 +39,7 @@ fn strict_recording_refuses_connections_while_writes_fail_and_loses_nothing() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("python3");
-    let mut line = String::new();
-    BufReader::new(locker.stdout.as_mut().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read");
-    assert_eq!(line.trim(), "locked");
+    assert_eq!(tollgate_e2e::first_line(&mut locker), "locked");
 
     curl(true); // allowed: recording was healthy when it started
     wait_for("a recording failure", Duration::from_secs(30), || {

@@ -53,13 +53,7 @@ fn run_forwards_signals_to_the_command() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("tollgate run");
-    let mut ready = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.as_mut().expect("stdout")),
-        &mut ready,
-    )
-    .expect("read");
-    assert_eq!(ready.trim(), "ready");
+    assert_eq!(tollgate_e2e::first_line(&mut child), "ready");
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) };
     let status = child.wait().expect("wait");

@@ -213,13 +213,9 @@ impl Agent {
             .stdout(Stdio::piped())
             .spawn()
             .expect("tollgate run");
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.as_mut().expect("stdout")),
-            &mut line,
-        )
-        .expect("reading the job's pid");
-        let pid = line.trim().parse().expect("the job's pid");
+        let pid = crate::first_line(&mut child)
+            .parse()
+            .expect("the job's pid");
         (child, pid)
     }
 

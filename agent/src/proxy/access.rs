@@ -1,6 +1,6 @@
 //! One access-log event and one connection record per connection, emitted by a guard
 //! that fires however the connection task ends (finished, denied early, or cancelled).
-use std::{net::SocketAddr, time::Instant};
+use std::{net::SocketAddr, sync::Arc, time::Instant};
 
 use tollgate_common::ConnInfo;
 use tollgate_policy::Decision;
@@ -14,7 +14,7 @@ use crate::{
 pub struct AccessLog<'a> {
     shared: &'a Shared,
     record: ConnectionRecord,
-    labels: Option<std::collections::BTreeMap<String, String>>,
+    job: Option<Arc<Job>>,
 }
 
 impl<'a> AccessLog<'a> {
@@ -32,7 +32,7 @@ impl<'a> AccessLog<'a> {
                 ended_at: None,
                 ..Default::default()
             },
-            labels: None,
+            job: None,
         }
     }
 
@@ -43,7 +43,7 @@ impl<'a> AccessLog<'a> {
         self.record.reason = reason;
     }
 
-    pub fn attribute(&mut self, info: &ConnInfo, job: Option<&Job>, exe: Option<String>) {
+    pub fn attribute(&mut self, info: &ConnInfo, job: Option<Arc<Job>>, exe: Option<String>) {
         let r = &mut self.record;
         r.attributed = true;
         r.pid = Some(info.tgid);
@@ -54,8 +54,8 @@ impl<'a> AccessLog<'a> {
         r.exe = exe;
         r.cgroup_id = Some(info.cgroup_id);
         r.destination = Some(original_destination(info).to_string());
-        r.job_id = job.map(|job| job.id.clone());
-        self.labels = job.map(|job| job.labels.clone());
+        r.job_id = job.as_ref().map(|job| job.id.clone());
+        self.job = job;
     }
 
     pub fn decide(&mut self, decision: &Decision) {
@@ -114,7 +114,7 @@ impl Drop for AccessLog<'_> {
             target: "access",
             id = %r.id,
             job = r.job_id.as_deref().unwrap_or("-"),
-            labels = ?self.labels.as_ref(),
+            labels = ?self.job.as_ref().map(|job| &job.labels),
             pid = r.pid,
             uid = r.uid,
             comm = r.comm.as_deref().unwrap_or("-"),

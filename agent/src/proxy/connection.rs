@@ -6,7 +6,7 @@ use std::{
 };
 
 use tokio::net::TcpStream;
-use tollgate_policy::{Decision, Principal, Process};
+use tollgate_policy::{Decision, Process};
 
 use super::{Shared, access::AccessLog, comm, live, original_destination, relay, tuple_key};
 use crate::{metrics::UpstreamErrorKind, proc_info};
@@ -30,7 +30,7 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
     };
     let job = shared.jobs.resolve(info.cgroup_id);
     let exe = proc_info::exe(info.tgid).map(|p| p.display().to_string());
-    log.attribute(&info, job.as_deref(), exe.clone());
+    log.attribute(&info, job.clone(), exe.clone());
     let destination = original_destination(&info);
 
     let process = Process {
@@ -40,11 +40,7 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
         comm: comm(&info),
         exe,
     };
-    let principal = job.as_ref().map(|job| Principal {
-        job_id: job.id.clone(),
-        labels: job.labels.clone(),
-        ..Default::default()
-    });
+    let principal = job.as_ref().map(|job| job.principal.clone());
     let decision = match &principal {
         None => Decision::deny(format!(
             "cgroup {} is not an active Tollgate job: refused",

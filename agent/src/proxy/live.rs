@@ -1,7 +1,7 @@
 //! Live connections of this worker thread, so that a policy reload can re-decide them and
 //! close those it now denies. Each worker runs a single-threaded runtime, so the
 //! registry is thread-local: registering and revoking take no lock.
-use std::{cell::RefCell, collections::HashMap, net::SocketAddr};
+use std::{cell::RefCell, collections::HashMap, net::SocketAddr, sync::Arc};
 
 use tokio::sync::oneshot;
 use tollgate_policy::{Decision, Principal, Process};
@@ -9,7 +9,7 @@ use tollgate_policy::{Decision, Principal, Process};
 use crate::enforce::Enforcer;
 
 struct Entry {
-    principal: Principal,
+    principal: Arc<Principal>,
     process: Process,
     destination: SocketAddr,
     revoke: oneshot::Sender<Decision>,
@@ -33,7 +33,7 @@ impl Drop for Registration {
 /// Registers a relayed connection; the receiver fires with the new decision if a reload
 /// revokes it.
 pub fn register(
-    principal: Principal,
+    principal: Arc<Principal>,
     process: Process,
     destination: SocketAddr,
 ) -> (Registration, oneshot::Receiver<Decision>) {
