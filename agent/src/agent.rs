@@ -15,7 +15,9 @@ use crate::{
     config::{Config, Source},
     control::{ControlError, ControlServer, Handler, PolicyStatus, Request, Response, Status},
     enforce::{EnforceError, Enforcer},
-    jobs::{Caller, Job, JobError, JobRegistry},
+    enroll::{Enrolled, Enrollment},
+    identity::oidc::Verifier,
+    jobs::{Caller, Job, JobError, JobRegistry, NewJob},
     metrics::{JobEndLabel, Metrics},
     proxy::{Listeners, ProxyError, Shared},
     record::{self, RecordError, Recorder, Store},
@@ -37,6 +39,8 @@ pub enum AgentError {
     Proxy(#[from] ProxyError),
     #[error(transparent)]
     Control(#[from] ControlError),
+    #[error("control.group `{0}`: {1}")]
+    Group(String, String),
     #[error("admin listener {addr}: {source}")]
     Admin {
         addr: std::net::SocketAddr,
@@ -199,7 +203,19 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
         strict_recording: config.recording.strict,
         ready: false.into(),
     });
+    let enrollment = Enrollment::new(
+        jobs.clone(),
+        Verifier::new(config.identity.issuers(), config.identity.timing()),
+        [
+            ("github", config.identity.github.runner_uids.clone()),
+            ("gitlab", config.identity.gitlab.runner_uids.clone()),
+        ]
+        .into(),
+        recorder.clone(),
+        metrics.identity.clone(),
+    );
     let handler = Arc::new(AgentControl {
+        enrollment,
         jobs: jobs.clone(),
         enforcer: enforcer.clone(),
         store: Mutex::new(store),
@@ -369,8 +385,17 @@ fn spawn_control_plane(
     if !config.admin_is_loopback() {
         tracing::warn!(%admin_addr, "admin listener is reachable from other hosts");
     }
+    let group = match &config.control.group {
+        Some(name) => Some(
+            crate::accounts::gid_of(name)
+                .map_err(|e| AgentError::Group(name.clone(), e.to_string()))?
+                .ok_or_else(|| AgentError::Group(name.clone(), "no such group".to_owned()))?,
+        ),
+        None => None,
+    };
     let control = rt.block_on(ControlServer::bind(
         &config.control.socket,
+        group,
         config.control.allowed_uids.clone(),
         config.control.allowed_gids.clone(),
         metrics.control.clone(),
@@ -428,6 +453,7 @@ struct StatusBase {
 
 /// Answers control requests.
 struct AgentControl {
+    enrollment: Enrollment,
     jobs: Arc<JobRegistry>,
     enforcer: Arc<Enforcer>,
     store: Mutex<Store>,
@@ -445,14 +471,60 @@ fn error(message: impl std::fmt::Display) -> Response {
 impl AgentControl {
     fn answer(&self, caller: Caller, request: Request) -> Response {
         match request {
-            Request::CreateJob { labels, name } => match self.jobs.create(labels, name, caller) {
+            Request::CreateJob {
+                labels,
+                name,
+                identity,
+            } => {
+                let spec = NewJob {
+                    labels,
+                    name,
+                    identity: identity.unwrap_or_default(),
+                    ..NewJob::default()
+                };
+                match JobRegistry::caller_owner(caller).and_then(|o| self.jobs.create(spec, o)) {
+                    Ok(job) => Response::Job(Job::clone(&job)),
+                    Err(e) => error(e),
+                }
+            }
+            Request::EnrollPid { job_id, pid } => {
+                let result = self
+                    .jobs
+                    .enroll(&job_id, pid, caller)
+                    .map_err(crate::enroll::EnrollError::from);
+                self.enrollment.audit(
+                    "enroll",
+                    caller,
+                    &result,
+                    Some(&job_id),
+                    format!("pid {pid}"),
+                );
+                match result {
+                    Ok(()) => Response::Done,
+                    Err(e) => error(e),
+                }
+            }
+            Request::GithubJobStarted { identity, token } => {
+                enrolled(self.enrollment.github_started(caller, identity, token))
+            }
+            Request::GitlabJobStarted { identity, token } => {
+                enrolled(self.enrollment.gitlab_started(caller, identity, token))
+            }
+            Request::GithubJobCompleted {} => match self.enrollment.github_completed(caller) {
                 Ok(job) => Response::Job(Job::clone(&job)),
                 Err(e) => error(e),
             },
-            Request::EnrollPid { job_id, pid } => match self.jobs.enroll(&job_id, pid, caller) {
-                Ok(()) => Response::Done,
+            Request::Attest { token } => match self.enrollment.attest(caller, &token) {
+                Ok(job) => Response::Job(Job::clone(&job)),
                 Err(e) => error(e),
             },
+            Request::ListAudit { limit } => {
+                let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+                match store.audit(limit) {
+                    Ok(entries) => Response::Audit { entries },
+                    Err(e) => error(e),
+                }
+            }
             Request::EndJob { job_id, exit } => {
                 match self
                     .jobs
@@ -500,7 +572,30 @@ impl AgentControl {
     }
 }
 
+fn enrolled(result: Result<Enrolled, crate::enroll::EnrollError>) -> Response {
+    match result {
+        Ok(Enrolled { job, attest_error }) => Response::Enrolled {
+            job: Job::clone(&job),
+            attest_error,
+        },
+        Err(e) => error(e),
+    }
+}
+
 impl Handler for AgentControl {
+    fn refused(&self, caller: Caller, op: &'static str, message: &str) {
+        self.recorder
+            .record(record::RecordEvent::Audit(record::AuditRecord {
+                at: record::now_ms(),
+                action: "control".to_owned(),
+                outcome: "refused".to_owned(),
+                job_id: None,
+                caller_pid: caller.pid,
+                caller_uid: caller.uid,
+                detail: format!("{op}: {message}"),
+            }));
+    }
+
     async fn handle(self: Arc<Self>, caller: Caller, request: Request) -> Response {
         // Jobs and the store do blocking IO (cgroupfs, SQLite): keep it off the runtime.
         match tokio::task::spawn_blocking(move || self.answer(caller, request)).await {

@@ -1,4 +1,6 @@
 //! Command-line interface. `anyhow` lives here, at the edge.
+mod hook;
+mod install;
 mod output;
 mod policy;
 mod run;
@@ -49,9 +51,41 @@ enum Command {
         /// A human-readable name for the job.
         #[arg(long)]
         name: Option<String>,
+        /// A TOML file of pipeline identity fields (provider, repository, job, ...), for
+        /// cron jobs, legacy scripts and systemd units. Recorded as host-asserted.
+        #[arg(long, value_name = "FILE")]
+        identity_file: Option<PathBuf>,
         /// The command and its arguments.
         #[arg(required = true, last = true, value_name = "CMD")]
         command: Vec<String>,
+    },
+    /// CI runner hooks: enroll the runner's job in Tollgate.
+    Hook {
+        #[command(subcommand)]
+        command: hook::HookCommand,
+    },
+    /// Prove this job's identity with the CI system's OIDC token (run in a job step).
+    Attest(hook::AttestArgs),
+    /// The audit trail: enrolments, hooks, attestations and refused control requests.
+    Audit {
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set this host up for a CI runner: hooks, systemd unit, directories, socket group.
+    Install {
+        #[command(subcommand)]
+        target: InstallTarget,
+    },
+    /// Remove what `tollgate install` set up (the recordings stay unless --purge).
+    Uninstall {
+        /// Install into this tree instead of / (for packaging and tests).
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        /// Also remove the state directory with its recordings.
+        #[arg(long)]
+        purge: bool,
     },
     /// List the active jobs.
     Jobs {
@@ -75,6 +109,22 @@ enum Command {
     Status {
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum InstallTarget {
+    /// A self-hosted GitHub Actions runner.
+    GithubRunner {
+        /// The runner's directory (where config.sh and .env are).
+        #[arg(long)]
+        runner_dir: PathBuf,
+        /// The account the runner runs as [default: the runner directory's owner].
+        #[arg(long)]
+        runner_user: Option<String>,
+        /// Install into this tree instead of / (for packaging and tests).
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
     },
 }
 
@@ -156,8 +206,33 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run {
             labels,
             name,
+            identity_file,
             command,
-        } => run::run(&socket, labels.into_iter().collect(), name, &command),
+        } => run::run(
+            &socket,
+            labels.into_iter().collect(),
+            name,
+            identity_file.as_deref(),
+            &command,
+        ),
+        Command::Hook { command } => hook::hook(&socket, command),
+        Command::Install {
+            target:
+                InstallTarget::GithubRunner {
+                    runner_dir,
+                    runner_user,
+                    root,
+                },
+        } => install::install_github_runner(&runner_dir, runner_user.as_deref(), &root),
+        Command::Uninstall { root, purge } => install::uninstall(&root, purge),
+        Command::Attest(args) => hook::attest(&socket, &args),
+        Command::Audit { limit, json } => {
+            let Response::Audit { entries } = call(&socket, &Request::ListAudit { limit })? else {
+                anyhow::bail!("unexpected reply");
+            };
+            output::audit(&entries, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Jobs { json } => {
             let Response::Jobs { jobs } = call(&socket, &Request::ListJobs {})? else {
                 anyhow::bail!("unexpected reply");

@@ -53,6 +53,7 @@ pub struct Config {
     pub recording: RecordingConfig,
     pub log: LogConfig,
     pub policy: PolicyConfig,
+    pub identity: IdentityConfig,
     /// The targets catalog: named destinations for policies (`[[targets]]`).
     pub targets: Vec<TargetSpec>,
 }
@@ -76,6 +77,100 @@ impl Default for PolicyConfig {
             mode: Mode::Enforce,
             dir: PathBuf::from("/etc/tollgate/policies"),
             reload_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Pipeline identity: runner hooks and OIDC verification.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// Allowed clock skew when checking a token's exp and nbf.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+    /// Issuer keys (JWKS) are refetched after this long.
+    #[serde(with = "humantime_serde")]
+    pub jwks_max_age: Duration,
+    /// A token signed by an unknown key refetches the JWKS at most this often.
+    #[serde(with = "humantime_serde")]
+    pub jwks_refetch_interval: Duration,
+    pub github: ProviderConfig,
+    pub gitlab: ProviderConfig,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self {
+            leeway: Duration::from_secs(60),
+            jwks_max_age: Duration::from_secs(3600),
+            jwks_refetch_interval: Duration::from_secs(30),
+            github: ProviderConfig::default(),
+            gitlab: ProviderConfig::default(),
+        }
+    }
+}
+
+/// Default issuers of the providers' OIDC tokens.
+pub const GITHUB_ISSUER: &str = "https://token.actions.githubusercontent.com";
+pub const GITLAB_ISSUER: &str = "https://gitlab.com";
+/// The audience Tollgate asks for and expects by default.
+pub const DEFAULT_AUDIENCE: &str = "tollgate";
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProviderConfig {
+    /// Accounts the CI runner runs as: only they may call this provider's hooks.
+    pub runner_uids: Vec<u32>,
+    /// The OIDC issuer [default: GitHub's, or https://gitlab.com].
+    pub issuer: Option<String>,
+    /// The audience tokens must be issued for.
+    pub audience: String,
+    /// The issuer's JWKS [default: from the issuer's discovery document].
+    pub jwks_url: Option<String>,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        Self {
+            runner_uids: Vec::new(),
+            issuer: None,
+            audience: DEFAULT_AUDIENCE.to_owned(),
+            jwks_url: None,
+        }
+    }
+}
+
+impl IdentityConfig {
+    /// The OIDC issuers by provider, defaults filled in.
+    pub fn issuers(&self) -> std::collections::BTreeMap<String, crate::identity::oidc::Issuer> {
+        [
+            ("github", &self.github, GITHUB_ISSUER),
+            ("gitlab", &self.gitlab, GITLAB_ISSUER),
+        ]
+        .into_iter()
+        .map(|(name, provider, default)| {
+            (
+                name.to_owned(),
+                crate::identity::oidc::Issuer {
+                    issuer: provider
+                        .issuer
+                        .clone()
+                        .unwrap_or_else(|| default.to_owned())
+                        .trim_end_matches('/')
+                        .to_owned(),
+                    audience: provider.audience.clone(),
+                    jwks_url: provider.jwks_url.clone(),
+                },
+            )
+        })
+        .collect()
+    }
+
+    pub fn timing(&self) -> crate::identity::oidc::Timing {
+        crate::identity::oidc::Timing {
+            leeway: self.leeway,
+            jwks_max_age: self.jwks_max_age,
+            jwks_refetch_interval: self.jwks_refetch_interval,
         }
     }
 }
@@ -139,6 +234,9 @@ pub struct ControlConfig {
     pub allowed_uids: Vec<u32>,
     /// Groups whose members (by primary gid of the caller) may use the control socket.
     pub allowed_gids: Vec<u32>,
+    /// Group owning the socket file. When set, the socket is mode 0660: only root and
+    /// the group's members can connect at all (SO_PEERCRED still decides per request).
+    pub group: Option<String>,
 }
 
 impl Default for ControlConfig {
@@ -147,6 +245,7 @@ impl Default for ControlConfig {
             socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
             allowed_uids: Vec::new(),
             allowed_gids: Vec::new(),
+            group: None,
         }
     }
 }
@@ -403,6 +502,17 @@ impl Config {
         }
         if let Err(message) = Catalog::new(self.targets.clone()) {
             return Err(invalid("targets", &message));
+        }
+        for (key, provider) in [
+            ("identity.github", &self.identity.github),
+            ("identity.gitlab", &self.identity.gitlab),
+        ] {
+            for url in provider.issuer.iter().chain(&provider.jwks_url) {
+                crate::identity::oidc::fetch::check_url(url).map_err(|m| invalid(key, &m))?;
+            }
+            if provider.audience.is_empty() {
+                return Err(invalid(key, "audience must not be empty"));
+            }
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(invalid("log.level", "is not a valid filter (e.g. `info`)"));

@@ -217,6 +217,8 @@ impl Enforcer {
         };
         let key = CacheKey {
             job_id: principal.job_id.clone(),
+            // A job's identity changes only when it is verified: that is part of the key.
+            verified: principal.assurance.as_deref() == Some("oidc-verified"),
             uid: process.uid,
             gid: process.gid,
             comm: process.comm.clone(),
@@ -242,6 +244,7 @@ impl Enforcer {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct CacheKey {
     job_id: String,
+    verified: bool,
     uid: u32,
     gid: u32,
     comm: String,

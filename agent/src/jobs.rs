@@ -13,6 +13,7 @@ use tollgate_policy::Principal;
 
 use crate::{
     cgroup::{self, CgroupError, CgroupTree},
+    identity::{Assurance, Identity},
     metrics::{JobEndLabel, JobMetrics},
     proc_info,
     record::{JobExit, JobRecord, RecordEvent, Recorder, Store, now_ms},
@@ -47,6 +48,58 @@ pub enum JobError {
     },
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
+}
+
+/// How a job came to be.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobKind {
+    /// `tollgate run`: the job is the command's process tree.
+    #[default]
+    Run,
+    /// A GitHub Actions runner's job hook enrolled its Runner.Worker.
+    GithubHook,
+    /// GitLab's `pre_build_script` enrolled the job's shell.
+    GitlabHook,
+}
+
+impl JobKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Run => "run",
+            JobKind::GithubHook => "github-hook",
+            JobKind::GitlabHook => "gitlab-hook",
+        }
+    }
+
+    pub fn parse(text: &str) -> Self {
+        match text {
+            "github-hook" => JobKind::GithubHook,
+            "gitlab-hook" => JobKind::GitlabHook,
+            _ => JobKind::Run,
+        }
+    }
+}
+
+/// The process a job belongs to: it ends when this process is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub pid: u32,
+    pub start: u64,
+    pub uid: u32,
+}
+
+/// What a new job is made of.
+#[derive(Debug, Clone, Default)]
+pub struct NewJob {
+    pub labels: BTreeMap<String, String>,
+    pub name: Option<String>,
+    pub identity: Identity,
+    pub kind: JobKind,
+    /// Where an enrolled process goes back to when the job ends (hooks only).
+    pub origin_cgroup: Option<PathBuf>,
 }
 
 /// A running job, as the data path and the CLI see it.
@@ -61,19 +114,33 @@ pub struct Job {
     pub owner_start: u64,
     pub owner_uid: u32,
     pub started_at: i64,
+    #[serde(default)]
+    pub kind: JobKind,
+    #[serde(default, skip_serializing_if = "Identity::is_empty")]
+    pub identity: Identity,
+    #[serde(default)]
+    pub assurance: Assurance,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin_cgroup: Option<PathBuf>,
     /// The job as policy sees it, built once per job rather than per connection.
     #[serde(skip)]
     pub principal: Arc<Principal>,
+    /// Changes whenever the principal does (decision caches key on it).
+    #[serde(skip)]
+    pub revision: u64,
 }
 
 impl Job {
     /// Fills in the derived principal and shares the job.
     fn finish(mut self) -> Arc<Self> {
+        static REVISION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         self.principal = Arc::new(Principal {
             job_id: self.id.clone(),
             labels: self.labels.clone(),
-            ..Default::default()
+            identity: self.identity.to_map(),
+            assurance: Some(self.assurance.as_str().to_owned()),
         });
+        self.revision = REVISION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Arc::new(self)
     }
 
@@ -91,6 +158,10 @@ impl Job {
             ended_at: None,
             exit: None,
             end_reason: None,
+            kind: self.kind,
+            identity: self.identity.clone(),
+            assurance: self.assurance,
+            origin_cgroup: self.origin_cgroup.as_ref().map(|p| p.display().to_string()),
         }
     }
 }
@@ -192,35 +263,44 @@ impl JobRegistry {
         self.recently_ended.store(Arc::new(ended));
     }
 
-    /// Creates a job cgroup carrying `labels`, owned by `caller`.
-    pub fn create(
-        &self,
-        labels: BTreeMap<String, String>,
-        name: Option<String>,
-        caller: Caller,
-    ) -> Result<Arc<Job>, JobError> {
-        validate_labels(&labels)?;
-        if let Some(name) = &name {
+    /// The owner of a `tollgate run` job: the caller itself.
+    pub fn caller_owner(caller: Caller) -> Result<Owner, JobError> {
+        let start = proc_info::start_time(caller.pid).map_err(|source| JobError::Process {
+            pid: caller.pid,
+            source,
+        })?;
+        Ok(Owner {
+            pid: caller.pid,
+            start,
+            uid: caller.uid,
+        })
+    }
+
+    /// Creates a job cgroup for `spec`, owned by `owner`.
+    pub fn create(&self, spec: NewJob, owner: Owner) -> Result<Arc<Job>, JobError> {
+        validate_labels(&spec.labels)?;
+        if let Some(name) = &spec.name {
             validate_name(name)?;
         }
-        let owner_start =
-            proc_info::start_time(caller.pid).map_err(|source| JobError::Process {
-                pid: caller.pid,
-                source,
-            })?;
+        spec.identity.validate()?;
         let id = uuid::Uuid::now_v7().to_string();
         let (cgroup_path, cgroup_id) = self.tree.create_job(&id)?;
         let job = Job {
             id,
-            name,
-            labels,
+            name: spec.name,
+            labels: spec.labels,
             cgroup_id,
             cgroup_path,
-            owner_pid: caller.pid,
-            owner_start,
-            owner_uid: caller.uid,
+            owner_pid: owner.pid,
+            owner_start: owner.start,
+            owner_uid: owner.uid,
             started_at: now_ms(),
+            kind: spec.kind,
+            identity: spec.identity,
+            assurance: Assurance::HostAsserted,
+            origin_cgroup: spec.origin_cgroup,
             principal: Arc::default(),
+            revision: 0,
         }
         .finish();
         self.recorder.record(RecordEvent::JobStarted(job.record()));
@@ -229,8 +309,92 @@ impl JobRegistry {
         self.update(|jobs| {
             jobs.insert(inserted.cgroup_id, inserted);
         });
-        tracing::info!(job = %job.id, labels = ?job.labels, cgroup = %job.cgroup_path.display(), "job created");
+        tracing::info!(job = %job.id, labels = ?job.labels, identity = %job.identity.summary(), cgroup = %job.cgroup_path.display(), "job created");
         Ok(job)
+    }
+
+    /// The active job whose owner is this process.
+    pub fn owned_by(&self, pid: u32, start: u64) -> Option<Arc<Job>> {
+        self.by_cgroup
+            .load()
+            .values()
+            .find(|job| job.owner_pid == pid && job.owner_start == start)
+            .cloned()
+    }
+
+    /// The active job a process is in, from the kernel's view of its cgroup.
+    pub fn of_process(&self, pid: u32) -> Result<Option<Arc<Job>>, JobError> {
+        let path = self.absolute(&cgroup::cgroup_of_pid(pid)?);
+        let id = match cgroup::cgroup_id(&path) {
+            Ok(id) => id,
+            Err(_) => return Ok(None),
+        };
+        Ok(self.resolve(id).filter(|job| self.get(&job.id).is_some()))
+    }
+
+    fn absolute(&self, cgroup: &std::path::Path) -> PathBuf {
+        self.tree
+            .mount()
+            .join(cgroup.strip_prefix("/").unwrap_or(cgroup))
+    }
+
+    /// Whether a process is in any job cgroup (or below the job parent at all).
+    pub fn in_any_job(&self, pid: u32) -> Result<bool, JobError> {
+        let current = self.absolute(&cgroup::cgroup_of_pid(pid)?);
+        Ok(current.starts_with(self.tree.parent()))
+    }
+
+    /// The cgroup a process is in now (absolute path).
+    pub fn cgroup_of(&self, pid: u32) -> Result<PathBuf, JobError> {
+        Ok(self.absolute(&cgroup::cgroup_of_pid(pid)?))
+    }
+
+    /// Moves a process (all its threads) into a job.
+    pub fn place(&self, job: &Job, pid: u32) -> Result<(), JobError> {
+        cgroup::move_pid(&job.cgroup_path, pid)?;
+        tracing::info!(job = %job.id, pid, "process enrolled");
+        Ok(())
+    }
+
+    /// Replaces a job's identity and assurance (after an OIDC verification).
+    pub fn set_identity(
+        &self,
+        job_id: &str,
+        identity: Identity,
+        assurance: Assurance,
+    ) -> Result<Arc<Job>, JobError> {
+        let current = self
+            .get(job_id)
+            .ok_or_else(|| JobError::NotFound(job_id.to_owned()))?;
+        let mut job = Job::clone(&current);
+        job.identity = identity;
+        job.assurance = assurance;
+        let job = job.finish();
+        let replaced = job.clone();
+        self.update(|jobs| {
+            jobs.insert(replaced.cgroup_id, replaced);
+        });
+        self.recorder.record(RecordEvent::JobIdentity {
+            id: job.id.clone(),
+            identity: job.identity.clone(),
+            assurance: job.assurance,
+        });
+        tracing::info!(job = %job.id, identity = %job.identity.summary(), assurance = job.assurance.as_str(), "job identity updated");
+        Ok(job)
+    }
+
+    /// Hook jobs: moves `pids` (the enrolled process and the hook's own processes) back
+    /// to where the enrolled process came from, so ending the job kills only the rest.
+    pub fn release(&self, job: &Job, pids: &[u32]) -> Result<(), JobError> {
+        let Some(origin) = &job.origin_cgroup else {
+            return Ok(());
+        };
+        for &pid in pids {
+            if self.cgroup_of(pid).ok().as_deref() == Some(job.cgroup_path.as_path()) {
+                cgroup::move_pid(origin, pid)?;
+            }
+        }
+        Ok(())
     }
 
     fn owned(&self, job_id: &str, caller: Caller) -> Result<Arc<Job>, JobError> {
@@ -254,17 +418,10 @@ impl JobRegistry {
                 caller: caller.pid,
             });
         }
-        let current = cgroup::cgroup_of_pid(pid)?;
-        let current_abs = self
-            .tree
-            .mount()
-            .join(current.strip_prefix("/").unwrap_or(&current));
-        if current_abs.starts_with(self.tree.parent()) {
+        if self.in_any_job(pid)? {
             return Err(JobError::AlreadyInJob(pid));
         }
-        cgroup::move_pid(&job.cgroup_path, pid)?;
-        tracing::info!(job = %job.id, pid, "process enrolled");
-        Ok(())
+        self.place(&job, pid)
     }
 
     /// Ends a job: kills what is left in its cgroup, removes the cgroup, closes the record.
@@ -343,7 +500,12 @@ impl JobRegistry {
                             owner_start: record.owner_start,
                             owner_uid: record.owner_uid,
                             started_at: record.started_at,
+                            kind: record.kind,
+                            identity: record.identity,
+                            assurance: record.assurance,
+                            origin_cgroup: record.origin_cgroup.map(PathBuf::from),
                             principal: Arc::default(),
+                            revision: 0,
                         }
                         .finish(),
                     );

@@ -1,4 +1,5 @@
 //! `tollgate`: the agent daemon and its command-line interface.
+mod accounts;
 mod admin;
 mod agent;
 mod bpf;
@@ -7,6 +8,8 @@ mod cli;
 mod config;
 mod control;
 mod enforce;
+mod enroll;
+mod identity;
 mod jobs;
 mod metrics;
 mod proc_info;

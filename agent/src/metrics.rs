@@ -20,6 +20,7 @@ pub struct Metrics {
     pub control: Arc<ControlMetrics>,
     pub bpf: Arc<BpfMetrics>,
     pub policy: Arc<PolicyMetrics>,
+    pub identity: Arc<IdentityMetrics>,
 }
 
 impl Default for Metrics {
@@ -78,6 +79,7 @@ impl Metrics {
             proxy: Arc::new(ProxyMetrics::new(&registry)),
             record: Arc::new(RecordMetrics::new(&registry)),
             jobs: Arc::new(JobMetrics::new(&registry)),
+            identity: Arc::new(IdentityMetrics::new(&registry)),
             control: Arc::new(ControlMetrics::new(&registry)),
             bpf: Arc::new(BpfMetrics::new(&registry)),
             policy: Arc::new(PolicyMetrics::new(&registry)),
@@ -242,6 +244,8 @@ pub enum JobEndLabel {
     Lost,
     /// Removed by `tollgate agent --cleanup`.
     Cleanup,
+    /// A runner hook reported that the CI job completed.
+    Completed,
 }
 
 impl JobEndLabel {
@@ -251,6 +255,7 @@ impl JobEndLabel {
             JobEndLabel::OwnerGone => "owner_gone",
             JobEndLabel::Lost => "lost",
             JobEndLabel::Cleanup => "cleanup",
+            JobEndLabel::Completed => "completed",
         }
     }
 }
@@ -277,6 +282,29 @@ impl JobMetrics {
 
     pub fn ended(&self, reason: JobEndLabel) {
         self.ended.with_label_values(&[reason.as_str()]).inc();
+    }
+}
+
+/// Runner enrolments and OIDC attestations. `action` is one of the audit actions
+/// (github_job_started, gitlab_job_started, attest, ...), `result` ok or refused.
+pub struct IdentityMetrics {
+    events: IntCounterVec,
+}
+
+impl IdentityMetrics {
+    fn new(registry: &Registry) -> Self {
+        Self {
+            events: counter_vec(
+                registry,
+                "tollgate_identity_events_total",
+                "Runner hook enrolments and OIDC attestations, by action and result.",
+                &["action", "result"],
+            ),
+        }
+    }
+
+    pub fn event(&self, action: &'static str, result: &'static str) {
+        self.events.with_label_values(&[action, result]).inc();
     }
 }
 

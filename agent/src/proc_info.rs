@@ -39,6 +39,24 @@ pub fn is_alive(pid: u32, start: u64) -> bool {
     }
 }
 
+/// The real uid (first field of `Uid:` in /proc/PID/status).
+pub fn uid(pid: u32) -> io::Result<u32> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().next())
+        .and_then(|uid| uid.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no Uid in status"))
+}
+
+/// The command name (as the kernel keeps it: at most 15 bytes).
+pub fn comm(pid: u32) -> io::Result<String> {
+    Ok(fs::read_to_string(format!("/proc/{pid}/comm"))?
+        .trim_end_matches('\n')
+        .to_owned())
+}
+
 /// The executable of a process, if it can still be read.
 pub fn exe(pid: u32) -> Option<PathBuf> {
     fs::read_link(format!("/proc/{pid}/exe")).ok()
@@ -56,5 +74,8 @@ mod tests {
         assert!(!is_alive(me, start + 1));
         assert_eq!(parent_pid(me).unwrap(), std::os::unix::process::parent_id());
         assert!(exe(me).is_some());
+        // SAFETY: getuid has no preconditions.
+        assert_eq!(uid(me).unwrap(), unsafe { libc::getuid() });
+        assert!(!comm(me).unwrap().is_empty());
     }
 }

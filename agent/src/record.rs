@@ -17,7 +17,11 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::RecordMetrics;
+use crate::{
+    identity::{Assurance, Identity},
+    jobs::JobKind,
+    metrics::RecordMetrics,
+};
 
 pub use query::Store;
 
@@ -75,6 +79,10 @@ pub struct JobRecord {
     pub ended_at: Option<i64>,
     pub exit: Option<JobExit>,
     pub end_reason: Option<String>,
+    pub kind: JobKind,
+    pub identity: Identity,
+    pub assurance: Assurance,
+    pub origin_cgroup: Option<String>,
 }
 
 /// One connection, written once when it ends.
@@ -87,6 +95,12 @@ pub struct ConnectionRecord {
     pub job_name: Option<String>,
     #[serde(default)]
     pub job_labels: BTreeMap<String, String>,
+    /// The job's identity (joined from the job's record when read back).
+    #[serde(default, skip_serializing_if = "Identity::is_empty")]
+    pub job_identity: Identity,
+    /// The job's assurance when this connection was decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assurance: Option<Assurance>,
     /// False when the kernel had no entry for the connection (it was refused).
     pub attributed: bool,
     pub pid: Option<u32>,
@@ -128,6 +142,14 @@ pub enum RecordEvent {
         exit: Option<JobExit>,
         reason: String,
     },
+    /// A job's identity was verified (or otherwise changed).
+    JobIdentity {
+        id: String,
+        identity: Identity,
+        assurance: Assurance,
+    },
+    /// An enrolment, hook, attestation or control-socket refusal, for the audit trail.
+    Audit(AuditRecord),
     /// An allowed connection is about to be relayed: its row is written now, so that
     /// it is on record even if the agent dies before the connection ends.
     ConnectionOpened(Box<ConnectionRecord>),
@@ -137,6 +159,21 @@ pub enum RecordEvent {
     CloseDangling {
         at: i64,
     },
+}
+
+/// One entry of the audit trail: who asked the agent for what, and what came of it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub at: i64,
+    /// `run`, `enroll`, `github_job_started`, `github_job_completed`, `gitlab_job_started`,
+    /// `attest`, `control`.
+    pub action: String,
+    /// `ok` or `refused`.
+    pub outcome: String,
+    pub job_id: Option<String>,
+    pub caller_pid: u32,
+    pub caller_uid: u32,
+    pub detail: String,
 }
 
 /// The data path's handle on the writer: a bounded queue and a health flag.

@@ -149,12 +149,13 @@ impl PolicyEngine {
 }
 
 /// Identity fields that may come from labels of the same name.
-const IDENTITY_FIELDS: [&str; 15] = [
+const IDENTITY_FIELDS: [&str; 16] = [
     "provider",
     "repository",
     "workflow",
     "workflow_ref",
     "job",
+    "ci_job_id",
     "run_id",
     "run_attempt",
     "ref",
@@ -174,11 +175,15 @@ fn job_entity(
 ) -> Result<Entity, Box<dyn std::error::Error>> {
     let mut attrs: BTreeMap<String, RestrictedExpression> = BTreeMap::new();
     attrs.insert("job_id".to_owned(), string(&principal.job_id));
+    // Labels stand in for identity fields only for jobs that have no identity at all
+    // (`tollgate run --label repository=...`); a job with an identity never mixes the two,
+    // so a label cannot fill in a field its verified identity lacks.
+    let stand_in = principal.identity.is_empty();
     for field in IDENTITY_FIELDS {
         let value = principal
             .identity
             .get(field)
-            .or_else(|| principal.labels.get(field))
+            .or_else(|| stand_in.then(|| principal.labels.get(field)).flatten())
             .map_or("", String::as_str);
         attrs.insert(field.to_owned(), string(value));
     }

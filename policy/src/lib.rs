@@ -34,8 +34,8 @@ pub struct Process {
 pub struct Principal {
     pub job_id: String,
     pub labels: BTreeMap<String, String>,
-    /// Identity fields (repository, workflow, ref, ...). A field missing here falls back
-    /// to the label of the same name.
+    /// Identity fields (repository, workflow, ref, ...). When there are none at all, the
+    /// labels of the same names stand in for them.
     #[serde(default)]
     pub identity: BTreeMap<String, String>,
     /// `host-asserted` (the default) or `oidc-verified`.

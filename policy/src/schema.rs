@@ -7,6 +7,8 @@ use cedar_policy::Schema;
 /// The schema, in Cedar's schema syntax (also printed by `tollgate policy schema`).
 pub const SCHEMA: &str = r#"
 // A CI job (or cron/legacy script) run by Tollgate. Identity fields are "" when unknown.
+// A job started without an identity (`tollgate run --label k=v`) takes them from labels of
+// the same name; a job with an identity (runner hook, --identity-file) never does.
 // Labels are entity tags: principal.hasTag("team") && principal.getTag("team") == "db".
 entity Job = {
   job_id: String,
@@ -16,6 +18,8 @@ entity Job = {
   workflow: String,
   workflow_ref: String,
   job: String,
+  // The CI system's own id of the job (GitLab's CI_JOB_ID).
+  ci_job_id: String,
   run_id: String,
   run_attempt: String,
   ref: String,

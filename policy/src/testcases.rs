@@ -15,6 +15,8 @@
 //! name = "deploy on main may reach prod-db"
 //! labels = { repository = "acme/api", workflow = "deploy", ref = "refs/heads/main" }
 //! dest = "10.1.2.3:5432"
+//! # identity = { provider = "github", repository = "acme/api" }  # as a runner hook sets it
+//! # assurance = "oidc-verified"                                   # default host-asserted
 //! expect = "allow"                 # allow | deny | require_approval
 //! policies = ["prod-db-deploy"]    # optional: the determining policy ids
 //! ```
@@ -40,6 +42,12 @@ pub struct Case {
     pub name: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Identity fields (provider, repository, ref, ...), as a runner hook sets them.
+    #[serde(default)]
+    pub identity: BTreeMap<String, String>,
+    /// `host-asserted` (default) or `oidc-verified`.
+    #[serde(default)]
+    pub assurance: Option<String>,
     pub dest: SocketAddr,
     #[serde(default)]
     pub action: Option<String>,
@@ -94,7 +102,8 @@ pub fn run(engine: &PolicyEngine, cases: &[Case]) -> Vec<Outcome> {
             let principal = Principal {
                 job_id: "policy-test".to_owned(),
                 labels: case.labels.clone(),
-                ..Default::default()
+                identity: case.identity.clone(),
+                assurance: case.assurance.clone(),
             };
             let p = case.process.clone().unwrap_or_default();
             let process = Process {

@@ -1,7 +1,10 @@
 //! Human and JSON output of the CLI.
 use std::time::{Duration, UNIX_EPOCH};
 
-use crate::{jobs::Job, record::ConnectionRecord};
+use crate::{
+    jobs::Job,
+    record::{AuditRecord, ConnectionRecord},
+};
 
 pub fn time(ms: i64) -> String {
     let at = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
@@ -22,16 +25,19 @@ pub fn jobs(jobs: &[Job], json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<36}  {:<16}  {:>8}  {:<24}  LABELS",
-        "JOB", "NAME", "OWNER", "STARTED"
+        "{:<36}  {:<16}  {:<11}  {:>8}  {:<24}  {:<13}  {:<40}  LABELS",
+        "JOB", "NAME", "KIND", "OWNER", "STARTED", "ASSURANCE", "IDENTITY"
     );
     for job in jobs {
         println!(
-            "{:<36}  {:<16}  {:>8}  {:<24}  {}",
+            "{:<36}  {:<16}  {:<11}  {:>8}  {:<24}  {:<13}  {:<40}  {}",
             job.id,
             job.name.as_deref().unwrap_or("-"),
+            job.kind.as_str(),
             job.owner_pid,
             time(job.started_at),
+            job.assurance.as_str(),
+            job.identity.summary(),
             labels(&job.labels)
         );
     }
@@ -44,15 +50,27 @@ pub fn sessions(sessions: &[ConnectionRecord], json: bool) -> anyhow::Result<()>
         return Ok(());
     }
     println!(
-        "{:<36}  {:<24}  {:<36}  {:>7}  {:<15}  {:<28}  {:<12}  {:>9}  {:>9}",
-        "SESSION", "STARTED", "JOB", "PID", "COMM", "DESTINATION", "DECISION", "UP", "DOWN"
+        "{:<36}  {:<24}  {:<36}  {:<40}  {:<13}  {:>7}  {:<15}  {:<28}  {:<12}  {:>9}  {:>9}",
+        "SESSION",
+        "STARTED",
+        "JOB",
+        "IDENTITY",
+        "ASSURANCE",
+        "PID",
+        "COMM",
+        "DESTINATION",
+        "DECISION",
+        "UP",
+        "DOWN"
     );
     for s in sessions {
         println!(
-            "{:<36}  {:<24}  {:<36}  {:>7}  {:<15}  {:<28}  {:<12}  {:>9}  {:>9}",
+            "{:<36}  {:<24}  {:<36}  {:<40}  {:<13}  {:>7}  {:<15}  {:<28}  {:<12}  {:>9}  {:>9}",
             s.id,
             time(s.started_at),
             s.job_id.as_deref().unwrap_or("-"),
+            s.job_identity.summary(),
+            s.assurance.map_or("-", |a| a.as_str()),
             s.pid.map_or("-".to_owned(), |p| p.to_string()),
             s.comm.as_deref().unwrap_or("-"),
             s.destination.as_deref().unwrap_or("-"),
@@ -76,6 +94,12 @@ pub fn session(s: &ConnectionRecord, json: bool) -> anyhow::Result<()> {
         println!("job name:    {name}");
     }
     println!("job labels:  {}", labels(&s.job_labels));
+    for (field, value) in s.job_identity.fields() {
+        if !value.is_empty() {
+            println!("{:<13}{value}", format!("{field}:"));
+        }
+    }
+    println!("assurance:   {}", s.assurance.map_or("-", |a| a.as_str()));
     println!("attributed:  {}", s.attributed);
     println!(
         "process:     pid {} (tid {}) uid {} gid {} comm {} exe {}",
@@ -105,5 +129,29 @@ pub fn session(s: &ConnectionRecord, json: bool) -> anyhow::Result<()> {
         s.ended_at.map_or_else(|| "(open)".to_owned(), time)
     );
     println!("error:       {}", opt(s.error.clone()));
+    Ok(())
+}
+
+pub fn audit(entries: &[AuditRecord], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(entries)?);
+        return Ok(());
+    }
+    println!(
+        "{:<24}  {:<20}  {:<8}  {:>7}  {:>7}  {:<36}  DETAIL",
+        "AT", "ACTION", "OUTCOME", "PID", "UID", "JOB"
+    );
+    for e in entries {
+        println!(
+            "{:<24}  {:<20}  {:<8}  {:>7}  {:>7}  {:<36}  {}",
+            time(e.at),
+            e.action,
+            e.outcome,
+            e.caller_pid,
+            e.caller_uid,
+            e.job_id.as_deref().unwrap_or("-"),
+            e.detail
+        );
+    }
     Ok(())
 }

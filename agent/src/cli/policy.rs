@@ -93,9 +93,16 @@ fn resolve(dest: &str) -> anyhow::Result<SocketAddr> {
 
 #[derive(clap::Args)]
 pub struct ExplainArgs {
-    /// The job's labels (repeatable); identity fields come from labels of their name.
+    /// The job's labels (repeatable). Without --identity, identity fields come from
+    /// labels of their name.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = crate::jobs::parse_label)]
     labels: Vec<(String, String)>,
+    /// An identity field (repeatable), as a runner hook sets it: --identity provider=github.
+    #[arg(long = "identity", value_name = "FIELD=VALUE", value_parser = crate::jobs::parse_label)]
+    identity: Vec<(String, String)>,
+    /// The job's assurance: host-asserted or oidc-verified.
+    #[arg(long, default_value = "host-asserted")]
+    assurance: String,
     /// The destination, HOST:PORT.
     #[arg(long)]
     dest: String,
@@ -128,7 +135,8 @@ pub fn explain(args: ExplainArgs, config: Option<&Path>) -> anyhow::Result<ExitC
     let principal = Principal {
         job_id: "explain".to_owned(),
         labels: args.labels.into_iter().collect(),
-        ..Default::default()
+        identity: args.identity.into_iter().collect(),
+        assurance: Some(args.assurance),
     };
     let process = Process {
         pid: 0,

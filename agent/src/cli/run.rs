@@ -49,13 +49,20 @@ pub fn run(
     socket: &Path,
     labels: BTreeMap<String, String>,
     name: Option<String>,
+    identity_file: Option<&Path>,
     command: &[String],
 ) -> anyhow::Result<ExitCode> {
     let Some((program, args)) = command.split_first() else {
         bail!("no command given");
     };
+    let identity = identity_file.map(crate::identity::file::read).transpose()?;
     let mut client = Client::connect(socket)?;
-    let Response::Job(job) = client.call(&Request::CreateJob { labels, name })? else {
+    let request = Request::CreateJob {
+        labels,
+        name,
+        identity,
+    };
+    let Response::Job(job) = client.call(&request)? else {
         bail!("unexpected reply to create_job");
     };
     let job_id = job.id.clone();

@@ -5,8 +5,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     bpf::MapOccupancy,
+    identity::Identity,
     jobs::Job,
-    record::{ConnectionRecord, JobExit},
+    record::{AuditRecord, ConnectionRecord, JobExit},
 };
 
 /// Largest request line accepted.
@@ -19,6 +20,29 @@ pub enum Request {
     CreateJob {
         labels: BTreeMap<String, String>,
         name: Option<String>,
+        /// From `--identity-file` (host-asserted).
+        #[serde(default)]
+        identity: Option<Identity>,
+    },
+    /// GitHub Actions job-started hook: enroll the caller's Runner.Worker ancestor.
+    GithubJobStarted {
+        identity: Identity,
+        token: Option<String>,
+    },
+    /// GitHub Actions job-completed hook: end the caller's Runner.Worker's job.
+    GithubJobCompleted {},
+    /// GitLab `pre_build_script`: enroll the caller's parent shell.
+    GitlabJobStarted {
+        identity: Identity,
+        token: Option<String>,
+    },
+    /// Verify an OIDC token for the job the caller runs in.
+    Attest {
+        token: String,
+    },
+    /// The audit trail, newest first.
+    ListAudit {
+        limit: u32,
     },
     /// Place a child process of the caller into the caller's job.
     EnrollPid {
@@ -52,7 +76,25 @@ impl Request {
             Request::ListSessions { .. } => "list_sessions",
             Request::ShowSession { .. } => "show_session",
             Request::Status {} => "status",
+            Request::GithubJobStarted { .. } => "github_job_started",
+            Request::GithubJobCompleted {} => "github_job_completed",
+            Request::GitlabJobStarted { .. } => "gitlab_job_started",
+            Request::Attest { .. } => "attest",
+            Request::ListAudit { .. } => "list_audit",
         }
+    }
+
+    /// Whether the request is for operators (root and `control.allowed_*`) only. Runner
+    /// hooks and attestation are open at the socket: the agent checks runner accounts,
+    /// process ancestry and tokens itself, and records every refusal.
+    pub const fn operator_only(&self) -> bool {
+        !matches!(
+            self,
+            Request::GithubJobStarted { .. }
+                | Request::GithubJobCompleted {}
+                | Request::GitlabJobStarted { .. }
+                | Request::Attest { .. }
+        )
     }
 }
 
@@ -83,12 +125,26 @@ pub struct PolicyStatus {
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub enum Response {
     Job(Job),
-    Jobs { jobs: Vec<Job> },
-    Sessions { sessions: Vec<ConnectionRecord> },
+    /// A hook enrolled a job; `attest_error` says why its token (if any) was refused.
+    Enrolled {
+        job: Job,
+        attest_error: Option<String>,
+    },
+    Jobs {
+        jobs: Vec<Job>,
+    },
+    Audit {
+        entries: Vec<AuditRecord>,
+    },
+    Sessions {
+        sessions: Vec<ConnectionRecord>,
+    },
     Session(Box<ConnectionRecord>),
     Status(Status),
     Done,
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 #[cfg(test)]
@@ -100,6 +156,7 @@ mod tests {
         let request = Request::CreateJob {
             labels: [("repo".to_owned(), "acme/api".to_owned())].into(),
             name: None,
+            identity: None,
         };
         let text = serde_json::to_string(&request).unwrap();
         assert!(text.contains("\"op\":\"create_job\""), "{text}");
@@ -116,5 +173,14 @@ mod tests {
     fn unknown_ops_are_rejected() {
         assert!(serde_json::from_str::<Request>(r#"{"op":"drop_tables"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"op":"list_jobs","x":1}"#).is_err());
+        let old_client = r#"{"op":"create_job","labels":{},"name":null}"#;
+        assert!(serde_json::from_str::<Request>(old_client).is_ok());
+        assert!(
+            !Request::Attest {
+                token: "t".to_owned()
+            }
+            .operator_only()
+        );
+        assert!(Request::ListJobs {}.operator_only());
     }
 }

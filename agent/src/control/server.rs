@@ -34,6 +34,9 @@ pub trait Handler: Send + Sync + 'static {
         caller: Caller,
         request: Request,
     ) -> impl Future<Output = Response> + Send;
+
+    /// A caller was refused at the socket; puts it on the audit trail.
+    fn refused(&self, caller: Caller, op: &'static str, message: &str);
 }
 
 pub struct ControlServer {
@@ -45,9 +48,11 @@ pub struct ControlServer {
 }
 
 impl ControlServer {
-    /// Binds the socket (mode 0666; access is decided per caller by SO_PEERCRED).
+    /// Binds the socket: mode 0666, or 0660 owned by `group`; access is then decided per
+    /// caller and request by SO_PEERCRED.
     pub async fn bind(
         path: &Path,
+        group: Option<u32>,
         allowed_uids: Vec<u32>,
         allowed_gids: Vec<u32>,
         metrics: Arc<ControlMetrics>,
@@ -66,7 +71,14 @@ impl ControlServer {
             std::fs::remove_file(path).map_err(io_err)?;
         }
         let listener = UnixListener::bind(path).map_err(io_err)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(io_err)?;
+        let mode = match group {
+            Some(gid) => {
+                std::os::unix::fs::chown(path, None, Some(gid)).map_err(io_err)?;
+                0o660
+            }
+            None => 0o666,
+        };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err)?;
         Ok(Self {
             listener,
             path: path.to_owned(),
@@ -134,33 +146,37 @@ impl ControlServer {
                 };
                 write_line(&mut write, &response).await?;
                 return Ok(());
-            } else if !self.authorized(&caller) {
-                self.metrics.request("any", "denied");
-                tracing::warn!(uid = caller.uid, pid = caller.pid, "control request denied");
-                Response::Error {
-                    message: format!(
+            } else {
+                let parsed = serde_json::from_slice::<Request>(&line);
+                let open = matches!(&parsed, Ok(request) if !request.operator_only());
+                if !open && !self.authorized(&caller) {
+                    let op = parsed.as_ref().map_or("invalid", Request::op);
+                    self.metrics.request(op, "denied");
+                    let message = format!(
                         "permission denied: uid {} may not use the Tollgate control socket \
                          (see control.allowed_uids)",
                         caller.uid
-                    ),
-                }
-            } else {
-                match serde_json::from_slice::<Request>(&line) {
-                    Ok(request) => {
-                        let op = request.op();
-                        let response = handler.clone().handle(caller, request).await;
-                        let result = if matches!(response, Response::Error { .. }) {
-                            "error"
-                        } else {
-                            "ok"
-                        };
-                        self.metrics.request(op, result);
-                        response
-                    }
-                    Err(error) => {
-                        self.metrics.request("invalid", "error");
-                        Response::Error {
-                            message: format!("malformed request: {error}"),
+                    );
+                    handler.refused(caller, op, &message);
+                    Response::Error { message }
+                } else {
+                    match parsed {
+                        Ok(request) => {
+                            let op = request.op();
+                            let response = handler.clone().handle(caller, request).await;
+                            let result = if matches!(response, Response::Error { .. }) {
+                                "error"
+                            } else {
+                                "ok"
+                            };
+                            self.metrics.request(op, result);
+                            response
+                        }
+                        Err(error) => {
+                            self.metrics.request("invalid", "error");
+                            Response::Error {
+                                message: format!("malformed request: {error}"),
+                            }
                         }
                     }
                 }

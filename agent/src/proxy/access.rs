@@ -55,6 +55,7 @@ impl<'a> AccessLog<'a> {
         r.cgroup_id = Some(info.cgroup_id);
         r.destination = Some(original_destination(info).to_string());
         r.job_id = job.as_ref().map(|job| job.id.clone());
+        r.assurance = job.as_ref().map(|job| job.assurance);
         self.job = job;
     }
 

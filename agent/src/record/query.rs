@@ -3,7 +3,11 @@ use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags, Row, params};
 
-use super::{ConnectionRecord, JobExit, JobRecord, RecordError};
+use super::{AuditRecord, ConnectionRecord, JobExit, JobRecord, RecordError};
+use crate::{
+    identity::{Assurance, Identity},
+    jobs::JobKind,
+};
 
 /// A read-only connection to the recording store.
 pub struct Store {
@@ -13,10 +17,11 @@ pub struct Store {
 const CONNECTION_COLUMNS: &str = "c.id, c.job_id, c.attributed, c.pid, c.tid, c.uid, c.gid, \
     c.comm, c.exe, c.cgroup_id, c.source, c.destination, c.decision, c.reason, c.policy_ids, \
     c.bytes_up, c.bytes_down, c.started_at, c.connect_us, c.ended_at, c.error, j.name, j.labels, \
-    c.target";
+    c.target, j.identity, c.assurance";
 const CONNECTION_FROM: &str = "connections c LEFT JOIN jobs j ON j.id = c.job_id";
 const JOB_COLUMNS: &str = "id, name, labels, cgroup_id, cgroup_path, owner_pid, owner_start, \
-    owner_uid, started_at, ended_at, exit_code, exit_signal, end_reason";
+    owner_uid, started_at, ended_at, exit_code, exit_signal, end_reason, kind, identity, assurance, \
+    origin_cgroup";
 
 impl Store {
     /// Opens the database read-only (the writer must have created it).
@@ -100,6 +105,28 @@ impl Store {
         Ok(jobs)
     }
 
+    /// The audit trail, newest first.
+    pub fn audit(&self, limit: u32) -> Result<Vec<AuditRecord>, RecordError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT at, action, outcome, job_id, caller_pid, caller_uid, detail FROM audit \
+             ORDER BY id DESC LIMIT ?1",
+        )?;
+        let rows = stmt
+            .query_map(params![limit], |row| {
+                Ok(AuditRecord {
+                    at: row.get(0)?,
+                    action: row.get(1)?,
+                    outcome: row.get(2)?,
+                    job_id: row.get(3)?,
+                    caller_pid: row.get(4)?,
+                    caller_uid: row.get(5)?,
+                    detail: row.get(6)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
     /// Connections recorded per decision.
     #[cfg(test)]
     pub fn count_by_decision(&self) -> Result<Vec<(String, u64)>, RecordError> {
@@ -143,7 +170,16 @@ fn connection_from_row(row: &Row<'_>) -> rusqlite::Result<ConnectionRecord> {
         ended_at: row.get(19)?,
         error: row.get(20)?,
         target: row.get(23)?,
+        job_identity: json_or_default(row.get(24)?),
+        assurance: row
+            .get::<_, Option<String>>(25)?
+            .and_then(|a| Assurance::parse(&a)),
     })
+}
+
+fn json_or_default<T: serde::de::DeserializeOwned + Default>(text: Option<String>) -> T {
+    text.and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default()
 }
 
 fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
@@ -169,6 +205,13 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
         ended_at: row.get(9)?,
         exit,
         end_reason: row.get(12)?,
+        kind: JobKind::parse(&row.get::<_, Option<String>>(13)?.unwrap_or_default()),
+        identity: json_or_default::<Identity>(row.get(14)?),
+        assurance: row
+            .get::<_, Option<String>>(15)?
+            .and_then(|a| Assurance::parse(&a))
+            .unwrap_or_default(),
+        origin_cgroup: row.get(16)?,
     })
 }
 
@@ -196,6 +239,14 @@ mod tests {
             ended_at: None,
             exit: None,
             end_reason: None,
+            kind: JobKind::Run,
+            identity: Identity {
+                provider: "github".to_owned(),
+                run_id: "42".to_owned(),
+                ..Default::default()
+            },
+            assurance: Assurance::HostAsserted,
+            origin_cgroup: None,
         }
     }
 
@@ -266,6 +317,11 @@ mod tests {
         let j1 = store.job("j1").unwrap().unwrap();
         assert_eq!(j1.exit, Some(JobExit::Signal(9)));
         assert_eq!(j1.labels["repo"], "acme/api");
+        assert_eq!(j1.identity.run_id, "42");
+        assert_eq!(
+            list[0].job_identity.run_id, "42",
+            "identity joined from the job"
+        );
         let open: Vec<String> = store
             .open_jobs()
             .unwrap()

@@ -1,7 +1,7 @@
 //! The SQLite schema of the recording store.
 use rusqlite::Connection;
 
-pub const VERSION: i64 = 2;
+pub const VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -17,7 +17,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     ended_at    INTEGER,
     exit_code   INTEGER,
     exit_signal INTEGER,
-    end_reason  TEXT
+    end_reason  TEXT,
+    kind        TEXT,
+    identity    TEXT,
+    assurance   TEXT,
+    origin_cgroup TEXT
 );
 CREATE TABLE IF NOT EXISTS connections (
     id          TEXT PRIMARY KEY,
@@ -41,10 +45,22 @@ CREATE TABLE IF NOT EXISTS connections (
     connect_us  INTEGER,
     ended_at    INTEGER,
     error       TEXT,
-    target      TEXT
+    target      TEXT,
+    assurance   TEXT
 );
 CREATE INDEX IF NOT EXISTS connections_by_job ON connections (job_id, started_at);
 CREATE INDEX IF NOT EXISTS connections_by_start ON connections (started_at);
+CREATE TABLE IF NOT EXISTS audit (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    at          INTEGER NOT NULL,
+    action      TEXT NOT NULL,
+    outcome     TEXT NOT NULL,
+    job_id      TEXT,
+    caller_pid  INTEGER NOT NULL,
+    caller_uid  INTEGER NOT NULL,
+    detail      TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_by_time ON audit (at);
 ";
 
 /// Opens the writer's pragmas and creates the tables.
@@ -57,6 +73,16 @@ pub fn apply(conn: &Connection) -> rusqlite::Result<()> {
     if (1..2).contains(&version) {
         // Version 2 records the policy target of each connection.
         conn.execute_batch("ALTER TABLE connections ADD COLUMN target TEXT")?;
+    }
+    if (1..3).contains(&version) {
+        // Version 3 records pipeline identity.
+        conn.execute_batch(
+            "ALTER TABLE jobs ADD COLUMN kind TEXT;
+             ALTER TABLE jobs ADD COLUMN identity TEXT;
+             ALTER TABLE jobs ADD COLUMN assurance TEXT;
+             ALTER TABLE jobs ADD COLUMN origin_cgroup TEXT;
+             ALTER TABLE connections ADD COLUMN assurance TEXT;",
+        )?;
     }
     conn.pragma_update(None, "user_version", VERSION)?;
     Ok(())

@@ -201,6 +201,31 @@ fn write_batch(conn: &mut Connection, batch: &[RecordEvent]) -> rusqlite::Result
             RecordEvent::ConnectionOpened(conn) | RecordEvent::Connection(conn) => {
                 insert_connection(&tx, conn)?
             }
+            RecordEvent::JobIdentity {
+                id,
+                identity,
+                assurance,
+            } => {
+                tx.execute(
+                    "UPDATE jobs SET identity = ?2, assurance = ?3 WHERE id = ?1",
+                    params![id, to_json(identity), assurance.as_str()],
+                )?;
+            }
+            RecordEvent::Audit(a) => {
+                tx.execute(
+                    "INSERT INTO audit (at, action, outcome, job_id, caller_pid, caller_uid, \
+                     detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        a.at,
+                        a.action,
+                        a.outcome,
+                        a.job_id,
+                        a.caller_pid,
+                        a.caller_uid,
+                        a.detail
+                    ],
+                )?;
+            }
             RecordEvent::CloseDangling { at } => {
                 let closed = tx.execute(
                     "UPDATE connections SET ended_at = ?1, error = COALESCE(error, \
@@ -219,11 +244,16 @@ fn write_batch(conn: &mut Connection, batch: &[RecordEvent]) -> rusqlite::Result
     tx.commit()
 }
 
+fn to_json(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "{}".to_owned())
+}
+
 fn insert_job(tx: &rusqlite::Transaction<'_>, job: &JobRecord) -> rusqlite::Result<()> {
-    let labels = serde_json::to_string(&job.labels).unwrap_or_else(|_| "{}".to_owned());
+    let labels = to_json(&job.labels);
     tx.execute(
         "INSERT OR REPLACE INTO jobs (id, name, labels, cgroup_id, cgroup_path, owner_pid, \
-         owner_start, owner_uid, started_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+         owner_start, owner_uid, started_at, kind, identity, assurance, origin_cgroup) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         params![
             job.id,
             job.name,
@@ -233,7 +263,11 @@ fn insert_job(tx: &rusqlite::Transaction<'_>, job: &JobRecord) -> rusqlite::Resu
             job.owner_pid,
             job.owner_start as i64,
             job.owner_uid,
-            job.started_at
+            job.started_at,
+            job.kind.as_str(),
+            to_json(&job.identity),
+            job.assurance.as_str(),
+            job.origin_cgroup,
         ],
     )?;
     Ok(())
@@ -244,8 +278,9 @@ fn insert_connection(tx: &rusqlite::Transaction<'_>, c: &ConnectionRecord) -> ru
     let mut stmt = tx.prepare_cached(
         "INSERT OR REPLACE INTO connections (id, job_id, attributed, pid, tid, uid, gid, comm, \
          exe, cgroup_id, source, destination, decision, reason, policy_ids, bytes_up, \
-         bytes_down, started_at, connect_us, ended_at, error, target) VALUES (?1, ?2, ?3, ?4, \
-         ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
+         bytes_down, started_at, connect_us, ended_at, error, target, assurance) VALUES (?1, ?2, \
+         ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, \
+         ?22, ?23)",
     )?;
     stmt.execute(params![
         c.id,
@@ -270,6 +305,7 @@ fn insert_connection(tx: &rusqlite::Transaction<'_>, c: &ConnectionRecord) -> ru
         c.ended_at,
         c.error,
         c.target,
+        c.assurance.map(|a| a.as_str()),
     ])?;
     Ok(())
 }

@@ -1,0 +1,434 @@
+//! OIDC verification of a job's identity: the CI system's signed token for the run is
+//! checked against the issuer's published keys (JWKS), then its claims against the job.
+pub mod fetch;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use jsonwebtoken::{
+    Algorithm, DecodingKey, Validation, decode, decode_header, errors::ErrorKind, jwk::JwkSet,
+};
+use serde_json::{Map, Value};
+
+use super::Identity;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum OidcError {
+    #[error("no OIDC issuer is configured for provider `{0}`")]
+    NoIssuer(String),
+    #[error("malformed token: {0}")]
+    Malformed(String),
+    #[error("token algorithm {0} is not accepted (only asymmetric signatures are)")]
+    Algorithm(String),
+    #[error("token has no key id (kid)")]
+    NoKeyId,
+    #[error("unknown signing key `{kid}` (not in the issuer's JWKS{})", if *.refetched { ", even after refetching it" } else { "; refetched too recently to try again" })]
+    UnknownKey { kid: String, refetched: bool },
+    #[error("fetching the issuer's keys: {0}")]
+    Jwks(String),
+    #[error("signature does not verify against the issuer's key `{0}`")]
+    Signature(String),
+    #[error("token expired")]
+    Expired,
+    #[error("token is not valid yet (nbf in the future)")]
+    NotYetValid,
+    #[error("token audience is not `{0}`")]
+    Audience(String),
+    #[error("token issuer is not `{0}`")]
+    Issuer(String),
+    #[error("token claims: {0}")]
+    Claims(String),
+    #[error("claim `{claim}` is `{token}`, but the job's {field} is `{job}`")]
+    Mismatch {
+        claim: &'static str,
+        field: &'static str,
+        token: String,
+        job: String,
+    },
+}
+
+/// Where a provider's tokens come from and who they must be for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issuer {
+    pub issuer: String,
+    pub audience: String,
+    /// Taken from the issuer's discovery document when not set.
+    pub jwks_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Allowed clock skew for exp and nbf.
+    pub leeway: Duration,
+    /// Keys are refetched after this long.
+    pub jwks_max_age: Duration,
+    /// An unknown kid refetches the keys at most this often.
+    pub jwks_refetch_interval: Duration,
+}
+
+type Fetch = fn(&str) -> Result<String, fetch::FetchError>;
+
+struct CachedKeys {
+    keys: JwkSet,
+    fetched: Instant,
+}
+
+/// Verifies tokens. Keys are cached per provider and follow kid rotation.
+pub struct Verifier {
+    issuers: BTreeMap<String, Issuer>,
+    timing: Timing,
+    cache: Mutex<HashMap<String, CachedKeys>>,
+    fetch: Fetch,
+}
+
+const ACCEPTED: [Algorithm; 9] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+impl Verifier {
+    /// `issuers`: by provider name (`github`, `gitlab`).
+    pub fn new(issuers: BTreeMap<String, Issuer>, timing: Timing) -> Self {
+        Self::with_fetch(issuers, timing, |url| fetch::get(url, None))
+    }
+
+    fn with_fetch(issuers: BTreeMap<String, Issuer>, timing: Timing, fetch: Fetch) -> Self {
+        Self {
+            issuers,
+            timing,
+            cache: Mutex::new(HashMap::new()),
+            fetch,
+        }
+    }
+
+    /// Verifies `token` for a job with `identity` and returns the identity as the token
+    /// proves it: the token's claims replace the host-asserted fields they cover.
+    pub fn verify(&self, token: &str, identity: &Identity) -> Result<Identity, OidcError> {
+        let issuer = self
+            .issuers
+            .get(&identity.provider)
+            .ok_or_else(|| OidcError::NoIssuer(identity.provider.clone()))?;
+        let header = decode_header(token).map_err(|e| OidcError::Malformed(e.to_string()))?;
+        if !ACCEPTED.contains(&header.alg) {
+            return Err(OidcError::Algorithm(format!("{:?}", header.alg)));
+        }
+        let kid = header.kid.ok_or(OidcError::NoKeyId)?;
+        let key = self.key(&identity.provider, issuer, &kid)?;
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = self.timing.leeway.as_secs();
+        validation.validate_nbf = true;
+        validation.set_issuer(&[&issuer.issuer]);
+        validation.set_audience(&[&issuer.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        let data =
+            decode::<Map<String, Value>>(token, &key, &validation).map_err(|e| match e.kind() {
+                ErrorKind::InvalidSignature => OidcError::Signature(kid.clone()),
+                ErrorKind::ExpiredSignature => OidcError::Expired,
+                ErrorKind::ImmatureSignature => OidcError::NotYetValid,
+                ErrorKind::InvalidAudience => OidcError::Audience(issuer.audience.clone()),
+                ErrorKind::InvalidIssuer => OidcError::Issuer(issuer.issuer.clone()),
+                ErrorKind::MissingRequiredClaim(claim) => {
+                    OidcError::Claims(format!("missing `{claim}`"))
+                }
+                _ => OidcError::Malformed(e.to_string()),
+            })?;
+        proven_identity(identity, &data.claims)
+    }
+
+    /// The key `kid`: from the cache, else from a fetch (at most once per refetch
+    /// interval when the kid is unknown, so a stream of bad tokens cannot hammer the
+    /// issuer).
+    fn key(&self, provider: &str, issuer: &Issuer, kid: &str) -> Result<DecodingKey, OidcError> {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh = cache
+            .get(provider)
+            .is_some_and(|c| c.fetched.elapsed() < self.timing.jwks_max_age);
+        let mut refetched = false;
+        if !fresh {
+            cache.insert(provider.to_owned(), self.fetch_keys(issuer)?);
+            refetched = true;
+        }
+        let find = |cache: &HashMap<String, CachedKeys>| {
+            cache
+                .get(provider)
+                .and_then(|c| c.keys.find(kid))
+                .map(DecodingKey::from_jwk)
+        };
+        let found = match find(&cache) {
+            Some(found) => found,
+            None => {
+                let may_refetch = cache
+                    .get(provider)
+                    .is_none_or(|c| c.fetched.elapsed() >= self.timing.jwks_refetch_interval);
+                if refetched || !may_refetch {
+                    return Err(OidcError::UnknownKey {
+                        kid: kid.to_owned(),
+                        refetched,
+                    });
+                }
+                tracing::info!(provider, kid, "unknown signing key; refetching the JWKS");
+                cache.insert(provider.to_owned(), self.fetch_keys(issuer)?);
+                find(&cache).ok_or_else(|| OidcError::UnknownKey {
+                    kid: kid.to_owned(),
+                    refetched: true,
+                })?
+            }
+        };
+        found.map_err(|e| OidcError::Jwks(format!("key `{kid}`: {e}")))
+    }
+
+    fn fetch_keys(&self, issuer: &Issuer) -> Result<CachedKeys, OidcError> {
+        let jwks_url = match &issuer.jwks_url {
+            Some(url) => url.clone(),
+            None => {
+                let url = format!(
+                    "{}/.well-known/openid-configuration",
+                    issuer.issuer.trim_end_matches('/')
+                );
+                let text = (self.fetch)(&url).map_err(|e| OidcError::Jwks(e.to_string()))?;
+                let document: Value = serde_json::from_str(&text)
+                    .map_err(|e| OidcError::Jwks(format!("{url}: {e}")))?;
+                document
+                    .get("jwks_uri")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| OidcError::Jwks(format!("{url}: no jwks_uri")))?
+                    .to_owned()
+            }
+        };
+        let text = (self.fetch)(&jwks_url).map_err(|e| OidcError::Jwks(e.to_string()))?;
+        let keys: JwkSet =
+            serde_json::from_str(&text).map_err(|e| OidcError::Jwks(format!("{jwks_url}: {e}")))?;
+        tracing::debug!(url = %jwks_url, keys = keys.keys.len(), "fetched JWKS");
+        Ok(CachedKeys {
+            keys,
+            fetched: Instant::now(),
+        })
+    }
+}
+
+/// A claim as text (CI systems send ids as strings, some as numbers).
+fn claim(claims: &Map<String, Value>, name: &str) -> Option<String> {
+    match claims.get(name)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// A claim that must equal a job's field: (claim, field name, the job's value).
+type MustMatch<'a> = Vec<(&'static str, &'static str, &'a str)>;
+
+/// Checks that the token is for this job, then fills the identity from the claims.
+fn proven_identity(job: &Identity, claims: &Map<String, Value>) -> Result<Identity, OidcError> {
+    // Claims that must match, and (claim, field) pairs copied into the proven identity.
+    let (must_match, copy): (MustMatch<'_>, &[(&str, &str)]) = match job.provider.as_str() {
+        "github" => (
+            vec![
+                ("repository", "repository", &job.repository),
+                ("run_id", "run_id", &job.run_id),
+                ("run_attempt", "run_attempt", &job.run_attempt),
+            ],
+            &[
+                ("repository", "repository"),
+                ("workflow", "workflow"),
+                ("workflow_ref", "workflow_ref"),
+                ("ref", "ref"),
+                ("ref_type", "ref_type"),
+                ("sha", "sha"),
+                ("environment", "environment"),
+                ("actor", "actor"),
+                ("event_name", "event"),
+                ("run_id", "run_id"),
+                ("run_attempt", "run_attempt"),
+            ],
+        ),
+        "gitlab" => (
+            vec![
+                ("project_path", "repository", &job.repository),
+                ("pipeline_id", "run_id", &job.run_id),
+                ("job_id", "ci_job_id", &job.ci_job_id),
+            ],
+            &[
+                ("project_path", "repository"),
+                ("pipeline_id", "run_id"),
+                ("job_id", "ci_job_id"),
+                ("ref", "ref"),
+                ("ref_type", "ref_type"),
+                ("sha", "sha"),
+                ("environment", "environment"),
+                ("user_login", "actor"),
+                ("pipeline_source", "event"),
+            ],
+        ),
+        other => return Err(OidcError::NoIssuer(other.to_owned())),
+    };
+    for (name, field, expected) in must_match {
+        let token =
+            claim(claims, name).ok_or_else(|| OidcError::Claims(format!("missing `{name}`")))?;
+        if token != expected {
+            return Err(OidcError::Mismatch {
+                claim: name,
+                field,
+                token,
+                job: expected.to_owned(),
+            });
+        }
+    }
+    let mut proven = job.clone();
+    for (name, field) in copy {
+        let Some(value) = claim(claims, name).filter(|v| !v.is_empty()) else {
+            continue;
+        };
+        let slot = match *field {
+            "repository" => &mut proven.repository,
+            "workflow" => &mut proven.workflow,
+            "workflow_ref" => &mut proven.workflow_ref,
+            "ref" => &mut proven.git_ref,
+            "ref_type" => &mut proven.ref_type,
+            "sha" => &mut proven.sha,
+            "environment" => &mut proven.environment,
+            "actor" => &mut proven.actor,
+            "event" => &mut proven.event,
+            "run_id" => &mut proven.run_id,
+            "run_attempt" => &mut proven.run_attempt,
+            "ci_job_id" => &mut proven.ci_job_id,
+            _ => continue,
+        };
+        *slot = value;
+    }
+    proven
+        .validate()
+        .map_err(|e| OidcError::Claims(e.to_string()))?;
+    Ok(proven)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn github_job() -> Identity {
+        Identity {
+            provider: "github".to_owned(),
+            repository: "acme/api".to_owned(),
+            run_id: "42".to_owned(),
+            run_attempt: "1".to_owned(),
+            git_ref: "refs/heads/feature".to_owned(),
+            ..Default::default()
+        }
+    }
+
+    fn claims(pairs: &[(&str, Value)]) -> Map<String, Value> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn claims_must_match_the_job_and_then_replace_asserted_fields() {
+        let job = github_job();
+        let ok = claims(&[
+            ("repository", "acme/api".into()),
+            ("run_id", "42".into()),
+            ("run_attempt", 1.into()),
+            ("ref", "refs/heads/main".into()),
+            ("environment", "production".into()),
+        ]);
+        let proven = proven_identity(&job, &ok).unwrap();
+        assert_eq!(proven.git_ref, "refs/heads/main", "the token's ref wins");
+        assert_eq!(proven.environment, "production");
+        let other_run = claims(&[
+            ("repository", "acme/api".into()),
+            ("run_id", "43".into()),
+            ("run_attempt", "1".into()),
+        ]);
+        let error = proven_identity(&job, &other_run).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "claim `run_id` is `43`, but the job's run_id is `42`"
+        );
+        let missing = claims(&[("repository", "acme/api".into())]);
+        assert!(matches!(
+            proven_identity(&job, &missing),
+            Err(OidcError::Claims(_))
+        ));
+        let gitlab = Identity {
+            provider: "gitlab".to_owned(),
+            repository: "acme/api".to_owned(),
+            run_id: "7".to_owned(),
+            ci_job_id: "99".to_owned(),
+            ..Default::default()
+        };
+        let gitlab_claims = claims(&[
+            ("project_path", "acme/api".into()),
+            ("pipeline_id", "7".into()),
+            ("job_id", "98".into()),
+        ]);
+        assert!(matches!(
+            proven_identity(&gitlab, &gitlab_claims),
+            Err(OidcError::Mismatch {
+                claim: "job_id",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn refuses_symmetric_and_unsigned_tokens_before_fetching_keys() {
+        let verifier = Verifier::with_fetch(
+            [(
+                "github".to_owned(),
+                Issuer {
+                    issuer: "https://issuer.invalid".to_owned(),
+                    audience: "tollgate".to_owned(),
+                    jwks_url: None,
+                },
+            )]
+            .into(),
+            Timing {
+                leeway: Duration::from_secs(60),
+                jwks_max_age: Duration::from_secs(3600),
+                jwks_refetch_interval: Duration::from_secs(30),
+            },
+            |url| {
+                Err(fetch::FetchError {
+                    url: url.to_owned(),
+                    message: "no network in unit tests".to_owned(),
+                })
+            },
+        );
+        // {"alg":"HS256","kid":"k"} . {} . sig
+        let hs256 = "eyJhbGciOiJIUzI1NiIsImtpZCI6ImsifQ.e30.c2ln";
+        assert!(matches!(
+            verifier.verify(hs256, &github_job()),
+            Err(OidcError::Algorithm(_))
+        ));
+        assert!(matches!(
+            verifier.verify("not a token", &github_job()),
+            Err(OidcError::Malformed(_))
+        ));
+        let mut cron = github_job();
+        cron.provider = "cron".to_owned();
+        assert_eq!(
+            verifier.verify(hs256, &cron),
+            Err(OidcError::NoIssuer("cron".to_owned()))
+        );
+        // RS256 with a kid: the key fetch fails and says so.
+        let rs256 = "eyJhbGciOiJSUzI1NiIsImtpZCI6ImsifQ.e30.c2ln";
+        assert!(matches!(
+            verifier.verify(rs256, &github_job()),
+            Err(OidcError::Jwks(_))
+        ));
+    }
+}
