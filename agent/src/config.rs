@@ -91,7 +91,7 @@ pub struct IdentityConfig {
     /// Issuer keys (JWKS) are refetched after this long.
     #[serde(with = "humantime_serde")]
     pub jwks_max_age: Duration,
-    /// A token signed by an unknown key refetches the JWKS at most this often.
+    /// Tokens signed by unknown keys force a JWKS refetch at most this often.
     #[serde(with = "humantime_serde")]
     pub jwks_refetch_interval: Duration,
     pub github: ProviderConfig,

@@ -9,21 +9,10 @@ use std::{
 
 use serde_json::{Value, json};
 use tollgate_e2e::{
-    Agent, agent::tollgate_bin, output, require_root, servers::Server, stderr, wait_for,
+    Agent, NOBODY, agent_as_nobody, output, require_root, servers::Server, stderr, wait_for,
 };
 
 use crate::str_field;
-
-const NOBODY: u32 = 65534;
-
-/// `tollgate` as uid/gid 65534 (nobody), talking to this agent.
-fn as_nobody(agent: &Agent) -> Command {
-    let mut cmd = Command::new("setpriv");
-    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(tollgate_bin())
-        .env("TOLLGATE_CONTROL_SOCKET", &agent.socket);
-    cmd
-}
 
 #[test]
 fn callers_are_authorized_by_their_kernel_credentials() {
@@ -33,8 +22,8 @@ fn callers_are_authorized_by_their_kernel_credentials() {
     let http = Server::http("127.0.0.1:0");
     // The control socket lives in a private temp dir: let nobody reach it.
     let denied_agent = Agent::start();
-    open_dir(&denied_agent);
-    let denied = output(as_nobody(&denied_agent).args(["jobs"]));
+    denied_agent.open_dir();
+    let denied = output(agent_as_nobody(&denied_agent).args(["jobs"]));
     assert_eq!(denied.status.code(), Some(1));
     assert!(
         stderr(&denied).contains(&format!("permission denied: uid {NOBODY}")),
@@ -42,26 +31,28 @@ fn callers_are_authorized_by_their_kernel_credentials() {
         stderr(&denied)
     );
     assert_eq!(
-        denied_agent.metric("tollgate_control_requests_total{op=\"any\",result=\"denied\"}"),
+        denied_agent.metric("tollgate_control_requests_total{op=\"list_jobs\",result=\"denied\"}"),
         1.0
     );
     drop(denied_agent);
 
     let agent = Agent::start_with_control(&format!("allowed_uids = [{NOBODY}]"));
-    open_dir(&agent);
+    agent.open_dir();
     let url = format!("http://127.0.0.1:{}/", http.port());
-    let run =
-        output(as_nobody(&agent).args(["run", "--label", "who=nobody", "--", "curl", "-sS", &url]));
+    let run = output(agent_as_nobody(&agent).args([
+        "run",
+        "--label",
+        "who=nobody",
+        "--",
+        "curl",
+        "-sS",
+        &url,
+    ]));
     assert!(run.status.success(), "run as nobody: {}", stderr(&run));
     let sessions = agent.wait_sessions(None, 1);
     assert_eq!(sessions[0]["uid"].as_u64(), Some(u64::from(NOBODY)));
     assert_eq!(sessions[0]["gid"].as_u64(), Some(u64::from(NOBODY)));
     assert_eq!(sessions[0]["job_labels"]["who"], "nobody");
-}
-
-fn open_dir(agent: &Agent) {
-    let out = output(Command::new("chmod").arg("755").arg(agent.dir.path()));
-    assert!(out.status.success());
 }
 
 fn call(stream: &mut BufReader<UnixStream>, request: Value) -> Value {

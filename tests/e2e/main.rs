@@ -2,6 +2,8 @@
 //! sockets) and a real PostgreSQL. Run with `cargo xtask test` (root, serially).
 mod control;
 mod failclosed;
+mod identity;
+mod install;
 mod interception;
 mod policy;
 mod recording;

@@ -48,7 +48,25 @@ pub struct Agent {
     child: Option<Child>,
 }
 
+/// Uid and gid of `nobody`.
+pub const NOBODY: u32 = 65534;
+
+/// `tollgate` as uid/gid 65534 (nobody), talking to `agent`.
+pub fn agent_as_nobody(agent: &Agent) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(tollgate_bin())
+        .env("TOLLGATE_CONTROL_SOCKET", &agent.socket);
+    cmd
+}
+
 impl Agent {
+    /// Lets other users reach the control socket (the agent's temp dir is private).
+    pub fn open_dir(&self) {
+        let out = output(Command::new("chmod").arg("755").arg(self.dir.path()));
+        assert!(out.status.success());
+    }
+
     /// The agent's policy directory (absent unless the test creates it).
     pub fn policy_dir(&self) -> PathBuf {
         self.dir.path().join("policies")

@@ -4,6 +4,7 @@
 //! errors, and run serially (`--test-threads=1`): they share the kernel.
 pub mod agent;
 pub mod netns;
+pub mod oidc;
 pub mod postgres;
 pub mod servers;
 
@@ -12,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use agent::Agent;
+pub use agent::{Agent, NOBODY, agent_as_nobody};
 pub use postgres::postgres;
 
 /// Fails the test unless it runs as root; outside CI, says loudly that it skips.

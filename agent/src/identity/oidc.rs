@@ -65,7 +65,7 @@ pub struct Timing {
     pub leeway: Duration,
     /// Keys are refetched after this long.
     pub jwks_max_age: Duration,
-    /// An unknown kid refetches the keys at most this often.
+    /// Unknown kids force a refetch of the keys at most this often.
     pub jwks_refetch_interval: Duration,
 }
 
@@ -74,6 +74,8 @@ type Fetch = fn(&str) -> Result<String, fetch::FetchError>;
 struct CachedKeys {
     keys: JwkSet,
     fetched: Instant,
+    /// When an unknown kid last forced a refetch.
+    forced: Option<Instant>,
 }
 
 /// Verifies tokens. Keys are cached per provider and follow kid rotation.
@@ -155,7 +157,10 @@ impl Verifier {
             .is_some_and(|c| c.fetched.elapsed() < self.timing.jwks_max_age);
         let mut refetched = false;
         if !fresh {
-            cache.insert(provider.to_owned(), self.fetch_keys(issuer)?);
+            let mut keys = self.fetch_keys(issuer)?;
+            // A scheduled refresh does not reset the unknown-kid rate limit.
+            keys.forced = cache.get(provider).and_then(|c| c.forced);
+            cache.insert(provider.to_owned(), keys);
             refetched = true;
         }
         let find = |cache: &HashMap<String, CachedKeys>| {
@@ -167,9 +172,10 @@ impl Verifier {
         let found = match find(&cache) {
             Some(found) => found,
             None => {
-                let may_refetch = cache
-                    .get(provider)
-                    .is_none_or(|c| c.fetched.elapsed() >= self.timing.jwks_refetch_interval);
+                let may_refetch = cache.get(provider).is_none_or(|c| {
+                    c.forced
+                        .is_none_or(|at| at.elapsed() >= self.timing.jwks_refetch_interval)
+                });
                 if refetched || !may_refetch {
                     return Err(OidcError::UnknownKey {
                         kid: kid.to_owned(),
@@ -177,7 +183,9 @@ impl Verifier {
                     });
                 }
                 tracing::info!(provider, kid, "unknown signing key; refetching the JWKS");
-                cache.insert(provider.to_owned(), self.fetch_keys(issuer)?);
+                let mut keys = self.fetch_keys(issuer)?;
+                keys.forced = Some(Instant::now());
+                cache.insert(provider.to_owned(), keys);
                 find(&cache).ok_or_else(|| OidcError::UnknownKey {
                     kid: kid.to_owned(),
                     refetched: true,
@@ -212,6 +220,7 @@ impl Verifier {
         Ok(CachedKeys {
             keys,
             fetched: Instant::now(),
+            forced: None,
         })
     }
 }

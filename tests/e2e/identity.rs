@@ -1,0 +1,697 @@
+//! Pipeline identity: the GitHub runner hooks with a simulated Runner.Worker, the GitLab
+//! hook, identity files, OIDC verification against a local issuer, and refusals.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    time::Duration,
+};
+
+use serde_json::Value;
+use tollgate_e2e::{
+    Agent, NOBODY, agent::tollgate_bin, agent_as_nobody, oidc::Issuer, output, postgres,
+    require_root, servers::Server, stderr, stdout, wait_for,
+};
+
+use crate::str_field;
+
+/// `[identity.*]` for an agent that trusts root as the runner account and `issuer`.
+fn identity_config(issuer: &Issuer, runner_uids: &str) -> String {
+    format!(
+        "[identity]\njwks_refetch_interval = \"1h\"\n\n\
+         [identity.github]\nrunner_uids = {runner_uids}\nissuer = \"{url}\"\n\n\
+         [identity.gitlab]\nrunner_uids = {runner_uids}\nissuer = \"{url}\"\n",
+        url = issuer.url
+    )
+}
+
+/// A runner directory with a `bin/Runner.Worker` (the fake worker) and the two hook
+/// scripts, as `tollgate install github-runner` writes them.
+struct Runner {
+    dir: tempfile::TempDir,
+}
+
+impl Runner {
+    fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("tollgate-runner-")
+            .tempdir()
+            .expect("tempdir");
+        fs::create_dir(dir.path().join("bin")).expect("bin dir");
+        fs::copy(
+            env!("CARGO_BIN_EXE_fake-runner-worker"),
+            dir.path().join("bin/Runner.Worker"),
+        )
+        .expect("copying the fake worker");
+        for (file, event) in [
+            ("started.sh", "job-started"),
+            ("completed.sh", "job-completed"),
+        ] {
+            fs::write(
+                dir.path().join(file),
+                format!(
+                    "#!/bin/sh\nexec '{}' hook github {event}\n",
+                    tollgate_bin().display()
+                ),
+            )
+            .expect("hook script");
+        }
+        Self { dir }
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+
+    /// The worker for one job, with `GITHUB_*` variables for `run_id` and `steps`.
+    fn worker(&self, agent: &Agent, run_id: &str, steps: &[String]) -> Command {
+        let mut cmd = Command::new(self.path("bin/Runner.Worker"));
+        cmd.args(steps)
+            .env("TOLLGATE_CONTROL_SOCKET", &agent.socket)
+            .env("ACTIONS_RUNNER_HOOK_JOB_STARTED", self.path("started.sh"))
+            .env(
+                "ACTIONS_RUNNER_HOOK_JOB_COMPLETED",
+                self.path("completed.sh"),
+            )
+            .env("GITHUB_REPOSITORY", "acme/api")
+            .env("GITHUB_RUN_ID", run_id)
+            .env("GITHUB_RUN_ATTEMPT", "1")
+            .env("GITHUB_JOB", "deploy")
+            .env("GITHUB_WORKFLOW", "Deploy")
+            .env("GITHUB_REF", "refs/heads/main")
+            .env("GITHUB_REF_TYPE", "branch")
+            .env("GITHUB_SHA", "0123abcd")
+            .env("GITHUB_ACTOR", "octocat")
+            .env("GITHUB_EVENT_NAME", "push")
+            .env("RUNNER_NAME", "runner-1")
+            .env_remove("ACTIONS_ID_TOKEN_REQUEST_URL")
+            .env_remove("ACTIONS_ID_TOKEN_REQUEST_TOKEN");
+        cmd
+    }
+}
+
+fn own_cgroup() -> String {
+    fs::read_to_string("/proc/self/cgroup")
+        .expect("own cgroup")
+        .lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+        .expect("a cgroup2 entry")
+}
+
+fn audit(agent: &Agent) -> Vec<Value> {
+    let out = output(agent.tollgate().args(["audit", "--json"]));
+    assert!(out.status.success(), "audit: {}", stderr(&out));
+    match serde_json::from_str(&stdout(&out)) {
+        Ok(Value::Array(entries)) => entries,
+        other => panic!("audit: {other:?}"),
+    }
+}
+
+/// Whether a refusal of `action` whose detail contains `detail` reaches the audit trail
+/// (written asynchronously) within a few seconds.
+fn refused(agent: &Agent, action: &str, detail: &str) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let found = audit(agent).iter().any(|e| {
+            e["action"] == action
+                && e["outcome"] == "refused"
+                && e["detail"].as_str().is_some_and(|d| d.contains(detail))
+        });
+        if found || std::time::Instant::now() > deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn job_of_run<'a>(sessions: &'a [Value], run_id: &str) -> Vec<&'a Value> {
+    sessions
+        .iter()
+        .filter(|s| s["job_identity"]["run_id"] == run_id)
+        .collect()
+}
+
+#[test]
+fn github_hooks_enroll_the_runner_worker_and_attribute_its_steps() {
+    if !require_root() {
+        return;
+    }
+    let pg = postgres();
+    let http = Server::http("127.0.0.1:0");
+    let issuer = Issuer::start();
+    let agent = Agent::start_with(&identity_config(&issuer, "[0]"));
+    let runner = Runner::new();
+    let url = format!("http://127.0.0.1:{}/", http.port());
+    let psql = pg.psql_args("127.0.0.1", "select 1").join("' '");
+    let leftover = runner.path("leftover.pid");
+    let steps = |tag: &str| {
+        vec![
+            format!("'{psql}'"),
+            format!("curl -sS {url} >/dev/null && curl -sS {url} >/dev/null"),
+            // Overlap with the other runner's job.
+            "sleep 1".to_owned(),
+            format!("sleep 300 & echo $! > {}.{tag}", leftover.display()),
+        ]
+    };
+
+    // Runner A gets an OIDC token through the hook; runner B stays host-asserted.
+    issuer.set_endpoint_claims(issuer.github_claims("acme/api", "5001", "1"));
+    let mut a = runner.worker(&agent, "5001", &steps("a"));
+    a.env("ACTIONS_ID_TOKEN_REQUEST_URL", issuer.request_url())
+        .env(
+            "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
+            tollgate_e2e::oidc::REQUEST_TOKEN,
+        );
+    let a = a
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("worker a");
+    let b = runner
+        .worker(&agent, "5002", &steps("b"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("worker b");
+    let a = a.wait_with_output().expect("worker a");
+    let b = b.wait_with_output().expect("worker b");
+    for (name, out) in [("a", &a), ("b", &b)] {
+        assert!(
+            out.status.success(),
+            "worker {name}: {}\n{}\n{}",
+            stdout(out),
+            stderr(out),
+            agent.log()
+        );
+        // The worker is back where it came from, and its job cgroup is gone.
+        assert!(
+            stdout(out).contains(&format!("worker-cgroup: {}\n", own_cgroup())),
+            "worker {name} was not moved back: {}",
+            stdout(out)
+        );
+        assert!(
+            stderr(out).contains("enrolled: github acme/api run"),
+            "{}",
+            stderr(out)
+        );
+        // The step's background process was killed when the job completed.
+        let pid = fs::read_to_string(format!("{}.{name}", leftover.display()))
+            .expect("leftover pid")
+            .trim()
+            .to_owned();
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists()
+                || fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z ")),
+            "leftover step process {pid} survived the job"
+        );
+    }
+    assert!(stderr(&a).contains("(oidc-verified)"), "{}", stderr(&a));
+    assert!(stderr(&b).contains("(host-asserted)"), "{}", stderr(&b));
+    assert!(agent.job_cgroups().is_empty(), "job cgroups left behind");
+    assert!(agent.jobs().is_empty(), "jobs still active");
+
+    let sessions = agent.wait_sessions(None, 6);
+    assert_eq!(sessions.len(), 6, "3 connections per runner: {sessions:#?}");
+    for (run_id, assurance, other) in [
+        ("5001", "oidc-verified", "5002"),
+        ("5002", "host-asserted", "5001"),
+    ] {
+        let mine = job_of_run(&sessions, run_id);
+        assert_eq!(mine.len(), 3, "run {run_id}: {sessions:#?}");
+        let job = str_field(mine[0], "job_id");
+        for s in &mine {
+            assert_eq!(str_field(s, "job_id"), job, "one job per run");
+            assert_eq!(s["decision"], "allow");
+            assert_eq!(s["assurance"], assurance);
+            assert_eq!(s["job_identity"]["provider"], "github");
+            assert_eq!(s["job_identity"]["repository"], "acme/api");
+            assert_eq!(s["job_identity"]["job"], "deploy");
+            assert_eq!(s["job_identity"]["runner"], "runner-1");
+        }
+        let comms: Vec<&str> = mine.iter().map(|s| str_field(s, "comm")).collect();
+        assert!(
+            comms.contains(&"psql") && comms.contains(&"curl"),
+            "{comms:?}"
+        );
+        assert!(
+            job_of_run(&sessions, other)
+                .iter()
+                .all(|s| str_field(s, "job_id") != job),
+            "runs share a job"
+        );
+    }
+    // The verified job carries the token's claims.
+    let verified = job_of_run(&sessions, "5001");
+    assert_eq!(verified[0]["job_identity"]["environment"], "production");
+    assert_eq!(issuer.token_requests(), 1);
+
+    let entries = wait_for("the audit trail", Duration::from_secs(5), || {
+        let entries = audit(&agent);
+        (entries.len() >= 5).then_some(entries)
+    });
+    let count = |action: &str| {
+        entries
+            .iter()
+            .filter(|e| e["action"] == action && e["outcome"] == "ok")
+            .count()
+    };
+    assert_eq!(count("github_job_started"), 2);
+    assert_eq!(count("github_job_completed"), 2);
+    assert_eq!(count("attest"), 1);
+    assert_eq!(
+        agent.metric("tollgate_jobs_ended_total{reason=\"completed\"}"),
+        2.0
+    );
+}
+
+#[test]
+fn forged_github_enrolment_is_refused_and_recorded() {
+    if !require_root() {
+        return;
+    }
+    let issuer = Issuer::start();
+    let agent = Agent::start_with(&identity_config(&issuer, "[0]"));
+    agent.open_dir();
+    let runner = Runner::new();
+    let github_env = [
+        ("GITHUB_REPOSITORY", "acme/api"),
+        ("GITHUB_RUN_ID", "6001"),
+        ("GITHUB_RUN_ATTEMPT", "1"),
+    ];
+
+    // A caller whose uid is not a runner account.
+    let mut nobody = agent_as_nobody(&agent);
+    nobody
+        .args(["hook", "github", "job-started"])
+        .envs(github_env);
+    let out = output(&mut nobody);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!("uid {NOBODY} is not a github runner account")),
+        "{}",
+        stderr(&out)
+    );
+    assert!(refused(
+        &agent,
+        "github_job_started",
+        "not a github runner account"
+    ));
+
+    // A runner account without a Runner.Worker above it.
+    let out = output(
+        agent
+            .tollgate()
+            .args(["hook", "github", "job-started"])
+            .envs(github_env),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no Runner.Worker process among the ancestors"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(refused(&agent, "github_job_started", "no Runner.Worker"));
+
+    // The request cannot name a pid to enroll.
+    let forged = r#"{"op":"github_job_started","identity":{"repository":"acme/api","run_id":"1"},"token":null,"pid":1}"#;
+    let reply = raw_request(&agent, forged);
+    assert!(reply.contains("unknown field `pid`"), "{reply}");
+
+    // A hook for a job that is already enrolled (a step re-runs the started hook).
+    let again = format!("sh {}", runner.path("started.sh").display());
+    let out = output(
+        runner
+            .worker(&agent, "6002", &[again])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    assert!(!out.status.success(), "re-enrolment succeeded");
+    assert!(
+        stderr(&out).contains("is already enrolled in job"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(refused(&agent, "github_job_started", "already enrolled"));
+    assert!(agent.jobs().is_empty(), "the job ended anyway");
+
+    // A Runner.Worker of another user: the runner account's hook may not enroll it.
+    let agent2 = Agent::start_with(&identity_config(&issuer, &format!("[0, {NOBODY}]")));
+    agent2.open_dir();
+    fs::set_permissions(
+        runner.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let as_nobody_hook = format!(
+        "#!/bin/sh\nexec setpriv --reuid={NOBODY} --regid={NOBODY} --clear-groups -- '{}' hook github job-started\n",
+        tollgate_bin().display()
+    );
+    fs::write(runner.path("started-nobody.sh"), as_nobody_hook).expect("hook");
+    let out = output(
+        runner
+            .worker(&agent2, "6003", &[])
+            .env(
+                "ACTIONS_RUNNER_HOOK_JOB_STARTED",
+                runner.path("started-nobody.sh"),
+            )
+            .env_remove("ACTIONS_RUNNER_HOOK_JOB_COMPLETED"),
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(&format!("not as the caller's uid {NOBODY}")),
+        "{}",
+        stderr(&out)
+    );
+    assert!(refused(
+        &agent2,
+        "github_job_started",
+        "not as the caller's uid"
+    ));
+    assert_eq!(
+        agent2.metric(
+            "tollgate_identity_events_total{action=\"github_job_started\",result=\"refused\"}"
+        ),
+        1.0
+    );
+}
+
+fn raw_request(agent: &Agent, line: &str) -> String {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let mut stream =
+        std::os::unix::net::UnixStream::connect(&agent.socket).expect("control socket");
+    stream
+        .write_all(format!("{line}\n").as_bytes())
+        .expect("write");
+    let mut reply = String::new();
+    BufReader::new(stream)
+        .read_line(&mut reply)
+        .expect("read reply");
+    reply
+}
+
+fn identity_file(dir: &Path, run_id: &str) -> PathBuf {
+    let path = dir.join(format!("identity-{run_id}.toml"));
+    fs::write(
+        &path,
+        format!(
+            "provider = \"github\"\nrepository = \"acme/api\"\nrun_id = \"{run_id}\"\n\
+             run_attempt = \"1\"\njob = \"deploy\"\n"
+        ),
+    )
+    .expect("identity file");
+    path
+}
+
+/// `tollgate run --identity-file F -- sh -c 'tollgate attest'` with `token` in
+/// TOLLGATE_ID_TOKEN.
+fn attest_in_job(agent: &Agent, file: &Path, token: &str) -> Output {
+    let script = format!("exec '{}' attest", tollgate_bin().display());
+    output(
+        agent
+            .tollgate()
+            .arg("run")
+            .arg("--identity-file")
+            .arg(file)
+            .args(["--", "sh", "-c", &script])
+            .env("TOLLGATE_ID_TOKEN", token)
+            .env_remove("ACTIONS_ID_TOKEN_REQUEST_URL"),
+    )
+}
+
+#[test]
+fn oidc_tokens_are_verified_and_bad_ones_refused_with_clear_errors() {
+    if !require_root() {
+        return;
+    }
+    let issuer = Issuer::start();
+    let agent = Agent::start_with(&identity_config(&issuer, "[0]"));
+    let file = identity_file(agent.dir.path(), "7001");
+    let good = issuer.github_claims("acme/api", "7001", "1");
+
+    let valid = attest_in_job(&agent, &file, &issuer.sign(&good));
+    assert!(valid.status.success(), "valid token: {}", stderr(&valid));
+    assert!(
+        stderr(&valid).contains("is oidc-verified"),
+        "{}",
+        stderr(&valid)
+    );
+    assert_eq!(issuer.jwks_fetches(), 1, "discovery, then one JWKS fetch");
+
+    // Flip one character in the middle of the signature.
+    let signed = issuer.sign(&good);
+    let at = signed.rfind('.').expect("three parts") + 20;
+    let flipped = if &signed[at..=at] == "A" { "B" } else { "A" };
+    let tampered = format!("{}{flipped}{}", &signed[..at], &signed[at + 1..]);
+    let mut expired = good.clone();
+    expired["exp"] = (tollgate_e2e::oidc::now() - 3600).into();
+    expired["iat"] = (tollgate_e2e::oidc::now() - 7200).into();
+    expired["nbf"] = (tollgate_e2e::oidc::now() - 7200).into();
+    let mut audience = good.clone();
+    audience["aud"] = "someone-else".into();
+    let mut wrong_issuer = good.clone();
+    wrong_issuer["iss"] = "https://token.actions.githubusercontent.com".into();
+    let mut other_run = good.clone();
+    other_run["run_id"] = "7002".into();
+    let cases = [
+        ("tampered signature", tampered, "signature does not verify"),
+        ("expired", issuer.sign(&expired), "token expired"),
+        (
+            "wrong audience",
+            issuer.sign(&audience),
+            "token audience is not `tollgate`",
+        ),
+        (
+            "wrong issuer",
+            issuer.sign(&wrong_issuer),
+            "token issuer is not",
+        ),
+        (
+            "claims of another run",
+            issuer.sign(&other_run),
+            "claim `run_id` is `7002`, but the job's run_id is `7001`",
+        ),
+    ];
+    for (name, token, message) in &cases {
+        let out = attest_in_job(&agent, &file, token);
+        assert_eq!(out.status.code(), Some(1), "{name} was accepted");
+        assert!(
+            stderr(&out).contains(message),
+            "{name}: expected `{message}` in: {}",
+            stderr(&out)
+        );
+        assert!(
+            refused(&agent, "attest", message),
+            "{name} not on the audit trail"
+        );
+    }
+    assert_eq!(issuer.jwks_fetches(), 1, "known kid: no refetch");
+
+    // An unknown kid refetches the JWKS once, then is refused; a second one within the
+    // refetch interval does not refetch again.
+    let unknown = issuer.sign_unpublished(&good);
+    let out = attest_in_job(&agent, &file, &unknown);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("unknown signing key `k2`")
+            && stderr(&out).contains("even after refetching"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(issuer.jwks_fetches(), 2, "one refetch for the unknown kid");
+    let out = attest_in_job(&agent, &file, &unknown);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(issuer.jwks_fetches(), 2, "refetch rate-limited");
+
+    // Attesting outside any job is refused.
+    let out = output(
+        agent
+            .tollgate()
+            .arg("attest")
+            .env("TOLLGATE_ID_TOKEN", issuer.sign(&good)),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("is not in a Tollgate job"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        agent.metric("tollgate_identity_events_total{action=\"attest\",result=\"ok\"}"),
+        1.0
+    );
+}
+
+#[test]
+fn policy_can_require_an_oidc_verified_identity() {
+    if !require_root() {
+        return;
+    }
+    let http = Server::http("127.0.0.1:0");
+    let issuer = Issuer::start();
+    let port = http.port();
+    let policy = format!(
+        "@id(\"verified-only\")\n\
+         permit(principal, action == Action::\"connect\", resource)\n\
+         when {{ resource.port == {port} && principal.assurance == \"oidc-verified\" }};\n\
+         @id(\"token-endpoint\")\n\
+         permit(principal, action == Action::\"connect\", resource)\n\
+         when {{ resource.port == {} }};\n",
+        issuer.port()
+    );
+    let agent = Agent::start_with_policy("", &identity_config(&issuer, "[0]"), |dir| {
+        fs::create_dir_all(dir).expect("policy dir");
+        fs::write(dir.join("oidc.cedar"), policy).expect("policy");
+    });
+    let file = identity_file(agent.dir.path(), "8001");
+    issuer.set_endpoint_claims(issuer.github_claims("acme/api", "8001", "1"));
+    let url = format!("http://127.0.0.1:{port}/");
+    let script = format!(
+        "curl -sS -o /dev/null {url} && echo before-ok; '{bin}' attest || exit 9; \
+         curl -sS {url} && echo after-ok",
+        bin = tollgate_bin().display()
+    );
+    let out = output(
+        agent
+            .tollgate()
+            .arg("run")
+            .arg("--identity-file")
+            .arg(&file)
+            .args(["--", "sh", "-c", &script])
+            .env("ACTIONS_ID_TOKEN_REQUEST_URL", issuer.request_url())
+            .env(
+                "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
+                tollgate_e2e::oidc::REQUEST_TOKEN,
+            ),
+    );
+    assert!(out.status.success(), "{}\n{}", stderr(&out), agent.log());
+    assert!(!stdout(&out).contains("before-ok"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("after-ok"), "{}", stdout(&out));
+    let sessions = agent.wait_sessions(None, 3);
+    let to_http: Vec<&Value> = sessions
+        .iter()
+        .filter(|s| s["destination"] == format!("127.0.0.1:{port}"))
+        .collect();
+    assert_eq!(to_http.len(), 2, "{sessions:#?}");
+    // Newest first: the verified one was allowed, the asserted one denied.
+    assert_eq!(to_http[0]["decision"], "allow");
+    assert_eq!(to_http[0]["assurance"], "oidc-verified");
+    assert_eq!(to_http[1]["decision"], "deny");
+    assert_eq!(to_http[1]["assurance"], "host-asserted");
+}
+
+#[test]
+fn gitlab_hook_enrolls_the_job_shell_with_a_verified_identity() {
+    if !require_root() {
+        return;
+    }
+    let http = Server::http("127.0.0.1:0");
+    let issuer = Issuer::start();
+    let agent = Agent::start_with(&identity_config(&issuer, "[0]"));
+    let token = issuer.sign(&issuer.gitlab_claims("acme/api", "901", "31337"));
+    let url = format!("http://127.0.0.1:{}/", http.port());
+    // As GitLab Runner's shell executor runs pre_build_script then the job's script.
+    let script = format!(
+        "'{bin}' hook gitlab || exit 9; curl -sS -o /dev/null {url}",
+        bin = tollgate_bin().display()
+    );
+    let out = output(
+        Command::new("sh")
+            .args(["-c", &script])
+            .env("TOLLGATE_CONTROL_SOCKET", &agent.socket)
+            .env("CI_PROJECT_PATH", "acme/api")
+            .env("CI_PIPELINE_ID", "901")
+            .env("CI_JOB_ID", "31337")
+            .env("CI_JOB_NAME", "migrate")
+            .env("CI_COMMIT_REF_NAME", "main")
+            .env("GITLAB_USER_LOGIN", "alice")
+            .env("TOLLGATE_ID_TOKEN", token),
+    );
+    assert!(out.status.success(), "{}\n{}", stderr(&out), agent.log());
+    assert!(stderr(&out).contains("(oidc-verified)"), "{}", stderr(&out));
+    let sessions = agent.wait_sessions(None, 1);
+    let s = &sessions[0];
+    assert_eq!(s["job_identity"]["provider"], "gitlab");
+    assert_eq!(s["job_identity"]["ci_job_id"], "31337");
+    assert_eq!(s["job_identity"]["run_id"], "901");
+    assert_eq!(s["job_identity"]["job"], "migrate");
+    assert_eq!(s["assurance"], "oidc-verified");
+    // The shell is gone: the job ends with it.
+    wait_for("the gitlab job to end", Duration::from_secs(10), || {
+        agent.jobs().is_empty().then_some(())
+    });
+    assert!(agent.job_cgroups().is_empty());
+
+    // The token's job_id must be this job's.
+    let wrong = issuer.sign(&issuer.gitlab_claims("acme/api", "901", "31338"));
+    let out = output(
+        Command::new("sh")
+            .args(["-c", &format!("'{}' hook gitlab", tollgate_bin().display())])
+            .env("TOLLGATE_CONTROL_SOCKET", &agent.socket)
+            .env("CI_PROJECT_PATH", "acme/api")
+            .env("CI_PIPELINE_ID", "901")
+            .env("CI_JOB_ID", "31337")
+            .env("TOLLGATE_ID_TOKEN", wrong),
+    );
+    assert!(
+        out.status.success(),
+        "the job is still enrolled, host-asserted"
+    );
+    assert!(
+        stderr(&out).contains("claim `job_id` is `31338`, but the job's ci_job_id is `31337`"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("(host-asserted)"), "{}", stderr(&out));
+}
+
+#[test]
+fn identity_files_identify_cron_jobs_and_bad_ones_name_the_line() {
+    if !require_root() {
+        return;
+    }
+    let http = Server::http("127.0.0.1:0");
+    let agent = Agent::start();
+    let file = agent.dir.path().join("backup.toml");
+    fs::write(
+        &file,
+        "provider = \"cron\"\nrepository = \"acme/billing\"\njob = \"nightly-export\"\n",
+    )
+    .expect("identity file");
+    let url = format!("http://127.0.0.1:{}/", http.port());
+    let out = output(
+        agent
+            .tollgate()
+            .arg("run")
+            .arg("--identity-file")
+            .arg(&file)
+            .args(["--", "curl", "-sS", "-o", "/dev/null", &url]),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let sessions = agent.wait_sessions(None, 1);
+    assert_eq!(sessions[0]["job_identity"]["provider"], "cron");
+    assert_eq!(sessions[0]["job_identity"]["job"], "nightly-export");
+    assert_eq!(sessions[0]["assurance"], "host-asserted");
+    let list = output(agent.tollgate().args(["sessions", "list"]));
+    assert!(
+        stdout(&list).contains("cron acme/billing job nightly-export"),
+        "{}",
+        stdout(&list)
+    );
+
+    fs::write(&file, "provider = \"cron\"\nrepo = \"acme/billing\"\n").expect("bad file");
+    let out = output(
+        agent
+            .tollgate()
+            .arg("run")
+            .arg("--identity-file")
+            .arg(&file)
+            .args(["--", "true"]),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!("{}:2:1: unknown field `repo`", file.display())),
+        "{}",
+        stderr(&out)
+    );
+}
