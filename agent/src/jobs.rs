@@ -23,6 +23,8 @@ const MAX_LABELS: usize = 64;
 const MAX_KEY_LEN: usize = 63;
 const MAX_VALUE_LEN: usize = 1024;
 const MAX_NAME_LEN: usize = 128;
+/// How long creating a job waits for its record to be committed.
+const DURABLE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long ending a job waits for its processes to die.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -303,7 +305,14 @@ impl JobRegistry {
             revision: 0,
         }
         .finish();
-        self.recorder.record(RecordEvent::JobStarted(job.record()));
+        // On disk before anything runs in it: an agent that crashes right after must
+        // find and re-adopt the job, not remove an unknown cgroup.
+        if !self
+            .recorder
+            .record_durably(RecordEvent::JobStarted(job.record()), DURABLE_TIMEOUT)
+        {
+            tracing::error!(job = %job.id, "the job's record is not on disk yet (recording is failing or slow)");
+        }
         self.metrics.started.inc();
         let inserted = job.clone();
         self.update(|jobs| {
@@ -374,11 +383,16 @@ impl JobRegistry {
         self.update(|jobs| {
             jobs.insert(replaced.cgroup_id, replaced);
         });
-        self.recorder.record(RecordEvent::JobIdentity {
-            id: job.id.clone(),
-            identity: job.identity.clone(),
-            assurance: job.assurance,
-        });
+        if !self.recorder.record_durably(
+            RecordEvent::JobIdentity {
+                id: job.id.clone(),
+                identity: job.identity.clone(),
+                assurance: job.assurance,
+            },
+            DURABLE_TIMEOUT,
+        ) {
+            tracing::error!(job = %job.id, "the job's verified identity is not on disk yet");
+        }
         tracing::info!(job = %job.id, identity = %job.identity.summary(), assurance = job.assurance.as_str(), "job identity updated");
         Ok(job)
     }

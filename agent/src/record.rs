@@ -159,6 +159,8 @@ pub enum RecordEvent {
     CloseDangling {
         at: i64,
     },
+    /// Answered once everything queued before it is committed.
+    Flush(SyncSender<()>),
 }
 
 /// One entry of the audit trail: who asked the agent for what, and what came of it.
@@ -201,6 +203,16 @@ impl Recorder {
                 tracing::error!(?event, "recording writer is gone; record dropped");
             }
         }
+    }
+
+    /// Queues an event and waits until it is committed (for rare events that must
+    /// survive a crash right after them, such as a job's start). False if that did not
+    /// happen within `timeout`; the event stays queued.
+    pub fn record_durably(&self, event: RecordEvent, timeout: std::time::Duration) -> bool {
+        self.record(event);
+        let (done, committed) = std::sync::mpsc::sync_channel(1);
+        self.record(RecordEvent::Flush(done));
+        committed.recv_timeout(timeout).is_ok()
     }
 
     /// False while writes are failing or records are being dropped.

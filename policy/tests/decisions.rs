@@ -171,6 +171,43 @@ fn decision_table() {
 }
 
 #[test]
+fn labels_never_stand_in_for_the_identity_of_a_job_that_has_one() {
+    let engine = engine(Mode::Enforce);
+    let dest = "10.1.2.3:5432".parse().expect("addr");
+    // Labels alone are the identity of a job without one.
+    let labelled = principal(DEPLOY);
+    assert_eq!(
+        engine
+            .decide_connect(&labelled, &process("psql"), dest)
+            .effect,
+        Effect::Allow
+    );
+    // A job with an identity (a runner hook's) does not take missing fields from labels.
+    let mut hooked = principal(DEPLOY);
+    hooked.identity = [
+        ("provider".to_owned(), "github".to_owned()),
+        ("repository".to_owned(), "acme/api".to_owned()),
+    ]
+    .into();
+    let decision = engine.decide_connect(&hooked, &process("psql"), dest);
+    assert_eq!(decision.effect, Effect::Deny, "{decision:?}");
+    // ... and uses its own fields when it has them.
+    hooked
+        .identity
+        .insert("workflow".to_owned(), "deploy".to_owned());
+    hooked
+        .identity
+        .insert("ref".to_owned(), "refs/heads/main".to_owned());
+    hooked.labels.clear();
+    assert_eq!(
+        engine
+            .decide_connect(&hooked, &process("psql"), dest)
+            .effect,
+        Effect::Allow
+    );
+}
+
+#[test]
 fn audit_mode_records_but_never_blocks() {
     let engine = engine(Mode::Audit);
     let denied = engine.decide_connect(

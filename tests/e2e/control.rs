@@ -90,6 +90,27 @@ fn enrolling_a_process_that_is_not_the_callers_child_is_refused() {
             "{reply}"
         );
     }
+    // Both refusals are on the audit trail.
+    wait_for(
+        "refused enrolments on the audit trail",
+        Duration::from_secs(5),
+        || {
+            let audit = output(agent.tollgate().args(["audit", "--json"]));
+            let entries: Value = serde_json::from_slice(&audit.stdout).ok()?;
+            let refused = entries
+                .as_array()?
+                .iter()
+                .filter(|e| {
+                    e["action"] == "enroll"
+                        && e["outcome"] == "refused"
+                        && e["detail"]
+                            .as_str()
+                            .is_some_and(|d| d.contains("is not a child"))
+                })
+                .count();
+            (refused == 2).then_some(())
+        },
+    );
     let malformed = call(&mut stream, json!({"op": "enroll_pid", "job_id": job_id}));
     assert!(
         str_field(&malformed, "message").contains("malformed request"),

@@ -266,6 +266,68 @@ fn github_hooks_enroll_the_runner_worker_and_attribute_its_steps() {
 }
 
 #[test]
+fn a_restarted_agent_keeps_a_runner_job_and_its_verified_identity() {
+    if !require_root() {
+        return;
+    }
+    let http = Server::http("127.0.0.1:0");
+    let issuer = Issuer::start();
+    let mut agent = Agent::start_with(&identity_config(&issuer, "[0]"));
+    let runner = Runner::new();
+    let (ready, go) = (runner.path("ready"), runner.path("go"));
+    let url = format!("http://127.0.0.1:{}/", http.port());
+    let steps = [
+        format!(
+            "touch {}; while [ ! -e {} ]; do sleep 0.1; done",
+            ready.display(),
+            go.display()
+        ),
+        format!("curl -sS -o /dev/null {url}"),
+    ];
+    issuer.set_endpoint_claims(issuer.github_claims("acme/api", "9001", "1"));
+    let worker = runner
+        .worker(&agent, "9001", &steps)
+        .env("ACTIONS_ID_TOKEN_REQUEST_URL", issuer.request_url())
+        .env(
+            "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
+            tollgate_e2e::oidc::REQUEST_TOKEN,
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("worker");
+    wait_for("the first step", Duration::from_secs(20), || {
+        ready.exists().then_some(())
+    });
+    agent.kill9();
+    agent.start_again();
+    let jobs = agent.jobs();
+    assert_eq!(jobs.len(), 1, "{jobs:#?}");
+    assert_eq!(jobs[0]["kind"], "github-hook");
+    assert_eq!(jobs[0]["assurance"], "oidc-verified");
+    assert_eq!(jobs[0]["identity"]["run_id"], "9001");
+    fs::write(&go, "").expect("go");
+    let out = worker.wait_with_output().expect("worker");
+    assert!(
+        out.status.success(),
+        "{}\n{}\n{}",
+        stdout(&out),
+        stderr(&out),
+        agent.log()
+    );
+    assert!(
+        stdout(&out).contains(&format!("worker-cgroup: {}\n", own_cgroup())),
+        "{}",
+        stdout(&out)
+    );
+    let sessions = agent.wait_sessions(None, 1);
+    assert_eq!(sessions[0]["assurance"], "oidc-verified");
+    assert_eq!(sessions[0]["job_identity"]["run_id"], "9001");
+    assert!(agent.jobs().is_empty());
+    assert!(agent.job_cgroups().is_empty());
+}
+
+#[test]
 fn forged_github_enrolment_is_refused_and_recorded() {
     if !require_root() {
         return;

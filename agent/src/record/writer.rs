@@ -108,10 +108,13 @@ impl Writer {
                 Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            // Gather for up to one flush interval: one transaction per batch, not per record.
+            // Gather for up to one flush interval: one transaction per batch, not per
+            // record. Someone waiting for a flush ends the gathering at once.
             let deadline = Instant::now() + self.flush_interval;
             let mut disconnected = false;
-            while batch.len() < self.batch_size {
+            while batch.len() < self.batch_size
+                && !matches!(batch.last(), Some(RecordEvent::Flush(_)))
+            {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match self.rx.recv_timeout(left) {
                     Ok(event) => batch.push(event),
@@ -124,6 +127,11 @@ impl Writer {
             }
             self.metrics.queue_depth.sub(batch.len() as i64);
             self.write_with_retry(&batch);
+            for event in &batch {
+                if let RecordEvent::Flush(done) = event {
+                    let _ = done.try_send(());
+                }
+            }
             batch.clear();
             if disconnected {
                 break;
@@ -136,7 +144,11 @@ impl Writer {
         loop {
             match write_batch(&mut self.conn, batch) {
                 Ok(()) => {
-                    self.metrics.written.inc_by(batch.len() as u64);
+                    let records = batch
+                        .iter()
+                        .filter(|e| !matches!(e, RecordEvent::Flush(_)))
+                        .count();
+                    self.metrics.written.inc_by(records as u64);
                     self.healthy.store(true, Ordering::Relaxed);
                     return;
                 }
@@ -180,6 +192,7 @@ fn write_batch(conn: &mut Connection, batch: &[RecordEvent]) -> rusqlite::Result
     for event in batch {
         match event {
             RecordEvent::ConnectionOpened(c) if ended.contains(c.id.as_str()) => {}
+            RecordEvent::Flush(_) => {}
             RecordEvent::JobStarted(job) => insert_job(&tx, job)?,
             RecordEvent::JobEnded {
                 id,
