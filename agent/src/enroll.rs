@@ -288,19 +288,15 @@ impl Enrollment {
     /// sees it).
     pub fn attest(&self, caller: Caller, token: &str) -> Result<Arc<Job>, EnrollError> {
         let job = self.jobs.of_process(caller.pid);
+        let job_id = job
+            .as_ref()
+            .ok()
+            .and_then(Option::as_ref)
+            .map(|j| j.id.clone());
         let result = match job {
             Ok(Some(job)) => self.verify(&job, token),
             Ok(None) => Err(EnrollError::NotInJob(caller.pid)),
             Err(error) => Err(error.into()),
-        };
-        let job_id = match &result {
-            Ok(job) => Some(job.id.clone()),
-            Err(_) => self
-                .jobs
-                .of_process(caller.pid)
-                .ok()
-                .flatten()
-                .map(|j| j.id.clone()),
         };
         self.audit(
             "attest",
