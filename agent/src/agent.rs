@@ -195,6 +195,7 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
         config.proxy.connect_timeout,
         config.proxy.buffer_size,
         config.recording.strict,
+        config.postgres.clone(),
     ));
     let admin_state = Arc::new(AdminState {
         metrics: metrics.clone(),

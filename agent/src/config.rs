@@ -54,6 +54,7 @@ pub struct Config {
     pub log: LogConfig,
     pub policy: PolicyConfig,
     pub identity: IdentityConfig,
+    pub postgres: PostgresConfig,
     /// The targets catalog: named destinations for policies (`[[targets]]`).
     pub targets: Vec<TargetSpec>,
 }
@@ -77,6 +78,28 @@ impl Default for PolicyConfig {
             mode: Mode::Enforce,
             dir: PathBuf::from("/etc/tollgate/policies"),
             reload_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// PostgreSQL-aware interception.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// Follow PostgreSQL sessions at L7 (statements decided and recorded). A connection
+    /// is PostgreSQL when its first bytes are a startup, SSL, GSS or cancel request, or
+    /// when its target's `protocol` is "postgres". Off: every connection stays at L4.
+    pub enabled: bool,
+    /// Largest message accepted from either side; a larger one ends the session with a
+    /// protocol error.
+    pub max_message_size: usize,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_message_size: tollgate_pgwire::DEFAULT_MAX_MESSAGE,
         }
     }
 }
@@ -513,6 +536,12 @@ impl Config {
             if provider.audience.is_empty() {
                 return Err(invalid(key, "audience must not be empty"));
             }
+        }
+        if !(1024..=1024 * 1024 * 1024).contains(&self.postgres.max_message_size) {
+            return Err(invalid(
+                "postgres.max_message_size",
+                "must be between 1024 and 1073741824",
+            ));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(invalid("log.level", "is not a valid filter (e.g. `info`)"));

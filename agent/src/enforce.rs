@@ -204,6 +204,31 @@ impl Enforcer {
         Ok((config.policy.mode, config.targets))
     }
 
+    /// Decides one SQL statement (callers cache per connection).
+    pub fn decide_sql(
+        &self,
+        principal: &Principal,
+        process: &Process,
+        destination: SocketAddr,
+        action: &str,
+        sql: &tollgate_policy::SqlContext,
+    ) -> Decision {
+        match self.active.load().engine.as_ref() {
+            Some(engine) => engine.decide_sql(principal, process, destination, action, sql),
+            None => Decision::allow(NO_POLICY_REASON),
+        }
+    }
+
+    /// The protocol the targets catalog declares for a destination (`postgres`, ...).
+    pub fn protocol_of(&self, destination: SocketAddr) -> Option<String> {
+        self.active
+            .load()
+            .engine
+            .as_ref()
+            .and_then(|engine| engine.target(destination))
+            .and_then(|target| target.protocol.clone())
+    }
+
     /// Decides an L4 connect, from this thread's cache when possible.
     pub fn decide_connect(
         &self,

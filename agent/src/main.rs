@@ -12,6 +12,7 @@ mod enroll;
 mod identity;
 mod jobs;
 mod metrics;
+mod postgres;
 mod proc_info;
 mod proxy;
 mod record;

@@ -56,6 +56,7 @@ pub struct Shared {
     pub connect_timeout: Duration,
     pub buffer_size: usize,
     pub strict_recording: bool,
+    pub postgres: crate::config::PostgresConfig,
     live: AtomicUsize,
 }
 
@@ -75,6 +76,7 @@ impl Shared {
         connect_timeout: Duration,
         buffer_size: usize,
         strict_recording: bool,
+        postgres: crate::config::PostgresConfig,
     ) -> Self {
         Self {
             maps,
@@ -87,6 +89,7 @@ impl Shared {
             connect_timeout,
             buffer_size,
             strict_recording,
+            postgres,
             live: AtomicUsize::new(0),
         }
     }

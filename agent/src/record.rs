@@ -131,6 +131,52 @@ pub struct ConnectionRecord {
     /// None while the connection is open (or if the agent stopped before it ended).
     pub ended_at: Option<i64>,
     pub error: Option<String>,
+    /// `postgres` for sessions Tollgate followed at L7, else absent (plain TCP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// PostgreSQL startup parameters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub application_name: Option<String>,
+    /// The statement timeline (filled in by `sessions show`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub statements: Vec<StatementRecord>,
+}
+
+/// One SQL statement of a PostgreSQL session.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatementRecord {
+    pub id: String,
+    pub connection_id: String,
+    pub job_id: Option<String>,
+    /// Order within the session.
+    pub seq: u64,
+    pub started_at: i64,
+    #[serde(skip)]
+    pub started: Option<std::time::Instant>,
+    pub duration_us: Option<u64>,
+    /// `simple`, `extended` or `function`.
+    pub protocol: String,
+    pub database: String,
+    pub user: String,
+    pub sql: String,
+    /// Bind parameters (extended protocol), as text.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub params: Vec<String>,
+    /// read, write, ddl, admin, transaction, procedural, unknown.
+    pub kind: String,
+    pub tables: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub functions: Vec<String>,
+    pub decision: String,
+    pub policy_ids: Vec<String>,
+    pub reason: String,
+    pub rows: Option<u64>,
+    pub sqlstate: Option<String>,
+    pub error: Option<String>,
 }
 
 #[derive(Debug)]
@@ -159,6 +205,8 @@ pub enum RecordEvent {
     CloseDangling {
         at: i64,
     },
+    /// A statement of a PostgreSQL session completed (or was denied).
+    Statement(Box<StatementRecord>),
     /// Answered once everything queued before it is committed.
     Flush(SyncSender<()>),
 }

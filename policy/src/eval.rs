@@ -7,7 +7,7 @@ use cedar_policy::{
 };
 
 use crate::{
-    Decision, Effect, Mode, Principal, Process,
+    Decision, Effect, Mode, Principal, Process, SqlContext,
     load::PolicyBundle,
     targets::{Catalog, TargetSpec, canonical},
 };
@@ -22,7 +22,12 @@ pub struct PolicyEngine {
     catalog: Catalog,
     mode: Mode,
     authorizer: Authorizer,
+    governs_sql: bool,
 }
+
+/// Why statements pass when no policy governs SQL.
+pub const NO_SQL_POLICY_REASON: &str =
+    "no policy governs SQL statements: allowed on a permitted connection";
 
 fn uid(type_name: &str, id: &str) -> Option<EntityUid> {
     Some(EntityUid::from_type_name_and_id(
@@ -38,6 +43,7 @@ fn string(value: &str) -> RestrictedExpression {
 impl PolicyEngine {
     pub fn new(bundle: PolicyBundle, catalog: Catalog, mode: Mode) -> Self {
         Self {
+            governs_sql: bundle.governs_sql(),
             bundle,
             catalog,
             mode,
@@ -62,10 +68,49 @@ impl PolicyEngine {
         process: &Process,
         destination: SocketAddr,
     ) -> Decision {
+        self.decide(principal, process, destination, "connect", None)
+    }
+
+    /// Whether SQL statements are decided by policy. A set without any policy that can
+    /// apply to an `sql:` action leaves statements to the connect decision: they are
+    /// allowed on a permitted connection. Once there is one, statements are default-deny
+    /// like everything else.
+    pub fn governs_sql(&self) -> bool {
+        self.governs_sql
+    }
+
+    /// Decides one SQL statement: `action` is `sql:read`, `sql:write`, `sql:ddl`,
+    /// `sql:admin` or `sql:unknown`.
+    pub fn decide_sql(
+        &self,
+        principal: &Principal,
+        process: &Process,
+        destination: SocketAddr,
+        action: &str,
+        sql: &SqlContext,
+    ) -> Decision {
+        if !self.governs_sql {
+            let mut decision = Decision::allow(NO_SQL_POLICY_REASON);
+            decision.target = self
+                .target(destination)
+                .map_or_else(|| "(unknown)".to_owned(), |t| t.name.clone());
+            return decision;
+        }
+        self.decide(principal, process, destination, action, Some(sql))
+    }
+
+    fn decide(
+        &self,
+        principal: &Principal,
+        process: &Process,
+        destination: SocketAddr,
+        action: &str,
+        sql: Option<&SqlContext>,
+    ) -> Decision {
         let target = self.target(destination);
         let mode = target.and_then(|t| t.mode).unwrap_or(self.mode);
         let target_name = target.map_or_else(|| "(unknown)".to_owned(), |t| t.name.clone());
-        let evaluated = self.evaluate(principal, process, destination, target, "connect");
+        let evaluated = self.evaluate(principal, process, destination, target, action, sql);
         let (effect, policy_ids, reason) = match evaluated {
             Ok(result) => result,
             Err(error) => (
@@ -90,6 +135,7 @@ impl PolicyEngine {
         destination: SocketAddr,
         target: Option<&TargetSpec>,
         action: &str,
+        sql: Option<&SqlContext>,
     ) -> Result<(Effect, Vec<String>, String), String> {
         let job_uid = uid("Job", &principal.job_id).ok_or("bad job id")?;
         let target_uid = uid(
@@ -102,7 +148,19 @@ impl PolicyEngine {
         let resource =
             target_entity(target_uid.clone(), destination, target).map_err(|e| e.to_string())?;
         let entities = Entities::from_entities([job, resource], None).map_err(|e| e.to_string())?;
-        let request = Request::new(job_uid, action_uid, target_uid, Context::empty(), None)
+        let context = match sql {
+            None => Context::empty(),
+            Some(sql) => Context::from_pairs([
+                ("database".to_owned(), string(&sql.database)),
+                ("user".to_owned(), string(&sql.user)),
+                (
+                    "tables".to_owned(),
+                    RestrictedExpression::new_set(sql.tables.iter().map(|t| string(t))),
+                ),
+            ])
+            .map_err(|e| e.to_string())?,
+        };
+        let request = Request::new(job_uid, action_uid, target_uid, context, None)
             .map_err(|e| e.to_string())?;
         let response = self
             .authorizer

@@ -43,6 +43,15 @@ pub struct Principal {
     pub assurance: Option<String>,
 }
 
+/// What an SQL decision sees besides the job, the process and the target.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SqlContext {
+    pub database: String,
+    pub user: String,
+    /// Tables read or written, as written in the statement (`public.orders`, `orders`).
+    pub tables: Vec<String>,
+}
+
 /// Whether decisions are enforced or only recorded.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

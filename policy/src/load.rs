@@ -56,6 +56,18 @@ impl PolicyBundle {
         self.ids.len()
     }
 
+    /// Whether any policy can apply to SQL statements: its action scope is any action
+    /// or names an `sql:` action.
+    pub fn governs_sql(&self) -> bool {
+        self.set
+            .policies()
+            .any(|policy| match policy.action_constraint() {
+                cedar_policy::ActionConstraint::Any => true,
+                cedar_policy::ActionConstraint::Eq(uid) => is_sql(&uid),
+                cedar_policy::ActionConstraint::In(uids) => uids.iter().any(is_sql),
+            })
+    }
+
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
     }
@@ -184,6 +196,10 @@ pub fn load(sources: &[Source]) -> Result<PolicyBundle, LoadErrors> {
         return Err(LoadErrors(errors));
     }
     Ok(PolicyBundle { set, ids, origins })
+}
+
+fn is_sql(uid: &cedar_policy::EntityUid) -> bool {
+    uid.id().unescaped().starts_with("sql:")
 }
 
 #[cfg(test)]

@@ -208,6 +208,64 @@ fn labels_never_stand_in_for_the_identity_of_a_job_that_has_one() {
 }
 
 #[test]
+fn sql_statements_are_decided_once_a_policy_governs_sql() {
+    let dest = "10.1.2.3:5432".parse().expect("addr");
+    let sql = |tables: &[&str]| tollgate_policy::SqlContext {
+        database: "shop".to_owned(),
+        user: "app".to_owned(),
+        tables: tables.iter().map(|t| (*t).to_owned()).collect(),
+    };
+    // Connect-only policies: statements ride on the permitted connection.
+    let engine = engine(Mode::Enforce);
+    assert!(!engine.governs_sql());
+    let decision = engine.decide_sql(
+        &principal(DEPLOY),
+        &process("psql"),
+        dest,
+        "sql:ddl",
+        &sql(&[]),
+    );
+    assert_eq!(decision.effect, Effect::Allow);
+    assert_eq!(decision.reason, tollgate_policy::eval::NO_SQL_POLICY_REASON);
+
+    let bundle = load(&[Source {
+        name: "sql.cedar".to_owned(),
+        text: r#"
+@id("reads")
+permit(principal, action == Action::"sql:read", resource);
+@id("no-cards")
+forbid(principal, action, resource)
+when { context has tables && context.tables.contains("cards") && context.user != "auditor" };
+"#
+        .to_owned(),
+    }])
+    .expect("sql policies load");
+    let engine = PolicyEngine::new(
+        bundle,
+        Catalog::new(Vec::new()).expect("catalog"),
+        Mode::Enforce,
+    );
+    assert!(engine.governs_sql());
+    let p = principal(DEPLOY);
+    let read = engine.decide_sql(&p, &process("psql"), dest, "sql:read", &sql(&["orders"]));
+    assert_eq!(read.effect, Effect::Allow, "{read:?}");
+    let write = engine.decide_sql(&p, &process("psql"), dest, "sql:write", &sql(&["orders"]));
+    assert_eq!(write.effect, Effect::Deny);
+    assert!(
+        write.reason.contains("no policy permits sql:write"),
+        "{}",
+        write.reason
+    );
+    let cards = engine.decide_sql(&p, &process("psql"), dest, "sql:read", &sql(&["cards"]));
+    assert_eq!(cards.effect, Effect::Deny);
+    assert_eq!(cards.policy_ids, vec!["no-cards".to_owned()]);
+    let mut auditor = sql(&["cards"]);
+    auditor.user = "auditor".to_owned();
+    let audited = engine.decide_sql(&p, &process("psql"), dest, "sql:read", &auditor);
+    assert_eq!(audited.effect, Effect::Allow);
+}
+
+#[test]
 fn audit_mode_records_but_never_blocks() {
     let engine = engine(Mode::Audit);
     let denied = engine.decide_connect(

@@ -6,6 +6,7 @@ mod identity;
 mod install;
 mod interception;
 mod policy;
+mod postgres;
 mod recording;
 mod run_cli;
 mod stress;

@@ -14,7 +14,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// bpf-linker's LLVM feature must match the pinned nightly's LLVM major version.
 const BPF_LINKER_FEATURES: &str = "llvm-22,no-llvm-linking";
 /// Debian packages, each with a file that shows it is installed.
-const APT_PACKAGES: [(&str, &str); 9] = [
+const APT_PACKAGES: [(&str, &str); 10] = [
     ("postgresql", "/usr/lib/postgresql"),
     ("postgresql-client", "/usr/bin/psql"),
     ("pgbouncer", "/usr/sbin/pgbouncer"),
@@ -25,6 +25,8 @@ const APT_PACKAGES: [(&str, &str); 9] = [
     // Test-time OIDC signing keys, and the install tests' group management.
     ("openssl", "/usr/bin/openssl"),
     ("passwd", "/usr/sbin/groupadd"),
+    // bindgen (pg_query's build) loads libclang.
+    ("libclang-dev", "/usr/lib/llvm-14/lib/libclang.so"),
 ];
 
 pub fn all(root: &Path) -> anyhow::Result<()> {

@@ -129,7 +129,51 @@ pub fn session(s: &ConnectionRecord, json: bool) -> anyhow::Result<()> {
         s.ended_at.map_or_else(|| "(open)".to_owned(), time)
     );
     println!("error:       {}", opt(s.error.clone()));
+    if let Some(protocol) = &s.protocol {
+        println!(
+            "{protocol}:    user {} database {} application {}",
+            opt(s.db_user.clone()),
+            opt(s.db_name.clone()),
+            opt(s.application_name.clone())
+        );
+    }
+    if !s.statements.is_empty() {
+        println!("statements:");
+        println!(
+            "  {:>4}  {:<24}  {:>9}  {:<11}  {:<16}  {:>6}  {:<7}  SQL",
+            "SEQ", "STARTED", "MICROS", "KIND", "DECISION", "ROWS", "STATE"
+        );
+        for st in &s.statements {
+            println!(
+                "  {:>4}  {:<24}  {:>9}  {:<11}  {:<16}  {:>6}  {:<7}  {}",
+                st.seq,
+                time(st.started_at),
+                st.duration_us.map_or("-".to_owned(), |d| d.to_string()),
+                st.kind,
+                st.decision,
+                st.rows.map_or("-".to_owned(), |r| r.to_string()),
+                st.sqlstate.as_deref().unwrap_or("-"),
+                one_line(&st.sql),
+            );
+            if !st.params.is_empty() {
+                println!("{:>58}params: {}", "", st.params.join(", "));
+            }
+            if st.decision != "allow" {
+                println!("{:>58}{} ({})", "", st.reason, st.policy_ids.join(", "));
+            }
+        }
+    }
     Ok(())
+}
+
+/// A statement on one line, shortened.
+fn one_line(sql: &str) -> String {
+    let flat: String = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() > 200 {
+        format!("{}…", flat.chars().take(200).collect::<String>())
+    } else {
+        flat
+    }
 }
 
 pub fn audit(entries: &[AuditRecord], json: bool) -> anyhow::Result<()> {

@@ -99,6 +99,19 @@ impl<'a> AccessLog<'a> {
         self.record.bytes_down = down;
     }
 
+    /// The connection was followed as a PostgreSQL session.
+    pub fn postgres(&mut self, startup: &crate::postgres::session::Startup) {
+        let r = &mut self.record;
+        r.protocol = Some("postgres".to_owned());
+        r.db_user = startup.user.clone();
+        r.db_name = startup.database.clone();
+        r.application_name = startup.application_name.clone();
+    }
+
+    pub fn id(&self) -> &str {
+        &self.record.id
+    }
+
     pub fn error(&mut self, error: String) {
         self.record.error = Some(error);
     }

@@ -75,6 +75,25 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
     let _ = upstream.set_nodelay(true);
     let _ = client.set_nodelay(true);
 
+    let postgres = match &principal {
+        Some(principal)
+            if shared.postgres.enabled
+                && is_postgres(&client, &upstream, shared, destination).await =>
+        {
+            Some(crate::postgres::session::Context {
+                enforcer: shared.enforcer.clone(),
+                recorder: shared.recorder.clone(),
+                principal: principal.clone(),
+                process: process.clone(),
+                destination,
+                connection_id: log.id().to_owned(),
+                job_id: job.as_ref().map(|j| j.id.clone()),
+                max_message: shared.postgres.max_message_size,
+            })
+        }
+        _ => None,
+    };
+
     // A policy reload may revoke the connection while it is relayed.
     let (_registration, revoked) = match principal {
         Some(principal) => {
@@ -83,6 +102,18 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
         }
         None => (None, None),
     };
+    if let Some(ctx) = postgres {
+        let outcome = crate::postgres::session::run(client, upstream, &ctx, revoked).await;
+        log.postgres(&outcome.startup);
+        log.bytes(outcome.up, outcome.down);
+        if let Some(decision) = &outcome.revoked {
+            log.revoked(decision);
+        }
+        if let Some(error) = outcome.error {
+            log.error(error);
+        }
+        return;
+    }
     let outcome = relay::relay(client, upstream, shared.buffer_size, revoked).await;
     log.bytes(outcome.up, outcome.down);
     if let Some(decision) = &outcome.revoked {
@@ -90,6 +121,42 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
     }
     if let Some(error) = outcome.error {
         log.error(error);
+    }
+}
+
+/// Whether to follow the connection as PostgreSQL: its target says so, or the client
+/// speaks first and its first bytes are a PostgreSQL startup-phase message. A server that
+/// speaks first (SMTP, SSH, MySQL, ...) means plain TCP; nothing is consumed either way.
+async fn is_postgres(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    shared: &Shared,
+    destination: SocketAddr,
+) -> bool {
+    if shared.enforcer.protocol_of(destination).as_deref() == Some("postgres") {
+        return true;
+    }
+    tokio::select! {
+        biased;
+        ready = client.readable() => if ready.is_err() { return false },
+        _ = upstream.readable() => return false,
+    }
+    let mut first = [0u8; 8];
+    let deadline = Instant::now() + Duration::from_millis(200);
+    loop {
+        let n = match client.peek(&mut first).await {
+            Ok(n) => n,
+            Err(_) => return false,
+        };
+        match tollgate_pgwire::detect(&first[..n]) {
+            tollgate_pgwire::Detect::Postgres => return true,
+            tollgate_pgwire::Detect::NotPostgres => return false,
+            // A startup message arrives whole in practice; wait briefly for the rest.
+            tollgate_pgwire::Detect::NeedMore if n > 0 && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            tollgate_pgwire::Detect::NeedMore => return false,
+        }
     }
 }
 

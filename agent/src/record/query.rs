@@ -3,7 +3,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags, Row, params};
 
-use super::{AuditRecord, ConnectionRecord, JobExit, JobRecord, RecordError};
+use super::{AuditRecord, ConnectionRecord, JobExit, JobRecord, RecordError, StatementRecord};
 use crate::{
     identity::{Assurance, Identity},
     jobs::JobKind,
@@ -17,7 +17,7 @@ pub struct Store {
 const CONNECTION_COLUMNS: &str = "c.id, c.job_id, c.attributed, c.pid, c.tid, c.uid, c.gid, \
     c.comm, c.exe, c.cgroup_id, c.source, c.destination, c.decision, c.reason, c.policy_ids, \
     c.bytes_up, c.bytes_down, c.started_at, c.connect_us, c.ended_at, c.error, j.name, j.labels, \
-    c.target, j.identity, c.assurance";
+    c.target, j.identity, c.assurance, c.protocol, c.db_user, c.db_name, c.application_name";
 const CONNECTION_FROM: &str = "connections c LEFT JOIN jobs j ON j.id = c.job_id";
 const JOB_COLUMNS: &str = "id, name, labels, cgroup_id, cgroup_path, owner_pid, owner_start, \
     owner_uid, started_at, ended_at, exit_code, exit_signal, end_reason, kind, identity, assurance, \
@@ -74,11 +74,50 @@ impl Store {
         let mut found: Vec<ConnectionRecord> = stmt
             .query_map(params![pattern], connection_from_row)?
             .collect::<Result<_, _>>()?;
-        match found.len() {
-            0 => Err(RecordError::NoSuchSession(id.to_owned())),
-            1 => Ok(found.remove(0)),
-            _ => Err(RecordError::AmbiguousSession(id.to_owned())),
-        }
+        let mut session = match found.len() {
+            0 => return Err(RecordError::NoSuchSession(id.to_owned())),
+            1 => found.remove(0),
+            _ => return Err(RecordError::AmbiguousSession(id.to_owned())),
+        };
+        session.statements = self.statements(&session.id)?;
+        Ok(session)
+    }
+
+    /// A session's statements, in order.
+    pub fn statements(&self, connection_id: &str) -> Result<Vec<StatementRecord>, RecordError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, connection_id, job_id, seq, started_at, duration_us, protocol, database, \
+             db_user, sql, params, kind, tables, functions, decision, policy_ids, reason, rows, \
+             sqlstate, error FROM statements WHERE connection_id = ?1 ORDER BY seq",
+        )?;
+        let rows = stmt
+            .query_map(params![connection_id], |row| {
+                Ok(StatementRecord {
+                    id: row.get(0)?,
+                    connection_id: row.get(1)?,
+                    job_id: row.get(2)?,
+                    seq: row.get::<_, i64>(3)? as u64,
+                    started_at: row.get(4)?,
+                    started: None,
+                    duration_us: row.get::<_, Option<i64>>(5)?.map(|d| d as u64),
+                    protocol: row.get(6)?,
+                    database: row.get(7)?,
+                    user: row.get(8)?,
+                    sql: row.get(9)?,
+                    params: json_or_default(row.get(10)?),
+                    kind: row.get(11)?,
+                    tables: json_or_default(row.get(12)?),
+                    functions: json_or_default(row.get(13)?),
+                    decision: row.get(14)?,
+                    policy_ids: json_or_default(row.get(15)?),
+                    reason: row.get(16)?,
+                    rows: row.get::<_, Option<i64>>(17)?.map(|r| r as u64),
+                    sqlstate: row.get(18)?,
+                    error: row.get(19)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
     }
 
     #[cfg(test)]
@@ -174,6 +213,11 @@ fn connection_from_row(row: &Row<'_>) -> rusqlite::Result<ConnectionRecord> {
         assurance: row
             .get::<_, Option<String>>(25)?
             .and_then(|a| Assurance::parse(&a)),
+        protocol: row.get(26)?,
+        db_user: row.get(27)?,
+        db_name: row.get(28)?,
+        application_name: row.get(29)?,
+        statements: Vec::new(),
     })
 }
 

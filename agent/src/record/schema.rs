@@ -1,7 +1,7 @@
 //! The SQLite schema of the recording store.
 use rusqlite::Connection;
 
-pub const VERSION: i64 = 3;
+pub const VERSION: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -46,7 +46,11 @@ CREATE TABLE IF NOT EXISTS connections (
     ended_at    INTEGER,
     error       TEXT,
     target      TEXT,
-    assurance   TEXT
+    assurance   TEXT,
+    protocol    TEXT,
+    db_user     TEXT,
+    db_name     TEXT,
+    application_name TEXT
 );
 CREATE INDEX IF NOT EXISTS connections_by_job ON connections (job_id, started_at);
 CREATE INDEX IF NOT EXISTS connections_by_start ON connections (started_at);
@@ -61,6 +65,30 @@ CREATE TABLE IF NOT EXISTS audit (
     detail      TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_by_time ON audit (at);
+CREATE TABLE IF NOT EXISTS statements (
+    id            TEXT PRIMARY KEY,
+    connection_id TEXT NOT NULL,
+    job_id        TEXT,
+    seq           INTEGER NOT NULL,
+    started_at    INTEGER NOT NULL,
+    duration_us   INTEGER,
+    protocol      TEXT NOT NULL,
+    database      TEXT NOT NULL,
+    db_user       TEXT NOT NULL,
+    sql           TEXT NOT NULL,
+    params        TEXT NOT NULL,
+    kind          TEXT NOT NULL,
+    tables        TEXT NOT NULL,
+    functions     TEXT NOT NULL,
+    decision      TEXT NOT NULL,
+    policy_ids    TEXT NOT NULL,
+    reason        TEXT NOT NULL,
+    rows          INTEGER,
+    sqlstate      TEXT,
+    error         TEXT
+);
+CREATE INDEX IF NOT EXISTS statements_by_connection ON statements (connection_id, seq);
+CREATE INDEX IF NOT EXISTS statements_by_job ON statements (job_id, started_at);
 ";
 
 /// Opens the writer's pragmas and creates the tables.
@@ -82,6 +110,15 @@ pub fn apply(conn: &Connection) -> rusqlite::Result<()> {
              ALTER TABLE jobs ADD COLUMN assurance TEXT;
              ALTER TABLE jobs ADD COLUMN origin_cgroup TEXT;
              ALTER TABLE connections ADD COLUMN assurance TEXT;",
+        )?;
+    }
+    if (1..4).contains(&version) {
+        // Version 4 records PostgreSQL sessions (their statements get a table of their own).
+        conn.execute_batch(
+            "ALTER TABLE connections ADD COLUMN protocol TEXT;
+             ALTER TABLE connections ADD COLUMN db_user TEXT;
+             ALTER TABLE connections ADD COLUMN db_name TEXT;
+             ALTER TABLE connections ADD COLUMN application_name TEXT;",
         )?;
     }
     conn.pragma_update(None, "user_version", VERSION)?;

@@ -13,7 +13,10 @@ use std::{
 
 use rusqlite::{Connection, params};
 
-use super::{ConnectionRecord, JobExit, JobRecord, RecordError, RecordEvent, Recorder, schema};
+use super::{
+    ConnectionRecord, JobExit, JobRecord, RecordError, RecordEvent, Recorder, StatementRecord,
+    schema,
+};
 use crate::metrics::RecordMetrics;
 
 /// How long a failed batch waits before it is written again.
@@ -193,6 +196,7 @@ fn write_batch(conn: &mut Connection, batch: &[RecordEvent]) -> rusqlite::Result
         match event {
             RecordEvent::ConnectionOpened(c) if ended.contains(c.id.as_str()) => {}
             RecordEvent::Flush(_) => {}
+            RecordEvent::Statement(st) => insert_statement(&tx, st)?,
             RecordEvent::JobStarted(job) => insert_job(&tx, job)?,
             RecordEvent::JobEnded {
                 id,
@@ -291,9 +295,9 @@ fn insert_connection(tx: &rusqlite::Transaction<'_>, c: &ConnectionRecord) -> ru
     let mut stmt = tx.prepare_cached(
         "INSERT OR REPLACE INTO connections (id, job_id, attributed, pid, tid, uid, gid, comm, \
          exe, cgroup_id, source, destination, decision, reason, policy_ids, bytes_up, \
-         bytes_down, started_at, connect_us, ended_at, error, target, assurance) VALUES (?1, ?2, \
-         ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, \
-         ?22, ?23)",
+         bytes_down, started_at, connect_us, ended_at, error, target, assurance, protocol, db_user, \
+         db_name, application_name) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, \
+         ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)",
     )?;
     stmt.execute(params![
         c.id,
@@ -319,6 +323,42 @@ fn insert_connection(tx: &rusqlite::Transaction<'_>, c: &ConnectionRecord) -> ru
         c.error,
         c.target,
         c.assurance.map(|a| a.as_str()),
+        c.protocol,
+        c.db_user,
+        c.db_name,
+        c.application_name,
+    ])?;
+    Ok(())
+}
+
+fn insert_statement(tx: &rusqlite::Transaction<'_>, s: &StatementRecord) -> rusqlite::Result<()> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT OR REPLACE INTO statements (id, connection_id, job_id, seq, started_at, \
+         duration_us, protocol, database, db_user, sql, params, kind, tables, functions, \
+         decision, policy_ids, reason, rows, sqlstate, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, \
+         ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+    )?;
+    stmt.execute(params![
+        s.id,
+        s.connection_id,
+        s.job_id,
+        s.seq as i64,
+        s.started_at,
+        s.duration_us.map(|d| d as i64),
+        s.protocol,
+        s.database,
+        s.user,
+        s.sql,
+        to_json(&s.params),
+        s.kind,
+        to_json(&s.tables),
+        to_json(&s.functions),
+        s.decision,
+        to_json(&s.policy_ids),
+        s.reason,
+        s.rows.map(|r| r as i64),
+        s.sqlstate,
+        s.error,
     ])?;
     Ok(())
 }

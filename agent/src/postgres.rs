@@ -1,0 +1,4 @@
+//! PostgreSQL-aware interception: classification of statements, their enforcement and
+//! recording. The wire protocol itself is the `tollgate-pgwire` crate.
+pub mod classify;
+pub mod session;

@@ -1,0 +1,949 @@
+//! One PostgreSQL session, relayed message by message. Each statement is classified,
+//! decided by policy and recorded. A denied statement never reaches the server as
+//! itself: the server gets a statement that fails to parse instead, so that client and
+//! server agree on the transaction state and the error recovery of the extended
+//! protocol, and the client gets Tollgate's ErrorResponse (SQLSTATE 42501) in place of
+//! the server's.
+use std::{
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
+    net::TcpStream,
+    sync::oneshot,
+};
+use tollgate_pgwire::{self as wire, WireError, backend, frontend};
+use tollgate_policy::{Decision, Effect, Principal, Process, SqlContext};
+
+use super::classify::{self, Kind};
+use crate::{
+    enforce::Enforcer,
+    record::{RecordEvent, Recorder, StatementRecord, now_ms},
+};
+
+/// What the server gets instead of a denied statement: it cannot parse, so it fails in
+/// the server exactly where the denied statement would have run.
+const DENIED_SQL: &str = "TOLLGATE_DENIED_BY_POLICY";
+/// SQLSTATE insufficient_privilege.
+const DENIED_SQLSTATE: &str = "42501";
+/// SQLSTATE protocol_violation.
+const PROTOCOL_VIOLATION: &str = "08P01";
+const READ_CHUNK: usize = 16 * 1024;
+
+/// The session's startup parameters.
+#[derive(Debug, Clone, Default)]
+pub struct Startup {
+    pub user: Option<String>,
+    pub database: Option<String>,
+    pub application_name: Option<String>,
+    /// `startup`, `cancel`, or `none` (the client closed before a startup message).
+    pub kind: &'static str,
+}
+
+pub struct Outcome {
+    pub up: u64,
+    pub down: u64,
+    pub error: Option<String>,
+    pub startup: Startup,
+    pub revoked: Option<Decision>,
+}
+
+/// What decides and records the session's statements.
+pub struct Context {
+    pub enforcer: Arc<Enforcer>,
+    pub recorder: Recorder,
+    pub principal: Arc<Principal>,
+    pub process: Process,
+    pub destination: SocketAddr,
+    pub connection_id: String,
+    pub job_id: Option<String>,
+    pub max_message: usize,
+}
+
+/// Why one direction of the relay stopped early.
+struct Ended {
+    message: String,
+    /// Tollgate's own error for the client, delivered before an orderly close (a
+    /// protocol violation), instead of resetting the client.
+    to_client: Option<Vec<u8>>,
+}
+
+impl From<String> for Ended {
+    fn from(message: String) -> Self {
+        Self {
+            message,
+            to_client: None,
+        }
+    }
+}
+
+/// What the server's answers to one client message belong to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// A simple Query: everything up to ReadyForQuery.
+    Query,
+    Parse,
+    Bind,
+    Describe,
+    Execute,
+    Close,
+    Sync,
+    /// FunctionCall: its result, then ReadyForQuery.
+    Function,
+}
+
+struct Pending {
+    expect: Expect,
+    /// Tollgate's ErrorResponse, sent in place of the server's.
+    denial: Option<Vec<u8>>,
+    /// Statements this message runs, in order (a Query may have several).
+    records: VecDeque<StatementRecord>,
+}
+
+struct Prepared {
+    sql: String,
+    statements: Arc<Vec<classify::Statement>>,
+    decision: Decision,
+}
+
+#[derive(Default)]
+struct State {
+    pending: VecDeque<Pending>,
+    prepared: HashMap<String, Prepared>,
+    /// Portal → (statement name, parameters as recorded).
+    portals: HashMap<String, (String, Vec<String>)>,
+    /// Set after an error in the extended protocol: the server skips to Sync.
+    skipping: bool,
+    seq: u64,
+    decisions: HashMap<(&'static str, Vec<String>), Decision>,
+    generation: u64,
+}
+
+/// A buffer of bytes read from one side, from which whole messages are taken.
+struct Inbox {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl Inbox {
+    fn new() -> Self {
+        Self {
+            buf: Vec::with_capacity(READ_CHUNK),
+            start: 0,
+        }
+    }
+
+    /// Reads more; Ok(0) at EOF.
+    async fn fill<R: AsyncRead + Unpin>(&mut self, reader: &mut R) -> std::io::Result<usize> {
+        if self.start > 0 && self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        } else if self.start > READ_CHUNK {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        let len = self.buf.len();
+        self.buf.resize(len + READ_CHUNK, 0);
+        let n = reader.read(&mut self.buf[len..]).await;
+        self.buf.truncate(len + *n.as_ref().unwrap_or(&0));
+        n
+    }
+
+    /// The next whole message, if there is one.
+    fn next(
+        &mut self,
+        tagged: bool,
+        max: usize,
+    ) -> Result<Option<std::ops::Range<usize>>, WireError> {
+        let rest = &self.buf[self.start..];
+        let len = if tagged {
+            wire::tagged_len(rest, max)?
+        } else {
+            wire::startup_len(rest, max)?
+        };
+        Ok(len.map(|len| {
+            let range = self.start..self.start + len;
+            self.start += len;
+            range
+        }))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.start == self.buf.len()
+    }
+}
+
+/// Relays a PostgreSQL session between `client` and `upstream`.
+pub async fn run(
+    mut client: TcpStream,
+    mut upstream: TcpStream,
+    ctx: &Context,
+    revoke: Option<oneshot::Receiver<Decision>>,
+) -> Outcome {
+    let mut outcome = Outcome {
+        up: 0,
+        down: 0,
+        error: None,
+        startup: Startup {
+            kind: "none",
+            ..Startup::default()
+        },
+        revoked: None,
+    };
+    // The startup phase: untagged messages from the client.
+    let mut inbox = Inbox::new();
+    let startup = loop {
+        match inbox.next(false, ctx.max_message) {
+            Ok(Some(range)) => {
+                let msg = inbox.buf[range].to_vec();
+                match frontend::parse_startup(&msg) {
+                    // TLS and GSS encryption are not offered (yet): the client goes on
+                    // in plaintext on loopback, or gives up if it requires encryption.
+                    Ok(frontend::Startup::SslRequest | frontend::Startup::GssEncRequest) => {
+                        if let Err(e) = client.write_all(b"N").await {
+                            outcome.error = Some(format!("client: {e}"));
+                            return outcome;
+                        }
+                    }
+                    Ok(frontend::Startup::Cancel { .. }) => {
+                        outcome.startup.kind = "cancel";
+                        // The original server is the one to cancel on.
+                        outcome.up += msg.len() as u64;
+                        if let Err(e) = upstream.write_all(&msg).await {
+                            outcome.error = Some(format!("server: {e}"));
+                        }
+                        let _ = upstream.shutdown().await;
+                        let mut sink = [0u8; 64];
+                        let _ = upstream.read(&mut sink).await;
+                        return outcome;
+                    }
+                    Ok(startup @ frontend::Startup::Startup { .. }) => break (startup, msg),
+                    Err(error) => {
+                        protocol_error(&mut client, &error).await;
+                        outcome.error = Some(format!("malformed startup from the client: {error}"));
+                        return outcome;
+                    }
+                }
+            }
+            Ok(None) => match inbox.fill(&mut client).await {
+                Ok(0) => return outcome,
+                Ok(n) => outcome.up += n as u64,
+                Err(e) => {
+                    outcome.error = Some(format!("client: {e}"));
+                    return outcome;
+                }
+            },
+            Err(error) => {
+                protocol_error(&mut client, &error).await;
+                outcome.error = Some(format!("malformed startup from the client: {error}"));
+                return outcome;
+            }
+        }
+    };
+    let (startup, startup_bytes) = startup;
+    outcome.startup = Startup {
+        user: startup.param("user").map(str::to_owned),
+        database: startup
+            .param("database")
+            .or_else(|| startup.param("user"))
+            .map(str::to_owned),
+        application_name: startup.param("application_name").map(str::to_owned),
+        kind: "startup",
+    };
+    if let Err(e) = upstream.write_all(&startup_bytes).await {
+        outcome.error = Some(format!("server: {e}"));
+        return outcome;
+    }
+    let sql_context = SqlContext {
+        database: outcome.startup.database.clone().unwrap_or_default(),
+        user: outcome.startup.user.clone().unwrap_or_default(),
+        tables: Vec::new(),
+    };
+
+    let state = Mutex::new(State {
+        generation: ctx.enforcer.generation(),
+        ..State::default()
+    });
+    let up = std::sync::atomic::AtomicU64::new(0);
+    let down = std::sync::atomic::AtomicU64::new(0);
+    let error = {
+        let (mut client_read, mut client_write) = client.split();
+        let (mut upstream_read, mut upstream_write) = upstream.split();
+        let to_server = client_to_server(
+            &mut client_read,
+            &mut upstream_write,
+            inbox,
+            &state,
+            ctx,
+            &sql_context,
+            &up,
+        );
+        let to_client = server_to_client(&mut upstream_read, &mut client_write, &state, ctx, &down);
+        let revoke = async move {
+            match revoke {
+                Some(receiver) => receiver.await.ok(),
+                None => None,
+            }
+        };
+        tokio::pin!(to_server, to_client, revoke);
+        let (mut up_done, mut down_done, mut revoke_done) = (false, false, false);
+        loop {
+            tokio::select! {
+                result = &mut to_server, if !up_done => match result {
+                    Ok(()) => up_done = true,
+                    Err(e) => break Some(e),
+                },
+                result = &mut to_client, if !down_done => match result {
+                    Ok(()) => down_done = true,
+                    Err(e) => break Some(e),
+                },
+                decision = &mut revoke, if !revoke_done => match decision {
+                    Some(decision) => {
+                        outcome.revoked = Some(decision);
+                        break Some(Ended::from("closed: revoked by a policy reload".to_owned()));
+                    }
+                    None => revoke_done = true,
+                },
+            }
+            if up_done && down_done {
+                break None;
+            }
+        }
+    };
+    // Statements still waiting for an answer when the session ended.
+    let leftover: Vec<StatementRecord> = state
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .pending
+        .drain(..)
+        .flat_map(|p| p.records)
+        .collect();
+    for mut record in leftover {
+        record
+            .error
+            .get_or_insert_with(|| "the session ended before the statement completed".to_owned());
+        finish(ctx, record);
+    }
+    match &error {
+        Some(Ended {
+            to_client: Some(response),
+            ..
+        }) => {
+            // A protocol violation: the client gets the error, then an orderly close.
+            let _ = socket2::SockRef::from(&upstream).set_linger(Some(std::time::Duration::ZERO));
+            let _ = client.write_all(response).await;
+            let _ = client.shutdown().await;
+        }
+        Some(_) => {
+            for stream in [&client, &upstream] {
+                let _ = socket2::SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO));
+            }
+        }
+        None => {}
+    }
+    outcome.up += up.into_inner();
+    outcome.down = down.into_inner();
+    outcome.error = error.map(|e| e.message);
+    outcome
+}
+
+async fn protocol_error<W: AsyncWrite + Unpin>(client: &mut W, error: &WireError) {
+    let response = backend::error_response(
+        PROTOCOL_VIOLATION,
+        &format!("tollgate: malformed message from the client: {error}"),
+        None,
+        None,
+    );
+    let _ = client.write_all(&response).await;
+    let _ = client.shutdown().await;
+}
+
+fn finish(ctx: &Context, mut record: StatementRecord) {
+    if let Some(started) = record.started.take() {
+        record.duration_us = Some(started.elapsed().as_micros() as u64);
+    }
+    ctx.recorder
+        .record(RecordEvent::Statement(Box::new(record)));
+}
+
+impl State {
+    /// The decision for a message's statements (the first blocking one wins), and the
+    /// kind of the statement that decided it.
+    fn decide(
+        &mut self,
+        ctx: &Context,
+        sql: &SqlContext,
+        statements: &[classify::Statement],
+    ) -> (Decision, Kind) {
+        let generation = ctx.enforcer.generation();
+        if generation != self.generation {
+            self.generation = generation;
+            self.decisions.clear();
+        }
+        let mut allowed: Option<(Decision, Kind)> = None;
+        for statement in statements {
+            let Some(action) = statement.kind.action() else {
+                continue;
+            };
+            let key = (action, statement.tables.clone());
+            let decision = match self.decisions.get(&key) {
+                Some(decision) => decision.clone(),
+                None => {
+                    let context = SqlContext {
+                        tables: statement.tables.clone(),
+                        ..sql.clone()
+                    };
+                    let decision = ctx.enforcer.decide_sql(
+                        &ctx.principal,
+                        &ctx.process,
+                        ctx.destination,
+                        action,
+                        &context,
+                    );
+                    if self.decisions.len() > 1024 {
+                        self.decisions.clear();
+                    }
+                    self.decisions.insert(key, decision.clone());
+                    decision
+                }
+            };
+            if decision.blocks() {
+                return (decision, statement.kind);
+            }
+            if allowed.is_none() || decision.effect != Effect::Allow {
+                // In audit mode, a would-be denial is what gets recorded.
+                allowed = Some((decision, statement.kind));
+            }
+        }
+        allowed.unwrap_or_else(|| {
+            (
+                Decision::allow("transaction control is always allowed"),
+                Kind::Transaction,
+            )
+        })
+    }
+
+    fn record(
+        &mut self,
+        ctx: &Context,
+        sql: &SqlContext,
+        statement: &classify::Statement,
+        decision: &Decision,
+        protocol: &'static str,
+        params: Vec<String>,
+    ) -> StatementRecord {
+        self.seq += 1;
+        StatementRecord {
+            id: uuid::Uuid::now_v7().to_string(),
+            connection_id: ctx.connection_id.clone(),
+            job_id: ctx.job_id.clone(),
+            seq: self.seq,
+            started_at: now_ms(),
+            started: Some(Instant::now()),
+            duration_us: None,
+            protocol: protocol.to_owned(),
+            database: sql.database.clone(),
+            user: sql.user.clone(),
+            sql: statement.text.clone(),
+            params,
+            kind: statement.kind.as_str().to_owned(),
+            tables: statement.tables.clone(),
+            functions: statement.functions.clone(),
+            decision: decision.label().to_owned(),
+            policy_ids: decision.policy_ids.clone(),
+            reason: decision.reason.clone(),
+            rows: None,
+            sqlstate: None,
+            error: statement
+                .error
+                .clone()
+                .map(|e| format!("does not parse: {e}")),
+        }
+    }
+}
+
+/// Tollgate's ErrorResponse for a blocked statement.
+fn denial(decision: &Decision, kind: Kind) -> Vec<u8> {
+    let who = if decision.policy_ids.is_empty() {
+        "no policy permits it (default deny)".to_owned()
+    } else {
+        format!("policy {}", decision.policy_ids.join(", "))
+    };
+    let message = match decision.effect {
+        Effect::RequireApproval => format!(
+            "tollgate: this {} statement requires just-in-time approval ({who}), which is not available yet",
+            kind.as_str()
+        ),
+        _ => format!("tollgate: {} statement denied: {who}", kind.as_str()),
+    };
+    backend::error_response(
+        DENIED_SQLSTATE,
+        &message,
+        Some(&decision.reason),
+        Some("Tollgate decided this by policy; see `tollgate sessions show` for the record."),
+    )
+}
+
+fn params_of(params: &[Option<&[u8]>], formats: &[i16]) -> Vec<String> {
+    params
+        .iter()
+        .enumerate()
+        .map(|(i, value)| {
+            let format = match formats.len() {
+                0 => 0,
+                1 => formats[0],
+                _ => formats.get(i).copied().unwrap_or(0),
+            };
+            match value {
+                None => "NULL".to_owned(),
+                Some(bytes) if format == 0 => String::from_utf8_lossy(bytes).into_owned(),
+                Some(bytes) => format!("<binary, {} bytes>", bytes.len()),
+            }
+        })
+        .collect()
+}
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one direction of the relay and what it shares"
+)]
+async fn client_to_server<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    mut inbox: Inbox,
+    state: &Mutex<State>,
+    ctx: &Context,
+    sql: &SqlContext,
+    count: &std::sync::atomic::AtomicU64,
+) -> Result<(), Ended>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut out = Vec::with_capacity(READ_CHUNK);
+    loop {
+        let malformed = {
+            let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                let range = match inbox.next(true, ctx.max_message) {
+                    Ok(Some(range)) => range,
+                    Ok(None) => break None,
+                    Err(error) => break Some(error),
+                };
+                let msg = &inbox.buf[range];
+                match frontend::parse(msg) {
+                    Ok(parsed) => handle_frontend(&mut state, ctx, sql, parsed, msg, &mut out),
+                    Err(error) => break Some(error),
+                }
+            }
+        };
+        if let Some(error) = malformed {
+            // What was accepted before the bad message still goes to the server.
+            let _ = writer.write_all(&out).await;
+            return Err(Ended {
+                message: format!("protocol violation by the client: {error}"),
+                to_client: Some(backend::error_response(
+                    PROTOCOL_VIOLATION,
+                    &format!("tollgate: malformed message from the client: {error}"),
+                    None,
+                    None,
+                )),
+            });
+        }
+        if !out.is_empty() {
+            writer
+                .write_all(&out)
+                .await
+                .map_err(|e| Ended::from(format!("client to server: {e}")))?;
+            out.clear();
+        }
+        match inbox.fill(reader).await {
+            Ok(0) => {
+                if !inbox.is_empty() {
+                    let message = "the client closed in the middle of a message";
+                    return Err(Ended {
+                        message: format!("protocol violation by the client: {message}"),
+                        to_client: Some(backend::error_response(
+                            PROTOCOL_VIOLATION,
+                            &format!("tollgate: truncated message from the client: {message}"),
+                            None,
+                            None,
+                        )),
+                    });
+                }
+                let _ = writer.shutdown().await;
+                return Ok(());
+            }
+            Ok(n) => {
+                count.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(e) => return Err(Ended::from(format!("client to server: {e}"))),
+        }
+    }
+}
+
+fn handle_frontend(
+    state: &mut State,
+    ctx: &Context,
+    sql: &SqlContext,
+    message: frontend::Message<'_>,
+    raw: &[u8],
+    out: &mut Vec<u8>,
+) {
+    match message {
+        frontend::Message::Query(text) => {
+            let statements = classify::classify(text);
+            let (decision, kind) = state.decide(ctx, sql, &statements);
+            let records = statements
+                .iter()
+                .map(|s| state.record(ctx, sql, s, &decision, "simple", Vec::new()))
+                .collect();
+            let blocked = decision.blocks();
+            state.pending.push_back(Pending {
+                expect: Expect::Query,
+                denial: blocked.then(|| denial(&decision, kind)),
+                records,
+            });
+            if blocked {
+                out.extend_from_slice(&frontend::query(DENIED_SQL));
+            } else {
+                out.extend_from_slice(raw);
+            }
+        }
+        frontend::Message::Parse {
+            name, sql: text, ..
+        } => {
+            let statements = classify::classify(text);
+            let (decision, kind) = state.decide(ctx, sql, &statements);
+            let blocked = decision.blocks();
+            let mut records = VecDeque::new();
+            if blocked {
+                // It will never run: its record is written now, with the denial.
+                for s in statements.iter() {
+                    records.push_back(state.record(ctx, sql, s, &decision, "extended", Vec::new()));
+                }
+                state.pending.push_back(Pending {
+                    expect: Expect::Parse,
+                    denial: Some(denial(&decision, kind)),
+                    records,
+                });
+                state.prepared.remove(name);
+                out.extend_from_slice(&frontend::parse_message(name, DENIED_SQL));
+            } else {
+                state.prepared.insert(
+                    name.to_owned(),
+                    Prepared {
+                        sql: text.to_owned(),
+                        statements,
+                        decision,
+                    },
+                );
+                state.pending.push_back(Pending {
+                    expect: Expect::Parse,
+                    denial: None,
+                    records,
+                });
+                out.extend_from_slice(raw);
+            }
+        }
+        frontend::Message::Bind {
+            portal,
+            statement,
+            param_formats,
+            params,
+            ..
+        } => {
+            state.portals.insert(
+                portal.to_owned(),
+                (statement.to_owned(), params_of(&params, &param_formats)),
+            );
+            state.pending.push_back(simple(Expect::Bind));
+            out.extend_from_slice(raw);
+        }
+        frontend::Message::Execute { portal, .. } => {
+            let mut records = VecDeque::new();
+            if let Some((statement, params)) = state.portals.get(portal).cloned()
+                && let Some(prepared) = state.prepared.get(&statement)
+            {
+                let statements = prepared.statements.clone();
+                let decision = prepared.decision.clone();
+                let sql_text = prepared.sql.clone();
+                for s in statements.iter() {
+                    let mut record =
+                        state.record(ctx, sql, s, &decision, "extended", params.clone());
+                    if statements.len() == 1 {
+                        record.sql = sql_text.trim().trim_end_matches(';').trim_end().to_owned();
+                    }
+                    records.push_back(record);
+                }
+            }
+            state.pending.push_back(Pending {
+                expect: Expect::Execute,
+                denial: None,
+                records,
+            });
+            out.extend_from_slice(raw);
+        }
+        frontend::Message::Describe { .. } => {
+            state.pending.push_back(simple(Expect::Describe));
+            out.extend_from_slice(raw);
+        }
+        frontend::Message::Close { kind, name } => {
+            if kind == b'S' {
+                state.prepared.remove(name);
+            } else {
+                state.portals.remove(name);
+            }
+            state.pending.push_back(simple(Expect::Close));
+            out.extend_from_slice(raw);
+        }
+        frontend::Message::Sync => {
+            state.pending.push_back(simple(Expect::Sync));
+            out.extend_from_slice(raw);
+        }
+        frontend::Message::FunctionCall { oid } => {
+            let statement = classify::Statement {
+                text: format!("(function call, oid {oid})"),
+                kind: Kind::Procedural,
+                tables: Vec::new(),
+                functions: vec![oid.to_string()],
+                error: None,
+            };
+            let (decision, _) = state.decide(ctx, sql, std::slice::from_ref(&statement));
+            let record = state.record(ctx, sql, &statement, &decision, "function", Vec::new());
+            let blocked = decision.blocks();
+            state.pending.push_back(Pending {
+                expect: Expect::Function,
+                denial: blocked.then(|| denial(&decision, Kind::Procedural)),
+                records: [record].into(),
+            });
+            if blocked {
+                out.extend_from_slice(&frontend::query(DENIED_SQL));
+            } else {
+                out.extend_from_slice(raw);
+            }
+        }
+        frontend::Message::Flush
+        | frontend::Message::Terminate
+        | frontend::Message::CopyData(_)
+        | frontend::Message::CopyDone
+        | frontend::Message::CopyFail(_)
+        | frontend::Message::Auth(_) => out.extend_from_slice(raw),
+    }
+}
+
+fn simple(expect: Expect) -> Pending {
+    Pending {
+        expect,
+        denial: None,
+        records: VecDeque::new(),
+    }
+}
+
+async fn server_to_client<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    state: &Mutex<State>,
+    ctx: &Context,
+    count: &std::sync::atomic::AtomicU64,
+) -> Result<(), Ended>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut inbox = Inbox::new();
+    let mut out = Vec::with_capacity(READ_CHUNK);
+    let mut finished = Vec::new();
+    loop {
+        let malformed = {
+            let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                let range = match inbox.next(true, ctx.max_message) {
+                    Ok(Some(range)) => range,
+                    Ok(None) => break None,
+                    Err(error) => break Some(error),
+                };
+                let msg = &inbox.buf[range];
+                match backend::parse(msg) {
+                    Ok(parsed) => handle_backend(&mut state, parsed, msg, &mut out, &mut finished),
+                    Err(error) => break Some(error),
+                }
+            }
+        };
+        for record in finished.drain(..) {
+            finish(ctx, record);
+        }
+        if let Some(error) = malformed {
+            // What was accepted before the bad message still goes to the client.
+            let _ = writer.write_all(&out).await;
+            return Err(Ended {
+                message: format!("protocol violation by the server: {error}"),
+                to_client: Some(backend::error_response(
+                    PROTOCOL_VIOLATION,
+                    &format!("tollgate: malformed message from the server: {error}"),
+                    None,
+                    None,
+                )),
+            });
+        }
+        if !out.is_empty() {
+            writer
+                .write_all(&out)
+                .await
+                .map_err(|e| Ended::from(format!("server to client: {e}")))?;
+            out.clear();
+        }
+        match inbox.fill(reader).await {
+            Ok(0) => {
+                let _ = writer.shutdown().await;
+                return Ok(());
+            }
+            Ok(n) => {
+                count.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(e) => return Err(Ended::from(format!("server to client: {e}"))),
+        }
+    }
+}
+
+fn handle_backend(
+    state: &mut State,
+    message: backend::Message<'_>,
+    raw: &[u8],
+    out: &mut Vec<u8>,
+    finished: &mut Vec<StatementRecord>,
+) {
+    match message {
+        backend::Message::Error(fields) => {
+            let sqlstate = fields
+                .iter()
+                .find(|(k, _)| *k == b'C')
+                .map(|(_, v)| (*v).to_owned());
+            let text = fields
+                .iter()
+                .find(|(k, _)| *k == b'M')
+                .map(|(_, v)| (*v).to_owned());
+            let Some(head) = state.pending.front_mut() else {
+                // An error outside any request (e.g. during authentication, or FATAL).
+                out.extend_from_slice(raw);
+                return;
+            };
+            if let Some(denial) = head.denial.take() {
+                out.extend_from_slice(&denial);
+                for mut record in head.records.drain(..) {
+                    if record.decision == "deny" || record.decision == "require_approval" {
+                        record.sqlstate = Some(DENIED_SQLSTATE.to_owned());
+                        record.error = Some("denied by policy".to_owned());
+                    } else {
+                        record.error = Some(
+                            "not executed: another statement of the query was denied".to_owned(),
+                        );
+                    }
+                    finished.push(record);
+                }
+            } else {
+                out.extend_from_slice(raw);
+                if let Some(mut record) = head.records.pop_front() {
+                    record.sqlstate = sqlstate;
+                    record.error = text;
+                    finished.push(record);
+                }
+                for mut record in head.records.drain(..) {
+                    record.error = Some("not executed: an earlier statement failed".to_owned());
+                    finished.push(record);
+                }
+            }
+            match head.expect {
+                Expect::Query | Expect::Function | Expect::Sync => {}
+                _ => {
+                    // Extended protocol: the server discards messages up to Sync.
+                    state.pending.pop_front();
+                    while let Some(next) = state.pending.front() {
+                        if next.expect == Expect::Sync {
+                            break;
+                        }
+                        if let Some(skipped) = state.pending.pop_front() {
+                            for mut record in skipped.records {
+                                record.error =
+                                    Some("not executed: an earlier message failed".to_owned());
+                                finished.push(record);
+                            }
+                        }
+                    }
+                    state.skipping = true;
+                }
+            }
+        }
+        backend::Message::ReadyForQuery(_) => {
+            state.skipping = false;
+            // Ends a Query, a FunctionCall or a Sync.
+            if let Some(head) = state.pending.pop_front() {
+                for record in head.records {
+                    finished.push(record);
+                }
+            }
+            out.extend_from_slice(raw);
+        }
+        backend::Message::CommandComplete(tag) => {
+            if let Some(head) = state.pending.front_mut() {
+                if let Some(mut record) = head.records.pop_front() {
+                    record.rows = backend::rows_of(tag);
+                    finished.push(record);
+                }
+                if head.expect == Expect::Execute {
+                    state.pending.pop_front();
+                }
+            }
+            out.extend_from_slice(raw);
+        }
+        backend::Message::EmptyQuery => {
+            if let Some(head) = state.pending.front_mut() {
+                if let Some(record) = head.records.pop_front() {
+                    finished.push(record);
+                }
+                if head.expect == Expect::Execute {
+                    state.pending.pop_front();
+                }
+            }
+            out.extend_from_slice(raw);
+        }
+        backend::Message::Other(tag) => {
+            let pops = match tag {
+                b'1' => Some(Expect::Parse),
+                b'2' => Some(Expect::Bind),
+                b'3' => Some(Expect::Close),
+                b'n' => Some(Expect::Describe),
+                // PortalSuspended: the Execute ran up to its row limit.
+                b's' => Some(Expect::Execute),
+                _ => None,
+            };
+            if let Some(expect) = pops
+                && state.pending.front().is_some_and(|p| p.expect == expect)
+                && let Some(head) = state.pending.pop_front()
+            {
+                for record in head.records {
+                    finished.push(record);
+                }
+            }
+            out.extend_from_slice(raw);
+        }
+        backend::Message::RowDescription(_) => {
+            // Describe (statement or portal) ends with RowDescription or NoData.
+            if state
+                .pending
+                .front()
+                .is_some_and(|p| p.expect == Expect::Describe)
+            {
+                state.pending.pop_front();
+            }
+            out.extend_from_slice(raw);
+        }
+        backend::Message::Authentication { .. }
+        | backend::Message::Notice(_)
+        | backend::Message::DataRow(_) => out.extend_from_slice(raw),
+    }
+}

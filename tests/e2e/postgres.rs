@@ -1,0 +1,379 @@
+//! PostgreSQL-aware interception with real clients: statements classified, decided by
+//! policy (a denied statement gets SQLSTATE 42501 and both sides agree on the
+//! transaction state), and recorded, simple and extended protocol alike.
+use std::{
+    io::Write as _,
+    path::Path,
+    process::{Command, Stdio},
+};
+
+use serde_json::Value;
+use tollgate_e2e::{Agent, output, postgres, require_root, stderr, stdout};
+
+const POLICY: &str = r#"
+@id("pg-connect")
+permit(principal, action == Action::"connect", resource)
+when { resource.name == "pg" };
+
+@id("pg-read-write")
+permit(principal, action in [Action::"sql:read", Action::"sql:write"], resource)
+when { resource.name == "pg" };
+
+@id("no-ddl-in-production")
+forbid(principal, action == Action::"sql:ddl", resource)
+when { resource.hasTag("env") && resource.getTag("env") == "production" };
+"#;
+
+fn agent(pg_port: u16) -> Agent {
+    let targets = format!(
+        "[[targets]]\nname = \"pg\"\ncidrs = [\"127.0.0.1/32\", \"::1/128\"]\nports = [{pg_port}]\n\
+         protocol = \"postgres\"\ntags = {{ env = \"production\" }}\n"
+    );
+    Agent::start_with_policy("", &targets, |dir| {
+        std::fs::create_dir_all(dir).expect("policy dir");
+        std::fs::write(dir.join("pg.cedar"), POLICY).expect("policy");
+    })
+}
+
+/// Runs psql in a job with `script` on stdin (errors do not stop it).
+fn psql_script(
+    agent: &Agent,
+    pg: &tollgate_e2e::postgres::Postgres,
+    script: &str,
+) -> std::process::Output {
+    let port = pg.port.to_string();
+    let mut child = agent
+        .run_command(
+            &[("repository", "acme/api")],
+            &[
+                "psql",
+                "-X",
+                "-A",
+                "-t",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ],
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("psql");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(script.as_bytes())
+        .expect("script");
+    child.wait_with_output().expect("psql")
+}
+
+fn direct_psql(pg: &tollgate_e2e::postgres::Postgres, sql: &str) -> String {
+    let args = pg.psql_args("127.0.0.1", sql);
+    let out = output(Command::new(&args[0]).args(&args[1..]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out).trim().to_owned()
+}
+
+fn statements(agent: &Agent, session: &Value) -> Vec<Value> {
+    let id = session["id"].as_str().expect("session id");
+    let out = output(agent.tollgate().args(["sessions", "show", id, "--json"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let shown: Value = serde_json::from_str(&stdout(&out)).expect("json");
+    shown["statements"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn a_denied_ddl_inside_a_transaction_fails_it_on_both_sides() {
+    if !require_root() {
+        return;
+    }
+    let pg = postgres();
+    let agent = agent(pg.port);
+    let script = "BEGIN;\nSELECT 'one';\nCREATE TABLE tollgate_denied_ddl (id int);\n\
+                  SELECT 'two';\nROLLBACK;\nSELECT 'after';\nSELECT 1; SELECT 2;\n";
+    let out = psql_script(&agent, pg, script);
+    let (out_text, err_text) = (stdout(&out), stderr(&out));
+    assert_eq!(
+        out_text.lines().collect::<Vec<_>>(),
+        ["BEGIN", "one", "ROLLBACK", "after", "1", "2"],
+        "stdout: {out_text}\nstderr: {err_text}"
+    );
+    assert!(
+        err_text.contains("tollgate: ddl statement denied: policy no-ddl-in-production"),
+        "{err_text}"
+    );
+    // The server is in the failed-transaction state too: the next statement is refused.
+    assert!(
+        err_text.contains("current transaction is aborted"),
+        "{err_text}"
+    );
+    assert_eq!(
+        direct_psql(
+            pg,
+            "select count(*) from pg_tables where tablename = 'tollgate_denied_ddl'"
+        ),
+        "0"
+    );
+
+    let sessions = agent.wait_sessions(None, 1);
+    let session = &sessions[0];
+    assert_eq!(session["protocol"], "postgres");
+    assert_eq!(session["db_user"], "postgres");
+    assert_eq!(session["db_name"], "postgres");
+    assert_eq!(session["application_name"], "psql");
+    let statements = tollgate_e2e::wait_for(
+        "the statements on record",
+        std::time::Duration::from_secs(10),
+        || {
+            let s = statements(&agent, session);
+            (s.len() >= 8).then_some(s)
+        },
+    );
+    let summary: Vec<(String, String, String)> = statements
+        .iter()
+        .map(|s| {
+            (
+                s["sql"].as_str().unwrap_or_default().to_owned(),
+                s["kind"].as_str().unwrap_or_default().to_owned(),
+                s["decision"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("BEGIN", "transaction", "allow"),
+        ("SELECT 'one'", "read", "allow"),
+        ("CREATE TABLE tollgate_denied_ddl (id int)", "ddl", "deny"),
+        ("SELECT 'two'", "read", "allow"),
+        ("ROLLBACK", "transaction", "allow"),
+        ("SELECT 'after'", "read", "allow"),
+        ("SELECT 1", "read", "allow"),
+        ("SELECT 2", "read", "allow"),
+    ];
+    assert_eq!(
+        summary,
+        expected
+            .iter()
+            .map(|(a, b, c)| ((*a).to_owned(), (*b).to_owned(), (*c).to_owned()))
+            .collect::<Vec<_>>()
+    );
+    let denied = &statements[2];
+    assert_eq!(denied["sqlstate"], "42501");
+    assert_eq!(denied["policy_ids"][0], "no-ddl-in-production");
+    assert_eq!(denied["tables"][0], "tollgate_denied_ddl");
+    assert_eq!(statements[3]["sqlstate"], "25P02", "refused by the server");
+    assert_eq!(statements[1]["rows"], 1);
+    assert!(statements.iter().all(|s| s["protocol"] == "simple"));
+}
+
+fn pgbench(agent: &Agent, pg_port: u16, args: &[&str]) -> std::process::Output {
+    let port = pg_port.to_string();
+    let mut cmd: Vec<&str> = vec!["pgbench", "-h", "127.0.0.1", "-p", &port, "-U", "postgres"];
+    cmd.extend_from_slice(args);
+    cmd.push("postgres");
+    agent.run_job(&[("repository", "acme/api")], &cmd)
+}
+
+#[test]
+fn pgbench_simple_extended_and_prepared_are_followed_and_recorded() {
+    if !require_root() {
+        return;
+    }
+    let pg = postgres();
+    // Initialized directly: its DDL would be denied in a job.
+    let init = output(
+        Command::new("pgbench")
+            .args([
+                "-i",
+                "-q",
+                "-s",
+                "1",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-p",
+            ])
+            .arg(pg.port.to_string())
+            .arg("postgres"),
+    );
+    assert!(init.status.success(), "pgbench -i: {}", stderr(&init));
+    let agent = agent(pg.port);
+    for mode in ["simple", "extended", "prepared"] {
+        let out = pgbench(&agent, pg.port, &["-n", "-t", "25", "-M", mode]);
+        assert!(
+            out.status.success(),
+            "pgbench -M {mode}: {}\n{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        assert!(
+            stdout(&out).contains("number of transactions actually processed: 25/25"),
+            "{}",
+            stdout(&out)
+        );
+    }
+    // Each pgbench run opens a short setup session, then the benchmark's.
+    let sessions = agent.wait_sessions(None, 6);
+    let mut by_protocol = std::collections::BTreeMap::new();
+    for session in &sessions {
+        // TPC-B: 7 statements per transaction.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let statements = loop {
+            let s = statements(&agent, session);
+            let is_setup = !s.is_empty() && s.len() < 20;
+            if is_setup || s.len() >= 25 * 7 || std::time::Instant::now() > deadline {
+                break s;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        if statements.len() < 20 {
+            continue;
+        }
+        assert_eq!(statements.len(), 25 * 7, "{session}");
+        let protocol = statements[0]["protocol"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let writes = statements.iter().filter(|s| s["kind"] == "write").count();
+        assert_eq!(
+            writes,
+            25 * 4,
+            "{protocol}: 3 UPDATEs and an INSERT per transaction"
+        );
+        assert!(
+            statements
+                .iter()
+                .all(|s| s["decision"] == "allow" && s["sqlstate"].is_null()),
+            "{protocol}: {statements:#?}"
+        );
+        let update = statements
+            .iter()
+            .find(|s| {
+                s["sql"]
+                    .as_str()
+                    .is_some_and(|q| q.starts_with("UPDATE pgbench_accounts"))
+            })
+            .expect("an UPDATE");
+        assert_eq!(update["tables"][0], "pgbench_accounts");
+        assert_eq!(update["rows"], 1);
+        if protocol == "extended" {
+            assert!(
+                !update["params"].as_array().expect("params").is_empty(),
+                "{update}"
+            );
+        }
+        *by_protocol.entry(protocol).or_insert(0) += 1;
+    }
+    assert_eq!(by_protocol.get("simple"), Some(&1), "{by_protocol:?}");
+    assert_eq!(by_protocol.get("extended"), Some(&2), "{by_protocol:?}");
+
+    // A denied statement in the extended protocol: the error comes back, the session
+    // recovers at Sync, and the next transaction is denied in the same way.
+    let script = Path::new(&agent.dir.path().to_owned()).join("ddl.sql");
+    std::fs::write(
+        &script,
+        "CREATE TABLE IF NOT EXISTS tollgate_bench_ddl (id int);\n",
+    )
+    .expect("script");
+    let out = pgbench(
+        &agent,
+        pg.port,
+        &[
+            "-n",
+            "-t",
+            "1",
+            "-M",
+            "extended",
+            "-f",
+            script.to_str().expect("path"),
+        ],
+    );
+    assert!(!out.status.success(), "the DDL must fail");
+    assert!(
+        stderr(&out).contains("tollgate: ddl statement denied: policy no-ddl-in-production"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// Sends `payload` after a valid startup message, from inside a job, and returns what
+/// came back.
+fn hostile(agent: &Agent, pg_port: u16, payload_hex: &str) -> String {
+    let script = format!(
+        r#"
+import socket, struct, sys
+s = socket.create_connection(("127.0.0.1", {pg_port}))
+params = b"user\0postgres\0database\0postgres\0\0"
+s.sendall(struct.pack("!ii", 8 + len(params), 196608) + params)
+got = b""
+while not got.endswith(b"Z\0\0\0\x05I"):
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    got += chunk
+s.sendall(bytes.fromhex("{payload_hex}"))
+s.shutdown(socket.SHUT_WR)
+reply = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    reply += chunk
+sys.stdout.write(reply.decode("utf-8", "replace"))
+"#
+    );
+    let out = agent.run_job(&[("repository", "acme/api")], &["python3", "-c", &script]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out)
+}
+
+#[test]
+fn hostile_bytes_get_a_protocol_error_and_the_session_is_recorded() {
+    if !require_root() {
+        return;
+    }
+    let pg = postgres();
+    let agent = agent(pg.port);
+    // A Query whose length word is negative, then one far over the size limit, then a
+    // Query that ends in the middle of its text.
+    let cases = [
+        ("51ffffffff", "invalid message length -1"),
+        ("517fffff00", "exceeds the limit"),
+        (
+            "510000000a73656c",
+            "the client closed in the middle of a message",
+        ),
+    ];
+    for (payload, _) in &cases[..2] {
+        let reply = hostile(&agent, pg.port, payload);
+        assert!(
+            reply.contains("08P01")
+                && reply.contains("tollgate: malformed message from the client"),
+            "{payload}: {reply:?}"
+        );
+    }
+    let reply = hostile(&agent, pg.port, cases[2].0);
+    assert!(
+        reply.contains("tollgate: truncated message from the client"),
+        "{reply:?}"
+    );
+    let sessions = agent.wait_sessions(None, 3);
+    for (_, error) in cases {
+        assert!(
+            sessions
+                .iter()
+                .any(|s| s["error"].as_str().is_some_and(|e| e.contains(error))),
+            "no session recorded with `{error}`: {sessions:#?}"
+        );
+    }
+    // The agent is unaffected.
+    let ok = psql_script(&agent, pg, "SELECT 'still fine';\n");
+    assert_eq!(stdout(&ok).trim(), "still fine", "{}", stderr(&ok));
+}
