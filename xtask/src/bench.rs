@@ -1,7 +1,8 @@
-//! `cargo xtask bench`: pgbench against PostgreSQL through three paths in one run — a
-//! direct connection, the same client inside a Tollgate job (L4 relay), and pgbouncer in
-//! session mode — interleaved over several rounds, reporting median TPS and the ratio to
-//! direct from the same round.
+//! `cargo xtask bench`: pgbench against PostgreSQL through four paths in one run — a
+//! direct connection, the same client inside a Tollgate job with the agent relaying at L4
+//! (`postgres.enabled = false`) and following PostgreSQL at L7 (every statement
+//! classified, decided and recorded), and pgbouncer in session mode — interleaved over
+//! several rounds, reporting median TPS and the ratio to direct from the same round.
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -30,7 +31,16 @@ const WORKLOADS: [(&str, &[&str]); 2] = [
         &["-C", "-S", "-M", "simple", "-c", "4", "-j", "2"],
     ),
 ];
-const PATHS: [&str; 3] = ["direct", "tollgate", "pgbouncer"];
+const PATHS: [&str; 4] = ["direct", "tollgate-l4", "tollgate-l7", "pgbouncer"];
+
+/// One agent under test: its path name, proxy port and whether it follows PostgreSQL.
+const AGENTS: [(&str, u16, bool); 2] = [("tollgate-l4", 979, false), ("tollgate-l7", 978, true)];
+
+struct RunningAgent {
+    child: Child,
+    config: PathBuf,
+    socket: PathBuf,
+}
 
 pub fn bench(root: &Path, options: &Options) -> anyhow::Result<()> {
     if !crate::is_root() {
@@ -138,9 +148,7 @@ struct Environment {
     pg_port: u16,
     bouncer_port: u16,
     bouncer: Option<Child>,
-    agent: Option<Child>,
-    agent_config: PathBuf,
-    agent_socket: PathBuf,
+    agents: Vec<(&'static str, RunningAgent)>,
     pg_started: bool,
 }
 
@@ -181,9 +189,7 @@ impl Environment {
             pg_port: free_port()?,
             bouncer_port: free_port()?,
             bouncer: None,
-            agent: None,
-            agent_config: scratch.join("agent.toml"),
-            agent_socket: scratch.join("control.sock"),
+            agents: Vec::new(),
             pg_started: false,
         };
         if let Err(error) = env.start_all(scale) {
@@ -259,37 +265,46 @@ impl Environment {
                 .context("starting pgbouncer")?,
         );
 
-        let name = format!("tollgate-bench-{}", std::process::id());
-        let config = format!(
-            "[proxy]\nport = 979\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
-             [control]\nsocket = \"{socket}\"\n[cgroup]\nparent = \"{name}\"\n\
-             [bpf]\npin_dir = \"/sys/fs/bpf/{name}\"\n[state]\ndir = \"{state}\"\n\
-             [log]\nlevel = \"warn\"\n",
-            admin = free_port()?,
-            socket = self.agent_socket.display(),
-            state = self.scratch.join("state").display(),
-        );
-        fs::write(&self.agent_config, config)?;
-        let log = fs::File::create(self.scratch.join("agent.log"))?;
-        self.agent = Some(
-            Command::new(&self.bin)
+        for (path, port, postgres) in AGENTS {
+            let name = format!("{path}-bench-{}", std::process::id());
+            let dir = self.scratch.join(path);
+            fs::create_dir_all(&dir)?;
+            let socket = dir.join("control.sock");
+            let config_path = dir.join("agent.toml");
+            let config = format!(
+                "[proxy]\nport = {port}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+                 [control]\nsocket = \"{socket}\"\n[cgroup]\nparent = \"{name}\"\n\
+                 [bpf]\npin_dir = \"/sys/fs/bpf/{name}\"\n[state]\ndir = \"{state}\"\n\
+                 [log]\nlevel = \"warn\"\n[postgres]\nenabled = {postgres}\n",
+                admin = free_port()?,
+                socket = socket.display(),
+                state = dir.join("state").display(),
+            );
+            fs::write(&config_path, config)?;
+            let log = fs::File::create(dir.join("agent.log"))?;
+            let child = Command::new(&self.bin)
                 .arg("agent")
                 .arg("--config")
-                .arg(&self.agent_config)
+                .arg(&config_path)
                 .stdout(log.try_clone()?)
                 .stderr(log)
                 .spawn()
-                .context("starting the agent")?,
-        );
-        let start = Instant::now();
-        while !self.agent_socket.exists() {
-            if start.elapsed() > Duration::from_secs(20) {
-                bail!(
-                    "the agent did not start; see {}/agent.log",
-                    self.scratch.display()
-                );
+                .context("starting the agent")?;
+            self.agents.push((
+                path,
+                RunningAgent {
+                    child,
+                    config: config_path,
+                    socket: socket.clone(),
+                },
+            ));
+            let start = Instant::now();
+            while !socket.exists() {
+                if start.elapsed() > Duration::from_secs(20) {
+                    bail!("the agent did not start; see {}/agent.log", dir.display());
+                }
+                std::thread::sleep(Duration::from_millis(50));
             }
-            std::thread::sleep(Duration::from_millis(50));
         }
         // Every path must answer before measuring.
         for path in PATHS {
@@ -320,9 +335,10 @@ impl Environment {
             pgbench.extend(["-T".to_owned(), seconds.to_string()]);
         }
         pgbench.push("postgres".to_owned());
-        let mut cmd = if path == "tollgate" {
+        let agent = self.agents.iter().find(|(name, _)| *name == path);
+        let mut cmd = if let Some((_, agent)) = agent {
             let mut cmd = Command::new(&self.bin);
-            cmd.env("TOLLGATE_CONTROL_SOCKET", &self.agent_socket)
+            cmd.env("TOLLGATE_CONTROL_SOCKET", &agent.socket)
                 .args(["run", "--label", "bench=pgbench", "--"])
                 .args(&pgbench);
             cmd
@@ -350,13 +366,14 @@ impl Environment {
     }
 
     fn stop(&mut self) {
-        if let Some(mut agent) = self.agent.take() {
-            // SAFETY: kill(2) on our own child.
-            let _ = Command::new("kill").arg(agent.id().to_string()).status();
-            let _ = agent.wait();
+        for (_, mut agent) in self.agents.drain(..) {
+            let _ = Command::new("kill")
+                .arg(agent.child.id().to_string())
+                .status();
+            let _ = agent.child.wait();
             let _ = Command::new(&self.bin)
                 .args(["agent", "--cleanup", "--config"])
-                .arg(&self.agent_config)
+                .arg(&agent.config)
                 .stdout(Stdio::null())
                 .status();
         }

@@ -1,5 +1,6 @@
 //! `cargo xtask`: setup, build, run, test (and, later, bench and vm-test).
 mod bench;
+mod fuzz;
 mod setup;
 mod test;
 
@@ -45,6 +46,12 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         scale: u32,
     },
+    /// Fuzz the PostgreSQL wire parsers (cargo-fuzz, pinned nightly).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+    },
     /// Setup, then every check and test: fmt, clippy (host and bpf), unit, end-to-end.
     Test {
         /// Only run end-to-end tests whose name contains this.
@@ -89,6 +96,10 @@ fn main() -> anyhow::Result<()> {
                     scale,
                 },
             )
+        }
+        Cmd::Fuzz { seconds } => {
+            setup::all(&root)?;
+            fuzz::fuzz(&root, seconds)
         }
         Cmd::Test {
             e2e_filter,
