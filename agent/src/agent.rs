@@ -196,6 +196,7 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
         config.proxy.buffer_size,
         config.recording.strict,
         config.postgres.clone(),
+        Arc::new(config.masking.clone()),
     ));
     let admin_state = Arc::new(AdminState {
         metrics: metrics.clone(),

@@ -55,6 +55,8 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub identity: IdentityConfig,
     pub postgres: PostgresConfig,
+    /// Masking of sensitive values in PostgreSQL results and recordings.
+    pub masking: crate::postgres::mask::MaskingConfig,
     /// The targets catalog: named destinations for policies (`[[targets]]`).
     pub targets: Vec<TargetSpec>,
 }

@@ -219,6 +219,33 @@ impl Enforcer {
         }
     }
 
+    /// Whether a policy explicitly permits `action` (exemptions such as `mask:exempt`):
+    /// false without policies, and in audit mode only a real permit counts.
+    pub fn permits(
+        &self,
+        principal: &Principal,
+        process: &Process,
+        destination: SocketAddr,
+        action: &str,
+        sql: &tollgate_policy::SqlContext,
+    ) -> bool {
+        self.active
+            .load()
+            .engine
+            .as_ref()
+            .is_some_and(|engine| engine.permits(principal, process, destination, action, sql))
+    }
+
+    /// The catalog target's name for a destination, or `(unknown)`.
+    pub fn target_name(&self, destination: SocketAddr) -> String {
+        self.active
+            .load()
+            .engine
+            .as_ref()
+            .and_then(|engine| engine.target(destination))
+            .map_or_else(|| "(unknown)".to_owned(), |t| t.name.clone())
+    }
+
     /// The protocol the targets catalog declares for a destination (`postgres`, ...).
     pub fn protocol_of(&self, destination: SocketAddr) -> Option<String> {
         self.active

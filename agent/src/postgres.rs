@@ -1,4 +1,5 @@
 //! PostgreSQL-aware interception: classification of statements, their enforcement and
 //! recording. The wire protocol itself is the `tollgate-pgwire` crate.
 pub mod classify;
+pub mod mask;
 pub mod session;

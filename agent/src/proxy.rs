@@ -57,6 +57,7 @@ pub struct Shared {
     pub buffer_size: usize,
     pub strict_recording: bool,
     pub postgres: crate::config::PostgresConfig,
+    pub masking: Arc<crate::postgres::mask::MaskingConfig>,
     live: AtomicUsize,
 }
 
@@ -77,6 +78,7 @@ impl Shared {
         buffer_size: usize,
         strict_recording: bool,
         postgres: crate::config::PostgresConfig,
+        masking: Arc<crate::postgres::mask::MaskingConfig>,
     ) -> Self {
         Self {
             maps,
@@ -90,6 +92,7 @@ impl Shared {
             buffer_size,
             strict_recording,
             postgres,
+            masking,
             live: AtomicUsize::new(0),
         }
     }

@@ -99,6 +99,23 @@ impl PolicyEngine {
         self.decide(principal, process, destination, action, Some(sql))
     }
 
+    /// Whether a policy permits `action` outright (no mode, no SQL adoption rule): for
+    /// exemptions such as `mask:exempt`, which must be granted explicitly.
+    pub fn permits(
+        &self,
+        principal: &Principal,
+        process: &Process,
+        destination: SocketAddr,
+        action: &str,
+        sql: &SqlContext,
+    ) -> bool {
+        let target = self.target(destination);
+        matches!(
+            self.evaluate(principal, process, destination, target, action, Some(sql)),
+            Ok((Effect::Allow, _, _))
+        )
+    }
+
     fn decide(
         &self,
         principal: &Principal,

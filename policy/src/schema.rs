@@ -58,6 +58,8 @@ action "sql:write" appliesTo { principal: [Job], resource: [Target], context: Sq
 action "sql:ddl" appliesTo { principal: [Job], resource: [Target], context: SqlContext };
 action "sql:admin" appliesTo { principal: [Job], resource: [Target], context: SqlContext };
 action "sql:unknown" appliesTo { principal: [Job], resource: [Target], context: SqlContext };
+// Exempts a job from masking of PostgreSQL results (decided once per session).
+action "mask:exempt" appliesTo { principal: [Job], resource: [Target], context: SqlContext };
 action "http:request" appliesTo {
   principal: [Job],
   resource: [Target],

@@ -377,3 +377,86 @@ fn hostile_bytes_get_a_protocol_error_and_the_session_is_recorded() {
     let ok = psql_script(&agent, pg, "SELECT 'still fine';\n");
     assert_eq!(stdout(&ok).trim(), "still fine", "{}", stderr(&ok));
 }
+
+#[test]
+fn sensitive_values_are_masked_unless_the_job_is_exempt_and_never_recorded() {
+    if !require_root() {
+        return;
+    }
+    let pg = postgres();
+    let setup = "DROP TABLE IF EXISTS tollgate_customers; \
+        CREATE TABLE tollgate_customers (id int, name text, email text, card text, ssn text, age int); \
+        INSERT INTO tollgate_customers VALUES \
+        (1, 'Alice', 'alice@example.com', '4111 1111 1111 1111', '123-45-6789', 41), \
+        (2, 'Bob', 'bob@example.org', 'no card on file', NULL, 37)";
+    direct_psql(pg, setup);
+    let targets = format!(
+        "[[targets]]\nname = \"pg\"\ncidrs = [\"127.0.0.1/32\"]\nports = [{port}]\n\
+         protocol = \"postgres\"\n\n\
+         [[masking.rules]]\ncolumns = [\"ssn\", \"*_ssn\"]\ntables = [\"tollgate_customers\"]\n",
+        port = pg.port
+    );
+    let policy = format!(
+        "{POLICY}\n@id(\"auditors-see-clear\")\n\
+         permit(principal, action == Action::\"mask:exempt\", resource)\n\
+         when {{ principal.hasTag(\"team\") && principal.getTag(\"team\") == \"audit\" }};\n"
+    );
+    let agent = Agent::start_with_policy("", &targets, |dir| {
+        std::fs::create_dir_all(dir).expect("policy dir");
+        std::fs::write(dir.join("pg.cedar"), &policy).expect("policy");
+    });
+    let query = pg.psql_args(
+        "127.0.0.1",
+        "SELECT name, email, card, ssn, age FROM tollgate_customers ORDER BY id",
+    );
+    let query: Vec<&str> = query.iter().map(String::as_str).collect();
+
+    let masked = agent.run_job(&[("repository", "acme/api")], &query);
+    assert!(masked.status.success(), "{}", stderr(&masked));
+    assert_eq!(
+        stdout(&masked).lines().collect::<Vec<_>>(),
+        [
+            "Alice|****@example.com|************1111|****|41",
+            "Bob|****@example.org|no card on file||37",
+        ],
+        "masked for a job without an exemption"
+    );
+    let clear = agent.run_job(&[("repository", "acme/api"), ("team", "audit")], &query);
+    assert!(clear.status.success(), "{}", stderr(&clear));
+    assert_eq!(
+        stdout(&clear).lines().collect::<Vec<_>>(),
+        [
+            "Alice|alice@example.com|4111 1111 1111 1111|123-45-6789|41",
+            "Bob|bob@example.org|no card on file||37",
+        ],
+        "clear for an exempt job"
+    );
+
+    // What is recorded is masked too, exempt or not.
+    let insert = pg.psql_args(
+        "127.0.0.1",
+        "INSERT INTO tollgate_customers VALUES (3, 'Carol', 'carol@example.net', '5500 0000 0000 0004', NULL, 29)",
+    );
+    let insert: Vec<&str> = insert.iter().map(String::as_str).collect();
+    let out = agent.run_job(&[("repository", "acme/api"), ("team", "audit")], &insert);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let sessions = agent.wait_sessions(None, 3);
+    let recorded: Vec<String> = sessions
+        .iter()
+        .flat_map(|s| statements(&agent, s))
+        .filter_map(|s| s["sql"].as_str().map(str::to_owned))
+        .collect();
+    let insert_sql = recorded
+        .iter()
+        .find(|s| s.starts_with("INSERT INTO tollgate_customers"))
+        .unwrap_or_else(|| panic!("no INSERT recorded: {recorded:?}"));
+    assert!(
+        insert_sql.contains("'****@example.net'") && insert_sql.contains("'************0004'"),
+        "{insert_sql}"
+    );
+    assert!(
+        !recorded.iter().any(|s| s.contains("carol@")),
+        "{recorded:?}"
+    );
+    direct_psql(pg, "DROP TABLE tollgate_customers");
+}

@@ -19,7 +19,10 @@ use tokio::{
 use tollgate_pgwire::{self as wire, WireError, backend, frontend};
 use tollgate_policy::{Decision, Effect, Principal, Process, SqlContext};
 
-use super::classify::{self, Kind};
+use super::{
+    classify::{self, Kind},
+    mask::{self, MaskingConfig},
+};
 use crate::{
     enforce::Enforcer,
     record::{RecordEvent, Recorder, StatementRecord, now_ms},
@@ -62,6 +65,9 @@ pub struct Context {
     pub connection_id: String,
     pub job_id: Option<String>,
     pub max_message: usize,
+    pub masking: Arc<MaskingConfig>,
+    /// The catalog target's name (masking rules can be scoped to it).
+    pub target: String,
 }
 
 /// Why one direction of the relay stopped early.
@@ -102,20 +108,124 @@ struct Pending {
     denial: Option<Vec<u8>>,
     /// Statements this message runs, in order (a Query may have several).
     records: VecDeque<StatementRecord>,
+    /// Describe: what is described (`S` or `P`, name).
+    described: Option<(u8, String)>,
+    /// Execute: how to mask its rows, when the columns are already known.
+    plan: Option<Plan>,
+}
+
+/// A result column: name and type.
+#[derive(Debug, Clone)]
+struct ColumnInfo {
+    name: String,
+    type_oid: u32,
+    format: i16,
+}
+
+/// What happens to each column of the rows of one result.
+#[derive(Debug, Clone, Default)]
+struct Plan {
+    columns: Vec<ColumnMask>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ColumnMask {
+    Keep,
+    /// A masking rule matched: the value is replaced (None: NULL).
+    Replace(Option<Vec<u8>>),
+    /// A text value: detectors run on it.
+    Detect,
+}
+
+impl Plan {
+    fn new(
+        masking: &MaskingConfig,
+        scope: &mask::Scope<'_>,
+        tables: &[String],
+        columns: &[ColumnInfo],
+        formats: &[i16],
+    ) -> Option<Self> {
+        if !masking.enabled {
+            return None;
+        }
+        let format_of = |i: usize| match formats.len() {
+            0 => 0,
+            1 => formats[0],
+            _ => formats.get(i).copied().unwrap_or(0),
+        };
+        let columns: Vec<ColumnMask> = columns
+            .iter()
+            .enumerate()
+            .map(|(i, column)| {
+                if masking.masks_column(scope, tables, &column.name) {
+                    ColumnMask::Replace(mask::column_replacement(column.type_oid, format_of(i)))
+                } else if !masking.detectors.is_empty()
+                    && (format_of(i) == 0 || mask::is_text_type(column.type_oid))
+                    && column.type_oid != 3802
+                {
+                    ColumnMask::Detect
+                } else {
+                    ColumnMask::Keep
+                }
+            })
+            .collect();
+        columns
+            .iter()
+            .any(|c| *c != ColumnMask::Keep)
+            .then_some(Self { columns })
+    }
+
+    /// The row masked, or None when nothing changed.
+    fn apply(&self, masking: &MaskingConfig, values: &[Option<&[u8]>]) -> Option<Vec<u8>> {
+        let mut changed = false;
+        let mut masked: Vec<Option<Vec<u8>>> = Vec::with_capacity(values.len());
+        for (i, value) in values.iter().enumerate() {
+            let out = match (self.columns.get(i), value) {
+                (Some(ColumnMask::Replace(replacement)), Some(_)) => {
+                    changed = true;
+                    replacement.clone()
+                }
+                (Some(ColumnMask::Detect), Some(bytes)) => match std::str::from_utf8(bytes) {
+                    Ok(text) => match masking.redact(text) {
+                        std::borrow::Cow::Owned(redacted) => {
+                            changed = true;
+                            Some(redacted.into_bytes())
+                        }
+                        std::borrow::Cow::Borrowed(_) => Some(bytes.to_vec()),
+                    },
+                    Err(_) => Some(bytes.to_vec()),
+                },
+                (_, value) => value.map(<[u8]>::to_vec),
+            };
+            masked.push(out);
+        }
+        changed.then(|| {
+            let refs: Vec<Option<&[u8]>> = masked.iter().map(|v| v.as_deref()).collect();
+            backend::data_row(&refs)
+        })
+    }
 }
 
 struct Prepared {
     sql: String,
     statements: Arc<Vec<classify::Statement>>,
     decision: Decision,
+    /// From a Describe of the statement.
+    columns: Option<Vec<ColumnInfo>>,
 }
 
 #[derive(Default)]
 struct State {
     pending: VecDeque<Pending>,
     prepared: HashMap<String, Prepared>,
-    /// Portal → (statement name, parameters as recorded).
-    portals: HashMap<String, (String, Vec<String>)>,
+    /// Portal → (statement name, parameters as recorded, result formats).
+    portals: HashMap<String, (String, Vec<String>, Vec<i16>)>,
+    /// Columns of a portal, from a Describe of it.
+    portal_columns: HashMap<String, Vec<ColumnInfo>>,
+    /// How the rows now arriving are masked.
+    plan: Option<Plan>,
+    /// This job is exempt from masking (policy `mask:exempt`).
+    exempt: bool,
     /// Set after an error in the extended protocol: the server skips to Sync.
     skipping: bool,
     seq: u64,
@@ -264,8 +374,17 @@ pub async fn run(
         tables: Vec::new(),
     };
 
+    let exempt = ctx.masking.enabled
+        && ctx.enforcer.permits(
+            &ctx.principal,
+            &ctx.process,
+            ctx.destination,
+            "mask:exempt",
+            &sql_context,
+        );
     let state = Mutex::new(State {
         generation: ctx.enforcer.generation(),
+        exempt,
         ..State::default()
     });
     let up = std::sync::atomic::AtomicU64::new(0);
@@ -282,7 +401,14 @@ pub async fn run(
             &sql_context,
             &up,
         );
-        let to_client = server_to_client(&mut upstream_read, &mut client_write, &state, ctx, &down);
+        let to_client = server_to_client(
+            &mut upstream_read,
+            &mut client_write,
+            &state,
+            ctx,
+            &sql_context,
+            &down,
+        );
         let revoke = async move {
             match revoke {
                 Some(receiver) => receiver.await.ok(),
@@ -448,8 +574,11 @@ impl State {
             protocol: protocol.to_owned(),
             database: sql.database.clone(),
             user: sql.user.clone(),
-            sql: statement.text.clone(),
-            params,
+            sql: ctx.masking.redact(&statement.text).into_owned(),
+            params: params
+                .iter()
+                .map(|p| ctx.masking.redact(p).into_owned())
+                .collect(),
             kind: statement.kind.as_str().to_owned(),
             tables: statement.tables.clone(),
             functions: statement.functions.clone(),
@@ -607,6 +736,8 @@ fn handle_frontend(
                 expect: Expect::Query,
                 denial: blocked.then(|| denial(&decision, kind)),
                 records,
+                described: None,
+                plan: None,
             });
             if blocked {
                 out.extend_from_slice(&frontend::query(DENIED_SQL));
@@ -630,6 +761,8 @@ fn handle_frontend(
                     expect: Expect::Parse,
                     denial: Some(denial(&decision, kind)),
                     records,
+                    described: None,
+                    plan: None,
                 });
                 state.prepared.remove(name);
                 out.extend_from_slice(&frontend::parse_message(name, DENIED_SQL));
@@ -640,12 +773,15 @@ fn handle_frontend(
                         sql: text.to_owned(),
                         statements,
                         decision,
+                        columns: None,
                     },
                 );
                 state.pending.push_back(Pending {
                     expect: Expect::Parse,
                     denial: None,
                     records,
+                    described: None,
+                    plan: None,
                 });
                 out.extend_from_slice(raw);
             }
@@ -655,20 +791,41 @@ fn handle_frontend(
             statement,
             param_formats,
             params,
-            ..
+            result_formats,
         } => {
+            state.portal_columns.remove(portal);
             state.portals.insert(
                 portal.to_owned(),
-                (statement.to_owned(), params_of(&params, &param_formats)),
+                (
+                    statement.to_owned(),
+                    params_of(&params, &param_formats),
+                    result_formats,
+                ),
             );
             state.pending.push_back(simple(Expect::Bind));
             out.extend_from_slice(raw);
         }
         frontend::Message::Execute { portal, .. } => {
             let mut records = VecDeque::new();
-            if let Some((statement, params)) = state.portals.get(portal).cloned()
+            let mut plan = None;
+            if let Some((statement, params, formats)) = state.portals.get(portal).cloned()
                 && let Some(prepared) = state.prepared.get(&statement)
             {
+                if !state.exempt {
+                    let columns = state
+                        .portal_columns
+                        .get(portal)
+                        .map(|c| (c.clone(), c.iter().map(|c| c.format).collect()))
+                        .or_else(|| prepared.columns.clone().map(|c| (c, formats.clone())));
+                    let tables: Vec<String> = prepared
+                        .statements
+                        .iter()
+                        .flat_map(|s| s.tables.clone())
+                        .collect();
+                    plan = columns.and_then(|(columns, formats)| {
+                        Plan::new(&ctx.masking, &scope(ctx, sql), &tables, &columns, &formats)
+                    });
+                }
                 let statements = prepared.statements.clone();
                 let decision = prepared.decision.clone();
                 let sql_text = prepared.sql.clone();
@@ -676,7 +833,8 @@ fn handle_frontend(
                     let mut record =
                         state.record(ctx, sql, s, &decision, "extended", params.clone());
                     if statements.len() == 1 {
-                        record.sql = sql_text.trim().trim_end_matches(';').trim_end().to_owned();
+                        let text = sql_text.trim().trim_end_matches(';').trim_end();
+                        record.sql = ctx.masking.redact(text).into_owned();
                     }
                     records.push_back(record);
                 }
@@ -685,11 +843,15 @@ fn handle_frontend(
                 expect: Expect::Execute,
                 denial: None,
                 records,
+                described: None,
+                plan,
             });
             out.extend_from_slice(raw);
         }
-        frontend::Message::Describe { .. } => {
-            state.pending.push_back(simple(Expect::Describe));
+        frontend::Message::Describe { kind, name } => {
+            let mut pending = simple(Expect::Describe);
+            pending.described = Some((kind, name.to_owned()));
+            state.pending.push_back(pending);
             out.extend_from_slice(raw);
         }
         frontend::Message::Close { kind, name } => {
@@ -720,6 +882,8 @@ fn handle_frontend(
                 expect: Expect::Function,
                 denial: blocked.then(|| denial(&decision, Kind::Procedural)),
                 records: [record].into(),
+                described: None,
+                plan: None,
             });
             if blocked {
                 out.extend_from_slice(&frontend::query(DENIED_SQL));
@@ -741,6 +905,15 @@ fn simple(expect: Expect) -> Pending {
         expect,
         denial: None,
         records: VecDeque::new(),
+        described: None,
+        plan: None,
+    }
+}
+
+fn scope<'a>(ctx: &'a Context, sql: &'a SqlContext) -> mask::Scope<'a> {
+    mask::Scope {
+        target: &ctx.target,
+        database: &sql.database,
     }
 }
 
@@ -749,6 +922,7 @@ async fn server_to_client<R, W>(
     writer: &mut W,
     state: &Mutex<State>,
     ctx: &Context,
+    sql: &SqlContext,
     count: &std::sync::atomic::AtomicU64,
 ) -> Result<(), Ended>
 where
@@ -769,7 +943,9 @@ where
                 };
                 let msg = &inbox.buf[range];
                 match backend::parse(msg) {
-                    Ok(parsed) => handle_backend(&mut state, parsed, msg, &mut out, &mut finished),
+                    Ok(parsed) => {
+                        handle_backend(&mut state, ctx, sql, parsed, msg, &mut out, &mut finished)
+                    }
                     Err(error) => break Some(error),
                 }
             }
@@ -810,8 +986,14 @@ where
     }
 }
 
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the relay's state and one message"
+)]
 fn handle_backend(
     state: &mut State,
+    ctx: &Context,
+    sql: &SqlContext,
     message: backend::Message<'_>,
     raw: &[u8],
     out: &mut Vec<u8>,
@@ -880,6 +1062,7 @@ fn handle_backend(
         }
         backend::Message::ReadyForQuery(_) => {
             state.skipping = false;
+            state.plan = None;
             // Ends a Query, a FunctionCall or a Sync.
             if let Some(head) = state.pending.pop_front() {
                 for record in head.records {
@@ -889,6 +1072,7 @@ fn handle_backend(
             out.extend_from_slice(raw);
         }
         backend::Message::CommandComplete(tag) => {
+            state.plan = None;
             if let Some(head) = state.pending.front_mut() {
                 if let Some(mut record) = head.records.pop_front() {
                     record.rows = backend::rows_of(tag);
@@ -931,19 +1115,57 @@ fn handle_backend(
             }
             out.extend_from_slice(raw);
         }
-        backend::Message::RowDescription(_) => {
-            // Describe (statement or portal) ends with RowDescription or NoData.
-            if state
-                .pending
-                .front()
-                .is_some_and(|p| p.expect == Expect::Describe)
-            {
-                state.pending.pop_front();
+        backend::Message::RowDescription(columns) => {
+            let columns: Vec<ColumnInfo> = columns
+                .iter()
+                .map(|c| ColumnInfo {
+                    name: c.name.to_owned(),
+                    type_oid: c.type_oid,
+                    format: c.format,
+                })
+                .collect();
+            match state.pending.front() {
+                // Describe (statement or portal) ends with RowDescription or NoData.
+                Some(head) if head.expect == Expect::Describe => {
+                    match head.described.clone() {
+                        Some((b'S', name)) => {
+                            if let Some(prepared) = state.prepared.get_mut(&name) {
+                                prepared.columns = Some(columns);
+                            }
+                        }
+                        Some((_, name)) => {
+                            state.portal_columns.insert(name, columns);
+                        }
+                        None => {}
+                    }
+                    state.pending.pop_front();
+                }
+                Some(head) if head.expect == Expect::Query && !state.exempt => {
+                    let tables = head
+                        .records
+                        .front()
+                        .map(|r| r.tables.clone())
+                        .unwrap_or_default();
+                    let formats: Vec<i16> = columns.iter().map(|c| c.format).collect();
+                    state.plan =
+                        Plan::new(&ctx.masking, &scope(ctx, sql), &tables, &columns, &formats);
+                }
+                _ => {}
             }
             out.extend_from_slice(raw);
         }
-        backend::Message::Authentication { .. }
-        | backend::Message::Notice(_)
-        | backend::Message::DataRow(_) => out.extend_from_slice(raw),
+        backend::Message::DataRow(values) => {
+            let plan = match state.pending.front() {
+                Some(head) if head.expect == Expect::Execute => head.plan.as_ref(),
+                _ => state.plan.as_ref(),
+            };
+            match plan.and_then(|plan| plan.apply(&ctx.masking, &values)) {
+                Some(masked) => out.extend_from_slice(&masked),
+                None => out.extend_from_slice(raw),
+            }
+        }
+        backend::Message::Authentication { .. } | backend::Message::Notice(_) => {
+            out.extend_from_slice(raw)
+        }
     }
 }

@@ -89,6 +89,8 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
                 connection_id: log.id().to_owned(),
                 job_id: job.as_ref().map(|j| j.id.clone()),
                 max_message: shared.postgres.max_message_size,
+                masking: shared.masking.clone(),
+                target: shared.enforcer.target_name(destination),
             })
         }
         _ => None,
