@@ -539,6 +539,17 @@ impl Config {
                 return Err(invalid(key, "audience must not be empty"));
             }
         }
+        if self
+            .masking
+            .rules
+            .iter()
+            .any(|rule| rule.columns.is_empty())
+        {
+            return Err(invalid(
+                "masking.rules",
+                "every rule needs at least one column pattern",
+            ));
+        }
         if !(1024..=1024 * 1024 * 1024).contains(&self.postgres.max_message_size) {
             return Err(invalid(
                 "postgres.max_message_size",

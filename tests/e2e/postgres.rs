@@ -460,3 +460,108 @@ fn sensitive_values_are_masked_unless_the_job_is_exempt_and_never_recorded() {
     );
     direct_psql(pg, "DROP TABLE tollgate_customers");
 }
+
+/// The Python with psycopg 3 that `cargo xtask setup` installs.
+fn python() -> std::path::PathBuf {
+    std::env::var_os("TOLLGATE_PYTHON").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv/bin/python"),
+        std::path::PathBuf::from,
+    )
+}
+
+#[test]
+fn psycopg_parameters_pipelines_copy_and_binary_results_through_tollgate() {
+    if !require_root() {
+        return;
+    }
+    let pg = postgres();
+    direct_psql(
+        pg,
+        "DROP TABLE IF EXISTS tollgate_psycopg_rows; \
+         CREATE TABLE tollgate_psycopg_rows (id int, email text)",
+    );
+    let agent = agent(pg.port);
+    let dsn = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=postgres",
+        pg.port
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/psycopg_client.py");
+    let python = python();
+    assert!(
+        python.exists(),
+        "{} is missing: run `cargo xtask setup`",
+        python.display()
+    );
+    let out = agent.run_job(
+        &[("repository", "acme/api")],
+        &[
+            python.to_str().expect("path"),
+            script.to_str().expect("path"),
+            &dsn,
+        ],
+    );
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let seen: Value = serde_json::from_str(stdout(&out).trim()).expect("the client's JSON");
+    assert_eq!(seen["params"], serde_json::json!([42, "forty-two"]));
+    assert_eq!(seen["ddl"], "42501", "{seen}");
+    assert!(
+        seen["ddl_message"]
+            .as_str()
+            .is_some_and(|m| m.contains("policy no-ddl-in-production")),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["after_denial"], "25P02",
+        "the server agrees the transaction failed"
+    );
+    assert_eq!(seen["recovered"], "recovered");
+    assert_eq!(seen["pipeline_max"], 5);
+    // What the client sees is masked: text, binary and COPY alike; ints untouched.
+    assert_eq!(seen["binary"], serde_json::json!([1, "****@example.com"]));
+    assert_eq!(seen["text"], serde_json::json!([1, "****@example.com"]));
+    let copy_out = seen["copy_out"].as_array().expect("copy rows");
+    assert_eq!(copy_out.len(), 7);
+    assert_eq!(copy_out[5], serde_json::json!(["6", "****@example.net"]));
+    assert_eq!(copy_out[6], serde_json::json!(["7", "plain text"]));
+    // The data itself is intact.
+    assert_eq!(
+        direct_psql(pg, "select email from tollgate_psycopg_rows where id = 6"),
+        "copied@example.net"
+    );
+
+    // Every statement is on record, with its protocol.
+    let sessions = agent.wait_sessions(None, 1);
+    let statements = tollgate_e2e::wait_for(
+        "psycopg's statements",
+        std::time::Duration::from_secs(10),
+        || {
+            let s: Vec<Value> = sessions
+                .iter()
+                .flat_map(|s| statements(&agent, s))
+                .collect();
+            (s.len() >= 15).then_some(s)
+        },
+    );
+    let inserts = statements
+        .iter()
+        .filter(|s| {
+            s["sql"]
+                .as_str()
+                .is_some_and(|q| q.starts_with("INSERT INTO tollgate_psycopg_rows"))
+        })
+        .count();
+    assert_eq!(inserts, 5, "executemany: one record per execution");
+    let denied: Vec<&Value> = statements
+        .iter()
+        .filter(|s| s["decision"] == "deny")
+        .collect();
+    assert_eq!(denied.len(), 1, "{statements:#?}");
+    assert_eq!(denied[0]["protocol"], "extended");
+    assert!(statements.iter().any(|s| {
+        s["sql"]
+            .as_str()
+            .is_some_and(|q| q.starts_with("COPY tollgate_psycopg_rows"))
+            && s["rows"] == 2
+    }));
+    direct_psql(pg, "DROP TABLE tollgate_psycopg_rows");
+}

@@ -14,7 +14,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// bpf-linker's LLVM feature must match the pinned nightly's LLVM major version.
 const BPF_LINKER_FEATURES: &str = "llvm-22,no-llvm-linking";
 /// Debian packages, each with a file that shows it is installed.
-const APT_PACKAGES: [(&str, &str); 10] = [
+const APT_PACKAGES: [(&str, &str); 11] = [
     ("postgresql", "/usr/lib/postgresql"),
     ("postgresql-client", "/usr/bin/psql"),
     ("pgbouncer", "/usr/sbin/pgbouncer"),
@@ -22,6 +22,7 @@ const APT_PACKAGES: [(&str, &str); 10] = [
     ("iproute2", "/usr/sbin/ip"),
     ("bpftool", "/usr/sbin/bpftool"),
     ("python3", "/usr/bin/python3"),
+    ("python3-venv", "/usr/share/doc/python3-venv"),
     // Test-time OIDC signing keys, and the install tests' group management.
     ("openssl", "/usr/bin/openssl"),
     ("passwd", "/usr/sbin/groupadd"),
@@ -34,7 +35,34 @@ pub fn all(root: &Path) -> anyhow::Result<()> {
     nightly_toolchain(&nightly)?;
     bpf_linker(root, &nightly)?;
     apt_packages()?;
+    python_env(root)?;
     Ok(())
+}
+
+/// psycopg 3 (from PyPI) for the end-to-end tests, in a venv under target/.
+const PSYCOPG: &str = "3.3.9";
+
+fn python_env(root: &Path) -> anyhow::Result<()> {
+    let venv = root.join("target/pyenv");
+    let python = venv.join("bin/python");
+    let check = format!("import psycopg, sys; sys.exit(psycopg.__version__ != '{PSYCOPG}')");
+    if Command::new(&python)
+        .args(["-c", &check])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        eprintln!(
+            "xtask: setup: psycopg {PSYCOPG} is installed in {}",
+            venv.display()
+        );
+        return Ok(());
+    }
+    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    run(Command::new(venv.join("bin/pip")).args([
+        "install",
+        "--quiet",
+        &format!("psycopg[binary]=={PSYCOPG}"),
+    ]))
 }
 
 fn output(cmd: &mut Command) -> anyhow::Result<String> {

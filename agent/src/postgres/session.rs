@@ -112,6 +112,17 @@ struct Pending {
     described: Option<(u8, String)>,
     /// Execute: how to mask its rows, when the columns are already known.
     plan: Option<Plan>,
+    /// Execute: where its columns can be learned later (a Describe answered after it
+    /// was sent, as pipelining clients do).
+    execute: Option<ExecuteInfo>,
+}
+
+#[derive(Debug, Clone)]
+struct ExecuteInfo {
+    portal: String,
+    statement: String,
+    formats: Vec<i16>,
+    tables: Vec<String>,
 }
 
 /// A result column: name and type.
@@ -226,6 +237,8 @@ struct State {
     plan: Option<Plan>,
     /// This job is exempt from masking (policy `mask:exempt`).
     exempt: bool,
+    /// A text-format COPY TO is sending rows.
+    copy_out_text: bool,
     /// Set after an error in the extended protocol: the server skips to Sync.
     skipping: bool,
     seq: u64,
@@ -738,6 +751,7 @@ fn handle_frontend(
                 records,
                 described: None,
                 plan: None,
+                execute: None,
             });
             if blocked {
                 out.extend_from_slice(&frontend::query(DENIED_SQL));
@@ -763,6 +777,7 @@ fn handle_frontend(
                     records,
                     described: None,
                     plan: None,
+                    execute: None,
                 });
                 state.prepared.remove(name);
                 out.extend_from_slice(&frontend::parse_message(name, DENIED_SQL));
@@ -782,6 +797,7 @@ fn handle_frontend(
                     records,
                     described: None,
                     plan: None,
+                    execute: None,
                 });
                 out.extend_from_slice(raw);
             }
@@ -839,12 +855,26 @@ fn handle_frontend(
                     records.push_back(record);
                 }
             }
+            let execute = state.portals.get(portal).map(|(statement, _, formats)| {
+                let tables = state
+                    .prepared
+                    .get(statement)
+                    .map(|p| p.statements.iter().flat_map(|s| s.tables.clone()).collect())
+                    .unwrap_or_default();
+                ExecuteInfo {
+                    portal: portal.to_owned(),
+                    statement: statement.clone(),
+                    formats: formats.clone(),
+                    tables,
+                }
+            });
             state.pending.push_back(Pending {
                 expect: Expect::Execute,
                 denial: None,
                 records,
                 described: None,
                 plan,
+                execute,
             });
             out.extend_from_slice(raw);
         }
@@ -884,6 +914,7 @@ fn handle_frontend(
                 records: [record].into(),
                 described: None,
                 plan: None,
+                execute: None,
             });
             if blocked {
                 out.extend_from_slice(&frontend::query(DENIED_SQL));
@@ -907,6 +938,7 @@ fn simple(expect: Expect) -> Pending {
         records: VecDeque::new(),
         described: None,
         plan: None,
+        execute: None,
     }
 }
 
@@ -1063,6 +1095,7 @@ fn handle_backend(
         backend::Message::ReadyForQuery(_) => {
             state.skipping = false;
             state.plan = None;
+            state.copy_out_text = false;
             // Ends a Query, a FunctionCall or a Sync.
             if let Some(head) = state.pending.pop_front() {
                 for record in head.records {
@@ -1093,6 +1126,26 @@ fn handle_backend(
                     state.pending.pop_front();
                 }
             }
+            out.extend_from_slice(raw);
+        }
+        backend::Message::Other(b'H') => {
+            // CopyOutResponse: overall format 0 is text (rows are masked like text values).
+            state.copy_out_text = raw.get(5) == Some(&0) && !state.exempt;
+            out.extend_from_slice(raw);
+        }
+        backend::Message::Other(b'd') if state.copy_out_text => {
+            let row = raw.get(5..).unwrap_or_default();
+            match std::str::from_utf8(row).map(|text| ctx.masking.redact(text)) {
+                Ok(std::borrow::Cow::Owned(masked)) => {
+                    out.push(b'd');
+                    out.extend_from_slice(&((masked.len() + 4) as i32).to_be_bytes());
+                    out.extend_from_slice(masked.as_bytes());
+                }
+                _ => out.extend_from_slice(raw),
+            }
+        }
+        backend::Message::Other(b'c') => {
+            state.copy_out_text = false;
             out.extend_from_slice(raw);
         }
         backend::Message::Other(tag) => {
@@ -1155,6 +1208,37 @@ fn handle_backend(
             out.extend_from_slice(raw);
         }
         backend::Message::DataRow(values) => {
+            // The first row of an Execute whose columns were described after it was sent.
+            let late = match state.pending.front() {
+                Some(head)
+                    if head.expect == Expect::Execute && head.plan.is_none() && !state.exempt =>
+                {
+                    head.execute.as_ref().and_then(|info| {
+                        let (columns, formats) = match state.portal_columns.get(&info.portal) {
+                            Some(columns) => {
+                                (columns.clone(), columns.iter().map(|c| c.format).collect())
+                            }
+                            None => (
+                                state.prepared.get(&info.statement)?.columns.clone()?,
+                                info.formats.clone(),
+                            ),
+                        };
+                        Plan::new(
+                            &ctx.masking,
+                            &scope(ctx, sql),
+                            &info.tables,
+                            &columns,
+                            &formats,
+                        )
+                    })
+                }
+                _ => None,
+            };
+            if let Some(plan) = late
+                && let Some(head) = state.pending.front_mut()
+            {
+                head.plan = Some(plan);
+            }
             let plan = match state.pending.front() {
                 Some(head) if head.expect == Expect::Execute => head.plan.as_ref(),
                 _ => state.plan.as_ref(),
