@@ -565,3 +565,69 @@ fn psycopg_parameters_pipelines_copy_and_binary_results_through_tollgate() {
     }));
     direct_psql(pg, "DROP TABLE tollgate_psycopg_rows");
 }
+
+#[test]
+fn tokio_postgres_prepared_statements_through_tollgate() {
+    if !require_root() {
+        return;
+    }
+    let pg = postgres();
+    direct_psql(
+        pg,
+        "DROP TABLE IF EXISTS tollgate_tokio_rows; \
+         CREATE TABLE tollgate_tokio_rows (id int, email text)",
+    );
+    let agent = agent(pg.port);
+    let dsn = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=postgres",
+        pg.port
+    );
+    let out = agent.run_job(
+        &[("repository", "acme/api")],
+        &[env!("CARGO_BIN_EXE_tokio_pg_client"), &dsn],
+    );
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let seen: Value = serde_json::from_str(stdout(&out).trim()).expect("the client's JSON");
+    assert_eq!(seen["sums"], serde_json::json!([2, 42]));
+    assert_eq!(seen["inserted"], 3);
+    assert_eq!(
+        seen["emails"],
+        serde_json::json!(["****@example.com", "****@example.com", "****@example.com"])
+    );
+    assert_eq!(seen["denied"], "42501");
+    assert_eq!(seen["after"], 100);
+    let sessions = agent.wait_sessions(None, 1);
+    let statements = tollgate_e2e::wait_for(
+        "tokio-postgres's statements",
+        std::time::Duration::from_secs(10),
+        || {
+            let s: Vec<Value> = sessions
+                .iter()
+                .flat_map(|s| statements(&agent, s))
+                .collect();
+            (s.len() >= 8).then_some(s)
+        },
+    );
+    let executions = |prefix: &str| {
+        statements
+            .iter()
+            .filter(|s| s["sql"].as_str().is_some_and(|q| q.starts_with(prefix)))
+            .count()
+    };
+    assert_eq!(executions("SELECT $1::int4 + 1"), 3, "{statements:#?}");
+    assert_eq!(executions("INSERT INTO tollgate_tokio_rows"), 3);
+    let insert = statements
+        .iter()
+        .find(|s| s["sql"].as_str().is_some_and(|q| q.starts_with("INSERT")))
+        .expect("an INSERT");
+    assert_eq!(
+        insert["params"][1], "****@example.com",
+        "parameters are recorded masked"
+    );
+    assert_eq!(
+        direct_psql(pg, "select count(*) from tollgate_tokio_rows"),
+        "3",
+        "the DROP never ran"
+    );
+    direct_psql(pg, "DROP TABLE tollgate_tokio_rows");
+}

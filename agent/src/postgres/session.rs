@@ -643,7 +643,13 @@ fn params_of(params: &[Option<&[u8]>], formats: &[i16]) -> Vec<String> {
             match value {
                 None => "NULL".to_owned(),
                 Some(bytes) if format == 0 => String::from_utf8_lossy(bytes).into_owned(),
-                Some(bytes) => format!("<binary, {} bytes>", bytes.len()),
+                // A binary text value is its UTF-8: record it as text (masked later).
+                Some(bytes) => match std::str::from_utf8(bytes) {
+                    Ok(text) if !text.is_empty() && !text.chars().any(char::is_control) => {
+                        text.to_owned()
+                    }
+                    _ => format!("<binary, {} bytes>", bytes.len()),
+                },
             }
         })
         .collect()

@@ -1,0 +1,48 @@
+//! tokio-postgres against PostgreSQL through Tollgate (run inside a Tollgate job):
+//! prepared statements, typed parameters and results, and a statement denied by policy.
+//! Prints one JSON object with what it saw.
+use serde_json::json;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let dsn = std::env::args()
+        .nth(1)
+        .ok_or("usage: tokio_pg_client DSN")?;
+    let (client, connection) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await?;
+    let driver = tokio::spawn(connection);
+
+    let add = client.prepare("SELECT $1::int4 + 1, $2::text").await?;
+    let mut sums = Vec::new();
+    for n in [1i32, 41] {
+        let row = client.query_one(&add, &[&n, &"x"]).await?;
+        sums.push(row.get::<_, i32>(0));
+    }
+    let insert = client
+        .prepare("INSERT INTO tollgate_tokio_rows (id, email) VALUES ($1, $2)")
+        .await?;
+    let mut inserted = 0;
+    for id in 1i32..=3 {
+        inserted += client
+            .execute(&insert, &[&id, &format!("row{id}@example.com")])
+            .await?;
+    }
+    let rows = client
+        .query("SELECT id, email FROM tollgate_tokio_rows ORDER BY id", &[])
+        .await?;
+    let emails: Vec<String> = rows.iter().map(|r| r.get(1)).collect();
+    let denied = match client.prepare("DROP TABLE tollgate_tokio_rows").await {
+        Ok(_) => "allowed".to_owned(),
+        Err(error) => error
+            .code()
+            .map_or_else(|| error.to_string(), |c| c.code().to_owned()),
+    };
+    // The connection is still usable.
+    let after: i32 = client.query_one(&add, &[&99i32, &"y"]).await?.get(0);
+    drop(client);
+    let _ = driver.await;
+    println!(
+        "{}",
+        json!({ "sums": sums, "inserted": inserted, "emails": emails, "denied": denied, "after": after })
+    );
+    Ok(())
+}
