@@ -39,6 +39,8 @@ pub enum AgentError {
     Proxy(#[from] ProxyError),
     #[error(transparent)]
     Control(#[from] ControlError),
+    #[error(transparent)]
+    Tls(#[from] crate::postgres::tls::TlsError),
     #[error("control.group `{0}`: {1}")]
     Group(String, String),
     #[error("admin listener {addr}: {source}")]
@@ -197,6 +199,10 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
         config.recording.strict,
         config.postgres.clone(),
         Arc::new(config.masking.clone()),
+        Arc::new(crate::postgres::tls::Tls::load(
+            &config.state.dir,
+            config.postgres.tls.clone(),
+        )?),
     ));
     let admin_state = Arc::new(AdminState {
         metrics: metrics.clone(),

@@ -87,6 +87,11 @@ enum Command {
         #[arg(long)]
         purge: bool,
     },
+    /// The local CA that issues the certificates Tollgate presents to PostgreSQL clients.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
     /// List the active jobs.
     Jobs {
         #[arg(long)]
@@ -109,6 +114,17 @@ enum Command {
     Status {
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Print the CA certificate (PEM), for clients using sslmode=verify-full.
+    Export {
+        /// Config whose state.dir holds the CA [default: /etc/tollgate/agent.toml or
+        /// built-in].
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -216,6 +232,19 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             &command,
         ),
         Command::Hook { command } => hook::hook(&socket, command),
+        Command::Ca {
+            command: CaCommand::Export { config },
+        } => {
+            let (config, _) = Config::load(config.as_deref())?;
+            let pem = crate::postgres::tls::ca_pem(&config.state.dir).with_context(|| {
+                format!(
+                    "no local CA in {}/ca yet: the agent creates it when it starts",
+                    config.state.dir.display()
+                )
+            })?;
+            print!("{pem}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Install {
             target:
                 InstallTarget::GithubRunner {

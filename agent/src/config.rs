@@ -95,6 +95,7 @@ pub struct PostgresConfig {
     /// Largest message accepted from either side; a larger one ends the session with a
     /// protocol error.
     pub max_message_size: usize,
+    pub tls: crate::postgres::tls::TlsConfig,
 }
 
 impl Default for PostgresConfig {
@@ -102,6 +103,7 @@ impl Default for PostgresConfig {
         Self {
             enabled: true,
             max_message_size: tollgate_pgwire::DEFAULT_MAX_MESSAGE,
+            tls: crate::postgres::tls::TlsConfig::default(),
         }
     }
 }

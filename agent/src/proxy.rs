@@ -58,6 +58,7 @@ pub struct Shared {
     pub strict_recording: bool,
     pub postgres: crate::config::PostgresConfig,
     pub masking: Arc<crate::postgres::mask::MaskingConfig>,
+    pub tls: Arc<crate::postgres::tls::Tls>,
     live: AtomicUsize,
 }
 
@@ -79,6 +80,7 @@ impl Shared {
         strict_recording: bool,
         postgres: crate::config::PostgresConfig,
         masking: Arc<crate::postgres::mask::MaskingConfig>,
+        tls: Arc<crate::postgres::tls::Tls>,
     ) -> Self {
         Self {
             maps,
@@ -93,6 +95,7 @@ impl Shared {
             strict_recording,
             postgres,
             masking,
+            tls,
             live: AtomicUsize::new(0),
         }
     }

@@ -631,3 +631,65 @@ fn tokio_postgres_prepared_statements_through_tollgate() {
     );
     direct_psql(pg, "DROP TABLE tollgate_tokio_rows");
 }
+
+#[test]
+fn tls_is_terminated_with_the_local_ca_and_originated_to_the_server() {
+    if !require_root() {
+        return;
+    }
+    let pg = postgres();
+    let agent = agent(pg.port);
+    // The CA the agent created in its state directory.
+    let ca = output(
+        agent
+            .tollgate()
+            .args(["ca", "export", "--config"])
+            .arg(&agent.config_path),
+    );
+    assert!(ca.status.success(), "{}", stderr(&ca));
+    let ca_file = agent.dir.path().join("tollgate-ca.pem");
+    std::fs::write(&ca_file, stdout(&ca)).expect("CA file");
+    let sql = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+    // SCRAM through a terminated TLS session: SCRAM-SHA-256-PLUS is not offered, and
+    // under `prefer` the server connection is plaintext so that the server does not
+    // demand channel binding.
+    for (user, mode, server_tls) in [
+        ("postgres", "require", "t"),
+        ("postgres", "verify-full", "t"),
+        (tollgate_e2e::postgres::SCRAM_USER, "verify-full", "f"),
+    ] {
+        let conninfo = format!(
+            "host=127.0.0.1 port={} user={user} dbname=postgres sslmode={mode} sslrootcert={}",
+            pg.port,
+            ca_file.display()
+        );
+        let out = output(
+            agent
+                .run_command(
+                    &[("repository", "acme/api")],
+                    &["psql", "-X", "-A", "-t", &conninfo, "-c", sql],
+                )
+                .env("PGPASSWORD", tollgate_e2e::postgres::SCRAM_PASSWORD),
+        );
+        assert!(
+            out.status.success(),
+            "{user} sslmode={mode}: {}\n{}",
+            stderr(&out),
+            agent.log()
+        );
+        assert_eq!(stdout(&out).trim(), server_tls, "{user}: TLS to the server");
+    }
+    // Without Tollgate's CA, verify-full fails: the client really talks to Tollgate.
+    let strict = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=verify-full sslrootcert=/dev/null",
+        pg.port
+    );
+    let out = agent.run_job(
+        &[("repository", "acme/api")],
+        &["psql", "-X", "-A", "-t", &strict, "-c", "select 1"],
+    );
+    assert!(
+        !out.status.success(),
+        "verify-full without the CA must fail"
+    );
+}

@@ -9,6 +9,10 @@ use std::{
 
 use crate::{ephemeral_port, output, stderr, stdout};
 
+/// A role that authenticates with SCRAM-SHA-256 (password [`SCRAM_PASSWORD`]).
+pub const SCRAM_USER: &str = "tollgate_scram";
+pub const SCRAM_PASSWORD: &str = "scram-secret";
+
 pub struct Postgres {
     pub port: u16,
     pub bin_dir: PathBuf,
@@ -80,10 +84,44 @@ fn start() -> Postgres {
         stdout(&init),
         stderr(&init)
     );
+    // TLS with a throwaway certificate, and one role that must use SCRAM.
+    let (cert, key) = (data_dir.join("server.crt"), data_dir.join("server.key"));
+    let made = output(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-new",
+                "-x509",
+                "-days",
+                "2",
+                "-nodes",
+                "-subj",
+                "/CN=127.0.0.1",
+            ])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1,IP:::1", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert),
+    );
+    assert!(made.status.success(), "openssl: {}", stderr(&made));
+    chown_postgres(&cert);
+    chown_postgres(&key);
+    let hba = data_dir.join("data/pg_hba.conf");
+    let trusting = fs::read_to_string(&hba).expect("pg_hba.conf");
+    fs::write(
+        &hba,
+        format!(
+            "host all {SCRAM_USER} 127.0.0.1/32 scram-sha-256\n\
+             host all {SCRAM_USER} ::1/128 scram-sha-256\n{trusting}"
+        ),
+    )
+    .expect("pg_hba.conf");
     let options = format!(
         "-p {port} -k {dir} -c listen_addresses='127.0.0.1,::1' -c fsync=off \
-         -c max_connections=200",
-        dir = data_dir.display()
+         -c max_connections=200 -c ssl=on -c ssl_cert_file={cert} -c ssl_key_file={key}",
+        dir = data_dir.display(),
+        cert = cert.display(),
+        key = key.display(),
     );
     let started = output(
         as_postgres("pg_ctl")
@@ -105,11 +143,22 @@ fn start() -> Postgres {
     }
     // SAFETY: registering a plain extern "C" function.
     unsafe { libc::atexit(stop_at_exit) };
-    Postgres {
+    let server = Postgres {
         port,
         bin_dir,
         data_dir,
-    }
+    };
+    let args = server.psql_args(
+        "127.0.0.1",
+        &format!("CREATE ROLE {SCRAM_USER} LOGIN SUPERUSER PASSWORD '{SCRAM_PASSWORD}'"),
+    );
+    let role = output(Command::new(&args[0]).args(&args[1..]));
+    assert!(
+        role.status.success(),
+        "creating the SCRAM role: {}",
+        stderr(&role)
+    );
+    server
 }
 
 fn chown_postgres(path: &Path) {

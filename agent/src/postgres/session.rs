@@ -21,7 +21,9 @@ use tollgate_policy::{Decision, Effect, Principal, Process, SqlContext};
 
 use super::{
     classify::{self, Kind},
+    io::Io,
     mask::{self, MaskingConfig},
+    tls::UpstreamTls,
 };
 use crate::{
     enforce::Enforcer,
@@ -45,6 +47,10 @@ pub struct Startup {
     pub application_name: Option<String>,
     /// `startup`, `cancel`, or `none` (the client closed before a startup message).
     pub kind: &'static str,
+    /// Tollgate terminated the client's TLS.
+    pub client_tls: bool,
+    /// Tollgate's connection to the server is TLS.
+    pub server_tls: bool,
 }
 
 pub struct Outcome {
@@ -66,6 +72,7 @@ pub struct Context {
     pub job_id: Option<String>,
     pub max_message: usize,
     pub masking: Arc<MaskingConfig>,
+    pub tls: Arc<super::tls::Tls>,
     /// The catalog target's name (masking rules can be scoped to it).
     pub target: String,
 }
@@ -239,6 +246,8 @@ struct State {
     exempt: bool,
     /// A text-format COPY TO is sending rows.
     copy_out_text: bool,
+    /// Tollgate terminated the client's TLS: channel binding to the server cannot work.
+    client_tls: bool,
     /// Set after an error in the extended protocol: the server skips to Sync.
     skipping: bool,
     seq: u64,
@@ -302,8 +311,8 @@ impl Inbox {
 
 /// Relays a PostgreSQL session between `client` and `upstream`.
 pub async fn run(
-    mut client: TcpStream,
-    mut upstream: TcpStream,
+    client: TcpStream,
+    mut upstream_tcp: TcpStream,
     ctx: &Context,
     revoke: Option<oneshot::Receiver<Decision>>,
 ) -> Outcome {
@@ -317,6 +326,8 @@ pub async fn run(
         },
         revoked: None,
     };
+    let mut client = Io::Plain(client);
+    let mut sni: Option<String> = None;
     // The startup phase: untagged messages from the client.
     let mut inbox = Inbox::new();
     let startup = loop {
@@ -324,8 +335,38 @@ pub async fn run(
             Ok(Some(range)) => {
                 let msg = inbox.buf[range].to_vec();
                 match frontend::parse_startup(&msg) {
-                    // TLS and GSS encryption are not offered (yet): the client goes on
-                    // in plaintext on loopback, or gives up if it requires encryption.
+                    Ok(frontend::Startup::SslRequest)
+                        if ctx.tls.offers_client_tls() && !client.is_tls() =>
+                    {
+                        // Bytes after SSLRequest, before our answer, would be spliced
+                        // into the TLS session: refuse them (CVE-2021-23214).
+                        if !inbox.is_empty() {
+                            let error = WireError::Malformed {
+                                what: "SSLRequest",
+                                detail: "data sent before the server's answer",
+                            };
+                            protocol_error(&mut client, &error).await;
+                            outcome.error =
+                                Some(format!("malformed startup from the client: {error}"));
+                            return outcome;
+                        }
+                        let accepted = match client {
+                            Io::Plain(tcp) => accept_tls(tcp, ctx).await,
+                            other => Ok((other, None)),
+                        };
+                        match accepted {
+                            Ok((io, name)) => {
+                                client = io;
+                                sni = name;
+                            }
+                            Err(error) => {
+                                outcome.error = Some(format!("client TLS: {error}"));
+                                return outcome;
+                            }
+                        }
+                    }
+                    // GSS encryption is not offered, nor TLS when off: the client goes
+                    // on in plaintext on loopback, or gives up if it requires encryption.
                     Ok(frontend::Startup::SslRequest | frontend::Startup::GssEncRequest) => {
                         if let Err(e) = client.write_all(b"N").await {
                             outcome.error = Some(format!("client: {e}"));
@@ -336,12 +377,12 @@ pub async fn run(
                         outcome.startup.kind = "cancel";
                         // The original server is the one to cancel on.
                         outcome.up += msg.len() as u64;
-                        if let Err(e) = upstream.write_all(&msg).await {
+                        if let Err(e) = upstream_tcp.write_all(&msg).await {
                             outcome.error = Some(format!("server: {e}"));
                         }
-                        let _ = upstream.shutdown().await;
+                        let _ = upstream_tcp.shutdown().await;
                         let mut sink = [0u8; 64];
-                        let _ = upstream.read(&mut sink).await;
+                        let _ = upstream_tcp.read(&mut sink).await;
                         return outcome;
                     }
                     Ok(startup @ frontend::Startup::Startup { .. }) => break (startup, msg),
@@ -376,11 +417,69 @@ pub async fn run(
             .map(str::to_owned),
         application_name: startup.param("application_name").map(str::to_owned),
         kind: "startup",
+        client_tls: client.is_tls(),
+        server_tls: false,
+    };
+    let mut upstream = match connect_tls(upstream_tcp, ctx, sni.as_deref()).await {
+        Ok(upstream) => upstream,
+        Err(message) => {
+            let response = backend::error_response(
+                "08001",
+                &format!("tollgate: cannot reach the server as configured: {message}"),
+                None,
+                None,
+            );
+            let _ = client.write_all(&response).await;
+            let _ = client.shutdown().await;
+            outcome.error = Some(format!("server TLS: {message}"));
+            return outcome;
+        }
     };
     if let Err(e) = upstream.write_all(&startup_bytes).await {
         outcome.error = Some(format!("server: {e}"));
         return outcome;
     }
+    // SCRAM with channel binding cannot pass through a TLS termination: a TLS client
+    // that is not offered SCRAM-SHA-256-PLUS says "I could bind, but you cannot", and a
+    // server on TLS then refuses it (downgrade protection). Under `prefer`, such a
+    // session's server connection is made again in plaintext.
+    let mut from_server = Inbox::new();
+    if client.is_tls() && upstream.is_tls() && ctx.tls.upstream_mode() == UpstreamTls::Prefer {
+        match offers_channel_binding(&mut upstream, &mut from_server, ctx.max_message).await {
+            Ok(false) => {}
+            Ok(true) => {
+                let reconnected = match tokio::time::timeout(
+                    std::time::Duration::from_secs(10),
+                    TcpStream::connect(ctx.destination),
+                )
+                .await
+                {
+                    Ok(Ok(mut tcp)) => tcp.write_all(&startup_bytes).await.map(|()| tcp),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(std::io::Error::other("timed out")),
+                };
+                match reconnected {
+                    Ok(tcp) => {
+                        tracing::info!(
+                            connection = %ctx.connection_id,
+                            "SCRAM over terminated TLS: the server connection is plaintext, so the server does not require channel binding"
+                        );
+                        upstream = Io::Plain(tcp);
+                        from_server = Inbox::new();
+                    }
+                    Err(e) => {
+                        outcome.error = Some(format!("server: reconnecting: {e}"));
+                        return outcome;
+                    }
+                }
+            }
+            Err(e) => {
+                outcome.error = Some(format!("server: {e}"));
+                return outcome;
+            }
+        }
+    }
+    outcome.startup.server_tls = upstream.is_tls();
     let sql_context = SqlContext {
         database: outcome.startup.database.clone().unwrap_or_default(),
         user: outcome.startup.user.clone().unwrap_or_default(),
@@ -398,13 +497,14 @@ pub async fn run(
     let state = Mutex::new(State {
         generation: ctx.enforcer.generation(),
         exempt,
+        client_tls: outcome.startup.client_tls,
         ..State::default()
     });
     let up = std::sync::atomic::AtomicU64::new(0);
     let down = std::sync::atomic::AtomicU64::new(0);
     let error = {
-        let (mut client_read, mut client_write) = client.split();
-        let (mut upstream_read, mut upstream_write) = upstream.split();
+        let (mut client_read, mut client_write) = tokio::io::split(&mut client);
+        let (mut upstream_read, mut upstream_write) = tokio::io::split(&mut upstream);
         let to_server = client_to_server(
             &mut client_read,
             &mut upstream_write,
@@ -417,6 +517,7 @@ pub async fn run(
         let to_client = server_to_client(
             &mut upstream_read,
             &mut client_write,
+            from_server,
             &state,
             ctx,
             &sql_context,
@@ -473,12 +574,13 @@ pub async fn run(
             ..
         }) => {
             // A protocol violation: the client gets the error, then an orderly close.
-            let _ = socket2::SockRef::from(&upstream).set_linger(Some(std::time::Duration::ZERO));
+            let _ =
+                socket2::SockRef::from(upstream.tcp()).set_linger(Some(std::time::Duration::ZERO));
             let _ = client.write_all(response).await;
             let _ = client.shutdown().await;
         }
         Some(_) => {
-            for stream in [&client, &upstream] {
+            for stream in [client.tcp(), upstream.tcp()] {
                 let _ = socket2::SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO));
             }
         }
@@ -488,6 +590,87 @@ pub async fn run(
     outcome.down = down.into_inner();
     outcome.error = error.map(|e| e.message);
     outcome
+}
+
+/// Reads the server's first message into `inbox` (it stays there to be relayed) and
+/// says whether it offers SCRAM-SHA-256-PLUS.
+async fn offers_channel_binding(
+    upstream: &mut Io,
+    inbox: &mut Inbox,
+    max: usize,
+) -> Result<bool, String> {
+    loop {
+        let start = inbox.start;
+        match inbox.next(true, max) {
+            Ok(Some(range)) => {
+                let offers = matches!(
+                    backend::parse(&inbox.buf[range]),
+                    Ok(backend::Message::Authentication { code, data })
+                        if code == backend::AUTH_SASL
+                            && backend::sasl_mechanisms(data)
+                                .is_ok_and(|m| m.iter().any(|m| m.ends_with("-PLUS")))
+                );
+                inbox.start = start;
+                return Ok(offers);
+            }
+            Ok(None) => match inbox.fill(upstream).await {
+                Ok(0) => return Err("closed during authentication".to_owned()),
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            },
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// Answers the client's SSLRequest with `S` and terminates its TLS with a certificate
+/// from the local CA for the name it asked for and the address it connected to.
+async fn accept_tls(mut tcp: TcpStream, ctx: &Context) -> Result<(Io, Option<String>), String> {
+    tcp.write_all(b"S").await.map_err(|e| e.to_string())?;
+    let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let sni = start.client_hello().server_name().map(str::to_owned);
+    let config = ctx
+        .tls
+        .server_config(sni.as_deref(), ctx.destination.ip())
+        .map_err(|e| e.to_string())?;
+    let stream = start.into_stream(config).await.map_err(|e| e.to_string())?;
+    Ok((Io::Accepted(Box::new(stream)), sni))
+}
+
+/// Negotiates TLS with the server as `[postgres.tls] upstream` says.
+async fn connect_tls(mut tcp: TcpStream, ctx: &Context, sni: Option<&str>) -> Result<Io, String> {
+    let mode = ctx.tls.upstream_mode();
+    if mode == UpstreamTls::Disable {
+        return Ok(Io::Plain(tcp));
+    }
+    let request = [0u8, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    tcp.write_all(&request).await.map_err(|e| e.to_string())?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer)
+        .await
+        .map_err(|e| e.to_string())?;
+    match answer[0] {
+        b'S' => {
+            let name = match sni {
+                Some(name) => rustls::pki_types::ServerName::try_from(name.to_owned())
+                    .map_err(|e| e.to_string())?,
+                None => rustls::pki_types::ServerName::IpAddress(ctx.destination.ip().into()),
+            };
+            let connector = tokio_rustls::TlsConnector::from(ctx.tls.upstream_config());
+            let stream = connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("TLS to the server: {e}"))?;
+            Ok(Io::Connected(Box::new(stream)))
+        }
+        b'N' if mode == UpstreamTls::Prefer => Ok(Io::Plain(tcp)),
+        b'N' => {
+            Err("the server does not support TLS, and postgres.tls.upstream requires it".to_owned())
+        }
+        other => Err(format!("unexpected answer {other:#x} to SSLRequest")),
+    }
 }
 
 async fn protocol_error<W: AsyncWrite + Unpin>(client: &mut W, error: &WireError) {
@@ -955,9 +1138,14 @@ fn scope<'a>(ctx: &'a Context, sql: &'a SqlContext) -> mask::Scope<'a> {
     }
 }
 
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one direction of the relay and what it shares"
+)]
 async fn server_to_client<R, W>(
     reader: &mut R,
     writer: &mut W,
+    mut inbox: Inbox,
     state: &Mutex<State>,
     ctx: &Context,
     sql: &SqlContext,
@@ -967,7 +1155,6 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut inbox = Inbox::new();
     let mut out = Vec::with_capacity(READ_CHUNK);
     let mut finished = Vec::new();
     loop {
@@ -1252,6 +1439,22 @@ fn handle_backend(
             match plan.and_then(|plan| plan.apply(&ctx.masking, &values)) {
                 Some(masked) => out.extend_from_slice(&masked),
                 None => out.extend_from_slice(raw),
+            }
+        }
+        backend::Message::Authentication { code, data }
+            if code == backend::AUTH_SASL && state.client_tls =>
+        {
+            // The client's TLS ends here: it cannot bind to the server's channel, so it
+            // is not offered SCRAM-SHA-256-PLUS.
+            match backend::sasl_mechanisms(data) {
+                Ok(mechanisms) if mechanisms.iter().any(|m| m.ends_with("-PLUS")) => {
+                    let kept: Vec<&str> = mechanisms
+                        .into_iter()
+                        .filter(|m| !m.ends_with("-PLUS"))
+                        .collect();
+                    out.extend_from_slice(&backend::authentication_sasl(&kept));
+                }
+                _ => out.extend_from_slice(raw),
             }
         }
         backend::Message::Authentication { .. } | backend::Message::Notice(_) => {

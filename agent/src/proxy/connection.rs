@@ -90,6 +90,7 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
                 job_id: job.as_ref().map(|j| j.id.clone()),
                 max_message: shared.postgres.max_message_size,
                 masking: shared.masking.clone(),
+                tls: shared.tls.clone(),
                 target: shared.enforcer.target_name(destination),
             })
         }
