@@ -693,3 +693,52 @@ fn tls_is_terminated_with_the_local_ca_and_originated_to_the_server() {
         "verify-full without the CA must fail"
     );
 }
+
+#[test]
+fn psql_copy_in_and_out_through_tollgate() {
+    if !require_root() {
+        return;
+    }
+    let pg = postgres();
+    direct_psql(
+        pg,
+        "DROP TABLE IF EXISTS tollgate_copy; CREATE TABLE tollgate_copy (id int, note text)",
+    );
+    let agent = agent(pg.port);
+    let dir = agent.dir.path();
+    let input = dir.join("in.csv");
+    std::fs::write(&input, "1,hello\n2,mail dana@example.com\n3,bye\n").expect("csv");
+    let output_file = dir.join("out.csv");
+    let script = format!(
+        "\\copy tollgate_copy FROM '{}' WITH (FORMAT csv)\n\
+         \\copy tollgate_copy TO '{}' WITH (FORMAT csv)\n",
+        input.display(),
+        output_file.display()
+    );
+    let out = psql_script(&agent, pg, &script);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        direct_psql(pg, "select count(*) from tollgate_copy"),
+        "3",
+        "COPY FROM STDIN went through"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&output_file).expect("out.csv"),
+        "1,hello\n2,mail ****@example.com\n3,bye\n",
+        "COPY TO STDOUT went through, masked"
+    );
+    let sessions = agent.wait_sessions(None, 1);
+    let statements = tollgate_e2e::wait_for(
+        "the COPY statements",
+        std::time::Duration::from_secs(10),
+        || {
+            let s = statements(&agent, &sessions[0]);
+            (s.len() >= 2).then_some(s)
+        },
+    );
+    assert_eq!(statements[0]["kind"], "write");
+    assert_eq!(statements[0]["rows"], 3);
+    assert_eq!(statements[1]["kind"], "read");
+    assert_eq!(statements[1]["rows"], 3);
+    direct_psql(pg, "DROP TABLE tollgate_copy");
+}
