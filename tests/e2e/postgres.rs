@@ -784,3 +784,49 @@ fn a_statement_that_requires_approval_is_refused_with_its_own_message() {
     );
     direct_psql(pg, "DROP TABLE tollgate_payouts");
 }
+
+#[test]
+fn listen_notify_and_the_function_call_message_pass_through() {
+    if !require_root() {
+        return;
+    }
+    let pg = postgres();
+    let agent = agent(pg.port);
+    let blob = agent.dir.path().join("blob.bin");
+    std::fs::write(&blob, b"large object through tollgate").expect("blob");
+    // \lo_import uses libpq's fast-path FunctionCall messages.
+    let script = format!(
+        "LISTEN tollgate_channel;\nNOTIFY tollgate_channel, 'hello';\n\\lo_import '{}'\n\
+         SELECT count(*) > 0 FROM pg_largeobject_metadata;\n",
+        blob.display()
+    );
+    let out = psql_script(&agent, pg, &script);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out)
+            .contains("Asynchronous notification \"tollgate_channel\" with payload \"hello\""),
+        "{}",
+        stdout(&out)
+    );
+    assert!(stdout(&out).contains("lo_import"), "{}", stdout(&out));
+    assert!(stdout(&out).trim_end().ends_with('t'), "{}", stdout(&out));
+    let sessions = agent.wait_sessions(None, 1);
+    let statements = tollgate_e2e::wait_for(
+        "the function calls",
+        std::time::Duration::from_secs(10),
+        || {
+            let s = statements(&agent, &sessions[0]);
+            s.iter().any(|s| s["protocol"] == "function").then_some(s)
+        },
+    );
+    let calls: Vec<&Value> = statements
+        .iter()
+        .filter(|s| s["protocol"] == "function")
+        .collect();
+    assert!(
+        calls
+            .iter()
+            .all(|s| s["kind"] == "procedural" && s["decision"] == "allow")
+    );
+    direct_psql(pg, "SELECT lo_unlink(oid) FROM pg_largeobject_metadata");
+}
