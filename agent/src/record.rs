@@ -141,6 +141,12 @@ pub struct ConnectionRecord {
     pub db_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub application_name: Option<String>,
+    /// PostgreSQL sessions: whether Tollgate terminated the client's TLS, and whether its
+    /// connection to the server was TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_tls: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_tls: Option<bool>,
     /// The statement timeline (filled in by `sessions show`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub statements: Vec<StatementRecord>,

@@ -130,11 +130,18 @@ pub fn session(s: &ConnectionRecord, json: bool) -> anyhow::Result<()> {
     );
     println!("error:       {}", opt(s.error.clone()));
     if let Some(protocol) = &s.protocol {
+        let tls = |on: Option<bool>| match on {
+            Some(true) => "tls",
+            Some(false) => "plaintext",
+            None => "-",
+        };
         println!(
-            "{protocol}:    user {} database {} application {}",
+            "{protocol}:    user {} database {} application {} (client {}, server {})",
             opt(s.db_user.clone()),
             opt(s.db_name.clone()),
-            opt(s.application_name.clone())
+            opt(s.application_name.clone()),
+            tls(s.client_tls),
+            tls(s.server_tls)
         );
     }
     if !s.statements.is_empty() {

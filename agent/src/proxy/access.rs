@@ -106,6 +106,10 @@ impl<'a> AccessLog<'a> {
         r.db_user = startup.user.clone();
         r.db_name = startup.database.clone();
         r.application_name = startup.application_name.clone();
+        if startup.kind == "startup" {
+            r.client_tls = Some(startup.client_tls);
+            r.server_tls = Some(startup.server_tls);
+        }
     }
 
     pub fn id(&self) -> &str {

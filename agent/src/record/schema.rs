@@ -1,7 +1,7 @@
 //! The SQLite schema of the recording store.
 use rusqlite::Connection;
 
-pub const VERSION: i64 = 4;
+pub const VERSION: i64 = 5;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -50,7 +50,9 @@ CREATE TABLE IF NOT EXISTS connections (
     protocol    TEXT,
     db_user     TEXT,
     db_name     TEXT,
-    application_name TEXT
+    application_name TEXT,
+    client_tls  INTEGER,
+    server_tls  INTEGER
 );
 CREATE INDEX IF NOT EXISTS connections_by_job ON connections (job_id, started_at);
 CREATE INDEX IF NOT EXISTS connections_by_start ON connections (started_at);
@@ -112,13 +114,22 @@ pub fn apply(conn: &Connection) -> rusqlite::Result<()> {
              ALTER TABLE connections ADD COLUMN assurance TEXT;",
         )?;
     }
+    if version == 4 {
+        // Version 5 records whether a PostgreSQL session used TLS on each side.
+        conn.execute_batch(
+            "ALTER TABLE connections ADD COLUMN client_tls INTEGER;
+             ALTER TABLE connections ADD COLUMN server_tls INTEGER;",
+        )?;
+    }
     if (1..4).contains(&version) {
         // Version 4 records PostgreSQL sessions (their statements get a table of their own).
         conn.execute_batch(
             "ALTER TABLE connections ADD COLUMN protocol TEXT;
              ALTER TABLE connections ADD COLUMN db_user TEXT;
              ALTER TABLE connections ADD COLUMN db_name TEXT;
-             ALTER TABLE connections ADD COLUMN application_name TEXT;",
+             ALTER TABLE connections ADD COLUMN application_name TEXT;
+             ALTER TABLE connections ADD COLUMN client_tls INTEGER;
+             ALTER TABLE connections ADD COLUMN server_tls INTEGER;",
         )?;
     }
     conn.pragma_update(None, "user_version", VERSION)?;
