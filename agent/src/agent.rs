@@ -203,6 +203,7 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
             &config.state.dir,
             config.postgres.tls.clone(),
         )?),
+        metrics.postgres.clone(),
     ));
     let admin_state = Arc::new(AdminState {
         metrics: metrics.clone(),

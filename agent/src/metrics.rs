@@ -21,6 +21,7 @@ pub struct Metrics {
     pub bpf: Arc<BpfMetrics>,
     pub policy: Arc<PolicyMetrics>,
     pub identity: Arc<IdentityMetrics>,
+    pub postgres: Arc<PostgresMetrics>,
 }
 
 impl Default for Metrics {
@@ -80,6 +81,7 @@ impl Metrics {
             record: Arc::new(RecordMetrics::new(&registry)),
             jobs: Arc::new(JobMetrics::new(&registry)),
             identity: Arc::new(IdentityMetrics::new(&registry)),
+            postgres: Arc::new(PostgresMetrics::new(&registry)),
             control: Arc::new(ControlMetrics::new(&registry)),
             bpf: Arc::new(BpfMetrics::new(&registry)),
             policy: Arc::new(PolicyMetrics::new(&registry)),
@@ -282,6 +284,37 @@ impl JobMetrics {
 
     pub fn ended(&self, reason: JobEndLabel) {
         self.ended.with_label_values(&[reason.as_str()]).inc();
+    }
+}
+
+/// PostgreSQL sessions followed at L7.
+pub struct PostgresMetrics {
+    statements: IntCounterVec,
+    pub masked_rows: IntCounter,
+}
+
+impl PostgresMetrics {
+    fn new(registry: &Registry) -> Self {
+        Self {
+            statements: counter_vec(
+                registry,
+                "tollgate_postgres_statements_total",
+                "SQL statements, by kind (read, write, ddl, admin, transaction, procedural, \
+                 unknown) and decision (allow, deny, require_approval, would_deny, \
+                 would_require_approval).",
+                &["kind", "decision"],
+            ),
+            masked_rows: counter(
+                registry,
+                "tollgate_postgres_masked_rows_total",
+                "Result rows (DataRow or COPY rows) in which at least one value was masked.",
+            ),
+        }
+    }
+
+    /// Counts one statement; `kind` and `decision` come from fixed sets.
+    pub fn statement(&self, kind: &str, decision: &str) {
+        self.statements.with_label_values(&[kind, decision]).inc();
     }
 }
 

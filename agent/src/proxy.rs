@@ -59,6 +59,7 @@ pub struct Shared {
     pub postgres: crate::config::PostgresConfig,
     pub masking: Arc<crate::postgres::mask::MaskingConfig>,
     pub tls: Arc<crate::postgres::tls::Tls>,
+    pub postgres_metrics: Arc<crate::metrics::PostgresMetrics>,
     live: AtomicUsize,
 }
 
@@ -81,6 +82,7 @@ impl Shared {
         postgres: crate::config::PostgresConfig,
         masking: Arc<crate::postgres::mask::MaskingConfig>,
         tls: Arc<crate::postgres::tls::Tls>,
+        postgres_metrics: Arc<crate::metrics::PostgresMetrics>,
     ) -> Self {
         Self {
             maps,
@@ -96,6 +98,7 @@ impl Shared {
             postgres,
             masking,
             tls,
+            postgres_metrics,
             live: AtomicUsize::new(0),
         }
     }

@@ -168,6 +168,15 @@ fn a_denied_ddl_inside_a_transaction_fails_it_on_both_sides() {
     assert_eq!(denied["policy_ids"][0], "no-ddl-in-production");
     assert_eq!(denied["tables"][0], "tollgate_denied_ddl");
     assert_eq!(statements[3]["sqlstate"], "25P02", "refused by the server");
+    // The metrics count every statement decision.
+    assert_eq!(
+        agent.metric("tollgate_postgres_statements_total{decision=\"deny\",kind=\"ddl\"}"),
+        1.0
+    );
+    assert_eq!(
+        agent.metric("tollgate_postgres_statements_total{decision=\"allow\",kind=\"read\"}"),
+        5.0
+    );
     assert_eq!(statements[1]["rows"], 1);
     assert!(statements.iter().all(|s| s["protocol"] == "simple"));
 }
@@ -430,6 +439,11 @@ fn sensitive_values_are_masked_unless_the_job_is_exempt_and_never_recorded() {
             "Bob|bob@example.org|no card on file||37",
         ],
         "clear for an exempt job"
+    );
+    assert_eq!(
+        agent.metric("tollgate_postgres_masked_rows_total"),
+        2.0,
+        "both rows of the first job had masked values"
     );
 
     // What is recorded is masked too, exempt or not.

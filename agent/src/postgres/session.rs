@@ -73,6 +73,7 @@ pub struct Context {
     pub max_message: usize,
     pub masking: Arc<MaskingConfig>,
     pub tls: Arc<super::tls::Tls>,
+    pub metrics: Arc<crate::metrics::PostgresMetrics>,
     /// The catalog target's name (masking rules can be scoped to it).
     pub target: String,
 }
@@ -685,6 +686,7 @@ async fn protocol_error<W: AsyncWrite + Unpin>(client: &mut W, error: &WireError
 }
 
 fn finish(ctx: &Context, mut record: StatementRecord) {
+    ctx.metrics.statement(&record.kind, &record.decision);
     if let Some(started) = record.started.take() {
         record.duration_us = Some(started.elapsed().as_micros() as u64);
     }
@@ -1330,6 +1332,7 @@ fn handle_backend(
             let row = raw.get(5..).unwrap_or_default();
             match std::str::from_utf8(row).map(|text| ctx.masking.redact(text)) {
                 Ok(std::borrow::Cow::Owned(masked)) => {
+                    ctx.metrics.masked_rows.inc();
                     out.push(b'd');
                     out.extend_from_slice(&((masked.len() + 4) as i32).to_be_bytes());
                     out.extend_from_slice(masked.as_bytes());
@@ -1437,7 +1440,10 @@ fn handle_backend(
                 _ => state.plan.as_ref(),
             };
             match plan.and_then(|plan| plan.apply(&ctx.masking, &values)) {
-                Some(masked) => out.extend_from_slice(&masked),
+                Some(masked) => {
+                    ctx.metrics.masked_rows.inc();
+                    out.extend_from_slice(&masked);
+                }
                 None => out.extend_from_slice(raw),
             }
         }

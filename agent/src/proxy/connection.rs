@@ -91,6 +91,7 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
                 max_message: shared.postgres.max_message_size,
                 masking: shared.masking.clone(),
                 tls: shared.tls.clone(),
+                metrics: shared.postgres_metrics.clone(),
                 target: shared.enforcer.target_name(destination),
             })
         }
