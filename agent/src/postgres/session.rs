@@ -86,6 +86,22 @@ struct Ended {
     to_client: Option<Vec<u8>>,
 }
 
+impl Ended {
+    /// A protocol violation by `side` (`client` or `server`): the client gets a
+    /// protocol_violation error, then the session closes in order.
+    fn violation(side: &str, what: &str, error: impl std::fmt::Display) -> Self {
+        Self {
+            message: format!("protocol violation by the {side}: {error}"),
+            to_client: Some(backend::error_response(
+                PROTOCOL_VIOLATION,
+                &format!("tollgate: {what} message from the {side}: {error}"),
+                None,
+                None,
+            )),
+        }
+    }
+}
+
 impl From<String> for Ended {
     fn from(message: String) -> Self {
         Self {
@@ -675,13 +691,9 @@ async fn connect_tls(mut tcp: TcpStream, ctx: &Context, sni: Option<&str>) -> Re
 }
 
 async fn protocol_error<W: AsyncWrite + Unpin>(client: &mut W, error: &WireError) {
-    let response = backend::error_response(
-        PROTOCOL_VIOLATION,
-        &format!("tollgate: malformed message from the client: {error}"),
-        None,
-        None,
-    );
-    let _ = client.write_all(&response).await;
+    if let Some(response) = Ended::violation("client", "malformed", error).to_client {
+        let _ = client.write_all(&response).await;
+    }
     let _ = client.shutdown().await;
 }
 
@@ -877,15 +889,7 @@ where
         if let Some(error) = malformed {
             // What was accepted before the bad message still goes to the server.
             let _ = writer.write_all(&out).await;
-            return Err(Ended {
-                message: format!("protocol violation by the client: {error}"),
-                to_client: Some(backend::error_response(
-                    PROTOCOL_VIOLATION,
-                    &format!("tollgate: malformed message from the client: {error}"),
-                    None,
-                    None,
-                )),
-            });
+            return Err(Ended::violation("client", "malformed", error));
         }
         if !out.is_empty() {
             writer
@@ -897,16 +901,11 @@ where
         match inbox.fill(reader).await {
             Ok(0) => {
                 if !inbox.is_empty() {
-                    let message = "the client closed in the middle of a message";
-                    return Err(Ended {
-                        message: format!("protocol violation by the client: {message}"),
-                        to_client: Some(backend::error_response(
-                            PROTOCOL_VIOLATION,
-                            &format!("tollgate: truncated message from the client: {message}"),
-                            None,
-                            None,
-                        )),
-                    });
+                    return Err(Ended::violation(
+                        "client",
+                        "truncated",
+                        "the client closed in the middle of a message",
+                    ));
                 }
                 let _ = writer.shutdown().await;
                 return Ok(());
@@ -1183,15 +1182,7 @@ where
         if let Some(error) = malformed {
             // What was accepted before the bad message still goes to the client.
             let _ = writer.write_all(&out).await;
-            return Err(Ended {
-                message: format!("protocol violation by the server: {error}"),
-                to_client: Some(backend::error_response(
-                    PROTOCOL_VIOLATION,
-                    &format!("tollgate: malformed message from the server: {error}"),
-                    None,
-                    None,
-                )),
-            });
+            return Err(Ended::violation("server", "malformed", error));
         }
         if !out.is_empty() {
             writer
