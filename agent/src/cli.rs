@@ -152,7 +152,7 @@ enum PolicyCommand {
         path: Option<PathBuf>,
     },
     /// Print the decision and the determining policies for one connection.
-    Explain(policy::ExplainArgs),
+    Explain(Box<policy::ExplainArgs>),
     /// Run a table of expected decisions (TOML); exits non-zero on a failure.
     Test { file: PathBuf },
     /// Print the Cedar schema policies are validated against.
@@ -289,7 +289,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Command::Policy { config, command } => match command {
             PolicyCommand::Check { path } => policy::check(path, config.as_deref()),
-            PolicyCommand::Explain(args) => policy::explain(args, config.as_deref()),
+            PolicyCommand::Explain(args) => policy::explain(*args, config.as_deref()),
             PolicyCommand::Test { file } => policy::test(&file, config.as_deref()),
             PolicyCommand::Schema => {
                 print!("{}", tollgate_policy::schema::SCHEMA);

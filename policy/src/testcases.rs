@@ -17,6 +17,7 @@
 //! dest = "10.1.2.3:5432"
 //! # identity = { provider = "github", repository = "acme/api" }  # as a runner hook sets it
 //! # assurance = "oidc-verified"                                   # default host-asserted
+//! # action = "sql:ddl"; tables = ["orders"]; database = "shop"; user = "app"   # a statement
 //! expect = "allow"                 # allow | deny | require_approval
 //! policies = ["prod-db-deploy"]    # optional: the determining policy ids
 //! ```
@@ -49,6 +50,13 @@ pub struct Case {
     #[serde(default)]
     pub assurance: Option<String>,
     pub dest: SocketAddr,
+    /// For `sql:*` actions: the statement's context.
+    #[serde(default)]
+    pub database: String,
+    #[serde(default)]
+    pub user: String,
+    #[serde(default)]
+    pub tables: Vec<String>,
     #[serde(default)]
     pub action: Option<String>,
     #[serde(default)]
@@ -90,13 +98,12 @@ pub fn run(engine: &PolicyEngine, cases: &[Case]) -> Vec<Outcome> {
     cases
         .iter()
         .map(|case| {
-            if let Some(action) = case.action.as_deref()
-                && action != "connect"
-            {
+            let action = case.action.as_deref().unwrap_or("connect");
+            if action != "connect" && !action.starts_with("sql:") {
                 return Outcome {
                     name: case.name.clone(),
                     passed: false,
-                    detail: format!("action `{action}` cannot be tested yet (only connect)"),
+                    detail: format!("action `{action}` cannot be tested (connect or sql:*)"),
                 };
             }
             let principal = Principal {
@@ -113,7 +120,16 @@ pub fn run(engine: &PolicyEngine, cases: &[Case]) -> Vec<Outcome> {
                 comm: p.comm,
                 exe: p.exe,
             };
-            let decision = engine.decide_connect(&principal, &process, case.dest);
+            let decision = if action == "connect" {
+                engine.decide_connect(&principal, &process, case.dest)
+            } else {
+                let sql = crate::SqlContext {
+                    database: case.database.clone(),
+                    user: case.user.clone(),
+                    tables: case.tables.clone(),
+                };
+                engine.decide_sql(&principal, &process, case.dest, action, &sql)
+            };
             let mut problems = Vec::new();
             if decision.effect != case.expect {
                 problems.push(format!(

@@ -106,8 +106,18 @@ pub struct ExplainArgs {
     /// The destination, HOST:PORT.
     #[arg(long)]
     dest: String,
+    /// `connect`, or `sql:read|write|ddl|admin|unknown` for one statement.
     #[arg(long, default_value = "connect")]
     action: String,
+    /// For `sql:*`: a table the statement uses (repeatable).
+    #[arg(long = "table")]
+    tables: Vec<String>,
+    /// For `sql:*`: the database.
+    #[arg(long, default_value = "")]
+    database: String,
+    /// For `sql:*`: the database user.
+    #[arg(long, default_value = "")]
+    db_user: String,
     /// The process's uid.
     #[arg(long, default_value_t = 0)]
     uid: u32,
@@ -123,10 +133,18 @@ pub struct ExplainArgs {
 
 /// `tollgate policy explain`.
 pub fn explain(args: ExplainArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
-    if args.action != "connect" {
+    const SQL_ACTIONS: [&str; 5] = [
+        "sql:read",
+        "sql:write",
+        "sql:ddl",
+        "sql:admin",
+        "sql:unknown",
+    ];
+    if args.action != "connect" && !SQL_ACTIONS.contains(&args.action.as_str()) {
         bail!(
-            "--action {}: only `connect` can be explained yet",
-            args.action
+            "--action {}: expected connect or one of {}",
+            args.action,
+            SQL_ACTIONS.join(", ")
         );
     }
     let (config, _) = Config::load(config)?;
@@ -145,7 +163,16 @@ pub fn explain(args: ExplainArgs, config: Option<&Path>) -> anyhow::Result<ExitC
         comm: args.comm,
         exe: None,
     };
-    let decision = engine.decide_connect(&principal, &process, destination);
+    let decision = if args.action == "connect" {
+        engine.decide_connect(&principal, &process, destination)
+    } else {
+        let sql = tollgate_policy::SqlContext {
+            database: args.database,
+            user: args.db_user,
+            tables: args.tables,
+        };
+        engine.decide_sql(&principal, &process, destination, &args.action, &sql)
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&decision)?);
     } else {
