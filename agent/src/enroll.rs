@@ -207,6 +207,29 @@ impl Enrollment {
             .set_identity(&job.id, proven, Assurance::OidcVerified)?)
     }
 
+    /// Puts a hook's outcome for a job on the audit trail.
+    fn audit_job(
+        &self,
+        action: &'static str,
+        caller: Caller,
+        result: &Result<Arc<Job>, EnrollError>,
+    ) {
+        let job_id = result.as_ref().ok().map(|j| j.id.as_str());
+        self.audit(action, caller, result, job_id, enrolled_detail(result));
+    }
+
+    /// The end of a started hook: audit the enrolment, then verify its token, if any.
+    fn started(
+        &self,
+        action: &'static str,
+        caller: Caller,
+        result: Result<Arc<Job>, EnrollError>,
+        token: Option<&str>,
+    ) -> Result<Enrolled, EnrollError> {
+        self.audit_job(action, caller, &result);
+        Ok(self.attest_new(result?, token, caller))
+    }
+
     /// `tollgate hook github job-started`: enrolls the caller's Runner.Worker.
     pub fn github_started(
         &self,
@@ -222,14 +245,7 @@ impl Enrollment {
             let worker = ancestry::github_worker(caller.pid, caller.uid)?;
             self.enroll_process(worker, caller, identity, JobKind::GithubHook)
         })();
-        self.audit(
-            "github_job_started",
-            caller,
-            &result,
-            result.as_ref().ok().map(|j| j.id.as_str()),
-            enrolled_detail(&result),
-        );
-        Ok(self.attest_new(result?, token.as_deref(), caller))
+        self.started("github_job_started", caller, result, token.as_deref())
     }
 
     /// `tollgate hook github job-completed`: ends the worker's job, sparing the worker
@@ -248,13 +264,7 @@ impl Enrollment {
             self.jobs.end(&job.id, None, JobEndLabel::Completed, None)?;
             Ok(job)
         })();
-        self.audit(
-            "github_job_completed",
-            caller,
-            &result,
-            result.as_ref().ok().map(|j| j.id.as_str()),
-            enrolled_detail(&result),
-        );
+        self.audit_job("github_job_completed", caller, &result);
         result
     }
 
@@ -274,14 +284,7 @@ impl Enrollment {
             let shell = ancestry::parent_shell(caller.pid, caller.uid)?;
             self.enroll_process(shell, caller, identity, JobKind::GitlabHook)
         })();
-        self.audit(
-            "gitlab_job_started",
-            caller,
-            &result,
-            result.as_ref().ok().map(|j| j.id.as_str()),
-            enrolled_detail(&result),
-        );
-        Ok(self.attest_new(result?, token.as_deref(), caller))
+        self.started("gitlab_job_started", caller, result, token.as_deref())
     }
 
     /// `tollgate attest`: verifies a token for the job the caller is in (as the kernel
