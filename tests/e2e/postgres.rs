@@ -89,6 +89,18 @@ fn statements(agent: &Agent, session: &Value) -> Vec<Value> {
     shown["statements"].as_array().cloned().unwrap_or_default()
 }
 
+/// The statements of `sessions` once at least `n` are on record (written asynchronously).
+fn wait_statements(agent: &Agent, sessions: &[Value], n: usize) -> Vec<Value> {
+    tollgate_e2e::wait_for(
+        &format!("{n} statements on record"),
+        std::time::Duration::from_secs(10),
+        || {
+            let s: Vec<Value> = sessions.iter().flat_map(|s| statements(agent, s)).collect();
+            (s.len() >= n).then_some(s)
+        },
+    )
+}
+
 #[test]
 fn a_denied_ddl_inside_a_transaction_fails_it_on_both_sides() {
     if !require_root() {
@@ -128,14 +140,7 @@ fn a_denied_ddl_inside_a_transaction_fails_it_on_both_sides() {
     assert_eq!(session["db_user"], "postgres");
     assert_eq!(session["db_name"], "postgres");
     assert_eq!(session["application_name"], "psql");
-    let statements = tollgate_e2e::wait_for(
-        "the statements on record",
-        std::time::Duration::from_secs(10),
-        || {
-            let s = statements(&agent, session);
-            (s.len() >= 8).then_some(s)
-        },
-    );
+    let statements = wait_statements(&agent, std::slice::from_ref(session), 8);
     let summary: Vec<(String, String, String)> = statements
         .iter()
         .map(|s| {
@@ -545,17 +550,7 @@ fn psycopg_parameters_pipelines_copy_and_binary_results_through_tollgate() {
 
     // Every statement is on record, with its protocol.
     let sessions = agent.wait_sessions(None, 1);
-    let statements = tollgate_e2e::wait_for(
-        "psycopg's statements",
-        std::time::Duration::from_secs(10),
-        || {
-            let s: Vec<Value> = sessions
-                .iter()
-                .flat_map(|s| statements(&agent, s))
-                .collect();
-            (s.len() >= 15).then_some(s)
-        },
-    );
+    let statements = wait_statements(&agent, &sessions, 15);
     let inserts = statements
         .iter()
         .filter(|s| {
@@ -611,17 +606,7 @@ fn tokio_postgres_prepared_statements_through_tollgate() {
     assert_eq!(seen["denied"], "42501");
     assert_eq!(seen["after"], 100);
     let sessions = agent.wait_sessions(None, 1);
-    let statements = tollgate_e2e::wait_for(
-        "tokio-postgres's statements",
-        std::time::Duration::from_secs(10),
-        || {
-            let s: Vec<Value> = sessions
-                .iter()
-                .flat_map(|s| statements(&agent, s))
-                .collect();
-            (s.len() >= 8).then_some(s)
-        },
-    );
+    let statements = wait_statements(&agent, &sessions, 8);
     let executions = |prefix: &str| {
         statements
             .iter()
@@ -742,14 +727,7 @@ fn psql_copy_in_and_out_through_tollgate() {
         "COPY TO STDOUT went through, masked"
     );
     let sessions = agent.wait_sessions(None, 1);
-    let statements = tollgate_e2e::wait_for(
-        "the COPY statements",
-        std::time::Duration::from_secs(10),
-        || {
-            let s = statements(&agent, &sessions[0]);
-            (s.len() >= 2).then_some(s)
-        },
-    );
+    let statements = wait_statements(&agent, &sessions[..1], 2);
     assert_eq!(statements[0]["kind"], "write");
     assert_eq!(statements[0]["rows"], 3);
     assert_eq!(statements[1]["kind"], "read");
