@@ -18,7 +18,56 @@ pub struct Options {
     pub rounds: usize,
     pub seconds: u64,
     pub scale: u32,
+    /// Indexes into [`PATHS`]; always starts with direct, the reference.
+    paths: Vec<usize>,
+    /// Indexes into [`WORKLOADS`].
+    workloads: Vec<usize>,
 }
+
+impl Options {
+    /// Checks `--paths` and `--workloads` by name; empty means all.
+    pub fn new(
+        rounds: usize,
+        seconds: u64,
+        scale: u32,
+        paths: &[String],
+        workloads: &[String],
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            rounds,
+            seconds,
+            scale,
+            paths: select(&PATHS, paths, "path", Some(0))?,
+            workloads: select(&WORKLOAD_KEYS, workloads, "workload", None)?,
+        })
+    }
+}
+
+/// Indexes of `chosen` in `known` (all of them when nothing is chosen), starting with
+/// `always` when given.
+fn select(
+    known: &[&str],
+    chosen: &[String],
+    what: &str,
+    always: Option<usize>,
+) -> anyhow::Result<Vec<usize>> {
+    if chosen.is_empty() {
+        return Ok((0..known.len()).collect());
+    }
+    let mut indexes: Vec<usize> = always.into_iter().collect();
+    for name in chosen {
+        let Some(index) = known.iter().position(|k| k == name) else {
+            bail!("unknown {what} {name:?}; known: {}", known.join(", "));
+        };
+        if !indexes.contains(&index) {
+            indexes.push(index);
+        }
+    }
+    Ok(indexes)
+}
+
+/// The names `--workloads` takes, in the order of [`WORKLOADS`].
+const WORKLOAD_KEYS: [&str; 2] = ["select", "connect"];
 
 /// A workload: name and pgbench arguments (besides host/port/duration).
 const WORKLOADS: [(&str, &[&str]); 2] = [
@@ -66,8 +115,10 @@ struct Sample {
 fn measure(env: &mut Environment, options: &Options) -> anyhow::Result<Vec<Sample>> {
     let mut samples = Vec::new();
     for round in 0..options.rounds {
-        for (workload, (name, args)) in WORKLOADS.iter().enumerate() {
-            for (path, path_name) in PATHS.iter().enumerate() {
+        for &workload in &options.workloads {
+            let (name, args) = WORKLOADS[workload];
+            for &path in &options.paths {
+                let path_name = PATHS[path];
                 let tps = env.pgbench(path_name, args, options.seconds)?;
                 eprintln!(
                     "xtask: bench: round {} {name:<16} {path_name:<9} {tps:>10.1} tps",
@@ -104,8 +155,10 @@ fn report(samples: &[Sample], options: &Options) {
         "{:<18} {:<10} {:>12} {:>14} {:>28}",
         "workload", "path", "median tps", "median ratio", "per-round ratios"
     );
-    for (workload, (name, _)) in WORKLOADS.iter().enumerate() {
-        for (path, path_name) in PATHS.iter().enumerate() {
+    for &workload in &options.workloads {
+        let name = WORKLOADS[workload].0;
+        for &path in &options.paths {
+            let path_name = PATHS[path];
             let tps: Vec<f64> = samples
                 .iter()
                 .filter(|s| s.workload == workload && s.path == path)
@@ -391,5 +444,40 @@ impl Environment {
             self.pg_started = false;
         }
         let _ = fs::remove_dir_all(&self.scratch);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn path_and_workload_selection() {
+        let all = Options::new(3, 20, 10, &[], &[]).unwrap();
+        assert_eq!(all.paths, vec![0, 1, 2, 3]);
+        assert_eq!(all.workloads, vec![0, 1]);
+
+        // direct is always measured first, as the reference; duplicates collapse.
+        let some = Options::new(
+            3,
+            20,
+            10,
+            &names(&["pgbouncer", "direct", "pgbouncer"]),
+            &names(&["connect"]),
+        )
+        .unwrap();
+        assert_eq!(some.paths, vec![0, 3]);
+        assert_eq!(some.workloads, vec![1]);
+
+        let error = Options::new(3, 20, 10, &names(&["tollgate"]), &[])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("unknown path \"tollgate\""), "{error}");
+        assert!(Options::new(3, 20, 10, &[], &names(&["select-only"])).is_err());
     }
 }

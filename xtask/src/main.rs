@@ -45,6 +45,13 @@ enum Cmd {
         /// pgbench scale factor.
         #[arg(long, default_value_t = 10)]
         scale: u32,
+        /// Paths to measure besides direct (the reference): tollgate-l4, tollgate-l7,
+        /// pgbouncer. Default: all.
+        #[arg(long, value_delimiter = ',')]
+        paths: Vec<String>,
+        /// Workloads to run: select (-S -c8) and connect (-C -S -c4). Default: both.
+        #[arg(long, value_delimiter = ',')]
+        workloads: Vec<String>,
     },
     /// Fuzz the PostgreSQL wire parsers (cargo-fuzz, pinned nightly).
     Fuzz {
@@ -86,16 +93,12 @@ fn main() -> anyhow::Result<()> {
             rounds,
             seconds,
             scale,
+            paths,
+            workloads,
         } => {
+            let options = bench::Options::new(rounds, seconds, scale, &paths, &workloads)?;
             setup::all(&root)?;
-            bench::bench(
-                &root,
-                &bench::Options {
-                    rounds,
-                    seconds,
-                    scale,
-                },
-            )
+            bench::bench(&root, &options)
         }
         Cmd::Fuzz { seconds } => {
             setup::all(&root)?;
