@@ -1,6 +1,7 @@
 //! The recording store: every job and every connection, written to an embedded SQLite
 //! database (WAL) by a batched writer thread, off the data path.
 mod query;
+mod queue;
 mod schema;
 pub mod writer;
 
@@ -10,7 +11,7 @@ use std::{
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
-        mpsc::{SyncSender, TrySendError},
+        mpsc::SyncSender,
     },
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -235,7 +236,7 @@ pub struct AuditRecord {
 /// The data path's handle on the writer: a bounded queue and a health flag.
 #[derive(Clone)]
 pub struct Recorder {
-    tx: SyncSender<RecordEvent>,
+    tx: queue::Sender,
     healthy: Arc<AtomicBool>,
     metrics: Arc<RecordMetrics>,
 }
@@ -244,17 +245,12 @@ impl Recorder {
     /// Queues an event for the writer. A full queue counts as a recording failure: the
     /// event is dropped, logged and counted, never blocking the data path.
     pub fn record(&self, event: RecordEvent) {
-        match self.tx.try_send(event) {
+        match self.tx.push(event) {
             Ok(()) => self.metrics.queue_depth.inc(),
-            Err(TrySendError::Full(event)) => {
+            Err(event) => {
                 self.metrics.dropped.inc();
                 self.healthy.store(false, Ordering::Relaxed);
                 tracing::error!(?event, "recording queue is full; record dropped");
-            }
-            Err(TrySendError::Disconnected(event)) => {
-                self.metrics.dropped.inc();
-                self.healthy.store(false, Ordering::Relaxed);
-                tracing::error!(?event, "recording writer is gone; record dropped");
             }
         }
     }

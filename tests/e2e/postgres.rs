@@ -822,3 +822,113 @@ fn listen_notify_and_the_function_call_message_pass_through() {
     );
     direct_psql(pg, "SELECT lo_unlink(oid) FROM pg_largeobject_metadata");
 }
+
+/// A PostgreSQL server stand-in without TLS: answers SSLRequest with `N`, then refuses
+/// the startup with an error naming itself. Counts the SSLRequests it got.
+fn tls_less_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::{
+        io::Read as _,
+        net::TcpListener,
+        sync::{Arc, atomic::AtomicUsize},
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let ssl_requests = Arc::new(AtomicUsize::new(0));
+    let counter = ssl_requests.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let counter = counter.clone();
+            std::thread::spawn(move || {
+                loop {
+                    let mut head = [0u8; 8];
+                    if stream.read_exact(&mut head).is_err() {
+                        return;
+                    }
+                    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+                    if head[4..8] == [0x04, 0xd2, 0x16, 0x2f] {
+                        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let _ = stream.write_all(b"N");
+                        continue;
+                    }
+                    let mut rest = vec![0u8; len.saturating_sub(8)];
+                    let _ = stream.read_exact(&mut rest);
+                    let mut body = Vec::new();
+                    for (code, value) in [
+                        (b'S', "FATAL"),
+                        (b'C', "28000"),
+                        (b'M', "tls-less stand-in"),
+                    ] {
+                        body.push(code);
+                        body.extend_from_slice(value.as_bytes());
+                        body.push(0);
+                    }
+                    body.push(0);
+                    let mut message = vec![b'E'];
+                    message.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+                    message.extend_from_slice(&body);
+                    let _ = stream.write_all(&message);
+                    return;
+                }
+            });
+        }
+    });
+    (port, ssl_requests)
+}
+
+#[test]
+fn a_client_is_offered_tls_only_when_the_server_leg_has_it() {
+    if !require_root() {
+        return;
+    }
+    let (port, ssl_requests) = tls_less_server();
+    let agent = agent(port);
+    let conninfo =
+        |mode: &str| format!("host=127.0.0.1 port={port} user=app dbname=app sslmode={mode}");
+    // Directly, a client that requires TLS is refused by this server...
+    let direct = output(Command::new("psql").args(["-X", &conninfo("require"), "-c", "select 1"]));
+    assert!(!direct.status.success());
+    assert!(
+        stderr(&direct).contains("server does not support SSL"),
+        "{}",
+        stderr(&direct)
+    );
+    // ...and so it is through Tollgate: the agent asked the server and answered as it did.
+    let job = agent.run_job(
+        &[("repository", "acme/api")],
+        &["psql", "-X", &conninfo("require"), "-c", "select 1"],
+    );
+    assert!(!job.status.success());
+    assert!(
+        stderr(&job).contains("server does not support SSL"),
+        "the client must not get TLS from Tollgate when the server has none: {}\n{}",
+        stderr(&job),
+        agent.log()
+    );
+    // A client that merely prefers TLS goes on in plaintext and reaches the server.
+    let job = agent.run_job(
+        &[("repository", "acme/api")],
+        &["psql", "-X", &conninfo("prefer"), "-c", "select 1"],
+    );
+    assert!(!job.status.success());
+    assert!(
+        stderr(&job).contains("tls-less stand-in"),
+        "{}\n{}",
+        stderr(&job),
+        agent.log()
+    );
+    // Each session asked the server, and no leg of either was TLS (the client that
+    // required TLS gave up before its startup, so its session has no startup at all).
+    assert!(ssl_requests.load(std::sync::atomic::Ordering::SeqCst) >= 3);
+    let sessions = agent.wait_sessions(None, 2);
+    for session in &sessions {
+        assert_ne!(session["client_tls"], Value::Bool(true), "{session}");
+        assert_ne!(session["server_tls"], Value::Bool(true), "{session}");
+    }
+    assert!(
+        sessions
+            .iter()
+            .any(|s| s["client_tls"] == Value::Bool(false) && s["db_user"] == "app"),
+        "the prefer client's startup is recorded, in plaintext: {sessions:?}"
+    );
+}

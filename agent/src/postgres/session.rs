@@ -345,6 +345,8 @@ pub async fn run(
     };
     let mut client = Io::Plain(client);
     let mut sni: Option<String> = None;
+    // The server's answer to our SSLRequest, once asked.
+    let mut server_tls: Option<bool> = None;
     // The startup phase: untagged messages from the client.
     let mut inbox = Inbox::new();
     let startup = loop {
@@ -366,6 +368,31 @@ pub async fn run(
                             outcome.error =
                                 Some(format!("malformed startup from the client: {error}"));
                             return outcome;
+                        }
+                        // The client gets TLS only when the server leg has it too: a
+                        // client that requires TLS must not be told it has it while
+                        // its statements cross the network in plaintext. So ask the
+                        // server first, and answer the client as the server answered.
+                        let server_agrees = match server_tls {
+                            Some(agrees) => agrees,
+                            None if ctx.tls.upstream_mode() == UpstreamTls::Disable => false,
+                            None => match request_tls(&mut upstream_tcp).await {
+                                Ok(agrees) => {
+                                    server_tls = Some(agrees);
+                                    agrees
+                                }
+                                Err(error) => {
+                                    outcome.error = Some(format!("server: {error}"));
+                                    return outcome;
+                                }
+                            },
+                        };
+                        if !server_agrees {
+                            if let Err(e) = client.write_all(b"N").await {
+                                outcome.error = Some(format!("client: {e}"));
+                                return outcome;
+                            }
+                            continue;
                         }
                         let accepted = match client {
                             Io::Plain(tcp) => accept_tls(tcp, ctx).await,
@@ -437,7 +464,7 @@ pub async fn run(
         client_tls: client.is_tls(),
         server_tls: false,
     };
-    let mut upstream = match connect_tls(upstream_tcp, ctx, sni.as_deref()).await {
+    let mut upstream = match connect_tls(upstream_tcp, ctx, sni.as_deref(), server_tls).await {
         Ok(upstream) => upstream,
         Err(message) => {
             let response = backend::error_response(
@@ -656,12 +683,8 @@ async fn accept_tls(mut tcp: TcpStream, ctx: &Context) -> Result<(Io, Option<Str
     Ok((Io::Accepted(Box::new(stream)), sni))
 }
 
-/// Negotiates TLS with the server as `[postgres.tls] upstream` says.
-async fn connect_tls(mut tcp: TcpStream, ctx: &Context, sni: Option<&str>) -> Result<Io, String> {
-    let mode = ctx.tls.upstream_mode();
-    if mode == UpstreamTls::Disable {
-        return Ok(Io::Plain(tcp));
-    }
+/// Sends the server an SSLRequest; true if it agreed to TLS.
+async fn request_tls(tcp: &mut TcpStream) -> Result<bool, String> {
     let request = [0u8, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
     tcp.write_all(&request).await.map_err(|e| e.to_string())?;
     let mut answer = [0u8; 1];
@@ -669,7 +692,30 @@ async fn connect_tls(mut tcp: TcpStream, ctx: &Context, sni: Option<&str>) -> Re
         .await
         .map_err(|e| e.to_string())?;
     match answer[0] {
-        b'S' => {
+        b'S' => Ok(true),
+        b'N' => Ok(false),
+        other => Err(format!("unexpected answer {other:#x} to SSLRequest")),
+    }
+}
+
+/// Negotiates TLS with the server as `[postgres.tls] upstream` says. `asked` is the
+/// server's answer to an SSLRequest already made on `tcp`, if one was.
+async fn connect_tls(
+    mut tcp: TcpStream,
+    ctx: &Context,
+    sni: Option<&str>,
+    asked: Option<bool>,
+) -> Result<Io, String> {
+    let mode = ctx.tls.upstream_mode();
+    if mode == UpstreamTls::Disable {
+        return Ok(Io::Plain(tcp));
+    }
+    let agrees = match asked {
+        Some(agrees) => agrees,
+        None => request_tls(&mut tcp).await?,
+    };
+    match agrees {
+        true => {
             let name = match sni {
                 Some(name) => rustls::pki_types::ServerName::try_from(name.to_owned())
                     .map_err(|e| e.to_string())?,
@@ -682,11 +728,10 @@ async fn connect_tls(mut tcp: TcpStream, ctx: &Context, sni: Option<&str>) -> Re
                 .map_err(|e| format!("TLS to the server: {e}"))?;
             Ok(Io::Connected(Box::new(stream)))
         }
-        b'N' if mode == UpstreamTls::Prefer => Ok(Io::Plain(tcp)),
-        b'N' => {
+        false if mode == UpstreamTls::Prefer => Ok(Io::Plain(tcp)),
+        false => {
             Err("the server does not support TLS, and postgres.tls.upstream requires it".to_owned())
         }
-        other => Err(format!("unexpected answer {other:#x} to SSLRequest")),
     }
 }
 

@@ -5,17 +5,16 @@ use std::{
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
-        mpsc::{Receiver, RecvTimeoutError, sync_channel},
     },
     thread::JoinHandle,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use rusqlite::{Connection, params};
 
 use super::{
     ConnectionRecord, JobExit, JobRecord, RecordError, RecordEvent, Recorder, StatementRecord,
-    schema,
+    queue, schema,
 };
 use crate::metrics::RecordMetrics;
 
@@ -61,14 +60,13 @@ pub fn spawn(
     };
     let conn = Connection::open(path).map_err(open_err)?;
     schema::apply(&conn).map_err(open_err)?;
-    let (tx, rx) = sync_channel(capacity);
+    let (tx, rx) = queue::bounded(capacity, batch_size);
     let healthy = Arc::new(AtomicBool::new(true));
     let stopping = Arc::new(AtomicBool::new(false));
     let writer = Writer {
         conn,
         path: path.to_owned(),
         rx,
-        batch_size,
         flush_interval,
         healthy: healthy.clone(),
         stopping: stopping.clone(),
@@ -94,8 +92,7 @@ pub fn spawn(
 struct Writer {
     conn: Connection,
     path: PathBuf,
-    rx: Receiver<RecordEvent>,
-    batch_size: usize,
+    rx: queue::Receiver,
     flush_interval: Duration,
     healthy: Arc<AtomicBool>,
     stopping: Arc<AtomicBool>,
@@ -104,30 +101,10 @@ struct Writer {
 
 impl Writer {
     fn run(mut self) {
-        let mut batch = Vec::with_capacity(self.batch_size);
-        loop {
-            match self.rx.recv_timeout(Duration::from_millis(200)) {
-                Ok(event) => batch.push(event),
-                Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => break,
-            }
-            // Gather for up to one flush interval: one transaction per batch, not per
-            // record. Someone waiting for a flush ends the gathering at once.
-            let deadline = Instant::now() + self.flush_interval;
-            let mut disconnected = false;
-            while batch.len() < self.batch_size
-                && !matches!(batch.last(), Some(RecordEvent::Flush(_)))
-            {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match self.rx.recv_timeout(left) {
-                    Ok(event) => batch.push(event),
-                    Err(RecvTimeoutError::Timeout) => break,
-                    Err(RecvTimeoutError::Disconnected) => {
-                        disconnected = true;
-                        break;
-                    }
-                }
-            }
+        let mut batch = Vec::new();
+        // Gather for up to one flush interval: one transaction per batch, not per
+        // record. Someone waiting for a flush ends the gathering at once.
+        while self.rx.next_batch(&mut batch, self.flush_interval) {
             self.metrics.queue_depth.sub(batch.len() as i64);
             self.write_with_retry(&batch);
             for event in &batch {
@@ -136,9 +113,6 @@ impl Writer {
                 }
             }
             batch.clear();
-            if disconnected {
-                break;
-            }
         }
     }
 
