@@ -295,11 +295,9 @@ impl Inbox {
             self.buf.drain(..self.start);
             self.start = 0;
         }
-        let len = self.buf.len();
-        self.buf.resize(len + READ_CHUNK, 0);
-        let n = reader.read(&mut self.buf[len..]).await;
-        self.buf.truncate(len + *n.as_ref().unwrap_or(&0));
-        n
+        // Into the spare capacity: no zeroing of a fresh chunk per read.
+        self.buf.reserve(READ_CHUNK);
+        reader.read_buf(&mut self.buf).await
     }
 
     /// The next whole message, if there is one.
