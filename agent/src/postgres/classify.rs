@@ -1,7 +1,10 @@
 //! What a statement does, by PostgreSQL's own parser (libpg_query): its kind, the
 //! tables it reads or writes and the functions it calls. Results are cached per thread,
-//! by statement text and by query fingerprint (statements that differ only in constants
-//! share one).
+//! by statement text, by shape (the text with its constants blanked, when that is
+//! unambiguous; see [`shape`]) and by query fingerprint: statements that differ only in
+//! constants share one classification.
+mod shape;
+
 use std::{cell::RefCell, collections::HashMap, sync::Arc};
 
 use pg_query::NodeEnum;
@@ -77,6 +80,7 @@ struct Verdict {
 struct Cache {
     by_text: HashMap<String, Arc<Vec<Statement>>>,
     by_fingerprint: HashMap<u64, Verdict>,
+    by_shape: HashMap<String, Verdict>,
 }
 
 thread_local! {
@@ -100,7 +104,14 @@ pub fn classify(sql: &str) -> Arc<Vec<Statement>> {
 }
 
 fn classify_uncached(sql: &str) -> Vec<Statement> {
-    // Statements that differ only in constants share a fingerprint: skip the parse.
+    // Statements that differ only in constants share a shape: no parse at all.
+    let shape = shape::shape(sql);
+    if let Some(shape) = &shape
+        && let Some(verdict) = CACHE.with(|c| c.borrow().by_shape.get(shape).cloned())
+    {
+        return vec![statement(sql, verdict)];
+    }
+    // ... and a fingerprint: skip the full parse.
     let fingerprint = pg_query::fingerprint(sql, 0, 0).ok().map(|f| f.value);
     if let Some(fingerprint) = fingerprint
         && let Some(verdict) = CACHE.with(|c| c.borrow().by_fingerprint.get(&fingerprint).cloned())
@@ -130,6 +141,15 @@ fn classify_uncached(sql: &str) -> Vec<Statement> {
                     cache.by_fingerprint.clear();
                 }
                 cache.by_fingerprint.insert(fingerprint, verdict.clone());
+            });
+        }
+        if let Some(shape) = shape {
+            CACHE.with(|c| {
+                let mut cache = c.borrow_mut();
+                if cache.by_shape.len() >= CACHE_CAPACITY {
+                    cache.by_shape.clear();
+                }
+                cache.by_shape.insert(shape, verdict.clone());
             });
         }
         return vec![statement(sql, verdict)];
@@ -433,6 +453,27 @@ mod tests {
 
     fn kinds(sql: &str) -> Vec<Kind> {
         classify(sql).iter().map(|s| s.kind).collect()
+    }
+
+    #[test]
+    fn statements_of_one_shape_share_a_classification_but_keep_their_text() {
+        let first = classify("select note from shaped_orders where id = 1");
+        let second = classify("select note from shaped_orders where id = 987654");
+        assert_eq!(first[0].tables, ["shaped_orders"]);
+        assert_eq!(second[0].tables, ["shaped_orders"]);
+        assert_eq!(second[0].kind, Kind::Read);
+        assert_eq!(
+            second[0].text,
+            "select note from shaped_orders where id = 987654"
+        );
+        // A different table is a different shape.
+        let other = classify("select note from other_orders where id = 2");
+        assert_eq!(other[0].tables, ["other_orders"]);
+        // Comments hide nothing: this goes to the parser and is seen as two statements.
+        let hidden =
+            classify("select note from shaped_orders where id = 3 /* ' */; drop table x; /* ' */");
+        assert_eq!(hidden.len(), 2);
+        assert_eq!(hidden[1].kind, Kind::Ddl);
     }
 
     #[test]
