@@ -1,8 +1,11 @@
 //! What a statement does, by PostgreSQL's own parser (libpg_query): its kind, the
 //! tables it reads or writes and the functions it calls. Results are cached per thread,
-//! by statement text, by shape (the text with its constants blanked, when that is
-//! unambiguous; see [`shape`]) and by query fingerprint: statements that differ only in
-//! constants share one classification.
+//! by statement text and by shape (the text with its constants blanked, when that is
+//! unambiguous; see [`shape`]): statements that differ only in constants share one
+//! classification. Both keys are exact texts. (A cache keyed by libpg_query's 64-bit
+//! fingerprint, an unkeyed non-cryptographic hash, would let a job that crafts a
+//! colliding pair have a DROP classified as the harmless statement it primed the cache
+//! with.)
 mod shape;
 
 use std::{cell::RefCell, collections::HashMap, sync::Arc};
@@ -79,7 +82,6 @@ struct Verdict {
 #[derive(Default)]
 struct Cache {
     by_text: HashMap<String, Arc<Vec<Statement>>>,
-    by_fingerprint: HashMap<u64, Verdict>,
     by_shape: HashMap<String, Verdict>,
 }
 
@@ -92,7 +94,15 @@ pub fn classify(sql: &str) -> Arc<Vec<Statement>> {
     if let Some(hit) = CACHE.with(|c| c.borrow().by_text.get(sql).cloned()) {
         return hit;
     }
-    let statements = Arc::new(classify_uncached(sql));
+    // Statements that differ only in constants share a shape: no parse at all, and no
+    // text cache entry (the text will hardly come again; its shape will).
+    let shape = shape::shape(sql);
+    if let Some(shape) = &shape
+        && let Some(verdict) = CACHE.with(|c| c.borrow().by_shape.get(shape).cloned())
+    {
+        return Arc::new(vec![statement(sql, verdict)]);
+    }
+    let statements = Arc::new(parse(sql, shape));
     CACHE.with(|c| {
         let mut cache = c.borrow_mut();
         if cache.by_text.len() >= CACHE_CAPACITY {
@@ -103,21 +113,8 @@ pub fn classify(sql: &str) -> Arc<Vec<Statement>> {
     statements
 }
 
-fn classify_uncached(sql: &str) -> Vec<Statement> {
-    // Statements that differ only in constants share a shape: no parse at all.
-    let shape = shape::shape(sql);
-    if let Some(shape) = &shape
-        && let Some(verdict) = CACHE.with(|c| c.borrow().by_shape.get(shape).cloned())
-    {
-        return vec![statement(sql, verdict)];
-    }
-    // ... and a fingerprint: skip the full parse.
-    let fingerprint = pg_query::fingerprint(sql, 0, 0).ok().map(|f| f.value);
-    if let Some(fingerprint) = fingerprint
-        && let Some(verdict) = CACHE.with(|c| c.borrow().by_fingerprint.get(&fingerprint).cloned())
-    {
-        return vec![statement(sql, verdict)];
-    }
+/// Classifies by a full parse, and remembers a single statement's verdict by `shape`.
+fn parse(sql: &str, shape: Option<String>) -> Vec<Statement> {
     let parsed = match pg_query::parse(sql, 0) {
         Ok(parsed) => parsed,
         Err(error) => return vec![unknown(sql, error.to_string())],
@@ -134,15 +131,6 @@ fn classify_uncached(sql: &str) -> Vec<Statement> {
     if raw.len() == 1 {
         let (node, _) = &raw[0];
         let verdict = verdict(node.as_ref(), &parsed);
-        if let Some(fingerprint) = fingerprint {
-            CACHE.with(|c| {
-                let mut cache = c.borrow_mut();
-                if cache.by_fingerprint.len() >= CACHE_CAPACITY {
-                    cache.by_fingerprint.clear();
-                }
-                cache.by_fingerprint.insert(fingerprint, verdict.clone());
-            });
-        }
         if let Some(shape) = shape {
             CACHE.with(|c| {
                 let mut cache = c.borrow_mut();
