@@ -104,13 +104,21 @@ pub fn classify(sql: &str) -> Arc<Vec<Statement>> {
     }
     let statements = Arc::new(parse(sql, shape));
     CACHE.with(|c| {
-        let mut cache = c.borrow_mut();
-        if cache.by_text.len() >= CACHE_CAPACITY {
-            cache.by_text.clear();
-        }
-        cache.by_text.insert(sql.to_owned(), statements.clone());
+        remember(
+            &mut c.borrow_mut().by_text,
+            sql.to_owned(),
+            statements.clone(),
+        )
     });
     statements
+}
+
+/// Inserts into a per-thread cache map, which starts over when it is full.
+fn remember<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>, key: K, value: V) {
+    if map.len() >= CACHE_CAPACITY {
+        map.clear();
+    }
+    map.insert(key, value);
 }
 
 /// Classifies by a full parse, and remembers a single statement's verdict by `shape`.
@@ -132,13 +140,7 @@ fn parse(sql: &str, shape: Option<String>) -> Vec<Statement> {
         let (node, _) = &raw[0];
         let verdict = verdict(node.as_ref(), &parsed);
         if let Some(shape) = shape {
-            CACHE.with(|c| {
-                let mut cache = c.borrow_mut();
-                if cache.by_shape.len() >= CACHE_CAPACITY {
-                    cache.by_shape.clear();
-                }
-                cache.by_shape.insert(shape, verdict.clone());
-            });
+            CACHE.with(|c| remember(&mut c.borrow_mut().by_shape, shape, verdict.clone()));
         }
         return vec![statement(sql, verdict)];
     }
