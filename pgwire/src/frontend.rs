@@ -233,6 +233,14 @@ fn tag_name(tag: u8) -> &'static str {
     }
 }
 
+/// Encodes an SSLRequest (untagged, 8 bytes).
+pub fn ssl_request() -> [u8; 8] {
+    let mut out = [0u8; 8];
+    out[..4].copy_from_slice(&8u32.to_be_bytes());
+    out[4..].copy_from_slice(&SSL_REQUEST.to_be_bytes());
+    out
+}
+
 /// Encodes a Query message.
 pub fn query(sql: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(sql.len() + 6);
@@ -258,6 +266,14 @@ pub fn parse_message(name: &str, sql: &str) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_encoded_ssl_request_parses_back() {
+        assert!(matches!(
+            super::parse_startup(&super::ssl_request()),
+            Ok(super::Startup::SslRequest)
+        ));
+    }
+
     use super::*;
 
     fn msg(tag: u8, body: &[u8]) -> Vec<u8> {

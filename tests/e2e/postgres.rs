@@ -846,28 +846,20 @@ fn tls_less_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
                         return;
                     }
                     let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
-                    if head[4..8] == [0x04, 0xd2, 0x16, 0x2f] {
+                    if head[4..8] == tollgate_pgwire::SSL_REQUEST.to_be_bytes() {
                         counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         let _ = stream.write_all(b"N");
                         continue;
                     }
                     let mut rest = vec![0u8; len.saturating_sub(8)];
                     let _ = stream.read_exact(&mut rest);
-                    let mut body = Vec::new();
-                    for (code, value) in [
-                        (b'S', "FATAL"),
-                        (b'C', "28000"),
-                        (b'M', "tls-less stand-in"),
-                    ] {
-                        body.push(code);
-                        body.extend_from_slice(value.as_bytes());
-                        body.push(0);
-                    }
-                    body.push(0);
-                    let mut message = vec![b'E'];
-                    message.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
-                    message.extend_from_slice(&body);
-                    let _ = stream.write_all(&message);
+                    let refusal = tollgate_pgwire::backend::error_response(
+                        "28000",
+                        "tls-less stand-in",
+                        None,
+                        None,
+                    );
+                    let _ = stream.write_all(&refusal);
                     return;
                 }
             });

@@ -683,8 +683,9 @@ async fn accept_tls(mut tcp: TcpStream, ctx: &Context) -> Result<(Io, Option<Str
 
 /// Sends the server an SSLRequest; true if it agreed to TLS.
 async fn request_tls(tcp: &mut TcpStream) -> Result<bool, String> {
-    let request = [0u8, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
-    tcp.write_all(&request).await.map_err(|e| e.to_string())?;
+    tcp.write_all(&frontend::ssl_request())
+        .await
+        .map_err(|e| e.to_string())?;
     let mut answer = [0u8; 1];
     tcp.read_exact(&mut answer)
         .await
