@@ -14,7 +14,7 @@ use crate::{
     cgroup::{self, CgroupError, CgroupTree},
     config::{Config, Source},
     control::{ControlError, ControlServer, Handler, PolicyStatus, Request, Response, Status},
-    enforce::{EnforceError, Enforcer},
+    enforce::{EnforceError, Enforcer, Settings},
     enroll::{Enrolled, Enrollment},
     identity::oidc::Verifier,
     jobs::{Caller, Job, JobError, JobRegistry, NewJob},
@@ -108,8 +108,7 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
     let enforcer = Arc::new(Enforcer::load(
         &config.policy.dir,
         config_file,
-        config.policy.mode,
-        config.targets.clone(),
+        Settings::from_config(&config),
         metrics.policy.clone(),
     )?);
     if enforcer.configured() {
@@ -198,7 +197,6 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
         config.proxy.buffer_size,
         config.recording.strict,
         config.postgres.clone(),
-        Arc::new(config.masking.clone()),
         Arc::new(crate::postgres::tls::Tls::load(
             &config.state.dir,
             config.postgres.tls.clone(),

@@ -23,6 +23,7 @@ use tollgate_policy::{
 use crate::{
     config::{Config, ConfigError},
     metrics::PolicyMetrics,
+    postgres::mask::MaskingConfig,
 };
 
 /// Cached decisions per thread, at most this many before the cache starts over.
@@ -53,15 +54,35 @@ struct Active {
     /// file included).
     signature: Vec<(PathBuf, u64, Option<SystemTime>)>,
     mode: Mode,
+    masking: Arc<MaskingConfig>,
+}
+
+/// What the agent's config file says that a reload takes up: `[policy] mode`,
+/// `[[targets]]` and `[masking]`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub mode: Mode,
+    /// As configured (DNS names are resolved again on every reload).
+    pub targets: Vec<TargetSpec>,
+    pub masking: Arc<MaskingConfig>,
+}
+
+impl Settings {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            mode: config.policy.mode,
+            targets: config.targets.clone(),
+            masking: Arc::new(config.masking.clone()),
+        }
+    }
 }
 
 pub struct Enforcer {
     dir: PathBuf,
-    /// The agent's config file: `[policy] mode` and `[[targets]]` are read again from
-    /// it on every reload. None for the built-in config.
+    /// The agent's config file: its [`Settings`] are read again from it on every
+    /// reload. None for the built-in config.
     config_file: Option<PathBuf>,
-    /// As configured (DNS names are resolved again on every reload).
-    settings: Mutex<(Mode, Vec<TargetSpec>)>,
+    settings: Mutex<Settings>,
     active: ArcSwap<Active>,
     next_generation: AtomicU64,
     reload_lock: Mutex<()>,
@@ -81,25 +102,25 @@ impl Enforcer {
     pub fn load(
         dir: &Path,
         config_file: Option<&Path>,
-        mode: Mode,
-        targets: Vec<TargetSpec>,
+        settings: Settings,
         metrics: Arc<PolicyMetrics>,
     ) -> Result<Self, EnforceError> {
-        let catalog = resolved_catalog(&targets)?;
-        let (engine, signature) = read(dir, config_file, mode, &catalog)?;
+        let catalog = resolved_catalog(&settings.targets)?;
+        let (engine, signature) = read(dir, config_file, settings.mode, &catalog)?;
         metrics
             .loaded
             .set(engine.as_ref().map_or(0, |e| e.policy_count() as i64));
         Ok(Self {
             dir: dir.to_owned(),
             config_file: config_file.map(Path::to_owned),
-            settings: Mutex::new((mode, targets)),
             active: ArcSwap::from_pointee(Active {
                 generation: 1,
                 engine,
                 signature,
-                mode,
+                mode: settings.mode,
+                masking: settings.masking.clone(),
             }),
+            settings: Mutex::new(settings),
             next_generation: AtomicU64::new(2),
             reload_lock: Mutex::new(()),
             metrics,
@@ -116,6 +137,11 @@ impl Enforcer {
 
     pub fn generation(&self) -> u64 {
         self.active.load().generation
+    }
+
+    /// The masking configuration in force; it changes with the generation.
+    pub fn masking(&self) -> Arc<MaskingConfig> {
+        self.active.load().masking.clone()
     }
 
     /// Whether a policy directory is in force (else everything is allowed).
@@ -142,14 +168,16 @@ impl Enforcer {
     pub fn reload(&self) -> Result<Reloaded, EnforceError> {
         let _guard = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut settings = self.settings.lock().unwrap_or_else(|e| e.into_inner());
-        let attempt = self.read_settings(&settings).and_then(|(mode, targets)| {
-            let catalog = resolved_catalog(&targets)?;
-            let (engine, signature) = read(&self.dir, self.config_file.as_deref(), mode, &catalog)?;
-            Ok((engine, signature, mode, targets))
+        let attempt = self.read_settings(&settings).and_then(|new| {
+            let catalog = resolved_catalog(&new.targets)?;
+            let (engine, signature) =
+                read(&self.dir, self.config_file.as_deref(), new.mode, &catalog)?;
+            Ok((engine, signature, new))
         });
         match attempt {
-            Ok((engine, signature, mode, targets)) => {
-                *settings = (mode, targets);
+            Ok((engine, signature, new)) => {
+                let (mode, masking) = (new.mode, new.masking.clone());
+                *settings = new;
                 let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
                 let policies = engine.as_ref().map_or(0, PolicyEngine::policy_count);
                 self.metrics.loaded.set(policies as i64);
@@ -159,6 +187,7 @@ impl Enforcer {
                     engine,
                     signature,
                     mode,
+                    masking,
                 }));
                 tracing::info!(dir = %self.dir.display(), policies, generation, "policy reloaded");
                 Ok(Reloaded {
@@ -176,6 +205,7 @@ impl Enforcer {
                         engine: current.engine.clone(),
                         signature,
                         mode: current.mode,
+                        masking: current.masking.clone(),
                     }));
                 }
                 tracing::error!(dir = %self.dir.display(), %error, "policy reload failed; the previous policy stays in force");
@@ -186,10 +216,7 @@ impl Enforcer {
 
     /// `[policy] mode` and `[[targets]]` from the config file (or as they are, for the
     /// built-in config). A malformed config file keeps the previous set in force.
-    fn read_settings(
-        &self,
-        current: &(Mode, Vec<TargetSpec>),
-    ) -> Result<(Mode, Vec<TargetSpec>), EnforceError> {
+    fn read_settings(&self, current: &Settings) -> Result<Settings, EnforceError> {
         let Some(path) = &self.config_file else {
             return Ok(current.clone());
         };
@@ -201,7 +228,7 @@ impl Enforcer {
                 "policy.dir changed: restart the agent to use the new directory"
             );
         }
-        Ok((config.policy.mode, config.targets))
+        Ok(Settings::from_config(&config))
     }
 
     /// Decides one SQL statement (callers cache per connection).
@@ -411,6 +438,14 @@ mod tests {
     use super::*;
     use crate::metrics::Metrics;
 
+    fn settings(mode: Mode, targets: Vec<TargetSpec>) -> Settings {
+        Settings {
+            mode,
+            targets,
+            masking: Arc::default(),
+        }
+    }
+
     fn principal() -> Principal {
         Principal {
             job_id: "j".to_owned(),
@@ -426,8 +461,7 @@ mod tests {
         let enforcer = Enforcer::load(
             &policies,
             None,
-            Mode::Enforce,
-            Vec::new(),
+            settings(Mode::Enforce, Vec::new()),
             metrics.policy.clone(),
         )
         .unwrap();
@@ -490,8 +524,7 @@ mod tests {
         let enforcer = Enforcer::load(
             dir.path(),
             None,
-            Mode::Enforce,
-            vec![target],
+            settings(Mode::Enforce, vec![target]),
             metrics.policy.clone(),
         )
         .unwrap();
@@ -522,25 +555,33 @@ mod tests {
         )
         .unwrap();
         let config_path = dir.path().join("agent.toml");
-        let write_config = |port: u16, mode: &str| {
+        let write_config = |port: u16, mode: &str, masked: &str| {
             std::fs::write(
                 &config_path,
                 format!(
                     "[policy]\ndir = \"{}\"\nmode = \"{mode}\"\n[[targets]]\nname = \"db\"\n\
-                     cidrs = [\"127.0.0.1/32\"]\nports = [{port}]\n",
+                     cidrs = [\"127.0.0.1/32\"]\nports = [{port}]\n\
+                     [[masking.rules]]\ncolumns = [\"{masked}\"]\n",
                     policies.display()
                 ),
             )
             .unwrap();
         };
-        write_config(5432, "enforce");
+        let masked = |enforcer: &Enforcer| -> Vec<String> {
+            enforcer
+                .masking()
+                .rules
+                .iter()
+                .flat_map(|rule| rule.columns.clone())
+                .collect()
+        };
+        write_config(5432, "enforce", "ssn");
         let config = Config::from_file(&config_path).unwrap();
         let metrics = Metrics::new();
         let enforcer = Enforcer::load(
             &policies,
             Some(&config_path),
-            config.policy.mode,
-            config.targets,
+            Settings::from_config(&config),
             metrics.policy.clone(),
         )
         .unwrap();
@@ -553,11 +594,15 @@ mod tests {
         };
         assert!(!to(5432).blocks());
         assert!(to(6432).blocks());
+        assert_eq!(masked(&enforcer), ["ssn"]);
+        let generation = enforcer.generation();
 
         std::thread::sleep(std::time::Duration::from_millis(20));
-        write_config(6432, "audit");
+        write_config(6432, "audit", "*token*");
         assert!(enforcer.changed_on_disk(), "a config change is a change");
         enforcer.reload().unwrap();
+        assert!(enforcer.generation() > generation);
+        assert_eq!(masked(&enforcer), ["*token*"], "masking is reloaded too");
         assert!(!to(6432).blocks(), "the target moved to 6432");
         assert_eq!(enforcer.mode(), Mode::Audit);
         assert!(!to(5432).blocks(), "audit mode never blocks");
@@ -573,5 +618,17 @@ mod tests {
             "the previous set stays in force"
         );
         assert!(!to(6432).blocks());
+        assert_eq!(masked(&enforcer), ["*token*"]);
+
+        // A masking rule the config check rejects is a failed reload, too.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        write_config(6432, "audit", "x");
+        let text = std::fs::read_to_string(&config_path)
+            .unwrap()
+            .replace("columns = [\"x\"]", "columns = []");
+        std::fs::write(&config_path, text).unwrap();
+        let error = enforcer.reload().unwrap_err().to_string();
+        assert!(error.contains("masking.rules"), "{error}");
+        assert_eq!(masked(&enforcer), ["*token*"]);
     }
 }

@@ -57,7 +57,6 @@ pub struct Shared {
     pub buffer_size: usize,
     pub strict_recording: bool,
     pub postgres: crate::config::PostgresConfig,
-    pub masking: Arc<crate::postgres::mask::MaskingConfig>,
     pub tls: Arc<crate::postgres::tls::Tls>,
     pub postgres_metrics: Arc<crate::metrics::PostgresMetrics>,
     live: AtomicUsize,
@@ -80,7 +79,6 @@ impl Shared {
         buffer_size: usize,
         strict_recording: bool,
         postgres: crate::config::PostgresConfig,
-        masking: Arc<crate::postgres::mask::MaskingConfig>,
         tls: Arc<crate::postgres::tls::Tls>,
         postgres_metrics: Arc<crate::metrics::PostgresMetrics>,
     ) -> Self {
@@ -96,7 +94,6 @@ impl Shared {
             buffer_size,
             strict_recording,
             postgres,
-            masking,
             tls,
             postgres_metrics,
             live: AtomicUsize::new(0),

@@ -5,10 +5,11 @@ use std::{
     io::Write as _,
     path::Path,
     process::{Command, Stdio},
+    time::Duration,
 };
 
 use serde_json::Value;
-use tollgate_e2e::{Agent, output, postgres, require_root, stderr, stdout};
+use tollgate_e2e::{Agent, output, postgres, require_root, stderr, stdout, wait_for};
 
 const POLICY: &str = r#"
 @id("pg-connect")
@@ -478,6 +479,152 @@ fn sensitive_values_are_masked_unless_the_job_is_exempt_and_never_recorded() {
         "{recorded:?}"
     );
     direct_psql(pg, "DROP TABLE tollgate_customers");
+}
+
+/// A psql session in a job that stays open: queries go in one at a time and each
+/// answer line comes back.
+struct LiveSession {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl LiveSession {
+    fn open(agent: &Agent, pg: &tollgate_e2e::postgres::Postgres, labels: &[(&str, &str)]) -> Self {
+        let port = pg.port.to_string();
+        let args = [
+            "psql",
+            "-X",
+            "-A",
+            "-t",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+        ];
+        let mut child = agent
+            .run_command(labels, &args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("psql job");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = child.stdout.take().expect("stdout");
+        Self {
+            child,
+            stdin,
+            lines: std::io::BufRead::lines(std::io::BufReader::new(stdout)),
+        }
+    }
+
+    /// One query with a one-line answer.
+    fn query(&mut self, sql: &str) -> String {
+        writeln!(self.stdin, "{sql}").expect("write");
+        self.lines
+            .next()
+            .and_then(Result::ok)
+            .unwrap_or_else(|| panic!("no answer to {sql}"))
+    }
+
+    fn close(mut self) {
+        drop(self.stdin);
+        let status = self.child.wait().expect("psql");
+        assert!(status.success());
+    }
+}
+
+#[test]
+fn masking_and_exemptions_follow_a_reload_in_live_sessions() {
+    if !require_root() {
+        return;
+    }
+    let pg = postgres();
+    direct_psql(
+        pg,
+        "DROP TABLE IF EXISTS tollgate_codes; CREATE TABLE tollgate_codes (code text); \
+         INSERT INTO tollgate_codes VALUES ('XYZ-123')",
+    );
+    let targets = format!(
+        "[[targets]]\nname = \"pg\"\ncidrs = [\"127.0.0.1/32\"]\nports = [{}]\n\
+         protocol = \"postgres\"\n",
+        pg.port
+    );
+    let exemption = "@id(\"auditors-see-clear\")\n\
+        permit(principal, action == Action::\"mask:exempt\", resource)\n\
+        when { principal.hasTag(\"team\") && principal.getTag(\"team\") == \"audit\" };\n";
+    let agent = Agent::start_with_policy("", &targets, |dir| {
+        std::fs::create_dir_all(dir).expect("policy dir");
+        std::fs::write(dir.join("pg.cedar"), format!("{POLICY}\n{exemption}")).expect("policy");
+    });
+    let select = "SELECT code FROM tollgate_codes;";
+    let mut plain = LiveSession::open(&agent, pg, &[("repository", "acme/api")]);
+    let mut audit = LiveSession::open(&agent, pg, &[("repository", "acme/api"), ("team", "audit")]);
+    assert_eq!(
+        plain.query(select),
+        "XYZ-123",
+        "no rule covers the column yet"
+    );
+    assert_eq!(audit.query(select), "XYZ-123");
+
+    let generation = |agent: &Agent| agent.status()["policy"]["generation"].as_u64();
+    let before = generation(&agent);
+    let config = std::fs::read_to_string(&agent.config_path).expect("config");
+    std::fs::write(
+        &agent.config_path,
+        format!("{config}\n[[masking.rules]]\ncolumns = [\"code\"]\n"),
+    )
+    .expect("config");
+    wait_for("the masking reload", Duration::from_secs(10), || {
+        (generation(&agent) > before).then_some(())
+    });
+    assert_eq!(
+        plain.query(select),
+        "****",
+        "the live session masks after the reload"
+    );
+    assert_eq!(
+        audit.query(select),
+        "XYZ-123",
+        "an exempt job still sees clear"
+    );
+
+    // A broken rule is refused; the rule in force stays.
+    let errors = |agent: &Agent| agent.metric("tollgate_policy_reloads_total{result=\"error\"}");
+    let failed = errors(&agent);
+    let config = std::fs::read_to_string(&agent.config_path).expect("config");
+    std::fs::write(
+        &agent.config_path,
+        format!("{config}\n[[masking.rules]]\ncolumns = []\n"),
+    )
+    .expect("config");
+    wait_for("the failed reload", Duration::from_secs(10), || {
+        (errors(&agent) > failed).then_some(())
+    });
+    assert!(
+        agent.log().contains("masking.rules"),
+        "the error names the key"
+    );
+    assert_eq!(plain.query(select), "****");
+
+    // Withdrawing the exemption masks the auditor's live session too.
+    // (Config first: the reload that loads the three policies has read both.)
+    std::fs::write(&agent.config_path, &config).expect("config");
+    std::fs::write(agent.policy_dir().join("pg.cedar"), POLICY).expect("policy");
+    wait_for("the policy reload", Duration::from_secs(10), || {
+        (agent.status()["policy"]["policies"] == 3).then_some(())
+    });
+    assert_eq!(audit.query(select), "****", "the exemption was withdrawn");
+    let mut fresh = LiveSession::open(&agent, pg, &[("repository", "acme/api")]);
+    assert_eq!(fresh.query(select), "****", "a new session masks as well");
+    for session in [plain, audit, fresh] {
+        session.close();
+    }
+    direct_psql(pg, "DROP TABLE tollgate_codes");
 }
 
 /// The Python with psycopg 3 that `cargo xtask setup` installs.

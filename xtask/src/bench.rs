@@ -2,7 +2,8 @@
 //! direct connection, the same client inside a Tollgate job with the agent relaying at L4
 //! (`postgres.enabled = false`) and following PostgreSQL at L7 (every statement
 //! classified, decided and recorded), and pgbouncer in session mode — interleaved over
-//! several rounds, reporting median TPS and the ratio to direct from the same round.
+//! several rounds, reporting median TPS and the ratio to direct from the same round, and
+//! what each path costs the host in CPU time per transaction.
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -110,6 +111,42 @@ struct Sample {
     workload: usize,
     path: usize,
     tps: f64,
+    /// Host CPU time (every process and the kernel, steal excluded) per transaction, in
+    /// microseconds: the cost of a path, much less sensitive than TPS to the neighbours
+    /// of a shared host.
+    cpu_us: f64,
+}
+
+/// Busy CPU time of the whole host so far, from the `cpu` line of /proc/stat.
+fn host_busy() -> anyhow::Result<Duration> {
+    let stat = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    busy_time(&stat, clock_ticks())
+}
+
+/// user + nice + system + irq + softirq: idle, iowait and steal (time the hypervisor gave
+/// to someone else) are not this host's work.
+fn busy_time(stat: &str, ticks_per_second: u64) -> anyhow::Result<Duration> {
+    let fields = stat
+        .lines()
+        .find_map(|line| line.strip_prefix("cpu "))
+        .context("/proc/stat has no cpu line")?
+        .split_whitespace()
+        .map(|field| field.parse::<u64>())
+        .collect::<Result<Vec<_>, _>>()
+        .context("/proc/stat: a cpu field is not a number")?;
+    let [user, nice, system, _idle, _iowait, irq, softirq, ..] = fields[..] else {
+        bail!("/proc/stat: fewer than 7 cpu fields");
+    };
+    let ticks = user + nice + system + irq + softirq;
+    Ok(Duration::from_secs_f64(
+        ticks as f64 / ticks_per_second.max(1) as f64,
+    ))
+}
+
+fn clock_ticks() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(ticks).unwrap_or(100)
 }
 
 fn measure(env: &mut Environment, options: &Options) -> anyhow::Result<Vec<Sample>> {
@@ -119,9 +156,14 @@ fn measure(env: &mut Environment, options: &Options) -> anyhow::Result<Vec<Sampl
             let (name, args) = WORKLOADS[workload];
             for &path in &options.paths {
                 let path_name = PATHS[path];
+                let busy_before = host_busy()?;
                 let tps = env.pgbench(path_name, args, options.seconds)?;
+                let busy = host_busy()?.saturating_sub(busy_before);
+                let transactions = (tps * options.seconds as f64).max(1.0);
+                let cpu_us = busy.as_secs_f64() * 1e6 / transactions;
                 eprintln!(
-                    "xtask: bench: round {} {name:<16} {path_name:<9} {tps:>10.1} tps",
+                    "xtask: bench: round {} {name:<16} {path_name:<11} {tps:>10.1} tps \
+                     {cpu_us:>7.1} cpu-us/txn",
                     round + 1
                 );
                 samples.push(Sample {
@@ -129,6 +171,7 @@ fn measure(env: &mut Environment, options: &Options) -> anyhow::Result<Vec<Sampl
                     workload,
                     path,
                     tps,
+                    cpu_us,
                 });
             }
         }
@@ -151,19 +194,22 @@ fn report(samples: &[Sample], options: &Options) {
         "pgbench, {} rounds x {} s per run, interleaved; ratio = path TPS / direct TPS of the same round",
         options.rounds, options.seconds
     );
+    println!("cpu-us/txn = host CPU time (steal excluded) per transaction, median over rounds");
     println!(
-        "{:<18} {:<10} {:>12} {:>14} {:>28}",
-        "workload", "path", "median tps", "median ratio", "per-round ratios"
+        "{:<18} {:<11} {:>11} {:>13} {:>26} {:>11}",
+        "workload", "path", "median tps", "median ratio", "per-round ratios", "cpu-us/txn"
     );
     for &workload in &options.workloads {
         let name = WORKLOADS[workload].0;
         for &path in &options.paths {
             let path_name = PATHS[path];
-            let tps: Vec<f64> = samples
-                .iter()
-                .filter(|s| s.workload == workload && s.path == path)
-                .map(|s| s.tps)
-                .collect();
+            let runs = || {
+                samples
+                    .iter()
+                    .filter(move |s| s.workload == workload && s.path == path)
+            };
+            let tps: Vec<f64> = runs().map(|s| s.tps).collect();
+            let cpu_us: Vec<f64> = runs().map(|s| s.cpu_us).collect();
             let ratios: Vec<f64> = (0..options.rounds)
                 .filter_map(|round| {
                     let of = |p: usize| {
@@ -181,12 +227,13 @@ fn report(samples: &[Sample], options: &Options) {
                 .collect::<Vec<_>>()
                 .join(" ");
             println!(
-                "{:<18} {:<10} {:>12.1} {:>14.3} {:>28}",
+                "{:<18} {:<11} {:>11.1} {:>13.3} {:>26} {:>11.1}",
                 name,
                 path_name,
                 median(tps),
                 median(ratios.clone()),
-                per_round
+                per_round,
+                median(cpu_us)
             );
         }
     }
@@ -453,6 +500,16 @@ mod tests {
 
     fn names(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn host_cpu_counts_busy_time_only() {
+        // user nice system idle iowait irq softirq steal guest guest_nice
+        let stat = "cpu  100 20 30 5000 40 5 15 700 0 0\ncpu0 50 10 15 2500 20 2 7 350 0 0\n";
+        assert_eq!(busy_time(stat, 100).unwrap(), Duration::from_millis(1700));
+        assert!(busy_time("cpu0 1 2 3 4 5 6 7\n", 100).is_err());
+        assert!(busy_time("cpu  1 2 3\n", 100).is_err());
+        assert!(busy_time("cpu  1 2 x 4 5 6 7\n", 100).is_err());
     }
 
     #[test]

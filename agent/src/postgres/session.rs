@@ -71,7 +71,6 @@ pub struct Context {
     pub connection_id: String,
     pub job_id: Option<String>,
     pub max_message: usize,
-    pub masking: Arc<MaskingConfig>,
     pub tls: Arc<super::tls::Tls>,
     pub metrics: Arc<crate::metrics::PostgresMetrics>,
     /// The catalog target's name (masking rules can be scoped to it).
@@ -161,6 +160,8 @@ struct ColumnInfo {
 #[derive(Debug, Clone, Default)]
 struct Plan {
     columns: Vec<ColumnMask>,
+    /// The configuration the plan was made from (a reload does not change it midway).
+    masking: Arc<MaskingConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,7 +175,7 @@ enum ColumnMask {
 
 impl Plan {
     fn new(
-        masking: &MaskingConfig,
+        masking: &Arc<MaskingConfig>,
         scope: &mask::Scope<'_>,
         tables: &[String],
         columns: &[ColumnInfo],
@@ -207,11 +208,14 @@ impl Plan {
         columns
             .iter()
             .any(|c| *c != ColumnMask::Keep)
-            .then_some(Self { columns })
+            .then(|| Self {
+                columns,
+                masking: masking.clone(),
+            })
     }
 
     /// The row masked, or None when nothing changed.
-    fn apply(&self, masking: &MaskingConfig, values: &[Option<&[u8]>]) -> Option<Vec<u8>> {
+    fn apply(&self, values: &[Option<&[u8]>]) -> Option<Vec<u8>> {
         let mut changed = false;
         let mut masked: Vec<Option<Vec<u8>>> = Vec::with_capacity(values.len());
         for (i, value) in values.iter().enumerate() {
@@ -221,7 +225,7 @@ impl Plan {
                     replacement.clone()
                 }
                 (Some(ColumnMask::Detect), Some(bytes)) => match std::str::from_utf8(bytes) {
-                    Ok(text) => match masking.redact(text) {
+                    Ok(text) => match self.masking.redact(text) {
                         std::borrow::Cow::Owned(redacted) => {
                             changed = true;
                             Some(redacted.into_bytes())
@@ -259,7 +263,9 @@ struct State {
     portal_columns: HashMap<String, Vec<ColumnInfo>>,
     /// How the rows now arriving are masked.
     plan: Option<Plan>,
-    /// This job is exempt from masking (policy `mask:exempt`).
+    /// The masking configuration in force, taken again after each reload.
+    masking: Arc<MaskingConfig>,
+    /// This job is exempt from masking (policy `mask:exempt`), as of `generation`.
     exempt: bool,
     /// A text-format COPY TO is sending rows.
     copy_out_text: bool,
@@ -528,20 +534,12 @@ pub async fn run(
         tables: Vec::new(),
     };
 
-    let exempt = ctx.masking.enabled
-        && ctx.enforcer.permits(
-            &ctx.principal,
-            &ctx.process,
-            ctx.destination,
-            "mask:exempt",
-            &sql_context,
-        );
-    let state = Mutex::new(State {
-        generation: ctx.enforcer.generation(),
-        exempt,
+    let mut state = State {
         client_tls: outcome.startup.client_tls,
         ..State::default()
-    });
+    };
+    state.refresh(ctx, &sql_context);
+    let state = Mutex::new(state);
     let up = std::sync::atomic::AtomicU64::new(0);
     let down = std::sync::atomic::AtomicU64::new(0);
     let error = {
@@ -751,6 +749,30 @@ fn finish(ctx: &Context, mut record: StatementRecord) {
 }
 
 impl State {
+    /// After a reload (and at the start): forgets cached decisions and takes the masking
+    /// configuration and the `mask:exempt` permission in force.
+    fn refresh(&mut self, ctx: &Context, sql: &SqlContext) {
+        let generation = ctx.enforcer.generation();
+        if generation == self.generation {
+            return;
+        }
+        self.generation = generation;
+        self.decisions.clear();
+        self.masking = ctx.enforcer.masking();
+        let session = SqlContext {
+            tables: Vec::new(),
+            ..sql.clone()
+        };
+        self.exempt = self.masking.enabled
+            && ctx.enforcer.permits(
+                &ctx.principal,
+                &ctx.process,
+                ctx.destination,
+                "mask:exempt",
+                &session,
+            );
+    }
+
     /// The decision for a message's statements (the first blocking one wins), and the
     /// kind of the statement that decided it.
     fn decide(
@@ -759,11 +781,7 @@ impl State {
         sql: &SqlContext,
         statements: &[classify::Statement],
     ) -> (Decision, Kind) {
-        let generation = ctx.enforcer.generation();
-        if generation != self.generation {
-            self.generation = generation;
-            self.decisions.clear();
-        }
+        self.refresh(ctx, sql);
         let mut allowed: Option<(Decision, Kind)> = None;
         for statement in statements {
             let Some(action) = statement.kind.action() else {
@@ -828,10 +846,10 @@ impl State {
             protocol: protocol.to_owned(),
             database: sql.database.clone(),
             user: sql.user.clone(),
-            sql: ctx.masking.redact(&statement.text).into_owned(),
+            sql: self.masking.redact(&statement.text).into_owned(),
             params: params
                 .iter()
-                .map(|p| ctx.masking.redact(p).into_owned())
+                .map(|p| self.masking.redact(p).into_owned())
                 .collect(),
             kind: statement.kind.as_str().to_owned(),
             tables: statement.tables.clone(),
@@ -917,6 +935,9 @@ where
     loop {
         let malformed = {
             let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+            // A reload applies from the client's next message on (an Execute of a
+            // statement prepared before it included).
+            state.refresh(ctx, sql);
             loop {
                 let range = match inbox.next(true, ctx.max_message) {
                     Ok(Some(range)) => range,
@@ -1073,7 +1094,13 @@ fn handle_frontend(
                         .flat_map(|s| s.tables.clone())
                         .collect();
                     plan = columns.and_then(|(columns, formats)| {
-                        Plan::new(&ctx.masking, &scope(ctx, sql), &tables, &columns, &formats)
+                        Plan::new(
+                            &state.masking,
+                            &scope(ctx, sql),
+                            &tables,
+                            &columns,
+                            &formats,
+                        )
                     });
                 }
                 let statements = prepared.statements.clone();
@@ -1084,7 +1111,7 @@ fn handle_frontend(
                         state.record(ctx, sql, s, &decision, "extended", params.clone());
                     if statements.len() == 1 {
                         let text = sql_text.trim().trim_end_matches(';').trim_end();
-                        record.sql = ctx.masking.redact(text).into_owned();
+                        record.sql = state.masking.redact(text).into_owned();
                     }
                     records.push_back(record);
                 }
@@ -1205,6 +1232,9 @@ where
     loop {
         let malformed = {
             let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+            // A reload applies from the client's next message on (an Execute of a
+            // statement prepared before it included).
+            state.refresh(ctx, sql);
             loop {
                 let range = match inbox.next(true, ctx.max_message) {
                     Ok(Some(range)) => range,
@@ -1365,7 +1395,7 @@ fn handle_backend(
         }
         backend::Message::Other(b'd') if state.copy_out_text => {
             let row = raw.get(5..).unwrap_or_default();
-            match std::str::from_utf8(row).map(|text| ctx.masking.redact(text)) {
+            match std::str::from_utf8(row).map(|text| state.masking.redact(text)) {
                 Ok(std::borrow::Cow::Owned(masked)) => {
                     ctx.metrics.masked_rows.inc();
                     out.push(b'd');
@@ -1431,8 +1461,13 @@ fn handle_backend(
                         .map(|r| r.tables.clone())
                         .unwrap_or_default();
                     let formats: Vec<i16> = columns.iter().map(|c| c.format).collect();
-                    state.plan =
-                        Plan::new(&ctx.masking, &scope(ctx, sql), &tables, &columns, &formats);
+                    state.plan = Plan::new(
+                        &state.masking,
+                        &scope(ctx, sql),
+                        &tables,
+                        &columns,
+                        &formats,
+                    );
                 }
                 _ => {}
             }
@@ -1455,7 +1490,7 @@ fn handle_backend(
                             ),
                         };
                         Plan::new(
-                            &ctx.masking,
+                            &state.masking,
                             &scope(ctx, sql),
                             &info.tables,
                             &columns,
@@ -1474,7 +1509,7 @@ fn handle_backend(
                 Some(head) if head.expect == Expect::Execute => head.plan.as_ref(),
                 _ => state.plan.as_ref(),
             };
-            match plan.and_then(|plan| plan.apply(&ctx.masking, &values)) {
+            match plan.and_then(|plan| plan.apply(&values)) {
                 Some(masked) => {
                     ctx.metrics.masked_rows.inc();
                     out.extend_from_slice(&masked);

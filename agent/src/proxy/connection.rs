@@ -89,7 +89,6 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
                 connection_id: log.id().to_owned(),
                 job_id: job.as_ref().map(|j| j.id.clone()),
                 max_message: shared.postgres.max_message_size,
-                masking: shared.masking.clone(),
                 tls: shared.tls.clone(),
                 metrics: shared.postgres_metrics.clone(),
                 target: shared.enforcer.target_name(destination),
