@@ -779,6 +779,88 @@ fn tokio_postgres_prepared_statements_through_tollgate() {
 }
 
 #[test]
+fn a_reload_applies_to_statements_prepared_before_it() {
+    if !require_root() {
+        return;
+    }
+    let pg = postgres();
+    direct_psql(
+        pg,
+        "DROP TABLE IF EXISTS tollgate_tokio_rows; \
+         CREATE TABLE tollgate_tokio_rows (id int, email text)",
+    );
+    let agent = agent(pg.port);
+    let dsn = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=postgres",
+        pg.port
+    );
+    let mut job = agent
+        .run_command(
+            &[("repository", "acme/api")],
+            &[
+                env!("CARGO_BIN_EXE_tokio_pg_client"),
+                &dsn,
+                "--across-reload",
+            ],
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("client job");
+    let mut stdin = job.stdin.take().expect("stdin");
+    let mut lines =
+        std::io::BufRead::lines(std::io::BufReader::new(job.stdout.take().expect("stdout")));
+    assert_eq!(
+        lines.next().and_then(Result::ok).as_deref(),
+        Some("prepared")
+    );
+
+    // Writes are no longer permitted: the statement prepared (and decided) before the
+    // reload must not run again.
+    let read_only = POLICY.replace(
+        "action in [Action::\"sql:read\", Action::\"sql:write\"]",
+        "action == Action::\"sql:read\"",
+    );
+    assert_ne!(read_only, POLICY);
+    let generation = agent.status()["policy"]["generation"].as_u64();
+    std::fs::write(agent.policy_dir().join("pg.cedar"), read_only).expect("policy");
+    wait_for("the reload", Duration::from_secs(10), || {
+        (agent.status()["policy"]["generation"].as_u64() > generation).then_some(())
+    });
+    writeln!(stdin, "go").expect("write");
+    let seen: Value = serde_json::from_str(
+        &lines
+            .next()
+            .and_then(Result::ok)
+            .expect("the client's JSON"),
+    )
+    .expect("JSON");
+    let status = job.wait().expect("client");
+    assert!(status.success(), "{seen}");
+    assert_eq!(seen["before"], 1);
+    assert_eq!(seen["after"], "42501", "denied after the reload: {seen}");
+    assert_eq!(
+        seen["rows"], 1,
+        "the session goes on, and the row was not inserted"
+    );
+    assert_eq!(
+        direct_psql(pg, "select count(*) from tollgate_tokio_rows"),
+        "1"
+    );
+
+    let sessions = agent.wait_sessions(None, 1);
+    let statements = wait_statements(&agent, &sessions, 3);
+    let inserts: Vec<&str> = statements
+        .iter()
+        .filter(|s| s["sql"].as_str().is_some_and(|q| q.starts_with("INSERT")))
+        .filter_map(|s| s["decision"].as_str())
+        .collect();
+    assert_eq!(inserts, ["allow", "deny"], "{statements:#?}");
+    direct_psql(pg, "DROP TABLE tollgate_tokio_rows");
+}
+
+#[test]
 fn tls_is_terminated_with_the_local_ca_and_originated_to_the_server() {
     if !require_root() {
         return;

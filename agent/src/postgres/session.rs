@@ -33,6 +33,9 @@ use crate::{
 /// What the server gets instead of a denied statement: it cannot parse, so it fails in
 /// the server exactly where the denied statement would have run.
 const DENIED_SQL: &str = "TOLLGATE_DENIED_BY_POLICY";
+/// The statement name of the failing Parse that stands in for a denied Execute (the
+/// server never creates it: the Parse fails).
+const DENIED_STATEMENT: &str = "tollgate_denied_by_policy";
 /// SQLSTATE insufficient_privilege.
 const DENIED_SQLSTATE: &str = "42501";
 /// SQLSTATE protocol_violation.
@@ -249,6 +252,9 @@ struct Prepared {
     sql: String,
     statements: Arc<Vec<classify::Statement>>,
     decision: Decision,
+    /// The policy generation `decision` was made under; an Execute after a reload
+    /// decides again.
+    generation: u64,
     /// From a Describe of the statement.
     columns: Option<Vec<ColumnInfo>>,
 }
@@ -1043,6 +1049,7 @@ fn handle_frontend(
                         sql: text.to_owned(),
                         statements,
                         decision,
+                        generation: state.generation,
                         columns: None,
                     },
                 );
@@ -1077,6 +1084,13 @@ fn handle_frontend(
             out.extend_from_slice(raw);
         }
         frontend::Message::Execute { portal, .. } => {
+            if let Some(denied) = redecide_stale(state, ctx, sql, portal) {
+                state.pending.push_back(denied);
+                // A Parse the server rejects puts it into the state the client now
+                // expects: an error, then everything skipped up to Sync.
+                out.extend_from_slice(&frontend::parse_message(DENIED_STATEMENT, DENIED_SQL));
+                return;
+            }
             let mut records = VecDeque::new();
             let mut plan = None;
             if let Some((statement, params, formats)) = state.portals.get(portal).cloned()
@@ -1190,6 +1204,44 @@ fn handle_frontend(
         | frontend::Message::CopyFail(_)
         | frontend::Message::Auth(_) => out.extend_from_slice(raw),
     }
+}
+
+/// Decides a portal's prepared statement again when a reload came after its Parse. Keeps
+/// the new decision; when it blocks, returns the pending denial (with the statements'
+/// records) that takes the Execute's place.
+fn redecide_stale(
+    state: &mut State,
+    ctx: &Context,
+    sql: &SqlContext,
+    portal: &str,
+) -> Option<Pending> {
+    let (statement, params, _) = state.portals.get(portal)?.clone();
+    let prepared = state.prepared.get(&statement)?;
+    if prepared.generation == state.generation {
+        return None;
+    }
+    let statements = prepared.statements.clone();
+    let (decision, kind) = state.decide(ctx, sql, &statements);
+    let generation = state.generation;
+    if let Some(prepared) = state.prepared.get_mut(&statement) {
+        prepared.decision = decision.clone();
+        prepared.generation = generation;
+    }
+    if !decision.blocks() {
+        return None;
+    }
+    let records = statements
+        .iter()
+        .map(|s| state.record(ctx, sql, s, &decision, "extended", params.clone()))
+        .collect();
+    Some(Pending {
+        expect: Expect::Execute,
+        denial: Some(denial(&decision, kind)),
+        records,
+        described: None,
+        plan: None,
+        execute: None,
+    })
 }
 
 fn simple(expect: Expect) -> Pending {
