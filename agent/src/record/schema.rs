@@ -1,7 +1,7 @@
 //! The SQLite schema of the recording store.
 use rusqlite::Connection;
 
-pub const VERSION: i64 = 5;
+pub const VERSION: i64 = 6;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -68,7 +68,7 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 CREATE INDEX IF NOT EXISTS audit_by_time ON audit (at);
 CREATE TABLE IF NOT EXISTS statements (
-    id            TEXT PRIMARY KEY,
+    id            TEXT NOT NULL,
     connection_id TEXT NOT NULL,
     job_id        TEXT,
     seq           INTEGER NOT NULL,
@@ -90,7 +90,6 @@ CREATE TABLE IF NOT EXISTS statements (
     error         TEXT
 );
 CREATE INDEX IF NOT EXISTS statements_by_connection ON statements (connection_id, seq);
-CREATE INDEX IF NOT EXISTS statements_by_job ON statements (job_id, started_at);
 ";
 
 /// Opens the writer's pragmas and creates the tables.
@@ -132,6 +131,72 @@ pub fn apply(conn: &Connection) -> rusqlite::Result<()> {
              ALTER TABLE connections ADD COLUMN server_tls INTEGER;",
         )?;
     }
+    if (4..6).contains(&version) {
+        // Version 6 keeps one index on statements, the one that reading uses. (Their ids
+        // are unique UUIDs written once; a version 4 or 5 table keeps its primary key
+        // index, because SQLite cannot drop it without copying the table.)
+        conn.execute_batch("DROP INDEX IF EXISTS statements_by_job")?;
+    }
     conn.pragma_update(None, "user_version", VERSION)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn indexes(conn: &Connection) -> Vec<String> {
+        let mut stmt = conn
+            .prepare(
+                "SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'statements' \
+                 ORDER BY name",
+            )
+            .unwrap();
+        stmt.query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_version_5_store_is_upgraded_and_keeps_its_statements() {
+        let conn = Connection::open_in_memory().unwrap();
+        // The statements table as version 5 created it.
+        conn.execute_batch(
+            "CREATE TABLE statements (id TEXT PRIMARY KEY, connection_id TEXT NOT NULL, \
+             job_id TEXT, seq INTEGER NOT NULL, started_at INTEGER NOT NULL);
+             CREATE INDEX statements_by_connection ON statements (connection_id, seq);
+             CREATE INDEX statements_by_job ON statements (job_id, started_at);
+             INSERT INTO statements VALUES ('s1', 'c1', 'j1', 1, 10);
+             PRAGMA user_version = 5;",
+        )
+        .unwrap();
+        apply(&conn).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, VERSION);
+        assert_eq!(
+            indexes(&conn),
+            ["sqlite_autoindex_statements_1", "statements_by_connection"]
+        );
+        let id: String = conn
+            .query_row(
+                "SELECT id FROM statements WHERE connection_id = 'c1'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(id, "s1");
+    }
+
+    #[test]
+    fn a_new_store_indexes_statements_once() {
+        let conn = Connection::open_in_memory().unwrap();
+        apply(&conn).unwrap();
+        assert_eq!(indexes(&conn), ["statements_by_connection"]);
+        // Applying again (every start) changes nothing.
+        apply(&conn).unwrap();
+        assert_eq!(indexes(&conn), ["statements_by_connection"]);
+    }
 }

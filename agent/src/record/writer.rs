@@ -310,7 +310,7 @@ fn insert_connection(tx: &rusqlite::Transaction<'_>, c: &ConnectionRecord) -> ru
 
 fn insert_statement(tx: &rusqlite::Transaction<'_>, s: &StatementRecord) -> rusqlite::Result<()> {
     let mut stmt = tx.prepare_cached(
-        "INSERT OR REPLACE INTO statements (id, connection_id, job_id, seq, started_at, \
+        "INSERT INTO statements (id, connection_id, job_id, seq, started_at, \
          duration_us, protocol, database, db_user, sql, params, kind, tables, functions, \
          decision, policy_ids, reason, rows, sqlstate, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, \
          ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
