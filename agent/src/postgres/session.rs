@@ -1215,11 +1215,12 @@ fn redecide_stale(
     sql: &SqlContext,
     portal: &str,
 ) -> Option<Pending> {
-    let (statement, params, _) = state.portals.get(portal)?.clone();
-    let prepared = state.prepared.get(&statement)?;
+    let (statement, params, _) = state.portals.get(portal)?;
+    let prepared = state.prepared.get(statement)?;
     if prepared.generation == state.generation {
         return None;
     }
+    let (statement, params) = (statement.clone(), params.clone());
     let statements = prepared.statements.clone();
     let (decision, kind) = state.decide(ctx, sql, &statements);
     let generation = state.generation;
