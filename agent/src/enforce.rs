@@ -16,8 +16,8 @@ use std::{
 
 use arc_swap::ArcSwap;
 use tollgate_policy::{
-    Catalog, Decision, LoadErrors, Mode, NO_POLICY_REASON, PolicyEngine, Principal, Process,
-    Source, TargetSpec,
+    Catalog, Decision, LoadErrors, Mode, NO_POLICY_REASON, PolicyEngine, Source, Subject,
+    TargetSpec,
 };
 
 use crate::{
@@ -234,14 +234,12 @@ impl Enforcer {
     /// Decides one SQL statement (callers cache per connection).
     pub fn decide_sql(
         &self,
-        principal: &Principal,
-        process: &Process,
-        destination: SocketAddr,
+        subject: Subject<'_>,
         action: &str,
         sql: &tollgate_policy::SqlContext,
     ) -> Decision {
         match self.active.load().engine.as_ref() {
-            Some(engine) => engine.decide_sql(principal, process, destination, action, sql),
+            Some(engine) => engine.decide_sql(subject, action, sql),
             None => Decision::allow(NO_POLICY_REASON),
         }
     }
@@ -250,9 +248,7 @@ impl Enforcer {
     /// false without policies, and in audit mode only a real permit counts.
     pub fn permits(
         &self,
-        principal: &Principal,
-        process: &Process,
-        destination: SocketAddr,
+        subject: Subject<'_>,
         action: &str,
         sql: &tollgate_policy::SqlContext,
     ) -> bool {
@@ -260,7 +256,7 @@ impl Enforcer {
             .load()
             .engine
             .as_ref()
-            .is_some_and(|engine| engine.permits(principal, process, destination, action, sql))
+            .is_some_and(|engine| engine.permits(subject, action, sql))
     }
 
     /// The catalog target's name for a destination, or `(unknown)`.
@@ -284,12 +280,12 @@ impl Enforcer {
     }
 
     /// Decides an L4 connect, from this thread's cache when possible.
-    pub fn decide_connect(
-        &self,
-        principal: &Principal,
-        process: &Process,
-        destination: SocketAddr,
-    ) -> Decision {
+    pub fn decide_connect(&self, subject: Subject<'_>) -> Decision {
+        let Subject {
+            principal,
+            process,
+            destination,
+        } = subject;
         let active = self.active.load();
         let Some(engine) = active.engine.as_ref() else {
             return Decision::allow(NO_POLICY_REASON);
@@ -313,7 +309,7 @@ impl Enforcer {
             if let Some(decision) = cache.map.get(&key) {
                 return decision.clone();
             }
-            let decision = engine.decide_connect(principal, process, destination);
+            let decision = engine.decide_connect(subject);
             cache.map.insert(key, decision.clone());
             decision
         })
@@ -436,6 +432,8 @@ fn read(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tollgate_policy::{Principal, Process};
+
     use crate::metrics::Metrics;
 
     fn settings(mode: Mode, targets: Vec<TargetSpec>) -> Settings {
@@ -466,7 +464,8 @@ mod tests {
         )
         .unwrap();
         let dest: SocketAddr = "127.0.0.1:80".parse().unwrap();
-        let decision = enforcer.decide_connect(&principal(), &Process::default(), dest);
+        let decision =
+            enforcer.decide_connect(Subject::new(&principal(), &Process::default(), dest));
         assert!(!decision.blocks());
         assert_eq!(decision.reason, NO_POLICY_REASON);
 
@@ -480,12 +479,13 @@ mod tests {
         let reloaded = enforcer.reload().unwrap();
         assert_eq!(reloaded.policies, 1);
         assert!(!enforcer.changed_on_disk());
-        let decision = enforcer.decide_connect(&principal(), &Process::default(), dest);
+        let decision =
+            enforcer.decide_connect(Subject::new(&principal(), &Process::default(), dest));
         assert_eq!(decision.policy_ids, vec!["web".to_owned()]);
         let other: SocketAddr = "127.0.0.1:81".parse().unwrap();
         assert!(
             enforcer
-                .decide_connect(&principal(), &Process::default(), other)
+                .decide_connect(Subject::new(&principal(), &Process::default(), other))
                 .blocks()
         );
 
@@ -500,7 +500,8 @@ mod tests {
             !enforcer.changed_on_disk(),
             "a broken set is not retried until it changes"
         );
-        let decision = enforcer.decide_connect(&principal(), &Process::default(), dest);
+        let decision =
+            enforcer.decide_connect(Subject::new(&principal(), &Process::default(), dest));
         assert_eq!(
             decision.policy_ids,
             vec!["web".to_owned()],
@@ -528,18 +529,18 @@ mod tests {
             metrics.policy.clone(),
         )
         .unwrap();
-        let local = enforcer.decide_connect(
+        let local = enforcer.decide_connect(Subject::new(
             &principal(),
             &Process::default(),
             "127.0.0.1:8080".parse().unwrap(),
-        );
+        ));
         assert_eq!(local.target, "local");
         assert!(!local.blocks(), "{local:?}");
-        let other = enforcer.decide_connect(
+        let other = enforcer.decide_connect(Subject::new(
             &principal(),
             &Process::default(),
             "192.0.2.1:8080".parse().unwrap(),
-        );
+        ));
         assert_eq!(other.target, "(unknown)");
         assert!(other.blocks());
     }
@@ -586,11 +587,11 @@ mod tests {
         )
         .unwrap();
         let to = |port: u16| {
-            enforcer.decide_connect(
+            enforcer.decide_connect(Subject::new(
                 &principal(),
                 &Process::default(),
                 SocketAddr::from(([127, 0, 0, 1], port)),
-            )
+            ))
         };
         assert!(!to(5432).blocks());
         assert!(to(6432).blocks());

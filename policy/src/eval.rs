@@ -7,7 +7,7 @@ use cedar_policy::{
 };
 
 use crate::{
-    Decision, Effect, Mode, Principal, Process, SqlContext,
+    Decision, Effect, Mode, Principal, Process, SqlContext, Subject,
     load::PolicyBundle,
     targets::{Catalog, TargetSpec, canonical},
 };
@@ -62,13 +62,8 @@ impl PolicyEngine {
     }
 
     /// Decides an L4 connect.
-    pub fn decide_connect(
-        &self,
-        principal: &Principal,
-        process: &Process,
-        destination: SocketAddr,
-    ) -> Decision {
-        self.decide(principal, process, destination, "connect", None)
+    pub fn decide_connect(&self, subject: Subject<'_>) -> Decision {
+        self.decide(subject, "connect", None)
     }
 
     /// Whether SQL statements are decided by policy. A set without any policy that can
@@ -81,53 +76,32 @@ impl PolicyEngine {
 
     /// Decides one SQL statement: `action` is `sql:read`, `sql:write`, `sql:ddl`,
     /// `sql:admin` or `sql:unknown`.
-    pub fn decide_sql(
-        &self,
-        principal: &Principal,
-        process: &Process,
-        destination: SocketAddr,
-        action: &str,
-        sql: &SqlContext,
-    ) -> Decision {
+    pub fn decide_sql(&self, subject: Subject<'_>, action: &str, sql: &SqlContext) -> Decision {
         if !self.governs_sql {
             let mut decision = Decision::allow(NO_SQL_POLICY_REASON);
             decision.target = self
-                .target(destination)
+                .target(subject.destination)
                 .map_or_else(|| "(unknown)".to_owned(), |t| t.name.clone());
             return decision;
         }
-        self.decide(principal, process, destination, action, Some(sql))
+        self.decide(subject, action, Some(sql))
     }
 
     /// Whether a policy permits `action` outright (no mode, no SQL adoption rule): for
     /// exemptions such as `mask:exempt`, which must be granted explicitly.
-    pub fn permits(
-        &self,
-        principal: &Principal,
-        process: &Process,
-        destination: SocketAddr,
-        action: &str,
-        sql: &SqlContext,
-    ) -> bool {
-        let target = self.target(destination);
+    pub fn permits(&self, subject: Subject<'_>, action: &str, sql: &SqlContext) -> bool {
+        let target = self.target(subject.destination);
         matches!(
-            self.evaluate(principal, process, destination, target, action, Some(sql)),
+            self.evaluate(subject, target, action, Some(sql)),
             Ok((Effect::Allow, _, _))
         )
     }
 
-    fn decide(
-        &self,
-        principal: &Principal,
-        process: &Process,
-        destination: SocketAddr,
-        action: &str,
-        sql: Option<&SqlContext>,
-    ) -> Decision {
-        let target = self.target(destination);
+    fn decide(&self, subject: Subject<'_>, action: &str, sql: Option<&SqlContext>) -> Decision {
+        let target = self.target(subject.destination);
         let mode = target.and_then(|t| t.mode).unwrap_or(self.mode);
         let target_name = target.map_or_else(|| "(unknown)".to_owned(), |t| t.name.clone());
-        let evaluated = self.evaluate(principal, process, destination, target, action, sql);
+        let evaluated = self.evaluate(subject, target, action, sql);
         let (effect, policy_ids, reason) = match evaluated {
             Ok(result) => result,
             Err(error) => (
@@ -147,13 +121,16 @@ impl PolicyEngine {
 
     fn evaluate(
         &self,
-        principal: &Principal,
-        process: &Process,
-        destination: SocketAddr,
+        subject: Subject<'_>,
         target: Option<&TargetSpec>,
         action: &str,
         sql: Option<&SqlContext>,
     ) -> Result<(Effect, Vec<String>, String), String> {
+        let Subject {
+            principal,
+            process,
+            destination,
+        } = subject;
         let job_uid = uid("Job", &principal.job_id).ok_or("bad job id")?;
         let target_uid = uid(
             "Target",

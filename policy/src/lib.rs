@@ -10,7 +10,7 @@ pub mod schema;
 pub mod targets;
 pub mod testcases;
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -41,6 +41,25 @@ pub struct Principal {
     /// `host-asserted` (the default) or `oidc-verified`.
     #[serde(default)]
     pub assurance: Option<String>,
+}
+
+/// Who asks and where to: the job, the process that opened the connection, and the
+/// connection's original destination. Every decision is about a subject.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    pub principal: &'a Principal,
+    pub process: &'a Process,
+    pub destination: SocketAddr,
+}
+
+impl<'a> Subject<'a> {
+    pub fn new(principal: &'a Principal, process: &'a Process, destination: SocketAddr) -> Self {
+        Self {
+            principal,
+            process,
+            destination,
+        }
+    }
 }
 
 /// What an SQL decision sees besides the job, the process and the target.

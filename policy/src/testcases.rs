@@ -120,15 +120,16 @@ pub fn run(engine: &PolicyEngine, cases: &[Case]) -> Vec<Outcome> {
                 comm: p.comm,
                 exe: p.exe,
             };
+            let subject = crate::Subject::new(&principal, &process, case.dest);
             let decision = if action == "connect" {
-                engine.decide_connect(&principal, &process, case.dest)
+                engine.decide_connect(subject)
             } else {
                 let sql = crate::SqlContext {
                     database: case.database.clone(),
                     user: case.user.clone(),
                     tables: case.tables.clone(),
                 };
-                engine.decide_sql(&principal, &process, case.dest, action, &sql)
+                engine.decide_sql(subject, action, &sql)
             };
             let mut problems = Vec::new();
             if decision.effect != case.expect {

@@ -2,7 +2,7 @@
 use std::collections::BTreeMap;
 
 use tollgate_policy::{
-    Catalog, Effect, Mode, PolicyEngine, Principal, Process, Source, TargetSpec, load,
+    Catalog, Effect, Mode, PolicyEngine, Principal, Process, Source, Subject, TargetSpec, load,
 };
 
 const POLICIES: &str = r#"
@@ -153,8 +153,11 @@ fn decision_table() {
         ("process facts: netcat is forbidden", &[], "nc", "127.0.0.1:8080", Effect::Deny, &["no-netcat"], "forbidden"),
     ];
     for (name, labels, comm, dest, effect, policies, reason) in table {
-        let decision =
-            engine.decide_connect(&principal(labels), &process(comm), dest.parse().unwrap());
+        let decision = engine.decide_connect(Subject::new(
+            &principal(labels),
+            &process(comm),
+            dest.parse().unwrap(),
+        ));
         assert_eq!(decision.effect, *effect, "{name}: {decision:?}");
         let mut got = decision.policy_ids.clone();
         got.sort();
@@ -178,7 +181,7 @@ fn labels_never_stand_in_for_the_identity_of_a_job_that_has_one() {
     let labelled = principal(DEPLOY);
     assert_eq!(
         engine
-            .decide_connect(&labelled, &process("psql"), dest)
+            .decide_connect(Subject::new(&labelled, &process("psql"), dest))
             .effect,
         Effect::Allow
     );
@@ -189,7 +192,7 @@ fn labels_never_stand_in_for_the_identity_of_a_job_that_has_one() {
         ("repository".to_owned(), "acme/api".to_owned()),
     ]
     .into();
-    let decision = engine.decide_connect(&hooked, &process("psql"), dest);
+    let decision = engine.decide_connect(Subject::new(&hooked, &process("psql"), dest));
     assert_eq!(decision.effect, Effect::Deny, "{decision:?}");
     // ... and uses its own fields when it has them.
     hooked
@@ -201,7 +204,7 @@ fn labels_never_stand_in_for_the_identity_of_a_job_that_has_one() {
     hooked.labels.clear();
     assert_eq!(
         engine
-            .decide_connect(&hooked, &process("psql"), dest)
+            .decide_connect(Subject::new(&hooked, &process("psql"), dest))
             .effect,
         Effect::Allow
     );
@@ -219,9 +222,7 @@ fn sql_statements_are_decided_once_a_policy_governs_sql() {
     let engine = engine(Mode::Enforce);
     assert!(!engine.governs_sql());
     let decision = engine.decide_sql(
-        &principal(DEPLOY),
-        &process("psql"),
-        dest,
+        Subject::new(&principal(DEPLOY), &process("psql"), dest),
         "sql:ddl",
         &sql(&[]),
     );
@@ -247,60 +248,76 @@ when { context has tables && context.tables.contains("cards") && context.user !=
     );
     assert!(engine.governs_sql());
     let p = principal(DEPLOY);
-    let read = engine.decide_sql(&p, &process("psql"), dest, "sql:read", &sql(&["orders"]));
+    let read = engine.decide_sql(
+        Subject::new(&p, &process("psql"), dest),
+        "sql:read",
+        &sql(&["orders"]),
+    );
     assert_eq!(read.effect, Effect::Allow, "{read:?}");
-    let write = engine.decide_sql(&p, &process("psql"), dest, "sql:write", &sql(&["orders"]));
+    let write = engine.decide_sql(
+        Subject::new(&p, &process("psql"), dest),
+        "sql:write",
+        &sql(&["orders"]),
+    );
     assert_eq!(write.effect, Effect::Deny);
     assert!(
         write.reason.contains("no policy permits sql:write"),
         "{}",
         write.reason
     );
-    let cards = engine.decide_sql(&p, &process("psql"), dest, "sql:read", &sql(&["cards"]));
+    let cards = engine.decide_sql(
+        Subject::new(&p, &process("psql"), dest),
+        "sql:read",
+        &sql(&["cards"]),
+    );
     assert_eq!(cards.effect, Effect::Deny);
     assert_eq!(cards.policy_ids, vec!["no-cards".to_owned()]);
     let mut auditor = sql(&["cards"]);
     auditor.user = "auditor".to_owned();
-    let audited = engine.decide_sql(&p, &process("psql"), dest, "sql:read", &auditor);
+    let audited = engine.decide_sql(
+        Subject::new(&p, &process("psql"), dest),
+        "sql:read",
+        &auditor,
+    );
     assert_eq!(audited.effect, Effect::Allow);
 }
 
 #[test]
 fn audit_mode_records_but_never_blocks() {
     let engine = engine(Mode::Audit);
-    let denied = engine.decide_connect(
+    let denied = engine.decide_connect(Subject::new(
         &principal(&[]),
         &process("curl"),
         "192.0.2.1:443".parse().unwrap(),
-    );
+    ));
     assert_eq!(denied.effect, Effect::Deny);
     assert!(!denied.enforced);
     assert!(!denied.blocks());
     assert_eq!(denied.label(), "would_deny");
-    let allowed = engine.decide_connect(
+    let allowed = engine.decide_connect(Subject::new(
         &principal(&[]),
         &process("curl"),
         "127.0.0.1:1".parse().unwrap(),
-    );
+    ));
     assert_eq!(allowed.label(), "allow");
 }
 
 #[test]
 fn a_target_can_override_the_mode() {
     let engine = engine(Mode::Enforce);
-    let audited = engine.decide_connect(
+    let audited = engine.decide_connect(Subject::new(
         &principal(&[]),
         &process("curl"),
         "10.4.0.1:80".parse().unwrap(),
-    );
+    ));
     assert_eq!(audited.effect, Effect::Deny);
     assert!(!audited.blocks(), "target `audited` is in audit mode");
     assert_eq!(audited.target, "audited");
-    let enforced = engine.decide_connect(
+    let enforced = engine.decide_connect(Subject::new(
         &principal(&[]),
         &process("curl"),
         "10.9.0.1:80".parse().unwrap(),
-    );
+    ));
     assert!(enforced.blocks());
     assert_eq!(enforced.target, "(unknown)");
 }
@@ -308,11 +325,11 @@ fn a_target_can_override_the_mode() {
 #[test]
 fn an_empty_policy_set_denies_everything() {
     let engine = PolicyEngine::new(load(&[]).unwrap(), Catalog::default(), Mode::Enforce);
-    let decision = engine.decide_connect(
+    let decision = engine.decide_connect(Subject::new(
         &principal(DEPLOY),
         &process("psql"),
         "127.0.0.1:5432".parse().unwrap(),
-    );
+    ));
     assert!(decision.blocks());
     assert!(decision.reason.contains("default deny"));
 }
@@ -326,7 +343,7 @@ fn timing_probe() {
     let dest = "10.1.2.3:5432".parse().unwrap();
     let start = std::time::Instant::now();
     for _ in 0..20_000 {
-        let _ = engine.decide_connect(&p, &proc_, dest);
+        let _ = engine.decide_connect(Subject::new(&p, &proc_, dest));
     }
     eprintln!("decide_connect: {:?} each", start.elapsed() / 20_000);
     for (name, text) in [

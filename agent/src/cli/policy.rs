@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use tollgate_policy::{
-    Catalog, Mode, PolicyEngine, Principal, Process, Source,
+    Catalog, Mode, PolicyEngine, Principal, Process, Source, Subject,
     testcases::{self, TestFile},
 };
 
@@ -164,14 +164,18 @@ pub fn explain(args: ExplainArgs, config: Option<&Path>) -> anyhow::Result<ExitC
         exe: None,
     };
     let decision = if args.action == "connect" {
-        engine.decide_connect(&principal, &process, destination)
+        engine.decide_connect(Subject::new(&principal, &process, destination))
     } else {
         let sql = tollgate_policy::SqlContext {
             database: args.database,
             user: args.db_user,
             tables: args.tables,
         };
-        engine.decide_sql(&principal, &process, destination, &args.action, &sql)
+        engine.decide_sql(
+            Subject::new(&principal, &process, destination),
+            &args.action,
+            &sql,
+        )
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&decision)?);

@@ -17,7 +17,7 @@ use tokio::{
     sync::oneshot,
 };
 use tollgate_pgwire::{self as wire, WireError, backend, frontend};
-use tollgate_policy::{Decision, Effect, Principal, Process, SqlContext};
+use tollgate_policy::{Decision, Effect, Principal, Process, SqlContext, Subject};
 
 use super::{
     classify::{self, Kind},
@@ -78,6 +78,13 @@ pub struct Context {
     pub metrics: Arc<crate::metrics::PostgresMetrics>,
     /// The catalog target's name (masking rules can be scoped to it).
     pub target: String,
+}
+
+impl Context {
+    /// Who the session's decisions are about.
+    fn subject(&self) -> Subject<'_> {
+        Subject::new(&self.principal, &self.process, self.destination)
+    }
 }
 
 /// Why one direction of the relay stopped early.
@@ -769,14 +776,8 @@ impl State {
             tables: Vec::new(),
             ..sql.clone()
         };
-        self.exempt = self.masking.enabled
-            && ctx.enforcer.permits(
-                &ctx.principal,
-                &ctx.process,
-                ctx.destination,
-                "mask:exempt",
-                &session,
-            );
+        self.exempt =
+            self.masking.enabled && ctx.enforcer.permits(ctx.subject(), "mask:exempt", &session);
     }
 
     /// The decision for a message's statements (the first blocking one wins), and the
@@ -801,13 +802,7 @@ impl State {
                         tables: statement.tables.clone(),
                         ..sql.clone()
                     };
-                    let decision = ctx.enforcer.decide_sql(
-                        &ctx.principal,
-                        &ctx.process,
-                        ctx.destination,
-                        action,
-                        &context,
-                    );
+                    let decision = ctx.enforcer.decide_sql(ctx.subject(), action, &context);
                     if self.decisions.len() > 1024 {
                         self.decisions.clear();
                     }

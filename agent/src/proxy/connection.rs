@@ -6,7 +6,7 @@ use std::{
 };
 
 use tokio::net::TcpStream;
-use tollgate_policy::{Decision, Process};
+use tollgate_policy::{Decision, Process, Subject};
 
 use super::{Shared, access::AccessLog, comm, live, original_destination, relay, tuple_key};
 use crate::{metrics::UpstreamErrorKind, proc_info};
@@ -49,9 +49,11 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
         Some(_) if shared.strict_recording && !shared.recorder.is_healthy() => {
             Decision::deny("recording is failing and recording.strict is set: refused")
         }
-        Some(principal) => shared
-            .enforcer
-            .decide_connect(principal, &process, destination),
+        Some(principal) => {
+            shared
+                .enforcer
+                .decide_connect(Subject::new(principal, &process, destination))
+        }
     };
     log.decide(&decision);
     if decision.blocks() {

@@ -4,7 +4,7 @@
 use std::{cell::RefCell, collections::HashMap, net::SocketAddr, sync::Arc};
 
 use tokio::sync::oneshot;
-use tollgate_policy::{Decision, Principal, Process};
+use tollgate_policy::{Decision, Principal, Process, Subject};
 
 use crate::enforce::Enforcer;
 
@@ -65,8 +65,11 @@ pub fn revoke_denied(enforcer: &Enforcer) -> usize {
             .1
             .iter()
             .filter_map(|(id, entry)| {
-                let decision =
-                    enforcer.decide_connect(&entry.principal, &entry.process, entry.destination);
+                let decision = enforcer.decide_connect(Subject::new(
+                    &entry.principal,
+                    &entry.process,
+                    entry.destination,
+                ));
                 decision.blocks().then_some((*id, decision))
             })
             .collect();
