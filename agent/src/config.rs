@@ -123,6 +123,9 @@ pub struct IdentityConfig {
     pub jwks_refetch_interval: Duration,
     pub github: ProviderConfig,
     pub gitlab: ProviderConfig,
+    /// Buildkite's OIDC tokens (`buildkite-agent oidc request-token`), for `tollgate
+    /// attest` in jobs started with an identity file of `provider = "buildkite"`.
+    pub buildkite: BuildkiteConfig,
 }
 
 impl Default for IdentityConfig {
@@ -133,6 +136,7 @@ impl Default for IdentityConfig {
             jwks_refetch_interval: Duration::from_secs(30),
             github: ProviderConfig::default(),
             gitlab: ProviderConfig::default(),
+            buildkite: BuildkiteConfig::default(),
         }
     }
 }
@@ -140,6 +144,7 @@ impl Default for IdentityConfig {
 /// Default issuers of the providers' OIDC tokens.
 pub const GITHUB_ISSUER: &str = "https://token.actions.githubusercontent.com";
 pub const GITLAB_ISSUER: &str = "https://gitlab.com";
+pub const BUILDKITE_ISSUER: &str = "https://agent.buildkite.com";
 /// The audience Tollgate asks for and expects by default.
 pub const DEFAULT_AUDIENCE: &str = "tollgate";
 
@@ -167,30 +172,85 @@ impl Default for ProviderConfig {
     }
 }
 
+/// Buildkite has no runner hook Tollgate could install (jobs are wrapped with `tollgate
+/// run`), and one issuer signs for every Buildkite organization: tokens are verified
+/// only once `organization` says which one this host trusts.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BuildkiteConfig {
+    /// The organization slug tokens must carry (`organization_slug`).
+    pub organization: Option<String>,
+    /// The OIDC issuer [default: https://agent.buildkite.com].
+    pub issuer: Option<String>,
+    /// The audience tokens must be issued for.
+    pub audience: String,
+    /// The issuer's JWKS [default: from the issuer's discovery document].
+    pub jwks_url: Option<String>,
+}
+
+impl Default for BuildkiteConfig {
+    fn default() -> Self {
+        Self {
+            organization: None,
+            issuer: None,
+            audience: DEFAULT_AUDIENCE.to_owned(),
+            jwks_url: None,
+        }
+    }
+}
+
+fn issuer(
+    issuer: Option<&String>,
+    default: &str,
+    audience: &str,
+    jwks_url: Option<&String>,
+    required: Vec<(&'static str, String)>,
+) -> crate::identity::oidc::Issuer {
+    crate::identity::oidc::Issuer {
+        issuer: issuer
+            .map_or(default, String::as_str)
+            .trim_end_matches('/')
+            .to_owned(),
+        audience: audience.to_owned(),
+        jwks_url: jwks_url.cloned(),
+        required,
+    }
+}
+
 impl IdentityConfig {
-    /// The OIDC issuers by provider, defaults filled in.
+    /// The OIDC issuers by provider, defaults filled in. Buildkite's only with an
+    /// organization.
     pub fn issuers(&self) -> std::collections::BTreeMap<String, crate::identity::oidc::Issuer> {
-        [
+        let mut issuers: std::collections::BTreeMap<_, _> = [
             ("github", &self.github, GITHUB_ISSUER),
             ("gitlab", &self.gitlab, GITLAB_ISSUER),
         ]
         .into_iter()
         .map(|(name, provider, default)| {
-            (
-                name.to_owned(),
-                crate::identity::oidc::Issuer {
-                    issuer: provider
-                        .issuer
-                        .clone()
-                        .unwrap_or_else(|| default.to_owned())
-                        .trim_end_matches('/')
-                        .to_owned(),
-                    audience: provider.audience.clone(),
-                    jwks_url: provider.jwks_url.clone(),
-                },
-            )
+            let found = issuer(
+                provider.issuer.as_ref(),
+                default,
+                &provider.audience,
+                provider.jwks_url.as_ref(),
+                Vec::new(),
+            );
+            (name.to_owned(), found)
         })
-        .collect()
+        .collect();
+        let buildkite = &self.buildkite;
+        if let Some(organization) = &buildkite.organization {
+            issuers.insert(
+                "buildkite".to_owned(),
+                issuer(
+                    buildkite.issuer.as_ref(),
+                    BUILDKITE_ISSUER,
+                    &buildkite.audience,
+                    buildkite.jwks_url.as_ref(),
+                    vec![("organization_slug", organization.clone())],
+                ),
+            );
+        }
+        issuers
     }
 
     pub fn timing(&self) -> crate::identity::oidc::Timing {
@@ -540,6 +600,20 @@ impl Config {
             if provider.audience.is_empty() {
                 return Err(invalid(key, "audience must not be empty"));
             }
+        }
+        let buildkite = &self.identity.buildkite;
+        for url in buildkite.issuer.iter().chain(&buildkite.jwks_url) {
+            crate::identity::oidc::fetch::check_url(url)
+                .map_err(|m| invalid("identity.buildkite", &m))?;
+        }
+        if buildkite.audience.is_empty() {
+            return Err(invalid("identity.buildkite", "audience must not be empty"));
+        }
+        if buildkite.organization.as_deref().is_some_and(str::is_empty) {
+            return Err(invalid(
+                "identity.buildkite.organization",
+                "must not be empty (omit it to leave Buildkite tokens unverified)",
+            ));
         }
         if self
             .masking

@@ -585,6 +585,70 @@ fn oidc_tokens_are_verified_and_bad_ones_refused_with_clear_errors() {
 }
 
 #[test]
+fn buildkite_jobs_are_verified_for_the_configured_organization_only() {
+    if !require_root() {
+        return;
+    }
+    let issuer = Issuer::start();
+    let job = "018485f6-1f53-4f18-9b53-72428db4d239";
+    let file = |dir: &Path| {
+        let path = dir.join("buildkite-identity.toml");
+        fs::write(
+            &path,
+            format!(
+                "provider = \"buildkite\"\nrepository = \"acme/deploy\"\nrun_id = \"175\"\n\
+                 ci_job_id = \"{job}\"\nref = \"main\"\n"
+            ),
+        )
+        .expect("identity file");
+        path
+    };
+
+    // Without an organization, Buildkite tokens cannot be verified, and the error says
+    // what to set.
+    let unconfigured = Agent::start_with(&identity_config(&issuer, "[0]"));
+    let token = issuer.sign(&issuer.buildkite_claims("acme", "deploy", 175, job));
+    let out = attest_in_job(&unconfigured, &file(unconfigured.dir.path()), &token);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("identity.buildkite.organization"),
+        "{}",
+        stderr(&out)
+    );
+    drop(unconfigured);
+
+    let agent = Agent::start_with(&format!(
+        "{}\n[identity.buildkite]\norganization = \"acme\"\nissuer = \"{}\"\n",
+        identity_config(&issuer, "[0]"),
+        issuer.url
+    ));
+    let path = file(agent.dir.path());
+    let valid = attest_in_job(&agent, &path, &token);
+    assert!(valid.status.success(), "{}", stderr(&valid));
+    assert!(
+        stderr(&valid).contains("is oidc-verified: buildkite acme/deploy run 175"),
+        "{}",
+        stderr(&valid)
+    );
+    // Another organization's pipeline of the same name, from the same issuer.
+    let foreign = issuer.sign(&issuer.buildkite_claims("evil", "deploy", 175, job));
+    let out = attest_in_job(&agent, &path, &foreign);
+    assert_eq!(out.status.code(), Some(1));
+    let message = "claim `organization_slug` is `evil`, but this agent accepts only `acme`";
+    assert!(stderr(&out).contains(message), "{}", stderr(&out));
+    assert!(refused(&agent, "attest", message));
+    // The right organization, another build.
+    let other = issuer.sign(&issuer.buildkite_claims("acme", "deploy", 176, job));
+    let out = attest_in_job(&agent, &path, &other);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("claim `build_number` is `176`, but the job's run_id is `175`"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn policy_can_require_an_oidc_verified_identity() {
     if !require_root() {
         return;

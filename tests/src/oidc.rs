@@ -129,6 +129,19 @@ impl Issuer {
         })
     }
 
+    /// Buildkite's claims for a job (`buildkite-agent oidc request-token`).
+    pub fn buildkite_claims(&self, org: &str, pipeline: &str, build: u64, job: &str) -> Value {
+        let now = now();
+        json!({
+            "iss": self.url, "aud": "tollgate",
+            "sub": format!("organization:{org}:pipeline:{pipeline}:ref:refs/heads/main:commit:750339bf:step:"),
+            "iat": now, "nbf": now, "exp": now + 300,
+            "organization_slug": org, "pipeline_slug": pipeline, "build_number": build,
+            "build_branch": "main", "build_commit": "750339bf", "step_key": null,
+            "job_id": job, "agent_id": "018485f6-eec2-4b61-a7be-0e35ef563df0",
+        })
+    }
+
     /// A token signed with the published key (`kid` k1).
     pub fn sign(&self, claims: &Value) -> String {
         sign(&self.published, claims)

@@ -17,7 +17,7 @@ use super::Identity;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum OidcError {
-    #[error("no OIDC issuer is configured for provider `{0}`")]
+    #[error("no OIDC issuer is configured for provider `{0}`{hint}", hint = no_issuer_hint(.0))]
     NoIssuer(String),
     #[error("malformed token: {0}")]
     Malformed(String),
@@ -41,6 +41,12 @@ pub enum OidcError {
     Issuer(String),
     #[error("token claims: {0}")]
     Claims(String),
+    #[error("claim `{claim}` is `{token}`, but this agent accepts only `{configured}`")]
+    Required {
+        claim: &'static str,
+        token: String,
+        configured: String,
+    },
     #[error("claim `{claim}` is `{token}`, but the job's {field} is `{job}`")]
     Mismatch {
         claim: &'static str,
@@ -50,6 +56,15 @@ pub enum OidcError {
     },
 }
 
+fn no_issuer_hint(provider: &str) -> &'static str {
+    if provider == "buildkite" {
+        " (set identity.buildkite.organization: one issuer signs for every Buildkite \
+         organization)"
+    } else {
+        ""
+    }
+}
+
 /// Where a provider's tokens come from and who they must be for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Issuer {
@@ -57,6 +72,9 @@ pub struct Issuer {
     pub audience: String,
     /// Taken from the issuer's discovery document when not set.
     pub jwks_url: Option<String>,
+    /// Claims every token must carry with exactly these values, whatever the job (the
+    /// Buildkite organization: one issuer signs for all of them).
+    pub required: Vec<(&'static str, String)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -144,6 +162,17 @@ impl Verifier {
                 }
                 _ => OidcError::Malformed(e.to_string()),
             })?;
+        for (name, value) in &issuer.required {
+            let token = claim(&data.claims, name)
+                .ok_or_else(|| OidcError::Claims(format!("missing `{name}`")))?;
+            if token != *value {
+                return Err(OidcError::Required {
+                    claim: name,
+                    token,
+                    configured: value.clone(),
+                });
+            }
+        }
         proven_identity(identity, &data.claims)
     }
 
@@ -235,11 +264,32 @@ fn claim(claims: &Map<String, Value>, name: &str) -> Option<String> {
     }
 }
 
+/// The claim Tollgate derives from a Buildkite token's `organization_slug` and
+/// `pipeline_slug`: the pipeline's full name, the identity's `repository`.
+const BUILDKITE_PIPELINE: &str = "organization_slug/pipeline_slug";
+
 /// A claim that must equal a job's field: (claim, field name, the job's value).
 type MustMatch<'a> = Vec<(&'static str, &'static str, &'a str)>;
 
 /// Checks that the token is for this job, then fills the identity from the claims.
 fn proven_identity(job: &Identity, claims: &Map<String, Value>) -> Result<Identity, OidcError> {
+    // Buildkite names a pipeline by two claims; the identity's repository is both.
+    let mut derived;
+    let claims = if job.provider == "buildkite" {
+        derived = claims.clone();
+        if let (Some(org), Some(pipeline)) = (
+            claim(claims, "organization_slug"),
+            claim(claims, "pipeline_slug"),
+        ) {
+            derived.insert(
+                BUILDKITE_PIPELINE.to_owned(),
+                format!("{org}/{pipeline}").into(),
+            );
+        }
+        &derived
+    } else {
+        claims
+    };
     // Claims that must match, and (claim, field) pairs copied into the proven identity.
     let (must_match, copy): (MustMatch<'_>, &[(&str, &str)]) = match job.provider.as_str() {
         "github" => (
@@ -278,6 +328,20 @@ fn proven_identity(job: &Identity, claims: &Map<String, Value>) -> Result<Identi
                 ("environment", "environment"),
                 ("user_login", "actor"),
                 ("pipeline_source", "event"),
+            ],
+        ),
+        "buildkite" => (
+            vec![
+                (BUILDKITE_PIPELINE, "repository", &job.repository),
+                ("build_number", "run_id", &job.run_id),
+                ("job_id", "ci_job_id", &job.ci_job_id),
+            ],
+            &[
+                (BUILDKITE_PIPELINE, "repository"),
+                ("build_number", "run_id"),
+                ("job_id", "ci_job_id"),
+                ("build_branch", "ref"),
+                ("build_commit", "sha"),
             ],
         ),
         other => return Err(OidcError::NoIssuer(other.to_owned())),
@@ -394,6 +458,57 @@ mod tests {
     }
 
     #[test]
+    fn buildkite_tokens_name_the_pipeline_by_organization_and_slug() {
+        let job = Identity {
+            provider: "buildkite".to_owned(),
+            repository: "acme/deploy".to_owned(),
+            run_id: "175".to_owned(),
+            ci_job_id: "018485f6-1f53-4f18-9b53-72428db4d239".to_owned(),
+            git_ref: "asserted".to_owned(),
+            ..Default::default()
+        };
+        let token = |org: &str, build: u64| {
+            claims(&[
+                ("organization_slug", org.into()),
+                ("pipeline_slug", "deploy".into()),
+                ("build_number", build.into()),
+                ("job_id", "018485f6-1f53-4f18-9b53-72428db4d239".into()),
+                ("build_branch", "main".into()),
+                ("build_commit", "750339bf".into()),
+            ])
+        };
+        let proven = proven_identity(&job, &token("acme", 175)).unwrap();
+        assert_eq!(proven.repository, "acme/deploy");
+        assert_eq!(proven.git_ref, "main", "the token's branch wins");
+        assert_eq!(proven.sha, "750339bf");
+        assert_eq!(
+            proven_identity(&job, &token("other", 175))
+                .unwrap_err()
+                .to_string(),
+            "claim `organization_slug/pipeline_slug` is `other/deploy`, but the job's \
+             repository is `acme/deploy`"
+        );
+        assert!(matches!(
+            proven_identity(&job, &token("acme", 176)),
+            Err(OidcError::Mismatch {
+                claim: "build_number",
+                ..
+            })
+        ));
+        let mut no_pipeline = token("acme", 175);
+        no_pipeline.remove("pipeline_slug");
+        assert!(matches!(
+            proven_identity(&job, &no_pipeline),
+            Err(OidcError::Claims(_))
+        ));
+        assert!(
+            OidcError::NoIssuer("buildkite".to_owned())
+                .to_string()
+                .contains("identity.buildkite.organization")
+        );
+    }
+
+    #[test]
     fn refuses_symmetric_and_unsigned_tokens_before_fetching_keys() {
         let verifier = Verifier::with_fetch(
             [(
@@ -402,6 +517,7 @@ mod tests {
                     issuer: "https://issuer.invalid".to_owned(),
                     audience: "tollgate".to_owned(),
                     jwks_url: None,
+                    required: Vec::new(),
                 },
             )]
             .into(),
