@@ -136,6 +136,7 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
         config.recording.queue_capacity,
         config.recording.batch_size,
         config.recording.flush_interval,
+        config.recording.retention,
         metrics.record.clone(),
     )?;
     recorder.record(record::RecordEvent::CloseDangling {
@@ -631,8 +632,14 @@ pub fn cleanup(config: &Config) -> Result<Vec<String>, AgentError> {
         let metrics = Metrics::new();
         let db_path = config.recording_path();
         if db_path.exists() {
-            let (recorder, writer) =
-                record::writer::spawn(&db_path, 1024, 256, Duration::ZERO, metrics.record.clone())?;
+            let (recorder, writer) = record::writer::spawn(
+                &db_path,
+                1024,
+                256,
+                Duration::ZERO,
+                None,
+                metrics.record.clone(),
+            )?;
             for (id, _, _) in &open_jobs {
                 recorder.record(record::RecordEvent::JobEnded {
                     id: id.clone(),

@@ -403,6 +403,10 @@ pub struct RecordingConfig {
     /// How long the writer gathers records before it commits them.
     #[serde(with = "humantime_serde")]
     pub flush_interval: Duration,
+    /// Delete jobs, connections (with their statements) and audit entries that ended
+    /// longer ago than this. Unset: keep everything.
+    #[serde(with = "humantime_serde")]
+    pub retention: Option<Duration>,
 }
 
 impl Default for RecordingConfig {
@@ -413,6 +417,7 @@ impl Default for RecordingConfig {
             queue_capacity: 65_536,
             batch_size: 512,
             flush_interval: Duration::from_millis(100),
+            retention: None,
         }
     }
 }
@@ -573,6 +578,16 @@ impl Config {
             return Err(invalid(
                 "recording.queue_capacity",
                 "must be greater than zero",
+            ));
+        }
+        if self
+            .recording
+            .retention
+            .is_some_and(|r| r < Duration::from_secs(1))
+        {
+            return Err(invalid(
+                "recording.retention",
+                "must be at least 1s (omit it to keep everything)",
             ));
         }
         if self.recording.flush_interval > Duration::from_secs(10) {
@@ -782,6 +797,7 @@ mod tests {
             ("[cgroup]\nparent = \"/abs\"", "cgroup.parent"),
             ("[bpf]\npin_dir = \"rel\"", "bpf.pin_dir"),
             ("[recording]\nbatch_size = 0", "recording.batch_size"),
+            ("[recording]\nretention = \"0s\"", "recording.retention"),
             ("[log]\nlevel = \"[\"", "log.level"),
             ("[[targets]]\nname = \"a\"\n", "targets"),
             (

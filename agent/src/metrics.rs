@@ -206,6 +206,10 @@ pub struct RecordMetrics {
     pub written: IntCounter,
     pub failures: IntCounter,
     pub dropped: IntCounter,
+    /// Rows deleted by retention, by `kind` (statement, connection, job, audit).
+    pub pruned: IntCounterVec,
+    pub prune_failures: IntCounter,
+    pub store_bytes: IntGauge,
 }
 
 impl RecordMetrics {
@@ -230,6 +234,22 @@ impl RecordMetrics {
                 registry,
                 "tollgate_recording_dropped_total",
                 "Records lost because the queue was full or the writer gave up.",
+            ),
+            pruned: counter_vec(
+                registry,
+                "tollgate_recording_pruned_total",
+                "Rows deleted because they ended longer ago than recording.retention.",
+                &["kind"],
+            ),
+            prune_failures: counter(
+                registry,
+                "tollgate_recording_prune_failures_total",
+                "Failed attempts to delete expired records (retried).",
+            ),
+            store_bytes: gauge(
+                registry,
+                "tollgate_recording_store_bytes",
+                "Size of the recording database (without its WAL).",
             ),
         }
     }

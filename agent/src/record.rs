@@ -2,6 +2,7 @@
 //! database (WAL) by a batched writer thread, off the data path.
 mod query;
 mod queue;
+mod retention;
 mod schema;
 pub mod writer;
 

@@ -77,3 +77,32 @@ fn strict_recording_refuses_connections_while_writes_fail_and_loses_nothing() {
     assert_eq!(agent.metric("tollgate_recording_dropped_total"), 0.0);
     assert_metrics_match_records(&agent);
 }
+
+#[test]
+fn records_older_than_the_retention_are_pruned_and_counted() {
+    if !require_root() {
+        return;
+    }
+    let http = Server::http("127.0.0.1:0");
+    let agent = Agent::start_with("[recording]\nretention = \"2s\"\n");
+    let url = format!("http://127.0.0.1:{}/", http.port());
+    let out = agent.run_job(&[("repo", "acme/old")], &["curl", "-sS", "-m", "5", &url]);
+    assert!(out.status.success(), "curl: {}", stderr(&out));
+    let first = agent.wait_sessions(None, 1);
+    let old_job = str_field(&first[0], "job_id").to_owned();
+    wait_for("the store's size", Duration::from_secs(15), || {
+        (agent.metric("tollgate_recording_store_bytes") > 0.0).then_some(())
+    });
+
+    // Past the retention (plus one pruning interval), the ended job and its connection
+    // are gone; a connection made since stays.
+    wait_for("the pruning", Duration::from_secs(15), || {
+        (agent.metric("tollgate_recording_pruned_total{kind=\"connection\"}") >= 1.0).then_some(())
+    });
+    let out = agent.run_job(&[("repo", "acme/new")], &["curl", "-sS", "-m", "5", &url]);
+    assert!(out.status.success(), "curl: {}", stderr(&out));
+    let sessions = agent.wait_sessions(None, 1);
+    assert_eq!(sessions.len(), 1, "{sessions:#?}");
+    assert_ne!(str_field(&sessions[0], "job_id"), old_job);
+    assert!(agent.metric("tollgate_recording_pruned_total{kind=\"job\"}") >= 1.0);
+}

@@ -307,6 +307,7 @@ mod tests {
             16,
             4,
             std::time::Duration::from_millis(5),
+            None,
             metrics.record.clone(),
         )
         .unwrap();

@@ -100,18 +100,29 @@ impl Drop for Sender {
 impl Receiver {
     /// Waits for the next batch and moves it into `batch`: up to `batch_size` events,
     /// gathered for at most `window` after the first one arrived, and at once when a
-    /// flush is queued or the producers are gone. False when every producer is gone
-    /// and the queue is empty.
-    pub fn next_batch(&self, batch: &mut Vec<RecordEvent>, window: Duration) -> bool {
+    /// flush is queued or the producers are gone. After `idle` without any event it
+    /// returns with `batch` empty (the writer has housekeeping). False when every
+    /// producer is gone and the queue is empty.
+    pub fn next_batch(
+        &self,
+        batch: &mut Vec<RecordEvent>,
+        window: Duration,
+        idle: Duration,
+    ) -> bool {
         let shared = &*self.0;
         let mut state = shared.lock();
+        let idle_until = Instant::now() + idle;
         while state.events.is_empty() {
             if state.senders == 0 {
                 return false;
             }
+            let left = idle_until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return true;
+            }
             state = shared
                 .wake
-                .wait_timeout(state, IDLE_WAIT)
+                .wait_timeout(state, left.min(IDLE_WAIT))
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .0;
         }
@@ -152,6 +163,26 @@ mod tests {
         }
     }
 
+    /// An idle timeout no test reaches.
+    const LONG: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn an_idle_writer_gets_an_empty_batch_for_its_housekeeping() {
+        let (tx, rx) = bounded(8, 4);
+        let mut batch = Vec::new();
+        let start = Instant::now();
+        assert!(rx.next_batch(
+            &mut batch,
+            Duration::from_secs(5),
+            Duration::from_millis(50)
+        ));
+        assert!(batch.is_empty());
+        assert!(start.elapsed() >= Duration::from_millis(50));
+        assert!(start.elapsed() < Duration::from_secs(5));
+        drop(tx);
+        assert!(!rx.next_batch(&mut batch, Duration::from_secs(5), LONG));
+    }
+
     #[test]
     fn full_queue_hands_the_event_back_and_batches_keep_order() {
         let (tx, rx) = bounded(3, 2);
@@ -160,9 +191,9 @@ mod tests {
         }
         assert!(tx.push(event(3)).is_err());
         let mut batch = Vec::new();
-        assert!(rx.next_batch(&mut batch, Duration::from_secs(5)));
+        assert!(rx.next_batch(&mut batch, Duration::from_secs(5), LONG));
         assert_eq!(batch.len(), 2, "a full batch is written without waiting");
-        assert!(rx.next_batch(&mut batch, Duration::from_millis(10)));
+        assert!(rx.next_batch(&mut batch, Duration::from_millis(10), LONG));
         let ids: Vec<String> = batch
             .iter()
             .map(|e| match e {
@@ -181,7 +212,7 @@ mod tests {
         tx.push(RecordEvent::Flush(done)).unwrap();
         let started = Instant::now();
         let mut batch = Vec::new();
-        assert!(rx.next_batch(&mut batch, Duration::from_secs(30)));
+        assert!(rx.next_batch(&mut batch, Duration::from_secs(30), LONG));
         assert_eq!(batch.len(), 2);
         assert!(started.elapsed() < Duration::from_secs(5));
     }
@@ -197,10 +228,10 @@ mod tests {
         let mut batch = Vec::new();
         // No producer is left, so the window is not waited out.
         let started = Instant::now();
-        assert!(rx.next_batch(&mut batch, Duration::from_secs(30)));
+        assert!(rx.next_batch(&mut batch, Duration::from_secs(30), LONG));
         assert!(started.elapsed() < Duration::from_secs(5));
         assert_eq!(batch.len(), 2);
-        assert!(!rx.next_batch(&mut batch, Duration::from_secs(30)));
+        assert!(!rx.next_batch(&mut batch, Duration::from_secs(30), LONG));
     }
 
     #[test]
@@ -208,7 +239,7 @@ mod tests {
         let (tx, rx) = bounded(10, 10);
         let writer = std::thread::spawn(move || {
             let mut batch = Vec::new();
-            let more = rx.next_batch(&mut batch, Duration::from_millis(20));
+            let more = rx.next_batch(&mut batch, Duration::from_millis(20), LONG);
             (more, batch.len())
         });
         std::thread::sleep(Duration::from_millis(50));

@@ -7,19 +7,25 @@ use std::{
         atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use rusqlite::{Connection, params};
 
 use super::{
     ConnectionRecord, JobExit, JobRecord, RecordError, RecordEvent, Recorder, StatementRecord,
-    queue, schema,
+    now_ms, queue, retention, schema,
 };
 use crate::metrics::RecordMetrics;
 
 /// How long a failed batch waits before it is written again.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
+
+/// How often the store's size is measured for its metric.
+const SIZE_EVERY: Duration = Duration::from_secs(10);
+
+/// Chunks pruned in one go before the writer goes back to recording.
+const PRUNE_CHUNKS: usize = 20;
 
 /// Owns the writer thread; `shutdown` flushes what is queued and stops it.
 pub struct WriterHandle {
@@ -40,12 +46,14 @@ impl WriterHandle {
     }
 }
 
-/// Opens (creating if needed) the database at `path` and starts the writer.
+/// Opens (creating if needed) the database at `path` and starts the writer. With a
+/// `retention`, the writer also deletes what ended longer ago than that.
 pub fn spawn(
     path: &Path,
     capacity: usize,
     batch_size: usize,
     flush_interval: Duration,
+    retention: Option<Duration>,
     metrics: Arc<RecordMetrics>,
 ) -> Result<(Recorder, WriterHandle), RecordError> {
     if let Some(dir) = path.parent() {
@@ -68,6 +76,9 @@ pub fn spawn(
         path: path.to_owned(),
         rx,
         flush_interval,
+        retention,
+        next_prune: Instant::now(),
+        next_size: Instant::now(),
         healthy: healthy.clone(),
         stopping: stopping.clone(),
         metrics: metrics.clone(),
@@ -94,6 +105,9 @@ struct Writer {
     path: PathBuf,
     rx: queue::Receiver,
     flush_interval: Duration,
+    retention: Option<Duration>,
+    next_prune: Instant,
+    next_size: Instant,
     healthy: Arc<AtomicBool>,
     stopping: Arc<AtomicBool>,
     metrics: Arc<RecordMetrics>,
@@ -102,17 +116,74 @@ struct Writer {
 impl Writer {
     fn run(mut self) {
         let mut batch = Vec::new();
+        let idle = self
+            .retention
+            .map_or(SIZE_EVERY, |r| retention::interval(r).min(SIZE_EVERY));
         // Gather for up to one flush interval: one transaction per batch, not per
         // record. Someone waiting for a flush ends the gathering at once.
-        while self.rx.next_batch(&mut batch, self.flush_interval) {
-            self.metrics.queue_depth.sub(batch.len() as i64);
-            self.write_with_retry(&batch);
-            for event in &batch {
-                if let RecordEvent::Flush(done) = event {
-                    let _ = done.try_send(());
+        while self.rx.next_batch(&mut batch, self.flush_interval, idle) {
+            if !batch.is_empty() {
+                self.metrics.queue_depth.sub(batch.len() as i64);
+                self.write_with_retry(&batch);
+                for event in &batch {
+                    if let RecordEvent::Flush(done) = event {
+                        let _ = done.try_send(());
+                    }
+                }
+                batch.clear();
+            }
+            self.housekeeping();
+        }
+    }
+
+    /// Between batches: prunes what is past the retention (a bounded amount at a time)
+    /// and measures the store.
+    fn housekeeping(&mut self) {
+        let now = Instant::now();
+        if let Some(retention) = self.retention
+            && now >= self.next_prune
+        {
+            let cutoff =
+                now_ms().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+            let mut more = false;
+            for _ in 0..PRUNE_CHUNKS {
+                match retention::prune(&mut self.conn, cutoff) {
+                    Ok(pruned) => {
+                        for (kind, rows) in [
+                            ("statement", pruned.statements),
+                            ("connection", pruned.connections),
+                            ("job", pruned.jobs),
+                            ("audit", pruned.audit),
+                        ] {
+                            if rows > 0 {
+                                self.metrics.pruned.with_label_values(&[kind]).inc_by(rows);
+                            }
+                        }
+                        more = pruned.more;
+                        if !more {
+                            break;
+                        }
+                    }
+                    Err(error) => {
+                        self.metrics.prune_failures.inc();
+                        tracing::warn!(path = %self.path.display(), %error, "pruning expired records failed; will retry");
+                        break;
+                    }
                 }
             }
-            batch.clear();
+            // A backlog continues after the next batch; otherwise wait an interval.
+            self.next_prune = if more {
+                now
+            } else {
+                now + retention::interval(retention)
+            };
+            self.next_size = now;
+        }
+        if now >= self.next_size {
+            if let Ok(bytes) = retention::store_bytes(&self.conn) {
+                self.metrics.store_bytes.set(bytes);
+            }
+            self.next_size = now + SIZE_EVERY;
         }
     }
 
