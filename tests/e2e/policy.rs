@@ -1,15 +1,10 @@
 //! Policy enforcement with real clients: deny and permit, audit mode, reload keeping the
 //! previous set, revocation of a live session, and the documented examples.
-use std::{
-    io::{BufRead as _, BufReader, Write as _},
-    path::Path,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{path::Path, process::Command, time::Duration};
 
 use tollgate_e2e::{
-    Agent, agent::tollgate_bin, output, postgres, require_root, servers::Server, stderr, stdout,
-    wait_for,
+    Agent, agent::tollgate_bin, output, postgres, postgres::LiveSession, require_root,
+    servers::Server, stderr, stdout, wait_for,
 };
 
 use crate::{assert_metrics_match_records, str_field};
@@ -163,31 +158,8 @@ fn a_reload_that_revokes_access_closes_a_live_psql_session() {
     let agent = Agent::start_with_policy("", &targets(pg.port, 1), |dir| {
         write_policy(dir, "pg.cedar", PG_FOR_API)
     });
-    let args = [
-        "psql",
-        "-X",
-        "-A",
-        "-t",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &pg.port.to_string(),
-        "-U",
-        "postgres",
-        "-d",
-        "postgres",
-    ];
-    let mut job = agent
-        .run_command(&[("repository", "acme/api")], &args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("psql job");
-    let mut stdin = job.stdin.take().expect("stdin");
-    let mut lines = BufReader::new(job.stdout.take().expect("stdout")).lines();
-    writeln!(stdin, "select 'before';").expect("write");
-    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("before"));
+    let mut session = LiveSession::open(&agent, pg, &[("repository", "acme/api")]);
+    assert_eq!(session.query("select 'before';"), "before");
     let generation = agent.status()["policy"]["generation"]
         .as_u64()
         .expect("generation");
@@ -205,10 +177,8 @@ fn a_reload_that_revokes_access_closes_a_live_psql_session() {
     wait_for("the revocation", Duration::from_secs(10), || {
         (agent.metric("tollgate_policy_revoked_total") >= 1.0).then_some(())
     });
-    writeln!(stdin, "select 'after';").expect("write");
-    drop(stdin);
-    let status = job.wait().expect("psql");
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    session.send("select 'after';");
+    let (status, rest) = session.finish();
     assert!(
         !rest.iter().any(|l| l == "after"),
         "the session was closed: {rest:?}"

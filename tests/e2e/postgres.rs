@@ -9,7 +9,9 @@ use std::{
 };
 
 use serde_json::Value;
-use tollgate_e2e::{Agent, output, postgres, require_root, stderr, stdout, wait_for};
+use tollgate_e2e::{
+    Agent, output, postgres, postgres::LiveSession, require_root, stderr, stdout, wait_for,
+};
 
 const POLICY: &str = r#"
 @id("pg-connect")
@@ -481,63 +483,6 @@ fn sensitive_values_are_masked_unless_the_job_is_exempt_and_never_recorded() {
     direct_psql(pg, "DROP TABLE tollgate_customers");
 }
 
-/// A psql session in a job that stays open: queries go in one at a time and each
-/// answer line comes back.
-struct LiveSession {
-    child: std::process::Child,
-    stdin: std::process::ChildStdin,
-    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
-}
-
-impl LiveSession {
-    fn open(agent: &Agent, pg: &tollgate_e2e::postgres::Postgres, labels: &[(&str, &str)]) -> Self {
-        let port = pg.port.to_string();
-        let args = [
-            "psql",
-            "-X",
-            "-A",
-            "-t",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-        ];
-        let mut child = agent
-            .run_command(labels, &args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("psql job");
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = child.stdout.take().expect("stdout");
-        Self {
-            child,
-            stdin,
-            lines: std::io::BufRead::lines(std::io::BufReader::new(stdout)),
-        }
-    }
-
-    /// One query with a one-line answer.
-    fn query(&mut self, sql: &str) -> String {
-        writeln!(self.stdin, "{sql}").expect("write");
-        self.lines
-            .next()
-            .and_then(Result::ok)
-            .unwrap_or_else(|| panic!("no answer to {sql}"))
-    }
-
-    fn close(mut self) {
-        drop(self.stdin);
-        let status = self.child.wait().expect("psql");
-        assert!(status.success());
-    }
-}
-
 #[test]
 fn masking_and_exemptions_follow_a_reload_in_live_sessions() {
     if !require_root() {
@@ -647,10 +592,7 @@ fn psycopg_parameters_pipelines_copy_and_binary_results_through_tollgate() {
          CREATE TABLE tollgate_psycopg_rows (id int, email text)",
     );
     let agent = agent(pg.port);
-    let dsn = format!(
-        "host=127.0.0.1 port={} user=postgres dbname=postgres",
-        pg.port
-    );
+    let dsn = pg.dsn();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/psycopg_client.py");
     let python = python();
     assert!(
@@ -734,10 +676,7 @@ fn tokio_postgres_prepared_statements_through_tollgate() {
          CREATE TABLE tollgate_tokio_rows (id int, email text)",
     );
     let agent = agent(pg.port);
-    let dsn = format!(
-        "host=127.0.0.1 port={} user=postgres dbname=postgres",
-        pg.port
-    );
+    let dsn = pg.dsn();
     let out = agent.run_job(
         &[("repository", "acme/api")],
         &[env!("CARGO_BIN_EXE_tokio_pg_client"), &dsn],
@@ -790,10 +729,7 @@ fn a_reload_applies_to_statements_prepared_before_it() {
          CREATE TABLE tollgate_tokio_rows (id int, email text)",
     );
     let agent = agent(pg.port);
-    let dsn = format!(
-        "host=127.0.0.1 port={} user=postgres dbname=postgres",
-        pg.port
-    );
+    let dsn = pg.dsn();
     let mut job = agent
         .run_command(
             &[("repository", "acme/api")],

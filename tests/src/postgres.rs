@@ -167,23 +167,87 @@ fn chown_postgres(path: &Path) {
 }
 
 impl Postgres {
-    /// psql arguments for host `host`: unaligned, tuples only, no psqlrc.
-    pub fn psql_args(&self, host: &str, sql: &str) -> Vec<String> {
-        vec![
-            "psql".to_owned(),
-            "-X".to_owned(),
-            "-A".to_owned(),
-            "-t".to_owned(),
-            "-h".to_owned(),
-            host.to_owned(),
-            "-p".to_owned(),
-            self.port.to_string(),
-            "-U".to_owned(),
-            "postgres".to_owned(),
-            "-d".to_owned(),
-            "postgres".to_owned(),
-            "-c".to_owned(),
-            sql.to_owned(),
+    /// psql as the superuser on host `host`: unaligned, tuples only (one line per
+    /// value), no psqlrc. Without `-c`, it reads statements from stdin.
+    pub fn psql_session_args(&self, host: &str) -> Vec<String> {
+        let port = self.port.to_string();
+        [
+            "psql", "-X", "-A", "-t", "-h", host, "-p", &port, "-U", "postgres", "-d", "postgres",
         ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+
+    /// psql arguments that run `sql` on host `host` and exit.
+    pub fn psql_args(&self, host: &str, sql: &str) -> Vec<String> {
+        let mut args = self.psql_session_args(host);
+        args.extend(["-c".to_owned(), sql.to_owned()]);
+        args
+    }
+
+    /// A libpq connection string for the superuser over 127.0.0.1.
+    pub fn dsn(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            self.port
+        )
+    }
+}
+
+/// A psql session in a job that stays open: statements go in one at a time, and each
+/// answer line comes back.
+pub struct LiveSession {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl LiveSession {
+    pub fn open(agent: &crate::Agent, pg: &Postgres, labels: &[(&str, &str)]) -> Self {
+        let args = pg.psql_session_args("127.0.0.1");
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut child = agent
+            .run_command(labels, &args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("psql job");
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().expect("stdout");
+        Self {
+            child,
+            stdin,
+            lines: std::io::BufRead::lines(std::io::BufReader::new(stdout)),
+        }
+    }
+
+    /// Sends one statement without waiting for an answer.
+    pub fn send(&mut self, sql: &str) {
+        use std::io::Write as _;
+        let stdin = self.stdin.as_mut().expect("the session's stdin is open");
+        writeln!(stdin, "{sql}").expect("writing to psql");
+    }
+
+    /// One statement with a one-line answer.
+    pub fn query(&mut self, sql: &str) -> String {
+        self.send(sql);
+        self.lines
+            .next()
+            .and_then(Result::ok)
+            .unwrap_or_else(|| panic!("no answer to {sql}"))
+    }
+
+    /// Closes stdin and waits for psql: its exit status and the lines it still wrote.
+    pub fn finish(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        drop(self.stdin.take());
+        let status = self.child.wait().expect("psql");
+        (status, self.lines.map_while(Result::ok).collect())
+    }
+
+    /// Closes stdin and checks that psql exits cleanly.
+    pub fn close(self) {
+        let (status, rest) = self.finish();
+        assert!(status.success(), "psql failed; its last lines: {rest:?}");
     }
 }
