@@ -605,24 +605,37 @@ impl Config {
         if let Err(message) = Catalog::new(self.targets.clone()) {
             return Err(invalid("targets", &message));
         }
-        for (key, provider) in [
-            ("identity.github", &self.identity.github),
-            ("identity.gitlab", &self.identity.gitlab),
+        let (github, gitlab, buildkite) = (
+            &self.identity.github,
+            &self.identity.gitlab,
+            &self.identity.buildkite,
+        );
+        for (key, issuer, jwks_url, audience) in [
+            (
+                "identity.github",
+                &github.issuer,
+                &github.jwks_url,
+                &github.audience,
+            ),
+            (
+                "identity.gitlab",
+                &gitlab.issuer,
+                &gitlab.jwks_url,
+                &gitlab.audience,
+            ),
+            (
+                "identity.buildkite",
+                &buildkite.issuer,
+                &buildkite.jwks_url,
+                &buildkite.audience,
+            ),
         ] {
-            for url in provider.issuer.iter().chain(&provider.jwks_url) {
+            for url in issuer.iter().chain(jwks_url) {
                 crate::identity::oidc::fetch::check_url(url).map_err(|m| invalid(key, &m))?;
             }
-            if provider.audience.is_empty() {
+            if audience.is_empty() {
                 return Err(invalid(key, "audience must not be empty"));
             }
-        }
-        let buildkite = &self.identity.buildkite;
-        for url in buildkite.issuer.iter().chain(&buildkite.jwks_url) {
-            crate::identity::oidc::fetch::check_url(url)
-                .map_err(|m| invalid("identity.buildkite", &m))?;
-        }
-        if buildkite.audience.is_empty() {
-            return Err(invalid("identity.buildkite", "audience must not be empty"));
         }
         if buildkite.organization.as_deref().is_some_and(str::is_empty) {
             return Err(invalid(

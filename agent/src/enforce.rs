@@ -214,8 +214,8 @@ impl Enforcer {
         }
     }
 
-    /// `[policy] mode` and `[[targets]]` from the config file (or as they are, for the
-    /// built-in config). A malformed config file keeps the previous set in force.
+    /// The [`Settings`] from the config file (or as they are, for the built-in config).
+    /// A malformed config file keeps the previous set in force.
     fn read_settings(&self, current: &Settings) -> Result<Settings, EnforceError> {
         let Some(path) = &self.config_file else {
             return Ok(current.clone());

@@ -84,6 +84,14 @@ fn direct_psql(pg: &tollgate_e2e::postgres::Postgres, sql: &str) -> String {
     stdout(&out).trim().to_owned()
 }
 
+/// A fresh, empty `name (id int, email text)`, as the client programs expect it.
+fn rows_table(pg: &tollgate_e2e::postgres::Postgres, name: &str) {
+    direct_psql(
+        pg,
+        &format!("DROP TABLE IF EXISTS {name}; CREATE TABLE {name} (id int, email text)"),
+    );
+}
+
 fn statements(agent: &Agent, session: &Value) -> Vec<Value> {
     let id = session["id"].as_str().expect("session id");
     let out = output(agent.tollgate().args(["sessions", "show", id, "--json"]));
@@ -586,11 +594,7 @@ fn psycopg_parameters_pipelines_copy_and_binary_results_through_tollgate() {
         return;
     }
     let pg = postgres();
-    direct_psql(
-        pg,
-        "DROP TABLE IF EXISTS tollgate_psycopg_rows; \
-         CREATE TABLE tollgate_psycopg_rows (id int, email text)",
-    );
+    rows_table(pg, "tollgate_psycopg_rows");
     let agent = agent(pg.port);
     let dsn = pg.dsn();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/psycopg_client.py");
@@ -670,11 +674,7 @@ fn tokio_postgres_prepared_statements_through_tollgate() {
         return;
     }
     let pg = postgres();
-    direct_psql(
-        pg,
-        "DROP TABLE IF EXISTS tollgate_tokio_rows; \
-         CREATE TABLE tollgate_tokio_rows (id int, email text)",
-    );
+    rows_table(pg, "tollgate_tokio_rows");
     let agent = agent(pg.port);
     let dsn = pg.dsn();
     let out = agent.run_job(
@@ -723,11 +723,7 @@ fn a_reload_applies_to_statements_prepared_before_it() {
         return;
     }
     let pg = postgres();
-    direct_psql(
-        pg,
-        "DROP TABLE IF EXISTS tollgate_tokio_rows; \
-         CREATE TABLE tollgate_tokio_rows (id int, email text)",
-    );
+    rows_table(pg, "tollgate_tokio_rows");
     let agent = agent(pg.port);
     let dsn = pg.dsn();
     let mut job = agent

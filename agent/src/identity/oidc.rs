@@ -255,7 +255,17 @@ impl Verifier {
 }
 
 /// A claim as text (CI systems send ids as strings, some as numbers).
+/// A claim's value as text. A name of several claims joined by `/` (Buildkite's
+/// `organization_slug/pipeline_slug`) is their values joined the same way, present
+/// only when all of them are.
 fn claim(claims: &Map<String, Value>, name: &str) -> Option<String> {
+    if name.contains('/') {
+        return name
+            .split('/')
+            .map(|part| claim(claims, part))
+            .collect::<Option<Vec<_>>>()
+            .map(|parts| parts.join("/"));
+    }
     match claims.get(name)? {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
@@ -264,8 +274,7 @@ fn claim(claims: &Map<String, Value>, name: &str) -> Option<String> {
     }
 }
 
-/// The claim Tollgate derives from a Buildkite token's `organization_slug` and
-/// `pipeline_slug`: the pipeline's full name, the identity's `repository`.
+/// Buildkite names a pipeline by two claims; the identity's `repository` is both.
 const BUILDKITE_PIPELINE: &str = "organization_slug/pipeline_slug";
 
 /// A claim that must equal a job's field: (claim, field name, the job's value).
@@ -273,23 +282,6 @@ type MustMatch<'a> = Vec<(&'static str, &'static str, &'a str)>;
 
 /// Checks that the token is for this job, then fills the identity from the claims.
 fn proven_identity(job: &Identity, claims: &Map<String, Value>) -> Result<Identity, OidcError> {
-    // Buildkite names a pipeline by two claims; the identity's repository is both.
-    let mut derived;
-    let claims = if job.provider == "buildkite" {
-        derived = claims.clone();
-        if let (Some(org), Some(pipeline)) = (
-            claim(claims, "organization_slug"),
-            claim(claims, "pipeline_slug"),
-        ) {
-            derived.insert(
-                BUILDKITE_PIPELINE.to_owned(),
-                format!("{org}/{pipeline}").into(),
-            );
-        }
-        &derived
-    } else {
-        claims
-    };
     // Claims that must match, and (claim, field) pairs copied into the proven identity.
     let (must_match, copy): (MustMatch<'_>, &[(&str, &str)]) = match job.provider.as_str() {
         "github" => (

@@ -763,7 +763,8 @@ fn finish(ctx: &Context, mut record: StatementRecord) {
 
 impl State {
     /// After a reload (and at the start): forgets cached decisions and takes the masking
-    /// configuration and the `mask:exempt` permission in force.
+    /// configuration and the `mask:exempt` permission in force. `sql` is the session's
+    /// context (no tables).
     fn refresh(&mut self, ctx: &Context, sql: &SqlContext) {
         let generation = ctx.enforcer.generation();
         if generation == self.generation {
@@ -772,12 +773,8 @@ impl State {
         self.generation = generation;
         self.decisions.clear();
         self.masking = ctx.enforcer.masking();
-        let session = SqlContext {
-            tables: Vec::new(),
-            ..sql.clone()
-        };
         self.exempt =
-            self.masking.enabled && ctx.enforcer.permits(ctx.subject(), "mask:exempt", &session);
+            self.masking.enabled && ctx.enforcer.permits(ctx.subject(), "mask:exempt", sql);
     }
 
     /// The decision for a message's statements (the first blocking one wins), and the
@@ -788,7 +785,6 @@ impl State {
         sql: &SqlContext,
         statements: &[classify::Statement],
     ) -> (Decision, Kind) {
-        self.refresh(ctx, sql);
         let mut allowed: Option<(Decision, Kind)> = None;
         for statement in statements {
             let Some(action) = statement.kind.action() else {
