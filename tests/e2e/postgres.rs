@@ -524,14 +524,15 @@ fn masking_and_exemptions_follow_a_reload_in_live_sessions() {
     );
     assert_eq!(audit.query(select), "XYZ-123");
 
+    // Appends to the agent's config file; returns what it held before.
+    let append = |text: &str| {
+        let before = std::fs::read_to_string(&agent.config_path).expect("config");
+        std::fs::write(&agent.config_path, format!("{before}\n{text}")).expect("config");
+        before
+    };
     let generation = |agent: &Agent| agent.status()["policy"]["generation"].as_u64();
     let before = generation(&agent);
-    let config = std::fs::read_to_string(&agent.config_path).expect("config");
-    std::fs::write(
-        &agent.config_path,
-        format!("{config}\n[[masking.rules]]\ncolumns = [\"code\"]\n"),
-    )
-    .expect("config");
+    append("[[masking.rules]]\ncolumns = [\"code\"]\n");
     wait_for("the masking reload", Duration::from_secs(10), || {
         (generation(&agent) > before).then_some(())
     });
@@ -549,12 +550,7 @@ fn masking_and_exemptions_follow_a_reload_in_live_sessions() {
     // A broken rule is refused; the rule in force stays.
     let errors = |agent: &Agent| agent.metric("tollgate_policy_reloads_total{result=\"error\"}");
     let failed = errors(&agent);
-    let config = std::fs::read_to_string(&agent.config_path).expect("config");
-    std::fs::write(
-        &agent.config_path,
-        format!("{config}\n[[masking.rules]]\ncolumns = []\n"),
-    )
-    .expect("config");
+    let config = append("[[masking.rules]]\ncolumns = []\n");
     wait_for("the failed reload", Duration::from_secs(10), || {
         (errors(&agent) > failed).then_some(())
     });
