@@ -23,7 +23,7 @@ use tollgate_policy::{
 use crate::{
     config::{Config, ConfigError},
     metrics::PolicyMetrics,
-    postgres::mask::MaskingConfig,
+    postgres::mask::{MaskingConfig, ResultsMasking},
 };
 
 /// Cached decisions per thread, at most this many before the cache starts over.
@@ -267,6 +267,18 @@ impl Enforcer {
             .as_ref()
             .and_then(|engine| engine.target(destination))
             .map_or_else(|| "(unknown)".to_owned(), |t| t.name.clone())
+    }
+
+    /// What masks the results a client of `destination` sees: its target's
+    /// `masking.results`, else `[masking] results`.
+    pub fn results_masking(&self, destination: SocketAddr) -> ResultsMasking {
+        let active = self.active.load();
+        active
+            .engine
+            .as_ref()
+            .and_then(|engine| engine.target(destination))
+            .and_then(|target| target.masking)
+            .map_or(active.masking.results, |masking| masking.results)
     }
 
     /// The protocol the targets catalog declares for a destination (`postgres`, ...).

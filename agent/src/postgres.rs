@@ -1,6 +1,7 @@
 //! PostgreSQL-aware interception: classification of statements, their enforcement and
 //! recording. The wire protocol itself is the `tollgate-pgwire` crate.
 pub mod classify;
+pub mod encoding;
 pub mod io;
 pub mod mask;
 pub mod session;

@@ -6,7 +6,8 @@ pub const AUTH_SASL: i32 = 10;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Column<'a> {
-    pub name: &'a str,
+    /// In the session's client encoding.
+    pub name: &'a [u8],
     pub table_oid: u32,
     pub column: i16,
     pub type_oid: u32,
@@ -16,18 +17,24 @@ pub struct Column<'a> {
     pub format: i16,
 }
 
+/// A server message. Strings are bytes in the session's client encoding.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message<'a> {
     Authentication {
         code: i32,
         data: &'a [u8],
     },
-    /// Error or notice fields: (field type, value), e.g. (b'C', "42501").
-    Error(Vec<(u8, &'a str)>),
-    Notice(Vec<(u8, &'a str)>),
+    /// Error or notice fields: (field type, value), e.g. (b'C', b"42501").
+    Error(Vec<(u8, &'a [u8])>),
+    Notice(Vec<(u8, &'a [u8])>),
+    /// A run-time parameter the server reports (`client_encoding`, ...).
+    ParameterStatus {
+        name: &'a [u8],
+        value: &'a [u8],
+    },
     /// `I` idle, `T` in a transaction block, `E` in a failed transaction block.
     ReadyForQuery(u8),
-    CommandComplete(&'a str),
+    CommandComplete(&'a [u8]),
     RowDescription(Vec<Column<'a>>),
     DataRow(Vec<Option<&'a [u8]>>),
     EmptyQuery,
@@ -111,6 +118,13 @@ pub fn parse(msg: &[u8]) -> Result<Message<'_>, WireError> {
             r.finish()?;
             Message::DataRow(values)
         }
+        b'S' => {
+            let mut r = Reader::new(body, "ParameterStatus");
+            let name = r.cstr()?;
+            let value = r.cstr()?;
+            r.finish()?;
+            Message::ParameterStatus { name, value }
+        }
         b'I' => Message::EmptyQuery,
         other => Message::Other(other),
     };
@@ -118,8 +132,14 @@ pub fn parse(msg: &[u8]) -> Result<Message<'_>, WireError> {
 }
 
 /// The rows a CommandComplete tag reports (`SELECT 5`, `INSERT 0 3`, `COPY 10`).
-pub fn rows_of(tag: &str) -> Option<u64> {
-    tag.rsplit(' ').next()?.parse().ok()
+pub fn rows_of(tag: &[u8]) -> Option<u64> {
+    let last = tag.rsplit(|&b| b == b' ').next()?;
+    std::str::from_utf8(last).ok()?.parse().ok()
+}
+
+/// A field of an ErrorResponse or NoticeResponse (`b'C'` SQLSTATE, `b'M'` message).
+pub fn field<'a>(fields: &[(u8, &'a [u8])], kind: u8) -> Option<&'a [u8]> {
+    fields.iter().find(|(k, _)| *k == kind).map(|(_, v)| *v)
 }
 
 /// The SASL mechanisms of an AuthenticationSASL body.
@@ -127,7 +147,7 @@ pub fn sasl_mechanisms(data: &[u8]) -> Result<Vec<&str>, WireError> {
     let mut r = Reader::new(data, "AuthenticationSASL");
     let mut mechanisms = Vec::new();
     loop {
-        let mechanism = r.cstr()?;
+        let mechanism = r.ascii()?;
         if mechanism.is_empty() {
             break;
         }
@@ -156,23 +176,39 @@ fn tagged(tag: u8, body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// An ErrorResponse with severity ERROR. Values must not contain NUL (they are cut
-/// there).
+/// An ErrorResponse with severity ERROR, its texts in UTF-8. Values must not contain
+/// NUL (they are cut there).
 pub fn error_response(
     code: &str,
     message: &str,
     detail: Option<&str>,
     hint: Option<&str>,
 ) -> Vec<u8> {
+    error_response_bytes(
+        code,
+        message.as_bytes(),
+        detail.map(str::as_bytes),
+        hint.map(str::as_bytes),
+    )
+}
+
+/// An ErrorResponse with severity ERROR, its texts already encoded in the session's
+/// client encoding. Values must not contain NUL (they are cut there).
+pub fn error_response_bytes(
+    code: &str,
+    message: &[u8],
+    detail: Option<&[u8]>,
+    hint: Option<&[u8]>,
+) -> Vec<u8> {
     let mut body = Vec::new();
-    let mut field = |kind: u8, value: &str| {
+    let mut field = |kind: u8, value: &[u8]| {
         body.push(kind);
-        body.extend_from_slice(value.split('\0').next().unwrap_or_default().as_bytes());
+        body.extend_from_slice(value.split(|&b| b == 0).next().unwrap_or_default());
         body.push(0);
     };
-    field(b'S', "ERROR");
-    field(b'V', "ERROR");
-    field(b'C', code);
+    field(b'S', b"ERROR");
+    field(b'V', b"ERROR");
+    field(b'C', code.as_bytes());
     field(b'M', message);
     if let Some(detail) = detail {
         field(b'D', detail);
@@ -214,8 +250,8 @@ mod tests {
         let Message::Error(fields) = parse(&bytes).unwrap() else {
             panic!("not an error");
         };
-        assert!(fields.contains(&(b'C', "42501")));
-        assert!(fields.contains(&(b'D', "by policy p")));
+        assert_eq!(field(&fields, b'C'), Some(&b"42501"[..]));
+        assert_eq!(field(&fields, b'D'), Some(&b"by policy p"[..]));
         assert_eq!(
             parse(&ready_for_query(b'E')).unwrap(),
             Message::ReadyForQuery(b'E')
@@ -234,9 +270,9 @@ mod tests {
             sasl_mechanisms(data).unwrap(),
             vec!["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"]
         );
-        assert_eq!(rows_of("INSERT 0 3"), Some(3));
-        assert_eq!(rows_of("SELECT 12"), Some(12));
-        assert_eq!(rows_of("BEGIN"), None);
+        assert_eq!(rows_of(b"INSERT 0 3"), Some(3));
+        assert_eq!(rows_of(b"SELECT 12"), Some(12));
+        assert_eq!(rows_of(b"BEGIN"), None);
         let row = data_row(&[Some(b"a"), None]);
         assert_eq!(
             parse(&row).unwrap(),
@@ -250,5 +286,23 @@ mod tests {
         assert!(parse(b"D\0\0\0\x0a\0\x01\0\0\0\x09").is_err());
         assert!(parse(b"E\0\0\0\x06Cx").is_err());
         assert!(parse(b"Z\0\0\0\x04").is_err());
+    }
+
+    /// A LATIN9 server message ("é€" is 0xe9 0xa4) is a message, not a violation.
+    #[test]
+    fn messages_in_other_encodings_parse() {
+        let latin9 = b"E\0\0\0\x17SERROR\0C22P02\0M\xe9\xa4\0\0";
+        let Message::Error(fields) = parse(latin9).unwrap() else {
+            panic!("not an error");
+        };
+        assert_eq!(field(&fields, b'M'), Some(&b"\xe9\xa4"[..]));
+        let status = b"S\0\0\0\x1bclient_encoding\0LATIN9\0";
+        assert_eq!(
+            parse(status).unwrap(),
+            Message::ParameterStatus {
+                name: b"client_encoding",
+                value: b"LATIN9"
+            }
+        );
     }
 }

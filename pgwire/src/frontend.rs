@@ -6,7 +6,8 @@ use crate::{CANCEL_REQUEST, GSSENC_REQUEST, SSL_REQUEST, WireError, read::Reader
 pub enum Startup {
     Startup {
         version: u32,
-        params: Vec<(String, String)>,
+        /// Names and values as the client sent them (values are in its encoding).
+        params: Vec<(Vec<u8>, Vec<u8>)>,
     },
     SslRequest,
     GssEncRequest,
@@ -17,13 +18,13 @@ pub enum Startup {
 }
 
 impl Startup {
-    /// A startup parameter (`user`, `database`, `application_name`, ...).
-    pub fn param(&self, name: &str) -> Option<&str> {
+    /// A startup parameter (`user`, `database`, `client_encoding`, ...), as sent.
+    pub fn param(&self, name: &str) -> Option<&[u8]> {
         match self {
             Startup::Startup { params, .. } => params
                 .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.as_str()),
+                .find(|(k, _)| k == name.as_bytes())
+                .map(|(_, v)| v.as_slice()),
             _ => None,
         }
     }
@@ -56,7 +57,7 @@ pub fn parse_startup(msg: &[u8]) -> Result<Startup, WireError> {
                     break;
                 }
                 let value = r.cstr()?;
-                params.push((name.to_owned(), value.to_owned()));
+                params.push((name.to_vec(), value.to_vec()));
             }
             r.finish()?;
             Ok(Startup::Startup { version, params })
@@ -65,18 +66,19 @@ pub fn parse_startup(msg: &[u8]) -> Result<Startup, WireError> {
     }
 }
 
-/// A message of the normal phase.
+/// A message of the normal phase. Strings are bytes in the session's client encoding:
+/// Tollgate relays them as they are and decodes them only to read them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message<'a> {
-    Query(&'a str),
+    Query(&'a [u8]),
     Parse {
-        name: &'a str,
-        sql: &'a str,
+        name: &'a [u8],
+        sql: &'a [u8],
         param_types: Vec<u32>,
     },
     Bind {
-        portal: &'a str,
-        statement: &'a str,
+        portal: &'a [u8],
+        statement: &'a [u8],
         param_formats: Vec<i16>,
         params: Vec<Option<&'a [u8]>>,
         result_formats: Vec<i16>,
@@ -84,22 +86,22 @@ pub enum Message<'a> {
     Describe {
         /// `S` (statement) or `P` (portal).
         kind: u8,
-        name: &'a str,
+        name: &'a [u8],
     },
     Execute {
-        portal: &'a str,
+        portal: &'a [u8],
         max_rows: i32,
     },
     Close {
         kind: u8,
-        name: &'a str,
+        name: &'a [u8],
     },
     Sync,
     Flush,
     Terminate,
     CopyData(&'a [u8]),
     CopyDone,
-    CopyFail(&'a str),
+    CopyFail(&'a [u8]),
     FunctionCall {
         oid: u32,
     },
@@ -252,9 +254,9 @@ pub fn query(sql: &str) -> Vec<u8> {
 }
 
 /// Encodes a Parse message (no parameter types).
-pub fn parse_message(name: &str, sql: &str) -> Vec<u8> {
+pub fn parse_message(name: &[u8], sql: &str) -> Vec<u8> {
     let mut out = vec![b'P', 0, 0, 0, 0];
-    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(name);
     out.push(0);
     out.extend_from_slice(sql.as_bytes());
     out.push(0);
@@ -291,8 +293,8 @@ mod tests {
         let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
         packet.extend_from_slice(&body);
         let startup = parse_startup(&packet).unwrap();
-        assert_eq!(startup.param("user"), Some("alice"));
-        assert_eq!(startup.param("database"), Some("shop"));
+        assert_eq!(startup.param("user"), Some(&b"alice"[..]));
+        assert_eq!(startup.param("database"), Some(&b"shop"[..]));
         assert_eq!(
             parse_startup(b"\0\0\0\x08\x04\xd2\x16\x2f").unwrap(),
             Startup::SslRequest
@@ -313,14 +315,14 @@ mod tests {
     fn parses_extended_protocol_messages() {
         assert_eq!(
             parse(&query("select 1")).unwrap(),
-            Message::Query("select 1")
+            Message::Query(b"select 1")
         );
-        let p = parse_message("s1", "select $1");
+        let p = parse_message(b"s1", "select $1");
         assert!(matches!(
             parse(&p).unwrap(),
             Message::Parse {
-                name: "s1",
-                sql: "select $1",
+                name: b"s1",
+                sql: b"select $1",
                 ..
             }
         ));
@@ -336,7 +338,7 @@ mod tests {
             Message::Bind {
                 statement, params, ..
             } => {
-                assert_eq!(statement, "s1");
+                assert_eq!(statement, b"s1");
                 assert_eq!(params, vec![Some(&b"42"[..]), None]);
             }
             other => panic!("{other:?}"),
@@ -344,7 +346,7 @@ mod tests {
         assert_eq!(
             parse(&msg(b'E', b"\0\0\0\0\0")).unwrap(),
             Message::Execute {
-                portal: "",
+                portal: b"",
                 max_rows: 0
             }
         );
@@ -359,7 +361,11 @@ mod tests {
         assert!(parse(&msg(b'D', b"Xname\0")).is_err());
         assert!(parse(&msg(b'B', b"\0\0\xff\xff")).is_err());
         assert!(parse(&msg(b'Z', b"")).is_err());
-        assert!(parse(&msg(b'Q', b"\xff\xfe\0")).is_err());
+        // Bytes that are not UTF-8 are a string in some other client encoding.
+        assert_eq!(
+            parse(&msg(b'Q', b"select '\xe9\xa4'\0")).unwrap(),
+            Message::Query(b"select '\xe9\xa4'")
+        );
         assert!(parse(b"Q").is_err());
     }
 }

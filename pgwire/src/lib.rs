@@ -25,8 +25,8 @@ pub enum WireError {
     BadLength(i64),
     #[error("truncated {0}")]
     Truncated(&'static str),
-    #[error("{0} is not valid UTF-8")]
-    NotUtf8(&'static str),
+    #[error("{0} is not ASCII")]
+    NotAscii(&'static str),
     #[error("unsupported startup request code {0}")]
     UnknownStartup(u32),
     #[error("malformed {what}: {detail}")]

@@ -47,17 +47,28 @@ impl<'a> Reader<'a> {
         })
     }
 
-    /// A NUL-terminated string.
-    pub fn cstr(&mut self) -> Result<&'a str, WireError> {
+    /// A NUL-terminated string, as bytes: its encoding is the session's client
+    /// encoding, which only the caller knows.
+    pub fn cstr(&mut self) -> Result<&'a [u8], WireError> {
         let end = self
             .buf
             .iter()
             .position(|&b| b == 0)
             .ok_or(WireError::Truncated(self.what))?;
-        let text =
-            std::str::from_utf8(&self.buf[..end]).map_err(|_| WireError::NotUtf8(self.what))?;
+        let text = &self.buf[..end];
         self.buf = &self.buf[end + 1..];
         Ok(text)
+    }
+
+    /// A NUL-terminated string that the protocol defines as ASCII (SASL mechanism
+    /// names).
+    pub fn ascii(&mut self) -> Result<&'a str, WireError> {
+        let what = self.what;
+        let bytes = self.cstr()?;
+        if !bytes.is_ascii() {
+            return Err(WireError::NotAscii(what));
+        }
+        std::str::from_utf8(bytes).map_err(|_| WireError::NotAscii(what))
     }
 
     /// An Int32 length then that many bytes; -1 is NULL.

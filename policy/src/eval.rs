@@ -346,6 +346,7 @@ mod tests {
             protocol: Some("postgres".to_owned()),
             tags: [("env".to_owned(), "production".to_owned())].into(),
             mode: None,
+            masking: None,
             resolved: Vec::new(),
         };
         let destination: SocketAddr = "10.1.2.3:5432".parse().unwrap();

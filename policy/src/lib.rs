@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 pub use eval::PolicyEngine;
 pub use load::{LoadErrors, PolicyBundle, PolicyError, Source, load};
-pub use targets::{Catalog, PortRange, TargetSpec};
+pub use targets::{Catalog, PortRange, ResultsMasking, TargetMasking, TargetSpec};
 
 /// The process that opened a connection, as the kernel recorded it. Decisions depend
 /// on every field but `pid`, which is informational.

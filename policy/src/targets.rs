@@ -78,6 +78,24 @@ impl PortRange {
     }
 }
 
+/// What masks the results a client sees.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResultsMasking {
+    /// Column rules only.
+    #[default]
+    Rules,
+    /// Column rules, and the value detectors on values of text-like types.
+    Detect,
+}
+
+/// A target's `masking = { results = "detect" }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetMasking {
+    pub results: ResultsMasking,
+}
+
 /// One named target of the catalog (`[[targets]]` in the agent's config).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -100,6 +118,9 @@ pub struct TargetSpec {
     /// Overrides the global mode (`enforce` or `audit`) for this target.
     #[serde(default)]
     pub mode: Option<Mode>,
+    /// Overrides `[masking]` settings for this target's sessions.
+    #[serde(default)]
+    pub masking: Option<TargetMasking>,
     /// Addresses `dns_names` resolved to (filled in by the agent; not configured).
     #[serde(skip)]
     pub resolved: Vec<IpAddr>,
@@ -179,6 +200,7 @@ mod tests {
             protocol: None,
             tags: BTreeMap::new(),
             mode: None,
+            masking: None,
             resolved: Vec::new(),
         }
     }

@@ -1,11 +1,21 @@
 //! Masking of sensitive values: columns chosen by name (scoped to targets, databases or
-//! tables) and values found by detectors (emails, card numbers with a Luhn check, JWTs,
-//! AWS access keys, PEM private keys, IBANs). Applied to what the client sees in
-//! DataRows, and to the SQL text and parameters that are recorded.
-use std::{borrow::Cow, sync::OnceLock};
+//! tables) and values found by detectors (emails, card numbers of known issuers with a
+//! Luhn check, JWTs, AWS access keys, PEM private keys, IBANs with their check digits).
+//!
+//! Recordings (SQL text and parameters) always go through the detectors. What the
+//! client sees is changed only by column rules, unless `results = "detect"` (globally or
+//! on a target) lets the detectors read result values too, and then only values of
+//! text-like types (see `types`).
+mod detect;
+pub mod types;
 
-use regex::Regex;
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
+pub use tollgate_policy::ResultsMasking;
+
+use super::encoding::ClientEncoding;
+use types::TextShape;
 
 /// The value detectors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -51,8 +61,12 @@ pub struct ColumnRule {
 #[serde(deny_unknown_fields, default)]
 pub struct MaskingConfig {
     pub enabled: bool,
-    /// Value detectors applied to every text value.
+    /// Value detectors: always applied to what is recorded.
     pub detectors: Vec<Detector>,
+    /// What masks the results clients see: column rules only (`rules`, the default), or
+    /// the detectors too (`detect`) on values of text-like types. A target's
+    /// `masking.results` overrides it.
+    pub results: ResultsMasking,
     pub rules: Vec<ColumnRule>,
 }
 
@@ -61,6 +75,7 @@ impl Default for MaskingConfig {
         Self {
             enabled: true,
             detectors: ALL_DETECTORS.to_vec(),
+            results: ResultsMasking::Rules,
             rules: Vec::new(),
         }
     }
@@ -121,179 +136,91 @@ impl MaskingConfig {
                     && rule.columns.iter().any(|p| glob(p, column))
             })
     }
+}
 
-    /// The detectors' replacements in `text`; borrowed when nothing was found.
-    pub fn redact<'t>(&self, text: &'t str) -> Cow<'t, str> {
+impl MaskingConfig {
+    /// The detectors' replacements in `bytes` of a value in `encoding`; borrowed when
+    /// nothing was found. Only ASCII is matched and replaced, so the bytes around a
+    /// finding stay as they were in any client encoding.
+    pub fn redact_bytes<'t>(&self, bytes: &'t [u8], encoding: &ClientEncoding) -> Cow<'t, [u8]> {
+        self.redact_where(bytes, encoding, |_, _| true)
+    }
+
+    /// A row of a text or CSV COPY TO: COPY gives no column types, so a bare run of
+    /// digits (an integer or numeric field, or a number inside any value) is never taken
+    /// for a card number; cards printed with separators still are.
+    pub fn redact_copy_row<'t>(&self, row: &'t [u8], encoding: &ClientEncoding) -> Cow<'t, [u8]> {
+        self.redact_where(row, encoding, |detector, found| {
+            detector != Detector::Card || !found.iter().all(u8::is_ascii_digit)
+        })
+    }
+
+    /// The detectors' findings for which `keep(detector, found bytes)`, replaced.
+    fn redact_where<'t>(
+        &self,
+        bytes: &'t [u8],
+        encoding: &ClientEncoding,
+        keep: impl Fn(Detector, &[u8]) -> bool,
+    ) -> Cow<'t, [u8]> {
         if !self.enabled || self.detectors.is_empty() {
-            return Cow::Borrowed(text);
+            return Cow::Borrowed(bytes);
         }
-        let mut current = Cow::Borrowed(text);
+        let mut current = Cow::Borrowed(bytes);
         for detector in &self.detectors {
-            if let Cow::Owned(changed) = redact_one(*detector, &current) {
-                current = Cow::Owned(changed);
+            let view = encoding.ascii_view(&current);
+            let findings: Vec<detect::Finding> = detect::find(*detector, &view)
+                .into_iter()
+                .filter(|f| keep(*detector, &view[f.span.clone()]))
+                .collect();
+            if findings.is_empty() {
+                continue;
             }
+            let mut out = Vec::with_capacity(current.len());
+            let mut at = 0;
+            for finding in findings {
+                out.extend_from_slice(&current[at..finding.span.start]);
+                out.extend_from_slice(&finding.replacement);
+                at = finding.span.end;
+            }
+            out.extend_from_slice(&current[at..]);
+            current = Cow::Owned(out);
         }
         current
     }
-}
 
-fn regex(cell: &'static OnceLock<Regex>, pattern: &str) -> &'static Regex {
-    cell.get_or_init(|| match Regex::new(pattern) {
-        Ok(regex) => regex,
-        // The patterns are constants covered by the unit tests.
-        Err(error) => panic!("masking pattern {pattern}: {error}"),
-    })
-}
-
-/// A cheap necessary condition for `detector`'s pattern to match `text`: most values
-/// (numbers, short words, identifiers) are ruled out without running a regex.
-fn might_match(detector: Detector, text: &str) -> bool {
-    let bytes = text.as_bytes();
-    match detector {
-        Detector::Email => bytes.contains(&b'@'),
-        // 13 to 19 digits.
-        Detector::Card => bytes.iter().filter(|b| b.is_ascii_digit()).count() >= 13,
-        Detector::Jwt => text.contains("eyJ"),
-        Detector::AwsKey => {
-            bytes.len() >= 20
-                && ["AKIA", "ASIA", "ABIA", "ACCA"]
-                    .iter()
-                    .any(|p| text.contains(p))
+    /// The detectors' replacements in `text` (what is recorded); borrowed when nothing
+    /// was found.
+    pub fn redact<'t>(&self, text: &'t str) -> Cow<'t, str> {
+        match self.redact_bytes(text.as_bytes(), &ClientEncoding::UTF8) {
+            Cow::Borrowed(_) => Cow::Borrowed(text),
+            // Findings and replacements are ASCII: the rest is the UTF-8 it was.
+            Cow::Owned(bytes) => Cow::Owned(
+                String::from_utf8(bytes)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+            ),
         }
-        Detector::Pem => text.contains("-----BEGIN"),
-        // Two capital letters, then two digits, then at least eight more characters.
-        Detector::Iban => bytes.windows(4).enumerate().any(|(i, w)| {
-            w[0].is_ascii_uppercase()
-                && w[1].is_ascii_uppercase()
-                && w[2].is_ascii_digit()
-                && w[3].is_ascii_digit()
-                && bytes.len() - i >= 12
-        }),
     }
-}
 
-fn redact_one(detector: Detector, text: &str) -> Cow<'_, str> {
-    if !might_match(detector, text) {
-        return Cow::Borrowed(text);
-    }
-    redact_regex(detector, text)
-}
-
-fn redact_regex(detector: Detector, text: &str) -> Cow<'_, str> {
-    static EMAIL: OnceLock<Regex> = OnceLock::new();
-    static CARD: OnceLock<Regex> = OnceLock::new();
-    static JWT: OnceLock<Regex> = OnceLock::new();
-    static AWS: OnceLock<Regex> = OnceLock::new();
-    static PEM: OnceLock<Regex> = OnceLock::new();
-    static IBAN: OnceLock<Regex> = OnceLock::new();
-    match detector {
-        Detector::Email => regex(&EMAIL, r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
-            .replace_all(text, |c: &regex::Captures<'_>| {
-                let email = &c[0];
-                let domain = email.rsplit('@').next().unwrap_or_default();
-                format!("****@{domain}")
-            }),
-        Detector::Card => regex(&CARD, r"\b(?:\d[ -]?){12,18}\d\b").replace_all(
-            text,
-            |c: &regex::Captures<'_>| {
-                let digits: String = c[0].chars().filter(char::is_ascii_digit).collect();
-                if luhn(&digits) {
-                    format!(
-                        "{}{}",
-                        "*".repeat(digits.len() - 4),
-                        &digits[digits.len() - 4..]
-                    )
-                } else {
-                    c[0].to_owned()
-                }
-            },
-        ),
-        Detector::Jwt => regex(
-            &JWT,
-            r"eyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{10,}",
-        )
-        .replace_all(text, "[masked jwt]"),
-        Detector::AwsKey => regex(&AWS, r"\b(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}\b")
-            .replace_all(text, |c: &regex::Captures<'_>| {
-                format!("{}****************", &c[0][..4])
-            }),
-        Detector::Pem => regex(
-            &PEM,
-            r"(?s)-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----",
-        )
-        .replace_all(text, "[masked private key]"),
-        Detector::Iban => regex(
-            &IBAN,
-            r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b",
-        )
-        .replace_all(text, |c: &regex::Captures<'_>| {
-            let compact: String = c[0].chars().filter(|ch| !ch.is_whitespace()).collect();
-            if iban_valid(&compact) {
-                format!("{}**{}", &compact[..2], "*".repeat(compact.len() - 4))
-            } else {
-                c[0].to_owned()
-            }
-        }),
-    }
-}
-
-fn luhn(digits: &str) -> bool {
-    if !(13..=19).contains(&digits.len()) {
-        return false;
-    }
-    let sum: u32 = digits
-        .bytes()
-        .rev()
-        .enumerate()
-        .map(|(i, b)| {
-            let d = u32::from(b - b'0');
-            if i % 2 == 1 {
-                let doubled = d * 2;
-                if doubled > 9 { doubled - 9 } else { doubled }
-            } else {
-                d
-            }
-        })
-        .sum();
-    sum.is_multiple_of(10)
-}
-
-fn iban_valid(iban: &str) -> bool {
-    if !(15..=34).contains(&iban.len()) {
-        return false;
-    }
-    let rearranged = iban[4..].chars().chain(iban[..4].chars());
-    let mut remainder: u32 = 0;
-    for ch in rearranged {
-        let value = match ch {
-            '0'..='9' => ch as u32 - '0' as u32,
-            'A'..='Z' => ch as u32 - 'A' as u32 + 10,
-            _ => return false,
+    /// A text-like value as the detectors leave it, shaped as its type and format say;
+    /// None when nothing changed.
+    pub fn redact_value(
+        &self,
+        value: &[u8],
+        shape: TextShape,
+        encoding: &ClientEncoding,
+    ) -> Option<Vec<u8>> {
+        let mut text = |bytes: &[u8]| match self.redact_bytes(bytes, encoding) {
+            Cow::Owned(masked) => Some(masked),
+            Cow::Borrowed(_) => None,
         };
-        remainder = if value >= 10 {
-            (remainder * 100 + value) % 97
-        } else {
-            (remainder * 10 + value) % 97
-        };
-    }
-    remainder == 1
-}
-
-/// PostgreSQL types whose values are text: a masked value can stay a string.
-pub fn is_text_type(oid: u32) -> bool {
-    // text, varchar, bpchar, name, json, jsonb, xml, citext has a dynamic oid
-    matches!(oid, 25 | 1043 | 1042 | 19 | 114 | 3802 | 142)
-}
-
-/// What a rule-masked column's value becomes: for text types a fixed string (valid in
-/// text and binary format alike, and jsonb's binary format is a version byte and text),
-/// for every other type NULL (valid for any type).
-pub fn column_replacement(type_oid: u32, format: i16) -> Option<Vec<u8>> {
-    match type_oid {
-        3802 if format == 1 => Some(b"\x01\"****\"".to_vec()),
-        114 | 3802 => Some(b"\"****\"".to_vec()),
-        oid if is_text_type(oid) => Some(b"****".to_vec()),
-        _ => None,
+        match shape {
+            TextShape::Text => text(value),
+            TextShape::JsonbBinary => {
+                let (version, rest) = value.split_first()?;
+                text(rest).map(|masked| [&[*version][..], &masked].concat())
+            }
+            TextShape::ArrayBinary => types::mask_binary_array(value, &mut text),
+        }
     }
 }
 
@@ -314,11 +241,11 @@ mod tests {
             ("key AKIAIOSFODNN7EXAMPLE", "key AKIA****************"),
             (
                 "t eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
-                "t [masked jwt]",
+                "t [masked-jwt]",
             ),
             (
                 "-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----",
-                "[masked private key]",
+                "[masked-private-key]",
             ),
             (
                 "iban GB82 WEST 1234 5698 7654 32",
@@ -330,49 +257,55 @@ mod tests {
             assert_eq!(config.redact(input), expected, "{input}");
         }
         assert!(matches!(config.redact("nothing"), Cow::Borrowed(_)));
+        let off = MaskingConfig {
+            enabled: false,
+            ..MaskingConfig::default()
+        };
+        assert_eq!(off.redact("alice@example.com"), "alice@example.com");
     }
 
-    /// The prefilter never rules out a text its regex would change.
+    /// In an encoding whose trail bytes can be ASCII, nothing matches inside a
+    /// character, and the bytes around a finding are kept as they were.
     #[test]
-    fn the_prefilter_is_a_necessary_condition() {
-        let samples = [
-            "dana@example.com",
-            "x@y.io and more",
-            "4111 1111 1111 1111",
-            "4111-1111-1111-1111",
-            "4111111111111111",
-            "5500 0000 0000 0004 tail",
-            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
-            "AKIAIOSFODNN7EXAMPLE",
-            "ASIAIOSFODNN7EXAMPLE!",
-            "-----BEGIN PRIVATE KEY-----\nabc\n-----END PRIVATE KEY-----",
-            "GB82 WEST 1234 5698 7654 32",
-            "DE89370400440532013000",
-            "NL91ABNA0417164300",
-            "12345",
-            "SELECT abalance FROM pgbench_accounts WHERE aid = 42",
-            "",
-        ];
-        for text in samples {
-            for detector in ALL_DETECTORS {
-                let changed = matches!(
-                    redact_regex(detector, text),
-                    Cow::Owned(ref s) if s != text
-                );
-                assert!(
-                    !changed || might_match(detector, text),
-                    "{detector:?} would change {text:?} but the prefilter rules it out"
-                );
-            }
-        }
-        // And it does rule out the common case.
-        for detector in ALL_DETECTORS {
-            assert!(!might_match(
-                detector,
-                "SELECT abalance FROM t WHERE aid = 42"
-            ));
-            assert!(!might_match(detector, "12345"));
-        }
+    fn detectors_keep_the_client_encoding() {
+        let config = MaskingConfig::default();
+        let sjis = ClientEncoding::from_name(b"SJIS").expect("SJIS");
+        // 表 (0x95 0x5c) then "@example.com": the trail byte is not a local part.
+        let value = b"\x95\x5c@example.com";
+        assert!(matches!(
+            config.redact_bytes(value, &sjis),
+            Cow::Borrowed(_)
+        ));
+        let value = b"\x95\x5c bob@example.com \x95\x5c";
+        assert_eq!(
+            config.redact_bytes(value, &sjis).as_ref(),
+            b"\x95\x5c ****@example.com \x95\x5c"
+        );
+        let latin9 = ClientEncoding::from_name(b"LATIN9").expect("LATIN9");
+        assert_eq!(
+            config
+                .redact_bytes(b"\xe9 bob@example.com \xa4", &latin9)
+                .as_ref(),
+            b"\xe9 ****@example.com \xa4"
+        );
+    }
+
+    #[test]
+    fn values_are_masked_in_their_shape() {
+        let config = MaskingConfig::default();
+        let utf8 = ClientEncoding::UTF8;
+        assert_eq!(
+            config.redact_value(
+                b"\x01{\"a\": \"x@example.com\"}",
+                TextShape::JsonbBinary,
+                &utf8
+            ),
+            Some(b"\x01{\"a\": \"****@example.com\"}".to_vec())
+        );
+        assert_eq!(
+            config.redact_value(b"ordinary", TextShape::Text, &utf8),
+            None
+        );
     }
 
     #[test]
@@ -401,15 +334,5 @@ mod tests {
         };
         assert!(!config.masks_column(&other, &tables, "email"));
         assert!(glob("a*b*c", "axxbyyc") && !glob("a*b*c", "axxbyy"));
-    }
-
-    #[test]
-    fn replacements_are_valid_for_their_types() {
-        assert_eq!(column_replacement(25, 0).as_deref(), Some(&b"****"[..]));
-        assert_eq!(column_replacement(23, 0), None, "int4 becomes NULL");
-        assert_eq!(
-            column_replacement(3802, 1).as_deref(),
-            Some(&b"\x01\"****\""[..])
-        );
     }
 }

@@ -21,8 +21,9 @@ use tollgate_policy::{Decision, Effect, Principal, Process, SqlContext, Subject}
 
 use super::{
     classify::{self, Kind},
+    encoding::ClientEncoding,
     io::Io,
-    mask::{self, MaskingConfig},
+    mask::{self, MaskingConfig, ResultsMasking, types::TextShape},
     tls::UpstreamTls,
 };
 use crate::{
@@ -35,7 +36,7 @@ use crate::{
 const DENIED_SQL: &str = "TOLLGATE_DENIED_BY_POLICY";
 /// The statement name of the failing Parse that stands in for a denied Execute (the
 /// server never creates it: the Parse fails).
-const DENIED_STATEMENT: &str = "tollgate_denied_by_policy";
+const DENIED_STATEMENT: &[u8] = b"tollgate_denied_by_policy";
 /// SQLSTATE insufficient_privilege.
 const DENIED_SQLSTATE: &str = "42501";
 /// SQLSTATE protocol_violation.
@@ -142,7 +143,7 @@ struct Pending {
     /// Statements this message runs, in order (a Query may have several).
     records: VecDeque<StatementRecord>,
     /// Describe: what is described (`S` or `P`, name).
-    described: Option<(u8, String)>,
+    described: Option<(u8, Vec<u8>)>,
     /// Execute: how to mask its rows, when the columns are already known.
     plan: Option<Plan>,
     /// Execute: where its columns can be learned later (a Describe answered after it
@@ -152,8 +153,8 @@ struct Pending {
 
 #[derive(Debug, Clone)]
 struct ExecuteInfo {
-    portal: String,
-    statement: String,
+    portal: Vec<u8>,
+    statement: Vec<u8>,
     formats: Vec<i16>,
     tables: Vec<String>,
 }
@@ -179,19 +180,22 @@ enum ColumnMask {
     Keep,
     /// A masking rule matched: the value is replaced (None: NULL).
     Replace(Option<Vec<u8>>),
-    /// A text value: detectors run on it.
-    Detect,
+    /// A value of a text-like type, in a session whose results the detectors read.
+    Detect(TextShape),
 }
 
 impl Plan {
+    /// How to mask a result's rows, or None when nothing in it is masked. `detect`:
+    /// the detectors read the session's results too.
     fn new(
         masking: &Arc<MaskingConfig>,
+        detect: bool,
         scope: &mask::Scope<'_>,
         tables: &[String],
         columns: &[ColumnInfo],
         formats: &[i16],
     ) -> Option<Self> {
-        if !masking.enabled {
+        if !masking.enabled || (masking.rules.is_empty() && !detect) {
             return None;
         }
         let format_of = |i: usize| match formats.len() {
@@ -203,13 +207,14 @@ impl Plan {
             .iter()
             .enumerate()
             .map(|(i, column)| {
+                let format = format_of(i);
                 if masking.masks_column(scope, tables, &column.name) {
-                    ColumnMask::Replace(mask::column_replacement(column.type_oid, format_of(i)))
-                } else if !masking.detectors.is_empty()
-                    && (format_of(i) == 0 || mask::is_text_type(column.type_oid))
-                    && column.type_oid != 3802
+                    ColumnMask::Replace(mask::types::column_replacement(column.type_oid, format))
+                } else if let Some(shape) = mask::types::text_shape(column.type_oid, format)
+                    && detect
+                    && !masking.detectors.is_empty()
                 {
-                    ColumnMask::Detect
+                    ColumnMask::Detect(shape)
                 } else {
                     ColumnMask::Keep
                 }
@@ -225,7 +230,7 @@ impl Plan {
     }
 
     /// The row masked, or None when nothing changed.
-    fn apply(&self, values: &[Option<&[u8]>]) -> Option<Vec<u8>> {
+    fn apply(&self, values: &[Option<&[u8]>], encoding: &ClientEncoding) -> Option<Vec<u8>> {
         let mut changed = false;
         let mut masked: Vec<Option<Vec<u8>>> = Vec::with_capacity(values.len());
         for (i, value) in values.iter().enumerate() {
@@ -234,16 +239,15 @@ impl Plan {
                     changed = true;
                     replacement.clone()
                 }
-                (Some(ColumnMask::Detect), Some(bytes)) => match std::str::from_utf8(bytes) {
-                    Ok(text) => match self.masking.redact(text) {
-                        std::borrow::Cow::Owned(redacted) => {
+                (Some(ColumnMask::Detect(shape)), Some(bytes)) => {
+                    match self.masking.redact_value(bytes, *shape, encoding) {
+                        Some(redacted) => {
                             changed = true;
-                            Some(redacted.into_bytes())
+                            Some(redacted)
                         }
-                        std::borrow::Cow::Borrowed(_) => Some(bytes.to_vec()),
-                    },
-                    Err(_) => Some(bytes.to_vec()),
-                },
+                        None => Some(bytes.to_vec()),
+                    }
+                }
                 (_, value) => value.map(<[u8]>::to_vec),
             };
             masked.push(out);
@@ -266,14 +270,21 @@ struct Prepared {
     columns: Option<Vec<ColumnInfo>>,
 }
 
+/// A portal: its statement's name, its parameters as recorded, its result formats.
+type Portal = (Vec<u8>, Vec<String>, Vec<i16>);
+
 #[derive(Default)]
 struct State {
     pending: VecDeque<Pending>,
-    prepared: HashMap<String, Prepared>,
+    prepared: HashMap<Vec<u8>, Prepared>,
     /// Portal → (statement name, parameters as recorded, result formats).
-    portals: HashMap<String, (String, Vec<String>, Vec<i16>)>,
+    portals: HashMap<Vec<u8>, Portal>,
     /// Columns of a portal, from a Describe of it.
-    portal_columns: HashMap<String, Vec<ColumnInfo>>,
+    portal_columns: HashMap<Vec<u8>, Vec<ColumnInfo>>,
+    /// The session's client encoding, as the startup asked and the server reports.
+    encoding: ClientEncoding,
+    /// The detectors read this session's results too (`results = "detect"`).
+    detect_results: bool,
     /// How the rows now arriving are masked.
     plan: Option<Plan>,
     /// The masking configuration in force, taken again after each reload.
@@ -470,13 +481,17 @@ pub async fn run(
         }
     };
     let (startup, startup_bytes) = startup;
+    // Until the server reports it, the client's own `client_encoding` (if it asked for
+    // one) says how to read what it sends.
+    let encoding = startup
+        .param("client_encoding")
+        .and_then(ClientEncoding::from_name)
+        .unwrap_or_default();
+    let param = |name: &str| startup.param(name).map(|value| encoding.lossy(value));
     outcome.startup = Startup {
-        user: startup.param("user").map(str::to_owned),
-        database: startup
-            .param("database")
-            .or_else(|| startup.param("user"))
-            .map(str::to_owned),
-        application_name: startup.param("application_name").map(str::to_owned),
+        user: param("user"),
+        database: param("database").or_else(|| param("user")),
+        application_name: param("application_name"),
         kind: "startup",
         client_tls: client.is_tls(),
         server_tls: false,
@@ -549,6 +564,7 @@ pub async fn run(
 
     let mut state = State {
         client_tls: outcome.startup.client_tls,
+        encoding,
         ..State::default()
     };
     state.refresh(ctx, &sql_context);
@@ -773,8 +789,27 @@ impl State {
         self.generation = generation;
         self.decisions.clear();
         self.masking = ctx.enforcer.masking();
+        self.detect_results = self.masking.enabled
+            && ctx.enforcer.results_masking(ctx.destination) == ResultsMasking::Detect;
         self.exempt =
             self.masking.enabled && ctx.enforcer.permits(ctx.subject(), "mask:exempt", sql);
+    }
+
+    /// The statements of a Query or Parse text in the session's encoding. Text that
+    /// does not decode is one statement of kind `unknown` (decided fail-closed), read
+    /// lossily for the record; its bytes still go to the server as they are, for the
+    /// server to judge.
+    fn classify(&self, text: &[u8]) -> Arc<Vec<classify::Statement>> {
+        match self.encoding.decode(text) {
+            (text, true) => classify::classify(&text),
+            (text, false) => Arc::new(vec![classify::Statement {
+                text: text.into_owned(),
+                kind: Kind::Unknown,
+                tables: Vec::new(),
+                functions: Vec::new(),
+                error: Some(format!("not valid {} text", self.encoding.name())),
+            }]),
+        }
     }
 
     /// The decision for a message's statements (the first blocking one wins), and the
@@ -864,8 +899,8 @@ impl State {
     }
 }
 
-/// Tollgate's ErrorResponse for a blocked statement.
-fn denial(decision: &Decision, kind: Kind) -> Vec<u8> {
+/// Tollgate's ErrorResponse for a blocked statement, in the session's encoding.
+fn denial(decision: &Decision, kind: Kind, encoding: &ClientEncoding) -> Vec<u8> {
     let who = if decision.policy_ids.is_empty() {
         "no policy permits it (default deny)".to_owned()
     } else {
@@ -878,15 +913,15 @@ fn denial(decision: &Decision, kind: Kind) -> Vec<u8> {
         ),
         _ => format!("tollgate: {} statement denied: {who}", kind.as_str()),
     };
-    backend::error_response(
+    backend::error_response_bytes(
         DENIED_SQLSTATE,
-        &message,
-        Some(&decision.reason),
-        Some("Tollgate decided this by policy; see `tollgate sessions show` for the record."),
+        &encoding.encode(&message),
+        Some(&encoding.encode(&decision.reason)),
+        Some(b"Tollgate decided this by policy; see `tollgate sessions show` for the record."),
     )
 }
 
-fn params_of(params: &[Option<&[u8]>], formats: &[i16]) -> Vec<String> {
+fn params_of(params: &[Option<&[u8]>], formats: &[i16], encoding: &ClientEncoding) -> Vec<String> {
     params
         .iter()
         .enumerate()
@@ -898,11 +933,12 @@ fn params_of(params: &[Option<&[u8]>], formats: &[i16]) -> Vec<String> {
             };
             match value {
                 None => "NULL".to_owned(),
-                Some(bytes) if format == 0 => String::from_utf8_lossy(bytes).into_owned(),
-                // A binary text value is its UTF-8: record it as text (masked later).
-                Some(bytes) => match std::str::from_utf8(bytes) {
-                    Ok(text) if !text.is_empty() && !text.chars().any(char::is_control) => {
-                        text.to_owned()
+                Some(bytes) if format == 0 => encoding.lossy(bytes),
+                // A binary text value is its text in the client encoding: record it as
+                // text (masked later).
+                Some(bytes) => match encoding.decode(bytes) {
+                    (text, true) if !text.is_empty() && !text.chars().any(char::is_control) => {
+                        text.into_owned()
                     }
                     _ => format!("<binary, {} bytes>", bytes.len()),
                 },
@@ -990,7 +1026,7 @@ fn handle_frontend(
 ) {
     match message {
         frontend::Message::Query(text) => {
-            let statements = classify::classify(text);
+            let statements = state.classify(text);
             let (decision, kind) = state.decide(ctx, sql, &statements);
             let records = statements
                 .iter()
@@ -999,7 +1035,7 @@ fn handle_frontend(
             let blocked = decision.blocks();
             state.pending.push_back(Pending {
                 expect: Expect::Query,
-                denial: blocked.then(|| denial(&decision, kind)),
+                denial: blocked.then(|| denial(&decision, kind, &state.encoding)),
                 records,
                 described: None,
                 plan: None,
@@ -1014,7 +1050,7 @@ fn handle_frontend(
         frontend::Message::Parse {
             name, sql: text, ..
         } => {
-            let statements = classify::classify(text);
+            let statements = state.classify(text);
             let (decision, kind) = state.decide(ctx, sql, &statements);
             let blocked = decision.blocks();
             let mut records = VecDeque::new();
@@ -1025,7 +1061,7 @@ fn handle_frontend(
                 }
                 state.pending.push_back(Pending {
                     expect: Expect::Parse,
-                    denial: Some(denial(&decision, kind)),
+                    denial: Some(denial(&decision, kind, &state.encoding)),
                     records,
                     described: None,
                     plan: None,
@@ -1034,10 +1070,11 @@ fn handle_frontend(
                 state.prepared.remove(name);
                 out.extend_from_slice(&frontend::parse_message(name, DENIED_SQL));
             } else {
+                let text = state.encoding.lossy(text);
                 state.prepared.insert(
                     name.to_owned(),
                     Prepared {
-                        sql: text.to_owned(),
+                        sql: text,
                         statements,
                         decision,
                         generation: state.generation,
@@ -1067,7 +1104,7 @@ fn handle_frontend(
                 portal.to_owned(),
                 (
                     statement.to_owned(),
-                    params_of(&params, &param_formats),
+                    params_of(&params, &param_formats, &state.encoding),
                     result_formats,
                 ),
             );
@@ -1101,6 +1138,7 @@ fn handle_frontend(
                     plan = columns.and_then(|(columns, formats)| {
                         Plan::new(
                             &state.masking,
+                            state.detect_results,
                             &scope(ctx, sql),
                             &tables,
                             &columns,
@@ -1176,7 +1214,7 @@ fn handle_frontend(
             let blocked = decision.blocks();
             state.pending.push_back(Pending {
                 expect: Expect::Function,
-                denial: blocked.then(|| denial(&decision, Kind::Procedural)),
+                denial: blocked.then(|| denial(&decision, Kind::Procedural, &state.encoding)),
                 records: [record].into(),
                 described: None,
                 plan: None,
@@ -1204,7 +1242,7 @@ fn redecide_stale(
     state: &mut State,
     ctx: &Context,
     sql: &SqlContext,
-    portal: &str,
+    portal: &[u8],
 ) -> Option<Pending> {
     let (statement, params, _) = state.portals.get(portal)?;
     let prepared = state.prepared.get(statement)?;
@@ -1228,7 +1266,7 @@ fn redecide_stale(
         .collect();
     Some(Pending {
         expect: Expect::Execute,
-        denial: Some(denial(&decision, kind)),
+        denial: Some(denial(&decision, kind, &state.encoding)),
         records,
         described: None,
         plan: None,
@@ -1337,14 +1375,8 @@ fn handle_backend(
 ) {
     match message {
         backend::Message::Error(fields) => {
-            let sqlstate = fields
-                .iter()
-                .find(|(k, _)| *k == b'C')
-                .map(|(_, v)| (*v).to_owned());
-            let text = fields
-                .iter()
-                .find(|(k, _)| *k == b'M')
-                .map(|(_, v)| (*v).to_owned());
+            let sqlstate = backend::field(&fields, b'C').map(|v| state.encoding.lossy(v));
+            let text = backend::field(&fields, b'M').map(|v| state.encoding.lossy(v));
             let Some(head) = state.pending.front_mut() else {
                 // An error outside any request (e.g. during authentication, or FATAL).
                 out.extend_from_slice(raw);
@@ -1432,21 +1464,33 @@ fn handle_backend(
             }
             out.extend_from_slice(raw);
         }
+        backend::Message::ParameterStatus { name, value } => {
+            // The server says which encoding the session's text is in, at startup and
+            // after every change (`SET client_encoding`).
+            if name == b"client_encoding"
+                && let Some(encoding) = ClientEncoding::from_name(value)
+            {
+                state.encoding = encoding;
+            }
+            out.extend_from_slice(raw);
+        }
         backend::Message::Other(b'H') => {
-            // CopyOutResponse: overall format 0 is text (rows are masked like text values).
-            state.copy_out_text = raw.get(5) == Some(&0) && !state.exempt;
+            // CopyOutResponse: overall format 0 is text or CSV. COPY says nothing of
+            // its columns' types, so the detectors read its rows only when the session's
+            // results are detected, and leave every bare number as it is.
+            state.copy_out_text = raw.get(5) == Some(&0) && state.detect_results && !state.exempt;
             out.extend_from_slice(raw);
         }
         backend::Message::Other(b'd') if state.copy_out_text => {
             let row = raw.get(5..).unwrap_or_default();
-            match std::str::from_utf8(row).map(|text| state.masking.redact(text)) {
-                Ok(std::borrow::Cow::Owned(masked)) => {
+            match state.masking.redact_copy_row(row, &state.encoding) {
+                std::borrow::Cow::Owned(masked) => {
                     ctx.metrics.masked_rows.inc();
                     out.push(b'd');
                     out.extend_from_slice(&((masked.len() + 4) as i32).to_be_bytes());
-                    out.extend_from_slice(masked.as_bytes());
+                    out.extend_from_slice(&masked);
                 }
-                _ => out.extend_from_slice(raw),
+                std::borrow::Cow::Borrowed(_) => out.extend_from_slice(raw),
             }
         }
         backend::Message::Other(b'c') => {
@@ -1477,7 +1521,7 @@ fn handle_backend(
             let columns: Vec<ColumnInfo> = columns
                 .iter()
                 .map(|c| ColumnInfo {
-                    name: c.name.to_owned(),
+                    name: state.encoding.lossy(c.name),
                     type_oid: c.type_oid,
                     format: c.format,
                 })
@@ -1507,6 +1551,7 @@ fn handle_backend(
                     let formats: Vec<i16> = columns.iter().map(|c| c.format).collect();
                     state.plan = Plan::new(
                         &state.masking,
+                        state.detect_results,
                         &scope(ctx, sql),
                         &tables,
                         &columns,
@@ -1535,6 +1580,7 @@ fn handle_backend(
                         };
                         Plan::new(
                             &state.masking,
+                            state.detect_results,
                             &scope(ctx, sql),
                             &info.tables,
                             &columns,
@@ -1553,7 +1599,7 @@ fn handle_backend(
                 Some(head) if head.expect == Expect::Execute => head.plan.as_ref(),
                 _ => state.plan.as_ref(),
             };
-            match plan.and_then(|plan| plan.apply(&values)) {
+            match plan.and_then(|plan| plan.apply(&values, &state.encoding)) {
                 Some(masked) => {
                     ctx.metrics.masked_rows.inc();
                     out.extend_from_slice(&masked);
