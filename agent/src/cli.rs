@@ -202,6 +202,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let (config, source) = Config::load(config.as_deref())?;
             if check_config {
                 println!("# effective config (from {source})");
+                for note in config.notes() {
+                    println!("# note: {note}");
+                }
                 print!("{}", toml::to_string(&config)?);
                 return Ok(ExitCode::SUCCESS);
             }

@@ -464,6 +464,38 @@ impl std::fmt::Display for Source {
 }
 
 impl Config {
+    /// Where the effective config behaves differently from earlier versions' defaults,
+    /// for `tollgate agent --check-config`.
+    pub fn notes(&self) -> Vec<String> {
+        use crate::postgres::mask::ResultsMasking;
+        let mut notes = Vec::new();
+        if self.masking.enabled && !self.masking.detectors.is_empty() {
+            let detecting: Vec<&str> = self
+                .targets
+                .iter()
+                .filter(|t| {
+                    t.masking
+                        .is_some_and(|m| m.results == ResultsMasking::Detect)
+                })
+                .map(|t| t.name.as_str())
+                .collect();
+            if self.masking.results == ResultsMasking::Rules {
+                let except = if detecting.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (except on targets {})", detecting.join(", "))
+                };
+                notes.push(format!(
+                    "masking.results = \"rules\": the detectors mask recordings only; what \
+                     clients see is masked by column rules{except}. The earlier default also \
+                     ran the detectors on client results; set results = \"detect\" in [masking] or \
+                     on a target for that (text-like columns only)."
+                ));
+            }
+        }
+        notes
+    }
+
     /// Loads `explicit`, or the default path if it exists, or the built-in defaults (with
     /// state under `./.tollgate` in the working directory).
     pub fn load(explicit: Option<&Path>) -> Result<(Config, Source), ConfigError> {

@@ -30,7 +30,8 @@ when { resource.hasTag("env") && resource.getTag("env") == "production" };
 fn agent(pg_port: u16) -> Agent {
     let targets = format!(
         "[[targets]]\nname = \"pg\"\ncidrs = [\"127.0.0.1/32\", \"::1/128\"]\nports = [{pg_port}]\n\
-         protocol = \"postgres\"\ntags = {{ env = \"production\" }}\n"
+         protocol = \"postgres\"\ntags = {{ env = \"production\" }}\n\
+         masking = {{ results = \"detect\" }}\n"
     );
     Agent::start_with_policy("", &targets, |dir| {
         std::fs::create_dir_all(dir).expect("policy dir");
@@ -93,23 +94,12 @@ fn rows_table(pg: &tollgate_e2e::postgres::Postgres, name: &str) {
 }
 
 fn statements(agent: &Agent, session: &Value) -> Vec<Value> {
-    let id = session["id"].as_str().expect("session id");
-    let out = output(agent.tollgate().args(["sessions", "show", id, "--json"]));
-    assert!(out.status.success(), "{}", stderr(&out));
-    let shown: Value = serde_json::from_str(&stdout(&out)).expect("json");
-    shown["statements"].as_array().cloned().unwrap_or_default()
+    agent.statements(session)
 }
 
 /// The statements of `sessions` once at least `n` are on record (written asynchronously).
 fn wait_statements(agent: &Agent, sessions: &[Value], n: usize) -> Vec<Value> {
-    tollgate_e2e::wait_for(
-        &format!("{n} statements on record"),
-        std::time::Duration::from_secs(10),
-        || {
-            let s: Vec<Value> = sessions.iter().flat_map(|s| statements(agent, s)).collect();
-            (s.len() >= n).then_some(s)
-        },
-    )
+    agent.wait_statements(sessions, n)
 }
 
 #[test]
@@ -410,14 +400,14 @@ fn sensitive_values_are_masked_unless_the_job_is_exempt_and_never_recorded() {
     }
     let pg = postgres();
     let setup = "DROP TABLE IF EXISTS tollgate_customers; \
-        CREATE TABLE tollgate_customers (id int, name text, email text, card text, ssn text, age int); \
+        CREATE TABLE tollgate_customers (id int, name text, email text, card text, ssn text, age int, account int8); \
         INSERT INTO tollgate_customers VALUES \
-        (1, 'Alice', 'alice@example.com', '4111 1111 1111 1111', '123-45-6789', 41), \
-        (2, 'Bob', 'bob@example.org', 'no card on file', NULL, 37)";
+        (1, 'Alice', 'alice@example.com', '4111 1111 1111 1111', '123-45-6789', 41, 4111111111111111), \
+        (2, 'Bob', 'bob@example.org', 'no card on file', NULL, 37, 4567890123456791)";
     direct_psql(pg, setup);
     let targets = format!(
         "[[targets]]\nname = \"pg\"\ncidrs = [\"127.0.0.1/32\"]\nports = [{port}]\n\
-         protocol = \"postgres\"\n\n\
+         protocol = \"postgres\"\nmasking = {{ results = \"detect\" }}\n\n\
          [[masking.rules]]\ncolumns = [\"ssn\", \"*_ssn\"]\ntables = [\"tollgate_customers\"]\n",
         port = pg.port
     );
@@ -432,7 +422,7 @@ fn sensitive_values_are_masked_unless_the_job_is_exempt_and_never_recorded() {
     });
     let query = pg.psql_args(
         "127.0.0.1",
-        "SELECT name, email, card, ssn, age FROM tollgate_customers ORDER BY id",
+        "SELECT name, email, card, ssn, age, account FROM tollgate_customers ORDER BY id",
     );
     let query: Vec<&str> = query.iter().map(String::as_str).collect();
 
@@ -441,18 +431,18 @@ fn sensitive_values_are_masked_unless_the_job_is_exempt_and_never_recorded() {
     assert_eq!(
         stdout(&masked).lines().collect::<Vec<_>>(),
         [
-            "Alice|****@example.com|************1111|****|41",
-            "Bob|****@example.org|no card on file||37",
+            "Alice|****@example.com|************1111|****|41|4111111111111111",
+            "Bob|****@example.org|no card on file||37|4567890123456791",
         ],
-        "masked for a job without an exemption"
+        "text columns masked for a job without an exemption; the int8 never"
     );
     let clear = agent.run_job(&[("repository", "acme/api"), ("team", "audit")], &query);
     assert!(clear.status.success(), "{}", stderr(&clear));
     assert_eq!(
         stdout(&clear).lines().collect::<Vec<_>>(),
         [
-            "Alice|alice@example.com|4111 1111 1111 1111|123-45-6789|41",
-            "Bob|bob@example.org|no card on file||37",
+            "Alice|alice@example.com|4111 1111 1111 1111|123-45-6789|41|4111111111111111",
+            "Bob|bob@example.org|no card on file||37|4567890123456791",
         ],
         "clear for an exempt job"
     );
@@ -465,7 +455,7 @@ fn sensitive_values_are_masked_unless_the_job_is_exempt_and_never_recorded() {
     // What is recorded is masked too, exempt or not.
     let insert = pg.psql_args(
         "127.0.0.1",
-        "INSERT INTO tollgate_customers VALUES (3, 'Carol', 'carol@example.net', '5500 0000 0000 0004', NULL, 29)",
+        "INSERT INTO tollgate_customers VALUES (3, 'Carol', 'carol@example.net', '5500 0000 0000 0004', NULL, 29, 1)",
     );
     let insert: Vec<&str> = insert.iter().map(String::as_str).collect();
     let out = agent.run_job(&[("repository", "acme/api"), ("team", "audit")], &insert);

@@ -258,6 +258,26 @@ impl Agent {
             .unwrap_or_else(|e| panic!("tollgate {args:?}: bad JSON: {e}: {}", stdout(&out)))
     }
 
+    /// The recorded statements of a session (as `tollgate sessions list` shows it).
+    pub fn statements(&self, session: &Value) -> Vec<Value> {
+        let id = session["id"].as_str().expect("session id");
+        let shown = self.json(&["sessions", "show", id, "--json"]);
+        shown["statements"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The statements of `sessions` once at least `n` are on record (written
+    /// asynchronously).
+    pub fn wait_statements(&self, sessions: &[Value], n: usize) -> Vec<Value> {
+        crate::wait_for(
+            &format!("{n} statements on record"),
+            std::time::Duration::from_secs(10),
+            || {
+                let s: Vec<Value> = sessions.iter().flat_map(|s| self.statements(s)).collect();
+                (s.len() >= n).then_some(s)
+            },
+        )
+    }
+
     /// Recorded sessions, newest first (optionally of one job).
     pub fn sessions(&self, job: Option<&str>) -> Vec<Value> {
         let mut args = vec!["sessions", "list", "--json", "--limit", "1000000"];

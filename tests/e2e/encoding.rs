@@ -1,0 +1,132 @@
+//! Sessions in legacy client encodings through a job: relayed byte for byte, read in
+//! their own encoding for the record, and never refused by Tollgate for their bytes.
+use std::{
+    io::Write as _,
+    process::{Command, Output, Stdio},
+};
+
+use tollgate_e2e::{Agent, postgres, require_root, stderr};
+
+/// psql with `script` (bytes in `encoding`) on stdin, direct or in a job of `agent`.
+fn psql(agent: Option<&Agent>, encoding: &str, script: &[u8]) -> Output {
+    let pg = postgres();
+    let args = pg.psql_session_args("127.0.0.1");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cmd = match agent {
+        Some(agent) => agent.run_command(&[("repository", "acme/legacy")], &args),
+        None => {
+            let mut cmd = Command::new(args[0]);
+            cmd.args(&args[1..]);
+            cmd
+        }
+    };
+    let mut child = cmd
+        .env("PGCLIENTENCODING", encoding)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("psql");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(script)
+        .expect("script");
+    child.wait_with_output().expect("psql")
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn a_latin9_session_runs_and_its_errors_arrive_intact() {
+    if !require_root() {
+        return;
+    }
+    let agent = Agent::start();
+    // é is 0xe9 and € is 0xa4 in LATIN9 (ISO 8859-15).
+    let script: &[u8] = b"SELECT '\xe9\xa4' AS v, length('\xe9\xa4') AS n;\n\
+        SELECT '\xe9\xa4'::int;\n\
+        SELECT 1 AS after_error;\n";
+    let direct = psql(None, "LATIN9", script);
+    let job = psql(Some(&agent), "LATIN9", script);
+    assert!(job.status.success(), "{}", stderr(&job));
+    assert_eq!(
+        String::from_utf8_lossy(&job.stdout),
+        String::from_utf8_lossy(&direct.stdout),
+        "results"
+    );
+    assert_eq!(job.stdout, direct.stdout, "results, byte for byte");
+    assert_eq!(job.stderr, direct.stderr, "errors, byte for byte");
+    assert!(
+        contains(&job.stdout, b"\xe9\xa4"),
+        "the value came back in LATIN9"
+    );
+    assert!(
+        contains(&job.stdout, b"|2\n"),
+        "the server counted two characters"
+    );
+    assert!(
+        contains(&job.stderr, b"\"\xe9\xa4\""),
+        "the server's error quotes the value in LATIN9: {}",
+        String::from_utf8_lossy(&job.stderr)
+    );
+
+    // The record reads the statements in their encoding.
+    let sessions = agent.wait_sessions(None, 1);
+    let statements = agent.wait_statements(&sessions[..1], 3);
+    let sql: Vec<&str> = statements
+        .iter()
+        .filter_map(|s| s["sql"].as_str())
+        .collect();
+    assert!(sql.iter().any(|s| s.contains("'é€'::int")), "{sql:?}");
+    let failed = statements
+        .iter()
+        .find(|s| s["sql"].as_str().is_some_and(|q| q.contains("::int")))
+        .expect("the failing statement");
+    assert_eq!(failed["sqlstate"], "22P02", "{failed}");
+    assert!(
+        failed["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("\"é€\"")),
+        "the server's message, read as LATIN9: {failed}"
+    );
+}
+
+/// Bytes that are not valid in the session's encoding go to the server unchanged, for
+/// it to refuse as it would without Tollgate; the session goes on. Such a statement is
+/// decided as `unknown` and recorded lossily.
+#[test]
+fn invalid_bytes_are_the_servers_to_judge() {
+    if !require_root() {
+        return;
+    }
+    let agent = Agent::start();
+    let script: &[u8] = b"SELECT 'caf\xff' AS v;\nSELECT 'ok' AS after;\n";
+    let direct = psql(None, "UTF8", script);
+    let job = psql(Some(&agent), "UTF8", script);
+    assert_eq!(job.stdout, direct.stdout, "results");
+    assert_eq!(job.stderr, direct.stderr, "errors");
+    assert!(
+        contains(&job.stderr, b"invalid byte sequence for encoding \"UTF8\""),
+        "{}",
+        String::from_utf8_lossy(&job.stderr)
+    );
+    assert!(contains(&job.stdout, b"ok"), "the session went on");
+    let sessions = agent.wait_sessions(None, 1);
+    let statements = agent.wait_statements(&sessions[..1], 2);
+    let invalid = statements
+        .iter()
+        .find(|s| s["sql"].as_str().is_some_and(|q| q.contains("caf")))
+        .expect("the invalid statement");
+    assert_eq!(invalid["kind"], "unknown", "{invalid}");
+    assert_eq!(invalid["sqlstate"], "22021", "{invalid}");
+    assert!(
+        invalid["sql"]
+            .as_str()
+            .is_some_and(|q| q.contains("caf\u{fffd}")),
+        "{invalid}"
+    );
+}
