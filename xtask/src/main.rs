@@ -59,7 +59,15 @@ enum Cmd {
         #[arg(long, default_value_t = 600)]
         seconds: u64,
     },
-    /// Setup, then every check and test: fmt, clippy (host and bpf), unit, end-to-end.
+    /// The differential conformance suite: each workload direct and through a Tollgate
+    /// job, byte for byte (root). `cargo xtask test` runs it too.
+    Conformance {
+        /// A directory of *.sql workload scripts (default: tests/conformance/sql).
+        #[arg(long)]
+        scripts: Option<PathBuf>,
+    },
+    /// Setup, then every check and test: fmt, clippy (host and bpf), unit, end-to-end,
+    /// conformance.
     Test {
         /// Only run end-to-end tests whose name contains this.
         #[arg(long)]
@@ -103,6 +111,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::Fuzz { seconds } => {
             setup::all(&root)?;
             fuzz::fuzz(&root, seconds)
+        }
+        Cmd::Conformance { scripts } => {
+            setup::all(&root)?;
+            test::conformance(&root, scripts.as_deref())
         }
         Cmd::Test {
             e2e_filter,

@@ -1,5 +1,5 @@
 //! `cargo xtask test`: fmt, clippy (host and bpf target), unit tests, then the privileged
-//! end-to-end suite (serially: it shares kernel state).
+//! end-to-end and conformance suites (serially: they share kernel state).
 use std::{
     io::{BufRead as _, BufReader},
     path::Path,
@@ -72,6 +72,35 @@ pub fn all(root: &Path, e2e_filter: Option<&str>, lint: bool) -> anyhow::Result<
         cmd.arg(filter);
     }
     cmd.env("TOLLGATE_BIN", &bin);
+    totals.run(&mut cmd)?;
+    totals.summary();
+    Ok(())
+}
+
+/// `cargo xtask conformance`: the conformance test target alone, on `scripts` (a
+/// directory of *.sql workloads) or the project's own workload.
+pub fn conformance(root: &Path, scripts: Option<&Path>) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("the conformance suite needs root (it runs its clients in Tollgate jobs)");
+    }
+    let bin = build(root, false)?;
+    let mut cmd = cargo(root);
+    cmd.args([
+        "test",
+        "--package",
+        "tollgate-e2e",
+        "--test",
+        "conformance",
+        "--",
+    ])
+    .args(["--test-threads=1", "--nocapture"])
+    .env("TOLLGATE_BIN", &bin);
+    if let Some(scripts) = scripts {
+        let scripts = std::fs::canonicalize(scripts)
+            .map_err(|e| anyhow::anyhow!("--scripts {}: {e}", scripts.display()))?;
+        cmd.env("TOLLGATE_CONFORMANCE_SCRIPTS", scripts);
+    }
+    let mut totals = Totals::default();
     totals.run(&mut cmd)?;
     totals.summary();
     Ok(())
