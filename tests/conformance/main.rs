@@ -108,10 +108,42 @@ const LOOKALIKES: [&str; 14] = [
     "(4111111111111111,alice@example.com)",
 ];
 
+/// psql with `sql`, direct, stopping at the first error; its tuples-only output.
+fn direct_psql(sql: &str, what: &str) -> Vec<u8> {
+    let pg = postgres();
+    let out = Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+        ])
+        .args([
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-p",
+            &pg.port.to_string(),
+        ])
+        .args(["-c", sql])
+        .output()
+        .expect("psql");
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// Every built-in type (and its array) that takes one of the lookalikes as input, with
 /// the literal it takes.
 fn castable() -> Vec<(String, String)> {
-    let pg = postgres();
     let candidates = LOOKALIKES
         .iter()
         .map(|c| format!("$c${c}$c$"))
@@ -138,31 +170,8 @@ fn castable() -> Vec<(String, String)> {
          END $$;\n\
          SELECT t || chr(9) || c FROM casts;\n"
     );
-    let out = Command::new("psql")
-        .args([
-            "-X",
-            "-q",
-            "-A",
-            "-t",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-        ])
-        .arg("-p")
-        .arg(pg.port.to_string())
-        .arg("-c")
-        .arg(&sql)
-        .output()
-        .expect("psql");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let unique: std::collections::BTreeSet<(String, String)> = String::from_utf8_lossy(&out.stdout)
+    let out = direct_psql(&sql, "");
+    let unique: std::collections::BTreeSet<(String, String)> = String::from_utf8_lossy(&out)
         .lines()
         .filter_map(|l| l.split_once('\t'))
         .map(|(t, c)| (t.to_owned(), c.to_owned()))
@@ -343,25 +352,7 @@ fn detectors_on_results_change_exactly_the_sensitive_values() {
         .map(|(name, value)| format!("SELECT $v${value}$v$::{};\n", types[name]))
         .collect();
     assert!(changed_text.len() >= 40, "{changed_text:?}");
-    let out = Command::new("psql")
-        .args([
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-        ])
-        .args(["-d", "postgres", "-p", &pg.port.to_string(), "-c", &checks])
-        .output()
-        .expect("psql");
-    assert!(
-        out.status.success(),
-        "a replacement does not parse: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    direct_psql(&checks, "a replacement does not parse");
     println!(
         "conformance: sensitive: {} masked values parse as their types",
         changed_text.len()
