@@ -762,6 +762,28 @@ mod tests {
         assert!(!config.recording.strict);
     }
 
+    /// `--check-config` says where the results masking differs from the earlier
+    /// default, and names the targets that opted back in.
+    #[test]
+    fn notes_name_the_results_masking_default() {
+        let defaults = Config::parse("", "agent.toml").unwrap();
+        let notes = defaults.notes();
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].contains("masking.results = \"rules\""), "{notes:?}");
+        let per_target = Config::parse(
+            "[[targets]]\nname = \"prod-db\"\nports = [5432]\nmasking = { results = \"detect\" }\n",
+            "agent.toml",
+        )
+        .unwrap();
+        assert!(per_target.notes()[0].contains("except on targets prod-db"));
+        let detect = Config::parse("[masking]\nresults = \"detect\"\n", "agent.toml").unwrap();
+        assert!(detect.notes().is_empty());
+        let bad = Config::parse("[masking]\nresults = \"everything\"\n", "agent.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("masking.results"), "{bad}");
+    }
+
     #[test]
     fn full_file_parses() {
         let config = Config::parse(
