@@ -769,7 +769,10 @@ mod tests {
         let defaults = Config::parse("", "agent.toml").unwrap();
         let notes = defaults.notes();
         assert_eq!(notes.len(), 1, "{notes:?}");
-        assert!(notes[0].contains("masking.results = \"rules\""), "{notes:?}");
+        assert!(
+            notes[0].contains("masking.results = \"rules\""),
+            "{notes:?}"
+        );
         let per_target = Config::parse(
             "[[targets]]\nname = \"prod-db\"\nports = [5432]\nmasking = { results = \"detect\" }\n",
             "agent.toml",
