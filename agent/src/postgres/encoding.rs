@@ -224,23 +224,16 @@ impl ClientEncoding {
     /// The text, and whether it decoded without error. Undecodable bytes become
     /// U+FFFD: what Tollgate reads of them, never what it relays.
     pub fn decode<'a>(&self, bytes: &'a [u8]) -> (Cow<'a, str>, bool) {
-        if bytes.is_ascii() {
-            // Every client encoding reads pure ASCII as ASCII.
-            return match std::str::from_utf8(bytes) {
-                Ok(text) => (Cow::Borrowed(text), true),
-                Err(_) => (String::from_utf8_lossy(bytes), false),
-            };
-        }
+        let utf8 = |bytes: &'a [u8]| match std::str::from_utf8(bytes) {
+            Ok(text) => (Cow::Borrowed(text), true),
+            Err(_) => (String::from_utf8_lossy(bytes), false),
+        };
         match self.codec {
-            Codec::Utf8 => match std::str::from_utf8(bytes) {
-                Ok(text) => (Cow::Borrowed(text), true),
-                Err(_) => (String::from_utf8_lossy(bytes), false),
-            },
-            Codec::SqlAscii => {
-                let text = String::from_utf8_lossy(bytes);
-                let clean = matches!(text, Cow::Borrowed(_));
-                (text, clean)
-            }
+            // One pass: UTF-8 validation reads pure ASCII as ASCII. SQL_ASCII is read
+            // as UTF-8 where it is, lossily where it is not.
+            Codec::Utf8 | Codec::SqlAscii => utf8(bytes),
+            // Every client encoding reads pure ASCII as ASCII.
+            _ if bytes.is_ascii() => utf8(bytes),
             Codec::Latin1 => (
                 Cow::Owned(bytes.iter().map(|&b| char::from(b)).collect()),
                 true,

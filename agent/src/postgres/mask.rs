@@ -136,9 +136,7 @@ impl MaskingConfig {
                     && rule.columns.iter().any(|p| glob(p, column))
             })
     }
-}
 
-impl MaskingConfig {
     /// The detectors' replacements in `bytes` of a value in `encoding`; borrowed when
     /// nothing was found. Only ASCII is matched and replaced, so the bytes around a
     /// finding stay as they were in any client encoding.
@@ -166,8 +164,9 @@ impl MaskingConfig {
             return Cow::Borrowed(bytes);
         }
         let mut current = Cow::Borrowed(bytes);
+        // What the detectors read; made again only after a replacement.
+        let mut view = encoding.ascii_view(bytes);
         for detector in &self.detectors {
-            let view = encoding.ascii_view(&current);
             let findings: Vec<detect::Finding> = detect::find(*detector, &view)
                 .into_iter()
                 .filter(|f| keep(*detector, &view[f.span.clone()]))
@@ -183,6 +182,7 @@ impl MaskingConfig {
                 at = finding.span.end;
             }
             out.extend_from_slice(&current[at..]);
+            view = Cow::Owned(encoding.ascii_view(&out).into_owned());
             current = Cow::Owned(out);
         }
         current

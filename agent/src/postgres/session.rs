@@ -5,6 +5,7 @@
 //! protocol, and the client gets Tollgate's ErrorResponse (SQLSTATE 42501) in place of
 //! the server's.
 use std::{
+    borrow::Cow,
     collections::{HashMap, VecDeque},
     net::SocketAddr,
     sync::{Arc, Mutex},
@@ -799,16 +800,23 @@ impl State {
     /// does not decode is one statement of kind `unknown` (decided fail-closed), read
     /// lossily for the record; its bytes still go to the server as they are, for the
     /// server to judge.
-    fn classify(&self, text: &[u8]) -> Arc<Vec<classify::Statement>> {
+    /// Returns the text as read, too.
+    fn classify<'t>(&self, text: &'t [u8]) -> (Cow<'t, str>, Arc<Vec<classify::Statement>>) {
         match self.encoding.decode(text) {
-            (text, true) => classify::classify(&text),
-            (text, false) => Arc::new(vec![classify::Statement {
-                text: text.into_owned(),
-                kind: Kind::Unknown,
-                tables: Vec::new(),
-                functions: Vec::new(),
-                error: Some(format!("not valid {} text", self.encoding.name())),
-            }]),
+            (text, true) => {
+                let statements = classify::classify(&text);
+                (text, statements)
+            }
+            (text, false) => {
+                let statements = Arc::new(vec![classify::Statement {
+                    text: text.clone().into_owned(),
+                    kind: Kind::Unknown,
+                    tables: Vec::new(),
+                    functions: Vec::new(),
+                    error: Some(format!("not valid {} text", self.encoding.name())),
+                }]);
+                (text, statements)
+            }
         }
     }
 
@@ -1026,7 +1034,7 @@ fn handle_frontend(
 ) {
     match message {
         frontend::Message::Query(text) => {
-            let statements = state.classify(text);
+            let (_, statements) = state.classify(text);
             let (decision, kind) = state.decide(ctx, sql, &statements);
             let records = statements
                 .iter()
@@ -1050,7 +1058,7 @@ fn handle_frontend(
         frontend::Message::Parse {
             name, sql: text, ..
         } => {
-            let statements = state.classify(text);
+            let (text, statements) = state.classify(text);
             let (decision, kind) = state.decide(ctx, sql, &statements);
             let blocked = decision.blocks();
             let mut records = VecDeque::new();
@@ -1070,11 +1078,10 @@ fn handle_frontend(
                 state.prepared.remove(name);
                 out.extend_from_slice(&frontend::parse_message(name, DENIED_SQL));
             } else {
-                let text = state.encoding.lossy(text);
                 state.prepared.insert(
                     name.to_owned(),
                     Prepared {
-                        sql: text,
+                        sql: text.into_owned(),
                         statements,
                         decision,
                         generation: state.generation,

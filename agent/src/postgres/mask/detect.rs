@@ -269,7 +269,7 @@ fn jwts(text: &[u8]) -> Vec<Finding> {
             }
             // The header is a JSON object that names its algorithm.
             let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(header.as_bytes().trim_ascii_end())
+                .decode(header.as_bytes())
                 .ok()?;
             let names_alg =
                 decoded.starts_with(b"{") && decoded.windows(5).any(|w| w == b"\"alg\"");
