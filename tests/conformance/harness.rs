@@ -15,12 +15,11 @@
 //! backslash lines.
 use std::{
     fmt,
-    io::Write as _,
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    process::Command,
 };
 
-use tollgate_e2e::{Agent, postgres::Postgres};
+use tollgate_e2e::{Agent, output_with_stdin, postgres::Postgres};
 
 pub const DATABASE: &str = "tollgate_conformance";
 const TEMPLATE: &str = "tollgate_conformance_template";
@@ -217,7 +216,7 @@ fn psql(pg: &Postgres, database: &str) -> Vec<String> {
 }
 
 fn direct_psql(pg: &Postgres, database: &str, script: &[u8]) {
-    let out = feed(
+    let out = output_with_stdin(
         Command::new("psql")
             .args(&psql(pg, database)[1..])
             .args(["-v", "ON_ERROR_STOP=1"]),
@@ -228,23 +227,6 @@ fn direct_psql(pg: &Postgres, database: &str, script: &[u8]) {
         "setup failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn feed(cmd: &mut Command, input: &[u8]) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    let mut stdin = child.stdin.take().expect("stdin");
-    let input = input.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let out = child.wait_with_output().expect("client");
-    let _ = writer.join();
-    out
 }
 
 /// Makes the template database of `script`: a fresh database with its setup done.
@@ -304,16 +286,9 @@ pub fn run(pg: &Postgres, agent: Option<&Agent>, script: &Script, client: Client
         }
     };
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut cmd = match agent {
-        Some(agent) => agent.run_command(&[("repository", "acme/conformance")], &args),
-        None => {
-            let mut cmd = Command::new(args[0]);
-            cmd.args(&args[1..]);
-            cmd
-        }
-    };
+    let mut cmd = Agent::direct_or_in_job(agent, &[("repository", "acme/conformance")], &args);
     cmd.env("PGCLIENTENCODING", &script.encoding);
-    let out = feed(&mut cmd, &input);
+    let out = output_with_stdin(&mut cmd, &input);
     let mut seen = out.stdout;
     seen.extend_from_slice(b"\n---- stderr ----\n");
     seen.extend_from_slice(&out.stderr);

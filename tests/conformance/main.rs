@@ -79,6 +79,22 @@ fn by_statement(output: &[u8]) -> BTreeMap<String, Value> {
         .collect()
 }
 
+/// `script` with tokio-postgres, direct and in a job of an agent whose detectors read
+/// results (`results = "detect"`): what each saw, by statement.
+fn with_detected_results(script: &Script) -> (BTreeMap<String, Value>, BTreeMap<String, Value>) {
+    let pg = postgres();
+    let agent = Agent::start_with("[masking]\nresults = \"detect\"\n");
+    harness::prepare(pg, script);
+    let direct = by_statement(&harness::run(pg, None, script, Client::TokioPostgres));
+    let job = by_statement(&harness::run(
+        pg,
+        Some(&agent),
+        script,
+        Client::TokioPostgres,
+    ));
+    (direct, job)
+}
+
 /// The text-like types, by element type (arrays of them are text-like too).
 const TEXT_LIKE: [&str; 7] = [
     "text",
@@ -208,16 +224,7 @@ fn with_detectors_on_results_only_text_like_types_change() {
         setup: String::new(),
         body,
     };
-    let pg = postgres();
-    let agent = Agent::start_with("[masking]\nresults = \"detect\"\n");
-    harness::prepare(pg, &script);
-    let direct = by_statement(&harness::run(pg, None, &script, Client::TokioPostgres));
-    let job = by_statement(&harness::run(
-        pg,
-        Some(&agent),
-        &script,
-        Client::TokioPostgres,
-    ));
+    let (direct, job) = with_detected_results(&script);
     assert_eq!(direct.len(), casts.len() + 1, "every statement ran");
     let (mut kept, mut masked, mut wrong) = (0, 0, Vec::new());
     // The first statement is the SET.
@@ -290,7 +297,6 @@ fn detectors_on_results_change_exactly_the_sensitive_values() {
     if !require_root() {
         return;
     }
-    let pg = postgres();
     let script = Script {
         name: "sensitive".to_owned(),
         encoding: "UTF8".to_owned(),
@@ -298,16 +304,8 @@ fn detectors_on_results_change_exactly_the_sensitive_values() {
         setup: SENSITIVE.to_owned(),
         body: "SELECT * FROM sensitive ORDER BY id;\n".to_owned(),
     };
-    let agent = Agent::start_with("[masking]\nresults = \"detect\"\n");
-    harness::prepare(pg, &script);
     let sql = script.statements().remove(0);
-    let direct = by_statement(&harness::run(pg, None, &script, Client::TokioPostgres));
-    let job = by_statement(&harness::run(
-        pg,
-        Some(&agent),
-        &script,
-        Client::TokioPostgres,
-    ));
+    let (direct, job) = with_detected_results(&script);
     let mut wrong = Vec::new();
     let mut changed_text = Vec::new();
     for format in ["binary", "text"] {

@@ -1,39 +1,15 @@
 //! Sessions in legacy client encodings through a job: relayed byte for byte, read in
 //! their own encoding for the record, and never refused by Tollgate for their bytes.
-use std::{
-    io::Write as _,
-    process::{Command, Output, Stdio},
-};
+use std::process::Output;
 
-use tollgate_e2e::{Agent, postgres, require_root, stderr};
+use tollgate_e2e::{Agent, output_with_stdin, postgres, require_root, stderr};
 
 /// psql with `script` (bytes in `encoding`) on stdin, direct or in a job of `agent`.
 fn psql(agent: Option<&Agent>, encoding: &str, script: &[u8]) -> Output {
-    let pg = postgres();
-    let args = pg.psql_session_args("127.0.0.1");
+    let args = postgres().psql_session_args("127.0.0.1");
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut cmd = match agent {
-        Some(agent) => agent.run_command(&[("repository", "acme/legacy")], &args),
-        None => {
-            let mut cmd = Command::new(args[0]);
-            cmd.args(&args[1..]);
-            cmd
-        }
-    };
-    let mut child = cmd
-        .env("PGCLIENTENCODING", encoding)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("psql");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(script)
-        .expect("script");
-    child.wait_with_output().expect("psql")
+    let mut cmd = Agent::direct_or_in_job(agent, &[("repository", "acme/legacy")], &args);
+    output_with_stdin(cmd.env("PGCLIENTENCODING", encoding), script)
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

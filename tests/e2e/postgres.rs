@@ -10,7 +10,8 @@ use std::{
 
 use serde_json::Value;
 use tollgate_e2e::{
-    Agent, output, postgres, postgres::LiveSession, require_root, stderr, stdout, wait_for,
+    Agent, output, output_with_stdin, postgres, postgres::LiveSession, require_root, stderr,
+    stdout, wait_for,
 };
 
 const POLICY: &str = r#"
@@ -45,37 +46,12 @@ fn psql_script(
     pg: &tollgate_e2e::postgres::Postgres,
     script: &str,
 ) -> std::process::Output {
-    let port = pg.port.to_string();
-    let mut child = agent
-        .run_command(
-            &[("repository", "acme/api")],
-            &[
-                "psql",
-                "-X",
-                "-A",
-                "-t",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-            ],
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("psql");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(script.as_bytes())
-        .expect("script");
-    child.wait_with_output().expect("psql")
+    let args = pg.psql_session_args("127.0.0.1");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    output_with_stdin(
+        &mut agent.run_command(&[("repository", "acme/api")], &args),
+        script.as_bytes(),
+    )
 }
 
 fn direct_psql(pg: &tollgate_e2e::postgres::Postgres, sql: &str) -> String {

@@ -237,6 +237,23 @@ impl Agent {
         (child, pid)
     }
 
+    /// `cmd` in a job of `agent` (`tollgate run`), or direct without one: the two sides
+    /// of a differential test.
+    pub fn direct_or_in_job(
+        agent: Option<&Agent>,
+        labels: &[(&str, &str)],
+        cmd: &[&str],
+    ) -> Command {
+        match agent {
+            Some(agent) => agent.run_command(labels, cmd),
+            None => {
+                let mut direct = Command::new(cmd[0]);
+                direct.args(&cmd[1..]);
+                direct
+            }
+        }
+    }
+
     pub fn run_command(&self, labels: &[(&str, &str)], cmd: &[&str]) -> Command {
         let mut command = self.tollgate();
         command.arg("run");

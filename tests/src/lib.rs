@@ -38,6 +38,29 @@ pub fn output(cmd: &mut Command) -> Output {
         .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
 }
 
+/// Runs a command to completion with `input` on its stdin, capturing its output. The
+/// input is written from another thread, so a large one cannot deadlock on a full pipe.
+pub fn output_with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
+    use std::{io::Write as _, process::Stdio};
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        // A child that exits without reading all of it is its own outcome.
+        let _ = stdin.write_all(&input);
+    });
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("waiting for {cmd:?}: {e}"));
+    let _ = writer.join();
+    out
+}
+
 pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
