@@ -133,8 +133,11 @@ impl TargetSpec {
         let ip = canonical(ip);
         let any_address = self.cidrs.is_empty() && self.dns_names.is_empty();
         let address = any_address
-            || self.cidrs.iter().any(|net| net.contains(&ip))
-            || self.resolved.iter().any(|r| canonical(*r) == ip);
+            || self.cidrs.iter().any(|net| net_contains(net, ip))
+            || self.resolved.iter().any(|r| {
+                let r = canonical(*r);
+                r == ip || (r.is_loopback() && ip.is_loopback())
+            });
         address && (self.ports.is_empty() || self.ports.iter().any(|range| range.contains(port)))
     }
 
@@ -153,11 +156,64 @@ impl TargetSpec {
     }
 }
 
-/// IPv4-mapped IPv6 addresses match IPv4 networks.
+/// The one spelling policy sees for a destination address.
+///
+/// - IPv4-mapped (`::ffff:a.b.c.d`) and IPv4-compatible (`::a.b.c.d`) addresses are IPv4.
+/// - Every spelling of the local host is loopback: `0.0.0.0` and all of 127/8 become
+///   `127.0.0.1`; `::` and `::1` become `::1`. The kernel delivers a connect to any of
+///   them to the local host, and a service bound to a wildcard answers on all of them.
 pub fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+    let ip = match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let o = v6.octets();
+                // IPv4-compatible ::a.b.c.d (deprecated, but the kernel still parses it);
+                // :: and ::1 are the IPv6 unspecified and loopback addresses instead.
+                if o[..12].iter().all(|&b| b == 0)
+                    && u32::from_be_bytes([o[12], o[13], o[14], o[15]]) > 1
+                {
+                    IpAddr::V4(std::net::Ipv4Addr::new(o[12], o[13], o[14], o[15]))
+                } else {
+                    ip
+                }
+            }
+        },
         v4 => v4,
+    };
+    match ip {
+        IpAddr::V4(v4) if v4.is_loopback() || v4.is_unspecified() => {
+            IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+        }
+        IpAddr::V6(v6) if v6.is_loopback() || v6.is_unspecified() => {
+            IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+        }
+        other => other,
+    }
+}
+
+/// Whether `net` holds a spelling of the local host (in 127/8, `0.0.0.0`, `::1` or `::`).
+fn covers_loopback(net: &IpNet) -> bool {
+    [
+        IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+    ]
+    .iter()
+    .any(|ip| net.contains(ip))
+        || matches!(net, IpNet::V4(v4) if v4.network().is_loopback())
+}
+
+/// Whether a (canonical) address falls in `net`. The local host is one host: a
+/// loopback destination of either family matches any network that holds a loopback
+/// spelling, so `127.0.0.1`, `127.0.0.2`, `0.0.0.0`, `::1` and `::` all reach a target
+/// written as any one of them.
+fn net_contains(net: &IpNet, ip: IpAddr) -> bool {
+    if ip.is_loopback() {
+        covers_loopback(net)
+    } else {
+        net.contains(&ip)
     }
 }
 
@@ -244,6 +300,68 @@ mod tests {
         assert!(named.matches("10.0.0.1".parse().unwrap(), 5432));
         assert!(named.matches("::ffff:10.0.0.1".parse().unwrap(), 5432));
         assert!(!named.matches("10.0.0.2".parse().unwrap(), 5432));
+    }
+
+    #[test]
+    fn every_spelling_of_the_local_host_is_loopback() {
+        for spelling in [
+            "127.0.0.1",
+            "127.0.0.2",
+            "127.255.255.254",
+            "0.0.0.0",
+            "::ffff:0.0.0.0",
+            "::ffff:127.0.0.1",
+            "::127.0.0.1",
+            "::127.1.2.3",
+        ] {
+            assert_eq!(
+                canonical(spelling.parse().unwrap()).to_string(),
+                "127.0.0.1",
+                "{spelling}"
+            );
+        }
+        for spelling in ["::", "::1"] {
+            assert_eq!(canonical(spelling.parse().unwrap()).to_string(), "::1");
+        }
+        assert_eq!(
+            canonical("::10.1.2.3".parse().unwrap()).to_string(),
+            "10.1.2.3"
+        );
+        assert_eq!(
+            canonical("10.1.2.3".parse().unwrap()).to_string(),
+            "10.1.2.3"
+        );
+        assert_eq!(
+            canonical("2001:db8::1".parse().unwrap()).to_string(),
+            "2001:db8::1"
+        );
+
+        // A target written with one loopback spelling matches all of them; others do not.
+        let catalog = Catalog::new(vec![
+            target("redis", &["127.0.0.1/32"], &["6379"]),
+            target("db", &["::1/128"], &["5432"]),
+            target("lan", &["10.0.0.0/8"], &["80"]),
+        ])
+        .unwrap();
+        let name = |ip: &str, port| {
+            catalog
+                .lookup(ip.parse().unwrap(), port)
+                .map(|t| t.name.clone())
+        };
+        for spelling in [
+            "0.0.0.0",
+            "::",
+            "127.0.0.2",
+            "::ffff:0.0.0.0",
+            "::1",
+            "::127.0.0.1",
+        ] {
+            assert_eq!(name(spelling, 6379).as_deref(), Some("redis"), "{spelling}");
+            assert_eq!(name(spelling, 5432).as_deref(), Some("db"), "{spelling}");
+            assert_eq!(name(spelling, 80), None, "{spelling}");
+        }
+        assert_eq!(name("10.0.0.1", 80).as_deref(), Some("lan"));
+        assert_eq!(name("10.0.0.1", 6379), None);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Tollgate end-to-end tests: the real kernel hooks, real clients (curl, psql, python
 //! sockets) and a real PostgreSQL. Run with `cargo xtask test` (root, serially).
+mod addresses;
 mod control;
 mod encoding;
 mod failclosed;
