@@ -168,7 +168,12 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
         config.proxy.ipv6,
         workers,
     )?;
-    let (maps, attachment) = bpf::install(
+    let bpf::Installed {
+        maps,
+        events,
+        attachment,
+        coverage,
+    } = bpf::install(
         &config.bpf.pin_dir,
         tree.parent(),
         ProxyTarget {
@@ -176,6 +181,7 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
             ipv4: config.proxy.ipv4,
             ipv6: config.proxy.ipv6,
         },
+        &config.sockets.kinds(),
     )?;
     let maps = Arc::new(maps);
     tracing::info!(
@@ -183,8 +189,18 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
         cgroup_parent = %tree.parent().display(),
         pin_dir = %config.bpf.pin_dir.display(),
         ?attachment,
+        socket_families_decided = coverage.socket_families,
         "interception active"
     );
+    let events = crate::events::EventReader::new(
+        events,
+        jobs.clone(),
+        recorder.clone(),
+        metrics.jobs.clone(),
+    )?;
+    // Without BPF LSM, other socket families are found by scanning job processes.
+    let scanner = (!coverage.socket_families)
+        .then(|| crate::sockets::scan::Scanner::new(&config.sockets.kinds()));
 
     let shared = Arc::new(Shared::new(
         maps.clone(),
@@ -237,6 +253,7 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
             },
             cgroup_parent: tree.parent().display().to_string(),
             pin_dir: config.bpf.pin_dir.display().to_string(),
+            coverage,
         },
     });
 
@@ -256,6 +273,9 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
             maps: maps.clone(),
             metrics: metrics.clone(),
             reload: reload.clone(),
+            events,
+            scanner,
+            recorder: recorder.clone(),
         },
         shutdown_rx.clone(),
     )?;
@@ -364,6 +384,9 @@ struct ControlPlane {
     maps: Arc<ConnMaps>,
     metrics: Arc<Metrics>,
     reload: PolicyReload,
+    events: crate::events::EventReader,
+    scanner: Option<crate::sockets::scan::Scanner>,
+    recorder: Recorder,
 }
 
 fn spawn_control_plane(
@@ -378,7 +401,11 @@ fn spawn_control_plane(
         maps,
         metrics,
         reload,
+        events,
+        scanner,
+        recorder,
     } = parts;
+    let scan_interval = config.sockets.scan_interval;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -416,6 +443,16 @@ fn spawn_control_plane(
             rt.block_on(async move {
                 tokio::spawn(admin::serve(admin, admin_state));
                 tokio::spawn(control.serve(handler));
+                tokio::spawn(events.run());
+                if let Some(scanner) = scanner {
+                    tokio::spawn(crate::events::scan_sockets(
+                        scanner,
+                        jobs.clone(),
+                        recorder,
+                        metrics.jobs.clone(),
+                        scan_interval,
+                    ));
+                }
                 let mut reap = tokio::time::interval(Duration::from_secs(1));
                 let mut expire = tokio::time::interval(Duration::from_secs(10));
                 let mut policy_poll = tokio::time::interval(reload.interval);
@@ -457,6 +494,7 @@ struct StatusBase {
     attachment: &'static str,
     cgroup_parent: String,
     pin_dir: String,
+    coverage: bpf::Coverage,
 }
 
 /// Answers control requests.
@@ -575,7 +613,15 @@ impl AgentControl {
                     policies: self.enforcer.policy_count(),
                     generation: self.enforcer.generation(),
                 },
+                coverage: self.status.coverage,
             }),
+            Request::ListEvents { job_id, limit } => {
+                let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+                match store.events(job_id.as_deref(), limit) {
+                    Ok(events) => Response::Events { events },
+                    Err(e) => error(e),
+                }
+            }
         }
     }
 }

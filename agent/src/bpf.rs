@@ -22,7 +22,8 @@ use aya::{
     },
 };
 use tollgate_common::{
-    ABI_VERSION, MAP_CONN_BY_COOKIE, MAP_CONN_BY_TUPLE, MAP_COUNTERS, MAP_SETTINGS, Settings,
+    ABI_VERSION, MAP_CONN_BY_COOKIE, MAP_CONN_BY_TUPLE, MAP_COUNTERS, MAP_EVENTS, MAP_SETTINGS,
+    MAP_SOCK_ALLOW, Settings, SockKind,
 };
 
 pub use maps::{ConnMaps, MapOccupancy};
@@ -38,19 +39,29 @@ const ATTACH_MODE: CgroupAttachMode = CgroupAttachMode::Single;
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// The programs, by function name, and the name of each one's link pin.
-const PROGRAMS: [(&str, &str); 6] = [
+const PROGRAMS: [(&str, &str); 7] = [
     ("connect4", "link_connect4"),
     ("connect6", "link_connect6"),
     ("getpeername4", "link_getpeername4"),
     ("getpeername6", "link_getpeername6"),
     ("sock_release", "link_sock_release"),
     ("tollgate_sockops", "link_sockops"),
+    ("sock_create", "link_sock_create"),
 ];
-const MAPS: [&str; 4] = [
+/// Programs that need a kernel feature this kernel may lack (BPF LSM): the function, its
+/// link pin and the LSM hook. Without one, `tollgate status` says what is not covered.
+const OPTIONAL_PROGRAMS: [(&str, &str, &str); 1] = [(
+    "socket_post_create",
+    "link_socket_post_create",
+    "socket_post_create",
+)];
+const MAPS: [&str; 6] = [
     MAP_CONN_BY_COOKIE,
     MAP_CONN_BY_TUPLE,
     MAP_SETTINGS,
     MAP_COUNTERS,
+    MAP_SOCK_ALLOW,
+    MAP_EVENTS,
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +106,14 @@ pub enum BpfError {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error("eBPF map {name}: {source}")]
+    MapIo {
+        name: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("eBPF map {name} holds at most {capacity} entries")]
+    TooMany { name: &'static str, capacity: u32 },
     #[error("eBPF object has no {0}")]
     Missing(&'static str),
     #[error(
@@ -117,6 +136,23 @@ pub struct ProxyTarget {
     pub port: u16,
     pub ipv4: Ipv4Addr,
     pub ipv6: Ipv6Addr,
+}
+
+/// What the programs cover on this kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Coverage {
+    /// `socket()` of families other than IPv4 and IPv6 (AF_PACKET, AF_VSOCK, ...) is
+    /// decided: needs BPF LSM cgroup programs (kernel 6.0+, `bpf` in `lsm=`).
+    pub socket_families: bool,
+}
+
+/// What [`install`] set up.
+pub struct Installed {
+    pub maps: ConnMaps,
+    /// The events ring buffer, for the agent's event reader.
+    pub events: Map,
+    pub attachment: Attachment,
+    pub coverage: Coverage,
 }
 
 /// How the programs came to be attached.
@@ -149,7 +185,8 @@ pub fn install(
     pin_dir: &Path,
     cgroup_parent: &Path,
     target: ProxyTarget,
-) -> Result<(ConnMaps, Attachment), BpfError> {
+    sock_allow: &[SockKind],
+) -> Result<Installed, BpfError> {
     ensure_bpffs(pin_dir)?;
     fs::create_dir_all(pin_dir).map_err(io_err(pin_dir))?;
     let link_pins: Vec<PathBuf> = PROGRAMS.iter().map(|(_, pin)| pin_dir.join(pin)).collect();
@@ -169,21 +206,46 @@ pub fn install(
                 source,
             })?;
         }
-        let mut maps = open_pinned_maps(pin_dir)?;
-        let found = maps.settings_abi()?;
+        let found = pinned_abi(pin_dir)?;
         if found != ABI_VERSION {
             return Err(BpfError::AbiMismatch {
                 path: pin_dir.to_owned(),
                 found,
             });
         }
+        let (mut maps, events) = open_pinned_maps(pin_dir)?;
         maps.write_settings(settings)?;
-        return Ok((maps, Attachment::Adopted));
+        maps.write_sock_allow(sock_allow)?;
+        let coverage = Coverage {
+            socket_families: OPTIONAL_PROGRAMS.iter().all(|(_, pin, _)| {
+                let pin = pin_dir.join(pin);
+                pin.exists() && PinnedLink::from_pin(&pin).is_ok()
+            }),
+        };
+        return Ok(Installed {
+            maps,
+            events,
+            attachment: Attachment::Adopted,
+            coverage,
+        });
     }
 
+    // Pins of another layout stay in force (and attached) until that build's cleanup.
+    if let Ok(found) = pinned_abi(pin_dir)
+        && found != ABI_VERSION
+    {
+        return Err(BpfError::AbiMismatch {
+            path: pin_dir.to_owned(),
+            found,
+        });
+    }
     // A partial set of link pins is left over from an interrupted install: start over.
-    for pin in &link_pins {
-        remove_if_exists(pin)?;
+    for pin in link_pins.iter().cloned().chain(
+        OPTIONAL_PROGRAMS
+            .iter()
+            .map(|(_, pin, _)| pin_dir.join(pin)),
+    ) {
+        remove_if_exists(&pin)?;
     }
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(pin_dir)
@@ -203,6 +265,15 @@ pub fn install(
             source,
         })?;
     }
+    let maps = ConnMaps::from_maps(
+        take(&mut ebpf, MAP_CONN_BY_COOKIE)?,
+        take(&mut ebpf, MAP_CONN_BY_TUPLE)?,
+        take(&mut ebpf, MAP_SETTINGS)?,
+        take(&mut ebpf, MAP_COUNTERS)?,
+        take(&mut ebpf, MAP_SOCK_ALLOW)?,
+    );
+    // The allow list is in place before sock_create starts deciding.
+    maps.write_sock_allow(sock_allow)?;
     let cgroup = fs::File::open(cgroup_parent).map_err(io_err(cgroup_parent))?;
     for (name, pin) in PROGRAMS {
         let program = ebpf.program_mut(name).ok_or(BpfError::Missing(name))?;
@@ -216,30 +287,96 @@ pub fn install(
         link.pin(pin_dir.join(pin))
             .map_err(|source| BpfError::Pin { name, source })?;
     }
-    let maps = ConnMaps::from_maps(
-        take(&mut ebpf, MAP_CONN_BY_COOKIE)?,
-        take(&mut ebpf, MAP_CONN_BY_TUPLE)?,
-        take(&mut ebpf, MAP_SETTINGS)?,
-        take(&mut ebpf, MAP_COUNTERS)?,
-    );
-    Ok((maps, Attachment::Fresh))
+    let mut coverage = Coverage {
+        socket_families: true,
+    };
+    for (name, pin, hook) in OPTIONAL_PROGRAMS {
+        match attach_lsm_cgroup(&mut ebpf, name, hook, &cgroup) {
+            Ok(link) => {
+                link.pin(pin_dir.join(pin))
+                    .map_err(|source| BpfError::Pin { name, source })?;
+            }
+            Err(error) => {
+                tracing::warn!(
+                    program = name,
+                    %error,
+                    "this kernel cannot run BPF LSM cgroup programs (kernel 6.0+ with `bpf` \
+                     in lsm=): socket() of families other than IPv4 and IPv6 is not decided"
+                );
+                coverage.socket_families = false;
+            }
+        }
+    }
+    let events = take(&mut ebpf, MAP_EVENTS)?;
+    Ok(Installed {
+        maps,
+        events,
+        attachment: Attachment::Fresh,
+        coverage,
+    })
+}
+
+fn attach_lsm_cgroup(
+    ebpf: &mut aya::Ebpf,
+    name: &'static str,
+    hook: &str,
+    cgroup: &fs::File,
+) -> Result<FdLink, BpfError> {
+    let err = |source| BpfError::Program { name, source };
+    let btf = aya::Btf::from_sys_fs().map_err(|e| err(aya::programs::ProgramError::Btf(e)))?;
+    let program = ebpf.program_mut(name).ok_or(BpfError::Missing(name))?;
+    let Program::LsmCgroup(p) = program else {
+        return Err(err(aya::programs::ProgramError::UnexpectedProgramType));
+    };
+    p.load(hook, &btf).map_err(err)?;
+    let id = p.attach(cgroup).map_err(err)?;
+    let link = p.take_link(id).map_err(err)?;
+    Ok(FdLink::from(link))
+}
+
+/// The ABI version in the pinned settings map.
+fn pinned_abi(pin_dir: &Path) -> Result<u32, BpfError> {
+    let data = MapData::from_pin(pin_dir.join(MAP_SETTINGS)).map_err(|source| BpfError::Map {
+        name: MAP_SETTINGS,
+        source,
+    })?;
+    let map = Map::from_map_data(data).map_err(|source| BpfError::Map {
+        name: MAP_SETTINGS,
+        source,
+    })?;
+    let array: Array<&MapData, Settings> =
+        Array::try_from(&map).map_err(|source| BpfError::Map {
+            name: MAP_SETTINGS,
+            source,
+        })?;
+    Ok(array
+        .get(&0, 0)
+        .map_err(|source| BpfError::Map {
+            name: MAP_SETTINGS,
+            source,
+        })?
+        .abi_version)
 }
 
 fn take(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<Map, BpfError> {
     ebpf.take_map(name).ok_or(BpfError::Missing(name))
 }
 
-fn open_pinned_maps(pin_dir: &Path) -> Result<ConnMaps, BpfError> {
+fn open_pinned_maps(pin_dir: &Path) -> Result<(ConnMaps, Map), BpfError> {
     let open = |name: &'static str| -> Result<Map, BpfError> {
         let data = MapData::from_pin(pin_dir.join(name))
             .map_err(|source| BpfError::Map { name, source })?;
         Map::from_map_data(data).map_err(|source| BpfError::Map { name, source })
     };
-    Ok(ConnMaps::from_maps(
-        open(MAP_CONN_BY_COOKIE)?,
-        open(MAP_CONN_BY_TUPLE)?,
-        open(MAP_SETTINGS)?,
-        open(MAP_COUNTERS)?,
+    Ok((
+        ConnMaps::from_maps(
+            open(MAP_CONN_BY_COOKIE)?,
+            open(MAP_CONN_BY_TUPLE)?,
+            open(MAP_SETTINGS)?,
+            open(MAP_COUNTERS)?,
+            open(MAP_SOCK_ALLOW)?,
+        ),
+        open(MAP_EVENTS)?,
     ))
 }
 
@@ -247,7 +384,11 @@ fn open_pinned_maps(pin_dir: &Path) -> Result<ConnMaps, BpfError> {
 /// pin directory. Returns what was removed.
 pub fn uninstall(pin_dir: &Path) -> Result<Vec<PathBuf>, BpfError> {
     let mut removed = Vec::new();
-    for (_, pin) in PROGRAMS {
+    let pins = PROGRAMS
+        .iter()
+        .map(|(_, pin)| *pin)
+        .chain(OPTIONAL_PROGRAMS.iter().map(|(_, pin, _)| *pin));
+    for pin in pins {
         let path = pin_dir.join(pin);
         if remove_if_exists(&path)? {
             removed.push(path);

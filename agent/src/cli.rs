@@ -73,6 +73,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// What the kernel refused or saw in jobs (refused sockets), newest first.
+    Events {
+        /// Only this job's events.
+        #[arg(long)]
+        job: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
     /// Set this host up for a CI runner: hooks, systemd unit, directories, socket group.
     Install {
         #[command(subcommand)]
@@ -263,6 +273,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("unexpected reply");
             };
             output::audit(&entries, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Events { job, limit, json } => {
+            let request = Request::ListEvents { job_id: job, limit };
+            let Response::Events { events } = call(&socket, &request)? else {
+                anyhow::bail!("unexpected reply");
+            };
+            output::events(&events, json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Jobs { json } => {

@@ -57,6 +57,8 @@ pub struct Config {
     pub postgres: PostgresConfig,
     /// Masking of sensitive values in PostgreSQL results and recordings.
     pub masking: crate::postgres::mask::MaskingConfig,
+    /// The kinds of socket a job may create.
+    pub sockets: crate::sockets::SocketsConfig,
     /// The targets catalog: named destinations for policies (`[[targets]]`).
     pub targets: Vec<TargetSpec>,
 }

@@ -9,6 +9,7 @@ mod config;
 mod control;
 mod enforce;
 mod enroll;
+mod events;
 mod identity;
 mod jobs;
 mod metrics;
@@ -16,6 +17,7 @@ mod postgres;
 mod proc_info;
 mod proxy;
 mod record;
+mod sockets;
 
 /// mimalloc instead of glibc's allocator: the data path allocates a statement's record
 /// on a proxy thread and the recorder thread frees it, a cross-thread pattern glibc

@@ -286,6 +286,7 @@ pub struct JobMetrics {
     pub active: IntGauge,
     pub started: IntCounter,
     ended: IntCounterVec,
+    events: IntCounterVec,
 }
 
 impl JobMetrics {
@@ -299,11 +300,21 @@ impl JobMetrics {
                 "Jobs ended, by reason.",
                 &["reason"],
             ),
+            events: counter_vec(
+                registry,
+                "tollgate_job_events_total",
+                "Events recorded on jobs (refused or detected sockets), by kind and action.",
+                &["kind", "action"],
+            ),
         }
     }
 
     pub fn ended(&self, reason: JobEndLabel) {
         self.ended.with_label_values(&[reason.as_str()]).inc();
+    }
+
+    pub fn event(&self, kind: &str, action: &str) {
+        self.events.with_label_values(&[kind, action]).inc();
     }
 }
 

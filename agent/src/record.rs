@@ -215,6 +215,8 @@ pub enum RecordEvent {
     },
     /// A statement of a PostgreSQL session completed (or was denied).
     Statement(Box<StatementRecord>),
+    /// Something the kernel refused or saw in a job (a refused socket, tampering).
+    Event(Box<EventRecord>),
     /// Answered once everything queued before it is committed.
     Flush(SyncSender<()>),
 }
@@ -231,6 +233,26 @@ pub struct AuditRecord {
     pub job_id: Option<String>,
     pub caller_pid: u32,
     pub caller_uid: u32,
+    pub detail: String,
+}
+
+/// One event the kernel reported about a job's process.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub at: i64,
+    /// `socket_refused`.
+    pub kind: String,
+    pub job_id: Option<String>,
+    pub cgroup_id: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: String,
+    pub exe: Option<String>,
+    /// What Tollgate did: `refused`, `killed`, `recorded`.
+    pub action: String,
+    /// What was asked for, e.g. `packet/raw/768`.
     pub detail: String,
 }
 

@@ -11,6 +11,7 @@ mod policy;
 mod postgres;
 mod recording;
 mod run_cli;
+mod sockets;
 mod stress;
 
 use serde_json::Value;

@@ -264,7 +264,8 @@ impl Agent {
         command
     }
 
-    fn json(&self, args: &[&str]) -> Value {
+    /// Runs `tollgate ARGS` against this agent and parses its JSON output.
+    pub fn json(&self, args: &[&str]) -> Value {
         let out = output(self.tollgate().args(args));
         assert!(
             out.status.success(),

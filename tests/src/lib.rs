@@ -16,6 +16,11 @@ use std::{
 pub use agent::{Agent, NOBODY, agent_as_nobody};
 pub use postgres::postgres;
 
+/// Whether this is CI (`CI=true`), where a missing capability fails instead of skipping.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
 /// Fails the test unless it runs as root; outside CI, says loudly that it skips.
 /// Returns false when the test should return early.
 pub fn require_root() -> bool {
@@ -23,9 +28,8 @@ pub fn require_root() -> bool {
     if unsafe { libc::geteuid() } == 0 {
         return true;
     }
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
     assert!(
-        !ci,
+        !in_ci(),
         "end-to-end tests need root (CAP_BPF, cgroups) and CI=true forbids skipping"
     );
     eprintln!("SKIPPED: this end-to-end test needs root; run `sudo cargo xtask test`");

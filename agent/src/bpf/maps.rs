@@ -4,7 +4,7 @@ use std::{io, os::fd::AsFd as _, time::Duration};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use tollgate_common::{
     CONN_MAP_CAPACITY, ConnInfo, Counter, MAP_CONN_BY_COOKIE, MAP_CONN_BY_TUPLE, MAP_COUNTERS,
-    MAP_SETTINGS, Settings, TupleKey,
+    MAP_SETTINGS, MAP_SOCK_ALLOW, SOCK_ALLOW_CAPACITY, Settings, SockKind, TupleKey,
 };
 
 use super::{BpfError, syscall};
@@ -22,6 +22,7 @@ pub struct ConnMaps {
     tuple: Map,
     settings: Map,
     counters: Map,
+    sock_allow: Map,
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> BpfError {
@@ -36,13 +37,47 @@ fn data(map: &Map) -> Option<&MapData> {
 }
 
 impl ConnMaps {
-    pub(super) fn from_maps(cookie: Map, tuple: Map, settings: Map, counters: Map) -> Self {
+    pub(super) fn from_maps(
+        cookie: Map,
+        tuple: Map,
+        settings: Map,
+        counters: Map,
+        sock_allow: Map,
+    ) -> Self {
         Self {
             cookie,
             tuple,
             settings,
             counters,
+            sock_allow,
         }
+    }
+
+    /// Makes the kernel's socket allow list exactly `kinds`: new entries first, then the
+    /// stale ones go, so a kind allowed before and after is never refused in between.
+    pub fn write_sock_allow(&self, kinds: &[SockKind]) -> Result<(), BpfError> {
+        let kinds = crate::sockets::expand(kinds);
+        if kinds.len() > SOCK_ALLOW_CAPACITY as usize {
+            return Err(BpfError::TooMany {
+                name: MAP_SOCK_ALLOW,
+                capacity: SOCK_ALLOW_CAPACITY,
+            });
+        }
+        let data = data(&self.sock_allow).ok_or(BpfError::Missing(MAP_SOCK_ALLOW))?;
+        let fd = data.fd().as_fd();
+        let io = |source| BpfError::MapIo {
+            name: MAP_SOCK_ALLOW,
+            source,
+        };
+        for kind in &kinds {
+            syscall::update(fd, kind, &1_u32).map_err(io)?;
+        }
+        for old in syscall::keys::<SockKind>(fd).map_err(io)? {
+            if !kinds.contains(&old) {
+                syscall::delete(fd, &old).map_err(io)?;
+            }
+        }
+        Ok(())
     }
 
     /// Takes (looks up and deletes, atomically where the kernel can) the entry for the
@@ -51,12 +86,6 @@ impl ConnMaps {
         let data =
             data(&self.tuple).ok_or_else(|| io::Error::other("CONN_BY_TUPLE is not a hash map"))?;
         syscall::lookup_and_delete(data.fd().as_fd(), key)
-    }
-
-    pub(super) fn settings_abi(&self) -> Result<u32, BpfError> {
-        let array: Array<&MapData, Settings> =
-            Array::try_from(&self.settings).map_err(map_err(MAP_SETTINGS))?;
-        Ok(array.get(&0, 0).map_err(map_err(MAP_SETTINGS))?.abi_version)
     }
 
     pub(super) fn write_settings(&mut self, settings: Settings) -> Result<(), BpfError> {

@@ -1,5 +1,6 @@
-//! The one map operation aya does not offer for hash maps: lookup-and-delete, so that an
-//! accepted connection claims its entry in a single step.
+//! Map operations on a shared map fd: lookup-and-delete (which aya does not offer for
+//! hash maps), so that an accepted connection claims its entry in a single step, and
+//! update and delete, which aya offers only through an exclusive borrow.
 use std::{
     io,
     mem::{MaybeUninit, size_of},
@@ -8,8 +9,14 @@ use std::{
 
 use tollgate_common::{ConnInfo, TupleKey};
 
+/// Map keys and values: plain `#[repr(C)]` data.
+pub trait Plain: Copy + aya::Pod {}
+impl<T: Copy + aya::Pod> Plain for T {}
+
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 /// Supported for hash maps since kernel 5.14.
 const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
 
@@ -77,5 +84,61 @@ pub fn lookup_and_delete(map: BorrowedFd<'_>, key: &TupleKey) -> io::Result<Opti
             Ok(Some(unsafe { value.assume_init() }))
         }
         Err(e) => Err(e),
+    }
+}
+
+/// Inserts or replaces `key`'s value.
+pub fn update<K: Plain, V: Plain>(map: BorrowedFd<'_>, key: &K, value: &V) -> io::Result<()> {
+    let mut attr = MapElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        _pad: 0,
+        key: key as *const K as u64,
+        value: value as *const V as u64,
+        flags: 0,
+    };
+    bpf(BPF_MAP_UPDATE_ELEM, &mut attr)
+}
+
+/// Deletes `key`; true if it was there.
+pub fn delete<K: Plain>(map: BorrowedFd<'_>, key: &K) -> io::Result<bool> {
+    let mut attr = MapElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        _pad: 0,
+        key: key as *const K as u64,
+        value: 0,
+        flags: 0,
+    };
+    match bpf(BPF_MAP_DELETE_ELEM, &mut attr) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Every key of a hash map (a snapshot; concurrent changes may be missed).
+pub fn keys<K: Plain>(map: BorrowedFd<'_>) -> io::Result<Vec<K>> {
+    let mut keys = Vec::new();
+    let mut next = MaybeUninit::<K>::zeroed();
+    let mut attr = MapElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        _pad: 0,
+        key: 0,
+        value: next.as_mut_ptr() as u64,
+        flags: 0,
+    };
+    loop {
+        match bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) {
+            Ok(()) => {
+                // SAFETY: the kernel wrote a whole key; K is valid for any bytes.
+                keys.push(unsafe { next.assume_init() });
+                let last = keys.last().map_or(0, |k| k as *const K as u64);
+                attr.key = last;
+                if keys.len() > 1 << 20 {
+                    return Err(io::Error::other("map iteration does not end"));
+                }
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(keys),
+            Err(e) => return Err(e),
+        }
     }
 }

@@ -3,7 +3,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use crate::{
     jobs::Job,
-    record::{AuditRecord, ConnectionRecord},
+    record::{AuditRecord, ConnectionRecord, EventRecord},
 };
 
 pub fn time(ms: i64) -> String {
@@ -200,6 +200,31 @@ pub fn audit(entries: &[AuditRecord], json: bool) -> anyhow::Result<()> {
             e.outcome,
             e.caller_pid,
             e.caller_uid,
+            e.job_id.as_deref().unwrap_or("-"),
+            e.detail
+        );
+    }
+    Ok(())
+}
+
+pub fn events(events: &[EventRecord], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(events)?);
+        return Ok(());
+    }
+    println!(
+        "{:<24}  {:<16}  {:<8}  {:>7}  {:>6}  {:<16}  {:<36}  DETAIL",
+        "AT", "KIND", "ACTION", "PID", "UID", "COMM", "JOB"
+    );
+    for e in events {
+        println!(
+            "{:<24}  {:<16}  {:<8}  {:>7}  {:>6}  {:<16}  {:<36}  {}",
+            time(e.at),
+            e.kind,
+            e.action,
+            e.pid,
+            e.uid,
+            e.comm,
             e.job_id.as_deref().unwrap_or("-"),
             e.detail
         );

@@ -4,10 +4,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    bpf::MapOccupancy,
+    bpf::{Coverage, MapOccupancy},
     identity::Identity,
     jobs::Job,
-    record::{AuditRecord, ConnectionRecord, JobExit},
+    record::{AuditRecord, ConnectionRecord, EventRecord, JobExit},
 };
 
 /// Largest request line accepted.
@@ -62,6 +62,11 @@ pub enum Request {
     ShowSession {
         id: String,
     },
+    /// What the kernel refused or saw in jobs, newest first.
+    ListEvents {
+        job_id: Option<String>,
+        limit: u32,
+    },
     Status {},
 }
 
@@ -75,6 +80,7 @@ impl Request {
             Request::ListJobs {} => "list_jobs",
             Request::ListSessions { .. } => "list_sessions",
             Request::ShowSession { .. } => "show_session",
+            Request::ListEvents { .. } => "list_events",
             Request::Status {} => "status",
             Request::GithubJobStarted { .. } => "github_job_started",
             Request::GithubJobCompleted {} => "github_job_completed",
@@ -109,6 +115,8 @@ pub struct Status {
     pub maps: Option<MapOccupancy>,
     pub recording_healthy: bool,
     pub policy: PolicyStatus,
+    /// What interception covers on this kernel.
+    pub coverage: Coverage,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,6 +148,9 @@ pub enum Response {
         sessions: Vec<ConnectionRecord>,
     },
     Session(Box<ConnectionRecord>),
+    Events {
+        events: Vec<EventRecord>,
+    },
     Status(Status),
     Done,
     Error {

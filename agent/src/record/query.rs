@@ -3,7 +3,9 @@ use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags, Row, params};
 
-use super::{AuditRecord, ConnectionRecord, JobExit, JobRecord, RecordError, StatementRecord};
+use super::{
+    AuditRecord, ConnectionRecord, EventRecord, JobExit, JobRecord, RecordError, StatementRecord,
+};
 use crate::{
     identity::{Assurance, Identity},
     jobs::JobKind,
@@ -161,6 +163,37 @@ impl Store {
                     caller_pid: row.get(4)?,
                     caller_uid: row.get(5)?,
                     detail: row.get(6)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Kernel events, newest first (optionally of one job).
+    pub fn events(
+        &self,
+        job_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<EventRecord>, RecordError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT at, kind, job_id, cgroup_id, pid, tid, uid, gid, comm, exe, action, detail \
+             FROM events WHERE (?1 IS NULL OR job_id = ?1) ORDER BY id DESC LIMIT ?2",
+        )?;
+        let rows = stmt
+            .query_map(params![job_id, limit], |row| {
+                Ok(EventRecord {
+                    at: row.get(0)?,
+                    kind: row.get(1)?,
+                    job_id: row.get(2)?,
+                    cgroup_id: row.get::<_, i64>(3)? as u64,
+                    pid: row.get(4)?,
+                    tid: row.get(5)?,
+                    uid: row.get(6)?,
+                    gid: row.get(7)?,
+                    comm: row.get(8)?,
+                    exe: row.get(9)?,
+                    action: row.get(10)?,
+                    detail: row.get(11)?,
                 })
             })?
             .collect::<Result<_, _>>()?;

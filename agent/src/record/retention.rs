@@ -22,13 +22,14 @@ pub struct Pruned {
     pub connections: u64,
     pub jobs: u64,
     pub audit: u64,
+    pub events: u64,
     /// A chunk was full: there may be more to delete.
     pub more: bool,
 }
 
 /// Deletes what ended before `cutoff_ms` (milliseconds since the epoch): at most one
-/// chunk of connections, with their statements, one chunk of audit entries, and the
-/// ended jobs that no longer have any connection on record.
+/// chunk of connections, with their statements, one chunk each of audit entries and
+/// kernel events, and the ended jobs that no longer have any connection on record.
 pub fn prune(conn: &mut Connection, cutoff_ms: i64) -> rusqlite::Result<Pruned> {
     let tx = conn.transaction()?;
     let mut pruned = Pruned::default();
@@ -55,6 +56,11 @@ pub fn prune(conn: &mut Connection, cutoff_ms: i64) -> rusqlite::Result<Pruned> 
         params![cutoff_ms, CHUNK as i64],
     )? as u64;
     pruned.more |= pruned.audit == CHUNK as u64;
+    pruned.events = tx.execute(
+        "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < ?1 LIMIT ?2)",
+        params![cutoff_ms, CHUNK as i64],
+    )? as u64;
+    pruned.more |= pruned.events == CHUNK as u64;
     pruned.jobs = tx.execute(
         "DELETE FROM jobs WHERE ended_at IS NOT NULL AND ended_at < ?1 \
          AND NOT EXISTS (SELECT 1 FROM connections c WHERE c.job_id = jobs.id)",
@@ -126,6 +132,12 @@ mod tests {
              VALUES (100, 'a', 'ok', 1, 0, ''), (5000, 'a', 'ok', 1, 0, '')",
         )
         .unwrap();
+        conn.execute_batch(
+            "INSERT INTO events (at, kind, cgroup_id, pid, tid, uid, gid, comm, action, detail) \
+             VALUES (100, 'socket_refused', 1, 1, 1, 0, 0, 'x', 'refused', 'packet/raw'), \
+             (5000, 'socket_refused', 1, 1, 1, 0, 0, 'x', 'refused', 'packet/raw')",
+        )
+        .unwrap();
 
         let pruned = prune(&mut conn, 1_000).unwrap();
         assert_eq!(
@@ -135,9 +147,11 @@ mod tests {
                 connections: 1,
                 jobs: 1,
                 audit: 1,
+                events: 1,
                 more: false,
             }
         );
+        assert_eq!(count(&conn, "events"), 1);
         assert_eq!(count(&conn, "jobs"), 2);
         assert_eq!(count(&conn, "connections"), 2);
         assert_eq!(count(&conn, "statements"), 6);

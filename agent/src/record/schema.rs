@@ -1,7 +1,7 @@
 //! The SQLite schema of the recording store.
 use rusqlite::Connection;
 
-pub const VERSION: i64 = 6;
+pub const VERSION: i64 = 7;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -90,6 +90,22 @@ CREATE TABLE IF NOT EXISTS statements (
     error         TEXT
 );
 CREATE INDEX IF NOT EXISTS statements_by_connection ON statements (connection_id, seq);
+CREATE TABLE IF NOT EXISTS events (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    at          INTEGER NOT NULL,
+    kind        TEXT NOT NULL,
+    job_id      TEXT,
+    cgroup_id   INTEGER NOT NULL,
+    pid         INTEGER NOT NULL,
+    tid         INTEGER NOT NULL,
+    uid         INTEGER NOT NULL,
+    gid         INTEGER NOT NULL,
+    comm        TEXT NOT NULL,
+    exe         TEXT,
+    action      TEXT NOT NULL,
+    detail      TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, at);
 ";
 
 /// Opens the writer's pragmas and creates the tables.

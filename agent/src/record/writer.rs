@@ -154,6 +154,7 @@ impl Writer {
                             ("connection", pruned.connections),
                             ("job", pruned.jobs),
                             ("audit", pruned.audit),
+                            ("event", pruned.events),
                         ] {
                             if rows > 0 {
                                 self.metrics.pruned.with_label_values(&[kind]).inc_by(rows);
@@ -242,6 +243,27 @@ fn write_batch(conn: &mut Connection, batch: &[RecordEvent]) -> rusqlite::Result
             RecordEvent::ConnectionOpened(c) if ended.contains(c.id.as_str()) => {}
             RecordEvent::Flush(_) => {}
             RecordEvent::Statement(st) => insert_statement(&tx, st)?,
+            RecordEvent::Event(e) => {
+                tx.execute(
+                    "INSERT INTO events (at, kind, job_id, cgroup_id, pid, tid, uid, gid, comm, \
+                     exe, action, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, \
+                     ?12)",
+                    params![
+                        e.at,
+                        e.kind,
+                        e.job_id,
+                        e.cgroup_id as i64,
+                        e.pid,
+                        e.tid,
+                        e.uid,
+                        e.gid,
+                        e.comm,
+                        e.exe,
+                        e.action,
+                        e.detail
+                    ],
+                )?;
+            }
             RecordEvent::JobStarted(job) => insert_job(&tx, job)?,
             RecordEvent::JobEnded {
                 id,

@@ -21,9 +21,21 @@ pub const MAP_SETTINGS: &str = "SETTINGS";
 /// Name of the per-CPU counter array (indexed by [`Counter`]).
 pub const MAP_COUNTERS: &str = "COUNTERS";
 
+/// Name of the map of socket kinds a job may create ([`SockKind`] -> 1).
+pub const MAP_SOCK_ALLOW: &str = "SOCK_ALLOW";
+/// Name of the ring buffer of [`Event`]s the programs report to the agent.
+pub const MAP_EVENTS: &str = "EVENTS";
+/// Capacity of [`MAP_SOCK_ALLOW`] (entries).
+pub const SOCK_ALLOW_CAPACITY: u32 = 256;
+/// Size of the [`MAP_EVENTS`] ring buffer in bytes (a power of two, page aligned).
+pub const EVENTS_BYTES: u32 = 1 << 20;
+
+/// A wildcard in a [`SockKind`]: any type, or any protocol.
+pub const SOCK_ANY: u32 = u32::MAX;
+
 /// Version of the layout of the maps and programs. The agent refuses to adopt pins
 /// written by a build with another version.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// What the connect hook recorded about one intercepted connection, in the client's own
 /// `connect()`. Addresses are in network byte order, as the kernel hands them over.
@@ -70,6 +82,55 @@ pub struct TupleKey {
     pub ip: [u32; 4],
 }
 
+/// A kind of socket, as `socket(family, type, protocol)` resolved it: the key of the
+/// allow list. `type_` has its flags (`SOCK_NONBLOCK`, `SOCK_CLOEXEC`) stripped; `type_`
+/// and `protocol` may be [`SOCK_ANY`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockKind {
+    pub family: u32,
+    pub type_: u32,
+    pub protocol: u32,
+}
+
+/// What an [`Event`] reports.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A job's `socket()` was refused: the kind is not on the allow list.
+    SocketRefused = 1,
+}
+
+impl EventKind {
+    pub const fn from_u32(value: u32) -> Option<Self> {
+        match value {
+            1 => Some(Self::SocketRefused),
+            _ => None,
+        }
+    }
+}
+
+/// One event from a program to the agent, through the [`MAP_EVENTS`] ring buffer. The
+/// ring is pinned, so events written while the agent is down are read when it returns.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// An [`EventKind`].
+    pub kind: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub _pad: u32,
+    pub cgroup_id: u64,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when it happened.
+    pub ktime_ns: u64,
+    /// For [`EventKind::SocketRefused`]: what was asked for.
+    pub sock: SockKind,
+    pub _pad2: u32,
+    pub comm: [u8; 16],
+}
+
 /// Settings written by the agent and read by the programs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -101,10 +162,14 @@ pub enum Counter {
     TupleInsertFailed = 4,
     /// Tuple entries removed because the connection failed before it was accepted.
     TupleReleasedUnaccepted = 5,
+    /// `socket()` calls of jobs refused: the kind is not on the allow list.
+    RefusedSocket = 6,
+    /// Events lost because the ring buffer was full (the counter still counts them).
+    EventsLost = 7,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 8;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Redirected,
         Counter::RefusedProxyDirect,
@@ -112,6 +177,8 @@ impl Counter {
         Counter::RefusedUnconfigured,
         Counter::TupleInsertFailed,
         Counter::TupleReleasedUnaccepted,
+        Counter::RefusedSocket,
+        Counter::EventsLost,
     ];
 
     /// Stable label value for metrics.
@@ -123,19 +190,25 @@ impl Counter {
             Counter::RefusedUnconfigured => "refused_unconfigured",
             Counter::TupleInsertFailed => "tuple_insert_failed",
             Counter::TupleReleasedUnaccepted => "tuple_released_unaccepted",
+            Counter::RefusedSocket => "refused_socket",
+            Counter::EventsLost => "events_lost",
         }
     }
 }
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all three types are #[repr(C)], Copy, contain only integers and have
+    // SAFETY: all these types are #[repr(C)], Copy, contain only integers and have
     // explicit padding fields, so every byte pattern is a valid value.
     unsafe impl aya::Pod for super::ConnInfo {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::TupleKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Settings {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SockKind {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Event {}
 }
 
 #[cfg(test)]
@@ -152,5 +225,8 @@ mod tests {
         assert_eq!(align_of::<ConnInfo>(), 8);
         assert_eq!(size_of::<TupleKey>(), 24);
         assert_eq!(size_of::<Settings>(), 28);
+        assert_eq!(size_of::<SockKind>(), 12);
+        assert_eq!(size_of::<Event>(), 6 * 4 + 2 * 8 + 12 + 4 + 16);
+        assert_eq!(align_of::<Event>(), 8);
     }
 }

@@ -1,16 +1,14 @@
 //! cgroup/connect4 and cgroup/connect6: record and redirect TCP connects of job sockets.
 use aya_ebpf::{
-    bindings::bpf_sock_addr,
-    helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_uid_gid, generated::bpf_get_socket_cookie, generated::bpf_ktime_get_ns,
-    },
-    macros::cgroup_sock_addr,
+    bindings::bpf_sock_addr, helpers::generated::bpf_get_socket_cookie, macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
 use tollgate_common::{AF_INET, AF_INET6, ConnInfo, Counter, Settings};
 
-use crate::maps::{CONN_BY_COOKIE, count, settings};
+use crate::{
+    caller::caller,
+    maps::{CONN_BY_COOKIE, count, settings},
+};
 
 const ALLOW: i32 = 1;
 /// Returning 0 from a cgroup sock_addr hook fails the syscall with EPERM.
@@ -133,30 +131,23 @@ fn record(
     orig_family: u16,
     sock_family: u16,
 ) -> Result<(), i32> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let uid_gid = bpf_get_current_uid_gid();
-    // SAFETY: helpers allowed in cgroup sock_addr programs.
-    let (cookie, cgroup_id, ktime_ns) = unsafe {
-        (
-            bpf_get_socket_cookie(sa.cast()),
-            bpf_get_current_cgroup_id(),
-            bpf_ktime_get_ns(),
-        )
-    };
+    // SAFETY: the cookie helper is allowed in cgroup sock_addr programs.
+    let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
+    let c = caller();
     let info = ConnInfo {
         orig_ip,
         orig_port,
         orig_family,
-        tgid: (pid_tgid >> 32) as u32,
-        tid: pid_tgid as u32,
-        uid: uid_gid as u32,
-        gid: (uid_gid >> 32) as u32,
+        tgid: c.tgid,
+        tid: c.tid,
+        uid: c.uid,
+        gid: c.gid,
         sock_family,
         _pad: 0,
-        cgroup_id,
+        cgroup_id: c.cgroup_id,
         cookie,
-        ktime_ns,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        ktime_ns: c.ktime_ns,
+        comm: c.comm,
     };
     if CONN_BY_COOKIE.insert(cookie, info, 0).is_err() {
         count(Counter::RefusedMapFull);

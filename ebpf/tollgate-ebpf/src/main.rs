@@ -7,13 +7,17 @@
 //!   copy the entry to a map keyed by the client tuple, which the proxy's `accept()` sees.
 //! - `getpeername4`/`getpeername6` (kernel 5.8+): show clients their original peer.
 //! - `sock_release` (kernel 5.9+): forget the socket's entry when it is closed.
+//! - `sock_create` (kernel 4.10+) and `socket_post_create` (BPF LSM cgroup, kernel 6.0+
+//!   with `lsm=bpf`): refuse the kinds of socket that are not on the allow list.
 #![no_std]
 #![no_main]
 
+mod caller;
 mod connect;
 mod maps;
 mod peer;
 mod release;
+mod sock_create;
 mod sockops;
 
 #[cfg(not(test))]

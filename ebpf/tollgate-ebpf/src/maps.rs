@@ -2,9 +2,12 @@
 //! directory, so they survive the agent and are re-adopted when it restarts.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
-use tollgate_common::{CONN_MAP_CAPACITY, ConnInfo, Counter, Settings, TupleKey};
+use tollgate_common::{
+    CONN_MAP_CAPACITY, ConnInfo, Counter, EVENTS_BYTES, SOCK_ALLOW_CAPACITY, Settings, SockKind,
+    TupleKey,
+};
 
 /// Live intercepted job sockets: written by the connect hooks, read by sock_ops and
 /// getpeername, removed by sock_release.
@@ -22,6 +25,14 @@ pub static SETTINGS: Array<Settings> = Array::pinned(1, 0);
 /// Per-CPU event counters, indexed by [`Counter`].
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);
+
+/// The kinds of socket a job may create, written by the agent from `[sockets] allow`.
+#[map(name = "SOCK_ALLOW")]
+pub static SOCK_ALLOW: HashMap<SockKind, u32> = HashMap::pinned(SOCK_ALLOW_CAPACITY, 0);
+
+/// Events for the agent (refusals, tampering), read by its event reader.
+#[map(name = "EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
 
 #[inline(always)]
 pub fn count(counter: Counter) {

@@ -1,0 +1,171 @@
+//! The kernel's events (refused sockets, for now) turned into records on the job that
+//! caused them. The ring buffer is pinned: events written while the agent was down are
+//! read when it starts again.
+use std::{mem::size_of, sync::Arc};
+
+use aya::maps::{Map, MapData, RingBuf};
+use tokio::io::unix::AsyncFd;
+use tollgate_common::{Event, EventKind, MAP_EVENTS};
+
+use crate::{
+    bpf::BpfError,
+    jobs::JobRegistry,
+    metrics::JobMetrics,
+    record::{self, EventRecord, RecordEvent, Recorder},
+};
+
+pub struct EventReader {
+    ring: RingBuf<MapData>,
+    jobs: Arc<JobRegistry>,
+    recorder: Recorder,
+    metrics: Arc<JobMetrics>,
+}
+
+/// Records an event on its job: one row, one counter increment, one log line.
+pub fn record_event(recorder: &Recorder, metrics: &JobMetrics, event: EventRecord) {
+    metrics.event(&event.kind, &event.action);
+    tracing::warn!(
+        kind = event.kind,
+        action = event.action,
+        job = event.job_id.as_deref(),
+        pid = event.pid,
+        comm = event.comm,
+        detail = event.detail,
+        "job event"
+    );
+    recorder.record(RecordEvent::Event(Box::new(event)));
+}
+
+impl EventReader {
+    pub fn new(
+        map: Map,
+        jobs: Arc<JobRegistry>,
+        recorder: Recorder,
+        metrics: Arc<JobMetrics>,
+    ) -> Result<Self, BpfError> {
+        let ring = RingBuf::try_from(map).map_err(|source| BpfError::Map {
+            name: MAP_EVENTS,
+            source,
+        })?;
+        Ok(Self {
+            ring,
+            jobs,
+            recorder,
+            metrics,
+        })
+    }
+
+    /// Reads events until the runtime stops. Must run inside a tokio runtime with IO.
+    pub async fn run(self) {
+        let Self {
+            ring,
+            jobs,
+            recorder,
+            metrics,
+        } = self;
+        // SAFETY: the ring owns its map fd, which stays open and unchanged for as long as
+        // the AsyncFd owns the ring.
+        let registered =
+            unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) };
+        let mut fd = match registered {
+            Ok(fd) => fd,
+            Err(error) => {
+                tracing::error!(%error, "cannot watch the kernel's event ring; events are not recorded");
+                return;
+            }
+        };
+        loop {
+            let mut guard = match fd.readable_mut().await {
+                Ok(guard) => guard,
+                Err(error) => {
+                    tracing::error!(%error, "kernel event ring failed; events are not recorded");
+                    return;
+                }
+            };
+            let ring = guard.get_inner_mut();
+            while let Some(item) = ring.next() {
+                match parse(&item) {
+                    Some(event) => record_event(&recorder, &metrics, to_record(&event, &jobs)),
+                    None => tracing::warn!(len = item.len(), "malformed kernel event ignored"),
+                }
+            }
+            guard.clear_ready();
+        }
+    }
+}
+
+fn parse(bytes: &[u8]) -> Option<Event> {
+    if bytes.len() < size_of::<Event>() {
+        return None;
+    }
+    // SAFETY: the slice holds at least size_of::<Event>() bytes; Event is plain data
+    // valid for any bytes, and read_unaligned needs no alignment.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
+}
+
+fn to_record(event: &Event, jobs: &JobRegistry) -> EventRecord {
+    let job = jobs.resolve(event.cgroup_id);
+    let comm_end = event.comm.iter().position(|&b| b == 0).unwrap_or(16);
+    let comm = String::from_utf8_lossy(&event.comm[..comm_end]).into_owned();
+    let exe = crate::proc_info::exe(event.tgid).map(|p| p.display().to_string());
+    let (kind, action, detail) = match EventKind::from_u32(event.kind) {
+        Some(EventKind::SocketRefused) => (
+            "socket_refused",
+            "refused",
+            crate::sockets::describe(event.sock),
+        ),
+        None => ("unknown", "recorded", format!("kind {}", event.kind)),
+    };
+    EventRecord {
+        at: record::now_ms(),
+        kind: kind.to_owned(),
+        job_id: job.map(|j| j.id.clone()),
+        cgroup_id: event.cgroup_id,
+        pid: event.tgid,
+        tid: event.tid,
+        uid: event.uid,
+        gid: event.gid,
+        comm,
+        exe,
+        action: action.to_owned(),
+        detail,
+    }
+}
+
+/// Scans job processes for refused kinds of socket (where BPF LSM is missing), kills a
+/// process that holds one and records it, every `interval`.
+pub async fn scan_sockets(
+    scanner: crate::sockets::scan::Scanner,
+    jobs: Arc<JobRegistry>,
+    recorder: Recorder,
+    metrics: Arc<JobMetrics>,
+    interval: std::time::Duration,
+) {
+    let scanner = Arc::new(std::sync::Mutex::new(scanner));
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (scanner, jobs, recorder, metrics) = (
+            scanner.clone(),
+            jobs.clone(),
+            recorder.clone(),
+            metrics.clone(),
+        );
+        let _ = tokio::task::spawn_blocking(move || {
+            let mut scanner = scanner.lock().unwrap_or_else(|e| e.into_inner());
+            let mut live = std::collections::HashSet::new();
+            for job in jobs.list() {
+                for finding in scanner.scan_cgroup(&job.cgroup_path, &mut live) {
+                    record_event(
+                        &recorder,
+                        &metrics,
+                        crate::sockets::scan::finding_record(&finding, &job.id, job.cgroup_id),
+                    );
+                }
+            }
+            scanner.retain(&live);
+        })
+        .await;
+    }
+}
