@@ -188,6 +188,26 @@ pub fn move_pid(path: &Path, pid: u32) -> Result<(), CgroupError> {
     fs::write(&procs, pid.to_string()).map_err(io_err(&procs))
 }
 
+/// Every pid in a cgroup and its sub-cgroups (a snapshot).
+pub fn pids(cgroup: &Path) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut stack = vec![cgroup.to_owned()];
+    while let Some(dir) = stack.pop() {
+        if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
+            out.extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+        }
+        if let Ok(entries) = fs::read_dir(&dir) {
+            stack.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    out
+}
+
 /// Whether any process is left in the cgroup or below it.
 pub fn populated(path: &Path) -> Result<bool, CgroupError> {
     let events_path = path.join("cgroup.events");

@@ -260,8 +260,7 @@ impl Enrollment {
                 .ok_or(EnrollError::NotEnrolled(worker.pid))?;
             let mut keep = vec![worker.pid];
             keep.extend(ancestry::chain(caller.pid, worker.pid, MAX_HOOK_CHAIN));
-            self.jobs.release(&job, &keep)?;
-            self.jobs.end(&job.id, None, JobEndLabel::Completed, None)?;
+            self.jobs.complete(&job, &keep)?;
             Ok(job)
         })();
         self.audit_job("github_job_completed", caller, &result);

@@ -193,6 +193,8 @@ pub struct JobRegistry {
     /// never reused, so this cannot misattribute.
     recently_ended: ArcSwap<HashMap<u64, (Instant, Arc<Job>)>>,
     ended_grace: Duration,
+    /// Jobs whose completion hook ran: they end (as completed) when their owner exits.
+    completing: Mutex<std::collections::HashSet<String>>,
     writer: Mutex<()>,
     tree: CgroupTree,
     recorder: Recorder,
@@ -211,6 +213,7 @@ impl JobRegistry {
             by_cgroup: ArcSwap::from_pointee(HashMap::new()),
             recently_ended: ArcSwap::from_pointee(HashMap::new()),
             ended_grace,
+            completing: Mutex::new(std::collections::HashSet::new()),
             writer: Mutex::new(()),
             tree,
             recorder,
@@ -397,18 +400,25 @@ impl JobRegistry {
         Ok(job)
     }
 
-    /// Hook jobs: moves `pids` (the enrolled process and the hook's own processes) back
-    /// to where the enrolled process came from, so ending the job kills only the rest.
-    pub fn release(&self, job: &Job, pids: &[u32]) -> Result<(), JobError> {
-        let Some(origin) = &job.origin_cgroup else {
-            return Ok(());
-        };
-        for &pid in pids {
-            if self.cgroup_of(pid).ok().as_deref() == Some(job.cgroup_path.as_path()) {
-                cgroup::move_pid(origin, pid)?;
+    /// Hook jobs: the job is over. Everything in it is killed except `keep` (the enrolled
+    /// process and the hook's own processes), which stay in the job, intercepted, until
+    /// they exit; the job ends as completed when its owner does. Nothing is moved out:
+    /// a step that runs the completion hook itself cannot end its own interception.
+    pub fn complete(&self, job: &Job, keep: &[u32]) -> Result<usize, JobError> {
+        self.completing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(job.id.clone());
+        let mut killed = 0;
+        for pid in cgroup::pids(&job.cgroup_path) {
+            if !keep.contains(&pid) {
+                // SAFETY: kill(2) has no memory-safety preconditions.
+                if unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) } == 0 {
+                    killed += 1;
+                }
             }
         }
-        Ok(())
+        Ok(killed)
     }
 
     fn owned(&self, job_id: &str, caller: Caller) -> Result<Arc<Job>, JobError> {
@@ -452,6 +462,10 @@ impl JobRegistry {
                 .get(job_id)
                 .ok_or_else(|| JobError::NotFound(job_id.to_owned()))?,
         };
+        self.completing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&job.id);
         let result = cgroup::kill_and_remove(&job.cgroup_path, KILL_TIMEOUT);
         // Into the ended map before out of the active one: never in neither.
         self.update_ended(Some(job.clone()));
@@ -482,8 +496,19 @@ impl JobRegistry {
         }
         for job in self.list() {
             if !proc_info::is_alive(job.owner_pid, job.owner_start) {
-                tracing::warn!(job = %job.id, owner = job.owner_pid, "job owner is gone; ending job");
-                if let Err(error) = self.end(&job.id, None, JobEndLabel::OwnerGone, None) {
+                let completed = self
+                    .completing
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&job.id);
+                let reason = if completed {
+                    tracing::info!(job = %job.id, "completed job's owner exited; ending job");
+                    JobEndLabel::Completed
+                } else {
+                    tracing::warn!(job = %job.id, owner = job.owner_pid, "job owner is gone; ending job");
+                    JobEndLabel::OwnerGone
+                };
+                if let Err(error) = self.end(&job.id, None, reason, None) {
                     tracing::error!(job = %job.id, %error, "ending job");
                 }
             }

@@ -90,14 +90,6 @@ impl Runner {
     }
 }
 
-fn own_cgroup() -> String {
-    fs::read_to_string("/proc/self/cgroup")
-        .expect("own cgroup")
-        .lines()
-        .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
-        .expect("a cgroup2 entry")
-}
-
 fn audit(agent: &Agent) -> Vec<Value> {
     let out = output(agent.tollgate().args(["audit", "--json"]));
     assert!(out.status.success(), "audit: {}", stderr(&out));
@@ -122,6 +114,14 @@ fn refused(agent: &Agent, action: &str, detail: &str) -> bool {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Waits until every job has ended and its cgroup is gone (a hook job ends when its
+/// worker exits; the reaper looks every second).
+fn wait_jobs_gone(agent: &Agent) {
+    wait_for("the jobs to end", Duration::from_secs(10), || {
+        (agent.jobs().is_empty() && agent.job_cgroups().is_empty()).then_some(())
+    });
 }
 
 fn job_of_run<'a>(sessions: &'a [Value], run_id: &str) -> Vec<&'a Value> {
@@ -183,10 +183,10 @@ fn github_hooks_enroll_the_runner_worker_and_attribute_its_steps() {
             stderr(out),
             agent.log()
         );
-        // The worker is back where it came from, and its job cgroup is gone.
+        // The worker stayed in its job (intercepted) until it exited.
         assert!(
-            stdout(out).contains(&format!("worker-cgroup: {}\n", own_cgroup())),
-            "worker {name} was not moved back: {}",
+            stdout(out).contains(&format!("worker-cgroup: /{}/job-", agent.name)),
+            "worker {name} left its job: {}",
             stdout(out)
         );
         assert!(
@@ -208,8 +208,8 @@ fn github_hooks_enroll_the_runner_worker_and_attribute_its_steps() {
     }
     assert!(stderr(&a).contains("(oidc-verified)"), "{}", stderr(&a));
     assert!(stderr(&b).contains("(host-asserted)"), "{}", stderr(&b));
-    assert!(agent.job_cgroups().is_empty(), "job cgroups left behind");
-    assert!(agent.jobs().is_empty(), "jobs still active");
+    // Each job ends when its worker exits.
+    wait_jobs_gone(&agent);
 
     let sessions = agent.wait_sessions(None, 6);
     assert_eq!(sessions.len(), 6, "3 connections per runner: {sessions:#?}");
@@ -266,6 +266,67 @@ fn github_hooks_enroll_the_runner_worker_and_attribute_its_steps() {
 }
 
 #[test]
+fn a_step_that_runs_the_completion_hook_itself_stays_intercepted() {
+    if !require_root() {
+        return;
+    }
+    let http = Server::http("127.0.0.1:0");
+    let issuer = Issuer::start();
+    let agent = Agent::start_with(&identity_config(&issuer, "[0]"));
+    let runner = Runner::new();
+    let url = format!("http://127.0.0.1:{}/", http.port());
+    let cgroup = "sed -n 's/^0:://p' /proc/self/cgroup";
+    let steps = [
+        // A hostile step: ends the job itself, then goes on.
+        format!(
+            "sh {} && echo \"step0-cgroup: $({cgroup})\" && curl -sS -o /dev/null {url}",
+            runner.path("completed.sh").display()
+        ),
+        // A later step.
+        format!("echo \"step1-cgroup: $({cgroup})\" && curl -sS -o /dev/null {url}"),
+    ];
+    let out = output(
+        runner
+            .worker(&agent, "7001", &steps)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    let job_prefix = format!("/{}/job-", agent.name);
+    for step in ["step0", "step1"] {
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{step}-cgroup: ")))
+            .unwrap_or_else(|| panic!("no {step} cgroup in {text}"));
+        assert!(
+            line.starts_with(&job_prefix),
+            "{step} escaped its job: {line}"
+        );
+    }
+    // Both steps' connections went through Tollgate, attributed to the one job.
+    let sessions = agent.wait_sessions(None, 2);
+    assert_eq!(sessions.len(), 2, "{sessions:#?}");
+    let job = str_field(&sessions[0], "job_id");
+    for s in &sessions {
+        assert_eq!(str_field(s, "job_id"), job);
+        assert_eq!(s["job_identity"]["run_id"], "7001");
+        assert_eq!(s["comm"], "curl");
+    }
+    assert_eq!(
+        http.accepted.load(std::sync::atomic::Ordering::Relaxed),
+        2,
+        "both requests were served (control)"
+    );
+    // The job ends as completed once the worker exits, and nothing is left behind.
+    wait_jobs_gone(&agent);
+    assert_eq!(
+        agent.metric("tollgate_jobs_ended_total{reason=\"completed\"}"),
+        1.0
+    );
+}
+
+#[test]
 fn a_restarted_agent_keeps_a_runner_job_and_its_verified_identity() {
     if !require_root() {
         return;
@@ -316,15 +377,14 @@ fn a_restarted_agent_keeps_a_runner_job_and_its_verified_identity() {
         agent.log()
     );
     assert!(
-        stdout(&out).contains(&format!("worker-cgroup: {}\n", own_cgroup())),
+        stdout(&out).contains(&format!("worker-cgroup: /{}/job-", agent.name)),
         "{}",
         stdout(&out)
     );
     let sessions = agent.wait_sessions(None, 1);
     assert_eq!(sessions[0]["assurance"], "oidc-verified");
     assert_eq!(sessions[0]["job_identity"]["run_id"], "9001");
-    assert!(agent.jobs().is_empty());
-    assert!(agent.job_cgroups().is_empty());
+    wait_jobs_gone(&agent);
 }
 
 #[test]
@@ -395,7 +455,7 @@ fn forged_github_enrolment_is_refused_and_recorded() {
         stderr(&out)
     );
     assert!(refused(&agent, "github_job_started", "already enrolled"));
-    assert!(agent.jobs().is_empty(), "the job ended anyway");
+    wait_jobs_gone(&agent);
 
     // A Runner.Worker of another user: the runner account's hook may not enroll it.
     let agent2 = Agent::start_with(&identity_config(&issuer, &format!("[0, {NOBODY}]")));

@@ -51,7 +51,7 @@ impl Scanner {
     /// in the same process are not looked at again.
     pub fn scan_cgroup(&mut self, cgroup: &Path, live: &mut HashSet<u32>) -> Vec<Finding> {
         let mut findings = Vec::new();
-        for pid in pids(cgroup) {
+        for pid in crate::cgroup::pids(cgroup) {
             live.insert(pid);
             let Ok(start) = crate::proc_info::start_time(pid) else {
                 continue;
@@ -161,26 +161,6 @@ fn allowed(allow: &[SockKind], kind: SockKind) -> bool {
             protocol: SOCK_ANY,
             ..kind
         })
-}
-
-/// Every pid in a cgroup and its sub-cgroups.
-fn pids(cgroup: &Path) -> Vec<u32> {
-    let mut out = Vec::new();
-    let mut stack = vec![cgroup.to_owned()];
-    while let Some(dir) = stack.pop() {
-        if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
-            out.extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
-        }
-        if let Ok(entries) = fs::read_dir(&dir) {
-            stack.extend(
-                entries
-                    .flatten()
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .map(|e| e.path()),
-            );
-        }
-    }
-    out
 }
 
 /// `socket:[12345]` -> 12345.
