@@ -2,6 +2,7 @@
 //! recording. The wire protocol itself is the `tollgate-pgwire` crate.
 pub mod classify;
 pub mod encoding;
+pub mod hello;
 pub mod io;
 pub mod mask;
 pub mod session;

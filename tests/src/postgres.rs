@@ -20,21 +20,108 @@ pub struct Postgres {
 }
 
 static SERVER: OnceLock<Postgres> = OnceLock::new();
-/// (bin dir, scratch dir): the server's data directory is `<scratch>/data`.
-static TO_STOP: Mutex<Option<(PathBuf, PathBuf)>> = Mutex::new(None);
+static SERVER_17: OnceLock<Postgres> = OnceLock::new();
+/// The servers to stop at exit: how to run their programs, and their scratch dirs.
+static TO_STOP: Mutex<Vec<(Install, PathBuf)>> = Mutex::new(Vec::new());
+
+/// Where a server's programs are: on this host, or in a Debian root of another release
+/// (run with chroot; it shares this host's network).
+#[derive(Clone)]
+struct Install {
+    root: Option<PathBuf>,
+    /// As the server sees it.
+    bin_dir: PathBuf,
+}
+
+impl Install {
+    /// A server program run as the `postgres` user.
+    fn as_postgres(&self, program: &str) -> Command {
+        let mut cmd = match &self.root {
+            Some(root) => {
+                let mut cmd = Command::new("chroot");
+                cmd.arg(root).arg("runuser");
+                cmd
+            }
+            None => Command::new("runuser"),
+        };
+        cmd.args(["-u", "postgres", "--"])
+            .arg(self.bin_dir.join(program));
+        cmd
+    }
+
+    /// `path` (on this host) as the server sees it.
+    fn inner(&self, path: &Path) -> PathBuf {
+        match &self.root {
+            Some(root) => Path::new("/").join(path.strip_prefix(root).unwrap_or(path)),
+            None => path.to_owned(),
+        }
+    }
+
+    fn chown_postgres(&self, path: &Path) {
+        let mut cmd = match &self.root {
+            Some(root) => {
+                let mut cmd = Command::new("chroot");
+                cmd.arg(root).arg("chown");
+                cmd
+            }
+            None => Command::new("chown"),
+        };
+        let out = output(cmd.arg("postgres:postgres").arg(self.inner(path)));
+        assert!(out.status.success(), "chown: {}", stderr(&out));
+    }
+
+    fn scratch(&self, tag: &str) -> PathBuf {
+        let base = match &self.root {
+            Some(root) => root.join("var/tmp"),
+            None => PathBuf::from("/tmp"),
+        };
+        base.join(format!("tollgate-e2e-pg{tag}-{}", std::process::id()))
+    }
+}
 
 extern "C" fn stop_at_exit() {
-    let taken = TO_STOP.lock().ok().and_then(|mut guard| guard.take());
-    if let Some((bin_dir, scratch)) = taken {
-        let _ = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(bin_dir.join("pg_ctl"))
+    let taken = TO_STOP
+        .lock()
+        .map(|mut guard| std::mem::take(&mut *guard))
+        .unwrap_or_default();
+    for (install, scratch) in taken {
+        let _ = install
+            .as_postgres("pg_ctl")
             .args(["-D"])
-            .arg(scratch.join("data"))
+            .arg(install.inner(&scratch.join("data")))
             .args(["-m", "immediate", "-w", "stop"])
             .output();
         let _ = fs::remove_dir_all(&scratch);
     }
+}
+
+/// The Debian trixie root with PostgreSQL 17 that `cargo xtask setup` makes
+/// (`TOLLGATE_PG17_ROOT`, default `target/trixie-root`).
+pub fn pg17_root() -> PathBuf {
+    std::env::var_os("TOLLGATE_PG17_ROOT").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/trixie-root"),
+        PathBuf::from,
+    )
+}
+
+/// A PostgreSQL 17 server (trixie's, in a chroot), for features of newer servers and
+/// clients (direct TLS). Started on first use; stopped when the test binary exits.
+pub fn postgres17() -> &'static Postgres {
+    SERVER_17.get_or_init(|| {
+        let root = pg17_root();
+        let bin_dir = PathBuf::from("/usr/lib/postgresql/17/bin");
+        assert!(
+            root.join(bin_dir.strip_prefix("/").unwrap_or(&bin_dir))
+                .join("postgres")
+                .exists(),
+            "no PostgreSQL 17 in {}: run `cargo xtask setup`",
+            root.display()
+        );
+        start(Install {
+            root: Some(root),
+            bin_dir,
+        })
+    })
 }
 
 /// The newest PostgreSQL server installation under /usr/lib/postgresql.
@@ -56,26 +143,27 @@ fn bin_dir() -> PathBuf {
 }
 
 pub fn postgres() -> &'static Postgres {
-    SERVER.get_or_init(start)
+    SERVER.get_or_init(|| {
+        start(Install {
+            root: None,
+            bin_dir: bin_dir(),
+        })
+    })
 }
 
-fn start() -> Postgres {
-    let bin_dir = bin_dir();
+fn start(install: Install) -> Postgres {
     let port = ephemeral_port();
-    let data_dir = PathBuf::from(format!("/tmp/tollgate-e2e-pg-{}", std::process::id()));
+    let tag = if install.root.is_some() { "17" } else { "" };
+    let data_dir = install.scratch(tag);
     let _ = fs::remove_dir_all(&data_dir);
     fs::create_dir_all(&data_dir).expect("pg data dir");
-    chown_postgres(&data_dir);
-    let as_postgres = |program: &str| {
-        let mut cmd = Command::new("runuser");
-        cmd.args(["-u", "postgres", "--"])
-            .arg(bin_dir.join(program));
-        cmd
-    };
+    install.chown_postgres(&data_dir);
+    let as_postgres = |program: &str| install.as_postgres(program);
+    let inner = |path: &Path| install.inner(path);
     let init = output(
         as_postgres("initdb")
             .arg("-D")
-            .arg(data_dir.join("data"))
+            .arg(inner(&data_dir.join("data")))
             .args(["--auth=trust", "-U", "postgres", "--no-sync", "-E", "UTF8"]),
     );
     assert!(
@@ -104,8 +192,8 @@ fn start() -> Postgres {
             .arg(&cert),
     );
     assert!(made.status.success(), "openssl: {}", stderr(&made));
-    chown_postgres(&cert);
-    chown_postgres(&key);
+    install.chown_postgres(&cert);
+    install.chown_postgres(&key);
     let hba = data_dir.join("data/pg_hba.conf");
     let trusting = fs::read_to_string(&hba).expect("pg_hba.conf");
     fs::write(
@@ -119,16 +207,16 @@ fn start() -> Postgres {
     let options = format!(
         "-p {port} -k {dir} -c listen_addresses='127.0.0.1,::1' -c fsync=off \
          -c max_connections=200 -c ssl=on -c ssl_cert_file={cert} -c ssl_key_file={key}",
-        dir = data_dir.display(),
-        cert = cert.display(),
-        key = key.display(),
+        dir = inner(&data_dir).display(),
+        cert = inner(&cert).display(),
+        key = inner(&key).display(),
     );
     let started = output(
         as_postgres("pg_ctl")
             .arg("-D")
-            .arg(data_dir.join("data"))
+            .arg(inner(&data_dir.join("data")))
             .arg("-l")
-            .arg(data_dir.join("server.log"))
+            .arg(inner(&data_dir.join("server.log")))
             .args(["-w", "-o", &options, "start"]),
     );
     assert!(
@@ -139,13 +227,15 @@ fn start() -> Postgres {
         fs::read_to_string(data_dir.join("server.log")).unwrap_or_default()
     );
     if let Ok(mut guard) = TO_STOP.lock() {
-        *guard = Some((bin_dir.clone(), data_dir.clone()));
+        if guard.is_empty() {
+            // SAFETY: registering a plain extern "C" function, once.
+            unsafe { libc::atexit(stop_at_exit) };
+        }
+        guard.push((install.clone(), data_dir.clone()));
     }
-    // SAFETY: registering a plain extern "C" function.
-    unsafe { libc::atexit(stop_at_exit) };
     let server = Postgres {
         port,
-        bin_dir,
+        bin_dir: install.bin_dir.clone(),
         data_dir,
     };
     let args = server.psql_args(
@@ -159,11 +249,6 @@ fn start() -> Postgres {
         stderr(&role)
     );
     server
-}
-
-fn chown_postgres(path: &Path) {
-    let out = output(Command::new("chown").arg("postgres:postgres").arg(path));
-    assert!(out.status.success(), "chown: {}", stderr(&out));
 }
 
 impl Postgres {

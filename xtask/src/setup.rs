@@ -14,7 +14,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// bpf-linker's LLVM feature must match the pinned nightly's LLVM major version.
 const BPF_LINKER_FEATURES: &str = "llvm-22,no-llvm-linking";
 /// Debian packages, each with a file that shows it is installed.
-const APT_PACKAGES: [(&str, &str); 11] = [
+const APT_PACKAGES: [(&str, &str); 12] = [
     ("postgresql", "/usr/lib/postgresql"),
     ("postgresql-client", "/usr/bin/psql"),
     ("pgbouncer", "/usr/sbin/pgbouncer"),
@@ -28,6 +28,8 @@ const APT_PACKAGES: [(&str, &str); 11] = [
     ("passwd", "/usr/sbin/groupadd"),
     // bindgen (pg_query's build) loads libclang.
     ("libclang-dev", "/usr/lib/llvm-14/lib/libclang.so"),
+    // The Debian root with a newer PostgreSQL server (see `pg17_root`).
+    ("debootstrap", "/usr/sbin/debootstrap"),
 ];
 
 pub fn all(root: &Path) -> anyhow::Result<()> {
@@ -36,6 +38,31 @@ pub fn all(root: &Path) -> anyhow::Result<()> {
     bpf_linker(root, &nightly)?;
     apt_packages()?;
     python_env(root)?;
+    pg17_root(root)?;
+    Ok(())
+}
+
+/// Debian trixie, whose PostgreSQL 17 server the direct-TLS tests run (with chroot, on
+/// this host's network): bookworm's own server is 15. Made once under target/, without
+/// touching the host's apt sources or state.
+fn pg17_root(root: &Path) -> anyhow::Result<()> {
+    let dir = root.join("target/trixie-root");
+    let postgres = dir.join("usr/lib/postgresql/17/bin/postgres");
+    if postgres.exists() {
+        eprintln!("xtask: setup: PostgreSQL 17 is in {}", dir.display());
+        return Ok(());
+    }
+    // A partial root from an interrupted run is started over.
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    run(Command::new("debootstrap")
+        .args(["--variant=minbase", "--include=postgresql-17", "trixie"])
+        .arg(&dir)
+        .arg("http://deb.debian.org/debian"))?;
+    if !postgres.exists() {
+        bail!("debootstrap finished without {}", postgres.display());
+    }
     Ok(())
 }
 

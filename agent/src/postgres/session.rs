@@ -80,6 +80,9 @@ pub struct Context {
     pub metrics: Arc<crate::metrics::PostgresMetrics>,
     /// The catalog target's name (masking rules can be scoped to it).
     pub target: String,
+    /// The client opened with a TLS ClientHello (`sslnegotiation=direct`), not with an
+    /// SSLRequest.
+    pub direct_tls: bool,
 }
 
 impl Context {
@@ -372,10 +375,42 @@ pub async fn run(
         },
         revoked: None,
     };
-    let mut client = Io::Plain(client);
     let mut sni: Option<String> = None;
     // The server's answer to our SSLRequest, once asked.
     let mut server_tls: Option<bool> = None;
+    let mut client = if ctx.direct_tls {
+        // As for SSLRequest: the client has TLS only if the server leg has it too.
+        let agrees = ctx.tls.offers_client_tls()
+            && ctx.tls.upstream_mode() != UpstreamTls::Disable
+            && match request_tls(&mut upstream_tcp).await {
+                Ok(agrees) => agrees,
+                Err(error) => {
+                    outcome.error = Some(format!("server: {error}"));
+                    return outcome;
+                }
+            };
+        if !agrees {
+            // A direct-TLS client cannot be answered `N`: it is closed, on record.
+            outcome.error = Some(
+                "refused: direct TLS from the client, but no TLS to the server (postgres.tls)"
+                    .to_owned(),
+            );
+            return outcome;
+        }
+        server_tls = Some(true);
+        match accept_tls(client, ctx, false).await {
+            Ok((io, name)) => {
+                sni = name;
+                io
+            }
+            Err(error) => {
+                outcome.error = Some(format!("client TLS: {error}"));
+                return outcome;
+            }
+        }
+    } else {
+        Io::Plain(client)
+    };
     // The startup phase: untagged messages from the client.
     let mut inbox = Inbox::new();
     let startup = loop {
@@ -424,7 +459,7 @@ pub async fn run(
                             continue;
                         }
                         let accepted = match client {
-                            Io::Plain(tcp) => accept_tls(tcp, ctx).await,
+                            Io::Plain(tcp) => accept_tls(tcp, ctx, true).await,
                             other => Ok((other, None)),
                         };
                         match accepted {
@@ -693,10 +728,17 @@ async fn offers_channel_binding(
     }
 }
 
-/// Answers the client's SSLRequest with `S` and terminates its TLS with a certificate
-/// from the local CA for the name it asked for and the address it connected to.
-async fn accept_tls(mut tcp: TcpStream, ctx: &Context) -> Result<(Io, Option<String>), String> {
-    tcp.write_all(b"S").await.map_err(|e| e.to_string())?;
+/// Terminates the client's TLS with a certificate from the local CA for the name it asked
+/// for and the address it connected to; first answers its SSLRequest with `S` unless it
+/// opened with TLS directly.
+async fn accept_tls(
+    mut tcp: TcpStream,
+    ctx: &Context,
+    answer_ssl_request: bool,
+) -> Result<(Io, Option<String>), String> {
+    if answer_ssl_request {
+        tcp.write_all(b"S").await.map_err(|e| e.to_string())?;
+    }
     let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
         .await
         .map_err(|e| e.to_string())?;

@@ -198,12 +198,14 @@ impl Tls {
         let cert = params.signed_by(&leaf_key, &self.issuer)?;
         let chain = vec![cert.der().clone()];
         let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
-        let config = Arc::new(
-            ServerConfig::builder_with_provider(provider())
-                .with_safe_default_protocol_versions()?
-                .with_no_client_auth()
-                .with_single_cert(chain, private)?,
-        );
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(chain, private)?;
+        // PostgreSQL 17+ clients offer ALPN `postgresql` and (with direct TLS) require
+        // the server to select it; older clients offer none, and rustls then selects none.
+        config.alpn_protocols = vec![super::hello::ALPN_POSTGRESQL.to_vec()];
+        let config = Arc::new(config);
         let mut leaves = self.leaves.lock().unwrap_or_else(|e| e.into_inner());
         if leaves.len() >= LEAF_CACHE {
             leaves.clear();

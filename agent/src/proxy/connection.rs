@@ -9,7 +9,11 @@ use tokio::net::TcpStream;
 use tollgate_policy::{Decision, Process, Subject};
 
 use super::{Shared, access::AccessLog, comm, live, original_destination, relay, tuple_key};
-use crate::{metrics::UpstreamErrorKind, proc_info};
+use crate::{
+    metrics::UpstreamErrorKind,
+    postgres::hello::{ALPN_POSTGRESQL, MAX_RECORD, Sniffed},
+    proc_info,
+};
 
 pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
     let accepted = Instant::now();
@@ -77,25 +81,32 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
     let _ = upstream.set_nodelay(true);
     let _ = client.set_nodelay(true);
 
+    let how = match &principal {
+        Some(_) if shared.postgres.enabled => follow(&client, &upstream, shared, destination).await,
+        _ => Follow::Tcp,
+    };
+    if let Follow::Unfollowable(why) = how {
+        log.error(format!(
+            "refused: a PostgreSQL target, but the client opened with {why}"
+        ));
+        reset(client);
+        return;
+    }
     let postgres = match &principal {
-        Some(principal)
-            if shared.postgres.enabled
-                && is_postgres(&client, &upstream, shared, destination).await =>
-        {
-            Some(crate::postgres::session::Context {
-                enforcer: shared.enforcer.clone(),
-                recorder: shared.recorder.clone(),
-                principal: principal.clone(),
-                process: process.clone(),
-                destination,
-                connection_id: log.id().to_owned(),
-                job_id: job.as_ref().map(|j| j.id.clone()),
-                max_message: shared.postgres.max_message_size,
-                tls: shared.tls.clone(),
-                metrics: shared.postgres_metrics.clone(),
-                target: shared.enforcer.target_name(destination),
-            })
-        }
+        Some(principal) if how != Follow::Tcp => Some(crate::postgres::session::Context {
+            enforcer: shared.enforcer.clone(),
+            recorder: shared.recorder.clone(),
+            principal: principal.clone(),
+            process: process.clone(),
+            destination,
+            connection_id: log.id().to_owned(),
+            job_id: job.as_ref().map(|j| j.id.clone()),
+            max_message: shared.postgres.max_message_size,
+            tls: shared.tls.clone(),
+            metrics: shared.postgres_metrics.clone(),
+            target: shared.enforcer.target_name(destination),
+            direct_tls: how == Follow::PostgresDirectTls,
+        }),
         _ => None,
     };
 
@@ -129,38 +140,97 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
     }
 }
 
-/// Whether to follow the connection as PostgreSQL: its target says so, or the client
-/// speaks first and its first bytes are a PostgreSQL startup-phase message. A server that
-/// speaks first (SMTP, SSH, MySQL, ...) means plain TCP; nothing is consumed either way.
-async fn is_postgres(
+/// How a connection is followed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Follow {
+    /// Relayed at L4.
+    Tcp,
+    /// PostgreSQL, opened with a startup-phase message (SSLRequest or StartupMessage).
+    Postgres,
+    /// PostgreSQL with direct TLS (`sslnegotiation=direct`): a ClientHello first.
+    PostgresDirectTls,
+    /// A `protocol = "postgres"` target whose first bytes are neither: refused, never
+    /// relayed blind.
+    Unfollowable(&'static str),
+}
+
+/// How to follow the connection: its target says PostgreSQL, or the client speaks first
+/// and its first bytes are a PostgreSQL startup-phase message or a ClientHello offering
+/// ALPN `postgresql`. A server that speaks first (SMTP, SSH, MySQL, ...) means plain TCP;
+/// nothing is consumed either way.
+async fn follow(
     client: &TcpStream,
     upstream: &TcpStream,
     shared: &Shared,
     destination: SocketAddr,
-) -> bool {
-    if shared.enforcer.protocol_of(destination).as_deref() == Some("postgres") {
-        return true;
+) -> Follow {
+    let declared = shared.enforcer.protocol_of(destination).as_deref() == Some("postgres");
+    if !declared {
+        tokio::select! {
+            biased;
+            ready = client.readable() => if ready.is_err() { return Follow::Tcp },
+            _ = upstream.readable() => return Follow::Tcp,
+        }
     }
-    tokio::select! {
-        biased;
-        ready = client.readable() => if ready.is_err() { return false },
-        _ = upstream.readable() => return false,
-    }
-    let mut first = [0u8; 8];
-    let deadline = Instant::now() + Duration::from_millis(200);
+    let mut first = vec![0u8; 8];
+    let deadline = Instant::now() + Duration::from_millis(if declared { 2_000 } else { 200 });
     loop {
         let n = match client.peek(&mut first).await {
             Ok(n) => n,
-            Err(_) => return false,
+            Err(_) if declared => {
+                return Follow::Unfollowable("the client's first bytes could not be read");
+            }
+            Err(_) => return Follow::Tcp,
         };
-        match tollgate_pgwire::detect(&first[..n]) {
-            tollgate_pgwire::Detect::Postgres => return true,
-            tollgate_pgwire::Detect::NotPostgres => return false,
+        let waiting = n > 0 && Instant::now() < deadline;
+        match crate::postgres::hello::sniff(&first[..n]) {
+            hello @ Sniffed::ClientHello { .. } => {
+                let offers_none =
+                    matches!(&hello, Sniffed::ClientHello { alpn } if alpn.is_empty());
+                return match (hello.offers(ALPN_POSTGRESQL), declared) {
+                    (true, _) => Follow::PostgresDirectTls,
+                    // A PostgreSQL target: direct TLS from a client that offers no ALPN.
+                    (false, true) if offers_none => Follow::PostgresDirectTls,
+                    (false, true) => Follow::Unfollowable(
+                        "TLS for another protocol (ALPN) to a PostgreSQL target",
+                    ),
+                    (false, false) => Follow::Tcp,
+                };
+            }
+            Sniffed::NeedMore(want) if waiting => {
+                if first.len() < want {
+                    first.resize(want.min(MAX_RECORD), 0);
+                } else {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                continue;
+            }
+            Sniffed::NeedMore(_) if n >= 5 || declared => {
+                return if declared {
+                    Follow::Unfollowable("an incomplete TLS ClientHello")
+                } else {
+                    Follow::Tcp
+                };
+            }
+            Sniffed::Malformed if declared => {
+                return Follow::Unfollowable("a malformed TLS ClientHello");
+            }
+            Sniffed::Malformed => return Follow::Tcp,
+            Sniffed::NotTls | Sniffed::NeedMore(_) => {}
+        }
+        match tollgate_pgwire::detect(&first[..n.min(8)]) {
+            tollgate_pgwire::Detect::Postgres => return Follow::Postgres,
+            tollgate_pgwire::Detect::NotPostgres if declared => {
+                // The session reads it and answers with a protocol error, on record.
+                return Follow::Postgres;
+            }
+            tollgate_pgwire::Detect::NotPostgres => return Follow::Tcp,
             // A startup message arrives whole in practice; wait briefly for the rest.
-            tollgate_pgwire::Detect::NeedMore if n > 0 && Instant::now() < deadline => {
+            tollgate_pgwire::Detect::NeedMore if waiting => {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
-            tollgate_pgwire::Detect::NeedMore => return false,
+            tollgate_pgwire::Detect::NeedMore if declared => return Follow::Postgres,
+            tollgate_pgwire::Detect::NeedMore => return Follow::Tcp,
         }
     }
 }
