@@ -23,20 +23,21 @@ pub struct PolicyEngine {
     mode: Mode,
     authorizer: Authorizer,
     governs_sql: bool,
+    governs_dns: bool,
 }
 
 /// Why statements pass when no policy governs SQL.
 pub const NO_SQL_POLICY_REASON: &str =
     "no policy governs SQL statements: allowed on a permitted connection";
 
-fn uid(type_name: &str, id: &str) -> Option<EntityUid> {
+pub(crate) fn uid(type_name: &str, id: &str) -> Option<EntityUid> {
     Some(EntityUid::from_type_name_and_id(
         EntityTypeName::from_str(type_name).ok()?,
         EntityId::new(id),
     ))
 }
 
-fn string(value: &str) -> RestrictedExpression {
+pub(crate) fn string(value: &str) -> RestrictedExpression {
     RestrictedExpression::new_string(value.to_owned())
 }
 
@@ -44,6 +45,7 @@ impl PolicyEngine {
     pub fn new(bundle: PolicyBundle, catalog: Catalog, mode: Mode) -> Self {
         Self {
             governs_sql: bundle.governs_sql(),
+            governs_dns: bundle.governs_dns(),
             bundle,
             catalog,
             mode,
@@ -53,6 +55,19 @@ impl PolicyEngine {
 
     pub fn policy_count(&self) -> usize {
         self.bundle.len()
+    }
+
+    pub(crate) fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub(crate) fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Whether a policy names `dns:query` (until one does, queries are allowed).
+    pub fn governs_dns(&self) -> bool {
+        self.governs_dns
     }
 
     /// The target a destination resolves to, if any.
@@ -131,17 +146,13 @@ impl PolicyEngine {
             process,
             destination,
         } = subject;
-        let job_uid = uid("Job", &principal.job_id).ok_or("bad job id")?;
         let target_uid = uid(
             "Target",
             &target.map_or_else(|| destination.to_string(), |t| t.name.clone()),
         )
         .ok_or("bad target id")?;
-        let action_uid = uid("Action", action).ok_or("bad action")?;
-        let job = job_entity(job_uid.clone(), principal, process).map_err(|e| e.to_string())?;
         let resource =
             target_entity(target_uid.clone(), destination, target).map_err(|e| e.to_string())?;
-        let entities = Entities::from_entities([job, resource], None).map_err(|e| e.to_string())?;
         let context = match sql {
             None => Context::empty(),
             Some(sql) => Context::from_pairs([
@@ -154,6 +165,23 @@ impl PolicyEngine {
             ])
             .map_err(|e| e.to_string())?,
         };
+        self.authorize(principal, process, action, resource, context)
+    }
+
+    /// Asks Cedar about `action` on `resource` by the job and process.
+    pub(crate) fn authorize(
+        &self,
+        principal: &Principal,
+        process: &Process,
+        action: &str,
+        resource: Entity,
+        context: Context,
+    ) -> Result<(Effect, Vec<String>, String), String> {
+        let job_uid = uid("Job", &principal.job_id).ok_or("bad job id")?;
+        let action_uid = uid("Action", action).ok_or("bad action")?;
+        let target_uid = resource.uid().clone();
+        let job = job_entity(job_uid.clone(), principal, process).map_err(|e| e.to_string())?;
+        let entities = Entities::from_entities([job, resource], None).map_err(|e| e.to_string())?;
         let request = Request::new(job_uid, action_uid, target_uid, context, None)
             .map_err(|e| e.to_string())?;
         let response = self
@@ -302,6 +330,7 @@ fn target_entity(
             "protocol".to_owned(),
             string(target.and_then(|t| t.protocol.as_deref()).unwrap_or("")),
         ),
+        ("hostname".to_owned(), string("")),
         (
             "tags".to_owned(),
             RestrictedExpression::new_set(tags.iter().map(|(k, v)| string(&format!("{k}={v}")))),

@@ -4,6 +4,7 @@
 //! runtime, no unsafe code; the agent reads the files and enforces what this decides.
 #![forbid(unsafe_code)]
 
+pub mod dns;
 pub mod eval;
 pub mod load;
 pub mod schema;

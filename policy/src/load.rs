@@ -68,6 +68,19 @@ impl PolicyBundle {
             })
     }
 
+    /// Whether any policy names `dns:query` (an unconstrained action does not count:
+    /// DNS is decided once a policy says how).
+    pub fn governs_dns(&self) -> bool {
+        let is_dns = |uid: &cedar_policy::EntityUid| uid.id().unescaped() == "dns:query";
+        self.set
+            .policies()
+            .any(|policy| match policy.action_constraint() {
+                cedar_policy::ActionConstraint::Any => false,
+                cedar_policy::ActionConstraint::Eq(uid) => is_dns(&uid),
+                cedar_policy::ActionConstraint::In(uids) => uids.iter().any(is_dns),
+            })
+    }
+
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
     }

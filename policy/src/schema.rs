@@ -40,12 +40,15 @@ entity Job = {
 
 // A destination: a named target from the catalog, or (known == false) any other address.
 // Tags are entity tags and also a set of "key=value" strings.
+// hostname: for dns:query, the name queried (lowercase, no trailing dot); match suffixes
+// with `like`: resource.hostname like "*.corp.example". For connect, "" for now.
 entity Target = {
   name: String,
   known: Bool,
   ip: __cedar::ipaddr,
   port: Long,
   protocol: String,
+  hostname: String,
   tags: Set<String>,
 } tags String;
 
@@ -60,6 +63,14 @@ action "sql:admin" appliesTo { principal: [Job], resource: [Target], context: Sq
 action "sql:unknown" appliesTo { principal: [Job], resource: [Target], context: SqlContext };
 // Exempts a job from masking of PostgreSQL results (decided once per session).
 action "mask:exempt" appliesTo { principal: [Job], resource: [Target], context: SqlContext };
+// A DNS query of a job, to Tollgate's resolver. The resource is a Target whose hostname
+// is the queried name (ip and port: the server the job addressed; protocol "dns").
+// Queries are allowed (and recorded) until a policy names this action.
+action "dns:query" appliesTo {
+  principal: [Job],
+  resource: [Target],
+  context: { qtype: String },
+};
 action "http:request" appliesTo {
   principal: [Job],
   resource: [Target],

@@ -235,6 +235,10 @@ impl Catalog {
         Ok(Self { targets })
     }
 
+    pub fn targets(&self) -> &[TargetSpec] {
+        &self.targets
+    }
+
     pub fn lookup(&self, ip: IpAddr, port: u16) -> Option<&TargetSpec> {
         self.targets.iter().find(|t| t.matches(ip, port))
     }

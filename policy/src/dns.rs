@@ -1,0 +1,131 @@
+//! `dns:query`: a job's DNS query, decided by the queried name. The resource is a
+//! `Target` whose `hostname` is the name (lowercase, without the trailing dot), matched
+//! with Cedar's `like` for suffixes (`resource.hostname like "*.corp.example"`). A catalog
+//! target whose `dns_names` hold the name lends it its name, tags and mode.
+use std::{collections::BTreeMap, net::SocketAddr};
+
+use cedar_policy::{Context, Entity, RestrictedExpression};
+
+use crate::{
+    Decision, Effect, Mode, Principal, Process,
+    eval::{PolicyEngine, string, uid},
+    targets::{TargetSpec, canonical},
+};
+
+/// Why queries pass when no policy names `dns:query`.
+pub const NO_DNS_POLICY_REASON: &str = "no policy governs DNS queries: allowed";
+
+/// One query as policy sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct DnsQuery<'a> {
+    pub principal: &'a Principal,
+    pub process: &'a Process,
+    /// The server the job addressed (its query went to Tollgate's resolver instead).
+    pub server: SocketAddr,
+    /// Lowercase, without the trailing dot.
+    pub name: &'a str,
+    /// `A`, `AAAA`, `TXT`, ...
+    pub qtype: &'a str,
+}
+
+/// The queried name as policy sees it: lowercase ASCII, without the root's trailing dot.
+pub fn normalize(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Whether `name` is one of `patterns` (exact, or `*.suffix` for any name below suffix).
+pub fn name_matches(patterns: &[String], name: &str) -> bool {
+    patterns.iter().any(|p| {
+        let p = normalize(p);
+        match p.strip_prefix("*.") {
+            Some(suffix) => name
+                .strip_suffix(suffix)
+                .is_some_and(|head| head.ends_with('.') && head.len() > 1),
+            None => p == name,
+        }
+    })
+}
+
+impl PolicyEngine {
+    /// The catalog target whose `dns_names` hold `name`, if any.
+    pub fn target_named(&self, name: &str) -> Option<&TargetSpec> {
+        self.catalog()
+            .targets()
+            .iter()
+            .find(|t| name_matches(&t.dns_names, name))
+    }
+
+    /// Decides one DNS query.
+    pub fn decide_dns(&self, query: DnsQuery<'_>) -> Decision {
+        let target = self.target_named(query.name);
+        let target_name = target.map_or_else(|| "(unknown)".to_owned(), |t| t.name.clone());
+        if !self.governs_dns() {
+            let mut decision = Decision::allow(NO_DNS_POLICY_REASON);
+            decision.target = target_name;
+            return decision;
+        }
+        let mode = target.and_then(|t| t.mode).unwrap_or(self.mode());
+        let evaluated = dns_target(&query, target).and_then(|resource| {
+            let context = Context::from_pairs([("qtype".to_owned(), string(query.qtype))])
+                .map_err(|e| e.to_string())?;
+            self.authorize(
+                query.principal,
+                query.process,
+                "dns:query",
+                resource,
+                context,
+            )
+        });
+        let (effect, policy_ids, reason) = evaluated.unwrap_or_else(|error| {
+            (
+                Effect::Deny,
+                Vec::new(),
+                format!("policy evaluation failed ({error}): refused (fail closed)"),
+            )
+        });
+        Decision {
+            effect,
+            enforced: mode == Mode::Enforce,
+            policy_ids,
+            reason,
+            target: target_name,
+        }
+    }
+}
+
+fn dns_target(query: &DnsQuery<'_>, target: Option<&TargetSpec>) -> Result<Entity, String> {
+    let id = target.map_or_else(|| format!("dns:{}", query.name), |t| t.name.clone());
+    let uid = uid("Target", &id).ok_or("bad target id")?;
+    let tags = target.map(|t| t.tags.clone()).unwrap_or_default();
+    let attrs: BTreeMap<String, RestrictedExpression> = [
+        (
+            "name".to_owned(),
+            string(target.map_or("", |t| t.name.as_str())),
+        ),
+        (
+            "known".to_owned(),
+            RestrictedExpression::new_bool(target.is_some()),
+        ),
+        (
+            "ip".to_owned(),
+            RestrictedExpression::new_ip(canonical(query.server.ip()).to_string()),
+        ),
+        (
+            "port".to_owned(),
+            RestrictedExpression::new_long(i64::from(query.server.port())),
+        ),
+        ("protocol".to_owned(), string("dns")),
+        ("hostname".to_owned(), string(query.name)),
+        (
+            "tags".to_owned(),
+            RestrictedExpression::new_set(tags.iter().map(|(k, v)| string(&format!("{k}={v}")))),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let tags = tags.into_iter().map(|(k, v)| (k, string(&v)));
+    Entity::new_with_tags(uid, attrs, [], tags).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests;
