@@ -49,6 +49,12 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the resolver's UDP port {port} (proxy.port) on loopback: {source}")]
+    Dns {
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("starting the {what} runtime: {source}")]
     Runtime {
         what: &'static str,
@@ -202,6 +208,20 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
     let scanner = (!coverage.socket_families)
         .then(|| crate::sockets::scan::Scanner::new(&config.sockets.kinds()));
 
+    let resolver = Arc::new(crate::dns::server::Resolver::new(
+        config.dns.clone(),
+        maps.clone(),
+        jobs.clone(),
+        enforcer.clone(),
+        recorder.clone(),
+        metrics.dns.clone(),
+    ));
+    let dns_sockets =
+        crate::dns::server::Resolver::bind(config.proxy.port, config.proxy.ipv4, config.proxy.ipv6)
+            .map_err(|source| AgentError::Dns {
+                port: config.proxy.port,
+                source,
+            })?;
     let shared = Arc::new(Shared::new(
         maps.clone(),
         jobs.clone(),
@@ -219,6 +239,7 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
             config.postgres.tls.clone(),
         )?),
         metrics.postgres.clone(),
+        resolver.clone(),
     ));
     let admin_state = Arc::new(AdminState {
         metrics: metrics.clone(),
@@ -258,6 +279,7 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
     });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let resolver_thread = spawn_resolver(resolver, dns_sockets, shutdown_rx.clone())?;
     // SIGHUP (main thread) and file changes (control thread) reload the same way.
     let reload = PolicyReload {
         enforcer: enforcer.clone(),
@@ -292,6 +314,9 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
     }
     if control_thread.join().is_err() {
         tracing::error!("control plane thread panicked");
+    }
+    if resolver_thread.join().is_err() {
+        tracing::error!("resolver thread panicked");
     }
     drop(jobs);
     drop(recorder);
@@ -374,6 +399,33 @@ impl ShutdownSignals {
             }
         }
     }
+}
+
+/// The resolver's thread: one current-thread runtime serving the UDP sockets until
+/// shutdown (queries in flight then get no answer; clients retry).
+fn spawn_resolver(
+    resolver: Arc<crate::dns::server::Resolver>,
+    sockets: Vec<std::net::UdpSocket>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<std::thread::JoinHandle<()>, AgentError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(runtime_err("dns"))?;
+    std::thread::Builder::new()
+        .name("tollgate-dns".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let mut tasks = tokio::task::JoinSet::new();
+                for socket in sockets {
+                    tasks.spawn(resolver.clone().serve_udp(socket));
+                }
+                drop(resolver);
+                let _ = shutdown.wait_for(|stop| *stop).await;
+                tasks.shutdown().await;
+            });
+        })
+        .map_err(runtime_err("dns"))
 }
 
 /// What the control-plane thread serves and looks after.
@@ -615,6 +667,13 @@ impl AgentControl {
                 },
                 coverage: self.status.coverage,
             }),
+            Request::ListDns { job_id, limit } => {
+                let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+                match store.dns(job_id.as_deref(), limit) {
+                    Ok(queries) => Response::Dns { queries },
+                    Err(e) => error(e),
+                }
+            }
             Request::ListEvents { job_id, limit } => {
                 let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
                 match store.events(job_id.as_deref(), limit) {

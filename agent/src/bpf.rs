@@ -22,8 +22,8 @@ use aya::{
     },
 };
 use tollgate_common::{
-    ABI_VERSION, MAP_CONN_BY_COOKIE, MAP_CONN_BY_TUPLE, MAP_COUNTERS, MAP_EVENTS, MAP_SETTINGS,
-    MAP_SOCK_ALLOW, Settings, SockKind,
+    ABI_VERSION, MAP_CONN_BY_COOKIE, MAP_CONN_BY_TUPLE, MAP_COUNTERS, MAP_DNS_BY_TUPLE, MAP_EVENTS,
+    MAP_SETTINGS, MAP_SOCK_ALLOW, Settings, SockKind,
 };
 
 pub use maps::{ConnMaps, MapOccupancy};
@@ -39,9 +39,14 @@ const ATTACH_MODE: CgroupAttachMode = CgroupAttachMode::Single;
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// The programs, by function name, and the name of each one's link pin.
-const PROGRAMS: [(&str, &str); 7] = [
+const PROGRAMS: [(&str, &str); 12] = [
     ("connect4", "link_connect4"),
     ("connect6", "link_connect6"),
+    ("sendmsg4", "link_sendmsg4"),
+    ("sendmsg6", "link_sendmsg6"),
+    ("recvmsg4", "link_recvmsg4"),
+    ("recvmsg6", "link_recvmsg6"),
+    ("dns_egress", "link_dns_egress"),
     ("getpeername4", "link_getpeername4"),
     ("getpeername6", "link_getpeername6"),
     ("sock_release", "link_sock_release"),
@@ -55,8 +60,9 @@ const OPTIONAL_PROGRAMS: [(&str, &str, &str); 1] = [(
     "link_socket_post_create",
     "socket_post_create",
 )];
-const MAPS: [&str; 6] = [
+const MAPS: [&str; 7] = [
     MAP_CONN_BY_COOKIE,
+    MAP_DNS_BY_TUPLE,
     MAP_CONN_BY_TUPLE,
     MAP_SETTINGS,
     MAP_COUNTERS,
@@ -271,6 +277,7 @@ pub fn install(
         take(&mut ebpf, MAP_SETTINGS)?,
         take(&mut ebpf, MAP_COUNTERS)?,
         take(&mut ebpf, MAP_SOCK_ALLOW)?,
+        take(&mut ebpf, MAP_DNS_BY_TUPLE)?,
     );
     // The allow list is in place before sock_create starts deciding.
     maps.write_sock_allow(sock_allow)?;
@@ -282,6 +289,21 @@ pub fn install(
             Program::CgroupSockAddr(p) => attach_to_cgroup!(p, &cgroup, name),
             Program::CgroupSock(p) => attach_to_cgroup!(p, &cgroup, name),
             Program::SockOps(p) => attach_to_cgroup!(p, &cgroup, name),
+            Program::CgroupSkb(p) => {
+                p.load().map_err(prog_err)?;
+                let id = p
+                    .attach(
+                        &cgroup,
+                        aya::programs::CgroupSkbAttachType::Egress,
+                        ATTACH_MODE,
+                    )
+                    .map_err(prog_err)?;
+                let link = p.take_link(id).map_err(prog_err)?;
+                FdLink::try_from(link).map_err(|source| BpfError::Link {
+                    path: PathBuf::from(name),
+                    source,
+                })?
+            }
             _ => return Err(prog_err(aya::programs::ProgramError::UnexpectedProgramType)),
         };
         link.pin(pin_dir.join(pin))
@@ -375,6 +397,7 @@ fn open_pinned_maps(pin_dir: &Path) -> Result<(ConnMaps, Map), BpfError> {
             open(MAP_SETTINGS)?,
             open(MAP_COUNTERS)?,
             open(MAP_SOCK_ALLOW)?,
+            open(MAP_DNS_BY_TUPLE)?,
         ),
         open(MAP_EVENTS)?,
     ))

@@ -83,6 +83,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Jobs' DNS queries (answered by Tollgate's resolver), newest first.
+    Dns {
+        /// Only this job's queries.
+        #[arg(long)]
+        job: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
     /// Set this host up for a CI runner: hooks, systemd unit, directories, socket group.
     Install {
         #[command(subcommand)]
@@ -281,6 +291,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("unexpected reply");
             };
             output::events(&events, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dns { job, limit, json } => {
+            let request = Request::ListDns { job_id: job, limit };
+            let Response::Dns { queries } = call(&socket, &request)? else {
+                anyhow::bail!("unexpected reply");
+            };
+            output::dns(&queries, json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Jobs { json } => {

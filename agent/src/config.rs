@@ -59,6 +59,8 @@ pub struct Config {
     pub masking: crate::postgres::mask::MaskingConfig,
     /// The kinds of socket a job may create.
     pub sockets: crate::sockets::SocketsConfig,
+    /// Tollgate's resolver for jobs' DNS.
+    pub dns: crate::dns::DnsConfig,
     /// The targets catalog: named destinations for policies (`[[targets]]`).
     pub targets: Vec<TargetSpec>,
 }

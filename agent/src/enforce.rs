@@ -244,6 +244,14 @@ impl Enforcer {
         }
     }
 
+    /// Decides one DNS query of a job.
+    pub fn decide_dns(&self, query: tollgate_policy::dns::DnsQuery<'_>) -> Decision {
+        match self.active.load().engine.as_ref() {
+            Some(engine) => engine.decide_dns(query),
+            None => Decision::allow(NO_POLICY_REASON),
+        }
+    }
+
     /// Whether a policy explicitly permits `action` (exemptions such as `mask:exempt`):
     /// false without policies, and in audit mode only a real permit counts.
     pub fn permits(

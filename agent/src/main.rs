@@ -7,6 +7,7 @@ mod cgroup;
 mod cli;
 mod config;
 mod control;
+mod dns;
 mod enforce;
 mod enroll;
 mod events;

@@ -22,6 +22,7 @@ pub struct Metrics {
     pub policy: Arc<PolicyMetrics>,
     pub identity: Arc<IdentityMetrics>,
     pub postgres: Arc<PostgresMetrics>,
+    pub dns: Arc<DnsMetrics>,
 }
 
 impl Default for Metrics {
@@ -82,6 +83,7 @@ impl Metrics {
             jobs: Arc::new(JobMetrics::new(&registry)),
             identity: Arc::new(IdentityMetrics::new(&registry)),
             postgres: Arc::new(PostgresMetrics::new(&registry)),
+            dns: Arc::new(DnsMetrics::new(&registry)),
             control: Arc::new(ControlMetrics::new(&registry)),
             bpf: Arc::new(BpfMetrics::new(&registry)),
             policy: Arc::new(PolicyMetrics::new(&registry)),
@@ -315,6 +317,40 @@ impl JobMetrics {
 
     pub fn event(&self, kind: &str, action: &str) {
         self.events.with_label_values(&[kind, action]).inc();
+    }
+}
+
+/// Tollgate's resolver.
+pub struct DnsMetrics {
+    queries: IntCounterVec,
+    pub cache_hits: IntCounter,
+    pub upstream_failures: IntCounter,
+}
+
+impl DnsMetrics {
+    fn new(registry: &Registry) -> Self {
+        Self {
+            queries: counter_vec(
+                registry,
+                "tollgate_dns_queries_total",
+                "DNS queries of jobs, by decision and answer code.",
+                &["decision", "rcode"],
+            ),
+            cache_hits: counter(
+                registry,
+                "tollgate_dns_cache_hits_total",
+                "DNS queries answered from the resolver's cache.",
+            ),
+            upstream_failures: counter(
+                registry,
+                "tollgate_dns_upstream_failures_total",
+                "Forwarded queries that no upstream resolver answered in time.",
+            ),
+        }
+    }
+
+    pub fn query(&self, decision: &str, rcode: &str) {
+        self.queries.with_label_values(&[decision, rcode]).inc();
     }
 }
 

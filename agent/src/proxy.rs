@@ -59,6 +59,8 @@ pub struct Shared {
     pub postgres: crate::config::PostgresConfig,
     pub tls: Arc<crate::postgres::tls::Tls>,
     pub postgres_metrics: Arc<crate::metrics::PostgresMetrics>,
+    /// DNS over TCP (connects to port 53) goes to the resolver.
+    pub dns: Arc<crate::dns::server::Resolver>,
     live: AtomicUsize,
 }
 
@@ -81,6 +83,7 @@ impl Shared {
         postgres: crate::config::PostgresConfig,
         tls: Arc<crate::postgres::tls::Tls>,
         postgres_metrics: Arc<crate::metrics::PostgresMetrics>,
+        dns: Arc<crate::dns::server::Resolver>,
     ) -> Self {
         Self {
             maps,
@@ -96,6 +99,7 @@ impl Shared {
             postgres,
             tls,
             postgres_metrics,
+            dns,
             live: AtomicUsize::new(0),
         }
     }

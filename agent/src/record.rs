@@ -217,6 +217,8 @@ pub enum RecordEvent {
     Statement(Box<StatementRecord>),
     /// Something the kernel refused or saw in a job (a refused socket, tampering).
     Event(Box<EventRecord>),
+    /// A DNS query of a job, answered by Tollgate's resolver.
+    Dns(Box<DnsRecord>),
     /// Answered once everything queued before it is committed.
     Flush(SyncSender<()>),
 }
@@ -234,6 +236,36 @@ pub struct AuditRecord {
     pub caller_pid: u32,
     pub caller_uid: u32,
     pub detail: String,
+}
+
+/// One DNS query of a job and what came of it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsRecord {
+    pub at: i64,
+    pub job_id: Option<String>,
+    pub cgroup_id: Option<u64>,
+    pub pid: Option<u32>,
+    pub uid: Option<u32>,
+    pub comm: Option<String>,
+    /// `udp` or `tcp`.
+    pub transport: String,
+    /// The server the job addressed (its query came to Tollgate instead).
+    pub server: Option<String>,
+    /// Lowercase, without the trailing dot ("" if the query did not parse).
+    pub name: String,
+    pub qtype: String,
+    /// The answer's code: NOERROR, NXDOMAIN, REFUSED, FORMERR, SERVFAIL, ...
+    pub rcode: String,
+    /// `TYPE data` for each answer record.
+    pub answers: Vec<String>,
+    /// allow, deny, would_deny, unattributed, malformed.
+    pub decision: String,
+    pub policy_ids: Vec<String>,
+    pub reason: String,
+    /// Answered from the cache.
+    pub cached: bool,
+    pub duration_us: u64,
+    pub error: Option<String>,
 }
 
 /// One event the kernel reported about a job's process.

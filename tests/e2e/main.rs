@@ -3,6 +3,7 @@
 mod addresses;
 mod control;
 mod direct_tls;
+mod dns;
 mod encoding;
 mod failclosed;
 mod identity;

@@ -14,7 +14,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// bpf-linker's LLVM feature must match the pinned nightly's LLVM major version.
 const BPF_LINKER_FEATURES: &str = "llvm-22,no-llvm-linking";
 /// Debian packages, each with a file that shows it is installed.
-const APT_PACKAGES: [(&str, &str); 12] = [
+const APT_PACKAGES: [(&str, &str); 14] = [
     ("postgresql", "/usr/lib/postgresql"),
     ("postgresql-client", "/usr/bin/psql"),
     ("pgbouncer", "/usr/sbin/pgbouncer"),
@@ -28,6 +28,9 @@ const APT_PACKAGES: [(&str, &str); 12] = [
     ("passwd", "/usr/sbin/groupadd"),
     // bindgen (pg_query's build) loads libclang.
     ("libclang-dev", "/usr/lib/llvm-14/lib/libclang.so"),
+    // The DNS tests: an upstream resolver, and dig.
+    ("dnsmasq-base", "/usr/sbin/dnsmasq"),
+    ("bind9-dnsutils", "/usr/bin/dig"),
     // The Debian root with a newer PostgreSQL server (see `pg17_root`).
     ("debootstrap", "/usr/sbin/debootstrap"),
 ];

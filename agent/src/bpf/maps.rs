@@ -4,7 +4,8 @@ use std::{io, os::fd::AsFd as _, time::Duration};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use tollgate_common::{
     CONN_MAP_CAPACITY, ConnInfo, Counter, MAP_CONN_BY_COOKIE, MAP_CONN_BY_TUPLE, MAP_COUNTERS,
-    MAP_SETTINGS, MAP_SOCK_ALLOW, SOCK_ALLOW_CAPACITY, Settings, SockKind, TupleKey,
+    MAP_DNS_BY_TUPLE, MAP_SETTINGS, MAP_SOCK_ALLOW, SOCK_ALLOW_CAPACITY, Settings, SockKind,
+    TupleKey,
 };
 
 use super::{BpfError, syscall};
@@ -23,6 +24,7 @@ pub struct ConnMaps {
     settings: Map,
     counters: Map,
     sock_allow: Map,
+    dns_by_tuple: Map,
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> BpfError {
@@ -31,7 +33,9 @@ fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> BpfError {
 
 fn data(map: &Map) -> Option<&MapData> {
     match map {
-        Map::HashMap(data) | Map::Array(data) | Map::PerCpuArray(data) => Some(data),
+        Map::HashMap(data) | Map::LruHashMap(data) | Map::Array(data) | Map::PerCpuArray(data) => {
+            Some(data)
+        }
         _ => None,
     }
 }
@@ -43,6 +47,7 @@ impl ConnMaps {
         settings: Map,
         counters: Map,
         sock_allow: Map,
+        dns_by_tuple: Map,
     ) -> Self {
         Self {
             cookie,
@@ -50,7 +55,27 @@ impl ConnMaps {
             settings,
             counters,
             sock_allow,
+            dns_by_tuple,
         }
+    }
+
+    /// The job socket a DNS query datagram came from, by its source, if the kernel keyed
+    /// it no longer than `max_age` ago.
+    pub fn dns_source(
+        &self,
+        key: &TupleKey,
+        max_age: Duration,
+    ) -> Result<Option<ConnInfo>, BpfError> {
+        let data = data(&self.dns_by_tuple).ok_or(BpfError::Missing(MAP_DNS_BY_TUPLE))?;
+        let info =
+            syscall::lookup::<TupleKey, ConnInfo>(data.fd().as_fd(), key).map_err(|source| {
+                BpfError::MapIo {
+                    name: MAP_DNS_BY_TUPLE,
+                    source,
+                }
+            })?;
+        let max_age = u64::try_from(max_age.as_nanos()).unwrap_or(u64::MAX);
+        Ok(info.filter(|info| monotonic_ns().saturating_sub(info.ktime_ns) <= max_age))
     }
 
     /// Makes the kernel's socket allow list exactly `kinds`: new entries first, then the

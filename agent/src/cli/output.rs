@@ -3,7 +3,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use crate::{
     jobs::Job,
-    record::{AuditRecord, ConnectionRecord, EventRecord},
+    record::{AuditRecord, ConnectionRecord, DnsRecord, EventRecord},
 };
 
 pub fn time(ms: i64) -> String {
@@ -227,6 +227,30 @@ pub fn events(events: &[EventRecord], json: bool) -> anyhow::Result<()> {
             e.comm,
             e.job_id.as_deref().unwrap_or("-"),
             e.detail
+        );
+    }
+    Ok(())
+}
+
+pub fn dns(queries: &[DnsRecord], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(queries)?);
+        return Ok(());
+    }
+    println!(
+        "{:<24}  {:<36}  {:<40}  {:<6}  {:<9}  {:<8}  ANSWERS",
+        "AT", "JOB", "NAME", "TYPE", "RCODE", "DECISION"
+    );
+    for q in queries {
+        println!(
+            "{:<24}  {:<36}  {:<40}  {:<6}  {:<9}  {:<8}  {}",
+            time(q.at),
+            q.job_id.as_deref().unwrap_or("-"),
+            q.name,
+            q.qtype,
+            q.rcode,
+            q.decision,
+            q.answers.join(", ")
         );
     }
     Ok(())

@@ -7,7 +7,7 @@ use crate::{
     bpf::{Coverage, MapOccupancy},
     identity::Identity,
     jobs::Job,
-    record::{AuditRecord, ConnectionRecord, EventRecord, JobExit},
+    record::{AuditRecord, ConnectionRecord, DnsRecord, EventRecord, JobExit},
 };
 
 /// Largest request line accepted.
@@ -67,6 +67,11 @@ pub enum Request {
         job_id: Option<String>,
         limit: u32,
     },
+    /// Jobs' DNS queries, newest first.
+    ListDns {
+        job_id: Option<String>,
+        limit: u32,
+    },
     Status {},
 }
 
@@ -81,6 +86,7 @@ impl Request {
             Request::ListSessions { .. } => "list_sessions",
             Request::ShowSession { .. } => "show_session",
             Request::ListEvents { .. } => "list_events",
+            Request::ListDns { .. } => "list_dns",
             Request::Status {} => "status",
             Request::GithubJobStarted { .. } => "github_job_started",
             Request::GithubJobCompleted {} => "github_job_completed",
@@ -150,6 +156,9 @@ pub enum Response {
     Session(Box<ConnectionRecord>),
     Events {
         events: Vec<EventRecord>,
+    },
+    Dns {
+        queries: Vec<DnsRecord>,
     },
     Status(Status),
     Done,

@@ -15,6 +15,8 @@ use crate::{
     proc_info,
 };
 
+const DNS_PORT: u16 = 53;
+
 pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
     let accepted = Instant::now();
     let mut log = AccessLog::new(shared, peer);
@@ -45,6 +47,18 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
         exe,
     };
     let principal = job.as_ref().map(|job| job.principal.clone());
+    if destination.port() == DNS_PORT && principal.is_some() {
+        // DNS over TCP, to whatever server: Tollgate's resolver answers, and decides and
+        // records each query.
+        log.decide(&Decision::allow(
+            "DNS over TCP: answered by Tollgate's resolver, each query decided",
+        ));
+        log.opened();
+        log.connected(accepted);
+        let (up, down) = shared.dns.serve_tcp(client, info).await;
+        log.bytes(up, down);
+        return;
+    }
     let decision = match &principal {
         None => Decision::deny(format!(
             "cgroup {} is not an active Tollgate job: refused",

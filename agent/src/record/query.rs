@@ -4,7 +4,8 @@ use std::path::Path;
 use rusqlite::{Connection, OpenFlags, Row, params};
 
 use super::{
-    AuditRecord, ConnectionRecord, EventRecord, JobExit, JobRecord, RecordError, StatementRecord,
+    AuditRecord, ConnectionRecord, DnsRecord, EventRecord, JobExit, JobRecord, RecordError,
+    StatementRecord,
 };
 use crate::{
     identity::{Assurance, Identity},
@@ -194,6 +195,41 @@ impl Store {
                     exe: row.get(9)?,
                     action: row.get(10)?,
                     detail: row.get(11)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// DNS queries, newest first (optionally of one job).
+    pub fn dns(&self, job_id: Option<&str>, limit: u32) -> Result<Vec<DnsRecord>, RecordError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT at, job_id, cgroup_id, pid, uid, comm, transport, server, name, qtype, \
+             rcode, answers, decision, policy_ids, reason, cached, duration_us, error \
+             FROM dns_queries WHERE (?1 IS NULL OR job_id = ?1) ORDER BY id DESC LIMIT ?2",
+        )?;
+        let json_list = |text: String| serde_json::from_str(&text).unwrap_or_default();
+        let rows = stmt
+            .query_map(params![job_id, limit], |row| {
+                Ok(DnsRecord {
+                    at: row.get(0)?,
+                    job_id: row.get(1)?,
+                    cgroup_id: row.get::<_, Option<i64>>(2)?.map(|c| c as u64),
+                    pid: row.get(3)?,
+                    uid: row.get(4)?,
+                    comm: row.get(5)?,
+                    transport: row.get(6)?,
+                    server: row.get(7)?,
+                    name: row.get(8)?,
+                    qtype: row.get(9)?,
+                    rcode: row.get(10)?,
+                    answers: json_list(row.get(11)?),
+                    decision: row.get(12)?,
+                    policy_ids: json_list(row.get(13)?),
+                    reason: row.get(14)?,
+                    cached: row.get(15)?,
+                    duration_us: row.get::<_, i64>(16)? as u64,
+                    error: row.get(17)?,
                 })
             })?
             .collect::<Result<_, _>>()?;

@@ -23,6 +23,7 @@ pub struct Pruned {
     pub jobs: u64,
     pub audit: u64,
     pub events: u64,
+    pub dns: u64,
     /// A chunk was full: there may be more to delete.
     pub more: bool,
 }
@@ -61,6 +62,11 @@ pub fn prune(conn: &mut Connection, cutoff_ms: i64) -> rusqlite::Result<Pruned> 
         params![cutoff_ms, CHUNK as i64],
     )? as u64;
     pruned.more |= pruned.events == CHUNK as u64;
+    pruned.dns = tx.execute(
+        "DELETE FROM dns_queries WHERE id IN (SELECT id FROM dns_queries WHERE at < ?1 LIMIT ?2)",
+        params![cutoff_ms, CHUNK as i64],
+    )? as u64;
+    pruned.more |= pruned.dns == CHUNK as u64;
     pruned.jobs = tx.execute(
         "DELETE FROM jobs WHERE ended_at IS NOT NULL AND ended_at < ?1 \
          AND NOT EXISTS (SELECT 1 FROM connections c WHERE c.job_id = jobs.id)",
@@ -148,6 +154,7 @@ mod tests {
                 jobs: 1,
                 audit: 1,
                 events: 1,
+                dns: 0,
                 more: false,
             }
         );

@@ -1,7 +1,7 @@
 //! The SQLite schema of the recording store.
 use rusqlite::Connection;
 
-pub const VERSION: i64 = 7;
+pub const VERSION: i64 = 8;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -106,6 +106,28 @@ CREATE TABLE IF NOT EXISTS events (
     detail      TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, at);
+CREATE TABLE IF NOT EXISTS dns_queries (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    at          INTEGER NOT NULL,
+    job_id      TEXT,
+    cgroup_id   INTEGER,
+    pid         INTEGER,
+    uid         INTEGER,
+    comm        TEXT,
+    transport   TEXT NOT NULL,
+    server      TEXT,
+    name        TEXT NOT NULL,
+    qtype       TEXT NOT NULL,
+    rcode       TEXT NOT NULL,
+    answers     TEXT NOT NULL,
+    decision    TEXT NOT NULL,
+    policy_ids  TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    cached      INTEGER NOT NULL,
+    duration_us INTEGER NOT NULL,
+    error       TEXT
+);
+CREATE INDEX IF NOT EXISTS dns_by_job ON dns_queries (job_id, at);
 ";
 
 /// Opens the writer's pragmas and creates the tables.

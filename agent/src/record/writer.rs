@@ -155,6 +155,7 @@ impl Writer {
                             ("job", pruned.jobs),
                             ("audit", pruned.audit),
                             ("event", pruned.events),
+                            ("dns_query", pruned.dns),
                         ] {
                             if rows > 0 {
                                 self.metrics.pruned.with_label_values(&[kind]).inc_by(rows);
@@ -243,6 +244,34 @@ fn write_batch(conn: &mut Connection, batch: &[RecordEvent]) -> rusqlite::Result
             RecordEvent::ConnectionOpened(c) if ended.contains(c.id.as_str()) => {}
             RecordEvent::Flush(_) => {}
             RecordEvent::Statement(st) => insert_statement(&tx, st)?,
+            RecordEvent::Dns(d) => {
+                tx.prepare_cached(
+                    "INSERT INTO dns_queries (at, job_id, cgroup_id, pid, uid, comm, transport, \
+                     server, name, qtype, rcode, answers, decision, policy_ids, reason, cached, \
+                     duration_us, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, \
+                     ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+                )?
+                .execute(params![
+                    d.at,
+                    d.job_id,
+                    d.cgroup_id.map(|c| c as i64),
+                    d.pid,
+                    d.uid,
+                    d.comm,
+                    d.transport,
+                    d.server,
+                    d.name,
+                    d.qtype,
+                    d.rcode,
+                    to_json(&d.answers),
+                    d.decision,
+                    to_json(&d.policy_ids),
+                    d.reason,
+                    d.cached,
+                    d.duration_us as i64,
+                    d.error
+                ])?;
+            }
             RecordEvent::Event(e) => {
                 tx.execute(
                     "INSERT INTO events (at, kind, job_id, cgroup_id, pid, tid, uid, gid, comm, \

@@ -21,6 +21,10 @@ pub const MAP_SETTINGS: &str = "SETTINGS";
 /// Name of the per-CPU counter array (indexed by [`Counter`]).
 pub const MAP_COUNTERS: &str = "COUNTERS";
 
+/// Name of the map from a DNS query's source ([`TupleKey`]) to [`ConnInfo`].
+pub const MAP_DNS_BY_TUPLE: &str = "DNS_BY_TUPLE";
+/// Capacity of [`MAP_DNS_BY_TUPLE`] (entries, LRU).
+pub const DNS_MAP_CAPACITY: u32 = 16_384;
 /// Name of the map of socket kinds a job may create ([`SockKind`] -> 1).
 pub const MAP_SOCK_ALLOW: &str = "SOCK_ALLOW";
 /// Name of the ring buffer of [`Event`]s the programs report to the agent.
@@ -35,7 +39,7 @@ pub const SOCK_ANY: u32 = u32::MAX;
 
 /// Version of the layout of the maps and programs. The agent refuses to adopt pins
 /// written by a build with another version.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// What the connect hook recorded about one intercepted connection, in the client's own
 /// `connect()`. Addresses are in network byte order, as the kernel hands them over.

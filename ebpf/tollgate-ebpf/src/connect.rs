@@ -1,4 +1,6 @@
-//! cgroup/connect4 and cgroup/connect6: record and redirect TCP connects of job sockets.
+//! cgroup/connect4|6 and cgroup/sendmsg4|6: record and redirect TCP connects of job
+//! sockets to the proxy, and DNS over UDP (port 53, connected or per datagram) to the
+//! agent's resolver on the same address and port.
 use aya_ebpf::{
     bindings::bpf_sock_addr, helpers::generated::bpf_get_socket_cookie, macros::cgroup_sock_addr,
     programs::SockAddrContext,
@@ -14,7 +16,9 @@ const ALLOW: i32 = 1;
 /// Returning 0 from a cgroup sock_addr hook fails the syscall with EPERM.
 const REFUSE: i32 = 0;
 const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
 const IPPROTO_TCP: u32 = 6;
+const IPPROTO_UDP: u32 = 17;
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
@@ -30,14 +34,38 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
     }
 }
 
+/// A datagram with a destination (sendto, sendmsg): the same as a connect.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    match try_connect4(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    match try_connect6(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+const DNS_PORT: u16 = 53;
+
+/// TCP, or UDP to the DNS port: what is redirected.
+#[inline(always)]
+fn intercepted(sa: *mut bpf_sock_addr, port: u16) -> bool {
+    is_tcp(sa) || (is_udp(sa) && port == DNS_PORT)
+}
+
+#[inline(always)]
 fn try_connect4(ctx: &SockAddrContext) -> Result<i32, i32> {
     let sa = ctx.sock_addr;
-    if !is_tcp(sa) {
+    // SAFETY: ctx fields of a connect4 or sendmsg4 hook are readable.
+    let (ip, port) = unsafe { ((*sa).user_ip4, u16::from_be((*sa).user_port as u16)) };
+    if !intercepted(sa, port) {
         return Ok(ALLOW);
     }
     let settings = configured()?;
-    // SAFETY: ctx fields of a connect4 hook are readable.
-    let (ip, port) = unsafe { ((*sa).user_ip4, u16::from_be((*sa).user_port as u16)) };
     if port == settings.proxy_port && is_local4(ip) {
         count(Counter::RefusedProxyDirect);
         return Err(REFUSE);
@@ -52,13 +80,11 @@ fn try_connect4(ctx: &SockAddrContext) -> Result<i32, i32> {
     Ok(ALLOW)
 }
 
+#[inline(always)]
 fn try_connect6(ctx: &SockAddrContext) -> Result<i32, i32> {
     let sa = ctx.sock_addr;
-    if !is_tcp(sa) {
-        return Ok(ALLOW);
-    }
-    let settings = configured()?;
-    // SAFETY: ctx fields of a connect6 hook are readable; each 4-byte word separately.
+    // SAFETY: ctx fields of a connect6 or sendmsg6 hook are readable; each 4-byte word
+    // separately.
     let (ip, port) = unsafe {
         (
             [
@@ -70,6 +96,10 @@ fn try_connect6(ctx: &SockAddrContext) -> Result<i32, i32> {
             u16::from_be((*sa).user_port as u16),
         )
     };
+    if !intercepted(sa, port) {
+        return Ok(ALLOW);
+    }
+    let settings = configured()?;
     if is_v4_mapped(&ip) {
         if port == settings.proxy_port && is_local4(ip[3]) {
             count(Counter::RefusedProxyDirect);
@@ -119,6 +149,12 @@ fn configured() -> Result<Settings, i32> {
 fn is_tcp(sa: *mut bpf_sock_addr) -> bool {
     // SAFETY: type and protocol are readable in every sock_addr hook.
     unsafe { (*sa).type_ == SOCK_STREAM && (*sa).protocol == IPPROTO_TCP }
+}
+
+#[inline(always)]
+fn is_udp(sa: *mut bpf_sock_addr) -> bool {
+    // SAFETY: as above.
+    unsafe { (*sa).type_ == SOCK_DGRAM && (*sa).protocol == IPPROTO_UDP }
 }
 
 /// Records the connect in the caller's context. A failed insert refuses the connect:

@@ -5,6 +5,9 @@
 //!   caller's process facts by socket cookie, then redirect TCP connects to the proxy.
 //! - `tollgate_sockops` at `TCP_CONNECT_CB` (kernel 4.13+; cookies in sock_ops 5.x):
 //!   copy the entry to a map keyed by the client tuple, which the proxy's `accept()` sees.
+//! - `sendmsg4`/`sendmsg6` (kernel 4.18+): redirect DNS datagrams to the resolver;
+//!   `recvmsg4`/`recvmsg6` (5.2+) show the answers as coming from the server asked;
+//!   `dns_egress` (cgroup_skb) keys each query by its source for the resolver.
 //! - `getpeername4`/`getpeername6` (kernel 5.8+): show clients their original peer.
 //! - `sock_release` (kernel 5.9+): forget the socket's entry when it is closed.
 //! - `sock_create` (kernel 4.10+) and `socket_post_create` (BPF LSM cgroup, kernel 6.0+
@@ -14,6 +17,7 @@
 
 mod caller;
 mod connect;
+mod dns;
 mod maps;
 mod peer;
 mod release;

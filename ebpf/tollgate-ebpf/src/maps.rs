@@ -2,11 +2,11 @@
 //! directory, so they survive the agent and are re-adopted when it restarts.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tollgate_common::{
-    CONN_MAP_CAPACITY, ConnInfo, Counter, EVENTS_BYTES, SOCK_ALLOW_CAPACITY, Settings, SockKind,
-    TupleKey,
+    CONN_MAP_CAPACITY, ConnInfo, Counter, DNS_MAP_CAPACITY, EVENTS_BYTES, SOCK_ALLOW_CAPACITY,
+    Settings, SockKind, TupleKey,
 };
 
 /// Live intercepted job sockets: written by the connect hooks, read by sock_ops and
@@ -25,6 +25,11 @@ pub static SETTINGS: Array<Settings> = Array::pinned(1, 0);
 /// Per-CPU event counters, indexed by [`Counter`].
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);
+
+/// DNS query datagrams by their source (family, address, port): written by dns_egress,
+/// read by the resolver to attribute each query. LRU: old sources age out.
+#[map(name = "DNS_BY_TUPLE")]
+pub static DNS_BY_TUPLE: LruHashMap<TupleKey, ConnInfo> = LruHashMap::pinned(DNS_MAP_CAPACITY, 0);
 
 /// The kinds of socket a job may create, written by the agent from `[sockets] allow`.
 #[map(name = "SOCK_ALLOW")]

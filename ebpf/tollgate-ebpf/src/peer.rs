@@ -1,17 +1,74 @@
-//! cgroup/getpeername4 and getpeername6: show the client its original peer, not the proxy.
+//! cgroup/getpeername4|6: show the client its original peer, not the proxy; and
+//! cgroup/recvmsg4|6: show a DNS client its answer as coming from the server it asked,
+//! not from the agent's resolver.
 use aya_ebpf::{
     helpers::generated::bpf_get_socket_cookie, macros::cgroup_sock_addr, programs::SockAddrContext,
 };
 use tollgate_common::{AF_INET, ConnInfo};
 
-use crate::maps::CONN_BY_COOKIE;
+use crate::{
+    connect::is_v4_mapped,
+    maps::{CONN_BY_COOKIE, settings},
+};
 
 const ALLOW: i32 = 1;
 
+#[cgroup_sock_addr(recvmsg4)]
+pub fn recvmsg4(ctx: SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    // SAFETY: user_ip4 and user_port (the datagram's source) are readable in recvmsg4.
+    let (ip, port) = unsafe { ((*sa).user_ip4, u16::from_be((*sa).user_port as u16)) };
+    if from_resolver4(ip, port) {
+        return show_original4(&ctx);
+    }
+    ALLOW
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn recvmsg6(ctx: SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    // SAFETY: as above, each 4-byte word separately.
+    let (ip, port) = unsafe {
+        (
+            [
+                (*sa).user_ip6[0],
+                (*sa).user_ip6[1],
+                (*sa).user_ip6[2],
+                (*sa).user_ip6[3],
+            ],
+            u16::from_be((*sa).user_port as u16),
+        )
+    };
+    let resolver = if is_v4_mapped(&ip) {
+        from_resolver4(ip[3], port)
+    } else {
+        settings().is_some_and(|s| port == s.proxy_port && ip == s.proxy_ip6)
+    };
+    if resolver {
+        return show_original6(&ctx);
+    }
+    ALLOW
+}
+
+#[inline(always)]
+fn from_resolver4(ip: u32, port: u16) -> bool {
+    settings().is_some_and(|s| port == s.proxy_port && ip == s.proxy_ip4)
+}
+
 #[cgroup_sock_addr(getpeername4)]
 pub fn getpeername4(ctx: SockAddrContext) -> i32 {
+    show_original4(&ctx)
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn getpeername6(ctx: SockAddrContext) -> i32 {
+    show_original6(&ctx)
+}
+
+#[inline(always)]
+fn show_original4(ctx: &SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
-    if let Some(info) = lookup(&ctx)
+    if let Some(info) = lookup(ctx)
         && info.orig_family == AF_INET
     {
         // SAFETY: user_ip4 and user_port are writable in getpeername4.
@@ -23,10 +80,10 @@ pub fn getpeername4(ctx: SockAddrContext) -> i32 {
     ALLOW
 }
 
-#[cgroup_sock_addr(getpeername6)]
-pub fn getpeername6(ctx: SockAddrContext) -> i32 {
+#[inline(always)]
+fn show_original6(ctx: &SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
-    if let Some(info) = lookup(&ctx) {
+    if let Some(info) = lookup(ctx) {
         let ip = if info.orig_family == AF_INET {
             [0, 0, 0xffff_u32.to_be(), info.orig_ip[0]]
         } else {

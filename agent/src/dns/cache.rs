@@ -1,0 +1,115 @@
+//! Answers by (name, type, class), each kept for its TTL (bounded by `max_ttl`), at most
+//! `capacity` of them; when full, the entries past their time go first, then the oldest.
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub name: String,
+    pub qtype: String,
+    pub qclass: String,
+}
+
+struct Entry {
+    bytes: Vec<u8>,
+    stored: Instant,
+    expires: Instant,
+}
+
+pub struct Cache {
+    entries: HashMap<Key, Entry>,
+    capacity: usize,
+    max_ttl: Duration,
+}
+
+/// Negative answers (NXDOMAIN, no data) are kept this long at most.
+const NEGATIVE_TTL: Duration = Duration::from_secs(30);
+
+impl Cache {
+    pub fn new(capacity: usize, max_ttl: Duration) -> Self {
+        Self {
+            entries: HashMap::new(),
+            capacity,
+            max_ttl,
+        }
+    }
+
+    pub fn get(&mut self, key: &Key, now: Instant) -> Option<Vec<u8>> {
+        match self.entries.get(key) {
+            Some(entry) if entry.expires > now => Some(entry.bytes.clone()),
+            Some(_) => {
+                self.entries.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Keeps an answer whose smallest TTL is `ttl` (None: a negative answer).
+    pub fn put(&mut self, key: Key, bytes: Vec<u8>, ttl: Option<u32>, now: Instant) {
+        if self.capacity == 0 {
+            return;
+        }
+        let ttl = ttl.map_or(NEGATIVE_TTL, |t| Duration::from_secs(u64::from(t)));
+        let ttl = ttl.min(self.max_ttl);
+        if ttl.is_zero() {
+            return;
+        }
+        if self.entries.len() >= self.capacity && !self.entries.contains_key(&key) {
+            self.entries.retain(|_, e| e.expires > now);
+            if self.entries.len() >= self.capacity
+                && let Some(oldest) = self
+                    .entries
+                    .iter()
+                    .min_by_key(|(_, e)| e.stored)
+                    .map(|(k, _)| k.clone())
+            {
+                self.entries.remove(&oldest);
+            }
+        }
+        self.entries.insert(
+            key,
+            Entry {
+                bytes,
+                stored: now,
+                expires: now + ttl,
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> Key {
+        Key {
+            name: name.to_owned(),
+            qtype: "A".to_owned(),
+            qclass: "IN".to_owned(),
+        }
+    }
+
+    #[test]
+    fn answers_expire_and_the_cache_stays_bounded() {
+        let now = Instant::now();
+        let mut cache = Cache::new(2, Duration::from_secs(60));
+        cache.put(key("a"), vec![1], Some(5), now);
+        assert_eq!(cache.get(&key("a"), now), Some(vec![1]));
+        assert_eq!(cache.get(&key("a"), now + Duration::from_secs(6)), None);
+        cache.put(key("b"), vec![2], Some(3600), now);
+        cache.put(key("c"), vec![3], None, now + Duration::from_secs(1));
+        cache.put(key("d"), vec![4], Some(10), now + Duration::from_secs(2));
+        assert_eq!(cache.entries.len(), 2);
+        assert_eq!(cache.get(&key("b"), now), None, "the oldest went");
+        // max_ttl caps a long TTL; a zero TTL is not cached.
+        assert_eq!(
+            cache.get(&key("d"), now + Duration::from_secs(3)),
+            Some(vec![4])
+        );
+        cache.put(key("z"), vec![9], Some(0), now);
+        assert_eq!(cache.get(&key("z"), now), None);
+    }
+}

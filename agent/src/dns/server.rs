@@ -1,0 +1,387 @@
+//! Serving queries: UDP on the proxy's address and port (where the kernel sends jobs'
+//! DNS datagrams), and DNS over TCP handed over by the proxy for connects to port 53.
+use std::{
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use hickory_proto::op::ResponseCode;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpStream, UdpSocket},
+};
+use tollgate_common::ConnInfo;
+use tollgate_policy::{Process, dns::DnsQuery};
+
+use super::{
+    DnsConfig,
+    cache::{Cache, Key},
+    message::{self, Question},
+};
+use crate::{
+    bpf::ConnMaps,
+    enforce::Enforcer,
+    jobs::JobRegistry,
+    metrics::DnsMetrics,
+    proxy::{comm, original_destination, tuple_key},
+    record::{DnsRecord, RecordEvent, Recorder, now_ms},
+};
+
+/// The kernel's record of a query datagram is trusted for this long after it was sent.
+const FRESH: Duration = Duration::from_secs(2);
+/// Largest DNS message (TCP length prefix).
+const MAX_MESSAGE: usize = 65_535;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        }
+    }
+}
+
+pub struct Resolver {
+    maps: Arc<ConnMaps>,
+    jobs: Arc<JobRegistry>,
+    enforcer: Arc<Enforcer>,
+    recorder: Recorder,
+    metrics: Arc<DnsMetrics>,
+    config: DnsConfig,
+    upstreams: Vec<SocketAddr>,
+    cache: Mutex<Cache>,
+}
+
+impl Resolver {
+    pub fn new(
+        config: DnsConfig,
+        maps: Arc<ConnMaps>,
+        jobs: Arc<JobRegistry>,
+        enforcer: Arc<Enforcer>,
+        recorder: Recorder,
+        metrics: Arc<DnsMetrics>,
+    ) -> Self {
+        let upstreams = config.upstreams();
+        tracing::info!(
+            ?upstreams,
+            enabled = config.enabled,
+            "DNS resolver for jobs"
+        );
+        Self {
+            cache: Mutex::new(Cache::new(config.cache_entries, config.max_ttl)),
+            upstreams,
+            config,
+            maps,
+            jobs,
+            enforcer,
+            recorder,
+            metrics,
+        }
+    }
+
+    /// The UDP sockets on the proxy's addresses and port (bound before the runtime runs).
+    pub fn bind(
+        port: u16,
+        ipv4: Ipv4Addr,
+        ipv6: Ipv6Addr,
+    ) -> std::io::Result<Vec<std::net::UdpSocket>> {
+        let mut sockets = vec![std::net::UdpSocket::bind((ipv4, port))?];
+        match std::net::UdpSocket::bind((ipv6, port)) {
+            Ok(socket) => sockets.push(socket),
+            Err(error) if error.kind() == std::io::ErrorKind::AddrNotAvailable => {
+                tracing::warn!("IPv6 loopback unavailable; IPv6 DNS of jobs will fail");
+            }
+            Err(error) => return Err(error),
+        }
+        for socket in &sockets {
+            socket.set_nonblocking(true)?;
+        }
+        Ok(sockets)
+    }
+
+    /// Answers datagrams until the runtime stops; each query in a task of its own.
+    pub async fn serve_udp(self: Arc<Self>, socket: std::net::UdpSocket) {
+        let socket = match UdpSocket::from_std(socket) {
+            Ok(socket) => Arc::new(socket),
+            Err(error) => {
+                tracing::error!(%error, "DNS socket; jobs' DNS queries go unanswered");
+                return;
+            }
+        };
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        loop {
+            let (n, from) = match socket.recv_from(&mut buf).await {
+                Ok(received) => received,
+                Err(error) => {
+                    tracing::warn!(%error, "DNS receive");
+                    continue;
+                }
+            };
+            let query = buf[..n].to_vec();
+            let (resolver, socket) = (self.clone(), socket.clone());
+            tokio::spawn(async move {
+                let info = match resolver.maps.dns_source(&tuple_key(from), FRESH) {
+                    Ok(info) => info,
+                    Err(error) => {
+                        tracing::warn!(%error, "DNS source lookup");
+                        None
+                    }
+                };
+                if let Some(reply) = resolver.answer(&query, info, Transport::Udp).await {
+                    let _ = socket.send_to(&reply, from).await;
+                }
+            });
+        }
+    }
+
+    /// DNS over TCP from a job (a connect to port 53, accepted by the proxy): answers
+    /// length-prefixed queries until the client closes. Returns bytes (up, down).
+    pub async fn serve_tcp(&self, mut client: TcpStream, info: ConnInfo) -> (u64, u64) {
+        let (mut up, mut down) = (0u64, 0u64);
+        loop {
+            let mut len = [0u8; 2];
+            if client.read_exact(&mut len).await.is_err() {
+                return (up, down);
+            }
+            let len = usize::from(u16::from_be_bytes(len));
+            let mut query = vec![0u8; len];
+            if client.read_exact(&mut query).await.is_err() {
+                return (up, down);
+            }
+            up += 2 + len as u64;
+            let Some(reply) = self.answer(&query, Some(info), Transport::Tcp).await else {
+                return (up, down);
+            };
+            let Ok(reply_len) = u16::try_from(reply.len()) else {
+                return (up, down);
+            };
+            let mut framed = reply_len.to_be_bytes().to_vec();
+            framed.extend_from_slice(&reply);
+            if client.write_all(&framed).await.is_err() {
+                return (up, down);
+            }
+            down += framed.len() as u64;
+        }
+    }
+
+    /// Decides, answers and records one query; None when there is nothing to answer.
+    async fn answer(
+        &self,
+        query: &[u8],
+        info: Option<ConnInfo>,
+        transport: Transport,
+    ) -> Option<Vec<u8>> {
+        let started = Instant::now();
+        let mut record = DnsRecord {
+            at: now_ms(),
+            transport: transport.as_str().to_owned(),
+            ..DnsRecord::default()
+        };
+        let job = info.and_then(|info| self.jobs.resolve(info.cgroup_id));
+        let process = info.map(|info| Process {
+            pid: info.tgid,
+            uid: info.uid,
+            gid: info.gid,
+            comm: comm(&info),
+            exe: crate::proc_info::exe(info.tgid).map(|p| p.display().to_string()),
+        });
+        let server = info.map(|info| original_destination(&info));
+        if let Some(info) = info {
+            record.cgroup_id = Some(info.cgroup_id);
+            record.pid = Some(info.tgid);
+            record.uid = Some(info.uid);
+            record.comm = Some(comm(&info));
+        }
+        record.server = server.map(|s| s.to_string());
+        record.job_id = job.as_ref().map(|j| j.id.clone());
+
+        let question = match message::question(query) {
+            Ok(question) => question,
+            Err(bad) => {
+                record.decision = "malformed".to_owned();
+                record.rcode = message::rcode_name(bad.rcode);
+                record.error = Some(bad.why);
+                let reply = message::formerr(query).map(|mut reply| {
+                    if bad.rcode != ResponseCode::FormErr && reply.len() >= 4 {
+                        reply[3] = 0x80 | (u16::from(bad.rcode) as u8 & 0x0f);
+                    }
+                    reply
+                });
+                self.finish(record, started);
+                return reply;
+            }
+        };
+        record.name = question.name.clone();
+        record.qtype = question.qtype.clone();
+        let (Some(job), Some(process), Some(server)) = (job, process, server) else {
+            record.decision = "unattributed".to_owned();
+            record.reason = "no kernel record of this query's job: refused".to_owned();
+            return Some(self.refuse(record, &question, started));
+        };
+        if !self.config.enabled {
+            record.decision = "deny".to_owned();
+            record.reason = "the resolver is off ([dns] enabled = false): refused".to_owned();
+            return Some(self.refuse(record, &question, started));
+        }
+        let decision = self.enforcer.decide_dns(DnsQuery {
+            principal: &job.principal,
+            process: &process,
+            server,
+            name: &question.name,
+            qtype: &question.qtype,
+        });
+        record.decision = decision.label().to_owned();
+        record.policy_ids = decision.policy_ids.clone();
+        record.reason = decision.reason.clone();
+        if decision.blocks() {
+            return Some(self.refuse(record, &question, started));
+        }
+
+        let key = Key {
+            name: question.name.clone(),
+            qtype: question.qtype.clone(),
+            qclass: question.qclass.clone(),
+        };
+        let cached = self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key, Instant::now());
+        let reply = match cached {
+            Some(bytes) => {
+                record.cached = true;
+                self.metrics.cache_hits.inc();
+                message::with_id(&bytes, question.id)
+            }
+            None => match self.forward(query, &question, transport).await {
+                Ok(bytes) => bytes,
+                Err(error) => {
+                    self.metrics.upstream_failures.inc();
+                    record.error = Some(error);
+                    record.rcode = "SERVFAIL".to_owned();
+                    let reply = message::error_answer(&question, ResponseCode::ServFail);
+                    self.finish(record, started);
+                    return Some(reply);
+                }
+            },
+        };
+        match message::answer(&reply, &question) {
+            Some(answer) => {
+                if !record.cached
+                    && !answer.truncated
+                    && (answer.rcode == "NOERROR" || answer.rcode == "NXDOMAIN")
+                {
+                    self.cache.lock().unwrap_or_else(|e| e.into_inner()).put(
+                        key,
+                        reply.clone(),
+                        answer.min_ttl,
+                        Instant::now(),
+                    );
+                }
+                record.rcode = answer.rcode;
+                record.answers = answer.records;
+            }
+            None => record.rcode = "UNREADABLE".to_owned(),
+        }
+        self.finish(record, started);
+        Some(reply)
+    }
+
+    fn refuse(&self, mut record: DnsRecord, question: &Question, started: Instant) -> Vec<u8> {
+        record.rcode = "REFUSED".to_owned();
+        self.finish(record, started);
+        message::error_answer(question, ResponseCode::Refused)
+    }
+
+    /// One record and one count per query.
+    fn finish(&self, mut record: DnsRecord, started: Instant) {
+        record.duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.metrics.query(&record.decision, &record.rcode);
+        tracing::debug!(
+            name = record.name,
+            qtype = record.qtype,
+            decision = record.decision,
+            rcode = record.rcode,
+            job = record.job_id.as_deref(),
+            "dns"
+        );
+        self.recorder.record(RecordEvent::Dns(Box::new(record)));
+    }
+
+    /// Forwards the query's own bytes to each upstream in turn until one answers it.
+    async fn forward(
+        &self,
+        query: &[u8],
+        question: &Question,
+        transport: Transport,
+    ) -> Result<Vec<u8>, String> {
+        let mut errors = Vec::new();
+        for &upstream in &self.upstreams {
+            let attempt = match transport {
+                Transport::Udp => forward_udp(upstream, query, self.config.timeout).await,
+                Transport::Tcp => forward_tcp(upstream, query, self.config.timeout).await,
+            };
+            match attempt {
+                Ok(bytes) if message::answer(&bytes, question).is_some() => return Ok(bytes),
+                Ok(_) => errors.push(format!("{upstream}: not an answer to the query")),
+                Err(error) => errors.push(format!("{upstream}: {error}")),
+            }
+        }
+        if errors.is_empty() {
+            errors.push("no upstream resolver".to_owned());
+        }
+        Err(errors.join("; "))
+    }
+}
+
+async fn forward_udp(
+    upstream: SocketAddr,
+    query: &[u8],
+    timeout: Duration,
+) -> Result<Vec<u8>, String> {
+    let bind: SocketAddr = if upstream.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = UdpSocket::bind(bind).await.map_err(|e| e.to_string())?;
+    socket.connect(upstream).await.map_err(|e| e.to_string())?;
+    socket.send(query).await.map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let n = tokio::time::timeout(timeout, socket.recv(&mut buf))
+        .await
+        .map_err(|_| format!("no answer within {timeout:?}"))?
+        .map_err(|e| e.to_string())?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+async fn forward_tcp(
+    upstream: SocketAddr,
+    query: &[u8],
+    timeout: Duration,
+) -> Result<Vec<u8>, String> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(upstream).await?;
+        let len = u16::try_from(query.len()).map_err(std::io::Error::other)?;
+        let mut framed = len.to_be_bytes().to_vec();
+        framed.extend_from_slice(query);
+        stream.write_all(&framed).await?;
+        let mut len = [0u8; 2];
+        stream.read_exact(&mut len).await?;
+        let mut answer = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        stream.read_exact(&mut answer).await?;
+        Ok::<_, std::io::Error>(answer)
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| format!("no answer within {timeout:?}"))?
+        .map_err(|e| e.to_string())
+}
