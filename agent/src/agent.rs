@@ -420,8 +420,15 @@ fn spawn_resolver(
                 for socket in sockets {
                     tasks.spawn(resolver.clone().serve_udp(socket));
                 }
+                // What ended jobs resolved is forgotten now and then.
+                let mut forget = tokio::time::interval(Duration::from_secs(30));
+                loop {
+                    tokio::select! {
+                        _ = forget.tick() => resolver.forget_ended(),
+                        _ = shutdown.wait_for(|stop| *stop) => break,
+                    }
+                }
                 drop(resolver);
-                let _ = shutdown.wait_for(|stop| *stop).await;
                 tasks.shutdown().await;
             });
         })

@@ -4,6 +4,7 @@
 //! the host's upstream resolvers, and recorded with its answers.
 pub mod cache;
 pub mod message;
+pub mod names;
 pub mod server;
 
 use std::{net::SocketAddr, path::Path, time::Duration};

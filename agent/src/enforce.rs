@@ -267,16 +267,6 @@ impl Enforcer {
             .is_some_and(|engine| engine.permits(subject, action, sql))
     }
 
-    /// The catalog target's name for a destination, or `(unknown)`.
-    pub fn target_name(&self, destination: SocketAddr) -> String {
-        self.active
-            .load()
-            .engine
-            .as_ref()
-            .and_then(|engine| engine.target(destination))
-            .map_or_else(|| "(unknown)".to_owned(), |t| t.name.clone())
-    }
-
     /// What masks the results a client of `destination` sees: its target's
     /// `masking.results`, else `[masking] results`.
     pub fn results_masking(&self, destination: SocketAddr) -> ResultsMasking {
@@ -305,6 +295,7 @@ impl Enforcer {
             principal,
             process,
             destination,
+            hostname,
         } = subject;
         let active = self.active.load();
         let Some(engine) = active.engine.as_ref() else {
@@ -319,6 +310,7 @@ impl Enforcer {
             comm: process.comm.clone(),
             exe: process.exe.clone(),
             destination,
+            hostname: hostname.map(str::to_owned),
         };
         CACHE.with(|cache| {
             let mut cache = cache.borrow_mut();
@@ -345,6 +337,7 @@ struct CacheKey {
     comm: String,
     exe: Option<String>,
     destination: SocketAddr,
+    hostname: Option<String>,
 }
 
 #[derive(Default)]

@@ -116,6 +116,9 @@ pub struct ConnectionRecord {
     pub source: String,
     /// The original destination, canonical (IPv4-mapped addresses as IPv4).
     pub destination: Option<String>,
+    /// The name the job resolved the destination from (through Tollgate's resolver).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
     /// allow, deny, require_approval, would_deny, would_require_approval, revoked, or
     /// unattributed.
     pub decision: String,

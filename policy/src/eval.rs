@@ -76,6 +76,23 @@ impl PolicyEngine {
             .lookup(canonical(destination.ip()), destination.port())
     }
 
+    /// The target of a subject: by the name the job resolved (a target's `dns_names`,
+    /// on its ports) first, then by address.
+    pub fn target_of(&self, subject: &Subject<'_>) -> Option<&TargetSpec> {
+        subject
+            .hostname
+            .and_then(|name| {
+                self.catalog.targets().iter().find(|t| {
+                    crate::dns::name_matches(&t.dns_names, name)
+                        && (t.ports.is_empty()
+                            || t.ports
+                                .iter()
+                                .any(|r| r.contains(subject.destination.port())))
+                })
+            })
+            .or_else(|| self.target(subject.destination))
+    }
+
     /// Decides an L4 connect.
     pub fn decide_connect(&self, subject: Subject<'_>) -> Decision {
         self.decide(subject, "connect", None)
@@ -95,7 +112,7 @@ impl PolicyEngine {
         if !self.governs_sql {
             let mut decision = Decision::allow(NO_SQL_POLICY_REASON);
             decision.target = self
-                .target(subject.destination)
+                .target_of(&subject)
                 .map_or_else(|| "(unknown)".to_owned(), |t| t.name.clone());
             return decision;
         }
@@ -105,7 +122,7 @@ impl PolicyEngine {
     /// Whether a policy permits `action` outright (no mode, no SQL adoption rule): for
     /// exemptions such as `mask:exempt`, which must be granted explicitly.
     pub fn permits(&self, subject: Subject<'_>, action: &str, sql: &SqlContext) -> bool {
-        let target = self.target(subject.destination);
+        let target = self.target_of(&subject);
         matches!(
             self.evaluate(subject, target, action, Some(sql)),
             Ok((Effect::Allow, _, _))
@@ -113,7 +130,7 @@ impl PolicyEngine {
     }
 
     fn decide(&self, subject: Subject<'_>, action: &str, sql: Option<&SqlContext>) -> Decision {
-        let target = self.target(subject.destination);
+        let target = self.target_of(&subject);
         let mode = target.and_then(|t| t.mode).unwrap_or(self.mode);
         let target_name = target.map_or_else(|| "(unknown)".to_owned(), |t| t.name.clone());
         let evaluated = self.evaluate(subject, target, action, sql);
@@ -145,14 +162,15 @@ impl PolicyEngine {
             principal,
             process,
             destination,
+            hostname,
         } = subject;
         let target_uid = uid(
             "Target",
             &target.map_or_else(|| destination.to_string(), |t| t.name.clone()),
         )
         .ok_or("bad target id")?;
-        let resource =
-            target_entity(target_uid.clone(), destination, target).map_err(|e| e.to_string())?;
+        let resource = target_entity(target_uid.clone(), destination, hostname, target)
+            .map_err(|e| e.to_string())?;
         let context = match sql {
             None => Context::empty(),
             Some(sql) => Context::from_pairs([
@@ -305,6 +323,7 @@ fn job_entity(
 fn target_entity(
     uid: EntityUid,
     destination: SocketAddr,
+    hostname: Option<&str>,
     target: Option<&TargetSpec>,
 ) -> Result<Entity, Box<dyn std::error::Error>> {
     let ip = canonical(destination.ip());
@@ -330,7 +349,7 @@ fn target_entity(
             "protocol".to_owned(),
             string(target.and_then(|t| t.protocol.as_deref()).unwrap_or("")),
         ),
-        ("hostname".to_owned(), string("")),
+        ("hostname".to_owned(), string(hostname.unwrap_or(""))),
         (
             "tags".to_owned(),
             RestrictedExpression::new_set(tags.iter().map(|(k, v)| string(&format!("{k}={v}")))),
@@ -381,7 +400,8 @@ mod tests {
         let destination: SocketAddr = "10.1.2.3:5432".parse().unwrap();
         for target in [Some(&target), None] {
             let job = job_entity(uid("Job", "j1").unwrap(), &principal, &process).unwrap();
-            let resource = target_entity(uid("Target", "t").unwrap(), destination, target).unwrap();
+            let resource =
+                target_entity(uid("Target", "t").unwrap(), destination, None, target).unwrap();
             Entities::from_entities([job, resource], Some(schema())).unwrap();
         }
         Request::new(

@@ -51,6 +51,9 @@ pub struct Subject<'a> {
     pub principal: &'a Principal,
     pub process: &'a Process,
     pub destination: SocketAddr,
+    /// The name the job resolved the destination's address from (through Tollgate's
+    /// resolver), if it did: `resource.hostname`, and what `dns_names` match.
+    pub hostname: Option<&'a str>,
 }
 
 impl<'a> Subject<'a> {
@@ -59,7 +62,13 @@ impl<'a> Subject<'a> {
             principal,
             process,
             destination,
+            hostname: None,
         }
+    }
+
+    pub fn with_hostname(mut self, hostname: Option<&'a str>) -> Self {
+        self.hostname = hostname;
+        self
     }
 }
 

@@ -221,3 +221,58 @@ fn a_malformed_dns_packet_gets_formerr_and_the_resolver_keeps_serving() {
             .is_some_and(|e| e.contains("malformed"))
     );
 }
+
+#[test]
+fn a_dns_named_target_matches_by_the_name_the_job_resolved() {
+    if !require_root() {
+        return;
+    }
+    let upstream = upstream();
+    let http = Server::http("127.0.0.1:0");
+    // The agent cannot resolve the name itself (the host's resolver does not know it):
+    // only what the job resolved can make the address this target.
+    let extra = format!(
+        "[dns]\nupstreams = [\"127.0.0.1:{}\"]\n\n\
+         [[targets]]\nname = \"web\"\ndns_names = [\"web.corp.example\"]\nports = [{}]\n",
+        upstream.port,
+        http.port()
+    );
+    let policy = r#"
+@id("web-only")
+permit(principal, action == Action::"connect", resource) when { resource.name == "web" };
+@id("corp-dns")
+permit(principal, action == Action::"dns:query", resource)
+when { resource.hostname like "*.corp.example" };
+"#;
+    let agent = Agent::start_with_policy("", &extra, |dir| {
+        std::fs::create_dir_all(dir).expect("policy dir");
+        std::fs::write(dir.join("web.cedar"), policy).expect("policy");
+    });
+    let labels = [("repository", "acme/api")];
+    let url = |host: &str| format!("http://{host}:{}/", http.port());
+    // Control: directly, the address answers.
+    let direct = output(Command::new("curl").args(["-sS", &url("127.0.0.1")]));
+    assert!(direct.status.success(), "{}", stderr(&direct));
+    // By the name the job resolved: the target, allowed.
+    let by_name = agent.run_job(&labels, &["curl", "-sS", "-4", &url("web.corp.example")]);
+    assert!(by_name.status.success(), "{}", stderr(&by_name));
+    assert_eq!(stdout(&by_name), tollgate_e2e::servers::HTTP_BODY);
+    // By address only, in a job that resolved nothing: no target, default deny.
+    let by_ip = agent.run_job(&labels, &["curl", "-sS", &url("127.0.0.1")]);
+    assert!(!by_ip.status.success(), "denied without the name");
+
+    let sessions = agent.wait_sessions(None, 2);
+    let allowed = sessions
+        .iter()
+        .find(|s| s["decision"] == "allow")
+        .expect("the allowed connection");
+    assert_eq!(allowed["hostname"], "web.corp.example", "{allowed}");
+    assert_eq!(allowed["target"], "web");
+    assert_eq!(allowed["policy_ids"][0], "web-only");
+    let denied = sessions
+        .iter()
+        .find(|s| s["decision"] == "deny")
+        .expect("the denied connection");
+    assert!(denied["hostname"].is_null(), "{denied}");
+    assert_eq!(denied["target"], "(unknown)");
+}

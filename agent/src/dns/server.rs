@@ -57,6 +57,7 @@ pub struct Resolver {
     config: DnsConfig,
     upstreams: Vec<SocketAddr>,
     cache: Mutex<Cache>,
+    names: super::names::JobNames,
 }
 
 impl Resolver {
@@ -76,6 +77,7 @@ impl Resolver {
         );
         Self {
             cache: Mutex::new(Cache::new(config.cache_entries, config.max_ttl)),
+            names: super::names::JobNames::default(),
             upstreams,
             config,
             maps,
@@ -84,6 +86,17 @@ impl Resolver {
             recorder,
             metrics,
         }
+    }
+
+    /// The name `job` resolved `ip` from, if it did (for connect decisions).
+    pub fn name_of(&self, job: &str, ip: std::net::IpAddr) -> Option<String> {
+        self.names.name_of(job, ip)
+    }
+
+    /// Forgets what ended jobs resolved.
+    pub fn forget_ended(&self) {
+        let jobs = &self.jobs;
+        self.names.retain_jobs(&|job| jobs.get(job).is_some());
     }
 
     /// The UDP sockets on the proxy's addresses and port (bound before the runtime runs).
@@ -285,6 +298,8 @@ impl Resolver {
                         Instant::now(),
                     );
                 }
+                self.names
+                    .learn(&job.id, &question.name, &answer.addresses, answer.min_ttl);
                 record.rcode = answer.rcode;
                 record.answers = answer.records;
             }

@@ -83,12 +83,15 @@ pub struct Context {
     /// The client opened with a TLS ClientHello (`sslnegotiation=direct`), not with an
     /// SSLRequest.
     pub direct_tls: bool,
+    /// The name the job resolved the destination from, if it did.
+    pub hostname: Option<String>,
 }
 
 impl Context {
     /// Who the session's decisions are about.
     fn subject(&self) -> Subject<'_> {
         Subject::new(&self.principal, &self.process, self.destination)
+            .with_hostname(self.hostname.as_deref())
     }
 }
 

@@ -71,6 +71,11 @@ impl<'a> AccessLog<'a> {
     }
 
     /// A policy reload denied this live connection.
+    /// The name the job resolved the destination from, if it did.
+    pub fn hostname(&mut self, hostname: Option<String>) {
+        self.record.hostname = hostname;
+    }
+
     pub fn revoked(&mut self, decision: &Decision) {
         self.shared.policy_metrics.revoked.inc();
         self.record.decision = "revoked".to_owned();

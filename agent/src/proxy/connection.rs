@@ -59,6 +59,10 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
         log.bytes(up, down);
         return;
     }
+    let hostname = job
+        .as_ref()
+        .and_then(|job| shared.dns.name_of(&job.id, destination.ip()));
+    log.hostname(hostname.clone());
     let decision = match &principal {
         None => Decision::deny(format!(
             "cgroup {} is not an active Tollgate job: refused",
@@ -67,11 +71,9 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
         Some(_) if shared.strict_recording && !shared.recorder.is_healthy() => {
             Decision::deny("recording is failing and recording.strict is set: refused")
         }
-        Some(principal) => {
-            shared
-                .enforcer
-                .decide_connect(Subject::new(principal, &process, destination))
-        }
+        Some(principal) => shared.enforcer.decide_connect(
+            Subject::new(principal, &process, destination).with_hostname(hostname.as_deref()),
+        ),
     };
     log.decide(&decision);
     if decision.blocks() {
@@ -118,8 +120,9 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
             max_message: shared.postgres.max_message_size,
             tls: shared.tls.clone(),
             metrics: shared.postgres_metrics.clone(),
-            target: shared.enforcer.target_name(destination),
+            target: decision.target.clone(),
             direct_tls: how == Follow::PostgresDirectTls,
+            hostname: hostname.clone(),
         }),
         _ => None,
     };
@@ -127,7 +130,7 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
     // A policy reload may revoke the connection while it is relayed.
     let (_registration, revoked) = match principal {
         Some(principal) => {
-            let (registration, revoked) = live::register(principal, process, destination);
+            let (registration, revoked) = live::register(principal, process, destination, hostname);
             (Some(registration), Some(revoked))
         }
         None => (None, None),

@@ -12,6 +12,7 @@ struct Entry {
     principal: Arc<Principal>,
     process: Process,
     destination: SocketAddr,
+    hostname: Option<String>,
     revoke: oneshot::Sender<Decision>,
 }
 
@@ -36,6 +37,7 @@ pub fn register(
     principal: Arc<Principal>,
     process: Process,
     destination: SocketAddr,
+    hostname: Option<String>,
 ) -> (Registration, oneshot::Receiver<Decision>) {
     let (revoke, revoked) = oneshot::channel();
     let id = LIVE.with(|live| {
@@ -48,6 +50,7 @@ pub fn register(
                 principal,
                 process,
                 destination,
+                hostname,
                 revoke,
             },
         );
@@ -65,11 +68,10 @@ pub fn revoke_denied(enforcer: &Enforcer) -> usize {
             .1
             .iter()
             .filter_map(|(id, entry)| {
-                let decision = enforcer.decide_connect(Subject::new(
-                    &entry.principal,
-                    &entry.process,
-                    entry.destination,
-                ));
+                let decision = enforcer.decide_connect(
+                    Subject::new(&entry.principal, &entry.process, entry.destination)
+                        .with_hostname(entry.hostname.as_deref()),
+                );
                 decision.blocks().then_some((*id, decision))
             })
             .collect();

@@ -1,7 +1,7 @@
 //! The SQLite schema of the recording store.
 use rusqlite::Connection;
 
-pub const VERSION: i64 = 8;
+pub const VERSION: i64 = 9;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -52,7 +52,8 @@ CREATE TABLE IF NOT EXISTS connections (
     db_name     TEXT,
     application_name TEXT,
     client_tls  INTEGER,
-    server_tls  INTEGER
+    server_tls  INTEGER,
+    hostname    TEXT
 );
 CREATE INDEX IF NOT EXISTS connections_by_job ON connections (job_id, started_at);
 CREATE INDEX IF NOT EXISTS connections_by_start ON connections (started_at);
@@ -175,8 +176,20 @@ pub fn apply(conn: &Connection) -> rusqlite::Result<()> {
         // index, because SQLite cannot drop it without copying the table.)
         conn.execute_batch("DROP INDEX IF EXISTS statements_by_job")?;
     }
+    if (1..9).contains(&version) && !has_column(conn, "connections", "hostname")? {
+        // Version 9 records the name a job resolved a destination from.
+        conn.execute_batch("ALTER TABLE connections ADD COLUMN hostname TEXT")?;
+    }
     conn.pragma_update(None, "user_version", VERSION)?;
     Ok(())
+}
+
+fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    let mut stmt = conn.prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?;
+    let names = stmt
+        .query_map([], |row| row.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(names.iter().any(|n| n == column))
 }
 
 #[cfg(test)]
@@ -226,6 +239,28 @@ mod tests {
             )
             .unwrap();
         assert_eq!(id, "s1");
+    }
+
+    #[test]
+    fn a_version_8_store_gains_the_hostname_column() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE connections (id TEXT PRIMARY KEY, job_id TEXT);
+             INSERT INTO connections VALUES ('c1', 'j1');
+             PRAGMA user_version = 8;",
+        )
+        .unwrap();
+        assert!(!has_column(&conn, "connections", "hostname").unwrap());
+        apply(&conn).unwrap();
+        assert!(has_column(&conn, "connections", "hostname").unwrap());
+        let id: String = conn
+            .query_row(
+                "SELECT id FROM connections WHERE hostname IS NULL",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(id, "c1");
     }
 
     #[test]

@@ -392,9 +392,9 @@ fn insert_connection(tx: &rusqlite::Transaction<'_>, c: &ConnectionRecord) -> ru
         "INSERT OR REPLACE INTO connections (id, job_id, attributed, pid, tid, uid, gid, comm, \
          exe, cgroup_id, source, destination, decision, reason, policy_ids, bytes_up, \
          bytes_down, started_at, connect_us, ended_at, error, target, assurance, protocol, db_user, \
-         db_name, application_name, client_tls, server_tls) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, \
-         ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, \
-         ?26, ?27, ?28, ?29)",
+         db_name, application_name, client_tls, server_tls, hostname) VALUES (?1, ?2, ?3, ?4, ?5, \
+         ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, \
+         ?24, ?25, ?26, ?27, ?28, ?29, ?30)",
     )?;
     stmt.execute(params![
         c.id,
@@ -426,6 +426,7 @@ fn insert_connection(tx: &rusqlite::Transaction<'_>, c: &ConnectionRecord) -> ru
         c.application_name,
         c.client_tls,
         c.server_tls,
+        c.hostname,
     ])?;
     Ok(())
 }

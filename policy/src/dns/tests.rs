@@ -1,5 +1,6 @@
 use super::*;
 use crate::{load::PolicyBundle, targets::Catalog};
+use std::collections::BTreeMap;
 
 fn engine(policy: &str, targets: Vec<TargetSpec>) -> PolicyEngine {
     let bundle: PolicyBundle = crate::load::load(&[crate::load::Source {
@@ -107,4 +108,57 @@ when { resource.hasTag("env") && resource.getTag("env") == "production"
     let db_web = decide(&e, "acme/web", "db.corp.example");
     assert_eq!(db_web.effect, Effect::Deny);
     assert_eq!(db_web.policy_ids, ["no-prod-for-web"]);
+}
+
+#[test]
+fn connects_match_dns_named_targets_by_the_name_the_job_resolved() {
+    let web = TargetSpec {
+        name: "web".to_owned(),
+        cidrs: vec![],
+        ports: vec![crate::targets::PortRange {
+            first: 8080,
+            last: 8080,
+        }],
+        dns_names: vec!["*.corp.example".to_owned()],
+        protocol: None,
+        tags: BTreeMap::new(),
+        mode: None,
+        masking: None,
+        resolved: vec![],
+    };
+    let e = engine(
+        r#"
+@id("web")
+permit(principal, action == Action::"connect", resource) when { resource.name == "web" };
+@id("by-name")
+permit(principal, action == Action::"connect", resource)
+when { resource.hostname == "api.example.com" };
+"#,
+        vec![web],
+    );
+    let p = principal("acme/api");
+    let process = Process::default();
+    let dest: SocketAddr = "10.9.9.9:8080".parse().unwrap();
+    let subject =
+        |name: Option<&'static str>| crate::Subject::new(&p, &process, dest).with_hostname(name);
+    let by_name = e.decide_connect(subject(Some("app.corp.example")));
+    assert_eq!(
+        (by_name.effect, by_name.target.as_str()),
+        (Effect::Allow, "web")
+    );
+    // The same address without the name: no target, default deny.
+    let by_ip = e.decide_connect(subject(None));
+    assert_eq!(
+        (by_ip.effect, by_ip.target.as_str()),
+        (Effect::Deny, "(unknown)")
+    );
+    // Another port of the name is not the target.
+    let other_port = e.decide_connect(
+        crate::Subject::new(&p, &process, "10.9.9.9:22".parse().unwrap())
+            .with_hostname(Some("app.corp.example")),
+    );
+    assert_eq!(other_port.effect, Effect::Deny);
+    // resource.hostname is the resolved name.
+    let named = e.decide_connect(subject(Some("api.example.com")));
+    assert_eq!(named.policy_ids, ["by-name"]);
 }
