@@ -245,8 +245,8 @@ mod tests {
     fn a_version_8_store_gains_the_hostname_column() {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(
-            "CREATE TABLE connections (id TEXT PRIMARY KEY, job_id TEXT);
-             INSERT INTO connections VALUES ('c1', 'j1');
+            "CREATE TABLE connections (id TEXT PRIMARY KEY, job_id TEXT, started_at INTEGER);
+             INSERT INTO connections VALUES ('c1', 'j1', 1);
              PRAGMA user_version = 8;",
         )
         .unwrap();
