@@ -1,5 +1,6 @@
 //! The recording store: every job and every connection, written to an embedded SQLite
 //! database (WAL) by a batched writer thread, off the data path.
+mod journal;
 mod query;
 mod queue;
 mod retention;
@@ -297,6 +298,7 @@ pub struct Recorder {
     tx: queue::Sender,
     healthy: Arc<AtomicBool>,
     metrics: Arc<RecordMetrics>,
+    journal: Arc<journal::Journal>,
 }
 
 impl Recorder {
@@ -311,6 +313,16 @@ impl Recorder {
                 tracing::error!(?event, "recording queue is full; record dropped");
             }
         }
+    }
+
+    /// An allowed connection is about to reach its upstream: its row goes to the journal
+    /// (one write, kept through an agent kill), then to the writer.
+    pub fn opened(&self, row: &ConnectionRecord) {
+        if let Err(error) = self.journal.append(row) {
+            self.healthy.store(false, Ordering::Relaxed);
+            tracing::error!(%error, id = row.id, "connection journal write failed");
+        }
+        self.record(RecordEvent::ConnectionOpened(Box::new(row.clone())));
     }
 
     /// Queues an event and waits until it is committed (for rare events that must

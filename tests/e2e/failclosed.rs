@@ -225,3 +225,93 @@ fn cleanup_detaches_everything_and_refuses_while_the_agent_runs() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A job making short connections as fast as it can (about a thousand a second here)
+/// for `secs` seconds, then printing how many got through and how many failed.
+const STREAM: &str = "\
+import os, socket, sys, time
+print(os.environ['TOLLGATE_JOB_ID'], flush=True)
+port, secs = int(sys.argv[1]), float(sys.argv[2])
+ok = err = 0
+end = time.monotonic() + secs
+while time.monotonic() < end:
+    try:
+        s = socket.create_connection(('127.0.0.1', port), timeout=2)
+        s.sendall(b'x')
+        s.close()
+        ok += 1
+    except OSError:
+        err += 1
+        time.sleep(0.001)
+print(ok, err, flush=True)
+";
+
+#[test]
+fn sigkill_during_a_stream_of_connections_loses_no_record() {
+    if !require_root() {
+        return;
+    }
+    let sink = Server::sink("127.0.0.1:0");
+    let mut agent = Agent::start();
+    let port = sink.port().to_string();
+    let mut child = agent
+        .run_command(
+            &[("repo", "acme/stream")],
+            &["python3", "-u", "-c", STREAM, &port, "4"],
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("tollgate run");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut job_id = String::new();
+    stdout.read_line(&mut job_id).expect("job id");
+    let job_id = job_id.trim().to_owned();
+    // Kill the agent in the middle of the stream, then bring it back.
+    tollgate_e2e::wait_for(
+        "the stream to run",
+        std::time::Duration::from_secs(10),
+        || (sink.accepted.load(Ordering::Relaxed) >= 300).then_some(()),
+    );
+    agent.kill9();
+    let seen_at_kill = sink.accepted.load(Ordering::Relaxed);
+    agent.start_again();
+    let status = child.wait().expect("tollgate run");
+    assert!(status.success(), "tollgate run: {status}");
+    let mut summary = String::new();
+    stdout.read_line(&mut summary).expect("summary");
+    let seen = sink.accepted.load(Ordering::Relaxed);
+    assert!(
+        seen > seen_at_kill,
+        "the stream went on after the restart: {summary}"
+    );
+
+    // Every connection the upstream saw is on record, with its job.
+    let sessions = tollgate_e2e::wait_for(
+        "every connection on record",
+        std::time::Duration::from_secs(20),
+        || {
+            let sessions = agent.sessions(Some(&job_id));
+            let allowed = sessions.iter().filter(|s| s["decision"] == "allow").count();
+            // (The sink may still be draining the last connections.)
+            let closed = sessions.iter().all(|s| s["ended_at"].is_i64());
+            (allowed >= seen && closed).then_some(sessions)
+        },
+    );
+    let allowed = sessions.iter().filter(|s| s["decision"] == "allow").count();
+    assert!(
+        allowed >= seen,
+        "{allowed} allowed connections on record, the upstream saw {seen} ({summary})"
+    );
+    let cut = sessions
+        .iter()
+        .filter(|s| {
+            s["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("agent stopped"))
+        })
+        .count();
+    eprintln!(
+        "upstream saw {seen} ({seen_at_kill} before the kill); on record: {allowed} allowed, \
+         {cut} cut by the kill; job: {summary}"
+    );
+}

@@ -85,9 +85,7 @@ impl<'a> AccessLog<'a> {
 
     /// Puts the allowed connection on record before relaying it.
     pub fn opened(&self) {
-        self.shared
-            .recorder
-            .record(RecordEvent::ConnectionOpened(Box::new(self.record.clone())));
+        self.shared.recorder.opened(&self.record);
     }
 
     pub fn connected(&mut self, accepted: Instant) {

@@ -14,6 +14,7 @@ use rusqlite::{Connection, params};
 
 use super::{
     ConnectionRecord, JobExit, JobRecord, RecordError, RecordEvent, Recorder, StatementRecord,
+    journal::{Journal, Retired},
     now_ms, queue, retention, schema,
 };
 use crate::metrics::RecordMetrics;
@@ -66,8 +67,27 @@ pub fn spawn(
         path: path.to_owned(),
         source,
     };
-    let conn = Connection::open(path).map_err(open_err)?;
+    let mut conn = Connection::open(path).map_err(open_err)?;
     schema::apply(&conn).map_err(open_err)?;
+    // Connections an agent killed before its recorder committed them: on record now.
+    let journal_dir = path.with_extension("journal");
+    let (journal, rows, old) = Journal::open(&journal_dir).map_err(|source| RecordError::Dir {
+        path: journal_dir.clone(),
+        source,
+    })?;
+    if !rows.is_empty() {
+        let recovered = replay(&mut conn, &rows).map_err(open_err)?;
+        if recovered > 0 {
+            tracing::warn!(
+                recovered,
+                "recorded connections from the journal of an agent that stopped uncleanly"
+            );
+        }
+    }
+    for segment in old {
+        let _ = std::fs::remove_file(segment);
+    }
+    let journal = Arc::new(journal);
     let (tx, rx) = queue::bounded(capacity, batch_size);
     let healthy = Arc::new(AtomicBool::new(true));
     let stopping = Arc::new(AtomicBool::new(false));
@@ -82,6 +102,8 @@ pub fn spawn(
         healthy: healthy.clone(),
         stopping: stopping.clone(),
         metrics: metrics.clone(),
+        journal: journal.clone(),
+        retired: Vec::new(),
     };
     let thread = std::thread::Builder::new()
         .name("tollgate-recorder".into())
@@ -92,6 +114,7 @@ pub fn spawn(
             tx,
             healthy,
             metrics,
+            journal,
         },
         WriterHandle {
             thread: Some(thread),
@@ -111,6 +134,31 @@ struct Writer {
     healthy: Arc<AtomicBool>,
     stopping: Arc<AtomicBool>,
     metrics: Arc<RecordMetrics>,
+    journal: Arc<Journal>,
+    retired: Vec<Retired>,
+}
+
+/// Inserts the journal's rows the store does not have, as cut by the agent's stop.
+/// Returns how many were missing.
+fn replay(conn: &mut Connection, rows: &[ConnectionRecord]) -> rusqlite::Result<usize> {
+    let tx = conn.transaction()?;
+    let mut recovered = 0;
+    for row in rows {
+        let exists: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM connections WHERE id = ?1)",
+            params![row.id],
+            |r| r.get(0),
+        )?;
+        if !exists {
+            let mut row = row.clone();
+            row.error
+                .get_or_insert_with(|| "the agent stopped before the connection ended".into());
+            insert_connection(&tx, &row)?;
+            recovered += 1;
+        }
+    }
+    tx.commit()?;
+    Ok(recovered)
 }
 
 impl Writer {
@@ -131,14 +179,33 @@ impl Writer {
                     }
                 }
                 batch.clear();
+                match self.journal.rotate_if_large() {
+                    Ok(Some(retired)) => self.retired.push(retired),
+                    Ok(None) => {}
+                    Err(error) => tracing::error!(%error, "rotating the connection journal"),
+                }
             }
             self.housekeeping();
+        }
+        // A clean stop: everything queued is committed (or reported lost, and then the
+        // journal stays for the next start).
+        if self.healthy.load(Ordering::Relaxed) {
+            self.journal.remove_all();
         }
     }
 
     /// Between batches: prunes what is past the retention (a bounded amount at a time)
     /// and measures the store.
     fn housekeeping(&mut self) {
+        let now_instant = Instant::now();
+        self.retired.retain(|segment| {
+            if segment.is_due(now_instant) {
+                segment.remove();
+                false
+            } else {
+                true
+            }
+        });
         let now = Instant::now();
         if let Some(retention) = self.retention
             && now >= self.next_prune
