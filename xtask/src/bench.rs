@@ -15,6 +15,8 @@ use anyhow::{Context as _, bail};
 
 use crate::{build, run};
 
+mod dns;
+
 pub struct Options {
     pub rounds: usize,
     pub seconds: u64,
@@ -68,7 +70,9 @@ fn select(
 }
 
 /// The names `--workloads` takes, in the order of [`WORKLOADS`].
-const WORKLOAD_KEYS: [&str; 2] = ["select", "connect"];
+const WORKLOAD_KEYS: [&str; 3] = ["select", "connect", "dns"];
+/// The DNS workload (bench/dns.rs), which is not a pgbench run.
+const DNS_WORKLOAD: usize = 2;
 
 /// A workload: name and pgbench arguments (besides host/port/duration).
 const WORKLOADS: [(&str, &[&str]); 2] = [
@@ -101,8 +105,11 @@ pub fn bench(root: &Path, options: &Options) -> anyhow::Result<()> {
     let mut env = Environment::start(&scratch, &bin, options.scale)?;
     let result = measure(&mut env, options);
     env.stop();
-    let results = result?;
+    let (results, dns) = result?;
     report(&results, options);
+    if !dns.is_empty() {
+        dns::report(&dns, options.rounds, options.seconds);
+    }
     Ok(())
 }
 
@@ -149,10 +156,37 @@ fn clock_ticks() -> u64 {
     u64::try_from(ticks).unwrap_or(100)
 }
 
-fn measure(env: &mut Environment, options: &Options) -> anyhow::Result<Vec<Sample>> {
+fn measure(
+    env: &mut Environment,
+    options: &Options,
+) -> anyhow::Result<(Vec<Sample>, Vec<dns::Sample>)> {
     let mut samples = Vec::new();
+    let mut dns_samples = Vec::new();
     for round in 0..options.rounds {
         for &workload in &options.workloads {
+            if workload == DNS_WORKLOAD {
+                let agent = env
+                    .agents
+                    .iter()
+                    .find(|(name, _)| *name == "tollgate-l4")
+                    .map(|(_, a)| a.socket.clone())
+                    .context("no L4 agent")?;
+                for mode in 0..dns::MODES.len() {
+                    for job in [None, Some((env.bin.as_path(), agent.as_path()))] {
+                        let sample = dns::run(env.dns_port, job, mode, options.seconds)?;
+                        eprintln!(
+                            "xtask: bench: round {} dns {:<8} {:<8} {:>8.0} qps {:>7.1} us median",
+                            round + 1,
+                            dns::MODES[mode],
+                            dns::PATHS[sample.path],
+                            sample.qps,
+                            sample.median_us
+                        );
+                        dns_samples.push(sample);
+                    }
+                }
+                continue;
+            }
             let (name, args) = WORKLOADS[workload];
             for &path in &options.paths {
                 let path_name = PATHS[path];
@@ -176,7 +210,7 @@ fn measure(env: &mut Environment, options: &Options) -> anyhow::Result<Vec<Sampl
             }
         }
     }
-    Ok(samples)
+    Ok((samples, dns_samples))
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -199,7 +233,7 @@ fn report(samples: &[Sample], options: &Options) {
         "{:<18} {:<11} {:>11} {:>13} {:>26} {:>11}",
         "workload", "path", "median tps", "median ratio", "per-round ratios", "cpu-us/txn"
     );
-    for &workload in &options.workloads {
+    for &workload in options.workloads.iter().filter(|&&w| w != DNS_WORKLOAD) {
         let name = WORKLOADS[workload].0;
         for &path in &options.paths {
             let path_name = PATHS[path];
@@ -248,6 +282,9 @@ struct Environment {
     pg_port: u16,
     bouncer_port: u16,
     bouncer: Option<Child>,
+    /// The DNS workload's upstream resolver.
+    dns_port: u16,
+    dnsmasq: Option<Child>,
     agents: Vec<(&'static str, RunningAgent)>,
     pg_started: bool,
 }
@@ -289,6 +326,8 @@ impl Environment {
             pg_port: free_port()?,
             bouncer_port: free_port()?,
             bouncer: None,
+            dns_port: free_port()?,
+            dnsmasq: None,
             agents: Vec::new(),
             pg_started: false,
         };
@@ -365,6 +404,28 @@ impl Environment {
                 .context("starting pgbouncer")?,
         );
 
+        self.dnsmasq = Some(
+            Command::new("dnsmasq")
+                .args([
+                    "--keep-in-foreground",
+                    "--no-resolv",
+                    "--no-hosts",
+                    "--conf-file=/dev/null",
+                    "--bind-interfaces",
+                    "--listen-address=127.0.0.1",
+                    "--pid-file=",
+                    "--user=root",
+                    "--local-ttl=300",
+                    "--cache-size=0",
+                    "--address=/bench.example/127.0.0.1",
+                ])
+                .arg(format!("--port={}", self.dns_port))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting dnsmasq (cargo xtask setup installs it)")?,
+        );
+
         for (path, port, postgres) in AGENTS {
             let name = format!("{path}-bench-{}", std::process::id());
             let dir = self.scratch.join(path);
@@ -375,7 +436,9 @@ impl Environment {
                 "[proxy]\nport = {port}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
                  [control]\nsocket = \"{socket}\"\n[cgroup]\nparent = \"{name}\"\n\
                  [bpf]\npin_dir = \"/sys/fs/bpf/{name}\"\n[state]\ndir = \"{state}\"\n\
-                 [log]\nlevel = \"warn\"\n[postgres]\nenabled = {postgres}\n",
+                 [log]\nlevel = \"warn\"\n[postgres]\nenabled = {postgres}\n\
+                 [dns]\nupstreams = [\"127.0.0.1:{dns}\"]\n",
+                dns = self.dns_port,
                 admin = free_port()?,
                 socket = socket.display(),
                 state = dir.join("state").display(),
@@ -477,9 +540,13 @@ impl Environment {
                 .stdout(Stdio::null())
                 .status();
         }
-        if let Some(mut bouncer) = self.bouncer.take() {
-            let _ = bouncer.kill();
-            let _ = bouncer.wait();
+        for child in [self.bouncer.take(), self.dnsmasq.take()]
+            .into_iter()
+            .flatten()
+        {
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
         }
         if self.pg_started {
             let _ = as_postgres(&self.pg_bin.join("pg_ctl"))
@@ -516,7 +583,7 @@ mod tests {
     fn path_and_workload_selection() {
         let all = Options::new(3, 20, 10, &[], &[]).unwrap();
         assert_eq!(all.paths, vec![0, 1, 2, 3]);
-        assert_eq!(all.workloads, vec![0, 1]);
+        assert_eq!(all.workloads, vec![0, 1, 2]);
 
         // direct is always measured first, as the reference; duplicates collapse.
         let some = Options::new(

@@ -49,7 +49,8 @@ enum Cmd {
         /// pgbouncer. Default: all.
         #[arg(long, value_delimiter = ',')]
         paths: Vec<String>,
-        /// Workloads to run: select (-S -c8) and connect (-C -S -c4). Default: both.
+        /// Workloads to run: select (-S -c8), connect (-C -S -c4) and dns (queries through
+        /// the resolver, cached and uncached, against the upstream directly). Default: all.
         #[arg(long, value_delimiter = ',')]
         workloads: Vec<String>,
     },
