@@ -55,6 +55,10 @@ enum Command {
         /// cron jobs, legacy scripts and systemd units. Recorded as host-asserted.
         #[arg(long, value_name = "FILE")]
         identity_file: Option<PathBuf>,
+        /// Run the command as this user (name or uid), with its groups, once it is in
+        /// the job (the caller must be root). A non-root job cannot leave its job.
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
         /// The command and its arguments.
         #[arg(required = true, last = true, value_name = "CMD")]
         command: Vec<String>,
@@ -246,9 +250,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             labels,
             name,
             identity_file,
+            user,
             command,
         } => run::run(
             &socket,
+            user.as_deref(),
             labels.into_iter().collect(),
             name,
             identity_file.as_deref(),

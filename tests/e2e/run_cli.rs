@@ -132,3 +132,73 @@ fn a_malformed_config_names_the_key() {
     assert_eq!(label.status.code(), Some(2), "clap usage error");
     assert!(stderr(&label).contains("not key=value"));
 }
+
+#[test]
+fn run_as_another_user_is_intercepted_and_cannot_leave_its_job() {
+    if !require_root() {
+        return;
+    }
+    let http = tollgate_e2e::servers::Server::http("127.0.0.1:0");
+    let agent = Agent::start();
+    let root_procs = tollgate_e2e::agent::cgroup2_mount().join("cgroup.procs");
+    let script = format!(
+        "id -u; id -g; \
+         curl -sS -o /dev/null -w '%{{http_code}}\\n' http://127.0.0.1:{port}/; \
+         if echo $$ > {procs} 2>/dev/null; then echo moved; else echo stayed; fi; \
+         sed -n 's/^0:://p' /proc/self/cgroup",
+        port = http.port(),
+        procs = root_procs.display()
+    );
+    let out = output(
+        agent
+            .tollgate()
+            .args([
+                "run",
+                "--user",
+                "nobody",
+                "--label",
+                "repo=acme/unprivileged",
+                "--",
+            ])
+            .args(["sh", "-c", &script]),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], tollgate_e2e::NOBODY.to_string(), "{text}");
+    assert_eq!(lines[2], "200", "{text}");
+    assert_eq!(
+        lines[3], "stayed",
+        "a non-root job cannot move itself: {text}"
+    );
+    assert!(
+        lines[4].starts_with(&format!("/{}/job-", agent.name)),
+        "still in its job: {text}"
+    );
+    let sessions = agent.wait_sessions(None, 1);
+    assert_eq!(
+        sessions[0]["uid"].as_u64(),
+        Some(u64::from(tollgate_e2e::NOBODY))
+    );
+    assert_eq!(sessions[0]["decision"], "allow");
+
+    // Only root can switch users.
+    let as_nobody =
+        output(tollgate_e2e::agent_as_nobody(&agent).args(["run", "--user", "root", "--", "true"]));
+    assert!(!as_nobody.status.success());
+    assert!(
+        stderr(&as_nobody).contains("--user needs root"),
+        "{}",
+        stderr(&as_nobody)
+    );
+    let unknown = output(
+        agent
+            .tollgate()
+            .args(["run", "--user", "no-such-user", "--", "true"]),
+    );
+    assert!(
+        stderr(&unknown).contains("no such user: no-such-user"),
+        "{}",
+        stderr(&unknown)
+    );
+}

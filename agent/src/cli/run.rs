@@ -47,6 +47,7 @@ fn pipe() -> io::Result<(File, File)> {
 
 pub fn run(
     socket: &Path,
+    user: Option<&str>,
     labels: BTreeMap<String, String>,
     name: Option<String>,
     identity_file: Option<&Path>,
@@ -56,6 +57,22 @@ pub fn run(
         bail!("no command given");
     };
     let identity = identity_file.map(crate::identity::file::read).transpose()?;
+    let account = match user {
+        Some(user) => {
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } != 0 {
+                bail!(
+                    "--user needs root (the command is started as root, placed in its job, then switched)"
+                );
+            }
+            Some(
+                crate::accounts::account(user)
+                    .with_context(|| format!("looking up user {user}"))?
+                    .with_context(|| format!("no such user: {user}"))?,
+            )
+        }
+        None => None,
+    };
     let mut client = Client::connect(socket)?;
     let request = Request::CreateJob {
         labels,
@@ -88,8 +105,15 @@ pub fn run(
     let (notify_fd, go_fd) = (notify_write.as_raw_fd(), go_read.as_raw_fd());
     let mut cmd = Command::new(program);
     cmd.args(args).env("TOLLGATE_JOB_ID", &job_id);
+    let ids = account.as_ref().map(|a| {
+        cmd.env("HOME", &a.home)
+            .env("USER", &a.name)
+            .env("LOGNAME", &a.name);
+        (a.uid, a.gid, a.groups.clone())
+    });
     // SAFETY: the closure runs between fork and exec and only calls async-signal-safe
-    // functions (getpid, write, read) on descriptors that stay open until exec.
+    // functions (getpid, write, read, setgroups, setgid, setuid) on descriptors that stay
+    // open until exec and memory allocated before the fork.
     unsafe {
         cmd.pre_exec(move || {
             let pid = (libc::getpid() as u32).to_ne_bytes();
@@ -107,11 +131,18 @@ pub fn run(
                 }
                 return Err(io::Error::from_raw_os_error(libc::EIO));
             }
-            if go == b'1' {
-                Ok(())
-            } else {
-                Err(io::Error::from_raw_os_error(libc::EPERM))
+            if go != b'1' {
+                return Err(io::Error::from_raw_os_error(libc::EPERM));
             }
+            // In the job now: drop to the user (groups first, then gid, then uid).
+            if let Some((uid, gid, groups)) = &ids
+                && (libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setgid(*gid) != 0
+                    || libc::setuid(*uid) != 0)
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
         });
     }
     let spawned = cmd.spawn();
