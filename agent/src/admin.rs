@@ -21,12 +21,22 @@ pub struct AdminState {
     pub strict_recording: bool,
     /// Set once the listeners are bound and the programs attached.
     pub ready: AtomicBool,
+    /// Set when Tollgate's programs were found detached or replaced (until restart).
+    pub tampered: std::sync::Mutex<Option<String>>,
 }
 
 impl AdminState {
     fn readiness(&self) -> Result<(), String> {
         if !self.ready.load(Ordering::Relaxed) {
             return Err("starting".to_owned());
+        }
+        if let Some(what) = self
+            .tampered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            return Err(format!("interception was tampered with: {what}"));
         }
         if self.strict_recording && !self.recorder.is_healthy() {
             return Err("recording is failing (recording.strict)".to_owned());

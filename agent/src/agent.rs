@@ -190,6 +190,10 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
         &config.sockets.kinds(),
     )?;
     let maps = Arc::new(maps);
+    let guard = bpf::Guard::new(
+        &config.bpf.pin_dir,
+        crate::cgroup::cgroup_id(tree.parent())?,
+    )?;
     tracing::info!(
         listeners = ?listeners.local_addrs(),
         cgroup_parent = %tree.parent().display(),
@@ -247,6 +251,7 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
         recorder: recorder.clone(),
         strict_recording: config.recording.strict,
         ready: false.into(),
+        tampered: std::sync::Mutex::new(None),
     });
     let enrollment = Enrollment::new(
         jobs.clone(),
@@ -298,6 +303,7 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
             events,
             scanner,
             recorder: recorder.clone(),
+            guard,
         },
         shutdown_rx.clone(),
     )?;
@@ -401,6 +407,34 @@ impl ShutdownSignals {
     }
 }
 
+/// Tollgate's own links were found detached, replaced or unpinned: one event, one count,
+/// and `/readyz` fails unless only pins were removed (and put back).
+fn report_tampering(
+    problems: &[String],
+    admin: &AdminState,
+    recorder: &Recorder,
+    metrics: &Metrics,
+) {
+    let detail = problems.join("; ");
+    let repaired = problems.iter().all(|p| p.ends_with("(pinned again)"));
+    tracing::error!(%detail, "Tollgate's eBPF links were tampered with");
+    metrics.bpf.tampering.inc();
+    if !repaired {
+        *admin.tampered.lock().unwrap_or_else(|e| e.into_inner()) = Some(detail.clone());
+    }
+    crate::events::record_event(
+        recorder,
+        &metrics.jobs,
+        record::EventRecord {
+            at: record::now_ms(),
+            kind: "tampering".to_owned(),
+            action: if repaired { "repaired" } else { "recorded" }.to_owned(),
+            detail,
+            ..record::EventRecord::default()
+        },
+    );
+}
+
 /// The resolver's thread: one current-thread runtime serving the UDP sockets until
 /// shutdown (queries in flight then get no answer; clients retry).
 fn spawn_resolver(
@@ -446,6 +480,7 @@ struct ControlPlane {
     events: crate::events::EventReader,
     scanner: Option<crate::sockets::scan::Scanner>,
     recorder: Recorder,
+    guard: bpf::Guard,
 }
 
 fn spawn_control_plane(
@@ -463,6 +498,7 @@ fn spawn_control_plane(
         events,
         scanner,
         recorder,
+        guard,
     } = parts;
     let scan_interval = config.sockets.scan_interval;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -500,19 +536,21 @@ fn spawn_control_plane(
         .name("tollgate-control".into())
         .spawn(move || {
             rt.block_on(async move {
-                tokio::spawn(admin::serve(admin, admin_state));
+                tokio::spawn(admin::serve(admin, admin_state.clone()));
                 tokio::spawn(control.serve(handler));
                 tokio::spawn(events.run());
                 if let Some(scanner) = scanner {
                     tokio::spawn(crate::events::scan_sockets(
                         scanner,
                         jobs.clone(),
-                        recorder,
+                        recorder.clone(),
                         metrics.jobs.clone(),
                         scan_interval,
                     ));
                 }
                 let mut reap = tokio::time::interval(Duration::from_secs(1));
+                let mut watch_links = tokio::time::interval(Duration::from_millis(500));
+                let mut reported: Vec<String> = Vec::new();
                 let mut expire = tokio::time::interval(Duration::from_secs(10));
                 let mut policy_poll = tokio::time::interval(reload.interval);
                 loop {
@@ -526,6 +564,13 @@ fn spawn_control_plane(
                                 }
                             })
                             .await;
+                        }
+                        _ = watch_links.tick() => {
+                            let problems = guard.check();
+                            if !problems.is_empty() && problems != reported {
+                                report_tampering(&problems, &admin_state, &recorder, &metrics);
+                            }
+                            reported = problems;
                         }
                         _ = reap.tick() => {
                             let jobs = jobs.clone();

@@ -4,6 +4,7 @@
 //! down, so job connects are refused rather than bypassed (fail closed).
 mod maps;
 mod syscall;
+mod tamper;
 
 use std::{
     fs,
@@ -27,6 +28,7 @@ use tollgate_common::{
 };
 
 pub use maps::{ConnMaps, MapOccupancy};
+pub use tamper::Guard;
 
 /// The eBPF object built by agent/build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tollgate"));

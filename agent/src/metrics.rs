@@ -470,6 +470,8 @@ pub struct BpfMetrics {
     capacity: IntGaugeVec,
     events: IntCounterVec,
     pub expired: IntCounter,
+    /// Tollgate's links found detached, replaced or unpinned.
+    pub tampering: IntCounter,
     /// Last kernel counter values seen, to turn them into counter increments.
     last: Mutex<[u64; Counter::COUNT as usize]>,
 }
@@ -499,6 +501,11 @@ impl BpfMetrics {
                 registry,
                 "tollgate_bpf_expired_entries_total",
                 "Tuple entries expired because no accept() claimed them.",
+            ),
+            tampering: counter(
+                registry,
+                "tollgate_bpf_tampering_total",
+                "Times Tollgate's eBPF links were found detached, replaced or unpinned.",
             ),
             last: Mutex::new([0; Counter::COUNT as usize]),
         }

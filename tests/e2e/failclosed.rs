@@ -315,3 +315,70 @@ fn sigkill_during_a_stream_of_connections_loses_no_record() {
          {cut} cut by the kill; job: {summary}"
     );
 }
+
+#[test]
+fn tampering_with_the_programs_is_detected_within_a_second() {
+    if !require_root() {
+        return;
+    }
+    let http = Server::http("127.0.0.1:0");
+    let agent = Agent::start();
+    let events = |agent: &Agent| match agent.json(&["events", "--json"]) {
+        serde_json::Value::Array(events) => events,
+        other => panic!("events: {other}"),
+    };
+    let wait = |what: &str, check: &dyn Fn() -> bool| {
+        tollgate_e2e::wait_for(what, std::time::Duration::from_millis(1500), || {
+            check().then_some(())
+        })
+    };
+    // Control: ready, nothing recorded.
+    assert_eq!(agent.admin_get("/readyz").0, 200);
+    assert!(events(&agent).is_empty());
+
+    // A removed pin detaches nothing (the agent holds the link) and is put back.
+    let pin = agent.pin_dir.join("link_sock_release");
+    std::fs::remove_file(&pin).expect("removing a pin");
+    wait("the pin to be put back", &|| pin.exists());
+    wait("the repair on record", &|| {
+        events(&agent)
+            .iter()
+            .any(|e| e["kind"] == "tampering" && e["action"] == "repaired")
+    });
+    assert_eq!(agent.admin_get("/readyz").0, 200, "still intercepting");
+    let url = format!("http://127.0.0.1:{}/", http.port());
+    let out = agent.run_job(&[("repo", "acme/api")], &["curl", "-sS", &url]);
+    assert!(out.status.success(), "{}", tollgate_e2e::stderr(&out));
+    assert_eq!(agent.wait_sessions(None, 1).len(), 1, "intercepted");
+
+    // A detached link fails readiness and is recorded.
+    let link = agent.pin_dir.join("link_getpeername4");
+    let show = tollgate_e2e::output(
+        std::process::Command::new("bpftool")
+            .args(["-j", "link", "show", "pinned"])
+            .arg(&link),
+    );
+    let id = serde_json::from_slice::<serde_json::Value>(&show.stdout).expect("bpftool json")["id"]
+        .as_u64()
+        .expect("link id");
+    let detach = tollgate_e2e::output(std::process::Command::new("bpftool").args([
+        "link",
+        "detach",
+        "id",
+        &id.to_string(),
+    ]));
+    assert!(detach.status.success(), "{}", tollgate_e2e::stderr(&detach));
+    wait("readiness to fail", &|| agent.admin_get("/readyz").0 == 503);
+    let (_, body) = agent.admin_get("/readyz");
+    assert!(body.contains("getpeername4: detached"), "{body}");
+    wait("the detach on record", &|| {
+        events(&agent).iter().any(|e| {
+            e["kind"] == "tampering"
+                && e["action"] == "recorded"
+                && e["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("getpeername4: detached"))
+        })
+    });
+    assert!(agent.metric("tollgate_bpf_tampering_total") >= 2.0);
+}
