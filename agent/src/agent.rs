@@ -178,7 +178,7 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
         maps,
         events,
         attachment,
-        coverage,
+        mut coverage,
     } = bpf::install(
         &config.bpf.pin_dir,
         tree.parent(),
@@ -190,6 +190,8 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
         &config.sockets.kinds(),
     )?;
     let maps = Arc::new(maps);
+    let moves_watch = bpf::watch_moves(&config.bpf.pin_dir);
+    coverage.cgroup_moves = moves_watch.is_some();
     let guard = bpf::Guard::new(
         &config.bpf.pin_dir,
         crate::cgroup::cgroup_id(tree.parent())?,
@@ -324,6 +326,7 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
     if resolver_thread.join().is_err() {
         tracing::error!("resolver thread panicked");
     }
+    drop(moves_watch);
     drop(jobs);
     drop(recorder);
     drop(admin_state);
@@ -539,15 +542,13 @@ fn spawn_control_plane(
                 tokio::spawn(admin::serve(admin, admin_state.clone()));
                 tokio::spawn(control.serve(handler));
                 tokio::spawn(events.run());
-                if let Some(scanner) = scanner {
-                    tokio::spawn(crate::events::scan_sockets(
-                        scanner,
-                        jobs.clone(),
-                        recorder.clone(),
-                        metrics.jobs.clone(),
-                        scan_interval,
-                    ));
-                }
+                tokio::spawn(crate::events::watch_jobs(
+                    scanner,
+                    jobs.clone(),
+                    recorder.clone(),
+                    metrics.jobs.clone(),
+                    scan_interval,
+                ));
                 let mut reap = tokio::time::interval(Duration::from_secs(1));
                 let mut watch_links = tokio::time::interval(Duration::from_millis(500));
                 let mut reported: Vec<String> = Vec::new();

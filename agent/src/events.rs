@@ -85,6 +85,11 @@ impl EventReader {
             let ring = guard.get_inner_mut();
             while let Some(item) = ring.next() {
                 match parse(&item) {
+                    Some(event) if event.kind == EventKind::CgroupMove as u32 => {
+                        if let Some(record) = left_job(&event, &jobs) {
+                            record_event(&recorder, &metrics, record);
+                        }
+                    }
                     Some(event) => record_event(&recorder, &metrics, to_record(&event, &jobs)),
                     None => tracing::warn!(len = item.len(), "malformed kernel event ignored"),
                 }
@@ -92,6 +97,46 @@ impl EventReader {
             guard.clear_ready();
         }
     }
+}
+
+/// A task moved to a cgroup outside every job, and it was a job's process (seen in a
+/// job, placed in one, or the child of a job's process): it left its job. It is killed.
+fn left_job(event: &Event, jobs: &JobRegistry) -> Option<EventRecord> {
+    if jobs.resolve(event.cgroup_id).is_some() {
+        return None;
+    }
+    let pid = event.tgid;
+    let job_id = jobs.member_of(pid).or_else(|| {
+        let parent = crate::proc_info::parent_pid(pid).ok()?;
+        jobs.of_process(parent)
+            .ok()
+            .flatten()
+            .map(|job| job.id.clone())
+    })?;
+    let uid = crate::proc_info::uid(pid).unwrap_or(u32::MAX);
+    let comm = crate::proc_info::comm(pid).unwrap_or_default();
+    let exe = crate::proc_info::exe(pid).map(|p| p.display().to_string());
+    let to = jobs.cgroup_of(pid).map_or_else(
+        |_| format!("id {}", event.cgroup_id),
+        |p| p.display().to_string(),
+    );
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    let killed = unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) } == 0;
+    let job = jobs.get(&job_id);
+    Some(EventRecord {
+        at: record::now_ms(),
+        kind: "left_job".to_owned(),
+        cgroup_id: job.map_or(0, |j| j.cgroup_id),
+        job_id: Some(job_id),
+        pid,
+        tid: pid,
+        uid,
+        gid: u32::MAX,
+        comm,
+        exe,
+        action: if killed { "killed" } else { "kill_failed" }.to_owned(),
+        detail: format!("moved to cgroup {to} by pid {}", event.tid),
+    })
 }
 
 fn parse(bytes: &[u8]) -> Option<Event> {
@@ -114,6 +159,11 @@ fn to_record(event: &Event, jobs: &JobRegistry) -> EventRecord {
             "refused",
             crate::sockets::describe(event.sock),
         ),
+        Some(EventKind::CgroupMove) => (
+            "cgroup_move",
+            "recorded",
+            format!("to cgroup id {}", event.cgroup_id),
+        ),
         None => ("unknown", "recorded", format!("kind {}", event.kind)),
     };
     EventRecord {
@@ -132,39 +182,63 @@ fn to_record(event: &Event, jobs: &JobRegistry) -> EventRecord {
     }
 }
 
-/// Scans job processes for refused kinds of socket (where BPF LSM is missing), kills a
-/// process that holds one and records it, every `interval`.
-pub async fn scan_sockets(
-    scanner: crate::sockets::scan::Scanner,
+/// Watches the processes of every job, every `interval`: one that left its job is
+/// killed and recorded; with a `scanner` (where BPF LSM is missing), a process holding a
+/// refused kind of socket is killed and recorded too.
+pub async fn watch_jobs(
+    scanner: Option<crate::sockets::scan::Scanner>,
     jobs: Arc<JobRegistry>,
     recorder: Recorder,
     metrics: Arc<JobMetrics>,
     interval: std::time::Duration,
 ) {
-    let scanner = Arc::new(std::sync::Mutex::new(scanner));
+    let state = Arc::new(std::sync::Mutex::new((
+        scanner,
+        crate::leave::Members::default(),
+    )));
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let (scanner, jobs, recorder, metrics) = (
-            scanner.clone(),
+        let (state, jobs, recorder, metrics) = (
+            state.clone(),
             jobs.clone(),
             recorder.clone(),
             metrics.clone(),
         );
         let _ = tokio::task::spawn_blocking(move || {
-            let mut scanner = scanner.lock().unwrap_or_else(|e| e.into_inner());
+            let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+            let (scanner, members) = &mut *state;
+            let mut now = std::collections::HashMap::new();
             let mut live = std::collections::HashSet::new();
             for job in jobs.list() {
-                for finding in scanner.scan_cgroup(&job.cgroup_path, &mut live) {
-                    record_event(
-                        &recorder,
-                        &metrics,
-                        crate::sockets::scan::finding_record(&finding, &job.id, job.cgroup_id),
+                for pid in crate::cgroup::pids(&job.cgroup_path) {
+                    now.insert(
+                        pid,
+                        (job.id.clone(), job.cgroup_id, job.cgroup_path.clone()),
                     );
                 }
+                if let Some(scanner) = scanner.as_mut() {
+                    for finding in scanner.scan_cgroup(&job.cgroup_path, &mut live) {
+                        record_event(
+                            &recorder,
+                            &metrics,
+                            crate::sockets::scan::finding_record(&finding, &job.id, job.cgroup_id),
+                        );
+                    }
+                }
             }
-            scanner.retain(&live);
+            if let Some(scanner) = scanner.as_mut() {
+                scanner.retain(&live);
+            }
+            jobs.set_members(
+                now.iter()
+                    .map(|(pid, (job_id, _, _))| (*pid, job_id.clone()))
+                    .collect(),
+            );
+            for event in members.update(now, jobs.mount()) {
+                record_event(&recorder, &metrics, event);
+            }
         })
         .await;
     }

@@ -195,6 +195,8 @@ pub struct JobRegistry {
     ended_grace: Duration,
     /// Jobs whose completion hook ran: they end (as completed) when their owner exits.
     completing: Mutex<std::collections::HashSet<String>>,
+    /// The processes last seen in each job (and those placed since): pid -> job id.
+    members: Mutex<HashMap<u32, String>>,
     writer: Mutex<()>,
     tree: CgroupTree,
     recorder: Recorder,
@@ -214,6 +216,7 @@ impl JobRegistry {
             recently_ended: ArcSwap::from_pointee(HashMap::new()),
             ended_grace,
             completing: Mutex::new(std::collections::HashSet::new()),
+            members: Mutex::new(HashMap::new()),
             writer: Mutex::new(()),
             tree,
             recorder,
@@ -344,6 +347,11 @@ impl JobRegistry {
         Ok(self.resolve(id).filter(|job| self.get(&job.id).is_some()))
     }
 
+    /// The cgroup2 mount the jobs live under.
+    pub fn mount(&self) -> &std::path::Path {
+        self.tree.mount()
+    }
+
     fn absolute(&self, cgroup: &std::path::Path) -> PathBuf {
         self.tree
             .mount()
@@ -364,8 +372,26 @@ impl JobRegistry {
     /// Moves a process (all its threads) into a job.
     pub fn place(&self, job: &Job, pid: u32) -> Result<(), JobError> {
         cgroup::move_pid(&job.cgroup_path, pid)?;
+        self.members
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(pid, job.id.clone());
         tracing::info!(job = %job.id, pid, "process enrolled");
         Ok(())
+    }
+
+    /// The processes now in job cgroups (from the watcher), pid -> job id.
+    pub fn set_members(&self, members: HashMap<u32, String>) {
+        *self.members.lock().unwrap_or_else(|e| e.into_inner()) = members;
+    }
+
+    /// The job a process was last seen in (or placed in), if any.
+    pub fn member_of(&self, pid: u32) -> Option<String> {
+        self.members
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&pid)
+            .cloned()
     }
 
     /// Replaces a job's identity and assurance (after an OIDC verification).

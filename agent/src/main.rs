@@ -13,6 +13,7 @@ mod enroll;
 mod events;
 mod identity;
 mod jobs;
+mod leave;
 mod metrics;
 mod postgres;
 mod proc_info;

@@ -382,3 +382,66 @@ fn tampering_with_the_programs_is_detected_within_a_second() {
     });
     assert!(agent.metric("tollgate_bpf_tampering_total") >= 2.0);
 }
+
+#[test]
+fn a_root_job_that_moves_itself_out_is_killed_and_recorded() {
+    if !require_root() {
+        return;
+    }
+    let agent = Agent::start();
+    // A cgroup of the test's own, outside every job, to escape to.
+    let escape = tollgate_e2e::agent::cgroup2_mount()
+        .join(format!("tollgate-e2e-escape-{}", std::process::id()));
+    std::fs::create_dir_all(&escape).expect("escape cgroup");
+    let procs = escape.join("cgroup.procs");
+    // Control: a root job that stays lives on.
+    let stays = agent.run_job(
+        &[("repo", "acme/root")],
+        &["sh", "-c", "sleep 1; echo survived"],
+    );
+    assert_eq!(tollgate_e2e::stdout(&stays), "survived\n");
+    let moves = agent.run_job(
+        &[("repo", "acme/root")],
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "echo $$ > {}; echo moved; sleep 5; echo survived",
+                procs.display()
+            ),
+        ],
+    );
+    use std::os::unix::process::ExitStatusExt as _;
+    // Killed as it moved: it may not even get to say so.
+    let said = tollgate_e2e::stdout(&moves);
+    assert!(
+        !said.contains("survived"),
+        "it went on outside its job: {said}"
+    );
+    assert_eq!(
+        moves.status.signal(),
+        Some(libc::SIGKILL),
+        "{:?}",
+        moves.status
+    );
+    let events = tollgate_e2e::wait_for(
+        "the escape on record",
+        std::time::Duration::from_secs(5),
+        || match agent.json(&["events", "--json"]) {
+            serde_json::Value::Array(events) if !events.is_empty() => Some(events),
+            _ => None,
+        },
+    );
+    let _ = std::fs::remove_dir(&escape);
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0]["kind"], "left_job");
+    assert_eq!(events[0]["action"], "killed");
+    assert!(
+        events[0]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("tollgate-e2e-escape")),
+        "{}",
+        events[0]
+    );
+    assert!(events[0]["job_id"].is_string());
+}

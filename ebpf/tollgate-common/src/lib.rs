@@ -103,12 +103,16 @@ pub struct SockKind {
 pub enum EventKind {
     /// A job's `socket()` was refused: the kind is not on the allow list.
     SocketRefused = 1,
+    /// A task was moved to a cgroup (`tgid`: the task, `tid`: the mover, `cgroup_id`:
+    /// the destination).
+    CgroupMove = 2,
 }
 
 impl EventKind {
     pub const fn from_u32(value: u32) -> Option<Self> {
         match value {
             1 => Some(Self::SocketRefused),
+            2 => Some(Self::CgroupMove),
             _ => None,
         }
     }

@@ -10,6 +10,8 @@
 //!   `dns_egress` (cgroup_skb) keys each query by its source for the resolver.
 //! - `getpeername4`/`getpeername6` (kernel 5.8+): show clients their original peer.
 //! - `sock_release` (kernel 5.9+): forget the socket's entry when it is closed.
+//! - `cgroup_attach_task` (tracepoint): reports cgroup moves, so the agent can kill a
+//!   job's process that leaves its job.
 //! - `sock_create` (kernel 4.10+) and `socket_post_create` (BPF LSM cgroup, kernel 6.0+
 //!   with `lsm=bpf`): refuse the kinds of socket that are not on the allow list.
 #![no_std]
@@ -19,6 +21,7 @@ mod caller;
 mod connect;
 mod dns;
 mod maps;
+mod moves;
 mod peer;
 mod release;
 mod sock_create;
