@@ -2,14 +2,14 @@
 //! `Target` whose `hostname` is the name (lowercase, without the trailing dot), matched
 //! with Cedar's `like` for suffixes (`resource.hostname like "*.corp.example"`). A catalog
 //! target whose `dns_names` hold the name lends it its name, tags and mode.
-use std::{collections::BTreeMap, net::SocketAddr};
+use std::net::SocketAddr;
 
-use cedar_policy::{Context, Entity, RestrictedExpression};
+use cedar_policy::{Context, Entity};
 
 use crate::{
     Decision, Effect, Mode, Principal, Process,
-    eval::{PolicyEngine, string, uid},
-    targets::{TargetSpec, canonical},
+    eval::{PolicyEngine, Seen, string, target_entity_seen, uid},
+    targets::TargetSpec,
 };
 
 /// Why queries pass when no policy names `dns:query`.
@@ -96,35 +96,12 @@ impl PolicyEngine {
 fn dns_target(query: &DnsQuery<'_>, target: Option<&TargetSpec>) -> Result<Entity, String> {
     let id = target.map_or_else(|| format!("dns:{}", query.name), |t| t.name.clone());
     let uid = uid("Target", &id).ok_or("bad target id")?;
-    let tags = target.map(|t| t.tags.clone()).unwrap_or_default();
-    let attrs: BTreeMap<String, RestrictedExpression> = [
-        (
-            "name".to_owned(),
-            string(target.map_or("", |t| t.name.as_str())),
-        ),
-        (
-            "known".to_owned(),
-            RestrictedExpression::new_bool(target.is_some()),
-        ),
-        (
-            "ip".to_owned(),
-            RestrictedExpression::new_ip(canonical(query.server.ip()).to_string()),
-        ),
-        (
-            "port".to_owned(),
-            RestrictedExpression::new_long(i64::from(query.server.port())),
-        ),
-        ("protocol".to_owned(), string("dns")),
-        ("hostname".to_owned(), string(query.name)),
-        (
-            "tags".to_owned(),
-            RestrictedExpression::new_set(tags.iter().map(|(k, v)| string(&format!("{k}={v}")))),
-        ),
-    ]
-    .into_iter()
-    .collect();
-    let tags = tags.into_iter().map(|(k, v)| (k, string(&v)));
-    Entity::new_with_tags(uid, attrs, [], tags).map_err(|e| e.to_string())
+    let seen = Seen {
+        destination: query.server,
+        hostname: Some(query.name),
+        protocol: Some("dns"),
+    };
+    target_entity_seen(uid, &seen, target).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

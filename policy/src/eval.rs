@@ -320,12 +320,39 @@ fn job_entity(
     Ok(Entity::new_with_tags(uid, attrs, [], tags)?)
 }
 
+/// How a destination appears to policy, besides its catalog target.
+pub(crate) struct Seen<'a> {
+    pub destination: SocketAddr,
+    pub hostname: Option<&'a str>,
+    /// Overrides the target's protocol (`dns` for a DNS query).
+    pub protocol: Option<&'a str>,
+}
+
 fn target_entity(
     uid: EntityUid,
     destination: SocketAddr,
     hostname: Option<&str>,
     target: Option<&TargetSpec>,
 ) -> Result<Entity, Box<dyn std::error::Error>> {
+    let seen = Seen {
+        destination,
+        hostname,
+        protocol: None,
+    };
+    target_entity_seen(uid, &seen, target)
+}
+
+/// The `Target` entity of a destination as seen, with its catalog target's name and tags.
+pub(crate) fn target_entity_seen(
+    uid: EntityUid,
+    seen: &Seen<'_>,
+    target: Option<&TargetSpec>,
+) -> Result<Entity, Box<dyn std::error::Error>> {
+    let Seen {
+        destination,
+        hostname,
+        protocol,
+    } = *seen;
     let ip = canonical(destination.ip());
     let tags = target.map(|t| t.tags.clone()).unwrap_or_default();
     let attrs: BTreeMap<String, RestrictedExpression> = [
@@ -347,7 +374,11 @@ fn target_entity(
         ),
         (
             "protocol".to_owned(),
-            string(target.and_then(|t| t.protocol.as_deref()).unwrap_or("")),
+            string(
+                protocol
+                    .or_else(|| target.and_then(|t| t.protocol.as_deref()))
+                    .unwrap_or(""),
+            ),
         ),
         ("hostname".to_owned(), string(hostname.unwrap_or(""))),
         (

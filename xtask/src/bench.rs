@@ -223,6 +223,9 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 fn report(samples: &[Sample], options: &Options) {
+    if samples.is_empty() {
+        return;
+    }
     println!();
     println!(
         "pgbench, {} rounds x {} s per run, interleaved; ratio = path TPS / direct TPS of the same round",

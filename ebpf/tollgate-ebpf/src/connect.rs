@@ -83,19 +83,7 @@ fn try_connect4(ctx: &SockAddrContext) -> Result<i32, i32> {
 #[inline(always)]
 fn try_connect6(ctx: &SockAddrContext) -> Result<i32, i32> {
     let sa = ctx.sock_addr;
-    // SAFETY: ctx fields of a connect6 or sendmsg6 hook are readable; each 4-byte word
-    // separately.
-    let (ip, port) = unsafe {
-        (
-            [
-                (*sa).user_ip6[0],
-                (*sa).user_ip6[1],
-                (*sa).user_ip6[2],
-                (*sa).user_ip6[3],
-            ],
-            u16::from_be((*sa).user_port as u16),
-        )
-    };
+    let (ip, port) = user_addr6(sa);
     if !intercepted(sa, port) {
         return Ok(ALLOW);
     }
@@ -142,6 +130,24 @@ fn configured() -> Result<Settings, i32> {
             count(Counter::RefusedUnconfigured);
             Err(REFUSE)
         }
+    }
+}
+
+/// The address and port of an IPv6 sock_addr hook (connect6, sendmsg6, recvmsg6,
+/// getpeername6): each 4-byte word read separately, as the verifier requires.
+#[inline(always)]
+pub fn user_addr6(sa: *mut bpf_sock_addr) -> ([u32; 4], u16) {
+    // SAFETY: user_ip6 and user_port are readable in every IPv6 sock_addr hook.
+    unsafe {
+        (
+            [
+                (*sa).user_ip6[0],
+                (*sa).user_ip6[1],
+                (*sa).user_ip6[2],
+                (*sa).user_ip6[3],
+            ],
+            u16::from_be((*sa).user_port as u16),
+        )
     }
 }
 

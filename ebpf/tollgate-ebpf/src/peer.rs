@@ -7,7 +7,7 @@ use aya_ebpf::{
 use tollgate_common::{AF_INET, ConnInfo};
 
 use crate::{
-    connect::is_v4_mapped,
+    connect::{is_v4_mapped, user_addr6},
     maps::{CONN_BY_COOKIE, settings},
 };
 
@@ -27,18 +27,7 @@ pub fn recvmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(recvmsg6)]
 pub fn recvmsg6(ctx: SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
-    // SAFETY: as above, each 4-byte word separately.
-    let (ip, port) = unsafe {
-        (
-            [
-                (*sa).user_ip6[0],
-                (*sa).user_ip6[1],
-                (*sa).user_ip6[2],
-                (*sa).user_ip6[3],
-            ],
-            u16::from_be((*sa).user_port as u16),
-        )
-    };
+    let (ip, port) = user_addr6(sa);
     let resolver = if is_v4_mapped(&ip) {
         from_resolver4(ip[3], port)
     } else {
