@@ -196,6 +196,8 @@ impl Enforcer {
                 })
             }
             Err(error) => {
+                // Logged before it is counted: whoever sees the count finds the reason.
+                tracing::error!(dir = %self.dir.display(), %error, "policy reload failed; the previous policy stays in force");
                 self.metrics.reload("error");
                 // Don't retry the same broken files on every poll.
                 if let Ok(signature) = signature(&self.dir, self.config_file.as_deref()) {
@@ -208,7 +210,6 @@ impl Enforcer {
                         masking: current.masking.clone(),
                     }));
                 }
-                tracing::error!(dir = %self.dir.display(), %error, "policy reload failed; the previous policy stays in force");
                 Err(error)
             }
         }

@@ -133,9 +133,11 @@ fn a_reload_with_a_broken_policy_keeps_the_previous_one() {
     wait_for("a failed reload", Duration::from_secs(10), || {
         (agent.metric("tollgate_policy_reloads_total{result=\"error\"}") >= 1.0).then_some(())
     });
-    assert!(
-        agent.log().contains("broken.cedar:2:"),
-        "the error names file:line:col"
+    // The count and the log line are written one after the other: wait for the line.
+    wait_for(
+        "the error, naming file:line:col, in the log",
+        Duration::from_secs(5),
+        || agent.log().contains("broken.cedar:2:").then_some(()),
     );
     assert_eq!(
         agent.metric("tollgate_policy_loaded"),
