@@ -389,11 +389,19 @@ fn a_root_job_that_moves_itself_out_is_killed_and_recorded() {
         return;
     }
     let agent = Agent::start();
-    // A cgroup of the test's own, outside every job, to escape to.
-    let escape = tollgate_e2e::agent::cgroup2_mount()
-        .join(format!("tollgate-e2e-escape-{}", std::process::id()));
-    std::fs::create_dir_all(&escape).expect("escape cgroup");
-    let procs = escape.join("cgroup.procs");
+    // A cgroup of the test's own, outside every job, to escape to (removed on every exit).
+    struct Escape(std::path::PathBuf);
+    impl Drop for Escape {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let escape = Escape(
+        tollgate_e2e::agent::cgroup2_mount()
+            .join(format!("tollgate-e2e-escape-{}", std::process::id())),
+    );
+    std::fs::create_dir_all(&escape.0).expect("escape cgroup");
+    let procs = escape.0.join("cgroup.procs");
     // Control: a root job that stays lives on.
     let stays = agent.run_job(
         &[("repo", "acme/root")],
@@ -432,7 +440,6 @@ fn a_root_job_that_moves_itself_out_is_killed_and_recorded() {
             _ => None,
         },
     );
-    let _ = std::fs::remove_dir(&escape);
     assert_eq!(events.len(), 1, "{events:#?}");
     assert_eq!(events[0]["kind"], "left_job");
     assert_eq!(events[0]["action"], "killed");
