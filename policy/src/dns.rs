@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use cedar_policy::{Context, Entity};
 
 use crate::{
-    Decision, Effect, Mode, Principal, Process,
+    Decision, Principal, Process,
     eval::{PolicyEngine, Seen, string, target_entity_seen, uid},
     targets::TargetSpec,
 };
@@ -58,13 +58,11 @@ impl PolicyEngine {
     /// Decides one DNS query.
     pub fn decide_dns(&self, query: DnsQuery<'_>) -> Decision {
         let target = self.target_named(query.name);
-        let target_name = target.map_or_else(|| "(unknown)".to_owned(), |t| t.name.clone());
         if !self.governs_dns() {
             let mut decision = Decision::allow(NO_DNS_POLICY_REASON);
-            decision.target = target_name;
+            decision.target = target.map_or_else(|| "(unknown)".to_owned(), |t| t.name.clone());
             return decision;
         }
-        let mode = target.and_then(|t| t.mode).unwrap_or(self.mode());
         let evaluated = dns_target(&query, target).and_then(|resource| {
             let context = Context::from_pairs([("qtype".to_owned(), string(query.qtype))])
                 .map_err(|e| e.to_string())?;
@@ -76,20 +74,7 @@ impl PolicyEngine {
                 context,
             )
         });
-        let (effect, policy_ids, reason) = evaluated.unwrap_or_else(|error| {
-            (
-                Effect::Deny,
-                Vec::new(),
-                format!("policy evaluation failed ({error}): refused (fail closed)"),
-            )
-        });
-        Decision {
-            effect,
-            enforced: mode == Mode::Enforce,
-            policy_ids,
-            reason,
-            target: target_name,
-        }
+        self.decision(target, evaluated)
     }
 }
 

@@ -61,10 +61,6 @@ impl PolicyEngine {
         &self.catalog
     }
 
-    pub(crate) fn mode(&self) -> Mode {
-        self.mode
-    }
-
     /// Whether a policy names `dns:query` (until one does, queries are allowed).
     pub fn governs_dns(&self) -> bool {
         self.governs_dns
@@ -131,23 +127,31 @@ impl PolicyEngine {
 
     fn decide(&self, subject: Subject<'_>, action: &str, sql: Option<&SqlContext>) -> Decision {
         let target = self.target_of(&subject);
-        let mode = target.and_then(|t| t.mode).unwrap_or(self.mode);
-        let target_name = target.map_or_else(|| "(unknown)".to_owned(), |t| t.name.clone());
         let evaluated = self.evaluate(subject, target, action, sql);
-        let (effect, policy_ids, reason) = match evaluated {
-            Ok(result) => result,
-            Err(error) => (
+        self.decision(target, evaluated)
+    }
+
+    /// A decision from an evaluation about `target`: its mode (the target's, else the
+    /// engine's), and fail closed when evaluation failed.
+    pub(crate) fn decision(
+        &self,
+        target: Option<&TargetSpec>,
+        evaluated: Result<(Effect, Vec<String>, String), String>,
+    ) -> Decision {
+        let mode = target.and_then(|t| t.mode).unwrap_or(self.mode);
+        let (effect, policy_ids, reason) = evaluated.unwrap_or_else(|error| {
+            (
                 Effect::Deny,
                 Vec::new(),
                 format!("policy evaluation failed ({error}): refused (fail closed)"),
-            ),
-        };
+            )
+        });
         Decision {
             effect,
             enforced: mode == Mode::Enforce,
             policy_ids,
             reason,
-            target: target_name,
+            target: target.map_or_else(|| "(unknown)".to_owned(), |t| t.name.clone()),
         }
     }
 

@@ -69,19 +69,10 @@ pub fn lookup_and_delete(map: BorrowedFd<'_>, key: &TupleKey) -> io::Result<Opti
                 Some(libc::EINVAL | libc::EOPNOTSUPP | 524)
             ) =>
         {
-            match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
-                Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
-                Err(e) => return Err(e),
-            }
-            attr.value = 0;
-            match bpf(BPF_MAP_DELETE_ELEM, &mut attr) {
-                Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
-                Err(e) => return Err(e),
-            }
-            // SAFETY: the lookup filled the value.
-            Ok(Some(unsafe { value.assume_init() }))
+            let Some(info) = lookup::<TupleKey, ConnInfo>(map, key)? else {
+                return Ok(None);
+            };
+            Ok(delete(map, key)?.then_some(info))
         }
         Err(e) => Err(e),
     }

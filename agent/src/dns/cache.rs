@@ -14,14 +14,15 @@ pub struct Key {
     pub qclass: String,
 }
 
-struct Entry {
-    bytes: Vec<u8>,
+struct Entry<V> {
+    value: V,
     stored: Instant,
     expires: Instant,
 }
 
-pub struct Cache {
-    entries: HashMap<Key, Entry>,
+/// Values (an answer's bytes and what they say) by key.
+pub struct Cache<V> {
+    entries: HashMap<Key, Entry<V>>,
     capacity: usize,
     max_ttl: Duration,
 }
@@ -29,7 +30,7 @@ pub struct Cache {
 /// Negative answers (NXDOMAIN, no data) are kept this long at most.
 const NEGATIVE_TTL: Duration = Duration::from_secs(30);
 
-impl Cache {
+impl<V: Clone> Cache<V> {
     pub fn new(capacity: usize, max_ttl: Duration) -> Self {
         Self {
             entries: HashMap::new(),
@@ -38,9 +39,9 @@ impl Cache {
         }
     }
 
-    pub fn get(&mut self, key: &Key, now: Instant) -> Option<Vec<u8>> {
+    pub fn get(&mut self, key: &Key, now: Instant) -> Option<V> {
         match self.entries.get(key) {
-            Some(entry) if entry.expires > now => Some(entry.bytes.clone()),
+            Some(entry) if entry.expires > now => Some(entry.value.clone()),
             Some(_) => {
                 self.entries.remove(key);
                 None
@@ -50,7 +51,7 @@ impl Cache {
     }
 
     /// Keeps an answer whose smallest TTL is `ttl` (None: a negative answer).
-    pub fn put(&mut self, key: Key, bytes: Vec<u8>, ttl: Option<u32>, now: Instant) {
+    pub fn put(&mut self, key: Key, value: V, ttl: Option<u32>, now: Instant) {
         if self.capacity == 0 {
             return;
         }
@@ -77,7 +78,7 @@ impl Cache {
         self.entries.insert(
             key,
             Entry {
-                bytes,
+                value,
                 stored: now,
                 expires: now + ttl,
             },

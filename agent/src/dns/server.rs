@@ -56,7 +56,8 @@ pub struct Resolver {
     metrics: Arc<DnsMetrics>,
     config: DnsConfig,
     upstreams: Vec<SocketAddr>,
-    cache: Mutex<Cache>,
+    /// Answers with what they say (parsed once, when they arrived).
+    cache: Mutex<Cache<(Vec<u8>, message::Answer)>>,
     names: super::names::JobNames,
 }
 
@@ -267,14 +268,26 @@ impl Resolver {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&key, Instant::now());
-        let reply = match cached {
-            Some(bytes) => {
+        let (reply, answer) = match cached {
+            Some((bytes, answer)) => {
                 record.cached = true;
                 self.metrics.cache_hits.inc();
-                message::with_id(&bytes, question.id)
+                (message::with_id(&bytes, question.id), answer)
             }
             None => match self.forward(query, &question, transport).await {
-                Ok(bytes) => bytes,
+                Ok((bytes, answer)) => {
+                    if !answer.truncated
+                        && (answer.rcode == "NOERROR" || answer.rcode == "NXDOMAIN")
+                    {
+                        self.cache.lock().unwrap_or_else(|e| e.into_inner()).put(
+                            key,
+                            (bytes.clone(), answer.clone()),
+                            answer.min_ttl,
+                            Instant::now(),
+                        );
+                    }
+                    (bytes, answer)
+                }
                 Err(error) => {
                     self.metrics.upstream_failures.inc();
                     record.error = Some(error);
@@ -285,26 +298,10 @@ impl Resolver {
                 }
             },
         };
-        match message::answer(&reply, &question) {
-            Some(answer) => {
-                if !record.cached
-                    && !answer.truncated
-                    && (answer.rcode == "NOERROR" || answer.rcode == "NXDOMAIN")
-                {
-                    self.cache.lock().unwrap_or_else(|e| e.into_inner()).put(
-                        key,
-                        reply.clone(),
-                        answer.min_ttl,
-                        Instant::now(),
-                    );
-                }
-                self.names
-                    .learn(&job.id, &question.name, &answer.addresses, answer.min_ttl);
-                record.rcode = answer.rcode;
-                record.answers = answer.records;
-            }
-            None => record.rcode = "UNREADABLE".to_owned(),
-        }
+        self.names
+            .learn(&job.id, &question.name, &answer.addresses, answer.min_ttl);
+        record.rcode = answer.rcode;
+        record.answers = answer.records;
         self.finish(record, started);
         Some(reply)
     }
@@ -330,22 +327,23 @@ impl Resolver {
         self.recorder.record(RecordEvent::Dns(Box::new(record)));
     }
 
-    /// Forwards the query's own bytes to each upstream in turn until one answers it.
+    /// Forwards the query's own bytes to each upstream in turn until one answers it;
+    /// returns the answer's bytes and what they say.
     async fn forward(
         &self,
         query: &[u8],
         question: &Question,
         transport: Transport,
-    ) -> Result<Vec<u8>, String> {
+    ) -> Result<(Vec<u8>, message::Answer), String> {
         let mut errors = Vec::new();
         for &upstream in &self.upstreams {
             let attempt = match transport {
                 Transport::Udp => forward_udp(upstream, query, self.config.timeout).await,
                 Transport::Tcp => forward_tcp(upstream, query, self.config.timeout).await,
             };
-            match attempt {
-                Ok(bytes) if message::answer(&bytes, question).is_some() => return Ok(bytes),
-                Ok(_) => errors.push(format!("{upstream}: not an answer to the query")),
+            match attempt.map(|bytes| (message::answer(&bytes, question), bytes)) {
+                Ok((Some(answer), bytes)) => return Ok((bytes, answer)),
+                Ok((None, _)) => errors.push(format!("{upstream}: not an answer to the query")),
                 Err(error) => errors.push(format!("{upstream}: {error}")),
             }
         }

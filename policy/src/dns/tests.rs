@@ -1,5 +1,5 @@
 use super::*;
-use crate::{load::PolicyBundle, targets::Catalog};
+use crate::{Effect, Mode, load::PolicyBundle, targets::Catalog};
 use std::collections::BTreeMap;
 
 fn engine(policy: &str, targets: Vec<TargetSpec>) -> PolicyEngine {
