@@ -1,0 +1,190 @@
+//! Answers control requests: jobs, enrolment hooks, attestation, sessions, events, DNS
+//! queries, the audit trail and status.
+use std::sync::{Arc, Mutex};
+
+use crate::{
+    bpf::{self, ConnMaps},
+    control::{Handler, PolicyStatus, Request, Response, Status},
+    enforce::Enforcer,
+    enroll::{Enrolled, Enrollment},
+    jobs::{Caller, Job, JobRegistry, NewJob},
+    metrics::JobEndLabel,
+    record::{self, Recorder, Store},
+};
+
+pub(super) struct StatusBase {
+    pub(super) proxy_port: u16,
+    pub(super) attachment: &'static str,
+    pub(super) cgroup_parent: String,
+    pub(super) pin_dir: String,
+    pub(super) coverage: bpf::Coverage,
+}
+
+/// Answers control requests.
+pub(super) struct AgentControl {
+    pub(super) enrollment: Enrollment,
+    pub(super) jobs: Arc<JobRegistry>,
+    pub(super) enforcer: Arc<Enforcer>,
+    pub(super) store: Mutex<Store>,
+    pub(super) maps: Arc<ConnMaps>,
+    pub(super) recorder: Recorder,
+    pub(super) status: StatusBase,
+}
+
+fn error(message: impl std::fmt::Display) -> Response {
+    Response::Error {
+        message: message.to_string(),
+    }
+}
+
+impl AgentControl {
+    fn answer(&self, caller: Caller, request: Request) -> Response {
+        match request {
+            Request::CreateJob {
+                labels,
+                name,
+                identity,
+            } => {
+                let spec = NewJob {
+                    labels,
+                    name,
+                    identity: identity.unwrap_or_default(),
+                    ..NewJob::default()
+                };
+                match JobRegistry::caller_owner(caller).and_then(|o| self.jobs.create(spec, o)) {
+                    Ok(job) => Response::Job(Job::clone(&job)),
+                    Err(e) => error(e),
+                }
+            }
+            Request::EnrollPid { job_id, pid } => {
+                let result = self
+                    .jobs
+                    .enroll(&job_id, pid, caller)
+                    .map_err(crate::enroll::EnrollError::from);
+                self.enrollment.audit(
+                    "enroll",
+                    caller,
+                    &result,
+                    Some(&job_id),
+                    format!("pid {pid}"),
+                );
+                match result {
+                    Ok(()) => Response::Done,
+                    Err(e) => error(e),
+                }
+            }
+            Request::GithubJobStarted { identity, token } => {
+                enrolled(self.enrollment.github_started(caller, identity, token))
+            }
+            Request::GitlabJobStarted { identity, token } => {
+                enrolled(self.enrollment.gitlab_started(caller, identity, token))
+            }
+            Request::GithubJobCompleted {} => match self.enrollment.github_completed(caller) {
+                Ok(job) => Response::Job(Job::clone(&job)),
+                Err(e) => error(e),
+            },
+            Request::Attest { token } => match self.enrollment.attest(caller, &token) {
+                Ok(job) => Response::Job(Job::clone(&job)),
+                Err(e) => error(e),
+            },
+            Request::ListAudit { limit } => {
+                let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+                match store.audit(limit) {
+                    Ok(entries) => Response::Audit { entries },
+                    Err(e) => error(e),
+                }
+            }
+            Request::EndJob { job_id, exit } => {
+                match self
+                    .jobs
+                    .end(&job_id, exit, JobEndLabel::Exited, Some(caller))
+                {
+                    Ok(()) => Response::Done,
+                    Err(e) => error(e),
+                }
+            }
+            Request::ListJobs {} => Response::Jobs {
+                jobs: self.jobs.list().iter().map(|j| Job::clone(j)).collect(),
+            },
+            Request::ListSessions { job_id, limit } => {
+                let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+                match store.list_connections(job_id.as_deref(), limit) {
+                    Ok(sessions) => Response::Sessions { sessions },
+                    Err(e) => error(e),
+                }
+            }
+            Request::ShowSession { id } => {
+                let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+                match store.connection(&id) {
+                    Ok(session) => Response::Session(Box::new(session)),
+                    Err(e) => error(e),
+                }
+            }
+            Request::Status {} => Response::Status(Status {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                proxy_port: self.status.proxy_port,
+                attachment: self.status.attachment.to_owned(),
+                cgroup_parent: self.status.cgroup_parent.clone(),
+                pin_dir: self.status.pin_dir.clone(),
+                active_jobs: self.jobs.list().len(),
+                maps: self.maps.occupancy().ok(),
+                recording_healthy: self.recorder.is_healthy(),
+                policy: PolicyStatus {
+                    configured: self.enforcer.configured(),
+                    dir: self.enforcer.dir().display().to_string(),
+                    mode: format!("{:?}", self.enforcer.mode()).to_lowercase(),
+                    policies: self.enforcer.policy_count(),
+                    generation: self.enforcer.generation(),
+                },
+                coverage: self.status.coverage,
+            }),
+            Request::ListDns { job_id, limit } => {
+                let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+                match store.dns(job_id.as_deref(), limit) {
+                    Ok(queries) => Response::Dns { queries },
+                    Err(e) => error(e),
+                }
+            }
+            Request::ListEvents { job_id, limit } => {
+                let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+                match store.events(job_id.as_deref(), limit) {
+                    Ok(events) => Response::Events { events },
+                    Err(e) => error(e),
+                }
+            }
+        }
+    }
+}
+
+fn enrolled(result: Result<Enrolled, crate::enroll::EnrollError>) -> Response {
+    match result {
+        Ok(Enrolled { job, attest_error }) => Response::Enrolled {
+            job: Job::clone(&job),
+            attest_error,
+        },
+        Err(e) => error(e),
+    }
+}
+
+impl Handler for AgentControl {
+    fn refused(&self, caller: Caller, op: &'static str, message: &str) {
+        self.recorder
+            .record(record::RecordEvent::Audit(record::AuditRecord {
+                at: record::now_ms(),
+                action: "control".to_owned(),
+                outcome: "refused".to_owned(),
+                job_id: None,
+                caller_pid: caller.pid,
+                caller_uid: caller.uid,
+                detail: format!("{op}: {message}"),
+            }));
+    }
+
+    async fn handle(self: Arc<Self>, caller: Caller, request: Request) -> Response {
+        // Jobs and the store do blocking IO (cgroupfs, SQLite): keep it off the runtime.
+        match tokio::task::spawn_blocking(move || self.answer(caller, request)).await {
+            Ok(response) => response,
+            Err(e) => error(format!("internal error: {e}")),
+        }
+    }
+}
