@@ -207,24 +207,36 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
         socket_families_decided = coverage.socket_families,
         "interception active"
     );
-    let events = crate::events::EventReader::new(
-        events,
-        jobs.clone(),
-        recorder.clone(),
-        metrics.jobs.clone(),
-    )?;
+
     // Without BPF LSM, other socket families are found by scanning job processes.
     let scanner = (!coverage.socket_families)
         .then(|| crate::sockets::scan::Scanner::new(&config.sockets.kinds()));
 
     let resolver = Arc::new(crate::dns::server::Resolver::new(
         config.dns.clone(),
-        maps.clone(),
         jobs.clone(),
         enforcer.clone(),
         recorder.clone(),
         metrics.dns.clone(),
     ));
+    let udp = Arc::new(crate::udp::relay::Relay::new(
+        config.udp.clone(),
+        maps.clone(),
+        jobs.clone(),
+        enforcer.clone(),
+        recorder.clone(),
+        metrics.udp.clone(),
+        resolver.clone(),
+        (config.proxy.ipv4, config.proxy.ipv6),
+    ));
+    udp.start();
+    let events = crate::events::EventReader::new(
+        events,
+        jobs.clone(),
+        recorder.clone(),
+        metrics.jobs.clone(),
+        udp.clone(),
+    )?;
     let dns_sockets =
         crate::dns::server::Resolver::bind(config.proxy.port, config.proxy.ipv4, config.proxy.ipv6)
             .map_err(|source| AgentError::Dns {
@@ -289,10 +301,11 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
     });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let resolver_thread = spawn_resolver(resolver, dns_sockets, shutdown_rx.clone())?;
+    let resolver_thread = spawn_resolver(resolver, udp.clone(), dns_sockets, shutdown_rx.clone())?;
     // SIGHUP (main thread) and file changes (control thread) reload the same way.
     let reload = PolicyReload {
         enforcer: enforcer.clone(),
+        udp: udp.clone(),
         notify: policy_tx.clone(),
         interval: config.policy.reload_interval,
     };
@@ -331,6 +344,9 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
     }
     drop(moves_watch);
     drop(jobs);
+    // Everything that holds a recorder goes before the writer is told to finish.
+    drop(reload);
+    drop(udp);
     drop(recorder);
     drop(admin_state);
     writer.shutdown();
@@ -360,6 +376,7 @@ fn raise_fd_limit() {
 #[derive(Clone)]
 struct PolicyReload {
     enforcer: Arc<Enforcer>,
+    udp: Arc<crate::udp::relay::Relay>,
     notify: Arc<watch::Sender<u64>>,
     interval: Duration,
 }
@@ -367,6 +384,8 @@ struct PolicyReload {
 impl PolicyReload {
     fn run(&self) {
         if let Ok(reloaded) = self.enforcer.reload() {
+            // The kernel's UDP decisions first: they take effect on the next datagram.
+            self.udp.apply_policy();
             let _ = self.notify.send(reloaded.generation);
         }
     }
@@ -441,10 +460,11 @@ fn report_tampering(
     );
 }
 
-/// The resolver's thread: one current-thread runtime serving the UDP sockets until
-/// shutdown (queries in flight then get no answer; clients retry).
+/// The resolver's and the UDP relay's thread: one current-thread runtime serving the
+/// UDP sockets until shutdown.
 fn spawn_resolver(
     resolver: Arc<crate::dns::server::Resolver>,
+    udp: Arc<crate::udp::relay::Relay>,
     sockets: Vec<std::net::UdpSocket>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<std::thread::JoinHandle<()>, AgentError> {
@@ -458,16 +478,26 @@ fn spawn_resolver(
             rt.block_on(async move {
                 let mut tasks = tokio::task::JoinSet::new();
                 for socket in sockets {
-                    tasks.spawn(resolver.clone().serve_udp(socket));
+                    match tokio::net::UdpSocket::from_std(socket) {
+                        Ok(socket) => {
+                            tasks.spawn(udp.clone().serve(Arc::new(socket), None));
+                        }
+                        Err(error) => {
+                            tracing::error!(%error, "UDP socket; jobs' DNS and UDP go unanswered");
+                        }
+                    }
                 }
-                // What ended jobs resolved is forgotten now and then.
+                // What ended jobs resolved is forgotten now and then; quiet flows end.
                 let mut forget = tokio::time::interval(Duration::from_secs(30));
+                let mut sweep = tokio::time::interval(Duration::from_secs(1));
                 loop {
                     tokio::select! {
                         _ = forget.tick() => resolver.forget_ended(),
+                        _ = sweep.tick() => udp.sweep(),
                         _ = shutdown.wait_for(|stop| *stop) => break,
                     }
                 }
+                udp.close_all();
                 drop(resolver);
                 tasks.shutdown().await;
             });

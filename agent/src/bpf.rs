@@ -23,8 +23,9 @@ use aya::{
     },
 };
 use tollgate_common::{
-    ABI_VERSION, MAP_CONN_BY_COOKIE, MAP_CONN_BY_TUPLE, MAP_COUNTERS, MAP_DNS_BY_TUPLE, MAP_EVENTS,
-    MAP_SETTINGS, MAP_SOCK_ALLOW, Settings, SockKind,
+    ABI_VERSION, MAP_CONN_BY_COOKIE, MAP_CONN_BY_TUPLE, MAP_COUNTERS, MAP_EVENTS, MAP_SETTINGS,
+    MAP_SOCK_ALLOW, MAP_UDP_BY_TUPLE, MAP_UDP_DENIED, MAP_UDP_RELAY_PEER, MAP_UDP_RELAY_PORT,
+    Settings, SockKind,
 };
 
 pub use maps::{ConnMaps, MapOccupancy};
@@ -48,7 +49,7 @@ const PROGRAMS: [(&str, &str); 12] = [
     ("sendmsg6", "link_sendmsg6"),
     ("recvmsg4", "link_recvmsg4"),
     ("recvmsg6", "link_recvmsg6"),
-    ("dns_egress", "link_dns_egress"),
+    ("udp_egress", "link_udp_egress"),
     ("getpeername4", "link_getpeername4"),
     ("getpeername6", "link_getpeername6"),
     ("sock_release", "link_sock_release"),
@@ -62,9 +63,12 @@ const OPTIONAL_PROGRAMS: [(&str, &str, &str); 1] = [(
     "link_socket_post_create",
     "socket_post_create",
 )];
-const MAPS: [&str; 7] = [
+const MAPS: [&str; 10] = [
     MAP_CONN_BY_COOKIE,
-    MAP_DNS_BY_TUPLE,
+    MAP_UDP_BY_TUPLE,
+    MAP_UDP_RELAY_PORT,
+    MAP_UDP_RELAY_PEER,
+    MAP_UDP_DENIED,
     MAP_CONN_BY_TUPLE,
     MAP_SETTINGS,
     MAP_COUNTERS,
@@ -274,6 +278,8 @@ pub fn install(
         _pad: 0,
         proxy_ip4: u32::from_ne_bytes(target.ipv4.octets()),
         proxy_ip6: ipv6_words(target.ipv6),
+        // Refused until the agent has read the policy and says otherwise.
+        udp_relay: 0,
     };
 
     if link_pins.iter().all(|pin| pin.exists()) {
@@ -350,7 +356,12 @@ pub fn install(
         take(&mut ebpf, MAP_SETTINGS)?,
         take(&mut ebpf, MAP_COUNTERS)?,
         take(&mut ebpf, MAP_SOCK_ALLOW)?,
-        take(&mut ebpf, MAP_DNS_BY_TUPLE)?,
+        maps::UdpMaps {
+            by_tuple: take(&mut ebpf, MAP_UDP_BY_TUPLE)?,
+            relay_port: take(&mut ebpf, MAP_UDP_RELAY_PORT)?,
+            relay_peer: take(&mut ebpf, MAP_UDP_RELAY_PEER)?,
+            denied: take(&mut ebpf, MAP_UDP_DENIED)?,
+        },
     );
     // The allow list is in place before sock_create starts deciding.
     maps.write_sock_allow(sock_allow)?;
@@ -471,7 +482,12 @@ fn open_pinned_maps(pin_dir: &Path) -> Result<(ConnMaps, Map), BpfError> {
             open(MAP_SETTINGS)?,
             open(MAP_COUNTERS)?,
             open(MAP_SOCK_ALLOW)?,
-            open(MAP_DNS_BY_TUPLE)?,
+            maps::UdpMaps {
+                by_tuple: open(MAP_UDP_BY_TUPLE)?,
+                relay_port: open(MAP_UDP_RELAY_PORT)?,
+                relay_peer: open(MAP_UDP_RELAY_PEER)?,
+                denied: open(MAP_UDP_DENIED)?,
+            },
         ),
         open(MAP_EVENTS)?,
     ))

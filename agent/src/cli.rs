@@ -97,6 +97,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Jobs' UDP flows other than DNS (decided by `udp:send`), newest first.
+    Udp {
+        /// Only this job's flows.
+        #[arg(long)]
+        job: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
     /// Set this host up for a CI runner: hooks, systemd unit, directories, socket group.
     Install {
         #[command(subcommand)]
@@ -305,6 +315,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("unexpected reply");
             };
             output::dns(&queries, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Udp { job, limit, json } => {
+            let request = Request::ListUdpFlows { job_id: job, limit };
+            let Response::UdpFlows { flows } = call(&socket, &request)? else {
+                anyhow::bail!("unexpected reply");
+            };
+            output::udp_flows(&flows, json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Jobs { json } => {

@@ -61,6 +61,8 @@ pub struct Config {
     pub sockets: crate::sockets::SocketsConfig,
     /// Tollgate's resolver for jobs' DNS.
     pub dns: crate::dns::DnsConfig,
+    /// `[udp]`: the relay of jobs' UDP other than DNS (decided by `udp:send`).
+    pub udp: crate::udp::UdpConfig,
     /// The targets catalog: named destinations for policies (`[[targets]]`).
     pub targets: Vec<TargetSpec>,
 }

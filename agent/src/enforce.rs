@@ -253,6 +253,24 @@ impl Enforcer {
         }
     }
 
+    /// Decides one UDP flow of a job (`udp:send`): denied without policy.
+    pub fn decide_udp(&self, subject: Subject<'_>) -> Decision {
+        match self.active.load().engine.as_ref() {
+            Some(engine) => engine.decide_udp(subject),
+            None => tollgate_policy::udp::without_policy(),
+        }
+    }
+
+    /// Whether UDP flows must be decided one by one (some permit may apply to
+    /// `udp:send`, or audit mode); otherwise the kernel refuses them all.
+    pub fn decides_udp(&self) -> bool {
+        self.active
+            .load()
+            .engine
+            .as_ref()
+            .is_some_and(PolicyEngine::decides_udp)
+    }
+
     /// Whether a policy explicitly permits `action` (exemptions such as `mask:exempt`):
     /// false without policies, and in audit mode only a real permit counts.
     pub fn permits(

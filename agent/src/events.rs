@@ -19,6 +19,7 @@ pub struct EventReader {
     jobs: Arc<JobRegistry>,
     recorder: Recorder,
     metrics: Arc<JobMetrics>,
+    udp: Arc<crate::udp::relay::Relay>,
 }
 
 /// Records an event on its job: one row, one counter increment, one log line.
@@ -42,6 +43,7 @@ impl EventReader {
         jobs: Arc<JobRegistry>,
         recorder: Recorder,
         metrics: Arc<JobMetrics>,
+        udp: Arc<crate::udp::relay::Relay>,
     ) -> Result<Self, BpfError> {
         let ring = RingBuf::try_from(map).map_err(|source| BpfError::Map {
             name: MAP_EVENTS,
@@ -52,6 +54,7 @@ impl EventReader {
             jobs,
             recorder,
             metrics,
+            udp,
         })
     }
 
@@ -62,6 +65,7 @@ impl EventReader {
             jobs,
             recorder,
             metrics,
+            udp,
         } = self;
         // SAFETY: the ring owns its map fd, which stays open and unchanged for as long as
         // the AsyncFd owns the ring.
@@ -89,6 +93,10 @@ impl EventReader {
                         if let Some(record) = left_job(&event, &jobs) {
                             record_event(&recorder, &metrics, record);
                         }
+                    }
+                    // A refused datagram is counted on its flow, not an event of its own.
+                    Some(event) if event.kind == EventKind::UdpRefused as u32 => {
+                        udp.refused_in_kernel(&event);
                     }
                     Some(event) => record_event(&recorder, &metrics, to_record(&event, &jobs)),
                     None => tracing::warn!(len = item.len(), "malformed kernel event ignored"),
@@ -150,14 +158,18 @@ fn parse(bytes: &[u8]) -> Option<Event> {
 
 fn to_record(event: &Event, jobs: &JobRegistry) -> EventRecord {
     let job = jobs.resolve(event.cgroup_id);
-    let comm_end = event.comm.iter().position(|&b| b == 0).unwrap_or(16);
-    let comm = String::from_utf8_lossy(&event.comm[..comm_end]).into_owned();
+    let comm = crate::proxy::comm_str(&event.comm);
     let exe = crate::proc_info::exe(event.tgid).map(|p| p.display().to_string());
     let (kind, action, detail) = match EventKind::from_u32(event.kind) {
         Some(EventKind::SocketRefused) => (
             "socket_refused",
             "refused",
             crate::sockets::describe(event.sock),
+        ),
+        Some(EventKind::UdpRefused) => (
+            "udp_refused",
+            "refused",
+            format!("udp to {}", crate::proxy::tuple_addr(&event.dst)),
         ),
         Some(EventKind::CgroupMove) => (
             "cgroup_move",

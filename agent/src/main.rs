@@ -20,6 +20,7 @@ mod proc_info;
 mod proxy;
 mod record;
 mod sockets;
+mod udp;
 
 /// mimalloc instead of glibc's allocator: the data path allocates a statement's record
 /// on a proxy thread and the recorder thread frees it, a cross-thread pattern glibc

@@ -23,6 +23,7 @@ pub struct Metrics {
     pub identity: Arc<IdentityMetrics>,
     pub postgres: Arc<PostgresMetrics>,
     pub dns: Arc<DnsMetrics>,
+    pub udp: Arc<crate::udp::UdpMetrics>,
 }
 
 impl Default for Metrics {
@@ -31,7 +32,7 @@ impl Default for Metrics {
     }
 }
 
-fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+pub(crate) fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     let metric = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
     registry
         .register(Box::new(metric.clone()))
@@ -39,7 +40,12 @@ fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     metric
 }
 
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+pub(crate) fn counter_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> IntCounterVec {
     let metric = IntCounterVec::new(Opts::new(name, help), labels)
         .unwrap_or_else(|e| panic!("metric {name}: {e}"));
     registry
@@ -48,7 +54,7 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> 
     metric
 }
 
-fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+pub(crate) fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     let metric = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
     registry
         .register(Box::new(metric.clone()))
@@ -56,7 +62,12 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     metric
 }
 
-fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+pub(crate) fn gauge_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> IntGaugeVec {
     let metric = IntGaugeVec::new(Opts::new(name, help), labels)
         .unwrap_or_else(|e| panic!("metric {name}: {e}"));
     registry
@@ -84,6 +95,7 @@ impl Metrics {
             identity: Arc::new(IdentityMetrics::new(&registry)),
             postgres: Arc::new(PostgresMetrics::new(&registry)),
             dns: Arc::new(DnsMetrics::new(&registry)),
+            udp: Arc::new(crate::udp::UdpMetrics::new(&registry)),
             control: Arc::new(ControlMetrics::new(&registry)),
             bpf: Arc::new(BpfMetrics::new(&registry)),
             policy: Arc::new(PolicyMetrics::new(&registry)),

@@ -319,12 +319,26 @@ pub fn original_destination(info: &ConnInfo) -> SocketAddr {
 
 /// The `comm` bytes up to the first NUL.
 pub fn comm(info: &ConnInfo) -> String {
-    let end = info
-        .comm
-        .iter()
-        .position(|&b| b == 0)
-        .unwrap_or(info.comm.len());
-    String::from_utf8_lossy(&info.comm[..end]).into_owned()
+    comm_str(&info.comm)
+}
+
+/// A kernel `comm` (NUL padded) as text.
+pub fn comm_str(comm: &[u8; 16]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+/// The inverse of [`tuple_key`]: the address a kernel key names.
+pub fn tuple_addr(key: &TupleKey) -> SocketAddr {
+    let port = key.port as u16;
+    if key.family == u32::from(AF_INET) {
+        SocketAddr::V4(SocketAddrV4::new(
+            Ipv4Addr::from(key.ip[0].to_ne_bytes()),
+            port,
+        ))
+    } else {
+        SocketAddr::V6(SocketAddrV6::new(ipv6_from_words(key.ip), port, 0, 0))
+    }
 }
 
 #[cfg(test)]

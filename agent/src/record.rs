@@ -1,5 +1,6 @@
 //! The recording store: every job and every connection, written to an embedded SQLite
 //! database (WAL) by a batched writer thread, off the data path.
+mod flows;
 mod journal;
 mod query;
 mod queue;
@@ -223,6 +224,8 @@ pub enum RecordEvent {
     Event(Box<EventRecord>),
     /// A DNS query of a job, answered by Tollgate's resolver.
     Dns(Box<DnsRecord>),
+    /// A UDP flow of a job: written when it is decided, and again (complete) when it ends.
+    UdpFlow(Box<UdpFlowRecord>),
     /// Answered once everything queued before it is committed.
     Flush(SyncSender<()>),
 }
@@ -270,6 +273,40 @@ pub struct DnsRecord {
     pub cached: bool,
     pub duration_us: u64,
     pub error: Option<String>,
+}
+
+/// One UDP flow of a job: one socket's datagrams to one destination (or, refused in the
+/// kernel, one process's), decided once.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UdpFlowRecord {
+    pub id: String,
+    pub job_id: Option<String>,
+    pub cgroup_id: u64,
+    pub pid: u32,
+    pub uid: u32,
+    pub comm: String,
+    pub exe: Option<String>,
+    /// The job socket's address (none when the kernel refused it before it was bound).
+    pub src: Option<String>,
+    pub dst: String,
+    /// The name the job resolved the destination from, if it did.
+    pub hostname: Option<String>,
+    pub target: String,
+    /// allow, deny, would_deny, unattributed.
+    pub decision: String,
+    pub policy_ids: Vec<String>,
+    pub reason: String,
+    /// `relay` (decided and carried by the agent) or `kernel` (refused there).
+    pub enforced_by: String,
+    /// First and last datagram (ms since the epoch).
+    pub first_at: i64,
+    pub last_at: i64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    /// Why it ended (`idle`, `denied`, `policy`, `shutdown`, ...); none while it is live.
+    pub ended: Option<String>,
 }
 
 /// One event the kernel reported about a job's process.

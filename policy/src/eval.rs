@@ -61,6 +61,19 @@ impl PolicyEngine {
         &self.catalog
     }
 
+    pub(crate) fn bundle(&self) -> &PolicyBundle {
+        &self.bundle
+    }
+
+    pub(crate) fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Decides `action` on the subject's target, with no context.
+    pub(crate) fn decide_action(&self, subject: Subject<'_>, action: &str) -> Decision {
+        self.decide(subject, action, None)
+    }
+
     /// Whether a policy names `dns:query` (until one does, queries are allowed).
     pub fn governs_dns(&self) -> bool {
         self.governs_dns

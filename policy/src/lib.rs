@@ -10,6 +10,7 @@ pub mod load;
 pub mod schema;
 pub mod targets;
 pub mod testcases;
+pub mod udp;
 
 use std::{collections::BTreeMap, net::SocketAddr};
 

@@ -81,6 +81,20 @@ impl PolicyBundle {
             })
     }
 
+    /// Whether any permit can apply to `udp:send` (its action scope is any action or
+    /// names it). Without one, UDP other than DNS is refused in the kernel.
+    pub fn may_permit_udp(&self) -> bool {
+        let is_udp = |uid: &cedar_policy::EntityUid| uid.id().unescaped() == crate::udp::ACTION;
+        self.set
+            .policies()
+            .filter(|policy| policy.effect() == cedar_policy::Effect::Permit)
+            .any(|policy| match policy.action_constraint() {
+                cedar_policy::ActionConstraint::Any => true,
+                cedar_policy::ActionConstraint::Eq(uid) => is_udp(&uid),
+                cedar_policy::ActionConstraint::In(uids) => uids.iter().any(is_udp),
+            })
+    }
+
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
     }

@@ -71,6 +71,10 @@ action "dns:query" appliesTo {
   resource: [Target],
   context: { qtype: String },
 };
+// A job's UDP datagrams to one destination (other than DNS, which is dns:query), decided
+// once per flow (a socket and a destination). Denied unless a policy permits it, so QUIC
+// (UDP/443) is refused and clients fall back to TCP. The resource is as for connect.
+action "udp:send" appliesTo { principal: [Job], resource: [Target] };
 action "http:request" appliesTo {
   principal: [Job],
   resource: [Target],

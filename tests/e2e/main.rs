@@ -15,6 +15,7 @@ mod recording;
 mod run_cli;
 mod sockets;
 mod stress;
+mod udp;
 
 use serde_json::Value;
 use tollgate_e2e::Agent;

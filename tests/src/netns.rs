@@ -12,7 +12,7 @@ pub struct NetnsHost {
     pub host_ip: String,
     pub peer_ip: String,
     host_if: String,
-    server: Option<Child>,
+    servers: Vec<Child>,
 }
 
 fn ip(args: &[&str]) {
@@ -32,7 +32,7 @@ impl NetnsHost {
             host_ip: host_ip.clone(),
             peer_ip: peer_ip.clone(),
             host_if: host_if.clone(),
-            server: None,
+            servers: Vec::new(),
         };
         ip(&["netns", "add", &name]);
         ip(&[
@@ -65,7 +65,7 @@ impl NetnsHost {
             .stderr(Stdio::null())
             .spawn()
             .expect("http server in netns");
-        self.server = Some(child);
+        self.servers.push(child);
         let addr = format!("{}:{port}", self.peer_ip);
         wait_for(
             &format!("the server on {addr}"),
@@ -75,9 +75,23 @@ impl NetnsHost {
     }
 }
 
+impl NetnsHost {
+    /// Runs `program args` inside the namespace until the host is dropped.
+    pub fn spawn(&mut self, program: &str, args: &[&str]) {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.name, program])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("a server in the netns");
+        self.servers.push(child);
+    }
+}
+
 impl Drop for NetnsHost {
     fn drop(&mut self) {
-        if let Some(mut server) = self.server.take() {
+        for mut server in self.servers.drain(..) {
             let _ = server.kill();
             let _ = server.wait();
         }

@@ -4,8 +4,8 @@ use std::{io, os::fd::AsFd as _, time::Duration};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use tollgate_common::{
     CONN_MAP_CAPACITY, ConnInfo, Counter, MAP_CONN_BY_COOKIE, MAP_CONN_BY_TUPLE, MAP_COUNTERS,
-    MAP_DNS_BY_TUPLE, MAP_SETTINGS, MAP_SOCK_ALLOW, SOCK_ALLOW_CAPACITY, Settings, SockKind,
-    TupleKey,
+    MAP_SETTINGS, MAP_SOCK_ALLOW, MAP_UDP_BY_TUPLE, MAP_UDP_DENIED, MAP_UDP_RELAY_PEER,
+    MAP_UDP_RELAY_PORT, SOCK_ALLOW_CAPACITY, Settings, SockKind, TupleKey, UdpDenyKey,
 };
 
 use super::{BpfError, syscall};
@@ -24,7 +24,15 @@ pub struct ConnMaps {
     settings: Map,
     counters: Map,
     sock_allow: Map,
-    dns_by_tuple: Map,
+    udp: UdpMaps,
+}
+
+/// The maps of the UDP path.
+pub(super) struct UdpMaps {
+    pub by_tuple: Map,
+    pub relay_port: Map,
+    pub relay_peer: Map,
+    pub denied: Map,
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> BpfError {
@@ -47,7 +55,7 @@ impl ConnMaps {
         settings: Map,
         counters: Map,
         sock_allow: Map,
-        dns_by_tuple: Map,
+        udp: UdpMaps,
     ) -> Self {
         Self {
             cookie,
@@ -55,27 +63,128 @@ impl ConnMaps {
             settings,
             counters,
             sock_allow,
-            dns_by_tuple,
+            udp,
         }
     }
 
-    /// The job socket a DNS query datagram came from, by its source, if the kernel keyed
-    /// it no longer than `max_age` ago.
-    pub fn dns_source(
+    /// The job socket a redirected datagram (DNS or relayed UDP) came from, by its
+    /// source, if the kernel keyed it no longer than `max_age` ago.
+    pub fn udp_source(
         &self,
         key: &TupleKey,
         max_age: Duration,
     ) -> Result<Option<ConnInfo>, BpfError> {
-        let data = data(&self.dns_by_tuple).ok_or(BpfError::Missing(MAP_DNS_BY_TUPLE))?;
+        let data = data(&self.udp.by_tuple).ok_or(BpfError::Missing(MAP_UDP_BY_TUPLE))?;
         let info =
             syscall::lookup::<TupleKey, ConnInfo>(data.fd().as_fd(), key).map_err(|source| {
                 BpfError::MapIo {
-                    name: MAP_DNS_BY_TUPLE,
+                    name: MAP_UDP_BY_TUPLE,
                     source,
                 }
             })?;
         let max_age = u64::try_from(max_age.as_nanos()).unwrap_or(u64::MAX);
         Ok(info.filter(|info| monotonic_ns().saturating_sub(info.ktime_ns) <= max_age))
+    }
+
+    /// Whether the kernel sends jobs' UDP (other than DNS) to the relay (`true`) or
+    /// refuses it at once (`false`: no policy can permit `udp:send`).
+    pub fn set_udp_relay(&self, relay: bool) -> Result<(), BpfError> {
+        let data = data(&self.settings).ok_or(BpfError::Missing(MAP_SETTINGS))?;
+        let fd = data.fd().as_fd();
+        let io = |source| BpfError::MapIo {
+            name: MAP_SETTINGS,
+            source,
+        };
+        let mut settings: Settings = syscall::lookup(fd, &0_u32)
+            .map_err(io)?
+            .ok_or(BpfError::Missing(MAP_SETTINGS))?;
+        settings.udp_relay = u32::from(relay);
+        syscall::update(fd, &0_u32, &settings).map_err(io)
+    }
+
+    /// Sends jobs' datagrams to `dst` to the relay socket on `port` (and shows what that
+    /// socket sends them as coming from `dst`).
+    pub fn add_relay_port(&self, dst: &TupleKey, port: u16) -> Result<(), BpfError> {
+        // The peer first: a datagram sent to the new port is keyed from the start.
+        self.udp_update(
+            &self.udp.relay_peer,
+            MAP_UDP_RELAY_PEER,
+            &u32::from(port),
+            dst,
+        )?;
+        self.udp_update(
+            &self.udp.relay_port,
+            MAP_UDP_RELAY_PORT,
+            dst,
+            &u32::from(port),
+        )
+    }
+
+    /// Undoes [`Self::add_relay_port`]: new datagrams to `dst` go to the proxy's port.
+    pub fn remove_relay_port(&self, dst: &TupleKey, port: u16) -> Result<(), BpfError> {
+        self.udp_delete(&self.udp.relay_port, MAP_UDP_RELAY_PORT, dst)?;
+        self.udp_delete(&self.udp.relay_peer, MAP_UDP_RELAY_PEER, &u32::from(port))
+    }
+
+    /// From now on, `key`'s socket cannot send to its destination (EPERM).
+    pub fn deny_udp(&self, key: &UdpDenyKey) -> Result<(), BpfError> {
+        self.udp_update(&self.udp.denied, MAP_UDP_DENIED, key, &1_u32)
+    }
+
+    /// Forgets every denial (a new policy decides again).
+    pub fn clear_udp_denied(&self) -> Result<usize, BpfError> {
+        let data = data(&self.udp.denied).ok_or(BpfError::Missing(MAP_UDP_DENIED))?;
+        let fd = data.fd().as_fd();
+        let io = |source| BpfError::MapIo {
+            name: MAP_UDP_DENIED,
+            source,
+        };
+        let keys = syscall::keys::<UdpDenyKey>(fd).map_err(io)?;
+        for key in &keys {
+            syscall::delete(fd, key).map_err(io)?;
+        }
+        Ok(keys.len())
+    }
+
+    /// The relay ports the kernel knows (to remove those of an earlier agent).
+    pub fn relay_ports(&self) -> Result<Vec<(TupleKey, u16)>, BpfError> {
+        let data = data(&self.udp.relay_port).ok_or(BpfError::Missing(MAP_UDP_RELAY_PORT))?;
+        let fd = data.fd().as_fd();
+        let io = |source| BpfError::MapIo {
+            name: MAP_UDP_RELAY_PORT,
+            source,
+        };
+        let mut ports = Vec::new();
+        for key in syscall::keys::<TupleKey>(fd).map_err(io)? {
+            if let Some(port) = syscall::lookup::<TupleKey, u32>(fd, &key).map_err(io)? {
+                ports.push((key, port as u16));
+            }
+        }
+        Ok(ports)
+    }
+
+    fn udp_update<K: syscall::Plain, V: syscall::Plain>(
+        &self,
+        map: &Map,
+        name: &'static str,
+        key: &K,
+        value: &V,
+    ) -> Result<(), BpfError> {
+        let data = data(map).ok_or(BpfError::Missing(name))?;
+        syscall::update(data.fd().as_fd(), key, value)
+            .map_err(|source| BpfError::MapIo { name, source })
+    }
+
+    fn udp_delete<K: syscall::Plain>(
+        &self,
+        map: &Map,
+        name: &'static str,
+        key: &K,
+    ) -> Result<(), BpfError> {
+        let data = data(map).ok_or(BpfError::Missing(name))?;
+        syscall::delete(data.fd().as_fd(), key)
+            .map(|_| ())
+            .map_err(|source| BpfError::MapIo { name, source })
     }
 
     /// Makes the kernel's socket allow list exactly `kinds`: new entries first, then the

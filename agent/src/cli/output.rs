@@ -3,7 +3,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use crate::{
     jobs::Job,
-    record::{AuditRecord, ConnectionRecord, DnsRecord, EventRecord},
+    record::{AuditRecord, ConnectionRecord, DnsRecord, EventRecord, UdpFlowRecord},
 };
 
 pub fn time(ms: i64) -> String {
@@ -251,6 +251,36 @@ pub fn dns(queries: &[DnsRecord], json: bool) -> anyhow::Result<()> {
             q.rcode,
             q.decision,
             q.answers.join(", ")
+        );
+    }
+    Ok(())
+}
+
+pub fn udp_flows(flows: &[UdpFlowRecord], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(flows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<24}  {:<36}  {:<16}  {:<46}  {:<8}  {:<6}  {:>15}  {:>15}  REASON",
+        "FIRST", "JOB", "COMM", "DESTINATION", "DECISION", "BY", "OUT pkts/bytes", "IN pkts/bytes"
+    );
+    for f in flows {
+        let dst = match &f.hostname {
+            Some(name) => format!("{} ({name})", f.dst),
+            None => f.dst.clone(),
+        };
+        println!(
+            "{:<24}  {:<36}  {:<16}  {:<46}  {:<8}  {:<6}  {:>15}  {:>15}  {}",
+            time(f.first_at),
+            f.job_id.as_deref().unwrap_or("-"),
+            f.comm,
+            dst,
+            f.decision,
+            f.enforced_by,
+            format!("{}/{}", f.packets_out, f.bytes_out),
+            format!("{}/{}", f.packets_in, f.bytes_in),
+            f.reason
         );
     }
     Ok(())

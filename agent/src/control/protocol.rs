@@ -7,7 +7,7 @@ use crate::{
     bpf::{Coverage, MapOccupancy},
     identity::Identity,
     jobs::Job,
-    record::{AuditRecord, ConnectionRecord, DnsRecord, EventRecord, JobExit},
+    record::{AuditRecord, ConnectionRecord, DnsRecord, EventRecord, JobExit, UdpFlowRecord},
 };
 
 /// Largest request line accepted.
@@ -72,6 +72,11 @@ pub enum Request {
         job_id: Option<String>,
         limit: u32,
     },
+    /// Jobs' UDP flows, newest first.
+    ListUdpFlows {
+        job_id: Option<String>,
+        limit: u32,
+    },
     Status {},
 }
 
@@ -87,6 +92,7 @@ impl Request {
             Request::ShowSession { .. } => "show_session",
             Request::ListEvents { .. } => "list_events",
             Request::ListDns { .. } => "list_dns",
+            Request::ListUdpFlows { .. } => "list_udp_flows",
             Request::Status {} => "status",
             Request::GithubJobStarted { .. } => "github_job_started",
             Request::GithubJobCompleted {} => "github_job_completed",
@@ -159,6 +165,9 @@ pub enum Response {
     },
     Dns {
         queries: Vec<DnsRecord>,
+    },
+    UdpFlows {
+        flows: Vec<UdpFlowRecord>,
     },
     Status(Status),
     Done,

@@ -20,16 +20,13 @@ use super::{
     message::{self, Question},
 };
 use crate::{
-    bpf::ConnMaps,
     enforce::Enforcer,
     jobs::JobRegistry,
     metrics::DnsMetrics,
-    proxy::{comm, original_destination, tuple_key},
+    proxy::{comm, original_destination},
     record::{DnsRecord, RecordEvent, Recorder, now_ms},
 };
 
-/// The kernel's record of a query datagram is trusted for this long after it was sent.
-const FRESH: Duration = Duration::from_secs(2);
 /// Largest DNS message (TCP length prefix).
 const MAX_MESSAGE: usize = 65_535;
 
@@ -49,7 +46,6 @@ impl Transport {
 }
 
 pub struct Resolver {
-    maps: Arc<ConnMaps>,
     jobs: Arc<JobRegistry>,
     enforcer: Arc<Enforcer>,
     recorder: Recorder,
@@ -64,7 +60,6 @@ pub struct Resolver {
 impl Resolver {
     pub fn new(
         config: DnsConfig,
-        maps: Arc<ConnMaps>,
         jobs: Arc<JobRegistry>,
         enforcer: Arc<Enforcer>,
         recorder: Recorder,
@@ -81,7 +76,6 @@ impl Resolver {
             names: super::names::JobNames::default(),
             upstreams,
             config,
-            maps,
             jobs,
             enforcer,
             recorder,
@@ -120,38 +114,17 @@ impl Resolver {
         Ok(sockets)
     }
 
-    /// Answers datagrams until the runtime stops; each query in a task of its own.
-    pub async fn serve_udp(self: Arc<Self>, socket: std::net::UdpSocket) {
-        let socket = match UdpSocket::from_std(socket) {
-            Ok(socket) => Arc::new(socket),
-            Err(error) => {
-                tracing::error!(%error, "DNS socket; jobs' DNS queries go unanswered");
-                return;
-            }
-        };
-        let mut buf = vec![0u8; MAX_MESSAGE];
-        loop {
-            let (n, from) = match socket.recv_from(&mut buf).await {
-                Ok(received) => received,
-                Err(error) => {
-                    tracing::warn!(%error, "DNS receive");
-                    continue;
-                }
-            };
-            let query = buf[..n].to_vec();
-            let (resolver, socket) = (self.clone(), socket.clone());
-            tokio::spawn(async move {
-                let info = match resolver.maps.dns_source(&tuple_key(from), FRESH) {
-                    Ok(info) => info,
-                    Err(error) => {
-                        tracing::warn!(%error, "DNS source lookup");
-                        None
-                    }
-                };
-                if let Some(reply) = resolver.answer(&query, info, Transport::Udp).await {
-                    let _ = socket.send_to(&reply, from).await;
-                }
-            });
+    /// Answers one query datagram (the relay hands over those to port 53, and those it
+    /// cannot attribute) from `socket`, where it arrived.
+    pub async fn answer_udp(
+        &self,
+        socket: &UdpSocket,
+        from: SocketAddr,
+        query: &[u8],
+        info: Option<ConnInfo>,
+    ) {
+        if let Some(reply) = self.answer(query, info, Transport::Udp).await {
+            let _ = socket.send_to(&reply, from).await;
         }
     }
 

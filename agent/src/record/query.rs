@@ -28,6 +28,10 @@ const JOB_COLUMNS: &str = "id, name, labels, cgroup_id, cgroup_path, owner_pid, 
     origin_cgroup";
 
 impl Store {
+    pub(super) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
     /// Opens the database read-only (the writer must have created it).
     pub fn open(path: &Path) -> Result<Self, RecordError> {
         let conn = Connection::open_with_flags(

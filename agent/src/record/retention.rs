@@ -24,6 +24,7 @@ pub struct Pruned {
     pub audit: u64,
     pub events: u64,
     pub dns: u64,
+    pub udp_flows: u64,
     /// A chunk was full: there may be more to delete.
     pub more: bool,
 }
@@ -67,6 +68,13 @@ pub fn prune(conn: &mut Connection, cutoff_ms: i64) -> rusqlite::Result<Pruned> 
         params![cutoff_ms, CHUNK as i64],
     )? as u64;
     pruned.more |= pruned.dns == CHUNK as u64;
+    // Only ended flows expire: a live one is written again when it ends.
+    pruned.udp_flows = tx.execute(
+        "DELETE FROM udp_flows WHERE rowid IN (SELECT rowid FROM udp_flows \
+         WHERE ended IS NOT NULL AND last_at < ?1 LIMIT ?2)",
+        params![cutoff_ms, CHUNK as i64],
+    )? as u64;
+    pruned.more |= pruned.udp_flows == CHUNK as u64;
     pruned.jobs = tx.execute(
         "DELETE FROM jobs WHERE ended_at IS NOT NULL AND ended_at < ?1 \
          AND NOT EXISTS (SELECT 1 FROM connections c WHERE c.job_id = jobs.id)",
@@ -144,6 +152,21 @@ mod tests {
              (5000, 'socket_refused', 1, 1, 1, 0, 0, 'x', 'refused', 'packet/raw')",
         )
         .unwrap();
+        // An old ended flow goes; an old live one and a recent one stay.
+        for (id, last_at, ended) in [
+            ("f1", 100, Some("idle")),
+            ("f2", 100, None),
+            ("f3", 5000, Some("idle")),
+        ] {
+            conn.execute(
+                "INSERT INTO udp_flows (id, cgroup_id, pid, uid, comm, dst, target, decision, \
+                 policy_ids, reason, enforced_by, first_at, last_at, packets_out, bytes_out, \
+                 packets_in, bytes_in, ended) VALUES (?1, 1, 1, 0, 'x', '127.0.0.1:1', '-', \
+                 'allow', '[]', '', 'relay', ?2, ?2, 1, 1, 1, 1, ?3)",
+                params![id, last_at, ended],
+            )
+            .unwrap();
+        }
 
         let pruned = prune(&mut conn, 1_000).unwrap();
         assert_eq!(
@@ -155,9 +178,11 @@ mod tests {
                 audit: 1,
                 events: 1,
                 dns: 0,
+                udp_flows: 1,
                 more: false,
             }
         );
+        assert_eq!(count(&conn, "udp_flows"), 2);
         assert_eq!(count(&conn, "events"), 1);
         assert_eq!(count(&conn, "jobs"), 2);
         assert_eq!(count(&conn, "connections"), 2);

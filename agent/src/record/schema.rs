@@ -1,7 +1,7 @@
 //! The SQLite schema of the recording store.
 use rusqlite::Connection;
 
-pub const VERSION: i64 = 9;
+pub const VERSION: i64 = 10;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -129,6 +129,31 @@ CREATE TABLE IF NOT EXISTS dns_queries (
     error       TEXT
 );
 CREATE INDEX IF NOT EXISTS dns_by_job ON dns_queries (job_id, at);
+CREATE TABLE IF NOT EXISTS udp_flows (
+    id          TEXT PRIMARY KEY,
+    job_id      TEXT,
+    cgroup_id   INTEGER NOT NULL,
+    pid         INTEGER NOT NULL,
+    uid         INTEGER NOT NULL,
+    comm        TEXT NOT NULL,
+    exe         TEXT,
+    src         TEXT,
+    dst         TEXT NOT NULL,
+    hostname    TEXT,
+    target      TEXT NOT NULL,
+    decision    TEXT NOT NULL,
+    policy_ids  TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    enforced_by TEXT NOT NULL,
+    first_at    INTEGER NOT NULL,
+    last_at     INTEGER NOT NULL,
+    packets_out INTEGER NOT NULL,
+    bytes_out   INTEGER NOT NULL,
+    packets_in  INTEGER NOT NULL,
+    bytes_in    INTEGER NOT NULL,
+    ended       TEXT
+);
+CREATE INDEX IF NOT EXISTS udp_flows_by_job ON udp_flows (job_id, first_at);
 ";
 
 /// Opens the writer's pragmas and creates the tables.

@@ -223,6 +223,7 @@ impl Writer {
                             ("audit", pruned.audit),
                             ("event", pruned.events),
                             ("dns_query", pruned.dns),
+                            ("udp_flow", pruned.udp_flows),
                         ] {
                             if rows > 0 {
                                 self.metrics.pruned.with_label_values(&[kind]).inc_by(rows);
@@ -311,6 +312,7 @@ fn write_batch(conn: &mut Connection, batch: &[RecordEvent]) -> rusqlite::Result
             RecordEvent::ConnectionOpened(c) if ended.contains(c.id.as_str()) => {}
             RecordEvent::Flush(_) => {}
             RecordEvent::Statement(st) => insert_statement(&tx, st)?,
+            RecordEvent::UdpFlow(f) => super::flows::upsert(&tx, f)?,
             RecordEvent::Dns(d) => {
                 tx.prepare_cached(
                     "INSERT INTO dns_queries (at, job_id, cgroup_id, pid, uid, comm, transport, \

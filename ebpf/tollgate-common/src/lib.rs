@@ -21,10 +21,24 @@ pub const MAP_SETTINGS: &str = "SETTINGS";
 /// Name of the per-CPU counter array (indexed by [`Counter`]).
 pub const MAP_COUNTERS: &str = "COUNTERS";
 
-/// Name of the map from a DNS query's source ([`TupleKey`]) to [`ConnInfo`].
-pub const MAP_DNS_BY_TUPLE: &str = "DNS_BY_TUPLE";
-/// Capacity of [`MAP_DNS_BY_TUPLE`] (entries, LRU).
-pub const DNS_MAP_CAPACITY: u32 = 16_384;
+/// Name of the map from a relayed datagram's source ([`TupleKey`]) to [`ConnInfo`]: DNS
+/// queries to the resolver and other UDP to the relay.
+pub const MAP_UDP_BY_TUPLE: &str = "UDP_BY_TUPLE";
+/// Capacity of [`MAP_UDP_BY_TUPLE`] (entries, LRU).
+pub const UDP_MAP_CAPACITY: u32 = 16_384;
+/// Name of the map from a UDP destination ([`TupleKey`]) to the port of the relay socket
+/// that carries it (written by the agent once a flow to it is allowed).
+pub const MAP_UDP_RELAY_PORT: &str = "UDP_RELAY_PORT";
+/// Name of the map from a relay socket's port to the destination it carries
+/// ([`TupleKey`]): a job's receive shows that destination as the datagram's source.
+pub const MAP_UDP_RELAY_PEER: &str = "UDP_RELAY_PEER";
+/// Capacity of [`MAP_UDP_RELAY_PORT`] and [`MAP_UDP_RELAY_PEER`] (entries).
+pub const UDP_RELAY_CAPACITY: u32 = 4_096;
+/// Name of the map of (socket, destination) pairs the agent denied ([`UdpDenyKey`]):
+/// their sends fail with EPERM in the kernel.
+pub const MAP_UDP_DENIED: &str = "UDP_DENIED";
+/// Capacity of [`MAP_UDP_DENIED`] (entries, LRU).
+pub const UDP_DENIED_CAPACITY: u32 = 16_384;
 /// Name of the map of socket kinds a job may create ([`SockKind`] -> 1).
 pub const MAP_SOCK_ALLOW: &str = "SOCK_ALLOW";
 /// Name of the ring buffer of [`Event`]s the programs report to the agent.
@@ -39,7 +53,7 @@ pub const SOCK_ANY: u32 = u32::MAX;
 
 /// Version of the layout of the maps and programs. The agent refuses to adopt pins
 /// written by a build with another version.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// What the connect hook recorded about one intercepted connection, in the client's own
 /// `connect()`. Addresses are in network byte order, as the kernel hands them over.
@@ -86,6 +100,15 @@ pub struct TupleKey {
     pub ip: [u32; 4],
 }
 
+/// One job socket's sends to one destination: the key of [`MAP_UDP_DENIED`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct UdpDenyKey {
+    pub cookie: u64,
+    /// The destination, canonical (IPv4-mapped addresses as `AF_INET`).
+    pub dst: TupleKey,
+}
+
 /// A kind of socket, as `socket(family, type, protocol)` resolved it: the key of the
 /// allow list. `type_` has its flags (`SOCK_NONBLOCK`, `SOCK_CLOEXEC`) stripped; `type_`
 /// and `protocol` may be [`SOCK_ANY`].
@@ -106,6 +129,9 @@ pub enum EventKind {
     /// A task was moved to a cgroup (`tgid`: the task, `tid`: the mover, `cgroup_id`:
     /// the destination).
     CgroupMove = 2,
+    /// A job's UDP datagram (or UDP connect) was refused in the kernel: no policy can
+    /// permit `udp:send`, or the agent denied this socket's flow to the destination.
+    UdpRefused = 3,
 }
 
 impl EventKind {
@@ -113,6 +139,7 @@ impl EventKind {
         match value {
             1 => Some(Self::SocketRefused),
             2 => Some(Self::CgroupMove),
+            3 => Some(Self::UdpRefused),
             _ => None,
         }
     }
@@ -137,6 +164,8 @@ pub struct Event {
     pub sock: SockKind,
     pub _pad2: u32,
     pub comm: [u8; 16],
+    /// For [`EventKind::UdpRefused`]: the destination (family, port, address), canonical.
+    pub dst: TupleKey,
 }
 
 /// Settings written by the agent and read by the programs.
@@ -152,6 +181,9 @@ pub struct Settings {
     pub proxy_ip4: u32,
     /// The proxy's IPv6 listener address, network byte order.
     pub proxy_ip6: [u32; 4],
+    /// 1: UDP other than DNS goes to the agent's relay, which decides `udp:send`. 0: no
+    /// policy can permit it, so the kernel refuses it at once (EPERM).
+    pub udp_relay: u32,
 }
 
 /// Kernel-side counters, one slot each in the per-CPU array [`MAP_COUNTERS`].
@@ -174,10 +206,14 @@ pub enum Counter {
     RefusedSocket = 6,
     /// Events lost because the ring buffer was full (the counter still counts them).
     EventsLost = 7,
+    /// UDP sends (and UDP connects) of jobs refused in the kernel.
+    RefusedUdp = 8,
+    /// UDP datagrams of jobs redirected to the relay.
+    UdpRelayed = 9,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 10;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Redirected,
         Counter::RefusedProxyDirect,
@@ -187,6 +223,8 @@ impl Counter {
         Counter::TupleReleasedUnaccepted,
         Counter::RefusedSocket,
         Counter::EventsLost,
+        Counter::RefusedUdp,
+        Counter::UdpRelayed,
     ];
 
     /// Stable label value for metrics.
@@ -200,6 +238,8 @@ impl Counter {
             Counter::TupleReleasedUnaccepted => "tuple_released_unaccepted",
             Counter::RefusedSocket => "refused_socket",
             Counter::EventsLost => "events_lost",
+            Counter::RefusedUdp => "refused_udp",
+            Counter::UdpRelayed => "udp_relayed",
         }
     }
 }
@@ -217,6 +257,8 @@ mod pod {
     unsafe impl aya::Pod for super::SockKind {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Event {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::UdpDenyKey {}
 }
 
 #[cfg(test)]
@@ -232,9 +274,10 @@ mod tests {
         );
         assert_eq!(align_of::<ConnInfo>(), 8);
         assert_eq!(size_of::<TupleKey>(), 24);
-        assert_eq!(size_of::<Settings>(), 28);
+        assert_eq!(size_of::<Settings>(), 32);
+        assert_eq!(size_of::<UdpDenyKey>(), 32);
         assert_eq!(size_of::<SockKind>(), 12);
-        assert_eq!(size_of::<Event>(), 6 * 4 + 2 * 8 + 12 + 4 + 16);
+        assert_eq!(size_of::<Event>(), 6 * 4 + 2 * 8 + 12 + 4 + 16 + 24);
         assert_eq!(align_of::<Event>(), 8);
     }
 }

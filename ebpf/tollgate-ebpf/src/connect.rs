@@ -1,15 +1,18 @@
 //! cgroup/connect4|6 and cgroup/sendmsg4|6: record and redirect TCP connects of job
-//! sockets to the proxy, and DNS over UDP (port 53, connected or per datagram) to the
-//! agent's resolver on the same address and port.
+//! sockets to the proxy, DNS over UDP (port 53, connected or per datagram) to the agent's
+//! resolver on the same address and port, and other UDP to the agent's relay, unless it
+//! is refused here: no policy can permit it, or the agent denied the socket's flow.
 use aya_ebpf::{
     bindings::bpf_sock_addr, helpers::generated::bpf_get_socket_cookie, macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
-use tollgate_common::{AF_INET, AF_INET6, ConnInfo, Counter, Settings};
+use tollgate_common::{
+    AF_INET, AF_INET6, ConnInfo, Counter, EventKind, Settings, SockKind, TupleKey, UdpDenyKey,
+};
 
 use crate::{
     caller::caller,
-    maps::{CONN_BY_COOKIE, count, settings},
+    maps::{CONN_BY_COOKIE, UDP_DENIED, UDP_RELAY_PEER, UDP_RELAY_PORT, count, report, settings},
 };
 
 const ALLOW: i32 = 1;
@@ -22,14 +25,14 @@ const IPPROTO_UDP: u32 = 17;
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
-    match try_connect4(&ctx) {
+    match try_connect4(&ctx, false) {
         Ok(v) | Err(v) => v,
     }
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
-    match try_connect6(&ctx) {
+    match try_connect6(&ctx, false) {
         Ok(v) | Err(v) => v,
     }
 }
@@ -37,62 +40,99 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
 /// A datagram with a destination (sendto, sendmsg): the same as a connect.
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
-    match try_connect4(&ctx) {
+    match try_connect4(&ctx, true) {
         Ok(v) | Err(v) => v,
     }
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
-    match try_connect6(&ctx) {
+    match try_connect6(&ctx, true) {
         Ok(v) | Err(v) => v,
     }
 }
 
 const DNS_PORT: u16 = 53;
 
-/// TCP, or UDP to the DNS port: what is redirected.
+/// Where a redirected socket goes: the proxy's port (TCP, DNS, first UDP datagrams), or
+/// the relay socket of a UDP destination.
 #[inline(always)]
-fn intercepted(sa: *mut bpf_sock_addr, port: u16) -> bool {
-    is_tcp(sa) || (is_udp(sa) && port == DNS_PORT)
-}
-
-#[inline(always)]
-fn try_connect4(ctx: &SockAddrContext) -> Result<i32, i32> {
-    let sa = ctx.sock_addr;
-    // SAFETY: ctx fields of a connect4 or sendmsg4 hook are readable.
-    let (ip, port) = unsafe { ((*sa).user_ip4, u16::from_be((*sa).user_port as u16)) };
-    if !intercepted(sa, port) {
-        return Ok(ALLOW);
-    }
-    let settings = configured()?;
-    if port == settings.proxy_port && is_local4(ip) {
+fn redirect_port(
+    sa: *mut bpf_sock_addr,
+    settings: &Settings,
+    dst: TupleKey,
+    local: bool,
+    sending: bool,
+) -> Result<u16, i32> {
+    let port = dst.port as u16;
+    // SAFETY: the cookie helper is allowed in cgroup sock_addr programs.
+    let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
+    // A job never addresses Tollgate's own listeners, except where the kernel does so
+    // for it: each send of a dual-stack socket connected to an IPv4-mapped address runs
+    // sendmsg4 with the address that connect6 already redirected.
+    // SAFETY: the values are not kept; only their presence matters.
+    if local && (port == settings.proxy_port || unsafe { UDP_RELAY_PEER.get(dst.port).is_some() }) {
+        if sending && is_udp(sa) && unsafe { CONN_BY_COOKIE.get(cookie).is_some() } {
+            return Err(ALLOW);
+        }
         count(Counter::RefusedProxyDirect);
         return Err(REFUSE);
     }
+    if is_tcp(sa) || port == DNS_PORT {
+        return Ok(settings.proxy_port);
+    }
+    // SAFETY: as above.
+    let denied = unsafe { UDP_DENIED.get(UdpDenyKey { cookie, dst }).is_some() };
+    if settings.udp_relay == 0 || denied {
+        count(Counter::RefusedUdp);
+        report(EventKind::UdpRefused, SockKind::default(), dst);
+        return Err(REFUSE);
+    }
+    count(Counter::UdpRelayed);
+    // SAFETY: the value is copied out at once.
+    Ok(unsafe { UDP_RELAY_PORT.get(dst) }.map_or(settings.proxy_port, |p| *p as u16))
+}
+
+#[inline(always)]
+fn try_connect4(ctx: &SockAddrContext, sending: bool) -> Result<i32, i32> {
+    let sa = ctx.sock_addr;
+    // SAFETY: ctx fields of a connect4 or sendmsg4 hook are readable.
+    let (ip, port) = unsafe { ((*sa).user_ip4, u16::from_be((*sa).user_port as u16)) };
+    if !is_tcp(sa) && !is_udp(sa) {
+        return Ok(ALLOW);
+    }
+    let settings = configured()?;
+    let dst = TupleKey {
+        family: u32::from(AF_INET),
+        port: u32::from(port),
+        ip: [ip, 0, 0, 0],
+    };
+    let to_port = redirect_port(sa, &settings, dst, is_local4(ip), sending)?;
     record(sa, [ip, 0, 0, 0], port, AF_INET, AF_INET)?;
     // SAFETY: user_ip4 and user_port are writable in connect4.
     unsafe {
         (*sa).user_ip4 = settings.proxy_ip4;
-        (*sa).user_port = u32::from(settings.proxy_port.to_be());
+        (*sa).user_port = u32::from(to_port.to_be());
     }
     count(Counter::Redirected);
     Ok(ALLOW)
 }
 
 #[inline(always)]
-fn try_connect6(ctx: &SockAddrContext) -> Result<i32, i32> {
+fn try_connect6(ctx: &SockAddrContext, sending: bool) -> Result<i32, i32> {
     let sa = ctx.sock_addr;
     let (ip, port) = user_addr6(sa);
-    if !intercepted(sa, port) {
+    if !is_tcp(sa) && !is_udp(sa) {
         return Ok(ALLOW);
     }
     let settings = configured()?;
     if is_v4_mapped(&ip) {
-        if port == settings.proxy_port && is_local4(ip[3]) {
-            count(Counter::RefusedProxyDirect);
-            return Err(REFUSE);
-        }
+        let dst = TupleKey {
+            family: u32::from(AF_INET),
+            port: u32::from(port),
+            ip: [ip[3], 0, 0, 0],
+        };
+        let to_port = redirect_port(sa, &settings, dst, is_local4(ip[3]), sending)?;
         record(sa, [ip[3], 0, 0, 0], port, AF_INET, AF_INET6)?;
         // SAFETY: user_ip6 and user_port are writable in connect6.
         unsafe {
@@ -100,13 +140,15 @@ fn try_connect6(ctx: &SockAddrContext) -> Result<i32, i32> {
             (*sa).user_ip6[1] = 0;
             (*sa).user_ip6[2] = 0xffff_u32.to_be();
             (*sa).user_ip6[3] = settings.proxy_ip4;
-            (*sa).user_port = u32::from(settings.proxy_port.to_be());
+            (*sa).user_port = u32::from(to_port.to_be());
         }
     } else {
-        if port == settings.proxy_port && is_local6(&ip) {
-            count(Counter::RefusedProxyDirect);
-            return Err(REFUSE);
-        }
+        let dst = TupleKey {
+            family: u32::from(AF_INET6),
+            port: u32::from(port),
+            ip,
+        };
+        let to_port = redirect_port(sa, &settings, dst, is_local6(&ip), sending)?;
         record(sa, ip, port, AF_INET6, AF_INET6)?;
         // SAFETY: as above.
         unsafe {
@@ -114,7 +156,7 @@ fn try_connect6(ctx: &SockAddrContext) -> Result<i32, i32> {
             (*sa).user_ip6[1] = settings.proxy_ip6[1];
             (*sa).user_ip6[2] = settings.proxy_ip6[2];
             (*sa).user_ip6[3] = settings.proxy_ip6[3];
-            (*sa).user_port = u32::from(settings.proxy_port.to_be());
+            (*sa).user_port = u32::from(to_port.to_be());
         }
     }
     count(Counter::Redirected);

@@ -5,9 +5,10 @@
 //!   caller's process facts by socket cookie, then redirect TCP connects to the proxy.
 //! - `tollgate_sockops` at `TCP_CONNECT_CB` (kernel 4.13+; cookies in sock_ops 5.x):
 //!   copy the entry to a map keyed by the client tuple, which the proxy's `accept()` sees.
-//! - `sendmsg4`/`sendmsg6` (kernel 4.18+): redirect DNS datagrams to the resolver;
-//!   `recvmsg4`/`recvmsg6` (5.2+) show the answers as coming from the server asked;
-//!   `dns_egress` (cgroup_skb) keys each query by its source for the resolver.
+//! - `sendmsg4`/`sendmsg6` (kernel 4.18+): redirect DNS datagrams to the resolver and
+//!   other UDP to the relay (or refuse it); `recvmsg4`/`recvmsg6` (5.2+) show what comes
+//!   back as coming from the server addressed; `udp_egress` (cgroup_skb) keys each
+//!   redirected datagram by its source for the agent.
 //! - `getpeername4`/`getpeername6` (kernel 5.8+): show clients their original peer.
 //! - `sock_release` (kernel 5.9+): forget the socket's entry when it is closed.
 //! - `cgroup_attach_task` (tracepoint): reports cgroup moves, so the agent can kill a
@@ -19,13 +20,13 @@
 
 mod caller;
 mod connect;
-mod dns;
 mod maps;
 mod moves;
 mod peer;
 mod release;
 mod sock_create;
 mod sockops;
+mod udp;
 
 #[cfg(not(test))]
 #[panic_handler]

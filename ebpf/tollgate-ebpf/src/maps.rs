@@ -5,8 +5,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tollgate_common::{
-    CONN_MAP_CAPACITY, ConnInfo, Counter, DNS_MAP_CAPACITY, EVENTS_BYTES, SOCK_ALLOW_CAPACITY,
-    Settings, SockKind, TupleKey,
+    CONN_MAP_CAPACITY, ConnInfo, Counter, EVENTS_BYTES, Event, EventKind, SOCK_ALLOW_CAPACITY,
+    Settings, SockKind, TupleKey, UDP_DENIED_CAPACITY, UDP_MAP_CAPACITY, UDP_RELAY_CAPACITY,
+    UdpDenyKey,
 };
 
 /// Live intercepted job sockets: written by the connect hooks, read by sock_ops and
@@ -26,10 +27,23 @@ pub static SETTINGS: Array<Settings> = Array::pinned(1, 0);
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);
 
-/// DNS query datagrams by their source (family, address, port): written by dns_egress,
-/// read by the resolver to attribute each query. LRU: old sources age out.
-#[map(name = "DNS_BY_TUPLE")]
-pub static DNS_BY_TUPLE: LruHashMap<TupleKey, ConnInfo> = LruHashMap::pinned(DNS_MAP_CAPACITY, 0);
+/// Redirected datagrams (DNS queries, relayed UDP) by their source (family, address,
+/// port): written by udp_egress, read by the resolver and the relay to attribute each
+/// datagram. LRU: old sources age out.
+#[map(name = "UDP_BY_TUPLE")]
+pub static UDP_BY_TUPLE: LruHashMap<TupleKey, ConnInfo> = LruHashMap::pinned(UDP_MAP_CAPACITY, 0);
+
+/// UDP destination -> the port of the agent's relay socket for it (host byte order).
+#[map(name = "UDP_RELAY_PORT")]
+pub static UDP_RELAY_PORT: HashMap<TupleKey, u32> = HashMap::pinned(UDP_RELAY_CAPACITY, 0);
+
+/// Relay socket port -> the destination it carries, for recvmsg.
+#[map(name = "UDP_RELAY_PEER")]
+pub static UDP_RELAY_PEER: HashMap<u32, TupleKey> = HashMap::pinned(UDP_RELAY_CAPACITY, 0);
+
+/// (socket, destination) pairs the agent denied: their sends fail in the kernel.
+#[map(name = "UDP_DENIED")]
+pub static UDP_DENIED: LruHashMap<UdpDenyKey, u32> = LruHashMap::pinned(UDP_DENIED_CAPACITY, 0);
 
 /// The kinds of socket a job may create, written by the agent from `[sockets] allow`.
 #[map(name = "SOCK_ALLOW")]
@@ -44,6 +58,29 @@ pub fn count(counter: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
         // SAFETY: per-CPU slot; no other writer runs on this CPU concurrently.
         unsafe { *slot += 1 };
+    }
+}
+
+/// Reports an event about the calling task to the agent (counted when the ring is full).
+#[inline(always)]
+pub fn report(kind: EventKind, sock: SockKind, dst: TupleKey) {
+    let c = crate::caller::caller();
+    let event = Event {
+        kind: kind as u32,
+        tgid: c.tgid,
+        tid: c.tid,
+        uid: c.uid,
+        gid: c.gid,
+        _pad: 0,
+        cgroup_id: c.cgroup_id,
+        ktime_ns: c.ktime_ns,
+        sock,
+        _pad2: 0,
+        comm: c.comm,
+        dst,
+    };
+    if EVENTS.output::<Event>(&event, 0).is_err() {
+        count(Counter::EventsLost);
     }
 }
 

@@ -1,7 +1,7 @@
 //! tracepoint cgroup/cgroup_attach_task: every move of a task to a cgroup, reported to
 //! the agent, which kills a job's process that moved out of its job.
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use tollgate_common::{Counter, Event, EventKind, SockKind};
+use tollgate_common::{Counter, Event, EventKind, SockKind, TupleKey};
 
 use crate::{
     caller::caller,
@@ -34,6 +34,7 @@ pub fn cgroup_attach_task(ctx: TracePointContext) -> u32 {
         sock: SockKind::default(),
         _pad2: 0,
         comm: c.comm,
+        dst: TupleKey::default(),
     };
     if EVENTS.output::<Event>(&event, 0).is_err() {
         count(Counter::EventsLost);

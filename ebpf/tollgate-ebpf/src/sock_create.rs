@@ -5,12 +5,9 @@ use aya_ebpf::{
     macros::{cgroup_sock, lsm_cgroup},
     programs::{LsmContext, SockContext},
 };
-use tollgate_common::{AF_INET, AF_INET6, Counter, Event, EventKind, SOCK_ANY, SockKind};
+use tollgate_common::{AF_INET, AF_INET6, Counter, EventKind, SOCK_ANY, SockKind, TupleKey};
 
-use crate::{
-    caller::caller,
-    maps::{EVENTS, SOCK_ALLOW, count},
-};
+use crate::maps::{SOCK_ALLOW, count, report};
 
 const ALLOW: i32 = 1;
 /// Returning 0 from a cgroup sock or LSM cgroup program fails the call with EPERM.
@@ -69,22 +66,6 @@ fn decide(kind: SockKind) -> i32 {
         return ALLOW;
     }
     count(Counter::RefusedSocket);
-    let c = caller();
-    let event = Event {
-        kind: EventKind::SocketRefused as u32,
-        tgid: c.tgid,
-        tid: c.tid,
-        uid: c.uid,
-        gid: c.gid,
-        _pad: 0,
-        cgroup_id: c.cgroup_id,
-        ktime_ns: c.ktime_ns,
-        sock: kind,
-        _pad2: 0,
-        comm: c.comm,
-    };
-    if EVENTS.output::<Event>(&event, 0).is_err() {
-        count(Counter::EventsLost);
-    }
+    report(EventKind::SocketRefused, kind, TupleKey::default());
     REFUSE
 }

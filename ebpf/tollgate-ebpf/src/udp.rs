@@ -1,5 +1,5 @@
-//! cgroup_skb/egress: key each DNS query datagram a job sends to the resolver by its
-//! source (family, address, port), which the resolver's recvfrom() sees. The source port
+//! cgroup_skb/egress: key each datagram a job sends to the resolver or the UDP relay by
+//! its source (family, address, port), which the agent's recvfrom() sees. The source port
 //! is only known once the datagram leaves (an unbound socket is bound by its first send).
 use aya_ebpf::{
     helpers::generated::{bpf_get_socket_cookie, bpf_ktime_get_ns},
@@ -8,24 +8,23 @@ use aya_ebpf::{
 };
 use tollgate_common::{AF_INET, AF_INET6, TupleKey};
 
-use crate::maps::{CONN_BY_COOKIE, DNS_BY_TUPLE, settings};
+use crate::maps::{CONN_BY_COOKIE, UDP_BY_TUPLE, UDP_RELAY_PEER, settings};
 
 /// Returning 1 from a cgroup_skb program lets the packet pass.
 const PASS: i32 = 1;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const IPPROTO_UDP: u8 = 17;
-const DNS_PORT: u16 = 53;
 
 #[cgroup_skb(egress)]
-pub fn dns_egress(ctx: SkBuffContext) -> i32 {
-    let _ = try_dns_egress(&ctx);
+pub fn udp_egress(ctx: SkBuffContext) -> i32 {
+    let _ = try_udp_egress(&ctx);
     // Never drops: this program only observes.
     PASS
 }
 
 #[inline(always)]
-fn try_dns_egress(ctx: &SkBuffContext) -> Result<(), i64> {
+fn try_udp_egress(ctx: &SkBuffContext) -> Result<(), i64> {
     let (family, ip, udp_at) = match u16::from_be(ctx.skb.protocol() as u16) {
         ETH_P_IP => {
             let first: u8 = ctx.load(0)?;
@@ -36,8 +35,8 @@ fn try_dns_egress(ctx: &SkBuffContext) -> Result<(), i64> {
             (AF_INET, [src, 0, 0, 0], usize::from(first & 0x0f) * 4)
         }
         ETH_P_IPV6 => {
-            // Only a UDP header right after the fixed header (DNS clients add no
-            // extension headers).
+            // Only a UDP header right after the fixed header (redirected datagrams carry
+            // no extension headers).
             if ctx.load::<u8>(6)? != IPPROTO_UDP {
                 return Ok(());
             }
@@ -55,7 +54,8 @@ fn try_dns_egress(ctx: &SkBuffContext) -> Result<(), i64> {
     let Some(settings) = settings() else {
         return Ok(());
     };
-    if dport != settings.proxy_port {
+    // SAFETY: the value is not kept; only its presence matters.
+    if dport != settings.proxy_port && unsafe { UDP_RELAY_PEER.get(u32::from(dport)).is_none() } {
         return Ok(());
     }
     // SAFETY: the cookie helper is allowed in cgroup_skb programs.
@@ -64,10 +64,7 @@ fn try_dns_egress(ctx: &SkBuffContext) -> Result<(), i64> {
     let Some(mut info) = (unsafe { CONN_BY_COOKIE.get(cookie) }).copied() else {
         return Ok(());
     };
-    if info.orig_port != DNS_PORT {
-        return Ok(());
-    }
-    // The resolver trusts only fresh entries: this datagram's time.
+    // The agent trusts only fresh entries: this datagram's time.
     // SAFETY: ktime helper, no arguments.
     info.ktime_ns = unsafe { bpf_ktime_get_ns() };
     let key = TupleKey {
@@ -75,6 +72,6 @@ fn try_dns_egress(ctx: &SkBuffContext) -> Result<(), i64> {
         port: u32::from(sport),
         ip,
     };
-    let _ = DNS_BY_TUPLE.insert(key, info, 0);
+    let _ = UDP_BY_TUPLE.insert(key, info, 0);
     Ok(())
 }

@@ -1,0 +1,664 @@
+//! The relay: jobs' UDP datagrams (other than DNS) arrive on the proxy's address, at its
+//! port or, once a flow to a destination is allowed, at a relay socket of that
+//! destination's own. The kernel keyed each datagram by its source, so the relay knows
+//! its job socket and its original destination. Each flow (source, destination) is
+//! decided once: allowed ones are carried from a connected socket of the agent's, and
+//! what comes back is sent to the job from the socket its datagrams arrived on; the
+//! kernel shows it as coming from the destination.
+use std::{
+    collections::HashMap,
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicI64, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{net::UdpSocket, task::AbortHandle};
+use tollgate_common::{ConnInfo, Event, UDP_RELAY_CAPACITY, UdpDenyKey};
+use tollgate_policy::{Decision, Principal, Process, Subject};
+
+use super::{UdpConfig, UdpMetrics};
+use crate::{
+    bpf::ConnMaps,
+    dns::server::Resolver,
+    enforce::Enforcer,
+    jobs::JobRegistry,
+    proxy::{comm, original_destination, tuple_key},
+    record::{RecordEvent, Recorder, UdpFlowRecord, now_ms},
+};
+
+/// The kernel's record of a datagram is trusted for this long after it was sent.
+const FRESH: Duration = Duration::from_secs(2);
+/// Largest UDP payload.
+const MAX_DATAGRAM: usize = 65_535;
+/// DNS: answered by the resolver, not relayed.
+const DNS_PORT: u16 = 53;
+/// A denied flow (whose later datagrams the kernel refuses) ends after this long quiet.
+const DENIED_IDLE: Duration = Duration::from_secs(5);
+
+pub struct Relay {
+    maps: Arc<ConnMaps>,
+    jobs: Arc<JobRegistry>,
+    enforcer: Arc<Enforcer>,
+    recorder: Recorder,
+    metrics: Arc<UdpMetrics>,
+    resolver: Arc<Resolver>,
+    config: UdpConfig,
+    proxy_ipv4: Ipv4Addr,
+    proxy_ipv6: Ipv6Addr,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    flows: HashMap<FlowKey, Flow>,
+    /// Relay sockets by the destination they carry.
+    ports: HashMap<SocketAddr, RelayPort>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum FlowKey {
+    /// Decided by the relay: a job socket's source and a destination.
+    Relayed { client: SocketAddr, dst: SocketAddr },
+    /// Refused in the kernel (the socket may not even be bound): a process and a
+    /// destination.
+    Refused {
+        cgroup_id: u64,
+        pid: u32,
+        dst: SocketAddr,
+    },
+}
+
+struct Flow {
+    record: UdpFlowRecord,
+    cookie: u64,
+    process: Process,
+    principal: Option<Arc<Principal>>,
+    /// Set for an allowed flow.
+    carried: Option<Carried>,
+}
+
+struct Carried {
+    upstream: Arc<UdpSocket>,
+    back: Arc<Back>,
+    reader: AbortHandle,
+}
+
+/// What the reader of an upstream socket shares with its flow.
+struct Back {
+    /// The relay socket the job's latest datagram arrived on: replies leave from it.
+    via: Mutex<Arc<UdpSocket>>,
+    packets: AtomicU64,
+    bytes: AtomicU64,
+    last_ms: AtomicI64,
+}
+
+struct RelayPort {
+    port: u16,
+    task: AbortHandle,
+    last_ms: i64,
+}
+
+impl Flow {
+    fn last_ms(&self) -> i64 {
+        let back = self
+            .carried
+            .as_ref()
+            .map_or(0, |c| c.back.last_ms.load(Ordering::Relaxed));
+        self.record.last_at.max(back)
+    }
+}
+
+impl Relay {
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the relay's collaborators, wired once"
+    )]
+    pub fn new(
+        config: UdpConfig,
+        maps: Arc<ConnMaps>,
+        jobs: Arc<JobRegistry>,
+        enforcer: Arc<Enforcer>,
+        recorder: Recorder,
+        metrics: Arc<UdpMetrics>,
+        resolver: Arc<Resolver>,
+        proxy: (Ipv4Addr, Ipv6Addr),
+    ) -> Self {
+        Self {
+            maps,
+            jobs,
+            enforcer,
+            recorder,
+            metrics,
+            resolver,
+            config,
+            proxy_ipv4: proxy.0,
+            proxy_ipv6: proxy.1,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// At startup: relay ports an earlier agent left in the kernel are forgotten (their
+    /// sockets died with it), and the policy in force says whether UDP is relayed.
+    pub fn start(&self) {
+        match self.maps.relay_ports() {
+            Ok(ports) => {
+                for (dst, port) in ports {
+                    if let Err(error) = self.maps.remove_relay_port(&dst, port) {
+                        tracing::warn!(%error, port, "removing a stale UDP relay port");
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "listing stale UDP relay ports"),
+        }
+        self.apply_policy();
+    }
+
+    /// A new policy: the kernel relays UDP only if some permit may apply, earlier
+    /// denials are forgotten, and live flows are decided again.
+    pub fn apply_policy(&self) {
+        let relay = self.enforcer.decides_udp();
+        if let Err(error) = self.maps.set_udp_relay(relay) {
+            tracing::error!(%error, "cannot tell the kernel whether to relay UDP");
+        }
+        if let Err(error) = self.maps.clear_udp_denied() {
+            tracing::error!(%error, "cannot clear the kernel's UDP denials");
+        }
+        let mut state = self.state();
+        let keys: Vec<FlowKey> = state.flows.keys().copied().collect();
+        for key in keys {
+            let FlowKey::Relayed { dst, .. } = key else {
+                continue;
+            };
+            let Some(flow) = state.flows.get(&key) else {
+                continue;
+            };
+            let principal = flow
+                .record
+                .job_id
+                .as_deref()
+                .and_then(|id| self.jobs.get(id))
+                .map(|job| job.principal.clone())
+                .or_else(|| flow.principal.clone());
+            let blocks = principal.is_none_or(|principal| {
+                let subject = Subject::new(&principal, &flow.process, dst)
+                    .with_hostname(flow.record.hostname.as_deref());
+                self.enforcer.decide_udp(subject).blocks()
+            });
+            if blocks == flow.carried.is_none() {
+                continue;
+            }
+            // Decided otherwise now: this flow ends; the next datagram starts another.
+            if let Some(flow) = state.flows.remove(&key) {
+                if blocks {
+                    self.deny_in_kernel(flow.cookie, dst);
+                }
+                self.finish(flow, "policy");
+            }
+        }
+        tracing::info!(relay, flows = state.flows.len(), "UDP policy applied");
+    }
+
+    /// Serves one relay socket until the runtime stops: the proxy's (`dedicated` None:
+    /// DNS queries go to the resolver, other datagrams by their original destination)
+    /// or a destination's own.
+    pub async fn serve(self: Arc<Self>, socket: Arc<UdpSocket>, dedicated: Option<SocketAddr>) {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        loop {
+            let (n, from) = match socket.recv_from(&mut buf).await {
+                Ok(received) => received,
+                Err(error) => {
+                    tracing::debug!(%error, "UDP relay receive");
+                    continue;
+                }
+            };
+            let info = self
+                .maps
+                .udp_source(&tuple_key(from), FRESH)
+                .unwrap_or_else(|error| {
+                    tracing::warn!(%error, "UDP source lookup");
+                    None
+                });
+            match (dedicated, info) {
+                (_, Some(info)) if dedicated.is_some() || info.orig_port != DNS_PORT => {
+                    self.datagram(&socket, dedicated, from, &info, &buf[..n]);
+                }
+                (Some(_), _) => self.metrics.datagram("out", "unattributed", n),
+                // DNS, and what cannot be attributed: the resolver answers (or refuses).
+                (None, info) => {
+                    let (resolver, socket) = (self.resolver.clone(), socket.clone());
+                    let query = buf[..n].to_vec();
+                    tokio::spawn(async move {
+                        resolver.answer_udp(&socket, from, &query, info).await;
+                    });
+                }
+            }
+        }
+    }
+
+    /// One datagram of a job: to its flow, which is decided first if it is new.
+    fn datagram(
+        self: &Arc<Self>,
+        arrived: &Arc<UdpSocket>,
+        dedicated: Option<SocketAddr>,
+        from: SocketAddr,
+        info: &ConnInfo,
+        payload: &[u8],
+    ) {
+        let dst = dedicated.unwrap_or_else(|| original_destination(info));
+        let key = FlowKey::Relayed { client: from, dst };
+        let now = now_ms();
+        let mut state = self.state();
+        // Another socket on a reused source port: the old flow is over.
+        if state
+            .flows
+            .get(&key)
+            .is_some_and(|f| f.cookie != info.cookie)
+            && let Some(old) = state.flows.remove(&key)
+        {
+            self.finish(old, "replaced");
+        }
+        if !state.flows.contains_key(&key) {
+            let flow = self.open(&state, from, dst, info, arrived);
+            state.flows.insert(key, flow);
+        }
+        let Some(flow) = state.flows.get_mut(&key) else {
+            return;
+        };
+        flow.record.last_at = now;
+        flow.record.packets_out += 1;
+        flow.record.bytes_out += payload.len() as u64;
+        let Some(carried) = &flow.carried else {
+            self.metrics.datagram("out", "denied", payload.len());
+            return;
+        };
+        {
+            let mut via = carried.back.via.lock().unwrap_or_else(|e| e.into_inner());
+            if !Arc::ptr_eq(&via, arrived) {
+                *via = arrived.clone();
+            }
+        }
+        let outcome = match send_now(&carried.upstream, payload, None) {
+            Ok(_) => "relayed",
+            Err(_) => "dropped",
+        };
+        self.metrics.datagram("out", outcome, payload.len());
+        let room = state.ports.len() < UDP_RELAY_CAPACITY as usize;
+        match state.ports.get_mut(&dst) {
+            Some(port) => port.last_ms = now,
+            None if dedicated.is_none() && room => self.open_port(&mut state, dst, now),
+            None => {}
+        }
+    }
+
+    /// Decides a new flow, records it, and for an allowed one opens its upstream socket.
+    fn open(
+        self: &Arc<Self>,
+        state: &State,
+        from: SocketAddr,
+        dst: SocketAddr,
+        info: &ConnInfo,
+        arrived: &Arc<UdpSocket>,
+    ) -> Flow {
+        let job = self.jobs.resolve(info.cgroup_id);
+        let process = Process {
+            pid: info.tgid,
+            uid: info.uid,
+            gid: info.gid,
+            comm: comm(info),
+            exe: crate::proc_info::exe(info.tgid).map(|p| p.display().to_string()),
+        };
+        let hostname = job
+            .as_ref()
+            .and_then(|job| self.resolver.name_of(&job.id, dst.ip()));
+        let mut record = self.new_record(info.cgroup_id, &process, dst, "relay");
+        record.job_id = job.as_ref().map(|job| job.id.clone());
+        record.src = Some(from.to_string());
+        record.hostname.clone_from(&hostname);
+        let decision = match &job {
+            None => Decision::deny("no job has this socket's cgroup: refused"),
+            Some(_) if state.flows.len() >= self.config.max_flows => Decision::deny(format!(
+                "the relay carries udp.max_flows ({}) flows already: refused",
+                self.config.max_flows
+            )),
+            Some(job) => self.enforcer.decide_udp(
+                Subject::new(&job.principal, &process, dst).with_hostname(hostname.as_deref()),
+            ),
+        };
+        record.decision = if job.is_none() {
+            "unattributed".to_owned()
+        } else {
+            decision.label().to_owned()
+        };
+        record.reason = decision.reason.clone();
+        record.policy_ids = decision.policy_ids.clone();
+        record.target = decision.target.clone();
+        let carried = if decision.blocks() || job.is_none() {
+            self.deny_in_kernel(info.cookie, dst);
+            None
+        } else {
+            match self.carry(from, dst, arrived) {
+                Ok(carried) => Some(carried),
+                Err(error) => {
+                    record.ended = Some(format!("error: {error}"));
+                    None
+                }
+            }
+        };
+        self.metrics.flow(&record.decision, "relay");
+        if carried.is_some() {
+            self.metrics.active.inc();
+        }
+        tracing::info!(
+            job = record.job_id.as_deref(),
+            pid = record.pid,
+            comm = record.comm,
+            src = %from,
+            %dst,
+            decision = record.decision,
+            reason = record.reason,
+            "udp flow"
+        );
+        self.recorder
+            .record(RecordEvent::UdpFlow(Box::new(record.clone())));
+        Flow {
+            record,
+            cookie: info.cookie,
+            process,
+            principal: job.map(|job| job.principal.clone()),
+            carried,
+        }
+    }
+
+    fn new_record(
+        &self,
+        cgroup_id: u64,
+        process: &Process,
+        dst: SocketAddr,
+        enforced_by: &str,
+    ) -> UdpFlowRecord {
+        let now = now_ms();
+        UdpFlowRecord {
+            id: uuid::Uuid::now_v7().to_string(),
+            cgroup_id,
+            pid: process.pid,
+            uid: process.uid,
+            comm: process.comm.clone(),
+            exe: process.exe.clone(),
+            dst: dst.to_string(),
+            enforced_by: enforced_by.to_owned(),
+            first_at: now,
+            last_at: now,
+            ..UdpFlowRecord::default()
+        }
+    }
+
+    fn deny_in_kernel(&self, cookie: u64, dst: SocketAddr) {
+        let key = UdpDenyKey {
+            cookie,
+            dst: tuple_key(dst),
+        };
+        if let Err(error) = self.maps.deny_udp(&key) {
+            tracing::error!(%error, %dst, "cannot refuse a denied UDP flow in the kernel");
+        }
+    }
+
+    /// The upstream socket of an allowed flow, and the task that sends what comes back
+    /// to the job.
+    fn carry(
+        &self,
+        client: SocketAddr,
+        dst: SocketAddr,
+        arrived: &Arc<UdpSocket>,
+    ) -> io::Result<Carried> {
+        let bind: SocketAddr = if dst.is_ipv4() {
+            (Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let socket = std::net::UdpSocket::bind(bind)?;
+        socket.connect(dst)?;
+        socket.set_nonblocking(true)?;
+        let upstream = Arc::new(UdpSocket::from_std(socket)?);
+        let back = Arc::new(Back {
+            via: Mutex::new(arrived.clone()),
+            packets: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            last_ms: AtomicI64::new(0),
+        });
+        let reader = tokio::spawn(replies(
+            upstream.clone(),
+            back.clone(),
+            client,
+            self.metrics.clone(),
+        ))
+        .abort_handle();
+        Ok(Carried {
+            upstream,
+            back,
+            reader,
+        })
+    }
+
+    /// A relay socket of `dst`'s own: the kernel sends the job's next datagrams to it,
+    /// and shows what leaves it as coming from `dst`.
+    fn open_port(self: &Arc<Self>, state: &mut State, dst: SocketAddr, now: i64) {
+        let ip: IpAddr = if dst.is_ipv4() {
+            self.proxy_ipv4.into()
+        } else {
+            self.proxy_ipv6.into()
+        };
+        let opened = std::net::UdpSocket::bind((ip, 0)).and_then(|socket| {
+            socket.set_nonblocking(true)?;
+            let port = socket.local_addr()?.port();
+            Ok((UdpSocket::from_std(socket)?, port))
+        });
+        let (socket, port) = match opened {
+            Ok(opened) => opened,
+            Err(error) => {
+                tracing::warn!(%error, %dst, "no relay socket of its own for a UDP destination");
+                return;
+            }
+        };
+        let task = tokio::spawn(self.clone().serve(Arc::new(socket), Some(dst))).abort_handle();
+        if let Err(error) = self.maps.add_relay_port(&tuple_key(dst), port) {
+            tracing::warn!(%error, %dst, "cannot register a UDP relay port");
+            task.abort();
+            return;
+        }
+        state.ports.insert(
+            dst,
+            RelayPort {
+                port,
+                task,
+                last_ms: now,
+            },
+        );
+    }
+
+    /// A datagram the kernel refused: counted on the (process, destination) flow.
+    pub fn refused_in_kernel(&self, event: &Event) {
+        let dst = crate::proxy::tuple_addr(&event.dst);
+        let key = FlowKey::Refused {
+            cgroup_id: event.cgroup_id,
+            pid: event.tgid,
+            dst,
+        };
+        let now = now_ms();
+        let mut state = self.state();
+        if let Some(flow) = state.flows.get_mut(&key) {
+            flow.record.last_at = now;
+            flow.record.packets_out += 1;
+            return;
+        }
+        let process = Process {
+            pid: event.tgid,
+            uid: event.uid,
+            gid: event.gid,
+            comm: crate::proxy::comm_str(&event.comm),
+            exe: crate::proc_info::exe(event.tgid).map(|p| p.display().to_string()),
+        };
+        let job = self.jobs.resolve(event.cgroup_id);
+        let mut record = self.new_record(event.cgroup_id, &process, dst, "kernel");
+        record.job_id = job.as_ref().map(|job| job.id.clone());
+        record.hostname = job
+            .as_ref()
+            .and_then(|job| self.resolver.name_of(&job.id, dst.ip()));
+        record.decision = "deny".to_owned();
+        record.packets_out = 1;
+        record.reason = if self.enforcer.decides_udp() {
+            "refused in the kernel: the relay denied this socket's flow to it".to_owned()
+        } else {
+            format!(
+                "refused in the kernel: {}",
+                tollgate_policy::udp::NO_UDP_PERMIT_REASON
+            )
+        };
+        self.metrics.flow("deny", "kernel");
+        self.recorder
+            .record(RecordEvent::UdpFlow(Box::new(record.clone())));
+        state.flows.insert(
+            key,
+            Flow {
+                record,
+                cookie: 0,
+                process,
+                principal: job.map(|job| job.principal.clone()),
+                carried: None,
+            },
+        );
+    }
+
+    /// Ends the flows quiet for longer than their timeout, and closes relay ports that
+    /// no flow uses any more.
+    pub fn sweep(&self) {
+        let now = now_ms();
+        let idle = ms(self.config.idle_timeout);
+        let denied_idle = ms(DENIED_IDLE.min(self.config.idle_timeout));
+        let mut state = self.state();
+        let ended: Vec<FlowKey> = state
+            .flows
+            .iter()
+            .filter(|(_, flow)| {
+                let timeout = if flow.carried.is_some() {
+                    idle
+                } else {
+                    denied_idle
+                };
+                now - flow.last_ms() > timeout
+            })
+            .map(|(key, _)| *key)
+            .collect();
+        for key in ended {
+            if let Some(flow) = state.flows.remove(&key) {
+                self.finish(flow, "idle");
+            }
+        }
+        let State { flows, ports } = &mut *state;
+        ports.retain(|dst, port| {
+            let used = flows.iter().any(|(key, flow)| {
+                matches!(key, FlowKey::Relayed { dst: d, .. } if d == dst) && flow.carried.is_some()
+            });
+            if used || now - port.last_ms <= idle {
+                return true;
+            }
+            self.close_port(*dst, port);
+            false
+        });
+    }
+
+    /// At shutdown: every flow is recorded as ended, every relay port forgotten.
+    pub fn close_all(&self) {
+        let mut state = self.state();
+        for (_, flow) in state.flows.drain() {
+            self.finish(flow, "shutdown");
+        }
+        for (dst, port) in state.ports.drain() {
+            self.close_port(dst, &port);
+        }
+    }
+
+    fn close_port(&self, dst: SocketAddr, port: &RelayPort) {
+        if let Err(error) = self.maps.remove_relay_port(&tuple_key(dst), port.port) {
+            tracing::warn!(%error, %dst, "removing a UDP relay port");
+        }
+        port.task.abort();
+    }
+
+    fn finish(&self, mut flow: Flow, why: &str) {
+        if let Some(carried) = flow.carried.take() {
+            carried.reader.abort();
+            flow.record.packets_in = carried.back.packets.load(Ordering::Relaxed);
+            flow.record.bytes_in = carried.back.bytes.load(Ordering::Relaxed);
+            flow.record.last_at = flow
+                .record
+                .last_at
+                .max(carried.back.last_ms.load(Ordering::Relaxed));
+            self.metrics.active.dec();
+        }
+        if flow.record.ended.is_none() {
+            flow.record.ended = Some(why.to_owned());
+        }
+        self.recorder
+            .record(RecordEvent::UdpFlow(Box::new(flow.record)));
+    }
+}
+
+/// Sends without waiting, whatever tokio last saw of the socket's readiness (a socket
+/// just made has none yet): a datagram either goes now or is dropped, as UDP may.
+fn send_now(socket: &UdpSocket, payload: &[u8], to: Option<SocketAddr>) -> io::Result<usize> {
+    let socket = socket2::SockRef::from(socket);
+    match to {
+        Some(to) => socket.send_to(payload, &to.into()),
+        None => socket.send(payload),
+    }
+}
+
+fn ms(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// What the destination sends back, to the job, from the relay socket the job's latest
+/// datagram arrived on.
+async fn replies(
+    upstream: Arc<UdpSocket>,
+    back: Arc<Back>,
+    client: SocketAddr,
+    metrics: Arc<UdpMetrics>,
+) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        let n = match upstream.recv(&mut buf).await {
+            Ok(n) => n,
+            // An ICMP error for an earlier datagram (port unreachable): a job that
+            // sends directly would see it on a connected socket; here it is only
+            // counted, and the flow goes on.
+            Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => {
+                metrics.datagram("in", "refused_by_peer", 0);
+                continue;
+            }
+            Err(error) => {
+                tracing::debug!(%error, %client, "UDP upstream receive");
+                return;
+            }
+        };
+        let via = back.via.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let outcome = match send_now(&via, &buf[..n], Some(client)) {
+            Ok(_) => {
+                back.packets.fetch_add(1, Ordering::Relaxed);
+                back.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                back.last_ms.store(now_ms(), Ordering::Relaxed);
+                "relayed"
+            }
+            Err(_) => "dropped",
+        };
+        metrics.datagram("in", outcome, n);
+    }
+}
