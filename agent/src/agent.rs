@@ -205,12 +205,17 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
         pin_dir = %config.bpf.pin_dir.display(),
         ?attachment,
         socket_families_decided = coverage.socket_families,
+        outside_sockets = ?coverage.outside_sockets,
         "interception active"
     );
 
-    // Without BPF LSM, other socket families are found by scanning job processes.
-    let scanner = (!coverage.socket_families)
-        .then(|| crate::sockets::scan::Scanner::new(&config.sockets.kinds()));
+    // Job processes are scanned for sockets from outside their job, and (without BPF
+    // LSM) for other socket families.
+    let scanner = crate::sockets::scan::Scanner::new(
+        &config.sockets.kinds(),
+        !coverage.socket_families,
+        maps.clone(),
+    );
 
     let resolver = Arc::new(crate::dns::server::Resolver::new(
         config.dns.clone(),
@@ -514,7 +519,7 @@ struct ControlPlane {
     metrics: Arc<Metrics>,
     reload: PolicyReload,
     events: crate::events::EventReader,
-    scanner: Option<crate::sockets::scan::Scanner>,
+    scanner: crate::sockets::scan::Scanner,
     recorder: Recorder,
     guard: bpf::Guard,
 }

@@ -23,9 +23,9 @@ use aya::{
     },
 };
 use tollgate_common::{
-    ABI_VERSION, MAP_CONN_BY_COOKIE, MAP_CONN_BY_TUPLE, MAP_COUNTERS, MAP_EVENTS, MAP_SETTINGS,
-    MAP_SOCK_ALLOW, MAP_UDP_BY_TUPLE, MAP_UDP_DENIED, MAP_UDP_RELAY_PEER, MAP_UDP_RELAY_PORT,
-    Settings, SockKind,
+    ABI_VERSION, MAP_CONN_BY_COOKIE, MAP_CONN_BY_TUPLE, MAP_COUNTERS, MAP_EVENTS, MAP_JOB_SOCKETS,
+    MAP_SETTINGS, MAP_SOCK_ALLOW, MAP_UDP_BY_TUPLE, MAP_UDP_DENIED, MAP_UDP_RELAY_PEER,
+    MAP_UDP_RELAY_PORT, Settings, SockKind,
 };
 
 pub use maps::{ConnMaps, MapOccupancy};
@@ -63,8 +63,9 @@ const OPTIONAL_PROGRAMS: [(&str, &str, &str); 1] = [(
     "link_socket_post_create",
     "socket_post_create",
 )];
-const MAPS: [&str; 10] = [
+const MAPS: [&str; 11] = [
     MAP_CONN_BY_COOKIE,
+    MAP_JOB_SOCKETS,
     MAP_UDP_BY_TUPLE,
     MAP_UDP_RELAY_PORT,
     MAP_UDP_RELAY_PEER,
@@ -161,6 +162,22 @@ pub struct Coverage {
     /// it, the job watcher finds leavers at its next scan.
     #[serde(default)]
     pub cgroup_moves: bool,
+    /// What becomes of a job's IPv4 or IPv6 socket that was created outside every job
+    /// (passed in over a unix socket, taken with pidfd_getfd): its traffic would not be
+    /// redirected, so its holder is found by the scan and killed.
+    #[serde(default)]
+    pub outside_sockets: OutsideSockets,
+}
+
+/// How sockets from outside a job are stopped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutsideSockets {
+    /// The scan finds the process holding one within `[sockets] scan_interval`, kills it
+    /// and records it. (Refusing its connect or send in the kernel needs BPF LSM
+    /// `socket_connect`/`socket_sendmsg` programs, which Tollgate does not load.)
+    #[default]
+    DetectedAndKilled,
 }
 
 /// The tracepoint program that reports cgroup moves, attached for as long as the agent
@@ -306,6 +323,7 @@ pub fn install(
                 pin.exists() && PinnedLink::from_pin(&pin).is_ok()
             }),
             cgroup_moves: false,
+            outside_sockets: OutsideSockets::DetectedAndKilled,
         };
         return Ok(Installed {
             maps,
@@ -356,6 +374,7 @@ pub fn install(
         take(&mut ebpf, MAP_SETTINGS)?,
         take(&mut ebpf, MAP_COUNTERS)?,
         take(&mut ebpf, MAP_SOCK_ALLOW)?,
+        take(&mut ebpf, MAP_JOB_SOCKETS)?,
         maps::UdpMaps {
             by_tuple: take(&mut ebpf, MAP_UDP_BY_TUPLE)?,
             relay_port: take(&mut ebpf, MAP_UDP_RELAY_PORT)?,
@@ -396,6 +415,7 @@ pub fn install(
     let mut coverage = Coverage {
         socket_families: true,
         cgroup_moves: false,
+        outside_sockets: OutsideSockets::DetectedAndKilled,
     };
     for (name, pin, hook) in OPTIONAL_PROGRAMS {
         match attach_lsm_cgroup(&mut ebpf, name, hook, &cgroup) {
@@ -482,6 +502,7 @@ fn open_pinned_maps(pin_dir: &Path) -> Result<(ConnMaps, Map), BpfError> {
             open(MAP_SETTINGS)?,
             open(MAP_COUNTERS)?,
             open(MAP_SOCK_ALLOW)?,
+            open(MAP_JOB_SOCKETS)?,
             maps::UdpMaps {
                 by_tuple: open(MAP_UDP_BY_TUPLE)?,
                 relay_port: open(MAP_UDP_RELAY_PORT)?,

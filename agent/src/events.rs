@@ -195,10 +195,10 @@ fn to_record(event: &Event, jobs: &JobRegistry) -> EventRecord {
 }
 
 /// Watches the processes of every job, every `interval`: one that left its job is
-/// killed and recorded; with a `scanner` (where BPF LSM is missing), a process holding a
-/// refused kind of socket is killed and recorded too.
+/// killed and recorded, and so is one the scanner finds holding a socket from outside
+/// its job or (where BPF LSM is missing) a refused kind of socket.
 pub async fn watch_jobs(
-    scanner: Option<crate::sockets::scan::Scanner>,
+    scanner: crate::sockets::scan::Scanner,
     jobs: Arc<JobRegistry>,
     recorder: Recorder,
     metrics: Arc<JobMetrics>,
@@ -223,6 +223,7 @@ pub async fn watch_jobs(
             let (scanner, members) = &mut *state;
             let mut now = std::collections::HashMap::new();
             let mut live = std::collections::HashSet::new();
+            let mut cgroups = std::collections::HashSet::new();
             for job in jobs.list() {
                 for pid in crate::cgroup::pids(&job.cgroup_path) {
                     now.insert(
@@ -230,19 +231,17 @@ pub async fn watch_jobs(
                         (job.id.clone(), job.cgroup_id, job.cgroup_path.clone()),
                     );
                 }
-                if let Some(scanner) = scanner.as_mut() {
-                    for finding in scanner.scan_cgroup(&job.cgroup_path, &mut live) {
-                        record_event(
-                            &recorder,
-                            &metrics,
-                            crate::sockets::scan::finding_record(&finding, &job.id, job.cgroup_id),
-                        );
-                    }
+                cgroups.insert(job.cgroup_path.clone());
+                for finding in scanner.scan_cgroup(&job.cgroup_path, &mut live, &jobs.brought) {
+                    record_event(
+                        &recorder,
+                        &metrics,
+                        crate::sockets::scan::finding_record(&finding, &job.id, job.cgroup_id),
+                    );
                 }
             }
-            if let Some(scanner) = scanner.as_mut() {
-                scanner.retain(&live);
-            }
+            scanner.retain(&live);
+            jobs.brought.retain(&cgroups);
             jobs.set_members(
                 now.iter()
                     .map(|(pid, (job_id, _, _))| (*pid, job_id.clone()))

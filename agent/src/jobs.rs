@@ -197,6 +197,8 @@ pub struct JobRegistry {
     completing: Mutex<std::collections::HashSet<String>>,
     /// The processes last seen in each job (and those placed since): pid -> job id.
     members: Mutex<HashMap<u32, String>>,
+    /// The sockets processes brought into their jobs.
+    pub brought: crate::sockets::brought::Brought,
     writer: Mutex<()>,
     tree: CgroupTree,
     recorder: Recorder,
@@ -217,6 +219,7 @@ impl JobRegistry {
             ended_grace,
             completing: Mutex::new(std::collections::HashSet::new()),
             members: Mutex::new(HashMap::new()),
+            brought: crate::sockets::brought::Brought::default(),
             writer: Mutex::new(()),
             tree,
             recorder,
@@ -371,7 +374,11 @@ impl JobRegistry {
 
     /// Moves a process (all its threads) into a job.
     pub fn place(&self, job: &Job, pid: u32) -> Result<(), JobError> {
+        // What it holds before and just after the move is its own (a socket it made
+        // in between, outside, would not be redirected either way).
+        self.brought.note(&job.cgroup_path, pid);
         cgroup::move_pid(&job.cgroup_path, pid)?;
+        self.brought.note(&job.cgroup_path, pid);
         self.members
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -594,6 +601,10 @@ impl JobRegistry {
                 cgroup::kill_and_remove(path, KILL_TIMEOUT)?;
                 report.unknown_removed.push(id.clone());
             }
+        }
+        for job in &adopted {
+            // Their processes' sockets from before the restart are taken as their own.
+            self.brought.note_all(&job.cgroup_path);
         }
         self.update(|jobs| {
             for job in adopted {

@@ -9,6 +9,7 @@ mod failclosed;
 mod identity;
 mod install;
 mod interception;
+mod outside;
 mod policy;
 mod postgres;
 mod recording;

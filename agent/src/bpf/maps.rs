@@ -4,8 +4,9 @@ use std::{io, os::fd::AsFd as _, time::Duration};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use tollgate_common::{
     CONN_MAP_CAPACITY, ConnInfo, Counter, MAP_CONN_BY_COOKIE, MAP_CONN_BY_TUPLE, MAP_COUNTERS,
-    MAP_SETTINGS, MAP_SOCK_ALLOW, MAP_UDP_BY_TUPLE, MAP_UDP_DENIED, MAP_UDP_RELAY_PEER,
-    MAP_UDP_RELAY_PORT, SOCK_ALLOW_CAPACITY, Settings, SockKind, TupleKey, UdpDenyKey,
+    MAP_JOB_SOCKETS, MAP_SETTINGS, MAP_SOCK_ALLOW, MAP_UDP_BY_TUPLE, MAP_UDP_DENIED,
+    MAP_UDP_RELAY_PEER, MAP_UDP_RELAY_PORT, SOCK_ALLOW_CAPACITY, Settings, SockKind, TupleKey,
+    UdpDenyKey,
 };
 
 use super::{BpfError, syscall};
@@ -24,6 +25,7 @@ pub struct ConnMaps {
     settings: Map,
     counters: Map,
     sock_allow: Map,
+    job_sockets: Map,
     udp: UdpMaps,
 }
 
@@ -55,6 +57,7 @@ impl ConnMaps {
         settings: Map,
         counters: Map,
         sock_allow: Map,
+        job_sockets: Map,
         udp: UdpMaps,
     ) -> Self {
         Self {
@@ -63,8 +66,20 @@ impl ConnMaps {
             settings,
             counters,
             sock_allow,
+            job_sockets,
             udp,
         }
+    }
+
+    /// Whether the socket with this cookie was created (or accepted) in a job.
+    pub fn is_job_socket(&self, cookie: u64) -> Result<bool, BpfError> {
+        let data = data(&self.job_sockets).ok_or(BpfError::Missing(MAP_JOB_SOCKETS))?;
+        syscall::lookup::<u64, u64>(data.fd().as_fd(), &cookie)
+            .map(|found| found.is_some())
+            .map_err(|source| BpfError::MapIo {
+                name: MAP_JOB_SOCKETS,
+                source,
+            })
     }
 
     /// The job socket a redirected datagram (DNS or relayed UDP) came from, by its

@@ -1,17 +1,28 @@
-//! Detection where the kernel cannot refuse: without BPF LSM, `socket()` of families
-//! other than IPv4 and IPv6 (AF_PACKET, AF_VSOCK, AF_XDP, ...) is not seen at creation.
-//! The scanner looks at the open sockets of every job process at a short interval, and
-//! kills a process that holds a kind of socket not on the allow list.
+//! Detection where the kernel cannot refuse. The scanner looks at the open sockets of
+//! every job process at a short interval and kills a process that holds
+//! - without BPF LSM, a kind of socket not on the allow list (`socket()` of families
+//!   other than IPv4 and IPv6, such as AF_PACKET, AF_VSOCK or AF_XDP, is not seen at
+//!   creation);
+//! - an IPv4 or IPv6 socket that was not created (or accepted) in a job: one passed in
+//!   over a unix socket or taken from a process outside with pidfd_getfd. The kernel
+//!   runs a socket's cgroup hooks for the cgroup it was created in, so such a socket's
+//!   traffic would not be redirected. Sockets a process held when it was enrolled (a
+//!   runner's own connections) are its own, and so are their copies in its children.
 use std::{
     collections::{HashMap, HashSet},
     fs,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::Path,
+    sync::Arc,
 };
 
-use tollgate_common::{SOCK_ANY, SockKind};
+use tollgate_common::{AF_INET, AF_INET6, SOCK_ANY, SockKind};
 
-use crate::record::{self, EventRecord};
+use super::brought::{Brought, socket_inode};
+use crate::{
+    bpf::ConnMaps,
+    record::{self, EventRecord},
+};
 
 /// What one process had open at the last scan.
 struct Seen {
@@ -21,7 +32,19 @@ struct Seen {
 
 pub struct Scanner {
     allow: Vec<SockKind>,
+    /// Whether kinds are checked here (the kernel cannot refuse them at `socket()`).
+    check_kinds: bool,
+    maps: Arc<ConnMaps>,
     seen: HashMap<u32, Seen>,
+}
+
+/// Why a process was killed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// A kind of socket not on the allow list.
+    Refused,
+    /// An IPv4 or IPv6 socket created outside every job.
+    FromOutside,
 }
 
 /// A process found holding a refused socket, and what became of it.
@@ -31,25 +54,28 @@ pub struct Finding {
     pub comm: String,
     pub exe: Option<String>,
     pub kind: SockKind,
+    pub found: Found,
     pub killed: bool,
 }
 
 impl Scanner {
-    pub fn new(allow: &[SockKind]) -> Self {
+    pub fn new(allow: &[SockKind], check_kinds: bool, maps: Arc<ConnMaps>) -> Self {
         Self {
             allow: super::expand(allow),
+            check_kinds,
+            maps,
             seen: HashMap::new(),
         }
     }
 
-    #[cfg(test)]
-    pub fn allows(&self, kind: SockKind) -> bool {
-        allowed(&self.allow, kind)
-    }
-
     /// Scans the processes of one job cgroup (and its sub-cgroups). Sockets seen before
     /// in the same process are not looked at again.
-    pub fn scan_cgroup(&mut self, cgroup: &Path, live: &mut HashSet<u32>) -> Vec<Finding> {
+    pub fn scan_cgroup(
+        &mut self,
+        cgroup: &Path,
+        live: &mut HashSet<u32>,
+        brought: &Brought,
+    ) -> Vec<Finding> {
         let mut findings = Vec::new();
         for pid in crate::cgroup::pids(cgroup) {
             live.insert(pid);
@@ -93,32 +119,25 @@ impl Scanner {
                 let Some(pidfd) = pidfd.as_ref() else {
                     break;
                 };
-                let Some(kind) = socket_kind(pidfd, fd) else {
+                let Some(dup) = take_copy(pidfd, fd) else {
                     continue;
                 };
-                if !allowed(&self.allow, kind) {
-                    // Who it was, read before the kill takes /proc/<pid> away.
-                    let uid = crate::proc_info::uid(pid).ok();
-                    let comm = crate::proc_info::comm(pid).unwrap_or_default();
-                    let exe = crate::proc_info::exe(pid).map(|p| p.display().to_string());
-                    // SAFETY: pidfd_send_signal with a valid pidfd and no siginfo.
-                    let killed = unsafe {
-                        libc::syscall(
-                            libc::SYS_pidfd_send_signal,
-                            pidfd.as_raw_fd(),
-                            libc::SIGKILL,
-                            std::ptr::null::<libc::siginfo_t>(),
-                            0,
-                        )
-                    } == 0;
-                    findings.push(Finding {
-                        pid,
-                        uid,
-                        comm,
-                        exe,
-                        kind,
-                        killed,
-                    });
+                let Some(kind) = socket_kind(&dup) else {
+                    continue;
+                };
+                let found = if self.check_kinds && !allowed(&self.allow, kind) {
+                    Some(Found::Refused)
+                } else if is_inet(kind)
+                    && !brought.contains(cgroup, inode)
+                    && socket_cookie(&dup)
+                        .is_some_and(|cookie| matches!(self.maps.is_job_socket(cookie), Ok(false)))
+                {
+                    Some(Found::FromOutside)
+                } else {
+                    None
+                };
+                if let Some(found) = found {
+                    findings.push(kill(pid, pidfd, kind, found));
                     break;
                 }
             }
@@ -132,11 +151,45 @@ impl Scanner {
     }
 }
 
+/// Kills `pid` (reading who it was first: the kill takes /proc/<pid> away).
+fn kill(pid: u32, pidfd: &OwnedFd, kind: SockKind, found: Found) -> Finding {
+    let uid = crate::proc_info::uid(pid).ok();
+    let comm = crate::proc_info::comm(pid).unwrap_or_default();
+    let exe = crate::proc_info::exe(pid).map(|p| p.display().to_string());
+    // SAFETY: pidfd_send_signal with a valid pidfd and no siginfo.
+    let killed = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    } == 0;
+    Finding {
+        pid,
+        uid,
+        comm,
+        exe,
+        kind,
+        found,
+        killed,
+    }
+}
+
+fn is_inet(kind: SockKind) -> bool {
+    kind.family == u32::from(AF_INET) || kind.family == u32::from(AF_INET6)
+}
+
 /// The event a finding is recorded as.
 pub fn finding_record(f: &Finding, job_id: &str, cgroup_id: u64) -> EventRecord {
     EventRecord {
         at: record::now_ms(),
-        kind: "socket_detected".to_owned(),
+        kind: match f.found {
+            Found::Refused => "socket_detected",
+            Found::FromOutside => "socket_from_outside",
+        }
+        .to_owned(),
         job_id: Some(job_id.to_owned()),
         cgroup_id,
         pid: f.pid,
@@ -163,14 +216,6 @@ fn allowed(allow: &[SockKind], kind: SockKind) -> bool {
         })
 }
 
-/// `socket:[12345]` -> 12345.
-fn socket_inode(link: &str) -> Option<u64> {
-    link.strip_prefix("socket:[")?
-        .strip_suffix(']')?
-        .parse()
-        .ok()
-}
-
 fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
@@ -178,36 +223,42 @@ fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// The family, type and protocol of the process's socket `fd` (a duplicate is taken
-/// with pidfd_getfd, kernel 5.6+, and closed again).
-fn socket_kind(pidfd: &OwnedFd, fd: i32) -> Option<SockKind> {
+/// A copy of the process's descriptor `fd` (pidfd_getfd, kernel 5.6+), closed on drop.
+fn take_copy(pidfd: &OwnedFd, fd: i32) -> Option<OwnedFd> {
     // SAFETY: pidfd_getfd takes a pidfd, a target fd and flags; returns a new fd or -1.
     let dup = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
-    if dup < 0 {
-        return None;
-    }
     // SAFETY: a non-negative return is a new fd that we own.
-    let dup = unsafe { OwnedFd::from_raw_fd(dup as i32) };
-    let opt = |name| -> Option<u32> {
-        let mut value: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: value and len are valid for writes of an int.
-        let rc = unsafe {
-            libc::getsockopt(
-                dup.as_raw_fd(),
-                libc::SOL_SOCKET,
-                name,
-                (&mut value as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        (rc == 0).then_some(value as u32)
+    (dup >= 0).then(|| unsafe { OwnedFd::from_raw_fd(dup as i32) })
+}
+
+fn sockopt<T: Default>(socket: &OwnedFd, name: libc::c_int) -> Option<T> {
+    let mut value = T::default();
+    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: value and len are valid for writes of a T.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            name,
+            (&mut value as *mut T).cast(),
+            &mut len,
+        )
     };
+    (rc == 0 && len as usize == std::mem::size_of::<T>()).then_some(value)
+}
+
+/// The family, type and protocol of a socket.
+fn socket_kind(socket: &OwnedFd) -> Option<SockKind> {
     Some(SockKind {
-        family: opt(libc::SO_DOMAIN)?,
-        type_: opt(libc::SO_TYPE)?,
-        protocol: opt(libc::SO_PROTOCOL)?,
+        family: sockopt::<libc::c_int>(socket, libc::SO_DOMAIN)? as u32,
+        type_: sockopt::<libc::c_int>(socket, libc::SO_TYPE)? as u32,
+        protocol: sockopt::<libc::c_int>(socket, libc::SO_PROTOCOL)? as u32,
     })
+}
+
+/// The socket's cookie (kernel 4.12+), the key the programs know it by.
+fn socket_cookie(socket: &OwnedFd) -> Option<u64> {
+    sockopt::<u64>(socket, libc::SO_COOKIE)
 }
 
 #[cfg(test)]
@@ -215,25 +266,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn socket_links_are_parsed() {
-        assert_eq!(socket_inode("socket:[4242]"), Some(4242));
-        assert_eq!(socket_inode("pipe:[4242]"), None);
-        assert_eq!(socket_inode("/dev/null"), None);
-    }
-
-    #[test]
     fn a_processs_own_sockets_are_read_back() {
         // This test process's own UDP socket, through its pidfd.
         let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let pidfd = pidfd_open(std::process::id()).expect("pidfd_open");
-        let kind = socket_kind(&pidfd, sock.as_raw_fd()).expect("kind");
+        let copy = take_copy(&pidfd, sock.as_raw_fd()).expect("pidfd_getfd");
+        let kind = socket_kind(&copy).expect("kind");
         assert_eq!((kind.family, kind.type_, kind.protocol), (2, 2, 17));
-        let scanner = Scanner::new(&crate::sockets::SocketsConfig::default().kinds());
-        assert!(scanner.allows(kind));
-        assert!(!scanner.allows(SockKind {
-            family: 17,
-            type_: 3,
-            protocol: 768
-        }));
+        assert!(is_inet(kind));
+        assert!(socket_cookie(&copy).is_some_and(|c| c > 0));
+        let allow = super::super::expand(&crate::sockets::SocketsConfig::default().kinds());
+        assert!(allowed(&allow, kind));
+        assert!(!allowed(
+            &allow,
+            SockKind {
+                family: 17,
+                type_: 3,
+                protocol: 768
+            }
+        ));
     }
 }

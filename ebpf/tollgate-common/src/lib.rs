@@ -39,6 +39,9 @@ pub const UDP_RELAY_CAPACITY: u32 = 4_096;
 pub const MAP_UDP_DENIED: &str = "UDP_DENIED";
 /// Capacity of [`MAP_UDP_DENIED`] (entries, LRU).
 pub const UDP_DENIED_CAPACITY: u32 = 16_384;
+/// Name of the map of the IPv4 and IPv6 sockets created (or accepted) in jobs: socket
+/// cookie -> cgroup id. A job's socket that is not in it came from outside the job.
+pub const MAP_JOB_SOCKETS: &str = "JOB_SOCKETS";
 /// Name of the map of socket kinds a job may create ([`SockKind`] -> 1).
 pub const MAP_SOCK_ALLOW: &str = "SOCK_ALLOW";
 /// Name of the ring buffer of [`Event`]s the programs report to the agent.
@@ -210,10 +213,12 @@ pub enum Counter {
     RefusedUdp = 8,
     /// UDP datagrams of jobs redirected to the relay.
     UdpRelayed = 9,
+    /// `socket()` calls of jobs refused because [`MAP_JOB_SOCKETS`] was full.
+    RefusedSocketMapFull = 10,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 11;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Redirected,
         Counter::RefusedProxyDirect,
@@ -225,6 +230,7 @@ impl Counter {
         Counter::EventsLost,
         Counter::RefusedUdp,
         Counter::UdpRelayed,
+        Counter::RefusedSocketMapFull,
     ];
 
     /// Stable label value for metrics.
@@ -240,6 +246,7 @@ impl Counter {
             Counter::EventsLost => "events_lost",
             Counter::RefusedUdp => "refused_udp",
             Counter::UdpRelayed => "udp_relayed",
+            Counter::RefusedSocketMapFull => "refused_socket_map_full",
         }
     }
 }

@@ -45,6 +45,11 @@ pub static UDP_RELAY_PEER: HashMap<u32, TupleKey> = HashMap::pinned(UDP_RELAY_CA
 #[map(name = "UDP_DENIED")]
 pub static UDP_DENIED: LruHashMap<UdpDenyKey, u32> = LruHashMap::pinned(UDP_DENIED_CAPACITY, 0);
 
+/// IPv4 and IPv6 sockets created or accepted in jobs (cookie -> cgroup id): written by
+/// sock_create and sock_ops, removed by sock_release, read by the agent's scan.
+#[map(name = "JOB_SOCKETS")]
+pub static JOB_SOCKETS: HashMap<u64, u64> = HashMap::pinned(CONN_MAP_CAPACITY, 0);
+
 /// The kinds of socket a job may create, written by the agent from `[sockets] allow`.
 #[map(name = "SOCK_ALLOW")]
 pub static SOCK_ALLOW: HashMap<SockKind, u32> = HashMap::pinned(SOCK_ALLOW_CAPACITY, 0);

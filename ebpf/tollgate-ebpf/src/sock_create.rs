@@ -2,12 +2,13 @@
 //! other family): a job may create only the kinds of socket on the agent's allow list.
 //! Anything else fails with EPERM, and is counted and reported to the agent.
 use aya_ebpf::{
+    helpers::generated::bpf_get_socket_cookie,
     macros::{cgroup_sock, lsm_cgroup},
     programs::{LsmContext, SockContext},
 };
 use tollgate_common::{AF_INET, AF_INET6, Counter, EventKind, SOCK_ANY, SockKind, TupleKey};
 
-use crate::maps::{SOCK_ALLOW, count, report};
+use crate::maps::{JOB_SOCKETS, SOCK_ALLOW, count, report};
 
 const ALLOW: i32 = 1;
 /// Returning 0 from a cgroup sock or LSM cgroup program fails the call with EPERM.
@@ -24,7 +25,22 @@ pub fn sock_create(ctx: SockContext) -> i32 {
             protocol: (*sk).protocol,
         }
     };
-    decide(kind)
+    if decide(kind) == REFUSE {
+        return REFUSE;
+    }
+    // SAFETY: the cookie and cgroup helpers are allowed in cgroup/sock_create.
+    let (cookie, cgroup_id) = unsafe {
+        (
+            bpf_get_socket_cookie(sk.cast()),
+            aya_ebpf::helpers::bpf_get_current_cgroup_id(),
+        )
+    };
+    // A job's socket is known as the job's, or it is not made (fail closed).
+    if JOB_SOCKETS.insert(cookie, cgroup_id, 0).is_err() {
+        count(Counter::RefusedSocketMapFull);
+        return REFUSE;
+    }
+    ALLOW
 }
 
 /// `socket_post_create(struct socket *sock, int family, int type, int protocol, int kern)`.

@@ -5,8 +5,8 @@ use core::ptr::addr_of;
 
 use aya_ebpf::{
     bindings::{
-        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
-        BPF_TCP_CLOSE, BPF_TCP_SYN_SENT,
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE, BPF_TCP_SYN_SENT,
     },
     helpers::generated::bpf_get_socket_cookie,
     macros::sock_ops,
@@ -16,7 +16,7 @@ use tollgate_common::{AF_INET, AF_INET6, Counter, TupleKey};
 
 use crate::{
     connect::is_v4_mapped,
-    maps::{CONN_BY_COOKIE, CONN_BY_TUPLE, count},
+    maps::{CONN_BY_COOKIE, CONN_BY_TUPLE, JOB_SOCKETS, count},
 };
 
 const DONE: u32 = 1;
@@ -33,6 +33,7 @@ fn try_sockops(ctx: &SockOpsContext) -> Result<u32, u32> {
     match ctx.op() {
         BPF_SOCK_OPS_TCP_CONNECT_CB => on_connect(ctx),
         BPF_SOCK_OPS_STATE_CB => on_state(ctx),
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => on_accepted(ctx),
         _ => Ok(DONE),
     }
 }
@@ -54,6 +55,15 @@ fn on_connect(ctx: &SockOpsContext) -> Result<u32, u32> {
     // Ask for state callbacks, so a connection that fails before the proxy accepts it
     // does not leave its tuple behind.
     let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+    Ok(DONE)
+}
+
+/// A connection a job's listener accepted: its socket is the job's too. (This runs in
+/// the network stack, not in the job: its cgroup id is recorded as 0.)
+fn on_accepted(ctx: &SockOpsContext) -> Result<u32, u32> {
+    // SAFETY: the cookie helper is allowed in sock_ops programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+    let _ = JOB_SOCKETS.insert(cookie, 0, 0);
     Ok(DONE)
 }
 
