@@ -2,7 +2,9 @@
 //! pins links and maps under the pin directory, re-adopts those pins after a restart, and
 //! removes them on cleanup. Pinned links keep the programs attached while the agent is
 //! down, so job connects are refused rather than bypassed (fail closed).
+mod bpffs;
 mod maps;
+mod moves;
 mod syscall;
 mod tamper;
 
@@ -10,7 +12,6 @@ use std::{
     fs,
     io::{self, ErrorKind},
     net::{Ipv4Addr, Ipv6Addr},
-    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
 
@@ -28,7 +29,9 @@ use tollgate_common::{
     MAP_UDP_RELAY_PORT, Settings, SockKind,
 };
 
+use bpffs::ensure_bpffs;
 pub use maps::{ConnMaps, MapOccupancy};
+pub use moves::watch_moves;
 pub use tamper::Guard;
 
 /// The eBPF object built by agent/build.rs.
@@ -37,9 +40,6 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 /// Flags 0: the kernel attaches cgroup bpf_links as multi-programs anyway, and rejects
 /// explicit attach flags on LINK_CREATE.
 const ATTACH_MODE: CgroupAttachMode = CgroupAttachMode::Single;
-
-/// bpffs magic number (statfs f_type).
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// The programs, by function name, and the name of each one's link pin.
 const PROGRAMS: [(&str, &str); 12] = [
@@ -178,71 +178,6 @@ pub enum OutsideSockets {
     /// `socket_connect`/`socket_sendmsg` programs, which Tollgate does not load.)
     #[default]
     DetectedAndKilled,
-}
-
-/// The tracepoint program that reports cgroup moves, attached for as long as the agent
-/// runs (it is not pinned: without the agent there is no one to act on its events).
-pub struct MovesWatch {
-    _ebpf: aya::Ebpf,
-}
-
-/// Loads and attaches the cgroup-move tracepoint; None (with a warning) where the kernel
-/// or its tracefs does not allow it.
-pub fn watch_moves(pin_dir: &Path) -> Option<MovesWatch> {
-    let attach = || -> Result<aya::Ebpf, String> {
-        ensure_tracefs()?;
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(pin_dir)
-            .load(EBPF_OBJECT)
-            .map_err(|e| e.to_string())?;
-        let program = ebpf
-            .program_mut("cgroup_attach_task")
-            .ok_or("no cgroup_attach_task program")?;
-        let Program::TracePoint(tp) = program else {
-            return Err("cgroup_attach_task is not a tracepoint program".to_owned());
-        };
-        tp.load().map_err(|e| e.to_string())?;
-        tp.attach("cgroup", "cgroup_attach_task")
-            .map_err(|e| e.to_string())?;
-        Ok(ebpf)
-    };
-    match attach() {
-        Ok(ebpf) => Some(MovesWatch { _ebpf: ebpf }),
-        Err(error) => {
-            tracing::warn!(
-                %error,
-                "cannot watch cgroup moves (tracepoint cgroup_attach_task); processes that \
-                 leave their job are found by the job watcher's scan instead"
-            );
-            None
-        }
-    }
-}
-
-/// Mounts tracefs at /sys/kernel/tracing when nothing is mounted there.
-fn ensure_tracefs() -> Result<(), String> {
-    let path = Path::new("/sys/kernel/tracing");
-    if path.join("events").exists() {
-        return Ok(());
-    }
-    // SAFETY: valid NUL-terminated strings; mount(2) has no other preconditions.
-    let rc = unsafe {
-        libc::mount(
-            c"tracefs".as_ptr(),
-            c"/sys/kernel/tracing".as_ptr(),
-            c"tracefs".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(format!(
-            "mounting tracefs at {}: {}",
-            path.display(),
-            io::Error::last_os_error()
-        ));
-    }
-    Ok(())
 }
 
 /// What [`install`] set up.
@@ -548,71 +483,6 @@ fn remove_if_exists(path: &Path) -> Result<bool, BpfError> {
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
         Err(e) => Err(io_err(path)(e)),
     }
-}
-
-/// Makes sure the pin directory's parent is on a bpffs, mounting one at /sys/fs/bpf if
-/// nothing is mounted there yet.
-fn ensure_bpffs(pin_dir: &Path) -> Result<(), BpfError> {
-    let parent = pin_dir.parent().unwrap_or(Path::new("/"));
-    if is_bpffs(parent)? {
-        return Ok(());
-    }
-    let default = Path::new("/sys/fs/bpf");
-    if parent == default && same_device_as_parent(default)? {
-        let target = c"/sys/fs/bpf";
-        // SAFETY: valid NUL-terminated strings; mount(2) has no other preconditions.
-        let rc = unsafe {
-            libc::mount(
-                c"bpf".as_ptr(),
-                target.as_ptr(),
-                c"bpf".as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        if rc != 0 {
-            return Err(BpfError::Mount {
-                path: default.to_owned(),
-                source: io::Error::last_os_error(),
-            });
-        }
-        if is_bpffs(parent)? {
-            return Ok(());
-        }
-    }
-    Err(BpfError::NotBpffs {
-        path: parent.to_owned(),
-    })
-}
-
-fn is_bpffs(path: &Path) -> Result<bool, BpfError> {
-    use std::os::unix::ffi::OsStrExt as _;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| BpfError::Io {
-        path: path.to_owned(),
-        source: io::Error::new(ErrorKind::InvalidInput, "path contains NUL"),
-    })?;
-    let mut stat = std::mem::MaybeUninit::<libc::statfs>::zeroed();
-    // SAFETY: c_path is NUL-terminated and stat points to writable memory of the right size.
-    let rc = unsafe { libc::statfs(c_path.as_ptr(), stat.as_mut_ptr()) };
-    if rc != 0 {
-        return Err(io_err(path)(io::Error::last_os_error()));
-    }
-    // SAFETY: statfs succeeded and filled the struct.
-    let stat = unsafe { stat.assume_init() };
-    #[expect(
-        clippy::useless_conversion,
-        reason = "f_type is i64 on x86_64 and aarch64 but narrower on other targets"
-    )]
-    let f_type = i64::from(stat.f_type);
-    Ok(f_type == BPF_FS_MAGIC)
-}
-
-/// True if nothing is mounted on `path` yet (same device as its parent).
-fn same_device_as_parent(path: &Path) -> Result<bool, BpfError> {
-    let dev = fs::metadata(path).map_err(io_err(path))?.dev();
-    let parent = path.parent().unwrap_or(Path::new("/"));
-    let parent_dev = fs::metadata(parent).map_err(io_err(parent))?.dev();
-    Ok(dev == parent_dev)
 }
 
 /// IPv6 address as four network-order words, as the kernel's user_ip6 holds it.
