@@ -146,6 +146,7 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
         config.recording.batch_size,
         config.recording.flush_interval,
         config.recording.retention,
+        config.recording.durable,
         metrics.record.clone(),
     )?;
     recorder.record(record::RecordEvent::CloseDangling {
@@ -657,6 +658,7 @@ pub fn cleanup(config: &Config) -> Result<Vec<String>, AgentError> {
                 256,
                 Duration::ZERO,
                 None,
+                false,
                 metrics.record.clone(),
             )?;
             for (id, _, _) in &open_jobs {

@@ -402,6 +402,10 @@ pub struct RecordingConfig {
     pub path: Option<PathBuf>,
     /// Refuse new connections while recording is failing.
     pub strict: bool,
+    /// Forward a PostgreSQL statement only once its record is committed (and synced:
+    /// the store runs with `synchronous = FULL`). Statements of all sessions waiting at
+    /// once are committed together. A record not committed within 5 s closes the session.
+    pub durable: bool,
     /// Records waiting for the writer before new ones count as failures.
     pub queue_capacity: usize,
     /// Most records written in one transaction.
@@ -420,6 +424,7 @@ impl Default for RecordingConfig {
         Self {
             path: None,
             strict: false,
+            durable: false,
             queue_capacity: 65_536,
             batch_size: 512,
             flush_interval: Duration::from_millis(100),

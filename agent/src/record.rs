@@ -190,6 +190,10 @@ pub struct StatementRecord {
     pub rows: Option<u64>,
     pub sqlstate: Option<String>,
     pub error: Option<String>,
+    /// Its row was written before it was forwarded (`recording.durable`); the final
+    /// record completes that row.
+    #[serde(skip)]
+    pub opened: bool,
 }
 
 #[derive(Debug)]
@@ -228,6 +232,18 @@ pub enum RecordEvent {
     UdpFlow(Box<UdpFlowRecord>),
     /// Answered once everything queued before it is committed.
     Flush(SyncSender<()>),
+    /// The same, for a task that awaits it.
+    Committed(tokio::sync::oneshot::Sender<()>),
+    /// A statement about to be forwarded (`recording.durable`): its row now, completed
+    /// by the [`RecordEvent::Statement`] with its outcome.
+    StatementStarted(Box<StatementRecord>),
+}
+
+impl RecordEvent {
+    /// A marker that asks for a commit of what is queued before it, not a record.
+    pub fn is_marker(&self) -> bool {
+        matches!(self, RecordEvent::Flush(_) | RecordEvent::Committed(_))
+    }
 }
 
 /// One entry of the audit trail: who asked the agent for what, and what came of it.
@@ -336,6 +352,8 @@ pub struct Recorder {
     healthy: Arc<AtomicBool>,
     metrics: Arc<RecordMetrics>,
     journal: Arc<journal::Journal>,
+    /// `recording.durable`: statements wait for their records.
+    durable: bool,
 }
 
 impl Recorder {
@@ -370,6 +388,27 @@ impl Recorder {
         let (done, committed) = std::sync::mpsc::sync_channel(1);
         self.record(RecordEvent::Flush(done));
         committed.recv_timeout(timeout).is_ok()
+    }
+
+    /// Whether statements are forwarded only once their records are committed.
+    pub fn is_durable(&self) -> bool {
+        self.durable
+    }
+
+    /// Queues `events` and waits (without blocking the thread) until they are
+    /// committed, with whatever else is queued: one commit for every session waiting.
+    /// False if that did not happen within `timeout`.
+    pub async fn commit(
+        &self,
+        events: impl IntoIterator<Item = RecordEvent>,
+        timeout: std::time::Duration,
+    ) -> bool {
+        for event in events {
+            self.record(event);
+        }
+        let (done, committed) = tokio::sync::oneshot::channel();
+        self.record(RecordEvent::Committed(done));
+        matches!(tokio::time::timeout(timeout, committed).await, Ok(Ok(())))
     }
 
     /// False while writes are failing or records are being dropped.

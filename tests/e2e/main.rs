@@ -4,6 +4,7 @@ mod addresses;
 mod control;
 mod direct_tls;
 mod dns;
+mod durable;
 mod encoding;
 mod failclosed;
 mod identity;

@@ -85,10 +85,21 @@ const WORKLOADS: [(&str, &[&str]); 2] = [
         &["-C", "-S", "-M", "simple", "-c", "4", "-j", "2"],
     ),
 ];
-const PATHS: [&str; 4] = ["direct", "tollgate-l4", "tollgate-l7", "pgbouncer"];
+const PATHS: [&str; 5] = [
+    "direct",
+    "tollgate-l4",
+    "tollgate-l7",
+    "tollgate-l7-durable",
+    "pgbouncer",
+];
 
-/// One agent under test: its path name, proxy port and whether it follows PostgreSQL.
-const AGENTS: [(&str, u16, bool); 2] = [("tollgate-l4", 979, false), ("tollgate-l7", 978, true)];
+/// One agent under test: its path name, proxy port, whether it follows PostgreSQL and
+/// whether each statement waits for its record (`recording.durable`).
+const AGENTS: [(&str, u16, bool, bool); 3] = [
+    ("tollgate-l4", 979, false, false),
+    ("tollgate-l7", 978, true, false),
+    ("tollgate-l7-durable", 976, true, true),
+];
 
 struct RunningAgent {
     child: Child,
@@ -429,7 +440,7 @@ impl Environment {
                 .context("starting dnsmasq (cargo xtask setup installs it)")?,
         );
 
-        for (path, port, postgres) in AGENTS {
+        for (path, port, postgres, durable) in AGENTS {
             let name = format!("{path}-bench-{}", std::process::id());
             let dir = self.scratch.join(path);
             fs::create_dir_all(&dir)?;
@@ -440,6 +451,7 @@ impl Environment {
                  [control]\nsocket = \"{socket}\"\n[cgroup]\nparent = \"{name}\"\n\
                  [bpf]\npin_dir = \"/sys/fs/bpf/{name}\"\n[state]\ndir = \"{state}\"\n\
                  [log]\nlevel = \"warn\"\n[postgres]\nenabled = {postgres}\n\
+                 [recording]\ndurable = {durable}\n\
                  [dns]\nupstreams = [\"127.0.0.1:{dns}\"]\n",
                 dns = self.dns_port,
                 admin = free_port()?,
@@ -585,7 +597,7 @@ mod tests {
     #[test]
     fn path_and_workload_selection() {
         let all = Options::new(3, 20, 10, &[], &[]).unwrap();
-        assert_eq!(all.paths, vec![0, 1, 2, 3]);
+        assert_eq!(all.paths, vec![0, 1, 2, 3, 4]);
         assert_eq!(all.workloads, vec![0, 1, 2]);
 
         // direct is always measured first, as the reference; duplicates collapse.
@@ -597,7 +609,7 @@ mod tests {
             &names(&["connect"]),
         )
         .unwrap();
-        assert_eq!(some.paths, vec![0, 3]);
+        assert_eq!(some.paths, vec![0, 4]);
         assert_eq!(some.workloads, vec![1]);
 
         let error = Options::new(3, 20, 10, &names(&["tollgate"]), &[])

@@ -277,6 +277,9 @@ struct Prepared {
     columns: Option<Vec<ColumnInfo>>,
 }
 
+/// How long a statement waits for its record under `recording.durable`.
+const DURABLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A portal: its statement's name, its parameters as recorded, its result formats.
 type Portal = (Vec<u8>, Vec<String>, Vec<i16>);
 
@@ -307,6 +310,10 @@ struct State {
     seq: u64,
     decisions: HashMap<(&'static str, Vec<String>), Decision>,
     generation: u64,
+    /// `recording.durable`: statements decided in the client's latest bytes, whose rows
+    /// must be committed before those bytes go to the server.
+    durable: bool,
+    opened: Vec<StatementRecord>,
 }
 
 /// A buffer of bytes read from one side, from which whole messages are taken.
@@ -604,6 +611,7 @@ pub async fn run(
     let mut state = State {
         client_tls: outcome.startup.client_tls,
         encoding,
+        durable: ctx.recorder.is_durable(),
         ..State::default()
     };
     state.refresh(ctx, &sql_context);
@@ -920,7 +928,7 @@ impl State {
         params: Vec<String>,
     ) -> StatementRecord {
         self.seq += 1;
-        StatementRecord {
+        let record = StatementRecord {
             id: uuid::Uuid::now_v7().to_string(),
             connection_id: ctx.connection_id.clone(),
             job_id: ctx.job_id.clone(),
@@ -948,7 +956,12 @@ impl State {
                 .error
                 .clone()
                 .map(|e| format!("does not parse: {e}")),
+            opened: self.durable,
+        };
+        if self.durable {
+            self.opened.push(record.clone());
         }
+        record
     }
 }
 
@@ -1019,12 +1032,12 @@ where
 {
     let mut out = Vec::with_capacity(READ_CHUNK);
     loop {
-        let malformed = {
+        let (malformed, opened) = {
             let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
             // A reload applies from the client's next message on (an Execute of a
             // statement prepared before it included).
             state.refresh(ctx, sql);
-            loop {
+            let malformed = loop {
                 let range = match inbox.next(true, ctx.max_message) {
                     Ok(Some(range)) => range,
                     Ok(None) => break None,
@@ -1035,8 +1048,22 @@ where
                     Ok(parsed) => handle_frontend(&mut state, ctx, sql, parsed, msg, &mut out),
                     Err(error) => break Some(error),
                 }
-            }
+            };
+            (malformed, std::mem::take(&mut state.opened))
         };
+        // recording.durable: nothing goes to the server before its statements' rows are
+        // committed (with those of every other session waiting now).
+        if !opened.is_empty() {
+            let started = opened
+                .into_iter()
+                .map(|record| RecordEvent::StatementStarted(Box::new(record)));
+            if !ctx.recorder.commit(started, DURABLE_TIMEOUT).await {
+                return Err(Ended::from(format!(
+                    "recording.durable: the statements' records were not committed within \
+                     {DURABLE_TIMEOUT:?}; the session is closed"
+                )));
+            }
+        }
         if let Some(error) = malformed {
             // What was accepted before the bad message still goes to the server.
             let _ = writer.write_all(&out).await;

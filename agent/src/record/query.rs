@@ -122,6 +122,7 @@ impl Store {
                     rows: row.get::<_, Option<i64>>(17)?.map(|r| r as u64),
                     sqlstate: row.get(18)?,
                     error: row.get(19)?,
+                    opened: false,
                 })
             })?
             .collect::<Result<_, _>>()?;
@@ -382,6 +383,7 @@ mod tests {
             4,
             std::time::Duration::from_millis(5),
             None,
+            false,
             metrics.record.clone(),
         )
         .unwrap();

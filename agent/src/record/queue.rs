@@ -62,7 +62,7 @@ impl Sender {
     /// Queues `event`, or hands it back (boxed, off the common path) when the queue is
     /// full.
     pub fn push(&self, event: RecordEvent) -> Result<(), Box<RecordEvent>> {
-        let urgent = matches!(event, RecordEvent::Flush(_));
+        let urgent = event.is_marker();
         let mut state = self.0.lock();
         if state.events.len() >= self.0.capacity {
             return Err(Box::new(event));
@@ -140,10 +140,7 @@ impl Receiver {
         }
         let n = state.events.len().min(shared.batch_size);
         batch.extend(state.events.drain(..n));
-        state.urgent = state
-            .events
-            .iter()
-            .any(|e| matches!(e, RecordEvent::Flush(_)));
+        state.urgent = state.events.iter().any(RecordEvent::is_marker);
         true
     }
 }

@@ -55,6 +55,7 @@ pub fn spawn(
     batch_size: usize,
     flush_interval: Duration,
     retention: Option<Duration>,
+    durable: bool,
     metrics: Arc<RecordMetrics>,
 ) -> Result<(Recorder, WriterHandle), RecordError> {
     if let Some(dir) = path.parent() {
@@ -69,6 +70,11 @@ pub fn spawn(
     };
     let mut conn = Connection::open(path).map_err(open_err)?;
     schema::apply(&conn).map_err(open_err)?;
+    if durable {
+        // A commit is on disk when it returns, not only in the WAL's page cache.
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open_err)?;
+    }
     // Connections an agent killed before its recorder committed them: on record now.
     let journal_dir = path.with_extension("journal");
     let (journal, rows, old) = Journal::open(&journal_dir).map_err(|source| RecordError::Dir {
@@ -115,6 +121,7 @@ pub fn spawn(
             healthy,
             metrics,
             journal,
+            durable,
         },
         WriterHandle {
             thread: Some(thread),
@@ -173,12 +180,17 @@ impl Writer {
             if !batch.is_empty() {
                 self.metrics.queue_depth.sub(batch.len() as i64);
                 self.write_with_retry(&batch);
-                for event in &batch {
-                    if let RecordEvent::Flush(done) = event {
-                        let _ = done.try_send(());
+                for event in batch.drain(..) {
+                    match event {
+                        RecordEvent::Flush(done) => {
+                            let _ = done.try_send(());
+                        }
+                        RecordEvent::Committed(done) => {
+                            let _ = done.send(());
+                        }
+                        _ => {}
                     }
                 }
-                batch.clear();
                 match self.journal.rotate_if_large() {
                     Ok(Some(retired)) => self.retired.push(retired),
                     Ok(None) => {}
@@ -262,10 +274,7 @@ impl Writer {
         loop {
             match write_batch(&mut self.conn, batch) {
                 Ok(()) => {
-                    let records = batch
-                        .iter()
-                        .filter(|e| !matches!(e, RecordEvent::Flush(_)))
-                        .count();
+                    let records = batch.iter().filter(|e| !e.is_marker()).count();
                     self.metrics.written.inc_by(records as u64);
                     self.healthy.store(true, Ordering::Relaxed);
                     return;
@@ -310,7 +319,9 @@ fn write_batch(conn: &mut Connection, batch: &[RecordEvent]) -> rusqlite::Result
     for event in batch {
         match event {
             RecordEvent::ConnectionOpened(c) if ended.contains(c.id.as_str()) => {}
-            RecordEvent::Flush(_) => {}
+            RecordEvent::Flush(_) | RecordEvent::Committed(_) => {}
+            RecordEvent::StatementStarted(st) => insert_statement(&tx, st)?,
+            RecordEvent::Statement(st) if st.opened => complete_statement(&tx, st)?,
             RecordEvent::Statement(st) => insert_statement(&tx, st)?,
             RecordEvent::UdpFlow(f) => super::flows::upsert(&tx, f)?,
             RecordEvent::Dns(d) => {
@@ -497,6 +508,30 @@ fn insert_connection(tx: &rusqlite::Transaction<'_>, c: &ConnectionRecord) -> ru
         c.server_tls,
         c.hostname,
     ])?;
+    Ok(())
+}
+
+/// A statement whose row was written when it started (`recording.durable`): its outcome
+/// now (by the index on connection and sequence number).
+fn complete_statement(tx: &rusqlite::Transaction<'_>, s: &StatementRecord) -> rusqlite::Result<()> {
+    let updated = tx
+        .prepare_cached(
+            "UPDATE statements SET duration_us = ?3, rows = ?4, sqlstate = ?5, error = ?6, \
+             decision = ?7, reason = ?8 WHERE connection_id = ?1 AND seq = ?2",
+        )?
+        .execute(params![
+            s.connection_id,
+            s.seq as i64,
+            s.duration_us.map(|d| d as i64),
+            s.rows.map(|r| r as i64),
+            s.sqlstate,
+            s.error,
+            s.decision,
+            s.reason,
+        ])?;
+    if updated == 0 {
+        insert_statement(tx, s)?;
+    }
     Ok(())
 }
 
