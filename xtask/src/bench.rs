@@ -207,7 +207,7 @@ fn measure(
                 let transactions = (tps * options.seconds as f64).max(1.0);
                 let cpu_us = busy.as_secs_f64() * 1e6 / transactions;
                 eprintln!(
-                    "xtask: bench: round {} {name:<16} {path_name:<11} {tps:>10.1} tps \
+                    "xtask: bench: round {} {name:<16} {path_name:<19} {tps:>10.1} tps \
                      {cpu_us:>7.1} cpu-us/txn",
                     round + 1
                 );
@@ -244,7 +244,7 @@ fn report(samples: &[Sample], options: &Options) {
     );
     println!("cpu-us/txn = host CPU time (steal excluded) per transaction, median over rounds");
     println!(
-        "{:<18} {:<11} {:>11} {:>13} {:>26} {:>11}",
+        "{:<18} {:<19} {:>11} {:>13} {:>26} {:>11}",
         "workload", "path", "median tps", "median ratio", "per-round ratios", "cpu-us/txn"
     );
     for &workload in options.workloads.iter().filter(|&&w| w != DNS_WORKLOAD) {
@@ -275,7 +275,7 @@ fn report(samples: &[Sample], options: &Options) {
                 .collect::<Vec<_>>()
                 .join(" ");
             println!(
-                "{:<18} {:<11} {:>11.1} {:>13.3} {:>26} {:>11.1}",
+                "{:<18} {:<19} {:>11.1} {:>13.3} {:>26} {:>11.1}",
                 name,
                 path_name,
                 median(tps),
