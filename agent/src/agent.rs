@@ -207,8 +207,16 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
         ?attachment,
         socket_families_decided = coverage.socket_families,
         outside_sockets = ?coverage.outside_sockets,
+        unix_sockets_decided = coverage.unix_sockets,
         "interception active"
     );
+    if !coverage.unix_sockets {
+        tracing::warn!(
+            "unix sockets are not covered: a job's connects to them (docker.sock among \
+             them) are neither decided nor recorded (unix:connect needs cgroup/connect_unix, \
+             kernel 6.7+, which this build does not attach)"
+        );
+    }
 
     // Job processes are scanned for sockets from outside their job, and (without BPF
     // LSM) for other socket families.

@@ -167,6 +167,11 @@ pub struct Coverage {
     /// redirected, so its holder is found by the scan and killed.
     #[serde(default)]
     pub outside_sockets: OutsideSockets,
+    /// Whether a job's connects to unix sockets (docker.sock among them) are decided
+    /// (`unix:connect`). Not yet on any kernel: that needs cgroup/connect_unix programs
+    /// (kernel 6.7+), which the eBPF loader Tollgate uses cannot attach.
+    #[serde(default)]
+    pub unix_sockets: bool,
 }
 
 /// How sockets from outside a job are stopped.
@@ -259,6 +264,7 @@ pub fn install(
             }),
             cgroup_moves: false,
             outside_sockets: OutsideSockets::DetectedAndKilled,
+            unix_sockets: false,
         };
         return Ok(Installed {
             maps,
@@ -351,6 +357,7 @@ pub fn install(
         socket_families: true,
         cgroup_moves: false,
         outside_sockets: OutsideSockets::DetectedAndKilled,
+        unix_sockets: false,
     };
     for (name, pin, hook) in OPTIONAL_PROGRAMS {
         match attach_lsm_cgroup(&mut ebpf, name, hook, &cgroup) {
