@@ -290,3 +290,58 @@ fn a_new_policy_ends_a_flow_it_no_longer_permits() {
                 .any(|f| f["enforced_by"] == "kernel" && f["decision"] == "deny")
     });
 }
+
+#[test]
+fn flows_beyond_max_flows_are_refused_and_counted_not_kept() {
+    if !require_root() {
+        return;
+    }
+    let echoes: Vec<Echo> = (0..4).map(|_| Echo::start("127.0.0.1:0")).collect();
+    let agent = Agent::start_with_policy("", "[udp]\nmax_flows = 2\n", |dir| {
+        std::fs::create_dir_all(dir).expect("policy dir");
+        std::fs::write(
+            dir.join("udp.cedar"),
+            r#"permit(principal, action == Action::"udp:send", resource);"#,
+        )
+        .expect("policy");
+    });
+    // One process, four destinations, one datagram each: two flows fit.
+    let script = echoes
+        .iter()
+        .map(|e| format!("{PROBE} sendto {} 1", e.addr))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let out = agent.run_job(&[("repository", "acme/api")], &["sh", "-c", &script]);
+    let text = stdout(&out);
+    assert_eq!(text.matches("reply 0").count(), 2, "{text}");
+    assert_eq!(
+        text.matches("error recvfrom 0 timeout").count(),
+        2,
+        "{text}"
+    );
+    let recorded = flows(&agent, "the flows", |f| f.len() >= 3);
+    assert_eq!(
+        recorded.iter().filter(|f| f["decision"] == "allow").count(),
+        2,
+        "{recorded:#?}"
+    );
+    let refused: Vec<&Value> = recorded
+        .iter()
+        .filter(|f| f["decision"] == "deny")
+        .collect();
+    assert!(!refused.is_empty(), "{recorded:#?}");
+    for flow in &refused {
+        assert!(
+            flow["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("udp.max_flows (2)"),
+            "{flow}"
+        );
+    }
+    let refused_datagrams: u64 = refused
+        .iter()
+        .filter_map(|f| f["packets_out"].as_u64())
+        .sum();
+    assert_eq!(refused_datagrams, 2, "{refused:#?}");
+}

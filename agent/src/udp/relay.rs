@@ -266,7 +266,25 @@ impl Relay {
             self.finish(old, "replaced");
         }
         if !state.flows.contains_key(&key) {
-            let flow = self.open(&state, from, dst, info, arrived);
+            if state.flows.len() >= self.config.max_flows {
+                // No room for another flow: refused, and counted.
+                self.deny_in_kernel(info.cookie, dst);
+                self.metrics.datagram("out", "denied", payload.len());
+                let process = Process {
+                    pid: info.tgid,
+                    uid: info.uid,
+                    gid: info.gid,
+                    comm: comm(info),
+                    exe: None,
+                };
+                let reason = format!(
+                    "the relay carries udp.max_flows ({}) flows already: refused",
+                    self.config.max_flows
+                );
+                self.count_refused(&mut state, info.cgroup_id, process, dst, "relay", reason);
+                return;
+            }
+            let flow = self.open(from, dst, info, arrived);
             state.flows.insert(key, flow);
         }
         let Some(flow) = state.flows.get_mut(&key) else {
@@ -301,7 +319,6 @@ impl Relay {
     /// Decides a new flow, records it, and for an allowed one opens its upstream socket.
     fn open(
         self: &Arc<Self>,
-        state: &State,
         from: SocketAddr,
         dst: SocketAddr,
         info: &ConnInfo,
@@ -324,10 +341,6 @@ impl Relay {
         record.hostname.clone_from(&hostname);
         let decision = match &job {
             None => Decision::deny("no job has this socket's cgroup: refused"),
-            Some(_) if state.flows.len() >= self.config.max_flows => Decision::deny(format!(
-                "the relay carries udp.max_flows ({}) flows already: refused",
-                self.config.max_flows
-            )),
             Some(job) => self.enforcer.decide_udp(
                 Subject::new(&job.principal, &process, dst).with_hostname(hostname.as_deref()),
             ),
@@ -485,35 +498,14 @@ impl Relay {
 
     /// A datagram the kernel refused: counted on the (process, destination) flow.
     pub fn refused_in_kernel(&self, event: &Event) {
-        let dst = crate::proxy::tuple_addr(&event.dst);
-        let key = FlowKey::Refused {
-            cgroup_id: event.cgroup_id,
-            pid: event.tgid,
-            dst,
-        };
-        let now = now_ms();
-        let mut state = self.state();
-        if let Some(flow) = state.flows.get_mut(&key) {
-            flow.record.last_at = now;
-            flow.record.packets_out += 1;
-            return;
-        }
         let process = Process {
             pid: event.tgid,
             uid: event.uid,
             gid: event.gid,
             comm: crate::proxy::comm_str(&event.comm),
-            exe: crate::proc_info::exe(event.tgid).map(|p| p.display().to_string()),
+            exe: None,
         };
-        let job = self.jobs.resolve(event.cgroup_id);
-        let mut record = self.new_record(event.cgroup_id, &process, dst, "kernel");
-        record.job_id = job.as_ref().map(|job| job.id.clone());
-        record.hostname = job
-            .as_ref()
-            .and_then(|job| self.resolver.name_of(&job.id, dst.ip()));
-        record.decision = "deny".to_owned();
-        record.packets_out = 1;
-        record.reason = if self.enforcer.decides_udp() {
+        let reason = if self.enforcer.decides_udp() {
             "refused in the kernel: the relay denied this socket's flow to it".to_owned()
         } else {
             format!(
@@ -521,7 +513,65 @@ impl Relay {
                 tollgate_policy::udp::NO_UDP_PERMIT_REASON
             )
         };
-        self.metrics.flow("deny", "kernel");
+        let dst = crate::proxy::tuple_addr(&event.dst);
+        let mut state = self.state();
+        self.count_refused(&mut state, event.cgroup_id, process, dst, "kernel", reason);
+    }
+
+    /// Counts a refused datagram on its (process, destination) flow, made if need be.
+    /// With `udp.max_flows` flows live, a process's refusals to new destinations are
+    /// counted on one flow of its own to `0.0.0.0:0` instead: a job that sprays
+    /// datagrams cannot grow the agent's memory or the store without bound.
+    fn count_refused(
+        &self,
+        state: &mut State,
+        cgroup_id: u64,
+        mut process: Process,
+        dst: SocketAddr,
+        enforced_by: &str,
+        reason: String,
+    ) {
+        let now = now_ms();
+        let mut key = FlowKey::Refused {
+            cgroup_id,
+            pid: process.pid,
+            dst,
+        };
+        let full = state.flows.len() >= self.config.max_flows;
+        if full && !state.flows.contains_key(&key) {
+            key = FlowKey::Refused {
+                cgroup_id,
+                pid: process.pid,
+                dst: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+            };
+        }
+        if let Some(flow) = state.flows.get_mut(&key) {
+            flow.record.last_at = now;
+            flow.record.packets_out += 1;
+            return;
+        }
+        let FlowKey::Refused { dst, .. } = key else {
+            return;
+        };
+        process.exe = crate::proc_info::exe(process.pid).map(|p| p.display().to_string());
+        let job = self.jobs.resolve(cgroup_id);
+        let mut record = self.new_record(cgroup_id, &process, dst, enforced_by);
+        record.job_id = job.as_ref().map(|job| job.id.clone());
+        record.hostname = job
+            .as_ref()
+            .and_then(|job| self.resolver.name_of(&job.id, dst.ip()));
+        record.decision = "deny".to_owned();
+        record.packets_out = 1;
+        record.reason = if full {
+            format!(
+                "{reason}; the relay has udp.max_flows ({}) flows, so this process's \
+                 refusals to further destinations are counted here",
+                self.config.max_flows
+            )
+        } else {
+            reason
+        };
+        self.metrics.flow("deny", enforced_by);
         self.recorder
             .record(RecordEvent::UdpFlow(Box::new(record.clone())));
         state.flows.insert(

@@ -2,7 +2,8 @@
 //! cgroup/recvmsg4|6: show a job the datagrams of its resolver and of its UDP relay as
 //! coming from the server it addressed.
 use aya_ebpf::{
-    helpers::generated::bpf_get_socket_cookie, macros::cgroup_sock_addr, programs::SockAddrContext,
+    bindings::bpf_sock_addr, helpers::generated::bpf_get_socket_cookie, macros::cgroup_sock_addr,
+    programs::SockAddrContext,
 };
 use tollgate_common::{AF_INET, ConnInfo, TupleKey};
 
@@ -30,11 +31,7 @@ pub fn recvmsg4(ctx: SockAddrContext) -> i32 {
     if let Some(peer) = relay_peer(port)
         && peer.family == u32::from(AF_INET)
     {
-        // SAFETY: user_ip4 and user_port are writable in recvmsg4.
-        unsafe {
-            (*sa).user_ip4 = peer.ip[0];
-            (*sa).user_port = u32::from((peer.port as u16).to_be());
-        }
+        set_peer4(sa, peer.ip[0], peer.port as u16);
     }
     ALLOW
 }
@@ -65,19 +62,7 @@ pub fn recvmsg6(ctx: SockAddrContext) -> i32 {
         return show_original6(&ctx);
     }
     if let Some(peer) = relay_peer(port) {
-        let ip = if peer.family == u32::from(AF_INET) {
-            [0, 0, 0xffff_u32.to_be(), peer.ip[0]]
-        } else {
-            peer.ip
-        };
-        // SAFETY: user_ip6 and user_port are writable in recvmsg6.
-        unsafe {
-            (*sa).user_ip6[0] = ip[0];
-            (*sa).user_ip6[1] = ip[1];
-            (*sa).user_ip6[2] = ip[2];
-            (*sa).user_ip6[3] = ip[3];
-            (*sa).user_port = u32::from((peer.port as u16).to_be());
-        }
+        set_peer6(sa, peer.family as u16, peer.ip, peer.port as u16);
     }
     ALLOW
 }
@@ -98,11 +83,7 @@ fn show_original4(ctx: &SockAddrContext) -> i32 {
     if let Some(info) = lookup(ctx)
         && info.orig_family == AF_INET
     {
-        // SAFETY: user_ip4 and user_port are writable in getpeername4.
-        unsafe {
-            (*sa).user_ip4 = info.orig_ip[0];
-            (*sa).user_port = u32::from(info.orig_port.to_be());
-        }
+        set_peer4(sa, info.orig_ip[0], info.orig_port);
     }
     ALLOW
 }
@@ -111,21 +92,38 @@ fn show_original4(ctx: &SockAddrContext) -> i32 {
 fn show_original6(ctx: &SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
     if let Some(info) = lookup(ctx) {
-        let ip = if info.orig_family == AF_INET {
-            [0, 0, 0xffff_u32.to_be(), info.orig_ip[0]]
-        } else {
-            info.orig_ip
-        };
-        // SAFETY: user_ip6 and user_port are writable in getpeername6.
-        unsafe {
-            (*sa).user_ip6[0] = ip[0];
-            (*sa).user_ip6[1] = ip[1];
-            (*sa).user_ip6[2] = ip[2];
-            (*sa).user_ip6[3] = ip[3];
-            (*sa).user_port = u32::from(info.orig_port.to_be());
-        }
+        set_peer6(sa, info.orig_family, info.orig_ip, info.orig_port);
     }
     ALLOW
+}
+
+/// Shows `ip` (network order) and `port` as the address of an IPv4 hook's peer.
+#[inline(always)]
+fn set_peer4(sa: *mut bpf_sock_addr, ip: u32, port: u16) {
+    // SAFETY: user_ip4 and user_port are writable in recvmsg4 and getpeername4.
+    unsafe {
+        (*sa).user_ip4 = ip;
+        (*sa).user_port = u32::from(port.to_be());
+    }
+}
+
+/// Shows an address of `family` (IPv4 as IPv4-mapped) as an IPv6 hook's peer; each
+/// 4-byte word written separately, as the verifier requires.
+#[inline(always)]
+fn set_peer6(sa: *mut bpf_sock_addr, family: u16, ip: [u32; 4], port: u16) {
+    let ip = if family == AF_INET {
+        [0, 0, 0xffff_u32.to_be(), ip[0]]
+    } else {
+        ip
+    };
+    // SAFETY: user_ip6 and user_port are writable in recvmsg6 and getpeername6.
+    unsafe {
+        (*sa).user_ip6[0] = ip[0];
+        (*sa).user_ip6[1] = ip[1];
+        (*sa).user_ip6[2] = ip[2];
+        (*sa).user_ip6[3] = ip[3];
+        (*sa).user_port = u32::from(port.to_be());
+    }
 }
 
 #[inline(always)]
