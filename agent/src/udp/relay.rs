@@ -7,18 +7,19 @@
 //! kernel shows it as coming from the destination.
 use std::{
     collections::HashMap,
-    io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicI64, AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex, atomic::Ordering},
     time::Duration,
 };
 
 use tokio::{net::UdpSocket, task::AbortHandle};
-use tollgate_common::{ConnInfo, Event, UDP_RELAY_CAPACITY, UdpDenyKey};
+use tollgate_common::{ConnInfo, UDP_RELAY_CAPACITY, UdpDenyKey};
 use tollgate_policy::{Decision, Principal, Process, Subject};
+
+mod carry;
+mod refused;
+
+use carry::{Carried, send_now};
 
 use super::{UdpConfig, UdpMetrics};
 use crate::{
@@ -79,21 +80,6 @@ struct Flow {
     principal: Option<Arc<Principal>>,
     /// Set for an allowed flow.
     carried: Option<Carried>,
-}
-
-struct Carried {
-    upstream: Arc<UdpSocket>,
-    back: Arc<Back>,
-    reader: AbortHandle,
-}
-
-/// What the reader of an upstream socket shares with its flow.
-struct Back {
-    /// The relay socket the job's latest datagram arrived on: replies leave from it.
-    via: Mutex<Arc<UdpSocket>>,
-    packets: AtomicU64,
-    bytes: AtomicU64,
-    last_ms: AtomicI64,
 }
 
 struct RelayPort {
@@ -357,7 +343,7 @@ impl Relay {
             self.deny_in_kernel(info.cookie, dst);
             None
         } else {
-            match self.carry(from, dst, arrived) {
+            match carry::carry(from, dst, arrived, &self.metrics) {
                 Ok(carried) => Some(carried),
                 Err(error) => {
                     record.ended = Some(format!("error: {error}"));
@@ -423,43 +409,6 @@ impl Relay {
         }
     }
 
-    /// The upstream socket of an allowed flow, and the task that sends what comes back
-    /// to the job.
-    fn carry(
-        &self,
-        client: SocketAddr,
-        dst: SocketAddr,
-        arrived: &Arc<UdpSocket>,
-    ) -> io::Result<Carried> {
-        let bind: SocketAddr = if dst.is_ipv4() {
-            (Ipv4Addr::UNSPECIFIED, 0).into()
-        } else {
-            (Ipv6Addr::UNSPECIFIED, 0).into()
-        };
-        let socket = std::net::UdpSocket::bind(bind)?;
-        socket.connect(dst)?;
-        socket.set_nonblocking(true)?;
-        let upstream = Arc::new(UdpSocket::from_std(socket)?);
-        let back = Arc::new(Back {
-            via: Mutex::new(arrived.clone()),
-            packets: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
-            last_ms: AtomicI64::new(0),
-        });
-        let reader = tokio::spawn(replies(
-            upstream.clone(),
-            back.clone(),
-            client,
-            self.metrics.clone(),
-        ))
-        .abort_handle();
-        Ok(Carried {
-            upstream,
-            back,
-            reader,
-        })
-    }
-
     /// A relay socket of `dst`'s own: the kernel sends the job's next datagrams to it,
     /// and shows what leaves it as coming from `dst`.
     fn open_port(self: &Arc<Self>, state: &mut State, dst: SocketAddr, now: i64) {
@@ -492,96 +441,6 @@ impl Relay {
                 port,
                 task,
                 last_ms: now,
-            },
-        );
-    }
-
-    /// A datagram the kernel refused: counted on the (process, destination) flow.
-    pub fn refused_in_kernel(&self, event: &Event) {
-        let process = Process {
-            pid: event.tgid,
-            uid: event.uid,
-            gid: event.gid,
-            comm: crate::proxy::comm_str(&event.comm),
-            exe: None,
-        };
-        let reason = if self.enforcer.decides_udp() {
-            "refused in the kernel: the relay denied this socket's flow to it".to_owned()
-        } else {
-            format!(
-                "refused in the kernel: {}",
-                tollgate_policy::udp::NO_UDP_PERMIT_REASON
-            )
-        };
-        let dst = crate::proxy::tuple_addr(&event.dst);
-        let mut state = self.state();
-        self.count_refused(&mut state, event.cgroup_id, process, dst, "kernel", reason);
-    }
-
-    /// Counts a refused datagram on its (process, destination) flow, made if need be.
-    /// With `udp.max_flows` flows live, a process's refusals to new destinations are
-    /// counted on one flow of its own to `0.0.0.0:0` instead: a job that sprays
-    /// datagrams cannot grow the agent's memory or the store without bound.
-    fn count_refused(
-        &self,
-        state: &mut State,
-        cgroup_id: u64,
-        mut process: Process,
-        dst: SocketAddr,
-        enforced_by: &str,
-        reason: String,
-    ) {
-        let now = now_ms();
-        let mut key = FlowKey::Refused {
-            cgroup_id,
-            pid: process.pid,
-            dst,
-        };
-        let full = state.flows.len() >= self.config.max_flows;
-        if full && !state.flows.contains_key(&key) {
-            key = FlowKey::Refused {
-                cgroup_id,
-                pid: process.pid,
-                dst: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
-            };
-        }
-        if let Some(flow) = state.flows.get_mut(&key) {
-            flow.record.last_at = now;
-            flow.record.packets_out += 1;
-            return;
-        }
-        let FlowKey::Refused { dst, .. } = key else {
-            return;
-        };
-        process.exe = crate::proc_info::exe(process.pid).map(|p| p.display().to_string());
-        let job = self.jobs.resolve(cgroup_id);
-        let mut record = self.new_record(cgroup_id, &process, dst, enforced_by);
-        record.job_id = job.as_ref().map(|job| job.id.clone());
-        record.hostname = job
-            .as_ref()
-            .and_then(|job| self.resolver.name_of(&job.id, dst.ip()));
-        record.decision = "deny".to_owned();
-        record.packets_out = 1;
-        record.reason = if full {
-            format!(
-                "{reason}; the relay has udp.max_flows ({}) flows, so this process's \
-                 refusals to further destinations are counted here",
-                self.config.max_flows
-            )
-        } else {
-            reason
-        };
-        self.metrics.flow("deny", enforced_by);
-        self.recorder
-            .record(RecordEvent::UdpFlow(Box::new(record.clone())));
-        state.flows.insert(
-            key,
-            Flow {
-                record,
-                cookie: 0,
-                process,
-                principal: job.map(|job| job.principal.clone()),
-                carried: None,
             },
         );
     }
@@ -661,54 +520,6 @@ impl Relay {
     }
 }
 
-/// Sends without waiting, whatever tokio last saw of the socket's readiness (a socket
-/// just made has none yet): a datagram either goes now or is dropped, as UDP may.
-fn send_now(socket: &UdpSocket, payload: &[u8], to: Option<SocketAddr>) -> io::Result<usize> {
-    let socket = socket2::SockRef::from(socket);
-    match to {
-        Some(to) => socket.send_to(payload, &to.into()),
-        None => socket.send(payload),
-    }
-}
-
 fn ms(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
-}
-
-/// What the destination sends back, to the job, from the relay socket the job's latest
-/// datagram arrived on.
-async fn replies(
-    upstream: Arc<UdpSocket>,
-    back: Arc<Back>,
-    client: SocketAddr,
-    metrics: Arc<UdpMetrics>,
-) {
-    let mut buf = vec![0u8; MAX_DATAGRAM];
-    loop {
-        let n = match upstream.recv(&mut buf).await {
-            Ok(n) => n,
-            // An ICMP error for an earlier datagram (port unreachable): a job that
-            // sends directly would see it on a connected socket; here it is only
-            // counted, and the flow goes on.
-            Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => {
-                metrics.datagram("in", "refused_by_peer", 0);
-                continue;
-            }
-            Err(error) => {
-                tracing::debug!(%error, %client, "UDP upstream receive");
-                return;
-            }
-        };
-        let via = back.via.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let outcome = match send_now(&via, &buf[..n], Some(client)) {
-            Ok(_) => {
-                back.packets.fetch_add(1, Ordering::Relaxed);
-                back.bytes.fetch_add(n as u64, Ordering::Relaxed);
-                back.last_ms.store(now_ms(), Ordering::Relaxed);
-                "relayed"
-            }
-            Err(_) => "dropped",
-        };
-        metrics.datagram("in", outcome, n);
-    }
 }
