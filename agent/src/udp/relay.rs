@@ -179,6 +179,10 @@ impl Relay {
                 self.enforcer.decide_udp(subject).blocks()
             });
             if blocks == flow.carried.is_none() {
+                if blocks {
+                    // Still denied: refused in the kernel again (the denials were cleared).
+                    self.deny_in_kernel(flow.cookie, dst);
+                }
                 continue;
             }
             // Decided otherwise now: this flow ends; the next datagram starts another.
