@@ -380,6 +380,16 @@ impl Recorder {
         self.record(RecordEvent::ConnectionOpened(Box::new(row.clone())));
     }
 
+    /// A UDP flow is about to carry its first datagram: its row goes to the journal,
+    /// then to the writer.
+    pub fn flow_opened(&self, flow: &UdpFlowRecord) {
+        if let Err(error) = self.journal.append_flow(flow) {
+            self.healthy.store(false, Ordering::Relaxed);
+            tracing::error!(%error, id = flow.id, "journal write of a UDP flow failed");
+        }
+        self.record(RecordEvent::UdpFlow(Box::new(flow.clone())));
+    }
+
     /// Queues an event and waits until it is committed (for rare events that must
     /// survive a crash right after them, such as a job's start). False if that did not
     /// happen within `timeout`; the event stays queued.

@@ -345,3 +345,50 @@ fn flows_beyond_max_flows_are_refused_and_counted_not_kept() {
         .sum();
     assert_eq!(refused_datagrams, 2, "{refused:#?}");
 }
+
+#[test]
+fn a_flow_that_reached_its_destination_survives_an_agent_kill() {
+    if !require_root() {
+        return;
+    }
+    let echo = Echo::start("127.0.0.1:0");
+    let policy = POLICY.replace("?PORT", &echo.port().to_string());
+    // Records wait 10 s for their batch: only the journal can keep this flow.
+    let mut agent =
+        Agent::start_with_policy("", "[recording]\nflush_interval = \"10s\"\n", |dir| {
+            std::fs::create_dir_all(dir).expect("policy dir");
+            std::fs::write(dir.join("udp.cedar"), &policy).expect("policy");
+        });
+    let script = format!("{PROBE} sendto {} 1; exec sleep 60", echo.addr);
+    let mut job = agent
+        .run_command(&[("repository", "acme/api")], &["sh", "-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("job");
+    let mut lines =
+        std::io::BufRead::lines(std::io::BufReader::new(job.stdout.take().expect("stdout")));
+    let reply = lines
+        .find_map(|line| {
+            line.ok()
+                .filter(|l| l.starts_with("reply") || l.starts_with("error"))
+        })
+        .expect("the probe's answer");
+    assert!(reply.starts_with("reply 0"), "{reply}");
+    agent.kill9();
+    agent.start_again();
+    let recorded = flows(&agent, "the flow, from the journal", |flows| {
+        flows.iter().any(|f| f["decision"] == "allow")
+    });
+    let _ = job.kill();
+    let _ = job.wait();
+    let flow = recorded
+        .iter()
+        .find(|f| f["decision"] == "allow")
+        .expect("the allowed flow");
+    assert_eq!(flow["dst"], echo.addr.to_string(), "{flow}");
+    assert_eq!(flow["packets_out"], 1, "{flow}");
+    assert_eq!(
+        flow["ended"], "the agent stopped before the flow ended",
+        "{flow}"
+    );
+}

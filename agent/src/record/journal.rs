@@ -1,6 +1,7 @@
-//! The write-ahead journal of connections: before a connection is relayed to its
-//! upstream, its row is appended here with one write(2), so an agent killed before the
-//! recorder committed it still leaves it on record. The next start inserts what the
+//! The write-ahead journal of connections and UDP flows: before a connection is relayed
+//! to its upstream (or a flow's first datagram is), its row is appended here with one
+//! write(2), so an agent killed before the recorder committed it still leaves it on
+//! record. The next start inserts what the
 //! store lacks (marked as cut by the stop) and removes the journal. Segments are rotated
 //! by size once their rows are committed.
 use std::{
@@ -16,7 +17,21 @@ use std::{
 
 use arc_swap::ArcSwap;
 
-use super::ConnectionRecord;
+use super::{ConnectionRecord, UdpFlowRecord};
+
+/// What an earlier agent left in the journal.
+#[derive(Debug, Default)]
+pub struct Left {
+    pub connections: Vec<ConnectionRecord>,
+    pub flows: Vec<UdpFlowRecord>,
+}
+
+/// A UDP flow's line: `{"udp_flow": {...}}` (a connection's line is the bare row).
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlowLine<F> {
+    udp_flow: F,
+}
 
 /// A segment is rotated past this size.
 const ROTATE_AT: u64 = 8 << 20;
@@ -45,7 +60,7 @@ pub struct Retired {
 impl Journal {
     /// Opens the journal in `dir`: returns the rows left by an earlier agent (to insert
     /// where missing) and the segments they came from (to remove once inserted).
-    pub fn open(dir: &Path) -> io::Result<(Self, Vec<ConnectionRecord>, Vec<PathBuf>)> {
+    pub fn open(dir: &Path) -> io::Result<(Self, Left, Vec<PathBuf>)> {
         fs::create_dir_all(dir)?;
         let mut old: Vec<PathBuf> = fs::read_dir(dir)?
             .flatten()
@@ -53,13 +68,16 @@ impl Journal {
             .filter(|p| p.extension().is_some_and(|e| e == "log"))
             .collect();
         old.sort();
-        let mut rows = Vec::new();
+        let mut left = Left::default();
         for path in &old {
             let file = File::open(path)?;
             for line in io::BufReader::new(file).lines() {
+                let line = line?;
                 // A line cut by the kill is incomplete JSON: skipped.
-                if let Ok(row) = serde_json::from_str::<ConnectionRecord>(&line?) {
-                    rows.push(row);
+                if let Ok(flow) = serde_json::from_str::<FlowLine<UdpFlowRecord>>(&line) {
+                    left.flows.push(flow.udp_flow);
+                } else if let Ok(row) = serde_json::from_str::<ConnectionRecord>(&line) {
+                    left.connections.push(row);
                 }
             }
         }
@@ -75,14 +93,24 @@ impl Journal {
                 current: ArcSwap::from_pointee(segment),
                 next: AtomicU64::new(next + 1),
             },
-            rows,
+            left,
             old,
         ))
     }
 
-    /// Appends one row (one write, so concurrent appends do not interleave).
+    /// Appends one connection's row.
     pub fn append(&self, row: &ConnectionRecord) -> io::Result<()> {
-        let mut line = serde_json::to_vec(row).map_err(io::Error::other)?;
+        self.append_line(serde_json::to_vec(row).map_err(io::Error::other)?)
+    }
+
+    /// Appends one UDP flow's row.
+    pub fn append_flow(&self, flow: &UdpFlowRecord) -> io::Result<()> {
+        let line = FlowLine { udp_flow: flow };
+        self.append_line(serde_json::to_vec(&line).map_err(io::Error::other)?)
+    }
+
+    /// One line, in one write, so concurrent appends do not interleave.
+    fn append_line(&self, mut line: Vec<u8>) -> io::Result<()> {
         line.push(b'\n');
         let segment = self.current.load();
         (&segment.file).write_all(&line)?;
@@ -154,9 +182,17 @@ mod tests {
     #[test]
     fn rows_survive_until_the_next_open_and_a_cut_line_is_skipped() {
         let dir = tempfile::tempdir().unwrap();
-        let (journal, rows, old) = Journal::open(dir.path()).unwrap();
-        assert!(rows.is_empty() && old.is_empty());
+        let (journal, left, old) = Journal::open(dir.path()).unwrap();
+        assert!(left.connections.is_empty() && left.flows.is_empty() && old.is_empty());
         journal.append(&row("a")).unwrap();
+        journal
+            .append_flow(&UdpFlowRecord {
+                id: "f".to_owned(),
+                dst: "127.0.0.1:5000".to_owned(),
+                packets_out: 1,
+                ..UdpFlowRecord::default()
+            })
+            .unwrap();
         journal.append(&row("b")).unwrap();
         // A kill in the middle of a write leaves half a line.
         let path = journal.current.load().path.clone();
@@ -167,9 +203,14 @@ mod tests {
             .write_all(b"{\"id\":\"c\",\"deci")
             .unwrap();
         drop(journal);
-        let (journal, rows, old) = Journal::open(dir.path()).unwrap();
-        let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        let (journal, left, old) = Journal::open(dir.path()).unwrap();
+        let ids: Vec<&str> = left.connections.iter().map(|r| r.id.as_str()).collect();
         assert_eq!(ids, ["a", "b"]);
+        assert_eq!(left.flows.len(), 1);
+        assert_eq!(
+            (left.flows[0].id.as_str(), left.flows[0].packets_out),
+            ("f", 1)
+        );
         assert_eq!(old, [path]);
         journal.append(&row("d")).unwrap();
         assert_ne!(journal.current.load().path, old[0], "a new segment");

@@ -77,16 +77,25 @@ pub fn spawn(
     }
     // Connections an agent killed before its recorder committed them: on record now.
     let journal_dir = path.with_extension("journal");
-    let (journal, rows, old) = Journal::open(&journal_dir).map_err(|source| RecordError::Dir {
+    let (journal, left, old) = Journal::open(&journal_dir).map_err(|source| RecordError::Dir {
         path: journal_dir.clone(),
         source,
     })?;
-    if !rows.is_empty() {
-        let recovered = replay(&mut conn, &rows).map_err(open_err)?;
+    if !left.connections.is_empty() {
+        let recovered = replay(&mut conn, &left.connections).map_err(open_err)?;
         if recovered > 0 {
             tracing::warn!(
                 recovered,
                 "recorded connections from the journal of an agent that stopped uncleanly"
+            );
+        }
+    }
+    if !left.flows.is_empty() {
+        let recovered = super::flows::replay(&mut conn, &left.flows).map_err(open_err)?;
+        if recovered > 0 {
+            tracing::warn!(
+                recovered,
+                "recorded UDP flows from the journal of an agent that stopped uncleanly"
             );
         }
     }

@@ -274,15 +274,17 @@ impl Relay {
                 self.count_refused(&mut state, info.cgroup_id, process, dst, "relay", reason);
                 return;
             }
-            let flow = self.open(from, dst, info, arrived);
+            // Its row counts this first datagram already.
+            let flow = self.open(from, dst, info, arrived, payload.len());
             state.flows.insert(key, flow);
+        } else if let Some(flow) = state.flows.get_mut(&key) {
+            flow.record.last_at = now;
+            flow.record.packets_out += 1;
+            flow.record.bytes_out += payload.len() as u64;
         }
         let Some(flow) = state.flows.get_mut(&key) else {
             return;
         };
-        flow.record.last_at = now;
-        flow.record.packets_out += 1;
-        flow.record.bytes_out += payload.len() as u64;
         let Some(carried) = &flow.carried else {
             self.metrics.datagram("out", "denied", payload.len());
             return;
@@ -306,13 +308,15 @@ impl Relay {
         }
     }
 
-    /// Decides a new flow, records it, and for an allowed one opens its upstream socket.
+    /// Decides a new flow (its first datagram, of `first_len` bytes, counted), records it,
+    /// and for an allowed one opens its upstream socket.
     fn open(
         self: &Arc<Self>,
         from: SocketAddr,
         dst: SocketAddr,
         info: &ConnInfo,
         arrived: &Arc<UdpSocket>,
+        first_len: usize,
     ) -> Flow {
         let job = self.jobs.resolve(info.cgroup_id);
         let process = Process {
@@ -326,6 +330,8 @@ impl Relay {
             .as_ref()
             .and_then(|job| self.resolver.name_of(&job.id, dst.ip()));
         let mut record = self.new_record(info.cgroup_id, &process, dst, "relay");
+        record.packets_out = 1;
+        record.bytes_out = first_len as u64;
         record.job_id = job.as_ref().map(|job| job.id.clone());
         record.src = Some(from.to_string());
         record.hostname.clone_from(&hostname);
@@ -369,8 +375,13 @@ impl Relay {
             reason = record.reason,
             "udp flow"
         );
-        self.recorder
-            .record(RecordEvent::UdpFlow(Box::new(record.clone())));
+        if carried.is_some() {
+            // It reaches its destination: on the journal first, as connections are.
+            self.recorder.flow_opened(&record);
+        } else {
+            self.recorder
+                .record(RecordEvent::UdpFlow(Box::new(record.clone())));
+        }
         Flow {
             record,
             cookie: info.cookie,
