@@ -11,18 +11,20 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use tollgate_policy::Principal;
 
+mod adopt;
+mod labels;
+
+pub use labels::parse_label;
+use labels::{validate_labels, validate_name};
+
 use crate::{
     cgroup::{self, CgroupError, CgroupTree},
     identity::{Assurance, Identity},
     metrics::{JobEndLabel, JobMetrics},
     proc_info,
-    record::{JobExit, JobRecord, RecordEvent, Recorder, Store, now_ms},
+    record::{JobExit, JobRecord, RecordEvent, Recorder, now_ms},
 };
 
-const MAX_LABELS: usize = 64;
-const MAX_KEY_LEN: usize = 63;
-const MAX_VALUE_LEN: usize = 1024;
-const MAX_NAME_LEN: usize = 128;
 /// How long creating a job waits for its record to be committed.
 const DURABLE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long ending a job waits for its processes to die.
@@ -174,16 +176,6 @@ pub struct Caller {
     pub pid: u32,
     pub uid: u32,
     pub gid: u32,
-}
-
-/// What re-adoption at startup found.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
-pub struct AdoptReport {
-    pub adopted: Vec<String>,
-    /// Recorded as running, but their cgroup was gone.
-    pub lost: Vec<String>,
-    /// Cgroups with no record: killed and removed.
-    pub unknown_removed: Vec<String>,
 }
 
 pub struct JobRegistry {
@@ -546,158 +538,5 @@ impl JobRegistry {
                 }
             }
         }
-    }
-
-    /// At startup: adopt recorded jobs whose cgroups still exist, close the records of
-    /// those whose cgroups are gone, and remove cgroups nobody recorded.
-    pub fn adopt(&self, store: &Store) -> Result<AdoptReport, JobError> {
-        let mut report = AdoptReport::default();
-        let existing = self.tree.list_jobs()?;
-        let records = store.open_jobs().unwrap_or_else(|error| {
-            tracing::error!(%error, "reading open jobs from the recording store");
-            Vec::new()
-        });
-        let mut adopted = Vec::new();
-        for record in records {
-            match existing.iter().find(|(id, _, _)| *id == record.id) {
-                Some((_, path, cgroup_id)) => {
-                    adopted.push(
-                        Job {
-                            id: record.id.clone(),
-                            name: record.name,
-                            labels: record.labels,
-                            cgroup_id: *cgroup_id,
-                            cgroup_path: path.clone(),
-                            owner_pid: record.owner_pid,
-                            owner_start: record.owner_start,
-                            owner_uid: record.owner_uid,
-                            started_at: record.started_at,
-                            kind: record.kind,
-                            identity: record.identity,
-                            assurance: record.assurance,
-                            origin_cgroup: record.origin_cgroup.map(PathBuf::from),
-                            principal: Arc::default(),
-                            revision: 0,
-                        }
-                        .finish(),
-                    );
-                    report.adopted.push(record.id);
-                }
-                None => {
-                    self.recorder.record(RecordEvent::JobEnded {
-                        id: record.id.clone(),
-                        ended_at: now_ms(),
-                        exit: None,
-                        reason: JobEndLabel::Lost.as_str().to_owned(),
-                    });
-                    self.metrics.ended(JobEndLabel::Lost);
-                    report.lost.push(record.id);
-                }
-            }
-        }
-        for (id, path, _) in &existing {
-            if !report.adopted.contains(id) {
-                tracing::warn!(job = %id, "job cgroup has no record; killing and removing it");
-                cgroup::kill_and_remove(path, KILL_TIMEOUT)?;
-                report.unknown_removed.push(id.clone());
-            }
-        }
-        for job in &adopted {
-            // Their processes' sockets from before the restart are taken as their own.
-            self.brought.note_all(&job.cgroup_path);
-        }
-        self.update(|jobs| {
-            for job in adopted {
-                jobs.insert(job.cgroup_id, job);
-            }
-        });
-        Ok(report)
-    }
-}
-
-fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), JobError> {
-    if labels.len() > MAX_LABELS {
-        return Err(JobError::InvalidLabel {
-            key: format!("({} labels)", labels.len()),
-            reason: "at most 64 labels",
-        });
-    }
-    for (key, value) in labels {
-        let invalid = |reason| JobError::InvalidLabel {
-            key: key.clone(),
-            reason,
-        };
-        if key.is_empty() || key.len() > MAX_KEY_LEN {
-            return Err(invalid("keys are 1 to 63 characters"));
-        }
-        if !key.starts_with(|c: char| c.is_ascii_alphanumeric())
-            || !key
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
-        {
-            return Err(invalid(
-                "keys are [A-Za-z0-9._/-], starting with a letter or digit",
-            ));
-        }
-        if value.len() > MAX_VALUE_LEN {
-            return Err(invalid("values are at most 1024 bytes"));
-        }
-        if value.chars().any(char::is_control) {
-            return Err(invalid("values must not contain control characters"));
-        }
-    }
-    Ok(())
-}
-
-fn validate_name(name: &str) -> Result<(), JobError> {
-    if name.is_empty() || name.len() > MAX_NAME_LEN {
-        return Err(JobError::InvalidName("names are 1 to 128 bytes"));
-    }
-    if name.chars().any(char::is_control) {
-        return Err(JobError::InvalidName(
-            "names must not contain control characters",
-        ));
-    }
-    Ok(())
-}
-
-/// Parses `key=value` (as given to `tollgate run --label`).
-pub fn parse_label(text: &str) -> Result<(String, String), String> {
-    let (key, value) = text
-        .split_once('=')
-        .ok_or_else(|| format!("label `{text}` is not key=value"))?;
-    Ok((key.to_owned(), value.to_owned()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
-
-    #[test]
-    fn label_validation() {
-        assert!(validate_labels(&labels(&[("repo", "acme/api"), ("ci.run-id", "42")])).is_ok());
-        assert!(validate_labels(&labels(&[("", "x")])).is_err());
-        assert!(validate_labels(&labels(&[("-x", "x")])).is_err());
-        assert!(validate_labels(&labels(&[("a b", "x")])).is_err());
-        assert!(validate_labels(&labels(&[("a", "x\ny")])).is_err());
-        assert!(validate_labels(&labels(&[(&"k".repeat(64), "x")])).is_err());
-        assert!(validate_name("deploy").is_ok());
-        assert!(validate_name("").is_err());
-    }
-
-    #[test]
-    fn parses_labels() {
-        assert_eq!(
-            parse_label("repo=acme/api=x").unwrap(),
-            ("repo".to_owned(), "acme/api=x".to_owned())
-        );
-        assert!(parse_label("repo").is_err());
     }
 }
