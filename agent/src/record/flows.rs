@@ -1,6 +1,6 @@
 //! UDP flows in the store: one row per flow, written when it is decided and again when
 //! it ends.
-use rusqlite::{Connection, Transaction, params};
+use rusqlite::{Transaction, params};
 
 use super::{RecordError, UdpFlowRecord, query::Store};
 
@@ -38,29 +38,6 @@ pub(super) fn upsert(tx: &Transaction<'_>, f: &UdpFlowRecord) -> rusqlite::Resul
         f.ended,
     ])?;
     Ok(())
-}
-
-/// Inserts the journal's flows the store does not have, as cut by the agent's stop.
-/// Returns how many were missing.
-pub(super) fn replay(conn: &mut Connection, flows: &[UdpFlowRecord]) -> rusqlite::Result<usize> {
-    let tx = conn.transaction()?;
-    let mut recovered = 0;
-    for flow in flows {
-        let exists: bool = tx.query_row(
-            "SELECT EXISTS (SELECT 1 FROM udp_flows WHERE id = ?1)",
-            params![flow.id],
-            |r| r.get(0),
-        )?;
-        if !exists {
-            let mut flow = flow.clone();
-            flow.ended
-                .get_or_insert_with(|| "the agent stopped before the flow ended".to_owned());
-            upsert(&tx, &flow)?;
-            recovered += 1;
-        }
-    }
-    tx.commit()?;
-    Ok(recovered)
 }
 
 impl Store {

@@ -81,23 +81,36 @@ pub fn spawn(
         path: journal_dir.clone(),
         source,
     })?;
-    if !left.connections.is_empty() {
-        let recovered = replay(&mut conn, &left.connections).map_err(open_err)?;
-        if recovered > 0 {
-            tracing::warn!(
-                recovered,
-                "recorded connections from the journal of an agent that stopped uncleanly"
-            );
-        }
-    }
-    if !left.flows.is_empty() {
-        let recovered = super::flows::replay(&mut conn, &left.flows).map_err(open_err)?;
-        if recovered > 0 {
-            tracing::warn!(
-                recovered,
-                "recorded UDP flows from the journal of an agent that stopped uncleanly"
-            );
-        }
+    let connections = replay(
+        &mut conn,
+        "connections",
+        &left.connections,
+        |c| &c.id,
+        |tx, mut c| {
+            c.error
+                .get_or_insert_with(|| "the agent stopped before the connection ended".into());
+            insert_connection(tx, &c)
+        },
+    )
+    .map_err(open_err)?;
+    let flows = replay(
+        &mut conn,
+        "udp_flows",
+        &left.flows,
+        |f| &f.id,
+        |tx, mut f| {
+            f.ended
+                .get_or_insert_with(|| "the agent stopped before the flow ended".into());
+            super::flows::upsert(tx, &f)
+        },
+    )
+    .map_err(open_err)?;
+    if connections + flows > 0 {
+        tracing::warn!(
+            connections,
+            flows,
+            "recorded from the journal of an agent that stopped uncleanly"
+        );
     }
     for segment in old {
         let _ = std::fs::remove_file(segment);
@@ -154,22 +167,25 @@ struct Writer {
     retired: Vec<Retired>,
 }
 
-/// Inserts the journal's rows the store does not have, as cut by the agent's stop.
-/// Returns how many were missing.
-fn replay(conn: &mut Connection, rows: &[ConnectionRecord]) -> rusqlite::Result<usize> {
+/// Inserts the journal's rows that `table` lacks (by id), each marked by `cut` as cut
+/// by the agent's stop. Returns how many were missing.
+fn replay<T: Clone>(
+    conn: &mut Connection,
+    table: &str,
+    rows: &[T],
+    id: impl Fn(&T) -> &str,
+    cut: impl Fn(&rusqlite::Transaction<'_>, T) -> rusqlite::Result<()>,
+) -> rusqlite::Result<usize> {
     let tx = conn.transaction()?;
     let mut recovered = 0;
     for row in rows {
         let exists: bool = tx.query_row(
-            "SELECT EXISTS (SELECT 1 FROM connections WHERE id = ?1)",
-            params![row.id],
+            &format!("SELECT EXISTS (SELECT 1 FROM {table} WHERE id = ?1)"),
+            params![id(row)],
             |r| r.get(0),
         )?;
         if !exists {
-            let mut row = row.clone();
-            row.error
-                .get_or_insert_with(|| "the agent stopped before the connection ended".into());
-            insert_connection(&tx, &row)?;
+            cut(&tx, row.clone())?;
             recovered += 1;
         }
     }
