@@ -7,7 +7,7 @@ pub mod relay;
 
 use std::time::Duration;
 
-use prometheus::{IntCounterVec, IntGauge, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Registry};
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::{counter_vec, gauge};
@@ -36,12 +36,32 @@ impl Default for UdpConfig {
 pub struct UdpMetrics {
     flows: IntCounterVec,
     datagrams: IntCounterVec,
-    bytes: IntCounterVec,
     pub active: IntGauge,
+    /// The per-datagram series of relayed traffic, resolved once (not per datagram).
+    relayed: [(IntCounter, IntCounter); 2],
 }
 
 impl UdpMetrics {
     pub fn new(registry: &Registry) -> Self {
+        let datagrams = counter_vec(
+            registry,
+            "tollgate_udp_datagrams_total",
+            "Datagrams of jobs' UDP flows, by direction (out, in) and outcome (relayed, \
+             denied, dropped, unattributed).",
+            &["direction", "outcome"],
+        );
+        let bytes = counter_vec(
+            registry,
+            "tollgate_udp_bytes_total",
+            "Payload bytes relayed for jobs' UDP flows, by direction.",
+            &["direction"],
+        );
+        let relayed = ["out", "in"].map(|direction| {
+            (
+                datagrams.with_label_values(&[direction, "relayed"]),
+                bytes.with_label_values(&[direction]),
+            )
+        });
         Self {
             flows: counter_vec(
                 registry,
@@ -50,19 +70,8 @@ impl UdpMetrics {
                  was enforced (relay or kernel).",
                 &["decision", "enforced_by"],
             ),
-            datagrams: counter_vec(
-                registry,
-                "tollgate_udp_datagrams_total",
-                "Datagrams of jobs' UDP flows, by direction (out, in) and outcome (relayed, \
-                 denied, dropped, unattributed).",
-                &["direction", "outcome"],
-            ),
-            bytes: counter_vec(
-                registry,
-                "tollgate_udp_bytes_total",
-                "Payload bytes relayed for jobs' UDP flows, by direction.",
-                &["direction"],
-            ),
+            datagrams,
+            relayed,
             active: gauge(
                 registry,
                 "tollgate_udp_flows_active",
@@ -76,13 +85,14 @@ impl UdpMetrics {
     }
 
     pub fn datagram(&self, direction: &str, outcome: &str, bytes: usize) {
-        self.datagrams
-            .with_label_values(&[direction, outcome])
-            .inc();
         if outcome == "relayed" {
-            self.bytes
-                .with_label_values(&[direction])
-                .inc_by(bytes as u64);
+            let (datagrams, payload) = &self.relayed[usize::from(direction == "in")];
+            datagrams.inc();
+            payload.inc_by(bytes as u64);
+        } else {
+            self.datagrams
+                .with_label_values(&[direction, outcome])
+                .inc();
         }
     }
 }
