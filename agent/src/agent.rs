@@ -181,6 +181,7 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
     let bpf::Installed {
         maps,
         events,
+        unix_rules,
         attachment,
         mut coverage,
     } = bpf::install(
@@ -214,8 +215,28 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
         tracing::warn!(
             "unix sockets are not covered: a job's connects to them (docker.sock among \
              them) are neither decided nor recorded (unix:connect needs cgroup/connect_unix, \
-             kernel 6.7+, which this build does not attach)"
+             kernel 6.7+)"
         );
+    }
+    // The unix verdicts are in the kernel before the first job runs, and again before
+    // anything runs in each new job.
+    let unix = Arc::new(crate::unix::Gate::new(
+        config.unix.clone(),
+        unix_rules,
+        jobs.clone(),
+        enforcer.clone(),
+        recorder.clone(),
+        metrics.unix.clone(),
+        metrics.jobs.clone(),
+    ));
+    unix.refresh();
+    {
+        let gate = Arc::downgrade(&unix);
+        jobs.on_change(Box::new(move || {
+            if let Some(gate) = gate.upgrade() {
+                gate.refresh();
+            }
+        }));
     }
 
     // Job processes are scanned for sockets from outside their job, and (without BPF
@@ -250,6 +271,7 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
         recorder.clone(),
         metrics.jobs.clone(),
         udp.clone(),
+        unix.clone(),
     )?;
     let dns_sockets =
         crate::dns::server::Resolver::bind(config.proxy.port, config.proxy.ipv4, config.proxy.ipv6)
@@ -320,6 +342,7 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
     let reload = PolicyReload {
         enforcer: enforcer.clone(),
         udp: udp.clone(),
+        unix: unix.clone(),
         notify: policy_tx.clone(),
         interval: config.policy.reload_interval,
     };
@@ -361,6 +384,7 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
     // Everything that holds a recorder goes before the writer is told to finish.
     drop(reload);
     drop(udp);
+    drop(unix);
     drop(recorder);
     drop(admin_state);
     writer.shutdown();
@@ -391,6 +415,7 @@ fn raise_fd_limit() {
 struct PolicyReload {
     enforcer: Arc<Enforcer>,
     udp: Arc<crate::udp::relay::Relay>,
+    unix: Arc<crate::unix::Gate>,
     notify: Arc<watch::Sender<u64>>,
     interval: Duration,
 }
@@ -400,6 +425,7 @@ impl PolicyReload {
         if let Ok(reloaded) = self.enforcer.reload() {
             // The kernel's UDP decisions first: they take effect on the next datagram.
             self.udp.apply_policy();
+            self.unix.refresh();
             let _ = self.notify.send(reloaded.generation);
         }
     }
@@ -519,6 +545,18 @@ fn spawn_resolver(
         .map_err(runtime_err("dns"))
 }
 
+/// Reads the host's bound unix sockets again now and then, so that their verdicts are
+/// in the kernel before a job connects to one.
+async fn unix_refresh(gate: Arc<crate::unix::Gate>) {
+    let mut tick = tokio::time::interval(gate.refresh_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let gate = gate.clone();
+        let _ = tokio::task::spawn_blocking(move || gate.refresh()).await;
+    }
+}
+
 /// What the control-plane thread serves and looks after.
 struct ControlPlane {
     handler: Arc<AgentControl>,
@@ -589,6 +627,7 @@ fn spawn_control_plane(
                 tokio::spawn(admin::serve(admin, admin_state.clone()));
                 tokio::spawn(control.serve(handler));
                 tokio::spawn(events.run());
+                tokio::spawn(unix_refresh(reload.unix.clone()));
                 tokio::spawn(crate::events::watch_jobs(
                     scanner,
                     jobs.clone(),

@@ -7,6 +7,7 @@ mod maps;
 mod moves;
 mod syscall;
 mod tamper;
+mod unix;
 
 use std::{
     fs,
@@ -26,13 +27,14 @@ use aya::{
 use tollgate_common::{
     ABI_VERSION, MAP_CONN_BY_COOKIE, MAP_CONN_BY_TUPLE, MAP_COUNTERS, MAP_EVENTS, MAP_JOB_SOCKETS,
     MAP_SETTINGS, MAP_SOCK_ALLOW, MAP_UDP_BY_TUPLE, MAP_UDP_DENIED, MAP_UDP_RELAY_PEER,
-    MAP_UDP_RELAY_PORT, Settings, SockKind,
+    MAP_UDP_RELAY_PORT, MAP_UNIX_RULES, Settings, SockKind,
 };
 
 use bpffs::ensure_bpffs;
 pub use maps::{ConnMaps, MapOccupancy};
 pub use moves::watch_moves;
 pub use tamper::Guard;
+pub use unix::{UNIX_PROGRAMS, UnixRules};
 
 /// The eBPF object built by agent/build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tollgate"));
@@ -63,7 +65,8 @@ const OPTIONAL_PROGRAMS: [(&str, &str, &str); 1] = [(
     "link_socket_post_create",
     "socket_post_create",
 )];
-const MAPS: [&str; 11] = [
+const MAPS: [&str; 12] = [
+    MAP_UNIX_RULES,
     MAP_CONN_BY_COOKIE,
     MAP_JOB_SOCKETS,
     MAP_UDP_BY_TUPLE,
@@ -167,9 +170,9 @@ pub struct Coverage {
     /// redirected, so its holder is found by the scan and killed.
     #[serde(default)]
     pub outside_sockets: OutsideSockets,
-    /// Whether a job's connects to unix sockets (docker.sock among them) are decided
-    /// (`unix:connect`). Not yet on any kernel: that needs cgroup/connect_unix programs
-    /// (kernel 6.7+), which the eBPF loader Tollgate uses cannot attach.
+    /// Whether a job's connects (and addressed sends) to unix sockets, docker.sock among
+    /// them, are decided (`unix:connect`): needs cgroup/connect_unix and sendmsg_unix
+    /// programs (kernel 6.7+).
     #[serde(default)]
     pub unix_sockets: bool,
 }
@@ -190,6 +193,9 @@ pub struct Installed {
     pub maps: ConnMaps,
     /// The events ring buffer, for the agent's event reader.
     pub events: Map,
+    /// The unix socket verdicts (written even where the kernel cannot run the unix
+    /// programs: then nothing reads them).
+    pub unix_rules: UnixRules,
     pub attachment: Attachment,
     pub coverage: Coverage,
 }
@@ -254,7 +260,7 @@ pub fn install(
                 found,
             });
         }
-        let (mut maps, events) = open_pinned_maps(pin_dir)?;
+        let (mut maps, events, unix_rules) = open_pinned_maps(pin_dir)?;
         maps.write_settings(settings)?;
         maps.write_sock_allow(sock_allow)?;
         let coverage = Coverage {
@@ -264,11 +270,13 @@ pub fn install(
             }),
             cgroup_moves: false,
             outside_sockets: OutsideSockets::DetectedAndKilled,
-            unix_sockets: false,
+            // An earlier agent that could not attach them: this one tries again.
+            unix_sockets: unix::pinned(pin_dir) || attach_unix(pin_dir, cgroup_parent)?,
         };
         return Ok(Installed {
             maps,
             events,
+            unix_rules,
             attachment: Attachment::Adopted,
             coverage,
         });
@@ -287,7 +295,8 @@ pub fn install(
     for pin in link_pins.iter().cloned().chain(
         OPTIONAL_PROGRAMS
             .iter()
-            .map(|(_, pin, _)| pin_dir.join(pin)),
+            .map(|(_, pin, _)| pin_dir.join(pin))
+            .chain(UNIX_PROGRAMS.iter().map(|p| pin_dir.join(p.pin))),
     ) {
         remove_if_exists(&pin)?;
     }
@@ -377,12 +386,31 @@ pub fn install(
         }
     }
     let events = take(&mut ebpf, MAP_EVENTS)?;
+    let unix_rules = UnixRules::new(take(&mut ebpf, MAP_UNIX_RULES)?);
+    coverage.unix_sockets = attach_unix(pin_dir, cgroup_parent)?;
     Ok(Installed {
         maps,
         events,
+        unix_rules,
         attachment: Attachment::Fresh,
         coverage,
     })
+}
+
+/// Attaches the unix programs; false (and a warning) where this kernel cannot run them.
+fn attach_unix(pin_dir: &Path, cgroup_parent: &Path) -> Result<bool, BpfError> {
+    let cgroup = fs::File::open(cgroup_parent).map_err(io_err(cgroup_parent))?;
+    match unix::attach(pin_dir, &cgroup) {
+        Ok(()) => Ok(true),
+        Err(error) => {
+            tracing::warn!(
+                %error,
+                "this kernel cannot run cgroup/connect_unix programs (kernel 6.7+): a job's \
+                 connects to unix sockets (docker.sock among them) are not decided or recorded"
+            );
+            Ok(false)
+        }
+    }
 }
 
 fn attach_lsm_cgroup(
@@ -431,7 +459,7 @@ fn take(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<Map, BpfError> {
     ebpf.take_map(name).ok_or(BpfError::Missing(name))
 }
 
-fn open_pinned_maps(pin_dir: &Path) -> Result<(ConnMaps, Map), BpfError> {
+fn open_pinned_maps(pin_dir: &Path) -> Result<(ConnMaps, Map, UnixRules), BpfError> {
     let open = |name: &'static str| -> Result<Map, BpfError> {
         let data = MapData::from_pin(pin_dir.join(name))
             .map_err(|source| BpfError::Map { name, source })?;
@@ -453,6 +481,7 @@ fn open_pinned_maps(pin_dir: &Path) -> Result<(ConnMaps, Map), BpfError> {
             },
         ),
         open(MAP_EVENTS)?,
+        UnixRules::new(open(MAP_UNIX_RULES)?),
     ))
 }
 
@@ -463,7 +492,8 @@ pub fn uninstall(pin_dir: &Path) -> Result<Vec<PathBuf>, BpfError> {
     let pins = PROGRAMS
         .iter()
         .map(|(_, pin)| *pin)
-        .chain(OPTIONAL_PROGRAMS.iter().map(|(_, pin, _)| *pin));
+        .chain(OPTIONAL_PROGRAMS.iter().map(|(_, pin, _)| *pin))
+        .chain(UNIX_PROGRAMS.iter().map(|p| p.pin));
     for pin in pins {
         let path = pin_dir.join(pin);
         if remove_if_exists(&path)? {

@@ -107,6 +107,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Jobs' connects to unix sockets (decided by `unix:connect`), newest first.
+    Unix {
+        /// Only this job's.
+        #[arg(long)]
+        job: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
     /// Set this host up for a CI runner: hooks, systemd unit, directories, socket group.
     Install {
         #[command(subcommand)]
@@ -323,6 +333,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("unexpected reply");
             };
             output::udp_flows(&flows, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Unix { job, limit, json } => {
+            let request = Request::ListUnix { job_id: job, limit };
+            let Response::Unix { connects } = call(&socket, &request)? else {
+                anyhow::bail!("unexpected reply");
+            };
+            output::unix_connects(&connects, json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Jobs { json } => {

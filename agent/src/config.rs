@@ -63,6 +63,8 @@ pub struct Config {
     pub dns: crate::dns::DnsConfig,
     /// `[udp]`: the relay of jobs' UDP other than DNS (decided by `udp:send`).
     pub udp: crate::udp::UdpConfig,
+    /// `[unix]`: jobs' connects to unix sockets (decided by `unix:connect`).
+    pub unix: crate::unix::UnixConfig,
     /// The targets catalog: named destinations for policies (`[[targets]]`).
     pub targets: Vec<TargetSpec>,
 }

@@ -261,6 +261,19 @@ impl Enforcer {
         }
     }
 
+    /// Decides a job's connect to a unix socket (`unix:connect`): without policy, the
+    /// default (container-engine sockets denied, everything else allowed).
+    pub fn decide_unix(
+        &self,
+        principal: &tollgate_policy::Principal,
+        socket: tollgate_policy::unix::UnixSocket<'_>,
+    ) -> Decision {
+        match self.active.load().engine.as_ref() {
+            Some(engine) => engine.decide_unix(principal, socket),
+            None => tollgate_policy::unix::without_policy(socket),
+        }
+    }
+
     /// Whether UDP flows must be decided one by one (some permit may apply to
     /// `udp:send`, or audit mode); otherwise the kernel refuses them all.
     pub fn decides_udp(&self) -> bool {

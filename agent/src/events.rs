@@ -5,7 +5,7 @@ use std::{mem::size_of, sync::Arc};
 
 use aya::maps::{Map, MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
-use tollgate_common::{Event, EventKind, MAP_EVENTS};
+use tollgate_common::{Event, EventKind, MAP_EVENTS, UnixEvent};
 
 use crate::{
     bpf::BpfError,
@@ -20,6 +20,7 @@ pub struct EventReader {
     recorder: Recorder,
     metrics: Arc<JobMetrics>,
     udp: Arc<crate::udp::relay::Relay>,
+    unix: Arc<crate::unix::Gate>,
 }
 
 /// Records an event on its job: one row, one counter increment, one log line.
@@ -44,6 +45,7 @@ impl EventReader {
         recorder: Recorder,
         metrics: Arc<JobMetrics>,
         udp: Arc<crate::udp::relay::Relay>,
+        unix: Arc<crate::unix::Gate>,
     ) -> Result<Self, BpfError> {
         let ring = RingBuf::try_from(map).map_err(|source| BpfError::Map {
             name: MAP_EVENTS,
@@ -55,6 +57,7 @@ impl EventReader {
             recorder,
             metrics,
             udp,
+            unix,
         })
     }
 
@@ -66,6 +69,7 @@ impl EventReader {
             recorder,
             metrics,
             udp,
+            unix,
         } = self;
         // SAFETY: the ring owns its map fd, which stays open and unchanged for as long as
         // the AsyncFd owns the ring.
@@ -88,6 +92,10 @@ impl EventReader {
             };
             let ring = guard.get_inner_mut();
             while let Some(item) = ring.next() {
+                if let Some(event) = parse_unix(&item) {
+                    unix.reported(&event);
+                    continue;
+                }
                 match parse(&item) {
                     Some(event) if event.kind == EventKind::CgroupMove as u32 => {
                         if let Some(record) = left_job(&event, &jobs) {
@@ -156,6 +164,17 @@ fn parse(bytes: &[u8]) -> Option<Event> {
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
 }
 
+/// A [`UnixEvent`], told apart from an [`Event`] by its kind.
+fn parse_unix(bytes: &[u8]) -> Option<UnixEvent> {
+    let kind = u32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?);
+    if kind != EventKind::UnixConnect as u32 || bytes.len() < size_of::<UnixEvent>() {
+        return None;
+    }
+    // SAFETY: the slice holds a whole UnixEvent, which is plain data valid for any
+    // bytes; read_unaligned needs no alignment.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<UnixEvent>()) })
+}
+
 fn to_record(event: &Event, jobs: &JobRegistry) -> EventRecord {
     let job = jobs.resolve(event.cgroup_id);
     let comm = crate::proxy::comm_str(&event.comm);
@@ -171,6 +190,7 @@ fn to_record(event: &Event, jobs: &JobRegistry) -> EventRecord {
             "refused",
             format!("udp to {}", crate::proxy::tuple_addr(&event.dst)),
         ),
+        Some(EventKind::UnixConnect) => ("unix_connect", "recorded", String::new()),
         Some(EventKind::CgroupMove) => (
             "cgroup_move",
             "recorded",

@@ -192,6 +192,8 @@ pub struct JobRegistry {
     /// The sockets processes brought into their jobs.
     pub brought: crate::sockets::brought::Brought,
     writer: Mutex<()>,
+    /// Called when a job starts or its identity changes (the unix verdicts follow).
+    changed: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
     tree: CgroupTree,
     recorder: Recorder,
     metrics: Arc<JobMetrics>,
@@ -213,6 +215,7 @@ impl JobRegistry {
             members: Mutex::new(HashMap::new()),
             brought: crate::sockets::brought::Brought::default(),
             writer: Mutex::new(()),
+            changed: std::sync::OnceLock::new(),
             tree,
             recorder,
             metrics,
@@ -231,6 +234,18 @@ impl JobRegistry {
         }
         let job_id = self.tree.find_job_of(cgroup_id)?;
         jobs.values().find(|job| job.id == job_id).cloned()
+    }
+
+    /// Sets what is called, before anything runs in it, when a job starts or its
+    /// identity changes. Only the first call takes effect.
+    pub fn on_change(&self, hook: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.changed.set(hook);
+    }
+
+    fn changed(&self) {
+        if let Some(hook) = self.changed.get() {
+            hook();
+        }
     }
 
     pub fn list(&self) -> Vec<Arc<Job>> {
@@ -319,6 +334,7 @@ impl JobRegistry {
         self.update(|jobs| {
             jobs.insert(inserted.cgroup_id, inserted);
         });
+        self.changed();
         tracing::info!(job = %job.id, labels = ?job.labels, identity = %job.identity.summary(), cgroup = %job.cgroup_path.display(), "job created");
         Ok(job)
     }
@@ -411,6 +427,7 @@ impl JobRegistry {
         self.update(|jobs| {
             jobs.insert(replaced.cgroup_id, replaced);
         });
+        self.changed();
         if !self.recorder.record_durably(
             RecordEvent::JobIdentity {
                 id: job.id.clone(),

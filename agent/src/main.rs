@@ -21,6 +21,7 @@ mod proxy;
 mod record;
 mod sockets;
 mod udp;
+mod unix;
 
 /// mimalloc instead of glibc's allocator: the data path allocates a statement's record
 /// on a proxy thread and the recorder thread frees it, a cross-thread pattern glibc

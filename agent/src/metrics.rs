@@ -24,6 +24,7 @@ pub struct Metrics {
     pub postgres: Arc<PostgresMetrics>,
     pub dns: Arc<DnsMetrics>,
     pub udp: Arc<crate::udp::UdpMetrics>,
+    pub unix: Arc<crate::unix::UnixMetrics>,
 }
 
 impl Default for Metrics {
@@ -96,6 +97,7 @@ impl Metrics {
             postgres: Arc::new(PostgresMetrics::new(&registry)),
             dns: Arc::new(DnsMetrics::new(&registry)),
             udp: Arc::new(crate::udp::UdpMetrics::new(&registry)),
+            unix: Arc::new(crate::unix::UnixMetrics::new(&registry)),
             control: Arc::new(ControlMetrics::new(&registry)),
             bpf: Arc::new(BpfMetrics::new(&registry)),
             policy: Arc::new(PolicyMetrics::new(&registry)),

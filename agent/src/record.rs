@@ -6,6 +6,7 @@ mod query;
 mod queue;
 mod retention;
 mod schema;
+mod unix;
 pub mod writer;
 
 use std::{
@@ -230,6 +231,9 @@ pub enum RecordEvent {
     Dns(Box<DnsRecord>),
     /// A UDP flow of a job: written when it is decided, and again (complete) when it ends.
     UdpFlow(Box<UdpFlowRecord>),
+    /// A job's connect (or addressed send) to a unix socket: added to the row of its
+    /// cgroup, path and decision.
+    Unix(Box<UnixRecord>),
     /// Answered once everything queued before it is committed.
     Flush(SyncSender<()>),
     /// The same, for a task that awaits it.
@@ -293,6 +297,31 @@ pub struct DnsRecord {
 
 /// One UDP flow of a job: one socket's datagrams to one destination (or, refused in the
 /// kernel, one process's), decided once.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnixRecord {
+    pub job_id: Option<String>,
+    pub cgroup_id: u64,
+    /// The path as the job named it (an abstract name as `@name`).
+    pub path: String,
+    /// The container engine it belongs to, if any.
+    pub engine: Option<String>,
+    /// An addressed datagram (`sendmsg`) rather than a `connect`.
+    pub send: bool,
+    /// `allow`, `deny` or `would_deny`: what the kernel did.
+    pub decision: String,
+    pub policy_ids: Vec<String>,
+    pub reason: String,
+    pub first_at: i64,
+    pub last_at: i64,
+    /// Connects (and sends) with this decision.
+    pub connects: u64,
+    /// The first process's facts.
+    pub pid: u32,
+    pub uid: u32,
+    pub comm: String,
+    pub exe: Option<String>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UdpFlowRecord {
     pub id: String,

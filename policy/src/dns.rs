@@ -85,6 +85,7 @@ fn dns_target(query: &DnsQuery<'_>, target: Option<&TargetSpec>) -> Result<Entit
         destination: query.server,
         hostname: Some(query.name),
         protocol: Some("dns"),
+        unix: None,
     };
     target_entity_seen(uid, &seen, target).map_err(|e| e.to_string())
 }

@@ -341,8 +341,10 @@ fn job_entity(
 pub(crate) struct Seen<'a> {
     pub destination: SocketAddr,
     pub hostname: Option<&'a str>,
-    /// Overrides the target's protocol (`dns` for a DNS query).
+    /// Overrides the target's protocol (`dns` for a DNS query, `unix` for a unix socket).
     pub protocol: Option<&'a str>,
+    /// For a unix socket: its path, and the container engine it belongs to.
+    pub unix: Option<(&'a str, &'a str)>,
 }
 
 fn target_entity(
@@ -355,6 +357,7 @@ fn target_entity(
         destination,
         hostname,
         protocol: None,
+        unix: None,
     };
     target_entity_seen(uid, &seen, target)
 }
@@ -369,7 +372,9 @@ pub(crate) fn target_entity_seen(
         destination,
         hostname,
         protocol,
+        unix,
     } = *seen;
+    let (path, engine) = unix.unwrap_or(("", ""));
     let ip = canonical(destination.ip());
     let tags = target.map(|t| t.tags.clone()).unwrap_or_default();
     let attrs: BTreeMap<String, RestrictedExpression> = [
@@ -398,6 +403,8 @@ pub(crate) fn target_entity_seen(
             ),
         ),
         ("hostname".to_owned(), string(hostname.unwrap_or(""))),
+        ("path".to_owned(), string(path)),
+        ("engine".to_owned(), string(engine)),
         (
             "tags".to_owned(),
             RestrictedExpression::new_set(tags.iter().map(|(k, v)| string(&format!("{k}={v}")))),

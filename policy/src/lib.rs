@@ -11,6 +11,7 @@ pub mod schema;
 pub mod targets;
 pub mod testcases;
 pub mod udp;
+pub mod unix;
 
 use std::{collections::BTreeMap, net::SocketAddr};
 

@@ -42,6 +42,9 @@ entity Job = {
 // Tags are entity tags and also a set of "key=value" strings.
 // hostname: for dns:query, the name queried (lowercase, no trailing dot); match suffixes
 // with `like`: resource.hostname like "*.corp.example". For connect, "" for now.
+// path and engine: for unix:connect, the socket's path (an abstract name as "@name") and
+// the container engine it belongs to ("docker", "containerd", "podman", else ""); ""
+// for every other action. A unix socket's ip is 0.0.0.0, its port 0, its protocol "unix".
 entity Target = {
   name: String,
   known: Bool,
@@ -49,6 +52,8 @@ entity Target = {
   port: Long,
   protocol: String,
   hostname: String,
+  path: String,
+  engine: String,
   tags: Set<String>,
 } tags String;
 
@@ -75,6 +80,12 @@ action "dns:query" appliesTo {
 // once per flow (a socket and a destination). Denied unless a policy permits it, so QUIC
 // (UDP/443) is refused and clients fall back to TCP. The resource is as for connect.
 action "udp:send" appliesTo { principal: [Job], resource: [Target] };
+// A job's connect (or addressed datagram) to a unix socket, by path. Allowed unless a
+// policy forbids it, except container-engine sockets (resource.engine != ""), which hand
+// out containers outside every job: they are denied unless a policy permits them. The
+// kernel decides at once, so a decision cannot depend on principal.process (uid and gid
+// are 4294967295, comm and exe "").
+action "unix:connect" appliesTo { principal: [Job], resource: [Target] };
 action "http:request" appliesTo {
   principal: [Job],
   resource: [Target],

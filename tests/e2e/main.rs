@@ -18,6 +18,7 @@ mod run_cli;
 mod sockets;
 mod stress;
 mod udp;
+mod unix;
 
 use serde_json::Value;
 use tollgate_e2e::Agent;

@@ -145,6 +145,13 @@ impl AgentControl {
                     Err(e) => error(e),
                 }
             }
+            Request::ListUnix { job_id, limit } => {
+                let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+                match store.unix_connects(job_id.as_deref(), limit) {
+                    Ok(connects) => Response::Unix { connects },
+                    Err(e) => error(e),
+                }
+            }
             Request::ListUdpFlows { job_id, limit } => {
                 let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
                 match store.udp_flows(job_id.as_deref(), limit) {

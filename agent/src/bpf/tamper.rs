@@ -42,7 +42,7 @@ fn pin_syscall(cmd: libc::c_long, attr: &mut PinAttr) -> libc::c_long {
 }
 
 /// Opens a pinned object.
-fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+pub(super) fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     let name = c_path(path)?;
     let mut attr = PinAttr {
         pathname: name.as_ptr() as u64,
@@ -57,7 +57,7 @@ fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+pub(super) fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
     let name = c_path(path)?;
     let mut attr = PinAttr {
         pathname: name.as_ptr() as u64,
@@ -133,7 +133,8 @@ impl Guard {
         let names = PROGRAMS
             .iter()
             .map(|(name, pin)| (*name, *pin))
-            .chain(OPTIONAL_PROGRAMS.iter().map(|(name, pin, _)| (*name, *pin)));
+            .chain(OPTIONAL_PROGRAMS.iter().map(|(name, pin, _)| (*name, *pin)))
+            .chain(super::UNIX_PROGRAMS.iter().map(|p| (p.name, p.pin)));
         let mut links = Vec::new();
         for (name, pin) in names {
             let path = pin_dir.join(pin);

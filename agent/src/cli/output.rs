@@ -256,6 +256,30 @@ pub fn dns(queries: &[DnsRecord], json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub fn unix_connects(rows: &[crate::record::UnixRecord], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(rows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<24}  {:<36}  {:<16}  {:<40}  {:<10}  {:>8}  REASON",
+        "LAST", "JOB", "COMM", "PATH", "DECISION", "CONNECTS"
+    );
+    for u in rows {
+        println!(
+            "{:<24}  {:<36}  {:<16}  {:<40}  {:<10}  {:>8}  {}",
+            time(u.last_at),
+            u.job_id.as_deref().unwrap_or("-"),
+            u.comm,
+            u.path,
+            u.decision,
+            u.connects,
+            u.reason
+        );
+    }
+    Ok(())
+}
+
 pub fn udp_flows(flows: &[UdpFlowRecord], json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(flows)?);

@@ -77,6 +77,10 @@ pub enum Request {
         job_id: Option<String>,
         limit: u32,
     },
+    ListUnix {
+        job_id: Option<String>,
+        limit: u32,
+    },
     Status {},
 }
 
@@ -93,6 +97,7 @@ impl Request {
             Request::ListEvents { .. } => "list_events",
             Request::ListDns { .. } => "list_dns",
             Request::ListUdpFlows { .. } => "list_udp_flows",
+            Request::ListUnix { .. } => "list_unix",
             Request::Status {} => "status",
             Request::GithubJobStarted { .. } => "github_job_started",
             Request::GithubJobCompleted {} => "github_job_completed",
@@ -168,6 +173,9 @@ pub enum Response {
     },
     UdpFlows {
         flows: Vec<UdpFlowRecord>,
+    },
+    Unix {
+        connects: Vec<crate::record::UnixRecord>,
     },
     Status(Status),
     Done,

@@ -25,6 +25,7 @@ pub struct Pruned {
     pub events: u64,
     pub dns: u64,
     pub udp_flows: u64,
+    pub unix_connects: u64,
     /// A chunk was full: there may be more to delete.
     pub more: bool,
 }
@@ -75,6 +76,12 @@ pub fn prune(conn: &mut Connection, cutoff_ms: i64) -> rusqlite::Result<Pruned> 
         params![cutoff_ms, CHUNK as i64],
     )? as u64;
     pruned.more |= pruned.udp_flows == CHUNK as u64;
+    pruned.unix_connects = tx.execute(
+        "DELETE FROM unix_connects WHERE rowid IN (SELECT rowid FROM unix_connects \
+         WHERE last_at < ?1 LIMIT ?2)",
+        params![cutoff_ms, CHUNK as i64],
+    )? as u64;
+    pruned.more |= pruned.unix_connects == CHUNK as u64;
     pruned.jobs = tx.execute(
         "DELETE FROM jobs WHERE ended_at IS NOT NULL AND ended_at < ?1 \
          AND NOT EXISTS (SELECT 1 FROM connections c WHERE c.job_id = jobs.id)",
@@ -179,6 +186,7 @@ mod tests {
                 events: 1,
                 dns: 0,
                 udp_flows: 1,
+                unix_connects: 0,
                 more: false,
             }
         );

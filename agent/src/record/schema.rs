@@ -1,7 +1,7 @@
 //! The SQLite schema of the recording store.
 use rusqlite::Connection;
 
-pub const VERSION: i64 = 10;
+pub const VERSION: i64 = 11;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -154,6 +154,25 @@ CREATE TABLE IF NOT EXISTS udp_flows (
     ended       TEXT
 );
 CREATE INDEX IF NOT EXISTS udp_flows_by_job ON udp_flows (job_id, first_at);
+CREATE TABLE IF NOT EXISTS unix_connects (
+    job_id      TEXT,
+    cgroup_id   INTEGER NOT NULL,
+    path        TEXT NOT NULL,
+    engine      TEXT,
+    send        INTEGER NOT NULL,
+    decision    TEXT NOT NULL,
+    policy_ids  TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    first_at    INTEGER NOT NULL,
+    last_at     INTEGER NOT NULL,
+    connects    INTEGER NOT NULL,
+    pid         INTEGER NOT NULL,
+    uid         INTEGER NOT NULL,
+    comm        TEXT NOT NULL,
+    exe         TEXT,
+    UNIQUE (cgroup_id, path, decision)
+);
+CREATE INDEX IF NOT EXISTS unix_connects_by_job ON unix_connects (job_id, last_at);
 ";
 
 /// Opens the writer's pragmas and creates the tables.

@@ -261,6 +261,7 @@ impl Writer {
                             ("event", pruned.events),
                             ("dns_query", pruned.dns),
                             ("udp_flow", pruned.udp_flows),
+                            ("unix_connect", pruned.unix_connects),
                         ] {
                             if rows > 0 {
                                 self.metrics.pruned.with_label_values(&[kind]).inc_by(rows);
@@ -349,6 +350,7 @@ fn write_batch(conn: &mut Connection, batch: &[RecordEvent]) -> rusqlite::Result
             RecordEvent::Statement(st) if st.opened => complete_statement(&tx, st)?,
             RecordEvent::Statement(st) => insert_statement(&tx, st)?,
             RecordEvent::UdpFlow(f) => super::flows::upsert(&tx, f)?,
+            RecordEvent::Unix(u) => super::unix::upsert(&tx, u)?,
             RecordEvent::Dns(d) => {
                 tx.prepare_cached(
                     "INSERT INTO dns_queries (at, job_id, cgroup_id, pid, uid, comm, transport, \

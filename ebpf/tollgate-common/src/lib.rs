@@ -46,6 +46,19 @@ pub const MAP_JOB_SOCKETS: &str = "JOB_SOCKETS";
 pub const MAP_SOCK_ALLOW: &str = "SOCK_ALLOW";
 /// Name of the ring buffer of [`Event`]s the programs report to the agent.
 pub const MAP_EVENTS: &str = "EVENTS";
+/// Name of the map of unix socket verdicts ([`UnixKey`] -> a `UNIX_*` verdict): per job
+/// cgroup, and host-wide under cgroup id 0. A path in neither is allowed.
+pub const MAP_UNIX_RULES: &str = "UNIX_RULES";
+/// Capacity of [`MAP_UNIX_RULES`] (entries).
+pub const UNIX_RULES_CAPACITY: u32 = 65_536;
+/// Bytes of `sun_path` in `struct sockaddr_un`.
+pub const UNIX_PATH_MAX: usize = 108;
+/// A unix connect the programs allow (also the verdict of a path in no rule).
+pub const UNIX_ALLOW: u32 = 1;
+/// A unix connect the programs refuse (EPERM).
+pub const UNIX_DENY: u32 = 2;
+/// A unix connect the policy would refuse, allowed because its mode is audit.
+pub const UNIX_AUDIT: u32 = 3;
 /// Capacity of [`MAP_SOCK_ALLOW`] (entries).
 pub const SOCK_ALLOW_CAPACITY: u32 = 256;
 /// Size of the [`MAP_EVENTS`] ring buffer in bytes (a power of two, page aligned).
@@ -56,7 +69,7 @@ pub const SOCK_ANY: u32 = u32::MAX;
 
 /// Version of the layout of the maps and programs. The agent refuses to adopt pins
 /// written by a build with another version.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// What the connect hook recorded about one intercepted connection, in the client's own
 /// `connect()`. Addresses are in network byte order, as the kernel hands them over.
@@ -123,6 +136,56 @@ pub struct SockKind {
     pub protocol: u32,
 }
 
+/// A unix socket address as a job's `connect()` or `sendmsg()` named it, for the
+/// caller's cgroup: the key of [`MAP_UNIX_RULES`]. A filesystem path ends at its first
+/// NUL; an abstract name (first byte NUL) is `len` bytes. The rest is zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct UnixKey {
+    /// The caller's cgroup id, or 0 for a host-wide rule.
+    pub cgroup_id: u64,
+    /// Bytes of `path` that are the name.
+    pub len: u32,
+    pub _pad: u32,
+    pub path: [u8; UNIX_PATH_MAX],
+    pub _pad2: [u8; 4],
+}
+
+impl Default for UnixKey {
+    fn default() -> Self {
+        Self {
+            cgroup_id: 0,
+            len: 0,
+            _pad: 0,
+            path: [0; UNIX_PATH_MAX],
+            _pad2: [0; 4],
+        }
+    }
+}
+
+/// One unix connect (or addressed send) of a job, through the [`MAP_EVENTS`] ring: its
+/// first field is the kind, as in [`Event`], so the reader tells them apart.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnixEvent {
+    /// [`EventKind::UnixConnect`].
+    pub kind: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// The verdict the programs applied: [`UNIX_ALLOW`], [`UNIX_DENY`] or [`UNIX_AUDIT`].
+    pub verdict: u32,
+    pub ktime_ns: u64,
+    pub comm: [u8; 16],
+    /// 1: `sendmsg()` of a datagram; 0: `connect()`.
+    pub send: u32,
+    /// 1: the verdict came from a rule (job or host-wide); 0: the path is in no rule.
+    pub ruled: u32,
+    /// The address, with the caller's cgroup id.
+    pub addr: UnixKey,
+}
+
 /// What an [`Event`] reports.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,6 +198,8 @@ pub enum EventKind {
     /// A job's UDP datagram (or UDP connect) was refused in the kernel: no policy can
     /// permit `udp:send`, or the agent denied this socket's flow to the destination.
     UdpRefused = 3,
+    /// A job's connect (or addressed send) to a unix socket: a [`UnixEvent`].
+    UnixConnect = 4,
 }
 
 impl EventKind {
@@ -143,6 +208,7 @@ impl EventKind {
             1 => Some(Self::SocketRefused),
             2 => Some(Self::CgroupMove),
             3 => Some(Self::UdpRefused),
+            4 => Some(Self::UnixConnect),
             _ => None,
         }
     }
@@ -215,10 +281,14 @@ pub enum Counter {
     UdpRelayed = 9,
     /// `socket()` calls of jobs refused because [`MAP_JOB_SOCKETS`] was full.
     RefusedSocketMapFull = 10,
+    /// Unix connects and sends of jobs refused in the kernel (`unix:connect`).
+    RefusedUnix = 11,
+    /// Unix connects and sends of jobs allowed.
+    UnixAllowed = 12,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 13;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Redirected,
         Counter::RefusedProxyDirect,
@@ -231,6 +301,8 @@ impl Counter {
         Counter::RefusedUdp,
         Counter::UdpRelayed,
         Counter::RefusedSocketMapFull,
+        Counter::RefusedUnix,
+        Counter::UnixAllowed,
     ];
 
     /// Stable label value for metrics.
@@ -247,6 +319,8 @@ impl Counter {
             Counter::RefusedUdp => "refused_udp",
             Counter::UdpRelayed => "udp_relayed",
             Counter::RefusedSocketMapFull => "refused_socket_map_full",
+            Counter::RefusedUnix => "refused_unix",
+            Counter::UnixAllowed => "unix_allowed",
         }
     }
 }
@@ -266,6 +340,10 @@ mod pod {
     unsafe impl aya::Pod for super::Event {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::UdpDenyKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::UnixKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::UnixEvent {}
 }
 
 #[cfg(test)]
@@ -286,5 +364,10 @@ mod tests {
         assert_eq!(size_of::<SockKind>(), 12);
         assert_eq!(size_of::<Event>(), 6 * 4 + 2 * 8 + 12 + 4 + 16 + 24);
         assert_eq!(align_of::<Event>(), 8);
+        assert_eq!(size_of::<UnixKey>(), 8 + 4 + 4 + UNIX_PATH_MAX + 4);
+        assert_eq!(
+            size_of::<UnixEvent>(),
+            6 * 4 + 8 + 16 + 8 + size_of::<UnixKey>()
+        );
     }
 }

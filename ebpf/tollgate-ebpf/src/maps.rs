@@ -7,7 +7,7 @@ use aya_ebpf::{
 use tollgate_common::{
     CONN_MAP_CAPACITY, ConnInfo, Counter, EVENTS_BYTES, Event, EventKind, SOCK_ALLOW_CAPACITY,
     Settings, SockKind, TupleKey, UDP_DENIED_CAPACITY, UDP_MAP_CAPACITY, UDP_RELAY_CAPACITY,
-    UdpDenyKey,
+    UNIX_RULES_CAPACITY, UdpDenyKey, UnixKey,
 };
 
 /// Live intercepted job sockets: written by the connect hooks, read by sock_ops and
@@ -53,6 +53,12 @@ pub static JOB_SOCKETS: HashMap<u64, u64> = HashMap::pinned(CONN_MAP_CAPACITY, 0
 /// The kinds of socket a job may create, written by the agent from `[sockets] allow`.
 #[map(name = "SOCK_ALLOW")]
 pub static SOCK_ALLOW: HashMap<SockKind, u32> = HashMap::pinned(SOCK_ALLOW_CAPACITY, 0);
+
+/// Unix socket verdicts by (cgroup, address), written by the agent from `unix:connect`;
+/// cgroup id 0 holds the host-wide defaults (container-engine sockets denied). Read by
+/// the connect_unix and sendmsg_unix programs, which live in their own object.
+#[map(name = "UNIX_RULES")]
+pub static UNIX_RULES: HashMap<UnixKey, u32> = HashMap::pinned(UNIX_RULES_CAPACITY, 0);
 
 /// Events for the agent (refusals, tampering), read by its event reader.
 #[map(name = "EVENTS")]
