@@ -333,3 +333,55 @@ fn a_job_that_reaches_an_engine_socket_by_another_path_is_killed() {
     let out = agent.run_job(&[("repository", "acme/api")], &["python3", "-c", &script]);
     assert!(stdout(&out).contains("survived"), "{}", stderr(&out));
 }
+
+#[test]
+fn unix_verdicts_hold_and_are_recorded_while_the_agent_is_down() {
+    if !require_root() {
+        return;
+    }
+    let servers = Servers::start(&["docker.sock", "app.sock"]);
+    let docker = servers.path("docker.sock");
+    let app = servers.path("app.sock");
+    let mut agent = Agent::start();
+    let go = servers.path("go");
+    // Waits for the go file, then runs the client on both paths.
+    let script = format!(
+        "import os, subprocess, sys, time\n\
+         print('waiting', flush=True)\n\
+         while not os.path.exists({go:?}):\n    time.sleep(0.05)\n\
+         out = subprocess.run([sys.executable, '-c', sys.argv[1], {docker:?}, {app:?}], \
+         capture_output=True, text=True).stdout\n\
+         print(out, end='', flush=True)\n"
+    );
+    let mut job = agent
+        .run_command(
+            &[("repository", "acme/api")],
+            &["python3", "-c", &script, CLIENT],
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("job");
+    assert_eq!(tollgate_e2e::first_line(&mut job), "waiting");
+    agent.kill9();
+    std::fs::write(&go, "").expect("go");
+    let out = job.wait_with_output().expect("job output");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // The kernel kept deciding while the agent was down.
+    assert!(text.contains(&format!("{docker} errno 1")), "{text}");
+    assert!(
+        text.contains(&format!("{app} ok pong from app.sock")),
+        "{text}"
+    );
+    agent.start_again();
+    assert_eq!(agent.status()["coverage"]["unix_sockets"], true);
+    // What the kernel reported meanwhile is on record after the restart.
+    wait_for(
+        "the connects made while down",
+        Duration::from_secs(15),
+        || {
+            let rows = unix_rows(&agent);
+            (row(&rows, &docker, "deny").is_some() && row(&rows, &app, "allow").is_some())
+                .then_some(())
+        },
+    );
+}
