@@ -31,20 +31,29 @@ struct MapElemAttr {
 }
 
 fn bpf(cmd: libc::c_long, attr: &mut MapElemAttr) -> io::Result<()> {
-    // SAFETY: attr is a valid MapElemAttr whose key and value pointers outlive the call;
-    // the size passed matches the struct, and the kernel zero-extends the rest.
+    // SAFETY: attr is a valid MapElemAttr whose key and value pointers outlive the call.
+    unsafe { raw_bpf(cmd, attr) }.map(|_| ())
+}
+
+/// bpf(2) with one variant of `union bpf_attr`: its return value.
+///
+/// # Safety
+/// `attr` must be the variant `cmd` reads, with every pointer in it valid for the call
+/// and every byte past the fields the kernel knows zero.
+pub(super) unsafe fn raw_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+    // SAFETY: as the caller promises; the size passed is the variant's own.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,
             cmd,
-            attr as *mut MapElemAttr,
-            size_of::<MapElemAttr>() as libc::c_uint,
+            attr as *mut T,
+            size_of::<T>() as libc::c_uint,
         )
     };
     if rc < 0 {
         Err(io::Error::last_os_error())
     } else {
-        Ok(())
+        Ok(rc)
     }
 }
 

@@ -2,7 +2,6 @@
 use std::{
     ffi::CString,
     io,
-    mem::size_of,
     os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
 };
 
@@ -42,19 +41,9 @@ struct LinkCreateAttr {
 }
 
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<OwnedFd> {
-    // SAFETY: attr is a valid bpf_attr variant whose pointers outlive the call; the size
-    // passed is its own, and every byte past the kernel's known fields is zero.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *mut T,
-            size_of::<T>() as libc::c_uint,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // SAFETY: attr is the variant of `cmd`, its pointers outlive the call, and every byte
+    // past the kernel's known fields is zero.
+    let rc = unsafe { crate::bpf::syscall::raw_bpf(cmd, attr) }?;
     // SAFETY: on success both commands return a new file descriptor that we own.
     Ok(unsafe { OwnedFd::from_raw_fd(rc as i32) })
 }
