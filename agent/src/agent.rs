@@ -182,6 +182,7 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
         maps,
         events,
         unix_rules,
+        refusals,
         attachment,
         mut coverage,
     } = bpf::install(
@@ -195,6 +196,13 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
         &config.sockets.kinds(),
     )?;
     let maps = Arc::new(maps);
+    let refusals = crate::proxy::refusals::Remembered::new(
+        refusals,
+        config.proxy.refusal_memory,
+        jobs.clone(),
+        recorder.clone(),
+        metrics.jobs.clone(),
+    );
     let moves_watch = bpf::watch_moves(&config.bpf.pin_dir);
     coverage.cgroup_moves = moves_watch.is_some();
     let guard = bpf::Guard::new(
@@ -297,6 +305,7 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
         )?),
         metrics.postgres.clone(),
         resolver.clone(),
+        refusals.clone(),
     ));
     let admin_state = Arc::new(AdminState {
         metrics: metrics.clone(),
@@ -359,6 +368,7 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
             scanner,
             recorder: recorder.clone(),
             guard,
+            refusals: refusals.clone(),
         },
         shutdown_rx.clone(),
     )?;
@@ -385,6 +395,7 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
     drop(reload);
     drop(udp);
     drop(unix);
+    drop(refusals);
     drop(recorder);
     drop(admin_state);
     writer.shutdown();
@@ -569,6 +580,7 @@ struct ControlPlane {
     scanner: crate::sockets::scan::Scanner,
     recorder: Recorder,
     guard: bpf::Guard,
+    refusals: Option<Arc<crate::proxy::refusals::Remembered>>,
 }
 
 fn spawn_control_plane(
@@ -587,6 +599,7 @@ fn spawn_control_plane(
         scanner,
         recorder,
         guard,
+        refusals,
     } = parts;
     let scan_interval = config.sockets.scan_interval;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -628,6 +641,9 @@ fn spawn_control_plane(
                 tokio::spawn(control.serve(handler));
                 tokio::spawn(events.run());
                 tokio::spawn(unix_refresh(reload.unix.clone()));
+                if let Some(refusals) = refusals {
+                    tokio::spawn(refusals.watch());
+                }
                 tokio::spawn(crate::events::watch_jobs(
                     scanner,
                     jobs.clone(),

@@ -5,6 +5,7 @@
 mod bpffs;
 mod maps;
 mod moves;
+mod refusals;
 mod syscall;
 mod tamper;
 mod unix;
@@ -25,14 +26,15 @@ use aya::{
     },
 };
 use tollgate_common::{
-    ABI_VERSION, MAP_CONN_BY_COOKIE, MAP_CONN_BY_TUPLE, MAP_COUNTERS, MAP_EVENTS, MAP_JOB_SOCKETS,
-    MAP_SETTINGS, MAP_SOCK_ALLOW, MAP_UDP_BY_TUPLE, MAP_UDP_DENIED, MAP_UDP_RELAY_PEER,
-    MAP_UDP_RELAY_PORT, MAP_UNIX_RULES, Settings, SockKind,
+    ABI_VERSION, GLOBAL_SET_RETVAL, MAP_CONN_BY_COOKIE, MAP_CONN_BY_TUPLE, MAP_COUNTERS,
+    MAP_EVENTS, MAP_JOB_SOCKETS, MAP_REFUSED_DST, MAP_SETTINGS, MAP_SOCK_ALLOW, MAP_UDP_BY_TUPLE,
+    MAP_UDP_DENIED, MAP_UDP_RELAY_PEER, MAP_UDP_RELAY_PORT, MAP_UNIX_RULES, Settings, SockKind,
 };
 
 use bpffs::ensure_bpffs;
 pub use maps::{ConnMaps, MapOccupancy};
 pub use moves::watch_moves;
+pub use refusals::Refusals;
 pub use tamper::Guard;
 pub use unix::{UNIX_PROGRAMS, UnixRules};
 
@@ -65,7 +67,8 @@ const OPTIONAL_PROGRAMS: [(&str, &str, &str); 1] = [(
     "link_socket_post_create",
     "socket_post_create",
 )];
-const MAPS: [&str; 12] = [
+const MAPS: [&str; 13] = [
+    MAP_REFUSED_DST,
     MAP_UNIX_RULES,
     MAP_CONN_BY_COOKIE,
     MAP_JOB_SOCKETS,
@@ -196,6 +199,8 @@ pub struct Installed {
     /// The unix socket verdicts (written even where the kernel cannot run the unix
     /// programs: then nothing reads them).
     pub unix_rules: UnixRules,
+    /// Destinations that refused the proxy, refused at connect() for a while.
+    pub refusals: Refusals,
     pub attachment: Attachment,
     pub coverage: Coverage,
 }
@@ -260,7 +265,7 @@ pub fn install(
                 found,
             });
         }
-        let (mut maps, events, unix_rules) = open_pinned_maps(pin_dir)?;
+        let (mut maps, events, unix_rules, refusals) = open_pinned_maps(pin_dir)?;
         maps.write_settings(settings)?;
         maps.write_sock_allow(sock_allow)?;
         let coverage = Coverage {
@@ -277,6 +282,7 @@ pub fn install(
             maps,
             events,
             unix_rules,
+            refusals,
             attachment: Attachment::Adopted,
             coverage,
         });
@@ -300,8 +306,14 @@ pub fn install(
     ) {
         remove_if_exists(&pin)?;
     }
+    // bpf_set_retval (5.19+): where it is missing, the verifier prunes the call.
+    let set_retval = u8::from(
+        aya::util::KernelVersion::current()
+            .is_ok_and(|v| v >= aya::util::KernelVersion::new(5, 19, 0)),
+    );
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(pin_dir)
+        .override_global(GLOBAL_SET_RETVAL, &set_retval, true)
         .load(EBPF_OBJECT)?;
     // Settings first: an attached program without settings refuses every connect.
     {
@@ -387,11 +399,13 @@ pub fn install(
     }
     let events = take(&mut ebpf, MAP_EVENTS)?;
     let unix_rules = UnixRules::new(take(&mut ebpf, MAP_UNIX_RULES)?);
+    let refusals = Refusals::new(take(&mut ebpf, MAP_REFUSED_DST)?);
     coverage.unix_sockets = attach_unix(pin_dir, cgroup_parent)?;
     Ok(Installed {
         maps,
         events,
         unix_rules,
+        refusals,
         attachment: Attachment::Fresh,
         coverage,
     })
@@ -459,7 +473,7 @@ fn take(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<Map, BpfError> {
     ebpf.take_map(name).ok_or(BpfError::Missing(name))
 }
 
-fn open_pinned_maps(pin_dir: &Path) -> Result<(ConnMaps, Map, UnixRules), BpfError> {
+fn open_pinned_maps(pin_dir: &Path) -> Result<(ConnMaps, Map, UnixRules, Refusals), BpfError> {
     let open = |name: &'static str| -> Result<Map, BpfError> {
         let data = MapData::from_pin(pin_dir.join(name))
             .map_err(|source| BpfError::Map { name, source })?;
@@ -482,6 +496,7 @@ fn open_pinned_maps(pin_dir: &Path) -> Result<(ConnMaps, Map, UnixRules), BpfErr
         ),
         open(MAP_EVENTS)?,
         UnixRules::new(open(MAP_UNIX_RULES)?),
+        Refusals::new(open(MAP_REFUSED_DST)?),
     ))
 }
 

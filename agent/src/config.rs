@@ -282,6 +282,12 @@ pub struct ProxyConfig {
     /// How long to wait for the original destination to accept.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// How long a destination's refusal of a job's connection is remembered without
+    /// another connect to it: meanwhile the job's connects to it are refused at
+    /// `connect()`, as they would be directly. A probe ends the memory as soon as the
+    /// destination listens. 0 turns it off.
+    #[serde(with = "humantime_serde")]
+    pub refusal_memory: Duration,
     /// Data-plane worker threads; 0 means one per CPU.
     pub workers: usize,
     /// Relay buffer size per direction, in bytes.
@@ -298,6 +304,7 @@ impl Default for ProxyConfig {
             ipv4: Ipv4Addr::LOCALHOST,
             ipv6: Ipv6Addr::LOCALHOST,
             connect_timeout: Duration::from_secs(10),
+            refusal_memory: Duration::from_secs(1),
             workers: 0,
             buffer_size: 16 * 1024,
             drain_timeout: Duration::from_secs(5),

@@ -4,6 +4,7 @@
 mod access;
 mod connection;
 mod live;
+pub mod refusals;
 mod relay;
 
 use std::{
@@ -61,6 +62,8 @@ pub struct Shared {
     pub postgres_metrics: Arc<crate::metrics::PostgresMetrics>,
     /// DNS over TCP (connects to port 53) goes to the resolver.
     pub dns: Arc<crate::dns::server::Resolver>,
+    /// Refusals of upstreams, remembered for the connect hook (None: off).
+    pub refusals: Option<Arc<refusals::Remembered>>,
     live: AtomicUsize,
 }
 
@@ -84,6 +87,7 @@ impl Shared {
         tls: Arc<crate::postgres::tls::Tls>,
         postgres_metrics: Arc<crate::metrics::PostgresMetrics>,
         dns: Arc<crate::dns::server::Resolver>,
+        refusals: Option<Arc<refusals::Remembered>>,
     ) -> Self {
         Self {
             maps,
@@ -100,6 +104,7 @@ impl Shared {
             tls,
             postgres_metrics,
             dns,
+            refusals,
             live: AtomicUsize::new(0),
         }
     }

@@ -14,6 +14,7 @@ mod outside;
 mod policy;
 mod postgres;
 mod recording;
+mod refusals;
 mod run_cli;
 mod sockets;
 mod stress;

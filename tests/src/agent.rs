@@ -108,7 +108,22 @@ impl Agent {
         Self::start_in(Self::prepare(), control, policy, extra)
     }
 
+    /// Starts an agent with `proxy` added to its `[proxy]` table.
+    pub fn start_with_proxy(proxy: &str) -> Self {
+        Self::start_full(Self::prepare(), "", "", "", proxy)
+    }
+
     fn start_in(dir: tempfile::TempDir, control: &str, policy: &str, extra: &str) -> Self {
+        Self::start_full(dir, control, policy, extra, "")
+    }
+
+    fn start_full(
+        dir: tempfile::TempDir,
+        control: &str,
+        policy: &str,
+        extra: &str,
+        proxy: &str,
+    ) -> Self {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let name = format!("tollgate-test-{}-{n}", std::process::id());
         let proxy_port = free_port(900..1000);
@@ -117,7 +132,7 @@ impl Agent {
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{name}"));
         let state = dir.path().join("state");
         let config = format!(
-            "[proxy]\nport = {proxy_port}\nconnect_timeout = \"3s\"\n\n\
+            "[proxy]\nport = {proxy_port}\nconnect_timeout = \"3s\"\n{proxy}\n\n\
              [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n\
              [control]\nsocket = \"{socket}\"\n{control}\n\n\
              [cgroup]\nparent = \"{name}\"\n\n\

@@ -87,6 +87,9 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
         Err((kind, error)) => {
             shared.metrics.upstream_error(kind);
             log.error(format!("upstream connect to {destination}: {error}"));
+            if let Some(refusals) = &shared.refusals {
+                refusals.upstream_failed(&info, &error);
+            }
             // Mirror the failure promptly: the client sees a reset, as it would have
             // seen a refusal from the destination itself.
             reset(client);

@@ -46,6 +46,17 @@ pub const MAP_JOB_SOCKETS: &str = "JOB_SOCKETS";
 pub const MAP_SOCK_ALLOW: &str = "SOCK_ALLOW";
 /// Name of the ring buffer of [`Event`]s the programs report to the agent.
 pub const MAP_EVENTS: &str = "EVENTS";
+/// Name of the map of destinations whose last connect from a job's cgroup the upstream
+/// refused ([`RefusedKey`] -> [`Refusal`]): the connect hook refuses further connects to
+/// them at `connect()`, as the destination itself would, until the agent's probe finds
+/// them listening or they go unasked for `proxy.refusal_memory`.
+pub const MAP_REFUSED_DST: &str = "REFUSED_DST";
+/// Capacity of [`MAP_REFUSED_DST`] (entries, LRU).
+pub const REFUSED_CAPACITY: u32 = 4_096;
+/// Name of the read-only global that says whether the kernel has `bpf_set_retval`
+/// (5.19+); without it a remembered refusal is EPERM, not the destination's errno.
+pub const GLOBAL_SET_RETVAL: &str = "TOLLGATE_SET_RETVAL";
+
 /// Name of the map of unix socket verdicts ([`UnixKey`] -> a `UNIX_*` verdict): per job
 /// cgroup, and host-wide under cgroup id 0. A path in neither is allowed.
 pub const MAP_UNIX_RULES: &str = "UNIX_RULES";
@@ -114,6 +125,31 @@ pub struct TupleKey {
     pub port: u32,
     /// Network byte order; for `AF_INET`, only `ip[0]` is set.
     pub ip: [u32; 4],
+}
+
+/// A job cgroup and a destination: the key of [`MAP_REFUSED_DST`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RefusedKey {
+    pub cgroup_id: u64,
+    /// Canonical, as in [`ConnInfo`] (IPv4-mapped addresses as `AF_INET`).
+    pub dst: TupleKey,
+}
+
+/// What the proxy learnt of a destination: the errno of its refusal, when it learnt it,
+/// and the job's connects refused since.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Refusal {
+    /// ECONNREFUSED, EHOSTUNREACH or ENETUNREACH.
+    pub errno: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the proxy's connect was refused.
+    pub since_ns: u64,
+    /// The last connect refused here (or `since_ns`).
+    pub last_attempt_ns: u64,
+    /// Connects refused here.
+    pub refused: u64,
 }
 
 /// One job socket's sends to one destination: the key of [`MAP_UDP_DENIED`].
@@ -285,10 +321,13 @@ pub enum Counter {
     RefusedUnix = 11,
     /// Unix connects and sends of jobs allowed.
     UnixAllowed = 12,
+    /// TCP connects of jobs refused at `connect()` because the proxy's last connect to
+    /// the destination was refused ([`MAP_REFUSED_DST`]).
+    RefusedRemembered = 13,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 14;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Redirected,
         Counter::RefusedProxyDirect,
@@ -303,6 +342,7 @@ impl Counter {
         Counter::RefusedSocketMapFull,
         Counter::RefusedUnix,
         Counter::UnixAllowed,
+        Counter::RefusedRemembered,
     ];
 
     /// Stable label value for metrics.
@@ -321,6 +361,7 @@ impl Counter {
             Counter::RefusedSocketMapFull => "refused_socket_map_full",
             Counter::RefusedUnix => "refused_unix",
             Counter::UnixAllowed => "unix_allowed",
+            Counter::RefusedRemembered => "refused_remembered",
         }
     }
 }
@@ -344,6 +385,10 @@ mod pod {
     unsafe impl aya::Pod for super::UnixKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::UnixEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RefusedKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Refusal {}
 }
 
 #[cfg(test)]
@@ -365,6 +410,8 @@ mod tests {
         assert_eq!(size_of::<Event>(), 6 * 4 + 2 * 8 + 12 + 4 + 16 + 24);
         assert_eq!(align_of::<Event>(), 8);
         assert_eq!(size_of::<UnixKey>(), 8 + 4 + 4 + UNIX_PATH_MAX + 4);
+        assert_eq!(size_of::<RefusedKey>(), 32);
+        assert_eq!(size_of::<Refusal>(), 32);
         assert_eq!(
             size_of::<UnixEvent>(),
             6 * 4 + 8 + 16 + 8 + size_of::<UnixKey>()

@@ -3,16 +3,25 @@
 //! resolver on the same address and port, and other UDP to the agent's relay, unless it
 //! is refused here: no policy can permit it, or the agent denied the socket's flow.
 use aya_ebpf::{
-    bindings::bpf_sock_addr, helpers::generated::bpf_get_socket_cookie, macros::cgroup_sock_addr,
+    bindings::bpf_sock_addr,
+    helpers::{
+        bpf_get_current_cgroup_id,
+        generated::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_set_retval},
+    },
+    macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
 use tollgate_common::{
-    AF_INET, AF_INET6, ConnInfo, Counter, EventKind, Settings, SockKind, TupleKey, UdpDenyKey,
+    AF_INET, AF_INET6, ConnInfo, Counter, EventKind, RefusedKey, Settings, SockKind, TupleKey,
+    UdpDenyKey,
 };
 
 use crate::{
     caller::caller,
-    maps::{CONN_BY_COOKIE, UDP_DENIED, UDP_RELAY_PEER, UDP_RELAY_PORT, count, report, settings},
+    maps::{
+        CONN_BY_COOKIE, REFUSED_DST, TOLLGATE_SET_RETVAL, UDP_DENIED, UDP_RELAY_PEER,
+        UDP_RELAY_PORT, count, report, settings,
+    },
 };
 
 const ALLOW: i32 = 1;
@@ -78,7 +87,11 @@ fn redirect_port(
         count(Counter::RefusedProxyDirect);
         return Err(REFUSE);
     }
-    if is_tcp(sa) || port == DNS_PORT {
+    if is_tcp(sa) {
+        refuse_remembered(dst)?;
+        return Ok(settings.proxy_port);
+    }
+    if port == DNS_PORT {
         return Ok(settings.proxy_port);
     }
     // SAFETY: as above.
@@ -91,6 +104,33 @@ fn redirect_port(
     count(Counter::UdpRelayed);
     // SAFETY: the value is copied out at once.
     Ok(unsafe { UDP_RELAY_PORT.get(dst) }.map_or(settings.proxy_port, |p| *p as u16))
+}
+
+/// A TCP connect to a destination that refused the proxy's last connect for this cgroup
+/// (and has not been found listening since) is refused here, with the destination's
+/// errno where the kernel lets the hook set it.
+#[inline(always)]
+fn refuse_remembered(dst: TupleKey) -> Result<(), i32> {
+    // SAFETY: the helpers are allowed in cgroup sock_addr programs.
+    let (cgroup_id, now) = unsafe { (bpf_get_current_cgroup_id(), bpf_ktime_get_ns()) };
+    let key = RefusedKey { cgroup_id, dst };
+    let Some(refusal) = REFUSED_DST.get_ptr_mut(key) else {
+        return Ok(());
+    };
+    // SAFETY: the pointer is to this entry's value; a racing writer can only lose a
+    // count or a timestamp, which the agent tolerates.
+    let errno = unsafe {
+        (*refusal).last_attempt_ns = now;
+        (*refusal).refused += 1;
+        (*refusal).errno
+    };
+    // SAFETY: reading a read-only global the loader set.
+    if unsafe { core::ptr::read_volatile(&TOLLGATE_SET_RETVAL) } != 0 {
+        // SAFETY: allowed in connect hooks on the kernels where the loader sets the flag.
+        unsafe { bpf_set_retval(-(errno as i32)) };
+    }
+    count(Counter::RefusedRemembered);
+    Err(REFUSE)
 }
 
 #[inline(always)]

@@ -5,9 +5,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tollgate_common::{
-    CONN_MAP_CAPACITY, ConnInfo, Counter, EVENTS_BYTES, Event, EventKind, SOCK_ALLOW_CAPACITY,
-    Settings, SockKind, TupleKey, UDP_DENIED_CAPACITY, UDP_MAP_CAPACITY, UDP_RELAY_CAPACITY,
-    UNIX_RULES_CAPACITY, UdpDenyKey, UnixKey,
+    CONN_MAP_CAPACITY, ConnInfo, Counter, EVENTS_BYTES, Event, EventKind, REFUSED_CAPACITY,
+    Refusal, RefusedKey, SOCK_ALLOW_CAPACITY, Settings, SockKind, TupleKey, UDP_DENIED_CAPACITY,
+    UDP_MAP_CAPACITY, UDP_RELAY_CAPACITY, UNIX_RULES_CAPACITY, UdpDenyKey, UnixKey,
 };
 
 /// Live intercepted job sockets: written by the connect hooks, read by sock_ops and
@@ -53,6 +53,16 @@ pub static JOB_SOCKETS: HashMap<u64, u64> = HashMap::pinned(CONN_MAP_CAPACITY, 0
 /// The kinds of socket a job may create, written by the agent from `[sockets] allow`.
 #[map(name = "SOCK_ALLOW")]
 pub static SOCK_ALLOW: HashMap<SockKind, u32> = HashMap::pinned(SOCK_ALLOW_CAPACITY, 0);
+
+/// Destinations whose last connect from a job's cgroup the upstream refused: written by
+/// the agent's proxy, read (and touched) by the connect hooks, removed by the agent.
+#[map(name = "REFUSED_DST")]
+pub static REFUSED_DST: LruHashMap<RefusedKey, Refusal> = LruHashMap::pinned(REFUSED_CAPACITY, 0);
+
+/// Whether the kernel has `bpf_set_retval` (5.19+), set by the agent at load. A constant
+/// to the verifier, which prunes the call where it is 0.
+#[unsafe(no_mangle)]
+pub static TOLLGATE_SET_RETVAL: u8 = 0;
 
 /// Unix socket verdicts by (cgroup, address), written by the agent from `unix:connect`;
 /// cgroup id 0 holds the host-wide defaults (container-engine sockets denied). Read by

@@ -1,0 +1,169 @@
+//! Connect semantics on the proxy path: the proxy accepts a job's connection before it
+//! knows whether the destination listens, so a connect to a closed port would succeed
+//! and then be reset, where directly it is refused. The refusal is remembered per job
+//! and destination, and the job's next connects there are refused at connect() with
+//! ECONNREFUSED, as directly, until the destination listens. Only the first connect
+//! differs.
+use std::{thread, time::Duration};
+
+use tollgate_e2e::{Agent, ephemeral_port, require_root, servers::Server, stderr, stdout};
+
+/// Connects `n` times, 20 ms apart, and prints what each got.
+const ATTEMPTS: &str = r#"
+import errno, socket, sys, time
+port, n = int(sys.argv[1]), int(sys.argv[2])
+for _ in range(n):
+    s = socket.socket()
+    try:
+        s.connect(("127.0.0.1", port))
+        print("connected", flush=True)
+    except OSError as e:
+        print(errno.errorcode.get(e.errno, e.errno), flush=True)
+    s.close()
+    time.sleep(0.02)
+"#;
+
+/// One first attempt (which may differ), then a wait-for-port loop (connect only, every
+/// 50 ms); prints the loop's time and refusals, and what the server answered.
+const WAIT_LOOP: &str = r#"
+import socket, sys, time
+port = int(sys.argv[1])
+s = socket.socket()
+try:
+    s.connect(("127.0.0.1", port))
+except OSError:
+    pass
+s.close()
+time.sleep(0.05)
+start, refused = time.time(), 0
+while True:
+    s = socket.socket()
+    try:
+        s.connect(("127.0.0.1", port))
+        break
+    except ConnectionRefusedError:
+        refused += 1
+        s.close()
+        time.sleep(0.05)
+s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+print("%.2f %d %s" % (time.time() - start, refused, s.recv(100).split(b"\r\n")[0].decode()), flush=True)
+"#;
+
+fn attempts(agent: Option<&Agent>, port: u16, n: usize) -> Vec<String> {
+    let port = port.to_string();
+    let n = n.to_string();
+    let out = tollgate_e2e::output(&mut Agent::direct_or_in_job(
+        agent,
+        &[("repository", "acme/api")],
+        &["python3", "-c", ATTEMPTS, &port, &n],
+    ));
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out).lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn a_closed_port_is_refused_in_a_job_as_directly_after_the_first_attempt() {
+    if !require_root() {
+        return;
+    }
+    let port = ephemeral_port();
+    let direct = attempts(None, port, 6);
+    assert_eq!(direct, vec!["ECONNREFUSED"; 6]);
+    let agent = Agent::start();
+    let in_job = attempts(Some(&agent), port, 6);
+    // The first may differ (the proxy accepted it); every later one is as direct.
+    assert_eq!(in_job[1..], direct[1..], "{in_job:?}");
+    assert!(
+        agent.metric("tollgate_bpf_events_total{event=\"refused_remembered\"}") >= 5.0,
+        "{}",
+        agent.metrics()
+    );
+    // The connects refused at connect() are on the job's record once the memory ends.
+    let event = tollgate_e2e::wait_for(
+        "the refused connects on record",
+        Duration::from_secs(10),
+        || match agent.json(&["events", "--json"]) {
+            serde_json::Value::Array(events) => {
+                events.into_iter().find(|e| e["kind"] == "connect_refused")
+            }
+            _ => None,
+        },
+    );
+    assert!(
+        event["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("5 connects to 127.0.0.1:") && d.contains("refused")),
+        "{event}"
+    );
+    assert!(event["job_id"].is_string(), "{event}");
+    // bash's /dev/tcp, as in a wait-for-port loop: after a first try, the same message
+    // as directly (each job learns for itself: memories are per job).
+    let script =
+        format!("</dev/tcp/127.0.0.1/{port} 2>/dev/null; sleep 0.1; </dev/tcp/127.0.0.1/{port}");
+    let out = agent.run_job(&[("repository", "acme/api")], &["bash", "-c", &script]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Connection refused"),
+        "{}",
+        stderr(&out)
+    );
+    // The paired control: a port that listens is not refused, in the same kind of job.
+    let http = Server::http("127.0.0.1:0");
+    let open = attempts(Some(&agent), http.port(), 3);
+    assert_eq!(open, vec!["connected"; 3]);
+}
+
+/// The wait loop against a server that starts listening 2 s after the job.
+fn wait_loop_returns_once_the_server_listens(agent: &Agent, port: u16) {
+    let job = agent
+        .run_command(
+            &[("repository", "acme/api")],
+            &["python3", "-c", WAIT_LOOP, &port.to_string()],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("job");
+    thread::sleep(Duration::from_secs(2));
+    let http = Server::http(&format!("127.0.0.1:{port}"));
+    let out = job.wait_with_output().expect("job output");
+    let text = stdout(&out);
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    assert!(fields.len() >= 4, "{text}{}", stderr(&out));
+    let waited: f64 = fields[0].parse().expect("seconds");
+    let refused: u32 = fields[1].parse().expect("refusals");
+    assert!(
+        waited >= 1.5,
+        "the loop returned before the server listened: {text}"
+    );
+    assert!(refused >= 10, "{text}");
+    assert_eq!(fields[2..4], ["HTTP/1.1", "200"], "{text}");
+    drop(http);
+}
+
+#[test]
+fn a_wait_for_port_loop_returns_only_once_the_server_listens() {
+    if !require_root() {
+        return;
+    }
+    let agent = Agent::start();
+    wait_loop_returns_once_the_server_listens(&agent, ephemeral_port());
+    // A PostgreSQL target (followed at L7 once connected) waits the same way.
+    let pg_port = ephemeral_port();
+    let agent = Agent::start_with(&format!(
+        "[[targets]]\nname = \"db\"\ncidrs = [\"127.0.0.1/32\"]\nports = [{pg_port}]\nprotocol = \"postgres\"\n"
+    ));
+    wait_loop_returns_once_the_server_listens(&agent, pg_port);
+}
+
+#[test]
+fn refusal_memory_can_be_turned_off() {
+    if !require_root() {
+        return;
+    }
+    let port = ephemeral_port();
+    let agent = Agent::start_with_proxy("refusal_memory = \"0s\"");
+    let in_job = attempts(Some(&agent), port, 3);
+    // Every attempt is accepted by the proxy, then reset: no memory.
+    assert_eq!(in_job, vec!["connected"; 3]);
+}
