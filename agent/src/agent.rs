@@ -9,21 +9,23 @@ use std::{
 use tokio::sync::watch;
 
 mod requests;
+mod threads;
 use requests::{AgentControl, StatusBase};
+use threads::{ControlPlane, PolicyReload, ShutdownSignals, spawn_control_plane, spawn_resolver};
 
 use crate::{
-    admin::{self, AdminState},
-    bpf::{self, Attachment, BpfError, ConnMaps, ProxyTarget},
+    admin::AdminState,
+    bpf::{self, Attachment, BpfError, ProxyTarget},
     cgroup::{self, CgroupError, CgroupTree},
     config::{Config, Source},
-    control::{ControlError, ControlServer},
+    control::ControlError,
     enforce::{EnforceError, Enforcer, Settings},
     enroll::Enrollment,
     identity::oidc::Verifier,
     jobs::{JobError, JobRegistry},
     metrics::{JobEndLabel, Metrics},
     proxy::{Listeners, ProxyError, Shared},
-    record::{self, RecordError, Recorder, Store},
+    record::{self, RecordError, Store},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -419,281 +421,6 @@ fn raise_fd_limit() {
             }
         }
     }
-}
-
-/// Reloads policy and tells the proxy workers, which re-decide live connections.
-#[derive(Clone)]
-struct PolicyReload {
-    enforcer: Arc<Enforcer>,
-    udp: Arc<crate::udp::relay::Relay>,
-    unix: Arc<crate::unix::Gate>,
-    notify: Arc<watch::Sender<u64>>,
-    interval: Duration,
-}
-
-impl PolicyReload {
-    fn run(&self) {
-        if let Ok(reloaded) = self.enforcer.reload() {
-            // The kernel's UDP decisions first: they take effect on the next datagram.
-            self.udp.apply_policy();
-            self.unix.refresh();
-            let _ = self.notify.send(reloaded.generation);
-        }
-    }
-}
-
-/// SIGTERM and SIGINT stop the agent; SIGHUP reloads policy.
-struct ShutdownSignals {
-    streams: Option<[tokio::signal::unix::Signal; 3]>,
-}
-
-impl ShutdownSignals {
-    fn register() -> Self {
-        use tokio::signal::unix::{SignalKind, signal};
-        let streams = match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::hangup()),
-        ) {
-            (Ok(term), Ok(int), Ok(hup)) => Some([term, int, hup]),
-            _ => {
-                tracing::error!("cannot install signal handlers; stop the agent with SIGKILL");
-                None
-            }
-        };
-        Self { streams }
-    }
-
-    /// Waits for SIGTERM or SIGINT; calls `on_hup` for each SIGHUP.
-    async fn wait(&mut self, on_hup: impl Fn()) {
-        let Some([term, int, hup]) = self.streams.as_mut() else {
-            std::future::pending::<()>().await;
-            return;
-        };
-        loop {
-            tokio::select! {
-                _ = term.recv() => return,
-                _ = int.recv() => return,
-                _ = hup.recv() => {
-                    tracing::info!("SIGHUP: reloading policy");
-                    on_hup();
-                }
-            }
-        }
-    }
-}
-
-/// Tollgate's own links were found detached, replaced or unpinned: one event, one count,
-/// and `/readyz` fails unless only pins were removed (and put back).
-fn report_tampering(
-    problems: &[String],
-    admin: &AdminState,
-    recorder: &Recorder,
-    metrics: &Metrics,
-) {
-    let detail = problems.join("; ");
-    let repaired = problems.iter().all(|p| p.ends_with("(pinned again)"));
-    tracing::error!(%detail, "Tollgate's eBPF links were tampered with");
-    metrics.bpf.tampering.inc();
-    if !repaired {
-        *admin.tampered.lock().unwrap_or_else(|e| e.into_inner()) = Some(detail.clone());
-    }
-    crate::events::record_event(
-        recorder,
-        &metrics.jobs,
-        record::EventRecord {
-            at: record::now_ms(),
-            kind: "tampering".to_owned(),
-            action: if repaired { "repaired" } else { "recorded" }.to_owned(),
-            detail,
-            ..record::EventRecord::default()
-        },
-    );
-}
-
-/// The resolver's and the UDP relay's thread: one current-thread runtime serving the
-/// UDP sockets until shutdown.
-fn spawn_resolver(
-    resolver: Arc<crate::dns::server::Resolver>,
-    udp: Arc<crate::udp::relay::Relay>,
-    sockets: Vec<std::net::UdpSocket>,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<std::thread::JoinHandle<()>, AgentError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(runtime_err("dns"))?;
-    std::thread::Builder::new()
-        .name("tollgate-dns".into())
-        .spawn(move || {
-            rt.block_on(async move {
-                let mut tasks = tokio::task::JoinSet::new();
-                for socket in sockets {
-                    match tokio::net::UdpSocket::from_std(socket) {
-                        Ok(socket) => {
-                            tasks.spawn(udp.clone().serve(Arc::new(socket), None));
-                        }
-                        Err(error) => {
-                            tracing::error!(%error, "UDP socket; jobs' DNS and UDP go unanswered");
-                        }
-                    }
-                }
-                // What ended jobs resolved is forgotten now and then; quiet flows end.
-                let mut forget = tokio::time::interval(Duration::from_secs(30));
-                let mut sweep = tokio::time::interval(Duration::from_secs(1));
-                loop {
-                    tokio::select! {
-                        _ = forget.tick() => resolver.forget_ended(),
-                        _ = sweep.tick() => udp.sweep(),
-                        _ = shutdown.wait_for(|stop| *stop) => break,
-                    }
-                }
-                udp.close_all();
-                drop(resolver);
-                tasks.shutdown().await;
-            });
-        })
-        .map_err(runtime_err("dns"))
-}
-
-/// Reads the host's bound unix sockets again now and then, so that their verdicts are
-/// in the kernel before a job connects to one.
-async fn unix_refresh(gate: Arc<crate::unix::Gate>) {
-    let mut tick = tokio::time::interval(gate.refresh_interval());
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let gate = gate.clone();
-        let _ = tokio::task::spawn_blocking(move || gate.refresh()).await;
-    }
-}
-
-/// What the control-plane thread serves and looks after.
-struct ControlPlane {
-    handler: Arc<AgentControl>,
-    admin_state: Arc<AdminState>,
-    jobs: Arc<JobRegistry>,
-    maps: Arc<ConnMaps>,
-    metrics: Arc<Metrics>,
-    reload: PolicyReload,
-    events: crate::events::EventReader,
-    scanner: crate::sockets::scan::Scanner,
-    recorder: Recorder,
-    guard: bpf::Guard,
-    refusals: Option<Arc<crate::proxy::refusals::Remembered>>,
-}
-
-fn spawn_control_plane(
-    config: &Config,
-    parts: ControlPlane,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<std::thread::JoinHandle<()>, AgentError> {
-    let ControlPlane {
-        handler,
-        admin_state,
-        jobs,
-        maps,
-        metrics,
-        reload,
-        events,
-        scanner,
-        recorder,
-        guard,
-        refusals,
-    } = parts;
-    let scan_interval = config.sockets.scan_interval;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(runtime_err("control"))?;
-    let admin_addr = config.admin.listen;
-    let admin = rt
-        .block_on(tokio::net::TcpListener::bind(admin_addr))
-        .map_err(|source| AgentError::Admin {
-            addr: admin_addr,
-            source,
-        })?;
-    if !config.admin_is_loopback() {
-        tracing::warn!(%admin_addr, "admin listener is reachable from other hosts");
-    }
-    let group = match &config.control.group {
-        Some(name) => Some(
-            crate::accounts::gid_of(name)
-                .map_err(|e| AgentError::Group(name.clone(), e.to_string()))?
-                .ok_or_else(|| AgentError::Group(name.clone(), "no such group".to_owned()))?,
-        ),
-        None => None,
-    };
-    let control = rt.block_on(ControlServer::bind(
-        &config.control.socket,
-        group,
-        config.control.allowed_uids.clone(),
-        config.control.allowed_gids.clone(),
-        metrics.control.clone(),
-    ))?;
-    let socket_path = control.path().to_owned();
-    let stale_after = config.bpf.stale_after;
-    std::thread::Builder::new()
-        .name("tollgate-control".into())
-        .spawn(move || {
-            rt.block_on(async move {
-                tokio::spawn(admin::serve(admin, admin_state.clone()));
-                tokio::spawn(control.serve(handler));
-                tokio::spawn(events.run());
-                tokio::spawn(unix_refresh(reload.unix.clone()));
-                if let Some(refusals) = refusals {
-                    tokio::spawn(refusals.watch());
-                }
-                tokio::spawn(crate::events::watch_jobs(
-                    scanner,
-                    jobs.clone(),
-                    recorder.clone(),
-                    metrics.jobs.clone(),
-                    scan_interval,
-                ));
-                let mut reap = tokio::time::interval(Duration::from_secs(1));
-                let mut watch_links = tokio::time::interval(Duration::from_millis(500));
-                let mut reported: Vec<String> = Vec::new();
-                let mut expire = tokio::time::interval(Duration::from_secs(10));
-                let mut policy_poll = tokio::time::interval(reload.interval);
-                loop {
-                    tokio::select! {
-                        _ = policy_poll.tick() => {
-                            let reload = reload.clone();
-                            let _ = tokio::task::spawn_blocking(move || {
-                                if reload.enforcer.changed_on_disk() {
-                                    tracing::info!("policy files changed: reloading");
-                                    reload.run();
-                                }
-                            })
-                            .await;
-                        }
-                        _ = watch_links.tick() => {
-                            let problems = guard.check();
-                            if !problems.is_empty() && problems != reported {
-                                report_tampering(&problems, &admin_state, &recorder, &metrics);
-                            }
-                            reported = problems;
-                        }
-                        _ = reap.tick() => {
-                            let jobs = jobs.clone();
-                            let _ = tokio::task::spawn_blocking(move || jobs.reap()).await;
-                        }
-                        _ = expire.tick() => match maps.expire_stale(stale_after) {
-                            Ok(0) => {}
-                            Ok(n) => {
-                                metrics.bpf.expired.inc_by(n as u64);
-                                tracing::warn!(expired = n, "expired unclaimed connection entries");
-                            }
-                            Err(error) => tracing::warn!(%error, "expiring connection entries"),
-                        },
-                        _ = shutdown.wait_for(|stop| *stop) => break,
-                    }
-                }
-            });
-            let _ = std::fs::remove_file(&socket_path);
-        })
-        .map_err(runtime_err("control"))
 }
 
 /// `tollgate agent --cleanup`: kills and removes job cgroups, detaches and unpins the
