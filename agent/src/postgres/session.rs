@@ -557,7 +557,7 @@ pub async fn run(
             return outcome;
         }
     };
-    if let Err(e) = upstream.write_all(&startup_bytes).await {
+    if let Err(e) = write_flushed(&mut upstream, &startup_bytes).await {
         outcome.error = Some(format!("server: {e}"));
         return outcome;
     }
@@ -815,6 +815,13 @@ async fn connect_tls(
     }
 }
 
+/// Writes `bytes` and flushes them: a TLS stream accepts what it cannot send at once into
+/// its session, and sends it only on a later write or a flush.
+async fn write_flushed<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    writer.write_all(bytes).await?;
+    writer.flush().await
+}
+
 async fn protocol_error<W: AsyncWrite + Unpin>(client: &mut W, error: &WireError) {
     if let Some(response) = Ended::violation("client", "malformed", error).to_client {
         let _ = client.write_all(&response).await;
@@ -1066,12 +1073,13 @@ where
         }
         if let Some(error) = malformed {
             // What was accepted before the bad message still goes to the server.
-            let _ = writer.write_all(&out).await;
+            let _ = write_flushed(writer, &out).await;
             return Err(Ended::violation("client", "malformed", error));
         }
         if !out.is_empty() {
-            writer
-                .write_all(&out)
+            // Flushed, not only written: a TLS stream may keep records it could not send
+            // at once, and nothing else writes before the next read.
+            write_flushed(writer, &out)
                 .await
                 .map_err(|e| Ended::from(format!("client to server: {e}")))?;
             out.clear();
@@ -1416,12 +1424,13 @@ where
         }
         if let Some(error) = malformed {
             // What was accepted before the bad message still goes to the client.
-            let _ = writer.write_all(&out).await;
+            let _ = write_flushed(writer, &out).await;
             return Err(Ended::violation("server", "malformed", error));
         }
         if !out.is_empty() {
-            writer
-                .write_all(&out)
+            // Flushed, as above: a result's last records must not wait in the TLS
+            // session for a write that never comes.
+            write_flushed(writer, &out)
                 .await
                 .map_err(|e| Ended::from(format!("server to client: {e}")))?;
             out.clear();
