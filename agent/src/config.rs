@@ -654,6 +654,22 @@ impl Config {
                 "must be greater than zero",
             ));
         }
+        if self.unix.refresh_interval < Duration::from_millis(100) {
+            return Err(invalid("unix.refresh_interval", "must be at least 100ms"));
+        }
+        for engine in &self.unix.engine_sockets {
+            let fits = crate::unix::paths::key(0, &engine.path).is_some();
+            if !(engine.path.starts_with('/') || engine.path.starts_with('@')) || !fits {
+                return Err(invalid(
+                    "unix.engine_sockets.path",
+                    "must be an absolute path (or an abstract name as @name) of at most 108 \
+                     bytes",
+                ));
+            }
+            if engine.engine.is_empty() {
+                return Err(invalid("unix.engine_sockets.engine", "must not be empty"));
+            }
+        }
         if let Err(message) = Catalog::new(self.targets.clone()) {
             return Err(invalid("targets", &message));
         }
@@ -893,6 +909,15 @@ mod tests {
             (
                 "[policy]\nreload_interval = \"0s\"",
                 "policy.reload_interval",
+            ),
+            ("[unix]\nrefresh_interval = \"0s\"", "unix.refresh_interval"),
+            (
+                "[[unix.engine_sockets]]\npath = \"docker.sock\"\nengine = \"docker\"",
+                "unix.engine_sockets.path",
+            ),
+            (
+                "[[unix.engine_sockets]]\npath = \"/srv/api.sock\"\nengine = \"\"",
+                "unix.engine_sockets.engine",
             ),
         ] {
             let err = Config::parse(text, "x.toml").unwrap_err().to_string();
