@@ -143,13 +143,16 @@ impl Gate {
         let mut wanted: HashMap<UnixKey, u32> = HashMap::new();
         let mut denied_files: HashMap<u64, HashMap<(u64, u64), String>> = HashMap::new();
         for path in &candidates {
+            // The file behind a denied path, stat'ed at most once per refresh.
+            let file = std::cell::OnceCell::new();
+            let file = || *file.get_or_init(|| paths::identity(std::path::Path::new(path)));
             let host = self.host_verdict(path);
             if host != UNIX_ALLOW
                 && let Some(key) = paths::key(0, path)
             {
                 wanted.insert(key, host);
                 if host == UNIX_DENY
-                    && let Some(file) = paths::identity(std::path::Path::new(path))
+                    && let Some(file) = file()
                 {
                     denied_files
                         .entry(0)
@@ -183,7 +186,7 @@ impl Gate {
                         wanted.insert(key, v);
                     }
                     if v == UNIX_DENY
-                        && let Some(file) = paths::identity(std::path::Path::new(path))
+                        && let Some(file) = file()
                     {
                         denied_files
                             .entry(cgroup)
