@@ -75,6 +75,9 @@ fn route<B>(request: &Request<B>, state: &AdminState) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match request.uri().path() {
         "/metrics" => {
             state.metrics.bpf.refresh(&state.maps);
+            if let Ok(counters) = state.maps.counters() {
+                state.metrics.kernel.counters(&counters);
+            }
             (
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",

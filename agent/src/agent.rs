@@ -185,6 +185,7 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
         events,
         unix_rules,
         refusals,
+        verdicts,
         attachment,
         mut coverage,
     } = bpf::install(
@@ -249,6 +250,26 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
         }));
     }
 
+    let kernel = crate::kernel_path::KernelPath::new(crate::kernel_path::Parts {
+        enabled: config.proxy.kernel_verdicts,
+        maps: verdicts,
+        jobs: jobs.clone(),
+        enforcer: enforcer.clone(),
+        recorder: recorder.clone(),
+        strict_recording: config.recording.strict,
+        metrics: metrics.kernel.clone(),
+        proxy_metrics: metrics.proxy.clone(),
+        policy_metrics: metrics.policy.clone(),
+    });
+    {
+        let kernel = Arc::downgrade(&kernel);
+        jobs.on_change(Box::new(move || {
+            if let Some(kernel) = kernel.upgrade() {
+                kernel.jobs_changed();
+            }
+        }));
+    }
+
     // Job processes are scanned for sockets from outside their job, and (without BPF
     // LSM) for other socket families.
     let scanner = crate::sockets::scan::Scanner::new(
@@ -282,6 +303,7 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
         metrics.jobs.clone(),
         udp.clone(),
         unix.clone(),
+        kernel.clone(),
     )?;
     let dns_sockets =
         crate::dns::server::Resolver::bind(config.proxy.port, config.proxy.ipv4, config.proxy.ipv6)
@@ -308,6 +330,7 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
         metrics.postgres.clone(),
         resolver.clone(),
         refusals.clone(),
+        kernel.clone(),
     ));
     let admin_state = Arc::new(AdminState {
         metrics: metrics.clone(),
@@ -345,6 +368,7 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
             pin_dir: config.bpf.pin_dir.display().to_string(),
             coverage,
         },
+        kernel: kernel.clone(),
     });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -354,6 +378,7 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
         enforcer: enforcer.clone(),
         udp: udp.clone(),
         unix: unix.clone(),
+        kernel: kernel.clone(),
         notify: policy_tx.clone(),
         interval: config.policy.reload_interval,
     };
@@ -371,6 +396,7 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
             recorder: recorder.clone(),
             guard,
             refusals: refusals.clone(),
+            kernel: kernel.clone(),
         },
         shutdown_rx.clone(),
     )?;
@@ -398,6 +424,9 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
     drop(udp);
     drop(unix);
     drop(refusals);
+    // Verdicts stop counting with the heartbeat: the job's next connects are refused.
+    kernel.stop();
+    drop(kernel);
     drop(recorder);
     drop(admin_state);
     writer.shutdown();

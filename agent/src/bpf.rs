@@ -9,6 +9,7 @@ mod refusals;
 mod syscall;
 mod tamper;
 mod unix;
+mod verdicts;
 
 use std::{
     fs,
@@ -27,16 +28,19 @@ use aya::{
 };
 use tollgate_common::{
     ABI_VERSION, GLOBAL_SET_RETVAL, MAP_CONN_BY_COOKIE, MAP_CONN_BY_TUPLE, MAP_COUNTERS,
-    MAP_EVENTS, MAP_JOB_SOCKETS, MAP_REFUSED_DST, MAP_SETTINGS, MAP_SOCK_ALLOW, MAP_UDP_BY_TUPLE,
-    MAP_UDP_DENIED, MAP_UDP_RELAY_PEER, MAP_UDP_RELAY_PORT, MAP_UNIX_RULES, Settings, SockKind,
+    MAP_EVENTS, MAP_HEARTBEAT, MAP_JOB_SOCKETS, MAP_JOB_VERDICTS, MAP_KERNEL_CONNS,
+    MAP_PROXIED_NETS, MAP_REFUSED_DST, MAP_SETTINGS, MAP_SOCK_ALLOW, MAP_UDP_BY_TUPLE,
+    MAP_UDP_DENIED, MAP_UDP_RELAY_PEER, MAP_UDP_RELAY_PORT, MAP_UNIX_RULES, MAP_VERDICTS, Settings,
+    SockKind,
 };
 
 use bpffs::ensure_bpffs;
-pub use maps::{ConnMaps, MapOccupancy};
+pub use maps::{ConnMaps, MapOccupancy, monotonic_ns};
 pub use moves::watch_moves;
 pub use refusals::Refusals;
 pub use tamper::Guard;
 pub use unix::{UNIX_PROGRAMS, UnixRules};
+pub use verdicts::{LpmKey, VerdictMaps};
 
 /// The eBPF object built by agent/build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tollgate"));
@@ -67,7 +71,12 @@ const OPTIONAL_PROGRAMS: [(&str, &str, &str); 1] = [(
     "link_socket_post_create",
     "socket_post_create",
 )];
-const MAPS: [&str; 13] = [
+const MAPS: [&str; 18] = [
+    MAP_KERNEL_CONNS,
+    MAP_VERDICTS,
+    MAP_JOB_VERDICTS,
+    MAP_PROXIED_NETS,
+    MAP_HEARTBEAT,
     MAP_REFUSED_DST,
     MAP_UNIX_RULES,
     MAP_CONN_BY_COOKIE,
@@ -201,6 +210,8 @@ pub struct Installed {
     pub unix_rules: UnixRules,
     /// Destinations that refused the proxy, refused at connect() for a while.
     pub refusals: Refusals,
+    /// Kernel verdicts and the heartbeat.
+    pub verdicts: VerdictMaps,
     pub attachment: Attachment,
     pub coverage: Coverage,
 }
@@ -265,7 +276,7 @@ pub fn install(
                 found,
             });
         }
-        let (mut maps, events, unix_rules, refusals) = open_pinned_maps(pin_dir)?;
+        let (mut maps, events, unix_rules, refusals, verdicts) = open_pinned_maps(pin_dir)?;
         maps.write_settings(settings)?;
         maps.write_sock_allow(sock_allow)?;
         let coverage = Coverage {
@@ -283,6 +294,7 @@ pub fn install(
             events,
             unix_rules,
             refusals,
+            verdicts,
             attachment: Attachment::Adopted,
             coverage,
         });
@@ -400,12 +412,20 @@ pub fn install(
     let events = take(&mut ebpf, MAP_EVENTS)?;
     let unix_rules = UnixRules::new(take(&mut ebpf, MAP_UNIX_RULES)?);
     let refusals = Refusals::new(take(&mut ebpf, MAP_REFUSED_DST)?);
+    let verdicts = VerdictMaps::new(
+        take(&mut ebpf, MAP_KERNEL_CONNS)?,
+        take(&mut ebpf, MAP_VERDICTS)?,
+        take(&mut ebpf, MAP_JOB_VERDICTS)?,
+        take(&mut ebpf, MAP_PROXIED_NETS)?,
+        take(&mut ebpf, MAP_HEARTBEAT)?,
+    );
     coverage.unix_sockets = attach_unix(pin_dir, cgroup_parent)?;
     Ok(Installed {
         maps,
         events,
         unix_rules,
         refusals,
+        verdicts,
         attachment: Attachment::Fresh,
         coverage,
     })
@@ -473,7 +493,9 @@ fn take(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<Map, BpfError> {
     ebpf.take_map(name).ok_or(BpfError::Missing(name))
 }
 
-fn open_pinned_maps(pin_dir: &Path) -> Result<(ConnMaps, Map, UnixRules, Refusals), BpfError> {
+type PinnedMaps = (ConnMaps, Map, UnixRules, Refusals, VerdictMaps);
+
+fn open_pinned_maps(pin_dir: &Path) -> Result<PinnedMaps, BpfError> {
     let open = |name: &'static str| -> Result<Map, BpfError> {
         let data = MapData::from_pin(pin_dir.join(name))
             .map_err(|source| BpfError::Map { name, source })?;
@@ -497,6 +519,13 @@ fn open_pinned_maps(pin_dir: &Path) -> Result<(ConnMaps, Map, UnixRules, Refusal
         open(MAP_EVENTS)?,
         UnixRules::new(open(MAP_UNIX_RULES)?),
         Refusals::new(open(MAP_REFUSED_DST)?),
+        VerdictMaps::new(
+            open(MAP_KERNEL_CONNS)?,
+            open(MAP_VERDICTS)?,
+            open(MAP_JOB_VERDICTS)?,
+            open(MAP_PROXIED_NETS)?,
+            open(MAP_HEARTBEAT)?,
+        ),
     ))
 }
 

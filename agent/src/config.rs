@@ -288,6 +288,11 @@ pub struct ProxyConfig {
     /// destination listens. 0 turns it off.
     #[serde(with = "humantime_serde")]
     pub refusal_memory: Duration,
+    /// Lets the kernel pass a job's connect straight to its destination once the proxy
+    /// found its decision final at connect time (an L4 target, no L7 handler, no policy
+    /// reading what the kernel cannot see). Such connections are recorded from kernel
+    /// events, with `path = "kernel"`.
+    pub kernel_verdicts: bool,
     /// Data-plane worker threads; 0 means one per CPU.
     pub workers: usize,
     /// Relay buffer size per direction, in bytes.
@@ -305,6 +310,7 @@ impl Default for ProxyConfig {
             ipv6: Ipv6Addr::LOCALHOST,
             connect_timeout: Duration::from_secs(10),
             refusal_memory: Duration::from_secs(1),
+            kernel_verdicts: true,
             workers: 0,
             buffer_size: 16 * 1024,
             drain_timeout: Duration::from_secs(5),

@@ -2,6 +2,10 @@
 //! [`tollgate_policy::PolicyEngine`], reloads it on SIGHUP and when the files change
 //! (keeping the previous set when the new one is invalid), and answers decisions from a
 //! per-thread cache, so the data path takes no lock.
+mod kernel;
+
+pub use kernel::KernelPlan;
+
 use std::{
     cell::RefCell,
     collections::HashMap,

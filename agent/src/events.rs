@@ -5,7 +5,7 @@ use std::{mem::size_of, sync::Arc};
 
 use aya::maps::{Map, MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
-use tollgate_common::{Event, EventKind, MAP_EVENTS, UnixEvent};
+use tollgate_common::{Event, EventKind, KernelConnEvent, MAP_EVENTS, UnixEvent};
 
 use crate::{
     bpf::BpfError,
@@ -21,6 +21,7 @@ pub struct EventReader {
     metrics: Arc<JobMetrics>,
     udp: Arc<crate::udp::relay::Relay>,
     unix: Arc<crate::unix::Gate>,
+    kernel: Arc<crate::kernel_path::KernelPath>,
 }
 
 /// Records an event on its job: one row, one counter increment, one log line.
@@ -46,6 +47,7 @@ impl EventReader {
         metrics: Arc<JobMetrics>,
         udp: Arc<crate::udp::relay::Relay>,
         unix: Arc<crate::unix::Gate>,
+        kernel: Arc<crate::kernel_path::KernelPath>,
     ) -> Result<Self, BpfError> {
         let ring = RingBuf::try_from(map).map_err(|source| BpfError::Map {
             name: MAP_EVENTS,
@@ -58,6 +60,7 @@ impl EventReader {
             metrics,
             udp,
             unix,
+            kernel,
         })
     }
 
@@ -70,6 +73,7 @@ impl EventReader {
             metrics,
             udp,
             unix,
+            kernel,
         } = self;
         // SAFETY: the ring owns its map fd, which stays open and unchanged for as long as
         // the AsyncFd owns the ring.
@@ -94,6 +98,10 @@ impl EventReader {
             while let Some(item) = ring.next() {
                 if let Some(event) = parse_unix(&item) {
                     unix.reported(&event);
+                    continue;
+                }
+                if let Some(event) = parse_kernel(&item) {
+                    kernel.event(&event);
                     continue;
                 }
                 match parse(&item) {
@@ -164,6 +172,22 @@ fn parse(bytes: &[u8]) -> Option<Event> {
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
 }
 
+/// A [`KernelConnEvent`], told apart from an [`Event`] by its kind.
+fn parse_kernel(bytes: &[u8]) -> Option<KernelConnEvent> {
+    let kind = u32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?);
+    let kernel = [
+        EventKind::KernelConnect as u32,
+        EventKind::KernelEstablished as u32,
+        EventKind::KernelClosed as u32,
+    ];
+    if !kernel.contains(&kind) || bytes.len() < size_of::<KernelConnEvent>() {
+        return None;
+    }
+    // SAFETY: the slice holds a whole KernelConnEvent, which is plain data valid for any
+    // bytes; read_unaligned copes with the ring's 8-byte alignment.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<KernelConnEvent>()) })
+}
+
 /// A [`UnixEvent`], told apart from an [`Event`] by its kind.
 fn parse_unix(bytes: &[u8]) -> Option<UnixEvent> {
     let kind = u32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?);
@@ -190,7 +214,12 @@ fn to_record(event: &Event, jobs: &JobRegistry) -> EventRecord {
             "refused",
             format!("udp to {}", crate::proxy::tuple_addr(&event.dst)),
         ),
-        Some(EventKind::UnixConnect) => ("unix_connect", "recorded", String::new()),
+        Some(
+            EventKind::UnixConnect
+            | EventKind::KernelConnect
+            | EventKind::KernelEstablished
+            | EventKind::KernelClosed,
+        ) => ("unknown", "recorded", format!("kind {}", event.kind)),
         Some(EventKind::CgroupMove) => (
             "cgroup_move",
             "recorded",

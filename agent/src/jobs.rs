@@ -106,6 +106,9 @@ pub struct NewJob {
     pub origin_cgroup: Option<PathBuf>,
 }
 
+/// Called when the set of jobs or a job's identity changes.
+pub type ChangeHook = Box<dyn Fn() + Send + Sync>;
+
 /// A running job, as the data path and the CLI see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Job {
@@ -193,7 +196,7 @@ pub struct JobRegistry {
     pub brought: crate::sockets::brought::Brought,
     writer: Mutex<()>,
     /// Called when a job starts or its identity changes (the unix verdicts follow).
-    changed: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
+    changed: std::sync::RwLock<Vec<ChangeHook>>,
     tree: CgroupTree,
     recorder: Recorder,
     metrics: Arc<JobMetrics>,
@@ -215,7 +218,7 @@ impl JobRegistry {
             members: Mutex::new(HashMap::new()),
             brought: crate::sockets::brought::Brought::default(),
             writer: Mutex::new(()),
-            changed: std::sync::OnceLock::new(),
+            changed: std::sync::RwLock::new(Vec::new()),
             tree,
             recorder,
             metrics,
@@ -236,14 +239,22 @@ impl JobRegistry {
         jobs.values().find(|job| job.id == job_id).cloned()
     }
 
-    /// Sets what is called, before anything runs in it, when a job starts or its
-    /// identity changes. Only the first call takes effect.
-    pub fn on_change(&self, hook: Box<dyn Fn() + Send + Sync>) {
-        let _ = self.changed.set(hook);
+    /// Adds what is called, before anything runs in it, when a job starts or its
+    /// identity changes, and after a job ended.
+    pub fn on_change(&self, hook: ChangeHook) {
+        self.changed
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(hook);
     }
 
     fn changed(&self) {
-        if let Some(hook) = self.changed.get() {
+        for hook in self
+            .changed
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
             hook();
         }
     }
@@ -521,6 +532,7 @@ impl JobRegistry {
             reason: reason.as_str().to_owned(),
         });
         self.metrics.ended(reason);
+        self.changed();
         tracing::info!(job = %job.id, ?exit, reason = reason.as_str(), "job ended");
         result.map_err(JobError::from)
     }

@@ -13,6 +13,7 @@ mod enroll;
 mod events;
 mod identity;
 mod jobs;
+mod kernel_path;
 mod leave;
 mod metrics;
 mod postgres;

@@ -25,6 +25,7 @@ pub struct Metrics {
     pub dns: Arc<DnsMetrics>,
     pub udp: Arc<crate::udp::UdpMetrics>,
     pub unix: Arc<crate::unix::UnixMetrics>,
+    pub kernel: Arc<crate::kernel_path::KernelMetrics>,
 }
 
 impl Default for Metrics {
@@ -98,6 +99,7 @@ impl Metrics {
             dns: Arc::new(DnsMetrics::new(&registry)),
             udp: Arc::new(crate::udp::UdpMetrics::new(&registry)),
             unix: Arc::new(crate::unix::UnixMetrics::new(&registry)),
+            kernel: Arc::new(crate::kernel_path::KernelMetrics::new(&registry)),
             control: Arc::new(ControlMetrics::new(&registry)),
             bpf: Arc::new(BpfMetrics::new(&registry)),
             policy: Arc::new(PolicyMetrics::new(&registry)),

@@ -1,7 +1,7 @@
 //! The transparent proxy: loopback listeners that receive the connections the kernel
 //! redirected, attribute each one from the kernel's record, decide it, and relay it to
 //! its original destination.
-mod access;
+pub(crate) mod access;
 mod connection;
 mod live;
 pub mod refusals;
@@ -64,6 +64,8 @@ pub struct Shared {
     pub dns: Arc<crate::dns::server::Resolver>,
     /// Refusals of upstreams, remembered for the connect hook (None: off).
     pub refusals: Option<Arc<refusals::Remembered>>,
+    /// Verdicts for the kernel path, offered once a connection is decided.
+    pub kernel: Arc<crate::kernel_path::KernelPath>,
     live: AtomicUsize,
 }
 
@@ -88,6 +90,7 @@ impl Shared {
         postgres_metrics: Arc<crate::metrics::PostgresMetrics>,
         dns: Arc<crate::dns::server::Resolver>,
         refusals: Option<Arc<refusals::Remembered>>,
+        kernel: Arc<crate::kernel_path::KernelPath>,
     ) -> Self {
         Self {
             maps,
@@ -105,6 +108,7 @@ impl Shared {
             postgres_metrics,
             dns,
             refusals,
+            kernel,
             live: AtomicUsize::new(0),
         }
     }

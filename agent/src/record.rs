@@ -139,6 +139,10 @@ pub struct ConnectionRecord {
     /// None while the connection is open (or if the agent stopped before it ended).
     pub ended_at: Option<i64>,
     pub error: Option<String>,
+    /// `kernel` for a connection a kernel verdict let go straight to its destination
+    /// (recorded from kernel events), else `proxy` (absent in stores before version 12).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
     /// `postgres` for sessions Tollgate followed at L7, else absent (plain TCP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,

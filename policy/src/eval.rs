@@ -57,8 +57,19 @@ impl PolicyEngine {
         self.bundle.len()
     }
 
+    /// The targets of the catalog, in order.
+    pub fn targets(&self) -> &[TargetSpec] {
+        self.catalog.targets()
+    }
+
     pub(crate) fn catalog(&self) -> &Catalog {
         &self.catalog
+    }
+
+    /// The first policy that reads what the kernel cannot see at connect time (see
+    /// [`PolicyBundle::kernel_blind_read`]).
+    pub fn kernel_blind_read(&self) -> Option<(String, &'static str)> {
+        self.bundle.kernel_blind_read()
     }
 
     pub(crate) fn bundle(&self) -> &PolicyBundle {
@@ -450,6 +461,7 @@ mod tests {
             tags: [("env".to_owned(), "production".to_owned())].into(),
             mode: None,
             masking: None,
+            kernel_verdicts: None,
             resolved: Vec::new(),
         };
         let destination: SocketAddr = "10.1.2.3:5432".parse().unwrap();

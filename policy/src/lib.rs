@@ -6,6 +6,7 @@
 
 pub mod dns;
 pub mod eval;
+pub mod kernel;
 pub mod load;
 pub mod schema;
 pub mod targets;

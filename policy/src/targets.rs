@@ -121,6 +121,10 @@ pub struct TargetSpec {
     /// Overrides `[masking]` settings for this target's sessions.
     #[serde(default)]
     pub masking: Option<TargetMasking>,
+    /// `false` keeps every connection to this target on the proxy path, even where its
+    /// decision is final in the kernel (`proxy.kernel_verdicts`).
+    #[serde(default)]
+    pub kernel_verdicts: Option<bool>,
     /// Addresses `dns_names` resolved to (filled in by the agent; not configured).
     #[serde(skip)]
     pub resolved: Vec<IpAddr>,
@@ -261,6 +265,7 @@ mod tests {
             tags: BTreeMap::new(),
             mode: None,
             masking: None,
+            kernel_verdicts: None,
             resolved: Vec::new(),
         }
     }

@@ -10,6 +10,7 @@ mod failclosed;
 mod identity;
 mod install;
 mod interception;
+mod kernel_path;
 mod outside;
 mod policy;
 mod postgres;
@@ -35,10 +36,17 @@ pub fn assert_metrics_match_records(agent: &Agent) {
     };
     let metrics = agent.metrics();
     let m = |series: &str| tollgate_e2e::agent::metric_value(&metrics, series);
+    // The proxy accepted what was not on the kernel path; the kernel let the rest pass.
+    let kernel = sessions.iter().filter(|s| s["path"] == "kernel").count();
     assert_eq!(
         m("tollgate_proxy_intercepted_total"),
-        sessions.len() as f64,
+        (sessions.len() - kernel) as f64,
         "intercepted"
+    );
+    assert_eq!(
+        m("tollgate_kernel_verdicts_connects_total{outcome=\"hit\"}"),
+        kernel as f64,
+        "kernel path"
     );
     assert_eq!(
         m("tollgate_proxy_decisions_total{decision=\"allow\"}"),

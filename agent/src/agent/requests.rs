@@ -29,6 +29,7 @@ pub(super) struct AgentControl {
     pub(super) maps: Arc<ConnMaps>,
     pub(super) recorder: Recorder,
     pub(super) status: StatusBase,
+    pub(super) kernel: Arc<crate::kernel_path::KernelPath>,
 }
 
 fn error(message: impl std::fmt::Display) -> Response {
@@ -137,6 +138,7 @@ impl AgentControl {
                     generation: self.enforcer.generation(),
                 },
                 coverage: self.status.coverage,
+                kernel_path: self.kernel.status(),
             }),
             Request::ListDns { job_id, limit } => {
                 let store = self.store.lock().unwrap_or_else(|e| e.into_inner());

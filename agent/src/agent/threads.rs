@@ -23,6 +23,7 @@ pub(super) struct PolicyReload {
     pub(super) enforcer: Arc<Enforcer>,
     pub(super) udp: Arc<crate::udp::relay::Relay>,
     pub(super) unix: Arc<crate::unix::Gate>,
+    pub(super) kernel: Arc<crate::kernel_path::KernelPath>,
     pub(super) notify: Arc<watch::Sender<u64>>,
     pub(super) interval: Duration,
 }
@@ -33,6 +34,7 @@ impl PolicyReload {
             // The kernel's UDP decisions first: they take effect on the next datagram.
             self.udp.apply_policy();
             self.unix.refresh();
+            self.kernel.reloaded();
             let _ = self.notify.send(reloaded.generation);
         }
     }
@@ -177,6 +179,7 @@ pub(super) struct ControlPlane {
     pub(super) recorder: Recorder,
     pub(super) guard: bpf::Guard,
     pub(super) refusals: Option<Arc<crate::proxy::refusals::Remembered>>,
+    pub(super) kernel: Arc<crate::kernel_path::KernelPath>,
 }
 
 pub(super) fn spawn_control_plane(
@@ -196,6 +199,7 @@ pub(super) fn spawn_control_plane(
         recorder,
         guard,
         refusals,
+        kernel,
     } = parts;
     let scan_interval = config.sockets.scan_interval;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -240,6 +244,15 @@ pub(super) fn spawn_control_plane(
                 if let Some(refusals) = refusals {
                     tokio::spawn(refusals.watch());
                 }
+                // The heartbeat beats where the events are read: a stuck control plane
+                // records nothing, so the kernel path stops with it.
+                tokio::spawn(async move {
+                    let mut beat = tokio::time::interval(crate::kernel_path::HEARTBEAT_INTERVAL);
+                    loop {
+                        beat.tick().await;
+                        kernel.beat();
+                    }
+                });
                 tokio::spawn(crate::events::watch_jobs(
                     scanner,
                     jobs.clone(),

@@ -134,6 +134,9 @@ pub struct Status {
     pub policy: PolicyStatus,
     /// What interception covers on this kernel.
     pub coverage: Coverage,
+    /// Which connections the kernel takes straight to their destination, and why not.
+    #[serde(default)]
+    pub kernel_path: crate::kernel_path::KernelStatus,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

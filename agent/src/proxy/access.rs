@@ -8,6 +8,7 @@ use tollgate_policy::Decision;
 use super::{Shared, comm, original_destination};
 use crate::{
     jobs::Job,
+    metrics::ProxyMetrics,
     record::{ConnectionRecord, RecordEvent, now_ms},
 };
 
@@ -30,6 +31,7 @@ impl<'a> AccessLog<'a> {
                 reason: "connection ended before it was attributed".to_owned(),
                 started_at: now_ms(),
                 ended_at: None,
+                path: Some("proxy".to_owned()),
                 ..Default::default()
             },
             job: None,
@@ -126,16 +128,33 @@ impl<'a> AccessLog<'a> {
 
 impl Drop for AccessLog<'_> {
     fn drop(&mut self) {
-        let r = &mut self.record;
+        self.shared.metrics.active.dec();
+        finish(
+            &mut self.record,
+            self.job.as_deref(),
+            &self.shared.metrics,
+            &self.shared.recorder,
+        );
+    }
+}
+
+/// Ends a connection's record: its one access-log event, its bytes counted, and the
+/// record written. Both paths (proxy and kernel) end here.
+pub fn finish(
+    r: &mut ConnectionRecord,
+    job: Option<&Job>,
+    metrics: &ProxyMetrics,
+    recorder: &crate::record::Recorder,
+) {
+    {
         let ended_at = now_ms();
         r.ended_at = Some(ended_at);
-        self.shared.metrics.active.dec();
-        self.shared.metrics.bytes(r.bytes_up, r.bytes_down);
+        metrics.bytes(r.bytes_up, r.bytes_down);
         tracing::info!(
             target: "access",
             id = %r.id,
             job = r.job_id.as_deref().unwrap_or("-"),
-            labels = ?self.job.as_ref().map(|job| &job.labels),
+            labels = ?job.map(|job| &job.labels),
             pid = r.pid,
             uid = r.uid,
             comm = r.comm.as_deref().unwrap_or("-"),
@@ -147,11 +166,10 @@ impl Drop for AccessLog<'_> {
             bytes_down = r.bytes_down,
             duration_ms = ended_at - r.started_at,
             error = r.error.as_deref().unwrap_or("-"),
+            path = r.path.as_deref().unwrap_or("proxy"),
             "connection"
         );
         let record = std::mem::take(r);
-        self.shared
-            .recorder
-            .record(RecordEvent::Connection(Box::new(record)));
+        recorder.record(RecordEvent::Connection(Box::new(record)));
     }
 }

@@ -111,6 +111,13 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
         reset(client);
         return;
     }
+    if how == Follow::Tcp
+        && let Some(job) = &job
+    {
+        shared
+            .kernel
+            .offer(&info, job, destination, hostname.as_deref(), &decision);
+    }
     let postgres = match &principal {
         Some(principal) if how != Follow::Tcp => Some(crate::postgres::session::Context {
             enforcer: shared.enforcer.clone(),

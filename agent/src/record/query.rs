@@ -21,7 +21,7 @@ const CONNECTION_COLUMNS: &str = "c.id, c.job_id, c.attributed, c.pid, c.tid, c.
     c.comm, c.exe, c.cgroup_id, c.source, c.destination, c.decision, c.reason, c.policy_ids, \
     c.bytes_up, c.bytes_down, c.started_at, c.connect_us, c.ended_at, c.error, j.name, j.labels, \
     c.target, j.identity, c.assurance, c.protocol, c.db_user, c.db_name, c.application_name, \
-    c.client_tls, c.server_tls, c.hostname";
+    c.client_tls, c.server_tls, c.hostname, c.path";
 const CONNECTION_FROM: &str = "connections c LEFT JOIN jobs j ON j.id = c.job_id";
 const JOB_COLUMNS: &str = "id, name, labels, cgroup_id, cgroup_path, owner_pid, owner_start, \
     owner_uid, started_at, ended_at, exit_code, exit_signal, end_reason, kind, identity, assurance, \
@@ -295,6 +295,7 @@ fn connection_from_row(row: &Row<'_>) -> rusqlite::Result<ConnectionRecord> {
         client_tls: row.get(30)?,
         server_tls: row.get(31)?,
         hostname: row.get(32)?,
+        path: row.get(33)?,
         statements: Vec::new(),
     })
 }

@@ -1,7 +1,7 @@
 //! The SQLite schema of the recording store.
 use rusqlite::Connection;
 
-pub const VERSION: i64 = 11;
+pub const VERSION: i64 = 12;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -53,7 +53,8 @@ CREATE TABLE IF NOT EXISTS connections (
     application_name TEXT,
     client_tls  INTEGER,
     server_tls  INTEGER,
-    hostname    TEXT
+    hostname    TEXT,
+    path        TEXT
 );
 CREATE INDEX IF NOT EXISTS connections_by_job ON connections (job_id, started_at);
 CREATE INDEX IF NOT EXISTS connections_by_start ON connections (started_at);
@@ -223,6 +224,10 @@ pub fn apply(conn: &Connection) -> rusqlite::Result<()> {
     if (1..9).contains(&version) && !has_column(conn, "connections", "hostname")? {
         // Version 9 records the name a job resolved a destination from.
         conn.execute_batch("ALTER TABLE connections ADD COLUMN hostname TEXT")?;
+    }
+    if (1..12).contains(&version) && !has_column(conn, "connections", "path")? {
+        // Version 12 records whether the proxy or the kernel carried a connection.
+        conn.execute_batch("ALTER TABLE connections ADD COLUMN path TEXT")?;
     }
     conn.pragma_update(None, "user_version", VERSION)?;
     Ok(())

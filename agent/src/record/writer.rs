@@ -499,9 +499,9 @@ fn insert_connection(tx: &rusqlite::Transaction<'_>, c: &ConnectionRecord) -> ru
         "INSERT OR REPLACE INTO connections (id, job_id, attributed, pid, tid, uid, gid, comm, \
          exe, cgroup_id, source, destination, decision, reason, policy_ids, bytes_up, \
          bytes_down, started_at, connect_us, ended_at, error, target, assurance, protocol, db_user, \
-         db_name, application_name, client_tls, server_tls, hostname) VALUES (?1, ?2, ?3, ?4, ?5, \
-         ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, \
-         ?24, ?25, ?26, ?27, ?28, ?29, ?30)",
+         db_name, application_name, client_tls, server_tls, hostname, path) VALUES (?1, ?2, ?3, ?4, \
+         ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, \
+         ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31)",
     )?;
     stmt.execute(params![
         c.id,
@@ -534,6 +534,7 @@ fn insert_connection(tx: &rusqlite::Transaction<'_>, c: &ConnectionRecord) -> ru
         c.client_tls,
         c.server_tls,
         c.hostname,
+        c.path,
     ])?;
     Ok(())
 }

@@ -73,14 +73,121 @@ pub const UNIX_AUDIT: u32 = 3;
 /// Capacity of [`MAP_SOCK_ALLOW`] (entries).
 pub const SOCK_ALLOW_CAPACITY: u32 = 256;
 /// Size of the [`MAP_EVENTS`] ring buffer in bytes (a power of two, page aligned).
-pub const EVENTS_BYTES: u32 = 1 << 20;
+pub const EVENTS_BYTES: u32 = 1 << 23;
 
 /// A wildcard in a [`SockKind`]: any type, or any protocol.
 pub const SOCK_ANY: u32 = u32::MAX;
 
 /// Version of the layout of the maps and programs. The agent refuses to adopt pins
 /// written by a build with another version.
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
+
+/// A connection the connect hook redirected to the proxy.
+pub const PATH_PROXY: u16 = 0;
+/// A connection a kernel verdict let go straight to its destination.
+pub const PATH_KERNEL: u16 = 1;
+
+/// Name of the map of kernel verdicts ([`VerdictKey`] -> [`Verdict`]): a connect whose
+/// key the proxy found final at connect time goes straight to its destination.
+pub const MAP_VERDICTS: &str = "VERDICTS";
+/// Capacity of [`MAP_VERDICTS`] (entries). A full map leaves further connects on the
+/// proxy path.
+pub const VERDICTS_CAPACITY: u32 = 65_536;
+/// Name of the map of kernel-path connections on their way (cookie -> [`ConnInfo`]):
+/// written by sock_ops once the SYN is due, removed when the connection closes. (The
+/// cookie map's entry goes when the socket is released, before a TCP close completes.)
+pub const MAP_KERNEL_CONNS: &str = "KERNEL_CONNS";
+/// Name of the map of job cgroups whose every connect is final in the kernel (cgroup id
+/// -> [`JobVerdict`]), except to [`MAP_PROXIED_NETS`].
+pub const MAP_JOB_VERDICTS: &str = "JOB_VERDICTS";
+/// Capacity of [`MAP_JOB_VERDICTS`] (entries).
+pub const JOB_VERDICTS_CAPACITY: u32 = 4_096;
+/// Name of the LPM trie of networks ([`NetKey`] -> [`PortSet`]) that stay on the proxy
+/// path whatever [`MAP_JOB_VERDICTS`] says: L7 targets, audit mode, opted out.
+pub const MAP_PROXIED_NETS: &str = "PROXIED_NETS";
+/// Capacity of [`MAP_PROXIED_NETS`] (entries).
+pub const PROXIED_NETS_CAPACITY: u32 = 4_096;
+/// Port ranges a [`PortSet`] holds.
+pub const PORT_SET_RANGES: usize = 8;
+/// Name of the agent's heartbeat (one `u64`, CLOCK_MONOTONIC ns). Verdicts apply only
+/// while it is younger than [`HEARTBEAT_MAX_AGE_NS`].
+pub const MAP_HEARTBEAT: &str = "HEARTBEAT";
+/// How old the heartbeat may be before verdicts are ignored (fail closed: connects go
+/// to the proxy, which is refused while the agent is down).
+pub const HEARTBEAT_MAX_AGE_NS: u64 = 2_000_000_000;
+
+/// What the kernel sees of a connect: the key of [`MAP_VERDICTS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VerdictKey {
+    pub cgroup_id: u64,
+    pub uid: u32,
+    pub gid: u32,
+    /// The caller's `comm`, NUL padded.
+    pub comm: [u8; 16],
+    /// The destination, canonical.
+    pub dst: TupleKey,
+}
+
+/// A verdict the agent installed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Verdict {
+    /// The agent's policy generation it was decided under.
+    pub generation: u64,
+    /// Connects it let through (racy across CPUs: a count, not a ledger).
+    pub hits: u64,
+}
+
+/// A job cgroup whose every connect is final in the kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JobVerdict {
+    pub generation: u64,
+    pub hits: u64,
+}
+
+/// An LPM key of [`MAP_PROXIED_NETS`]: `prefix_len` counts the bits of `family` (32)
+/// and then of the address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NetKey {
+    pub family: u32,
+    /// Network byte order; for `AF_INET`, only `ip[0]`.
+    pub ip: [u32; 4],
+}
+
+/// The ports of a network that stay on the proxy path: `count` inclusive ranges.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortSet {
+    pub count: u32,
+    pub _pad: u32,
+    pub first: [u16; PORT_SET_RANGES],
+    pub last: [u16; PORT_SET_RANGES],
+}
+
+/// A kernel-path connection's life, through the [`MAP_EVENTS`] ring: its first field is
+/// the kind, as in [`Event`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelConnEvent {
+    /// [`EventKind::KernelConnect`], [`EventKind::KernelEstablished`] or
+    /// [`EventKind::KernelClosed`].
+    pub kind: u32,
+    /// For a close: the TCP state it closed from (`BPF_TCP_*`: 2 is SYN_SENT, never
+    /// established); the agent takes the SYN and FIN out of the byte counts by it.
+    pub old_state: u32,
+    /// When it happened (CLOCK_MONOTONIC ns).
+    pub ktime_ns: u64,
+    /// What the connect hook recorded (the cookie identifies the connection).
+    pub info: ConnInfo,
+    /// For an establish: the client's own address and port.
+    pub local: TupleKey,
+    /// For a close: bytes sent and acknowledged, and bytes received.
+    pub bytes_acked: u64,
+    pub bytes_received: u64,
+}
 
 /// What the connect hook recorded about one intercepted connection, in the client's own
 /// `connect()`. Addresses are in network byte order, as the kernel hands them over.
@@ -103,7 +210,9 @@ pub struct ConnInfo {
     /// Family of the client's socket (`AF_INET6` for a dual-stack socket that connected
     /// to an IPv4-mapped address).
     pub sock_family: u16,
-    pub _pad: u16,
+    /// [`PATH_PROXY`] (redirected to the proxy) or [`PATH_KERNEL`] (a kernel verdict let
+    /// it go straight to its destination).
+    pub path: u16,
     /// cgroup v2 id of the caller (the inode number of its cgroup directory).
     pub cgroup_id: u64,
     /// Socket cookie of the client's socket.
@@ -236,6 +345,13 @@ pub enum EventKind {
     UdpRefused = 3,
     /// A job's connect (or addressed send) to a unix socket: a [`UnixEvent`].
     UnixConnect = 4,
+    /// A job's connect went straight to its destination on a kernel verdict: a
+    /// [`KernelConnEvent`].
+    KernelConnect = 5,
+    /// A kernel-path connection was established: a [`KernelConnEvent`].
+    KernelEstablished = 6,
+    /// A kernel-path connection closed (or failed): a [`KernelConnEvent`].
+    KernelClosed = 7,
 }
 
 impl EventKind {
@@ -245,6 +361,9 @@ impl EventKind {
             2 => Some(Self::CgroupMove),
             3 => Some(Self::UdpRefused),
             4 => Some(Self::UnixConnect),
+            5 => Some(Self::KernelConnect),
+            6 => Some(Self::KernelEstablished),
+            7 => Some(Self::KernelClosed),
             _ => None,
         }
     }
@@ -324,10 +443,19 @@ pub enum Counter {
     /// TCP connects of jobs refused at `connect()` because the proxy's last connect to
     /// the destination was refused ([`MAP_REFUSED_DST`]).
     RefusedRemembered = 13,
+    /// TCP connects that a kernel verdict sent straight to their destination.
+    KernelHit = 14,
+    /// TCP connects of jobs with no kernel verdict (sent to the proxy).
+    KernelMiss = 15,
+    /// TCP connects with a verdict sent to the proxy anyway: the ring had no room for
+    /// their event (never passed unrecorded), or the agent's heartbeat was stale.
+    KernelFallback = 16,
+    /// Kernel-path established or close events lost (ring full).
+    KernelEventsLost = 17,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 18;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Redirected,
         Counter::RefusedProxyDirect,
@@ -343,6 +471,10 @@ impl Counter {
         Counter::RefusedUnix,
         Counter::UnixAllowed,
         Counter::RefusedRemembered,
+        Counter::KernelHit,
+        Counter::KernelMiss,
+        Counter::KernelFallback,
+        Counter::KernelEventsLost,
     ];
 
     /// Stable label value for metrics.
@@ -362,6 +494,10 @@ impl Counter {
             Counter::RefusedUnix => "refused_unix",
             Counter::UnixAllowed => "unix_allowed",
             Counter::RefusedRemembered => "refused_remembered",
+            Counter::KernelHit => "kernel_hit",
+            Counter::KernelMiss => "kernel_miss",
+            Counter::KernelFallback => "kernel_fallback",
+            Counter::KernelEventsLost => "kernel_events_lost",
         }
     }
 }
@@ -389,6 +525,18 @@ mod pod {
     unsafe impl aya::Pod for super::RefusedKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Refusal {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::VerdictKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Verdict {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::JobVerdict {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::NetKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PortSet {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::KernelConnEvent {}
 }
 
 #[cfg(test)]
@@ -412,6 +560,14 @@ mod tests {
         assert_eq!(size_of::<UnixKey>(), 8 + 4 + 4 + UNIX_PATH_MAX + 4);
         assert_eq!(size_of::<RefusedKey>(), 32);
         assert_eq!(size_of::<Refusal>(), 32);
+        assert_eq!(size_of::<VerdictKey>(), 8 + 4 + 4 + 16 + 24);
+        assert_eq!(size_of::<Verdict>(), 16);
+        assert_eq!(size_of::<NetKey>(), 20);
+        assert_eq!(size_of::<PortSet>(), 8 + 4 * PORT_SET_RANGES);
+        assert_eq!(
+            size_of::<KernelConnEvent>(),
+            16 + size_of::<ConnInfo>() + 24 + 16
+        );
         assert_eq!(
             size_of::<UnixEvent>(),
             6 * 4 + 8 + 16 + 8 + size_of::<UnixKey>()

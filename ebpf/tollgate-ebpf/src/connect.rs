@@ -12,12 +12,12 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use tollgate_common::{
-    AF_INET, AF_INET6, ConnInfo, Counter, EventKind, RefusedKey, Settings, SockKind, TupleKey,
-    UdpDenyKey,
+    AF_INET, AF_INET6, ConnInfo, Counter, EventKind, PATH_PROXY, RefusedKey, Settings, SockKind,
+    TupleKey, UdpDenyKey,
 };
 
 use crate::{
-    caller::caller,
+    caller::{Caller, caller},
     maps::{
         CONN_BY_COOKIE, REFUSED_DST, TOLLGATE_SET_RETVAL, UDP_DENIED, UDP_RELAY_PEER,
         UDP_RELAY_PORT, count, report, settings,
@@ -63,16 +63,24 @@ pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
 
 const DNS_PORT: u16 = 53;
 
-/// Where a redirected socket goes: the proxy's port (TCP, DNS, first UDP datagrams), or
-/// the relay socket of a UDP destination.
+/// Where a socket goes.
+enum Route {
+    /// Redirected: the proxy's port (TCP, DNS, first UDP datagrams), or the relay socket
+    /// of a UDP destination.
+    To(u16),
+    /// Straight to its destination, on a kernel verdict.
+    Direct,
+}
+
 #[inline(always)]
-fn redirect_port(
+fn route(
     sa: *mut bpf_sock_addr,
     settings: &Settings,
+    c: &Caller,
     dst: TupleKey,
     local: bool,
     sending: bool,
-) -> Result<u16, i32> {
+) -> Result<Route, i32> {
     let port = dst.port as u16;
     // SAFETY: the cookie helper is allowed in cgroup sock_addr programs.
     let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
@@ -88,11 +96,14 @@ fn redirect_port(
         return Err(REFUSE);
     }
     if is_tcp(sa) {
+        if port != DNS_PORT && crate::verdict::direct(c, dst) {
+            return Ok(Route::Direct);
+        }
         refuse_remembered(dst)?;
-        return Ok(settings.proxy_port);
+        return Ok(Route::To(settings.proxy_port));
     }
     if port == DNS_PORT {
-        return Ok(settings.proxy_port);
+        return Ok(Route::To(settings.proxy_port));
     }
     // SAFETY: as above.
     let denied = unsafe { UDP_DENIED.get(UdpDenyKey { cookie, dst }).is_some() };
@@ -103,7 +114,47 @@ fn redirect_port(
     }
     count(Counter::UdpRelayed);
     // SAFETY: the value is copied out at once.
-    Ok(unsafe { UDP_RELAY_PORT.get(dst) }.map_or(settings.proxy_port, |p| *p as u16))
+    Ok(Route::To(
+        unsafe { UDP_RELAY_PORT.get(dst) }.map_or(settings.proxy_port, |p| *p as u16),
+    ))
+}
+
+/// The port the socket is redirected to, or `None` when it went straight to its
+/// destination (recorded for the kernel path). A kernel verdict whose event finds no room
+/// in the ring takes the proxy path.
+#[inline(always)]
+fn redirect(
+    sa: *mut bpf_sock_addr,
+    settings: &Settings,
+    c: &Caller,
+    orig: (TupleKey, u16),
+    local: bool,
+    sending: bool,
+) -> Result<Option<u16>, i32> {
+    let (dst, sock_family) = orig;
+    match route(sa, settings, c, dst, local, sending)? {
+        Route::To(port) => Ok(Some(port)),
+        Route::Direct => {
+            // SAFETY: the cookie helper is allowed in cgroup sock_addr programs.
+            let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
+            let info = conn_info(
+                c,
+                cookie,
+                dst.ip,
+                dst.port as u16,
+                dst.family as u16,
+                sock_family,
+            );
+            match crate::verdict::record_direct(cookie, info) {
+                Ok(true) => Ok(None),
+                Ok(false) => Ok(Some(settings.proxy_port)),
+                Err(()) => {
+                    count(Counter::RefusedMapFull);
+                    Err(REFUSE)
+                }
+            }
+        }
+    }
 }
 
 /// A TCP connect to a destination that refused the proxy's last connect for this cgroup
@@ -142,13 +193,16 @@ fn try_connect4(ctx: &SockAddrContext, sending: bool) -> Result<i32, i32> {
         return Ok(ALLOW);
     }
     let settings = configured()?;
+    let c = caller();
     let dst = TupleKey {
         family: u32::from(AF_INET),
         port: u32::from(port),
         ip: [ip, 0, 0, 0],
     };
-    let to_port = redirect_port(sa, &settings, dst, is_local4(ip), sending)?;
-    record(sa, [ip, 0, 0, 0], port, AF_INET, AF_INET)?;
+    let Some(to_port) = redirect(sa, &settings, &c, (dst, AF_INET), is_local4(ip), sending)? else {
+        return Ok(ALLOW);
+    };
+    record(sa, &c, [ip, 0, 0, 0], port, AF_INET, AF_INET)?;
     // SAFETY: user_ip4 and user_port are writable in connect4.
     unsafe {
         (*sa).user_ip4 = settings.proxy_ip4;
@@ -166,14 +220,18 @@ fn try_connect6(ctx: &SockAddrContext, sending: bool) -> Result<i32, i32> {
         return Ok(ALLOW);
     }
     let settings = configured()?;
+    let c = caller();
     if is_v4_mapped(&ip) {
         let dst = TupleKey {
             family: u32::from(AF_INET),
             port: u32::from(port),
             ip: [ip[3], 0, 0, 0],
         };
-        let to_port = redirect_port(sa, &settings, dst, is_local4(ip[3]), sending)?;
-        record(sa, [ip[3], 0, 0, 0], port, AF_INET, AF_INET6)?;
+        let orig = (dst, AF_INET6);
+        let Some(to_port) = redirect(sa, &settings, &c, orig, is_local4(ip[3]), sending)? else {
+            return Ok(ALLOW);
+        };
+        record(sa, &c, [ip[3], 0, 0, 0], port, AF_INET, AF_INET6)?;
         // SAFETY: user_ip6 and user_port are writable in connect6.
         unsafe {
             (*sa).user_ip6[0] = 0;
@@ -188,8 +246,11 @@ fn try_connect6(ctx: &SockAddrContext, sending: bool) -> Result<i32, i32> {
             port: u32::from(port),
             ip,
         };
-        let to_port = redirect_port(sa, &settings, dst, is_local6(&ip), sending)?;
-        record(sa, ip, port, AF_INET6, AF_INET6)?;
+        let orig = (dst, AF_INET6);
+        let Some(to_port) = redirect(sa, &settings, &c, orig, is_local6(&ip), sending)? else {
+            return Ok(ALLOW);
+        };
+        record(sa, &c, ip, port, AF_INET6, AF_INET6)?;
         // SAFETY: as above.
         unsafe {
             (*sa).user_ip6[0] = settings.proxy_ip6[0];
@@ -250,6 +311,7 @@ fn is_udp(sa: *mut bpf_sock_addr) -> bool {
 #[inline(always)]
 fn record(
     sa: *mut bpf_sock_addr,
+    c: &Caller,
     orig_ip: [u32; 4],
     orig_port: u16,
     orig_family: u16,
@@ -257,8 +319,24 @@ fn record(
 ) -> Result<(), i32> {
     // SAFETY: the cookie helper is allowed in cgroup sock_addr programs.
     let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
-    let c = caller();
-    let info = ConnInfo {
+    let info = conn_info(c, cookie, orig_ip, orig_port, orig_family, sock_family);
+    if CONN_BY_COOKIE.insert(cookie, info, 0).is_err() {
+        count(Counter::RefusedMapFull);
+        return Err(REFUSE);
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn conn_info(
+    c: &Caller,
+    cookie: u64,
+    orig_ip: [u32; 4],
+    orig_port: u16,
+    orig_family: u16,
+    sock_family: u16,
+) -> ConnInfo {
+    ConnInfo {
         orig_ip,
         orig_port,
         orig_family,
@@ -267,17 +345,12 @@ fn record(
         uid: c.uid,
         gid: c.gid,
         sock_family,
-        _pad: 0,
+        path: PATH_PROXY,
         cgroup_id: c.cgroup_id,
         cookie,
         ktime_ns: c.ktime_ns,
         comm: c.comm,
-    };
-    if CONN_BY_COOKIE.insert(cookie, info, 0).is_err() {
-        count(Counter::RefusedMapFull);
-        return Err(REFUSE);
     }
-    Ok(())
 }
 
 /// 127.0.0.0/8 or 0.0.0.0 (network byte order).

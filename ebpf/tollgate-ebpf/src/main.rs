@@ -27,6 +27,7 @@ mod release;
 mod sock_create;
 mod sockops;
 mod udp;
+mod verdict;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -2,12 +2,14 @@
 //! directory, so they survive the agent and are re-adopted when it restarts.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use tollgate_common::{
-    CONN_MAP_CAPACITY, ConnInfo, Counter, EVENTS_BYTES, Event, EventKind, REFUSED_CAPACITY,
-    Refusal, RefusedKey, SOCK_ALLOW_CAPACITY, Settings, SockKind, TupleKey, UDP_DENIED_CAPACITY,
-    UDP_MAP_CAPACITY, UDP_RELAY_CAPACITY, UNIX_RULES_CAPACITY, UdpDenyKey, UnixKey,
+    CONN_MAP_CAPACITY, ConnInfo, Counter, EVENTS_BYTES, Event, EventKind, JOB_VERDICTS_CAPACITY,
+    JobVerdict, NetKey, PROXIED_NETS_CAPACITY, PortSet, REFUSED_CAPACITY, Refusal, RefusedKey,
+    SOCK_ALLOW_CAPACITY, Settings, SockKind, TupleKey, UDP_DENIED_CAPACITY, UDP_MAP_CAPACITY,
+    UDP_RELAY_CAPACITY, UNIX_RULES_CAPACITY, UdpDenyKey, UnixKey, VERDICTS_CAPACITY, Verdict,
+    VerdictKey,
 };
 
 /// Live intercepted job sockets: written by the connect hooks, read by sock_ops and
@@ -63,6 +65,29 @@ pub static REFUSED_DST: LruHashMap<RefusedKey, Refusal> = LruHashMap::pinned(REF
 /// to the verifier, which prunes the call where it is 0.
 #[unsafe(no_mangle)]
 pub static TOLLGATE_SET_RETVAL: u8 = 0;
+
+/// Kernel verdicts: connects the proxy found final at connect time, by what the kernel
+/// sees of them. Written and dropped by the agent, read by the connect hooks.
+#[map(name = "VERDICTS")]
+pub static VERDICTS: HashMap<VerdictKey, Verdict> = HashMap::pinned(VERDICTS_CAPACITY, 0);
+
+/// Kernel-path connections from their SYN to their close: written and removed by
+/// sock_ops, read by the agent to find closes that were never reported.
+#[map(name = "KERNEL_CONNS")]
+pub static KERNEL_CONNS: HashMap<u64, ConnInfo> = HashMap::pinned(CONN_MAP_CAPACITY, 0);
+
+/// Job cgroups whose every connect is final in the kernel (no policy reads anything the
+/// kernel cannot see), except to the networks of [`PROXIED_NETS`].
+#[map(name = "JOB_VERDICTS")]
+pub static JOB_VERDICTS: HashMap<u64, JobVerdict> = HashMap::pinned(JOB_VERDICTS_CAPACITY, 0);
+
+/// Networks and ports that stay on the proxy path for [`JOB_VERDICTS`].
+#[map(name = "PROXIED_NETS")]
+pub static PROXIED_NETS: LpmTrie<NetKey, PortSet> = LpmTrie::pinned(PROXIED_NETS_CAPACITY, 0);
+
+/// The agent's heartbeat: CLOCK_MONOTONIC ns of its last refresh.
+#[map(name = "HEARTBEAT")]
+pub static HEARTBEAT: Array<u64> = Array::pinned(1, 0);
 
 /// Unix socket verdicts by (cgroup, address), written by the agent from `unix:connect`;
 /// cgroup id 0 holds the host-wide defaults (container-engine sockets denied). Read by

@@ -1,22 +1,27 @@
 //! sock_ops: key each intercepted connection by its client tuple once the local port is
 //! bound (TCP_CONNECT_CB, before the SYN), and drop that key again if the connection
-//! fails before it could be accepted.
+//! fails before it could be accepted. For a kernel-path connection, report its establish
+//! and its close (with the bytes each way) instead.
 use core::ptr::addr_of;
 
 use aya_ebpf::{
     bindings::{
-        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
-        BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE, BPF_TCP_SYN_SENT,
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
+        BPF_TCP_CLOSE, BPF_TCP_SYN_SENT,
     },
-    helpers::generated::bpf_get_socket_cookie,
+    helpers::generated::{bpf_get_socket_cookie, bpf_ktime_get_ns},
     macros::sock_ops,
     programs::SockOpsContext,
 };
-use tollgate_common::{AF_INET, AF_INET6, Counter, TupleKey};
+use tollgate_common::{
+    AF_INET, AF_INET6, ConnInfo, Counter, EventKind, KernelConnEvent, PATH_KERNEL, TupleKey,
+};
 
 use crate::{
     connect::is_v4_mapped,
-    maps::{CONN_BY_COOKIE, CONN_BY_TUPLE, JOB_SOCKETS, count},
+    maps::{CONN_BY_COOKIE, CONN_BY_TUPLE, JOB_SOCKETS, KERNEL_CONNS, count},
+    verdict::report_conn,
 };
 
 const DONE: u32 = 1;
@@ -34,6 +39,7 @@ fn try_sockops(ctx: &SockOpsContext) -> Result<u32, u32> {
         BPF_SOCK_OPS_TCP_CONNECT_CB => on_connect(ctx),
         BPF_SOCK_OPS_STATE_CB => on_state(ctx),
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => on_accepted(ctx),
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => on_established(ctx),
         _ => Ok(DONE),
     }
 }
@@ -46,6 +52,15 @@ fn on_connect(ctx: &SockOpsContext) -> Result<u32, u32> {
     let Some(info) = (unsafe { CONN_BY_COOKIE.get(cookie) }).copied() else {
         return Ok(DONE);
     };
+    if info.path == PATH_KERNEL {
+        // Straight to its destination: report its establish and its close (and bytes).
+        if KERNEL_CONNS.insert(cookie, info, 0).is_err() {
+            count(Counter::KernelEventsLost);
+            return Ok(DONE);
+        }
+        let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+        return Ok(DONE);
+    }
     let key = local_tuple(ctx);
     if CONN_BY_TUPLE.insert(key, info, 0).is_err() {
         // The proxy will find no entry and refuse the connection (fail closed).
@@ -67,8 +82,59 @@ fn on_accepted(ctx: &SockOpsContext) -> Result<u32, u32> {
     Ok(DONE)
 }
 
+/// The kernel-path entry of this socket, if it has one.
+#[inline(always)]
+fn kernel_path(ctx: &SockOpsContext) -> Option<(u64, ConnInfo)> {
+    // SAFETY: the cookie helper is allowed in sock_ops programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+    // SAFETY: the value is copied out at once.
+    let info = (unsafe { KERNEL_CONNS.get(cookie) }).copied()?;
+    Some((cookie, info))
+}
+
+fn on_established(ctx: &SockOpsContext) -> Result<u32, u32> {
+    let Some((_, info)) = kernel_path(ctx) else {
+        return Ok(DONE);
+    };
+    report_conn(KernelConnEvent {
+        kind: EventKind::KernelEstablished as u32,
+        old_state: 0,
+        // SAFETY: allowed in sock_ops programs.
+        ktime_ns: unsafe { bpf_ktime_get_ns() },
+        info,
+        local: local_tuple(ctx),
+        bytes_acked: 0,
+        bytes_received: 0,
+    });
+    Ok(DONE)
+}
+
 fn on_state(ctx: &SockOpsContext) -> Result<u32, u32> {
     let (old, new) = (ctx.arg(0), ctx.arg(1));
+    if new == BPF_TCP_CLOSE
+        && let Some((cookie, info)) = kernel_path(ctx)
+    {
+        let _ = KERNEL_CONNS.remove(cookie);
+        let ops = ctx.ops;
+        // SAFETY: reading sock_ops context fields of a full socket in a state callback.
+        let (acked, received) = unsafe {
+            (
+                core::ptr::read_volatile(addr_of!((*ops).bytes_acked)),
+                core::ptr::read_volatile(addr_of!((*ops).bytes_received)),
+            )
+        };
+        report_conn(KernelConnEvent {
+            kind: EventKind::KernelClosed as u32,
+            old_state: old,
+            // SAFETY: allowed in sock_ops programs.
+            ktime_ns: unsafe { bpf_ktime_get_ns() },
+            info,
+            local: local_tuple(ctx),
+            bytes_acked: acked,
+            bytes_received: received,
+        });
+        return Ok(DONE);
+    }
     if old == BPF_TCP_SYN_SENT && new == BPF_TCP_CLOSE {
         let key = local_tuple(ctx);
         if CONN_BY_TUPLE.remove(key).is_ok() {

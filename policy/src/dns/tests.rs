@@ -77,6 +77,7 @@ fn a_name_policy_allows_one_domain_and_refuses_another() {
         tags: [("env".to_owned(), "production".to_owned())].into(),
         mode: None,
         masking: None,
+        kernel_verdicts: None,
         resolved: vec![],
     };
     db.ports = vec![];
@@ -124,6 +125,7 @@ fn connects_match_dns_named_targets_by_the_name_the_job_resolved() {
         tags: BTreeMap::new(),
         mode: None,
         masking: None,
+        kernel_verdicts: None,
         resolved: vec![],
     };
     let e = engine(

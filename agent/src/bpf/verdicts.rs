@@ -1,0 +1,162 @@
+//! The agent's side of the kernel-verdict maps: exact verdicts (`VERDICTS`), jobs whose
+//! every connect is final in the kernel (`JOB_VERDICTS`), the networks that stay on the
+//! proxy path for them (`PROXIED_NETS`), and the heartbeat without which none of them
+//! counts.
+use std::os::fd::{AsFd as _, BorrowedFd};
+
+use aya::maps::Map;
+use tollgate_common::{
+    ConnInfo, JobVerdict, MAP_HEARTBEAT, MAP_JOB_VERDICTS, MAP_KERNEL_CONNS, MAP_PROXIED_NETS,
+    MAP_VERDICTS, NetKey, PortSet, Verdict, VerdictKey,
+};
+
+use super::{BpfError, maps::monotonic_ns, syscall};
+
+/// The key of an LPM trie entry, as the kernel lays it out: the prefix length in bits,
+/// then the data.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LpmKey {
+    pub prefix_len: u32,
+    pub net: NetKey,
+}
+
+// SAFETY: #[repr(C)], Copy, integers only, no implicit padding (4 + 20 bytes).
+unsafe impl aya::Pod for LpmKey {}
+
+pub struct VerdictMaps {
+    conns: Map,
+    verdicts: Map,
+    jobs: Map,
+    nets: Map,
+    heartbeat: Map,
+}
+
+fn fd<'a>(map: &'a Map, name: &'static str) -> Result<BorrowedFd<'a>, BpfError> {
+    match map {
+        Map::HashMap(data) | Map::LruHashMap(data) | Map::Array(data) | Map::LpmTrie(data) => {
+            Ok(data.fd().as_fd())
+        }
+        _ => Err(BpfError::Missing(name)),
+    }
+}
+
+fn io(name: &'static str) -> impl Fn(std::io::Error) -> BpfError {
+    move |source| BpfError::MapIo { name, source }
+}
+
+impl VerdictMaps {
+    pub(super) fn new(conns: Map, verdicts: Map, jobs: Map, nets: Map, heartbeat: Map) -> Self {
+        Self {
+            conns,
+            verdicts,
+            jobs,
+            nets,
+            heartbeat,
+        }
+    }
+
+    /// Whether a kernel-path connection is still on its way (its close not yet seen).
+    pub fn connecting(&self, cookie: u64) -> Result<bool, BpfError> {
+        let fd = fd(&self.conns, MAP_KERNEL_CONNS)?;
+        syscall::lookup::<u64, ConnInfo>(fd, &cookie)
+            .map(|found| found.is_some())
+            .map_err(io(MAP_KERNEL_CONNS))
+    }
+
+    /// Refreshes the heartbeat: verdicts count for the next 2 s.
+    pub fn beat(&self) -> Result<(), BpfError> {
+        let fd = fd(&self.heartbeat, MAP_HEARTBEAT)?;
+        syscall::update(fd, &0_u32, &monotonic_ns()).map_err(io(MAP_HEARTBEAT))
+    }
+
+    /// Stops the heartbeat: verdicts stop counting at once.
+    pub fn stop_beating(&self) -> Result<(), BpfError> {
+        let fd = fd(&self.heartbeat, MAP_HEARTBEAT)?;
+        syscall::update(fd, &0_u32, &0_u64).map_err(io(MAP_HEARTBEAT))
+    }
+
+    pub fn install(&self, key: &VerdictKey, generation: u64) -> Result<(), BpfError> {
+        let fd = fd(&self.verdicts, MAP_VERDICTS)?;
+        let value = Verdict {
+            generation,
+            hits: 0,
+        };
+        syscall::update(fd, key, &value).map_err(io(MAP_VERDICTS))
+    }
+
+    pub fn remove(&self, key: &VerdictKey) -> Result<bool, BpfError> {
+        let fd = fd(&self.verdicts, MAP_VERDICTS)?;
+        syscall::delete(fd, key).map_err(io(MAP_VERDICTS))
+    }
+
+    /// Every exact verdict, with its hits.
+    pub fn verdicts(&self) -> Result<Vec<(VerdictKey, Verdict)>, BpfError> {
+        let fd = fd(&self.verdicts, MAP_VERDICTS)?;
+        let mut out = Vec::new();
+        for key in syscall::keys::<VerdictKey>(fd).map_err(io(MAP_VERDICTS))? {
+            if let Some(value) = syscall::lookup(fd, &key).map_err(io(MAP_VERDICTS))? {
+                out.push((key, value));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Marks a job cgroup's every connect final in the kernel (or not).
+    pub fn set_job(&self, cgroup_id: u64, generation: Option<u64>) -> Result<(), BpfError> {
+        let fd = fd(&self.jobs, MAP_JOB_VERDICTS)?;
+        match generation {
+            Some(generation) => {
+                let value = JobVerdict {
+                    generation,
+                    hits: 0,
+                };
+                syscall::update(fd, &cgroup_id, &value).map_err(io(MAP_JOB_VERDICTS))
+            }
+            None => syscall::delete(fd, &cgroup_id)
+                .map(|_| ())
+                .map_err(io(MAP_JOB_VERDICTS)),
+        }
+    }
+
+    /// Every job cgroup marked final, with its hits.
+    pub fn jobs(&self) -> Result<Vec<(u64, JobVerdict)>, BpfError> {
+        let fd = fd(&self.jobs, MAP_JOB_VERDICTS)?;
+        let mut out = Vec::new();
+        for key in syscall::keys::<u64>(fd).map_err(io(MAP_JOB_VERDICTS))? {
+            if let Some(value) = syscall::lookup(fd, &key).map_err(io(MAP_JOB_VERDICTS))? {
+                out.push((key, value));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Replaces the networks that stay on the proxy path.
+    pub fn replace_nets(&self, nets: &[(LpmKey, PortSet)]) -> Result<(), BpfError> {
+        let fd = fd(&self.nets, MAP_PROXIED_NETS)?;
+        // New entries first, so no network is unprotected in between.
+        for (key, ports) in nets {
+            syscall::update(fd, key, ports).map_err(io(MAP_PROXIED_NETS))?;
+        }
+        for key in syscall::keys::<LpmKey>(fd).map_err(io(MAP_PROXIED_NETS))? {
+            if !nets.iter().any(|(k, _)| *k == key) {
+                syscall::delete(fd, &key).map_err(io(MAP_PROXIED_NETS))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops every verdict (exact and per job).
+    pub fn clear(&self) -> Result<usize, BpfError> {
+        let mut dropped = 0;
+        let fd_v = fd(&self.verdicts, MAP_VERDICTS)?;
+        for key in syscall::keys::<VerdictKey>(fd_v).map_err(io(MAP_VERDICTS))? {
+            dropped += usize::from(syscall::delete(fd_v, &key).map_err(io(MAP_VERDICTS))?);
+        }
+        let fd_j = fd(&self.jobs, MAP_JOB_VERDICTS)?;
+        for key in syscall::keys::<u64>(fd_j).map_err(io(MAP_JOB_VERDICTS))? {
+            dropped += usize::from(syscall::delete(fd_j, &key).map_err(io(MAP_JOB_VERDICTS))?);
+        }
+        Ok(dropped)
+    }
+}

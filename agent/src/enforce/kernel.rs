@@ -1,0 +1,155 @@
+//! What the kernel may decide on its own: which connect decisions are final at connect
+//! time (see `proxy.kernel_verdicts`), and which networks stay on the proxy path.
+use std::net::{IpAddr, SocketAddr};
+
+use ipnet::IpNet;
+use tollgate_policy::{Decision, Effect, Mode, PortRange, TargetSpec};
+
+use super::Enforcer;
+
+/// What the policy in force lets the kernel decide.
+#[derive(Debug, Clone, Default)]
+pub struct KernelPlan {
+    /// The policy generation it was made from.
+    pub generation: u64,
+    /// Every connect of every job is allowed (no policy directory): jobs' connects go
+    /// straight to their destination, except to [`KernelPlan::proxied`].
+    pub everything: bool,
+    /// Why no decision is final in the kernel, when none is.
+    pub blind: Option<String>,
+    /// Networks (and their ports; empty: any) that always take the proxy path, with why.
+    pub proxied: Vec<(IpNet, Vec<PortRange>, String)>,
+}
+
+/// Why a target keeps its connections on the proxy path, if it does.
+pub fn proxied_because(target: &TargetSpec, mode: Mode) -> Option<String> {
+    if target.kernel_verdicts == Some(false) {
+        return Some("the target opts out (kernel_verdicts = false)".to_owned());
+    }
+    if target.protocol.as_deref() == Some("postgres") {
+        return Some("an L7 target (protocol = \"postgres\"): statements are decided".to_owned());
+    }
+    if target.mode.unwrap_or(mode) == Mode::Audit {
+        return Some("audit mode: every connection is evaluated and recorded".to_owned());
+    }
+    None
+}
+
+/// The networks a target matches: its CIDRs and the addresses its DNS names resolved
+/// to, or every address when it names neither.
+fn networks(target: &TargetSpec) -> Vec<IpNet> {
+    if target.cidrs.is_empty() && target.dns_names.is_empty() {
+        return vec![
+            IpNet::V4(ipnet::Ipv4Net::default()),
+            IpNet::V6(ipnet::Ipv6Net::default()),
+        ];
+    }
+    let mut nets = target.cidrs.clone();
+    nets.extend(target.resolved.iter().map(|ip| IpNet::from(canonical(*ip))));
+    nets
+}
+
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+impl Enforcer {
+    /// What the kernel may decide under the policy in force.
+    pub fn kernel_plan(&self) -> KernelPlan {
+        let active = self.active.load();
+        // Without a policy directory there is no catalog: the configured targets.
+        let configured = self
+            .settings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .targets
+            .clone();
+        let mut plan = KernelPlan {
+            generation: active.generation,
+            ..KernelPlan::default()
+        };
+        let catalog: &[TargetSpec] = match &active.engine {
+            Some(engine) => engine.targets(),
+            None => &configured,
+        };
+        if active.mode == Mode::Audit {
+            plan.blind = Some("policy mode is audit: every connection is evaluated".to_owned());
+        } else if let Some((id, what)) = active
+            .engine
+            .as_ref()
+            .and_then(|engine| engine.kernel_blind_read())
+        {
+            plan.blind = Some(format!(
+                "policy {id} reads {what}, which the kernel does not see at connect()"
+            ));
+        }
+        plan.everything = active.engine.is_none() && plan.blind.is_none();
+        for target in catalog {
+            if let Some(why) = proxied_because(target, active.mode) {
+                for net in networks(target) {
+                    plan.proxied.push((
+                        net,
+                        target.ports.clone(),
+                        format!("{}: {why}", target.name),
+                    ));
+                }
+            }
+        }
+        plan
+    }
+
+    /// Whether an allowed connect decision is final at connect time, so the kernel may
+    /// repeat it for the same key: `Err` says why not.
+    pub fn kernel_final(
+        &self,
+        destination: SocketAddr,
+        hostname: Option<&str>,
+        decision: &Decision,
+    ) -> Result<(), String> {
+        if decision.effect != Effect::Allow || !decision.enforced {
+            return Err(format!("the decision is {}", decision.label()));
+        }
+        let active = self.active.load();
+        let Some(engine) = active.engine.as_ref() else {
+            // No catalog without a policy directory: the configured targets.
+            let settings = self.settings.lock().unwrap_or_else(|e| e.into_inner());
+            return match settings
+                .targets
+                .iter()
+                .find(|t| t.matches(destination.ip(), destination.port()))
+                .and_then(|t| proxied_because(t, active.mode))
+            {
+                Some(why) => Err(why),
+                None => Ok(()),
+            };
+        };
+        if let Some((id, what)) = engine.kernel_blind_read() {
+            return Err(format!("policy {id} reads {what}"));
+        }
+        let by_address = engine.target(destination);
+        if let Some(target) = by_address
+            && let Some(why) = proxied_because(target, active.mode)
+        {
+            return Err(why);
+        }
+        // The next connection might speak PostgreSQL, which the proxy would follow and
+        // whose statements a policy decides.
+        if engine.governs_sql() && by_address.and_then(|t| t.protocol.as_deref()).is_none() {
+            return Err(
+                "a policy governs SQL and the target declares no protocol: its sessions \
+                 are followed when they speak PostgreSQL"
+                    .to_owned(),
+            );
+        }
+        // A name the job resolved may pick another target than the address alone.
+        if hostname.is_some()
+            && by_address.map_or("(unknown)", |t| t.name.as_str()) != decision.target
+        {
+            return Err("the target was chosen by the name the job resolved".to_owned());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,284 @@
+//! Kernel-path connections, recorded from the kernel's events: the connect (the facts
+//! the proxy path records), the establish (the client's own address) and the close (the
+//! bytes each way). One record and one access-log event per connection, as on the proxy
+//! path.
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use tollgate_common::{AF_INET6, ConnInfo, EventKind, KernelConnEvent, TupleKey, VerdictKey};
+use tollgate_policy::{Decision, Process, Subject};
+
+use super::{KernelPath, destroy};
+use crate::{
+    bpf::monotonic_ns,
+    jobs::Job,
+    proc_info,
+    proxy::{comm, original_destination, tuple_addr},
+    record::{ConnectionRecord, now_ms},
+};
+
+/// How long a connection whose socket is gone may wait for its close event.
+const LOST_AFTER: Duration = Duration::from_secs(5);
+
+struct Conn {
+    record: ConnectionRecord,
+    job: Option<Arc<Job>>,
+    info: ConnInfo,
+    local: Option<SocketAddr>,
+    /// A decision that blocks it, to apply once the socket has a tuple.
+    revoke: Option<Decision>,
+    seen: Instant,
+}
+
+#[derive(Default)]
+pub struct Live {
+    conns: Mutex<HashMap<u64, Conn>>,
+}
+
+const TCP_SYN_SENT: u32 = 2;
+const TCP_FIN_WAIT2: u32 = 5;
+const TCP_CLOSE_WAIT: u32 = 8;
+const TCP_LAST_ACK: u32 = 9;
+const TCP_CLOSING: u32 = 11;
+
+/// The data bytes each way of a closed connection, as the proxy path counts them: the
+/// kernel's `bytes_acked` counts the SYN and an acknowledged FIN too, and its
+/// `bytes_received` a received FIN; the state the connection closed from tells which.
+fn data_bytes(event: &KernelConnEvent) -> (u64, u64) {
+    let old = event.old_state;
+    if old == TCP_SYN_SENT {
+        return (0, 0);
+    }
+    let fin_acked = matches!(old, TCP_FIN_WAIT2 | TCP_CLOSING | TCP_LAST_ACK);
+    let fin_received = matches!(
+        old,
+        TCP_FIN_WAIT2 | TCP_CLOSING | TCP_LAST_ACK | TCP_CLOSE_WAIT
+    );
+    (
+        event.bytes_acked.saturating_sub(1 + u64::from(fin_acked)),
+        event.bytes_received.saturating_sub(u64::from(fin_received)),
+    )
+}
+
+/// The destination of a connect, as the verdict key holds it.
+pub fn dst_key(info: &ConnInfo) -> TupleKey {
+    TupleKey {
+        family: u32::from(info.orig_family),
+        port: u32::from(info.orig_port),
+        ip: info.orig_ip,
+    }
+}
+
+fn process(info: &ConnInfo, exe: Option<String>) -> Process {
+    Process {
+        pid: info.tgid,
+        uid: info.uid,
+        gid: info.gid,
+        comm: comm(info),
+        exe,
+    }
+}
+
+impl Live {
+    fn conns(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Conn>> {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns().len()
+    }
+
+    pub fn event(&self, kp: &KernelPath, event: &KernelConnEvent) {
+        let cookie = event.info.cookie;
+        match EventKind::from_u32(event.kind) {
+            Some(EventKind::KernelConnect) => {
+                let conn = connected(kp, event);
+                self.conns().insert(cookie, conn);
+            }
+            Some(EventKind::KernelEstablished) => {
+                let mut conns = self.conns();
+                let Some(conn) = conns.get_mut(&cookie) else {
+                    return;
+                };
+                conn.seen = Instant::now();
+                let local = tuple_addr(&event.local);
+                conn.local = Some(local);
+                conn.record.source = local.to_string();
+                let elapsed = event.ktime_ns.saturating_sub(conn.info.ktime_ns) / 1_000;
+                conn.record.connect_us = Some(elapsed);
+                if let Some(decision) = conn.revoke.take() {
+                    revoke(kp, cookie, conn, &decision);
+                }
+            }
+            Some(EventKind::KernelClosed) => {
+                let Some(mut conn) = self.conns().remove(&cookie) else {
+                    return;
+                };
+                let (up, down) = data_bytes(event);
+                conn.record.bytes_up = up;
+                conn.record.bytes_down = down;
+                if event.old_state == TCP_SYN_SENT && conn.record.error.is_none() {
+                    conn.record.error = Some(
+                        "no connection was established (refused, unreachable or timed out)"
+                            .to_owned(),
+                    );
+                }
+                finish(kp, conn);
+            }
+            _ => {}
+        }
+    }
+
+    /// Ends the records of connections whose socket is gone but whose close event never
+    /// came (the ring was full).
+    pub fn sweep_lost(&self, kp: &KernelPath) {
+        let lost: Vec<Conn> = {
+            let mut conns = self.conns();
+            let cookies: Vec<u64> = conns
+                .iter()
+                .filter(|(cookie, conn)| {
+                    conn.seen.elapsed() >= LOST_AFTER
+                        && kp.maps.connecting(**cookie).is_ok_and(|live| !live)
+                })
+                .map(|(cookie, _)| *cookie)
+                .collect();
+            cookies
+                .into_iter()
+                .filter_map(|cookie| conns.remove(&cookie))
+                .collect()
+        };
+        for mut conn in lost {
+            conn.record.error = Some("its close was not reported (kernel events lost)".to_owned());
+            finish(kp, conn);
+        }
+    }
+
+    /// Re-decides every live connection after a reload; destroys the denied ones.
+    pub fn revoke_denied(&self, kp: &KernelPath) -> usize {
+        let mut conns = self.conns();
+        let mut revoked = 0;
+        for (cookie, conn) in conns.iter_mut() {
+            let Some(job) = conn.job.clone() else {
+                continue;
+            };
+            let process = process(&conn.info, conn.record.exe.clone());
+            let destination = original_destination(&conn.info);
+            let decision =
+                kp.enforcer
+                    .decide_connect(Subject::new(&job.principal, &process, destination));
+            if decision.blocks() {
+                revoked += 1;
+                if conn.local.is_some() {
+                    revoke(kp, *cookie, conn, &decision);
+                } else {
+                    conn.revoke = Some(decision);
+                }
+            }
+        }
+        revoked
+    }
+}
+
+/// The record of a connect that went straight to its destination.
+fn connected(kp: &KernelPath, event: &KernelConnEvent) -> Conn {
+    let info = event.info;
+    let job = kp.jobs.resolve(info.cgroup_id);
+    let exe = proc_info::exe(info.tgid).map(|p| p.display().to_string());
+    let destination = original_destination(&info);
+    let age_ms = monotonic_ns().saturating_sub(info.ktime_ns) / 1_000_000;
+    let mut record = ConnectionRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        attributed: true,
+        pid: Some(info.tgid),
+        tid: Some(info.tid),
+        uid: Some(info.uid),
+        gid: Some(info.gid),
+        comm: Some(comm(&info)),
+        exe: exe.clone(),
+        cgroup_id: Some(info.cgroup_id),
+        destination: Some(destination.to_string()),
+        job_id: job.as_ref().map(|job| job.id.clone()),
+        assurance: job.as_ref().map(|job| job.assurance),
+        started_at: now_ms() - age_ms as i64,
+        path: Some("kernel".to_owned()),
+        ..Default::default()
+    };
+    let key = VerdictKey {
+        cgroup_id: info.cgroup_id,
+        uid: info.uid,
+        gid: info.gid,
+        comm: info.comm,
+        dst: dst_key(&info),
+    };
+    // A verdict dropped since the kernel used it (a reload, an attest): decided anew,
+    // and destroyed once it has a tuple if that decision blocks it.
+    let (decision, revoke) = match kp.decision_for(&key) {
+        Some(decision) => (decision, None),
+        None => {
+            let decision = match &job {
+                Some(job) => kp.enforcer.decide_connect(Subject::new(
+                    &job.principal,
+                    &process(&info, exe),
+                    destination,
+                )),
+                None => Decision::deny(format!(
+                    "cgroup {} is not an active Tollgate job: refused",
+                    info.cgroup_id
+                )),
+            };
+            let revoke = decision.blocks().then(|| decision.clone());
+            (decision, revoke)
+        }
+    };
+    let label = decision.label();
+    kp.proxy_metrics.decision(label);
+    record.decision = label.to_owned();
+    record.reason = decision.reason.clone();
+    record.policy_ids = decision.policy_ids.clone();
+    if !decision.target.is_empty() {
+        record.target = Some(decision.target.clone());
+    }
+    kp.recorder.opened(&record);
+    Conn {
+        record,
+        job,
+        info,
+        local: None,
+        revoke,
+        seen: Instant::now(),
+    }
+}
+
+/// Destroys a live connection's socket and records it as revoked.
+fn revoke(kp: &KernelPath, cookie: u64, conn: &mut Conn, decision: &Decision) {
+    let Some(local) = conn.local else {
+        return;
+    };
+    let remote = original_destination(&conn.info);
+    let v6_socket = conn.info.sock_family == AF_INET6;
+    match destroy::destroy(local, remote, cookie, v6_socket) {
+        Ok(_) => {
+            kp.policy_metrics.revoked.inc();
+            conn.record.decision = "revoked".to_owned();
+            conn.record.reason = format!("revoked by a policy reload: {}", decision.reason);
+            conn.record.policy_ids = decision.policy_ids.clone();
+        }
+        Err(error) => {
+            tracing::error!(%error, %local, %remote, "destroying a revoked kernel-path connection");
+            conn.record.error = Some(format!("revocation failed: {error}"));
+        }
+    }
+}
+
+fn finish(kp: &KernelPath, mut conn: Conn) {
+    crate::proxy::access::finish(
+        &mut conn.record,
+        conn.job.as_deref(),
+        &kp.proxy_metrics,
+        &kp.recorder,
+    );
+}

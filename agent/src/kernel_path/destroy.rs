@@ -1,0 +1,191 @@
+//! Destroying a live TCP socket from outside its process: SOCK_DESTROY through the
+//! inet_diag netlink family (`CONFIG_INET_DIAG_DESTROY`), keyed by the socket's tuple
+//! and cookie, so that no other socket can be hit.
+use std::{
+    io,
+    mem::size_of,
+    net::{IpAddr, SocketAddr},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+};
+
+const NETLINK_SOCK_DIAG: libc::c_int = 4;
+const SOCK_DESTROY: u16 = 21;
+const NLM_F_REQUEST: u16 = 1;
+const NLM_F_ACK: u16 = 4;
+const NLMSG_ERROR: u16 = 2;
+
+#[repr(C)]
+#[derive(Default)]
+struct NlMsgHdr {
+    len: u32,
+    kind: u16,
+    flags: u16,
+    seq: u32,
+    pid: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct InetDiagSockId {
+    sport: u16,
+    dport: u16,
+    src: [u32; 4],
+    dst: [u32; 4],
+    interface: u32,
+    cookie: [u32; 2],
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct InetDiagReqV2 {
+    family: u8,
+    protocol: u8,
+    ext: u8,
+    pad: u8,
+    states: u32,
+    id: InetDiagSockId,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct Request {
+    header: NlMsgHdr,
+    body: InetDiagReqV2,
+}
+
+fn words(ip: IpAddr, v6_socket: bool) -> [u32; 4] {
+    match ip {
+        IpAddr::V4(v4) if v6_socket => {
+            let mapped = v4.to_ipv6_mapped().octets();
+            std::array::from_fn(|i| {
+                u32::from_ne_bytes([
+                    mapped[i * 4],
+                    mapped[i * 4 + 1],
+                    mapped[i * 4 + 2],
+                    mapped[i * 4 + 3],
+                ])
+            })
+        }
+        IpAddr::V4(v4) => [u32::from_ne_bytes(v4.octets()), 0, 0, 0],
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            std::array::from_fn(|i| {
+                u32::from_ne_bytes([o[i * 4], o[i * 4 + 1], o[i * 4 + 2], o[i * 4 + 3]])
+            })
+        }
+    }
+}
+
+/// Destroys the TCP socket from `local` to `remote` with this cookie. `v6_socket`: the
+/// socket is AF_INET6 (a dual-stack socket with IPv4-mapped addresses included). Ok(false)
+/// when no such socket exists any more.
+pub fn destroy(
+    local: SocketAddr,
+    remote: SocketAddr,
+    cookie: u64,
+    v6_socket: bool,
+) -> io::Result<bool> {
+    // SAFETY: plain socket(2); the descriptor is owned at once.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            NETLINK_SOCK_DIAG,
+        )
+    };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: raw is a fresh descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let family = if v6_socket {
+        libc::AF_INET6
+    } else {
+        libc::AF_INET
+    };
+    let request = Request {
+        header: NlMsgHdr {
+            len: size_of::<Request>() as u32,
+            kind: SOCK_DESTROY,
+            flags: NLM_F_REQUEST | NLM_F_ACK,
+            seq: 1,
+            pid: 0,
+        },
+        body: InetDiagReqV2 {
+            family: family as u8,
+            protocol: libc::IPPROTO_TCP as u8,
+            ext: 0,
+            pad: 0,
+            states: u32::MAX,
+            id: InetDiagSockId {
+                sport: local.port().to_be(),
+                dport: remote.port().to_be(),
+                src: words(local.ip(), v6_socket),
+                dst: words(remote.ip(), v6_socket),
+                interface: 0,
+                cookie: [cookie as u32, (cookie >> 32) as u32],
+            },
+        },
+    };
+    // SAFETY: the kernel's netlink socket address, zeroed then addressed to pid 0.
+    let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    kernel.nl_family = libc::AF_NETLINK as u16;
+    // SAFETY: request is a plain #[repr(C)] message of the size passed; kernel is a
+    // valid sockaddr_nl.
+    let sent = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            (&raw const request).cast(),
+            size_of::<Request>(),
+            0,
+            (&raw const kernel).cast(),
+            size_of::<libc::sockaddr_nl>() as u32,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut reply = [0u8; 512];
+    // SAFETY: reading into a buffer of the size passed.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), reply.as_mut_ptr().cast(), reply.len(), 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    let header = size_of::<NlMsgHdr>();
+    if n < header + 4 {
+        return Err(io::Error::other("short netlink reply"));
+    }
+    let kind = u16::from_ne_bytes([reply[4], reply[5]]);
+    if kind != NLMSG_ERROR {
+        return Err(io::Error::other(format!(
+            "unexpected netlink reply type {kind}"
+        )));
+    }
+    let errno = i32::from_ne_bytes([
+        reply[header],
+        reply[header + 1],
+        reply[header + 2],
+        reply[header + 3],
+    ]);
+    match -errno {
+        0 => Ok(true),
+        libc::ENOENT => Ok(false),
+        other => Err(io::Error::from_raw_os_error(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_request_has_the_kernel_layout() {
+        assert_eq!(size_of::<InetDiagSockId>(), 48);
+        assert_eq!(size_of::<InetDiagReqV2>(), 56);
+        assert_eq!(size_of::<Request>(), 72);
+        let mapped = words("127.0.0.1".parse().unwrap(), true);
+        assert_eq!(mapped[2], 0xffff_u32.to_be());
+        assert_eq!(mapped[3].to_ne_bytes(), [127, 0, 0, 1]);
+    }
+}
