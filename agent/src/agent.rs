@@ -252,6 +252,7 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
 
     let kernel = crate::kernel_path::KernelPath::new(crate::kernel_path::Parts {
         enabled: config.proxy.kernel_verdicts,
+        liveness: listeners.liveness(),
         maps: verdicts,
         jobs: jobs.clone(),
         enforcer: enforcer.clone(),

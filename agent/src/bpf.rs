@@ -27,7 +27,7 @@ use aya::{
     },
 };
 use tollgate_common::{
-    ABI_VERSION, GLOBAL_SET_RETVAL, MAP_CONN_BY_COOKIE, MAP_CONN_BY_TUPLE, MAP_COUNTERS,
+    ABI_VERSION, MAP_AGENT_ALIVE, GLOBAL_SET_RETVAL, MAP_CONN_BY_COOKIE, MAP_CONN_BY_TUPLE, MAP_COUNTERS,
     MAP_EVENTS, MAP_HEARTBEAT, MAP_JOB_SOCKETS, MAP_JOB_VERDICTS, MAP_KERNEL_CONNS,
     MAP_PROXIED_NETS, MAP_REFUSED_DST, MAP_SETTINGS, MAP_SOCK_ALLOW, MAP_UDP_BY_TUPLE,
     MAP_UDP_DENIED, MAP_UDP_RELAY_PEER, MAP_UDP_RELAY_PORT, MAP_UNIX_RULES, MAP_VERDICTS, Settings,
@@ -71,7 +71,8 @@ const OPTIONAL_PROGRAMS: [(&str, &str, &str); 1] = [(
     "link_socket_post_create",
     "socket_post_create",
 )];
-const MAPS: [&str; 18] = [
+const MAPS: [&str; 19] = [
+    MAP_AGENT_ALIVE,
     MAP_KERNEL_CONNS,
     MAP_VERDICTS,
     MAP_JOB_VERDICTS,
@@ -413,6 +414,7 @@ pub fn install(
     let unix_rules = UnixRules::new(take(&mut ebpf, MAP_UNIX_RULES)?);
     let refusals = Refusals::new(take(&mut ebpf, MAP_REFUSED_DST)?);
     let verdicts = VerdictMaps::new(
+        take(&mut ebpf, MAP_AGENT_ALIVE)?,
         take(&mut ebpf, MAP_KERNEL_CONNS)?,
         take(&mut ebpf, MAP_VERDICTS)?,
         take(&mut ebpf, MAP_JOB_VERDICTS)?,
@@ -520,6 +522,7 @@ fn open_pinned_maps(pin_dir: &Path) -> Result<PinnedMaps, BpfError> {
         UnixRules::new(open(MAP_UNIX_RULES)?),
         Refusals::new(open(MAP_REFUSED_DST)?),
         VerdictMaps::new(
+            open(MAP_AGENT_ALIVE)?,
             open(MAP_KERNEL_CONNS)?,
             open(MAP_VERDICTS)?,
             open(MAP_JOB_VERDICTS)?,

@@ -90,8 +90,10 @@ pub struct KernelStatus {
 }
 
 /// Everything the kernel path is built from.
-pub struct Parts {
+pub struct Parts<'a> {
     pub enabled: bool,
+    /// One of the proxy's listeners: verdicts count while it is open.
+    pub liveness: Option<std::os::fd::BorrowedFd<'a>>,
     pub maps: VerdictMaps,
     pub jobs: Arc<JobRegistry>,
     pub enforcer: Arc<Enforcer>,
@@ -105,9 +107,24 @@ pub struct Parts {
 impl KernelPath {
     /// Starts with no verdicts (an earlier agent's are dropped: its decisions are not
     /// known here) and the heartbeat beating.
-    pub fn new(parts: Parts) -> Arc<Self> {
+    pub fn new(parts: Parts<'_>) -> Arc<Self> {
+        // Without the liveness socket the kernel ignores every verdict (fail closed):
+        // a kernel without sockmap support for listeners (5.10+) keeps the proxy path.
+        let alive = parts.enabled
+            && match parts.liveness.map(|fd| parts.maps.set_alive(fd)) {
+                Some(Ok(())) => true,
+                Some(Err(error)) => {
+                    tracing::warn!(
+                        %error,
+                        "this kernel cannot hold the agent's listener in a sockmap: \
+                         every connection takes the proxy path (proxy.kernel_verdicts)"
+                    );
+                    false
+                }
+                None => false,
+            };
         let this = Arc::new(Self {
-            enabled: parts.enabled,
+            enabled: alive,
             maps: parts.maps,
             jobs: parts.jobs,
             enforcer: parts.enforcer,

@@ -158,6 +158,13 @@ impl Listeners {
         Ok(Self { sets })
     }
 
+    /// One listening socket, open for as long as the workers run: the kernel's sign
+    /// that this agent is alive.
+    pub fn liveness(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd as _;
+        self.sets.first()?.first().map(|l| l.as_fd())
+    }
+
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.sets
             .first()

@@ -40,7 +40,10 @@ fn a_durable_statement_is_on_record_before_the_server_runs_it() {
     }
     let pg = postgres();
     for durable in [false, true] {
-        let mut agent = Agent::start_with(&format!("[recording]\ndurable = {durable}\n"));
+        let mut agent = Agent::start_with(&format!(
+            "[recording]\ndurable = {durable}\n\n{}",
+            pg.target()
+        ));
         let mut session = LiveSession::open(&agent, pg, &[("repository", "acme/api")]);
         assert_eq!(session.query("SELECT 40 + 2;"), "42");
         let marker = format!("durable={durable}");

@@ -21,7 +21,7 @@ fn a_latin9_session_runs_and_its_errors_arrive_intact() {
     if !require_root() {
         return;
     }
-    let agent = Agent::start();
+    let agent = Agent::start_with(&postgres().target());
     // é is 0xe9 and € is 0xa4 in LATIN9 (ISO 8859-15).
     let script: &[u8] = b"SELECT '\xe9\xa4' AS v, length('\xe9\xa4') AS n;\n\
         SELECT '\xe9\xa4'::int;\n\
@@ -79,7 +79,7 @@ fn invalid_bytes_are_the_servers_to_judge() {
     if !require_root() {
         return;
     }
-    let agent = Agent::start();
+    let agent = Agent::start_with(&postgres().target());
     let script: &[u8] = b"SELECT 'caf\xff' AS v;\nSELECT 'ok' AS after;\n";
     let direct = psql(None, "UTF8", script);
     let job = psql(Some(&agent), "UTF8", script);

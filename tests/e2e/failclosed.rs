@@ -93,6 +93,8 @@ fn sigkill_fails_closed_and_restart_resumes_interception() {
         "the held connection is on record as open"
     );
 
+    // Verdicts are loaded: without a policy directory the job's connects go straight.
+    assert_eq!(agent.status()["kernel_path"]["job_verdicts"], 1);
     agent.kill9();
     assert!(
         agent.pin_dir.join("link_connect4").exists(),

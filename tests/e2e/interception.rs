@@ -252,7 +252,8 @@ fn a_refused_upstream_is_mirrored_as_a_prompt_reset() {
     if !require_root() {
         return;
     }
-    let agent = Agent::start();
+    // The proxy path (on the kernel path the job sees the refusal itself).
+    let agent = Agent::start_with_proxy("kernel_verdicts = false");
     let closed = tollgate_e2e::ephemeral_port();
     let script = format!(
         "import socket, time\n\

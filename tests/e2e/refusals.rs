@@ -69,7 +69,8 @@ fn a_closed_port_is_refused_in_a_job_as_directly_after_the_first_attempt() {
     let port = ephemeral_port();
     let direct = attempts(None, port, 6);
     assert_eq!(direct, vec!["ECONNREFUSED"; 6]);
-    let agent = Agent::start();
+    // The proxy path (the kernel path is exact from the first connect).
+    let agent = Agent::start_with_proxy("kernel_verdicts = false");
     let in_job = attempts(Some(&agent), port, 6);
     // The first may differ (the proxy accepted it); every later one is as direct.
     assert_eq!(in_job[1..], direct[1..], "{in_job:?}");
@@ -162,7 +163,7 @@ fn refusal_memory_can_be_turned_off() {
         return;
     }
     let port = ephemeral_port();
-    let agent = Agent::start_with_proxy("refusal_memory = \"0s\"");
+    let agent = Agent::start_with_proxy("refusal_memory = \"0s\"\nkernel_verdicts = false");
     let in_job = attempts(Some(&agent), port, 3);
     // Every attempt is accepted by the proxy, then reset: no memory.
     assert_eq!(in_job, vec!["connected"; 3]);

@@ -71,8 +71,10 @@ fn two_concurrent_jobs_make_5000_connections_each_without_misattribution() {
         total += CONNECTIONS;
     }
     assert_eq!(agent.metric("tollgate_proxy_unattributed_total"), 0.0);
+    // Each connection went through the proxy or straight through on a kernel verdict.
     assert_eq!(
-        agent.metric("tollgate_proxy_intercepted_total"),
+        agent.metric("tollgate_proxy_intercepted_total")
+            + agent.metric("tollgate_kernel_verdicts_connects_total{outcome=\"hit\"}"),
         total as f64
     );
     wait_for("empty maps", Duration::from_secs(10), || {

@@ -254,6 +254,16 @@ fn start(install: Install) -> Postgres {
 impl Postgres {
     /// psql as the superuser on host `host`: unaligned, tuples only (one line per
     /// value), no psqlrc. Without `-c`, it reads statements from stdin.
+    /// A `[[targets]]` entry declaring this server a PostgreSQL target: followed at L7
+    /// (without a policy directory an undeclared server takes the kernel path).
+    pub fn target(&self) -> String {
+        format!(
+            "[[targets]]\nname = \"pg-{port}\"\ncidrs = [\"127.0.0.1/32\", \"::1/128\"]\n\
+             ports = [{port}]\nprotocol = \"postgres\"\n",
+            port = self.port
+        )
+    }
+
     pub fn psql_session_args(&self, host: &str) -> Vec<String> {
         let port = self.port.to_string();
         [

@@ -6,7 +6,7 @@ use std::os::fd::{AsFd as _, BorrowedFd};
 
 use aya::maps::Map;
 use tollgate_common::{
-    ConnInfo, JobVerdict, MAP_HEARTBEAT, MAP_JOB_VERDICTS, MAP_KERNEL_CONNS, MAP_PROXIED_NETS,
+    ConnInfo, JobVerdict, MAP_AGENT_ALIVE, MAP_HEARTBEAT, MAP_JOB_VERDICTS, MAP_KERNEL_CONNS, MAP_PROXIED_NETS,
     MAP_VERDICTS, NetKey, PortSet, Verdict, VerdictKey,
 };
 
@@ -25,6 +25,7 @@ pub struct LpmKey {
 unsafe impl aya::Pod for LpmKey {}
 
 pub struct VerdictMaps {
+    alive: Map,
     conns: Map,
     verdicts: Map,
     jobs: Map,
@@ -34,9 +35,11 @@ pub struct VerdictMaps {
 
 fn fd<'a>(map: &'a Map, name: &'static str) -> Result<BorrowedFd<'a>, BpfError> {
     match map {
-        Map::HashMap(data) | Map::LruHashMap(data) | Map::Array(data) | Map::LpmTrie(data) => {
-            Ok(data.fd().as_fd())
-        }
+        Map::HashMap(data)
+        | Map::LruHashMap(data)
+        | Map::Array(data)
+        | Map::LpmTrie(data)
+        | Map::SockMap(data) => Ok(data.fd().as_fd()),
         _ => Err(BpfError::Missing(name)),
     }
 }
@@ -46,14 +49,30 @@ fn io(name: &'static str) -> impl Fn(std::io::Error) -> BpfError {
 }
 
 impl VerdictMaps {
-    pub(super) fn new(conns: Map, verdicts: Map, jobs: Map, nets: Map, heartbeat: Map) -> Self {
+    pub(super) fn new(
+        alive: Map,
+        conns: Map,
+        verdicts: Map,
+        jobs: Map,
+        nets: Map,
+        heartbeat: Map,
+    ) -> Self {
         Self {
+            alive,
             conns,
             verdicts,
             jobs,
             nets,
             heartbeat,
         }
+    }
+
+    /// Puts one of this agent's listening sockets in the liveness map: verdicts count
+    /// while it is open, that is while this process lives.
+    pub fn set_alive(&self, listener: BorrowedFd<'_>) -> Result<(), BpfError> {
+        let fd = fd(&self.alive, MAP_AGENT_ALIVE)?;
+        let socket = u32::try_from(std::os::fd::AsRawFd::as_raw_fd(&listener)).unwrap_or(u32::MAX);
+        syscall::update(fd, &0_u32, &socket).map_err(io(MAP_AGENT_ALIVE))
     }
 
     /// Whether a kernel-path connection is still on its way (its close not yet seen).

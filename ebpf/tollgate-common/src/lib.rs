@@ -109,6 +109,9 @@ pub const MAP_PROXIED_NETS: &str = "PROXIED_NETS";
 pub const PROXIED_NETS_CAPACITY: u32 = 4_096;
 /// Port ranges a [`PortSet`] holds.
 pub const PORT_SET_RANGES: usize = 8;
+/// Name of the sockmap holding one of the agent's proxy listeners: the kernel drops it
+/// the moment the agent's process dies, and verdicts count only while it is there.
+pub const MAP_AGENT_ALIVE: &str = "AGENT_ALIVE";
 /// Name of the agent's heartbeat (one `u64`, CLOCK_MONOTONIC ns). Verdicts apply only
 /// while it is younger than [`HEARTBEAT_MAX_AGE_NS`].
 pub const MAP_HEARTBEAT: &str = "HEARTBEAT";

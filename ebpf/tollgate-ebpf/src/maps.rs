@@ -2,7 +2,7 @@
 //! directory, so they survive the agent and are re-adopted when it restarts.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, SockMap},
 };
 use tollgate_common::{
     CONN_MAP_CAPACITY, ConnInfo, Counter, EVENTS_BYTES, Event, EventKind, JOB_VERDICTS_CAPACITY,
@@ -84,6 +84,10 @@ pub static JOB_VERDICTS: HashMap<u64, JobVerdict> = HashMap::pinned(JOB_VERDICTS
 /// Networks and ports that stay on the proxy path for [`JOB_VERDICTS`].
 #[map(name = "PROXIED_NETS")]
 pub static PROXIED_NETS: LpmTrie<NetKey, PortSet> = LpmTrie::pinned(PROXIED_NETS_CAPACITY, 0);
+
+/// One of the agent's proxy listeners: gone (closed by the kernel) once the agent dies.
+#[map(name = "AGENT_ALIVE")]
+pub static AGENT_ALIVE: SockMap = SockMap::pinned(1, 0);
 
 /// The agent's heartbeat: CLOCK_MONOTONIC ns of its last refresh.
 #[map(name = "HEARTBEAT")]

@@ -1,7 +1,10 @@
 //! Kernel verdicts: a TCP connect whose key the agent found final at connect time goes
 //! straight to its destination, and is recorded from kernel events instead of by the
 //! proxy. Verdicts count only while the agent's heartbeat is fresh.
-use aya_ebpf::maps::lpm_trie::Key;
+use aya_ebpf::{
+    helpers::generated::{bpf_map_lookup_elem, bpf_sk_release},
+    maps::lpm_trie::Key,
+};
 use tollgate_common::{
     AF_INET, ConnInfo, Counter, EventKind, HEARTBEAT_MAX_AGE_NS, KernelConnEvent, NetKey,
     PATH_KERNEL, PORT_SET_RANGES, TupleKey, VerdictKey,
@@ -9,7 +12,10 @@ use tollgate_common::{
 
 use crate::{
     caller::Caller,
-    maps::{CONN_BY_COOKIE, EVENTS, HEARTBEAT, JOB_VERDICTS, PROXIED_NETS, VERDICTS, count},
+    maps::{
+        AGENT_ALIVE, CONN_BY_COOKIE, EVENTS, HEARTBEAT, JOB_VERDICTS, PROXIED_NETS, VERDICTS,
+        count,
+    },
 };
 
 /// Whether a verdict lets the caller's connect to `dst` go straight to it.
@@ -41,7 +47,7 @@ pub fn direct(c: &Caller, dst: TupleKey) -> bool {
         count(Counter::KernelMiss);
         return false;
     }
-    if !fresh(c.ktime_ns) {
+    if !fresh(c.ktime_ns) || !agent_alive() {
         // The agent is dead or stuck: its verdicts may be stale (fail closed).
         count(Counter::KernelFallback);
         return false;
@@ -56,6 +62,26 @@ fn fresh(now: u64) -> bool {
         Some(&beat) if beat != 0 => now.wrapping_sub(beat) < HEARTBEAT_MAX_AGE_NS,
         _ => false,
     }
+}
+
+/// Whether the agent's listener is still in [`AGENT_ALIVE`]: the kernel removes it when
+/// the socket closes, which it does the moment the agent's process dies.
+#[inline(always)]
+fn agent_alive() -> bool {
+    let key: u32 = 0;
+    // SAFETY: a lookup in a sockmap returns a referenced socket (or null), released at
+    // once; only its presence matters.
+    unsafe {
+        let sk = bpf_map_lookup_elem(
+            core::ptr::addr_of!(AGENT_ALIVE).cast_mut().cast(),
+            core::ptr::addr_of!(key).cast(),
+        );
+        if sk.is_null() {
+            return false;
+        }
+        bpf_sk_release(sk);
+    }
+    true
 }
 
 /// Whether `dst` is in a network that stays on the proxy path.
