@@ -16,7 +16,7 @@ use tollgate_e2e::{
 use crate::str_field;
 
 /// `[identity.*]` for an agent that trusts root as the runner account and `issuer`.
-fn identity_config(issuer: &Issuer, runner_uids: &str) -> String {
+pub(crate) fn identity_config(issuer: &Issuer, runner_uids: &str) -> String {
     format!(
         "[identity]\njwks_refetch_interval = \"1h\"\n\n\
          [identity.github]\nrunner_uids = {runner_uids}\nissuer = \"{url}\"\n\n\
@@ -512,7 +512,7 @@ fn raw_request(agent: &Agent, line: &str) -> String {
     reply
 }
 
-fn identity_file(dir: &Path, run_id: &str) -> PathBuf {
+pub(crate) fn identity_file(dir: &Path, run_id: &str) -> PathBuf {
     let path = dir.join(format!("identity-{run_id}.toml"));
     fs::write(
         &path,

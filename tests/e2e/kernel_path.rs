@@ -385,3 +385,54 @@ fn two_jobs_of_5000_short_connections_are_all_attributed_and_the_maps_empty_afte
     assert_eq!(status["kernel_path"]["exact_verdicts"], 0, "{status}");
     assert_eq!(status["kernel_path"]["live_connections"], 0, "{status}");
 }
+
+#[test]
+fn an_attest_that_changes_the_principal_drops_the_jobs_verdicts() {
+    if !require_root() {
+        return;
+    }
+    let http = Server::http("127.0.0.1:0");
+    let issuer = tollgate_e2e::oidc::Issuer::start();
+    let policy = PERMIT_ALL.to_owned();
+    let agent = Agent::start_with_policy(
+        "",
+        &crate::identity::identity_config(&issuer, "[0]"),
+        move |dir| {
+            std::fs::create_dir_all(dir).expect("policy dir");
+            std::fs::write(dir.join("base.cedar"), policy).expect("policy");
+        },
+    );
+    let file = crate::identity::identity_file(agent.dir.path(), "7001");
+    let token = issuer.sign(&issuer.github_claims("acme/api", "7001", "1"));
+    // Two connections, an attest, two more: the attest drops the verdict, so the first
+    // connection after it is decided by the proxy again.
+    let script = format!(
+        "python3 -c \"$GETS\" {port} 2 && '{bin}' attest && python3 -c \"$GETS\" {port} 2",
+        port = http.port(),
+        bin = tollgate_e2e::agent::tollgate_bin().display()
+    );
+    let out = tollgate_e2e::output(
+        agent
+            .tollgate()
+            .arg("run")
+            .arg("--identity-file")
+            .arg(&file)
+            .args(["--", "sh", "-c", &script])
+            .env("GETS", GETS)
+            .env("TOLLGATE_ID_TOKEN", &token)
+            .env_remove("ACTIONS_ID_TOKEN_REQUEST_URL"),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let sessions = agent.wait_sessions(None, 4);
+    // One python before the attest and one after: each had its first connection proxied.
+    for assurance in ["host-asserted", "oidc-verified"] {
+        let mine: Vec<Value> = sessions
+            .iter()
+            .filter(|s| s["assurance"] == assurance)
+            .cloned()
+            .collect();
+        assert_eq!(paths(&mine), (1, 1), "{assurance}: {sessions:#?}");
+        assert_eq!(mine[0]["pid"], mine[1]["pid"], "{sessions:#?}");
+    }
+    assert!(agent.metric("tollgate_kernel_verdicts_dropped_total{reason=\"job\"}") >= 2.0);
+}
