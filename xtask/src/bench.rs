@@ -1,9 +1,11 @@
-//! `cargo xtask bench`: pgbench against PostgreSQL through four paths in one run — a
-//! direct connection, the same client inside a Tollgate job with the agent relaying at L4
-//! (`postgres.enabled = false`) and following PostgreSQL at L7 (every statement
-//! classified, decided and recorded), and pgbouncer in session mode — interleaved over
-//! several rounds, reporting median TPS and the ratio to direct from the same round, and
-//! what each path costs the host in CPU time per transaction.
+//! `cargo xtask bench`: pgbench against PostgreSQL through every path in one run — a
+//! direct connection, the same client inside a Tollgate job on the kernel path (a kernel
+//! verdict: straight to the server, recorded from kernel events), with the agent
+//! relaying at L4 (`postgres.enabled = false`, `proxy.kernel_verdicts = false`) and
+//! following PostgreSQL at L7 (every statement classified, decided and recorded), and
+//! pgbouncer in session mode — interleaved over several rounds, reporting median TPS and
+//! the ratio to direct from the same round, what each path costs the host in CPU time
+//! per transaction, the latency each adds at `-c1`, and (bulk) 1 GiB over HTTP by curl.
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -15,6 +17,7 @@ use anyhow::{Context as _, bail};
 
 use crate::{build, run};
 
+mod bulk;
 mod dns;
 
 pub struct Options {
@@ -70,12 +73,16 @@ fn select(
 }
 
 /// The names `--workloads` takes, in the order of [`WORKLOADS`].
-const WORKLOAD_KEYS: [&str; 3] = ["select", "connect", "dns"];
+const WORKLOAD_KEYS: [&str; 5] = ["select", "connect", "latency", "dns", "bulk"];
+/// The `-c1` workload, whose report adds each path's latency over direct.
+const LATENCY_WORKLOAD: usize = 2;
 /// The DNS workload (bench/dns.rs), which is not a pgbench run.
-const DNS_WORKLOAD: usize = 2;
+const DNS_WORKLOAD: usize = 3;
+/// The bulk workload (bench/bulk.rs): curl, not pgbench.
+const BULK_WORKLOAD: usize = 4;
 
 /// A workload: name and pgbench arguments (besides host/port/duration).
-const WORKLOADS: [(&str, &[&str]); 2] = [
+const WORKLOADS: [(&str, &[&str]); 3] = [
     (
         "-S -c8 (simple)",
         &["-S", "-M", "simple", "-c", "8", "-j", "2"],
@@ -84,21 +91,30 @@ const WORKLOADS: [(&str, &[&str]); 2] = [
         "-C -S -c4",
         &["-C", "-S", "-M", "simple", "-c", "4", "-j", "2"],
     ),
+    (
+        "-S -c1 (latency)",
+        &["-S", "-M", "simple", "-c", "1", "-j", "1"],
+    ),
 ];
-const PATHS: [&str; 5] = [
+const PATHS: [&str; 6] = [
     "direct",
+    "tollgate-kernel",
     "tollgate-l4",
     "tollgate-l7",
     "tollgate-l7-durable",
     "pgbouncer",
 ];
+/// The paths of the bulk workload (L4 only: no L7 handler for HTTP yet).
+const BULK_PATHS: [&str; 3] = ["direct", "tollgate-kernel", "tollgate-l4"];
 
-/// One agent under test: its path name, proxy port, whether it follows PostgreSQL and
-/// whether each statement waits for its record (`recording.durable`).
-const AGENTS: [(&str, u16, bool, bool); 3] = [
-    ("tollgate-l4", 979, false, false),
-    ("tollgate-l7", 978, true, false),
-    ("tollgate-l7-durable", 976, true, true),
+/// One agent under test: its path name, proxy port, whether it follows PostgreSQL (the
+/// server is then a declared `protocol = "postgres"` target), whether each statement
+/// waits for its record (`recording.durable`), and `proxy.kernel_verdicts`.
+const AGENTS: [(&str, u16, bool, bool, bool); 4] = [
+    ("tollgate-kernel", 975, false, false, true),
+    ("tollgate-l4", 979, false, false, false),
+    ("tollgate-l7", 978, true, false, false),
+    ("tollgate-l7-durable", 976, true, true, false),
 ];
 
 struct RunningAgent {
@@ -116,11 +132,13 @@ pub fn bench(root: &Path, options: &Options) -> anyhow::Result<()> {
     let mut env = Environment::start(&scratch, &bin, options.scale)?;
     let result = measure(&mut env, options);
     env.stop();
-    let (results, dns) = result?;
+    let (results, dns, bulk) = result?;
     report(&results, options);
+    latency(&results, options);
     if !dns.is_empty() {
         dns::report(&dns, options.rounds, options.seconds);
     }
+    bulk::report(&bulk, &BULK_PATHS, options.rounds);
     Ok(())
 }
 
@@ -167,14 +185,49 @@ fn clock_ticks() -> u64 {
     u64::try_from(ticks).unwrap_or(100)
 }
 
-fn measure(
-    env: &mut Environment,
-    options: &Options,
-) -> anyhow::Result<(Vec<Sample>, Vec<dns::Sample>)> {
+type Measured = (Vec<Sample>, Vec<dns::Sample>, Vec<bulk::Sample>);
+
+fn measure(env: &mut Environment, options: &Options) -> anyhow::Result<Measured> {
     let mut samples = Vec::new();
     let mut dns_samples = Vec::new();
+    let mut bulk_samples = Vec::new();
+    let bulk_port = if options.workloads.contains(&BULK_WORKLOAD) {
+        bulk::serve()?
+    } else {
+        0
+    };
     for round in 0..options.rounds {
         for &workload in &options.workloads {
+            if workload == BULK_WORKLOAD {
+                for (index, name) in BULK_PATHS.iter().enumerate() {
+                    if !options.paths.iter().any(|&p| PATHS[p] == *name) {
+                        continue;
+                    }
+                    let socket = env
+                        .agents
+                        .iter()
+                        .find(|(n, _)| n == name)
+                        .map(|(_, a)| a.socket.clone());
+                    let job = socket.as_deref().map(|s| (env.bin.as_path(), s));
+                    let busy_before = host_busy()?;
+                    let bytes_per_s = bulk::fetch(bulk_port, job)?;
+                    let busy = host_busy()?.saturating_sub(busy_before);
+                    let mib = (bulk::BYTES >> 20) as f64;
+                    let cpu_us_per_mib = busy.as_secs_f64() * 1e6 / mib;
+                    eprintln!(
+                        "xtask: bench: round {} bulk {name:<19} {:>10.0} MiB/s {cpu_us_per_mib:>7.1} cpu-us/MiB",
+                        round + 1,
+                        bytes_per_s / f64::from(1 << 20)
+                    );
+                    bulk_samples.push(bulk::Sample {
+                        round,
+                        path: index,
+                        bytes_per_s,
+                        cpu_us_per_mib,
+                    });
+                }
+                continue;
+            }
             if workload == DNS_WORKLOAD {
                 let agent = env
                     .agents
@@ -221,7 +274,32 @@ fn measure(
             }
         }
     }
-    Ok((samples, dns_samples))
+    Ok((samples, dns_samples, bulk_samples))
+}
+
+/// What each path adds to a transaction's latency at `-c1`, from the same round's
+/// direct run: 1/tps(path) - 1/tps(direct), in microseconds.
+fn latency(samples: &[Sample], options: &Options) {
+    if !options.workloads.contains(&LATENCY_WORKLOAD) {
+        return;
+    }
+    println!();
+    println!("-S -c1: latency added per transaction over direct, median over rounds");
+    println!("{:<19} {:>12}", "path", "added us");
+    for &path in options.paths.iter().skip(1) {
+        let added: Vec<f64> = (0..options.rounds)
+            .filter_map(|round| {
+                let of = |p: usize| {
+                    samples
+                        .iter()
+                        .find(|s| s.round == round && s.workload == LATENCY_WORKLOAD && s.path == p)
+                        .map(|s| s.tps)
+                };
+                Some(1e6 / of(path)? - 1e6 / of(0)?)
+            })
+            .collect();
+        println!("{:<19} {:>12.1}", PATHS[path], median(added));
+    }
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -247,7 +325,11 @@ fn report(samples: &[Sample], options: &Options) {
         "{:<18} {:<19} {:>11} {:>13} {:>26} {:>11}",
         "workload", "path", "median tps", "median ratio", "per-round ratios", "cpu-us/txn"
     );
-    for &workload in options.workloads.iter().filter(|&&w| w != DNS_WORKLOAD) {
+    for &workload in options
+        .workloads
+        .iter()
+        .filter(|&&w| w != DNS_WORKLOAD && w != BULK_WORKLOAD)
+    {
         let name = WORKLOADS[workload].0;
         for &path in &options.paths {
             let path_name = PATHS[path];
@@ -440,19 +522,29 @@ impl Environment {
                 .context("starting dnsmasq (cargo xtask setup installs it)")?,
         );
 
-        for (path, port, postgres, durable) in AGENTS {
+        for (path, port, postgres, durable, kernel) in AGENTS {
             let name = format!("{path}-bench-{}", std::process::id());
             let dir = self.scratch.join(path);
             fs::create_dir_all(&dir)?;
             let socket = dir.join("control.sock");
             let config_path = dir.join("agent.toml");
             let config = format!(
-                "[proxy]\nport = {port}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+                "[proxy]\nport = {port}\nkernel_verdicts = {kernel}\n\
+                 [admin]\nlisten = \"127.0.0.1:{admin}\"\n\
                  [control]\nsocket = \"{socket}\"\n[cgroup]\nparent = \"{name}\"\n\
                  [bpf]\npin_dir = \"/sys/fs/bpf/{name}\"\n[state]\ndir = \"{state}\"\n\
                  [log]\nlevel = \"warn\"\n[postgres]\nenabled = {postgres}\n\
                  [recording]\ndurable = {durable}\n\
-                 [dns]\nupstreams = [\"127.0.0.1:{dns}\"]\n",
+                 [dns]\nupstreams = [\"127.0.0.1:{dns}\"]\n{target}",
+                target = if postgres {
+                    format!(
+                        "[[targets]]\nname = \"bench\"\ncidrs = [\"127.0.0.1/32\"]\n\
+                         ports = [{}]\nprotocol = \"postgres\"\n",
+                        self.pg_port
+                    )
+                } else {
+                    String::new()
+                },
                 dns = self.dns_port,
                 admin = free_port()?,
                 socket = socket.display(),
@@ -597,8 +689,8 @@ mod tests {
     #[test]
     fn path_and_workload_selection() {
         let all = Options::new(3, 20, 10, &[], &[]).unwrap();
-        assert_eq!(all.paths, vec![0, 1, 2, 3, 4]);
-        assert_eq!(all.workloads, vec![0, 1, 2]);
+        assert_eq!(all.paths, vec![0, 1, 2, 3, 4, 5]);
+        assert_eq!(all.workloads, vec![0, 1, 2, 3, 4]);
 
         // direct is always measured first, as the reference; duplicates collapse.
         let some = Options::new(
@@ -609,7 +701,7 @@ mod tests {
             &names(&["connect"]),
         )
         .unwrap();
-        assert_eq!(some.paths, vec![0, 4]);
+        assert_eq!(some.paths, vec![0, 5]);
         assert_eq!(some.workloads, vec![1]);
 
         let error = Options::new(3, 20, 10, &names(&["tollgate"]), &[])

@@ -6,8 +6,8 @@ use std::os::fd::{AsFd as _, BorrowedFd};
 
 use aya::maps::Map;
 use tollgate_common::{
-    ConnInfo, JobVerdict, MAP_AGENT_ALIVE, MAP_HEARTBEAT, MAP_JOB_VERDICTS, MAP_KERNEL_CONNS, MAP_PROXIED_NETS,
-    MAP_VERDICTS, NetKey, PortSet, Verdict, VerdictKey,
+    ConnInfo, JobVerdict, MAP_AGENT_ALIVE, MAP_HEARTBEAT, MAP_JOB_VERDICTS, MAP_KERNEL_CONNS,
+    MAP_PROXIED_NETS, MAP_VERDICTS, NetKey, PortSet, Verdict, VerdictKey,
 };
 
 use super::{BpfError, maps::monotonic_ns, syscall};

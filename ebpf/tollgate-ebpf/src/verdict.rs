@@ -13,8 +13,7 @@ use tollgate_common::{
 use crate::{
     caller::Caller,
     maps::{
-        AGENT_ALIVE, CONN_BY_COOKIE, EVENTS, HEARTBEAT, JOB_VERDICTS, PROXIED_NETS, VERDICTS,
-        count,
+        AGENT_ALIVE, CONN_BY_COOKIE, EVENTS, HEARTBEAT, JOB_VERDICTS, PROXIED_NETS, VERDICTS, count,
     },
 };
 
