@@ -380,10 +380,18 @@ fn two_jobs_of_5000_short_connections_are_all_attributed_and_the_maps_empty_afte
         0.0
     );
     crate::assert_metrics_match_records(&agent);
-    // The jobs have ended: their verdicts are gone.
+    // The jobs have ended: their verdicts are gone, and so is every connection entry.
     let status = agent.status();
     assert_eq!(status["kernel_path"]["exact_verdicts"], 0, "{status}");
     assert_eq!(status["kernel_path"]["live_connections"], 0, "{status}");
+    for map in ["VERDICTS", "KERNEL_CONNS", "JOB_VERDICTS"] {
+        let dump = tollgate_e2e::output(
+            std::process::Command::new("bpftool")
+                .args(["--json", "map", "dump", "pinned"])
+                .arg(agent.pin_dir.join(map)),
+        );
+        assert_eq!(stdout(&dump).trim(), "[]", "{map}: {}", stderr(&dump));
+    }
 }
 
 #[test]

@@ -308,8 +308,13 @@ fn a_job_that_reaches_an_engine_socket_by_another_path_is_killed() {
     );
     let out = agent.run_job(&[("repository", "acme/api")], &["python3", "-c", &script]);
     let text = stdout(&out);
-    assert!(text.contains("connected"), "{text}{}", stderr(&out));
-    assert!(!text.contains("survived"), "not killed: {text}");
+    // The kill may come before the job's print: only surviving is a failure here (the
+    // event below shows the connect reached the socket).
+    assert!(
+        !text.contains("survived"),
+        "not killed: {text}{}",
+        stderr(&out)
+    );
     assert!(!out.status.success());
     let event = wait_for(
         "the alias on record",

@@ -45,12 +45,13 @@ enum Cmd {
         /// pgbench scale factor.
         #[arg(long, default_value_t = 10)]
         scale: u32,
-        /// Paths to measure besides direct (the reference): tollgate-l4, tollgate-l7,
-        /// pgbouncer. Default: all.
+        /// Paths to measure besides direct (the reference): tollgate-kernel,
+        /// tollgate-l4, tollgate-l7, tollgate-l7-durable, pgbouncer. Default: all.
         #[arg(long, value_delimiter = ',')]
         paths: Vec<String>,
-        /// Workloads to run: select (-S -c8), connect (-C -S -c4) and dns (queries through
-        /// the resolver, cached and uncached, against the upstream directly). Default: all.
+        /// Workloads to run: select (-S -c8), connect (-C -S -c4), latency (-S -c1, the
+        /// µs each path adds), dns (queries through the resolver, cached and uncached,
+        /// against the upstream directly) and bulk (1 GiB over HTTP by curl). Default: all.
         #[arg(long, value_delimiter = ',')]
         workloads: Vec<String>,
     },

@@ -6,7 +6,6 @@ use std::{
     net::TcpListener,
     path::Path,
     process::Command,
-    time::Instant,
 };
 
 use anyhow::{Context as _, bail};
@@ -49,7 +48,8 @@ pub fn serve() -> anyhow::Result<u16> {
     Ok(port)
 }
 
-/// One fetch, direct or through `tollgate run` of the agent at `socket`: bytes/s.
+/// One fetch, direct or through `tollgate run` of the agent at `socket`: bytes/s, as
+/// curl measured the transfer (the job's own start is not in it).
 pub fn fetch(port: u16, job: Option<(&Path, &Path)>) -> anyhow::Result<f64> {
     let url = format!("http://127.0.0.1:{port}/bulk");
     let curl = [
@@ -58,7 +58,7 @@ pub fn fetch(port: u16, job: Option<(&Path, &Path)>) -> anyhow::Result<f64> {
         "-o",
         "/dev/null",
         "-w",
-        "%{size_download}",
+        "%{size_download} %{speed_download}",
         &url,
     ];
     let mut cmd = match job {
@@ -75,17 +75,20 @@ pub fn fetch(port: u16, job: Option<(&Path, &Path)>) -> anyhow::Result<f64> {
             cmd
         }
     };
-    let start = Instant::now();
     let out = cmd.output().context("running curl")?;
-    let elapsed = start.elapsed().as_secs_f64();
     let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() || text.trim() != BYTES.to_string() {
-        bail!(
-            "curl fetched {text:?} bytes: {}",
+    let mut fields = text.split_whitespace();
+    let (size, speed) = (
+        fields.next(),
+        fields.next().and_then(|s| s.parse::<f64>().ok()),
+    );
+    match (size, speed) {
+        (Some(size), Some(speed)) if out.status.success() && size == BYTES.to_string() => Ok(speed),
+        _ => bail!(
+            "curl fetched {text:?}: {}",
             String::from_utf8_lossy(&out.stderr)
-        );
+        ),
     }
-    Ok(BYTES as f64 / elapsed)
 }
 
 pub struct Sample {
@@ -106,7 +109,7 @@ pub fn report(samples: &[Sample], paths: &[&str], rounds: usize) {
         "bulk: 1 GiB over HTTP by curl, {rounds} rounds; ratio = path bytes/s / direct bytes/s of the same round"
     );
     println!(
-        "{:<19} {:>14} {:>13} {:>26} {:>13}",
+        "{:<19} {:>14} {:>13} {:>36} {:>13}",
         "path", "median MiB/s", "median ratio", "per-round ratios", "cpu-us/MiB"
     );
     for (index, name) in paths.iter().enumerate() {
@@ -124,7 +127,7 @@ pub fn report(samples: &[Sample], paths: &[&str], rounds: usize) {
             continue;
         }
         println!(
-            "{:<19} {:>14.0} {:>13.3} {:>26} {:>13.1}",
+            "{:<19} {:>14.0} {:>13.3} {:>36} {:>13.1}",
             name,
             super::median(mine().map(|s| s.bytes_per_s / f64::from(1 << 20)).collect()),
             super::median(ratios.clone()),
