@@ -78,6 +78,9 @@ pub struct KernelStatus {
     pub everything: bool,
     /// Why no connect decision is final in the kernel, if none is.
     pub blind: Option<String>,
+    /// Why targets that declare no protocol stay on the proxy path, if they do.
+    #[serde(default)]
+    pub partial: Option<String>,
     /// Networks that stay on the proxy path, with why.
     pub proxied: Vec<String>,
     /// Exact verdicts in the kernel's map.
@@ -363,11 +366,15 @@ impl KernelPath {
     }
 
     pub fn status(&self) -> KernelStatus {
+        // What the kernel holds, not what the agent thinks it wrote.
+        let exact = self.maps.verdicts().unwrap_or_default();
+        let jobs = self.maps.jobs().unwrap_or_default();
         let state = self.state();
         KernelStatus {
             enabled: self.enabled,
             everything: self.enabled && state.plan.everything,
             blind: state.plan.blind.clone(),
+            partial: state.plan.partial.clone(),
             proxied: state
                 .plan
                 .proxied
@@ -391,17 +398,10 @@ impl KernelPath {
                     format!("{net} ({ports}): {why}")
                 })
                 .collect(),
-            // What the kernel holds, not what the agent thinks it wrote.
-            exact_verdicts: self.maps.verdicts().map_or(0, |v| v.len()),
-            job_verdicts: self.maps.jobs().map_or(0, |v| v.len()),
-            hits: self
-                .maps
-                .verdicts()
-                .map_or(0, |v| v.iter().map(|(_, v)| v.hits).sum::<u64>())
-                + self
-                    .maps
-                    .jobs()
-                    .map_or(0, |v| v.iter().map(|(_, v)| v.hits).sum::<u64>()),
+            exact_verdicts: exact.len(),
+            job_verdicts: jobs.len(),
+            hits: exact.iter().map(|(_, v)| v.hits).sum::<u64>()
+                + jobs.iter().map(|(_, v)| v.hits).sum::<u64>(),
             live_connections: self.live.len(),
         }
     }

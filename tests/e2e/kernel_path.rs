@@ -305,26 +305,6 @@ fn a_target_that_opts_out_stays_on_the_proxy_path() {
     );
 }
 
-/// `n` short connections (connect, one HTTP request, its answer, close), one after the
-/// other; prints how many got their answer.
-const SHORT: &str = r#"
-import socket, sys
-port, n = int(sys.argv[1]), int(sys.argv[2])
-ok = 0
-for _ in range(n):
-    s = socket.create_connection(("127.0.0.1", port))
-    s.sendall(b"GET / HTTP/1.0\r\n\r\n")
-    data = b""
-    while True:
-        chunk = s.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    s.close()
-    ok += data.startswith(b"HTTP/1.1 200")
-print(ok, flush=True)
-"#;
-
 #[test]
 fn two_jobs_of_5000_short_connections_are_all_attributed_and_the_maps_empty_after() {
     if !require_root() {
@@ -349,7 +329,11 @@ fn two_jobs_of_5000_short_connections_are_all_attributed_and_the_maps_empty_afte
     for job in jobs {
         let out = job.wait_with_output().expect("job");
         assert!(out.status.success());
-        assert_eq!(stdout(&out).trim(), "5000");
+        let answered = stdout(&out)
+            .lines()
+            .filter(|l| l.starts_with("HTTP/1.1 200"))
+            .count();
+        assert_eq!(answered, 5_000);
     }
     let sessions = agent.wait_sessions(None, 10_000);
     assert_eq!(sessions.len(), 10_000);

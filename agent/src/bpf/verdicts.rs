@@ -44,6 +44,21 @@ fn fd<'a>(map: &'a Map, name: &'static str) -> Result<BorrowedFd<'a>, BpfError> 
     }
 }
 
+/// Every entry of a hash map.
+fn entries<K: syscall::Plain, V: syscall::Plain>(
+    map: &Map,
+    name: &'static str,
+) -> Result<Vec<(K, V)>, BpfError> {
+    let fd = fd(map, name)?;
+    let mut out = Vec::new();
+    for key in syscall::keys::<K>(fd).map_err(io(name))? {
+        if let Some(value) = syscall::lookup(fd, &key).map_err(io(name))? {
+            out.push((key, value));
+        }
+    }
+    Ok(out)
+}
+
 fn io(name: &'static str) -> impl Fn(std::io::Error) -> BpfError {
     move |source| BpfError::MapIo { name, source }
 }
@@ -111,14 +126,7 @@ impl VerdictMaps {
 
     /// Every exact verdict, with its hits.
     pub fn verdicts(&self) -> Result<Vec<(VerdictKey, Verdict)>, BpfError> {
-        let fd = fd(&self.verdicts, MAP_VERDICTS)?;
-        let mut out = Vec::new();
-        for key in syscall::keys::<VerdictKey>(fd).map_err(io(MAP_VERDICTS))? {
-            if let Some(value) = syscall::lookup(fd, &key).map_err(io(MAP_VERDICTS))? {
-                out.push((key, value));
-            }
-        }
-        Ok(out)
+        entries(&self.verdicts, MAP_VERDICTS)
     }
 
     /// Marks a job cgroup's every connect final in the kernel (or not).
@@ -140,14 +148,7 @@ impl VerdictMaps {
 
     /// Every job cgroup marked final, with its hits.
     pub fn jobs(&self) -> Result<Vec<(u64, JobVerdict)>, BpfError> {
-        let fd = fd(&self.jobs, MAP_JOB_VERDICTS)?;
-        let mut out = Vec::new();
-        for key in syscall::keys::<u64>(fd).map_err(io(MAP_JOB_VERDICTS))? {
-            if let Some(value) = syscall::lookup(fd, &key).map_err(io(MAP_JOB_VERDICTS))? {
-                out.push((key, value));
-            }
-        }
-        Ok(out)
+        entries(&self.jobs, MAP_JOB_VERDICTS)
     }
 
     /// Replaces the networks that stay on the proxy path.

@@ -3,9 +3,10 @@
 use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
-use tollgate_policy::{Decision, Effect, Mode, PortRange, TargetSpec};
+use tollgate_policy::{Decision, Effect, Mode, PortRange, ResultsMasking, TargetSpec};
 
 use super::Enforcer;
+use crate::postgres::mask::MaskingConfig;
 
 /// What the policy in force lets the kernel decide.
 #[derive(Debug, Clone, Default)]
@@ -17,6 +18,8 @@ pub struct KernelPlan {
     pub everything: bool,
     /// Why no decision is final in the kernel, when none is.
     pub blind: Option<String>,
+    /// Why not every connect is final even without policies, when it is not.
+    pub partial: Option<String>,
     /// Networks (and their ports; empty: any) that always take the proxy path, with why.
     pub proxied: Vec<(IpNet, Vec<PortRange>, String)>,
 }
@@ -28,6 +31,9 @@ pub fn proxied_because(target: &TargetSpec, mode: Mode) -> Option<String> {
     }
     if target.protocol.as_deref() == Some("postgres") {
         return Some("an L7 target (protocol = \"postgres\"): statements are decided".to_owned());
+    }
+    if target.masking.is_some() {
+        return Some("masking is configured for its sessions".to_owned());
     }
     if target.mode.unwrap_or(mode) == Mode::Audit {
         return Some("audit mode: every connection is evaluated and recorded".to_owned());
@@ -54,6 +60,26 @@ fn canonical(ip: IpAddr) -> IpAddr {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
     }
+}
+
+/// Whether `[masking]` changes what clients see of results (else it only keeps values
+/// out of the records, which a session that is not followed has none of).
+fn masks_results(masking: &MaskingConfig) -> bool {
+    masking.enabled && (masking.results == ResultsMasking::Detect || !masking.rules.is_empty())
+}
+
+/// A target that declares no protocol, where an unfollowed PostgreSQL session would
+/// escape a policy on statements or the masking of results, stays on the proxy path
+/// (the next connection might speak PostgreSQL, which the proxy would follow).
+fn undeclared(followed_matters: bool, protocol: Option<&str>) -> Result<(), String> {
+    if followed_matters && protocol.is_none() {
+        return Err(
+            "the target declares no protocol, and a PostgreSQL session to it would be \
+             followed (a policy governs SQL, or results are masked)"
+                .to_owned(),
+        );
+    }
+    Ok(())
 }
 
 impl Enforcer {
@@ -86,7 +112,14 @@ impl Enforcer {
                 "policy {id} reads {what}, which the kernel does not see at connect()"
             ));
         }
-        plan.everything = active.engine.is_none() && plan.blind.is_none();
+        if masks_results(&active.masking) {
+            plan.partial = Some(
+                "[masking] masks results: a PostgreSQL session to a target that declares no \
+                 protocol must be followed, so such targets stay on the proxy path"
+                    .to_owned(),
+            );
+        }
+        plan.everything = active.engine.is_none() && plan.blind.is_none() && plan.partial.is_none();
         for target in catalog {
             if let Some(why) = proxied_because(target, active.mode) {
                 for net in networks(target) {
@@ -116,15 +149,17 @@ impl Enforcer {
         let Some(engine) = active.engine.as_ref() else {
             // No catalog without a policy directory: the configured targets.
             let settings = self.settings.lock().unwrap_or_else(|e| e.into_inner());
-            return match settings
+            let target = settings
                 .targets
                 .iter()
-                .find(|t| t.matches(destination.ip(), destination.port()))
-                .and_then(|t| proxied_because(t, active.mode))
-            {
-                Some(why) => Err(why),
-                None => Ok(()),
-            };
+                .find(|t| t.matches(destination.ip(), destination.port()));
+            if let Some(why) = target.and_then(|t| proxied_because(t, active.mode)) {
+                return Err(why);
+            }
+            return undeclared(
+                masks_results(&active.masking),
+                target.and_then(|t| t.protocol.as_deref()),
+            );
         };
         if let Some((id, what)) = engine.kernel_blind_read() {
             return Err(format!("policy {id} reads {what}"));
@@ -135,15 +170,10 @@ impl Enforcer {
         {
             return Err(why);
         }
-        // The next connection might speak PostgreSQL, which the proxy would follow and
-        // whose statements a policy decides.
-        if engine.governs_sql() && by_address.and_then(|t| t.protocol.as_deref()).is_none() {
-            return Err(
-                "a policy governs SQL and the target declares no protocol: its sessions \
-                 are followed when they speak PostgreSQL"
-                    .to_owned(),
-            );
-        }
+        undeclared(
+            engine.governs_sql() || masks_results(&active.masking),
+            by_address.and_then(|t| t.protocol.as_deref()),
+        )?;
         // A name the job resolved may pick another target than the address alone.
         if hostname.is_some()
             && by_address.map_or("(unknown)", |t| t.name.as_str()) != decision.target
