@@ -319,7 +319,7 @@ fn two_jobs_of_5000_short_connections_are_all_attributed_and_the_maps_empty_afte
             agent
                 .run_command(
                     &[("repository", repo)],
-                    &["python3", "-c", SHORT, &port, "5000"],
+                    &["python3", "-c", GETS, &port, "5000"],
                 )
                 .stdout(Stdio::piped())
                 .spawn()
