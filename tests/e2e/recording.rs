@@ -74,6 +74,16 @@ fn strict_recording_refuses_connections_while_writes_fail_and_loses_nothing() {
         "{}",
         denied[0]
     );
+    // Without a policy directory the job's connects take the kernel path, which strict
+    // recording suspends while writes fail: the refused one went to the proxy.
+    assert_eq!(denied[0]["path"], "proxy", "{}", denied[0]);
+    assert!(
+        sessions
+            .iter()
+            .filter(|s| s["decision"] == "allow")
+            .all(|s| s["path"] == "kernel"),
+        "{sessions:?}"
+    );
     assert_eq!(agent.metric("tollgate_recording_dropped_total"), 0.0);
     assert_metrics_match_records(&agent);
 }
