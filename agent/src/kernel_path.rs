@@ -223,7 +223,7 @@ impl KernelPath {
             if let Err(error) = self.maps.remove(&key) {
                 tracing::warn!(%error, "dropping a kernel verdict");
             }
-            self.metrics.dropped("job");
+            self.metrics.dropped("job", 1);
         }
         let gone: Vec<u64> = state
             .everything
@@ -236,7 +236,7 @@ impl KernelPath {
             if let Err(error) = self.maps.set_job(cgroup, None) {
                 tracing::warn!(%error, "dropping a job's kernel verdict");
             }
-            self.metrics.dropped("job");
+            self.metrics.dropped("job", 1);
         }
         self.apply_everything(&mut state);
         self.metrics
@@ -252,7 +252,7 @@ impl KernelPath {
         if let Err(error) = self.maps.clear() {
             tracing::error!(%error, "dropping kernel verdicts");
         }
-        self.metrics.dropped_n(reason, n);
+        self.metrics.dropped(reason, n);
         self.metrics.occupancy(0, 0);
     }
 
@@ -308,18 +308,12 @@ impl KernelPath {
         if !self.enabled {
             return;
         }
-        let key = VerdictKey {
-            cgroup_id: info.cgroup_id,
-            uid: info.uid,
-            gid: info.gid,
-            comm: info.comm,
-            dst: conns::dst_key(info),
-        };
         if let Err(why) = self.enforcer.kernel_final(destination, hostname, decision) {
             self.metrics.declined.inc();
             tracing::debug!(%destination, %why, "connection stays on the proxy path");
             return;
         }
+        let key = conns::verdict_key(info);
         let mut state = self.state();
         if state.suspended
             || state.plan.generation != self.enforcer.generation()

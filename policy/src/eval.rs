@@ -24,6 +24,9 @@ pub struct PolicyEngine {
     authorizer: Authorizer,
     governs_sql: bool,
     governs_dns: bool,
+    /// The first policy that reads what the kernel cannot see at connect time, found
+    /// once at load (the agent asks on every connection it relays at L4).
+    kernel_blind: Option<(String, &'static str)>,
 }
 
 /// Why statements pass when no policy governs SQL.
@@ -46,6 +49,7 @@ impl PolicyEngine {
         Self {
             governs_sql: bundle.governs_sql(),
             governs_dns: bundle.governs_dns(),
+            kernel_blind: bundle.kernel_blind_read(),
             bundle,
             catalog,
             mode,
@@ -68,8 +72,10 @@ impl PolicyEngine {
 
     /// The first policy that reads what the kernel cannot see at connect time (see
     /// [`PolicyBundle::kernel_blind_read`]).
-    pub fn kernel_blind_read(&self) -> Option<(String, &'static str)> {
-        self.bundle.kernel_blind_read()
+    pub fn kernel_blind_read(&self) -> Option<(&str, &'static str)> {
+        self.kernel_blind
+            .as_ref()
+            .map(|(id, what)| (id.as_str(), *what))
     }
 
     pub(crate) fn bundle(&self) -> &PolicyBundle {

@@ -1,9 +1,11 @@
 //! What the kernel may decide on its own: which connect decisions are final at connect
 //! time (see `proxy.kernel_verdicts`), and which networks stay on the proxy path.
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use ipnet::IpNet;
-use tollgate_policy::{Decision, Effect, Mode, PortRange, ResultsMasking, TargetSpec};
+use tollgate_policy::{
+    Decision, Effect, Mode, PortRange, ResultsMasking, TargetSpec, targets::canonical,
+};
 
 use super::Enforcer;
 use crate::postgres::mask::MaskingConfig;
@@ -53,13 +55,6 @@ fn networks(target: &TargetSpec) -> Vec<IpNet> {
     let mut nets = target.cidrs.clone();
     nets.extend(target.resolved.iter().map(|ip| IpNet::from(canonical(*ip))));
     nets
-}
-
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
 }
 
 /// Whether `[masking]` changes what clients see of results (else it only keeps values

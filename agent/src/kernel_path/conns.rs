@@ -64,12 +64,18 @@ fn data_bytes(event: &KernelConnEvent) -> (u64, u64) {
     )
 }
 
-/// The destination of a connect, as the verdict key holds it.
-pub fn dst_key(info: &ConnInfo) -> TupleKey {
-    TupleKey {
-        family: u32::from(info.orig_family),
-        port: u32::from(info.orig_port),
-        ip: info.orig_ip,
+/// What the kernel saw of a connect: its verdict key.
+pub fn verdict_key(info: &ConnInfo) -> VerdictKey {
+    VerdictKey {
+        cgroup_id: info.cgroup_id,
+        uid: info.uid,
+        gid: info.gid,
+        comm: info.comm,
+        dst: TupleKey {
+            family: u32::from(info.orig_family),
+            port: u32::from(info.orig_port),
+            ip: info.orig_ip,
+        },
     }
 }
 
@@ -138,16 +144,18 @@ impl Live {
     pub fn sweep_lost(&self, kp: &KernelPath) {
         let lost: Vec<Conn> = {
             let mut conns = self.conns();
-            let cookies: Vec<u64> = conns
-                .iter()
-                .filter(|(cookie, conn)| {
-                    conn.seen.elapsed() >= LOST_AFTER
-                        && kp.maps.connecting(**cookie).is_ok_and(|live| !live)
-                })
-                .map(|(cookie, _)| *cookie)
-                .collect();
-            cookies
-                .into_iter()
+            let mut gone = Vec::new();
+            // Each connection is looked up at most once per LOST_AFTER.
+            for (cookie, conn) in conns.iter_mut() {
+                if conn.seen.elapsed() < LOST_AFTER {
+                    continue;
+                }
+                match kp.maps.connecting(*cookie) {
+                    Ok(false) => gone.push(*cookie),
+                    _ => conn.seen = Instant::now(),
+                }
+            }
+            gone.into_iter()
                 .filter_map(|cookie| conns.remove(&cookie))
                 .collect()
         };
@@ -207,13 +215,7 @@ fn connected(kp: &KernelPath, event: &KernelConnEvent) -> Conn {
         path: Some("kernel".to_owned()),
         ..Default::default()
     };
-    let key = VerdictKey {
-        cgroup_id: info.cgroup_id,
-        uid: info.uid,
-        gid: info.gid,
-        comm: info.comm,
-        dst: dst_key(&info),
-    };
+    let key = verdict_key(&info);
     // A verdict dropped since the kernel used it (a reload, an attest): decided anew,
     // and destroyed once it has a tuple if that decision blocks it.
     let (decision, revoke) = match kp.decision_for(&key) {

@@ -91,11 +91,7 @@ impl KernelMetrics {
         self.entries.with_label_values(&["job"]).set(jobs as i64);
     }
 
-    pub fn dropped(&self, reason: &str) {
-        self.dropped.with_label_values(&[reason]).inc();
-    }
-
-    pub fn dropped_n(&self, reason: &str, n: usize) {
+    pub fn dropped(&self, reason: &str, n: usize) {
         self.dropped.with_label_values(&[reason]).inc_by(n as u64);
     }
 
