@@ -7,7 +7,9 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use tollgate_policy::{Catalog, Mode, TargetSpec, load::line_col};
+use tollgate_policy::{Mode, TargetSpec, load::line_col};
+
+mod validate;
 
 /// Where the agent looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/tollgate/agent.toml";
@@ -33,9 +35,10 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
-    #[error("{path}: `{key}`: {message}")]
+    /// `at` is the file, and the line of the key when the file sets it.
+    #[error("{at}: `{key}`: {message}")]
     Invalid {
-        path: String,
+        at: String,
         key: &'static str,
         message: String,
     },
@@ -563,181 +566,8 @@ impl Config {
             let inner = error.into_inner();
             parse_error(path, text, key, inner.span(), inner.message())
         })?;
-        config.validate(path)?;
+        config.validate(path, text)?;
         Ok(config)
-    }
-
-    fn validate(&self, path: &str) -> Result<(), ConfigError> {
-        let invalid = |key: &'static str, message: &str| ConfigError::Invalid {
-            path: path.to_owned(),
-            key,
-            message: message.to_owned(),
-        };
-        if self.proxy.port == 0 {
-            return Err(invalid("proxy.port", "must be a fixed port (1-65535)"));
-        }
-        if self.proxy.port == self.admin.listen.port() && self.admin.listen.ip().is_loopback() {
-            return Err(invalid("admin.listen", "must not use the proxy's port"));
-        }
-        if !self.proxy.ipv4.is_loopback() {
-            return Err(invalid(
-                "proxy.ipv4",
-                "must be a loopback address (127.0.0.0/8)",
-            ));
-        }
-        if !self.proxy.ipv6.is_loopback() {
-            return Err(invalid(
-                "proxy.ipv6",
-                "must be the IPv6 loopback address (::1)",
-            ));
-        }
-        if self.proxy.connect_timeout.is_zero() {
-            return Err(invalid(
-                "proxy.connect_timeout",
-                "must be greater than zero",
-            ));
-        }
-        if !(4096..=16 * 1024 * 1024).contains(&self.proxy.buffer_size) {
-            return Err(invalid(
-                "proxy.buffer_size",
-                "must be between 4096 and 16777216",
-            ));
-        }
-        if self.proxy.workers > 1024 {
-            return Err(invalid(
-                "proxy.workers",
-                "must be at most 1024 (0 = one per CPU)",
-            ));
-        }
-        if !valid_cgroup_parent(&self.cgroup.parent) {
-            return Err(invalid(
-                "cgroup.parent",
-                "must be a relative path of names made of [A-Za-z0-9._-], without `..`",
-            ));
-        }
-        if let Some(mount) = &self.cgroup.mount
-            && !mount.is_absolute()
-        {
-            return Err(invalid("cgroup.mount", "must be an absolute path"));
-        }
-        if !self.bpf.pin_dir.is_absolute() {
-            return Err(invalid(
-                "bpf.pin_dir",
-                "must be an absolute path on a bpffs",
-            ));
-        }
-        if !self.control.socket.is_absolute() {
-            return Err(invalid("control.socket", "must be an absolute path"));
-        }
-        if self.state.dir.as_os_str().is_empty() {
-            return Err(invalid("state.dir", "must not be empty"));
-        }
-        if self.recording.queue_capacity == 0 {
-            return Err(invalid(
-                "recording.queue_capacity",
-                "must be greater than zero",
-            ));
-        }
-        if self
-            .recording
-            .retention
-            .is_some_and(|r| r < Duration::from_secs(1))
-        {
-            return Err(invalid(
-                "recording.retention",
-                "must be at least 1s (omit it to keep everything)",
-            ));
-        }
-        if self.recording.flush_interval > Duration::from_secs(10) {
-            return Err(invalid("recording.flush_interval", "must be at most 10s"));
-        }
-        if self.recording.batch_size == 0 {
-            return Err(invalid("recording.batch_size", "must be greater than zero"));
-        }
-        if self.policy.reload_interval.is_zero() {
-            return Err(invalid(
-                "policy.reload_interval",
-                "must be greater than zero",
-            ));
-        }
-        if self.unix.refresh_interval < Duration::from_millis(100) {
-            return Err(invalid("unix.refresh_interval", "must be at least 100ms"));
-        }
-        for engine in &self.unix.engine_sockets {
-            let fits = crate::unix::paths::key(0, &engine.path).is_some();
-            if !(engine.path.starts_with('/') || engine.path.starts_with('@')) || !fits {
-                return Err(invalid(
-                    "unix.engine_sockets.path",
-                    "must be an absolute path (or an abstract name as @name) of at most 108 \
-                     bytes",
-                ));
-            }
-            if engine.engine.is_empty() {
-                return Err(invalid("unix.engine_sockets.engine", "must not be empty"));
-            }
-        }
-        if let Err(message) = Catalog::new(self.targets.clone()) {
-            return Err(invalid("targets", &message));
-        }
-        let (github, gitlab, buildkite) = (
-            &self.identity.github,
-            &self.identity.gitlab,
-            &self.identity.buildkite,
-        );
-        for (key, issuer, jwks_url, audience) in [
-            (
-                "identity.github",
-                &github.issuer,
-                &github.jwks_url,
-                &github.audience,
-            ),
-            (
-                "identity.gitlab",
-                &gitlab.issuer,
-                &gitlab.jwks_url,
-                &gitlab.audience,
-            ),
-            (
-                "identity.buildkite",
-                &buildkite.issuer,
-                &buildkite.jwks_url,
-                &buildkite.audience,
-            ),
-        ] {
-            for url in issuer.iter().chain(jwks_url) {
-                crate::identity::oidc::fetch::check_url(url).map_err(|m| invalid(key, &m))?;
-            }
-            if audience.is_empty() {
-                return Err(invalid(key, "audience must not be empty"));
-            }
-        }
-        if buildkite.organization.as_deref().is_some_and(str::is_empty) {
-            return Err(invalid(
-                "identity.buildkite.organization",
-                "must not be empty (omit it to leave Buildkite tokens unverified)",
-            ));
-        }
-        if self
-            .masking
-            .rules
-            .iter()
-            .any(|rule| rule.columns.is_empty())
-        {
-            return Err(invalid(
-                "masking.rules",
-                "every rule needs at least one column pattern",
-            ));
-        }
-        if !(1024..=1024 * 1024 * 1024).contains(&self.postgres.max_message_size) {
-            return Err(invalid(
-                "postgres.max_message_size",
-                "must be between 1024 and 1073741824",
-            ));
-        }
-        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            return Err(invalid("log.level", "is not a valid filter (e.g. `info`)"));
-        }
-        Ok(())
     }
 
     /// The recording database path.
@@ -755,19 +585,6 @@ impl Config {
             IpAddr::V6(ip) => ip.is_loopback(),
         }
     }
-}
-
-fn valid_cgroup_parent(parent: &str) -> bool {
-    !parent.is_empty()
-        && !parent.starts_with('/')
-        && parent.split('/').all(|part| {
-            !part.is_empty()
-                && part != "."
-                && part != ".."
-                && part
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        })
 }
 
 fn parse_error(
@@ -792,150 +609,4 @@ fn parse_error(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn empty_file_gives_defaults() {
-        let config = Config::parse("", "agent.toml").unwrap();
-        assert_eq!(config.proxy.port, DEFAULT_PROXY_PORT);
-        assert_eq!(config.admin.listen.to_string(), "127.0.0.1:9477");
-        assert_eq!(config.control.socket, Path::new(DEFAULT_CONTROL_SOCKET));
-        assert!(!config.recording.strict);
-    }
-
-    /// `--check-config` says where the results masking differs from the earlier
-    /// default, and names the targets that opted back in.
-    #[test]
-    fn notes_name_the_results_masking_default() {
-        let defaults = Config::parse("", "agent.toml").unwrap();
-        let notes = defaults.notes();
-        assert_eq!(notes.len(), 1, "{notes:?}");
-        assert!(
-            notes[0].contains("masking.results = \"rules\""),
-            "{notes:?}"
-        );
-        let per_target = Config::parse(
-            "[[targets]]\nname = \"prod-db\"\nports = [5432]\nmasking = { results = \"detect\" }\n",
-            "agent.toml",
-        )
-        .unwrap();
-        assert!(per_target.notes()[0].contains("except on targets prod-db"));
-        let detect = Config::parse("[masking]\nresults = \"detect\"\n", "agent.toml").unwrap();
-        assert!(detect.notes().is_empty());
-        let bad = Config::parse("[masking]\nresults = \"everything\"\n", "agent.toml")
-            .unwrap_err()
-            .to_string();
-        assert!(bad.contains("masking.results"), "{bad}");
-    }
-
-    #[test]
-    fn full_file_parses() {
-        let config = Config::parse(
-            r#"
-            [proxy]
-            port = 900
-            connect_timeout = "2s"
-            [admin]
-            listen = "127.0.0.1:19477"
-            [cgroup]
-            parent = "tollgate-test/a"
-            [recording]
-            strict = true
-            [policy]
-            mode = "audit"
-            dir = "/srv/policies"
-            [[targets]]
-            name = "prod-db"
-            cidrs = ["10.1.0.0/16"]
-            ports = [5432, "6000-6010"]
-            tags = { env = "production" }
-            mode = "enforce"
-            "#,
-            "agent.toml",
-        )
-        .unwrap();
-        assert_eq!(config.proxy.port, 900);
-        assert_eq!(config.proxy.connect_timeout, Duration::from_secs(2));
-        assert_eq!(config.cgroup.parent, "tollgate-test/a");
-        assert!(config.recording.strict);
-        assert_eq!(config.policy.mode, Mode::Audit);
-        assert_eq!(config.targets[0].name, "prod-db");
-        assert_eq!(config.targets[0].ports.len(), 2);
-    }
-
-    #[test]
-    fn bad_target_values_name_the_key() {
-        let err = Config::parse("[[targets]]\nname = \"x\"\nports = [\"9-1\"]\n", "a.toml")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("targets[0].ports"), "{err}");
-        let err = Config::parse(
-            "[[targets]]\nname = \"x\"\ncidrs = [\"10.0.0.0/33\"]\n",
-            "a.toml",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("targets[0].cidrs"), "{err}");
-    }
-
-    #[test]
-    fn type_error_names_key_and_position() {
-        let err = Config::parse("[proxy]\nport = \"abc\"\n", "/etc/t.toml").unwrap_err();
-        let text = err.to_string();
-        assert!(text.starts_with("/etc/t.toml:2:8: `proxy.port`:"), "{text}");
-    }
-
-    #[test]
-    fn unknown_key_is_named() {
-        let err = Config::parse("[proxy]\nprot = 1\n", "a.toml").unwrap_err();
-        let text = err.to_string();
-        assert!(text.contains("a.toml:2:1"), "{text}");
-        assert!(text.contains("prot"), "{text}");
-    }
-
-    #[test]
-    fn unknown_section_is_named() {
-        let err = Config::parse("[proxxy]\n", "a.toml").unwrap_err();
-        assert!(err.to_string().contains("proxxy"), "{err}");
-    }
-
-    #[test]
-    fn semantic_errors_name_the_key() {
-        for (text, key) in [
-            ("[proxy]\nport = 0", "proxy.port"),
-            ("[proxy]\nipv4 = \"10.0.0.1\"", "proxy.ipv4"),
-            ("[cgroup]\nparent = \"../x\"", "cgroup.parent"),
-            ("[cgroup]\nparent = \"/abs\"", "cgroup.parent"),
-            ("[bpf]\npin_dir = \"rel\"", "bpf.pin_dir"),
-            ("[recording]\nbatch_size = 0", "recording.batch_size"),
-            ("[recording]\nretention = \"0s\"", "recording.retention"),
-            ("[log]\nlevel = \"[\"", "log.level"),
-            ("[[targets]]\nname = \"a\"\n", "targets"),
-            (
-                "[policy]\nreload_interval = \"0s\"",
-                "policy.reload_interval",
-            ),
-            ("[unix]\nrefresh_interval = \"0s\"", "unix.refresh_interval"),
-            (
-                "[[unix.engine_sockets]]\npath = \"docker.sock\"\nengine = \"docker\"",
-                "unix.engine_sockets.path",
-            ),
-            (
-                "[[unix.engine_sockets]]\npath = \"/srv/api.sock\"\nengine = \"\"",
-                "unix.engine_sockets.engine",
-            ),
-        ] {
-            let err = Config::parse(text, "x.toml").unwrap_err().to_string();
-            assert!(err.contains(&format!("`{key}`")), "{text}: {err}");
-        }
-    }
-
-    #[test]
-    fn malformed_toml_has_position() {
-        let err = Config::parse("[proxy\nport = 1", "x.toml")
-            .unwrap_err()
-            .to_string();
-        assert!(err.starts_with("x.toml:1:"), "{err}");
-    }
-}
+mod tests;
