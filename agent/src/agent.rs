@@ -197,6 +197,7 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
             ipv6: config.proxy.ipv6,
         },
         &config.sockets.kinds(),
+        config.bpf.events_ring_bytes,
     )?;
     let maps = Arc::new(maps);
     let refusals = crate::proxy::refusals::Remembered::new(

@@ -146,6 +146,15 @@ pub enum BpfError {
     #[error("eBPF object has no {0}")]
     Missing(&'static str),
     #[error(
+        "{path} holds {found} bytes where `bpf.events_ring_bytes` asks for {configured}: \
+         run `tollgate agent --cleanup` to install the new size"
+    )]
+    RingSize {
+        path: PathBuf,
+        found: u32,
+        configured: u32,
+    },
+    #[error(
         "the pins in {path} come from an incompatible Tollgate build (ABI {found}, this build \
          {ABI_VERSION}); run `tollgate agent --cleanup` with the old build first"
     )]
@@ -248,6 +257,7 @@ pub fn install(
     cgroup_parent: &Path,
     target: ProxyTarget,
     sock_allow: &[SockKind],
+    events_ring_bytes: u32,
 ) -> Result<Installed, BpfError> {
     ensure_bpffs(pin_dir)?;
     fs::create_dir_all(pin_dir).map_err(io_err(pin_dir))?;
@@ -277,6 +287,7 @@ pub fn install(
                 found,
             });
         }
+        check_ring_size(pin_dir, events_ring_bytes)?;
         let (mut maps, events, unix_rules, refusals, verdicts) = open_pinned_maps(pin_dir)?;
         maps.write_settings(settings)?;
         maps.write_sock_allow(sock_allow)?;
@@ -324,9 +335,12 @@ pub fn install(
         aya::util::KernelVersion::current()
             .is_ok_and(|v| v >= aya::util::KernelVersion::new(5, 19, 0)),
     );
+    // The loader reuses a pinned map as it is, whatever size the object asks for.
+    check_ring_size(pin_dir, events_ring_bytes)?;
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(pin_dir)
         .override_global(GLOBAL_SET_RETVAL, &set_retval, true)
+        .map_max_entries(MAP_EVENTS, events_ring_bytes)
         .load(EBPF_OBJECT)?;
     // Settings first: an attached program without settings refuses every connect.
     {
@@ -493,6 +507,29 @@ fn pinned_abi(pin_dir: &Path) -> Result<u32, BpfError> {
 
 fn take(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<Map, BpfError> {
     ebpf.take_map(name).ok_or(BpfError::Missing(name))
+}
+
+/// A pinned event ring of another size than configured is refused, not silently used.
+fn check_ring_size(pin_dir: &Path, configured: u32) -> Result<(), BpfError> {
+    let path = pin_dir.join(MAP_EVENTS);
+    if !path.exists() {
+        return Ok(());
+    }
+    let found = aya::maps::MapInfo::from_pin(&path)
+        .map_err(|source| BpfError::Map {
+            name: MAP_EVENTS,
+            source,
+        })?
+        .max_entries();
+    if found == configured {
+        Ok(())
+    } else {
+        Err(BpfError::RingSize {
+            path,
+            found,
+            configured,
+        })
+    }
 }
 
 type PinnedMaps = (ConnMaps, Map, UnixRules, Refusals, VerdictMaps);

@@ -387,6 +387,11 @@ pub struct BpfConfig {
     /// Entries that no accept() claimed within this time are expired.
     #[serde(with = "humantime_serde")]
     pub stale_after: Duration,
+    /// Size of the ring that carries kernel-path connection events to the agent: a
+    /// power of two from 4096 to 1 GiB. While it is full, connections that would
+    /// take the kernel path are sent through the proxy instead, so none goes
+    /// unrecorded. A change takes effect after `tollgate agent --cleanup`.
+    pub events_ring_bytes: u32,
 }
 
 impl Default for BpfConfig {
@@ -394,6 +399,7 @@ impl Default for BpfConfig {
         Self {
             pin_dir: PathBuf::from("/sys/fs/bpf/tollgate"),
             stale_after: Duration::from_secs(120),
+            events_ring_bytes: tollgate_common::EVENTS_BYTES,
         }
     }
 }

@@ -35,6 +35,16 @@ pub fn cgroup2_mount() -> PathBuf {
         .expect("no cgroup2 mount")
 }
 
+/// Keys added to the test config's tables; `extra` is appended as whole tables.
+#[derive(Default)]
+pub struct Tables<'a> {
+    pub proxy: &'a str,
+    pub control: &'a str,
+    pub bpf: &'a str,
+    pub policy: &'a str,
+    pub extra: &'a str,
+}
+
 pub struct Agent {
     pub dir: tempfile::TempDir,
     pub name: String,
@@ -110,20 +120,37 @@ impl Agent {
 
     /// Starts an agent with `proxy` added to its `[proxy]` table.
     pub fn start_with_proxy(proxy: &str) -> Self {
-        Self::start_full(Self::prepare(), "", "", "", proxy)
+        Self::start_tables(Tables {
+            proxy,
+            ..Tables::default()
+        })
+    }
+
+    /// Starts an agent with keys added to its tables (see [`Tables`]).
+    pub fn start_tables(tables: Tables<'_>) -> Self {
+        Self::start_full(Self::prepare(), tables)
     }
 
     fn start_in(dir: tempfile::TempDir, control: &str, policy: &str, extra: &str) -> Self {
-        Self::start_full(dir, control, policy, extra, "")
+        Self::start_full(
+            dir,
+            Tables {
+                control,
+                policy,
+                extra,
+                ..Tables::default()
+            },
+        )
     }
 
-    fn start_full(
-        dir: tempfile::TempDir,
-        control: &str,
-        policy: &str,
-        extra: &str,
-        proxy: &str,
-    ) -> Self {
+    fn start_full(dir: tempfile::TempDir, tables: Tables<'_>) -> Self {
+        let Tables {
+            proxy,
+            control,
+            bpf,
+            policy,
+            extra,
+        } = tables;
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let name = format!("tollgate-test-{}-{n}", std::process::id());
         let proxy_port = free_port(900..1000);
@@ -136,7 +163,7 @@ impl Agent {
              [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n\
              [control]\nsocket = \"{socket}\"\n{control}\n\n\
              [cgroup]\nparent = \"{name}\"\n\n\
-             [bpf]\npin_dir = \"{pins}\"\n\n\
+             [bpf]\npin_dir = \"{pins}\"\n{bpf}\n\n\
              [state]\ndir = \"{state}\"\n\n\
              [policy]\ndir = \"{policies}\"\nreload_interval = \"200ms\"\n{policy}\n\n{extra}\n",
             policies = dir.path().join("policies").display(),

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use agent::{Agent, NOBODY, agent_as_nobody};
+pub use agent::{Agent, NOBODY, Tables, agent_as_nobody};
 pub use postgres::postgres;
 
 /// Whether this is CI (`CI=true`), where a missing capability fails instead of skipping.

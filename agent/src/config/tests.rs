@@ -113,6 +113,8 @@ fn semantic_errors_name_the_key() {
         ("[cgroup]\nparent = \"../x\"", "cgroup.parent"),
         ("[cgroup]\nparent = \"/abs\"", "cgroup.parent"),
         ("[bpf]\npin_dir = \"rel\"", "bpf.pin_dir"),
+        ("[bpf]\nevents_ring_bytes = 5000", "bpf.events_ring_bytes"),
+        ("[bpf]\nevents_ring_bytes = 2048", "bpf.events_ring_bytes"),
         ("[recording]\nbatch_size = 0", "recording.batch_size"),
         ("[recording]\nretention = \"0s\"", "recording.retention"),
         ("[log]\nlevel = \"[\"", "log.level"),

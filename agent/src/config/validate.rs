@@ -69,6 +69,13 @@ impl Config {
                 "must be an absolute path on a bpffs",
             ));
         }
+        let ring = self.bpf.events_ring_bytes;
+        if !ring.is_power_of_two() || !(4096..=1 << 30).contains(&ring) {
+            return Err(invalid(
+                "bpf.events_ring_bytes",
+                "must be a power of two from 4096 to 1073741824",
+            ));
+        }
         if !self.control.socket.is_absolute() {
             return Err(invalid("control.socket", "must be an absolute path"));
         }
