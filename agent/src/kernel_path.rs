@@ -160,6 +160,7 @@ impl KernelPath {
         }
         let suspend = self.strict_recording && !self.recorder.is_healthy();
         let was = std::mem::replace(&mut self.state().suspended, suspend);
+        self.metrics.suspended.set(i64::from(suspend));
         let result = if suspend {
             if !was {
                 tracing::warn!(

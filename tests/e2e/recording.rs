@@ -54,12 +54,22 @@ fn strict_recording_refuses_connections_while_writes_fail_and_loses_nothing() {
         agent.log().contains("recording write failed"),
         "failure is logged"
     );
+    // The kernel path stops on the agent's next heartbeat, at most 500 ms later.
+    wait_for(
+        "the kernel path to be suspended",
+        Duration::from_secs(5),
+        || (agent.metric("tollgate_kernel_path_suspended") == 1.0).then_some(()),
+    );
     curl(false); // refused: strict mode and recording is failing
 
     drop(locker.stdin.take());
     let _ = locker.wait();
     wait_for("recording to recover", Duration::from_secs(30), || {
         (agent.admin_get("/readyz").0 == 200).then_some(())
+    });
+    // The kernel path resumes on the agent's next heartbeat, at most 500 ms later.
+    wait_for("the kernel path to resume", Duration::from_secs(5), || {
+        (agent.metric("tollgate_kernel_path_suspended") == 0.0).then_some(())
     });
     curl(true);
     let sessions = agent.wait_sessions(None, 4);

@@ -22,6 +22,8 @@ pub struct KernelMetrics {
     /// Allowed connections the proxy kept (the decision was not final at connect time).
     pub declined: IntCounter,
     pub live: IntGauge,
+    /// 1 while strict recording keeps every connect on the proxy path.
+    pub suspended: IntGauge,
     last: Mutex<[u64; OUTCOMES.len()]>,
 }
 
@@ -81,6 +83,12 @@ impl KernelMetrics {
                 registry,
                 "tollgate_kernel_connections_live",
                 "Kernel-path connections open now.",
+            ),
+            suspended: gauge(
+                registry,
+                "tollgate_kernel_path_suspended",
+                "1 while recording fails and recording.strict is set: every connect goes to \
+                 the proxy, which refuses it.",
             ),
             last: Mutex::new([0; OUTCOMES.len()]),
         }
