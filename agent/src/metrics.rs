@@ -10,6 +10,7 @@ use prometheus::{
 use tollgate_common::Counter;
 
 use crate::bpf::{ConnMaps, MapOccupancy};
+pub use crate::postgres::metrics::PostgresMetrics;
 
 /// Every subsystem's metrics, sharing one registry.
 pub struct Metrics {
@@ -367,37 +368,6 @@ impl DnsMetrics {
 
     pub fn query(&self, decision: &str, rcode: &str) {
         self.queries.with_label_values(&[decision, rcode]).inc();
-    }
-}
-
-/// PostgreSQL sessions followed at L7.
-pub struct PostgresMetrics {
-    statements: IntCounterVec,
-    pub masked_rows: IntCounter,
-}
-
-impl PostgresMetrics {
-    fn new(registry: &Registry) -> Self {
-        Self {
-            statements: counter_vec(
-                registry,
-                "tollgate_postgres_statements_total",
-                "SQL statements, by kind (read, write, ddl, admin, transaction, procedural, \
-                 unknown) and decision (allow, deny, require_approval, would_deny, \
-                 would_require_approval).",
-                &["kind", "decision"],
-            ),
-            masked_rows: counter(
-                registry,
-                "tollgate_postgres_masked_rows_total",
-                "Result rows (DataRow or COPY rows) in which at least one value was masked.",
-            ),
-        }
-    }
-
-    /// Counts one statement; `kind` and `decision` come from fixed sets.
-    pub fn statement(&self, kind: &str, decision: &str) {
-        self.statements.with_label_values(&[kind, decision]).inc();
     }
 }
 

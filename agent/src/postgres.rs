@@ -5,5 +5,6 @@ pub mod encoding;
 pub mod hello;
 pub mod io;
 pub mod mask;
+pub mod metrics;
 pub mod session;
 pub mod tls;

@@ -26,6 +26,8 @@ pub struct Options {
     pub rounds: usize,
     pub seconds: u64,
     pub scale: u32,
+    /// The agents' `proxy.workers`; 0 leaves the agent's default.
+    pub workers: usize,
     /// Indexes into [`PATHS`]; always starts with direct, the reference.
     paths: Vec<usize>,
     /// Indexes into [`WORKLOADS`].
@@ -38,6 +40,7 @@ impl Options {
         rounds: usize,
         seconds: u64,
         scale: u32,
+        workers: usize,
         paths: &[String],
         workloads: &[String],
     ) -> anyhow::Result<Self> {
@@ -45,6 +48,7 @@ impl Options {
             rounds,
             seconds,
             scale,
+            workers,
             paths: select(&PATHS, paths, "path", Some(0))?,
             workloads: select(&WORKLOAD_KEYS, workloads, "workload", None)?,
         })
@@ -125,7 +129,7 @@ pub fn bench(root: &Path, options: &Options) -> anyhow::Result<()> {
     }
     let bin = build(root, true)?;
     let scratch = PathBuf::from(format!("/tmp/tollgate-bench-{}", std::process::id()));
-    let mut env = Environment::start(&scratch, &bin, options.scale)?;
+    let mut env = Environment::start(&scratch, &bin, options.scale, options.workers)?;
     let result = measure(&mut env, options);
     env.stop();
     let (results, dns, bulk) = result?;
@@ -385,7 +389,7 @@ mod tests {
 
     #[test]
     fn path_and_workload_selection() {
-        let all = Options::new(3, 20, 10, &[], &[]).unwrap();
+        let all = Options::new(3, 20, 10, 0, &[], &[]).unwrap();
         assert_eq!(all.paths, vec![0, 1, 2, 3, 4, 5]);
         assert_eq!(all.workloads, vec![0, 1, 2, 3, 4]);
 
@@ -394,6 +398,7 @@ mod tests {
             3,
             20,
             10,
+            0,
             &names(&["pgbouncer", "direct", "pgbouncer"]),
             &names(&["connect"]),
         )
@@ -401,11 +406,11 @@ mod tests {
         assert_eq!(some.paths, vec![0, 5]);
         assert_eq!(some.workloads, vec![1]);
 
-        let error = Options::new(3, 20, 10, &names(&["tollgate"]), &[])
+        let error = Options::new(3, 20, 10, 0, &names(&["tollgate"]), &[])
             .err()
             .unwrap()
             .to_string();
         assert!(error.contains("unknown path \"tollgate\""), "{error}");
-        assert!(Options::new(3, 20, 10, &[], &names(&["select-only"])).is_err());
+        assert!(Options::new(3, 20, 10, 0, &[], &names(&["select-only"])).is_err());
     }
 }

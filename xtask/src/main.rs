@@ -45,6 +45,9 @@ enum Cmd {
         /// pgbench scale factor.
         #[arg(long, default_value_t = 10)]
         scale: u32,
+        /// The Tollgate agents' `proxy.workers` (0: the agent's default, one per CPU).
+        #[arg(long, default_value_t = 0)]
+        workers: usize,
         /// Paths to measure besides direct (the reference): tollgate-kernel,
         /// tollgate-l4, tollgate-l7, tollgate-l7-durable, pgbouncer. Default: all.
         #[arg(long, value_delimiter = ',')]
@@ -103,10 +106,11 @@ fn main() -> anyhow::Result<()> {
             rounds,
             seconds,
             scale,
+            workers,
             paths,
             workloads,
         } => {
-            let options = bench::Options::new(rounds, seconds, scale, &paths, &workloads)?;
+            let options = bench::Options::new(rounds, seconds, scale, workers, &paths, &workloads)?;
             setup::all(&root)?;
             bench::bench(&root, &options)
         }

@@ -60,7 +60,12 @@ fn as_postgres(program: &Path) -> Command {
 }
 
 impl Environment {
-    pub(super) fn start(scratch: &Path, bin: &Path, scale: u32) -> anyhow::Result<Self> {
+    pub(super) fn start(
+        scratch: &Path,
+        bin: &Path,
+        scale: u32,
+        workers: usize,
+    ) -> anyhow::Result<Self> {
         let _ = fs::remove_dir_all(scratch);
         fs::create_dir_all(scratch)?;
         run(Command::new("chown").arg("postgres:postgres").arg(scratch))?;
@@ -76,14 +81,14 @@ impl Environment {
             agents: Vec::new(),
             pg_started: false,
         };
-        if let Err(error) = env.start_all(scale) {
+        if let Err(error) = env.start_all(scale, workers) {
             env.stop();
             return Err(error);
         }
         Ok(env)
     }
 
-    fn start_all(&mut self, scale: u32) -> anyhow::Result<()> {
+    fn start_all(&mut self, scale: u32, workers: usize) -> anyhow::Result<()> {
         let data = self.scratch.join("pgdata");
         run(as_postgres(&self.pg_bin.join("initdb"))
             .arg("-D")
@@ -178,7 +183,7 @@ impl Environment {
             let socket = dir.join("control.sock");
             let config_path = dir.join("agent.toml");
             let config = format!(
-                "[proxy]\nport = {port}\nkernel_verdicts = {kernel}\n\
+                "[proxy]\nport = {port}\nkernel_verdicts = {kernel}\nworkers = {workers}\n\
                  [admin]\nlisten = \"127.0.0.1:{admin}\"\n\
                  [control]\nsocket = \"{socket}\"\n[cgroup]\nparent = \"{name}\"\n\
                  [bpf]\npin_dir = \"/sys/fs/bpf/{name}\"\n[state]\ndir = \"{state}\"\n\
