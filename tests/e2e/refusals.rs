@@ -8,7 +8,11 @@ use std::{thread, time::Duration};
 
 use tollgate_e2e::{Agent, ephemeral_port, require_root, servers::Server, stderr, stdout};
 
-/// Connects `n` times, 20 ms apart, and prints what each got.
+/// Connects `n` times, 20 ms apart, and prints what each got. A connect that succeeds
+/// is followed to its end (the script half-closes and reads until EOF or a reset), as a
+/// client learns the outcome of its first attempt before it retries; on a slow kernel
+/// (a TCG guest in `cargo xtask vm-test`) 20 ms alone can be less than the proxy takes
+/// to learn the refusal.
 const ATTEMPTS: &str = r#"
 import errno, socket, sys, time
 port, n = int(sys.argv[1]), int(sys.argv[2])
@@ -17,6 +21,13 @@ for _ in range(n):
     try:
         s.connect(("127.0.0.1", port))
         print("connected", flush=True)
+        s.settimeout(5)
+        try:
+            s.shutdown(socket.SHUT_WR)
+            while s.recv(4096):
+                pass
+        except OSError:
+            pass
     except OSError as e:
         print(errno.errorcode.get(e.errno, e.errno), flush=True)
     s.close()
@@ -36,6 +47,7 @@ except OSError:
 s.close()
 time.sleep(0.05)
 start, refused = time.time(), 0
+print("waiting", flush=True)
 while True:
     s = socket.socket()
     try:
@@ -125,6 +137,9 @@ fn wait_loop_returns_once_the_server_listens(agent: &Agent, port: u16) {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("job");
+    // 2 s from the loop's start (not the job's: a job starts slowly in a TCG guest).
+    let mut job = job;
+    assert_eq!(tollgate_e2e::first_line(&mut job), "waiting");
     thread::sleep(Duration::from_secs(2));
     let http = Server::http(&format!("127.0.0.1:{port}"));
     let out = job.wait_with_output().expect("job output");

@@ -3,6 +3,7 @@ mod bench;
 mod fuzz;
 mod setup;
 mod test;
+mod vm_test;
 
 use std::{
     path::{Path, PathBuf},
@@ -57,6 +58,19 @@ enum Cmd {
         /// against the upstream directly) and bulk (1 GiB over HTTP by curl). Default: all.
         #[arg(long, value_delimiter = ',')]
         workloads: Vec<String>,
+    },
+    /// The privileged end-to-end suite on other kernels (Debian's), each in a qemu VM
+    /// (root).
+    VmTest {
+        /// 5.10, 6.1, 6.12, 7.2 (vm-tests/kernels.toml) or all.
+        #[arg(long, default_value = "all")]
+        kernel: String,
+        /// Only the e2e tests whose name contains PATTERN.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Each guest's time limit, in minutes.
+        #[arg(long, default_value_t = 60)]
+        minutes: u64,
     },
     /// Fuzz the PostgreSQL wire parsers (cargo-fuzz, pinned nightly).
     Fuzz {
@@ -113,6 +127,21 @@ fn main() -> anyhow::Result<()> {
             let options = bench::Options::new(rounds, seconds, scale, workers, &paths, &workloads)?;
             setup::all(&root)?;
             bench::bench(&root, &options)
+        }
+        Cmd::VmTest {
+            kernel,
+            filter,
+            minutes,
+        } => {
+            setup::all(&root)?;
+            vm_test::vm_test(
+                &root,
+                &vm_test::Options {
+                    kernel,
+                    filter,
+                    timeout: std::time::Duration::from_secs(minutes * 60),
+                },
+            )
         }
         Cmd::Fuzz { seconds } => {
             setup::all(&root)?;

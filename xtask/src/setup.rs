@@ -14,7 +14,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// bpf-linker's LLVM feature must match the pinned nightly's LLVM major version.
 const BPF_LINKER_FEATURES: &str = "llvm-22,no-llvm-linking";
 /// Debian packages, each with a file that shows it is installed.
-const APT_PACKAGES: [(&str, &str); 14] = [
+const APT_PACKAGES: [(&str, &str); 17] = [
     ("postgresql", "/usr/lib/postgresql"),
     ("postgresql-client", "/usr/bin/psql"),
     ("pgbouncer", "/usr/sbin/pgbouncer"),
@@ -33,6 +33,10 @@ const APT_PACKAGES: [(&str, &str); 14] = [
     ("bind9-dnsutils", "/usr/bin/dig"),
     // The Debian root with a newer PostgreSQL server (see `pg17_root`).
     ("debootstrap", "/usr/sbin/debootstrap"),
+    // `cargo xtask vm-test`: the guests, and their kernels' compressed modules.
+    ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
+    ("xz-utils", "/usr/bin/xz"),
+    ("zstd", "/usr/bin/zstd"),
 ];
 
 pub fn all(root: &Path) -> anyhow::Result<()> {

@@ -1,0 +1,116 @@
+//! `tollgate-vm-init`: PID 1 of a `cargo xtask vm-test` guest.
+//!
+//! The initramfs that xtask builds holds this binary as `/init`, the kernel modules the
+//! guest needs as `/modules/NN-name.ko` (loaded in name order, dependencies first), and
+//! the command to run as `/cmd`. The init mounts what a runner host has (proc, sysfs,
+//! devtmpfs, bpffs, cgroup2, securityfs, tracefs), mounts the host's root read-only over
+//! 9p as `/host` with fresh tmpfs on its writable directories, and runs `/cmd` with
+//! `/bin/sh` chrooted there. It prints `init: success` or `init: failure` (the line the
+//! host reads) and powers the guest off.
+use std::{
+    ffi::CString,
+    fs,
+    io::Write as _,
+    os::unix::{ffi::OsStrExt as _, process::CommandExt as _},
+    path::Path,
+    process::Command,
+};
+
+mod sys;
+
+/// Mounts below the host's root, in order: (source, target, fstype, options).
+const HOST_MOUNTS: &[(&str, &str, &str, &str)] = &[
+    ("proc", "/host/proc", "proc", ""),
+    ("sysfs", "/host/sys", "sysfs", ""),
+    ("devtmpfs", "/host/dev", "devtmpfs", ""),
+    ("devpts", "/host/dev/pts", "devpts", ""),
+    ("shm", "/host/dev/shm", "tmpfs", ""),
+    ("tmpfs", "/host/tmp", "tmpfs", "mode=1777"),
+    ("tmpfs", "/host/var/tmp", "tmpfs", "mode=1777"),
+    ("tmpfs", "/host/run", "tmpfs", "mode=755"),
+    ("tmpfs", "/host/root", "tmpfs", "mode=700"),
+    ("bpf", "/host/sys/fs/bpf", "bpf", ""),
+    ("cgroup2", "/host/sys/fs/cgroup", "cgroup2", ""),
+    ("securityfs", "/host/sys/kernel/security", "securityfs", ""),
+    ("tracefs", "/host/sys/kernel/tracing", "tracefs", ""),
+];
+
+fn main() {
+    let ok = match run() {
+        Ok(ok) => ok,
+        Err(error) => {
+            println!("init: {error}");
+            false
+        }
+    };
+    println!("init: {}", if ok { "success" } else { "failure" });
+    let _ = std::io::stdout().flush();
+    sys::power_off();
+}
+
+fn run() -> Result<bool, String> {
+    for (source, target, fstype) in [
+        ("proc", "/proc", "proc"),
+        ("sysfs", "/sys", "sysfs"),
+        ("devtmpfs", "/dev", "devtmpfs"),
+    ] {
+        mount(source, target, fstype, "", 0)?;
+    }
+    load_modules(Path::new("/modules"))?;
+    mount(
+        "hostroot",
+        "/host",
+        "9p",
+        "trans=virtio,version=9p2000.L,msize=262144,cache=loose",
+        libc::MS_RDONLY,
+    )?;
+    for (source, target, fstype, options) in HOST_MOUNTS {
+        // A file system this kernel lacks (tracefs on an old one) is the tests' to find.
+        if let Err(error) = mount(source, target, fstype, options, 0) {
+            println!("init: {error}");
+        }
+    }
+    let cmd = fs::read_to_string("/cmd").map_err(|e| format!("reading /cmd: {e}"))?;
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!("init: kernel {}", release.trim());
+    let mut child = Command::new("/bin/sh");
+    child.arg("-c").arg(&cmd).current_dir("/");
+    // SAFETY: chroot is async-signal-safe, and runs in the child before exec.
+    unsafe {
+        child.pre_exec(|| sys::chroot("/host"));
+    }
+    let child = child.spawn().map_err(|e| format!("running /cmd: {e}"))?;
+    Ok(sys::reap_until(child.id()))
+}
+
+fn mount(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    options: &str,
+    flags: libc::c_ulong,
+) -> Result<(), String> {
+    let _ = fs::create_dir_all(target);
+    sys::mount(source, target, fstype, options, flags)
+        .map_err(|e| format!("mounting {fstype} on {target}: {e}"))
+}
+
+/// Loads `dir`'s modules in name order (xtask numbers them dependencies first).
+fn load_modules(dir: &Path) -> Result<(), String> {
+    let mut names: Vec<_> = match fs::read_dir(dir) {
+        Ok(entries) => entries.flatten().map(|e| e.path()).collect(),
+        Err(_) => return Ok(()),
+    };
+    names.sort();
+    for path in names {
+        let file = fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let name = CString::new(path.as_os_str().as_bytes()).unwrap_or_default();
+        match sys::finit_module(&file) {
+            Ok(()) => {}
+            // Built into this kernel, or loaded as another's dependency.
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(format!("loading {name:?}: {e}")),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,335 @@
+//! `cargo xtask vm-test`: the privileged end-to-end suite on other kernels, each booted
+//! under qemu with its Debian package's kernel, the host's root shared read-only over
+//! 9p, and `tollgate-vm-init` (vm-tests/) as PID 1.
+//!
+//! Acceleration: KVM when /dev/kvm can boot a stock kernel. A host whose /dev/kvm is
+//! PVM (the `kvm_pvm` module: nested virtualisation for PVM-enabled guest kernels only,
+//! on which a Debian kernel hangs right after its boot stub) runs the guests under TCG.
+mod initramfs;
+mod kernel;
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader, Write as _},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{cargo, run};
+
+/// Guest memory and CPUs (docs/kernels.md says why).
+const MEMORY: &str = "4G";
+const CPUS: &str = "2";
+
+/// The LSMs of a guest: Debian's list, with bpf.
+const LSM: &str = "landlock,lockdown,yama,integrity,apparmor,bpf";
+
+pub struct Options {
+    /// 5.10, 6.1, 6.12, 7.2 or all.
+    pub kernel: String,
+    pub filter: Option<String>,
+    /// The guests' time limit each.
+    pub timeout: Duration,
+}
+
+/// One kernel's outcome.
+struct Outcome {
+    release: String,
+    passed: u64,
+    failed: u64,
+    skipped: u64,
+    /// init: success was printed.
+    success: bool,
+    note: String,
+}
+
+pub fn vm_test(root: &Path, options: &Options) -> anyhow::Result<()> {
+    let pins = kernel::pins(root)?;
+    let chosen: Vec<_> = match options.kernel.as_str() {
+        "all" => pins.clone(),
+        "host" => bail!(
+            "--kernel host: this host has no kernel image on disk to boot (its kernel \
+             comes from the hypervisor); the host's kernel is what `cargo xtask test` runs on"
+        ),
+        name => {
+            let pin = pins.iter().find(|p| p.name == name).with_context(|| {
+                let names: Vec<_> = pins.iter().map(|p| p.name.as_str()).collect();
+                format!(
+                    "--kernel {name}: not in vm-tests/kernels.toml (known: {}, all)",
+                    names.join(", ")
+                )
+            })?;
+            vec![pin.clone()]
+        }
+    };
+    let init = build_init(root)?;
+    let (e2e, agent) = build_tests(root)?;
+    let accel = accelerator();
+    eprintln!("xtask: vm-test: qemu with {accel}");
+    let logs = root.join("target/vm-tests/logs");
+    fs::create_dir_all(&logs)?;
+    let mut outcomes = Vec::new();
+    for pin in &chosen {
+        let kernel = kernel::fetch(root, pin)?;
+        let image = initrd(
+            root,
+            &kernel,
+            &init,
+            &guest_command(root, &e2e, &agent, options),
+        )?;
+        let log = logs.join(format!("{}.log", pin.name));
+        outcomes.push(boot(&kernel, &image, accel, &log, options.timeout)?);
+    }
+    let mut failed = false;
+    for o in &outcomes {
+        let ok = o.success && o.failed == 0;
+        failed |= !ok;
+        println!(
+            "kernel {}: {} passed, {} failed, {} skipped{}",
+            o.release,
+            o.passed,
+            o.failed,
+            o.skipped,
+            if o.note.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", o.note)
+            }
+        );
+    }
+    if failed {
+        bail!(
+            "vm-test failed on at least one kernel (logs in {})",
+            logs.display()
+        );
+    }
+    Ok(())
+}
+
+/// The guest init, static so that it runs in an initramfs without a libc.
+fn build_init(root: &Path) -> anyhow::Result<PathBuf> {
+    let target = "x86_64-unknown-linux-gnu";
+    let dir = root.join("target/vm-init");
+    run(cargo(root)
+        .args([
+            "build",
+            "--release",
+            "--package",
+            "tollgate-vm-tests",
+            "--target",
+            target,
+        ])
+        .arg("--target-dir")
+        .arg(&dir)
+        .env(
+            "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
+            "-C target-feature=+crt-static",
+        ))?;
+    Ok(dir.join(target).join("release/tollgate-vm-init"))
+}
+
+/// The e2e test executable and the agent it tests, built on the host.
+fn build_tests(root: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let agent = crate::build(root, false)?;
+    let out = cargo(root)
+        .args([
+            "test",
+            "--package",
+            "tollgate-e2e",
+            "--test",
+            "e2e",
+            "--no-run",
+            "--message-format=json",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("building the e2e tests")?;
+    if !out.status.success() {
+        bail!("building the e2e tests failed");
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let e2e = text
+        .lines()
+        .filter(|l| {
+            l.contains("\"reason\":\"compiler-artifact\"")
+                && l.contains("\"kind\":[\"test\"]")
+                && l.contains("\"name\":\"e2e\"")
+        })
+        .find_map(|l| {
+            let rest = l.split("\"executable\":\"").nth(1)?;
+            Some(PathBuf::from(rest.split('"').next()?))
+        })
+        .context("cargo named no e2e test executable")?;
+    Ok((e2e, agent))
+}
+
+/// The shell command the guest runs: the suite, as `cargo xtask test` runs it.
+fn guest_command(root: &Path, e2e: &Path, agent: &Path, options: &Options) -> String {
+    let filter = options
+        .filter
+        .as_deref()
+        .map(|f| format!(" '{}'", f.replace('\'', "")))
+        .unwrap_or_default();
+    format!(
+        "ip link set lo up && cd '{tests}' && CI=true TOLLGATE_BIN='{agent}' \
+         HOME=/root '{e2e}' --test-threads=1{filter}",
+        tests = root.join("tests").display(),
+        agent = agent.display(),
+        e2e = e2e.display(),
+    )
+}
+
+fn initrd(root: &Path, kernel: &kernel::Kernel, init: &Path, cmd: &str) -> anyhow::Result<PathBuf> {
+    let mut archive = initramfs::Archive::new();
+    for dir in ["/", "/modules", "/proc", "/sys", "/dev", "/host"] {
+        archive.dir(dir);
+    }
+    archive.executable(
+        "/init",
+        &fs::read(init).with_context(|| init.display().to_string())?,
+    );
+    archive.file("/cmd", cmd.as_bytes());
+    for (i, (name, bytes)) in kernel::guest_modules(kernel)?.into_iter().enumerate() {
+        archive.file(&format!("/modules/{i:02}-{name}.ko"), &bytes);
+    }
+    let path = root
+        .join("target/vm-tests")
+        .join(format!("initrd-{}.cpio", kernel.release));
+    let mut file = fs::File::create(&path)?;
+    archive.finish(&mut file)?;
+    file.flush()?;
+    Ok(path)
+}
+
+fn accelerator() -> &'static str {
+    let kvm = Path::new("/dev/kvm").exists();
+    let pvm = Path::new("/sys/module/kvm_pvm").exists();
+    if kvm && !pvm { "kvm" } else { "tcg" }
+}
+
+/// Boots one guest, echoing and logging its console, and reads the suite's results.
+fn boot(
+    kernel: &kernel::Kernel,
+    initrd: &Path,
+    accel: &str,
+    log: &Path,
+    timeout: Duration,
+) -> anyhow::Result<Outcome> {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args([
+        "-nographic",
+        "-no-reboot",
+        "-nodefaults",
+        "-serial",
+        "stdio",
+    ])
+    .args(["-m", MEMORY, "-smp", CPUS])
+    .args(if accel == "kvm" {
+        ["-accel", "kvm", "-cpu", "host,-arch-capabilities"]
+    } else {
+        ["-accel", "tcg,thread=multi", "-cpu", "max"]
+    })
+    .arg("-kernel")
+    .arg(&kernel.vmlinuz)
+    .arg("-initrd")
+    .arg(initrd)
+    .arg("-append")
+    .arg(format!("console=ttyS0 panic=-1 quiet lsm={LSM}"))
+    .args([
+        "-virtfs",
+        "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped());
+    eprintln!("xtask: vm-test: booting {} ({accel})", kernel.release);
+    let mut child = cmd
+        .spawn()
+        .context("starting qemu-system-x86_64 (cargo xtask setup installs it)")?;
+    let mut out = fs::File::create(log)?;
+    let mut outcome = Outcome {
+        release: kernel.release.clone(),
+        passed: 0,
+        failed: 0,
+        skipped: 0,
+        success: false,
+        note: String::new(),
+    };
+    let started = Instant::now();
+    let pid = child.id();
+    // A watchdog: qemu is killed when the guest outlives its time.
+    let watchdog = std::thread::spawn(move || {
+        let deadline = started + timeout;
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(500));
+            // SAFETY: signal 0 only checks that the process exists.
+            if unsafe { libc::kill(pid as i32, 0) } != 0 {
+                return false;
+            }
+        }
+        // SAFETY: qemu is our child; SIGKILL ends it.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        true
+    });
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap_or_default();
+            let line = line.trim_end_matches('\r');
+            println!("[{}] {line}", kernel.release);
+            writeln!(out, "{line}")?;
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                outcome.passed += count(rest, "passed");
+                outcome.failed += count(rest, "failed");
+                outcome.skipped += count(rest, "ignored");
+            } else if line == "init: success" {
+                outcome.success = true;
+            } else if let Some(release) = line.strip_prefix("init: kernel ") {
+                outcome.release = release.to_owned();
+            }
+        }
+    }
+    let _ = child.wait();
+    if watchdog.join().unwrap_or(false) {
+        outcome.success = false;
+        outcome.note = format!("timed out after {timeout:?}");
+    } else if !outcome.success {
+        outcome.note = "init: failure".to_owned();
+    }
+    outcome.note = [
+        outcome.note.clone(),
+        format!("{:.0} s under {accel}", started.elapsed().as_secs_f64()),
+    ]
+    .into_iter()
+    .filter(|n| !n.is_empty())
+    .collect::<Vec<_>>()
+    .join(", ");
+    Ok(outcome)
+}
+
+/// The number before `what` in "ok. 15 passed; 0 failed; 3 ignored; ...".
+fn count(text: &str, what: &str) -> u64 {
+    text.split(';')
+        .find_map(|part| {
+            part.trim()
+                .strip_suffix(what)?
+                .trim()
+                .rsplit(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counts_a_result_line() {
+        let line = "ok. 15 passed; 2 failed; 3 ignored; 0 measured; 0 filtered out";
+        assert_eq!(super::count(line, "passed"), 15);
+        assert_eq!(super::count(line, "failed"), 2);
+        assert_eq!(super::count(line, "ignored"), 3);
+    }
+}

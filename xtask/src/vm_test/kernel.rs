@@ -1,0 +1,291 @@
+//! A Debian kernel for a guest: fetched with a private apt configuration (its own
+//! sources list, state and cache under target/vm-tests/apt/SUITE; the host's apt is
+//! left alone), unpacked once, cached across runs.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use serde::Deserialize;
+
+use crate::run;
+
+/// `vm-tests/kernels.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pins {
+    pub kernel: Vec<Pin>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pin {
+    /// What `--kernel` names: 5.10, 6.1, ...
+    pub name: String,
+    pub suite: String,
+    pub package: String,
+    pub version: String,
+}
+
+pub fn pins(root: &Path) -> anyhow::Result<Vec<Pin>> {
+    let path = root.join("vm-tests/kernels.toml");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let pins: Pins =
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(pins.kernel)
+}
+
+/// An unpacked kernel package.
+pub struct Kernel {
+    /// The package's `/lib/modules/RELEASE` name.
+    pub release: String,
+    pub vmlinuz: PathBuf,
+    pub modules: PathBuf,
+}
+
+/// The pinned kernel, fetched and unpacked unless it already is.
+pub fn fetch(root: &Path, pin: &Pin) -> anyhow::Result<Kernel> {
+    let base = root.join("target/vm-tests");
+    let unpacked = base
+        .join("kernels")
+        .join(format!("{}_{}", pin.package, pin.version));
+    let done = unpacked.join(".unpacked");
+    if !done.exists() {
+        let deb = download(&base, pin)?;
+        let _ = fs::remove_dir_all(&unpacked);
+        fs::create_dir_all(&unpacked)?;
+        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;
+        fs::write(&done, "")?;
+    }
+    let modules_root = unpacked.join("lib/modules");
+    let release = fs::read_dir(&modules_root)
+        .with_context(|| format!("reading {}", modules_root.display()))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .next()
+        .with_context(|| format!("no kernel release under {}", modules_root.display()))?;
+    let vmlinuz = unpacked.join("boot").join(format!("vmlinuz-{release}"));
+    if !vmlinuz.exists() {
+        bail!("{} has no {}", pin.package, vmlinuz.display());
+    }
+    Ok(Kernel {
+        modules: modules_root.join(&release),
+        release,
+        vmlinuz,
+    })
+}
+
+/// The package's .deb in the cache: the pinned version, or the suite's current one
+/// (with a warning) when the pin has left the archive.
+fn download(base: &Path, pin: &Pin) -> anyhow::Result<PathBuf> {
+    let apt = base.join("apt").join(&pin.suite);
+    let debs = base.join("debs");
+    for dir in [
+        apt.join("state/lists/partial"),
+        apt.join("cache/archives/partial"),
+        apt.join("parts"),
+        debs.clone(),
+    ] {
+        fs::create_dir_all(&dir)?;
+    }
+    fs::write(
+        apt.join("sources.list"),
+        format!("deb http://deb.debian.org/debian {} main\n", pin.suite),
+    )?;
+    let status = apt.join("status");
+    if !status.exists() {
+        fs::write(&status, "")?;
+    }
+    let options = |cmd: &mut Command| {
+        for (key, value) in [
+            ("Dir::Etc::SourceList", apt.join("sources.list")),
+            ("Dir::Etc::SourceParts", apt.join("parts")),
+            ("Dir::State", apt.join("state")),
+            ("Dir::State::status", status.clone()),
+            ("Dir::Cache", apt.join("cache")),
+        ] {
+            cmd.arg("-o").arg(format!("{key}={}", value.display()));
+        }
+        cmd.args(["-o", "APT::Sandbox::User=root", "-q"]);
+    };
+    let cached = |package: &str, version: &str| {
+        // apt-get download names the file PACKAGE_VERSION_amd64.deb, with ':' as %3a.
+        debs.join(format!(
+            "{package}_{}_amd64.deb",
+            version.replace(':', "%3a")
+        ))
+    };
+    let pinned = cached(&pin.package, &pin.version);
+    if pinned.exists() {
+        return Ok(pinned);
+    }
+    let mut update = Command::new("apt-get");
+    options(&mut update);
+    run(update.arg("update"))?;
+    let mut get = Command::new("apt-get");
+    options(&mut get);
+    get.current_dir(&debs)
+        .arg("download")
+        .arg(format!("{}={}", pin.package, pin.version));
+    if run(&mut get).is_ok() && pinned.exists() {
+        return Ok(pinned);
+    }
+    // The pin is gone: the suite's current kernel, named by its metapackage.
+    let mut depends = Command::new("apt-cache");
+    options(&mut depends);
+    let out = depends
+        .args(["depends", "linux-image-amd64"])
+        .output()
+        .context("apt-cache depends linux-image-amd64")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let package = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Depends: linux-image-"))
+        .map(|rest| format!("linux-image-{rest}"))
+        .with_context(|| format!("{} has no linux-image-amd64", pin.suite))?;
+    eprintln!(
+        "xtask: vm-test: WARNING: {}={} is no longer in {}; using its current {package}. \
+         Update vm-tests/kernels.toml.",
+        pin.package, pin.version, pin.suite
+    );
+    let before: Vec<_> = deb_files(&debs);
+    let mut get = Command::new("apt-get");
+    options(&mut get);
+    run(get.current_dir(&debs).arg("download").arg(&package))?;
+    deb_files(&debs)
+        .into_iter()
+        .find(|p| !before.contains(p) && p.to_string_lossy().contains(&package))
+        .or_else(|| {
+            deb_files(&debs)
+                .into_iter()
+                .find(|p| p.to_string_lossy().contains(&package))
+        })
+        .with_context(|| format!("apt-get download {package} left no .deb"))
+}
+
+fn deb_files(dir: &Path) -> Vec<PathBuf> {
+    fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "deb"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The modules a guest needs (virtio PCI, 9p over virtio, veth), with their
+/// dependencies first, decompressed. A module the kernel has built in is not listed.
+pub fn guest_modules(kernel: &Kernel) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let mut files = std::collections::HashMap::new();
+    index(&kernel.modules.join("kernel"), &mut files)?;
+    let mut order: Vec<String> = Vec::new();
+    for wanted in ["virtio_pci", "9pnet_virtio", "9p", "veth"] {
+        visit(wanted, &files, &mut order, 0)?;
+    }
+    order
+        .into_iter()
+        .map(|name| {
+            let path = &files[&name];
+            Ok((name, read_module(path)?))
+        })
+        .collect()
+}
+
+fn index(dir: &Path, files: &mut std::collections::HashMap<String, PathBuf>) -> anyhow::Result<()> {
+    for entry in fs::read_dir(dir)?.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            index(&path, files)?;
+        } else if let Some(name) = path.file_name().and_then(|n| n.to_str())
+            && let Some(stem) = name.split(".ko").next().filter(|_| name.contains(".ko"))
+        {
+            files.insert(stem.replace('-', "_"), path.clone());
+        }
+    }
+    Ok(())
+}
+
+fn visit(
+    name: &str,
+    files: &std::collections::HashMap<String, PathBuf>,
+    order: &mut Vec<String>,
+    depth: usize,
+) -> anyhow::Result<()> {
+    if depth > 32 {
+        bail!("module dependencies nest too deep at {name}");
+    }
+    if order.iter().any(|n| n == name) {
+        return Ok(());
+    }
+    let Some(path) = files.get(name) else {
+        // Built into this kernel.
+        return Ok(());
+    };
+    for dep in depends(&read_module(path)?) {
+        visit(&dep, files, order, depth + 1)?;
+    }
+    order.push(name.to_owned());
+    Ok(())
+}
+
+/// A module's bytes, decompressed (.ko, .ko.xz, .ko.zst).
+fn read_module(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let name = path.to_string_lossy();
+    let tool = if name.ends_with(".xz") {
+        Some("xz")
+    } else if name.ends_with(".zst") {
+        Some("zstd")
+    } else {
+        None
+    };
+    match tool {
+        None => fs::read(path).with_context(|| format!("reading {name}")),
+        Some(tool) => {
+            let out = Command::new(tool)
+                .arg("-dc")
+                .arg(path)
+                .output()
+                .with_context(|| format!("{tool} -dc {name}"))?;
+            if !out.status.success() {
+                bail!(
+                    "{tool} -dc {name}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            Ok(out.stdout)
+        }
+    }
+}
+
+/// The `depends=` entry of a module's .modinfo (NUL-separated key=value strings).
+fn depends(module: &[u8]) -> Vec<String> {
+    let key = b"\0depends=";
+    module
+        .windows(key.len())
+        .position(|w| w == key)
+        .map(|at| {
+            let rest = &module[at + key.len()..];
+            let end = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
+            String::from_utf8_lossy(&rest[..end])
+                .split(',')
+                .filter(|d| !d.is_empty())
+                .map(|d| d.replace('-', "_"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_a_modules_dependencies() {
+        let modinfo = b"xx\0license=GPL\0depends=virtio,virtio-ring\0vermagic=6.1\0";
+        assert_eq!(super::depends(modinfo), ["virtio", "virtio_ring"]);
+        assert!(super::depends(b"\0license=GPL\0depends=\0").is_empty());
+        assert!(super::depends(b"nothing here").is_empty());
+    }
+}
