@@ -174,8 +174,9 @@ fn guest_command(root: &Path, e2e: &Path, agent: &Path, options: &Options) -> St
         .map(|f| format!(" '{}'", f.replace('\'', "")))
         .unwrap_or_default();
     format!(
-        "ip link set lo up && cd '{tests}' && CI=true TOLLGATE_BIN='{agent}' \
-         HOME=/root '{e2e}' --test-threads=1{filter}",
+        "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+         HOME=/root CI=true TOLLGATE_BIN='{agent}' && ip link set lo up && \
+         cd '{tests}' && '{e2e}' --test-threads=1{filter}",
         tests = root.join("tests").display(),
         agent = agent.display(),
         e2e = e2e.display(),

@@ -157,6 +157,10 @@ fn redirect(
     }
 }
 
+/// The largest errno a hook may return (the kernel's MAX_ERRNO).
+const MAX_ERRNO: u32 = 4095;
+const EPERM: u32 = 1;
+
 /// A TCP connect to a destination that refused the proxy's last connect for this cgroup
 /// (and has not been found listening since) is refused here, with the destination's
 /// errno where the kernel lets the hook set it.
@@ -177,6 +181,13 @@ fn refuse_remembered(dst: TupleKey) -> Result<(), i32> {
     };
     // SAFETY: reading a read-only global the loader set.
     if unsafe { core::ptr::read_volatile(&TOLLGATE_SET_RETVAL) } != 0 {
+        // Newer verifiers (7.x) want the value provably in [-4095, 0]: an errno outside
+        // 1..=4095 (the agent never writes one) is EPERM.
+        let errno = if errno == 0 || errno > MAX_ERRNO {
+            EPERM
+        } else {
+            errno
+        };
         // SAFETY: allowed in connect hooks on the kernels where the loader sets the flag.
         unsafe { bpf_set_retval(-(errno as i32)) };
     }

@@ -53,23 +53,33 @@ pub fn fetch(root: &Path, pin: &Pin) -> anyhow::Result<Kernel> {
         .join(format!("{}_{}", pin.package, pin.version));
     let done = unpacked.join(".unpacked");
     if !done.exists() {
-        let deb = download(&base, pin)?;
         let _ = fs::remove_dir_all(&unpacked);
         fs::create_dir_all(&unpacked)?;
-        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;
+        for deb in download(&base, pin)? {
+            run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;
+        }
         fs::write(&done, "")?;
     }
-    let modules_root = unpacked.join("lib/modules");
+    // Older packages ship /lib/modules and /boot/vmlinuz-RELEASE; merged-/usr ones (sid)
+    // /usr/lib/modules/RELEASE with its vmlinuz inside.
+    let modules_root = ["lib/modules", "usr/lib/modules"]
+        .into_iter()
+        .map(|dir| unpacked.join(dir))
+        .find(|dir| dir.is_dir())
+        .unwrap_or_else(|| unpacked.join("lib/modules"));
     let release = fs::read_dir(&modules_root)
         .with_context(|| format!("reading {}", modules_root.display()))?
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .next()
         .with_context(|| format!("no kernel release under {}", modules_root.display()))?;
-    let vmlinuz = unpacked.join("boot").join(format!("vmlinuz-{release}"));
-    if !vmlinuz.exists() {
-        bail!("{} has no {}", pin.package, vmlinuz.display());
-    }
+    let vmlinuz = [
+        unpacked.join("boot").join(format!("vmlinuz-{release}")),
+        modules_root.join(&release).join("vmlinuz"),
+    ]
+    .into_iter()
+    .find(|path| path.exists())
+    .with_context(|| format!("{} holds no vmlinuz for {release}", pin.package))?;
     Ok(Kernel {
         modules: modules_root.join(&release),
         release,
@@ -77,9 +87,51 @@ pub fn fetch(root: &Path, pin: &Pin) -> anyhow::Result<Kernel> {
     })
 }
 
-/// The package's .deb in the cache: the pinned version, or the suite's current one
+/// The package's .debs in the cache: the image package and, where Debian splits a
+/// kernel (trixie's point releases and sid: linux-binary-* holds the image and
+/// linux-modules-* the modules), those parts at the same version.
+fn download(base: &Path, pin: &Pin) -> anyhow::Result<Vec<PathBuf>> {
+    let main = download_image(base, pin)?;
+    let out = Command::new("dpkg-deb")
+        .args(["-f"])
+        .arg(&main)
+        .arg("Depends")
+        .output()
+        .context("dpkg-deb -f")?;
+    let depends = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut debs = vec![main];
+    for part in split_parts(&depends) {
+        let (package, version) = part;
+        let split = Pin {
+            package,
+            version,
+            ..pin.clone()
+        };
+        debs.push(download_image(base, &split)?);
+    }
+    Ok(debs)
+}
+
+/// `linux-binary-*` and `linux-modules-*` entries pinned with `(= VERSION)` in a
+/// Depends field.
+fn split_parts(depends: &str) -> Vec<(String, String)> {
+    depends
+        .split(',')
+        .filter_map(|dep| {
+            let dep = dep.trim();
+            let (name, rest) = dep.split_once(' ')?;
+            if !(name.starts_with("linux-binary-") || name.starts_with("linux-modules-")) {
+                return None;
+            }
+            let version = rest.trim().strip_prefix("(=")?.strip_suffix(')')?.trim();
+            Some((name.to_owned(), version.to_owned()))
+        })
+        .collect()
+}
+
+/// One package's .deb in the cache: the pinned version, or the suite's current one
 /// (with a warning) when the pin has left the archive.
-fn download(base: &Path, pin: &Pin) -> anyhow::Result<PathBuf> {
+fn download_image(base: &Path, pin: &Pin) -> anyhow::Result<PathBuf> {
     let apt = base.join("apt").join(&pin.suite);
     let debs = base.join("debs");
     for dir in [
@@ -131,6 +183,9 @@ fn download(base: &Path, pin: &Pin) -> anyhow::Result<PathBuf> {
         .arg(format!("{}={}", pin.package, pin.version));
     if run(&mut get).is_ok() && pinned.exists() {
         return Ok(pinned);
+    }
+    if !pin.package.starts_with("linux-image-") {
+        bail!("apt-get download {}={} failed", pin.package, pin.version);
     }
     // The pin is gone: the suite's current kernel, named by its metapackage.
     let mut depends = Command::new("apt-cache");
@@ -287,5 +342,26 @@ mod tests {
         assert_eq!(super::depends(modinfo), ["virtio", "virtio_ring"]);
         assert!(super::depends(b"\0license=GPL\0depends=\0").is_empty());
         assert!(super::depends(b"nothing here").is_empty());
+    }
+
+    #[test]
+    fn finds_the_split_parts_of_a_kernel_package() {
+        let depends = "dracut | initramfs-tools (>= 0.120+deb8u2) | linux-initramfs-tool, \
+            linux-base-7.2.13+deb14-amd64 (= 7.2.13-1), linux-binary-7.2.13+deb14-amd64 \
+            (= 7.2.13-1), linux-modules-7.2.13+deb14-amd64 (= 7.2.13-1)";
+        assert_eq!(
+            super::split_parts(depends),
+            [
+                (
+                    "linux-binary-7.2.13+deb14-amd64".to_owned(),
+                    "7.2.13-1".to_owned()
+                ),
+                (
+                    "linux-modules-7.2.13+deb14-amd64".to_owned(),
+                    "7.2.13-1".to_owned()
+                ),
+            ]
+        );
+        assert!(super::split_parts("kmod, linux-base (>= 4.3~)").is_empty());
     }
 }
