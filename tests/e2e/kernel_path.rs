@@ -147,6 +147,8 @@ time.sleep(0.2)
 s = socket.create_connection(("127.0.0.1", port))
 print("open", flush=True)
 start = time.time()
+# Bounded: a connection the agent fails to destroy makes the test fail, not hang.
+s.settimeout(30)
 try:
     got = s.recv(100)
     print("recv", len(got), flush=True)

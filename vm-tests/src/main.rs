@@ -7,14 +7,7 @@
 //! 9p as `/host` with fresh tmpfs on its writable directories, and runs `/cmd` with
 //! `/bin/sh` chrooted there. It prints `init: success` or `init: failure` (the line the
 //! host reads) and powers the guest off.
-use std::{
-    ffi::CString,
-    fs,
-    io::Write as _,
-    os::unix::{ffi::OsStrExt as _, process::CommandExt as _},
-    path::Path,
-    process::Command,
-};
+use std::{fs, io::Write as _, os::unix::process::CommandExt as _, path::Path, process::Command};
 
 mod sys;
 
@@ -104,12 +97,11 @@ fn load_modules(dir: &Path) -> Result<(), String> {
     names.sort();
     for path in names {
         let file = fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let name = CString::new(path.as_os_str().as_bytes()).unwrap_or_default();
         match sys::finit_module(&file) {
             Ok(()) => {}
             // Built into this kernel, or loaded as another's dependency.
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-            Err(e) => return Err(format!("loading {name:?}: {e}")),
+            Err(e) => return Err(format!("loading {}: {e}", path.display())),
         }
     }
     Ok(())

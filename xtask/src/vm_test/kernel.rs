@@ -232,13 +232,25 @@ fn deb_files(dir: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-/// The modules a guest needs (virtio PCI, 9p over virtio, veth), with their
-/// dependencies first, decompressed. A module the kernel has built in is not listed.
+/// The modules a guest needs, with their dependencies first, decompressed: virtio PCI
+/// and 9p over virtio (its root), veth (the tests' network namespaces), and the
+/// sock_diag families a runner host loads on demand (the agent destroys revoked
+/// sockets through inet_diag; the guest has no modprobe to load them when asked). A
+/// module the kernel has built in is not listed.
 pub fn guest_modules(kernel: &Kernel) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
     let mut files = std::collections::HashMap::new();
     index(&kernel.modules.join("kernel"), &mut files)?;
     let mut order: Vec<String> = Vec::new();
-    for wanted in ["virtio_pci", "9pnet_virtio", "9p", "veth"] {
+    for wanted in [
+        "virtio_pci",
+        "9pnet_virtio",
+        "9p",
+        "veth",
+        "tcp_diag",
+        "udp_diag",
+        "unix_diag",
+        "netlink_diag",
+    ] {
         visit(wanted, &files, &mut order, 0)?;
     }
     order
