@@ -125,6 +125,20 @@ impl KernelPath {
                     false
                 }
                 None => false,
+            }
+            // A reload must be able to end a live kernel-path connection.
+            && match destroy::probe() {
+                Ok(()) => true,
+                Err(error) => {
+                    tracing::warn!(
+                        %error,
+                        "this kernel cannot destroy a socket from outside (SOCK_DESTROY \
+                         through inet_diag: CONFIG_INET_DIAG_DESTROY and tcp_diag), so a \
+                         reload could not end a kernel-path connection: every connection \
+                         takes the proxy path (proxy.kernel_verdicts)"
+                    );
+                    false
+                }
             };
         let this = Arc::new(Self {
             enabled: alive,

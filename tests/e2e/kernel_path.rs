@@ -229,15 +229,17 @@ fn without_a_policy_directory_a_jobs_first_connect_is_exact() {
     assert!(stderr(&in_job).contains("Connection refused"));
     // A wait-for-port loop returns once the server listens, not before.
     let wait = format!(
-        "start=$(date +%s%N); until </dev/tcp/127.0.0.1/{closed}; do sleep 0.05; done 2>/dev/null; \
-         echo $(( ($(date +%s%N) - start) / 1000000 ))"
+        "echo waiting; start=$(date +%s%N); until </dev/tcp/127.0.0.1/{closed}; do sleep 0.05; \
+         done 2>/dev/null; echo $(( ($(date +%s%N) - start) / 1000000 ))"
     );
-    let child = agent
+    let mut child = agent
         .run_command(&[("repository", "acme/api")], &["bash", "-c", &wait])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("tollgate run");
+    // 2 s from the loop's start (a job starts slowly in a TCG guest).
+    assert_eq!(tollgate_e2e::first_line(&mut child), "waiting");
     thread::sleep(Duration::from_secs(2));
     let http = Server::http(&format!("127.0.0.1:{closed}"));
     let out = child.wait_with_output().expect("wait loop");
@@ -339,6 +341,11 @@ fn two_jobs_of_5000_short_connections_are_all_attributed_and_the_maps_empty_afte
     }
     let sessions = agent.wait_sessions(None, 10_000);
     assert_eq!(sessions.len(), 10_000);
+    // A verdict's connect falls back to the proxy only when the event ring is full or
+    // the heartbeat late (a slow guest in `cargo xtask vm-test`): counted, and recorded.
+    let fallbacks =
+        agent.metric("tollgate_kernel_verdicts_connects_total{outcome=\"fallback\"}") as usize;
+    let mut proxied = 0;
     // Each job's connections carry that job's one process.
     for repo in ["acme/one", "acme/two"] {
         let mine: Vec<&Value> = sessions
@@ -352,8 +359,13 @@ fn two_jobs_of_5000_short_connections_are_all_attributed_and_the_maps_empty_afte
             "{repo}: misattributed"
         );
         let (proxy, kernel) = paths(&mine.iter().map(|s| (*s).clone()).collect::<Vec<_>>());
-        // The first took the proxy path; its verdict took the rest.
-        assert_eq!((proxy, kernel), (1, 4_999), "{repo}\n{}", agent.metrics());
+        // The first took the proxy path; its verdict took the rest (but fallbacks).
+        assert!(
+            proxy >= 1 && proxy + kernel == 5_000,
+            "{repo}\n{}",
+            agent.metrics()
+        );
+        proxied += proxy;
         assert!(
             mine.iter().all(|s| s["bytes_up"] == mine[0]["bytes_up"]
                 && s["bytes_down"] == mine[0]["bytes_down"]
@@ -361,6 +373,7 @@ fn two_jobs_of_5000_short_connections_are_all_attributed_and_the_maps_empty_afte
             "{repo}: bytes"
         );
     }
+    assert_eq!(proxied, 2 + fallbacks, "{}", agent.metrics());
     assert_eq!(
         agent.metric("tollgate_kernel_verdicts_connects_total{outcome=\"events_lost\"}"),
         0.0

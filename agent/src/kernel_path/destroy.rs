@@ -175,6 +175,47 @@ pub fn destroy(
     }
 }
 
+/// Whether this kernel can destroy a socket from outside: a loopback connection of the
+/// agent's own is destroyed through [`destroy`]. Fails where SOCK_DESTROY does not
+/// work (no `CONFIG_INET_DIAG_DESTROY`, or tcp_diag neither built in nor loadable).
+pub fn probe() -> io::Result<()> {
+    use std::io::Read as _;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let mut client = std::net::TcpStream::connect(listener.local_addr()?)?;
+    let (_server, _) = listener.accept()?;
+    let cookie = socket_cookie(&client)?;
+    if !destroy(client.local_addr()?, client.peer_addr()?, cookie, false)? {
+        return Err(io::Error::other("SOCK_DESTROY found no socket to destroy"));
+    }
+    client.set_read_timeout(Some(std::time::Duration::from_secs(1)))?;
+    match client.read(&mut [0; 1]) {
+        Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => Ok(()),
+        other => Err(io::Error::other(format!(
+            "a destroyed socket read {other:?}, not ECONNABORTED"
+        ))),
+    }
+}
+
+fn socket_cookie(stream: &std::net::TcpStream) -> io::Result<u64> {
+    let mut cookie = 0u64;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: SO_COOKIE writes a u64 into the buffer of the length given.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(cookie)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
