@@ -140,7 +140,7 @@ impl Totals {
 }
 
 /// The number before `what` in "ok. 15 passed; 0 failed; ...".
-fn count(text: &str, what: &str) -> u64 {
+pub(crate) fn count(text: &str, what: &str) -> u64 {
     text.split(';')
         .find_map(|part| {
             let part = part.trim();
