@@ -215,23 +215,34 @@ pub fn populated(path: &Path) -> Result<bool, CgroupError> {
     Ok(events.lines().any(|line| line.trim() == "populated 1"))
 }
 
-/// Kills every process in the cgroup (cgroup.kill, kernel 5.14+; SIGKILL to each
-/// listed process on older kernels).
+/// Kills every process in the cgroup and below it (cgroup.kill, kernel 5.14+; SIGKILL
+/// to each listed process, sub-cgroups included, on older kernels, where writing the
+/// absent cgroup.kill fails with EACCES rather than ENOENT).
 pub fn kill(path: &Path) -> Result<(), CgroupError> {
     let kill_file = path.join("cgroup.kill");
+    if !kill_file.exists() {
+        return kill_each(path);
+    }
     match fs::write(&kill_file, "1") {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            let procs_path = path.join("cgroup.procs");
-            let procs = fs::read_to_string(&procs_path).map_err(io_err(&procs_path))?;
-            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                // SAFETY: kill(2) has no memory-safety preconditions.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-            Ok(())
-        }
+        Err(e) if e.kind() == ErrorKind::NotFound => kill_each(path),
         Err(e) => Err(io_err(&kill_file)(e)),
     }
+}
+
+fn kill_each(path: &Path) -> Result<(), CgroupError> {
+    let procs_path = path.join("cgroup.procs");
+    let procs = fs::read_to_string(&procs_path).map_err(io_err(&procs_path))?;
+    for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    for entry in fs::read_dir(path).map_err(io_err(path))?.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            kill_each(&entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 /// Kills what is left in a job's cgroup, waits until it is empty and removes it.
