@@ -220,13 +220,10 @@ pub fn populated(path: &Path) -> Result<bool, CgroupError> {
 /// absent cgroup.kill fails with EACCES rather than ENOENT).
 pub fn kill(path: &Path) -> Result<(), CgroupError> {
     let kill_file = path.join("cgroup.kill");
-    if !kill_file.exists() {
-        return kill_each(path);
-    }
-    match fs::write(&kill_file, "1") {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == ErrorKind::NotFound => kill_each(path),
-        Err(e) => Err(io_err(&kill_file)(e)),
+    if kill_file.exists() {
+        fs::write(&kill_file, "1").map_err(io_err(&kill_file))
+    } else {
+        kill_each(path)
     }
 }
 

@@ -260,20 +260,24 @@ fn boot(
     };
     let started = Instant::now();
     let pid = child.id();
-    // A watchdog: qemu is killed when the guest outlives its time.
-    let watchdog = std::thread::spawn(move || {
-        let deadline = started + timeout;
-        while Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(500));
-            // SAFETY: signal 0 only checks that the process exists.
-            if unsafe { libc::kill(pid as i32, 0) } != 0 {
-                return false;
+    // A watchdog: qemu is killed when the guest outlives its time. qemu is reaped only
+    // after the watchdog has stopped, so its pid cannot have been reused by then.
+    let finished = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watchdog = {
+        let finished = finished.clone();
+        std::thread::spawn(move || {
+            let deadline = started + timeout;
+            while Instant::now() < deadline {
+                if finished.load(std::sync::atomic::Ordering::Relaxed) {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(200));
             }
-        }
-        // SAFETY: qemu is our child; SIGKILL ends it.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        true
-    });
+            // SAFETY: qemu is our unreaped child; SIGKILL ends it.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            true
+        })
+    };
     if let Some(stdout) = child.stdout.take() {
         for line in BufReader::new(stdout).lines() {
             let line = line.unwrap_or_default();
@@ -291,8 +295,11 @@ fn boot(
             }
         }
     }
+    // Its console closed: qemu has exited (or was killed), and is not reaped yet.
+    finished.store(true, std::sync::atomic::Ordering::Relaxed);
+    let timed_out = watchdog.join().unwrap_or(false);
     let _ = child.wait();
-    if watchdog.join().unwrap_or(false) {
+    if timed_out {
         outcome.success = false;
         outcome.note = format!("timed out after {timeout:?}");
     } else if !outcome.success {

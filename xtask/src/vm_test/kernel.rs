@@ -205,17 +205,15 @@ fn download_image(base: &Path, pin: &Pin) -> anyhow::Result<PathBuf> {
          Update vm-tests/kernels.toml.",
         pin.package, pin.version, pin.suite
     );
-    let before: Vec<_> = deb_files(&debs);
     let mut get = Command::new("apt-get");
     options(&mut get);
     run(get.current_dir(&debs).arg("download").arg(&package))?;
+    let prefix = format!("{package}_");
     deb_files(&debs)
         .into_iter()
-        .find(|p| !before.contains(p) && p.to_string_lossy().contains(&package))
-        .or_else(|| {
-            deb_files(&debs)
-                .into_iter()
-                .find(|p| p.to_string_lossy().contains(&package))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
         })
         .with_context(|| format!("apt-get download {package} left no .deb"))
 }
@@ -240,7 +238,7 @@ fn deb_files(dir: &Path) -> Vec<PathBuf> {
 pub fn guest_modules(kernel: &Kernel) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
     let mut files = std::collections::HashMap::new();
     index(&kernel.modules.join("kernel"), &mut files)?;
-    let mut order: Vec<String> = Vec::new();
+    let mut order = Vec::new();
     for wanted in [
         "virtio_pci",
         "9pnet_virtio",
@@ -253,13 +251,7 @@ pub fn guest_modules(kernel: &Kernel) -> anyhow::Result<Vec<(String, Vec<u8>)>> 
     ] {
         visit(wanted, &files, &mut order, 0)?;
     }
-    order
-        .into_iter()
-        .map(|name| {
-            let path = &files[&name];
-            Ok((name, read_module(path)?))
-        })
-        .collect()
+    Ok(order)
 }
 
 fn index(dir: &Path, files: &mut std::collections::HashMap<String, PathBuf>) -> anyhow::Result<()> {
@@ -279,23 +271,25 @@ fn index(dir: &Path, files: &mut std::collections::HashMap<String, PathBuf>) -> 
 fn visit(
     name: &str,
     files: &std::collections::HashMap<String, PathBuf>,
-    order: &mut Vec<String>,
+    order: &mut Vec<(String, Vec<u8>)>,
     depth: usize,
 ) -> anyhow::Result<()> {
     if depth > 32 {
         bail!("module dependencies nest too deep at {name}");
     }
-    if order.iter().any(|n| n == name) {
+    if order.iter().any(|(n, _)| n == name) {
         return Ok(());
     }
     let Some(path) = files.get(name) else {
         // Built into this kernel.
         return Ok(());
     };
-    for dep in depends(&read_module(path)?) {
+    // Read (and decompressed) once: for its dependencies, then kept for the archive.
+    let bytes = read_module(path)?;
+    for dep in depends(&bytes) {
         visit(&dep, files, order, depth + 1)?;
     }
-    order.push(name.to_owned());
+    order.push((name.to_owned(), bytes));
     Ok(())
 }
 
