@@ -170,7 +170,9 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
     );
 
     let workers = if config.proxy.workers == 0 {
-        std::thread::available_parallelism().map_or(2, |n| n.get())
+        // Measured in docs/benchmarks.md (2026-12-03): on two CPUs, one worker costs the
+        // L7 path 41 us of agent CPU per pgbench transaction, where two cost 57 us.
+        default_workers(std::thread::available_parallelism().map_or(2, |n| n.get()))
     } else {
         config.proxy.workers
     };
@@ -507,4 +509,19 @@ pub fn cleanup(config: &Config) -> Result<Vec<String>, AgentError> {
         removed.push(socket.display().to_string());
     }
     Ok(removed)
+}
+
+/// `proxy.workers = 0`: one data-plane worker per two CPUs, at least one.
+fn default_workers(cpus: usize) -> usize {
+    (cpus / 2).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_workers;
+
+    #[test]
+    fn one_worker_per_two_cpus() {
+        assert_eq!([1, 2, 3, 4, 16].map(default_workers), [1, 1, 1, 2, 8]);
+    }
 }

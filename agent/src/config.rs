@@ -296,7 +296,9 @@ pub struct ProxyConfig {
     /// reading what the kernel cannot see). Such connections are recorded from kernel
     /// events, with `path = "kernel"`.
     pub kernel_verdicts: bool,
-    /// Data-plane worker threads; 0 means one per CPU.
+    /// Data-plane worker threads; 0 means one per two CPUs (at least one): the relay
+    /// shares the host with the jobs' clients and servers, and a worker that serves more
+    /// connections sleeps and wakes less per message.
     pub workers: usize,
     /// Relay buffer size per direction, in bytes.
     pub buffer_size: usize,

@@ -6,10 +6,12 @@ mod query;
 mod queue;
 mod retention;
 mod schema;
+mod statements;
 mod unix;
 pub mod writer;
 
 use std::{
+    borrow::Cow,
     collections::BTreeMap,
     path::PathBuf,
     sync::{
@@ -168,8 +170,11 @@ pub struct ConnectionRecord {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatementRecord {
     pub id: String,
-    pub connection_id: String,
-    pub job_id: Option<String>,
+    /// What is the same for every statement of a session is shared with it, as are the
+    /// statement's text, names and decision with the classification and decision caches:
+    /// a record costs no copy of them.
+    pub connection_id: Arc<str>,
+    pub job_id: Option<Arc<str>>,
     /// Order within the session.
     pub seq: u64,
     pub started_at: i64,
@@ -177,21 +182,21 @@ pub struct StatementRecord {
     pub started: Option<std::time::Instant>,
     pub duration_us: Option<u64>,
     /// `simple`, `extended` or `function`.
-    pub protocol: String,
-    pub database: String,
-    pub user: String,
-    pub sql: String,
+    pub protocol: Cow<'static, str>,
+    pub database: Arc<str>,
+    pub user: Arc<str>,
+    pub sql: Arc<str>,
     /// Bind parameters (extended protocol), as text.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub params: Vec<String>,
     /// read, write, ddl, admin, transaction, procedural, unknown.
-    pub kind: String,
-    pub tables: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub functions: Vec<String>,
-    pub decision: String,
-    pub policy_ids: Vec<String>,
-    pub reason: String,
+    pub kind: Cow<'static, str>,
+    pub tables: Arc<[String]>,
+    #[serde(default, skip_serializing_if = "<[String]>::is_empty")]
+    pub functions: Arc<[String]>,
+    pub decision: Cow<'static, str>,
+    pub policy_ids: Arc<[String]>,
+    pub reason: Arc<str>,
     pub rows: Option<u64>,
     pub sqlstate: Option<String>,
     pub error: Option<String>,

@@ -151,6 +151,39 @@ struct Sample {
     /// microseconds: the cost of a path, much less sensitive than TPS to the neighbours
     /// of a shared host.
     cpu_us: f64,
+    /// CPU time of the path's own process (the agent, its record writer included, or
+    /// pgbouncer) per transaction, in microseconds; 0 for direct.
+    proxy_us: f64,
+}
+
+/// CPU time (user and system, every thread) of process `pid` so far, from its
+/// /proc/PID/stat.
+fn process_cpu(pid: u32) -> anyhow::Result<Duration> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    process_time(&stat, clock_ticks())
+}
+
+/// utime + stime of a /proc/PID/stat line (fields 14 and 15, counted after the
+/// parenthesised comm, which may hold spaces).
+fn process_time(stat: &str, ticks_per_second: u64) -> anyhow::Result<Duration> {
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("/proc/PID/stat has no comm")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| -> anyhow::Result<u64> {
+        fields
+            .get(i)
+            .context("/proc/PID/stat: too few fields")?
+            .parse()
+            .context("/proc/PID/stat: a time field is not a number")
+    };
+    // After the comm, field 3 (state) is index 0: utime is field 14, stime 15.
+    let ticks = field(11)? + field(12)?;
+    Ok(Duration::from_micros(
+        ticks * 1_000_000 / ticks_per_second.max(1),
+    ))
 }
 
 /// Busy CPU time of the whole host so far, from the `cpu` line of /proc/stat.
@@ -254,14 +287,21 @@ fn measure(env: &mut Environment, options: &Options) -> anyhow::Result<Measured>
             let (name, args) = WORKLOADS[workload];
             for &path in &options.paths {
                 let path_name = PATHS[path];
+                let proxy = env.proxy_pid(path_name);
+                let proxy_before = proxy.map(process_cpu).transpose()?;
                 let busy_before = host_busy()?;
                 let tps = env.pgbench(path_name, args, options.seconds)?;
                 let busy = host_busy()?.saturating_sub(busy_before);
+                let proxy_busy = match (proxy, proxy_before) {
+                    (Some(pid), Some(before)) => process_cpu(pid)?.saturating_sub(before),
+                    _ => Duration::ZERO,
+                };
                 let transactions = (tps * options.seconds as f64).max(1.0);
                 let cpu_us = busy.as_secs_f64() * 1e6 / transactions;
+                let proxy_us = proxy_busy.as_secs_f64() * 1e6 / transactions;
                 eprintln!(
                     "xtask: bench: round {} {name:<16} {path_name:<19} {tps:>10.1} tps \
-                     {cpu_us:>7.1} cpu-us/txn",
+                     {cpu_us:>7.1} cpu-us/txn {proxy_us:>6.1} proxy-us/txn",
                     round + 1
                 );
                 samples.push(Sample {
@@ -270,6 +310,7 @@ fn measure(env: &mut Environment, options: &Options) -> anyhow::Result<Measured>
                     path,
                     tps,
                     cpu_us,
+                    proxy_us,
                 });
             }
         }
@@ -322,8 +363,17 @@ fn report(samples: &[Sample], options: &Options) {
     );
     println!("cpu-us/txn = host CPU time (steal excluded) per transaction, median over rounds");
     println!(
-        "{:<18} {:<19} {:>11} {:>13} {:>36} {:>11}",
-        "workload", "path", "median tps", "median ratio", "per-round ratios", "cpu-us/txn"
+        "proxy-us/txn = CPU time of the path's own process (agent or pgbouncer) per transaction"
+    );
+    println!(
+        "{:<18} {:<19} {:>11} {:>13} {:>36} {:>11} {:>13}",
+        "workload",
+        "path",
+        "median tps",
+        "median ratio",
+        "per-round ratios",
+        "cpu-us/txn",
+        "proxy-us/txn"
     );
     for &workload in options
         .workloads
@@ -340,6 +390,7 @@ fn report(samples: &[Sample], options: &Options) {
             };
             let tps: Vec<f64> = runs().map(|s| s.tps).collect();
             let cpu_us: Vec<f64> = runs().map(|s| s.cpu_us).collect();
+            let proxy_us: Vec<f64> = runs().map(|s| s.proxy_us).collect();
             let ratios: Vec<f64> = (0..options.rounds)
                 .filter_map(|round| {
                     let of = |p: usize| {
@@ -357,13 +408,14 @@ fn report(samples: &[Sample], options: &Options) {
                 .collect::<Vec<_>>()
                 .join(" ");
             println!(
-                "{:<18} {:<19} {:>11.1} {:>13.3} {:>36} {:>11.1}",
+                "{:<18} {:<19} {:>11.1} {:>13.3} {:>36} {:>11.1} {:>13.1}",
                 name,
                 path_name,
                 median(tps),
                 median(ratios.clone()),
                 per_round,
-                median(cpu_us)
+                median(cpu_us),
+                median(proxy_us)
             );
         }
     }
@@ -375,6 +427,13 @@ mod tests {
 
     fn names(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn process_cpu_is_user_plus_system_after_the_comm() {
+        let stat = "42 (tollgate (x) y) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 10";
+        assert_eq!(process_time(stat, 100).unwrap(), Duration::from_secs(3));
+        assert!(process_time("42 tollgate", 100).is_err());
     }
 
     #[test]

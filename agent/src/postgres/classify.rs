@@ -62,11 +62,12 @@ impl Kind {
 /// One statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Statement {
-    /// The statement's own text (one of several in a simple Query).
-    pub text: String,
+    /// The statement's own text (one of several in a simple Query). Shared, as are the
+    /// names: a statement's record and its cached decision take them without a copy.
+    pub text: Arc<str>,
     pub kind: Kind,
-    pub tables: Vec<String>,
-    pub functions: Vec<String>,
+    pub tables: Arc<[String]>,
+    pub functions: Arc<[String]>,
     /// The parse error, for `Unknown`.
     pub error: Option<String>,
 }
@@ -75,8 +76,8 @@ pub struct Statement {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Verdict {
     kind: Kind,
-    tables: Vec<String>,
-    functions: Vec<String>,
+    tables: Arc<[String]>,
+    functions: Arc<[String]>,
 }
 
 #[derive(Default)]
@@ -155,8 +156,8 @@ fn parse(sql: &str, shape: Option<String>) -> Vec<Statement> {
 }
 
 /// A statement's text as recorded: without surrounding space and trailing semicolons.
-fn tidy(text: &str) -> String {
-    text.trim().trim_end_matches(';').trim_end().to_owned()
+fn tidy(text: &str) -> Arc<str> {
+    Arc::from(text.trim().trim_end_matches(';').trim_end())
 }
 
 fn statement(text: &str, verdict: Verdict) -> Statement {
@@ -173,8 +174,8 @@ fn unknown(text: &str, error: String) -> Statement {
     Statement {
         text: tidy(text),
         kind: Kind::Unknown,
-        tables: Vec::new(),
-        functions: Vec::new(),
+        tables: Arc::default(),
+        functions: Arc::default(),
         error: Some(error),
     }
 }
@@ -201,8 +202,8 @@ fn verdict(node: Option<&NodeEnum>, parsed: &pg_query::ParseResult) -> Verdict {
     let kind = kind_of(node, parsed, &functions);
     Verdict {
         kind,
-        tables: sorted(parsed.tables()),
-        functions,
+        tables: sorted(parsed.tables()).into(),
+        functions: functions.into(),
     }
 }
 
@@ -449,16 +450,16 @@ mod tests {
     fn statements_of_one_shape_share_a_classification_but_keep_their_text() {
         let first = classify("select note from shaped_orders where id = 1");
         let second = classify("select note from shaped_orders where id = 987654");
-        assert_eq!(first[0].tables, ["shaped_orders"]);
-        assert_eq!(second[0].tables, ["shaped_orders"]);
+        assert_eq!(*first[0].tables, ["shaped_orders"]);
+        assert_eq!(*second[0].tables, ["shaped_orders"]);
         assert_eq!(second[0].kind, Kind::Read);
         assert_eq!(
-            second[0].text,
+            &*second[0].text,
             "select note from shaped_orders where id = 987654"
         );
         // A different table is a different shape.
         let other = classify("select note from other_orders where id = 2");
-        assert_eq!(other[0].tables, ["other_orders"]);
+        assert_eq!(*other[0].tables, ["other_orders"]);
         // Comments hide nothing: this goes to the parser and is seen as two statements.
         let hidden =
             classify("select note from shaped_orders where id = 3 /* ' */; drop table x; /* ' */");
@@ -511,7 +512,7 @@ mod tests {
         let statements = classify("BEGIN; DROP TABLE orders; SELECT * FROM customers; COMMIT");
         let summary: Vec<(Kind, &str, Vec<String>)> = statements
             .iter()
-            .map(|s| (s.kind, s.text.as_str(), s.tables.clone()))
+            .map(|s| (s.kind, &*s.text, s.tables.to_vec()))
             .collect();
         assert_eq!(
             summary,
@@ -532,9 +533,9 @@ mod tests {
     fn statements_differing_in_constants_share_a_verdict() {
         let a = classify("select * from public.accounts where id = 1");
         let b = classify("select * from public.accounts where id = 2");
-        assert_eq!(a[0].tables, vec!["public.accounts".to_owned()]);
+        assert_eq!(*a[0].tables, ["public.accounts"]);
         assert_eq!(b[0].tables, a[0].tables);
-        assert_eq!(b[0].text, "select * from public.accounts where id = 2");
+        assert_eq!(&*b[0].text, "select * from public.accounts where id = 2");
         let unknown = &classify("selec 1")[0];
         assert!(
             unknown

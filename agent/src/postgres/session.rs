@@ -73,8 +73,8 @@ pub struct Context {
     pub principal: Arc<Principal>,
     pub process: Process,
     pub destination: SocketAddr,
-    pub connection_id: String,
-    pub job_id: Option<String>,
+    pub connection_id: Arc<str>,
+    pub job_id: Option<Arc<str>>,
     pub max_message: usize,
     pub tls: Arc<super::tls::Tls>,
     pub metrics: Arc<crate::metrics::PostgresMetrics>,
@@ -141,6 +141,31 @@ enum Expect {
     Sync,
     /// FunctionCall: its result, then ReadyForQuery.
     Function,
+}
+
+/// A statement's decision, with what its records take of it in shared form.
+struct Decided {
+    decision: Decision,
+    policy_ids: Arc<[String]>,
+    reason: Arc<str>,
+}
+
+impl std::ops::Deref for Decided {
+    type Target = Decision;
+
+    fn deref(&self) -> &Decision {
+        &self.decision
+    }
+}
+
+impl Decided {
+    fn new(decision: Decision) -> Arc<Self> {
+        Arc::new(Self {
+            policy_ids: decision.policy_ids.as_slice().into(),
+            reason: decision.reason.as_str().into(),
+            decision,
+        })
+    }
 }
 
 struct Pending {
@@ -269,7 +294,7 @@ impl Plan {
 struct Prepared {
     sql: String,
     statements: Arc<Vec<classify::Statement>>,
-    decision: Decision,
+    decision: Arc<Decided>,
     /// The policy generation `decision` was made under; an Execute after a reload
     /// decides again.
     generation: u64,
@@ -308,7 +333,11 @@ struct State {
     /// Set after an error in the extended protocol: the server skips to Sync.
     skipping: bool,
     seq: u64,
-    decisions: HashMap<(&'static str, Vec<String>), Decision>,
+    /// The session's database and user, as its records share them.
+    database: Arc<str>,
+    user: Arc<str>,
+    /// Decisions by (action, tables), until the next reload.
+    decisions: HashMap<(&'static str, Arc<[String]>), Arc<Decided>>,
     generation: u64,
     /// `recording.durable`: statements decided in the client's latest bytes, whose rows
     /// must be committed before those bytes go to the server.
@@ -612,6 +641,8 @@ pub async fn run(
         client_tls: outcome.startup.client_tls,
         encoding,
         durable: ctx.recorder.is_durable(),
+        database: sql_context.database.as_str().into(),
+        user: sql_context.user.as_str().into(),
         ..State::default()
     };
     state.refresh(ctx, &sql_context);
@@ -869,10 +900,10 @@ impl State {
             }
             (text, false) => {
                 let statements = Arc::new(vec![classify::Statement {
-                    text: text.clone().into_owned(),
+                    text: text.as_ref().into(),
                     kind: Kind::Unknown,
-                    tables: Vec::new(),
-                    functions: Vec::new(),
+                    tables: Arc::default(),
+                    functions: Arc::default(),
                     error: Some(format!("not valid {} text", self.encoding.name())),
                 }]);
                 (text, statements)
@@ -887,39 +918,40 @@ impl State {
         ctx: &Context,
         sql: &SqlContext,
         statements: &[classify::Statement],
-    ) -> (Decision, Kind) {
-        let mut allowed: Option<(Decision, Kind)> = None;
+    ) -> (Arc<Decided>, Kind) {
+        let mut allowed: Option<(Arc<Decided>, Kind)> = None;
         for statement in statements {
             let Some(action) = statement.kind.action() else {
                 continue;
             };
             let key = (action, statement.tables.clone());
-            let decision = match self.decisions.get(&key) {
-                Some(decision) => decision.clone(),
+            let decided = match self.decisions.get(&key) {
+                Some(decided) => decided.clone(),
                 None => {
                     let context = SqlContext {
-                        tables: statement.tables.clone(),
+                        tables: statement.tables.to_vec(),
                         ..sql.clone()
                     };
-                    let decision = ctx.enforcer.decide_sql(ctx.subject(), action, &context);
+                    let decided =
+                        Decided::new(ctx.enforcer.decide_sql(ctx.subject(), action, &context));
                     if self.decisions.len() > 1024 {
                         self.decisions.clear();
                     }
-                    self.decisions.insert(key, decision.clone());
-                    decision
+                    self.decisions.insert(key, decided.clone());
+                    decided
                 }
             };
-            if decision.blocks() {
-                return (decision, statement.kind);
+            if decided.decision.blocks() {
+                return (decided, statement.kind);
             }
-            if allowed.is_none() || decision.effect != Effect::Allow {
+            if allowed.is_none() || decided.decision.effect != Effect::Allow {
                 // In audit mode, a would-be denial is what gets recorded.
-                allowed = Some((decision, statement.kind));
+                allowed = Some((decided, statement.kind));
             }
         }
         allowed.unwrap_or_else(|| {
             (
-                Decision::allow("transaction control is always allowed"),
+                Decided::new(Decision::allow("transaction control is always allowed")),
                 Kind::Transaction,
             )
         })
@@ -928,13 +960,16 @@ impl State {
     fn record(
         &mut self,
         ctx: &Context,
-        sql: &SqlContext,
         statement: &classify::Statement,
-        decision: &Decision,
+        decided: &Decided,
         protocol: &'static str,
         params: Vec<String>,
     ) -> StatementRecord {
         self.seq += 1;
+        let sql = match self.masking.redact(&statement.text) {
+            Cow::Borrowed(_) => statement.text.clone(),
+            Cow::Owned(masked) => masked.into(),
+        };
         let record = StatementRecord {
             id: uuid::Uuid::now_v7().to_string(),
             connection_id: ctx.connection_id.clone(),
@@ -943,25 +978,25 @@ impl State {
             started_at: now_ms(),
             started: Some(Instant::now()),
             duration_us: None,
-            protocol: protocol.to_owned(),
-            database: sql.database.clone(),
-            user: sql.user.clone(),
-            sql: self.masking.redact(&statement.text).into_owned(),
+            protocol: Cow::Borrowed(protocol),
+            database: self.database.clone(),
+            user: self.user.clone(),
+            sql,
             params: params
                 .iter()
                 .map(|p| self.masking.redact(p).into_owned())
                 .collect(),
-            kind: statement.kind.as_str().to_owned(),
+            kind: Cow::Borrowed(statement.kind.as_str()),
             tables: statement.tables.clone(),
             functions: statement.functions.clone(),
-            decision: decision.label().to_owned(),
-            policy_ids: decision.policy_ids.clone(),
-            reason: decision.reason.clone(),
+            decision: Cow::Borrowed(decided.decision.label()),
+            policy_ids: decided.policy_ids.clone(),
+            reason: decided.reason.clone(),
             rows: None,
             sqlstate: None,
             error: statement
                 .error
-                .clone()
+                .as_ref()
                 .map(|e| format!("does not parse: {e}")),
             opened: self.durable,
         };
@@ -1118,7 +1153,7 @@ fn handle_frontend(
             let (decision, kind) = state.decide(ctx, sql, &statements);
             let records = statements
                 .iter()
-                .map(|s| state.record(ctx, sql, s, &decision, "simple", Vec::new()))
+                .map(|s| state.record(ctx, s, &decision, "simple", Vec::new()))
                 .collect();
             let blocked = decision.blocks();
             state.pending.push_back(Pending {
@@ -1145,7 +1180,7 @@ fn handle_frontend(
             if blocked {
                 // It will never run: its record is written now, with the denial.
                 for s in statements.iter() {
-                    records.push_back(state.record(ctx, sql, s, &decision, "extended", Vec::new()));
+                    records.push_back(state.record(ctx, s, &decision, "extended", Vec::new()));
                 }
                 state.pending.push_back(Pending {
                     expect: Expect::Parse,
@@ -1220,7 +1255,7 @@ fn handle_frontend(
                     let tables: Vec<String> = prepared
                         .statements
                         .iter()
-                        .flat_map(|s| s.tables.clone())
+                        .flat_map(|s| s.tables.iter().cloned())
                         .collect();
                     plan = columns.and_then(|(columns, formats)| {
                         Plan::new(
@@ -1237,11 +1272,10 @@ fn handle_frontend(
                 let decision = prepared.decision.clone();
                 let sql_text = prepared.sql.clone();
                 for s in statements.iter() {
-                    let mut record =
-                        state.record(ctx, sql, s, &decision, "extended", params.clone());
+                    let mut record = state.record(ctx, s, &decision, "extended", params.clone());
                     if statements.len() == 1 {
                         let text = sql_text.trim().trim_end_matches(';').trim_end();
-                        record.sql = state.masking.redact(text).into_owned();
+                        record.sql = state.masking.redact(text).into();
                     }
                     records.push_back(record);
                 }
@@ -1250,7 +1284,12 @@ fn handle_frontend(
                 let tables = state
                     .prepared
                     .get(statement)
-                    .map(|p| p.statements.iter().flat_map(|s| s.tables.clone()).collect())
+                    .map(|p| {
+                        p.statements
+                            .iter()
+                            .flat_map(|s| s.tables.iter().cloned())
+                            .collect()
+                    })
                     .unwrap_or_default();
                 ExecuteInfo {
                     portal: portal.to_owned(),
@@ -1290,14 +1329,14 @@ fn handle_frontend(
         }
         frontend::Message::FunctionCall { oid } => {
             let statement = classify::Statement {
-                text: format!("(function call, oid {oid})"),
+                text: format!("(function call, oid {oid})").into(),
                 kind: Kind::Procedural,
-                tables: Vec::new(),
-                functions: vec![oid.to_string()],
+                tables: Arc::default(),
+                functions: Arc::from([oid.to_string()]),
                 error: None,
             };
             let (decision, _) = state.decide(ctx, sql, std::slice::from_ref(&statement));
-            let record = state.record(ctx, sql, &statement, &decision, "function", Vec::new());
+            let record = state.record(ctx, &statement, &decision, "function", Vec::new());
             let blocked = decision.blocks();
             state.pending.push_back(Pending {
                 expect: Expect::Function,
@@ -1349,7 +1388,7 @@ fn redecide_stale(
     }
     let records = statements
         .iter()
-        .map(|s| state.record(ctx, sql, s, &decision, "extended", params.clone()))
+        .map(|s| state.record(ctx, s, &decision, "extended", params.clone()))
         .collect();
     Some(Pending {
         expect: Expect::Execute,

@@ -13,9 +13,9 @@ use std::{
 use rusqlite::{Connection, params};
 
 use super::{
-    ConnectionRecord, JobExit, JobRecord, RecordError, RecordEvent, Recorder, StatementRecord,
+    ConnectionRecord, JobExit, JobRecord, RecordError, RecordEvent, Recorder,
     journal::{Journal, Retired},
-    now_ms, queue, retention, schema,
+    now_ms, queue, retention, schema, statements,
 };
 use crate::metrics::RecordMetrics;
 
@@ -342,13 +342,14 @@ fn write_batch(conn: &mut Connection, batch: &[RecordEvent]) -> rusqlite::Result
         })
         .collect();
     let tx = conn.transaction()?;
+    let mut lists = statements::JsonLists::default();
     for event in batch {
         match event {
             RecordEvent::ConnectionOpened(c) if ended.contains(c.id.as_str()) => {}
             RecordEvent::Flush(_) | RecordEvent::Committed(_) => {}
-            RecordEvent::StatementStarted(st) => insert_statement(&tx, st)?,
-            RecordEvent::Statement(st) if st.opened => complete_statement(&tx, st)?,
-            RecordEvent::Statement(st) => insert_statement(&tx, st)?,
+            RecordEvent::StatementStarted(st) => statements::insert(&tx, st, &mut lists)?,
+            RecordEvent::Statement(st) if st.opened => statements::complete(&tx, st, &mut lists)?,
+            RecordEvent::Statement(st) => statements::insert(&tx, st, &mut lists)?,
             RecordEvent::UdpFlow(f) => super::flows::upsert(&tx, f)?,
             RecordEvent::Unix(u) => super::unix::upsert(&tx, u)?,
             RecordEvent::Dns(d) => {
@@ -535,62 +536,6 @@ fn insert_connection(tx: &rusqlite::Transaction<'_>, c: &ConnectionRecord) -> ru
         c.server_tls,
         c.hostname,
         c.path,
-    ])?;
-    Ok(())
-}
-
-/// A statement whose row was written when it started (`recording.durable`): its outcome
-/// now (by the index on connection and sequence number).
-fn complete_statement(tx: &rusqlite::Transaction<'_>, s: &StatementRecord) -> rusqlite::Result<()> {
-    let updated = tx
-        .prepare_cached(
-            "UPDATE statements SET duration_us = ?3, rows = ?4, sqlstate = ?5, error = ?6, \
-             decision = ?7, reason = ?8 WHERE connection_id = ?1 AND seq = ?2",
-        )?
-        .execute(params![
-            s.connection_id,
-            s.seq as i64,
-            s.duration_us.map(|d| d as i64),
-            s.rows.map(|r| r as i64),
-            s.sqlstate,
-            s.error,
-            s.decision,
-            s.reason,
-        ])?;
-    if updated == 0 {
-        insert_statement(tx, s)?;
-    }
-    Ok(())
-}
-
-fn insert_statement(tx: &rusqlite::Transaction<'_>, s: &StatementRecord) -> rusqlite::Result<()> {
-    let mut stmt = tx.prepare_cached(
-        "INSERT INTO statements (id, connection_id, job_id, seq, started_at, \
-         duration_us, protocol, database, db_user, sql, params, kind, tables, functions, \
-         decision, policy_ids, reason, rows, sqlstate, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, \
-         ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
-    )?;
-    stmt.execute(params![
-        s.id,
-        s.connection_id,
-        s.job_id,
-        s.seq as i64,
-        s.started_at,
-        s.duration_us.map(|d| d as i64),
-        s.protocol,
-        s.database,
-        s.user,
-        s.sql,
-        to_json(&s.params),
-        s.kind,
-        to_json(&s.tables),
-        to_json(&s.functions),
-        s.decision,
-        to_json(&s.policy_ids),
-        s.reason,
-        s.rows.map(|r| r as i64),
-        s.sqlstate,
-        s.error,
     ])?;
     Ok(())
 }

@@ -238,6 +238,17 @@ impl Environment {
     }
 
     /// Runs pgbench on `path` and returns its TPS.
+    /// The process that relays `path`'s connections, if any: its agent, or pgbouncer.
+    pub(super) fn proxy_pid(&self, path: &str) -> Option<u32> {
+        if path == "pgbouncer" {
+            return self.bouncer.as_ref().map(Child::id);
+        }
+        self.agents
+            .iter()
+            .find(|(name, _)| *name == path)
+            .map(|(_, agent)| agent.child.id())
+    }
+
     pub(super) fn pgbench(&self, path: &str, args: &[&str], seconds: u64) -> anyhow::Result<f64> {
         let port = if path == "pgbouncer" {
             self.bouncer_port
