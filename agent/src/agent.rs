@@ -225,13 +225,6 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
         unix_sockets_decided = coverage.unix_sockets,
         "interception active"
     );
-    if !coverage.unix_sockets {
-        tracing::warn!(
-            "unix sockets are not covered: a job's connects to them (docker.sock among \
-             them) are neither decided nor recorded (unix:connect needs cgroup/connect_unix, \
-             kernel 6.7+)"
-        );
-    }
     // The unix verdicts are in the kernel before the first job runs, and again before
     // anything runs in each new job.
     let unix = Arc::new(crate::unix::Gate::new(

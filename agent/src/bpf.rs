@@ -6,6 +6,7 @@ mod bpffs;
 mod maps;
 mod moves;
 mod refusals;
+mod required;
 mod syscall;
 mod tamper;
 mod unix;
@@ -109,8 +110,24 @@ pub enum BpfError {
     },
     #[error("{path} is not on a bpffs")]
     NotBpffs { path: PathBuf },
-    #[error("loading the eBPF object: {0}")]
+    #[error(
+        "loading the eBPF object (Tollgate needs Linux 5.8+ with BTF: the BPF ring buffer \
+         and cgroup bpf_links): {0}"
+    )]
     Load(#[from] aya::EbpfError),
+    /// A program that the fail-closed guarantee needs: the agent does not start without.
+    #[error(
+        "this kernel ({release}) cannot run eBPF program {name}, which needs {needs}; \
+         Tollgate does not start without it, since without it a job's sockets would not \
+         all go through Tollgate: {source}"
+    )]
+    Required {
+        name: &'static str,
+        needs: &'static str,
+        release: String,
+        #[source]
+        source: Box<BpfError>,
+    },
     #[error("eBPF program {name}: {source}")]
     Program {
         name: &'static str,
@@ -235,22 +252,6 @@ pub enum Attachment {
     Adopted,
 }
 
-/// Loads a cgroup program, attaches it to `cgroup` and hands back its link for pinning.
-/// (The aya program types share no trait for this, hence the macro.)
-macro_rules! attach_to_cgroup {
-    ($program:expr, $cgroup:expr, $name:expr) => {{
-        let name = $name;
-        let err = |source| BpfError::Program { name, source };
-        $program.load().map_err(err)?;
-        let id = $program.attach($cgroup, ATTACH_MODE).map_err(err)?;
-        let link = $program.take_link(id).map_err(err)?;
-        FdLink::try_from(link).map_err(|source| BpfError::Link {
-            path: PathBuf::from(name),
-            source,
-        })?
-    }};
-}
-
 /// Installs the programs on `cgroup_parent` (or adopts them), and returns the maps.
 pub fn install(
     pin_dir: &Path,
@@ -335,6 +336,15 @@ pub fn install(
         aya::util::KernelVersion::current()
             .is_ok_and(|v| v >= aya::util::KernelVersion::new(5, 19, 0)),
     );
+    if set_retval == 0 {
+        crate::features::missing(
+            "connect_errno",
+            "the bpf_set_retval helper in cgroup programs: Linux 5.19+",
+            "a connect refused at connect() (a denial, or a destination remembered as \
+             refusing) fails with EPERM instead of the destination's own errno",
+            format!("kernel {}", crate::features::release()),
+        );
+    }
     // The loader reuses a pinned map as it is, whatever size the object asks for.
     check_ring_size(pin_dir, events_ring_bytes)?;
     let mut ebpf = EbpfLoader::new()
@@ -376,28 +386,15 @@ pub fn install(
     let cgroup = fs::File::open(cgroup_parent).map_err(io_err(cgroup_parent))?;
     for (name, pin) in PROGRAMS {
         let program = ebpf.program_mut(name).ok_or(BpfError::Missing(name))?;
-        let prog_err = |source| BpfError::Program { name, source };
-        let link: FdLink = match program {
-            Program::CgroupSockAddr(p) => attach_to_cgroup!(p, &cgroup, name),
-            Program::CgroupSock(p) => attach_to_cgroup!(p, &cgroup, name),
-            Program::SockOps(p) => attach_to_cgroup!(p, &cgroup, name),
-            Program::CgroupSkb(p) => {
-                p.load().map_err(prog_err)?;
-                let id = p
-                    .attach(
-                        &cgroup,
-                        aya::programs::CgroupSkbAttachType::Egress,
-                        ATTACH_MODE,
-                    )
-                    .map_err(prog_err)?;
-                let link = p.take_link(id).map_err(prog_err)?;
-                FdLink::try_from(link).map_err(|source| BpfError::Link {
-                    path: PathBuf::from(name),
-                    source,
-                })?
-            }
-            _ => return Err(prog_err(aya::programs::ProgramError::UnexpectedProgramType)),
-        };
+        let link = required::attach(program, name, &cgroup).map_err(|e| match e {
+            BpfError::Program { .. } => BpfError::Required {
+                name,
+                needs: required::needs(name),
+                release: crate::features::release(),
+                source: Box::new(e),
+            },
+            e => e,
+        })?;
         link.pin(pin_dir.join(pin))
             .map_err(|source| BpfError::Pin { name, source })?;
     }
@@ -414,11 +411,14 @@ pub fn install(
                     .map_err(|source| BpfError::Pin { name, source })?;
             }
             Err(error) => {
-                tracing::warn!(
-                    program = name,
-                    %error,
-                    "this kernel cannot run BPF LSM cgroup programs (kernel 6.0+ with `bpf` \
-                     in lsm=): socket() of families other than IPv4 and IPv6 is not decided"
+                crate::features::missing(
+                    "socket_families",
+                    "BPF LSM cgroup programs (lsm_cgroup/socket_post_create): Linux 6.0+ \
+                     booted with `bpf` in lsm=",
+                    "socket() of families other than IPv4 and IPv6 (AF_PACKET, AF_VSOCK, \
+                     raw sockets) is not refused in the kernel; the socket scan finds and \
+                     kills their holders instead",
+                    format!("{name}: {error}"),
                 );
                 coverage.socket_families = false;
             }
@@ -453,10 +453,12 @@ fn attach_unix(pin_dir: &Path, cgroup_parent: &Path) -> Result<bool, BpfError> {
     match unix::attach(pin_dir, &cgroup) {
         Ok(()) => Ok(true),
         Err(error) => {
-            tracing::warn!(
-                %error,
-                "this kernel cannot run cgroup/connect_unix programs (kernel 6.7+): a job's \
-                 connects to unix sockets (docker.sock among them) are not decided or recorded"
+            crate::features::missing(
+                "unix_sockets",
+                "cgroup/connect_unix and cgroup/sendmsg_unix programs: Linux 6.7+",
+                "a job's connects to unix sockets (docker.sock among them) are neither \
+                 decided nor recorded (unix:connect)",
+                error,
             );
             Ok(false)
         }

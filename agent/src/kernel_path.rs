@@ -117,10 +117,12 @@ impl KernelPath {
             && match parts.liveness.map(|fd| parts.maps.set_alive(fd)) {
                 Some(Ok(())) => true,
                 Some(Err(error)) => {
-                    tracing::warn!(
-                        %error,
-                        "this kernel cannot hold the agent's listener in a sockmap: \
-                         every connection takes the proxy path (proxy.kernel_verdicts)"
+                    crate::features::missing(
+                        "kernel_path",
+                        "a sockmap holding the agent's listener (Linux 5.10+)",
+                        "kernel verdicts are off: every connection takes the proxy path \
+                         (proxy.kernel_verdicts)",
+                        error,
                     );
                     false
                 }
@@ -130,12 +132,13 @@ impl KernelPath {
             && match destroy::probe() {
                 Ok(()) => true,
                 Err(error) => {
-                    tracing::warn!(
-                        %error,
-                        "this kernel cannot destroy a socket from outside (SOCK_DESTROY \
-                         through inet_diag: CONFIG_INET_DIAG_DESTROY and tcp_diag), so a \
-                         reload could not end a kernel-path connection: every connection \
-                         takes the proxy path (proxy.kernel_verdicts)"
+                    crate::features::missing(
+                        "kernel_path",
+                        "SOCK_DESTROY through inet_diag (CONFIG_INET_DIAG_DESTROY, tcp_diag), \
+                         so that a reload can end a live kernel-path connection",
+                        "kernel verdicts are off: every connection takes the proxy path \
+                         (proxy.kernel_verdicts)",
+                        error,
                     );
                     false
                 }

@@ -11,6 +11,7 @@ mod dns;
 mod enforce;
 mod enroll;
 mod events;
+mod features;
 mod identity;
 mod jobs;
 mod kernel_path;

@@ -65,6 +65,9 @@ fn after_the_first_connection_the_kernel_takes_the_key_and_records_it() {
     let http = Server::http("127.0.0.1:0");
     let direct = gets(None, http.port(), 4);
     let agent = with_policy(PERMIT_ALL);
+    if !agent.covers("kernel_path") {
+        return;
+    }
     let in_job = gets(Some(&agent), http.port(), 4);
     assert_eq!(in_job, direct, "the same output as directly");
     let sessions = agent.wait_sessions(None, 4);
@@ -169,6 +172,9 @@ fn a_reload_that_forbids_the_destination_destroys_a_live_kernel_path_connection(
     }
     let sink = Server::sink("127.0.0.1:0");
     let agent = with_policy(PERMIT_ALL);
+    if !agent.covers("kernel_path") {
+        return;
+    }
     let port = sink.port().to_string();
     let mut child = agent
         .run_command(
@@ -220,6 +226,9 @@ fn without_a_policy_directory_a_jobs_first_connect_is_exact() {
         return;
     }
     let agent = Agent::start();
+    if !agent.covers("kernel_path") {
+        return;
+    }
     let closed = ephemeral_port();
     let script = format!("</dev/tcp/127.0.0.1/{closed}");
     let direct = tollgate_e2e::output(std::process::Command::new("bash").args(["-c", &script]));
@@ -316,6 +325,9 @@ fn two_jobs_of_5000_short_connections_are_all_attributed_and_the_maps_empty_afte
     }
     let http = Server::http("127.0.0.1:0");
     let agent = with_policy(PERMIT_ALL);
+    if !agent.covers("kernel_path") {
+        return;
+    }
     let port = http.port().to_string();
     let jobs: Vec<_> = ["acme/one", "acme/two"]
         .iter()
@@ -409,6 +421,9 @@ fn an_attest_that_changes_the_principal_drops_the_jobs_verdicts() {
             std::fs::write(dir.join("base.cedar"), policy).expect("policy");
         },
     );
+    if !agent.covers("kernel_path") {
+        return;
+    }
     let file = crate::identity::identity_file(agent.dir.path(), "7001");
     let token = issuer.sign(&issuer.github_claims("acme/api", "7001", "1"));
     // Two connections, an attest, two more: the attest drops the verdict, so the first
@@ -474,6 +489,9 @@ fn while_the_event_ring_is_full_connects_take_the_proxy_path_and_none_goes_unrec
         bpf: "events_ring_bytes = 4096",
         ..Default::default()
     });
+    if !agent.covers("kernel_path") {
+        return;
+    }
     let trigger = agent.dir.path().join("go");
     let (port, n) = (sink.port().to_string(), N.to_string());
     let mut job = agent

@@ -135,6 +135,39 @@ fn a_job_creates_only_the_sockets_on_the_allow_list() {
     // Without BPF LSM (the agent says so), other families are detected, not refused:
     // see the next test.
     let covered = agent.status()["coverage"]["socket_families"] == true;
+    // The agent reports the kernel it probed, and names what it lacks where it does.
+    let status = agent.status();
+    assert!(
+        status["kernel"]["release"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty() && r != "unknown"),
+        "{status}"
+    );
+    match agent.gap("socket_families") {
+        Some(reason) => {
+            assert!(!covered, "{reason}");
+            assert!(reason.contains("lsm="), "{reason}");
+            eprintln!("other families are detected, not refused: {reason}");
+        }
+        None => assert!(covered, "{status}"),
+    }
+    // `tollgate status` (TOML) says the same.
+    let plain = tollgate_e2e::output(agent.tollgate().arg("status"));
+    let text = String::from_utf8_lossy(&plain.stdout);
+    assert!(
+        plain.status.success(),
+        "{}",
+        String::from_utf8_lossy(&plain.stderr)
+    );
+    assert!(
+        text.contains("[kernel]") && text.contains("release = "),
+        "{text}"
+    );
+    assert_eq!(
+        text.contains("feature = \"socket_families\""),
+        !covered,
+        "{text}"
+    );
 
     // Control: outside a job, as root, every kind this kernel has is created.
     let direct = probe(None, &host.name, &[]);

@@ -387,6 +387,35 @@ impl Agent {
         self.json(&["status", "--json"])
     }
 
+    /// What the agent reports this kernel lacks for `feature` (`kernel.gaps` of its
+    /// status), as one line: what it needs, what is not covered, what the probe saw.
+    pub fn gap(&self, feature: &str) -> Option<String> {
+        let status = self.status();
+        let gaps = status["kernel"]["gaps"].as_array()?;
+        gaps.iter().find(|g| g["feature"] == feature).map(|g| {
+            format!(
+                "kernel {}: {feature} needs {}; {} ({})",
+                status["kernel"]["release"].as_str().unwrap_or("?"),
+                g["needs"].as_str().unwrap_or("?"),
+                g["effect"].as_str().unwrap_or("?"),
+                g["error"].as_str().unwrap_or("?"),
+            )
+        })
+    }
+
+    /// True when the test may go on; false, with the agent's own reason printed, when
+    /// the agent reports that this kernel lacks `feature`. A skip is allowed only
+    /// where the agent reports the gap itself, in CI too.
+    pub fn covers(&self, feature: &str) -> bool {
+        match self.gap(feature) {
+            None => true,
+            Some(reason) => {
+                eprintln!("SKIPPED: the agent reports that {reason}");
+                false
+            }
+        }
+    }
+
     /// GET a path on the admin listener: (status code, body).
     pub fn admin_get(&self, path: &str) -> (u16, String) {
         http_get(self.admin_port, path)

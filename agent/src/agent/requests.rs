@@ -139,6 +139,7 @@ impl AgentControl {
                 },
                 coverage: self.status.coverage,
                 kernel_path: self.kernel.status(),
+                kernel: crate::features::report(),
             }),
             Request::ListDns { job_id, limit } => {
                 let store = self.store.lock().unwrap_or_else(|e| e.into_inner());

@@ -35,10 +35,12 @@ pub fn watch_moves(pin_dir: &Path) -> Option<MovesWatch> {
     match attach() {
         Ok(ebpf) => Some(MovesWatch { _ebpf: ebpf }),
         Err(error) => {
-            tracing::warn!(
-                %error,
-                "cannot watch cgroup moves (tracepoint cgroup_attach_task); processes that \
-                 leave their job are found by the job watcher's scan instead"
+            crate::features::missing(
+                "cgroup_moves",
+                "a BPF tracepoint program on cgroup:cgroup_attach_task, and tracefs",
+                "a process that leaves its job is found by the job watcher's next scan, \
+                 not at once",
+                error,
             );
             None
         }

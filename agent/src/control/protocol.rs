@@ -137,6 +137,9 @@ pub struct Status {
     /// Which connections the kernel takes straight to their destination, and why not.
     #[serde(default)]
     pub kernel_path: crate::kernel_path::KernelStatus,
+    /// The kernel's release, and what of it the agent runs without (and why).
+    #[serde(default)]
+    pub kernel: crate::features::KernelReport,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
