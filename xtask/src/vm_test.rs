@@ -41,6 +41,8 @@ struct Outcome {
     passed: u64,
     failed: u64,
     skipped: u64,
+    /// Tests that skipped on a gap the agent reported: feature -> (count, what it needs).
+    skips: std::collections::BTreeMap<String, (u64, String)>,
     /// init: success was printed.
     success: bool,
     note: String,
@@ -176,7 +178,7 @@ fn guest_command(root: &Path, e2e: &Path, agent: &Path, options: &Options) -> St
     format!(
         "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
          HOME=/root CI=true TOLLGATE_BIN='{agent}' && ip link set lo up && \
-         cd '{tests}' && '{e2e}' --test-threads=1{filter}",
+         cd '{tests}' && '{e2e}' --test-threads=1 --nocapture{filter}",
         tests = root.join("tests").display(),
         agent = agent.display(),
         e2e = e2e.display(),
@@ -255,6 +257,7 @@ fn boot(
         passed: 0,
         failed: 0,
         skipped: 0,
+        skips: Default::default(),
         success: false,
         note: String::new(),
     };
@@ -288,6 +291,9 @@ fn boot(
                 outcome.passed += crate::test::count(rest, " passed");
                 outcome.failed += crate::test::count(rest, " failed");
                 outcome.skipped += crate::test::count(rest, " ignored");
+            } else if let Some((feature, needs)) = skip_of(line) {
+                let entry = outcome.skips.entry(feature).or_insert((0, needs));
+                entry.0 += 1;
             } else if line == "init: success" {
                 outcome.success = true;
             } else if let Some(release) = line.strip_prefix("init: kernel ") {
@@ -299,14 +305,24 @@ fn boot(
     finished.store(true, std::sync::atomic::Ordering::Relaxed);
     let timed_out = watchdog.join().unwrap_or(false);
     let _ = child.wait();
+    // A test that skips on a reported gap returns early, which libtest counts as passed.
+    let skips: u64 = outcome.skips.values().map(|(n, _)| n).sum();
+    outcome.passed = outcome.passed.saturating_sub(skips);
+    outcome.skipped += skips;
     if timed_out {
         outcome.success = false;
         outcome.note = format!("timed out after {timeout:?}");
     } else if !outcome.success {
         outcome.note = "init: failure".to_owned();
     }
+    let reasons: Vec<String> = outcome
+        .skips
+        .iter()
+        .map(|(feature, (n, needs))| format!("{n} on {feature}: needs {needs}"))
+        .collect();
     outcome.note = [
         outcome.note.clone(),
+        reasons.join("; "),
         format!("{:.0} s under {accel}", started.elapsed().as_secs_f64()),
     ]
     .into_iter()
@@ -318,6 +334,21 @@ fn boot(
 
 #[cfg(test)]
 mod tests {
+    use super::skip_of;
+
+    #[test]
+    fn a_skip_line_names_the_feature_and_what_it_needs() {
+        let line = "SKIPPED: the agent reports that kernel 6.1.0-50-amd64: unix_sockets needs \
+                    cgroup/connect_unix programs: Linux 6.7+; connects are not decided (EINVAL)";
+        assert_eq!(
+            skip_of(line),
+            Some((
+                "unix_sockets".to_owned(),
+                "cgroup/connect_unix programs: Linux 6.7+".to_owned()
+            ))
+        );
+        assert_eq!(skip_of("test foo ... ok"), None);
+    }
     #[test]
     fn counts_a_colored_result_line() {
         let line = "\u{1b}[31mFAILED\u{1b}[m. 15 passed; 2 failed; 3 ignored; 0 measured";
@@ -325,4 +356,14 @@ mod tests {
         assert_eq!(crate::test::count(line, " failed"), 2);
         assert_eq!(crate::test::count(line, " ignored"), 3);
     }
+}
+
+/// A test's skip line (tests/src/agent.rs `Agent::covers`): the feature the agent
+/// reported missing, and what it needs.
+fn skip_of(line: &str) -> Option<(String, String)> {
+    let rest = line.strip_prefix("SKIPPED: the agent reports that kernel ")?;
+    let (_, rest) = rest.split_once(": ")?;
+    let (feature, rest) = rest.split_once(" needs ")?;
+    let needs = rest.split_once("; ").map_or(rest, |(needs, _)| needs);
+    Some((feature.to_owned(), needs.to_owned()))
 }

@@ -77,7 +77,12 @@ mod tests {
             }),
         };
         let text = error.to_string();
-        for part in ["5.4.0-1-amd64", "getpeername4", "Linux 5.8+", "does not start"] {
+        for part in [
+            "5.4.0-1-amd64",
+            "getpeername4",
+            "Linux 5.8+",
+            "does not start",
+        ] {
             assert!(text.contains(part), "{part}: {text}");
         }
     }
