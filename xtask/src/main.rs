@@ -62,15 +62,18 @@ enum Cmd {
     /// The privileged end-to-end suite on other kernels (Debian's), each in a qemu VM
     /// (root).
     VmTest {
-        /// 5.10, 6.1, 6.12, 7.2 (vm-tests/kernels.toml) or all.
+        /// 5.10, 6.1, 6.12, 7.2 (vm-tests/kernels.toml), several (5.10,7.2), or all.
         #[arg(long, default_value = "all")]
         kernel: String,
-        /// Only the e2e tests whose name contains PATTERN.
+        /// Only the e2e tests whose name contains PATTERN (several: comma-separated).
         #[arg(long)]
         filter: Option<String>,
         /// Each guest's time limit, in minutes.
         #[arg(long, default_value_t = 60)]
         minutes: u64,
+        /// The guests' lsm= list; leave out bpf to see the agent run without BPF LSM.
+        #[arg(long, default_value = vm_test::LSM)]
+        lsm: String,
     },
     /// Fuzz the PostgreSQL wire parsers (cargo-fuzz, pinned nightly).
     Fuzz {
@@ -132,6 +135,7 @@ fn main() -> anyhow::Result<()> {
             kernel,
             filter,
             minutes,
+            lsm,
         } => {
             setup::all(&root)?;
             vm_test::vm_test(
@@ -140,6 +144,7 @@ fn main() -> anyhow::Result<()> {
                     kernel,
                     filter,
                     timeout: std::time::Duration::from_secs(minutes * 60),
+                    lsm,
                 },
             )
         }

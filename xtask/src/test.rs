@@ -1,5 +1,6 @@
 //! `cargo xtask test`: fmt, clippy (host and bpf target), unit tests, then the privileged
-//! end-to-end and conformance suites (serially: they share kernel state).
+//! end-to-end and conformance suites (serially: they share kernel state), then the
+//! fail-closed and refusal tests on the oldest and the newest kernel in qemu guests.
 use std::{
     io::{BufRead as _, BufReader},
     path::Path,
@@ -74,8 +75,27 @@ pub fn all(root: &Path, e2e_filter: Option<&str>, lint: bool) -> anyhow::Result<
     cmd.env("TOLLGATE_BIN", &bin);
     totals.run(&mut cmd)?;
     totals.summary();
+    if e2e_filter.is_none() {
+        // The oldest and the newest kernel, on the suite's fail-closed and refusal
+        // tests: under TCG (this project's /dev/kvm boots no stock kernel) the whole
+        // suite on every kernel takes longer than CI has. `cargo xtask vm-test
+        // --kernel all` runs everything (docs/kernels.md).
+        crate::vm_test::vm_test(
+            root,
+            &crate::vm_test::Options {
+                kernel: CI_KERNELS.to_owned(),
+                filter: Some(CI_VM_FILTER.to_owned()),
+                timeout: std::time::Duration::from_secs(20 * 60),
+                lsm: crate::vm_test::LSM.to_owned(),
+            },
+        )?;
+    }
     Ok(())
 }
+
+/// What `cargo xtask test` boots, after the host suite.
+const CI_KERNELS: &str = "5.10,7.2";
+const CI_VM_FILTER: &str = "failclosed::,refusals::";
 
 /// `cargo xtask conformance`: the conformance test target alone, on `scripts` (a
 /// directory of *.sql workloads) or the project's own workload.

@@ -25,7 +25,7 @@ const MEMORY: &str = "4G";
 const CPUS: &str = "2";
 
 /// The LSMs of a guest: Debian's list, with bpf.
-const LSM: &str = "landlock,lockdown,yama,integrity,apparmor,bpf";
+pub const LSM: &str = "landlock,lockdown,yama,integrity,apparmor,bpf";
 
 pub struct Options {
     /// 5.10, 6.1, 6.12, 7.2 or all.
@@ -33,6 +33,8 @@ pub struct Options {
     pub filter: Option<String>,
     /// The guests' time limit each.
     pub timeout: Duration,
+    /// The guests' `lsm=` (without bpf, the agent runs without BPF LSM and says so).
+    pub lsm: String,
 }
 
 /// One kernel's outcome.
@@ -56,16 +58,22 @@ pub fn vm_test(root: &Path, options: &Options) -> anyhow::Result<()> {
             "--kernel host: this host has no kernel image on disk to boot (its kernel \
              comes from the hypervisor); the host's kernel is what `cargo xtask test` runs on"
         ),
-        name => {
-            let pin = pins.iter().find(|p| p.name == name).with_context(|| {
-                let names: Vec<_> = pins.iter().map(|p| p.name.as_str()).collect();
-                format!(
-                    "--kernel {name}: not in vm-tests/kernels.toml (known: {}, all)",
-                    names.join(", ")
-                )
-            })?;
-            vec![pin.clone()]
-        }
+        names => names
+            .split(',')
+            .map(|name| {
+                pins.iter()
+                    .find(|p| p.name == name)
+                    .cloned()
+                    .with_context(|| {
+                        let known: Vec<_> = pins.iter().map(|p| p.name.as_str()).collect();
+                        format!(
+                            "--kernel {name}: not in vm-tests/kernels.toml (known: {}, all; \
+                             several: 5.10,7.2)",
+                            known.join(", ")
+                        )
+                    })
+            })
+            .collect::<anyhow::Result<_>>()?,
     };
     let init = build_init(root)?;
     let (e2e, agent) = build_tests(root)?;
@@ -83,7 +91,7 @@ pub fn vm_test(root: &Path, options: &Options) -> anyhow::Result<()> {
             &guest_command(root, &e2e, &agent, options),
         )?;
         let log = logs.join(format!("{}.log", pin.name));
-        outcomes.push(boot(&kernel, &image, accel, &log, options.timeout)?);
+        outcomes.push(boot(&kernel, &image, accel, &log, options)?);
     }
     let mut failed = false;
     for o in &outcomes {
@@ -173,7 +181,12 @@ fn guest_command(root: &Path, e2e: &Path, agent: &Path, options: &Options) -> St
     let filter = options
         .filter
         .as_deref()
-        .map(|f| format!(" '{}'", f.replace('\'', "")))
+        .map(|f| {
+            // Several patterns, comma-separated: a test runs if it matches any.
+            f.split(',')
+                .map(|p| format!(" '{}'", p.replace('\'', "")))
+                .collect::<String>()
+        })
         .unwrap_or_default();
     format!(
         "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
@@ -219,8 +232,9 @@ fn boot(
     initrd: &Path,
     accel: &str,
     log: &Path,
-    timeout: Duration,
+    options: &Options,
 ) -> anyhow::Result<Outcome> {
+    let timeout = options.timeout;
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args([
         "-nographic",
@@ -240,7 +254,7 @@ fn boot(
     .arg("-initrd")
     .arg(initrd)
     .arg("-append")
-    .arg(format!("console=ttyS0 panic=-1 quiet lsm={LSM}"))
+    .arg(format!("console=ttyS0 panic=-1 quiet lsm={}", options.lsm))
     .args([
         "-virtfs",
         "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
@@ -332,6 +346,18 @@ fn boot(
     Ok(outcome)
 }
 
+/// A test's skip line (tests/src/agent.rs `Agent::covers`): the feature the agent
+/// reported missing, and what it needs.
+fn skip_of(line: &str) -> Option<(String, String)> {
+    // Anywhere in the line: libtest prints `test NAME ... ` before the test's own output.
+    const MARK: &str = "SKIPPED: the agent reports that kernel ";
+    let rest = &line[line.find(MARK)? + MARK.len()..];
+    let (_, rest) = rest.split_once(": ")?;
+    let (feature, rest) = rest.split_once(" needs ")?;
+    let needs = rest.split_once("; ").map_or(rest, |(needs, _)| needs);
+    Some((feature.to_owned(), needs.to_owned()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::skip_of;
@@ -348,6 +374,8 @@ mod tests {
             ))
         );
         assert_eq!(skip_of("test foo ... ok"), None);
+        let prefixed = format!("test unix::a ... {line}");
+        assert_eq!(skip_of(&prefixed), skip_of(line));
     }
     #[test]
     fn counts_a_colored_result_line() {
@@ -356,14 +384,4 @@ mod tests {
         assert_eq!(crate::test::count(line, " failed"), 2);
         assert_eq!(crate::test::count(line, " ignored"), 3);
     }
-}
-
-/// A test's skip line (tests/src/agent.rs `Agent::covers`): the feature the agent
-/// reported missing, and what it needs.
-fn skip_of(line: &str) -> Option<(String, String)> {
-    let rest = line.strip_prefix("SKIPPED: the agent reports that kernel ")?;
-    let (_, rest) = rest.split_once(": ")?;
-    let (feature, rest) = rest.split_once(" needs ")?;
-    let needs = rest.split_once("; ").map_or(rest, |(needs, _)| needs);
-    Some((feature.to_owned(), needs.to_owned()))
 }
