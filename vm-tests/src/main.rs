@@ -57,11 +57,22 @@ fn run() -> Result<bool, String> {
         "trans=virtio,version=9p2000.L,msize=262144,cache=loose",
         libc::MS_RDONLY,
     )?;
+    // The workspace (`/keep.path`), held at /keep while tmpfs covers the host's
+    // writable directories, then bound back where it was: a checkout under /tmp or
+    // /root stays visible.
+    let keep = fs::read_to_string("/keep.path").unwrap_or_default();
+    let keep = keep.trim();
+    let kept =
+        !keep.is_empty() && mount(&format!("/host{keep}"), "/keep", "", "", libc::MS_BIND).is_ok();
     for (source, target, fstype, options) in HOST_MOUNTS {
         // A file system this kernel lacks (tracefs on an old one) is the tests' to find.
         if let Err(error) = mount(source, target, fstype, options, 0) {
             println!("init: {error}");
         }
+    }
+    if kept {
+        // On a tmpfs the directory is made; on the read-only host root it exists.
+        mount("/keep", &format!("/host{keep}"), "", "", libc::MS_BIND)?;
     }
     let cmd = fs::read_to_string("/cmd").map_err(|e| format!("reading /cmd: {e}"))?;
     let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();

@@ -200,9 +200,12 @@ fn guest_command(root: &Path, e2e: &Path, agent: &Path, options: &Options) -> St
 
 fn initrd(root: &Path, kernel: &kernel::Kernel, init: &Path, cmd: &str) -> anyhow::Result<PathBuf> {
     let mut archive = initramfs::Archive::new();
-    for dir in ["/", "/modules", "/proc", "/sys", "/dev", "/host"] {
+    for dir in ["/", "/modules", "/proc", "/sys", "/dev", "/host", "/keep"] {
         archive.dir(dir);
     }
+    // The workspace stays visible in the guest, even under a directory that gets a
+    // fresh tmpfs there (a checkout in /tmp or /root).
+    archive.file("/keep.path", root.display().to_string().as_bytes());
     archive.executable(
         "/init",
         &fs::read(init).with_context(|| init.display().to_string())?,
