@@ -293,10 +293,11 @@ pub fn install(
         maps.write_settings(settings)?;
         maps.write_sock_allow(sock_allow)?;
         let coverage = Coverage {
-            socket_families: OPTIONAL_PROGRAMS.iter().all(|(_, pin, _)| {
-                let pin = pin_dir.join(pin);
-                pin.exists() && PinnedLink::from_pin(&pin).is_ok()
-            }),
+            socket_families: crate::features::bpf_lsm_active().is_ok()
+                && OPTIONAL_PROGRAMS.iter().all(|(_, pin, _)| {
+                    let pin = pin_dir.join(pin);
+                    pin.exists() && PinnedLink::from_pin(&pin).is_ok()
+                }),
             cgroup_moves: false,
             outside_sockets: OutsideSockets::DetectedAndKilled,
             // An earlier agent that could not attach them: this one tries again.
@@ -405,7 +406,14 @@ pub fn install(
         unix_sockets: false,
     };
     for (name, pin, hook) in OPTIONAL_PROGRAMS {
-        match attach_lsm_cgroup(&mut ebpf, name, hook, &cgroup) {
+        // An lsm_cgroup program attaches even where bpf is not an active LSM, and then
+        // never runs: only the kernel's list of active LSMs says it will.
+        let attached = crate::features::bpf_lsm_active()
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                attach_lsm_cgroup(&mut ebpf, name, hook, &cgroup).map_err(|e| e.to_string())
+            });
+        match attached {
             Ok(link) => {
                 link.pin(pin_dir.join(pin))
                     .map_err(|source| BpfError::Pin { name, source })?;

@@ -62,6 +62,23 @@ pub fn report() -> KernelReport {
     }
 }
 
+/// Whether bpf is among the kernel's active LSMs (securityfs `lsm`): an lsm_cgroup
+/// program runs only then, though it attaches without.
+pub fn bpf_lsm_active() -> Result<(), String> {
+    const LSM: &str = "/sys/kernel/security/lsm";
+    let list = std::fs::read_to_string(LSM)
+        .map_err(|e| format!("{LSM}: {e} (securityfs not mounted, or no LSM list)"))?;
+    if lsm_list_has_bpf(&list) {
+        Ok(())
+    } else {
+        Err(format!("bpf is not an active LSM ({LSM}: {})", list.trim()))
+    }
+}
+
+fn lsm_list_has_bpf(list: &str) -> bool {
+    list.trim().split(',').any(|lsm| lsm == "bpf")
+}
+
 /// The running kernel's release (`uname -r`), or `unknown`.
 pub fn release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -72,6 +89,17 @@ pub fn release() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_active_bpf_lsm_counts() {
+        assert!(lsm_list_has_bpf(
+            "lockdown,capability,landlock,yama,apparmor,bpf\n"
+        ));
+        assert!(!lsm_list_has_bpf(
+            "lockdown,capability,landlock,yama,apparmor"
+        ));
+        assert!(!lsm_list_has_bpf("bpf_not,ima"));
+    }
 
     #[test]
     fn a_gap_is_reported_once_with_what_it_needs() {
