@@ -1,6 +1,7 @@
 //! PostgreSQL-aware interception: classification of statements, their enforcement and
 //! recording. The wire protocol itself is the `tollgate-pgwire` crate.
 pub mod classify;
+mod decided;
 pub mod encoding;
 pub mod hello;
 pub mod io;

@@ -22,6 +22,7 @@ use tollgate_policy::{Decision, Effect, Principal, Process, SqlContext, Subject}
 
 use super::{
     classify::{self, Kind},
+    decided::Decided,
     encoding::ClientEncoding,
     io::Io,
     mask::{self, MaskingConfig, ResultsMasking, types::TextShape},
@@ -141,31 +142,6 @@ enum Expect {
     Sync,
     /// FunctionCall: its result, then ReadyForQuery.
     Function,
-}
-
-/// A statement's decision, with what its records take of it in shared form.
-struct Decided {
-    decision: Decision,
-    policy_ids: Arc<[String]>,
-    reason: Arc<str>,
-}
-
-impl std::ops::Deref for Decided {
-    type Target = Decision;
-
-    fn deref(&self) -> &Decision {
-        &self.decision
-    }
-}
-
-impl Decided {
-    fn new(decision: Decision) -> Arc<Self> {
-        Arc::new(Self {
-            policy_ids: decision.policy_ids.as_slice().into(),
-            reason: decision.reason.as_str().into(),
-            decision,
-        })
-    }
 }
 
 struct Pending {
@@ -949,12 +925,7 @@ impl State {
                 allowed = Some((decided, statement.kind));
             }
         }
-        allowed.unwrap_or_else(|| {
-            (
-                Decided::new(Decision::allow("transaction control is always allowed")),
-                Kind::Transaction,
-            )
-        })
+        allowed.unwrap_or_else(|| (Decided::transaction_control(), Kind::Transaction))
     }
 
     fn record(
