@@ -82,7 +82,10 @@ fn probe_script() -> String {
 /// through `via` (a command prefix that puts it in a job).
 fn probe(via: Option<&Agent>, netns: &str, labels: &[(&str, &str)]) -> Vec<(String, String)> {
     let script = probe_script();
-    let cmd = ["ip", "netns", "exec", netns, "python3", "-c", &script];
+    // nsenter, not `ip netns exec`: ip opens a netlink socket of its own, which a job
+    // whose allow list lacks netlink cannot.
+    let net = format!("--net=/run/netns/{netns}");
+    let cmd = ["nsenter", &net, "python3", "-c", &script];
     let out = match via {
         Some(agent) => agent.run_job(labels, &cmd),
         None => output(Command::new(cmd[0]).args(&cmd[1..])),

@@ -49,11 +49,14 @@ pub fn all(root: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where [`pg17_root`] makes its root, under the workspace.
+pub const PG17_ROOT: &str = "target/trixie-root";
+
 /// Debian trixie, whose PostgreSQL 17 server the direct-TLS tests run (with chroot, on
 /// this host's network): bookworm's own server is 15. Made once under target/, without
 /// touching the host's apt sources or state.
 fn pg17_root(root: &Path) -> anyhow::Result<()> {
-    let dir = root.join("target/trixie-root");
+    let dir = root.join(PG17_ROOT);
     let postgres = dir.join("usr/lib/postgresql/17/bin/postgres");
     if postgres.exists() {
         eprintln!("xtask: setup: PostgreSQL 17 is in {}", dir.display());
@@ -75,11 +78,17 @@ fn pg17_root(root: &Path) -> anyhow::Result<()> {
 
 /// psycopg 3 (from PyPI) for the end-to-end tests, in a venv under target/.
 const PSYCOPG: &str = "3.3.9";
+/// The venv is made from Debian's python (apt's `python3-venv`), not whichever python3
+/// comes first on PATH: a python under /root (pyenv) is hidden in a vm-test guest, whose
+/// /root is a fresh tmpfs.
+const SYSTEM_PYTHON: &str = "/usr/bin/python3";
 
 fn python_env(root: &Path) -> anyhow::Result<()> {
     let venv = root.join("target/pyenv");
     let python = venv.join("bin/python");
-    let check = format!("import psycopg, sys; sys.exit(psycopg.__version__ != '{PSYCOPG}')");
+    let check = format!(
+        "import psycopg, sys; sys.exit(psycopg.__version__ != '{PSYCOPG}' or sys.base_prefix != '/usr')"
+    );
     if Command::new(&python)
         .args(["-c", &check])
         .status()
@@ -91,7 +100,9 @@ fn python_env(root: &Path) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    run(Command::new(SYSTEM_PYTHON)
+        .args(["-m", "venv", "--clear"])
+        .arg(&venv))?;
     run(Command::new(venv.join("bin/pip")).args([
         "install",
         "--quiet",

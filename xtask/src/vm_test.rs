@@ -177,6 +177,18 @@ fn build_tests(root: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
 }
 
 /// The shell command the guest runs: the suite, as `cargo xtask test` runs it.
+/// A guest gets what a runner host has besides loopback: an interface with an address
+/// and a default route (a dummy one, so nothing leaves the guest). Without it, glibc's
+/// `getaddrinfo(AI_ADDRCONFIG)` (getent, curl) finds no configured IPv4 address and
+/// resolves nothing, and the host's nameserver has no route.
+const UPLINK: &str = "ip link add uplink0 type dummy && ip addr add 10.0.2.15/24 dev uplink0 && \
+                      ip link set uplink0 up && ip route add default dev uplink0";
+
+/// The writable directories of the PostgreSQL 17 chroot that `cargo xtask setup` makes
+/// under the workspace (the server's data directory lives in its var/tmp): the guest
+/// sees the workspace read-only, so they get a fresh tmpfs, as the host's own do.
+const CHROOT_SCRATCH: &[&str] = &["tmp", "var/tmp", "run"];
+
 fn guest_command(root: &Path, e2e: &Path, agent: &Path, options: &Options) -> String {
     let filter = options
         .filter
@@ -190,10 +202,22 @@ fn guest_command(root: &Path, e2e: &Path, agent: &Path, options: &Options) -> St
         .unwrap_or_default();
     format!(
         "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-         HOME=/root CI=true TOLLGATE_BIN='{agent}' && ip link set lo up && \
+         HOME=/root CI=true TOLLGATE_BIN='{agent}' && ip link set lo up && {uplink} && {scratch} && \
          cd '{tests}' && '{e2e}' --test-threads=1 --nocapture{filter}",
         tests = root.join("tests").display(),
         agent = agent.display(),
+        uplink = UPLINK,
+        scratch = CHROOT_SCRATCH
+            .iter()
+            .map(|dir| {
+                let dir = root.join(crate::setup::PG17_ROOT).join(dir);
+                format!(
+                    "{{ [ ! -d '{d}' ] || mount -t tmpfs -o mode=1777 tmpfs '{d}'; }}",
+                    d = dir.display()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" && "),
         e2e = e2e.display(),
     )
 }

@@ -231,7 +231,8 @@ fn deb_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// The modules a guest needs, with their dependencies first, decompressed: virtio PCI
-/// and 9p over virtio (its root), veth (the tests' network namespaces), and the
+/// and 9p over virtio (its root), veth (the tests' network namespaces), dummy
+/// (the guest's uplink), and the
 /// sock_diag families a runner host loads on demand (the agent destroys revoked
 /// sockets through inet_diag; the guest has no modprobe to load them when asked). A
 /// module the kernel has built in is not listed.
@@ -244,6 +245,7 @@ pub fn guest_modules(kernel: &Kernel) -> anyhow::Result<Vec<(String, Vec<u8>)>> 
         "9pnet_virtio",
         "9p",
         "veth",
+        "dummy",
         "tcp_diag",
         "udp_diag",
         "unix_diag",
