@@ -5,7 +5,10 @@ use std::{
     net::TcpStream,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
-    sync::atomic::{AtomicUsize, Ordering},
+    sync::{
+        Once,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -14,6 +17,56 @@ use serde_json::Value;
 use crate::{ephemeral_port, free_port, output, stderr, stdout, wait_for};
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
+static REAPED: Once = Once::new();
+
+/// The name of a test agent's cgroup parent and pin directory, and the test process it
+/// belongs to.
+const PREFIX: &str = "tollgate-test-";
+
+/// Removes what test processes that no longer run left behind: a test binary killed
+/// (SIGKILL, a timeout) runs no `Drop`, so its agents' cgroups and pinned programs stay.
+/// Each is taken down by the agent's own `--cleanup`, as a test's `Drop` does.
+fn reap_stale() {
+    let mut names: Vec<String> = [cgroup2_mount(), PathBuf::from("/sys/fs/bpf")]
+        .iter()
+        .filter_map(|dir| fs::read_dir(dir).ok())
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .filter(|name| {
+            name.strip_prefix(PREFIX)
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok())
+                .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    for name in names {
+        let Ok(dir) = tempfile::tempdir() else {
+            return;
+        };
+        let config = dir.path().join("agent.toml");
+        let body = format!(
+            "[control]\nsocket = \"{socket}\"\n[cgroup]\nparent = \"{name}\"\n\
+             [bpf]\npin_dir = \"/sys/fs/bpf/{name}\"\n[state]\ndir = \"{state}\"\n",
+            socket = dir.path().join("control.sock").display(),
+            state = dir.path().join("state").display(),
+        );
+        if fs::write(&config, body).is_err() {
+            continue;
+        }
+        let out = Command::new(tollgate_bin())
+            .args(["agent", "--cleanup", "--config"])
+            .arg(&config)
+            .output();
+        match out {
+            Ok(out) if out.status.success() => eprintln!("removed what a dead test left: {name}"),
+            Ok(out) => eprintln!("could not remove {name}: {}", stderr(&out)),
+            Err(error) => eprintln!("could not remove {name}: {error}"),
+        }
+    }
+}
 
 /// The tollgate binary under test (`TOLLGATE_BIN`, else target/debug/tollgate).
 pub fn tollgate_bin() -> PathBuf {
@@ -151,8 +204,9 @@ impl Agent {
             policy,
             extra,
         } = tables;
+        REAPED.call_once(reap_stale);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let name = format!("tollgate-test-{}-{n}", std::process::id());
+        let name = format!("{PREFIX}{}-{n}", std::process::id());
         let proxy_port = free_port(900..1000);
         let admin_port = ephemeral_port();
         let socket = dir.path().join("control.sock");
@@ -364,7 +418,9 @@ impl Agent {
     fn wait_until_recorded(&self, job: Option<&str>, n: usize, ended: bool) -> Vec<Value> {
         wait_for(
             &format!("{n} recorded sessions (job {job:?}, ended: {ended})"),
-            Duration::from_secs(20),
+            // Longer for more: a vm-test guest under TCG records thousands of sessions
+            // several times slower than a host.
+            Duration::from_secs(20) + Duration::from_millis(10) * n as u32,
             || {
                 let sessions = self.sessions(job);
                 let count = sessions
