@@ -3,6 +3,7 @@
 //! removes them on cleanup. Pinned links keep the programs attached while the agent is
 //! down, so job connects are refused rather than bypassed (fail closed).
 mod bpffs;
+mod lsm;
 mod maps;
 mod moves;
 mod refusals;
@@ -22,10 +23,7 @@ use std::{
 use aya::{
     EbpfLoader,
     maps::{Array, Map, MapData},
-    programs::{
-        CgroupAttachMode, Program,
-        links::{FdLink, PinnedLink},
-    },
+    programs::{CgroupAttachMode, links::PinnedLink},
 };
 use tollgate_common::{
     ABI_VERSION, GLOBAL_SET_RETVAL, MAP_AGENT_ALIVE, MAP_CONN_BY_COOKIE, MAP_CONN_BY_TUPLE,
@@ -36,6 +34,7 @@ use tollgate_common::{
 };
 
 use bpffs::ensure_bpffs;
+use lsm::OPTIONAL_PROGRAMS;
 pub use maps::{ConnMaps, MapOccupancy, monotonic_ns};
 pub use moves::watch_moves;
 pub use refusals::Refusals;
@@ -65,13 +64,6 @@ const PROGRAMS: [(&str, &str); 12] = [
     ("tollgate_sockops", "link_sockops"),
     ("sock_create", "link_sock_create"),
 ];
-/// Programs that need a kernel feature this kernel may lack (BPF LSM): the function, its
-/// link pin and the LSM hook. Without one, `tollgate status` says what is not covered.
-const OPTIONAL_PROGRAMS: [(&str, &str, &str); 1] = [(
-    "socket_post_create",
-    "link_socket_post_create",
-    "socket_post_create",
-)];
 const MAPS: [&str; 19] = [
     MAP_AGENT_ALIVE,
     MAP_KERNEL_CONNS,
@@ -293,11 +285,7 @@ pub fn install(
         maps.write_settings(settings)?;
         maps.write_sock_allow(sock_allow)?;
         let coverage = Coverage {
-            socket_families: crate::features::bpf_lsm_active().is_ok()
-                && OPTIONAL_PROGRAMS.iter().all(|(_, pin, _)| {
-                    let pin = pin_dir.join(pin);
-                    pin.exists() && PinnedLink::from_pin(&pin).is_ok()
-                }),
+            socket_families: lsm::pinned(pin_dir),
             cgroup_moves: false,
             outside_sockets: OutsideSockets::DetectedAndKilled,
             // An earlier agent that could not attach them: this one tries again.
@@ -400,38 +388,12 @@ pub fn install(
             .map_err(|source| BpfError::Pin { name, source })?;
     }
     let mut coverage = Coverage {
-        socket_families: true,
+        socket_families: false,
         cgroup_moves: false,
         outside_sockets: OutsideSockets::DetectedAndKilled,
         unix_sockets: false,
     };
-    for (name, pin, hook) in OPTIONAL_PROGRAMS {
-        // An lsm_cgroup program attaches even where bpf is not an active LSM, and then
-        // never runs: only the kernel's list of active LSMs says it will.
-        let attached = crate::features::bpf_lsm_active()
-            .map_err(|e| e.to_string())
-            .and_then(|()| {
-                attach_lsm_cgroup(&mut ebpf, name, hook, &cgroup).map_err(|e| e.to_string())
-            });
-        match attached {
-            Ok(link) => {
-                link.pin(pin_dir.join(pin))
-                    .map_err(|source| BpfError::Pin { name, source })?;
-            }
-            Err(error) => {
-                crate::features::missing(
-                    "socket_families",
-                    "BPF LSM cgroup programs (lsm_cgroup/socket_post_create): Linux 6.0+ \
-                     booted with `bpf` in lsm=",
-                    "socket() of families other than IPv4 and IPv6 (AF_PACKET, AF_VSOCK, \
-                     raw sockets) is not refused in the kernel; the socket scan finds and \
-                     kills their holders instead",
-                    format!("{name}: {error}"),
-                );
-                coverage.socket_families = false;
-            }
-        }
-    }
+    coverage.socket_families = lsm::attach(&mut ebpf, &cgroup, pin_dir)?;
     let events = take(&mut ebpf, MAP_EVENTS)?;
     let unix_rules = UnixRules::new(take(&mut ebpf, MAP_UNIX_RULES)?);
     let refusals = Refusals::new(take(&mut ebpf, MAP_REFUSED_DST)?);
@@ -471,24 +433,6 @@ fn attach_unix(pin_dir: &Path, cgroup_parent: &Path) -> Result<bool, BpfError> {
             Ok(false)
         }
     }
-}
-
-fn attach_lsm_cgroup(
-    ebpf: &mut aya::Ebpf,
-    name: &'static str,
-    hook: &str,
-    cgroup: &fs::File,
-) -> Result<FdLink, BpfError> {
-    let err = |source| BpfError::Program { name, source };
-    let btf = aya::Btf::from_sys_fs().map_err(|e| err(aya::programs::ProgramError::Btf(e)))?;
-    let program = ebpf.program_mut(name).ok_or(BpfError::Missing(name))?;
-    let Program::LsmCgroup(p) = program else {
-        return Err(err(aya::programs::ProgramError::UnexpectedProgramType));
-    };
-    p.load(hook, &btf).map_err(err)?;
-    let id = p.attach(cgroup).map_err(err)?;
-    let link = p.take_link(id).map_err(err)?;
-    Ok(FdLink::from(link))
 }
 
 /// The ABI version in the pinned settings map.
