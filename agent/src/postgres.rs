@@ -7,5 +7,8 @@ pub mod hello;
 pub mod io;
 pub mod mask;
 pub mod metrics;
+mod pump;
 pub mod session;
+mod startup;
 pub mod tls;
+mod tracker;

@@ -1,0 +1,281 @@
+//! One direction of a session's relay after its startup: read what the side sent, hand
+//! each whole message to the tracker (which writes what goes on, as it is or changed),
+//! write that to the other side, and settle the direction's records.
+use std::sync::{
+    Mutex,
+    atomic::{AtomicU64, Ordering},
+};
+
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tollgate_pgwire::{self as wire, WireError, backend, frontend};
+use tollgate_policy::SqlContext;
+
+use super::{
+    session::{Context, Ended, finish},
+    tracker::Tracker,
+};
+use crate::record::{RecordEvent, StatementRecord};
+
+const READ_CHUNK: usize = 16 * 1024;
+/// How long a statement waits for its record under `recording.durable`.
+const DURABLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A buffer of bytes read from one side, from which whole messages are taken.
+pub(super) struct Inbox {
+    pub(super) buf: Vec<u8>,
+    pub(super) start: usize,
+}
+
+impl Inbox {
+    pub(super) fn new() -> Self {
+        Self {
+            buf: Vec::with_capacity(READ_CHUNK),
+            start: 0,
+        }
+    }
+
+    /// Reads more; Ok(0) at EOF.
+    pub(super) async fn fill<R: AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut R,
+    ) -> std::io::Result<usize> {
+        if self.start > 0 && self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        } else if self.start > READ_CHUNK {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        // Into the spare capacity: no zeroing of a fresh chunk per read.
+        self.buf.reserve(READ_CHUNK);
+        reader.read_buf(&mut self.buf).await
+    }
+
+    /// The next whole message, if there is one.
+    pub(super) fn next(
+        &mut self,
+        tagged: bool,
+        max: usize,
+    ) -> Result<Option<std::ops::Range<usize>>, WireError> {
+        let rest = &self.buf[self.start..];
+        let len = if tagged {
+            wire::tagged_len(rest, max)?
+        } else {
+            wire::startup_len(rest, max)?
+        };
+        Ok(len.map(|len| {
+            let range = self.start..self.start + len;
+            self.start += len;
+            range
+        }))
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.start == self.buf.len()
+    }
+}
+
+/// What differs between the two directions.
+pub(super) trait Direction {
+    /// The side whose bytes this direction reads: `client` or `server`.
+    const FROM: &'static str;
+    /// For errors: `client to server` or `server to client`.
+    const NAME: &'static str;
+
+    /// Takes one whole message from `raw` into the tracker, writing what goes on to
+    /// `out`.
+    fn handle(
+        &mut self,
+        tracker: &mut Tracker,
+        ctx: &Context,
+        sql: &SqlContext,
+        raw: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), WireError>;
+
+    /// After a batch of messages, under the tracker's lock: takes what must be settled.
+    fn end_batch(&mut self, tracker: &mut Tracker);
+
+    /// After a batch, without the lock, before its bytes are written on: records.
+    async fn settle(&mut self, ctx: &Context) -> Result<(), Ended>;
+
+    /// The side closed with `left` bytes of a message unread.
+    fn closed(left: bool) -> Result<(), Ended>;
+}
+
+/// Client to server: statements are classified and decided here.
+#[derive(Default)]
+pub(super) struct ToServer {
+    /// `recording.durable`: the batch's statements, committed before its bytes go on.
+    opened: Vec<StatementRecord>,
+}
+
+impl Direction for ToServer {
+    const FROM: &'static str = "client";
+    const NAME: &'static str = "client to server";
+
+    fn handle(
+        &mut self,
+        tracker: &mut Tracker,
+        ctx: &Context,
+        sql: &SqlContext,
+        raw: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), WireError> {
+        let parsed = frontend::parse(raw)?;
+        tracker.frontend(ctx, sql, parsed, raw, out);
+        Ok(())
+    }
+
+    fn end_batch(&mut self, tracker: &mut Tracker) {
+        self.opened = tracker.take_opened();
+    }
+
+    async fn settle(&mut self, ctx: &Context) -> Result<(), Ended> {
+        // recording.durable: nothing goes to the server before its statements' rows are
+        // committed (with those of every other session waiting now).
+        if self.opened.is_empty() {
+            return Ok(());
+        }
+        let started = self
+            .opened
+            .drain(..)
+            .map(|record| RecordEvent::StatementStarted(Box::new(record)));
+        if ctx.recorder.commit(started, DURABLE_TIMEOUT).await {
+            Ok(())
+        } else {
+            Err(Ended::from(format!(
+                "recording.durable: the statements' records were not committed within \
+                 {DURABLE_TIMEOUT:?}; the session is closed"
+            )))
+        }
+    }
+
+    fn closed(left: bool) -> Result<(), Ended> {
+        if left {
+            return Err(Ended::violation(
+                "client",
+                "truncated",
+                "the client closed in the middle of a message",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Server to client: results are masked here, and statements complete.
+#[derive(Default)]
+pub(super) struct ToClient {
+    finished: Vec<StatementRecord>,
+}
+
+impl Direction for ToClient {
+    const FROM: &'static str = "server";
+    const NAME: &'static str = "server to client";
+
+    fn handle(
+        &mut self,
+        tracker: &mut Tracker,
+        ctx: &Context,
+        sql: &SqlContext,
+        raw: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), WireError> {
+        let parsed = backend::parse(raw)?;
+        tracker.backend(ctx, sql, parsed, raw, out, &mut self.finished);
+        Ok(())
+    }
+
+    fn end_batch(&mut self, _: &mut Tracker) {}
+
+    async fn settle(&mut self, ctx: &Context) -> Result<(), Ended> {
+        for record in self.finished.drain(..) {
+            finish(ctx, record);
+        }
+        Ok(())
+    }
+
+    fn closed(_: bool) -> Result<(), Ended> {
+        Ok(())
+    }
+}
+
+/// Relays one direction until its side closes (Ok) or the session must end (Err).
+/// `count` is fed with every byte read, as it is read.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one direction of the relay and what it shares"
+)]
+pub(super) async fn pump<D, R, W>(
+    mut direction: D,
+    reader: &mut R,
+    writer: &mut W,
+    mut inbox: Inbox,
+    tracker: &Mutex<Tracker>,
+    ctx: &Context,
+    sql: &SqlContext,
+    count: &AtomicU64,
+) -> Result<(), Ended>
+where
+    D: Direction,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut out = Vec::with_capacity(READ_CHUNK);
+    loop {
+        let malformed = {
+            let mut tracker = tracker.lock().unwrap_or_else(|e| e.into_inner());
+            // A reload applies from the client's next message on (an Execute of a
+            // statement prepared before it included).
+            tracker.refresh(ctx, sql);
+            let malformed = loop {
+                let range = match inbox.next(true, ctx.max_message) {
+                    Ok(Some(range)) => range,
+                    Ok(None) => break None,
+                    Err(error) => break Some(error),
+                };
+                let msg = &inbox.buf[range];
+                if let Err(error) = direction.handle(&mut tracker, ctx, sql, msg, &mut out) {
+                    break Some(error);
+                }
+            };
+            direction.end_batch(&mut tracker);
+            malformed
+        };
+        direction.settle(ctx).await?;
+        if let Some(error) = malformed {
+            // What was accepted before the bad message still goes on.
+            let _ = write_flushed(writer, &out).await;
+            return Err(Ended::violation(D::FROM, "malformed", error));
+        }
+        if !out.is_empty() {
+            // Flushed, not only written: a TLS stream may keep records it could not send
+            // at once, and nothing else writes before the next read.
+            write_flushed(writer, &out)
+                .await
+                .map_err(|e| Ended::from(format!("{}: {e}", D::NAME)))?;
+            out.clear();
+        }
+        match inbox.fill(reader).await {
+            Ok(0) => {
+                D::closed(!inbox.is_empty())?;
+                let _ = writer.shutdown().await;
+                return Ok(());
+            }
+            Ok(n) => {
+                count.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(e) => return Err(Ended::from(format!("{}: {e}", D::NAME))),
+        }
+    }
+}
+
+/// Writes `bytes` and flushes them: a TLS stream accepts what it cannot send at once into
+/// its session, and sends it only on a later write or a flush.
+pub(super) async fn write_flushed<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    writer.write_all(bytes).await?;
+    writer.flush().await
+}

@@ -1,0 +1,400 @@
+//! The message state machine of one PostgreSQL session, free of IO: it takes each whole
+//! message from either side, writes what goes on (as it is, masked, or Tollgate's own in
+//! place of a denied statement) into the direction's output, and hands back the
+//! statements that completed. What the server's answers belong to is a queue of
+//! [`Pending`] requests, one per client message that the server answers.
+mod backend;
+mod frontend;
+
+use std::{
+    borrow::Cow,
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+    time::Instant,
+};
+
+use tollgate_pgwire::backend as wire_backend;
+use tollgate_policy::{Decision, Effect, SqlContext};
+
+use super::{
+    classify::{self, Kind},
+    decided::Decided,
+    encoding::ClientEncoding,
+    mask::{
+        self, MaskingConfig, ResultsMasking,
+        plan::{ColumnInfo, Plan},
+    },
+    session::Context,
+};
+use crate::record::{StatementRecord, now_ms};
+
+/// What the server gets instead of a denied statement: it cannot parse, so it fails in
+/// the server exactly where the denied statement would have run.
+const DENIED_SQL: &str = "TOLLGATE_DENIED_BY_POLICY";
+/// The statement name of the failing Parse that stands in for a denied Execute (the
+/// server never creates it: the Parse fails).
+const DENIED_STATEMENT: &[u8] = b"tollgate_denied_by_policy";
+/// SQLSTATE insufficient_privilege.
+const DENIED_SQLSTATE: &str = "42501";
+
+/// What the server's answers to one client message belong to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Expect {
+    /// A simple Query: everything up to ReadyForQuery.
+    Query,
+    Parse,
+    Bind,
+    Describe,
+    Execute,
+    Close,
+    Sync,
+    /// FunctionCall: its result, then ReadyForQuery.
+    Function,
+}
+
+pub(super) struct Pending {
+    expect: Expect,
+    /// Tollgate's ErrorResponse, sent in place of the server's.
+    denial: Option<Vec<u8>>,
+    /// Statements this message runs, in order (a Query may have several).
+    records: VecDeque<StatementRecord>,
+    /// Describe: what is described.
+    described: Option<Described>,
+    /// Execute: how to mask its rows, when the columns are already known.
+    plan: Option<Plan>,
+    /// Execute: where its columns can be learned later (a Describe answered after it
+    /// was sent, as pipelining clients do).
+    execute: Option<ExecuteInfo>,
+}
+
+#[derive(Debug, Clone)]
+struct ExecuteInfo {
+    portal: Vec<u8>,
+    statement: Vec<u8>,
+    formats: Vec<i16>,
+    tables: Vec<String>,
+}
+
+struct Prepared {
+    sql: String,
+    statements: Arc<Vec<classify::Statement>>,
+    decision: Arc<Decided>,
+    /// The policy generation `decision` was made under; an Execute after a reload
+    /// decides again.
+    generation: u64,
+    /// From a Describe of the statement.
+    columns: Option<Vec<ColumnInfo>>,
+}
+
+/// What a Describe asks about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Described {
+    /// A prepared statement (`S`), by name.
+    Statement(Vec<u8>),
+    /// A portal (`P`), by name.
+    Portal(Vec<u8>),
+}
+
+/// A bound portal.
+#[derive(Debug, Clone)]
+struct Portal {
+    /// The prepared statement's name.
+    statement: Vec<u8>,
+    /// Its parameters, as recorded.
+    params: Vec<String>,
+    /// Its result formats.
+    formats: Vec<i16>,
+}
+
+#[derive(Default)]
+pub(super) struct Tracker {
+    pending: VecDeque<Pending>,
+    prepared: HashMap<Vec<u8>, Prepared>,
+    /// Bound portals, by name.
+    portals: HashMap<Vec<u8>, Portal>,
+    /// Columns of a portal, from a Describe of it.
+    portal_columns: HashMap<Vec<u8>, Vec<ColumnInfo>>,
+    /// The session's client encoding, as the startup asked and the server reports.
+    encoding: ClientEncoding,
+    /// The detectors read this session's results too (`results = "detect"`).
+    detect_results: bool,
+    /// How the rows now arriving are masked.
+    plan: Option<Plan>,
+    /// The masking configuration in force, taken again after each reload.
+    masking: Arc<MaskingConfig>,
+    /// This job is exempt from masking (policy `mask:exempt`), as of `generation`.
+    exempt: bool,
+    /// A text-format COPY TO is sending rows.
+    copy_out_text: bool,
+    /// Tollgate terminated the client's TLS: channel binding to the server cannot work.
+    client_tls: bool,
+    /// Set after an error in the extended protocol: the server skips to Sync.
+    skipping: bool,
+    seq: u64,
+    /// The session's database and user, as its records share them.
+    database: Arc<str>,
+    user: Arc<str>,
+    /// Decisions by (action, tables), until the next reload.
+    decisions: HashMap<(&'static str, Arc<[String]>), Arc<Decided>>,
+    generation: u64,
+    /// `recording.durable`: statements decided in the client's latest bytes, whose rows
+    /// must be committed before those bytes go to the server.
+    durable: bool,
+    opened: Vec<StatementRecord>,
+}
+
+impl Tracker {
+    /// After a reload (and at the start): forgets cached decisions and takes the masking
+    /// configuration and the `mask:exempt` permission in force. `sql` is the session's
+    /// context (no tables).
+    pub(super) fn refresh(&mut self, ctx: &Context, sql: &SqlContext) {
+        let generation = ctx.enforcer.generation();
+        if generation == self.generation {
+            return;
+        }
+        self.generation = generation;
+        self.decisions.clear();
+        self.masking = ctx.enforcer.masking();
+        self.detect_results = self.masking.enabled
+            && ctx.enforcer.results_masking(ctx.destination) == ResultsMasking::Detect;
+        self.exempt =
+            self.masking.enabled && ctx.enforcer.permits(ctx.subject(), "mask:exempt", sql);
+    }
+
+    /// The statements of a Query or Parse text in the session's encoding. Text that
+    /// does not decode is one statement of kind `unknown` (decided fail-closed), read
+    /// lossily for the record; its bytes still go to the server as they are, for the
+    /// server to judge.
+    /// Returns the text as read, too.
+    fn classify<'t>(&self, text: &'t [u8]) -> (Cow<'t, str>, Arc<Vec<classify::Statement>>) {
+        match self.encoding.decode(text) {
+            (text, true) => {
+                let statements = classify::classify(&text);
+                (text, statements)
+            }
+            (text, false) => {
+                let statements = Arc::new(vec![classify::Statement {
+                    text: text.as_ref().into(),
+                    kind: Kind::Unknown,
+                    tables: Arc::default(),
+                    functions: Arc::default(),
+                    error: Some(format!("not valid {} text", self.encoding.name())),
+                }]);
+                (text, statements)
+            }
+        }
+    }
+
+    /// The decision for a message's statements (the first blocking one wins), and the
+    /// kind of the statement that decided it.
+    fn decide(
+        &mut self,
+        ctx: &Context,
+        sql: &SqlContext,
+        statements: &[classify::Statement],
+    ) -> (Arc<Decided>, Kind) {
+        let mut allowed: Option<(Arc<Decided>, Kind)> = None;
+        for statement in statements {
+            let Some(action) = statement.kind.action() else {
+                continue;
+            };
+            let key = (action, statement.tables.clone());
+            let decided = match self.decisions.get(&key) {
+                Some(decided) => decided.clone(),
+                None => {
+                    let context = SqlContext {
+                        tables: statement.tables.to_vec(),
+                        ..sql.clone()
+                    };
+                    let decided =
+                        Decided::new(ctx.enforcer.decide_sql(ctx.subject(), action, &context));
+                    if self.decisions.len() > 1024 {
+                        self.decisions.clear();
+                    }
+                    self.decisions.insert(key, decided.clone());
+                    decided
+                }
+            };
+            if decided.decision.blocks() {
+                return (decided, statement.kind);
+            }
+            if allowed.is_none() || decided.decision.effect != Effect::Allow {
+                // In audit mode, a would-be denial is what gets recorded.
+                allowed = Some((decided, statement.kind));
+            }
+        }
+        allowed.unwrap_or_else(|| (Decided::transaction_control(), Kind::Transaction))
+    }
+
+    fn record(
+        &mut self,
+        ctx: &Context,
+        statement: &classify::Statement,
+        decided: &Decided,
+        protocol: &'static str,
+        params: Vec<String>,
+    ) -> StatementRecord {
+        self.seq += 1;
+        let sql = match self.masking.redact(&statement.text) {
+            Cow::Borrowed(_) => statement.text.clone(),
+            Cow::Owned(masked) => masked.into(),
+        };
+        let record = StatementRecord {
+            id: uuid::Uuid::now_v7().to_string(),
+            connection_id: ctx.connection_id.clone(),
+            job_id: ctx.job_id.clone(),
+            seq: self.seq,
+            started_at: now_ms(),
+            started: Some(Instant::now()),
+            duration_us: None,
+            protocol: Cow::Borrowed(protocol),
+            database: self.database.clone(),
+            user: self.user.clone(),
+            sql,
+            params: params
+                .iter()
+                .map(|p| self.masking.redact(p).into_owned())
+                .collect(),
+            kind: Cow::Borrowed(statement.kind.as_str()),
+            tables: statement.tables.clone(),
+            functions: statement.functions.clone(),
+            decision: Cow::Borrowed(decided.decision.label()),
+            policy_ids: decided.policy_ids.clone(),
+            reason: decided.reason.clone(),
+            rows: None,
+            sqlstate: None,
+            error: statement
+                .error
+                .as_ref()
+                .map(|e| format!("does not parse: {e}")),
+            opened: self.durable,
+        };
+        if self.durable {
+            self.opened.push(record.clone());
+        }
+        record
+    }
+}
+
+/// Tollgate's ErrorResponse for a blocked statement, in the session's encoding.
+fn denial(decision: &Decision, kind: Kind, encoding: &ClientEncoding) -> Vec<u8> {
+    let who = if decision.policy_ids.is_empty() {
+        "no policy permits it (default deny)".to_owned()
+    } else {
+        format!("policy {}", decision.policy_ids.join(", "))
+    };
+    let message = match decision.effect {
+        Effect::RequireApproval => format!(
+            "tollgate: this {} statement requires just-in-time approval ({who}), which is not available yet",
+            kind.as_str()
+        ),
+        _ => format!("tollgate: {} statement denied: {who}", kind.as_str()),
+    };
+    wire_backend::error_response_bytes(
+        DENIED_SQLSTATE,
+        &encoding.encode(&message),
+        Some(&encoding.encode(&decision.reason)),
+        Some(b"Tollgate decided this by policy; see `tollgate sessions show` for the record."),
+    )
+}
+
+fn params_of(params: &[Option<&[u8]>], formats: &[i16], encoding: &ClientEncoding) -> Vec<String> {
+    params
+        .iter()
+        .enumerate()
+        .map(|(i, value)| {
+            let format = match formats.len() {
+                0 => 0,
+                1 => formats[0],
+                _ => formats.get(i).copied().unwrap_or(0),
+            };
+            match value {
+                None => "NULL".to_owned(),
+                Some(bytes) if format == 0 => encoding.lossy(bytes),
+                // A binary text value is its text in the client encoding: record it as
+                // text (masked later).
+                Some(bytes) => match encoding.decode(bytes) {
+                    (text, true) if !text.is_empty() && !text.chars().any(char::is_control) => {
+                        text.into_owned()
+                    }
+                    _ => format!("<binary, {} bytes>", bytes.len()),
+                },
+            }
+        })
+        .collect()
+}
+
+fn simple(expect: Expect) -> Pending {
+    Pending {
+        expect,
+        denial: None,
+        records: VecDeque::new(),
+        described: None,
+        plan: None,
+        execute: None,
+    }
+}
+
+fn scope<'a>(ctx: &'a Context, sql: &'a SqlContext) -> mask::Scope<'a> {
+    mask::Scope {
+        target: &ctx.target,
+        database: &sql.database,
+    }
+}
+
+impl Tracker {
+    /// A session's tracker after its startup, with the configuration in force.
+    pub(super) fn new(
+        ctx: &Context,
+        sql: &SqlContext,
+        encoding: ClientEncoding,
+        client_tls: bool,
+    ) -> Self {
+        let mut tracker = Self {
+            client_tls,
+            encoding,
+            durable: ctx.recorder.is_durable(),
+            database: sql.database.as_str().into(),
+            user: sql.user.as_str().into(),
+            ..Self::default()
+        };
+        tracker.refresh(ctx, sql);
+        tracker
+    }
+
+    /// A message from the client.
+    pub(super) fn frontend(
+        &mut self,
+        ctx: &Context,
+        sql: &SqlContext,
+        message: tollgate_pgwire::frontend::Message<'_>,
+        raw: &[u8],
+        out: &mut Vec<u8>,
+    ) {
+        frontend::handle(self, ctx, sql, message, raw, out);
+    }
+
+    /// A message from the server; statements it completes go to `finished`.
+    pub(super) fn backend(
+        &mut self,
+        ctx: &Context,
+        sql: &SqlContext,
+        message: wire_backend::Message<'_>,
+        raw: &[u8],
+        out: &mut Vec<u8>,
+        finished: &mut Vec<StatementRecord>,
+    ) {
+        backend::handle(self, ctx, sql, message, raw, out, finished);
+    }
+
+    /// `recording.durable`: the statements decided since the last call, whose rows must
+    /// be committed before their bytes go to the server.
+    pub(super) fn take_opened(&mut self) -> Vec<StatementRecord> {
+        std::mem::take(&mut self.opened)
+    }
+
+    /// Statements still waiting for an answer (the session is ending).
+    pub(super) fn take_unanswered(&mut self) -> Vec<StatementRecord> {
+        self.pending.drain(..).flat_map(|p| p.records).collect()
+    }
+}

@@ -1,0 +1,294 @@
+//! The client's messages: each statement is classified, decided and recorded as it
+//! arrives; a denied one goes to the server as a statement that fails to parse.
+use std::{collections::VecDeque, sync::Arc};
+
+use tollgate_pgwire::frontend;
+use tollgate_policy::SqlContext;
+
+use super::{
+    DENIED_SQL, DENIED_STATEMENT, Described, ExecuteInfo, Expect, Pending, Portal, Prepared,
+    Tracker, denial, params_of, scope, simple,
+};
+use crate::{
+    postgres::{
+        classify::{self, Kind},
+        decided::Decided,
+        mask::plan::Plan,
+        session::Context,
+    },
+    record::StatementRecord,
+};
+
+pub(super) fn handle(
+    state: &mut Tracker,
+    ctx: &Context,
+    sql: &SqlContext,
+    message: frontend::Message<'_>,
+    raw: &[u8],
+    out: &mut Vec<u8>,
+) {
+    match message {
+        frontend::Message::Query(text) => {
+            let (_, statements) = state.classify(text);
+            let (decision, kind) = state.decide(ctx, sql, &statements);
+            let records = statements
+                .iter()
+                .map(|s| state.record(ctx, s, &decision, "simple", Vec::new()))
+                .collect();
+            run_or_deny(state, Expect::Query, (&decision, kind), records, raw, out);
+        }
+        frontend::Message::Parse {
+            name, sql: text, ..
+        } => {
+            let (text, statements) = state.classify(text);
+            let (decision, kind) = state.decide(ctx, sql, &statements);
+            let blocked = decision.blocks();
+            let mut records = VecDeque::new();
+            if blocked {
+                // It will never run: its record is written now, with the denial.
+                for s in statements.iter() {
+                    records.push_back(state.record(ctx, s, &decision, "extended", Vec::new()));
+                }
+                state.pending.push_back(Pending {
+                    expect: Expect::Parse,
+                    denial: Some(denial(&decision, kind, &state.encoding)),
+                    records,
+                    described: None,
+                    plan: None,
+                    execute: None,
+                });
+                state.prepared.remove(name);
+                out.extend_from_slice(&frontend::parse_message(name, DENIED_SQL));
+            } else {
+                state.prepared.insert(
+                    name.to_owned(),
+                    Prepared {
+                        sql: text.into_owned(),
+                        statements,
+                        decision,
+                        generation: state.generation,
+                        columns: None,
+                    },
+                );
+                state.pending.push_back(Pending {
+                    expect: Expect::Parse,
+                    denial: None,
+                    records,
+                    described: None,
+                    plan: None,
+                    execute: None,
+                });
+                out.extend_from_slice(raw);
+            }
+        }
+        frontend::Message::Bind {
+            portal,
+            statement,
+            param_formats,
+            params,
+            result_formats,
+        } => {
+            state.portal_columns.remove(portal);
+            state.portals.insert(
+                portal.to_owned(),
+                Portal {
+                    statement: statement.to_owned(),
+                    params: params_of(&params, &param_formats, &state.encoding),
+                    formats: result_formats,
+                },
+            );
+            state.pending.push_back(simple(Expect::Bind));
+            out.extend_from_slice(raw);
+        }
+        frontend::Message::Execute { portal, .. } => {
+            if let Some(denied) = redecide_stale(state, ctx, sql, portal) {
+                state.pending.push_back(denied);
+                // A Parse the server rejects puts it into the state the client now
+                // expects: an error, then everything skipped up to Sync.
+                out.extend_from_slice(&frontend::parse_message(DENIED_STATEMENT, DENIED_SQL));
+                return;
+            }
+            let mut records = VecDeque::new();
+            let mut plan = None;
+            if let Some(Portal {
+                statement,
+                params,
+                formats,
+            }) = state.portals.get(portal).cloned()
+                && let Some(prepared) = state.prepared.get(&statement)
+            {
+                if !state.exempt {
+                    let columns = state
+                        .portal_columns
+                        .get(portal)
+                        .map(|c| (c.clone(), c.iter().map(|c| c.format).collect()))
+                        .or_else(|| prepared.columns.clone().map(|c| (c, formats.clone())));
+                    let tables: Vec<String> = prepared
+                        .statements
+                        .iter()
+                        .flat_map(|s| s.tables.iter().cloned())
+                        .collect();
+                    plan = columns.and_then(|(columns, formats)| {
+                        Plan::new(
+                            &state.masking,
+                            state.detect_results,
+                            &scope(ctx, sql),
+                            &tables,
+                            &columns,
+                            &formats,
+                        )
+                    });
+                }
+                let statements = prepared.statements.clone();
+                let decision = prepared.decision.clone();
+                let sql_text = prepared.sql.clone();
+                for s in statements.iter() {
+                    let mut record = state.record(ctx, s, &decision, "extended", params.clone());
+                    if statements.len() == 1 {
+                        let text = sql_text.trim().trim_end_matches(';').trim_end();
+                        record.sql = state.masking.redact(text).into();
+                    }
+                    records.push_back(record);
+                }
+            }
+            let execute = state.portals.get(portal).map(|bound| {
+                let (statement, formats) = (&bound.statement, &bound.formats);
+                let tables = state
+                    .prepared
+                    .get(statement)
+                    .map(|p| {
+                        p.statements
+                            .iter()
+                            .flat_map(|s| s.tables.iter().cloned())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                ExecuteInfo {
+                    portal: portal.to_owned(),
+                    statement: statement.clone(),
+                    formats: formats.clone(),
+                    tables,
+                }
+            });
+            state.pending.push_back(Pending {
+                expect: Expect::Execute,
+                denial: None,
+                records,
+                described: None,
+                plan,
+                execute,
+            });
+            out.extend_from_slice(raw);
+        }
+        frontend::Message::Describe { kind, name } => {
+            let mut pending = simple(Expect::Describe);
+            pending.described = Some(if kind == b'S' {
+                Described::Statement(name.to_owned())
+            } else {
+                Described::Portal(name.to_owned())
+            });
+            state.pending.push_back(pending);
+            out.extend_from_slice(raw);
+        }
+        frontend::Message::Close { kind, name } => {
+            if kind == b'S' {
+                state.prepared.remove(name);
+            } else {
+                state.portals.remove(name);
+            }
+            state.pending.push_back(simple(Expect::Close));
+            out.extend_from_slice(raw);
+        }
+        frontend::Message::Sync => {
+            state.pending.push_back(simple(Expect::Sync));
+            out.extend_from_slice(raw);
+        }
+        frontend::Message::FunctionCall { oid } => {
+            let statement = classify::Statement {
+                text: format!("(function call, oid {oid})").into(),
+                kind: Kind::Procedural,
+                tables: Arc::default(),
+                functions: Arc::from([oid.to_string()]),
+                error: None,
+            };
+            let (decision, _) = state.decide(ctx, sql, std::slice::from_ref(&statement));
+            let record = state.record(ctx, &statement, &decision, "function", Vec::new());
+            let decided = (&*decision, Kind::Procedural);
+            run_or_deny(state, Expect::Function, decided, [record].into(), raw, out);
+        }
+        frontend::Message::Flush
+        | frontend::Message::Terminate
+        | frontend::Message::CopyData(_)
+        | frontend::Message::CopyDone
+        | frontend::Message::CopyFail(_)
+        | frontend::Message::Auth(_) => out.extend_from_slice(raw),
+    }
+}
+
+/// Decides a portal's prepared statement again when a reload came after its Parse. Keeps
+/// the new decision; when it blocks, returns the pending denial (with the statements'
+/// records) that takes the Execute's place.
+fn redecide_stale(
+    state: &mut Tracker,
+    ctx: &Context,
+    sql: &SqlContext,
+    portal: &[u8],
+) -> Option<Pending> {
+    let Portal {
+        statement, params, ..
+    } = state.portals.get(portal)?;
+    let prepared = state.prepared.get(statement)?;
+    if prepared.generation == state.generation {
+        return None;
+    }
+    let (statement, params) = (statement.clone(), params.clone());
+    let statements = prepared.statements.clone();
+    let (decision, kind) = state.decide(ctx, sql, &statements);
+    let generation = state.generation;
+    if let Some(prepared) = state.prepared.get_mut(&statement) {
+        prepared.decision = decision.clone();
+        prepared.generation = generation;
+    }
+    if !decision.blocks() {
+        return None;
+    }
+    let records = statements
+        .iter()
+        .map(|s| state.record(ctx, s, &decision, "extended", params.clone()))
+        .collect();
+    Some(Pending {
+        expect: Expect::Execute,
+        denial: Some(denial(&decision, kind, &state.encoding)),
+        records,
+        described: None,
+        plan: None,
+        execute: None,
+    })
+}
+
+/// A Query or a FunctionCall, whose answer ends with ReadyForQuery: it goes to the
+/// server as it is, or, when `decided` blocks it, as a query that fails to parse, its
+/// error then replaced with Tollgate's.
+fn run_or_deny(
+    state: &mut Tracker,
+    expect: Expect,
+    (decided, kind): (&Decided, Kind),
+    records: VecDeque<StatementRecord>,
+    raw: &[u8],
+    out: &mut Vec<u8>,
+) {
+    let blocked = decided.blocks();
+    state.pending.push_back(Pending {
+        expect,
+        denial: blocked.then(|| denial(decided, kind, &state.encoding)),
+        records,
+        described: None,
+        plan: None,
+        execute: None,
+    });
+    if blocked {
+        out.extend_from_slice(&frontend::query(DENIED_SQL));
+    } else {
+        out.extend_from_slice(raw);
+    }
+}
