@@ -132,7 +132,8 @@ pub struct Job {
     /// The job as policy sees it, built once per job rather than per connection.
     #[serde(skip)]
     pub principal: Arc<Principal>,
-    /// Changes whenever the principal does (decision caches key on it).
+    /// Changes whenever the principal does: the kernel verdicts written for the job
+    /// ([`crate::kernel_path`]) hold only for the revision they were decided under.
     #[serde(skip)]
     pub revision: u64,
 }

@@ -202,7 +202,7 @@ impl Direction for ToClient {
 
 /// Relays one direction until its side closes (Ok) or the session must end (Err).
 /// `count` is fed with every byte read, as it is read.
-#[allow(
+#[expect(
     clippy::too_many_arguments,
     reason = "one direction of the relay and what it shares"
 )]

@@ -37,34 +37,80 @@ const DENIED_STATEMENT: &[u8] = b"tollgate_denied_by_policy";
 /// SQLSTATE insufficient_privilege.
 const DENIED_SQLSTATE: &str = "42501";
 
-/// What the server's answers to one client message belong to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Expect {
+/// The reply the server owes one client message, with what the tracker needs of it
+/// when it comes.
+enum Reply {
     /// A simple Query: everything up to ReadyForQuery.
     Query,
-    Parse,
-    Bind,
-    Describe,
-    Execute,
-    Close,
-    Sync,
     /// FunctionCall: its result, then ReadyForQuery.
     Function,
+    /// ParseComplete.
+    Parse,
+    /// BindComplete.
+    Bind,
+    /// RowDescription or NoData (after a statement's ParameterDescription).
+    Describe(Described),
+    /// The rows and CommandComplete (or PortalSuspended) of an Execute.
+    Execute {
+        /// How to mask its rows, when the columns are already known.
+        plan: Option<Plan>,
+        /// Where its columns can be learned later (a Describe answered after it was
+        /// sent, as pipelining clients do).
+        late: Option<ExecuteInfo>,
+    },
+    /// CloseComplete.
+    Close,
+    /// ReadyForQuery.
+    Sync,
 }
 
-pub(super) struct Pending {
-    expect: Expect,
+impl Reply {
+    /// The message that ends a reply of this kind without ReadyForQuery, by tag.
+    fn ended_by(&self, tag: u8) -> bool {
+        matches!(
+            (self, tag),
+            (Self::Parse, b'1')
+                | (Self::Bind, b'2')
+                | (Self::Close, b'3')
+                | (Self::Describe(_), b'n')
+                // PortalSuspended: the Execute ran up to its row limit.
+                | (Self::Execute { .. }, b's')
+        )
+    }
+
+    /// The reply ends with ReadyForQuery (a simple Query, a FunctionCall, a Sync): an
+    /// error in it skips nothing.
+    fn ends_with_ready(&self) -> bool {
+        matches!(self, Self::Query | Self::Function | Self::Sync)
+    }
+}
+
+/// One client message the server has yet to answer.
+struct Pending {
+    reply: Reply,
     /// Tollgate's ErrorResponse, sent in place of the server's.
     denial: Option<Vec<u8>>,
     /// Statements this message runs, in order (a Query may have several).
     records: VecDeque<StatementRecord>,
-    /// Describe: what is described.
-    described: Option<Described>,
-    /// Execute: how to mask its rows, when the columns are already known.
-    plan: Option<Plan>,
-    /// Execute: where its columns can be learned later (a Describe answered after it
-    /// was sent, as pipelining clients do).
-    execute: Option<ExecuteInfo>,
+}
+
+impl Pending {
+    fn new(reply: Reply) -> Self {
+        Self {
+            reply,
+            denial: None,
+            records: VecDeque::new(),
+        }
+    }
+
+    /// A message whose statements are `records`, denied with `denial` if it is blocked.
+    fn running(reply: Reply, denial: Option<Vec<u8>>, records: VecDeque<StatementRecord>) -> Self {
+        Self {
+            reply,
+            denial,
+            records,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -324,17 +370,6 @@ fn params_of(params: &[Option<&[u8]>], formats: &[i16], encoding: &ClientEncodin
         .collect()
 }
 
-fn simple(expect: Expect) -> Pending {
-    Pending {
-        expect,
-        denial: None,
-        records: VecDeque::new(),
-        described: None,
-        plan: None,
-        execute: None,
-    }
-}
-
 fn scope<'a>(ctx: &'a Context, sql: &'a SqlContext) -> mask::Scope<'a> {
     mask::Scope {
         target: &ctx.target,
@@ -398,3 +433,6 @@ impl Tracker {
         self.pending.drain(..).flat_map(|p| p.records).collect()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -8,12 +8,12 @@
 #![no_std]
 #![no_main]
 
-#[allow(
+#[expect(
     dead_code,
     reason = "shared with the main object; the unix programs use part of it"
 )]
 mod caller;
-#[allow(
+#[expect(
     dead_code,
     reason = "shared with the main object; the unix programs use part of it"
 )]

@@ -4,7 +4,7 @@
 use tollgate_pgwire::backend;
 use tollgate_policy::SqlContext;
 
-use super::{DENIED_SQLSTATE, Described, Expect, Tracker, scope};
+use super::{DENIED_SQLSTATE, Described, ExecuteInfo, Reply, Tracker, scope};
 use crate::{
     postgres::{
         encoding::ClientEncoding,
@@ -14,10 +14,6 @@ use crate::{
     record::StatementRecord,
 };
 
-#[allow(
-    clippy::too_many_arguments,
-    reason = "the relay's state and one message"
-)]
 pub(super) fn handle(
     state: &mut Tracker,
     ctx: &Context,
@@ -61,25 +57,22 @@ pub(super) fn handle(
                     finished.push(record);
                 }
             }
-            match head.expect {
-                Expect::Query | Expect::Function | Expect::Sync => {}
-                _ => {
-                    // Extended protocol: the server discards messages up to Sync.
-                    state.pending.pop_front();
-                    while let Some(next) = state.pending.front() {
-                        if next.expect == Expect::Sync {
-                            break;
-                        }
-                        if let Some(skipped) = state.pending.pop_front() {
-                            for mut record in skipped.records {
-                                record.error =
-                                    Some("not executed: an earlier message failed".to_owned());
-                                finished.push(record);
-                            }
+            if !head.reply.ends_with_ready() {
+                // Extended protocol: the server discards messages up to Sync.
+                state.pending.pop_front();
+                while let Some(next) = state.pending.front() {
+                    if matches!(next.reply, Reply::Sync) {
+                        break;
+                    }
+                    if let Some(skipped) = state.pending.pop_front() {
+                        for mut record in skipped.records {
+                            record.error =
+                                Some("not executed: an earlier message failed".to_owned());
+                            finished.push(record);
                         }
                     }
-                    state.skipping = true;
                 }
+                state.skipping = true;
             }
         }
         backend::Message::ReadyForQuery(_) => {
@@ -101,7 +94,7 @@ pub(super) fn handle(
                     record.rows = backend::rows_of(tag);
                     finished.push(record);
                 }
-                if head.expect == Expect::Execute {
+                if matches!(head.reply, Reply::Execute { .. }) {
                     state.pending.pop_front();
                 }
             }
@@ -112,7 +105,7 @@ pub(super) fn handle(
                 if let Some(record) = head.records.pop_front() {
                     finished.push(record);
                 }
-                if head.expect == Expect::Execute {
+                if matches!(head.reply, Reply::Execute { .. }) {
                     state.pending.pop_front();
                 }
             }
@@ -152,17 +145,7 @@ pub(super) fn handle(
             out.extend_from_slice(raw);
         }
         backend::Message::Other(tag) => {
-            let pops = match tag {
-                b'1' => Some(Expect::Parse),
-                b'2' => Some(Expect::Bind),
-                b'3' => Some(Expect::Close),
-                b'n' => Some(Expect::Describe),
-                // PortalSuspended: the Execute ran up to its row limit.
-                b's' => Some(Expect::Execute),
-                _ => None,
-            };
-            if let Some(expect) = pops
-                && state.pending.front().is_some_and(|p| p.expect == expect)
+            if state.pending.front().is_some_and(|p| p.reply.ended_by(tag))
                 && let Some(head) = state.pending.pop_front()
             {
                 for record in head.records {
@@ -182,21 +165,23 @@ pub(super) fn handle(
                 .collect();
             match state.pending.front() {
                 // Describe (statement or portal) ends with RowDescription or NoData.
-                Some(head) if head.expect == Expect::Describe => {
-                    match head.described.clone() {
-                        Some(Described::Statement(name)) => {
-                            if let Some(prepared) = state.prepared.get_mut(&name) {
-                                prepared.columns = Some(columns);
+                Some(head) if matches!(head.reply, Reply::Describe(_)) => {
+                    if let Some(head) = state.pending.pop_front()
+                        && let Reply::Describe(described) = head.reply
+                    {
+                        match described {
+                            Described::Statement(name) => {
+                                if let Some(prepared) = state.prepared.get_mut(&name) {
+                                    prepared.columns = Some(columns);
+                                }
+                            }
+                            Described::Portal(name) => {
+                                state.portal_columns.insert(name, columns);
                             }
                         }
-                        Some(Described::Portal(name)) => {
-                            state.portal_columns.insert(name, columns);
-                        }
-                        None => {}
                     }
-                    state.pending.pop_front();
                 }
-                Some(head) if head.expect == Expect::Query && !state.exempt => {
+                Some(head) if matches!(head.reply, Reply::Query) && !state.exempt => {
                     let tables = head
                         .records
                         .front()
@@ -218,39 +203,20 @@ pub(super) fn handle(
         }
         backend::Message::DataRow(values) => {
             // The first row of an Execute whose columns were described after it was sent.
-            let late = match state.pending.front() {
-                Some(head)
-                    if head.expect == Expect::Execute && head.plan.is_none() && !state.exempt =>
-                {
-                    head.execute.as_ref().and_then(|info| {
-                        let (columns, formats) = match state.portal_columns.get(&info.portal) {
-                            Some(columns) => {
-                                (columns.clone(), columns.iter().map(|c| c.format).collect())
-                            }
-                            None => (
-                                state.prepared.get(&info.statement)?.columns.clone()?,
-                                info.formats.clone(),
-                            ),
-                        };
-                        Plan::new(
-                            &state.masking,
-                            state.detect_results,
-                            &scope(ctx, sql),
-                            &info.tables,
-                            &columns,
-                            &formats,
-                        )
-                    })
-                }
+            let late = match state.pending.front().map(|head| &head.reply) {
+                Some(Reply::Execute {
+                    plan: None,
+                    late: Some(info),
+                }) if !state.exempt => late_plan(state, ctx, sql, info),
                 _ => None,
             };
-            if let Some(plan) = late
-                && let Some(head) = state.pending.front_mut()
-            {
-                head.plan = Some(plan);
-            }
-            let plan = match state.pending.front() {
-                Some(head) if head.expect == Expect::Execute => head.plan.as_ref(),
+            let plan = match state.pending.front_mut().map(|head| &mut head.reply) {
+                Some(Reply::Execute { plan, .. }) => {
+                    if late.is_some() {
+                        *plan = late;
+                    }
+                    plan.as_ref()
+                }
                 _ => state.plan.as_ref(),
             };
             match plan.and_then(|plan| plan.apply(&values, &state.encoding)) {
@@ -281,4 +247,24 @@ pub(super) fn handle(
             out.extend_from_slice(raw)
         }
     }
+}
+
+/// The masking plan of an Execute whose columns a Describe answered after it was sent:
+/// its portal's, else its statement's.
+fn late_plan(state: &Tracker, ctx: &Context, sql: &SqlContext, info: &ExecuteInfo) -> Option<Plan> {
+    let (columns, formats) = match state.portal_columns.get(&info.portal) {
+        Some(columns) => (columns.clone(), columns.iter().map(|c| c.format).collect()),
+        None => (
+            state.prepared.get(&info.statement)?.columns.clone()?,
+            info.formats.clone(),
+        ),
+    };
+    Plan::new(
+        &state.masking,
+        state.detect_results,
+        &scope(ctx, sql),
+        &info.tables,
+        &columns,
+        &formats,
+    )
 }

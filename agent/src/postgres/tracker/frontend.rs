@@ -6,8 +6,8 @@ use tollgate_pgwire::frontend;
 use tollgate_policy::SqlContext;
 
 use super::{
-    DENIED_SQL, DENIED_STATEMENT, Described, ExecuteInfo, Expect, Pending, Portal, Prepared,
-    Tracker, denial, params_of, scope, simple,
+    DENIED_SQL, DENIED_STATEMENT, Described, ExecuteInfo, Pending, Portal, Prepared, Reply,
+    Tracker, denial, params_of, scope,
 };
 use crate::{
     postgres::{
@@ -35,28 +35,23 @@ pub(super) fn handle(
                 .iter()
                 .map(|s| state.record(ctx, s, &decision, "simple", Vec::new()))
                 .collect();
-            run_or_deny(state, Expect::Query, (&decision, kind), records, raw, out);
+            run_or_deny(state, Reply::Query, (&decision, kind), records, raw, out);
         }
         frontend::Message::Parse {
             name, sql: text, ..
         } => {
             let (text, statements) = state.classify(text);
             let (decision, kind) = state.decide(ctx, sql, &statements);
-            let blocked = decision.blocks();
-            let mut records = VecDeque::new();
-            if blocked {
+            if decision.blocks() {
                 // It will never run: its record is written now, with the denial.
-                for s in statements.iter() {
-                    records.push_back(state.record(ctx, s, &decision, "extended", Vec::new()));
-                }
-                state.pending.push_back(Pending {
-                    expect: Expect::Parse,
-                    denial: Some(denial(&decision, kind, &state.encoding)),
-                    records,
-                    described: None,
-                    plan: None,
-                    execute: None,
-                });
+                let records = statements
+                    .iter()
+                    .map(|s| state.record(ctx, s, &decision, "extended", Vec::new()))
+                    .collect();
+                let denial = denial(&decision, kind, &state.encoding);
+                state
+                    .pending
+                    .push_back(Pending::running(Reply::Parse, Some(denial), records));
                 state.prepared.remove(name);
                 out.extend_from_slice(&frontend::parse_message(name, DENIED_SQL));
             } else {
@@ -70,14 +65,7 @@ pub(super) fn handle(
                         columns: None,
                     },
                 );
-                state.pending.push_back(Pending {
-                    expect: Expect::Parse,
-                    denial: None,
-                    records,
-                    described: None,
-                    plan: None,
-                    execute: None,
-                });
+                state.pending.push_back(Pending::new(Reply::Parse));
                 out.extend_from_slice(raw);
             }
         }
@@ -97,7 +85,7 @@ pub(super) fn handle(
                     formats: result_formats,
                 },
             );
-            state.pending.push_back(simple(Expect::Bind));
+            state.pending.push_back(Pending::new(Reply::Bind));
             out.extend_from_slice(raw);
         }
         frontend::Message::Execute { portal, .. } => {
@@ -151,7 +139,7 @@ pub(super) fn handle(
                     records.push_back(record);
                 }
             }
-            let execute = state.portals.get(portal).map(|bound| {
+            let late = state.portals.get(portal).map(|bound| {
                 let (statement, formats) = (&bound.statement, &bound.formats);
                 let tables = state
                     .prepared
@@ -170,24 +158,21 @@ pub(super) fn handle(
                     tables,
                 }
             });
-            state.pending.push_back(Pending {
-                expect: Expect::Execute,
-                denial: None,
-                records,
-                described: None,
-                plan,
-                execute,
-            });
+            let reply = Reply::Execute { plan, late };
+            state
+                .pending
+                .push_back(Pending::running(reply, None, records));
             out.extend_from_slice(raw);
         }
         frontend::Message::Describe { kind, name } => {
-            let mut pending = simple(Expect::Describe);
-            pending.described = Some(if kind == b'S' {
+            let described = if kind == b'S' {
                 Described::Statement(name.to_owned())
             } else {
                 Described::Portal(name.to_owned())
-            });
-            state.pending.push_back(pending);
+            };
+            state
+                .pending
+                .push_back(Pending::new(Reply::Describe(described)));
             out.extend_from_slice(raw);
         }
         frontend::Message::Close { kind, name } => {
@@ -196,11 +181,11 @@ pub(super) fn handle(
             } else {
                 state.portals.remove(name);
             }
-            state.pending.push_back(simple(Expect::Close));
+            state.pending.push_back(Pending::new(Reply::Close));
             out.extend_from_slice(raw);
         }
         frontend::Message::Sync => {
-            state.pending.push_back(simple(Expect::Sync));
+            state.pending.push_back(Pending::new(Reply::Sync));
             out.extend_from_slice(raw);
         }
         frontend::Message::FunctionCall { oid } => {
@@ -214,7 +199,7 @@ pub(super) fn handle(
             let (decision, _) = state.decide(ctx, sql, std::slice::from_ref(&statement));
             let record = state.record(ctx, &statement, &decision, "function", Vec::new());
             let decided = (&*decision, Kind::Procedural);
-            run_or_deny(state, Expect::Function, decided, [record].into(), raw, out);
+            run_or_deny(state, Reply::Function, decided, [record].into(), raw, out);
         }
         frontend::Message::Flush
         | frontend::Message::Terminate
@@ -256,14 +241,12 @@ fn redecide_stale(
         .iter()
         .map(|s| state.record(ctx, s, &decision, "extended", params.clone()))
         .collect();
-    Some(Pending {
-        expect: Expect::Execute,
-        denial: Some(denial(&decision, kind, &state.encoding)),
-        records,
-        described: None,
+    let reply = Reply::Execute {
         plan: None,
-        execute: None,
-    })
+        late: None,
+    };
+    let denial = denial(&decision, kind, &state.encoding);
+    Some(Pending::running(reply, Some(denial), records))
 }
 
 /// A Query or a FunctionCall, whose answer ends with ReadyForQuery: it goes to the
@@ -271,21 +254,17 @@ fn redecide_stale(
 /// error then replaced with Tollgate's.
 fn run_or_deny(
     state: &mut Tracker,
-    expect: Expect,
+    reply: Reply,
     (decided, kind): (&Decided, Kind),
     records: VecDeque<StatementRecord>,
     raw: &[u8],
     out: &mut Vec<u8>,
 ) {
     let blocked = decided.blocks();
-    state.pending.push_back(Pending {
-        expect,
-        denial: blocked.then(|| denial(decided, kind, &state.encoding)),
-        records,
-        described: None,
-        plan: None,
-        execute: None,
-    });
+    let denial = blocked.then(|| denial(decided, kind, &state.encoding));
+    state
+        .pending
+        .push_back(Pending::running(reply, denial, records));
     if blocked {
         out.extend_from_slice(&frontend::query(DENIED_SQL));
     } else {
