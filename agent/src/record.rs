@@ -2,6 +2,7 @@
 //! database (WAL) by a batched writer thread, off the data path.
 mod flows;
 mod journal;
+mod label;
 mod query;
 mod queue;
 mod retention;
@@ -30,6 +31,7 @@ use crate::{
     metrics::RecordMetrics,
 };
 
+pub use label::DecisionLabel;
 pub use query::Store;
 
 #[derive(Debug, thiserror::Error)]
@@ -126,7 +128,7 @@ pub struct ConnectionRecord {
     pub hostname: Option<String>,
     /// allow, deny, require_approval, would_deny, would_require_approval, revoked, or
     /// unattributed.
-    pub decision: String,
+    pub decision: DecisionLabel,
     /// The policy target the destination resolved to (`(unknown)` if none).
     pub target: Option<String>,
     pub reason: String,
@@ -194,7 +196,7 @@ pub struct StatementRecord {
     pub tables: Arc<[String]>,
     #[serde(default, skip_serializing_if = "<[String]>::is_empty")]
     pub functions: Arc<[String]>,
-    pub decision: Cow<'static, str>,
+    pub decision: DecisionLabel,
     pub policy_ids: Arc<[String]>,
     pub reason: Arc<str>,
     pub rows: Option<u64>,
@@ -295,7 +297,7 @@ pub struct DnsRecord {
     /// `TYPE data` for each answer record.
     pub answers: Vec<String>,
     /// allow, deny, would_deny, unattributed, malformed.
-    pub decision: String,
+    pub decision: DecisionLabel,
     pub policy_ids: Vec<String>,
     pub reason: String,
     /// Answered from the cache.
@@ -317,7 +319,7 @@ pub struct UnixRecord {
     /// An addressed datagram (`sendmsg`) rather than a `connect`.
     pub send: bool,
     /// `allow`, `deny` or `would_deny`: what the kernel did.
-    pub decision: String,
+    pub decision: DecisionLabel,
     pub policy_ids: Vec<String>,
     pub reason: String,
     pub first_at: i64,
@@ -347,7 +349,7 @@ pub struct UdpFlowRecord {
     pub hostname: Option<String>,
     pub target: String,
     /// allow, deny, would_deny, unattributed.
-    pub decision: String,
+    pub decision: DecisionLabel,
     pub policy_ids: Vec<String>,
     pub reason: String,
     /// `relay` (decided and carried by the agent) or `kernel` (refused there).

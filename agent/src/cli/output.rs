@@ -3,6 +3,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use crate::{
     jobs::Job,
+    record::DecisionLabel,
     record::{AuditRecord, ConnectionRecord, DnsRecord, EventRecord, UdpFlowRecord},
 };
 
@@ -165,7 +166,7 @@ pub fn session(s: &ConnectionRecord, json: bool) -> anyhow::Result<()> {
             if !st.params.is_empty() {
                 println!("{:>58}params: {}", "", st.params.join(", "));
             }
-            if st.decision != "allow" {
+            if st.decision != DecisionLabel::Allow {
                 println!("{:>58}{} ({})", "", st.reason, st.policy_ids.join(", "));
             }
         }

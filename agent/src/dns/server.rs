@@ -24,6 +24,7 @@ use crate::{
     jobs::JobRegistry,
     metrics::DnsMetrics,
     proxy::{comm, original_destination},
+    record::DecisionLabel,
     record::{DnsRecord, RecordEvent, Recorder, now_ms},
 };
 
@@ -192,7 +193,7 @@ impl Resolver {
         let question = match message::question(query) {
             Ok(question) => question,
             Err(bad) => {
-                record.decision = "malformed".to_owned();
+                record.decision = DecisionLabel::Malformed;
                 record.rcode = message::rcode_name(bad.rcode);
                 record.error = Some(bad.why);
                 let reply = message::formerr(query).map(|mut reply| {
@@ -208,12 +209,12 @@ impl Resolver {
         record.name = question.name.clone();
         record.qtype = question.qtype.clone();
         let (Some(job), Some(process), Some(server)) = (job, process, server) else {
-            record.decision = "unattributed".to_owned();
+            record.decision = DecisionLabel::Unattributed;
             record.reason = "no kernel record of this query's job: refused".to_owned();
             return Some(self.refuse(record, &question, started));
         };
         if !self.config.enabled {
-            record.decision = "deny".to_owned();
+            record.decision = DecisionLabel::Deny;
             record.reason = "the resolver is off ([dns] enabled = false): refused".to_owned();
             return Some(self.refuse(record, &question, started));
         }
@@ -224,7 +225,7 @@ impl Resolver {
             name: &question.name,
             qtype: &question.qtype,
         });
-        record.decision = decision.label().to_owned();
+        record.decision = DecisionLabel::from(&decision);
         record.policy_ids = decision.policy_ids.clone();
         record.reason = decision.reason.clone();
         if decision.blocks() {
@@ -288,11 +289,11 @@ impl Resolver {
     /// One record and one count per query.
     fn finish(&self, mut record: DnsRecord, started: Instant) {
         record.duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        self.metrics.query(&record.decision, &record.rcode);
+        self.metrics.query(record.decision.as_str(), &record.rcode);
         tracing::debug!(
             name = record.name,
             qtype = record.qtype,
-            decision = record.decision,
+            decision = record.decision.as_str(),
             rcode = record.rcode,
             job = record.job_id.as_deref(),
             "dns"

@@ -18,6 +18,7 @@ use crate::{
     jobs::Job,
     proc_info,
     proxy::{comm, original_destination, tuple_addr},
+    record::DecisionLabel,
     record::{ConnectionRecord, now_ms},
 };
 
@@ -236,9 +237,9 @@ fn connected(kp: &KernelPath, event: &KernelConnEvent) -> Conn {
             (decision, revoke)
         }
     };
-    let label = decision.label();
-    kp.proxy_metrics.decision(label);
-    record.decision = label.to_owned();
+    let label = DecisionLabel::from(&decision);
+    kp.proxy_metrics.decision(label.as_str());
+    record.decision = label;
     record.reason = decision.reason.clone();
     record.policy_ids = decision.policy_ids.clone();
     if !decision.target.is_empty() {
@@ -265,7 +266,7 @@ fn revoke(kp: &KernelPath, cookie: u64, conn: &mut Conn, decision: &Decision) {
     match destroy::destroy(local, remote, cookie, v6_socket) {
         Ok(_) => {
             kp.policy_metrics.revoked.inc();
-            conn.record.decision = "revoked".to_owned();
+            conn.record.decision = DecisionLabel::Revoked;
             conn.record.reason = format!("revoked by a policy reload: {}", decision.reason);
             conn.record.policy_ids = decision.policy_ids.clone();
         }

@@ -1,7 +1,10 @@
 //! `tollgate_postgres_*`: statements by kind and decision, and masked rows.
 use prometheus::{IntCounter, IntCounterVec, Registry};
 
-use crate::metrics::{counter, counter_vec};
+use crate::{
+    metrics::{counter, counter_vec},
+    record::DecisionLabel,
+};
 
 /// PostgreSQL sessions followed at L7.
 pub struct PostgresMetrics {
@@ -20,12 +23,13 @@ const STATEMENT_KINDS: [&str; 7] = [
     "procedural",
     "unknown",
 ];
-const STATEMENT_DECISIONS: [&str; 5] = [
-    "allow",
-    "deny",
-    "require_approval",
-    "would_deny",
-    "would_require_approval",
+/// The labels a statement's policy decision can have.
+const STATEMENT_DECISIONS: [DecisionLabel; 5] = [
+    DecisionLabel::Allow,
+    DecisionLabel::Deny,
+    DecisionLabel::RequireApproval,
+    DecisionLabel::WouldDeny,
+    DecisionLabel::WouldRequireApproval,
 ];
 
 impl PostgresMetrics {
@@ -45,7 +49,7 @@ impl PostgresMetrics {
                 .flat_map(|kind| {
                     STATEMENT_DECISIONS
                         .iter()
-                        .map(move |decision| vec.with_label_values(&[kind, decision]))
+                        .map(move |decision| vec.with_label_values(&[kind, decision.as_str()]))
                 })
                 .collect(),
             by_label: statements,
@@ -58,12 +62,15 @@ impl PostgresMetrics {
     }
 
     /// Counts one statement; `kind` and `decision` come from fixed sets.
-    pub fn statement(&self, kind: &str, decision: &str) {
+    pub fn statement(&self, kind: &str, decision: DecisionLabel) {
         let k = STATEMENT_KINDS.iter().position(|k| *k == kind);
         let d = STATEMENT_DECISIONS.iter().position(|d| *d == decision);
         match (k, d) {
             (Some(k), Some(d)) => self.statements[k * STATEMENT_DECISIONS.len() + d].inc(),
-            _ => self.by_label.with_label_values(&[kind, decision]).inc(),
+            _ => self
+                .by_label
+                .with_label_values(&[kind, decision.as_str()])
+                .inc(),
         }
     }
 }
@@ -76,10 +83,10 @@ mod tests {
     fn each_kind_and_decision_counts_in_its_own_series() {
         let registry = Registry::new();
         let metrics = PostgresMetrics::new(&registry);
-        metrics.statement("ddl", "deny");
-        metrics.statement("read", "allow");
-        metrics.statement("read", "allow");
-        metrics.statement("read", "would_require_approval");
+        metrics.statement("ddl", DecisionLabel::Deny);
+        metrics.statement("read", DecisionLabel::Allow);
+        metrics.statement("read", DecisionLabel::Allow);
+        metrics.statement("read", DecisionLabel::WouldRequireApproval);
         let value = |kind: &str, decision: &str| {
             metrics.by_label.with_label_values(&[kind, decision]).get()
         };
@@ -88,11 +95,15 @@ mod tests {
         assert_eq!(value("read", "would_require_approval"), 1);
         assert_eq!(value("write", "allow"), 0);
         // Outside the fixed sets: still counted, under its own labels.
-        metrics.statement("other", "allow");
+        metrics.statement("other", DecisionLabel::Allow);
         assert_eq!(value("other", "allow"), 1);
         let total: u64 = STATEMENT_KINDS
             .iter()
-            .flat_map(|k| STATEMENT_DECISIONS.iter().map(move |d| value(k, d)))
+            .flat_map(|k| {
+                STATEMENT_DECISIONS
+                    .iter()
+                    .map(move |d| value(k, d.as_str()))
+            })
             .sum();
         assert_eq!(total, 4);
     }

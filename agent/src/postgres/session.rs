@@ -232,7 +232,7 @@ pub async fn run(
 }
 
 pub(super) fn finish(ctx: &Context, mut record: StatementRecord) {
-    ctx.metrics.statement(&record.kind, &record.decision);
+    ctx.metrics.statement(&record.kind, record.decision);
     if let Some(started) = record.started.take() {
         record.duration_us = Some(started.elapsed().as_micros() as u64);
     }

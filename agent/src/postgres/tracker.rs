@@ -26,7 +26,7 @@ use super::{
     },
     session::Context,
 };
-use crate::record::{StatementRecord, now_ms};
+use crate::record::{DecisionLabel, StatementRecord, now_ms};
 
 /// What the server gets instead of a denied statement: it cannot parse, so it fails in
 /// the server exactly where the denied statement would have run.
@@ -304,7 +304,7 @@ impl Tracker {
             kind: Cow::Borrowed(statement.kind.as_str()),
             tables: statement.tables.clone(),
             functions: statement.functions.clone(),
-            decision: Cow::Borrowed(decided.decision.label()),
+            decision: DecisionLabel::from(&decided.decision),
             policy_ids: decided.policy_ids.clone(),
             reason: decided.reason.clone(),
             rows: None,

@@ -9,6 +9,7 @@ use super::{Shared, comm, original_destination};
 use crate::{
     jobs::Job,
     metrics::ProxyMetrics,
+    record::DecisionLabel,
     record::{ConnectionRecord, RecordEvent, now_ms},
 };
 
@@ -27,7 +28,7 @@ impl<'a> AccessLog<'a> {
             record: ConnectionRecord {
                 id: uuid::Uuid::now_v7().to_string(),
                 source: peer.to_string(),
-                decision: "unattributed".to_owned(),
+                decision: DecisionLabel::Unattributed,
                 reason: "connection ended before it was attributed".to_owned(),
                 started_at: now_ms(),
                 ended_at: None,
@@ -41,7 +42,7 @@ impl<'a> AccessLog<'a> {
     /// The kernel had no record of this connection: it is refused.
     pub fn unattributed(&mut self, reason: String) {
         self.shared.metrics.unattributed.inc();
-        self.record.decision = "unattributed".to_owned();
+        self.record.decision = DecisionLabel::Unattributed;
         self.record.reason = reason;
     }
 
@@ -62,9 +63,9 @@ impl<'a> AccessLog<'a> {
     }
 
     pub fn decide(&mut self, decision: &Decision) {
-        let label = decision.label();
-        self.shared.metrics.decision(label);
-        self.record.decision = label.to_owned();
+        let label = DecisionLabel::from(decision);
+        self.shared.metrics.decision(label.as_str());
+        self.record.decision = label;
         self.record.reason = decision.reason.clone();
         self.record.policy_ids = decision.policy_ids.clone();
         if !decision.target.is_empty() {
@@ -80,7 +81,7 @@ impl<'a> AccessLog<'a> {
 
     pub fn revoked(&mut self, decision: &Decision) {
         self.shared.policy_metrics.revoked.inc();
-        self.record.decision = "revoked".to_owned();
+        self.record.decision = DecisionLabel::Revoked;
         self.record.reason = format!("revoked by a policy reload: {}", decision.reason);
         self.record.policy_ids = decision.policy_ids.clone();
     }
@@ -160,7 +161,7 @@ pub fn finish(
             comm = r.comm.as_deref().unwrap_or("-"),
             src = %r.source,
             dst = r.destination.as_deref().unwrap_or("-"),
-            decision = %r.decision,
+            decision = r.decision.as_str(),
             reason = %r.reason,
             bytes_up = r.bytes_up,
             bytes_down = r.bytes_down,

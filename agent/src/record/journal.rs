@@ -173,7 +173,7 @@ mod tests {
     fn row(id: &str) -> ConnectionRecord {
         ConnectionRecord {
             id: id.to_owned(),
-            decision: "allow".to_owned(),
+            decision: crate::record::DecisionLabel::Allow,
             source: "127.0.0.1:1".to_owned(),
             ..ConnectionRecord::default()
         }

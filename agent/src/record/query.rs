@@ -398,7 +398,7 @@ mod tests {
                 pid: Some(7),
                 source: "127.0.0.1:5000".to_owned(),
                 destination: Some("127.0.0.1:5432".to_owned()),
-                decision: "allow".to_owned(),
+                decision: crate::record::DecisionLabel::Allow,
                 reason: "default".to_owned(),
                 policy_ids: vec!["p1".to_owned()],
                 bytes_up: 10,

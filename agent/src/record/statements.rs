@@ -49,7 +49,7 @@ pub fn complete(
             s.rows.map(|r| r as i64),
             s.sqlstate,
             s.error,
-            &*s.decision,
+            s.decision,
             &*s.reason,
         ])?;
     if updated == 0 {
@@ -84,7 +84,7 @@ pub fn insert(
         &*s.kind,
         json_list(&mut lists.tables, &s.tables),
         json_list(&mut lists.functions, &s.functions),
-        &*s.decision,
+        s.decision,
         json_list(&mut lists.policy_ids, &s.policy_ids),
         &*s.reason,
         s.rows.map(|r| r as i64),

@@ -28,6 +28,7 @@ use crate::{
     enforce::Enforcer,
     jobs::JobRegistry,
     proxy::{comm, original_destination, tuple_key},
+    record::DecisionLabel,
     record::{RecordEvent, Recorder, UdpFlowRecord, now_ms},
 };
 
@@ -342,9 +343,9 @@ impl Relay {
             ),
         };
         record.decision = if job.is_none() {
-            "unattributed".to_owned()
+            DecisionLabel::Unattributed
         } else {
-            decision.label().to_owned()
+            DecisionLabel::from(&decision)
         };
         record.reason = decision.reason.clone();
         record.policy_ids = decision.policy_ids.clone();
@@ -361,7 +362,7 @@ impl Relay {
                 }
             }
         };
-        self.metrics.flow(&record.decision, "relay");
+        self.metrics.flow(record.decision.as_str(), "relay");
         if carried.is_some() {
             self.metrics.active.inc();
         }
@@ -371,7 +372,7 @@ impl Relay {
             comm = record.comm,
             src = %from,
             %dst,
-            decision = record.decision,
+            decision = record.decision.as_str(),
             reason = record.reason,
             "udp flow"
         );

@@ -25,6 +25,7 @@ use crate::{
     bpf::UnixRules,
     enforce::Enforcer,
     jobs::JobRegistry,
+    record::DecisionLabel,
     record::{self, EventRecord, RecordEvent, Recorder, UnixRecord},
 };
 
@@ -247,11 +248,11 @@ impl Gate {
             self.refresh();
         }
         let label = match applied {
-            UNIX_DENY => "deny",
-            UNIX_AUDIT => "would_deny",
-            _ => "allow",
+            UNIX_DENY => DecisionLabel::Deny,
+            UNIX_AUDIT => DecisionLabel::WouldDeny,
+            _ => DecisionLabel::Allow,
         };
-        self.metrics.connect(label, engine.is_some());
+        self.metrics.connect(label.as_str(), engine.is_some());
         let comm = crate::proxy::comm_str(&event.comm);
         let exe = crate::proc_info::exe(event.tgid).map(|p| p.display().to_string());
         let at = record::now_ms() - age_ms(event.ktime_ns);
@@ -274,7 +275,7 @@ impl Gate {
             path,
             engine,
             send: event.send != 0,
-            decision: label.to_owned(),
+            decision: label,
             policy_ids: decision.policy_ids,
             reason,
             first_at: at,

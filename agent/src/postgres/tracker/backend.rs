@@ -35,7 +35,7 @@ pub(super) fn handle(
             if let Some(denial) = head.denial.take() {
                 out.extend_from_slice(&denial);
                 for mut record in head.records.drain(..) {
-                    if record.decision == "deny" || record.decision == "require_approval" {
+                    if record.decision.refused() {
                         record.sqlstate = Some(DENIED_SQLSTATE.to_owned());
                         record.error = Some("denied by policy".to_owned());
                     } else {

@@ -15,7 +15,7 @@ use crate::{
         session::Context,
         tls::Tls,
     },
-    record::{StatementRecord, writer::WriterHandle},
+    record::{DecisionLabel, StatementRecord, writer::WriterHandle},
 };
 
 /// Reads and writes to every table; DDL is denied (no policy permits it).
@@ -305,7 +305,7 @@ fn a_describe_answered_after_its_execute_still_masks_the_rows() {
     assert_eq!(session.server(&end), concat(&end));
     let finished = session.finished();
     assert_eq!(finished.len(), 1, "{finished:?}");
-    assert_eq!(finished[0].decision, "allow");
+    assert_eq!(finished[0].decision, DecisionLabel::Allow);
     assert_eq!(finished[0].rows, Some(1));
     assert_eq!(finished[0].params, ["7"]);
     assert!(session.tracker.take_unanswered().is_empty());
@@ -409,11 +409,11 @@ fn a_reload_between_parse_and_execute_decides_the_execute_again() {
         assert_eq!(finished.len(), 1, "{finished:?}");
         if denied {
             assert_eq!(sqlstates(&to_client), [DENIED_SQLSTATE], "Tollgate's error");
-            assert_eq!(finished[0].decision, "deny");
+            assert_eq!(finished[0].decision, DecisionLabel::Deny);
             assert_eq!(finished[0].sqlstate.as_deref(), Some(DENIED_SQLSTATE));
         } else {
             assert_eq!(to_client, concat(&answers));
-            assert_eq!(finished[0].decision, "allow");
+            assert_eq!(finished[0].decision, DecisionLabel::Allow);
             assert_eq!(finished[0].rows, Some(1));
         }
     }
@@ -493,7 +493,7 @@ fn a_denied_statement_in_a_transaction_fails_it_as_the_server_would() {
     let finished = session.finished();
     let summary: Vec<(&str, &str, Option<&str>)> = finished
         .iter()
-        .map(|r| (&*r.sql, &*r.decision, r.sqlstate.as_deref()))
+        .map(|r| (&*r.sql, r.decision.as_str(), r.sqlstate.as_deref()))
         .collect();
     assert_eq!(
         summary,

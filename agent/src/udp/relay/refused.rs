@@ -6,7 +6,7 @@ use tollgate_common::Event;
 use tollgate_policy::Process;
 
 use super::{Flow, FlowKey, Relay, State};
-use crate::record::{RecordEvent, now_ms};
+use crate::record::{DecisionLabel, RecordEvent, now_ms};
 
 impl Relay {
     /// A datagram the kernel refused: counted on the (process, destination) flow.
@@ -73,7 +73,7 @@ impl Relay {
         record.hostname = job
             .as_ref()
             .and_then(|job| self.resolver.name_of(&job.id, dst.ip()));
-        record.decision = "deny".to_owned();
+        record.decision = DecisionLabel::Deny;
         record.packets_out = 1;
         record.reason = if full {
             format!(
@@ -84,7 +84,7 @@ impl Relay {
         } else {
             reason
         };
-        self.metrics.flow("deny", enforced_by);
+        self.metrics.flow(DecisionLabel::Deny.as_str(), enforced_by);
         self.recorder
             .record(RecordEvent::UdpFlow(Box::new(record.clone())));
         state.flows.insert(
