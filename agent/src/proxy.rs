@@ -3,6 +3,7 @@
 //! its original destination.
 pub(crate) mod access;
 mod connection;
+pub mod handler;
 mod live;
 pub mod refusals;
 mod relay;

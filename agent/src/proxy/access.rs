@@ -5,26 +5,47 @@ use std::{net::SocketAddr, sync::Arc, time::Instant};
 use tollgate_common::ConnInfo;
 use tollgate_policy::Decision;
 
-use super::{Shared, comm, original_destination};
+use super::{Shared, comm, handler::Progress, original_destination};
 use crate::{
     jobs::Job,
     metrics::ProxyMetrics,
+    postgres::session::StartupKind,
     record::DecisionLabel,
     record::{ConnectionRecord, RecordEvent, now_ms},
 };
 
+/// Where a connection's record and counts go.
+pub struct Sinks<'a> {
+    pub metrics: &'a ProxyMetrics,
+    pub policy_metrics: &'a crate::metrics::PolicyMetrics,
+    pub recorder: &'a crate::record::Recorder,
+}
+
 pub struct AccessLog<'a> {
-    shared: &'a Shared,
+    sinks: Sinks<'a>,
     record: ConnectionRecord,
     job: Option<Arc<Job>>,
+    /// Fed by the connection's handler while it runs; read when the record is written.
+    progress: Progress,
 }
 
 impl<'a> AccessLog<'a> {
     pub fn new(shared: &'a Shared, peer: SocketAddr) -> Self {
-        shared.metrics.intercepted.inc();
-        shared.metrics.active.inc();
+        Self::with(
+            Sinks {
+                metrics: &shared.metrics,
+                policy_metrics: &shared.policy_metrics,
+                recorder: &shared.recorder,
+            },
+            peer,
+        )
+    }
+
+    pub fn with(sinks: Sinks<'a>, peer: SocketAddr) -> Self {
+        sinks.metrics.intercepted.inc();
+        sinks.metrics.active.inc();
         Self {
-            shared,
+            sinks,
             record: ConnectionRecord {
                 id: uuid::Uuid::now_v7().to_string(),
                 source: peer.to_string(),
@@ -36,12 +57,13 @@ impl<'a> AccessLog<'a> {
                 ..Default::default()
             },
             job: None,
+            progress: Progress::default(),
         }
     }
 
     /// The kernel had no record of this connection: it is refused.
     pub fn unattributed(&mut self, reason: String) {
-        self.shared.metrics.unattributed.inc();
+        self.sinks.metrics.unattributed.inc();
         self.record.decision = DecisionLabel::Unattributed;
         self.record.reason = reason;
     }
@@ -64,7 +86,7 @@ impl<'a> AccessLog<'a> {
 
     pub fn decide(&mut self, decision: &Decision) {
         let label = DecisionLabel::from(decision);
-        self.shared.metrics.decision(label.as_str());
+        self.sinks.metrics.decision(label.as_str());
         self.record.decision = label;
         self.record.reason = decision.reason.clone();
         self.record.policy_ids = decision.policy_ids.clone();
@@ -80,7 +102,7 @@ impl<'a> AccessLog<'a> {
     }
 
     pub fn revoked(&mut self, decision: &Decision) {
-        self.shared.policy_metrics.revoked.inc();
+        self.sinks.policy_metrics.revoked.inc();
         self.record.decision = DecisionLabel::Revoked;
         self.record.reason = format!("revoked by a policy reload: {}", decision.reason);
         self.record.policy_ids = decision.policy_ids.clone();
@@ -88,33 +110,39 @@ impl<'a> AccessLog<'a> {
 
     /// Puts the allowed connection on record before relaying it.
     pub fn opened(&self) {
-        self.shared.recorder.opened(&self.record);
+        self.sinks.recorder.opened(&self.record);
     }
 
     pub fn connected(&mut self, accepted: Instant) {
         let elapsed = accepted.elapsed();
-        self.shared
+        self.sinks
             .metrics
             .upstream_connect_seconds
             .observe(elapsed.as_secs_f64());
         self.record.connect_us = Some(elapsed.as_micros() as u64);
     }
 
-    pub fn bytes(&mut self, up: u64, down: u64) {
-        self.record.bytes_up = up;
-        self.record.bytes_down = down;
+    /// Where the connection's handler reports what it has relayed.
+    pub fn progress(&self) -> &Progress {
+        &self.progress
     }
 
-    /// The connection was followed as a PostgreSQL session.
-    pub fn postgres(&mut self, startup: &crate::postgres::session::Startup) {
+    /// Takes in what the handler reported.
+    fn take_progress(&mut self) {
+        let (up, down) = self.progress.bytes();
         let r = &mut self.record;
-        r.protocol = Some("postgres".to_owned());
-        r.db_user = startup.user.clone();
-        r.db_name = startup.database.clone();
-        r.application_name = startup.application_name.clone();
-        if startup.kind == "startup" {
-            r.client_tls = Some(startup.client_tls);
-            r.server_tls = Some(startup.server_tls);
+        r.bytes_up = up;
+        r.bytes_down = down;
+        // The connection was followed as a PostgreSQL session.
+        if let Some(startup) = self.progress.startup() {
+            r.protocol = Some("postgres".to_owned());
+            r.db_user = startup.user;
+            r.db_name = startup.database;
+            r.application_name = startup.application_name;
+            if startup.kind == StartupKind::Startup {
+                r.client_tls = Some(startup.client_tls);
+                r.server_tls = Some(startup.server_tls);
+            }
         }
     }
 
@@ -129,12 +157,13 @@ impl<'a> AccessLog<'a> {
 
 impl Drop for AccessLog<'_> {
     fn drop(&mut self) {
-        self.shared.metrics.active.dec();
+        self.sinks.metrics.active.dec();
+        self.take_progress();
         finish(
             &mut self.record,
             self.job.as_deref(),
-            &self.shared.metrics,
-            &self.shared.recorder,
+            self.sinks.metrics,
+            self.sinks.recorder,
         );
     }
 }

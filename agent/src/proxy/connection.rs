@@ -8,7 +8,13 @@ use std::{
 use tokio::net::TcpStream;
 use tollgate_policy::{Decision, Process, Subject};
 
-use super::{Shared, access::AccessLog, comm, live, original_destination, relay, tuple_key};
+use super::{
+    Shared,
+    access::AccessLog,
+    comm,
+    handler::{self, Handler, reset},
+    live, original_destination, tuple_key,
+};
 use crate::{
     metrics::UpstreamErrorKind,
     postgres::hello::{ALPN_POSTGRESQL, MAX_RECORD, Sniffed},
@@ -25,12 +31,12 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
         Ok(Some(info)) => info,
         Ok(None) => {
             log.unattributed("no kernel record for this connection: refused".to_owned());
-            reset(client);
+            reset(&client);
             return;
         }
         Err(error) => {
             log.unattributed(format!("kernel record lookup failed: {error}: refused"));
-            reset(client);
+            reset(&client);
             return;
         }
     };
@@ -56,7 +62,8 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
         log.opened();
         log.connected(accepted);
         let (up, down) = shared.dns.serve_tcp(client, info).await;
-        log.bytes(up, down);
+        log.progress().up(up);
+        log.progress().down(down);
         return;
     }
     let hostname = job
@@ -77,7 +84,7 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
     };
     log.decide(&decision);
     if decision.blocks() {
-        reset(client);
+        reset(&client);
         return;
     }
     log.opened();
@@ -92,7 +99,7 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
             }
             // Mirror the failure promptly: the client sees a reset, as it would have
             // seen a refusal from the destination itself.
-            reset(client);
+            reset(&client);
             return;
         }
     };
@@ -108,7 +115,7 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
         log.error(format!(
             "refused: a PostgreSQL target, but the client opened with {why}"
         ));
-        reset(client);
+        reset(&client);
         return;
     }
     if how == Follow::Tcp
@@ -118,23 +125,27 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
             .kernel
             .offer(&info, job, destination, hostname.as_deref(), &decision);
     }
-    let postgres = match &principal {
-        Some(principal) if how != Follow::Tcp => Some(crate::postgres::session::Context {
-            enforcer: shared.enforcer.clone(),
-            recorder: shared.recorder.clone(),
-            principal: principal.clone(),
-            process: process.clone(),
-            destination,
-            connection_id: log.id().into(),
-            job_id: job.as_ref().map(|j| j.id.as_str().into()),
-            max_message: shared.postgres.max_message_size,
-            tls: shared.tls.clone(),
-            metrics: shared.postgres_metrics.clone(),
-            target: decision.target.clone(),
-            direct_tls: how == Follow::PostgresDirectTls,
-            hostname: hostname.clone(),
-        }),
-        _ => None,
+    let handler = match &principal {
+        Some(principal) if how != Follow::Tcp => {
+            Handler::Postgres(Box::new(crate::postgres::session::Context {
+                enforcer: shared.enforcer.clone(),
+                recorder: shared.recorder.clone(),
+                principal: principal.clone(),
+                process: process.clone(),
+                destination,
+                connection_id: log.id().into(),
+                job_id: job.as_ref().map(|j| j.id.as_str().into()),
+                max_message: shared.postgres.max_message_size,
+                tls: shared.tls.clone(),
+                metrics: shared.postgres_metrics.clone(),
+                target: decision.target.clone(),
+                direct_tls: how == Follow::PostgresDirectTls,
+                hostname: hostname.clone(),
+            }))
+        }
+        _ => Handler::Tcp {
+            buffer_size: shared.buffer_size,
+        },
     };
 
     // A policy reload may revoke the connection while it is relayed.
@@ -145,25 +156,12 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
         }
         None => (None, None),
     };
-    if let Some(ctx) = postgres {
-        let outcome = crate::postgres::session::run(client, upstream, &ctx, revoked).await;
-        log.postgres(&outcome.startup);
-        log.bytes(outcome.up, outcome.down);
-        if let Some(decision) = &outcome.revoked {
-            log.revoked(decision);
-        }
-        if let Some(error) = outcome.error {
-            log.error(error);
-        }
-        return;
-    }
-    let outcome = relay::relay(client, upstream, shared.buffer_size, revoked).await;
-    log.bytes(outcome.up, outcome.down);
+    let outcome = handler::run(handler, client, upstream, log.progress(), revoked).await;
     if let Some(decision) = &outcome.revoked {
         log.revoked(decision);
     }
     if let Some(error) = outcome.error {
-        log.error(error);
+        log.error(error.to_string());
     }
 }
 
@@ -287,10 +285,4 @@ async fn connect(
             ),
         )),
     }
-}
-
-/// Closes the client's connection with a reset (SO_LINGER 0), not an orderly FIN.
-pub fn reset(stream: TcpStream) {
-    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
-    drop(stream);
 }

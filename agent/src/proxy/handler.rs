@@ -1,0 +1,184 @@
+//! What carries an allowed connection once it is decided: a protocol handler (the L4
+//! relay or a PostgreSQL session; later HTTP and MCP), raced here, and only here, with
+//! the connection's revocation by a policy reload.
+//!
+//! A handler reports its progress (bytes each way, what its protocol's startup said)
+//! into the connection's [`Progress`] as it goes, so a connection that is revoked, or
+//! whose task is cancelled, is recorded with what it relayed so far.
+use std::{
+    fmt, io,
+    os::fd::{AsFd, OwnedFd},
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{net::TcpStream, sync::oneshot};
+use tollgate_policy::Decision;
+
+use crate::postgres::{error::SessionError, session, startup::Startup};
+
+/// One end of a relayed connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Server,
+}
+
+impl Side {
+    pub const fn other(self) -> Side {
+        match self {
+            Side::Client => Side::Server,
+            Side::Server => Side::Client,
+        }
+    }
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Client => "client",
+            Side::Server => "server",
+        })
+    }
+}
+
+/// Why a relayed connection ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("{from} to {to}: {source}", to = .from.other())]
+    Io {
+        from: Side,
+        #[source]
+        source: io::Error,
+    },
+    #[error("closed: revoked by a policy reload")]
+    Revoked,
+    #[error(transparent)]
+    Postgres(#[from] SessionError),
+}
+
+/// What a handler has relayed so far; owned by the connection's access-log guard, which
+/// reads it however the connection ends.
+#[derive(Debug, Default)]
+pub struct Progress {
+    up: AtomicU64,
+    down: AtomicU64,
+    postgres: Mutex<Option<Startup>>,
+}
+
+impl Progress {
+    /// `n` bytes went from the client to the server.
+    pub fn up(&self, n: u64) {
+        // Only the connection's task counts; the atomic makes the borrow Send.
+        self.up.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// `n` bytes went from the server to the client.
+    pub fn down(&self, n: u64) {
+        self.down.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn bytes(&self) -> (u64, u64) {
+        (
+            self.up.load(Ordering::Relaxed),
+            self.down.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The connection is followed as PostgreSQL, and its startup has said this so far.
+    pub fn postgres(&self, startup: &Startup) {
+        *self.postgres.lock().unwrap_or_else(|e| e.into_inner()) = Some(startup.clone());
+    }
+
+    pub fn startup(&self) -> Option<Startup> {
+        self.postgres
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// How an allowed connection is carried.
+pub enum Handler {
+    /// Bytes both ways, as they come.
+    Tcp { buffer_size: usize },
+    /// A PostgreSQL session, statement by statement.
+    Postgres(Box<session::Context>),
+}
+
+/// How a handled connection ended.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub error: Option<RelayError>,
+    /// The decision of the policy reload that revoked it.
+    pub revoked: Option<Decision>,
+}
+
+/// Carries the connection with `handler` until it ends, or until `revoke` delivers a
+/// decision: then the handler is dropped (its pending records are flushed as it drops)
+/// and both legs are reset.
+pub async fn run(
+    handler: Handler,
+    client: TcpStream,
+    upstream: TcpStream,
+    progress: &Progress,
+    revoke: Option<oneshot::Receiver<Decision>>,
+) -> Outcome {
+    // The sockets outlive the handler's streams through these, so that a revoked
+    // connection is reset (linger 0 on its last close), not closed in order.
+    let held: Vec<OwnedFd> = match revoke {
+        Some(_) => [client.as_fd(), upstream.as_fd()]
+            .into_iter()
+            .filter_map(|fd| fd.try_clone_to_owned().ok())
+            .collect(),
+        None => Vec::new(),
+    };
+    let work = async {
+        let error = match handler {
+            Handler::Tcp { buffer_size } => {
+                super::relay::relay(client, upstream, buffer_size, progress).await
+            }
+            Handler::Postgres(ctx) => session::run(client, upstream, &ctx, progress)
+                .await
+                .map(RelayError::from),
+        };
+        Outcome {
+            error,
+            revoked: None,
+        }
+    };
+    let revoked = async {
+        match revoke {
+            Some(receiver) => match receiver.await {
+                Ok(decision) => decision,
+                // No revocation can come any more (the registry let go).
+                Err(_) => std::future::pending().await,
+            },
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        outcome = work => outcome,
+        decision = revoked => {
+            for fd in &held {
+                reset(fd);
+            }
+            Outcome {
+                error: Some(RelayError::Revoked),
+                revoked: Some(decision),
+            }
+        }
+    }
+}
+
+/// Makes the socket's last close a reset (SO_LINGER 0), not an orderly FIN: for a peer
+/// that must not wait for more, or that must see the refusal a destination would give.
+pub fn reset(socket: &impl AsFd) {
+    let _ = socket2::SockRef::from(socket).set_linger(Some(Duration::ZERO));
+}
+
+#[cfg(test)]
+mod tests;
