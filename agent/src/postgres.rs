@@ -3,12 +3,13 @@
 pub mod classify;
 mod decided;
 pub mod encoding;
+pub mod error;
 pub mod hello;
 pub mod io;
 pub mod mask;
 pub mod metrics;
 mod pump;
 pub mod session;
-mod startup;
+pub mod startup;
 pub mod tls;
 mod tracker;

@@ -1,20 +1,21 @@
 //! One direction of a session's relay after its startup: read what the side sent, hand
 //! each whole message to the tracker (which writes what goes on, as it is or changed),
 //! write that to the other side, and settle the direction's records.
-use std::sync::{
-    Mutex,
-    atomic::{AtomicU64, Ordering},
-};
+use std::sync::Mutex;
 
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tollgate_pgwire::{self as wire, WireError, backend, frontend};
 use tollgate_policy::SqlContext;
 
 use super::{
-    session::{Context, Ended, finish},
+    error::{SessionError, Violation},
+    session::{Context, finish},
     tracker::Tracker,
 };
-use crate::record::{RecordEvent, StatementRecord};
+use crate::{
+    proxy::handler::{Progress, Side},
+    record::{RecordEvent, StatementRecord},
+};
 
 const READ_CHUNK: usize = 16 * 1024;
 /// How long a statement waits for its record under `recording.durable`.
@@ -77,10 +78,8 @@ impl Inbox {
 
 /// What differs between the two directions.
 pub(super) trait Direction {
-    /// The side whose bytes this direction reads: `client` or `server`.
-    const FROM: &'static str;
-    /// For errors: `client to server` or `server to client`.
-    const NAME: &'static str;
+    /// The side whose bytes this direction reads.
+    const FROM: Side;
 
     /// Takes one whole message from `raw` into the tracker, writing what goes on to
     /// `out`.
@@ -97,10 +96,10 @@ pub(super) trait Direction {
     fn end_batch(&mut self, tracker: &mut Tracker);
 
     /// After a batch, without the lock, before its bytes are written on: records.
-    async fn settle(&mut self, ctx: &Context) -> Result<(), Ended>;
+    async fn settle(&mut self, ctx: &Context) -> Result<(), SessionError>;
 
     /// The side closed with `left` bytes of a message unread.
-    fn closed(left: bool) -> Result<(), Ended>;
+    fn closed(left: bool) -> Result<(), SessionError>;
 }
 
 /// Client to server: statements are classified and decided here.
@@ -111,8 +110,7 @@ pub(super) struct ToServer {
 }
 
 impl Direction for ToServer {
-    const FROM: &'static str = "client";
-    const NAME: &'static str = "client to server";
+    const FROM: Side = Side::Client;
 
     fn handle(
         &mut self,
@@ -131,7 +129,7 @@ impl Direction for ToServer {
         self.opened = tracker.take_opened();
     }
 
-    async fn settle(&mut self, ctx: &Context) -> Result<(), Ended> {
+    async fn settle(&mut self, ctx: &Context) -> Result<(), SessionError> {
         // recording.durable: nothing goes to the server before its statements' rows are
         // committed (with those of every other session waiting now).
         if self.opened.is_empty() {
@@ -144,20 +142,16 @@ impl Direction for ToServer {
         if ctx.recorder.commit(started, DURABLE_TIMEOUT).await {
             Ok(())
         } else {
-            Err(Ended::from(format!(
-                "recording.durable: the statements' records were not committed within \
-                 {DURABLE_TIMEOUT:?}; the session is closed"
-            )))
+            Err(SessionError::NotDurable(DURABLE_TIMEOUT))
         }
     }
 
-    fn closed(left: bool) -> Result<(), Ended> {
+    fn closed(left: bool) -> Result<(), SessionError> {
         if left {
-            return Err(Ended::violation(
-                "client",
-                "truncated",
-                "the client closed in the middle of a message",
-            ));
+            return Err(SessionError::Violation {
+                side: Side::Client,
+                violation: Violation::Truncated,
+            });
         }
         Ok(())
     }
@@ -170,8 +164,7 @@ pub(super) struct ToClient {
 }
 
 impl Direction for ToClient {
-    const FROM: &'static str = "server";
-    const NAME: &'static str = "server to client";
+    const FROM: Side = Side::Server;
 
     fn handle(
         &mut self,
@@ -188,20 +181,20 @@ impl Direction for ToClient {
 
     fn end_batch(&mut self, _: &mut Tracker) {}
 
-    async fn settle(&mut self, ctx: &Context) -> Result<(), Ended> {
+    async fn settle(&mut self, ctx: &Context) -> Result<(), SessionError> {
         for record in self.finished.drain(..) {
             finish(ctx, record);
         }
         Ok(())
     }
 
-    fn closed(_: bool) -> Result<(), Ended> {
+    fn closed(_: bool) -> Result<(), SessionError> {
         Ok(())
     }
 }
 
 /// Relays one direction until its side closes (Ok) or the session must end (Err).
-/// `count` is fed with every byte read, as it is read.
+/// `progress` is fed with every byte read, as it is read.
 #[expect(
     clippy::too_many_arguments,
     reason = "one direction of the relay and what it shares"
@@ -214,8 +207,8 @@ pub(super) async fn pump<D, R, W>(
     tracker: &Mutex<Tracker>,
     ctx: &Context,
     sql: &SqlContext,
-    count: &AtomicU64,
-) -> Result<(), Ended>
+    progress: &Progress,
+) -> Result<(), SessionError>
 where
     D: Direction,
     R: AsyncRead + Unpin,
@@ -246,14 +239,20 @@ where
         if let Some(error) = malformed {
             // What was accepted before the bad message still goes on.
             let _ = write_flushed(writer, &out).await;
-            return Err(Ended::violation(D::FROM, "malformed", error));
+            return Err(SessionError::Violation {
+                side: D::FROM,
+                violation: Violation::Malformed(error),
+            });
         }
         if !out.is_empty() {
             // Flushed, not only written: a TLS stream may keep records it could not send
             // at once, and nothing else writes before the next read.
             write_flushed(writer, &out)
                 .await
-                .map_err(|e| Ended::from(format!("{}: {e}", D::NAME)))?;
+                .map_err(|source| SessionError::Relay {
+                    from: D::FROM,
+                    source,
+                })?;
             out.clear();
         }
         match inbox.fill(reader).await {
@@ -262,10 +261,16 @@ where
                 let _ = writer.shutdown().await;
                 return Ok(());
             }
-            Ok(n) => {
-                count.fetch_add(n as u64, Ordering::Relaxed);
+            Ok(n) => match D::FROM {
+                Side::Client => progress.up(n as u64),
+                Side::Server => progress.down(n as u64),
+            },
+            Err(source) => {
+                return Err(SessionError::Relay {
+                    from: D::FROM,
+                    source,
+                });
             }
-            Err(e) => return Err(Ended::from(format!("{}: {e}", D::NAME))),
         }
     }
 }

@@ -6,38 +6,29 @@
 //! the server's.
 //!
 //! The stages: [`startup`](super::startup) (TLS and the startup message), then one
-//! [`pump`](super::pump) per direction over the session's [`Tracker`], raced here with
-//! a revocation; what is left unanswered is recorded as such.
+//! [`pump`](super::pump) per direction over the session's [`Tracker`]; what is left
+//! unanswered is recorded as such, however the session ends (a revocation is raced with
+//! the whole session, in [`handler`](crate::proxy::handler)).
 use std::{
     net::SocketAddr,
-    sync::{Arc, Mutex, atomic::AtomicU64},
+    sync::{Arc, Mutex},
 };
 
-use tokio::{io::AsyncWriteExt as _, net::TcpStream, sync::oneshot};
-use tollgate_pgwire::backend;
-use tollgate_policy::{Decision, Principal, Process, SqlContext, Subject};
+use tokio::{io::AsyncWriteExt as _, net::TcpStream};
+use tollgate_policy::{Principal, Process, SqlContext, Subject};
 
-pub use super::startup::Startup;
+pub use super::startup::{Startup, StartupKind};
 use super::{
+    error::SessionError,
     pump::{ToClient, ToServer, pump},
     startup::{self, Negotiated},
     tracker::Tracker,
 };
 use crate::{
     enforce::Enforcer,
+    proxy::handler::{Progress, reset},
     record::{RecordEvent, Recorder, StatementRecord},
 };
-
-/// SQLSTATE protocol_violation.
-const PROTOCOL_VIOLATION: &str = "08P01";
-
-pub struct Outcome {
-    pub up: u64,
-    pub down: u64,
-    pub error: Option<String>,
-    pub startup: Startup,
-    pub revoked: Option<Decision>,
-}
 
 /// What decides and records the session's statements.
 pub struct Context {
@@ -68,80 +59,62 @@ impl Context {
     }
 }
 
-/// Why one direction of the relay stopped early.
-pub(super) struct Ended {
-    pub(super) message: String,
-    /// Tollgate's own error for the client, delivered before an orderly close (a
-    /// protocol violation), instead of resetting the client.
-    pub(super) to_client: Option<Vec<u8>>,
+/// Records the statements still waiting for an answer when the session ends, however it
+/// ends: returned, or dropped by a revocation or a cancelled task.
+struct Unanswered<'a> {
+    tracker: &'a Mutex<Tracker>,
+    ctx: &'a Context,
 }
 
-impl Ended {
-    /// A protocol violation by `side` (`client` or `server`): the client gets a
-    /// protocol_violation error, then the session closes in order.
-    pub(super) fn violation(side: &str, what: &str, error: impl std::fmt::Display) -> Self {
-        Self {
-            message: format!("protocol violation by the {side}: {error}"),
-            to_client: Some(backend::error_response(
-                PROTOCOL_VIOLATION,
-                &format!("tollgate: {what} message from the {side}: {error}"),
-                None,
-                None,
-            )),
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        let leftover = self
+            .tracker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take_unanswered();
+        for mut record in leftover {
+            record.error.get_or_insert_with(|| {
+                "the session ended before the statement completed".to_owned()
+            });
+            finish(self.ctx, record);
         }
     }
 }
 
-impl From<String> for Ended {
-    fn from(message: String) -> Self {
-        Self {
-            message,
-            to_client: None,
-        }
-    }
-}
-
-/// Relays a PostgreSQL session between `client` and `upstream`.
+/// Relays a PostgreSQL session between `client` and `upstream`, reporting its bytes and
+/// its startup into `progress` as they come. Some error when it ended early.
 pub async fn run(
     client: TcpStream,
     upstream_tcp: TcpStream,
     ctx: &Context,
-    revoke: Option<oneshot::Receiver<Decision>>,
-) -> Outcome {
-    let mut outcome = Outcome {
-        up: 0,
-        down: 0,
-        error: None,
-        startup: Startup {
-            kind: "none",
-            ..Startup::default()
-        },
-        revoked: None,
-    };
-    let Some(Negotiated {
+    progress: &Progress,
+) -> Option<SessionError> {
+    let mut said = Startup::default();
+    progress.postgres(&said);
+    let negotiated = startup::negotiate(client, upstream_tcp, ctx, progress, &mut said).await;
+    progress.postgres(&said);
+    let Negotiated {
         mut client,
         mut upstream,
         from_client: inbox,
         from_server,
         encoding,
-    }) = startup::negotiate(client, upstream_tcp, ctx, &mut outcome).await
-    else {
-        return outcome;
+    } = match negotiated {
+        Ok(negotiated) => negotiated,
+        Err(error) => return error,
     };
     let sql_context = SqlContext {
-        database: outcome.startup.database.clone().unwrap_or_default(),
-        user: outcome.startup.user.clone().unwrap_or_default(),
+        database: said.database.clone().unwrap_or_default(),
+        user: said.user.clone().unwrap_or_default(),
         tables: Vec::new(),
     };
 
-    let state = Mutex::new(Tracker::new(
+    let state = Mutex::new(Tracker::new(ctx, &sql_context, encoding, said.client_tls));
+    let _unanswered = Unanswered {
+        tracker: &state,
         ctx,
-        &sql_context,
-        encoding,
-        outcome.startup.client_tls,
-    ));
-    let up = AtomicU64::new(0);
-    let down = AtomicU64::new(0);
+    };
     let error = {
         let (mut client_read, mut client_write) = tokio::io::split(&mut client);
         let (mut upstream_read, mut upstream_write) = tokio::io::split(&mut upstream);
@@ -153,7 +126,7 @@ pub async fn run(
             &state,
             ctx,
             &sql_context,
-            &up,
+            progress,
         );
         let to_client = pump(
             ToClient::default(),
@@ -163,16 +136,10 @@ pub async fn run(
             &state,
             ctx,
             &sql_context,
-            &down,
+            progress,
         );
-        let revoke = async move {
-            match revoke {
-                Some(receiver) => receiver.await.ok(),
-                None => None,
-            }
-        };
-        tokio::pin!(to_server, to_client, revoke);
-        let (mut up_done, mut down_done, mut revoke_done) = (false, false, false);
+        tokio::pin!(to_server, to_client);
+        let (mut up_done, mut down_done) = (false, false);
         loop {
             tokio::select! {
                 result = &mut to_server, if !up_done => match result {
@@ -183,52 +150,26 @@ pub async fn run(
                     Ok(()) => down_done = true,
                     Err(e) => break Some(e),
                 },
-                decision = &mut revoke, if !revoke_done => match decision {
-                    Some(decision) => {
-                        outcome.revoked = Some(decision);
-                        break Some(Ended::from("closed: revoked by a policy reload".to_owned()));
-                    }
-                    None => revoke_done = true,
-                },
             }
             if up_done && down_done {
                 break None;
             }
         }
     };
-    // Statements still waiting for an answer when the session ended.
-    let leftover = state
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take_unanswered();
-    for mut record in leftover {
-        record
-            .error
-            .get_or_insert_with(|| "the session ended before the statement completed".to_owned());
-        finish(ctx, record);
-    }
-    match &error {
-        Some(Ended {
-            to_client: Some(response),
-            ..
-        }) => {
+    match error.as_ref().map(SessionError::to_client) {
+        Some(Some(response)) => {
             // A protocol violation: the client gets the error, then an orderly close.
-            let _ =
-                socket2::SockRef::from(upstream.tcp()).set_linger(Some(std::time::Duration::ZERO));
-            let _ = client.write_all(response).await;
+            reset(upstream.tcp());
+            let _ = client.write_all(&response).await;
             let _ = client.shutdown().await;
         }
-        Some(_) => {
-            for stream in [client.tcp(), upstream.tcp()] {
-                let _ = socket2::SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO));
-            }
+        Some(None) => {
+            reset(client.tcp());
+            reset(upstream.tcp());
         }
         None => {}
     }
-    outcome.up += up.into_inner();
-    outcome.down = down.into_inner();
-    outcome.error = error.map(|e| e.message);
-    outcome
+    error
 }
 
 pub(super) fn finish(ctx: &Context, mut record: StatementRecord) {

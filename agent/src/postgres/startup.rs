@@ -10,11 +10,13 @@ use tollgate_pgwire::{WireError, backend, frontend};
 
 use super::{
     encoding::ClientEncoding,
+    error::{LegError, SessionError, Violation},
     io::Io,
     pump::{Inbox, write_flushed},
-    session::{Context, Ended, Outcome},
+    session::Context,
     tls::UpstreamTls,
 };
+use crate::proxy::handler::{Progress, Side};
 
 /// The session's startup parameters.
 #[derive(Debug, Clone, Default)]
@@ -22,12 +24,23 @@ pub struct Startup {
     pub user: Option<String>,
     pub database: Option<String>,
     pub application_name: Option<String>,
-    /// `startup`, `cancel`, or `none` (the client closed before a startup message).
-    pub kind: &'static str,
+    pub kind: StartupKind,
     /// Tollgate terminated the client's TLS.
     pub client_tls: bool,
     /// Tollgate's connection to the server is TLS.
     pub server_tls: bool,
+}
+
+/// What the client opened the session with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StartupKind {
+    /// Nothing yet: the client closed (or failed) before a startup message.
+    #[default]
+    None,
+    /// A startup message: a session.
+    Startup,
+    /// A cancel request for another session.
+    Cancel,
 }
 
 /// A session past its startup: both legs, what each has sent that is not relayed yet,
@@ -42,15 +55,17 @@ pub(super) struct Negotiated {
     pub encoding: ClientEncoding,
 }
 
-/// Takes the session through its startup, filling `outcome.startup` (and its error and
-/// byte count on the way). None when the session ends there: a cancel request, a
-/// refusal, a malformed startup, or a leg that failed.
+/// Takes the session through its startup, filling `said` (and counting the client's
+/// bytes on the way). An Err when the session ends there (a cancel request, a refusal,
+/// a malformed startup, or a leg that failed), with why if it was not the client's own
+/// close.
 pub(super) async fn negotiate(
     client: TcpStream,
     mut upstream_tcp: TcpStream,
     ctx: &Context,
-    outcome: &mut Outcome,
-) -> Option<Negotiated> {
+    progress: &Progress,
+    said: &mut Startup,
+) -> Result<Negotiated, Option<SessionError>> {
     let mut sni: Option<String> = None;
     // The server's answer to our SSLRequest, once asked.
     let mut server_tls: Option<bool> = None;
@@ -60,18 +75,11 @@ pub(super) async fn negotiate(
             && ctx.tls.upstream_mode() != UpstreamTls::Disable
             && match request_tls(&mut upstream_tcp).await {
                 Ok(agrees) => agrees,
-                Err(error) => {
-                    outcome.error = Some(format!("server: {error}"));
-                    return None;
-                }
+                Err(error) => return Err(Some(SessionError::AskingServerTls(error))),
             };
         if !agrees {
             // A direct-TLS client cannot be answered `N`: it is closed, on record.
-            outcome.error = Some(
-                "refused: direct TLS from the client, but no TLS to the server (postgres.tls)"
-                    .to_owned(),
-            );
-            return None;
+            return Err(Some(SessionError::DirectTlsWithoutServerTls));
         }
         server_tls = Some(true);
         match accept_tls(client, ctx, false).await {
@@ -79,10 +87,7 @@ pub(super) async fn negotiate(
                 sni = name;
                 io
             }
-            Err(error) => {
-                outcome.error = Some(format!("client TLS: {error}"));
-                return None;
-            }
+            Err(error) => return Err(Some(SessionError::ClientTls(error))),
         }
     } else {
         Io::Plain(client)
@@ -105,9 +110,7 @@ pub(super) async fn negotiate(
                                 detail: "data sent before the server's answer",
                             };
                             protocol_error(&mut client, &error).await;
-                            outcome.error =
-                                Some(format!("malformed startup from the client: {error}"));
-                            return None;
+                            return Err(Some(SessionError::MalformedStartup(error)));
                         }
                         // The client gets TLS only when the server leg has it too: a
                         // client that requires TLS must not be told it has it while
@@ -122,15 +125,16 @@ pub(super) async fn negotiate(
                                     agrees
                                 }
                                 Err(error) => {
-                                    outcome.error = Some(format!("server: {error}"));
-                                    return None;
+                                    return Err(Some(SessionError::AskingServerTls(error)));
                                 }
                             },
                         };
                         if !server_agrees {
-                            if let Err(e) = client.write_all(b"N").await {
-                                outcome.error = Some(format!("client: {e}"));
-                                return None;
+                            if let Err(source) = client.write_all(b"N").await {
+                                return Err(Some(SessionError::Startup {
+                                    side: Side::Client,
+                                    source,
+                                }));
                             }
                             continue;
                         }
@@ -143,52 +147,52 @@ pub(super) async fn negotiate(
                                 client = io;
                                 sni = name;
                             }
-                            Err(error) => {
-                                outcome.error = Some(format!("client TLS: {error}"));
-                                return None;
-                            }
+                            Err(error) => return Err(Some(SessionError::ClientTls(error))),
                         }
                     }
                     // GSS encryption is not offered, nor TLS when off: the client goes
                     // on in plaintext on loopback, or gives up if it requires encryption.
                     Ok(frontend::Startup::SslRequest | frontend::Startup::GssEncRequest) => {
-                        if let Err(e) = client.write_all(b"N").await {
-                            outcome.error = Some(format!("client: {e}"));
-                            return None;
+                        if let Err(source) = client.write_all(b"N").await {
+                            return Err(Some(SessionError::Startup {
+                                side: Side::Client,
+                                source,
+                            }));
                         }
                     }
                     Ok(frontend::Startup::Cancel { .. }) => {
-                        outcome.startup.kind = "cancel";
+                        said.kind = StartupKind::Cancel;
                         // The original server is the one to cancel on.
-                        outcome.up += msg.len() as u64;
-                        if let Err(e) = upstream_tcp.write_all(&msg).await {
-                            outcome.error = Some(format!("server: {e}"));
-                        }
+                        progress.up(msg.len() as u64);
+                        let sent = upstream_tcp.write_all(&msg).await;
                         let _ = upstream_tcp.shutdown().await;
                         let mut sink = [0u8; 64];
                         let _ = upstream_tcp.read(&mut sink).await;
-                        return None;
+                        return Err(sent.err().map(|source| SessionError::Startup {
+                            side: Side::Server,
+                            source,
+                        }));
                     }
                     Ok(startup @ frontend::Startup::Startup { .. }) => break (startup, msg),
                     Err(error) => {
                         protocol_error(&mut client, &error).await;
-                        outcome.error = Some(format!("malformed startup from the client: {error}"));
-                        return None;
+                        return Err(Some(SessionError::MalformedStartup(error)));
                     }
                 }
             }
             Ok(None) => match inbox.fill(&mut client).await {
-                Ok(0) => return None,
-                Ok(n) => outcome.up += n as u64,
-                Err(e) => {
-                    outcome.error = Some(format!("client: {e}"));
-                    return None;
+                Ok(0) => return Err(None),
+                Ok(n) => progress.up(n as u64),
+                Err(source) => {
+                    return Err(Some(SessionError::Startup {
+                        side: Side::Client,
+                        source,
+                    }));
                 }
             },
             Err(error) => {
                 protocol_error(&mut client, &error).await;
-                outcome.error = Some(format!("malformed startup from the client: {error}"));
-                return None;
+                return Err(Some(SessionError::MalformedStartup(error)));
             }
         }
     };
@@ -200,11 +204,11 @@ pub(super) async fn negotiate(
         .and_then(ClientEncoding::from_name)
         .unwrap_or_default();
     let param = |name: &str| startup.param(name).map(|value| encoding.lossy(value));
-    outcome.startup = Startup {
+    *said = Startup {
         user: param("user"),
         database: param("database").or_else(|| param("user")),
         application_name: param("application_name"),
-        kind: "startup",
+        kind: StartupKind::Startup,
         client_tls: client.is_tls(),
         server_tls: false,
     };
@@ -219,13 +223,14 @@ pub(super) async fn negotiate(
             );
             let _ = client.write_all(&response).await;
             let _ = client.shutdown().await;
-            outcome.error = Some(format!("server TLS: {message}"));
-            return None;
+            return Err(Some(SessionError::ServerTls(message)));
         }
     };
-    if let Err(e) = write_flushed(&mut upstream, &startup_bytes).await {
-        outcome.error = Some(format!("server: {e}"));
-        return None;
+    if let Err(source) = write_flushed(&mut upstream, &startup_bytes).await {
+        return Err(Some(SessionError::Startup {
+            side: Side::Server,
+            source,
+        }));
     }
     // SCRAM with channel binding cannot pass through a TLS termination: a TLS client
     // that is not offered SCRAM-SHA-256-PLUS says "I could bind, but you cannot", and a
@@ -255,20 +260,14 @@ pub(super) async fn negotiate(
                         upstream = Io::Plain(tcp);
                         from_server = Inbox::new();
                     }
-                    Err(e) => {
-                        outcome.error = Some(format!("server: reconnecting: {e}"));
-                        return None;
-                    }
+                    Err(e) => return Err(Some(SessionError::Reconnecting(e))),
                 }
             }
-            Err(e) => {
-                outcome.error = Some(format!("server: {e}"));
-                return None;
-            }
+            Err(e) => return Err(Some(e)),
         }
     }
-    outcome.startup.server_tls = upstream.is_tls();
-    Some(Negotiated {
+    said.server_tls = upstream.is_tls();
+    Ok(Negotiated {
         client,
         upstream,
         from_client: inbox,
@@ -283,7 +282,7 @@ async fn offers_channel_binding(
     upstream: &mut Io,
     inbox: &mut Inbox,
     max: usize,
-) -> Result<bool, String> {
+) -> Result<bool, SessionError> {
     loop {
         let start = inbox.start;
         match inbox.next(true, max) {
@@ -299,11 +298,16 @@ async fn offers_channel_binding(
                 return Ok(offers);
             }
             Ok(None) => match inbox.fill(upstream).await {
-                Ok(0) => return Err("closed during authentication".to_owned()),
+                Ok(0) => return Err(SessionError::ClosedInAuthentication),
                 Ok(_) => {}
-                Err(e) => return Err(e.to_string()),
+                Err(source) => {
+                    return Err(SessionError::Startup {
+                        side: Side::Server,
+                        source,
+                    });
+                }
             },
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(SessionError::MalformedAuthentication(e)),
         }
     }
 }
@@ -315,35 +319,29 @@ async fn accept_tls(
     mut tcp: TcpStream,
     ctx: &Context,
     answer_ssl_request: bool,
-) -> Result<(Io, Option<String>), String> {
+) -> Result<(Io, Option<String>), LegError> {
     if answer_ssl_request {
-        tcp.write_all(b"S").await.map_err(|e| e.to_string())?;
+        tcp.write_all(b"S").await?;
     }
-    let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
-        .await
-        .map_err(|e| e.to_string())?;
+    let start =
+        tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
     let sni = start.client_hello().server_name().map(str::to_owned);
     let config = ctx
         .tls
-        .server_config(sni.as_deref(), ctx.destination.ip())
-        .map_err(|e| e.to_string())?;
-    let stream = start.into_stream(config).await.map_err(|e| e.to_string())?;
+        .server_config(sni.as_deref(), ctx.destination.ip())?;
+    let stream = start.into_stream(config).await?;
     Ok((Io::Accepted(Box::new(stream)), sni))
 }
 
 /// Sends the server an SSLRequest; true if it agreed to TLS.
-async fn request_tls(tcp: &mut TcpStream) -> Result<bool, String> {
-    tcp.write_all(&frontend::ssl_request())
-        .await
-        .map_err(|e| e.to_string())?;
+async fn request_tls(tcp: &mut TcpStream) -> Result<bool, LegError> {
+    tcp.write_all(&frontend::ssl_request()).await?;
     let mut answer = [0u8; 1];
-    tcp.read_exact(&mut answer)
-        .await
-        .map_err(|e| e.to_string())?;
+    tcp.read_exact(&mut answer).await?;
     match answer[0] {
         b'S' => Ok(true),
         b'N' => Ok(false),
-        other => Err(format!("unexpected answer {other:#x} to SSLRequest")),
+        other => Err(LegError::UnexpectedAnswer(other)),
     }
 }
 
@@ -354,7 +352,7 @@ async fn connect_tls(
     ctx: &Context,
     sni: Option<&str>,
     asked: Option<bool>,
-) -> Result<Io, String> {
+) -> Result<Io, LegError> {
     let mode = ctx.tls.upstream_mode();
     if mode == UpstreamTls::Disable {
         return Ok(Io::Plain(tcp));
@@ -366,26 +364,27 @@ async fn connect_tls(
     match agrees {
         true => {
             let name = match sni {
-                Some(name) => rustls::pki_types::ServerName::try_from(name.to_owned())
-                    .map_err(|e| e.to_string())?,
+                Some(name) => rustls::pki_types::ServerName::try_from(name.to_owned())?,
                 None => rustls::pki_types::ServerName::IpAddress(ctx.destination.ip().into()),
             };
             let connector = tokio_rustls::TlsConnector::from(ctx.tls.upstream_config());
             let stream = connector
                 .connect(name, tcp)
                 .await
-                .map_err(|e| format!("TLS to the server: {e}"))?;
+                .map_err(LegError::Handshake)?;
             Ok(Io::Connected(Box::new(stream)))
         }
         false if mode == UpstreamTls::Prefer => Ok(Io::Plain(tcp)),
-        false => {
-            Err("the server does not support TLS, and postgres.tls.upstream requires it".to_owned())
-        }
+        false => Err(LegError::Required),
     }
 }
 
 async fn protocol_error<W: AsyncWrite + Unpin>(client: &mut W, error: &WireError) {
-    if let Some(response) = Ended::violation("client", "malformed", error).to_client {
+    let violation = SessionError::Violation {
+        side: Side::Client,
+        violation: Violation::Malformed(error.clone()),
+    };
+    if let Some(response) = violation.to_client() {
         let _ = client.write_all(&response).await;
     }
     let _ = client.shutdown().await;
