@@ -340,7 +340,7 @@ impl Enforcer {
         let key = CacheKey {
             job_id: principal.job_id.clone(),
             // A job's identity changes only when it is verified: that is part of the key.
-            verified: principal.assurance.as_deref() == Some("oidc-verified"),
+            verified: principal.assurance == tollgate_policy::Assurance::OidcVerified,
             uid: process.uid,
             gid: process.gid,
             comm: process.comm.clone(),

@@ -145,33 +145,9 @@ impl Identity {
     }
 }
 
-/// How much of a job's identity has been proven.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Assurance {
-    /// The runner host (or whoever started the job) said so.
-    #[default]
-    HostAsserted,
-    /// The CI system's signed OIDC token for this run was verified.
-    OidcVerified,
-}
-
-impl Assurance {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Assurance::HostAsserted => "host-asserted",
-            Assurance::OidcVerified => "oidc-verified",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "host-asserted" => Some(Self::HostAsserted),
-            "oidc-verified" => Some(Self::OidcVerified),
-            _ => None,
-        }
-    }
-}
+/// How much of a job's identity has been proven: the policy crate's, which Cedar sees as
+/// `principal.assurance`.
+pub use tollgate_policy::Assurance;
 
 #[cfg(test)]
 mod tests {

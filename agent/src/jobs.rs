@@ -146,7 +146,7 @@ impl Job {
             job_id: self.id.clone(),
             labels: self.labels.clone(),
             identity: self.identity.to_map(),
-            assurance: Some(self.assurance.as_str().to_owned()),
+            assurance: self.assurance,
         });
         self.revision = REVISION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Arc::new(self)

@@ -319,10 +319,7 @@ fn job_entity(
             .map_or("", String::as_str);
         attrs.insert(field.to_owned(), string(value));
     }
-    attrs.insert(
-        "assurance".to_owned(),
-        string(principal.assurance.as_deref().unwrap_or("host-asserted")),
-    );
+    attrs.insert("assurance".to_owned(), string(principal.assurance.as_str()));
     attrs.insert(
         "labels".to_owned(),
         RestrictedExpression::new_set(

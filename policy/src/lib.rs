@@ -42,9 +42,36 @@ pub struct Principal {
     /// labels of the same names stand in for them.
     #[serde(default)]
     pub identity: BTreeMap<String, String>,
-    /// `host-asserted` (the default) or `oidc-verified`.
     #[serde(default)]
-    pub assurance: Option<String>,
+    pub assurance: Assurance,
+}
+
+/// How much of a job's identity has been proven.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Assurance {
+    /// The runner host (or whoever started the job) said so.
+    #[default]
+    HostAsserted,
+    /// The CI system's signed OIDC token for this run was verified.
+    OidcVerified,
+}
+
+impl Assurance {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Assurance::HostAsserted => "host-asserted",
+            Assurance::OidcVerified => "oidc-verified",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "host-asserted" => Some(Self::HostAsserted),
+            "oidc-verified" => Some(Self::OidcVerified),
+            _ => None,
+        }
+    }
 }
 
 /// Who asks and where to: the job, the process that opened the connection, and the

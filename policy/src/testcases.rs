@@ -48,7 +48,7 @@ pub struct Case {
     pub identity: BTreeMap<String, String>,
     /// `host-asserted` (default) or `oidc-verified`.
     #[serde(default)]
-    pub assurance: Option<String>,
+    pub assurance: crate::Assurance,
     pub dest: SocketAddr,
     /// For `sql:*` actions: the statement's context.
     #[serde(default)]
@@ -110,7 +110,7 @@ pub fn run(engine: &PolicyEngine, cases: &[Case]) -> Vec<Outcome> {
                 job_id: "policy-test".to_owned(),
                 labels: case.labels.clone(),
                 identity: case.identity.clone(),
-                assurance: case.assurance.clone(),
+                assurance: case.assurance,
             };
             let p = case.process.clone().unwrap_or_default();
             let process = Process {

@@ -101,8 +101,8 @@ pub struct ExplainArgs {
     #[arg(long = "identity", value_name = "FIELD=VALUE", value_parser = crate::jobs::parse_label)]
     identity: Vec<(String, String)>,
     /// The job's assurance: host-asserted or oidc-verified.
-    #[arg(long, default_value = "host-asserted")]
-    assurance: String,
+    #[arg(long, default_value = "host-asserted", value_parser = parse_assurance)]
+    assurance: tollgate_policy::Assurance,
     /// The destination, HOST:PORT.
     #[arg(long)]
     dest: String,
@@ -154,7 +154,7 @@ pub fn explain(args: ExplainArgs, config: Option<&Path>) -> anyhow::Result<ExitC
         job_id: "explain".to_owned(),
         labels: args.labels.into_iter().collect(),
         identity: args.identity.into_iter().collect(),
-        assurance: Some(args.assurance),
+        assurance: args.assurance,
     };
     let process = Process {
         pid: 0,
@@ -233,4 +233,9 @@ pub fn test(file: &Path, config: Option<&Path>) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+fn parse_assurance(text: &str) -> Result<tollgate_policy::Assurance, String> {
+    tollgate_policy::Assurance::parse(text)
+        .ok_or_else(|| format!("{text:?}: expected host-asserted or oidc-verified"))
 }
