@@ -1,29 +1,5 @@
-//! `tollgate`: the agent daemon and its command-line interface.
-mod accounts;
-mod admin;
-mod agent;
-mod bpf;
-mod cgroup;
-mod cli;
-mod config;
-mod control;
-mod dns;
-mod enforce;
-mod enroll;
-mod events;
-mod features;
-mod identity;
-mod jobs;
-mod kernel_path;
-mod leave;
-mod metrics;
-mod postgres;
-mod proc_info;
-mod proxy;
-mod record;
-mod sockets;
-mod udp;
-mod unix;
+//! `tollgate`: the agent daemon and its command-line interface (the library's
+//! [`tollgate::cli::main`]).
 
 /// mimalloc instead of glibc's allocator: the data path allocates a statement's record
 /// on a proxy thread and the recorder thread frees it, a cross-thread pattern glibc
@@ -32,5 +8,5 @@ mod unix;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    cli::main()
+    tollgate::cli::main()
 }

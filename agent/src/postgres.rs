@@ -12,4 +12,4 @@ mod pump;
 pub mod session;
 pub mod startup;
 pub mod tls;
-mod tracker;
+pub(crate) mod tracker;

@@ -24,6 +24,18 @@ pub fn all(root: &Path, e2e_filter: Option<&str>, lint: bool) -> anyhow::Result<
             "-D",
             "warnings",
         ]))?;
+        // The fuzz targets' harness (fuzz/ is its own workspace, built only by `xtask fuzz`).
+        run(cargo(root).args([
+            "clippy",
+            "--package",
+            "tollgate",
+            "--features",
+            "fuzzing",
+            "--lib",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
         let nightly = ebpf_toolchain(root)?;
         run(std::process::Command::new("rustup")
             .current_dir(root)

@@ -5,6 +5,8 @@
 //! [`Pending`] requests, one per client message that the server answers.
 mod backend;
 mod frontend;
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) mod harness;
 
 use std::{
     borrow::Cow,

@@ -1,21 +1,11 @@
 //! The tracker over pgwire-encoded sequences, as a client and a server send them: what
 //! goes on to each side, and the statements that complete.
-use std::{path::PathBuf, sync::Arc, time::Duration};
-
 use tollgate_pgwire::{backend, frontend};
-use tollgate_policy::{Mode, Principal, Process, SqlContext};
 
-use super::{DENIED_SQL, DENIED_SQLSTATE, DENIED_STATEMENT, Tracker};
+use super::{DENIED_SQL, DENIED_SQLSTATE, DENIED_STATEMENT, harness::Harness};
 use crate::{
-    enforce::{Enforcer, Settings},
-    metrics::Metrics,
-    postgres::{
-        encoding::ClientEncoding,
-        mask::{ColumnRule, MaskingConfig, ResultsMasking},
-        session::Context,
-        tls::Tls,
-    },
-    record::{DecisionLabel, StatementRecord, writer::WriterHandle},
+    postgres::mask::ResultsMasking,
+    record::{DecisionLabel, StatementRecord},
 };
 
 /// Reads and writes to every table; DDL is denied (no policy permits it).
@@ -25,93 +15,19 @@ const READ_WRITE: &str = "@id(\"rw\")\npermit(principal, action in \
 const WRITE_ONLY: &str =
     "@id(\"w\")\npermit(principal, action == Action::\"sql:write\", resource);\n";
 
-struct Session {
-    ctx: Context,
-    sql: SqlContext,
-    tracker: Tracker,
-    finished: Vec<StatementRecord>,
-    policy: PathBuf,
-    _writer: WriterHandle,
-    _dir: tempfile::TempDir,
-}
+/// The harness, with the tests' conveniences: whole sequences, and input that must parse.
+struct Session(Harness);
 
 impl Session {
-    /// A session whose `ssn` columns are masked, under `policy`.
     fn new(policy: &str, results: ResultsMasking) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let policies = dir.path().join("policies");
-        std::fs::create_dir(&policies).unwrap();
-        let policy_file = policies.join("policy.cedar");
-        std::fs::write(&policy_file, policy).unwrap();
-        let masking = MaskingConfig {
-            results,
-            rules: vec![ColumnRule {
-                columns: vec!["ssn".to_owned()],
-                targets: Vec::new(),
-                databases: Vec::new(),
-                tables: Vec::new(),
-            }],
-            ..MaskingConfig::default()
-        };
-        let metrics = Metrics::new();
-        let settings = Settings {
-            mode: Mode::Enforce,
-            targets: Vec::new(),
-            masking: Arc::new(masking),
-        };
-        let enforcer = Enforcer::load(&policies, None, settings, metrics.policy.clone()).unwrap();
-        let (recorder, writer) = crate::record::writer::spawn(
-            &dir.path().join("records.db"),
-            1024,
-            64,
-            Duration::from_millis(50),
-            None,
-            false,
-            metrics.record.clone(),
-        )
-        .unwrap();
-        let ctx = Context {
-            enforcer: Arc::new(enforcer),
-            recorder,
-            principal: Arc::new(Principal {
-                job_id: "job".to_owned(),
-                ..Principal::default()
-            }),
-            process: Process::default(),
-            destination: "127.0.0.1:5432".parse().unwrap(),
-            connection_id: "connection".into(),
-            job_id: Some("job".into()),
-            max_message: 1 << 20,
-            tls: Arc::new(Tls::load(dir.path(), Default::default()).unwrap()),
-            metrics: metrics.postgres.clone(),
-            target: "db".to_owned(),
-            direct_tls: false,
-            hostname: None,
-        };
-        let sql = SqlContext {
-            database: "app".to_owned(),
-            user: "ci".to_owned(),
-            tables: Vec::new(),
-        };
-        let tracker = Tracker::new(&ctx, &sql, ClientEncoding::default(), false);
-        Self {
-            ctx,
-            sql,
-            tracker,
-            finished: Vec::new(),
-            policy: policy_file,
-            _writer: writer,
-            _dir: dir,
-        }
+        Self(Harness::new(policy, results == ResultsMasking::Detect).unwrap())
     }
 
     /// The client sends `messages`; returns what goes on to the server.
     fn client(&mut self, messages: &[Vec<u8>]) -> Vec<u8> {
         let mut out = Vec::new();
         for raw in messages {
-            let message = frontend::parse(raw).unwrap();
-            self.tracker
-                .frontend(&self.ctx, &self.sql, message, raw, &mut out);
+            self.0.client(raw, &mut out).unwrap();
         }
         out
     }
@@ -120,28 +36,21 @@ impl Session {
     fn server(&mut self, messages: &[Vec<u8>]) -> Vec<u8> {
         let mut out = Vec::new();
         for raw in messages {
-            let message = backend::parse(raw).unwrap();
-            self.tracker.backend(
-                &self.ctx,
-                &self.sql,
-                message,
-                raw,
-                &mut out,
-                &mut self.finished,
-            );
+            self.0.server(raw, &mut out).unwrap();
         }
         out
     }
 
-    /// A new policy, taken up as the relay does between two messages.
     fn reload(&mut self, policy: &str) {
-        std::fs::write(&self.policy, policy).unwrap();
-        self.ctx.enforcer.reload().unwrap();
-        self.tracker.refresh(&self.ctx, &self.sql);
+        self.0.reload(policy).unwrap();
     }
 
     fn finished(&mut self) -> Vec<StatementRecord> {
-        std::mem::take(&mut self.finished)
+        self.0.finished()
+    }
+
+    fn unanswered(&mut self) -> Vec<StatementRecord> {
+        self.0.unanswered()
     }
 }
 
@@ -308,7 +217,7 @@ fn a_describe_answered_after_its_execute_still_masks_the_rows() {
     assert_eq!(finished[0].decision, DecisionLabel::Allow);
     assert_eq!(finished[0].rows, Some(1));
     assert_eq!(finished[0].params, ["7"]);
-    assert!(session.tracker.take_unanswered().is_empty());
+    assert!(session.unanswered().is_empty());
 }
 
 #[test]
@@ -364,7 +273,7 @@ fn an_error_mid_pipeline_ends_the_rest_up_to_sync_as_not_executed() {
             ("select 2", Some(1), None),
         ]
     );
-    assert!(session.tracker.take_unanswered().is_empty());
+    assert!(session.unanswered().is_empty());
 }
 
 #[test]
@@ -504,4 +413,21 @@ fn a_denied_statement_in_a_transaction_fails_it_as_the_server_would() {
             ("rollback", "allow", None),
         ]
     );
+}
+
+#[test]
+fn a_restarted_session_forgets_what_the_last_one_left_pending() {
+    let mut session = Session::new(WRITE_ONLY, ResultsMasking::Rules);
+    session.client(&[frontend::query("insert into t values (1)")]);
+    // The restart is under read-write: the select that write-only denied now goes on.
+    session.0.restart(READ_WRITE).unwrap();
+    assert!(session.unanswered().is_empty());
+    let select = [frontend::query("select 1")];
+    assert_eq!(session.client(&select), concat(&select));
+    let answers = [complete("SELECT 0"), ready(b'I')];
+    assert_eq!(session.server(&answers), concat(&answers));
+    let finished = session.finished();
+    assert_eq!(finished.len(), 1, "{finished:?}");
+    assert_eq!(&*finished[0].sql, "select 1");
+    assert_eq!(finished[0].decision, DecisionLabel::Allow);
 }

@@ -1,0 +1,36 @@
+//! The Tollgate agent as a library: the daemon, its command-line interface and every
+//! stage of the data path. The `tollgate` binary is [`cli::main`]; the end-to-end tests
+//! read records through [`record`]'s types, and the fuzz targets reach the PostgreSQL
+//! tracker through `fuzzing` (feature `fuzzing`).
+mod accounts;
+mod admin;
+mod agent;
+mod bpf;
+mod cgroup;
+pub mod cli;
+mod config;
+mod control;
+mod dns;
+mod enforce;
+mod enroll;
+mod events;
+mod features;
+mod identity;
+mod jobs;
+mod kernel_path;
+mod leave;
+mod metrics;
+mod postgres;
+mod proc_info;
+mod proxy;
+pub mod record;
+mod sockets;
+mod udp;
+mod unix;
+
+/// What the fuzz targets drive: the PostgreSQL message tracker with an enforcer, a
+/// recorder and masking around it.
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing {
+    pub use crate::postgres::tracker::harness::Harness;
+}
