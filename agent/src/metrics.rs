@@ -1,7 +1,7 @@
 //! Prometheus metrics, one struct per subsystem, each registered in its `new()`.
 //! Labels take values from fixed sets only; run ids, pids and addresses never become
 //! labels.
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use prometheus::{
     Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -9,8 +9,11 @@ use prometheus::{
 };
 use tollgate_common::Counter;
 
-use crate::bpf::{ConnMaps, MapOccupancy};
 pub use crate::postgres::metrics::PostgresMetrics;
+use crate::{
+    bpf::{ConnMaps, MapOccupancy},
+    record::DecisionLabel,
+};
 
 /// Every subsystem's metrics, sharing one registry.
 pub struct Metrics {
@@ -138,12 +141,35 @@ impl UpstreamErrorKind {
     }
 }
 
+/// A counter vector's children for a closed set of `N` label sets, each looked up in the
+/// vector once, on first use (so a series appears when it first counts, as before), and
+/// then counted without hashing its labels.
+struct Children<const N: usize> {
+    vec: IntCounterVec,
+    children: [OnceLock<IntCounter>; N],
+}
+
+impl<const N: usize> Children<N> {
+    fn new(vec: IntCounterVec) -> Self {
+        Self {
+            vec,
+            children: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
+
+    /// The child for label set `index`, whose values are `labels`.
+    fn get(&self, index: usize, labels: &[&str]) -> &IntCounter {
+        self.children[index].get_or_init(|| self.vec.with_label_values(labels))
+    }
+}
+
 pub struct ProxyMetrics {
     pub intercepted: IntCounter,
-    decisions: IntCounterVec,
+    decisions: Children<{ DecisionLabel::ALL.len() }>,
     pub unattributed: IntCounter,
     pub active: IntGauge,
-    bytes: IntCounterVec,
+    /// Up (0) and down (1).
+    bytes: Children<2>,
     upstream_errors: IntCounterVec,
     pub upstream_connect_seconds: Histogram,
 }
@@ -170,13 +196,13 @@ impl ProxyMetrics {
                 "tollgate_proxy_intercepted_total",
                 "Connections accepted by the proxy (redirected by the kernel).",
             ),
-            decisions: counter_vec(
+            decisions: Children::new(counter_vec(
                 registry,
                 "tollgate_proxy_decisions_total",
                 "Attributed connections by decision: allow, deny, require_approval, \
                  would_deny, would_require_approval (audit mode).",
                 &["decision"],
-            ),
+            )),
             unattributed: counter(
                 registry,
                 "tollgate_proxy_unattributed_total",
@@ -187,12 +213,12 @@ impl ProxyMetrics {
                 "tollgate_proxy_active_connections",
                 "Connections currently open through the proxy.",
             ),
-            bytes: counter_vec(
+            bytes: Children::new(counter_vec(
                 registry,
                 "tollgate_proxy_bytes_total",
                 "Bytes relayed; up is client to server, down is server to client.",
                 &["direction"],
-            ),
+            )),
             upstream_errors: counter_vec(
                 registry,
                 "tollgate_proxy_upstream_connect_errors_total",
@@ -203,14 +229,13 @@ impl ProxyMetrics {
         }
     }
 
-    /// `label` is one of the fixed decision labels of [`tollgate_policy::Decision::label`].
-    pub fn decision(&self, label: &'static str) {
-        self.decisions.with_label_values(&[label]).inc();
+    pub fn decision(&self, label: DecisionLabel) {
+        self.decisions.get(label as usize, &[label.as_str()]).inc();
     }
 
     pub fn bytes(&self, up: u64, down: u64) {
-        self.bytes.with_label_values(&["up"]).inc_by(up);
-        self.bytes.with_label_values(&["down"]).inc_by(down);
+        self.bytes.get(0, &["up"]).inc_by(up);
+        self.bytes.get(1, &["down"]).inc_by(down);
     }
 
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {
@@ -547,7 +572,7 @@ mod tests {
     #[test]
     fn all_metrics_register_and_render() {
         let metrics = Metrics::new();
-        metrics.proxy.decision("allow");
+        metrics.proxy.decision(DecisionLabel::Allow);
         metrics.proxy.bytes(3, 4);
         metrics.proxy.upstream_error(UpstreamErrorKind::Refused);
         metrics.jobs.ended(JobEndLabel::Exited);

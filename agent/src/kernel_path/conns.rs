@@ -238,7 +238,7 @@ fn connected(kp: &KernelPath, event: &KernelConnEvent) -> Conn {
         }
     };
     let label = DecisionLabel::from(&decision);
-    kp.proxy_metrics.decision(label.as_str());
+    kp.proxy_metrics.decision(label);
     record.decision = label;
     record.reason = decision.reason.clone();
     record.policy_ids = decision.policy_ids.clone();

@@ -86,7 +86,7 @@ impl<'a> AccessLog<'a> {
 
     pub fn decide(&mut self, decision: &Decision) {
         let label = DecisionLabel::from(decision);
-        self.sinks.metrics.decision(label.as_str());
+        self.sinks.metrics.decision(label);
         self.record.decision = label;
         self.record.reason = decision.reason.clone();
         self.record.policy_ids = decision.policy_ids.clone();
