@@ -1,5 +1,5 @@
-//! `cargo xtask fuzz`: the cargo-fuzz targets of the PostgreSQL wire parsers, each run for
-//! a while on the pinned nightly, with their exec counts reported.
+//! `cargo xtask fuzz`: the cargo-fuzz targets of the PostgreSQL wire parsers and the
+//! session tracker, each run for a while on the pinned nightly, with their exec counts reported.
 use std::{path::Path, process::Command};
 
 use anyhow::{Context as _, bail};
@@ -7,7 +7,7 @@ use anyhow::{Context as _, bail};
 use crate::{ebpf_toolchain, run};
 
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
-pub const TARGETS: [&str; 2] = ["frontend", "backend"];
+pub const TARGETS: [&str; 3] = ["frontend", "backend", "tracker"];
 
 pub fn fuzz(root: &Path, seconds: u64) -> anyhow::Result<()> {
     let nightly = ebpf_toolchain(root)?;
