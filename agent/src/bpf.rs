@@ -259,8 +259,8 @@ pub fn install(
         abi_version: ABI_VERSION,
         proxy_port: target.port,
         _pad: 0,
-        proxy_ip4: u32::from_ne_bytes(target.ipv4.octets()),
-        proxy_ip6: ipv6_words(target.ipv6),
+        proxy_ip4: tollgate_common::convert::ipv4_word(target.ipv4),
+        proxy_ip6: tollgate_common::convert::ipv6_words(target.ipv6),
         // Refused until the agent has read the policy and says otherwise.
         udp_relay: 0,
     };
@@ -557,40 +557,5 @@ fn remove_if_exists(path: &Path) -> Result<bool, BpfError> {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
         Err(e) => Err(io_err(path)(e)),
-    }
-}
-
-/// IPv6 address as four network-order words, as the kernel's user_ip6 holds it.
-pub fn ipv6_words(ip: Ipv6Addr) -> [u32; 4] {
-    let o = ip.octets();
-    [
-        u32::from_ne_bytes([o[0], o[1], o[2], o[3]]),
-        u32::from_ne_bytes([o[4], o[5], o[6], o[7]]),
-        u32::from_ne_bytes([o[8], o[9], o[10], o[11]]),
-        u32::from_ne_bytes([o[12], o[13], o[14], o[15]]),
-    ]
-}
-
-/// The inverse of [`ipv6_words`].
-pub fn ipv6_from_words(words: [u32; 4]) -> Ipv6Addr {
-    let mut octets = [0u8; 16];
-    for (chunk, word) in octets.chunks_exact_mut(4).zip(words) {
-        chunk.copy_from_slice(&word.to_ne_bytes());
-    }
-    Ipv6Addr::from(octets)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ipv6_words_round_trip() {
-        for ip in ["::1", "::ffff:127.0.0.1", "2001:db8::42"] {
-            let ip: Ipv6Addr = ip.parse().unwrap();
-            assert_eq!(ipv6_from_words(ipv6_words(ip)), ip);
-        }
-        // ::1 has its one bit in the last byte, in network order.
-        assert_eq!(ipv6_words(Ipv6Addr::LOCALHOST)[3], 1_u32.to_be());
     }
 }

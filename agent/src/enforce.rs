@@ -3,13 +3,12 @@
 //! (keeping the previous set when the new one is invalid), and answers decisions from a
 //! per-thread cache, so the data path takes no lock.
 mod kernel;
+mod snapshot;
 
 pub use kernel::KernelPlan;
+pub use snapshot::Snapshot;
 
 use std::{
-    cell::RefCell,
-    collections::HashMap,
-    net::SocketAddr,
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
@@ -19,19 +18,13 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use tollgate_policy::{
-    Catalog, Decision, LoadErrors, Mode, NO_POLICY_REASON, PolicyEngine, Source, Subject,
-    TargetSpec,
-};
+use tollgate_policy::{Catalog, LoadErrors, Mode, PolicyEngine, Source, TargetSpec};
 
 use crate::{
     config::{Config, ConfigError},
     metrics::PolicyMetrics,
-    postgres::mask::{MaskingConfig, ResultsMasking},
+    postgres::mask::MaskingConfig,
 };
-
-/// Cached decisions per thread, at most this many before the cache starts over.
-const CACHE_CAPACITY: usize = 16 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnforceError {
@@ -59,6 +52,9 @@ struct Active {
     signature: Vec<(PathBuf, u64, Option<SystemTime>)>,
     mode: Mode,
     masking: Arc<MaskingConfig>,
+    /// The targets of the agent's config, for when there is no catalog (no policy
+    /// directory).
+    configured: Vec<TargetSpec>,
 }
 
 /// What the agent's config file says that a reload takes up: `[policy] mode`,
@@ -123,6 +119,7 @@ impl Enforcer {
                 signature,
                 mode: settings.mode,
                 masking: settings.masking.clone(),
+                configured: settings.targets.clone(),
             }),
             settings: Mutex::new(settings),
             next_generation: AtomicU64::new(2),
@@ -141,11 +138,6 @@ impl Enforcer {
 
     pub fn generation(&self) -> u64 {
         self.active.load().generation
-    }
-
-    /// The masking configuration in force; it changes with the generation.
-    pub fn masking(&self) -> Arc<MaskingConfig> {
-        self.active.load().masking.clone()
     }
 
     /// Whether a policy directory is in force (else everything is allowed).
@@ -180,7 +172,8 @@ impl Enforcer {
         });
         match attempt {
             Ok((engine, signature, new)) => {
-                let (mode, masking) = (new.mode, new.masking.clone());
+                let (mode, masking, configured) =
+                    (new.mode, new.masking.clone(), new.targets.clone());
                 *settings = new;
                 let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
                 let policies = engine.as_ref().map_or(0, PolicyEngine::policy_count);
@@ -192,6 +185,7 @@ impl Enforcer {
                     signature,
                     mode,
                     masking,
+                    configured,
                 }));
                 tracing::info!(dir = %self.dir.display(), policies, generation, "policy reloaded");
                 Ok(Reloaded {
@@ -212,6 +206,7 @@ impl Enforcer {
                         signature,
                         mode: current.mode,
                         masking: current.masking.clone(),
+                        configured: current.configured.clone(),
                     }));
                 }
                 Err(error)
@@ -236,154 +231,11 @@ impl Enforcer {
         Ok(Settings::from_config(&config))
     }
 
-    /// Decides one SQL statement (callers cache per connection).
-    pub fn decide_sql(
-        &self,
-        subject: Subject<'_>,
-        action: &str,
-        sql: &tollgate_policy::SqlContext,
-    ) -> Decision {
-        match self.active.load().engine.as_ref() {
-            Some(engine) => engine.decide_sql(subject, action, sql),
-            None => Decision::allow(NO_POLICY_REASON),
-        }
+    /// The policy in force now. Every decision about one connection (or one statement)
+    /// comes from one snapshot, so none of them falls on the other side of a reload.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot::new(self.active.load_full())
     }
-
-    /// Decides one DNS query of a job.
-    pub fn decide_dns(&self, query: tollgate_policy::dns::DnsQuery<'_>) -> Decision {
-        match self.active.load().engine.as_ref() {
-            Some(engine) => engine.decide_dns(query),
-            None => Decision::allow(NO_POLICY_REASON),
-        }
-    }
-
-    /// Decides one UDP flow of a job (`udp:send`): denied without policy.
-    pub fn decide_udp(&self, subject: Subject<'_>) -> Decision {
-        match self.active.load().engine.as_ref() {
-            Some(engine) => engine.decide_udp(subject),
-            None => tollgate_policy::udp::without_policy(),
-        }
-    }
-
-    /// Decides a job's connect to a unix socket (`unix:connect`): without policy, the
-    /// default (container-engine sockets denied, everything else allowed).
-    pub fn decide_unix(
-        &self,
-        principal: &tollgate_policy::Principal,
-        socket: tollgate_policy::unix::UnixSocket<'_>,
-    ) -> Decision {
-        match self.active.load().engine.as_ref() {
-            Some(engine) => engine.decide_unix(principal, socket),
-            None => tollgate_policy::unix::without_policy(socket),
-        }
-    }
-
-    /// Whether UDP flows must be decided one by one (some permit may apply to
-    /// `udp:send`, or audit mode); otherwise the kernel refuses them all.
-    pub fn decides_udp(&self) -> bool {
-        self.active
-            .load()
-            .engine
-            .as_ref()
-            .is_some_and(PolicyEngine::decides_udp)
-    }
-
-    /// Whether a policy explicitly permits `action` (exemptions such as `mask:exempt`):
-    /// false without policies, and in audit mode only a real permit counts.
-    pub fn permits(
-        &self,
-        subject: Subject<'_>,
-        action: &str,
-        sql: &tollgate_policy::SqlContext,
-    ) -> bool {
-        self.active
-            .load()
-            .engine
-            .as_ref()
-            .is_some_and(|engine| engine.permits(subject, action, sql))
-    }
-
-    /// What masks the results a client of `destination` sees: its target's
-    /// `masking.results`, else `[masking] results`.
-    pub fn results_masking(&self, destination: SocketAddr) -> ResultsMasking {
-        let active = self.active.load();
-        active
-            .engine
-            .as_ref()
-            .and_then(|engine| engine.target(destination))
-            .and_then(|target| target.masking)
-            .map_or(active.masking.results, |masking| masking.results)
-    }
-
-    /// The protocol the targets catalog declares for a destination (`postgres`, ...).
-    pub fn protocol_of(&self, destination: SocketAddr) -> Option<String> {
-        self.active
-            .load()
-            .engine
-            .as_ref()
-            .and_then(|engine| engine.target(destination))
-            .and_then(|target| target.protocol.clone())
-    }
-
-    /// Decides an L4 connect, from this thread's cache when possible.
-    pub fn decide_connect(&self, subject: Subject<'_>) -> Decision {
-        let Subject {
-            principal,
-            process,
-            destination,
-            hostname,
-        } = subject;
-        let active = self.active.load();
-        let Some(engine) = active.engine.as_ref() else {
-            return Decision::allow(NO_POLICY_REASON);
-        };
-        let key = CacheKey {
-            job_id: principal.job_id.clone(),
-            // A job's identity changes only when it is verified: that is part of the key.
-            verified: principal.assurance == tollgate_policy::Assurance::OidcVerified,
-            uid: process.uid,
-            gid: process.gid,
-            comm: process.comm.clone(),
-            exe: process.exe.clone(),
-            destination,
-            hostname: hostname.map(str::to_owned),
-        };
-        CACHE.with(|cache| {
-            let mut cache = cache.borrow_mut();
-            if cache.generation != active.generation || cache.map.len() >= CACHE_CAPACITY {
-                cache.generation = active.generation;
-                cache.map.clear();
-            }
-            if let Some(decision) = cache.map.get(&key) {
-                return decision.clone();
-            }
-            let decision = engine.decide_connect(subject);
-            cache.map.insert(key, decision.clone());
-            decision
-        })
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct CacheKey {
-    job_id: String,
-    verified: bool,
-    uid: u32,
-    gid: u32,
-    comm: String,
-    exe: Option<String>,
-    destination: SocketAddr,
-    hostname: Option<String>,
-}
-
-#[derive(Default)]
-struct DecisionCache {
-    generation: u64,
-    map: HashMap<CacheKey, Decision>,
-}
-
-thread_local! {
-    static CACHE: RefCell<DecisionCache> = RefCell::new(DecisionCache::default());
 }
 
 /// The catalog with each target's DNS names resolved to addresses (now, and again on
@@ -481,7 +333,9 @@ fn read(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tollgate_policy::{Principal, Process};
+    use std::net::SocketAddr;
+
+    use tollgate_policy::{NO_POLICY_REASON, Principal, Process, Subject};
 
     use crate::metrics::Metrics;
 
@@ -513,8 +367,11 @@ mod tests {
         )
         .unwrap();
         let dest: SocketAddr = "127.0.0.1:80".parse().unwrap();
-        let decision =
-            enforcer.decide_connect(Subject::new(&principal(), &Process::default(), dest));
+        let decision = enforcer.snapshot().decide_connect(Subject::new(
+            &principal(),
+            &Process::default(),
+            dest,
+        ));
         assert!(!decision.blocks());
         assert_eq!(decision.reason, NO_POLICY_REASON);
 
@@ -528,12 +385,16 @@ mod tests {
         let reloaded = enforcer.reload().unwrap();
         assert_eq!(reloaded.policies, 1);
         assert!(!enforcer.changed_on_disk());
-        let decision =
-            enforcer.decide_connect(Subject::new(&principal(), &Process::default(), dest));
+        let decision = enforcer.snapshot().decide_connect(Subject::new(
+            &principal(),
+            &Process::default(),
+            dest,
+        ));
         assert_eq!(decision.policy_ids, vec!["web".to_owned()]);
         let other: SocketAddr = "127.0.0.1:81".parse().unwrap();
         assert!(
             enforcer
+                .snapshot()
                 .decide_connect(Subject::new(&principal(), &Process::default(), other))
                 .blocks()
         );
@@ -549,8 +410,11 @@ mod tests {
             !enforcer.changed_on_disk(),
             "a broken set is not retried until it changes"
         );
-        let decision =
-            enforcer.decide_connect(Subject::new(&principal(), &Process::default(), dest));
+        let decision = enforcer.snapshot().decide_connect(Subject::new(
+            &principal(),
+            &Process::default(),
+            dest,
+        ));
         assert_eq!(
             decision.policy_ids,
             vec!["web".to_owned()],
@@ -578,14 +442,14 @@ mod tests {
             metrics.policy.clone(),
         )
         .unwrap();
-        let local = enforcer.decide_connect(Subject::new(
+        let local = enforcer.snapshot().decide_connect(Subject::new(
             &principal(),
             &Process::default(),
             "127.0.0.1:8080".parse().unwrap(),
         ));
         assert_eq!(local.target, "local");
         assert!(!local.blocks(), "{local:?}");
-        let other = enforcer.decide_connect(Subject::new(
+        let other = enforcer.snapshot().decide_connect(Subject::new(
             &principal(),
             &Process::default(),
             "192.0.2.1:8080".parse().unwrap(),
@@ -619,6 +483,7 @@ mod tests {
         };
         let masked = |enforcer: &Enforcer| -> Vec<String> {
             enforcer
+                .snapshot()
                 .masking()
                 .rules
                 .iter()
@@ -636,7 +501,7 @@ mod tests {
         )
         .unwrap();
         let to = |port: u16| {
-            enforcer.decide_connect(Subject::new(
+            enforcer.snapshot().decide_connect(Subject::new(
                 &principal(),
                 &Process::default(),
                 SocketAddr::from(([127, 0, 0, 1], port)),

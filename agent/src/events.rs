@@ -201,7 +201,7 @@ fn parse_unix(bytes: &[u8]) -> Option<UnixEvent> {
 
 fn to_record(event: &Event, jobs: &JobRegistry) -> EventRecord {
     let job = jobs.resolve(event.cgroup_id);
-    let comm = crate::proxy::comm_str(&event.comm);
+    let comm = tollgate_common::convert::comm(&event.comm);
     let exe = crate::proc_info::exe(event.tgid).map(|p| p.display().to_string());
     let (kind, action, detail) = match EventKind::from_u32(event.kind) {
         Some(EventKind::SocketRefused) => (
@@ -212,7 +212,7 @@ fn to_record(event: &Event, jobs: &JobRegistry) -> EventRecord {
         Some(EventKind::UdpRefused) => (
             "udp_refused",
             "refused",
-            format!("udp to {}", crate::proxy::tuple_addr(&event.dst)),
+            format!("udp to {}", event.dst.addr()),
         ),
         Some(
             EventKind::UnixConnect

@@ -182,6 +182,9 @@ pub struct Caller {
     pub gid: u32,
 }
 
+/// Sub-cgroups remembered, at most this many before the cache starts over.
+const SUB_CGROUPS_CACHED: usize = 4096;
+
 pub struct JobRegistry {
     by_cgroup: ArcSwap<HashMap<u64, Arc<Job>>>,
     /// Jobs that ended recently. A job's connections can still wait in the proxy's
@@ -189,6 +192,9 @@ pub struct JobRegistry {
     /// never reused, so this cannot misattribute.
     recently_ended: ArcSwap<HashMap<u64, (Instant, Arc<Job>)>>,
     ended_grace: Duration,
+    /// Sub-cgroups that jobs created, by the job cgroup they are in: found by a walk of
+    /// the cgroup tree once, then looked up (cgroup ids are never reused).
+    sub_cgroups: Mutex<HashMap<u64, u64>>,
     /// Jobs whose completion hook ran: they end (as completed) when their owner exits.
     completing: Mutex<std::collections::HashSet<String>>,
     /// The processes last seen in each job (and those placed since): pid -> job id.
@@ -215,6 +221,7 @@ impl JobRegistry {
             by_cgroup: ArcSwap::from_pointee(HashMap::new()),
             recently_ended: ArcSwap::from_pointee(HashMap::new()),
             ended_grace,
+            sub_cgroups: Mutex::new(HashMap::new()),
             completing: Mutex::new(std::collections::HashSet::new()),
             members: Mutex::new(HashMap::new()),
             brought: crate::sockets::brought::Brought::default(),
@@ -227,17 +234,49 @@ impl JobRegistry {
     }
 
     /// The job owning a cgroup id: a lock-free lookup, then (for sub-cgroups a job
-    /// created itself) a walk of the job cgroups.
+    /// created itself) the job cgroup it was found in before, else a walk of the job
+    /// cgroups (once per sub-cgroup).
     pub fn resolve(&self, cgroup_id: u64) -> Option<Arc<Job>> {
-        let jobs = self.by_cgroup.load();
-        if let Some(job) = jobs.get(&cgroup_id) {
-            return Some(job.clone());
+        if let Some(job) = self.by_job_cgroup(cgroup_id) {
+            return Some(job);
         }
-        if let Some((_, job)) = self.recently_ended.load().get(&cgroup_id) {
-            return Some(job.clone());
+        let cached = self.sub_cgroups().get(&cgroup_id).copied();
+        if let Some(job_cgroup) = cached {
+            let job = self.by_job_cgroup(job_cgroup);
+            if job.is_none() {
+                // Its job is gone for good.
+                self.sub_cgroups().remove(&cgroup_id);
+            }
+            return job;
         }
         let job_id = self.tree.find_job_of(cgroup_id)?;
-        jobs.values().find(|job| job.id == job_id).cloned()
+        let job = self
+            .by_cgroup
+            .load()
+            .values()
+            .find(|job| job.id == job_id)
+            .cloned()?;
+        let mut cache = self.sub_cgroups();
+        if cache.len() >= SUB_CGROUPS_CACHED {
+            cache.clear();
+        }
+        cache.insert(cgroup_id, job.cgroup_id);
+        Some(job)
+    }
+
+    /// The job of a job cgroup: active, or ended within the grace period.
+    fn by_job_cgroup(&self, cgroup_id: u64) -> Option<Arc<Job>> {
+        if let Some(job) = self.by_cgroup.load().get(&cgroup_id) {
+            return Some(job.clone());
+        }
+        self.recently_ended
+            .load()
+            .get(&cgroup_id)
+            .map(|(_, job)| job.clone())
+    }
+
+    fn sub_cgroups(&self) -> std::sync::MutexGuard<'_, HashMap<u64, u64>> {
+        self.sub_cgroups.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Adds what is called, before anything runs in it, when a job starts or its

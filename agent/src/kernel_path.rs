@@ -29,7 +29,7 @@ pub use metrics::KernelMetrics;
 
 use crate::{
     bpf::VerdictMaps,
-    enforce::{Enforcer, KernelPlan},
+    enforce::{Enforcer, KernelPlan, Snapshot},
     jobs::{Job, JobRegistry},
     metrics::{PolicyMetrics, ProxyMetrics},
     record::Recorder,
@@ -276,7 +276,7 @@ impl KernelPath {
 
     /// Makes the plan from the policy in force and applies it.
     fn replan(&self) {
-        let plan = self.enforcer.kernel_plan();
+        let plan = self.enforcer.snapshot().kernel_plan();
         if let Err(error) = self.maps.replace_nets(&nets::entries(&plan)) {
             tracing::error!(%error, "writing the networks that stay on the proxy path");
         }
@@ -322,11 +322,12 @@ impl KernelPath {
         destination: SocketAddr,
         hostname: Option<&str>,
         decision: &Decision,
+        policy: &Snapshot,
     ) {
         if !self.enabled {
             return;
         }
-        if let Err(why) = self.enforcer.kernel_final(destination, hostname, decision) {
+        if let Err(why) = policy.kernel_final(destination, hostname, decision) {
             self.metrics.declined.inc();
             tracing::debug!(%destination, %why, "connection stays on the proxy path");
             return;
@@ -334,7 +335,7 @@ impl KernelPath {
         let key = conns::verdict_key(info);
         let mut state = self.state();
         if state.suspended
-            || state.plan.generation != self.enforcer.generation()
+            || state.plan.generation != policy.generation()
             || state.plan.blind.is_some()
             || state.installed.contains_key(&key)
         {

@@ -2,6 +2,7 @@
 //! redirected, attribute each one from the kernel's record, decide it, and relay it to
 //! its original destination.
 pub(crate) mod access;
+pub mod attribute;
 mod connection;
 pub mod handler;
 mod live;
@@ -10,7 +11,7 @@ mod relay;
 
 use std::{
     io,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -19,10 +20,9 @@ use std::{
 };
 
 use tokio::{net::TcpListener, sync::watch};
-use tollgate_common::{AF_INET, AF_INET6, ConnInfo, TupleKey};
 
 use crate::{
-    bpf::{ConnMaps, ipv6_from_words, ipv6_words},
+    bpf::ConnMaps,
     enforce::Enforcer,
     jobs::JobRegistry,
     metrics::{PolicyMetrics, ProxyMetrics},
@@ -221,7 +221,7 @@ async fn worker(
         let mut generation = shared.policy_generation.clone();
         tokio::spawn(async move {
             while generation.changed().await.is_ok() {
-                let revoked = live::revoke_denied(&shared.enforcer);
+                let revoked = live::revoke_denied(&shared.enforcer.snapshot());
                 if revoked > 0 {
                     tracing::warn!(revoked, "policy reload revoked live connections");
                 }
@@ -292,106 +292,4 @@ fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
     Ok(socket.into())
-}
-
-/// The kernel's key for an accepted connection: the client's (family, ip, port).
-pub fn tuple_key(peer: SocketAddr) -> TupleKey {
-    match peer {
-        SocketAddr::V4(v4) => TupleKey {
-            family: u32::from(AF_INET),
-            port: u32::from(v4.port()),
-            ip: [u32::from_ne_bytes(v4.ip().octets()), 0, 0, 0],
-        },
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => TupleKey {
-                family: u32::from(AF_INET),
-                port: u32::from(v6.port()),
-                ip: [u32::from_ne_bytes(v4.octets()), 0, 0, 0],
-            },
-            None => TupleKey {
-                family: u32::from(AF_INET6),
-                port: u32::from(v6.port()),
-                ip: ipv6_words(*v6.ip()),
-            },
-        },
-    }
-}
-
-/// The original destination the kernel recorded, in canonical form.
-pub fn original_destination(info: &ConnInfo) -> SocketAddr {
-    if info.orig_family == AF_INET {
-        SocketAddr::V4(SocketAddrV4::new(
-            Ipv4Addr::from(info.orig_ip[0].to_ne_bytes()),
-            info.orig_port,
-        ))
-    } else {
-        SocketAddr::V6(SocketAddrV6::new(
-            ipv6_from_words(info.orig_ip),
-            info.orig_port,
-            0,
-            0,
-        ))
-    }
-}
-
-/// The `comm` bytes up to the first NUL.
-pub fn comm(info: &ConnInfo) -> String {
-    comm_str(&info.comm)
-}
-
-/// A kernel `comm` (NUL padded) as text.
-pub fn comm_str(comm: &[u8; 16]) -> String {
-    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    String::from_utf8_lossy(&comm[..end]).into_owned()
-}
-
-/// The inverse of [`tuple_key`]: the address a kernel key names.
-pub fn tuple_addr(key: &TupleKey) -> SocketAddr {
-    let port = key.port as u16;
-    if key.family == u32::from(AF_INET) {
-        SocketAddr::V4(SocketAddrV4::new(
-            Ipv4Addr::from(key.ip[0].to_ne_bytes()),
-            port,
-        ))
-    } else {
-        SocketAddr::V6(SocketAddrV6::new(ipv6_from_words(key.ip), port, 0, 0))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_match_what_the_kernel_writes() {
-        let key = tuple_key("127.0.0.1:40000".parse().unwrap());
-        assert_eq!(key.family, u32::from(AF_INET));
-        assert_eq!(key.port, 40000);
-        // Network order in memory: 127 is the first byte.
-        assert_eq!(key.ip[0].to_ne_bytes(), [127, 0, 0, 1]);
-        let mapped = tuple_key("[::ffff:127.0.0.1]:40000".parse().unwrap());
-        assert_eq!(mapped, key);
-        let v6 = tuple_key("[::1]:1".parse().unwrap());
-        assert_eq!(v6.family, u32::from(AF_INET6));
-        assert_eq!(v6.ip, [0, 0, 0, 1_u32.to_be()]);
-    }
-
-    #[test]
-    fn destinations_are_canonical() {
-        let mut info = ConnInfo {
-            orig_family: AF_INET,
-            orig_port: 5432,
-            ..Default::default()
-        };
-        info.orig_ip[0] = u32::from_ne_bytes([10, 1, 2, 3]);
-        assert_eq!(original_destination(&info).to_string(), "10.1.2.3:5432");
-        info.orig_family = AF_INET6;
-        info.orig_ip = ipv6_words("2001:db8::1".parse().unwrap());
-        assert_eq!(
-            original_destination(&info).to_string(),
-            "[2001:db8::1]:5432"
-        );
-        info.comm[..4].copy_from_slice(b"psql");
-        assert_eq!(comm(&info), "psql");
-    }
 }

@@ -168,6 +168,21 @@ pub struct ConnectionRecord {
     pub statements: Vec<StatementRecord>,
 }
 
+impl ConnectionRecord {
+    /// Puts a decision on the record: its label (returned, to be counted), reason,
+    /// policies and target.
+    pub fn decided(&mut self, decision: &tollgate_policy::Decision) -> DecisionLabel {
+        let label = DecisionLabel::from(decision);
+        self.decision = label;
+        self.reason.clone_from(&decision.reason);
+        self.policy_ids.clone_from(&decision.policy_ids);
+        if !decision.target.is_empty() {
+            self.target = Some(decision.target.clone());
+        }
+        label
+    }
+}
+
 /// One SQL statement of a PostgreSQL session.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatementRecord {

@@ -59,9 +59,7 @@ impl PolicyEngine {
     pub fn decide_dns(&self, query: DnsQuery<'_>) -> Decision {
         let target = self.target_named(query.name);
         if !self.governs_dns() {
-            let mut decision = Decision::allow(NO_DNS_POLICY_REASON);
-            decision.target = target.map_or_else(|| "(unknown)".to_owned(), |t| t.name.clone());
-            return decision;
+            return Decision::allow(NO_DNS_POLICY_REASON).about(target);
         }
         let evaluated = dns_target(&query, target).and_then(|resource| {
             let context = Context::from_pairs([("qtype".to_owned(), string(query.qtype))])

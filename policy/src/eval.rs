@@ -136,11 +136,7 @@ impl PolicyEngine {
     /// `sql:admin` or `sql:unknown`.
     pub fn decide_sql(&self, subject: Subject<'_>, action: &str, sql: &SqlContext) -> Decision {
         if !self.governs_sql {
-            let mut decision = Decision::allow(NO_SQL_POLICY_REASON);
-            decision.target = self
-                .target_of(&subject)
-                .map_or_else(|| "(unknown)".to_owned(), |t| t.name.clone());
-            return decision;
+            return Decision::allow(NO_SQL_POLICY_REASON).about(self.target_of(&subject));
         }
         self.decide(subject, action, Some(sql))
     }
@@ -181,8 +177,10 @@ impl PolicyEngine {
             enforced: mode == Mode::Enforce,
             policy_ids,
             reason,
-            target: target.map_or_else(|| "(unknown)".to_owned(), |t| t.name.clone()),
+            target: String::new(),
+            protocol: None,
         }
+        .about(target)
     }
 
     fn evaluate(

@@ -150,6 +150,10 @@ pub struct Decision {
     pub reason: String,
     /// The target the destination resolved to, or `(unknown)`.
     pub target: String,
+    /// The protocol that target declares (`postgres`, ...): how its connections are
+    /// followed, from the same policy as the decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
 }
 
 impl Decision {
@@ -160,6 +164,7 @@ impl Decision {
             policy_ids: Vec::new(),
             reason: reason.into(),
             target: String::new(),
+            protocol: None,
         }
     }
 
@@ -170,7 +175,15 @@ impl Decision {
             policy_ids: Vec::new(),
             reason: reason.into(),
             target: String::new(),
+            protocol: None,
         }
+    }
+
+    /// About `target`: its name (or `(unknown)`) and the protocol it declares.
+    pub fn about(mut self, target: Option<&TargetSpec>) -> Self {
+        self.target = target.map_or_else(|| "(unknown)".to_owned(), |t| t.name.clone());
+        self.protocol = target.and_then(|t| t.protocol.clone());
+        self
     }
 
     /// Whether the connection must be refused.

@@ -26,11 +26,7 @@ impl PolicyEngine {
     /// Decides one UDP flow.
     pub fn decide_udp(&self, subject: Subject<'_>) -> Decision {
         if !self.decides_udp() {
-            let mut decision = Decision::deny(NO_UDP_PERMIT_REASON);
-            decision.target = self
-                .target_of(&subject)
-                .map_or_else(|| "(unknown)".to_owned(), |t| t.name.clone());
-            return decision;
+            return Decision::deny(NO_UDP_PERMIT_REASON).about(self.target_of(&subject));
         }
         self.decide_action(subject, ACTION)
     }

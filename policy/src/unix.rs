@@ -100,6 +100,7 @@ pub fn without_policy(socket: UnixSocket<'_>) -> Decision {
         policy_ids,
         reason,
         target: socket.path.to_owned(),
+        protocol: None,
     }
 }
 

@@ -12,7 +12,7 @@ use tokio::{
     net::{TcpStream, UdpSocket},
 };
 use tollgate_common::ConnInfo;
-use tollgate_policy::{Process, dns::DnsQuery};
+use tollgate_policy::dns::DnsQuery;
 
 use super::{
     DnsConfig,
@@ -23,7 +23,6 @@ use crate::{
     enforce::Enforcer,
     jobs::JobRegistry,
     metrics::DnsMetrics,
-    proxy::{comm, original_destination},
     record::DecisionLabel,
     record::{DnsRecord, RecordEvent, Recorder, now_ms},
 };
@@ -173,19 +172,16 @@ impl Resolver {
             ..DnsRecord::default()
         };
         let job = info.and_then(|info| self.jobs.resolve(info.cgroup_id));
-        let process = info.map(|info| Process {
-            pid: info.tgid,
-            uid: info.uid,
-            gid: info.gid,
-            comm: comm(&info),
-            exe: crate::proc_info::exe(info.tgid).map(|p| p.display().to_string()),
+        let process = info.map(|info| {
+            let exe = crate::proc_info::exe(info.tgid).map(|p| p.display().to_string());
+            crate::proxy::attribute::process(&info, exe)
         });
-        let server = info.map(|info| original_destination(&info));
+        let server = info.map(|info| info.original_destination());
         if let Some(info) = info {
             record.cgroup_id = Some(info.cgroup_id);
             record.pid = Some(info.tgid);
             record.uid = Some(info.uid);
-            record.comm = Some(comm(&info));
+            record.comm = Some(info.comm());
         }
         record.server = server.map(|s| s.to_string());
         record.job_id = job.as_ref().map(|j| j.id.clone());
@@ -218,7 +214,7 @@ impl Resolver {
             record.reason = "the resolver is off ([dns] enabled = false): refused".to_owned();
             return Some(self.refuse(record, &question, started));
         }
-        let decision = self.enforcer.decide_dns(DnsQuery {
+        let decision = self.enforcer.snapshot().decide_dns(DnsQuery {
             principal: &job.principal,
             process: &process,
             server,

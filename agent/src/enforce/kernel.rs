@@ -7,7 +7,7 @@ use tollgate_policy::{
     Decision, Effect, Mode, PortRange, ResultsMasking, TargetSpec, targets::canonical,
 };
 
-use super::Enforcer;
+use super::Snapshot;
 use crate::postgres::mask::MaskingConfig;
 
 /// What the policy in force lets the kernel decide.
@@ -77,24 +77,18 @@ fn undeclared(followed_matters: bool, protocol: Option<&str>) -> Result<(), Stri
     Ok(())
 }
 
-impl Enforcer {
-    /// What the kernel may decide under the policy in force.
+impl Snapshot {
+    /// What the kernel may decide under this policy.
     pub fn kernel_plan(&self) -> KernelPlan {
-        let active = self.active.load();
-        // Without a policy directory there is no catalog: the configured targets.
-        let configured = self
-            .settings
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .targets
-            .clone();
+        let active = &self.active;
         let mut plan = KernelPlan {
             generation: active.generation,
             ..KernelPlan::default()
         };
         let catalog: &[TargetSpec] = match &active.engine {
             Some(engine) => engine.targets(),
-            None => &configured,
+            // Without a policy directory there is no catalog: the configured targets.
+            None => &active.configured,
         };
         if active.mode == Mode::Audit {
             plan.blind = Some("policy mode is audit: every connection is evaluated".to_owned());
@@ -140,12 +134,11 @@ impl Enforcer {
         if decision.effect != Effect::Allow || !decision.enforced {
             return Err(format!("the decision is {}", decision.label()));
         }
-        let active = self.active.load();
+        let active = &self.active;
         let Some(engine) = active.engine.as_ref() else {
             // No catalog without a policy directory: the configured targets.
-            let settings = self.settings.lock().unwrap_or_else(|e| e.into_inner());
-            let target = settings
-                .targets
+            let target = active
+                .configured
                 .iter()
                 .find(|t| t.matches(destination.ip(), destination.port()));
             if let Some(why) = target.and_then(|t| proxied_because(t, active.mode)) {

@@ -10,14 +10,13 @@ use std::{
 };
 
 use tollgate_common::{AF_INET6, ConnInfo, EventKind, KernelConnEvent, TupleKey, VerdictKey};
-use tollgate_policy::{Decision, Process, Subject};
+use tollgate_policy::{Decision, Subject};
 
 use super::{KernelPath, destroy};
 use crate::{
     bpf::monotonic_ns,
     jobs::Job,
-    proc_info,
-    proxy::{comm, original_destination, tuple_addr},
+    proxy::attribute::{Attributed, process},
     record::DecisionLabel,
     record::{ConnectionRecord, now_ms},
 };
@@ -80,16 +79,6 @@ pub fn verdict_key(info: &ConnInfo) -> VerdictKey {
     }
 }
 
-fn process(info: &ConnInfo, exe: Option<String>) -> Process {
-    Process {
-        pid: info.tgid,
-        uid: info.uid,
-        gid: info.gid,
-        comm: comm(info),
-        exe,
-    }
-}
-
 impl Live {
     fn conns(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Conn>> {
         self.conns.lock().unwrap_or_else(|e| e.into_inner())
@@ -112,7 +101,7 @@ impl Live {
                     return;
                 };
                 conn.seen = Instant::now();
-                let local = tuple_addr(&event.local);
+                let local = event.local.addr();
                 conn.local = Some(local);
                 conn.record.source = local.to_string();
                 let elapsed = event.ktime_ns.saturating_sub(conn.info.ktime_ns) / 1_000;
@@ -168,6 +157,7 @@ impl Live {
 
     /// Re-decides every live connection after a reload; destroys the denied ones.
     pub fn revoke_denied(&self, kp: &KernelPath) -> usize {
+        let policy = kp.enforcer.snapshot();
         let mut conns = self.conns();
         let mut revoked = 0;
         for (cookie, conn) in conns.iter_mut() {
@@ -175,10 +165,9 @@ impl Live {
                 continue;
             };
             let process = process(&conn.info, conn.record.exe.clone());
-            let destination = original_destination(&conn.info);
+            let destination = conn.info.original_destination();
             let decision =
-                kp.enforcer
-                    .decide_connect(Subject::new(&job.principal, &process, destination));
+                policy.decide_connect(Subject::new(&job.principal, &process, destination));
             if decision.blocks() {
                 revoked += 1;
                 if conn.local.is_some() {
@@ -194,40 +183,24 @@ impl Live {
 
 /// The record of a connect that went straight to its destination.
 fn connected(kp: &KernelPath, event: &KernelConnEvent) -> Conn {
-    let info = event.info;
-    let job = kp.jobs.resolve(info.cgroup_id);
-    let exe = proc_info::exe(info.tgid).map(|p| p.display().to_string());
-    let destination = original_destination(&info);
+    let conn = Attributed::from_record(event.info, &kp.jobs);
+    let info = conn.info;
     let age_ms = monotonic_ns().saturating_sub(info.ktime_ns) / 1_000_000;
     let mut record = ConnectionRecord {
         id: uuid::Uuid::now_v7().to_string(),
-        attributed: true,
-        pid: Some(info.tgid),
-        tid: Some(info.tid),
-        uid: Some(info.uid),
-        gid: Some(info.gid),
-        comm: Some(comm(&info)),
-        exe: exe.clone(),
-        cgroup_id: Some(info.cgroup_id),
-        destination: Some(destination.to_string()),
-        job_id: job.as_ref().map(|job| job.id.clone()),
-        assurance: job.as_ref().map(|job| job.assurance),
         started_at: now_ms() - age_ms as i64,
         path: Some("kernel".to_owned()),
         ..Default::default()
     };
+    conn.fill(&mut record);
     let key = verdict_key(&info);
     // A verdict dropped since the kernel used it (a reload, an attest): decided anew,
     // and destroyed once it has a tuple if that decision blocks it.
     let (decision, revoke) = match kp.decision_for(&key) {
         Some(decision) => (decision, None),
         None => {
-            let decision = match &job {
-                Some(job) => kp.enforcer.decide_connect(Subject::new(
-                    &job.principal,
-                    &process(&info, exe),
-                    destination,
-                )),
+            let decision = match conn.subject(None) {
+                Some(subject) => kp.enforcer.snapshot().decide_connect(subject),
                 None => Decision::deny(format!(
                     "cgroup {} is not an active Tollgate job: refused",
                     info.cgroup_id
@@ -237,18 +210,11 @@ fn connected(kp: &KernelPath, event: &KernelConnEvent) -> Conn {
             (decision, revoke)
         }
     };
-    let label = DecisionLabel::from(&decision);
-    kp.proxy_metrics.decision(label);
-    record.decision = label;
-    record.reason = decision.reason.clone();
-    record.policy_ids = decision.policy_ids.clone();
-    if !decision.target.is_empty() {
-        record.target = Some(decision.target.clone());
-    }
+    kp.proxy_metrics.decision(record.decided(&decision));
     kp.recorder.opened(&record);
     Conn {
         record,
-        job,
+        job: conn.job,
         info,
         local: None,
         revoke,
@@ -261,7 +227,7 @@ fn revoke(kp: &KernelPath, cookie: u64, conn: &mut Conn, decision: &Decision) {
     let Some(local) = conn.local else {
         return;
     };
-    let remote = original_destination(&conn.info);
+    let remote = conn.info.original_destination();
     let v6_socket = conn.info.sock_family == AF_INET6;
     match destroy::destroy(local, remote, cookie, v6_socket) {
         Ok(_) => {

@@ -4,7 +4,7 @@
 use std::{
     io,
     mem::size_of,
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
@@ -53,29 +53,6 @@ struct Request {
     body: InetDiagReqV2,
 }
 
-fn words(ip: IpAddr, v6_socket: bool) -> [u32; 4] {
-    match ip {
-        IpAddr::V4(v4) if v6_socket => {
-            let mapped = v4.to_ipv6_mapped().octets();
-            std::array::from_fn(|i| {
-                u32::from_ne_bytes([
-                    mapped[i * 4],
-                    mapped[i * 4 + 1],
-                    mapped[i * 4 + 2],
-                    mapped[i * 4 + 3],
-                ])
-            })
-        }
-        IpAddr::V4(v4) => [u32::from_ne_bytes(v4.octets()), 0, 0, 0],
-        IpAddr::V6(v6) => {
-            let o = v6.octets();
-            std::array::from_fn(|i| {
-                u32::from_ne_bytes([o[i * 4], o[i * 4 + 1], o[i * 4 + 2], o[i * 4 + 3]])
-            })
-        }
-    }
-}
-
 /// Destroys the TCP socket from `local` to `remote` with this cookie. `v6_socket`: the
 /// socket is AF_INET6 (a dual-stack socket with IPv4-mapped addresses included). Ok(false)
 /// when no such socket exists any more.
@@ -120,8 +97,8 @@ pub fn destroy(
             id: InetDiagSockId {
                 sport: local.port().to_be(),
                 dport: remote.port().to_be(),
-                src: words(local.ip(), v6_socket),
-                dst: words(remote.ip(), v6_socket),
+                src: tollgate_common::convert::ip_words(local.ip(), v6_socket),
+                dst: tollgate_common::convert::ip_words(remote.ip(), v6_socket),
                 interface: 0,
                 cookie: [cookie as u32, (cookie >> 32) as u32],
             },
@@ -225,7 +202,7 @@ mod tests {
         assert_eq!(size_of::<InetDiagSockId>(), 48);
         assert_eq!(size_of::<InetDiagReqV2>(), 56);
         assert_eq!(size_of::<Request>(), 72);
-        let mapped = words("127.0.0.1".parse().unwrap(), true);
+        let mapped = tollgate_common::convert::ip_words("127.0.0.1".parse().unwrap(), true);
         assert_eq!(mapped[2], 0xffff_u32.to_be());
         assert_eq!(mapped[3].to_ne_bytes(), [127, 0, 0, 1]);
     }

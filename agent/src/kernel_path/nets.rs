@@ -5,10 +5,7 @@ use ipnet::IpNet;
 use tollgate_common::{AF_INET, AF_INET6, NetKey, PORT_SET_RANGES, PortSet};
 use tollgate_policy::PortRange;
 
-use crate::{
-    bpf::{LpmKey, ipv6_words},
-    enforce::KernelPlan,
-};
+use crate::{bpf::LpmKey, enforce::KernelPlan};
 
 const ANY: PortRange = PortRange {
     first: 1,
@@ -21,14 +18,14 @@ fn key(net: &IpNet) -> LpmKey {
             prefix_len: 32 + u32::from(v4.prefix_len()),
             net: NetKey {
                 family: u32::from(AF_INET),
-                ip: [u32::from_ne_bytes(v4.network().octets()), 0, 0, 0],
+                ip: [tollgate_common::convert::ipv4_word(v4.network()), 0, 0, 0],
             },
         },
         IpNet::V6(v6) => LpmKey {
             prefix_len: 32 + u32::from(v6.prefix_len()),
             net: NetKey {
                 family: u32::from(AF_INET6),
-                ip: ipv6_words(v6.network()),
+                ip: tollgate_common::convert::ipv6_words(v6.network()),
             },
         },
     }

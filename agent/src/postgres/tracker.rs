@@ -28,7 +28,10 @@ use super::{
     },
     session::Context,
 };
-use crate::record::{DecisionLabel, StatementRecord, now_ms};
+use crate::{
+    enforce::Snapshot,
+    record::{DecisionLabel, StatementRecord, now_ms},
+};
 
 /// What the server gets instead of a denied statement: it cannot parse, so it fails in
 /// the server exactly where the denied statement would have run.
@@ -185,6 +188,8 @@ pub(super) struct Tracker {
     /// Decisions by (action, tables), until the next reload.
     decisions: HashMap<(&'static str, Arc<[String]>), Arc<Decided>>,
     generation: u64,
+    /// The policy statements are decided under, taken again after each reload.
+    policy: Option<Snapshot>,
     /// `recording.durable`: statements decided in the client's latest bytes, whose rows
     /// must be committed before those bytes go to the server.
     durable: bool,
@@ -196,17 +201,22 @@ impl Tracker {
     /// configuration and the `mask:exempt` permission in force. `sql` is the session's
     /// context (no tables).
     pub(super) fn refresh(&mut self, ctx: &Context, sql: &SqlContext) {
-        let generation = ctx.enforcer.generation();
-        if generation == self.generation {
+        let policy = ctx.enforcer.snapshot();
+        if self.policy.is_some() && policy.generation() == self.generation {
             return;
         }
-        self.generation = generation;
+        self.generation = policy.generation();
         self.decisions.clear();
-        self.masking = ctx.enforcer.masking();
+        self.masking = policy.masking();
         self.detect_results = self.masking.enabled
-            && ctx.enforcer.results_masking(ctx.destination) == ResultsMasking::Detect;
-        self.exempt =
-            self.masking.enabled && ctx.enforcer.permits(ctx.subject(), "mask:exempt", sql);
+            && policy.results_masking(ctx.destination) == ResultsMasking::Detect;
+        self.exempt = self.masking.enabled && policy.permits(ctx.subject(), "mask:exempt", sql);
+        self.policy = Some(policy);
+    }
+
+    /// The policy in force for this statement (taken by [`Tracker::refresh`]).
+    fn policy(&mut self, ctx: &Context) -> &Snapshot {
+        self.policy.get_or_insert_with(|| ctx.enforcer.snapshot())
     }
 
     /// The statements of a Query or Parse text in the session's encoding. Text that
@@ -255,7 +265,7 @@ impl Tracker {
                         ..sql.clone()
                     };
                     let decided =
-                        Decided::new(ctx.enforcer.decide_sql(ctx.subject(), action, &context));
+                        Decided::new(self.policy(ctx).decide_sql(ctx.subject(), action, &context));
                     if self.decisions.len() > 1024 {
                         self.decisions.clear();
                     }

@@ -2,10 +2,9 @@
 //! that fires however the connection task ends (finished, denied early, or cancelled).
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 
-use tollgate_common::ConnInfo;
 use tollgate_policy::Decision;
 
-use super::{Shared, comm, handler::Progress, original_destination};
+use super::{Shared, attribute::Attributed, handler::Progress};
 use crate::{
     jobs::Job,
     metrics::ProxyMetrics,
@@ -68,39 +67,21 @@ impl<'a> AccessLog<'a> {
         self.record.reason = reason;
     }
 
-    pub fn attribute(&mut self, info: &ConnInfo, job: Option<Arc<Job>>, exe: Option<String>) {
-        let r = &mut self.record;
-        r.attributed = true;
-        r.pid = Some(info.tgid);
-        r.tid = Some(info.tid);
-        r.uid = Some(info.uid);
-        r.gid = Some(info.gid);
-        r.comm = Some(comm(info));
-        r.exe = exe;
-        r.cgroup_id = Some(info.cgroup_id);
-        r.destination = Some(original_destination(info).to_string());
-        r.job_id = job.as_ref().map(|job| job.id.clone());
-        r.assurance = job.as_ref().map(|job| job.assurance);
-        self.job = job;
+    pub fn attribute(&mut self, conn: &Attributed) {
+        conn.fill(&mut self.record);
+        self.job.clone_from(&conn.job);
     }
 
     pub fn decide(&mut self, decision: &Decision) {
-        let label = DecisionLabel::from(decision);
-        self.sinks.metrics.decision(label);
-        self.record.decision = label;
-        self.record.reason = decision.reason.clone();
-        self.record.policy_ids = decision.policy_ids.clone();
-        if !decision.target.is_empty() {
-            self.record.target = Some(decision.target.clone());
-        }
+        self.sinks.metrics.decision(self.record.decided(decision));
     }
 
-    /// A policy reload denied this live connection.
     /// The name the job resolved the destination from, if it did.
     pub fn hostname(&mut self, hostname: Option<String>) {
         self.record.hostname = hostname;
     }
 
+    /// A policy reload denied this live connection.
     pub fn revoked(&mut self, decision: &Decision) {
         self.sinks.policy_metrics.revoked.inc();
         self.record.decision = DecisionLabel::Revoked;

@@ -6,19 +6,18 @@ use std::{
 };
 
 use tokio::net::TcpStream;
-use tollgate_policy::{Decision, Process, Subject};
+use tollgate_policy::Decision;
 
 use super::{
     Shared,
     access::AccessLog,
-    comm,
+    attribute::Attributed,
     handler::{self, Handler, reset},
-    live, original_destination, tuple_key,
+    live,
 };
 use crate::{
     metrics::UpstreamErrorKind,
     postgres::hello::{ALPN_POSTGRESQL, MAX_RECORD, Sniffed},
-    proc_info,
 };
 
 const DNS_PORT: u16 = 53;
@@ -27,33 +26,17 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
     let accepted = Instant::now();
     let mut log = AccessLog::new(shared, peer);
 
-    let info = match shared.maps.take(&tuple_key(peer)) {
-        Ok(Some(info)) => info,
-        Ok(None) => {
-            log.unattributed("no kernel record for this connection: refused".to_owned());
-            reset(&client);
-            return;
-        }
-        Err(error) => {
-            log.unattributed(format!("kernel record lookup failed: {error}: refused"));
+    let conn = match Attributed::accepted(&shared.maps, &shared.jobs, peer) {
+        Ok(conn) => conn,
+        Err(why) => {
+            log.unattributed(why.to_string());
             reset(&client);
             return;
         }
     };
-    let job = shared.jobs.resolve(info.cgroup_id);
-    let exe = proc_info::exe(info.tgid).map(|p| p.display().to_string());
-    log.attribute(&info, job.clone(), exe.clone());
-    let destination = original_destination(&info);
-
-    let process = Process {
-        pid: info.tgid,
-        uid: info.uid,
-        gid: info.gid,
-        comm: comm(&info),
-        exe,
-    };
-    let principal = job.as_ref().map(|job| job.principal.clone());
-    if destination.port() == DNS_PORT && principal.is_some() {
+    log.attribute(&conn);
+    let destination = conn.destination;
+    if destination.port() == DNS_PORT && conn.job.is_some() {
         // DNS over TCP, to whatever server: Tollgate's resolver answers, and decides and
         // records each query.
         log.decide(&Decision::allow(
@@ -61,26 +44,27 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
         ));
         log.opened();
         log.connected(accepted);
-        let (up, down) = shared.dns.serve_tcp(client, info).await;
+        let (up, down) = shared.dns.serve_tcp(client, conn.info).await;
         log.progress().up(up);
         log.progress().down(down);
         return;
     }
-    let hostname = job
+    let hostname = conn
+        .job
         .as_ref()
         .and_then(|job| shared.dns.name_of(&job.id, destination.ip()));
     log.hostname(hostname.clone());
-    let decision = match &principal {
+    // Every decision about this connection comes from this one policy.
+    let policy = shared.enforcer.snapshot();
+    let decision = match conn.subject(hostname.as_deref()) {
         None => Decision::deny(format!(
             "cgroup {} is not an active Tollgate job: refused",
-            info.cgroup_id
+            conn.info.cgroup_id
         )),
         Some(_) if shared.strict_recording && !shared.recorder.is_healthy() => {
             Decision::deny("recording is failing and recording.strict is set: refused")
         }
-        Some(principal) => shared.enforcer.decide_connect(
-            Subject::new(principal, &process, destination).with_hostname(hostname.as_deref()),
-        ),
+        Some(subject) => policy.decide_connect(subject),
     };
     log.decide(&decision);
     if decision.blocks() {
@@ -95,7 +79,7 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
             shared.metrics.upstream_error(kind);
             log.error(format!("upstream connect to {destination}: {error}"));
             if let Some(refusals) = &shared.refusals {
-                refusals.upstream_failed(&info, &error);
+                refusals.upstream_failed(&conn.info, &error);
             }
             // Mirror the failure promptly: the client sees a reset, as it would have
             // seen a refusal from the destination itself.
@@ -107,8 +91,9 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
     let _ = upstream.set_nodelay(true);
     let _ = client.set_nodelay(true);
 
-    let how = match &principal {
-        Some(_) if shared.postgres.enabled => follow(&client, &upstream, shared, destination).await,
+    let declared = decision.protocol.as_deref() == Some("postgres");
+    let how = match conn.principal() {
+        Some(_) if shared.postgres.enabled => follow(&client, &upstream, declared).await,
         _ => Follow::Tcp,
     };
     if let Follow::Unfollowable(why) = how {
@@ -119,22 +104,27 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
         return;
     }
     if how == Follow::Tcp
-        && let Some(job) = &job
+        && let Some(job) = &conn.job
     {
-        shared
-            .kernel
-            .offer(&info, job, destination, hostname.as_deref(), &decision);
+        shared.kernel.offer(
+            &conn.info,
+            job,
+            destination,
+            hostname.as_deref(),
+            &decision,
+            &policy,
+        );
     }
-    let handler = match &principal {
+    let handler = match conn.principal() {
         Some(principal) if how != Follow::Tcp => {
             Handler::Postgres(Box::new(crate::postgres::session::Context {
                 enforcer: shared.enforcer.clone(),
                 recorder: shared.recorder.clone(),
                 principal: principal.clone(),
-                process: process.clone(),
+                process: conn.process.clone(),
                 destination,
                 connection_id: log.id().into(),
-                job_id: job.as_ref().map(|j| j.id.as_str().into()),
+                job_id: conn.job.as_ref().map(|j| j.id.as_str().into()),
                 max_message: shared.postgres.max_message_size,
                 tls: shared.tls.clone(),
                 metrics: shared.postgres_metrics.clone(),
@@ -149,9 +139,10 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
     };
 
     // A policy reload may revoke the connection while it is relayed.
-    let (_registration, revoked) = match principal {
+    let (_registration, revoked) = match conn.principal() {
         Some(principal) => {
-            let (registration, revoked) = live::register(principal, process, destination, hostname);
+            let (registration, revoked) =
+                live::register(principal.clone(), conn.process, destination, hostname);
             (Some(registration), Some(revoked))
         }
         None => (None, None),
@@ -183,13 +174,8 @@ enum Follow {
 /// and its first bytes are a PostgreSQL startup-phase message or a ClientHello offering
 /// ALPN `postgresql`. A server that speaks first (SMTP, SSH, MySQL, ...) means plain TCP;
 /// nothing is consumed either way.
-async fn follow(
-    client: &TcpStream,
-    upstream: &TcpStream,
-    shared: &Shared,
-    destination: SocketAddr,
-) -> Follow {
-    let declared = shared.enforcer.protocol_of(destination).as_deref() == Some("postgres");
+/// `declared`: the decision's target declares `protocol = "postgres"`.
+async fn follow(client: &TcpStream, upstream: &TcpStream, declared: bool) -> Follow {
     if !declared {
         tokio::select! {
             biased;

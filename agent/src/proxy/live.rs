@@ -6,7 +6,7 @@ use std::{cell::RefCell, collections::HashMap, net::SocketAddr, sync::Arc};
 use tokio::sync::oneshot;
 use tollgate_policy::{Decision, Principal, Process, Subject};
 
-use crate::enforce::Enforcer;
+use crate::enforce::Snapshot;
 
 struct Entry {
     principal: Arc<Principal>,
@@ -61,14 +61,14 @@ pub fn register(
 
 /// Re-decides this thread's live connections; revokes those now blocked. Returns how
 /// many were revoked.
-pub fn revoke_denied(enforcer: &Enforcer) -> usize {
+pub fn revoke_denied(policy: &Snapshot) -> usize {
     LIVE.with(|live| {
         let mut live = live.borrow_mut();
         let blocked: Vec<(u64, Decision)> = live
             .1
             .iter()
             .filter_map(|(id, entry)| {
-                let decision = enforcer.decide_connect(
+                let decision = policy.decide_connect(
                     Subject::new(&entry.principal, &entry.process, entry.destination)
                         .with_hostname(entry.hostname.as_deref()),
                 );

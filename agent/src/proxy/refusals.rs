@@ -57,7 +57,7 @@ impl Remembered {
             return;
         }
         let job = self.jobs.resolve(key.cgroup_id);
-        let destination = crate::proxy::tuple_addr(&key.dst);
+        let destination = key.dst.addr();
         crate::events::record_event(
             &self.recorder,
             &self.metrics,
@@ -121,7 +121,7 @@ impl Remembered {
                 if probes.len() >= MAX_PROBES {
                     continue;
                 }
-                let destination = crate::proxy::tuple_addr(&key.dst);
+                let destination = key.dst.addr();
                 probes.spawn(async move {
                     let listening = matches!(
                         tokio::time::timeout(

@@ -13,7 +13,7 @@ use std::{
 };
 
 use tokio::{net::UdpSocket, task::AbortHandle};
-use tollgate_common::{ConnInfo, UDP_RELAY_CAPACITY, UdpDenyKey};
+use tollgate_common::{ConnInfo, TupleKey, UDP_RELAY_CAPACITY, UdpDenyKey};
 use tollgate_policy::{Decision, Principal, Process, Subject};
 
 mod carry;
@@ -27,7 +27,7 @@ use crate::{
     dns::server::Resolver,
     enforce::Enforcer,
     jobs::JobRegistry,
-    proxy::{comm, original_destination, tuple_key},
+    proxy::attribute,
     record::DecisionLabel,
     record::{RecordEvent, Recorder, UdpFlowRecord, now_ms},
 };
@@ -151,7 +151,8 @@ impl Relay {
     /// A new policy: the kernel relays UDP only if some permit may apply, earlier
     /// denials are forgotten, and live flows are decided again.
     pub fn apply_policy(&self) {
-        let relay = self.enforcer.decides_udp();
+        let policy = self.enforcer.snapshot();
+        let relay = policy.decides_udp();
         if let Err(error) = self.maps.set_udp_relay(relay) {
             tracing::error!(%error, "cannot tell the kernel whether to relay UDP");
         }
@@ -177,7 +178,7 @@ impl Relay {
             let blocks = principal.is_none_or(|principal| {
                 let subject = Subject::new(&principal, &flow.process, dst)
                     .with_hostname(flow.record.hostname.as_deref());
-                self.enforcer.decide_udp(subject).blocks()
+                policy.decide_udp(subject).blocks()
             });
             if blocks == flow.carried.is_none() {
                 if blocks {
@@ -212,7 +213,7 @@ impl Relay {
             };
             let info = self
                 .maps
-                .udp_source(&tuple_key(from), FRESH)
+                .udp_source(&TupleKey::from_addr(from), FRESH)
                 .unwrap_or_else(|error| {
                     tracing::warn!(%error, "UDP source lookup");
                     None
@@ -243,7 +244,7 @@ impl Relay {
         info: &ConnInfo,
         payload: &[u8],
     ) {
-        let dst = dedicated.unwrap_or_else(|| original_destination(info));
+        let dst = dedicated.unwrap_or_else(|| info.original_destination());
         let key = FlowKey::Relayed { client: from, dst };
         let now = now_ms();
         let mut state = self.state();
@@ -261,13 +262,7 @@ impl Relay {
                 // No room for another flow: refused, and counted.
                 self.deny_in_kernel(info.cookie, dst);
                 self.metrics.datagram("out", "denied", payload.len());
-                let process = Process {
-                    pid: info.tgid,
-                    uid: info.uid,
-                    gid: info.gid,
-                    comm: comm(info),
-                    exe: None,
-                };
+                let process = attribute::process(info, None);
                 let reason = format!(
                     "the relay carries udp.max_flows ({}) flows already: refused",
                     self.config.max_flows
@@ -320,13 +315,8 @@ impl Relay {
         first_len: usize,
     ) -> Flow {
         let job = self.jobs.resolve(info.cgroup_id);
-        let process = Process {
-            pid: info.tgid,
-            uid: info.uid,
-            gid: info.gid,
-            comm: comm(info),
-            exe: crate::proc_info::exe(info.tgid).map(|p| p.display().to_string()),
-        };
+        let exe = crate::proc_info::exe(info.tgid).map(|p| p.display().to_string());
+        let process = attribute::process(info, exe);
         let hostname = job
             .as_ref()
             .and_then(|job| self.resolver.name_of(&job.id, dst.ip()));
@@ -338,7 +328,7 @@ impl Relay {
         record.hostname.clone_from(&hostname);
         let decision = match &job {
             None => Decision::deny("no job has this socket's cgroup: refused"),
-            Some(job) => self.enforcer.decide_udp(
+            Some(job) => self.enforcer.snapshot().decide_udp(
                 Subject::new(&job.principal, &process, dst).with_hostname(hostname.as_deref()),
             ),
         };
@@ -418,7 +408,7 @@ impl Relay {
     fn deny_in_kernel(&self, cookie: u64, dst: SocketAddr) {
         let key = UdpDenyKey {
             cookie,
-            dst: tuple_key(dst),
+            dst: TupleKey::from_addr(dst),
         };
         if let Err(error) = self.maps.deny_udp(&key) {
             tracing::error!(%error, %dst, "cannot refuse a denied UDP flow in the kernel");
@@ -446,7 +436,7 @@ impl Relay {
             }
         };
         let task = tokio::spawn(self.clone().serve(Arc::new(socket), Some(dst))).abort_handle();
-        if let Err(error) = self.maps.add_relay_port(&tuple_key(dst), port) {
+        if let Err(error) = self.maps.add_relay_port(&TupleKey::from_addr(dst), port) {
             tracing::warn!(%error, %dst, "cannot register a UDP relay port");
             task.abort();
             return;
@@ -511,7 +501,10 @@ impl Relay {
     }
 
     fn close_port(&self, dst: SocketAddr, port: &RelayPort) {
-        if let Err(error) = self.maps.remove_relay_port(&tuple_key(dst), port.port) {
+        if let Err(error) = self
+            .maps
+            .remove_relay_port(&TupleKey::from_addr(dst), port.port)
+        {
             tracing::warn!(%error, %dst, "removing a UDP relay port");
         }
         port.task.abort();

@@ -23,7 +23,7 @@ use tollgate_policy::{Decision, Effect, Mode, unix::UnixSocket};
 use super::{UnixConfig, UnixMetrics, paths};
 use crate::{
     bpf::UnixRules,
-    enforce::Enforcer,
+    enforce::{Enforcer, Snapshot},
     jobs::JobRegistry,
     record::DecisionLabel,
     record::{self, EventRecord, RecordEvent, Recorder, UnixRecord},
@@ -100,28 +100,34 @@ impl Gate {
     }
 
     /// The verdict of a path for a cgroup in no job rule.
-    fn host_verdict(&self, path: &str) -> u32 {
+    fn host_verdict(&self, policy: &Snapshot, path: &str) -> u32 {
         match self.engine_of(path) {
-            Some(_) if self.enforcer.mode() == Mode::Audit => UNIX_AUDIT,
+            Some(_) if policy.mode() == Mode::Audit => UNIX_AUDIT,
             Some(_) => UNIX_DENY,
             None => UNIX_ALLOW,
         }
     }
 
-    fn decide(&self, principal: &tollgate_policy::Principal, path: &str) -> Decision {
+    fn decide(
+        &self,
+        policy: &Snapshot,
+        principal: &tollgate_policy::Principal,
+        path: &str,
+    ) -> Decision {
         let engine = self.engine_of(path);
         let socket = UnixSocket {
             path,
             engine: engine.as_deref(),
         };
-        self.enforcer.decide_unix(principal, socket)
+        policy.decide_unix(principal, socket)
     }
 
     /// Computes every verdict again (decisions are cached per policy generation) and
     /// makes the kernel's map hold them.
     pub fn refresh(&self) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let generation = self.enforcer.generation();
+        let policy = self.enforcer.snapshot();
+        let generation = policy.generation();
         if state.generation != generation {
             state.decided.clear();
             state.generation = generation;
@@ -147,7 +153,7 @@ impl Gate {
             // The file behind a denied path, stat'ed at most once per refresh.
             let file = std::cell::OnceCell::new();
             let file = || *file.get_or_init(|| paths::identity(std::path::Path::new(path)));
-            let host = self.host_verdict(path);
+            let host = self.host_verdict(&policy, path);
             if host != UNIX_ALLOW
                 && let Some(key) = paths::key(0, path)
             {
@@ -167,7 +173,7 @@ impl Gate {
                 let v = match state.decided.get(&cache_key) {
                     Some(v) => *v,
                     None => {
-                        let v = verdict(&self.decide(&job.principal, path));
+                        let v = verdict(&self.decide(&policy, &job.principal, path));
                         state.decided.insert(cache_key, v);
                         v
                     }
@@ -211,8 +217,9 @@ impl Gate {
         let cgroup_id = event.addr.cgroup_id;
         let job = self.jobs.resolve(cgroup_id);
         let engine = self.engine_of(&path);
+        let policy = self.enforcer.snapshot();
         let decision = match &job {
-            Some(job) => self.decide(&job.principal, &path),
+            Some(job) => self.decide(&policy, &job.principal, &path),
             None => tollgate_policy::unix::without_policy(UnixSocket {
                 path: &path,
                 engine: engine.as_deref(),
@@ -253,7 +260,7 @@ impl Gate {
             _ => DecisionLabel::Allow,
         };
         self.metrics.connect(label.as_str(), engine.is_some());
-        let comm = crate::proxy::comm_str(&event.comm);
+        let comm = tollgate_common::convert::comm(&event.comm);
         let exe = crate::proc_info::exe(event.tgid).map(|p| p.display().to_string());
         let at = record::now_ms() - age_ms(event.ktime_ns);
         if applied == UNIX_DENY {
@@ -340,7 +347,7 @@ impl Gate {
                 tid: event.tid,
                 uid: event.uid,
                 gid: event.gid,
-                comm: crate::proxy::comm_str(&event.comm),
+                comm: tollgate_common::convert::comm(&event.comm),
                 exe: crate::proc_info::exe(event.tgid).map(|p| p.display().to_string()),
                 action: if killed { "killed" } else { "kill_failed" }.to_owned(),
                 detail: format!("reached {denied}, which is denied, by way of {path}"),

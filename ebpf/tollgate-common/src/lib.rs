@@ -2,7 +2,10 @@
 //!
 //! Every type here is `#[repr(C)]` with explicit padding, so that the kernel side and the
 //! userspace side agree on the byte layout of map keys and values.
-#![no_std]
+#![cfg_attr(not(feature = "user"), no_std)]
+
+#[cfg(feature = "user")]
+pub mod convert;
 
 /// `AF_INET`, as the kernel spells it in `struct sockaddr`.
 pub const AF_INET: u16 = 2;

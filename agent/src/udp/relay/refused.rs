@@ -15,10 +15,10 @@ impl Relay {
             pid: event.tgid,
             uid: event.uid,
             gid: event.gid,
-            comm: crate::proxy::comm_str(&event.comm),
+            comm: tollgate_common::convert::comm(&event.comm),
             exe: None,
         };
-        let reason = if self.enforcer.decides_udp() {
+        let reason = if self.enforcer.snapshot().decides_udp() {
             "refused in the kernel: the relay denied this socket's flow to it".to_owned()
         } else {
             format!(
@@ -26,7 +26,7 @@ impl Relay {
                 tollgate_policy::udp::NO_UDP_PERMIT_REASON
             )
         };
-        let dst = crate::proxy::tuple_addr(&event.dst);
+        let dst = event.dst.addr();
         let mut state = self.state();
         self.count_refused(&mut state, event.cgroup_id, process, dst, "kernel", reason);
     }

@@ -1,0 +1,170 @@
+//! One policy in force, held for as long as a connection (or a statement) is decided
+//! under it. Decisions never load the policy themselves: a caller takes a [`Snapshot`]
+//! once and asks it everything, so a reload cannot fall between two of its questions.
+use std::{cell::RefCell, collections::HashMap, net::SocketAddr, sync::Arc};
+
+use tollgate_policy::{Decision, Mode, NO_POLICY_REASON, PolicyEngine, Subject};
+
+use super::Active;
+use crate::postgres::mask::{MaskingConfig, ResultsMasking};
+
+/// Cached connect decisions per thread, at most this many before the cache starts over.
+const CACHE_CAPACITY: usize = 16 * 1024;
+
+/// The policy in force when it was taken.
+#[derive(Clone)]
+pub struct Snapshot {
+    pub(super) active: Arc<Active>,
+}
+
+impl Snapshot {
+    pub(super) fn new(active: Arc<Active>) -> Self {
+        Self { active }
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.active.generation
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.active.mode
+    }
+
+    fn engine(&self) -> Option<&PolicyEngine> {
+        self.active.engine.as_ref()
+    }
+
+    /// The masking configuration of this generation.
+    pub fn masking(&self) -> Arc<MaskingConfig> {
+        self.active.masking.clone()
+    }
+
+    /// Decides an L4 connect, from this thread's cache when possible. The decision
+    /// names the target and the protocol it declares.
+    pub fn decide_connect(&self, subject: Subject<'_>) -> Decision {
+        let Some(engine) = self.engine() else {
+            return Decision::allow(NO_POLICY_REASON);
+        };
+        let Subject {
+            principal,
+            process,
+            destination,
+            hostname,
+        } = subject;
+        let key = CacheKey {
+            job_id: principal.job_id.clone(),
+            // A job's identity changes only when it is verified: that is part of the key.
+            verified: principal.assurance == tollgate_policy::Assurance::OidcVerified,
+            uid: process.uid,
+            gid: process.gid,
+            comm: process.comm.clone(),
+            exe: process.exe.clone(),
+            destination,
+            hostname: hostname.map(str::to_owned),
+        };
+        CACHE.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if cache.generation != self.active.generation || cache.map.len() >= CACHE_CAPACITY {
+                cache.generation = self.active.generation;
+                cache.map.clear();
+            }
+            if let Some(decision) = cache.map.get(&key) {
+                return decision.clone();
+            }
+            let decision = engine.decide_connect(subject);
+            cache.map.insert(key, decision.clone());
+            decision
+        })
+    }
+
+    /// Decides one SQL statement (callers cache per connection).
+    pub fn decide_sql(
+        &self,
+        subject: Subject<'_>,
+        action: &str,
+        sql: &tollgate_policy::SqlContext,
+    ) -> Decision {
+        match self.engine() {
+            Some(engine) => engine.decide_sql(subject, action, sql),
+            None => Decision::allow(NO_POLICY_REASON),
+        }
+    }
+
+    /// Whether a policy explicitly permits `action` (exemptions such as `mask:exempt`):
+    /// false without policies, and in audit mode only a real permit counts.
+    pub fn permits(
+        &self,
+        subject: Subject<'_>,
+        action: &str,
+        sql: &tollgate_policy::SqlContext,
+    ) -> bool {
+        self.engine()
+            .is_some_and(|engine| engine.permits(subject, action, sql))
+    }
+
+    /// What masks the results a client of `destination` sees: its target's
+    /// `masking.results`, else `[masking] results`.
+    pub fn results_masking(&self, destination: SocketAddr) -> ResultsMasking {
+        self.engine()
+            .and_then(|engine| engine.target(destination))
+            .and_then(|target| target.masking)
+            .map_or(self.active.masking.results, |masking| masking.results)
+    }
+
+    /// Decides one DNS query of a job.
+    pub fn decide_dns(&self, query: tollgate_policy::dns::DnsQuery<'_>) -> Decision {
+        match self.engine() {
+            Some(engine) => engine.decide_dns(query),
+            None => Decision::allow(NO_POLICY_REASON),
+        }
+    }
+
+    /// Decides one UDP flow of a job (`udp:send`): denied without policy.
+    pub fn decide_udp(&self, subject: Subject<'_>) -> Decision {
+        match self.engine() {
+            Some(engine) => engine.decide_udp(subject),
+            None => tollgate_policy::udp::without_policy(),
+        }
+    }
+
+    /// Whether UDP flows must be decided one by one (some permit may apply to
+    /// `udp:send`, or audit mode); otherwise the kernel refuses them all.
+    pub fn decides_udp(&self) -> bool {
+        self.engine().is_some_and(PolicyEngine::decides_udp)
+    }
+
+    /// Decides a job's connect to a unix socket (`unix:connect`): without policy, the
+    /// default (container-engine sockets denied, everything else allowed).
+    pub fn decide_unix(
+        &self,
+        principal: &tollgate_policy::Principal,
+        socket: tollgate_policy::unix::UnixSocket<'_>,
+    ) -> Decision {
+        match self.engine() {
+            Some(engine) => engine.decide_unix(principal, socket),
+            None => tollgate_policy::unix::without_policy(socket),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct CacheKey {
+    job_id: String,
+    verified: bool,
+    uid: u32,
+    gid: u32,
+    comm: String,
+    exe: Option<String>,
+    destination: SocketAddr,
+    hostname: Option<String>,
+}
+
+#[derive(Default)]
+struct DecisionCache {
+    generation: u64,
+    map: HashMap<CacheKey, Decision>,
+}
+
+thread_local! {
+    static CACHE: RefCell<DecisionCache> = RefCell::new(DecisionCache::default());
+}
