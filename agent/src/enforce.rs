@@ -50,11 +50,9 @@ struct Active {
     /// Names, sizes and mtimes of the files the set was read from (the agent's config
     /// file included).
     signature: Vec<(PathBuf, u64, Option<SystemTime>)>,
-    mode: Mode,
-    masking: Arc<MaskingConfig>,
-    /// The targets of the agent's config, for when there is no catalog (no policy
-    /// directory).
-    configured: Vec<TargetSpec>,
+    /// What the config file said (its targets serve when there is no catalog, no
+    /// policy directory).
+    settings: Settings,
 }
 
 /// What the agent's config file says that a reload takes up: `[policy] mode`,
@@ -82,7 +80,6 @@ pub struct Enforcer {
     /// The agent's config file: its [`Settings`] are read again from it on every
     /// reload. None for the built-in config.
     config_file: Option<PathBuf>,
-    settings: Mutex<Settings>,
     active: ArcSwap<Active>,
     next_generation: AtomicU64,
     reload_lock: Mutex<()>,
@@ -117,11 +114,8 @@ impl Enforcer {
                 generation: 1,
                 engine,
                 signature,
-                mode: settings.mode,
-                masking: settings.masking.clone(),
-                configured: settings.targets.clone(),
+                settings,
             }),
-            settings: Mutex::new(settings),
             next_generation: AtomicU64::new(2),
             reload_lock: Mutex::new(()),
             metrics,
@@ -133,7 +127,7 @@ impl Enforcer {
     }
 
     pub fn mode(&self) -> Mode {
-        self.active.load().mode
+        self.active.load().settings.mode
     }
 
     pub fn generation(&self) -> u64 {
@@ -163,18 +157,15 @@ impl Enforcer {
     /// logged and counted, and returned.
     pub fn reload(&self) -> Result<Reloaded, EnforceError> {
         let _guard = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let mut settings = self.settings.lock().unwrap_or_else(|e| e.into_inner());
-        let attempt = self.read_settings(&settings).and_then(|new| {
+        let current = self.active.load_full();
+        let attempt = self.read_settings(&current.settings).and_then(|new| {
             let catalog = resolved_catalog(&new.targets)?;
             let (engine, signature) =
                 read(&self.dir, self.config_file.as_deref(), new.mode, &catalog)?;
             Ok((engine, signature, new))
         });
         match attempt {
-            Ok((engine, signature, new)) => {
-                let (mode, masking, configured) =
-                    (new.mode, new.masking.clone(), new.targets.clone());
-                *settings = new;
+            Ok((engine, signature, settings)) => {
                 let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
                 let policies = engine.as_ref().map_or(0, PolicyEngine::policy_count);
                 self.metrics.loaded.set(policies as i64);
@@ -183,9 +174,7 @@ impl Enforcer {
                     generation,
                     engine,
                     signature,
-                    mode,
-                    masking,
-                    configured,
+                    settings,
                 }));
                 tracing::info!(dir = %self.dir.display(), policies, generation, "policy reloaded");
                 Ok(Reloaded {
@@ -199,14 +188,11 @@ impl Enforcer {
                 self.metrics.reload("error");
                 // Don't retry the same broken files on every poll.
                 if let Ok(signature) = signature(&self.dir, self.config_file.as_deref()) {
-                    let current = self.active.load();
                     self.active.store(Arc::new(Active {
                         generation: current.generation,
                         engine: current.engine.clone(),
                         signature,
-                        mode: current.mode,
-                        masking: current.masking.clone(),
-                        configured: current.configured.clone(),
+                        settings: current.settings.clone(),
                     }));
                 }
                 Err(error)

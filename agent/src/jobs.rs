@@ -13,6 +13,7 @@ use tollgate_policy::Principal;
 
 mod adopt;
 mod labels;
+mod sub_cgroups;
 
 pub use labels::parse_label;
 use labels::{validate_labels, validate_name};
@@ -182,9 +183,6 @@ pub struct Caller {
     pub gid: u32,
 }
 
-/// Sub-cgroups remembered, at most this many before the cache starts over.
-const SUB_CGROUPS_CACHED: usize = 4096;
-
 pub struct JobRegistry {
     by_cgroup: ArcSwap<HashMap<u64, Arc<Job>>>,
     /// Jobs that ended recently. A job's connections can still wait in the proxy's
@@ -192,9 +190,7 @@ pub struct JobRegistry {
     /// never reused, so this cannot misattribute.
     recently_ended: ArcSwap<HashMap<u64, (Instant, Arc<Job>)>>,
     ended_grace: Duration,
-    /// Sub-cgroups that jobs created, by the job cgroup they are in: found by a walk of
-    /// the cgroup tree once, then looked up (cgroup ids are never reused).
-    sub_cgroups: Mutex<HashMap<u64, u64>>,
+    sub_cgroups: sub_cgroups::SubCgroups,
     /// Jobs whose completion hook ran: they end (as completed) when their owner exits.
     completing: Mutex<std::collections::HashSet<String>>,
     /// The processes last seen in each job (and those placed since): pid -> job id.
@@ -221,7 +217,7 @@ impl JobRegistry {
             by_cgroup: ArcSwap::from_pointee(HashMap::new()),
             recently_ended: ArcSwap::from_pointee(HashMap::new()),
             ended_grace,
-            sub_cgroups: Mutex::new(HashMap::new()),
+            sub_cgroups: sub_cgroups::SubCgroups::default(),
             completing: Mutex::new(std::collections::HashSet::new()),
             members: Mutex::new(HashMap::new()),
             brought: crate::sockets::brought::Brought::default(),
@@ -240,27 +236,15 @@ impl JobRegistry {
         if let Some(job) = self.by_job_cgroup(cgroup_id) {
             return Some(job);
         }
-        let cached = self.sub_cgroups().get(&cgroup_id).copied();
-        if let Some(job_cgroup) = cached {
+        if let Some(job_cgroup) = self.sub_cgroups.job_cgroup(cgroup_id) {
             let job = self.by_job_cgroup(job_cgroup);
             if job.is_none() {
-                // Its job is gone for good.
-                self.sub_cgroups().remove(&cgroup_id);
+                self.sub_cgroups.forget(cgroup_id);
             }
             return job;
         }
-        let job_id = self.tree.find_job_of(cgroup_id)?;
-        let job = self
-            .by_cgroup
-            .load()
-            .values()
-            .find(|job| job.id == job_id)
-            .cloned()?;
-        let mut cache = self.sub_cgroups();
-        if cache.len() >= SUB_CGROUPS_CACHED {
-            cache.clear();
-        }
-        cache.insert(cgroup_id, job.cgroup_id);
+        let job = self.get(&self.tree.find_job_of(cgroup_id)?)?;
+        self.sub_cgroups.insert(cgroup_id, job.cgroup_id);
         Some(job)
     }
 
@@ -273,10 +257,6 @@ impl JobRegistry {
             .load()
             .get(&cgroup_id)
             .map(|(_, job)| job.clone())
-    }
-
-    fn sub_cgroups(&self) -> std::sync::MutexGuard<'_, HashMap<u64, u64>> {
-        self.sub_cgroups.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Adds what is called, before anything runs in it, when a job starts or its

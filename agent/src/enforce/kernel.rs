@@ -88,9 +88,9 @@ impl Snapshot {
         let catalog: &[TargetSpec] = match &active.engine {
             Some(engine) => engine.targets(),
             // Without a policy directory there is no catalog: the configured targets.
-            None => &active.configured,
+            None => &active.settings.targets,
         };
-        if active.mode == Mode::Audit {
+        if active.settings.mode == Mode::Audit {
             plan.blind = Some("policy mode is audit: every connection is evaluated".to_owned());
         } else if let Some((id, what)) = active
             .engine
@@ -101,7 +101,7 @@ impl Snapshot {
                 "policy {id} reads {what}, which the kernel does not see at connect()"
             ));
         }
-        if masks_results(&active.masking) {
+        if masks_results(&active.settings.masking) {
             plan.partial = Some(
                 "[masking] masks results: a PostgreSQL session to a target that declares no \
                  protocol must be followed, so such targets stay on the proxy path"
@@ -110,7 +110,7 @@ impl Snapshot {
         }
         plan.everything = active.engine.is_none() && plan.blind.is_none() && plan.partial.is_none();
         for target in catalog {
-            if let Some(why) = proxied_because(target, active.mode) {
+            if let Some(why) = proxied_because(target, active.settings.mode) {
                 for net in networks(target) {
                     plan.proxied.push((
                         net,
@@ -138,14 +138,15 @@ impl Snapshot {
         let Some(engine) = active.engine.as_ref() else {
             // No catalog without a policy directory: the configured targets.
             let target = active
-                .configured
+                .settings
+                .targets
                 .iter()
                 .find(|t| t.matches(destination.ip(), destination.port()));
-            if let Some(why) = target.and_then(|t| proxied_because(t, active.mode)) {
+            if let Some(why) = target.and_then(|t| proxied_because(t, active.settings.mode)) {
                 return Err(why);
             }
             return undeclared(
-                masks_results(&active.masking),
+                masks_results(&active.settings.masking),
                 target.and_then(|t| t.protocol.as_deref()),
             );
         };
@@ -154,12 +155,12 @@ impl Snapshot {
         }
         let by_address = engine.target(destination);
         if let Some(target) = by_address
-            && let Some(why) = proxied_because(target, active.mode)
+            && let Some(why) = proxied_because(target, active.settings.mode)
         {
             return Err(why);
         }
         undeclared(
-            engine.governs_sql() || masks_results(&active.masking),
+            engine.governs_sql() || masks_results(&active.settings.masking),
             by_address.and_then(|t| t.protocol.as_deref()),
         )?;
         // A name the job resolved may pick another target than the address alone.

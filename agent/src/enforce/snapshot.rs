@@ -27,7 +27,7 @@ impl Snapshot {
     }
 
     pub fn mode(&self) -> Mode {
-        self.active.mode
+        self.active.settings.mode
     }
 
     fn engine(&self) -> Option<&PolicyEngine> {
@@ -36,7 +36,7 @@ impl Snapshot {
 
     /// The masking configuration of this generation.
     pub fn masking(&self) -> Arc<MaskingConfig> {
-        self.active.masking.clone()
+        self.active.settings.masking.clone()
     }
 
     /// Decides an L4 connect, from this thread's cache when possible. The decision
@@ -108,7 +108,9 @@ impl Snapshot {
         self.engine()
             .and_then(|engine| engine.target(destination))
             .and_then(|target| target.masking)
-            .map_or(self.active.masking.results, |masking| masking.results)
+            .map_or(self.active.settings.masking.results, |masking| {
+                masking.results
+            })
     }
 
     /// Decides one DNS query of a job.

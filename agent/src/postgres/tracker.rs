@@ -187,7 +187,6 @@ pub(super) struct Tracker {
     user: Arc<str>,
     /// Decisions by (action, tables), until the next reload.
     decisions: HashMap<(&'static str, Arc<[String]>), Arc<Decided>>,
-    generation: u64,
     /// The policy statements are decided under, taken again after each reload.
     policy: Option<Snapshot>,
     /// `recording.durable`: statements decided in the client's latest bytes, whose rows
@@ -201,17 +200,21 @@ impl Tracker {
     /// configuration and the `mask:exempt` permission in force. `sql` is the session's
     /// context (no tables).
     pub(super) fn refresh(&mut self, ctx: &Context, sql: &SqlContext) {
-        let policy = ctx.enforcer.snapshot();
-        if self.policy.is_some() && policy.generation() == self.generation {
+        if self.policy.is_some() && ctx.enforcer.generation() == self.generation() {
             return;
         }
-        self.generation = policy.generation();
+        let policy = ctx.enforcer.snapshot();
         self.decisions.clear();
         self.masking = policy.masking();
         self.detect_results = self.masking.enabled
             && policy.results_masking(ctx.destination) == ResultsMasking::Detect;
         self.exempt = self.masking.enabled && policy.permits(ctx.subject(), "mask:exempt", sql);
         self.policy = Some(policy);
+    }
+
+    /// The generation of the policy statements are decided under (0: none yet).
+    fn generation(&self) -> u64 {
+        self.policy.as_ref().map_or(0, Snapshot::generation)
     }
 
     /// The policy in force for this statement (taken by [`Tracker::refresh`]).

@@ -61,7 +61,7 @@ pub(super) fn handle(
                         sql: text.into_owned(),
                         statements,
                         decision,
-                        generation: state.generation,
+                        generation: state.generation(),
                         columns: None,
                     },
                 );
@@ -223,13 +223,13 @@ fn redecide_stale(
         statement, params, ..
     } = state.portals.get(portal)?;
     let prepared = state.prepared.get(statement)?;
-    if prepared.generation == state.generation {
+    if prepared.generation == state.generation() {
         return None;
     }
     let (statement, params) = (statement.clone(), params.clone());
     let statements = prepared.statements.clone();
     let (decision, kind) = state.decide(ctx, sql, &statements);
-    let generation = state.generation;
+    let generation = state.generation();
     if let Some(prepared) = state.prepared.get_mut(&statement) {
         prepared.decision = decision.clone();
         prepared.generation = generation;
