@@ -88,8 +88,7 @@ fn runtime_err(what: &'static str) -> impl FnOnce(std::io::Error) -> AgentError 
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         return Err(AgentError::NotRoot);
     }
     // Before binding anything: a second agent would share the proxy port (SO_REUSEPORT)
@@ -433,27 +432,22 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
 
 /// A proxy holds two descriptors per connection: raise the soft limit to the hard one.
 fn raise_fd_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid, writable rlimit.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                tracing::warn!("could not raise the open-file limit");
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(error) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(%error, "could not raise the open-file limit");
             }
         }
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "could not read the open-file limit"),
     }
 }
 
 /// `tollgate agent --cleanup`: kills and removes job cgroups, detaches and unpins the
 /// programs, removes the parent cgroup and the control socket.
 pub fn cleanup(config: &Config) -> Result<Vec<String>, AgentError> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         return Err(AgentError::NotRoot);
     }
     let socket = &config.control.socket;

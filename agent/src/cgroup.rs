@@ -230,9 +230,8 @@ pub fn kill(path: &Path) -> Result<(), CgroupError> {
 fn kill_each(path: &Path) -> Result<(), CgroupError> {
     let procs_path = path.join("cgroup.procs");
     let procs = fs::read_to_string(&procs_path).map_err(io_err(&procs_path))?;
-    for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-        // SAFETY: kill(2) has no memory-safety preconditions.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+    for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+        crate::proc_info::kill(pid);
     }
     for entry in fs::read_dir(path).map_err(io_err(path))?.flatten() {
         if entry.file_type().is_ok_and(|t| t.is_dir()) {
@@ -279,7 +278,9 @@ fn remove_tree(path: &Path) -> Result<(), CgroupError> {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
             // A just-killed task can keep the cgroup busy for a moment.
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && attempts < 200 => {
+            Err(e)
+                if e.raw_os_error() == Some(nix::errno::Errno::EBUSY as i32) && attempts < 200 =>
+            {
                 attempts += 1;
                 std::thread::sleep(Duration::from_millis(10));
             }

@@ -144,8 +144,7 @@ fn left_job(event: &Event, jobs: &JobRegistry) -> Option<EventRecord> {
         |_| format!("id {}", event.cgroup_id),
         |p| p.display().to_string(),
     );
-    // SAFETY: kill(2) has no memory-safety preconditions.
-    let killed = unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) } == 0;
+    let killed = crate::proc_info::kill(pid);
     let job = jobs.get(&job_id);
     Some(EventRecord {
         at: record::now_ms(),

@@ -484,11 +484,8 @@ impl JobRegistry {
             .insert(job.id.clone());
         let mut killed = 0;
         for pid in cgroup::pids(&job.cgroup_path) {
-            if !keep.contains(&pid) {
-                // SAFETY: kill(2) has no memory-safety preconditions.
-                if unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) } == 0 {
-                    killed += 1;
-                }
+            if !keep.contains(&pid) && crate::proc_info::kill(pid) {
+                killed += 1;
             }
         }
         Ok(killed)

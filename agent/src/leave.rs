@@ -47,9 +47,8 @@ impl Members {
             let uid = crate::proc_info::uid(*pid).unwrap_or(u32::MAX);
             let comm = crate::proc_info::comm(*pid).unwrap_or_default();
             let exe = crate::proc_info::exe(*pid).map(|p| p.display().to_string());
-            // SAFETY: kill(2) has no memory-safety preconditions; the start time was
-            // checked just above (a reused pid would have another).
-            let killed = unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) } == 0;
+            // The start time was checked just above (a reused pid would have another).
+            let killed = crate::proc_info::kill(*pid);
             left.push(EventRecord {
                 at: record::now_ms(),
                 kind: "left_job".to_owned(),

@@ -11,6 +11,19 @@ fn stat_fields(pid: u32) -> io::Result<Vec<String>> {
     Ok(after.split_whitespace().map(str::to_owned).collect())
 }
 
+/// Sends SIGKILL to `pid`; true if the signal was delivered (the process existed and
+/// could be signalled).
+pub fn kill(pid: u32) -> bool {
+    let Ok(raw) = i32::try_from(pid) else {
+        return false;
+    };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(raw),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .is_ok()
+}
+
 /// The parent pid (field 4).
 pub fn parent_pid(pid: u32) -> io::Result<u32> {
     stat_fields(pid)?
@@ -74,8 +87,7 @@ mod tests {
         assert!(!is_alive(me, start + 1));
         assert_eq!(parent_pid(me).unwrap(), std::os::unix::process::parent_id());
         assert!(exe(me).is_some());
-        // SAFETY: getuid has no preconditions.
-        assert_eq!(uid(me).unwrap(), unsafe { libc::getuid() });
+        assert_eq!(uid(me).unwrap(), nix::unistd::getuid().as_raw());
         assert!(!comm(me).unwrap().is_empty());
     }
 }

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use tollgate_common::{SOCK_ANY, SockKind};
 
 pub mod brought;
+pub mod options;
 pub mod scan;
 #[cfg(test)]
 mod tests;

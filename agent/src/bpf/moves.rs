@@ -53,22 +53,18 @@ fn ensure_tracefs() -> Result<(), String> {
     if path.join("events").exists() {
         return Ok(());
     }
-    // SAFETY: valid NUL-terminated strings; mount(2) has no other preconditions.
-    let rc = unsafe {
-        libc::mount(
-            c"tracefs".as_ptr(),
-            c"/sys/kernel/tracing".as_ptr(),
-            c"tracefs".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(format!(
+    nix::mount::mount(
+        Some("tracefs"),
+        path,
+        Some("tracefs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|errno| {
+        format!(
             "mounting tracefs at {}: {}",
             path.display(),
-            io::Error::last_os_error()
-        ));
-    }
-    Ok(())
+            io::Error::from(errno)
+        )
+    })
 }

@@ -9,6 +9,9 @@ use std::{
 
 use tollgate_common::{ConnInfo, TupleKey};
 
+/// The kernel's internal ENOTSUPP, which some bpf commands leak to userspace.
+const ENOTSUPP: i32 = 524;
+
 /// Map keys and values: plain `#[repr(C)]` data.
 pub trait Plain: Copy + aya::Pod {}
 impl<T: Copy + aya::Pod> Plain for T {}
@@ -75,7 +78,7 @@ pub fn lookup_and_delete(map: BorrowedFd<'_>, key: &TupleKey) -> io::Result<Opti
         Err(e)
             if matches!(
                 e.raw_os_error(),
-                Some(libc::EINVAL | libc::EOPNOTSUPP | 524)
+                Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP)
             ) =>
         {
             let Some(info) = lookup::<TupleKey, ConnInfo>(map, key)? else {

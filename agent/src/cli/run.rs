@@ -7,7 +7,7 @@ use std::{
     fs::File,
     io::{self, Read as _, Write as _},
     os::{
-        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        fd::AsRawFd as _,
         unix::process::{CommandExt as _, ExitStatusExt as _},
     },
     path::Path,
@@ -16,6 +16,12 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow, bail};
+use nix::{
+    errno::Errno,
+    sys::signal::{SigHandler, Signal},
+    unistd::{Gid, Pid, Uid},
+};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
 
 use crate::{
     control::{Client, ClientError, Request, Response},
@@ -23,25 +29,12 @@ use crate::{
 };
 
 /// Signals forwarded to the command.
-const FORWARDED: [i32; 6] = [
-    libc::SIGINT,
-    libc::SIGTERM,
-    libc::SIGHUP,
-    libc::SIGQUIT,
-    libc::SIGUSR1,
-    libc::SIGUSR2,
-];
+const FORWARDED: [i32; 6] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2];
 /// How long to keep trying to report the job's end while the agent is unreachable.
 const END_RETRY: Duration = Duration::from_secs(30);
 
 fn pipe() -> io::Result<(File, File)> {
-    let mut fds = [0; 2];
-    // SAFETY: fds is a valid array of two ints.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 returned two fresh descriptors that nothing else owns.
-    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     Ok((File::from(read), File::from(write)))
 }
 
@@ -59,8 +52,7 @@ pub fn run(
     let identity = identity_file.map(crate::identity::file::read).transpose()?;
     let account = match user {
         Some(user) => {
-            // SAFETY: geteuid has no preconditions.
-            if unsafe { libc::geteuid() } != 0 {
+            if !nix::unistd::geteuid().is_root() {
                 bail!(
                     "--user needs root (the command is started as root, placed in its job, then switched)"
                 );
@@ -109,38 +101,39 @@ pub fn run(
         cmd.env("HOME", &a.home)
             .env("USER", &a.name)
             .env("LOGNAME", &a.name);
-        (a.uid, a.gid, a.groups.clone())
+        let groups: Vec<Gid> = a.groups.iter().copied().map(Gid::from_raw).collect();
+        (Uid::from_raw(a.uid), Gid::from_raw(a.gid), groups)
     });
-    // SAFETY: the closure runs between fork and exec and only calls async-signal-safe
-    // functions (getpid, write, read, setgroups, setgid, setuid) on descriptors that stay
-    // open until exec and memory allocated before the fork.
+    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
+    // calls (getpid, write, read, setgroups, setgid, setuid) on descriptors that stay
+    // open until exec (the parent closes its copies only after spawn returns) and on
+    // memory allocated before the fork.
     unsafe {
         cmd.pre_exec(move || {
-            let pid = (libc::getpid() as u32).to_ne_bytes();
-            if libc::write(notify_fd, pid.as_ptr().cast(), pid.len()) != pid.len() as isize {
-                return Err(io::Error::last_os_error());
+            let (notify, go_pipe) = (
+                std::os::fd::BorrowedFd::borrow_raw(notify_fd),
+                std::os::fd::BorrowedFd::borrow_raw(go_fd),
+            );
+            let pid = nix::unistd::getpid().as_raw().to_ne_bytes();
+            if nix::unistd::write(notify, &pid)? != pid.len() {
+                return Err(Errno::EIO.into());
             }
-            let mut go = 0u8;
+            let mut go = [0u8];
             loop {
-                let n = libc::read(go_fd, (&raw mut go).cast(), 1);
-                if n == 1 {
-                    break;
+                match nix::unistd::read(go_pipe, &mut go) {
+                    Ok(1) => break,
+                    Err(Errno::EINTR) => continue,
+                    _ => return Err(Errno::EIO.into()),
                 }
-                if n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                    continue;
-                }
-                return Err(io::Error::from_raw_os_error(libc::EIO));
             }
-            if go != b'1' {
-                return Err(io::Error::from_raw_os_error(libc::EPERM));
+            if go[0] != b'1' {
+                return Err(Errno::EPERM.into());
             }
             // In the job now: drop to the user (groups first, then gid, then uid).
-            if let Some((uid, gid, groups)) = &ids
-                && (libc::setgroups(groups.len(), groups.as_ptr()) != 0
-                    || libc::setgid(*gid) != 0
-                    || libc::setuid(*uid) != 0)
-            {
-                return Err(io::Error::last_os_error());
+            if let Some((uid, gid, groups)) = &ids {
+                nix::unistd::setgroups(groups)?;
+                nix::unistd::setgid(*gid)?;
+                nix::unistd::setuid(*uid)?;
             }
             Ok(())
         });
@@ -168,18 +161,18 @@ pub fn run(
     };
 
     let child_pid = child.id() as i32;
-    // SAFETY: isatty has no preconditions.
-    let interactive = unsafe { libc::isatty(libc::STDIN_FILENO) } == 1;
+    let interactive = nix::unistd::isatty(io::stdin()).unwrap_or(false);
     let handle = signals.handle();
     let forwarder = std::thread::spawn(move || {
         let mut signals = signals;
         for signal in signals.forever() {
             // The terminal already sends SIGINT/SIGQUIT to the whole foreground group.
-            if interactive && (signal == libc::SIGINT || signal == libc::SIGQUIT) {
+            if interactive && (signal == SIGINT || signal == SIGQUIT) {
                 continue;
             }
-            // SAFETY: kill(2) has no memory-safety preconditions.
-            unsafe { libc::kill(child_pid, signal) };
+            if let Ok(signal) = Signal::try_from(signal) {
+                let _ = nix::sys::signal::kill(Pid::from_raw(child_pid), signal);
+            }
         }
     });
 
@@ -196,10 +189,11 @@ pub fn run(
         Some(JobExit::Code(code)) => Ok(ExitCode::from(code.clamp(0, 255) as u8)),
         Some(JobExit::Signal(signal)) => {
             // Die the same way, so our parent sees what the command did.
-            // SAFETY: resetting a disposition and raising a signal in our own process.
-            unsafe {
-                libc::signal(signal, libc::SIG_DFL);
-                libc::raise(signal);
+            if let Ok(signal) = Signal::try_from(signal) {
+                // SAFETY: SIG_DFL installs no handler of ours, so nothing runs in signal
+                // context.
+                let _ = unsafe { nix::sys::signal::signal(signal, SigHandler::SigDfl) };
+                let _ = nix::sys::signal::raise(signal);
             }
             Ok(ExitCode::from(128u8.saturating_add(signal as u8)))
         }

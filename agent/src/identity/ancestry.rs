@@ -96,8 +96,7 @@ mod tests {
     #[test]
     fn this_test_has_no_worker_but_has_a_parent() {
         let me = std::process::id();
-        // SAFETY: getuid has no preconditions.
-        let uid = unsafe { libc::getuid() };
+        let uid = nix::unistd::getuid().as_raw();
         assert_eq!(github_worker(me, uid), Err(AncestryError::NoWorker(me)));
         let parent = parent_shell(me, uid).unwrap();
         assert_eq!(parent.pid, std::os::unix::process::parent_id());

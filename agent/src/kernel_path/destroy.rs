@@ -1,56 +1,53 @@
 //! Destroying a live TCP socket from outside its process: SOCK_DESTROY through the
 //! inet_diag netlink family (`CONFIG_INET_DIAG_DESTROY`), keyed by the socket's tuple
 //! and cookie, so that no other socket can be hit.
-use std::{
-    io,
-    mem::size_of,
-    net::SocketAddr,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+use std::{io, net::SocketAddr, os::fd::AsRawFd as _};
+
+use nix::{
+    errno::Errno,
+    sys::socket::{
+        AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, recv, sendto,
+        socket,
+    },
 };
 
-const NETLINK_SOCK_DIAG: libc::c_int = 4;
 const SOCK_DESTROY: u16 = 21;
 const NLM_F_REQUEST: u16 = 1;
 const NLM_F_ACK: u16 = 4;
 const NLMSG_ERROR: u16 = 2;
+/// struct nlmsghdr: len u32, type u16, flags u16, seq u32, pid u32.
+const HEADER_LEN: usize = 16;
+/// nlmsghdr + struct inet_diag_req_v2 (family, protocol, ext, pad: u8; states: u32;
+/// inet_diag_sockid: sport, dport: be16; src, dst: [be32; 4]; if: u32; cookie: [u32; 2]).
+const REQUEST_LEN: usize = HEADER_LEN + 8 + 48;
 
-#[repr(C)]
-#[derive(Default)]
-struct NlMsgHdr {
-    len: u32,
-    kind: u16,
-    flags: u16,
-    seq: u32,
-    pid: u32,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct InetDiagSockId {
-    sport: u16,
-    dport: u16,
-    src: [u32; 4],
-    dst: [u32; 4],
-    interface: u32,
-    cookie: [u32; 2],
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct InetDiagReqV2 {
-    family: u8,
-    protocol: u8,
-    ext: u8,
-    pad: u8,
-    states: u32,
-    id: InetDiagSockId,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct Request {
-    header: NlMsgHdr,
-    body: InetDiagReqV2,
+/// The SOCK_DESTROY request for one socket, in the kernel's layout (native byte order,
+/// ports and addresses in network order).
+fn request(local: SocketAddr, remote: SocketAddr, cookie: u64, v6_socket: bool) -> Vec<u8> {
+    let family = if v6_socket {
+        AddressFamily::Inet6
+    } else {
+        AddressFamily::Inet
+    };
+    let mut out = Vec::with_capacity(REQUEST_LEN);
+    out.extend_from_slice(&(REQUEST_LEN as u32).to_ne_bytes());
+    out.extend_from_slice(&SOCK_DESTROY.to_ne_bytes());
+    out.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
+    out.extend_from_slice(&1u32.to_ne_bytes()); // seq
+    out.extend_from_slice(&0u32.to_ne_bytes()); // pid
+    out.extend_from_slice(&[family as u8, libc::IPPROTO_TCP as u8, 0, 0]);
+    out.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
+    out.extend_from_slice(&local.port().to_be_bytes());
+    out.extend_from_slice(&remote.port().to_be_bytes());
+    for ip in [local.ip(), remote.ip()] {
+        for word in tollgate_common::convert::ip_words(ip, v6_socket) {
+            out.extend_from_slice(&word.to_ne_bytes());
+        }
+    }
+    out.extend_from_slice(&0u32.to_ne_bytes()); // interface
+    out.extend_from_slice(&(cookie as u32).to_ne_bytes());
+    out.extend_from_slice(&((cookie >> 32) as u32).to_ne_bytes());
+    out
 }
 
 /// Destroys the TCP socket from `local` to `remote` with this cookie. `v6_socket`: the
@@ -62,92 +59,35 @@ pub fn destroy(
     cookie: u64,
     v6_socket: bool,
 ) -> io::Result<bool> {
-    // SAFETY: plain socket(2); the descriptor is owned at once.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            NETLINK_SOCK_DIAG,
-        )
-    };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: raw is a fresh descriptor nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let family = if v6_socket {
-        libc::AF_INET6
-    } else {
-        libc::AF_INET
-    };
-    let request = Request {
-        header: NlMsgHdr {
-            len: size_of::<Request>() as u32,
-            kind: SOCK_DESTROY,
-            flags: NLM_F_REQUEST | NLM_F_ACK,
-            seq: 1,
-            pid: 0,
-        },
-        body: InetDiagReqV2 {
-            family: family as u8,
-            protocol: libc::IPPROTO_TCP as u8,
-            ext: 0,
-            pad: 0,
-            states: u32::MAX,
-            id: InetDiagSockId {
-                sport: local.port().to_be(),
-                dport: remote.port().to_be(),
-                src: tollgate_common::convert::ip_words(local.ip(), v6_socket),
-                dst: tollgate_common::convert::ip_words(remote.ip(), v6_socket),
-                interface: 0,
-                cookie: [cookie as u32, (cookie >> 32) as u32],
-            },
-        },
-    };
-    // SAFETY: the kernel's netlink socket address, zeroed then addressed to pid 0.
-    let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    kernel.nl_family = libc::AF_NETLINK as u16;
-    // SAFETY: request is a plain #[repr(C)] message of the size passed; kernel is a
-    // valid sockaddr_nl.
-    let sent = unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            (&raw const request).cast(),
-            size_of::<Request>(),
-            0,
-            (&raw const kernel).cast(),
-            size_of::<libc::sockaddr_nl>() as u32,
-        )
-    };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let fd = socket(
+        AddressFamily::Netlink,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkSockDiag,
+    )?;
+    let request = request(local, remote, cookie, v6_socket);
+    sendto(
+        fd.as_raw_fd(),
+        &request,
+        &NetlinkAddr::new(0, 0),
+        MsgFlags::empty(),
+    )?;
     let mut reply = [0u8; 512];
-    // SAFETY: reading into a buffer of the size passed.
-    let n = unsafe { libc::recv(fd.as_raw_fd(), reply.as_mut_ptr().cast(), reply.len(), 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let n = n as usize;
-    let header = size_of::<NlMsgHdr>();
-    if n < header + 4 {
+    let n = recv(fd.as_raw_fd(), &mut reply, MsgFlags::empty())?;
+    let reply = &reply[..n];
+    let (Some(kind), Some(errno)) = (reply.get(4..6), reply.get(HEADER_LEN..HEADER_LEN + 4)) else {
         return Err(io::Error::other("short netlink reply"));
-    }
-    let kind = u16::from_ne_bytes([reply[4], reply[5]]);
+    };
+    let kind = u16::from_ne_bytes([kind[0], kind[1]]);
     if kind != NLMSG_ERROR {
         return Err(io::Error::other(format!(
             "unexpected netlink reply type {kind}"
         )));
     }
-    let errno = i32::from_ne_bytes([
-        reply[header],
-        reply[header + 1],
-        reply[header + 2],
-        reply[header + 3],
-    ]);
+    let errno = i32::from_ne_bytes([errno[0], errno[1], errno[2], errno[3]]);
     match -errno {
         0 => Ok(true),
-        libc::ENOENT => Ok(false),
+        e if e == Errno::ENOENT as i32 => Ok(false),
         other => Err(io::Error::from_raw_os_error(other)),
     }
 }
@@ -160,36 +100,16 @@ pub fn probe() -> io::Result<()> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let mut client = std::net::TcpStream::connect(listener.local_addr()?)?;
     let (_server, _) = listener.accept()?;
-    let cookie = socket_cookie(&client)?;
+    let cookie = crate::sockets::options::cookie(&client)?;
     if !destroy(client.local_addr()?, client.peer_addr()?, cookie, false)? {
         return Err(io::Error::other("SOCK_DESTROY found no socket to destroy"));
     }
     client.set_read_timeout(Some(std::time::Duration::from_secs(1)))?;
     match client.read(&mut [0; 1]) {
-        Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(Errno::ECONNABORTED as i32) => Ok(()),
         other => Err(io::Error::other(format!(
             "a destroyed socket read {other:?}, not ECONNABORTED"
         ))),
-    }
-}
-
-fn socket_cookie(stream: &std::net::TcpStream) -> io::Result<u64> {
-    let mut cookie = 0u64;
-    let mut len = size_of::<u64>() as libc::socklen_t;
-    // SAFETY: SO_COOKIE writes a u64 into the buffer of the length given.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_COOKIE,
-            (&raw mut cookie).cast(),
-            &mut len,
-        )
-    };
-    if rc == 0 {
-        Ok(cookie)
-    } else {
-        Err(io::Error::last_os_error())
     }
 }
 
@@ -199,9 +119,19 @@ mod tests {
 
     #[test]
     fn the_request_has_the_kernel_layout() {
-        assert_eq!(size_of::<InetDiagSockId>(), 48);
-        assert_eq!(size_of::<InetDiagReqV2>(), 56);
-        assert_eq!(size_of::<Request>(), 72);
+        let local: SocketAddr = "127.0.0.1:5432".parse().unwrap();
+        let remote: SocketAddr = "127.0.0.2:40000".parse().unwrap();
+        let bytes = request(local, remote, 0x1122_3344_5566_7788, false);
+        assert_eq!(bytes.len(), 72);
+        assert_eq!(bytes[..4], 72u32.to_ne_bytes());
+        assert_eq!(bytes[4..6], SOCK_DESTROY.to_ne_bytes());
+        assert_eq!(bytes[16], libc::AF_INET as u8);
+        assert_eq!(bytes[17], libc::IPPROTO_TCP as u8);
+        assert_eq!(bytes[24..28], [0x15, 0x38, 0x9c, 0x40]);
+        assert_eq!(bytes[28..32], [127, 0, 0, 1]);
+        assert_eq!(bytes[44..48], [127, 0, 0, 2]);
+        assert_eq!(bytes[64..68], 0x5566_7788u32.to_ne_bytes());
+        assert_eq!(bytes[68..72], 0x1122_3344u32.to_ne_bytes());
         let mapped = tollgate_common::convert::ip_words("127.0.0.1".parse().unwrap(), true);
         assert_eq!(mapped[2], 0xffff_u32.to_be());
         assert_eq!(mapped[3].to_ne_bytes(), [127, 0, 0, 1]);

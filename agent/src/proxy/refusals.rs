@@ -6,6 +6,7 @@
 //! errno. The memory ends when a probe finds the destination listening (every
 //! [`PROBE_INTERVAL`]), or when no connect asked for it for `proxy.refusal_memory`; the
 //! connects refused meanwhile are then recorded on the job, as one event.
+use nix::errno::Errno;
 use std::{io, sync::Arc, time::Duration};
 
 use tollgate_common::{ConnInfo, Refusal, RefusedKey};
@@ -87,9 +88,9 @@ impl Remembered {
     /// the destination gives at once (refused, unreachable), not a timeout.
     pub fn upstream_failed(&self, info: &ConnInfo, error: &io::Error) {
         let errno = match error.kind() {
-            io::ErrorKind::ConnectionRefused => libc::ECONNREFUSED,
-            io::ErrorKind::HostUnreachable => libc::EHOSTUNREACH,
-            io::ErrorKind::NetworkUnreachable => libc::ENETUNREACH,
+            io::ErrorKind::ConnectionRefused => Errno::ECONNREFUSED as i32,
+            io::ErrorKind::HostUnreachable => Errno::EHOSTUNREACH as i32,
+            io::ErrorKind::NetworkUnreachable => Errno::ENETUNREACH as i32,
             _ => return,
         };
         if let Err(error) = self.refusals.remember(info, errno) {

@@ -122,14 +122,15 @@ impl Scanner {
                 let Some(dup) = take_copy(pidfd, fd) else {
                     continue;
                 };
-                let Some(kind) = socket_kind(&dup) else {
+                let Some(kind) = super::options::kind(&dup).ok() else {
                     continue;
                 };
                 let found = if self.check_kinds && !allowed(&self.allow, kind) {
                     Some(Found::Refused)
                 } else if is_inet(kind)
                     && !brought.contains(cgroup, inode)
-                    && socket_cookie(&dup)
+                    && super::options::cookie(&dup)
+                        .ok()
                         .is_some_and(|cookie| matches!(self.maps.is_job_socket(cookie), Ok(false)))
                 {
                     Some(Found::FromOutside)
@@ -231,36 +232,6 @@ fn take_copy(pidfd: &OwnedFd, fd: i32) -> Option<OwnedFd> {
     (dup >= 0).then(|| unsafe { OwnedFd::from_raw_fd(dup as i32) })
 }
 
-fn sockopt<T: Default>(socket: &OwnedFd, name: libc::c_int) -> Option<T> {
-    let mut value = T::default();
-    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
-    // SAFETY: value and len are valid for writes of a T.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            name,
-            (&mut value as *mut T).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0 && len as usize == std::mem::size_of::<T>()).then_some(value)
-}
-
-/// The family, type and protocol of a socket.
-fn socket_kind(socket: &OwnedFd) -> Option<SockKind> {
-    Some(SockKind {
-        family: sockopt::<libc::c_int>(socket, libc::SO_DOMAIN)? as u32,
-        type_: sockopt::<libc::c_int>(socket, libc::SO_TYPE)? as u32,
-        protocol: sockopt::<libc::c_int>(socket, libc::SO_PROTOCOL)? as u32,
-    })
-}
-
-/// The socket's cookie (kernel 4.12+), the key the programs know it by.
-fn socket_cookie(socket: &OwnedFd) -> Option<u64> {
-    sockopt::<u64>(socket, libc::SO_COOKIE)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,10 +242,10 @@ mod tests {
         let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let pidfd = pidfd_open(std::process::id()).expect("pidfd_open");
         let copy = take_copy(&pidfd, sock.as_raw_fd()).expect("pidfd_getfd");
-        let kind = socket_kind(&copy).expect("kind");
+        let kind = crate::sockets::options::kind(&copy).expect("kind");
         assert_eq!((kind.family, kind.type_, kind.protocol), (2, 2, 17));
         assert!(is_inet(kind));
-        assert!(socket_cookie(&copy).is_some_and(|c| c > 0));
+        assert!(crate::sockets::options::cookie(&copy).is_ok_and(|c| c > 0));
         let allow = super::super::expand(&crate::sockets::SocketsConfig::default().kinds());
         assert!(allowed(&allow, kind));
         assert!(!allowed(

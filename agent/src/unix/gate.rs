@@ -332,8 +332,7 @@ impl Gate {
         if denied == path {
             return;
         }
-        // SAFETY: kill(2) has no memory-safety preconditions.
-        let killed = unsafe { libc::kill(event.tgid as libc::pid_t, libc::SIGKILL) } == 0;
+        let killed = crate::proc_info::kill(event.tgid);
         self.metrics.aliases.inc();
         crate::events::record_event(
             &self.recorder,
@@ -358,14 +357,6 @@ impl Gate {
 
 /// How long ago a kernel timestamp (CLOCK_MONOTONIC) was, in ms.
 fn age_ms(ktime_ns: u64) -> i64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    let now_ns = (now.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(now.tv_nsec as u64);
+    let now_ns = crate::bpf::monotonic_ns();
     i64::try_from(now_ns.saturating_sub(ktime_ns) / 1_000_000).unwrap_or(0)
 }

@@ -89,6 +89,7 @@ fn route(
     // sendmsg4 with the address that connect6 already redirected.
     // SAFETY: the values are not kept; only their presence matters.
     if local && (port == settings.proxy_port || unsafe { UDP_RELAY_PEER.get(dst.port).is_some() }) {
+        // SAFETY: as above, only the entry's presence is read.
         if sending && is_udp(sa) && unsafe { CONN_BY_COOKIE.get(cookie).is_some() } {
             return Err(ALLOW);
         }

@@ -63,16 +63,16 @@ fn decide(ctx: *mut bpf_sock_addr, send: u32) -> i32 {
         return REFUSE;
     }
     key.cgroup_id = bpf_get_current_cgroup_id_safe();
-    // SAFETY: the map values are plain u32 verdicts, read by value.
     let mut ruled = 1;
     let job_key: &UnixKey = key;
+    // SAFETY: the map values are plain u32 verdicts, read by value.
     let verdict = match unsafe { UNIX_RULES.get(job_key) } {
         Some(v) => *v,
         None => {
             let job = key.cgroup_id;
             key.cgroup_id = 0;
-            // SAFETY: as above.
             let host_key: &UnixKey = key;
+            // SAFETY: as above.
             let host = unsafe { UNIX_RULES.get(host_key) }.copied();
             key.cgroup_id = job;
             match host {
