@@ -189,6 +189,7 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
         verdicts,
         attachment,
         mut coverage,
+        kernel_log,
     } = bpf::install(
         &config.bpf.pin_dir,
         tree.parent(),
@@ -199,6 +200,7 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
         },
         &config.sockets.kinds(),
         config.bpf.events_ring_bytes,
+        config.bpf.log,
     )?;
     let maps = Arc::new(maps);
     let refusals = crate::proxy::refusals::Remembered::new(
@@ -393,6 +395,7 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
             guard,
             refusals: refusals.clone(),
             kernel: kernel.clone(),
+            kernel_log,
         },
         shutdown_rx.clone(),
     )?;

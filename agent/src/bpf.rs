@@ -3,6 +3,7 @@
 //! removes them on cleanup. Pinned links keep the programs attached while the agent is
 //! down, so job connects are refused rather than bypassed (fail closed).
 mod bpffs;
+mod kernel_log;
 mod lsm;
 mod maps;
 mod moves;
@@ -34,6 +35,7 @@ use tollgate_common::{
 };
 
 use bpffs::ensure_bpffs;
+pub use kernel_log::{KernelLog, Logger as KernelLogger, forward as forward_kernel_log};
 use lsm::OPTIONAL_PROGRAMS;
 pub use maps::{ConnMaps, MapOccupancy, monotonic_ns};
 pub use moves::watch_moves;
@@ -233,6 +235,8 @@ pub struct Installed {
     pub verdicts: VerdictMaps,
     pub attachment: Attachment,
     pub coverage: Coverage,
+    /// The reader of the programs' rare-event log (None where it is unavailable).
+    pub kernel_log: Option<KernelLogger>,
 }
 
 /// How the programs came to be attached.
@@ -251,6 +255,7 @@ pub fn install(
     target: ProxyTarget,
     sock_allow: &[SockKind],
     events_ring_bytes: u32,
+    kernel_log: KernelLog,
 ) -> Result<Installed, BpfError> {
     ensure_bpffs(pin_dir)?;
     fs::create_dir_all(pin_dir).map_err(io_err(pin_dir))?;
@@ -258,7 +263,7 @@ pub fn install(
     let settings = Settings {
         abi_version: ABI_VERSION,
         proxy_port: target.port,
-        _pad: 0,
+        log_level: kernel_log.level(),
         proxy_ip4: tollgate_common::convert::ipv4_word(target.ipv4),
         proxy_ip6: tollgate_common::convert::ipv6_words(target.ipv6),
         // Refused until the agent has read the policy and says otherwise.
@@ -299,6 +304,7 @@ pub fn install(
             verdicts,
             attachment: Attachment::Adopted,
             coverage,
+            kernel_log: kernel_log::of_pinned(&link_pins[0]),
         });
     }
 
@@ -414,6 +420,7 @@ pub fn install(
         verdicts,
         attachment: Attachment::Fresh,
         coverage,
+        kernel_log: kernel_log::of_loaded(&mut ebpf),
     })
 }
 

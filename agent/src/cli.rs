@@ -159,6 +159,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Switch the eBPF programs' log of rare events (refusals and why, failed map
+    /// inserts) while they run: off, warn or info. The lines appear in the agent's log
+    /// under the target tollgate::kernel; `[bpf] log` sets the level at start.
+    KernelLog {
+        #[arg(value_name = "LEVEL")]
+        level: crate::bpf::KernelLog,
+    },
 }
 
 #[derive(Subcommand)]
@@ -386,6 +393,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 println!("{}", toml::to_string(&status)?);
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::KernelLog { level } => {
+            let request = Request::SetKernelLog { level };
+            let Response::KernelLog { previous, level } = call(&socket, &request)? else {
+                anyhow::bail!("unexpected reply");
+            };
+            println!("kernel log: {level} (was {previous})");
             Ok(ExitCode::SUCCESS)
         }
     }

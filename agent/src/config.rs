@@ -394,6 +394,10 @@ pub struct BpfConfig {
     /// take the kernel path are sent through the proxy instead, so none goes
     /// unrecorded. A change takes effect after `tollgate agent --cleanup`.
     pub events_ring_bytes: u32,
+    /// Which rare kernel events the programs log (under `tollgate::kernel`): `off`
+    /// (the default), `warn` (failed map inserts) or `info` (also every refused connect
+    /// or socket, and why). `tollgate kernel-log LEVEL` changes it while running.
+    pub log: crate::bpf::KernelLog,
 }
 
 impl Default for BpfConfig {
@@ -402,6 +406,7 @@ impl Default for BpfConfig {
             pin_dir: PathBuf::from("/sys/fs/bpf/tollgate"),
             stale_after: Duration::from_secs(120),
             events_ring_bytes: tollgate_common::EVENTS_BYTES,
+            log: crate::bpf::KernelLog::Off,
         }
     }
 }

@@ -10,6 +10,7 @@ mod failclosed;
 mod identity;
 mod install;
 mod interception;
+mod kernel_log;
 mod kernel_path;
 mod outside;
 mod policy;

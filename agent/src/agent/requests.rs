@@ -140,7 +140,15 @@ impl AgentControl {
                 coverage: self.status.coverage,
                 kernel_path: self.kernel.status(),
                 kernel: crate::features::report(),
+                kernel_log: self.maps.kernel_log().ok(),
             }),
+            Request::SetKernelLog { level } => match self.maps.set_kernel_log(level) {
+                Ok(previous) => {
+                    tracing::info!(uid = caller.uid, %previous, %level, "kernel log switched");
+                    Response::KernelLog { previous, level }
+                }
+                Err(e) => error(e),
+            },
             Request::ListDns { job_id, limit } => {
                 let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
                 match store.dns(job_id.as_deref(), limit) {

@@ -180,6 +180,8 @@ pub(super) struct ControlPlane {
     pub(super) guard: bpf::Guard,
     pub(super) refusals: Option<Arc<crate::proxy::refusals::Remembered>>,
     pub(super) kernel: Arc<crate::kernel_path::KernelPath>,
+    /// The programs' rare-event log, forwarded to the agent's log.
+    pub(super) kernel_log: Option<bpf::KernelLogger>,
 }
 
 pub(super) fn spawn_control_plane(
@@ -200,6 +202,7 @@ pub(super) fn spawn_control_plane(
         guard,
         refusals,
         kernel,
+        kernel_log,
     } = parts;
     let scan_interval = config.sockets.scan_interval;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -240,6 +243,9 @@ pub(super) fn spawn_control_plane(
                 tokio::spawn(admin::serve(admin, admin_state.clone()));
                 tokio::spawn(control.serve(handler));
                 tokio::spawn(events.run());
+                if let Some(kernel_log) = kernel_log {
+                    tokio::spawn(bpf::forward_kernel_log(kernel_log));
+                }
                 tokio::spawn(unix_refresh(reload.unix.clone()));
                 if let Some(refusals) = refusals {
                     tokio::spawn(refusals.watch());

@@ -27,6 +27,8 @@ pub struct ConnMaps {
     sock_allow: Map,
     job_sockets: Map,
     udp: UdpMaps,
+    /// Serializes read-modify-writes of the settings (UDP relay, kernel log).
+    settings_writer: std::sync::Mutex<()>,
 }
 
 /// The maps of the UDP path.
@@ -68,6 +70,7 @@ impl ConnMaps {
             sock_allow,
             job_sockets,
             udp,
+            settings_writer: std::sync::Mutex::new(()),
         }
     }
 
@@ -104,17 +107,48 @@ impl ConnMaps {
     /// Whether the kernel sends jobs' UDP (other than DNS) to the relay (`true`) or
     /// refuses it at once (`false`: no policy can permit `udp:send`).
     pub fn set_udp_relay(&self, relay: bool) -> Result<(), BpfError> {
+        self.update_settings(|settings| settings.udp_relay = u32::from(relay))
+            .map(|_| ())
+    }
+
+    /// Switches the programs' rare-event log; returns the previous setting.
+    pub fn set_kernel_log(&self, log: super::KernelLog) -> Result<super::KernelLog, BpfError> {
+        let previous = self.update_settings(|settings| settings.log_level = log.level())?;
+        Ok(super::KernelLog::from_level(previous.log_level))
+    }
+
+    /// The programs' rare-event log setting, as the kernel has it.
+    pub fn kernel_log(&self) -> Result<super::KernelLog, BpfError> {
+        let data = data(&self.settings).ok_or(BpfError::Missing(MAP_SETTINGS))?;
+        let settings: Settings = syscall::lookup(data.fd().as_fd(), &0_u32)
+            .map_err(|source| BpfError::MapIo {
+                name: MAP_SETTINGS,
+                source,
+            })?
+            .ok_or(BpfError::Missing(MAP_SETTINGS))?;
+        Ok(super::KernelLog::from_level(settings.log_level))
+    }
+
+    /// Read, change and write the settings, one writer at a time; returns the settings
+    /// as they were.
+    fn update_settings(&self, change: impl FnOnce(&mut Settings)) -> Result<Settings, BpfError> {
+        let _one_writer = self
+            .settings_writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let data = data(&self.settings).ok_or(BpfError::Missing(MAP_SETTINGS))?;
         let fd = data.fd().as_fd();
         let io = |source| BpfError::MapIo {
             name: MAP_SETTINGS,
             source,
         };
-        let mut settings: Settings = syscall::lookup(fd, &0_u32)
+        let previous: Settings = syscall::lookup(fd, &0_u32)
             .map_err(io)?
             .ok_or(BpfError::Missing(MAP_SETTINGS))?;
-        settings.udp_relay = u32::from(relay);
-        syscall::update(fd, &0_u32, &settings).map_err(io)
+        let mut settings = previous;
+        change(&mut settings);
+        syscall::update(fd, &0_u32, &settings).map_err(io)?;
+        Ok(previous)
     }
 
     /// Sends jobs' datagrams to `dst` to the relay socket on `port` (and shows what that

@@ -82,6 +82,10 @@ pub enum Request {
         limit: u32,
     },
     Status {},
+    /// Switches the eBPF programs' rare-event log while they run (operators only).
+    SetKernelLog {
+        level: crate::bpf::KernelLog,
+    },
 }
 
 impl Request {
@@ -99,6 +103,7 @@ impl Request {
             Request::ListUdpFlows { .. } => "list_udp_flows",
             Request::ListUnix { .. } => "list_unix",
             Request::Status {} => "status",
+            Request::SetKernelLog { .. } => "set_kernel_log",
             Request::GithubJobStarted { .. } => "github_job_started",
             Request::GithubJobCompleted {} => "github_job_completed",
             Request::GitlabJobStarted { .. } => "gitlab_job_started",
@@ -140,6 +145,9 @@ pub struct Status {
     /// The kernel's release, and what of it the agent runs without (and why).
     #[serde(default)]
     pub kernel: crate::features::KernelReport,
+    /// Which rare events the eBPF programs log now (None if the setting is unreadable).
+    #[serde(default)]
+    pub kernel_log: Option<crate::bpf::KernelLog>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,6 +192,11 @@ pub enum Response {
         connects: Vec<crate::record::UnixRecord>,
     },
     Status(Status),
+    /// The kernel log was switched from `previous` to `level`.
+    KernelLog {
+        previous: crate::bpf::KernelLog,
+        level: crate::bpf::KernelLog,
+    },
     Done,
     Error {
         message: String,

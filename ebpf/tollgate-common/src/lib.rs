@@ -81,6 +81,13 @@ pub const EVENTS_BYTES: u32 = 1 << 23;
 /// A wildcard in a [`SockKind`]: any type, or any protocol.
 pub const SOCK_ANY: u32 = u32::MAX;
 
+/// [`Settings::log_level`]: nothing is logged.
+pub const KERNEL_LOG_OFF: u16 = 0;
+/// [`Settings::log_level`]: failed map inserts (aya-log's warn level).
+pub const KERNEL_LOG_WARN: u16 = 2;
+/// [`Settings::log_level`]: also refusals and their reasons (aya-log's info level).
+pub const KERNEL_LOG_INFO: u16 = 3;
+
 /// Version of the layout of the maps and programs. The agent refuses to adopt pins
 /// written by a build with another version.
 pub const ABI_VERSION: u32 = 6;
@@ -406,7 +413,10 @@ pub struct Settings {
     pub abi_version: u32,
     /// The proxy listener's port, host byte order.
     pub proxy_port: u16,
-    pub _pad: u16,
+    /// Which rare events the programs log through aya-log: [`KERNEL_LOG_OFF`] (the
+    /// default), [`KERNEL_LOG_WARN`] (map inserts that failed) or [`KERNEL_LOG_INFO`]
+    /// (also each refused connect or socket, and why). Changeable while attached.
+    pub log_level: u16,
     /// The proxy's IPv4 listener address, network byte order.
     pub proxy_ip4: u32,
     /// The proxy's IPv6 listener address, network byte order.

@@ -93,7 +93,7 @@ fn route(
         if sending && is_udp(sa) && unsafe { CONN_BY_COOKIE.get(cookie).is_some() } {
             return Err(ALLOW);
         }
-        count(Counter::RefusedProxyDirect);
+        crate::rare::refused(Counter::RefusedProxyDirect, port);
         return Err(REFUSE);
     }
     if is_tcp(sa) {
@@ -109,7 +109,7 @@ fn route(
     // SAFETY: as above.
     let denied = unsafe { UDP_DENIED.get(UdpDenyKey { cookie, dst }).is_some() };
     if settings.udp_relay == 0 || denied {
-        count(Counter::RefusedUdp);
+        crate::rare::refused(Counter::RefusedUdp, port);
         report(EventKind::UdpRefused, SockKind::default(), dst);
         return Err(REFUSE);
     }
@@ -150,7 +150,7 @@ fn redirect(
                 Ok(true) => Ok(None),
                 Ok(false) => Ok(Some(settings.proxy_port)),
                 Err(()) => {
-                    count(Counter::RefusedMapFull);
+                    crate::rare::insert_failed(Counter::RefusedMapFull, "CONN_BY_COOKIE");
                     Err(REFUSE)
                 }
             }
@@ -192,7 +192,7 @@ fn refuse_remembered(dst: TupleKey) -> Result<(), i32> {
         // SAFETY: allowed in connect hooks on the kernels where the loader sets the flag.
         unsafe { bpf_set_retval(-(errno as i32)) };
     }
-    count(Counter::RefusedRemembered);
+    crate::rare::refused(Counter::RefusedRemembered, dst.port as u16);
     Err(REFUSE)
 }
 
@@ -282,7 +282,7 @@ fn configured() -> Result<Settings, i32> {
         Some(settings) => Ok(settings),
         None => {
             // Fail closed: without settings there is no proxy to send the job to.
-            count(Counter::RefusedUnconfigured);
+            crate::rare::refused(Counter::RefusedUnconfigured, 0);
             Err(REFUSE)
         }
     }
@@ -333,7 +333,7 @@ fn record(
     let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
     let info = conn_info(c, cookie, orig_ip, orig_port, orig_family, sock_family);
     if CONN_BY_COOKIE.insert(cookie, info, 0).is_err() {
-        count(Counter::RefusedMapFull);
+        crate::rare::insert_failed(Counter::RefusedMapFull, "CONN_BY_COOKIE");
         return Err(REFUSE);
     }
     Ok(())

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use tollgate_common::{AF_INET, AF_INET6, Counter, EventKind, SOCK_ANY, SockKind, TupleKey};
 
-use crate::maps::{JOB_SOCKETS, SOCK_ALLOW, count, report};
+use crate::maps::{JOB_SOCKETS, SOCK_ALLOW, report};
 
 const ALLOW: i32 = 1;
 /// Returning 0 from a cgroup sock or LSM cgroup program fails the call with EPERM.
@@ -37,7 +37,7 @@ pub fn sock_create(ctx: SockContext) -> i32 {
     };
     // A job's socket is known as the job's, or it is not made (fail closed).
     if JOB_SOCKETS.insert(cookie, cgroup_id, 0).is_err() {
-        count(Counter::RefusedSocketMapFull);
+        crate::rare::insert_failed(Counter::RefusedSocketMapFull, "JOB_SOCKETS");
         return REFUSE;
     }
     ALLOW
@@ -81,7 +81,7 @@ fn decide(kind: SockKind) -> i32 {
     if allowed {
         return ALLOW;
     }
-    count(Counter::RefusedSocket);
+    crate::rare::socket_refused(kind.family, kind.type_, kind.protocol);
     report(EventKind::SocketRefused, kind, TupleKey::default());
     REFUSE
 }
