@@ -391,8 +391,12 @@ impl DnsMetrics {
         }
     }
 
-    pub fn query(&self, decision: &str, rcode: &str) {
-        self.queries.with_label_values(&[decision, rcode]).inc();
+    /// A query, by its decision and its answer's code (the wire's bounded set of rcode
+    /// names).
+    pub fn query(&self, decision: crate::record::DecisionLabel, rcode: &str) {
+        self.queries
+            .with_label_values(&[decision.as_str(), rcode])
+            .inc();
     }
 }
 

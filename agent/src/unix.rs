@@ -6,10 +6,10 @@ pub mod paths;
 
 use std::time::Duration;
 
-use prometheus::{IntCounter, IntCounterVec, Registry};
+use prometheus::{IntCounter, Registry};
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::counter_vec;
+use crate::{metrics::counter_vec, record::DecisionLabel};
 
 pub use gate::Gate;
 
@@ -47,20 +47,29 @@ pub struct EngineSocket {
 
 /// The unix socket metrics.
 pub struct UnixMetrics {
-    connects: IntCounterVec,
+    /// `tollgate_unix_connects_total`, by [`DecisionLabel::ALL`], then engine or not:
+    /// fetched once, not per connect.
+    connects: Vec<[IntCounter; 2]>,
     pub aliases: IntCounter,
 }
 
 impl UnixMetrics {
     pub fn new(registry: &Registry) -> Self {
+        let connects = counter_vec(
+            registry,
+            "tollgate_unix_connects_total",
+            "Jobs' connects and addressed sends to unix sockets, by decision (allow, \
+             deny, would_deny) and kind of socket (engine, other).",
+            &["decision", "socket"],
+        );
         Self {
-            connects: counter_vec(
-                registry,
-                "tollgate_unix_connects_total",
-                "Jobs' connects and addressed sends to unix sockets, by decision (allow, \
-                 deny, would_deny) and kind of socket (engine, other).",
-                &["decision", "socket"],
-            ),
+            connects: DecisionLabel::ALL
+                .iter()
+                .map(|decision| {
+                    ["other", "engine"]
+                        .map(|socket| connects.with_label_values(&[decision.as_str(), socket]))
+                })
+                .collect(),
             aliases: crate::metrics::counter(
                 registry,
                 "tollgate_unix_aliases_killed_total",
@@ -70,9 +79,10 @@ impl UnixMetrics {
         }
     }
 
-    pub fn connect(&self, decision: &str, engine: bool) {
-        self.connects
-            .with_label_values(&[decision, if engine { "engine" } else { "other" }])
-            .inc();
+    pub fn connect(&self, decision: DecisionLabel, engine: bool) {
+        let index = DecisionLabel::ALL.iter().position(|d| *d == decision);
+        if let Some(pair) = index.and_then(|i| self.connects.get(i)) {
+            pair[usize::from(engine)].inc();
+        }
     }
 }

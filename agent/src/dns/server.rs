@@ -285,7 +285,7 @@ impl Resolver {
     /// One record and one count per query.
     fn finish(&self, mut record: DnsRecord, started: Instant) {
         record.duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        self.metrics.query(record.decision.as_str(), &record.rcode);
+        self.metrics.query(record.decision, &record.rcode);
         tracing::debug!(
             name = record.name,
             qtype = record.qtype,

@@ -21,6 +21,7 @@ mod refused;
 
 use carry::{Carried, send_now};
 
+use super::{Direction, EnforcedBy, Outcome};
 use super::{UdpConfig, UdpMetrics};
 use crate::{
     bpf::ConnMaps,
@@ -222,7 +223,9 @@ impl Relay {
                 (_, Some(info)) if dedicated.is_some() || info.orig_port != DNS_PORT => {
                     self.datagram(&socket, dedicated, from, &info, &buf[..n]);
                 }
-                (Some(_), _) => self.metrics.datagram("out", "unattributed", n),
+                (Some(_), _) => self
+                    .metrics
+                    .datagram(Direction::Out, Outcome::Unattributed, n),
                 // DNS, and what cannot be attributed: the resolver answers (or refuses).
                 (None, info) => {
                     let (resolver, socket) = (self.resolver.clone(), socket.clone());
@@ -261,13 +264,21 @@ impl Relay {
             if state.flows.len() >= self.config.max_flows {
                 // No room for another flow: refused, and counted.
                 self.deny_in_kernel(info.cookie, dst);
-                self.metrics.datagram("out", "denied", payload.len());
+                self.metrics
+                    .datagram(Direction::Out, Outcome::Denied, payload.len());
                 let process = attribute::process(info, None);
                 let reason = format!(
                     "the relay carries udp.max_flows ({}) flows already: refused",
                     self.config.max_flows
                 );
-                self.count_refused(&mut state, info.cgroup_id, process, dst, "relay", reason);
+                self.count_refused(
+                    &mut state,
+                    info.cgroup_id,
+                    process,
+                    dst,
+                    EnforcedBy::Relay,
+                    reason,
+                );
                 return;
             }
             // Its row counts this first datagram already.
@@ -282,7 +293,8 @@ impl Relay {
             return;
         };
         let Some(carried) = &flow.carried else {
-            self.metrics.datagram("out", "denied", payload.len());
+            self.metrics
+                .datagram(Direction::Out, Outcome::Denied, payload.len());
             return;
         };
         {
@@ -292,10 +304,11 @@ impl Relay {
             }
         }
         let outcome = match send_now(&carried.upstream, payload, None) {
-            Ok(_) => "relayed",
-            Err(_) => "dropped",
+            Ok(_) => Outcome::Relayed,
+            Err(_) => Outcome::Dropped,
         };
-        self.metrics.datagram("out", outcome, payload.len());
+        self.metrics
+            .datagram(Direction::Out, outcome, payload.len());
         let room = state.ports.len() < UDP_RELAY_CAPACITY as usize;
         match state.ports.get_mut(&dst) {
             Some(port) => port.last_ms = now,
@@ -320,7 +333,7 @@ impl Relay {
         let hostname = job
             .as_ref()
             .and_then(|job| self.resolver.name_of(&job.id, dst.ip()));
-        let mut record = self.new_record(info.cgroup_id, &process, dst, "relay");
+        let mut record = self.new_record(info.cgroup_id, &process, dst, EnforcedBy::Relay);
         record.packets_out = 1;
         record.bytes_out = first_len as u64;
         record.job_id = job.as_ref().map(|job| job.id.clone());
@@ -352,7 +365,7 @@ impl Relay {
                 }
             }
         };
-        self.metrics.flow(record.decision.as_str(), "relay");
+        self.metrics.flow(record.decision, EnforcedBy::Relay);
         if carried.is_some() {
             self.metrics.active.inc();
         }
@@ -387,7 +400,7 @@ impl Relay {
         cgroup_id: u64,
         process: &Process,
         dst: SocketAddr,
-        enforced_by: &str,
+        enforced_by: EnforcedBy,
     ) -> UdpFlowRecord {
         let now = now_ms();
         UdpFlowRecord {
@@ -398,7 +411,7 @@ impl Relay {
             comm: process.comm.clone(),
             exe: process.exe.clone(),
             dst: dst.to_string(),
-            enforced_by: enforced_by.to_owned(),
+            enforced_by: enforced_by.as_str().to_owned(),
             first_at: now,
             last_at: now,
             ..UdpFlowRecord::default()

@@ -259,7 +259,7 @@ impl Gate {
             UNIX_AUDIT => DecisionLabel::WouldDeny,
             _ => DecisionLabel::Allow,
         };
-        self.metrics.connect(label.as_str(), engine.is_some());
+        self.metrics.connect(label, engine.is_some());
         let comm = tollgate_common::convert::comm(&event.comm);
         let exe = crate::proc_info::exe(event.tgid).map(|p| p.display().to_string());
         let at = record::now_ms() - age_ms(event.ktime_ns);

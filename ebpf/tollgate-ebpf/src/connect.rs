@@ -150,7 +150,11 @@ fn redirect(
                 Ok(true) => Ok(None),
                 Ok(false) => Ok(Some(settings.proxy_port)),
                 Err(()) => {
-                    crate::rare::insert_failed(Counter::RefusedMapFull, "CONN_BY_COOKIE");
+                    crate::rare::insert_failed(
+                        Counter::RefusedMapFull,
+                        "CONN_BY_COOKIE",
+                        c.cgroup_id,
+                    );
                     Err(REFUSE)
                 }
             }
@@ -333,7 +337,7 @@ fn record(
     let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
     let info = conn_info(c, cookie, orig_ip, orig_port, orig_family, sock_family);
     if CONN_BY_COOKIE.insert(cookie, info, 0).is_err() {
-        crate::rare::insert_failed(Counter::RefusedMapFull, "CONN_BY_COOKIE");
+        crate::rare::insert_failed(Counter::RefusedMapFull, "CONN_BY_COOKIE", c.cgroup_id);
         return Err(REFUSE);
     }
     Ok(())

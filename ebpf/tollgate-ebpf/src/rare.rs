@@ -16,9 +16,11 @@ fn level() -> u16 {
     SETTINGS.get(0).map_or(0, |settings| settings.log_level)
 }
 
+/// The calling task's cgroup (sock_addr and sock_create programs only).
 #[inline(always)]
 fn cgroup() -> u64 {
-    // SAFETY: the helper is allowed in every program type that calls these functions.
+    // SAFETY: the helper is allowed in the program types that call refused and
+    // socket_refused (cgroup sock_addr, cgroup sock_create and the cgroup LSM hook).
     unsafe { bpf_get_current_cgroup_id() }
 }
 
@@ -54,8 +56,9 @@ pub fn socket_refused(family: u32, type_: u32, protocol: u32) {
 }
 
 /// An insert into `map` that failed (full, or out of memory), counted as `counter`.
+/// The caller passes the cgroup: sock_ops programs cannot ask for it before 6.x.
 #[inline(always)]
-pub fn insert_failed(counter: Counter, map: &str) {
+pub fn insert_failed(counter: Counter, map: &str, cgroup_id: u64) {
     count(counter);
     if level() >= KERNEL_LOG_WARN {
         warn!(
@@ -63,7 +66,7 @@ pub fn insert_failed(counter: Counter, map: &str) {
             "{} insert failed: {} (cgroup {})",
             map,
             counter.name(),
-            cgroup()
+            cgroup_id
         );
     }
 }

@@ -37,7 +37,7 @@ pub fn sock_create(ctx: SockContext) -> i32 {
     };
     // A job's socket is known as the job's, or it is not made (fail closed).
     if JOB_SOCKETS.insert(cookie, cgroup_id, 0).is_err() {
-        crate::rare::insert_failed(Counter::RefusedSocketMapFull, "JOB_SOCKETS");
+        crate::rare::insert_failed(Counter::RefusedSocketMapFull, "JOB_SOCKETS", cgroup_id);
         return REFUSE;
     }
     ALLOW

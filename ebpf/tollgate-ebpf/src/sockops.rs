@@ -55,7 +55,7 @@ fn on_connect(ctx: &SockOpsContext) -> Result<u32, u32> {
     if info.path == PATH_KERNEL {
         // Straight to its destination: report its establish and its close (and bytes).
         if KERNEL_CONNS.insert(cookie, info, 0).is_err() {
-            crate::rare::insert_failed(Counter::KernelEventsLost, "KERNEL_CONNS");
+            crate::rare::insert_failed(Counter::KernelEventsLost, "KERNEL_CONNS", info.cgroup_id);
             return Ok(DONE);
         }
         let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
@@ -64,7 +64,7 @@ fn on_connect(ctx: &SockOpsContext) -> Result<u32, u32> {
     let key = local_tuple(ctx);
     if CONN_BY_TUPLE.insert(key, info, 0).is_err() {
         // The proxy will find no entry and refuse the connection (fail closed).
-        crate::rare::insert_failed(Counter::TupleInsertFailed, "CONN_BY_TUPLE");
+        crate::rare::insert_failed(Counter::TupleInsertFailed, "CONN_BY_TUPLE", info.cgroup_id);
         return Ok(DONE);
     }
     // Ask for state callbacks, so a connection that fails before the proxy accepts it

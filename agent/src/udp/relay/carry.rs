@@ -12,7 +12,10 @@ use std::{
 use tokio::{net::UdpSocket, task::AbortHandle};
 
 use super::MAX_DATAGRAM;
-use crate::{record::now_ms, udp::UdpMetrics};
+use crate::{
+    record::now_ms,
+    udp::{Direction, Outcome, UdpMetrics},
+};
 
 pub(super) struct Carried {
     pub upstream: Arc<UdpSocket>,
@@ -96,7 +99,7 @@ async fn replies(
             // sends directly would see it on a connected socket; here it is only
             // counted, and the flow goes on.
             Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => {
-                metrics.datagram("in", "refused_by_peer", 0);
+                metrics.datagram(Direction::In, Outcome::RefusedByPeer, 0);
                 continue;
             }
             Err(error) => {
@@ -110,10 +113,10 @@ async fn replies(
                 back.packets.fetch_add(1, Ordering::Relaxed);
                 back.bytes.fetch_add(n as u64, Ordering::Relaxed);
                 back.last_ms.store(now_ms(), Ordering::Relaxed);
-                "relayed"
+                Outcome::Relayed
             }
-            Err(_) => "dropped",
+            Err(_) => Outcome::Dropped,
         };
-        metrics.datagram("in", outcome, n);
+        metrics.datagram(Direction::In, outcome, n);
     }
 }

@@ -6,7 +6,10 @@ use tollgate_common::Event;
 use tollgate_policy::Process;
 
 use super::{Flow, FlowKey, Relay, State};
-use crate::record::{DecisionLabel, RecordEvent, now_ms};
+use crate::{
+    record::{DecisionLabel, RecordEvent, now_ms},
+    udp::EnforcedBy,
+};
 
 impl Relay {
     /// A datagram the kernel refused: counted on the (process, destination) flow.
@@ -28,7 +31,14 @@ impl Relay {
         };
         let dst = event.dst.addr();
         let mut state = self.state();
-        self.count_refused(&mut state, event.cgroup_id, process, dst, "kernel", reason);
+        self.count_refused(
+            &mut state,
+            event.cgroup_id,
+            process,
+            dst,
+            EnforcedBy::Kernel,
+            reason,
+        );
     }
 
     /// Counts a refused datagram on its (process, destination) flow, made if need be.
@@ -41,7 +51,7 @@ impl Relay {
         cgroup_id: u64,
         mut process: Process,
         dst: SocketAddr,
-        enforced_by: &str,
+        enforced_by: EnforcedBy,
         reason: String,
     ) {
         let now = now_ms();
@@ -84,7 +94,7 @@ impl Relay {
         } else {
             reason
         };
-        self.metrics.flow(DecisionLabel::Deny.as_str(), enforced_by);
+        self.metrics.flow(DecisionLabel::Deny, enforced_by);
         self.recorder
             .record(RecordEvent::UdpFlow(Box::new(record.clone())));
         state.flows.insert(

@@ -1,0 +1,198 @@
+//! The UDP relay's metrics, with typed labels; every series a datagram or a flow counts
+//! in is fetched once, not looked up per event.
+use prometheus::{IntCounter, IntGauge, Registry};
+
+use crate::{
+    metrics::{counter_vec, gauge},
+    record::DecisionLabel,
+};
+
+/// Which way a datagram went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// From the job to its destination.
+    Out,
+    /// From the destination back to the job.
+    In,
+}
+
+impl Direction {
+    const ALL: [Direction; 2] = [Direction::Out, Direction::In];
+
+    const fn as_str(self) -> &'static str {
+        match self {
+            Direction::Out => "out",
+            Direction::In => "in",
+        }
+    }
+}
+
+/// What became of a datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Relayed,
+    Denied,
+    /// The send failed (the socket's buffer was full, the destination unreachable).
+    Dropped,
+    /// No kernel record said which job sent it.
+    Unattributed,
+    /// The destination answered with an ICMP error.
+    RefusedByPeer,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 5] = [
+        Outcome::Relayed,
+        Outcome::Denied,
+        Outcome::Dropped,
+        Outcome::Unattributed,
+        Outcome::RefusedByPeer,
+    ];
+
+    const fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Relayed => "relayed",
+            Outcome::Denied => "denied",
+            Outcome::Dropped => "dropped",
+            Outcome::Unattributed => "unattributed",
+            Outcome::RefusedByPeer => "refused_by_peer",
+        }
+    }
+}
+
+/// Where a flow's decision was enforced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnforcedBy {
+    /// The relay decided its first datagram.
+    Relay,
+    /// The kernel refused it (a flow already denied, or no policy permits UDP).
+    Kernel,
+}
+
+impl EnforcedBy {
+    const ALL: [EnforcedBy; 2] = [EnforcedBy::Relay, EnforcedBy::Kernel];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EnforcedBy::Relay => "relay",
+            EnforcedBy::Kernel => "kernel",
+        }
+    }
+}
+
+/// The UDP relay's metrics.
+pub struct UdpMetrics {
+    /// `tollgate_udp_flows_total`, by [`DecisionLabel::ALL`] then [`EnforcedBy::ALL`].
+    flows: Vec<IntCounter>,
+    /// `tollgate_udp_datagrams_total`, by [`Direction::ALL`] then [`Outcome::ALL`].
+    datagrams: Vec<IntCounter>,
+    /// `tollgate_udp_bytes_total`, by [`Direction::ALL`].
+    bytes: [IntCounter; 2],
+    pub active: IntGauge,
+}
+
+impl UdpMetrics {
+    pub fn new(registry: &Registry) -> Self {
+        let datagrams = counter_vec(
+            registry,
+            "tollgate_udp_datagrams_total",
+            "Datagrams of jobs' UDP flows, by direction (out, in) and outcome (relayed, \
+             denied, dropped, unattributed, refused_by_peer).",
+            &["direction", "outcome"],
+        );
+        let bytes = counter_vec(
+            registry,
+            "tollgate_udp_bytes_total",
+            "Payload bytes relayed for jobs' UDP flows, by direction.",
+            &["direction"],
+        );
+        let flows = counter_vec(
+            registry,
+            "tollgate_udp_flows_total",
+            "UDP flows of jobs (a socket and a destination), by decision and where it \
+             was enforced (relay or kernel).",
+            &["decision", "enforced_by"],
+        );
+        Self {
+            flows: DecisionLabel::ALL
+                .iter()
+                .flat_map(|decision| {
+                    EnforcedBy::ALL
+                        .map(|by| flows.with_label_values(&[decision.as_str(), by.as_str()]))
+                })
+                .collect(),
+            datagrams: Direction::ALL
+                .iter()
+                .flat_map(|direction| {
+                    Outcome::ALL.map(|outcome| {
+                        datagrams.with_label_values(&[direction.as_str(), outcome.as_str()])
+                    })
+                })
+                .collect(),
+            bytes: Direction::ALL.map(|direction| bytes.with_label_values(&[direction.as_str()])),
+            active: gauge(
+                registry,
+                "tollgate_udp_flows_active",
+                "UDP flows the relay carries now.",
+            ),
+        }
+    }
+
+    pub fn flow(&self, decision: DecisionLabel, enforced_by: EnforcedBy) {
+        let decision = DecisionLabel::ALL
+            .iter()
+            .position(|d| *d == decision)
+            .unwrap_or(0);
+        let by = EnforcedBy::ALL
+            .iter()
+            .position(|b| *b == enforced_by)
+            .unwrap_or(0);
+        if let Some(counter) = self.flows.get(decision * EnforcedBy::ALL.len() + by) {
+            counter.inc();
+        }
+    }
+
+    /// A datagram; the bytes of a relayed one count too.
+    pub fn datagram(&self, direction: Direction, outcome: Outcome, bytes: usize) {
+        let d = Direction::ALL
+            .iter()
+            .position(|x| *x == direction)
+            .unwrap_or(0);
+        let o = Outcome::ALL.iter().position(|x| *x == outcome).unwrap_or(0);
+        if let Some(counter) = self.datagrams.get(d * Outcome::ALL.len() + o) {
+            counter.inc();
+        }
+        if outcome == Outcome::Relayed {
+            self.bytes[d].inc_by(bytes as u64);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_event_counts_in_its_own_series() {
+        let registry = Registry::new();
+        let metrics = UdpMetrics::new(&registry);
+        metrics.flow(DecisionLabel::WouldDeny, EnforcedBy::Kernel);
+        metrics.datagram(Direction::In, Outcome::Relayed, 7);
+        metrics.datagram(Direction::Out, Outcome::Denied, 9);
+        let mut buffer = String::new();
+        prometheus::TextEncoder::new()
+            .encode_utf8(&registry.gather(), &mut buffer)
+            .unwrap();
+        let text = buffer;
+        for series in [
+            "tollgate_udp_flows_total{decision=\"would_deny\",enforced_by=\"kernel\"} 1",
+            "tollgate_udp_flows_total{decision=\"would_deny\",enforced_by=\"relay\"} 0",
+            "tollgate_udp_datagrams_total{direction=\"in\",outcome=\"relayed\"} 1",
+            "tollgate_udp_datagrams_total{direction=\"out\",outcome=\"denied\"} 1",
+            "tollgate_udp_bytes_total{direction=\"in\"} 7",
+            "tollgate_udp_bytes_total{direction=\"out\"} 0",
+        ] {
+            assert!(text.contains(series), "{series} in\n{text}");
+        }
+    }
+}
