@@ -1,7 +1,7 @@
 //! The Tollgate agent as a library: the daemon, its command-line interface and every
 //! stage of the data path. The `tollgate` binary is [`cli::main`]; the end-to-end tests
-//! read records through [`record`]'s types, and the fuzz targets reach the PostgreSQL
-//! tracker through `fuzzing` (feature `fuzzing`).
+//! read records and status through [`record`]'s and [`control`]'s types, and the fuzz
+//! targets reach the PostgreSQL tracker through `fuzzing` (feature `fuzzing`).
 mod accounts;
 mod admin;
 mod agent;
@@ -9,7 +9,7 @@ mod bpf;
 mod cgroup;
 pub mod cli;
 mod config;
-mod control;
+pub mod control;
 mod dns;
 mod enforce;
 mod enroll;

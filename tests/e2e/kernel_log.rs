@@ -117,7 +117,7 @@ fn the_kernel_log_is_off_until_an_operator_turns_it_on() {
     // A runtime switch lasts until the agent restarts: an agent that adopts the running
     // programs sets the configured level, and reads the adopted programs' log.
     agent.restart();
-    assert_eq!(agent.status()["attachment"], "adopted");
+    assert_eq!(agent.agent_status().attachment, "adopted");
     assert_eq!(status_level(&agent), "off");
     assert_eq!(switch(&agent, "info"), "kernel log: info (was off)\n");
     refused_direct_connect(&agent);

@@ -24,24 +24,24 @@ mod udp;
 mod unix;
 
 use serde_json::Value;
+use tollgate::record::DecisionLabel;
 use tollgate_e2e::Agent;
 
 /// Every recorded session is reflected in the metrics, and vice versa.
 pub fn assert_metrics_match_records(agent: &Agent) {
-    let sessions = agent.sessions(None);
-    let count = |decision: &str| {
-        sessions
-            .iter()
-            .filter(|s| s["decision"] == decision)
-            .count() as f64
-    };
+    let records = agent.records(None);
+    let count =
+        |decision: DecisionLabel| records.iter().filter(|r| r.decision == decision).count() as f64;
     let metrics = agent.metrics();
     let m = |series: &str| tollgate_e2e::agent::metric_value(&metrics, series);
     // The proxy accepted what was not on the kernel path; the kernel let the rest pass.
-    let kernel = sessions.iter().filter(|s| s["path"] == "kernel").count();
+    let kernel = records
+        .iter()
+        .filter(|r| r.path.as_deref() == Some("kernel"))
+        .count();
     assert_eq!(
         m("tollgate_proxy_intercepted_total"),
-        (sessions.len() - kernel) as f64,
+        (records.len() - kernel) as f64,
         "intercepted"
     );
     assert_eq!(
@@ -51,25 +51,22 @@ pub fn assert_metrics_match_records(agent: &Agent) {
     );
     assert_eq!(
         m("tollgate_proxy_decisions_total{decision=\"allow\"}"),
-        count("allow"),
+        count(DecisionLabel::Allow),
         "allow"
     );
     assert_eq!(
         m("tollgate_proxy_decisions_total{decision=\"deny\"}"),
-        count("deny"),
+        count(DecisionLabel::Deny),
         "deny"
     );
     assert_eq!(
         m("tollgate_proxy_unattributed_total"),
-        count("unattributed"),
+        count(DecisionLabel::Unattributed),
         "unattributed"
     );
     assert_eq!(m("tollgate_proxy_active_connections"), 0.0, "active");
-    let up: u64 = sessions.iter().filter_map(|s| s["bytes_up"].as_u64()).sum();
-    let down: u64 = sessions
-        .iter()
-        .filter_map(|s| s["bytes_down"].as_u64())
-        .sum();
+    let up: u64 = records.iter().map(|r| r.bytes_up).sum();
+    let down: u64 = records.iter().map(|r| r.bytes_down).sum();
     assert_eq!(
         m("tollgate_proxy_bytes_total{direction=\"up\"}"),
         up as f64,

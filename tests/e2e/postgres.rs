@@ -111,20 +111,20 @@ fn a_denied_ddl_inside_a_transaction_fails_it_on_both_sides() {
         "0"
     );
 
-    let sessions = agent.wait_sessions(None, 1);
-    let session = &sessions[0];
-    assert_eq!(session["protocol"], "postgres");
-    assert_eq!(session["db_user"], "postgres");
-    assert_eq!(session["db_name"], "postgres");
-    assert_eq!(session["application_name"], "psql");
-    let statements = wait_statements(&agent, std::slice::from_ref(session), 8);
+    let records = agent.wait_records(None, 1);
+    let session = &records[0];
+    assert_eq!(session.protocol.as_deref(), Some("postgres"));
+    assert_eq!(session.db_user.as_deref(), Some("postgres"));
+    assert_eq!(session.db_name.as_deref(), Some("postgres"));
+    assert_eq!(session.application_name.as_deref(), Some("psql"));
+    let statements = agent.wait_statement_records(session, 8);
     let summary: Vec<(String, String, String)> = statements
         .iter()
         .map(|s| {
             (
-                s["sql"].as_str().unwrap_or_default().to_owned(),
-                s["kind"].as_str().unwrap_or_default().to_owned(),
-                s["decision"].as_str().unwrap_or_default().to_owned(),
+                s.sql.to_string(),
+                s.kind.to_string(),
+                s.decision.as_str().to_owned(),
             )
         })
         .collect();
@@ -146,10 +146,20 @@ fn a_denied_ddl_inside_a_transaction_fails_it_on_both_sides() {
             .collect::<Vec<_>>()
     );
     let denied = &statements[2];
-    assert_eq!(denied["sqlstate"], "42501");
-    assert_eq!(denied["policy_ids"][0], "no-ddl-in-production");
-    assert_eq!(denied["tables"][0], "tollgate_denied_ddl");
-    assert_eq!(statements[3]["sqlstate"], "25P02", "refused by the server");
+    assert_eq!(denied.sqlstate.as_deref(), Some("42501"));
+    assert_eq!(
+        denied.policy_ids.first().map(String::as_str),
+        Some("no-ddl-in-production")
+    );
+    assert_eq!(
+        denied.tables.first().map(String::as_str),
+        Some("tollgate_denied_ddl")
+    );
+    assert_eq!(
+        statements[3].sqlstate.as_deref(),
+        Some("25P02"),
+        "refused by the server"
+    );
     // The metrics count every statement decision.
     assert_eq!(
         agent.metric("tollgate_postgres_statements_total{decision=\"deny\",kind=\"ddl\"}"),
@@ -159,8 +169,36 @@ fn a_denied_ddl_inside_a_transaction_fails_it_on_both_sides() {
         agent.metric("tollgate_postgres_statements_total{decision=\"allow\",kind=\"read\"}"),
         5.0
     );
-    assert_eq!(statements[1]["rows"], 1);
-    assert!(statements.iter().all(|s| s["protocol"] == "simple"));
+    assert_eq!(statements[1].rows, Some(1));
+    assert!(statements.iter().all(|s| s.protocol == "simple"));
+    // The session's one access-log event counts its statements, and the refused one.
+    let id = session.id.clone();
+    let log = strip_ansi(&agent.log());
+    let access = log
+        .lines()
+        .find(|l| l.contains(&format!("id={id}")) && l.contains("connection"))
+        .unwrap_or_else(|| panic!("no access event for {id} in\n{log}"));
+    assert!(access.contains("statements=8"), "{access}");
+    assert!(access.contains("refused_statements=1"), "{access}");
+}
+
+/// The text of a log without its terminal colours.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters, ending in a letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn pgbench(agent: &Agent, pg_port: u16, args: &[&str]) -> std::process::Output {

@@ -13,6 +13,10 @@ use std::{
 };
 
 use serde_json::Value;
+use tollgate::{
+    control::Status,
+    record::{ConnectionRecord, StatementRecord},
+};
 
 use crate::{ephemeral_port, free_port, output, stderr, stdout, wait_for};
 
@@ -370,6 +374,69 @@ impl Agent {
         );
         serde_json::from_str(&stdout(&out))
             .unwrap_or_else(|e| panic!("tollgate {args:?}: bad JSON: {e}: {}", stdout(&out)))
+    }
+
+    /// `tollgate ARGS --json`, read as the agent's own type `T`.
+    pub fn typed<T: serde::de::DeserializeOwned>(&self, args: &[&str]) -> T {
+        let out = output(self.tollgate().args(args));
+        assert!(
+            out.status.success(),
+            "tollgate {args:?} failed: {}",
+            stderr(&out)
+        );
+        serde_json::from_str(&stdout(&out)).unwrap_or_else(|e| {
+            panic!(
+                "tollgate {args:?}: not a {}: {e}: {}",
+                std::any::type_name::<T>(),
+                stdout(&out)
+            )
+        })
+    }
+
+    /// Recorded connections, newest first (optionally of one job), as the agent's
+    /// records.
+    pub fn records(&self, job: Option<&str>) -> Vec<ConnectionRecord> {
+        let mut args = vec!["sessions", "list", "--json", "--limit", "1000000"];
+        if let Some(job) = job {
+            args.extend(["--job", job]);
+        }
+        self.typed(&args)
+    }
+
+    /// Waits until `n` connections have ended and been recorded (for the job, if
+    /// given), and returns all of that job's records.
+    pub fn wait_records(&self, job: Option<&str>, n: usize) -> Vec<ConnectionRecord> {
+        wait_for(
+            &format!("{n} ended records (job {job:?})"),
+            Duration::from_secs(20) + Duration::from_millis(10) * n as u32,
+            || {
+                let records = self.records(job);
+                let ended = records.iter().filter(|r| r.ended_at.is_some()).count();
+                (ended >= n).then_some(records)
+            },
+        )
+    }
+
+    /// A connection's recorded statements, once at least `n` are on record.
+    pub fn wait_statement_records(
+        &self,
+        connection: &ConnectionRecord,
+        n: usize,
+    ) -> Vec<StatementRecord> {
+        wait_for(
+            &format!("{n} statements of {}", connection.id),
+            Duration::from_secs(10),
+            || {
+                let shown: ConnectionRecord =
+                    self.typed(&["sessions", "show", &connection.id, "--json"]);
+                (shown.statements.len() >= n).then_some(shown.statements)
+            },
+        )
+    }
+
+    /// The agent's status, as its own type.
+    pub fn agent_status(&self) -> Status {
+        self.typed(&["status", "--json"])
     }
 
     /// The recorded statements of a session (as `tollgate sessions list` shows it).

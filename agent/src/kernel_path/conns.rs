@@ -249,5 +249,6 @@ fn finish(kp: &KernelPath, mut conn: Conn) {
         conn.job.as_deref(),
         &kp.proxy_metrics,
         &kp.recorder,
+        None,
     );
 }

@@ -96,7 +96,7 @@ pub(super) trait Direction {
     fn end_batch(&mut self, tracker: &mut Tracker);
 
     /// After a batch, without the lock, before its bytes are written on: records.
-    async fn settle(&mut self, ctx: &Context) -> Result<(), SessionError>;
+    async fn settle(&mut self, ctx: &Context, progress: &Progress) -> Result<(), SessionError>;
 
     /// The side closed with `left` bytes of a message unread.
     fn closed(left: bool) -> Result<(), SessionError>;
@@ -129,7 +129,7 @@ impl Direction for ToServer {
         self.opened = tracker.take_opened();
     }
 
-    async fn settle(&mut self, ctx: &Context) -> Result<(), SessionError> {
+    async fn settle(&mut self, ctx: &Context, _: &Progress) -> Result<(), SessionError> {
         // recording.durable: nothing goes to the server before its statements' rows are
         // committed (with those of every other session waiting now).
         if self.opened.is_empty() {
@@ -181,9 +181,9 @@ impl Direction for ToClient {
 
     fn end_batch(&mut self, _: &mut Tracker) {}
 
-    async fn settle(&mut self, ctx: &Context) -> Result<(), SessionError> {
+    async fn settle(&mut self, ctx: &Context, progress: &Progress) -> Result<(), SessionError> {
         for record in self.finished.drain(..) {
-            finish(ctx, record);
+            finish(ctx, progress, record);
         }
         Ok(())
     }
@@ -235,7 +235,7 @@ where
             direction.end_batch(&mut tracker);
             malformed
         };
-        direction.settle(ctx).await?;
+        direction.settle(ctx, progress).await?;
         if let Some(error) = malformed {
             // What was accepted before the bad message still goes on.
             let _ = write_flushed(writer, &out).await;

@@ -64,6 +64,7 @@ impl Context {
 struct Unanswered<'a> {
     tracker: &'a Mutex<Tracker>,
     ctx: &'a Context,
+    progress: &'a Progress,
 }
 
 impl Drop for Unanswered<'_> {
@@ -77,7 +78,7 @@ impl Drop for Unanswered<'_> {
             record.error.get_or_insert_with(|| {
                 "the session ended before the statement completed".to_owned()
             });
-            finish(self.ctx, record);
+            finish(self.ctx, self.progress, record);
         }
     }
 }
@@ -114,6 +115,7 @@ pub async fn run(
     let _unanswered = Unanswered {
         tracker: &state,
         ctx,
+        progress,
     };
     let error = {
         let (mut client_read, mut client_write) = tokio::io::split(&mut client);
@@ -172,8 +174,9 @@ pub async fn run(
     error
 }
 
-pub(super) fn finish(ctx: &Context, mut record: StatementRecord) {
+pub(super) fn finish(ctx: &Context, progress: &Progress, mut record: StatementRecord) {
     ctx.metrics.statement(&record.kind, record.decision);
+    progress.statement(record.decision.refused());
     if let Some(started) = record.started.take() {
         record.duration_us = Some(started.elapsed().as_micros() as u64);
     }

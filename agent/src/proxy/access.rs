@@ -140,23 +140,32 @@ impl Drop for AccessLog<'_> {
     fn drop(&mut self) {
         self.sinks.metrics.active.dec();
         self.take_progress();
+        let statements = self
+            .record
+            .protocol
+            .is_some()
+            .then(|| self.progress.statements());
         finish(
             &mut self.record,
             self.job.as_deref(),
             self.sinks.metrics,
             self.sinks.recorder,
+            statements,
         );
     }
 }
 
 /// Ends a connection's record: its one access-log event, its bytes counted, and the
-/// record written. Both paths (proxy and kernel) end here.
+/// record written. Both paths (proxy and kernel) end here. `statements`: for a session
+/// followed statement by statement, how many were recorded and how many refused.
 pub fn finish(
     r: &mut ConnectionRecord,
     job: Option<&Job>,
     metrics: &ProxyMetrics,
     recorder: &crate::record::Recorder,
+    statements: Option<(u64, u64)>,
 ) {
+    let (statements, refused_statements) = statements.unzip();
     {
         let ended_at = now_ms();
         r.ended_at = Some(ended_at);
@@ -178,6 +187,8 @@ pub fn finish(
             duration_ms = ended_at - r.started_at,
             error = r.error.as_deref().unwrap_or("-"),
             path = r.path.as_deref().unwrap_or("proxy"),
+            statements,
+            refused_statements,
             "connection"
         );
         let record = std::mem::take(r);

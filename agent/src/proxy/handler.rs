@@ -66,6 +66,9 @@ pub enum RelayError {
 pub struct Progress {
     up: AtomicU64,
     down: AtomicU64,
+    /// Statements recorded, and of them refused (PostgreSQL sessions).
+    statements: AtomicU64,
+    refused: AtomicU64,
     postgres: Mutex<Option<Startup>>,
 }
 
@@ -85,6 +88,23 @@ impl Progress {
         (
             self.up.load(Ordering::Relaxed),
             self.down.load(Ordering::Relaxed),
+        )
+    }
+
+    /// A statement of the session was recorded (`refused`: denied, held for approval or
+    /// revoked).
+    pub fn statement(&self, refused: bool) {
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        if refused {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Statements recorded so far, and how many of them were refused.
+    pub fn statements(&self) -> (u64, u64) {
+        (
+            self.statements.load(Ordering::Relaxed),
+            self.refused.load(Ordering::Relaxed),
         )
     }
 

@@ -174,3 +174,15 @@ async fn a_cancelled_connection_task_is_recorded_with_the_bytes_relayed_so_far()
         "the guard's Drop ran: the connection is no longer counted active"
     );
 }
+
+#[test]
+fn progress_counts_statements_and_refusals_apart() {
+    let progress = Progress::default();
+    assert_eq!(progress.statements(), (0, 0));
+    progress.statement(false);
+    progress.statement(true);
+    progress.statement(false);
+    assert_eq!(progress.statements(), (3, 1));
+    progress.up(5);
+    assert_eq!(progress.bytes(), (5, 0));
+}
