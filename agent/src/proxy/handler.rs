@@ -7,10 +7,10 @@
 //! whose task is cancelled, is recorded with what it relayed so far.
 use std::{
     fmt, io,
-    os::fd::{AsFd, OwnedFd},
+    os::fd::{AsFd, BorrowedFd, OwnedFd},
     sync::{
         Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -70,6 +70,10 @@ pub struct Progress {
     statements: AtomicU64,
     refused: AtomicU64,
     postgres: Mutex<Option<Startup>>,
+    /// Set while a revocation can end the connection: then `held` keeps a descriptor of
+    /// each of its sockets, so that they are reset (not closed in order) when it does.
+    revocable: AtomicBool,
+    held: Mutex<Vec<OwnedFd>>,
 }
 
 impl Progress {
@@ -106,6 +110,52 @@ impl Progress {
             self.statements.load(Ordering::Relaxed),
             self.refused.load(Ordering::Relaxed),
         )
+    }
+
+    /// Keeps `socket` to be reset if the connection is revoked (a leg the handler opened
+    /// itself, such as a PostgreSQL server connection made again); nothing when no
+    /// revocation can come.
+    pub fn hold(&self, socket: &impl AsFd) {
+        if !self.revocable.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Ok(fd) = socket.as_fd().try_clone_to_owned() {
+            self.held.lock().unwrap_or_else(|e| e.into_inner()).push(fd);
+        }
+    }
+
+    /// `new` takes the place of the held `old` (a server connection made again): the old
+    /// one is let go, so that it closes when its stream does.
+    pub fn replace(&self, old: &impl AsFd, new: &impl AsFd) {
+        let same = |a: BorrowedFd<'_>, b: BorrowedFd<'_>| match (
+            nix::sys::stat::fstat(a),
+            nix::sys::stat::fstat(b),
+        ) {
+            (Ok(a), Ok(b)) => (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino),
+            _ => false,
+        };
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|fd| !same(fd.as_fd(), old.as_fd()));
+        self.hold(new);
+    }
+
+    /// Lets go of the held sockets: the connection ended without a revocation.
+    fn release_held(&self) {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// Resets every held socket.
+    fn reset_held(&self) {
+        for fd in self
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            reset(&fd);
+        }
     }
 
     /// The connection is followed as PostgreSQL, and its startup has said this so far.
@@ -147,15 +197,13 @@ pub async fn run(
     progress: &Progress,
     revoke: Option<oneshot::Receiver<Decision>>,
 ) -> Outcome {
-    // The sockets outlive the handler's streams through these, so that a revoked
+    // The sockets outlive the handler's streams through the progress, so that a revoked
     // connection is reset (linger 0 on its last close), not closed in order.
-    let held: Vec<OwnedFd> = match revoke {
-        Some(_) => [client.as_fd(), upstream.as_fd()]
-            .into_iter()
-            .filter_map(|fd| fd.try_clone_to_owned().ok())
-            .collect(),
-        None => Vec::new(),
-    };
+    progress
+        .revocable
+        .store(revoke.is_some(), Ordering::Relaxed);
+    progress.hold(&client);
+    progress.hold(&upstream);
     let work = async {
         let error = match handler {
             Handler::Tcp { buffer_size } => {
@@ -181,11 +229,12 @@ pub async fn run(
         }
     };
     tokio::select! {
-        outcome = work => outcome,
+        outcome = work => {
+            progress.release_held();
+            outcome
+        }
         decision = revoked => {
-            for fd in &held {
-                reset(fd);
-            }
+            progress.reset_held();
             Outcome {
                 error: Some(RelayError::Revoked),
                 revoked: Some(decision),
