@@ -3,6 +3,7 @@
 //! an IPv4-mapped form.
 use std::sync::atomic::Ordering;
 
+use tollgate::record::DecisionLabel;
 use tollgate_e2e::{Agent, require_root, servers::Server, stderr, stdout};
 
 const SPELLINGS: [&str; 7] = [
@@ -97,18 +98,25 @@ fn every_spelling_of_a_forbidden_loopback_service_is_denied() {
         "nothing from the job reached the secret service"
     );
 
-    let sessions = agent.wait_sessions(None, 2 * SPELLINGS.len());
-    let denials: Vec<_> = sessions
+    let records = agent.wait_records(None, 2 * SPELLINGS.len());
+    let denials: Vec<_> = records
         .iter()
-        .filter(|s| s["decision"] == "deny")
+        .filter(|s| s.decision == DecisionLabel::Deny)
         .collect();
-    assert_eq!(denials.len(), SPELLINGS.len(), "{sessions:?}");
+    assert_eq!(denials.len(), SPELLINGS.len(), "{records:?}");
     for s in &denials {
-        assert_eq!(s["target"], "secret", "{s}");
-        assert_eq!(s["policy_ids"][0], "no-secret", "{s}");
+        assert_eq!(s.target.as_deref(), Some("secret"), "{s:?}");
+        assert_eq!(
+            s.policy_ids.first().map(String::as_str),
+            Some("no-secret"),
+            "{s:?}"
+        );
     }
     assert_eq!(
-        sessions.iter().filter(|s| s["decision"] == "allow").count(),
+        records
+            .iter()
+            .filter(|s| s.decision == DecisionLabel::Allow)
+            .count(),
         SPELLINGS.len()
     );
 }

@@ -1,13 +1,14 @@
 //! Interception and attribution of real clients.
 use std::process::Command;
 
+use tollgate::record::DecisionLabel;
 use tollgate_e2e::{
     Agent, output, postgres, require_root,
     servers::{HTTP_BODY, Server},
     stderr, stdout,
 };
 
-use crate::{assert_metrics_match_records, first_line_pid, str_field};
+use crate::{assert_metrics_match_records, first_line_pid};
 
 #[test]
 fn curl_and_psql_in_a_job_are_intercepted_and_attributed() {
@@ -59,40 +60,43 @@ fn curl_and_psql_in_a_job_are_intercepted_and_attributed() {
     );
     let psql_pid = first_line_pid(&stderr(&job_psql));
 
-    let sessions = agent.wait_sessions(None, 2);
+    let records = agent.wait_records(None, 2);
     assert_eq!(
-        sessions.len(),
+        records.len(),
         2,
-        "exactly one record per connection: {sessions:?}"
+        "exactly one record per connection: {records:?}"
     );
     for (comm, pid, destination) in [
         ("curl", curl_pid, format!("127.0.0.1:{}", http.port())),
         ("psql", psql_pid, format!("127.0.0.1:{}", pg.port)),
     ] {
-        let s = sessions
+        let s = records
             .iter()
-            .find(|s| s["comm"] == comm)
-            .unwrap_or_else(|| panic!("no {comm} record in {sessions:?}"));
-        assert_eq!(s["pid"].as_u64(), Some(pid), "{comm} pid");
-        assert_eq!(s["uid"].as_u64(), Some(0), "{comm} uid");
-        assert_eq!(s["gid"].as_u64(), Some(0), "{comm} gid");
+            .find(|s| s.comm.as_deref() == Some(comm))
+            .unwrap_or_else(|| panic!("no {comm} record in {records:?}"));
+        assert_eq!(s.pid.map(u64::from), Some(pid), "{comm} pid");
+        assert_eq!(s.uid, Some(0), "{comm} uid");
+        assert_eq!(s.gid, Some(0), "{comm} gid");
         assert_eq!(
-            str_field(s, "destination"),
-            destination,
+            s.destination.as_deref(),
+            Some(destination.as_str()),
             "{comm} destination"
         );
-        assert_eq!(s["job_labels"]["repo"], "acme/api", "{comm} labels");
-        assert_eq!(s["job_labels"]["workflow"], "deploy", "{comm} labels");
-        assert_eq!(str_field(s, "decision"), "allow");
-        assert!(str_field(s, "reason").contains("default allow"), "{s}");
-        assert!(str_field(s, "exe").ends_with(comm), "{comm} exe: {s}");
-        assert!(s["attributed"].as_bool() == Some(true));
-        assert!(s["bytes_up"].as_u64() > Some(0) && s["bytes_down"].as_u64() > Some(0));
-        assert!(s["error"].is_null(), "{s}");
-        assert!(str_field(s, "source").starts_with("127.0.0.1:"));
+        assert_eq!(s.job_labels["repo"], "acme/api", "{comm} labels");
+        assert_eq!(s.job_labels["workflow"], "deploy", "{comm} labels");
+        assert_eq!(s.decision, DecisionLabel::Allow);
+        assert!(s.reason.contains("default allow"), "{s:?}");
+        assert!(
+            s.exe.as_deref().is_some_and(|exe| exe.ends_with(comm)),
+            "{comm} exe: {s:?}"
+        );
+        assert!(s.attributed);
+        assert!(s.bytes_up > 0 && s.bytes_down > 0);
+        assert!(s.error.is_none(), "{s:?}");
+        assert!(s.source.starts_with("127.0.0.1:"));
     }
     assert_ne!(
-        sessions[0]["job_id"], sessions[1]["job_id"],
+        records[0].job_id, records[1].job_id,
         "one job per tollgate run"
     );
     assert!(agent.jobs().is_empty(), "jobs ended with their commands");
@@ -114,7 +118,7 @@ fn clients_outside_jobs_are_not_intercepted() {
     assert!(psql.status.success());
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(
-        agent.sessions(None).is_empty(),
+        agent.records(None).is_empty(),
         "direct clients were recorded"
     );
     assert_eq!(agent.metric("tollgate_proxy_intercepted_total"), 0.0);
@@ -138,9 +142,9 @@ fn clients_outside_jobs_are_not_intercepted() {
         "{}",
         stdout(&probe)
     );
-    let sessions = agent.wait_sessions(None, 1);
-    assert_eq!(str_field(&sessions[0], "decision"), "unattributed");
-    assert_eq!(sessions[0]["attributed"], false);
+    let records = agent.wait_records(None, 1);
+    assert_eq!(records[0].decision, DecisionLabel::Unattributed);
+    assert!(!records[0].attributed);
     assert_eq!(agent.metric("tollgate_proxy_unattributed_total"), 1.0);
     assert_metrics_match_records(&agent);
 }
@@ -169,10 +173,10 @@ fn ipv6_and_ipv4_mapped_destinations_are_recorded_canonically() {
     assert!(out.status.success(), "psql -h ::1: {}", stderr(&out));
     assert_eq!(stdout(&out).trim(), "v6");
 
-    let sessions = agent.wait_sessions(None, 3);
-    let destinations: Vec<&str> = sessions
+    let records = agent.wait_records(None, 3);
+    let destinations: Vec<&str> = records
         .iter()
-        .map(|s| str_field(s, "destination"))
+        .map(|s| s.destination.as_deref().unwrap_or_default())
         .collect();
     for expected in [
         format!("[::1]:{}", http6.port()),
@@ -215,7 +219,7 @@ fn getpeername_in_a_job_returns_the_original_destination() {
         p6 = http6.port()
     );
     assert_eq!(stdout(&out), expected);
-    assert_eq!(agent.wait_sessions(None, 3).len(), 3);
+    assert_eq!(agent.wait_records(None, 3).len(), 3);
 }
 
 #[test]
@@ -275,11 +279,14 @@ fn a_refused_upstream_is_mirrored_as_a_prompt_reset() {
     );
     let elapsed: f64 = lines.next().and_then(|l| l.parse().ok()).expect("elapsed");
     assert!(elapsed < 1.0, "reset took {elapsed}s");
-    let sessions = agent.wait_sessions(None, 1);
+    let records = agent.wait_records(None, 1);
     assert!(
-        str_field(&sessions[0], "error").contains("refused"),
-        "{}",
-        sessions[0]
+        records[0]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("refused")),
+        "{:?}",
+        records[0]
     );
     assert_eq!(
         agent.metric("tollgate_proxy_upstream_connect_errors_total{kind=\"refused\"}"),
@@ -306,13 +313,13 @@ fn a_remote_host_in_a_network_namespace_is_intercepted() {
     assert!(job.status.success(), "{}", stderr(&job));
     assert_eq!(stdout(&job), stdout(&direct));
 
-    let sessions = agent.wait_sessions(None, 1);
-    assert_eq!(sessions.len(), 1, "only the job's connection is recorded");
+    let records = agent.wait_records(None, 1);
+    assert_eq!(records.len(), 1, "only the job's connection is recorded");
     assert_eq!(
-        str_field(&sessions[0], "destination"),
-        format!("{}:8080", host.peer_ip)
+        records[0].destination.as_deref(),
+        Some(format!("{}:8080", host.peer_ip).as_str())
     );
-    assert_eq!(str_field(&sessions[0], "comm"), "curl");
-    assert_eq!(sessions[0]["job_labels"]["repo"], "acme/remote");
+    assert_eq!(records[0].comm.as_deref(), Some("curl"));
+    assert_eq!(records[0].job_labels["repo"], "acme/remote");
     assert_metrics_match_records(&agent);
 }

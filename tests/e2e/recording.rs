@@ -5,9 +5,10 @@ use std::{
     time::Duration,
 };
 
+use tollgate::record::DecisionLabel;
 use tollgate_e2e::{Agent, require_root, servers::Server, stderr, wait_for};
 
-use crate::{assert_metrics_match_records, str_field};
+use crate::assert_metrics_match_records;
 
 #[test]
 fn strict_recording_refuses_connections_while_writes_fail_and_loses_nothing() {
@@ -22,7 +23,7 @@ fn strict_recording_refuses_connections_while_writes_fail_and_loses_nothing() {
         assert_eq!(out.status.success(), expect_ok, "curl: {}", stderr(&out));
     };
     curl(true);
-    agent.wait_sessions(None, 1);
+    agent.wait_records(None, 1);
 
     // Another process holds an exclusive lock on the store: writes fail.
     let mut locker = Command::new("python3")
@@ -72,27 +73,27 @@ fn strict_recording_refuses_connections_while_writes_fail_and_loses_nothing() {
         (agent.metric("tollgate_kernel_path_suspended") == 0.0).then_some(())
     });
     curl(true);
-    let sessions = agent.wait_sessions(None, 4);
-    assert_eq!(sessions.len(), 4, "nothing lost: {sessions:?}");
-    let denied: Vec<_> = sessions
+    let records = agent.wait_records(None, 4);
+    assert_eq!(records.len(), 4, "nothing lost: {records:?}");
+    let denied: Vec<_> = records
         .iter()
-        .filter(|s| s["decision"] == "deny")
+        .filter(|s| s.decision == DecisionLabel::Deny)
         .collect();
-    assert_eq!(denied.len(), 1, "{sessions:?}");
+    assert_eq!(denied.len(), 1, "{records:?}");
     assert!(
-        str_field(denied[0], "reason").contains("recording.strict"),
-        "{}",
+        denied[0].reason.contains("recording.strict"),
+        "{:?}",
         denied[0]
     );
     // Without a policy directory the job's connects take the kernel path, which strict
     // recording suspends while writes fail: the refused one went to the proxy.
-    assert_eq!(denied[0]["path"], "proxy", "{}", denied[0]);
+    assert_eq!(denied[0].path.as_deref(), Some("proxy"), "{:?}", denied[0]);
     assert!(
-        sessions
+        records
             .iter()
-            .filter(|s| s["decision"] == "allow")
-            .all(|s| s["path"] == "kernel"),
-        "{sessions:?}"
+            .filter(|s| s.decision == DecisionLabel::Allow)
+            .all(|s| s.path.as_deref() == Some("kernel")),
+        "{records:?}"
     );
     assert_eq!(agent.metric("tollgate_recording_dropped_total"), 0.0);
     assert_metrics_match_records(&agent);
@@ -108,8 +109,8 @@ fn records_older_than_the_retention_are_pruned_and_counted() {
     let url = format!("http://127.0.0.1:{}/", http.port());
     let out = agent.run_job(&[("repo", "acme/old")], &["curl", "-sS", "-m", "5", &url]);
     assert!(out.status.success(), "curl: {}", stderr(&out));
-    let first = agent.wait_sessions(None, 1);
-    let old_job = str_field(&first[0], "job_id").to_owned();
+    let first = agent.wait_records(None, 1);
+    let old_job = first[0].job_id.clone().expect("the job's id");
     wait_for("the store's size", Duration::from_secs(15), || {
         (agent.metric("tollgate_recording_store_bytes") > 0.0).then_some(())
     });
@@ -121,8 +122,8 @@ fn records_older_than_the_retention_are_pruned_and_counted() {
     });
     let out = agent.run_job(&[("repo", "acme/new")], &["curl", "-sS", "-m", "5", &url]);
     assert!(out.status.success(), "curl: {}", stderr(&out));
-    let sessions = agent.wait_sessions(None, 1);
-    assert_eq!(sessions.len(), 1, "{sessions:#?}");
-    assert_ne!(str_field(&sessions[0], "job_id"), old_job);
+    let records = agent.wait_records(None, 1);
+    assert_eq!(records.len(), 1, "{records:#?}");
+    assert_ne!(records[0].job_id.as_deref(), Some(old_job.as_str()));
     assert!(agent.metric("tollgate_recording_pruned_total{kind=\"job\"}") >= 1.0);
 }
