@@ -144,13 +144,13 @@ impl UpstreamErrorKind {
 /// A counter vector's children for a closed set of `N` label sets, each looked up in the
 /// vector once, on first use (so a series appears when it first counts, as before), and
 /// then counted without hashing its labels.
-struct Children<const N: usize> {
+pub(crate) struct Children<const N: usize> {
     vec: IntCounterVec,
     children: [OnceLock<IntCounter>; N],
 }
 
 impl<const N: usize> Children<N> {
-    fn new(vec: IntCounterVec) -> Self {
+    pub(crate) fn new(vec: IntCounterVec) -> Self {
         Self {
             vec,
             children: std::array::from_fn(|_| OnceLock::new()),
@@ -158,7 +158,7 @@ impl<const N: usize> Children<N> {
     }
 
     /// The child for label set `index`, whose values are `labels`.
-    fn get(&self, index: usize, labels: &[&str]) -> &IntCounter {
+    pub(crate) fn get(&self, index: usize, labels: &[&str]) -> &IntCounter {
         self.children[index].get_or_init(|| self.vec.with_label_values(labels))
     }
 }

@@ -9,7 +9,10 @@ use std::time::Duration;
 use prometheus::{IntCounter, Registry};
 use serde::{Deserialize, Serialize};
 
-use crate::{metrics::counter_vec, record::DecisionLabel};
+use crate::{
+    metrics::{Children, counter_vec},
+    record::DecisionLabel,
+};
 
 pub use gate::Gate;
 
@@ -47,29 +50,22 @@ pub struct EngineSocket {
 
 /// The unix socket metrics.
 pub struct UnixMetrics {
-    /// `tollgate_unix_connects_total`, by [`DecisionLabel::ALL`], then engine or not:
+    /// `tollgate_unix_connects_total`, by decision, then other (0) or engine (1):
     /// fetched once, not per connect.
-    connects: Vec<[IntCounter; 2]>,
+    connects: Children<{ DecisionLabel::ALL.len() * 2 }>,
     pub aliases: IntCounter,
 }
 
 impl UnixMetrics {
     pub fn new(registry: &Registry) -> Self {
-        let connects = counter_vec(
-            registry,
-            "tollgate_unix_connects_total",
-            "Jobs' connects and addressed sends to unix sockets, by decision (allow, \
-             deny, would_deny) and kind of socket (engine, other).",
-            &["decision", "socket"],
-        );
         Self {
-            connects: DecisionLabel::ALL
-                .iter()
-                .map(|decision| {
-                    ["other", "engine"]
-                        .map(|socket| connects.with_label_values(&[decision.as_str(), socket]))
-                })
-                .collect(),
+            connects: Children::new(counter_vec(
+                registry,
+                "tollgate_unix_connects_total",
+                "Jobs' connects and addressed sends to unix sockets, by decision (allow, \
+                 deny, would_deny) and kind of socket (engine, other).",
+                &["decision", "socket"],
+            )),
             aliases: crate::metrics::counter(
                 registry,
                 "tollgate_unix_aliases_killed_total",
@@ -80,9 +76,12 @@ impl UnixMetrics {
     }
 
     pub fn connect(&self, decision: DecisionLabel, engine: bool) {
-        let index = DecisionLabel::ALL.iter().position(|d| *d == decision);
-        if let Some(pair) = index.and_then(|i| self.connects.get(i)) {
-            pair[usize::from(engine)].inc();
-        }
+        let socket = if engine { "engine" } else { "other" };
+        self.connects
+            .get(
+                decision as usize * 2 + usize::from(engine),
+                &[decision.as_str(), socket],
+            )
+            .inc();
     }
 }

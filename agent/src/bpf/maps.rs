@@ -119,14 +119,20 @@ impl ConnMaps {
 
     /// The programs' rare-event log setting, as the kernel has it.
     pub fn kernel_log(&self) -> Result<super::KernelLog, BpfError> {
+        Ok(super::KernelLog::from_level(
+            self.read_settings()?.log_level,
+        ))
+    }
+
+    /// The settings as the programs read them.
+    fn read_settings(&self) -> Result<Settings, BpfError> {
         let data = data(&self.settings).ok_or(BpfError::Missing(MAP_SETTINGS))?;
-        let settings: Settings = syscall::lookup(data.fd().as_fd(), &0_u32)
+        syscall::lookup(data.fd().as_fd(), &0_u32)
             .map_err(|source| BpfError::MapIo {
                 name: MAP_SETTINGS,
                 source,
             })?
-            .ok_or(BpfError::Missing(MAP_SETTINGS))?;
-        Ok(super::KernelLog::from_level(settings.log_level))
+            .ok_or(BpfError::Missing(MAP_SETTINGS))
     }
 
     /// Read, change and write the settings, one writer at a time; returns the settings
@@ -136,18 +142,16 @@ impl ConnMaps {
             .settings_writer
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let data = data(&self.settings).ok_or(BpfError::Missing(MAP_SETTINGS))?;
-        let fd = data.fd().as_fd();
-        let io = |source| BpfError::MapIo {
-            name: MAP_SETTINGS,
-            source,
-        };
-        let previous: Settings = syscall::lookup(fd, &0_u32)
-            .map_err(io)?
-            .ok_or(BpfError::Missing(MAP_SETTINGS))?;
+        let previous = self.read_settings()?;
         let mut settings = previous;
         change(&mut settings);
-        syscall::update(fd, &0_u32, &settings).map_err(io)?;
+        let data = data(&self.settings).ok_or(BpfError::Missing(MAP_SETTINGS))?;
+        syscall::update(data.fd().as_fd(), &0_u32, &settings).map_err(|source| {
+            BpfError::MapIo {
+                name: MAP_SETTINGS,
+                source,
+            }
+        })?;
         Ok(previous)
     }
 

@@ -257,7 +257,7 @@ pub(super) async fn negotiate(
                             connection = %ctx.connection_id,
                             "SCRAM over terminated TLS: the server connection is plaintext, so the server does not require channel binding"
                         );
-                        progress.replace(upstream.tcp(), &tcp);
+                        progress.new_upstream(&tcp);
                         upstream = Io::Plain(tcp);
                         from_server = Inbox::new();
                     }

@@ -7,10 +7,10 @@
 //! whose task is cancelled, is recorded with what it relayed so far.
 use std::{
     fmt, io,
-    os::fd::{AsFd, BorrowedFd, OwnedFd},
+    os::fd::{AsFd, OwnedFd},
     sync::{
         Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -70,10 +70,16 @@ pub struct Progress {
     statements: AtomicU64,
     refused: AtomicU64,
     postgres: Mutex<Option<Startup>>,
-    /// Set while a revocation can end the connection: then `held` keeps a descriptor of
-    /// each of its sockets, so that they are reset (not closed in order) when it does.
-    revocable: AtomicBool,
-    held: Mutex<Vec<OwnedFd>>,
+    /// While a revocation can end the connection: a descriptor of each leg, so that
+    /// they are reset (not closed in order) when it does.
+    legs: Mutex<Option<Legs>>,
+}
+
+/// The two legs of a revocable connection.
+#[derive(Debug)]
+struct Legs {
+    client: Option<OwnedFd>,
+    upstream: Option<OwnedFd>,
 }
 
 impl Progress {
@@ -112,49 +118,35 @@ impl Progress {
         )
     }
 
-    /// Keeps `socket` to be reset if the connection is revoked (a leg the handler opened
-    /// itself, such as a PostgreSQL server connection made again); nothing when no
-    /// revocation can come.
-    pub fn hold(&self, socket: &impl AsFd) {
-        if !self.revocable.load(Ordering::Relaxed) {
+    fn legs(&self) -> std::sync::MutexGuard<'_, Option<Legs>> {
+        self.legs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The connection can be revoked: its legs are held to be reset then.
+    fn hold(&self, client: &impl AsFd, upstream: &impl AsFd) {
+        *self.legs() = Some(Legs {
+            client: client.as_fd().try_clone_to_owned().ok(),
+            upstream: upstream.as_fd().try_clone_to_owned().ok(),
+        });
+    }
+
+    /// The handler made its server connection again (PostgreSQL, SCRAM over terminated
+    /// TLS): a revocation resets the new one, and the old one closes with its stream.
+    pub fn new_upstream(&self, upstream: &impl AsFd) {
+        if let Some(legs) = self.legs().as_mut() {
+            legs.upstream = upstream.as_fd().try_clone_to_owned().ok();
+        }
+    }
+
+    /// The held legs: reset first when `revoked`, then let go.
+    fn release(&self, revoked: bool) {
+        let Some(legs) = self.legs().take() else {
             return;
-        }
-        if let Ok(fd) = socket.as_fd().try_clone_to_owned() {
-            self.held.lock().unwrap_or_else(|e| e.into_inner()).push(fd);
-        }
-    }
-
-    /// `new` takes the place of the held `old` (a server connection made again): the old
-    /// one is let go, so that it closes when its stream does.
-    pub fn replace(&self, old: &impl AsFd, new: &impl AsFd) {
-        let same = |a: BorrowedFd<'_>, b: BorrowedFd<'_>| match (
-            nix::sys::stat::fstat(a),
-            nix::sys::stat::fstat(b),
-        ) {
-            (Ok(a), Ok(b)) => (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino),
-            _ => false,
         };
-        self.held
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|fd| !same(fd.as_fd(), old.as_fd()));
-        self.hold(new);
-    }
-
-    /// Lets go of the held sockets: the connection ended without a revocation.
-    fn release_held(&self) {
-        self.held.lock().unwrap_or_else(|e| e.into_inner()).clear();
-    }
-
-    /// Resets every held socket.
-    fn reset_held(&self) {
-        for fd in self
-            .held
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-        {
-            reset(&fd);
+        if revoked {
+            for fd in legs.client.iter().chain(&legs.upstream) {
+                reset(fd);
+            }
         }
     }
 
@@ -199,11 +191,9 @@ pub async fn run(
 ) -> Outcome {
     // The sockets outlive the handler's streams through the progress, so that a revoked
     // connection is reset (linger 0 on its last close), not closed in order.
-    progress
-        .revocable
-        .store(revoke.is_some(), Ordering::Relaxed);
-    progress.hold(&client);
-    progress.hold(&upstream);
+    if revoke.is_some() {
+        progress.hold(&client, &upstream);
+    }
     let work = async {
         let error = match handler {
             Handler::Tcp { buffer_size } => {
@@ -230,11 +220,11 @@ pub async fn run(
     };
     tokio::select! {
         outcome = work => {
-            progress.release_held();
+            progress.release(false);
             outcome
         }
         decision = revoked => {
-            progress.reset_held();
+            progress.release(true);
             Outcome {
                 error: Some(RelayError::Revoked),
                 revoked: Some(decision),

@@ -1,9 +1,11 @@
 //! The UDP relay's metrics, with typed labels; every series a datagram or a flow counts
-//! in is fetched once, not looked up per event.
-use prometheus::{IntCounter, IntGauge, Registry};
+//! in is fetched once, on first use ([`Children`]), not looked up per event. Each enum's
+//! `ALL` lists its variants in declaration order, so a variant's discriminant is its
+//! index.
+use prometheus::{IntGauge, Registry};
 
 use crate::{
-    metrics::{counter_vec, gauge},
+    metrics::{Children, counter_vec, gauge},
     record::DecisionLabel,
 };
 
@@ -82,54 +84,38 @@ impl EnforcedBy {
 
 /// The UDP relay's metrics.
 pub struct UdpMetrics {
-    /// `tollgate_udp_flows_total`, by [`DecisionLabel::ALL`] then [`EnforcedBy::ALL`].
-    flows: Vec<IntCounter>,
-    /// `tollgate_udp_datagrams_total`, by [`Direction::ALL`] then [`Outcome::ALL`].
-    datagrams: Vec<IntCounter>,
-    /// `tollgate_udp_bytes_total`, by [`Direction::ALL`].
-    bytes: [IntCounter; 2],
+    /// `tollgate_udp_flows_total`, by decision then where it was enforced.
+    flows: Children<{ DecisionLabel::ALL.len() * EnforcedBy::ALL.len() }>,
+    /// `tollgate_udp_datagrams_total`, by direction then outcome.
+    datagrams: Children<{ Direction::ALL.len() * Outcome::ALL.len() }>,
+    /// `tollgate_udp_bytes_total`, by direction.
+    bytes: Children<{ Direction::ALL.len() }>,
     pub active: IntGauge,
 }
 
 impl UdpMetrics {
     pub fn new(registry: &Registry) -> Self {
-        let datagrams = counter_vec(
-            registry,
-            "tollgate_udp_datagrams_total",
-            "Datagrams of jobs' UDP flows, by direction (out, in) and outcome (relayed, \
-             denied, dropped, unattributed, refused_by_peer).",
-            &["direction", "outcome"],
-        );
-        let bytes = counter_vec(
-            registry,
-            "tollgate_udp_bytes_total",
-            "Payload bytes relayed for jobs' UDP flows, by direction.",
-            &["direction"],
-        );
-        let flows = counter_vec(
-            registry,
-            "tollgate_udp_flows_total",
-            "UDP flows of jobs (a socket and a destination), by decision and where it \
-             was enforced (relay or kernel).",
-            &["decision", "enforced_by"],
-        );
         Self {
-            flows: DecisionLabel::ALL
-                .iter()
-                .flat_map(|decision| {
-                    EnforcedBy::ALL
-                        .map(|by| flows.with_label_values(&[decision.as_str(), by.as_str()]))
-                })
-                .collect(),
-            datagrams: Direction::ALL
-                .iter()
-                .flat_map(|direction| {
-                    Outcome::ALL.map(|outcome| {
-                        datagrams.with_label_values(&[direction.as_str(), outcome.as_str()])
-                    })
-                })
-                .collect(),
-            bytes: Direction::ALL.map(|direction| bytes.with_label_values(&[direction.as_str()])),
+            flows: Children::new(counter_vec(
+                registry,
+                "tollgate_udp_flows_total",
+                "UDP flows of jobs (a socket and a destination), by decision and where it \
+                 was enforced (relay or kernel).",
+                &["decision", "enforced_by"],
+            )),
+            datagrams: Children::new(counter_vec(
+                registry,
+                "tollgate_udp_datagrams_total",
+                "Datagrams of jobs' UDP flows, by direction (out, in) and outcome (relayed, \
+                 denied, dropped, unattributed, refused_by_peer).",
+                &["direction", "outcome"],
+            )),
+            bytes: Children::new(counter_vec(
+                registry,
+                "tollgate_udp_bytes_total",
+                "Payload bytes relayed for jobs' UDP flows, by direction.",
+                &["direction"],
+            )),
             active: gauge(
                 registry,
                 "tollgate_udp_flows_active",
@@ -139,31 +125,22 @@ impl UdpMetrics {
     }
 
     pub fn flow(&self, decision: DecisionLabel, enforced_by: EnforcedBy) {
-        let decision = DecisionLabel::ALL
-            .iter()
-            .position(|d| *d == decision)
-            .unwrap_or(0);
-        let by = EnforcedBy::ALL
-            .iter()
-            .position(|b| *b == enforced_by)
-            .unwrap_or(0);
-        if let Some(counter) = self.flows.get(decision * EnforcedBy::ALL.len() + by) {
-            counter.inc();
-        }
+        let index = decision as usize * EnforcedBy::ALL.len() + enforced_by as usize;
+        self.flows
+            .get(index, &[decision.as_str(), enforced_by.as_str()])
+            .inc();
     }
 
     /// A datagram; the bytes of a relayed one count too.
     pub fn datagram(&self, direction: Direction, outcome: Outcome, bytes: usize) {
-        let d = Direction::ALL
-            .iter()
-            .position(|x| *x == direction)
-            .unwrap_or(0);
-        let o = Outcome::ALL.iter().position(|x| *x == outcome).unwrap_or(0);
-        if let Some(counter) = self.datagrams.get(d * Outcome::ALL.len() + o) {
-            counter.inc();
-        }
+        let index = direction as usize * Outcome::ALL.len() + outcome as usize;
+        self.datagrams
+            .get(index, &[direction.as_str(), outcome.as_str()])
+            .inc();
         if outcome == Outcome::Relayed {
-            self.bytes[d].inc_by(bytes as u64);
+            self.bytes
+                .get(direction as usize, &[direction.as_str()])
+                .inc_by(bytes as u64);
         }
     }
 }
@@ -186,13 +163,43 @@ mod tests {
         let text = buffer;
         for series in [
             "tollgate_udp_flows_total{decision=\"would_deny\",enforced_by=\"kernel\"} 1",
-            "tollgate_udp_flows_total{decision=\"would_deny\",enforced_by=\"relay\"} 0",
             "tollgate_udp_datagrams_total{direction=\"in\",outcome=\"relayed\"} 1",
             "tollgate_udp_datagrams_total{direction=\"out\",outcome=\"denied\"} 1",
             "tollgate_udp_bytes_total{direction=\"in\"} 7",
-            "tollgate_udp_bytes_total{direction=\"out\"} 0",
         ] {
             assert!(text.contains(series), "{series} in\n{text}");
         }
+        // A series appears when it first counts.
+        for absent in [
+            "tollgate_udp_flows_total{decision=\"would_deny\",enforced_by=\"relay\"}",
+            "tollgate_udp_bytes_total{direction=\"out\"}",
+        ] {
+            assert!(!text.contains(absent), "{absent} in\n{text}");
+        }
+        // A variant's discriminant is its index in ALL.
+        assert!(
+            Direction::ALL
+                .iter()
+                .enumerate()
+                .all(|(i, d)| *d as usize == i)
+        );
+        assert!(
+            Outcome::ALL
+                .iter()
+                .enumerate()
+                .all(|(i, o)| *o as usize == i)
+        );
+        assert!(
+            EnforcedBy::ALL
+                .iter()
+                .enumerate()
+                .all(|(i, e)| *e as usize == i)
+        );
+        assert!(
+            DecisionLabel::ALL
+                .iter()
+                .enumerate()
+                .all(|(i, d)| *d as usize == i)
+        );
     }
 }

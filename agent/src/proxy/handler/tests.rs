@@ -190,25 +190,22 @@ fn progress_counts_statements_and_refusals_apart() {
 #[tokio::test]
 async fn a_revocable_connection_holds_its_legs_and_a_replaced_leg_is_let_go() {
     let addr = echo().await;
-    let first = TcpStream::connect(addr).await.unwrap();
-    let second = TcpStream::connect(addr).await.unwrap();
+    let (client, first, second) = (
+        TcpStream::connect(addr).await.unwrap(),
+        TcpStream::connect(addr).await.unwrap(),
+        TcpStream::connect(addr).await.unwrap(),
+    );
+    let inode = |fd: &dyn std::os::fd::AsFd| {
+        let stat = nix::sys::stat::fstat(fd.as_fd()).unwrap();
+        (stat.st_dev, stat.st_ino)
+    };
     let progress = Progress::default();
-    progress.hold(&first);
-    assert!(
-        progress.held.lock().unwrap().is_empty(),
-        "nothing held unless revocable"
-    );
-    progress
-        .revocable
-        .store(true, std::sync::atomic::Ordering::Relaxed);
-    progress.hold(&first);
-    assert_eq!(progress.held.lock().unwrap().len(), 1);
-    progress.replace(&first, &second);
-    let held = progress.held.lock().unwrap();
-    assert_eq!(held.len(), 1);
-    let (held, second) = (
-        nix::sys::stat::fstat(&held[0]).unwrap(),
-        nix::sys::stat::fstat(&second).unwrap(),
-    );
-    assert_eq!((held.st_dev, held.st_ino), (second.st_dev, second.st_ino));
+    progress.new_upstream(&second);
+    assert!(progress.legs().is_none(), "nothing held unless revocable");
+    progress.hold(&client, &first);
+    progress.new_upstream(&second);
+    let legs = progress.legs();
+    let legs = legs.as_ref().expect("held");
+    assert_eq!(inode(legs.client.as_ref().unwrap()), inode(&client));
+    assert_eq!(inode(legs.upstream.as_ref().unwrap()), inode(&second));
 }
