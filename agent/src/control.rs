@@ -6,4 +6,13 @@ mod server;
 
 pub use client::{Client, ClientError};
 pub use protocol::{PolicyStatus, Request, Response, Status};
+
+/// What the control protocol's replies carry, for its clients.
+pub use crate::{
+    bpf::{Coverage, OutsideSockets},
+    features::{Gap, KernelReport},
+    identity::{Assurance, Identity},
+    jobs::{Job, JobKind},
+    kernel_path::KernelStatus,
+};
 pub use server::{ControlError, ControlServer, Handler};

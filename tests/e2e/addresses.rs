@@ -98,7 +98,7 @@ fn every_spelling_of_a_forbidden_loopback_service_is_denied() {
         "nothing from the job reached the secret service"
     );
 
-    let records = agent.wait_records(None, 2 * SPELLINGS.len());
+    let records = agent.wait_sessions(None, 2 * SPELLINGS.len());
     let denials: Vec<_> = records
         .iter()
         .filter(|s| s.decision == DecisionLabel::Deny)

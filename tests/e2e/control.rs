@@ -12,8 +12,6 @@ use tollgate_e2e::{
     Agent, NOBODY, agent_as_nobody, output, require_root, servers::Server, stderr, wait_for,
 };
 
-use crate::str_field;
-
 #[test]
 fn callers_are_authorized_by_their_kernel_credentials() {
     if !require_root() {
@@ -50,9 +48,17 @@ fn callers_are_authorized_by_their_kernel_credentials() {
     ]));
     assert!(run.status.success(), "run as nobody: {}", stderr(&run));
     let sessions = agent.wait_sessions(None, 1);
-    assert_eq!(sessions[0]["uid"].as_u64(), Some(u64::from(NOBODY)));
-    assert_eq!(sessions[0]["gid"].as_u64(), Some(u64::from(NOBODY)));
-    assert_eq!(sessions[0]["job_labels"]["who"], "nobody");
+    assert_eq!(sessions[0].uid, Some(NOBODY));
+    assert_eq!(sessions[0].gid, Some(NOBODY));
+    assert_eq!(sessions[0].job_labels["who"], "nobody");
+}
+
+/// A string of a raw control-protocol reply (these tests speak the wire format itself,
+/// malformed requests included, so they read its replies untyped).
+fn str_field<'a>(value: &'a Value, key: &str) -> &'a str {
+    value[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("no string `{key}` in {value}"))
 }
 
 fn call(stream: &mut BufReader<UnixStream>, request: Value) -> Value {
@@ -95,17 +101,13 @@ fn enrolling_a_process_that_is_not_the_callers_child_is_refused() {
         "refused enrolments on the audit trail",
         Duration::from_secs(5),
         || {
-            let audit = output(agent.tollgate().args(["audit", "--json"]));
-            let entries: Value = serde_json::from_slice(&audit.stdout).ok()?;
-            let refused = entries
-                .as_array()?
+            let refused = agent
+                .audit(&[])
                 .iter()
                 .filter(|e| {
-                    e["action"] == "enroll"
-                        && e["outcome"] == "refused"
-                        && e["detail"]
-                            .as_str()
-                            .is_some_and(|d| d.contains("is not a child"))
+                    e.action == "enroll"
+                        && e.outcome == "refused"
+                        && e.detail.contains("is not a child")
                 })
                 .count();
             (refused == 2).then_some(())

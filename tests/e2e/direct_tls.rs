@@ -5,6 +5,7 @@
 use std::{path::Path, process::Command};
 
 use serde_json::Value;
+use tollgate::record::DecisionLabel;
 use tollgate_e2e::{Agent, output, postgres::postgres17, require_root, stderr, stdout};
 
 const POLICY: &str = r#"
@@ -97,15 +98,19 @@ fn direct_tls_sessions_are_followed_decided_and_recorded() {
     let sessions = agent.wait_sessions(None, 2);
     assert_eq!(sessions.len(), 2, "{sessions:#?}");
     for s in &sessions {
-        assert_eq!(s["protocol"], "postgres", "followed at L7: {s}");
-        assert_eq!(s["client_tls"], true, "{s}");
-        assert_eq!(s["server_tls"], true, "{s}");
-        assert_eq!(s["target"], "pg17");
+        assert_eq!(
+            s.protocol.as_deref(),
+            Some("postgres"),
+            "followed at L7: {s:?}"
+        );
+        assert_eq!(s.client_tls, Some(true), "{s:?}");
+        assert_eq!(s.server_tls, Some(true), "{s:?}");
+        assert_eq!(s.target.as_deref(), Some("pg17"));
     }
     let statements = agent.wait_statements(&sessions, 6);
-    let denied: Vec<&Value> = statements
+    let denied: Vec<_> = statements
         .iter()
-        .filter(|st| st["decision"] == "deny")
+        .filter(|st| st.decision == DecisionLabel::Deny)
         .collect();
     assert_eq!(
         denied.len(),
@@ -113,13 +118,13 @@ fn direct_tls_sessions_are_followed_decided_and_recorded() {
         "one denied CREATE per session: {statements:#?}"
     );
     for st in &denied {
-        assert_eq!(st["kind"], "ddl");
-        assert_eq!(st["policy_ids"][0], "no-ddl-in-production");
+        assert_eq!(st.kind, "ddl");
+        assert_eq!(st.policy_ids[0], "no-ddl-in-production");
     }
     assert!(
-        statements.iter().any(|st| st["sql"]
-            .as_str()
-            .is_some_and(|q| q.starts_with("SELECT 'hello '"))),
+        statements
+            .iter()
+            .any(|st| st.sql.starts_with("SELECT 'hello '")),
         "{statements:#?}"
     );
 }
@@ -156,14 +161,14 @@ fn a_postgres_target_whose_first_bytes_cannot_be_followed_is_refused() {
     let other = agent.run_job(&labels, &["python3", "-c", &handshake(pg.port, "h2")]);
     assert!(stdout(&other).starts_with("failed"), "{}", stdout(&other));
     let sessions = agent.wait_sessions(None, 2);
-    let refused: Vec<&Value> = sessions
+    let refused: Vec<_> = sessions
         .iter()
         .filter(|s| {
-            s["error"]
-                .as_str()
+            s.error
+                .as_deref()
                 .is_some_and(|e| e.contains("TLS for another protocol"))
         })
         .collect();
     assert_eq!(refused.len(), 1, "{sessions:#?}");
-    assert_eq!(refused[0]["bytes_up"], 0, "nothing was relayed");
+    assert_eq!(refused[0].bytes_up, 0, "nothing was relayed");
 }

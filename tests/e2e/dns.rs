@@ -3,7 +3,8 @@
 //! client outside a job asks the upstream directly, for the paired control.
 use std::process::Command;
 
-use serde_json::Value;
+use tollgate::record::DecisionLabel;
+use tollgate::record::DnsRecord;
 use tollgate_e2e::{
     Agent, dns::Upstream, output, require_root, servers::Server, stderr, stdout, wait_for,
 };
@@ -32,14 +33,12 @@ fn upstream() -> Upstream {
     ])
 }
 
-fn queries(agent: &Agent, n: usize) -> Vec<Value> {
+fn queries(agent: &Agent, n: usize) -> Vec<DnsRecord> {
     wait_for(
         &format!("{n} DNS records"),
         std::time::Duration::from_secs(10),
         || {
-            let Value::Array(queries) = agent.json(&["dns", "--json", "--limit", "1000"]) else {
-                return None;
-            };
+            let queries = agent.dns_queries(&["--limit", "1000"]);
             (queries.len() >= n).then_some(queries)
         },
     )
@@ -98,39 +97,36 @@ fn a_jobs_dns_goes_to_the_resolver_and_is_decided_by_name() {
     let recorded = queries(&agent, 8);
     assert_eq!(recorded.len(), 8, "{recorded:#?}");
     for q in &recorded {
-        assert!(q["job_id"].is_string(), "attributed: {q}");
+        assert!(q.job_id.is_some(), "attributed: {q:?}");
         // dig sends from one of its threads (isc-net-*), which is what the kernel saw.
-        let comm = q["comm"].as_str().unwrap_or_default();
-        assert!(comm == "dig" || comm.starts_with("isc-"), "{q}");
-        assert!(q["pid"].as_u64().is_some_and(|p| p > 1), "{q}");
-        assert_eq!(q["qtype"], "A");
-        match q["name"].as_str() {
+        let comm = q.comm.as_deref().unwrap_or_default();
+        assert!(comm == "dig" || comm.starts_with("isc-"), "{q:?}");
+        assert!(q.pid.is_some_and(|p| p > 1), "{q:?}");
+        assert_eq!(q.qtype, "A");
+        match Some(q.name.as_str()) {
             Some("api.corp.example") => {
-                assert_eq!(q["decision"], "allow", "{q}");
-                assert_eq!(q["rcode"], "NOERROR");
-                assert_eq!(q["answers"][0], "A 127.0.0.1");
-                assert_eq!(q["policy_ids"][0], "corp-dns");
+                assert_eq!(q.decision, DecisionLabel::Allow, "{q:?}");
+                assert_eq!(q.rcode, "NOERROR");
+                assert_eq!(q.answers[0], "A 127.0.0.1");
+                assert_eq!(q.policy_ids[0], "corp-dns");
             }
             Some("www.denied.example") => {
-                assert_eq!(q["decision"], "deny", "{q}");
-                assert_eq!(q["rcode"], "REFUSED");
-                assert!(q["answers"].as_array().is_some_and(Vec::is_empty));
+                assert_eq!(q.decision, DecisionLabel::Deny, "{q:?}");
+                assert_eq!(q.rcode, "REFUSED");
+                assert!(q.answers.is_empty());
             }
             other => panic!("unexpected name {other:?}"),
         }
     }
     let servers: Vec<&str> = recorded
         .iter()
-        .filter_map(|q| q["server"].as_str())
+        .filter_map(|q| q.server.as_deref())
         .collect();
     assert!(
         servers.contains(&"192.0.2.1:53") && servers.contains(&"[::1]:53"),
         "{servers:?}"
     );
-    let transports: Vec<&str> = recorded
-        .iter()
-        .filter_map(|q| q["transport"].as_str())
-        .collect();
+    let transports: Vec<&str> = recorded.iter().map(|q| q.transport.as_str()).collect();
     assert_eq!(transports.iter().filter(|t| **t == "tcp").count(), 4);
     // The denied name never reached the upstream from the job; the permitted one was
     // asked once and then answered from the cache.
@@ -139,10 +135,7 @@ fn a_jobs_dns_goes_to_the_resolver_and_is_decided_by_name() {
         1,
         "only the control's"
     );
-    assert!(
-        recorded.iter().any(|q| q["cached"] == true),
-        "{recorded:#?}"
-    );
+    assert!(recorded.iter().any(|q| q.cached), "{recorded:#?}");
     assert_eq!(
         agent.metric("tollgate_dns_queries_total{decision=\"deny\",rcode=\"REFUSED\"}"),
         4.0
@@ -185,7 +178,7 @@ fn getent_and_curl_resolve_by_name_through_the_resolver() {
     // The connection curl made is on record as well, with its job.
     let sessions = agent.wait_sessions(None, 1);
     assert_eq!(sessions.len(), 1, "{sessions:#?}");
-    assert_eq!(sessions[0]["comm"], "curl");
+    assert_eq!(sessions[0].comm.as_deref(), Some("curl"));
 }
 
 #[test]
@@ -209,15 +202,16 @@ fn a_malformed_dns_packet_gets_formerr_and_the_resolver_keeps_serving() {
         "127.0.0.1"
     );
     let recorded = queries(&agent, 2);
-    let malformed: Vec<&Value> = recorded
+    let malformed: Vec<_> = recorded
         .iter()
-        .filter(|q| q["decision"] == "malformed")
+        .filter(|q| q.decision == DecisionLabel::Malformed)
         .collect();
     assert_eq!(malformed.len(), 1, "{recorded:#?}");
-    assert_eq!(malformed[0]["rcode"], "FORMERR");
+    assert_eq!(malformed[0].rcode, "FORMERR");
     assert!(
-        malformed[0]["error"]
-            .as_str()
+        malformed[0]
+            .error
+            .as_deref()
             .is_some_and(|e| e.contains("malformed"))
     );
 }
@@ -264,15 +258,19 @@ when { resource.hostname like "*.corp.example" };
     let sessions = agent.wait_sessions(None, 2);
     let allowed = sessions
         .iter()
-        .find(|s| s["decision"] == "allow")
+        .find(|s| s.decision == DecisionLabel::Allow)
         .expect("the allowed connection");
-    assert_eq!(allowed["hostname"], "web.corp.example", "{allowed}");
-    assert_eq!(allowed["target"], "web");
-    assert_eq!(allowed["policy_ids"][0], "web-only");
+    assert_eq!(
+        allowed.hostname.as_deref(),
+        Some("web.corp.example"),
+        "{allowed:?}"
+    );
+    assert_eq!(allowed.target.as_deref(), Some("web"));
+    assert_eq!(allowed.policy_ids[0], "web-only");
     let denied = sessions
         .iter()
-        .find(|s| s["decision"] == "deny")
+        .find(|s| s.decision == DecisionLabel::Deny)
         .expect("the denied connection");
-    assert!(denied["hostname"].is_null(), "{denied}");
-    assert_eq!(denied["target"], "(unknown)");
+    assert!(denied.hostname.is_none(), "{denied:?}");
+    assert_eq!(denied.target.as_deref(), Some("(unknown)"));
 }

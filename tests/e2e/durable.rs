@@ -4,7 +4,7 @@
 //! not without it.
 use std::time::Duration;
 
-use serde_json::Value;
+use tollgate::record::DecisionLabel;
 use tollgate_e2e::{
     Agent, output,
     postgres::{LiveSession, postgres},
@@ -29,7 +29,7 @@ fn recorded_sql(agent: &Agent) -> Vec<String> {
         .sessions(None)
         .iter()
         .flat_map(|session| agent.statements(session))
-        .filter_map(|st| st["sql"].as_str().map(str::to_owned))
+        .map(|st| st.sql.to_string())
         .collect()
 }
 
@@ -74,18 +74,18 @@ fn a_durable_statement_is_on_record_before_the_server_runs_it() {
             "durable = {durable}: {sql:?}"
         );
         if durable {
-            let statements: Vec<Value> = agent
+            let statements: Vec<_> = agent
                 .sessions(None)
                 .iter()
                 .flat_map(|session| agent.statements(session))
                 .collect();
             let st = statements
                 .iter()
-                .find(|st| st["sql"].as_str().is_some_and(|s| s.contains(&marker)))
+                .find(|st| st.sql.contains(&marker))
                 .expect("the running statement");
             // It never completed: no outcome is recorded for it.
-            assert!(st["duration_us"].is_null(), "{st}");
-            assert_eq!(st["decision"], "allow", "{st}");
+            assert!(st.duration_us.is_none(), "{st:?}");
+            assert_eq!(st.decision, DecisionLabel::Allow, "{st:?}");
         }
         // The server's statement ends now (its client is gone).
         direct(

@@ -53,21 +53,19 @@ fn a_latin9_session_runs_and_its_errors_arrive_intact() {
     // The record reads the statements in their encoding.
     let sessions = agent.wait_sessions(None, 1);
     let statements = agent.wait_statements(&sessions[..1], 3);
-    let sql: Vec<&str> = statements
-        .iter()
-        .filter_map(|s| s["sql"].as_str())
-        .collect();
+    let sql: Vec<&str> = statements.iter().map(|s| &*s.sql).collect();
     assert!(sql.iter().any(|s| s.contains("'é€'::int")), "{sql:?}");
     let failed = statements
         .iter()
-        .find(|s| s["sql"].as_str().is_some_and(|q| q.contains("::int")))
+        .find(|s| s.sql.contains("::int"))
         .expect("the failing statement");
-    assert_eq!(failed["sqlstate"], "22P02", "{failed}");
+    assert_eq!(failed.sqlstate.as_deref(), Some("22P02"), "{failed:?}");
     assert!(
-        failed["error"]
-            .as_str()
+        failed
+            .error
+            .as_deref()
             .is_some_and(|e| e.contains("\"é€\"")),
-        "the server's message, read as LATIN9: {failed}"
+        "the server's message, read as LATIN9: {failed:?}"
     );
 }
 
@@ -95,14 +93,9 @@ fn invalid_bytes_are_the_servers_to_judge() {
     let statements = agent.wait_statements(&sessions[..1], 2);
     let invalid = statements
         .iter()
-        .find(|s| s["sql"].as_str().is_some_and(|q| q.contains("caf")))
+        .find(|s| s.sql.contains("caf"))
         .expect("the invalid statement");
-    assert_eq!(invalid["kind"], "unknown", "{invalid}");
-    assert_eq!(invalid["sqlstate"], "22021", "{invalid}");
-    assert!(
-        invalid["sql"]
-            .as_str()
-            .is_some_and(|q| q.contains("caf\u{fffd}")),
-        "{invalid}"
-    );
+    assert_eq!(invalid.kind, "unknown", "{invalid:?}");
+    assert_eq!(invalid.sqlstate.as_deref(), Some("22021"), "{invalid:?}");
+    assert!(invalid.sql.contains("caf\u{fffd}"), "{invalid:?}");
 }

@@ -6,6 +6,7 @@ use std::{
     sync::atomic::Ordering,
 };
 
+use tollgate::record::DecisionLabel;
 use tollgate_e2e::{Agent, require_root, servers::Server};
 
 /// A job running a small Python client that connects on request.
@@ -89,12 +90,12 @@ fn sigkill_fails_closed_and_restart_resumes_interception() {
     assert_eq!(job.hold(sink.port()), "held");
     let open = agent.wait_recorded(Some(&job_id), 2);
     assert!(
-        open[0]["ended_at"].is_null(),
+        open[0].ended_at.is_none(),
         "the held connection is on record as open"
     );
 
     // Verdicts are loaded: without a policy directory the job's connects go straight.
-    assert_eq!(agent.status()["kernel_path"]["job_verdicts"], 1);
+    assert_eq!(agent.status().kernel_path.job_verdicts, 1);
     agent.kill9();
     assert!(
         agent.pin_dir.join("link_connect4").exists(),
@@ -115,9 +116,9 @@ fn sigkill_fails_closed_and_restart_resumes_interception() {
     agent.start_again();
     let jobs = agent.jobs();
     assert_eq!(jobs.len(), 1, "the job survives the restart: {jobs:?}");
-    assert_eq!(jobs[0]["id"], job_id.as_str());
-    assert_eq!(jobs[0]["labels"]["repo"], "acme/long");
-    assert_eq!(agent.status()["attachment"], "adopted");
+    assert_eq!(jobs[0].id, job_id.as_str());
+    assert_eq!(jobs[0].labels["repo"], "acme/long");
+    assert_eq!(agent.status().attachment, "adopted");
     assert!(
         job.connect(http.port()).starts_with("ok "),
         "after the restart"
@@ -129,20 +130,16 @@ fn sigkill_fails_closed_and_restart_resumes_interception() {
     assert!(status.success(), "tollgate run: {status}");
     let sessions = agent.wait_sessions(Some(&job_id), 3);
     assert_eq!(sessions.len(), 3, "{sessions:?}");
+    assert!(sessions.iter().all(|s| s.job_labels["repo"] == "acme/long"));
     assert!(
-        sessions
-            .iter()
-            .all(|s| s["job_labels"]["repo"] == "acme/long")
-    );
-    assert!(
-        sessions.iter().all(|s| s["ended_at"].is_i64()),
+        sessions.iter().all(|s| s.ended_at.is_some()),
         "all closed: {sessions:?}"
     );
     let cut: Vec<_> = sessions
         .iter()
         .filter(|s| {
-            s["error"]
-                .as_str()
+            s.error
+                .as_deref()
                 .is_some_and(|e| e.contains("agent stopped"))
         })
         .collect();
@@ -152,8 +149,8 @@ fn sigkill_fails_closed_and_restart_resumes_interception() {
         "the held connection is recorded as cut: {sessions:?}"
     );
     assert_eq!(
-        cut[0]["destination"],
-        format!("127.0.0.1:{}", sink.port()).as_str()
+        cut[0].destination.as_deref(),
+        Some(format!("127.0.0.1:{}", sink.port()).as_str())
     );
     assert!(agent.jobs().is_empty());
     assert!(agent.job_cgroups().is_empty());
@@ -322,9 +319,12 @@ fn sigkill_during_a_stream_of_connections_loses_no_record() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let sessions = loop {
         let sessions = agent.sessions(Some(&job_id));
-        let allowed = sessions.iter().filter(|s| s["decision"] == "allow").count();
+        let allowed = sessions
+            .iter()
+            .filter(|s| s.decision == DecisionLabel::Allow)
+            .count();
         // (The sink may still be draining the last connections.)
-        let open = sessions.iter().filter(|s| !s["ended_at"].is_i64()).count();
+        let open = sessions.iter().filter(|s| s.ended_at.is_none()).count();
         if allowed >= seen && open == 0 {
             break sessions;
         }
@@ -336,7 +336,10 @@ fn sigkill_during_a_stream_of_connections_loses_no_record() {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     };
-    let allowed = sessions.iter().filter(|s| s["decision"] == "allow").count();
+    let allowed = sessions
+        .iter()
+        .filter(|s| s.decision == DecisionLabel::Allow)
+        .count();
     assert!(
         allowed >= seen,
         "{allowed} allowed connections on record, the upstream saw {seen} ({summary})"
@@ -344,8 +347,8 @@ fn sigkill_during_a_stream_of_connections_loses_no_record() {
     let cut = sessions
         .iter()
         .filter(|s| {
-            s["error"]
-                .as_str()
+            s.error
+                .as_deref()
                 .is_some_and(|e| e.contains("agent stopped"))
         })
         .count();
@@ -362,10 +365,7 @@ fn tampering_with_the_programs_is_detected_within_a_second() {
     }
     let http = Server::http("127.0.0.1:0");
     let agent = Agent::start();
-    let events = |agent: &Agent| match agent.json(&["events", "--json"]) {
-        serde_json::Value::Array(events) => events,
-        other => panic!("events: {other}"),
-    };
+    let events = |agent: &Agent| agent.events(&[]);
     let wait = |what: &str, check: &dyn Fn() -> bool| {
         tollgate_e2e::wait_for(what, std::time::Duration::from_millis(1500), || {
             check().then_some(())
@@ -382,7 +382,7 @@ fn tampering_with_the_programs_is_detected_within_a_second() {
     wait("the repair on record", &|| {
         events(&agent)
             .iter()
-            .any(|e| e["kind"] == "tampering" && e["action"] == "repaired")
+            .any(|e| e.kind == "tampering" && e.action == "repaired")
     });
     assert_eq!(agent.admin_get("/readyz").0, 200, "still intercepting");
     let url = format!("http://127.0.0.1:{}/", http.port());
@@ -412,11 +412,9 @@ fn tampering_with_the_programs_is_detected_within_a_second() {
     assert!(body.contains("getpeername4: detached"), "{body}");
     wait("the detach on record", &|| {
         events(&agent).iter().any(|e| {
-            e["kind"] == "tampering"
-                && e["action"] == "recorded"
-                && e["detail"]
-                    .as_str()
-                    .is_some_and(|d| d.contains("getpeername4: detached"))
+            e.kind == "tampering"
+                && e.action == "recorded"
+                && e.detail.contains("getpeername4: detached")
         })
     });
     assert!(agent.metric("tollgate_bpf_tampering_total") >= 2.0);
@@ -474,20 +472,15 @@ fn a_root_job_that_moves_itself_out_is_killed_and_recorded() {
     let events = tollgate_e2e::wait_for(
         "the escape on record",
         std::time::Duration::from_secs(5),
-        || match agent.json(&["events", "--json"]) {
-            serde_json::Value::Array(events) if !events.is_empty() => Some(events),
-            _ => None,
-        },
+        || Some(agent.events(&[])).filter(|events| !events.is_empty()),
     );
     assert_eq!(events.len(), 1, "{events:#?}");
-    assert_eq!(events[0]["kind"], "left_job");
-    assert_eq!(events[0]["action"], "killed");
+    assert_eq!(events[0].kind, "left_job");
+    assert_eq!(events[0].action, "killed");
     assert!(
-        events[0]["detail"]
-            .as_str()
-            .is_some_and(|d| d.contains("tollgate-e2e-escape")),
-        "{}",
+        events[0].detail.contains("tollgate-e2e-escape"),
+        "{:?}",
         events[0]
     );
-    assert!(events[0]["job_id"].is_string());
+    assert!(events[0].job_id.is_some());
 }

@@ -7,13 +7,14 @@ use std::{
     time::Duration,
 };
 
-use serde_json::Value;
+use tollgate::{
+    control::{Assurance, JobKind},
+    record::{AuditRecord, ConnectionRecord, DecisionLabel},
+};
 use tollgate_e2e::{
     Agent, NOBODY, agent::tollgate_bin, agent_as_nobody, oidc::Issuer, output, postgres,
     require_root, servers::Server, stderr, stdout, wait_for,
 };
-
-use crate::str_field;
 
 /// `[identity.*]` for an agent that trusts root as the runner account and `issuer`.
 pub(crate) fn identity_config(issuer: &Issuer, runner_uids: &str) -> String {
@@ -90,13 +91,8 @@ impl Runner {
     }
 }
 
-fn audit(agent: &Agent) -> Vec<Value> {
-    let out = output(agent.tollgate().args(["audit", "--json"]));
-    assert!(out.status.success(), "audit: {}", stderr(&out));
-    match serde_json::from_str(&stdout(&out)) {
-        Ok(Value::Array(entries)) => entries,
-        other => panic!("audit: {other:?}"),
-    }
+fn audit(agent: &Agent) -> Vec<AuditRecord> {
+    agent.audit(&[])
 }
 
 /// Whether a refusal of `action` whose detail contains `detail` reaches the audit trail
@@ -104,11 +100,9 @@ fn audit(agent: &Agent) -> Vec<Value> {
 fn refused(agent: &Agent, action: &str, detail: &str) -> bool {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let found = audit(agent).iter().any(|e| {
-            e["action"] == action
-                && e["outcome"] == "refused"
-                && e["detail"].as_str().is_some_and(|d| d.contains(detail))
-        });
+        let found = audit(agent)
+            .iter()
+            .any(|e| e.action == action && e.outcome == "refused" && e.detail.contains(detail));
         if found || std::time::Instant::now() > deadline {
             return found;
         }
@@ -124,10 +118,10 @@ fn wait_jobs_gone(agent: &Agent) {
     });
 }
 
-fn job_of_run<'a>(sessions: &'a [Value], run_id: &str) -> Vec<&'a Value> {
+fn job_of_run<'a>(sessions: &'a [ConnectionRecord], run_id: &str) -> Vec<&'a ConnectionRecord> {
     sessions
         .iter()
-        .filter(|s| s["job_identity"]["run_id"] == run_id)
+        .filter(|s| s.job_identity.run_id == run_id)
         .collect()
 }
 
@@ -214,22 +208,23 @@ fn github_hooks_enroll_the_runner_worker_and_attribute_its_steps() {
     let sessions = agent.wait_sessions(None, 6);
     assert_eq!(sessions.len(), 6, "3 connections per runner: {sessions:#?}");
     for (run_id, assurance, other) in [
-        ("5001", "oidc-verified", "5002"),
-        ("5002", "host-asserted", "5001"),
+        ("5001", Assurance::OidcVerified, "5002"),
+        ("5002", Assurance::HostAsserted, "5001"),
     ] {
         let mine = job_of_run(&sessions, run_id);
         assert_eq!(mine.len(), 3, "run {run_id}: {sessions:#?}");
-        let job = str_field(mine[0], "job_id");
+        let job = &mine[0].job_id;
+        assert!(job.is_some(), "{mine:#?}");
         for s in &mine {
-            assert_eq!(str_field(s, "job_id"), job, "one job per run");
-            assert_eq!(s["decision"], "allow");
-            assert_eq!(s["assurance"], assurance);
-            assert_eq!(s["job_identity"]["provider"], "github");
-            assert_eq!(s["job_identity"]["repository"], "acme/api");
-            assert_eq!(s["job_identity"]["job"], "deploy");
-            assert_eq!(s["job_identity"]["runner"], "runner-1");
+            assert_eq!(&s.job_id, job, "one job per run");
+            assert_eq!(s.decision, DecisionLabel::Allow);
+            assert_eq!(s.assurance, Some(assurance));
+            assert_eq!(s.job_identity.provider, "github");
+            assert_eq!(s.job_identity.repository, "acme/api");
+            assert_eq!(s.job_identity.job, "deploy");
+            assert_eq!(s.job_identity.runner, "runner-1");
         }
-        let comms: Vec<&str> = mine.iter().map(|s| str_field(s, "comm")).collect();
+        let comms: Vec<&str> = mine.iter().filter_map(|s| s.comm.as_deref()).collect();
         assert!(
             comms.contains(&"psql") && comms.contains(&"curl"),
             "{comms:?}"
@@ -237,13 +232,13 @@ fn github_hooks_enroll_the_runner_worker_and_attribute_its_steps() {
         assert!(
             job_of_run(&sessions, other)
                 .iter()
-                .all(|s| str_field(s, "job_id") != job),
+                .all(|s| &s.job_id != job),
             "runs share a job"
         );
     }
     // The verified job carries the token's claims.
     let verified = job_of_run(&sessions, "5001");
-    assert_eq!(verified[0]["job_identity"]["environment"], "production");
+    assert_eq!(verified[0].job_identity.environment, "production");
     assert_eq!(issuer.token_requests(), 1);
 
     let entries = wait_for("the audit trail", Duration::from_secs(5), || {
@@ -253,7 +248,7 @@ fn github_hooks_enroll_the_runner_worker_and_attribute_its_steps() {
     let count = |action: &str| {
         entries
             .iter()
-            .filter(|e| e["action"] == action && e["outcome"] == "ok")
+            .filter(|e| e.action == action && e.outcome == "ok")
             .count()
     };
     assert_eq!(count("github_job_started"), 2);
@@ -307,11 +302,12 @@ fn a_step_that_runs_the_completion_hook_itself_stays_intercepted() {
     // Both steps' connections went through Tollgate, attributed to the one job.
     let sessions = agent.wait_sessions(None, 2);
     assert_eq!(sessions.len(), 2, "{sessions:#?}");
-    let job = str_field(&sessions[0], "job_id");
+    let job = &sessions[0].job_id;
+    assert!(job.is_some(), "{sessions:#?}");
     for s in &sessions {
-        assert_eq!(str_field(s, "job_id"), job);
-        assert_eq!(s["job_identity"]["run_id"], "7001");
-        assert_eq!(s["comm"], "curl");
+        assert_eq!(&s.job_id, job);
+        assert_eq!(s.job_identity.run_id, "7001");
+        assert_eq!(s.comm.as_deref(), Some("curl"));
     }
     assert_eq!(
         http.accepted.load(std::sync::atomic::Ordering::Relaxed),
@@ -364,9 +360,9 @@ fn a_restarted_agent_keeps_a_runner_job_and_its_verified_identity() {
     agent.start_again();
     let jobs = agent.jobs();
     assert_eq!(jobs.len(), 1, "{jobs:#?}");
-    assert_eq!(jobs[0]["kind"], "github-hook");
-    assert_eq!(jobs[0]["assurance"], "oidc-verified");
-    assert_eq!(jobs[0]["identity"]["run_id"], "9001");
+    assert_eq!(jobs[0].kind, JobKind::GithubHook);
+    assert_eq!(jobs[0].assurance, Assurance::OidcVerified);
+    assert_eq!(jobs[0].identity.run_id, "9001");
     fs::write(&go, "").expect("go");
     let out = worker.wait_with_output().expect("worker");
     assert!(
@@ -382,8 +378,8 @@ fn a_restarted_agent_keeps_a_runner_job_and_its_verified_identity() {
         stdout(&out)
     );
     let sessions = agent.wait_sessions(None, 1);
-    assert_eq!(sessions[0]["assurance"], "oidc-verified");
-    assert_eq!(sessions[0]["job_identity"]["run_id"], "9001");
+    assert_eq!(sessions[0].assurance, Some(Assurance::OidcVerified));
+    assert_eq!(sessions[0].job_identity.run_id, "9001");
     wait_jobs_gone(&agent);
 }
 
@@ -754,16 +750,16 @@ fn policy_can_require_an_oidc_verified_identity() {
     assert!(!stdout(&out).contains("before-ok"), "{}", stdout(&out));
     assert!(stdout(&out).contains("after-ok"), "{}", stdout(&out));
     let sessions = agent.wait_sessions(None, 3);
-    let to_http: Vec<&Value> = sessions
+    let to_http: Vec<_> = sessions
         .iter()
-        .filter(|s| s["destination"] == format!("127.0.0.1:{port}"))
+        .filter(|s| s.destination == Some(format!("127.0.0.1:{port}")))
         .collect();
     assert_eq!(to_http.len(), 2, "{sessions:#?}");
     // Newest first: the verified one was allowed, the asserted one denied.
-    assert_eq!(to_http[0]["decision"], "allow");
-    assert_eq!(to_http[0]["assurance"], "oidc-verified");
-    assert_eq!(to_http[1]["decision"], "deny");
-    assert_eq!(to_http[1]["assurance"], "host-asserted");
+    assert_eq!(to_http[0].decision, DecisionLabel::Allow);
+    assert_eq!(to_http[0].assurance, Some(Assurance::OidcVerified));
+    assert_eq!(to_http[1].decision, DecisionLabel::Deny);
+    assert_eq!(to_http[1].assurance, Some(Assurance::HostAsserted));
 }
 
 #[test]
@@ -797,11 +793,11 @@ fn gitlab_hook_enrolls_the_job_shell_with_a_verified_identity() {
     assert!(stderr(&out).contains("(oidc-verified)"), "{}", stderr(&out));
     let sessions = agent.wait_sessions(None, 1);
     let s = &sessions[0];
-    assert_eq!(s["job_identity"]["provider"], "gitlab");
-    assert_eq!(s["job_identity"]["ci_job_id"], "31337");
-    assert_eq!(s["job_identity"]["run_id"], "901");
-    assert_eq!(s["job_identity"]["job"], "migrate");
-    assert_eq!(s["assurance"], "oidc-verified");
+    assert_eq!(s.job_identity.provider, "gitlab");
+    assert_eq!(s.job_identity.ci_job_id, "31337");
+    assert_eq!(s.job_identity.run_id, "901");
+    assert_eq!(s.job_identity.job, "migrate");
+    assert_eq!(s.assurance, Some(Assurance::OidcVerified));
     // The shell is gone: the job ends with it.
     wait_for("the gitlab job to end", Duration::from_secs(10), || {
         agent.jobs().is_empty().then_some(())
@@ -855,9 +851,9 @@ fn identity_files_identify_cron_jobs_and_bad_ones_name_the_line() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let sessions = agent.wait_sessions(None, 1);
-    assert_eq!(sessions[0]["job_identity"]["provider"], "cron");
-    assert_eq!(sessions[0]["job_identity"]["job"], "nightly-export");
-    assert_eq!(sessions[0]["assurance"], "host-asserted");
+    assert_eq!(sessions[0].job_identity.provider, "cron");
+    assert_eq!(sessions[0].job_identity.job, "nightly-export");
+    assert_eq!(sessions[0].assurance, Some(Assurance::HostAsserted));
     let list = output(agent.tollgate().args(["sessions", "list"]));
     assert!(
         stdout(&list).contains("cron acme/billing job nightly-export"),

@@ -60,7 +60,7 @@ fn curl_and_psql_in_a_job_are_intercepted_and_attributed() {
     );
     let psql_pid = first_line_pid(&stderr(&job_psql));
 
-    let records = agent.wait_records(None, 2);
+    let records = agent.wait_sessions(None, 2);
     assert_eq!(
         records.len(),
         2,
@@ -118,7 +118,7 @@ fn clients_outside_jobs_are_not_intercepted() {
     assert!(psql.status.success());
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(
-        agent.records(None).is_empty(),
+        agent.sessions(None).is_empty(),
         "direct clients were recorded"
     );
     assert_eq!(agent.metric("tollgate_proxy_intercepted_total"), 0.0);
@@ -142,7 +142,7 @@ fn clients_outside_jobs_are_not_intercepted() {
         "{}",
         stdout(&probe)
     );
-    let records = agent.wait_records(None, 1);
+    let records = agent.wait_sessions(None, 1);
     assert_eq!(records[0].decision, DecisionLabel::Unattributed);
     assert!(!records[0].attributed);
     assert_eq!(agent.metric("tollgate_proxy_unattributed_total"), 1.0);
@@ -173,7 +173,7 @@ fn ipv6_and_ipv4_mapped_destinations_are_recorded_canonically() {
     assert!(out.status.success(), "psql -h ::1: {}", stderr(&out));
     assert_eq!(stdout(&out).trim(), "v6");
 
-    let records = agent.wait_records(None, 3);
+    let records = agent.wait_sessions(None, 3);
     let destinations: Vec<&str> = records
         .iter()
         .map(|s| s.destination.as_deref().unwrap_or_default())
@@ -219,7 +219,7 @@ fn getpeername_in_a_job_returns_the_original_destination() {
         p6 = http6.port()
     );
     assert_eq!(stdout(&out), expected);
-    assert_eq!(agent.wait_records(None, 3).len(), 3);
+    assert_eq!(agent.wait_sessions(None, 3).len(), 3);
 }
 
 #[test]
@@ -279,7 +279,7 @@ fn a_refused_upstream_is_mirrored_as_a_prompt_reset() {
     );
     let elapsed: f64 = lines.next().and_then(|l| l.parse().ok()).expect("elapsed");
     assert!(elapsed < 1.0, "reset took {elapsed}s");
-    let records = agent.wait_records(None, 1);
+    let records = agent.wait_sessions(None, 1);
     assert!(
         records[0]
             .error
@@ -313,7 +313,7 @@ fn a_remote_host_in_a_network_namespace_is_intercepted() {
     assert!(job.status.success(), "{}", stderr(&job));
     assert_eq!(stdout(&job), stdout(&direct));
 
-    let records = agent.wait_records(None, 1);
+    let records = agent.wait_sessions(None, 1);
     assert_eq!(records.len(), 1, "only the job's connection is recorded");
     assert_eq!(
         records[0].destination.as_deref(),

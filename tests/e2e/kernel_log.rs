@@ -57,10 +57,11 @@ fn switch(agent: &Agent, level: &str) -> String {
 }
 
 fn status_level(agent: &Agent) -> String {
-    agent.status()["kernel_log"]
-        .as_str()
+    agent
+        .status()
+        .kernel_log
+        .map(|level| level.as_str().to_owned())
         .unwrap_or_default()
-        .to_owned()
 }
 
 #[test]
@@ -117,7 +118,7 @@ fn the_kernel_log_is_off_until_an_operator_turns_it_on() {
     // A runtime switch lasts until the agent restarts: an agent that adopts the running
     // programs sets the configured level, and reads the adopted programs' log.
     agent.restart();
-    assert_eq!(agent.agent_status().attachment, "adopted");
+    assert_eq!(agent.status().attachment, "adopted");
     assert_eq!(status_level(&agent), "off");
     assert_eq!(switch(&agent, "info"), "kernel log: info (was off)\n");
     refused_direct_connect(&agent);

@@ -10,6 +10,8 @@ use std::{
 };
 
 use serde_json::Value;
+use tollgate::record::DecisionLabel;
+use tollgate::{control::Assurance, record::ConnectionRecord};
 use tollgate_e2e::{Agent, ephemeral_port, require_root, servers::Server, stderr, stdout};
 
 /// `n` HTTP GETs, one connection each, from one process; prints each status line and
@@ -51,9 +53,15 @@ fn with_policy(policy: &str) -> Agent {
     })
 }
 
-fn paths(sessions: &[Value]) -> (usize, usize) {
-    let kernel = sessions.iter().filter(|s| s["path"] == "kernel").count();
-    let proxy = sessions.iter().filter(|s| s["path"] == "proxy").count();
+fn paths(sessions: &[ConnectionRecord]) -> (usize, usize) {
+    let kernel = sessions
+        .iter()
+        .filter(|s| s.path.as_deref() == Some("kernel"))
+        .count();
+    let proxy = sessions
+        .iter()
+        .filter(|s| s.path.as_deref() == Some("proxy"))
+        .count();
     (proxy, kernel)
 }
 
@@ -76,29 +84,24 @@ fn after_the_first_connection_the_kernel_takes_the_key_and_records_it() {
     assert_eq!(agent.metric("tollgate_proxy_intercepted_total"), 1.0);
     let proxied = sessions
         .iter()
-        .find(|s| s["path"] == "proxy")
+        .find(|s| s.path.as_deref() == Some("proxy"))
         .expect("the proxied one");
-    for s in sessions.iter().filter(|s| s["path"] == "kernel") {
-        assert_eq!(s["decision"], "allow", "{s}");
-        assert_eq!(s["job_id"], proxied["job_id"], "{s}");
-        assert_eq!(s["pid"], proxied["pid"], "{s}");
-        assert_eq!(s["uid"], proxied["uid"], "{s}");
-        assert_eq!(s["comm"], "python3", "{s}");
-        assert_eq!(
-            s["destination"],
-            format!("127.0.0.1:{}", http.port()).as_str()
-        );
-        assert_eq!(s["bytes_up"], proxied["bytes_up"], "{s}");
-        assert_eq!(s["bytes_down"], proxied["bytes_down"], "{s}");
-        assert!(s["bytes_down"].as_u64().unwrap_or(0) > 0, "{s}");
-        assert!(
-            s["source"]
-                .as_str()
-                .is_some_and(|src| src.starts_with("127.0.0.1:")),
-            "{s}"
-        );
-        assert!(s["ended_at"].is_i64(), "{s}");
-        assert!(s["error"].is_null(), "{s}");
+    for s in sessions
+        .iter()
+        .filter(|s| s.path.as_deref() == Some("kernel"))
+    {
+        assert_eq!(s.decision, DecisionLabel::Allow, "{s:?}");
+        assert_eq!(s.job_id, proxied.job_id, "{s:?}");
+        assert_eq!(s.pid, proxied.pid, "{s:?}");
+        assert_eq!(s.uid, proxied.uid, "{s:?}");
+        assert_eq!(s.comm.as_deref(), Some("python3"), "{s:?}");
+        assert_eq!(s.destination, Some(format!("127.0.0.1:{}", http.port())));
+        assert_eq!(s.bytes_up, proxied.bytes_up, "{s:?}");
+        assert_eq!(s.bytes_down, proxied.bytes_down, "{s:?}");
+        assert!(s.bytes_down > 0, "{s:?}");
+        assert!(s.source.starts_with("127.0.0.1:"), "{s:?}");
+        assert!(s.ended_at.is_some(), "{s:?}");
+        assert!(s.error.is_none(), "{s:?}");
     }
     assert_eq!(
         agent.metric("tollgate_kernel_verdicts_installed_total"),
@@ -110,8 +113,8 @@ fn after_the_first_connection_the_kernel_takes_the_key_and_records_it() {
     );
     // The job has ended: its verdict is gone from the kernel.
     let status = agent.status();
-    assert_eq!(status["kernel_path"]["exact_verdicts"], 0, "{status}");
-    assert_eq!(status["kernel_path"]["live_connections"], 0, "{status}");
+    assert_eq!(status.kernel_path.exact_verdicts, 0, "{status:?}");
+    assert_eq!(status.kernel_path.live_connections, 0, "{status:?}");
     crate::assert_metrics_match_records(&agent);
 }
 
@@ -132,12 +135,14 @@ fn a_policy_that_reads_the_exe_keeps_every_connection_on_the_proxy_path() {
     assert_eq!(agent.metric("tollgate_proxy_intercepted_total"), 3.0);
     let status = agent.status();
     assert!(
-        status["kernel_path"]["blind"]
-            .as_str()
+        status
+            .kernel_path
+            .blind
+            .as_deref()
             .is_some_and(|why| why.contains("principal.process.exe")),
-        "{status}"
+        "{status:?}"
     );
-    assert_eq!(status["kernel_path"]["exact_verdicts"], 0, "{status}");
+    assert_eq!(status.kernel_path.exact_verdicts, 0, "{status:?}");
 }
 
 /// Connects once (and closes), then holds a second connection, printing "open", and
@@ -205,19 +210,19 @@ fn a_reload_that_forbids_the_destination_destroys_a_live_kernel_path_connection(
     );
     assert!(child.wait().expect("job").success());
     let sessions = agent.wait_sessions(None, 3);
-    let revoked: Vec<&Value> = sessions
+    let revoked: Vec<&ConnectionRecord> = sessions
         .iter()
-        .filter(|s| s["decision"] == "revoked")
+        .filter(|s| s.decision == DecisionLabel::Revoked)
         .collect();
     assert_eq!(revoked.len(), 1, "{sessions:#?}");
-    assert_eq!(revoked[0]["path"], "kernel");
+    assert_eq!(revoked[0].path.as_deref(), Some("kernel"));
     assert!(
         sessions
             .iter()
-            .any(|s| s["decision"] == "deny" && s["path"] == "proxy"),
+            .any(|s| s.decision == DecisionLabel::Deny && s.path.as_deref() == Some("proxy")),
         "{sessions:#?}"
     );
-    assert_eq!(agent.status()["kernel_path"]["exact_verdicts"], 0);
+    assert_eq!(agent.status().kernel_path.exact_verdicts, 0);
 }
 
 #[test]
@@ -263,18 +268,19 @@ fn without_a_policy_directory_a_jobs_first_connect_is_exact() {
     assert!(hits >= 3.0, "{hits}");
     let sessions = agent.wait_sessions(None, hits as usize);
     assert!(
-        sessions.iter().all(|s| s["path"] == "kernel"),
+        sessions.iter().all(|s| s.path.as_deref() == Some("kernel")),
         "{sessions:#?}"
     );
     assert!(
-        sessions.iter().any(|s| s["error"]
-            .as_str()
+        sessions.iter().any(|s| s
+            .error
+            .as_deref()
             .is_some_and(|e| e.contains("no connection was established"))),
         "{sessions:#?}"
     );
     assert_eq!(http.accepted.load(std::sync::atomic::Ordering::Relaxed), 1);
     let status = agent.status();
-    assert_eq!(status["kernel_path"]["everything"], true, "{status}");
+    assert!(status.kernel_path.everything, "{status:?}");
     crate::assert_metrics_match_records(&agent);
 }
 
@@ -293,28 +299,32 @@ fn a_target_that_opts_out_stays_on_the_proxy_path() {
     assert_eq!(gets(Some(&agent), kept.port(), 2).lines().count(), 2);
     assert_eq!(gets(Some(&agent), other.port(), 2).lines().count(), 2);
     let sessions = agent.wait_sessions(None, 4);
-    let on = |port: u16| -> Vec<&Value> {
+    let on = |port: u16| -> Vec<&ConnectionRecord> {
         sessions
             .iter()
-            .filter(|s| s["destination"] == format!("127.0.0.1:{port}").as_str())
+            .filter(|s| s.destination == Some(format!("127.0.0.1:{port}")))
             .collect()
     };
     assert!(
-        on(kept.port()).iter().all(|s| s["path"] == "proxy"),
+        on(kept.port())
+            .iter()
+            .all(|s| s.path.as_deref() == Some("proxy")),
         "{sessions:#?}"
     );
     assert!(
-        on(other.port()).iter().all(|s| s["path"] == "kernel"),
+        on(other.port())
+            .iter()
+            .all(|s| s.path.as_deref() == Some("kernel")),
         "{sessions:#?}"
     );
     let status = agent.status();
     assert!(
-        status["kernel_path"]["proxied"]
-            .as_array()
-            .is_some_and(|p| p
-                .iter()
-                .any(|n| n.as_str().is_some_and(|n| n.contains("kept")))),
-        "{status}"
+        status
+            .kernel_path
+            .proxied
+            .iter()
+            .any(|n| n.contains("kept")),
+        "{status:?}"
     );
 }
 
@@ -360,16 +370,13 @@ fn two_jobs_of_5000_short_connections_are_all_attributed_and_the_maps_empty_afte
     let mut proxied = 0;
     // Each job's connections carry that job's one process.
     for repo in ["acme/one", "acme/two"] {
-        let mine: Vec<&Value> = sessions
+        let mine: Vec<&ConnectionRecord> = sessions
             .iter()
-            .filter(|s| s["job_labels"]["repository"] == repo)
+            .filter(|s| s.job_labels["repository"] == repo)
             .collect();
         assert_eq!(mine.len(), 5_000, "{repo}");
-        let pid = &mine[0]["pid"];
-        assert!(
-            mine.iter().all(|s| &s["pid"] == pid),
-            "{repo}: misattributed"
-        );
+        let pid = &mine[0].pid;
+        assert!(mine.iter().all(|s| &s.pid == pid), "{repo}: misattributed");
         let (proxy, kernel) = paths(&mine.iter().map(|s| (*s).clone()).collect::<Vec<_>>());
         // The first took the proxy path; its verdict took the rest (but fallbacks).
         assert!(
@@ -379,9 +386,9 @@ fn two_jobs_of_5000_short_connections_are_all_attributed_and_the_maps_empty_afte
         );
         proxied += proxy;
         assert!(
-            mine.iter().all(|s| s["bytes_up"] == mine[0]["bytes_up"]
-                && s["bytes_down"] == mine[0]["bytes_down"]
-                && s["error"].is_null()),
+            mine.iter().all(|s| s.bytes_up == mine[0].bytes_up
+                && s.bytes_down == mine[0].bytes_down
+                && s.error.is_none()),
             "{repo}: bytes"
         );
     }
@@ -393,8 +400,8 @@ fn two_jobs_of_5000_short_connections_are_all_attributed_and_the_maps_empty_afte
     crate::assert_metrics_match_records(&agent);
     // The jobs have ended: their verdicts are gone, and so is every connection entry.
     let status = agent.status();
-    assert_eq!(status["kernel_path"]["exact_verdicts"], 0, "{status}");
-    assert_eq!(status["kernel_path"]["live_connections"], 0, "{status}");
+    assert_eq!(status.kernel_path.exact_verdicts, 0, "{status:?}");
+    assert_eq!(status.kernel_path.live_connections, 0, "{status:?}");
     for map in ["VERDICTS", "KERNEL_CONNS", "JOB_VERDICTS"] {
         let dump = tollgate_e2e::output(
             std::process::Command::new("bpftool")
@@ -447,14 +454,14 @@ fn an_attest_that_changes_the_principal_drops_the_jobs_verdicts() {
     assert!(out.status.success(), "{}", stderr(&out));
     let sessions = agent.wait_sessions(None, 4);
     // One python before the attest and one after: each had its first connection proxied.
-    for assurance in ["host-asserted", "oidc-verified"] {
-        let mine: Vec<Value> = sessions
+    for assurance in [Assurance::HostAsserted, Assurance::OidcVerified] {
+        let mine: Vec<ConnectionRecord> = sessions
             .iter()
-            .filter(|s| s["assurance"] == assurance)
+            .filter(|s| s.assurance == Some(assurance))
             .cloned()
             .collect();
-        assert_eq!(paths(&mine), (1, 1), "{assurance}: {sessions:#?}");
-        assert_eq!(mine[0]["pid"], mine[1]["pid"], "{sessions:#?}");
+        assert_eq!(paths(&mine), (1, 1), "{assurance:?}: {sessions:#?}");
+        assert_eq!(mine[0].pid, mine[1].pid, "{sessions:#?}");
     }
     assert!(agent.metric("tollgate_kernel_verdicts_dropped_total{reason=\"job\"}") >= 2.0);
 }
@@ -542,16 +549,22 @@ fn while_the_event_ring_is_full_connects_take_the_proxy_path_and_none_goes_unrec
         agent.metrics()
     );
     // The proxy relayed every byte of its connections; none failed.
-    for s in sessions.iter().filter(|s| s["path"] == "proxy") {
-        assert_eq!(s["bytes_up"], 16, "{s:#}");
-        assert!(s["error"].is_null(), "{s:#}");
+    for s in sessions
+        .iter()
+        .filter(|s| s.path.as_deref() == Some("proxy"))
+    {
+        assert_eq!(s.bytes_up, 16, "{s:#?}");
+        assert!(s.error.is_none(), "{s:#?}");
     }
     // A kernel-path connection whose close event was lost says so.
-    for s in sessions.iter().filter(|s| s["path"] == "kernel") {
-        let error = s["error"].as_str().unwrap_or("");
+    for s in sessions
+        .iter()
+        .filter(|s| s.path.as_deref() == Some("kernel"))
+    {
+        let error = s.error.as_deref().unwrap_or("");
         assert!(
-            s["bytes_up"] == 16 || error.contains("kernel events lost"),
-            "{s:#}"
+            s.bytes_up == 16 || error.contains("kernel events lost"),
+            "{s:#?}"
         );
     }
     crate::assert_metrics_match_records(&agent);

@@ -23,13 +23,12 @@ mod stress;
 mod udp;
 mod unix;
 
-use serde_json::Value;
 use tollgate::record::DecisionLabel;
 use tollgate_e2e::Agent;
 
 /// Every recorded session is reflected in the metrics, and vice versa.
 pub fn assert_metrics_match_records(agent: &Agent) {
-    let records = agent.records(None);
+    let records = agent.sessions(None);
     let count =
         |decision: DecisionLabel| records.iter().filter(|r| r.decision == decision).count() as f64;
     let metrics = agent.metrics();
@@ -77,12 +76,6 @@ pub fn assert_metrics_match_records(agent: &Agent) {
         down as f64,
         "bytes down"
     );
-}
-
-pub fn str_field<'a>(value: &'a Value, key: &str) -> &'a str {
-    value[key]
-        .as_str()
-        .unwrap_or_else(|| panic!("no string `{key}` in {value}"))
 }
 
 /// The first line a job's shell printed to stderr with `echo $$ >&2` (its pid).

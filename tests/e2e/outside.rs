@@ -5,7 +5,7 @@
 //! records it; the same process's own sockets, made in the job, work.
 use std::{process::Command, time::Duration};
 
-use serde_json::Value;
+use tollgate::{control::OutsideSockets, record::EventRecord};
 use tollgate_e2e::{Agent, require_root, servers::Server, stderr, stdout, wait_for};
 
 /// Outside the job: connects a TCP and a UDP socket to the server, then hands both to
@@ -50,11 +50,8 @@ s.sendall(b"GET / HTTP/1.0\r\n\r\n")
 print("foreign:", s.recv(100).split(b"\r\n")[0].decode(), flush=True)
 "#;
 
-fn events(agent: &Agent) -> Vec<Value> {
-    match agent.json(&["events", "--json"]) {
-        Value::Array(events) => events,
-        other => panic!("events: not an array: {other}"),
-    }
+fn events(agent: &Agent) -> Vec<EventRecord> {
+    agent.events(&[])
 }
 
 #[test]
@@ -66,13 +63,13 @@ fn a_socket_from_outside_the_job_gets_its_holder_killed() {
     let port = http.port().to_string();
     let agent = Agent::start();
     assert_eq!(
-        agent.status()["coverage"]["outside_sockets"],
-        "detected_and_killed"
+        agent.status().coverage.outside_sockets,
+        OutsideSockets::DetectedAndKilled
     );
     // Where unix sockets are decided, the giver's connect is allowed; elsewhere it is
     // not seen at all. Either way, the agent says which.
     assert_eq!(
-        agent.status()["coverage"]["unix_sockets"],
+        agent.status().coverage.unix_sockets,
         agent.gap("unix_sockets").is_none()
     );
     let dir = tempfile::tempdir().expect("tempdir");
@@ -112,23 +109,17 @@ fn a_socket_from_outside_the_job_gets_its_holder_killed() {
         assert!(!out.status.success(), "{how}: killed");
     }
     let found = wait_for("both findings on record", Duration::from_secs(10), || {
-        let found: Vec<Value> = events(&agent)
+        let found: Vec<EventRecord> = events(&agent)
             .into_iter()
-            .filter(|e| e["kind"] == "socket_from_outside")
+            .filter(|e| e.kind == "socket_from_outside")
             .collect();
         (found.len() >= 2).then_some(found)
     });
     for event in &found {
-        assert_eq!(event["action"], "killed", "{event}");
-        assert_eq!(event["comm"], "python3", "{event}");
-        assert!(event["job_id"].is_string(), "{event}");
-        assert!(
-            event["detail"]
-                .as_str()
-                .unwrap_or_default()
-                .starts_with("inet/"),
-            "{event}"
-        );
+        assert_eq!(event.action, "killed", "{event:?}");
+        assert_eq!(event.comm, "python3", "{event:?}");
+        assert!(event.job_id.is_some(), "{event:?}");
+        assert!(event.detail.starts_with("inet/"), "{event:?}");
     }
     // Only the two takers were found: the job's own sockets are its own.
     assert_eq!(found.len(), 2, "{found:#?}");
@@ -170,7 +161,7 @@ fn sockets_a_process_brings_into_its_job_stay_its_own() {
     assert!(
         events(&agent)
             .iter()
-            .all(|e| e["kind"] != "socket_from_outside"),
+            .all(|e| e.kind != "socket_from_outside"),
         "{:#?}",
         events(&agent)
     );

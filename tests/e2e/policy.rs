@@ -2,12 +2,13 @@
 //! previous set, revocation of a live session, and the documented examples.
 use std::{path::Path, process::Command, time::Duration};
 
+use tollgate::record::DecisionLabel;
 use tollgate_e2e::{
     Agent, agent::tollgate_bin, output, postgres, postgres::LiveSession, require_root,
     servers::Server, stderr, stdout, wait_for,
 };
 
-use crate::{assert_metrics_match_records, str_field};
+use crate::assert_metrics_match_records;
 
 fn targets(pg_port: u16, http_port: u16) -> String {
     format!(
@@ -65,26 +66,26 @@ fn a_denied_job_is_refused_and_a_permitted_job_goes_through() {
     );
 
     let sessions = agent.wait_sessions(None, 3);
-    let by_comm = |comm: &str, decision: &str| {
+    let by_comm = |comm: &str, decision: DecisionLabel| {
         sessions
             .iter()
-            .filter(|s| s["comm"] == comm && s["decision"] == decision)
+            .filter(|s| s.comm.as_deref() == Some(comm) && s.decision == decision)
             .count()
     };
-    assert_eq!(by_comm("psql", "allow"), 1, "{sessions:?}");
-    assert_eq!(by_comm("psql", "deny"), 1, "{sessions:?}");
-    assert_eq!(by_comm("curl", "deny"), 1, "{sessions:?}");
+    assert_eq!(by_comm("psql", DecisionLabel::Allow), 1, "{sessions:?}");
+    assert_eq!(by_comm("psql", DecisionLabel::Deny), 1, "{sessions:?}");
+    assert_eq!(by_comm("curl", DecisionLabel::Deny), 1, "{sessions:?}");
     let allow = sessions
         .iter()
-        .find(|s| s["decision"] == "allow")
+        .find(|s| s.decision == DecisionLabel::Allow)
         .expect("allow");
-    assert_eq!(allow["policy_ids"][0], "pg-api");
-    assert_eq!(str_field(allow, "target"), "pg");
+    assert_eq!(allow.policy_ids[0], "pg-api");
+    assert_eq!(allow.target.as_deref(), Some("pg"));
     let deny = sessions
         .iter()
-        .find(|s| s["comm"] == "psql" && s["decision"] == "deny")
+        .find(|s| s.comm.as_deref() == Some("psql") && s.decision == DecisionLabel::Deny)
         .expect("deny");
-    assert!(str_field(deny, "reason").contains("default deny"), "{deny}");
+    assert!(deny.reason.contains("default deny"), "{deny:?}");
     assert_metrics_match_records(&agent);
 }
 
@@ -107,7 +108,7 @@ fn audit_mode_lets_jobs_through_but_records_would_deny() {
     );
     assert_eq!(stdout(&out).trim(), "audited");
     let sessions = agent.wait_sessions(None, 1);
-    assert_eq!(str_field(&sessions[0], "decision"), "would_deny");
+    assert_eq!(sessions[0].decision, DecisionLabel::WouldDeny);
     assert_eq!(
         agent.metric("tollgate_proxy_decisions_total{decision=\"would_deny\"}"),
         1.0
@@ -148,7 +149,7 @@ fn a_reload_with_a_broken_policy_keeps_the_previous_one() {
     let sql: Vec<&str> = sql.iter().map(String::as_str).collect();
     let out = agent.run_job(&[("repository", "acme/api")], &sql);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(agent.status()["policy"]["policies"], 1);
+    assert_eq!(agent.status().policy.policies, 1);
 }
 
 #[test]
@@ -162,9 +163,7 @@ fn a_reload_that_revokes_access_closes_a_live_psql_session() {
     });
     let mut session = LiveSession::open(&agent, pg, &[("repository", "acme/api")]);
     assert_eq!(session.query("select 'before';"), "before");
-    let generation = agent.status()["policy"]["generation"]
-        .as_u64()
-        .expect("generation");
+    let generation = agent.status().policy.generation;
 
     // Revoke: acme/api no longer has access. The file watcher picks it up.
     write_policy(
@@ -174,7 +173,7 @@ fn a_reload_that_revokes_access_closes_a_live_psql_session() {
          when { resource.name == \"pg\" && principal.repository == \"nobody\" };\n",
     );
     wait_for("the reload", Duration::from_secs(10), || {
-        (agent.status()["policy"]["generation"].as_u64() > Some(generation)).then_some(())
+        (agent.status().policy.generation > generation).then_some(())
     });
     wait_for("the revocation", Duration::from_secs(10), || {
         (agent.metric("tollgate_policy_revoked_total") >= 1.0).then_some(())
@@ -189,12 +188,12 @@ fn a_reload_that_revokes_access_closes_a_live_psql_session() {
 
     let sessions = agent.wait_sessions(None, 1);
     assert_eq!(
-        str_field(&sessions[0], "decision"),
-        "revoked",
-        "{}",
+        sessions[0].decision,
+        DecisionLabel::Revoked,
+        "{:?}",
         sessions[0]
     );
-    assert!(str_field(&sessions[0], "reason").contains("revoked by a policy reload"));
+    assert!(sessions[0].reason.contains("revoked by a policy reload"));
 }
 
 #[test]

@@ -9,6 +9,7 @@ use std::{
 };
 
 use serde_json::Value;
+use tollgate::record::{ConnectionRecord, DecisionLabel, StatementRecord};
 use tollgate_e2e::{
     Agent, output, output_with_stdin, postgres, postgres::LiveSession, require_root, stderr,
     stdout, wait_for,
@@ -69,12 +70,12 @@ fn rows_table(pg: &tollgate_e2e::postgres::Postgres, name: &str) {
     );
 }
 
-fn statements(agent: &Agent, session: &Value) -> Vec<Value> {
+fn statements(agent: &Agent, session: &ConnectionRecord) -> Vec<StatementRecord> {
     agent.statements(session)
 }
 
 /// The statements of `sessions` once at least `n` are on record (written asynchronously).
-fn wait_statements(agent: &Agent, sessions: &[Value], n: usize) -> Vec<Value> {
+fn wait_statements(agent: &Agent, sessions: &[ConnectionRecord], n: usize) -> Vec<StatementRecord> {
     agent.wait_statements(sessions, n)
 }
 
@@ -111,7 +112,7 @@ fn a_denied_ddl_inside_a_transaction_fails_it_on_both_sides() {
         "0"
     );
 
-    let records = agent.wait_records(None, 1);
+    let records = agent.wait_sessions(None, 1);
     let session = &records[0];
     assert_eq!(session.protocol.as_deref(), Some("postgres"));
     assert_eq!(session.db_user.as_deref(), Some("postgres"));
@@ -265,12 +266,9 @@ fn pgbench_simple_extended_and_prepared_are_followed_and_recorded() {
         if statements.len() < 20 {
             continue;
         }
-        assert_eq!(statements.len(), 25 * 7, "{session}");
-        let protocol = statements[0]["protocol"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        let writes = statements.iter().filter(|s| s["kind"] == "write").count();
+        assert_eq!(statements.len(), 25 * 7, "{session:?}");
+        let protocol = statements[0].protocol.to_string();
+        let writes = statements.iter().filter(|s| s.kind == "write").count();
         assert_eq!(
             writes,
             25 * 4,
@@ -279,24 +277,17 @@ fn pgbench_simple_extended_and_prepared_are_followed_and_recorded() {
         assert!(
             statements
                 .iter()
-                .all(|s| s["decision"] == "allow" && s["sqlstate"].is_null()),
+                .all(|s| s.decision == DecisionLabel::Allow && s.sqlstate.is_none()),
             "{protocol}: {statements:#?}"
         );
         let update = statements
             .iter()
-            .find(|s| {
-                s["sql"]
-                    .as_str()
-                    .is_some_and(|q| q.starts_with("UPDATE pgbench_accounts"))
-            })
+            .find(|s| s.sql.starts_with("UPDATE pgbench_accounts"))
             .expect("an UPDATE");
-        assert_eq!(update["tables"][0], "pgbench_accounts");
-        assert_eq!(update["rows"], 1);
+        assert_eq!(update.tables[0], "pgbench_accounts");
+        assert_eq!(update.rows, Some(1));
         if protocol == "extended" {
-            assert!(
-                !update["params"].as_array().expect("params").is_empty(),
-                "{update}"
-            );
+            assert!(!update.params.is_empty(), "{update:?}");
         }
         *by_protocol.entry(protocol).or_insert(0) += 1;
     }
@@ -398,7 +389,7 @@ fn hostile_bytes_get_a_protocol_error_and_the_session_is_recorded() {
         assert!(
             sessions
                 .iter()
-                .any(|s| s["error"].as_str().is_some_and(|e| e.contains(error))),
+                .any(|s| s.error.as_deref().is_some_and(|e| e.contains(error))),
             "no session recorded with `{error}`: {sessions:#?}"
         );
     }
@@ -478,7 +469,7 @@ fn sensitive_values_are_masked_unless_the_job_is_exempt_and_never_recorded() {
     let recorded: Vec<String> = sessions
         .iter()
         .flat_map(|s| statements(&agent, s))
-        .filter_map(|s| s["sql"].as_str().map(str::to_owned))
+        .map(|s| s.sql.to_string())
         .collect();
     let insert_sql = recorded
         .iter()
@@ -534,7 +525,7 @@ fn masking_and_exemptions_follow_a_reload_in_live_sessions() {
         std::fs::write(&agent.config_path, format!("{before}\n{text}")).expect("config");
         before
     };
-    let generation = |agent: &Agent| agent.status()["policy"]["generation"].as_u64();
+    let generation = |agent: &Agent| agent.status().policy.generation;
     let before = generation(&agent);
     append("[[masking.rules]]\ncolumns = [\"code\"]\n");
     wait_for("the masking reload", Duration::from_secs(10), || {
@@ -569,7 +560,7 @@ fn masking_and_exemptions_follow_a_reload_in_live_sessions() {
     std::fs::write(&agent.config_path, &config).expect("config");
     std::fs::write(agent.policy_dir().join("pg.cedar"), POLICY).expect("policy");
     wait_for("the policy reload", Duration::from_secs(10), || {
-        (agent.status()["policy"]["policies"] == 3).then_some(())
+        (agent.status().policy.policies == 3).then_some(())
     });
     assert_eq!(audit.query(select), "****", "the exemption was withdrawn");
     let mut fresh = LiveSession::open(&agent, pg, &[("repository", "acme/api")]);
@@ -646,25 +637,20 @@ fn psycopg_parameters_pipelines_copy_and_binary_results_through_tollgate() {
     let statements = wait_statements(&agent, &sessions, 15);
     let inserts = statements
         .iter()
-        .filter(|s| {
-            s["sql"]
-                .as_str()
-                .is_some_and(|q| q.starts_with("INSERT INTO tollgate_psycopg_rows"))
-        })
+        .filter(|s| s.sql.starts_with("INSERT INTO tollgate_psycopg_rows"))
         .count();
     assert_eq!(inserts, 5, "executemany: one record per execution");
-    let denied: Vec<&Value> = statements
+    let denied: Vec<&StatementRecord> = statements
         .iter()
-        .filter(|s| s["decision"] == "deny")
+        .filter(|s| s.decision == DecisionLabel::Deny)
         .collect();
     assert_eq!(denied.len(), 1, "{statements:#?}");
-    assert_eq!(denied[0]["protocol"], "extended");
-    assert!(statements.iter().any(|s| {
-        s["sql"]
-            .as_str()
-            .is_some_and(|q| q.starts_with("COPY tollgate_psycopg_rows"))
-            && s["rows"] == 2
-    }));
+    assert_eq!(denied[0].protocol, "extended");
+    assert!(
+        statements
+            .iter()
+            .any(|s| { s.sql.starts_with("COPY tollgate_psycopg_rows") && s.rows == Some(2) })
+    );
     direct_psql(pg, "DROP TABLE tollgate_psycopg_rows");
 }
 
@@ -696,17 +682,17 @@ fn tokio_postgres_prepared_statements_through_tollgate() {
     let executions = |prefix: &str| {
         statements
             .iter()
-            .filter(|s| s["sql"].as_str().is_some_and(|q| q.starts_with(prefix)))
+            .filter(|s| s.sql.starts_with(prefix))
             .count()
     };
     assert_eq!(executions("SELECT $1::int4 + 1"), 3, "{statements:#?}");
     assert_eq!(executions("INSERT INTO tollgate_tokio_rows"), 3);
     let insert = statements
         .iter()
-        .find(|s| s["sql"].as_str().is_some_and(|q| q.starts_with("INSERT")))
+        .find(|s| s.sql.starts_with("INSERT"))
         .expect("an INSERT");
     assert_eq!(
-        insert["params"][1], "****@example.com",
+        insert.params[1], "****@example.com",
         "parameters are recorded masked"
     );
     assert_eq!(
@@ -755,10 +741,10 @@ fn a_reload_applies_to_statements_prepared_before_it() {
         "action == Action::\"sql:read\"",
     );
     assert_ne!(read_only, POLICY);
-    let generation = agent.status()["policy"]["generation"].as_u64();
+    let generation = agent.status().policy.generation;
     std::fs::write(agent.policy_dir().join("pg.cedar"), read_only).expect("policy");
     wait_for("the reload", Duration::from_secs(10), || {
-        (agent.status()["policy"]["generation"].as_u64() > generation).then_some(())
+        (agent.status().policy.generation > generation).then_some(())
     });
     writeln!(stdin, "go").expect("write");
     let seen: Value = serde_json::from_str(
@@ -783,12 +769,16 @@ fn a_reload_applies_to_statements_prepared_before_it() {
 
     let sessions = agent.wait_sessions(None, 1);
     let statements = wait_statements(&agent, &sessions, 3);
-    let inserts: Vec<&str> = statements
+    let inserts: Vec<DecisionLabel> = statements
         .iter()
-        .filter(|s| s["sql"].as_str().is_some_and(|q| q.starts_with("INSERT")))
-        .filter_map(|s| s["decision"].as_str())
+        .filter(|s| s.sql.starts_with("INSERT"))
+        .map(|s| s.decision)
         .collect();
-    assert_eq!(inserts, ["allow", "deny"], "{statements:#?}");
+    assert_eq!(
+        inserts,
+        [DecisionLabel::Allow, DecisionLabel::Deny],
+        "{statements:#?}"
+    );
     direct_psql(pg, "DROP TABLE tollgate_tokio_rows");
 }
 
@@ -889,10 +879,10 @@ fn psql_copy_in_and_out_through_tollgate() {
     );
     let sessions = agent.wait_sessions(None, 1);
     let statements = wait_statements(&agent, &sessions[..1], 2);
-    assert_eq!(statements[0]["kind"], "write");
-    assert_eq!(statements[0]["rows"], 3);
-    assert_eq!(statements[1]["kind"], "read");
-    assert_eq!(statements[1]["rows"], 3);
+    assert_eq!(statements[0].kind, "write");
+    assert_eq!(statements[0].rows, Some(3));
+    assert_eq!(statements[1].kind, "read");
+    assert_eq!(statements[1].rows, Some(3));
     direct_psql(pg, "DROP TABLE tollgate_copy");
 }
 
@@ -969,17 +959,17 @@ fn listen_notify_and_the_function_call_message_pass_through() {
         std::time::Duration::from_secs(10),
         || {
             let s = statements(&agent, &sessions[0]);
-            s.iter().any(|s| s["protocol"] == "function").then_some(s)
+            s.iter().any(|s| s.protocol == "function").then_some(s)
         },
     );
-    let calls: Vec<&Value> = statements
+    let calls: Vec<&StatementRecord> = statements
         .iter()
-        .filter(|s| s["protocol"] == "function")
+        .filter(|s| s.protocol == "function")
         .collect();
     assert!(
         calls
             .iter()
-            .all(|s| s["kind"] == "procedural" && s["decision"] == "allow")
+            .all(|s| s.kind == "procedural" && s.decision == DecisionLabel::Allow)
     );
     direct_psql(pg, "SELECT lo_unlink(oid) FROM pg_largeobject_metadata");
 }
@@ -1075,13 +1065,13 @@ fn a_client_is_offered_tls_only_when_the_server_leg_has_it() {
     assert!(ssl_requests.load(std::sync::atomic::Ordering::SeqCst) >= 3);
     let sessions = agent.wait_sessions(None, 2);
     for session in &sessions {
-        assert_ne!(session["client_tls"], Value::Bool(true), "{session}");
-        assert_ne!(session["server_tls"], Value::Bool(true), "{session}");
+        assert_ne!(session.client_tls, Some(true), "{session:?}");
+        assert_ne!(session.server_tls, Some(true), "{session:?}");
     }
     assert!(
         sessions
             .iter()
-            .any(|s| s["client_tls"] == Value::Bool(false) && s["db_user"] == "app"),
+            .any(|s| s.client_tls == Some(false) && s.db_user.as_deref() == Some("app")),
         "the prefer client's startup is recorded, in plaintext: {sessions:?}"
     );
 }

@@ -23,7 +23,7 @@ fn strict_recording_refuses_connections_while_writes_fail_and_loses_nothing() {
         assert_eq!(out.status.success(), expect_ok, "curl: {}", stderr(&out));
     };
     curl(true);
-    agent.wait_records(None, 1);
+    agent.wait_sessions(None, 1);
 
     // Another process holds an exclusive lock on the store: writes fail.
     let mut locker = Command::new("python3")
@@ -73,7 +73,7 @@ fn strict_recording_refuses_connections_while_writes_fail_and_loses_nothing() {
         (agent.metric("tollgate_kernel_path_suspended") == 0.0).then_some(())
     });
     curl(true);
-    let records = agent.wait_records(None, 4);
+    let records = agent.wait_sessions(None, 4);
     assert_eq!(records.len(), 4, "nothing lost: {records:?}");
     let denied: Vec<_> = records
         .iter()
@@ -109,7 +109,7 @@ fn records_older_than_the_retention_are_pruned_and_counted() {
     let url = format!("http://127.0.0.1:{}/", http.port());
     let out = agent.run_job(&[("repo", "acme/old")], &["curl", "-sS", "-m", "5", &url]);
     assert!(out.status.success(), "curl: {}", stderr(&out));
-    let first = agent.wait_records(None, 1);
+    let first = agent.wait_sessions(None, 1);
     let old_job = first[0].job_id.clone().expect("the job's id");
     wait_for("the store's size", Duration::from_secs(15), || {
         (agent.metric("tollgate_recording_store_bytes") > 0.0).then_some(())
@@ -122,7 +122,7 @@ fn records_older_than_the_retention_are_pruned_and_counted() {
     });
     let out = agent.run_job(&[("repo", "acme/new")], &["curl", "-sS", "-m", "5", &url]);
     assert!(out.status.success(), "curl: {}", stderr(&out));
-    let records = agent.wait_records(None, 1);
+    let records = agent.wait_sessions(None, 1);
     assert_eq!(records.len(), 1, "{records:#?}");
     assert_ne!(records[0].job_id.as_deref(), Some(old_job.as_str()));
     assert!(agent.metric("tollgate_recording_pruned_total{kind=\"job\"}") >= 1.0);

@@ -1,6 +1,7 @@
 //! `tollgate run` semantics, and the CLI's errors.
 use std::{os::unix::process::ExitStatusExt as _, process::Command, time::Duration};
 
+use tollgate::record::DecisionLabel;
 use tollgate_e2e::{Agent, agent::tollgate_bin, output, require_root, stderr, stdout, wait_for};
 
 #[test]
@@ -176,11 +177,8 @@ fn run_as_another_user_is_intercepted_and_cannot_leave_its_job() {
         "still in its job: {text}"
     );
     let sessions = agent.wait_sessions(None, 1);
-    assert_eq!(
-        sessions[0]["uid"].as_u64(),
-        Some(u64::from(tollgate_e2e::NOBODY))
-    );
-    assert_eq!(sessions[0]["decision"], "allow");
+    assert_eq!(sessions[0].uid, Some(tollgate_e2e::NOBODY));
+    assert_eq!(sessions[0].decision, DecisionLabel::Allow);
 
     // Only root can switch users.
     let as_nobody =

@@ -3,7 +3,7 @@
 //! and recorded on the job. Each refusal is paired with allowed kinds in the same job.
 use std::process::Command;
 
-use serde_json::Value;
+use tollgate::record::EventRecord;
 use tollgate_e2e::{Agent, netns::NetnsHost, output, require_root, stderr, stdout};
 
 /// (name, family, type, protocol) as python's socket module spells them.
@@ -106,13 +106,9 @@ fn result<'a>(results: &'a [(String, String)], name: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no result for {name}: {results:?}"))
 }
 
-fn events(agent: &Agent, job: Option<&str>) -> Vec<Value> {
-    let mut args = vec!["events", "--json"];
-    args.extend(job.map(|j| ["--job", j]).into_iter().flatten());
-    match agent.json(&args) {
-        Value::Array(events) => events,
-        other => panic!("events: not an array: {other}"),
-    }
+fn events(agent: &Agent, job: Option<&str>) -> Vec<EventRecord> {
+    let args: Vec<&str> = job.map(|j| ["--job", j]).into_iter().flatten().collect();
+    agent.events(&args)
 }
 
 fn open_ping_sockets(netns: &str) {
@@ -137,14 +133,12 @@ fn a_job_creates_only_the_sockets_on_the_allow_list() {
     let agent = Agent::start();
     // Without BPF LSM (the agent says so), other families are detected, not refused:
     // see the next test.
-    let covered = agent.status()["coverage"]["socket_families"] == true;
+    let covered = agent.status().coverage.socket_families;
     // The agent reports the kernel it probed, and names what it lacks where it does.
     let status = agent.status();
     assert!(
-        status["kernel"]["release"]
-            .as_str()
-            .is_some_and(|r| !r.is_empty() && r != "unknown"),
-        "{status}"
+        status.kernel.release.as_str().ne("unknown") && !status.kernel.release.is_empty(),
+        "{status:?}"
     );
     match agent.gap("socket_families") {
         Some(reason) => {
@@ -152,7 +146,7 @@ fn a_job_creates_only_the_sockets_on_the_allow_list() {
             assert!(reason.contains("lsm="), "{reason}");
             eprintln!("other families are detected, not refused: {reason}");
         }
-        None => assert!(covered, "{status}"),
+        None => assert!(covered, "{status:?}"),
     }
     // `tollgate status` (TOML) says the same.
     let plain = tollgate_e2e::output(agent.tollgate().arg("status"));
@@ -207,21 +201,22 @@ fn a_job_creates_only_the_sockets_on_the_allow_list() {
     );
     assert_eq!(recorded.len(), refused.len(), "{recorded:#?}");
     // All on the one job that made them.
-    let job = recorded[0]["job_id"]
-        .as_str()
+    let job = recorded[0]
+        .job_id
+        .as_deref()
         .expect("attributed to the job");
-    assert!(recorded.iter().all(|e| e["job_id"] == job), "{recorded:#?}");
+    assert!(
+        recorded.iter().all(|e| e.job_id.as_deref() == Some(job)),
+        "{recorded:#?}"
+    );
     assert_eq!(events(&agent, Some(job)).len(), refused.len());
     for event in &recorded {
-        assert_eq!(event["kind"], "socket_refused");
-        assert_eq!(event["action"], "refused");
-        assert_eq!(event["comm"], "python3");
-        assert_eq!(event["uid"], 0);
+        assert_eq!(event.kind, "socket_refused");
+        assert_eq!(event.action, "refused");
+        assert_eq!(event.comm, "python3");
+        assert_eq!(event.uid, 0);
     }
-    let details: Vec<&str> = recorded
-        .iter()
-        .filter_map(|e| e["detail"].as_str())
-        .collect();
+    let details: Vec<&str> = recorded.iter().map(|e| e.detail.as_str()).collect();
     for expected in ["inet/raw/icmp", "inet/dgram/icmp", "inet6/dgram/icmpv6"] {
         assert!(details.contains(&expected), "{expected} in {details:?}");
     }
@@ -248,7 +243,7 @@ fn the_allow_list_is_configurable() {
     let agent = Agent::start_with(
         "[sockets]\nallow = [\"inet/stream/tcp\", \"inet/dgram/icmp\", \"packet/raw\", \"unix\"]\n",
     );
-    let covered = agent.status()["coverage"]["socket_families"] == true;
+    let covered = agent.status().coverage.socket_families;
     let in_job = probe(Some(&agent), &host.name, &[("repo", "acme/ops")]);
     let eperm = format!("errno {}", libc::EPERM);
     assert_eq!(result(&in_job, "tcp4"), "ok");
@@ -302,7 +297,7 @@ fn a_refused_socket_the_kernel_cannot_refuse_is_found_and_its_process_killed() {
         return;
     }
     let agent = Agent::start();
-    let covered = agent.status()["coverage"]["socket_families"] == true;
+    let covered = agent.status().coverage.socket_families;
     let labels = [("repo", "acme/sneaky")];
     // Allowed control: a process holding a unix and a netlink socket lives on.
     let kept = agent.run_job(
@@ -340,25 +335,24 @@ fn a_refused_socket_the_kernel_cannot_refuse_is_found_and_its_process_killed() {
     assert_eq!(events.len(), 1, "{events:#?}");
     let event = &events[0];
     // (The protocol reads back as 0 from a packet socket; the LSM hook sees 768.)
-    let detail = event["detail"].as_str().unwrap_or_default();
-    assert!(detail.starts_with("packet/raw/"), "{event}");
-    assert_eq!(event["comm"], "python3");
+    assert!(event.detail.starts_with("packet/raw/"), "{event:?}");
+    assert_eq!(event.comm, "python3");
     if covered {
         // Refused at creation.
         assert_eq!(stdout(&packet), format!("errno {}\n", libc::EPERM));
-        assert_eq!(event["kind"], "socket_refused");
-        assert_eq!(event["action"], "refused");
+        assert_eq!(event.kind, "socket_refused");
+        assert_eq!(event.action, "refused");
     } else {
         // Created, found within the scan interval, and the process killed.
         assert_eq!(stdout(&packet), "open\n", "{}", stderr(&packet));
         use std::os::unix::process::ExitStatusExt as _;
         assert_eq!(packet.status.signal(), Some(libc::SIGKILL));
-        assert_eq!(event["kind"], "socket_detected");
-        assert_eq!(event["action"], "killed");
+        assert_eq!(event.kind, "socket_detected");
+        assert_eq!(event.action, "killed");
         assert_eq!(
             agent.metric("tollgate_job_events_total{action=\"killed\",kind=\"socket_detected\"}"),
             1.0
         );
     }
-    assert!(event["job_id"].is_string());
+    assert!(event.job_id.is_some());
 }

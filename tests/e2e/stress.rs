@@ -2,9 +2,10 @@
 //! process, none unattributed, and the kernel maps empty afterwards.
 use std::{collections::BTreeMap, process::Stdio, time::Duration};
 
+use tollgate::record::DecisionLabel;
 use tollgate_e2e::{Agent, require_root, servers::Server, stderr, stdout, wait_for};
 
-use crate::{assert_metrics_match_records, str_field};
+use crate::assert_metrics_match_records;
 
 const CONNECTIONS: usize = 5000;
 
@@ -61,10 +62,10 @@ fn two_concurrent_jobs_make_5000_connections_each_without_misattribution() {
         assert_eq!(sessions.len(), CONNECTIONS, "job {job_id}: records");
         let mut seen: BTreeMap<String, usize> = BTreeMap::new();
         for s in &sessions {
-            assert_eq!(s["pid"].as_u64(), Some(pid), "misattributed: {s}");
-            assert_eq!(str_field(s, "decision"), "allow", "{s}");
-            let source = str_field(s, "source");
-            assert!(ports.contains_key(source), "foreign source: {s}");
+            assert_eq!(s.pid.map(u64::from), Some(pid), "misattributed: {s:?}");
+            assert_eq!(s.decision, DecisionLabel::Allow, "{s:?}");
+            let source = s.source.as_str();
+            assert!(ports.contains_key(source), "foreign source: {s:?}");
             *seen.entry(source.to_owned()).or_default() += 1;
         }
         assert_eq!(seen, ports, "job {job_id}: every connection recorded once");
@@ -78,8 +79,9 @@ fn two_concurrent_jobs_make_5000_connections_each_without_misattribution() {
         total as f64
     );
     wait_for("empty maps", Duration::from_secs(10), || {
-        let maps = &agent.status()["maps"];
-        (maps["conn_by_cookie"] == 0 && maps["conn_by_tuple"] == 0).then_some(())
+        let maps = agent.status().maps;
+        maps.is_some_and(|m| m.conn_by_cookie == 0 && m.conn_by_tuple == 0)
+            .then_some(())
     });
     assert_eq!(
         agent.metric("tollgate_bpf_map_entries{map=\"conn_by_tuple\"}"),

@@ -4,7 +4,8 @@
 //! what a permitted flow shows the job is what it shows the probe outside a job.
 use std::{process::Command, time::Duration};
 
-use serde_json::Value;
+use tollgate::record::DecisionLabel;
+use tollgate::record::UdpFlowRecord;
 use tollgate_e2e::{
     Agent, netns::NetnsHost, output, require_root, servers::Server, stderr, stdout, wait_for,
 };
@@ -58,11 +59,9 @@ fn probe(agent: Option<&Agent>, args: &[&str]) -> String {
     stdout(&out)
 }
 
-fn flows(agent: &Agent, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+fn flows(agent: &Agent, what: &str, done: impl Fn(&[UdpFlowRecord]) -> bool) -> Vec<UdpFlowRecord> {
     wait_for(what, Duration::from_secs(15), || {
-        let Value::Array(flows) = agent.json(&["udp", "--json", "--limit", "1000"]) else {
-            return None;
-        };
+        let flows = agent.udp_flows(&["--limit", "1000"]);
         done(&flows).then_some(flows)
     })
 }
@@ -111,19 +110,13 @@ fn udp_is_refused_in_the_kernel_until_a_policy_permits_it() {
 
     let recorded = flows(&agent, "3 refused flows", |f| f.len() >= 3);
     for flow in &recorded {
-        assert_eq!(flow["decision"], "deny", "{flow}");
-        assert_eq!(flow["enforced_by"], "kernel", "{flow}");
-        assert!(flow["job_id"].is_string(), "{flow}");
-        assert_eq!(flow["comm"], "udp_probe", "{flow}");
-        assert!(
-            flow["reason"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("udp:send"),
-            "{flow}"
-        );
+        assert_eq!(flow.decision, DecisionLabel::Deny, "{flow:?}");
+        assert_eq!(flow.enforced_by, "kernel", "{flow:?}");
+        assert!(flow.job_id.is_some(), "{flow:?}");
+        assert_eq!(flow.comm, "udp_probe", "{flow:?}");
+        assert!(flow.reason.contains("udp:send"), "{flow:?}");
     }
-    let dsts: Vec<&str> = recorded.iter().filter_map(|f| f["dst"].as_str()).collect();
+    let dsts: Vec<&str> = recorded.iter().map(|f| f.dst.as_str()).collect();
     assert!(
         dsts.contains(&dest.as_str()) && dsts.contains(&"127.0.0.1:443"),
         "{dsts:?}"
@@ -211,45 +204,42 @@ fn permitted_udp_is_relayed_as_if_direct_and_other_udp_is_denied() {
     // Every flow is on record, complete once it has been idle: the allowed ones with
     // the datagrams and bytes each way.
     let recorded = flows(&agent, "the flows, ended", |flows| {
-        flows.len() >= 12 && flows.iter().all(|f| f["ended"].is_string())
+        flows.len() >= 12 && flows.iter().all(|f| f.ended.is_some())
     });
-    let allowed: Vec<&Value> = recorded
+    let allowed: Vec<&UdpFlowRecord> = recorded
         .iter()
-        .filter(|f| f["decision"] == "allow")
+        .filter(|f| f.decision == DecisionLabel::Allow)
         .collect();
     for flow in &allowed {
-        assert_eq!(flow["enforced_by"], "relay", "{flow}");
-        assert_eq!(flow["policy_ids"][0], "echo-udp", "{flow}");
-        assert_eq!(flow["packets_out"], flow["packets_in"], "{flow}");
-        assert_eq!(flow["bytes_out"], flow["bytes_in"], "{flow}");
-        assert!(flow["packets_out"].as_u64() >= Some(1), "{flow}");
-        assert!(
-            flow["last_at"].as_i64() >= flow["first_at"].as_i64(),
-            "{flow}"
-        );
-        assert_eq!(flow["ended"], "idle", "{flow}");
+        assert_eq!(flow.enforced_by, "relay", "{flow:?}");
+        assert_eq!(flow.policy_ids[0], "echo-udp", "{flow:?}");
+        assert_eq!(flow.packets_out, flow.packets_in, "{flow:?}");
+        assert_eq!(flow.bytes_out, flow.bytes_in, "{flow:?}");
+        assert!(flow.packets_out >= 1, "{flow:?}");
+        assert!(flow.last_at >= flow.first_at, "{flow:?}");
+        assert_eq!(flow.ended.as_deref(), Some("idle"), "{flow:?}");
     }
     // sendto: "probe-0-", "probe-1-" + 100 x, "probe-2-" + 200 x.
     assert!(
-        allowed.iter().any(|f| f["dst"] == v4.as_str()
-            && f["packets_out"] == 3
-            && f["bytes_out"] == 8 * 3 + 300),
+        allowed
+            .iter()
+            .any(|f| f.dst == v4.as_str() && f.packets_out == 3 && f.bytes_out == 8 * 3 + 300),
         "the 3-datagram v4 flow: {allowed:#?}"
     );
-    let relay_denied: Vec<&Value> = recorded
+    let relay_denied: Vec<&UdpFlowRecord> = recorded
         .iter()
-        .filter(|f| f["dst"] == denied.as_str())
+        .filter(|f| f.dst == denied.as_str())
         .collect();
     assert!(
-        relay_denied.iter().any(|f| f["enforced_by"] == "relay"
-            && f["decision"] == "deny"
-            && f["packets_out"] == 1),
+        relay_denied.iter().any(|f| f.enforced_by == "relay"
+            && f.decision == DecisionLabel::Deny
+            && f.packets_out == 1),
         "{relay_denied:#?}"
     );
     assert!(
         relay_denied
             .iter()
-            .any(|f| f["enforced_by"] == "kernel" && f["packets_out"] == 2),
+            .any(|f| f.enforced_by == "kernel" && f.packets_out == 2),
         "{relay_denied:#?}"
     );
     assert!(
@@ -284,10 +274,10 @@ fn a_new_policy_ends_a_flow_it_no_longer_permits() {
     flows(&agent, "the ended flow and the refusal", |flows| {
         flows
             .iter()
-            .any(|f| f["decision"] == "allow" && f["ended"] == "policy")
+            .any(|f| f.decision == DecisionLabel::Allow && f.ended.as_deref() == Some("policy"))
             && flows
                 .iter()
-                .any(|f| f["enforced_by"] == "kernel" && f["decision"] == "deny")
+                .any(|f| f.enforced_by == "kernel" && f.decision == DecisionLabel::Deny)
     });
 }
 
@@ -321,28 +311,22 @@ fn flows_beyond_max_flows_are_refused_and_counted_not_kept() {
     );
     let recorded = flows(&agent, "the flows", |f| f.len() >= 3);
     assert_eq!(
-        recorded.iter().filter(|f| f["decision"] == "allow").count(),
+        recorded
+            .iter()
+            .filter(|f| f.decision == DecisionLabel::Allow)
+            .count(),
         2,
         "{recorded:#?}"
     );
-    let refused: Vec<&Value> = recorded
+    let refused: Vec<&UdpFlowRecord> = recorded
         .iter()
-        .filter(|f| f["decision"] == "deny")
+        .filter(|f| f.decision == DecisionLabel::Deny)
         .collect();
     assert!(!refused.is_empty(), "{recorded:#?}");
     for flow in &refused {
-        assert!(
-            flow["reason"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("udp.max_flows (2)"),
-            "{flow}"
-        );
+        assert!(flow.reason.contains("udp.max_flows (2)"), "{flow:?}");
     }
-    let refused_datagrams: u64 = refused
-        .iter()
-        .filter_map(|f| f["packets_out"].as_u64())
-        .sum();
+    let refused_datagrams: u64 = refused.iter().map(|f| f.packets_out).sum();
     assert_eq!(refused_datagrams, 2, "{refused:#?}");
 }
 
@@ -377,18 +361,19 @@ fn a_flow_that_reached_its_destination_survives_an_agent_kill() {
     agent.kill9();
     agent.start_again();
     let recorded = flows(&agent, "the flow, from the journal", |flows| {
-        flows.iter().any(|f| f["decision"] == "allow")
+        flows.iter().any(|f| f.decision == DecisionLabel::Allow)
     });
     let _ = job.kill();
     let _ = job.wait();
     let flow = recorded
         .iter()
-        .find(|f| f["decision"] == "allow")
+        .find(|f| f.decision == DecisionLabel::Allow)
         .expect("the allowed flow");
-    assert_eq!(flow["dst"], echo.addr.to_string(), "{flow}");
-    assert_eq!(flow["packets_out"], 1, "{flow}");
+    assert_eq!(flow.dst, echo.addr.to_string(), "{flow:?}");
+    assert_eq!(flow.packets_out, 1, "{flow:?}");
     assert_eq!(
-        flow["ended"], "the agent stopped before the flow ended",
-        "{flow}"
+        flow.ended.as_deref(),
+        Some("the agent stopped before the flow ended"),
+        "{flow:?}"
     );
 }

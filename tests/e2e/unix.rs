@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use serde_json::Value;
+use tollgate::record::{DecisionLabel, UnixRecord};
 use tollgate_e2e::{Agent, require_root, stderr, stdout, wait_for};
 
 /// Binds a stream server at each path given (answering HTTP 200 "pong from NAME"), a
@@ -125,21 +125,22 @@ fn connect(agent: Option<&Agent>, repository: &str, targets: &[String]) -> Vec<S
     stdout(&out).lines().map(str::to_owned).collect()
 }
 
-fn unix_rows(agent: &Agent) -> Vec<Value> {
-    match agent.json(&["unix", "--json"]) {
-        Value::Array(rows) => rows,
-        other => panic!("unix: not an array: {other}"),
-    }
+fn unix_rows(agent: &Agent) -> Vec<UnixRecord> {
+    agent.unix_connects(&[])
 }
 
 /// A path's record with this decision (one row per job): the first, and the connects
 /// of all.
-fn row<'a>(rows: &'a [Value], path: &str, decision: &str) -> Option<(&'a Value, u64)> {
-    let matching: Vec<&Value> = rows
+fn row<'a>(
+    rows: &'a [UnixRecord],
+    path: &str,
+    decision: DecisionLabel,
+) -> Option<(&'a UnixRecord, u64)> {
+    let matching: Vec<&UnixRecord> = rows
         .iter()
-        .filter(|r| r["path"] == path && r["decision"] == decision)
+        .filter(|r| r.path == path && r.decision == decision)
         .collect();
-    let connects = matching.iter().filter_map(|r| r["connects"].as_u64()).sum();
+    let connects = matching.iter().map(|r| r.connects).sum();
     matching.first().map(|r| (*r, connects))
 }
 
@@ -168,10 +169,10 @@ fn an_engine_socket_is_refused_in_a_job_and_other_unix_sockets_work() {
     );
     let agent = Agent::start();
     if !agent.covers("unix_sockets") {
-        assert_eq!(agent.status()["coverage"]["unix_sockets"], false);
+        assert!(!agent.status().coverage.unix_sockets);
         return;
     }
-    assert_eq!(agent.status()["coverage"]["unix_sockets"], true);
+    assert!(agent.status().coverage.unix_sockets);
     assert!(!agent.log().contains("feature=unix_sockets"));
     // In a job: the engine's socket is refused with EPERM; the others answer as direct.
     let in_job = connect(Some(&agent), "acme/api", &targets);
@@ -196,21 +197,19 @@ fn an_engine_socket_is_refused_in_a_job_and_other_unix_sockets_work() {
         Duration::from_secs(10),
         || {
             let rows = unix_rows(&agent);
-            (row(&rows, &docker, "deny").is_some_and(|(_, n)| n == 2)
-                && row(&rows, &app, "allow").is_some_and(|(_, n)| n == 2)
-                && row(&rows, "@tollgate-e2e-abstract", "allow").is_some())
+            (row(&rows, &docker, DecisionLabel::Deny).is_some_and(|(_, n)| n == 2)
+                && row(&rows, &app, DecisionLabel::Allow).is_some_and(|(_, n)| n == 2)
+                && row(&rows, "@tollgate-e2e-abstract", DecisionLabel::Allow).is_some())
             .then_some(rows)
         },
     );
-    let (denied, _) = row(&rows, &docker, "deny").expect("denied row");
-    assert_eq!(denied["engine"], "docker", "{denied}");
+    let (denied, _) = row(&rows, &docker, DecisionLabel::Deny).expect("denied row");
+    assert_eq!(denied.engine.as_deref(), Some("docker"), "{denied:?}");
     assert!(
-        denied["reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("docker engine") && r.contains("unix:connect")),
-        "{denied}"
+        denied.reason.contains("docker engine") && denied.reason.contains("unix:connect"),
+        "{denied:?}"
     );
-    assert!(denied["job_id"].is_string(), "{denied}");
+    assert!(denied.job_id.is_some(), "{denied:?}");
     assert_eq!(
         agent.metric(r#"tollgate_unix_connects_total{decision="deny",socket="engine"}"#),
         2.0
@@ -254,7 +253,7 @@ when { resource.path like "*secret*" };
         std::fs::write(dir.join("unix.cedar"), policy).unwrap();
     });
     if !agent.covers("unix_sockets") {
-        assert_eq!(agent.status()["coverage"]["unix_sockets"], false);
+        assert!(!agent.status().coverage.unix_sockets);
         return;
     }
     let targets = vec![
@@ -283,16 +282,18 @@ when { resource.path like "*secret*" };
         Duration::from_secs(10),
         || {
             let rows = unix_rows(&agent);
-            (rows.iter().filter(|r| r["path"] == docker.as_str()).count() == 2
-                && row(&rows, "@tollgate-e2e-secret", "deny").is_some_and(|(_, n)| n == 2))
+            (rows.iter().filter(|r| r.path == docker.as_str()).count() == 2
+                && row(&rows, "@tollgate-e2e-secret", DecisionLabel::Deny)
+                    .is_some_and(|(_, n)| n == 2))
             .then_some(rows)
         },
     );
-    let (permitted, _) = row(&rows, &docker, "allow").expect("permitted row");
-    assert_eq!(permitted["policy_ids"][0], "infra-docker", "{permitted}");
-    let (forbidden, _) = row(&rows, &servers.path("secret.sock"), "deny").expect("forbidden row");
-    assert_eq!(forbidden["policy_ids"][0], "no-secrets", "{forbidden}");
-    assert_eq!(forbidden["send"], true, "{forbidden}");
+    let (permitted, _) = row(&rows, &docker, DecisionLabel::Allow).expect("permitted row");
+    assert_eq!(permitted.policy_ids[0], "infra-docker", "{permitted:?}");
+    let (forbidden, _) =
+        row(&rows, &servers.path("secret.sock"), DecisionLabel::Deny).expect("forbidden row");
+    assert_eq!(forbidden.policy_ids[0], "no-secrets", "{forbidden:?}");
+    assert!(forbidden.send, "{forbidden:?}");
 }
 
 #[test]
@@ -306,7 +307,7 @@ fn a_job_that_reaches_an_engine_socket_by_another_path_is_killed() {
     std::os::unix::fs::symlink(&docker, &link).expect("symlink");
     let agent = Agent::start();
     if !agent.covers("unix_sockets") {
-        assert_eq!(agent.status()["coverage"]["unix_sockets"], false);
+        assert!(!agent.status().coverage.unix_sockets);
         return;
     }
     // Connects by the symlink, then would use the connection a while later.
@@ -328,20 +329,16 @@ fn a_job_that_reaches_an_engine_socket_by_another_path_is_killed() {
         stderr(&out)
     );
     assert!(!out.status.success());
-    let event = wait_for(
-        "the alias on record",
-        Duration::from_secs(10),
-        || match agent.json(&["events", "--json"]) {
-            Value::Array(events) => events.into_iter().find(|e| e["kind"] == "unix_alias"),
-            _ => None,
-        },
-    );
-    assert_eq!(event["action"], "killed", "{event}");
+    let event = wait_for("the alias on record", Duration::from_secs(10), || {
+        agent
+            .events(&[])
+            .into_iter()
+            .find(|e| e.kind == "unix_alias")
+    });
+    assert_eq!(event.action, "killed", "{event:?}");
     assert!(
-        event["detail"]
-            .as_str()
-            .is_some_and(|d| d.contains(&docker) && d.contains(&link)),
-        "{event}"
+        event.detail.contains(&docker) && event.detail.contains(&link),
+        "{event:?}"
     );
     assert_eq!(agent.metric("tollgate_unix_aliases_killed_total"), 1.0);
     // The paired control: the same script by a path of its own is not killed.
@@ -361,7 +358,7 @@ fn unix_verdicts_hold_and_are_recorded_while_the_agent_is_down() {
     let app = servers.path("app.sock");
     let mut agent = Agent::start();
     if !agent.covers("unix_sockets") {
-        assert_eq!(agent.status()["coverage"]["unix_sockets"], false);
+        assert!(!agent.status().coverage.unix_sockets);
         return;
     }
     let go = servers.path("go");
@@ -394,15 +391,16 @@ fn unix_verdicts_hold_and_are_recorded_while_the_agent_is_down() {
         "{text}"
     );
     agent.start_again();
-    assert_eq!(agent.status()["coverage"]["unix_sockets"], true);
+    assert!(agent.status().coverage.unix_sockets);
     // What the kernel reported meanwhile is on record after the restart.
     wait_for(
         "the connects made while down",
         Duration::from_secs(15),
         || {
             let rows = unix_rows(&agent);
-            (row(&rows, &docker, "deny").is_some() && row(&rows, &app, "allow").is_some())
-                .then_some(())
+            (row(&rows, &docker, DecisionLabel::Deny).is_some()
+                && row(&rows, &app, DecisionLabel::Allow).is_some())
+            .then_some(())
         },
     );
 }

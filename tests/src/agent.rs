@@ -12,10 +12,12 @@ use std::{
     time::Duration,
 };
 
-use serde_json::Value;
 use tollgate::{
-    control::Status,
-    record::{ConnectionRecord, StatementRecord},
+    control::{Job, Status},
+    record::{
+        AuditRecord, ConnectionRecord, DnsRecord, EventRecord, StatementRecord, UdpFlowRecord,
+        UnixRecord,
+    },
 };
 
 use crate::{ephemeral_port, free_port, output, stderr, stdout, wait_for};
@@ -364,18 +366,6 @@ impl Agent {
         command
     }
 
-    /// Runs `tollgate ARGS` against this agent and parses its JSON output.
-    pub fn json(&self, args: &[&str]) -> Value {
-        let out = output(self.tollgate().args(args));
-        assert!(
-            out.status.success(),
-            "tollgate {args:?} failed: {}",
-            stderr(&out)
-        );
-        serde_json::from_str(&stdout(&out))
-            .unwrap_or_else(|e| panic!("tollgate {args:?}: bad JSON: {e}: {}", stdout(&out)))
-    }
-
     /// `tollgate ARGS --json`, read as the agent's own type `T`.
     pub fn typed<T: serde::de::DeserializeOwned>(&self, args: &[&str]) -> T {
         let out = output(self.tollgate().args(args));
@@ -393,9 +383,8 @@ impl Agent {
         })
     }
 
-    /// Recorded connections, newest first (optionally of one job), as the agent's
-    /// records.
-    pub fn records(&self, job: Option<&str>) -> Vec<ConnectionRecord> {
+    /// Recorded connections, newest first (optionally of one job).
+    pub fn sessions(&self, job: Option<&str>) -> Vec<ConnectionRecord> {
         let mut args = vec!["sessions", "list", "--json", "--limit", "1000000"];
         if let Some(job) = job {
             args.extend(["--job", job]);
@@ -405,14 +394,57 @@ impl Agent {
 
     /// Waits until `n` connections have ended and been recorded (for the job, if
     /// given), and returns all of that job's records.
-    pub fn wait_records(&self, job: Option<&str>, n: usize) -> Vec<ConnectionRecord> {
+    pub fn wait_sessions(&self, job: Option<&str>, n: usize) -> Vec<ConnectionRecord> {
+        self.wait_until_recorded(job, n, true)
+    }
+
+    /// Waits until `n` connections are on record, open or ended.
+    pub fn wait_recorded(&self, job: Option<&str>, n: usize) -> Vec<ConnectionRecord> {
+        self.wait_until_recorded(job, n, false)
+    }
+
+    fn wait_until_recorded(
+        &self,
+        job: Option<&str>,
+        n: usize,
+        ended: bool,
+    ) -> Vec<ConnectionRecord> {
         wait_for(
-            &format!("{n} ended records (job {job:?})"),
+            &format!("{n} recorded sessions (job {job:?}, ended: {ended})"),
+            // Longer for more: a vm-test guest under TCG records thousands of sessions
+            // several times slower than a host.
             Duration::from_secs(20) + Duration::from_millis(10) * n as u32,
             || {
-                let records = self.records(job);
-                let ended = records.iter().filter(|r| r.ended_at.is_some()).count();
-                (ended >= n).then_some(records)
+                let sessions = self.sessions(job);
+                let count = sessions
+                    .iter()
+                    .filter(|s| !ended || s.ended_at.is_some())
+                    .count();
+                (count >= n).then_some(sessions)
+            },
+        )
+    }
+
+    /// One recorded connection with its statements (`tollgate sessions show`).
+    pub fn session(&self, id: &str) -> ConnectionRecord {
+        self.typed(&["sessions", "show", id, "--json"])
+    }
+
+    /// The recorded statements of a session.
+    pub fn statements(&self, session: &ConnectionRecord) -> Vec<StatementRecord> {
+        self.session(&session.id).statements
+    }
+
+    /// The statements of `sessions` once at least `n` are on record (written
+    /// asynchronously).
+    pub fn wait_statements(&self, sessions: &[ConnectionRecord], n: usize) -> Vec<StatementRecord> {
+        wait_for(
+            &format!("{n} statements on record"),
+            Duration::from_secs(10),
+            || {
+                let s: Vec<StatementRecord> =
+                    sessions.iter().flat_map(|s| self.statements(s)).collect();
+                (s.len() >= n).then_some(s)
             },
         )
     }
@@ -423,107 +455,65 @@ impl Agent {
         connection: &ConnectionRecord,
         n: usize,
     ) -> Vec<StatementRecord> {
-        wait_for(
-            &format!("{n} statements of {}", connection.id),
-            Duration::from_secs(10),
-            || {
-                let shown: ConnectionRecord =
-                    self.typed(&["sessions", "show", &connection.id, "--json"]);
-                (shown.statements.len() >= n).then_some(shown.statements)
-            },
-        )
+        self.wait_statements(std::slice::from_ref(connection), n)
     }
 
-    /// The agent's status, as its own type.
-    pub fn agent_status(&self) -> Status {
+    /// Active jobs (`tollgate jobs`).
+    pub fn jobs(&self) -> Vec<Job> {
+        self.typed(&["jobs", "--json"])
+    }
+
+    /// The agent's status (`tollgate status`).
+    pub fn status(&self) -> Status {
         self.typed(&["status", "--json"])
     }
 
-    /// The recorded statements of a session (as `tollgate sessions list` shows it).
-    pub fn statements(&self, session: &Value) -> Vec<Value> {
-        let id = session["id"].as_str().expect("session id");
-        let shown = self.json(&["sessions", "show", id, "--json"]);
-        shown["statements"].as_array().cloned().unwrap_or_default()
+    /// Kernel events on record (`tollgate events`), newest first; `extra` adds options.
+    pub fn events(&self, extra: &[&str]) -> Vec<EventRecord> {
+        self.listing("events", extra)
     }
 
-    /// The statements of `sessions` once at least `n` are on record (written
-    /// asynchronously).
-    pub fn wait_statements(&self, sessions: &[Value], n: usize) -> Vec<Value> {
-        crate::wait_for(
-            &format!("{n} statements on record"),
-            std::time::Duration::from_secs(10),
-            || {
-                let s: Vec<Value> = sessions.iter().flat_map(|s| self.statements(s)).collect();
-                (s.len() >= n).then_some(s)
-            },
-        )
+    /// Jobs' DNS queries on record (`tollgate dns`), newest first.
+    pub fn dns_queries(&self, extra: &[&str]) -> Vec<DnsRecord> {
+        self.listing("dns", extra)
     }
 
-    /// Recorded sessions, newest first (optionally of one job).
-    pub fn sessions(&self, job: Option<&str>) -> Vec<Value> {
-        let mut args = vec!["sessions", "list", "--json", "--limit", "1000000"];
-        if let Some(job) = job {
-            args.extend(["--job", job]);
-        }
-        match self.json(&args) {
-            Value::Array(sessions) => sessions,
-            other => panic!("sessions list: not an array: {other}"),
-        }
+    /// Jobs' UDP flows on record (`tollgate udp`), newest first.
+    pub fn udp_flows(&self, extra: &[&str]) -> Vec<UdpFlowRecord> {
+        self.listing("udp", extra)
     }
 
-    /// Waits until `n` sessions have ended and been recorded (for the job, if given), and
-    /// returns all of that job's sessions.
-    pub fn wait_sessions(&self, job: Option<&str>, n: usize) -> Vec<Value> {
-        self.wait_until_recorded(job, n, true)
+    /// Jobs' unix socket connects on record (`tollgate unix`).
+    pub fn unix_connects(&self, extra: &[&str]) -> Vec<UnixRecord> {
+        self.listing("unix", extra)
     }
 
-    /// Waits until `n` sessions are on record, open or ended.
-    pub fn wait_recorded(&self, job: Option<&str>, n: usize) -> Vec<Value> {
-        self.wait_until_recorded(job, n, false)
+    /// The audit trail (`tollgate audit`), newest first.
+    pub fn audit(&self, extra: &[&str]) -> Vec<AuditRecord> {
+        self.listing("audit", extra)
     }
 
-    fn wait_until_recorded(&self, job: Option<&str>, n: usize, ended: bool) -> Vec<Value> {
-        wait_for(
-            &format!("{n} recorded sessions (job {job:?}, ended: {ended})"),
-            // Longer for more: a vm-test guest under TCG records thousands of sessions
-            // several times slower than a host.
-            Duration::from_secs(20) + Duration::from_millis(10) * n as u32,
-            || {
-                let sessions = self.sessions(job);
-                let count = sessions
-                    .iter()
-                    .filter(|s| !ended || s["ended_at"].is_i64())
-                    .count();
-                (count >= n).then_some(sessions)
-            },
-        )
-    }
-
-    pub fn jobs(&self) -> Vec<Value> {
-        match self.json(&["jobs", "--json"]) {
-            Value::Array(jobs) => jobs,
-            other => panic!("jobs: not an array: {other}"),
-        }
-    }
-
-    pub fn status(&self) -> Value {
-        self.json(&["status", "--json"])
+    fn listing<T: serde::de::DeserializeOwned>(&self, command: &str, extra: &[&str]) -> T {
+        let mut args = vec![command, "--json"];
+        args.extend(extra);
+        self.typed(&args)
     }
 
     /// What the agent reports this kernel lacks for `feature` (`kernel.gaps` of its
     /// status), as one line: what it needs, what is not covered, what the probe saw.
     pub fn gap(&self, feature: &str) -> Option<String> {
         let status = self.status();
-        let gaps = status["kernel"]["gaps"].as_array()?;
-        gaps.iter().find(|g| g["feature"] == feature).map(|g| {
-            format!(
-                "kernel {}: {feature} needs {}; {} ({})",
-                status["kernel"]["release"].as_str().unwrap_or("?"),
-                g["needs"].as_str().unwrap_or("?"),
-                g["effect"].as_str().unwrap_or("?"),
-                g["error"].as_str().unwrap_or("?"),
-            )
-        })
+        status
+            .kernel
+            .gaps
+            .iter()
+            .find(|g| g.feature == feature)
+            .map(|g| {
+                format!(
+                    "kernel {}: {feature} needs {}; {} ({})",
+                    status.kernel.release, g.needs, g.effect, g.error,
+                )
+            })
     }
 
     /// True when the test may go on; false, with the agent's own reason printed, when

@@ -32,6 +32,9 @@ pub struct Options {
     paths: Vec<usize>,
     /// Indexes into [`WORKLOADS`].
     workloads: Vec<usize>,
+    /// `--baseline BIN`: another build of the agent, measured as the `baseline-*` paths
+    /// next to this one's in the same run (a change's before and after).
+    pub baseline: Option<PathBuf>,
 }
 
 impl Options {
@@ -43,14 +46,25 @@ impl Options {
         workers: usize,
         paths: &[String],
         workloads: &[String],
+        baseline: Option<PathBuf>,
     ) -> anyhow::Result<Self> {
+        if baseline.is_none()
+            && let Some(named) = paths.iter().find(|p| is_baseline(p))
+        {
+            bail!("path {named:?} needs --baseline BIN");
+        }
+        let mut paths = select(&PATHS, paths, "path", Some(0))?;
+        if baseline.is_none() {
+            paths.retain(|&p| !is_baseline(PATHS[p]));
+        }
         Ok(Self {
             rounds,
             seconds,
             scale,
             workers,
-            paths: select(&PATHS, paths, "path", Some(0))?,
+            paths,
             workloads: select(&WORKLOAD_KEYS, workloads, "workload", None)?,
+            baseline,
         })
     }
 }
@@ -102,25 +116,35 @@ const WORKLOADS: [(&str, &[&str]); 3] = [
         &["-S", "-M", "simple", "-c", "1", "-j", "1"],
     ),
 ];
-const PATHS: [&str; 6] = [
+const PATHS: [&str; 8] = [
     "direct",
     "tollgate-kernel",
     "tollgate-l4",
     "tollgate-l7",
     "tollgate-l7-durable",
     "pgbouncer",
+    "baseline-l4",
+    "baseline-l7",
 ];
+
+/// A path whose agent is the `--baseline` build.
+fn is_baseline(path: &str) -> bool {
+    path.starts_with("baseline-")
+}
 /// The paths of the bulk workload (L4 only: no L7 handler for HTTP yet).
 const BULK_PATHS: [&str; 3] = ["direct", "tollgate-kernel", "tollgate-l4"];
 
 /// One agent under test: its path name, proxy port, whether it follows PostgreSQL (the
 /// server is then a declared `protocol = "postgres"` target), whether each statement
 /// waits for its record (`recording.durable`), and `proxy.kernel_verdicts`.
-const AGENTS: [(&str, u16, bool, bool, bool); 4] = [
+/// The `baseline-*` agents run the `--baseline` build, and only with it.
+const AGENTS: [(&str, u16, bool, bool, bool); 6] = [
     ("tollgate-kernel", 975, false, false, true),
     ("tollgate-l4", 979, false, false, false),
     ("tollgate-l7", 978, true, false, false),
     ("tollgate-l7-durable", 976, true, true, false),
+    ("baseline-l4", 973, false, false, false),
+    ("baseline-l7", 974, true, false, false),
 ];
 
 pub fn bench(root: &Path, options: &Options) -> anyhow::Result<()> {
@@ -129,7 +153,7 @@ pub fn bench(root: &Path, options: &Options) -> anyhow::Result<()> {
     }
     let bin = build(root, true)?;
     let scratch = PathBuf::from(format!("/tmp/tollgate-bench-{}", std::process::id()));
-    let mut env = Environment::start(&scratch, &bin, options.scale, options.workers)?;
+    let mut env = Environment::start(&scratch, &bin, options)?;
     let result = measure(&mut env, options);
     env.stop();
     let (results, dns, bulk) = result?;
@@ -448,9 +472,17 @@ mod tests {
 
     #[test]
     fn path_and_workload_selection() {
-        let all = Options::new(3, 20, 10, 0, &[], &[]).unwrap();
+        let all = Options::new(3, 20, 10, 0, &[], &[], None).unwrap();
         assert_eq!(all.paths, vec![0, 1, 2, 3, 4, 5]);
         assert_eq!(all.workloads, vec![0, 1, 2, 3, 4]);
+        // With a baseline build, its paths are measured too, and only then.
+        let with = Options::new(3, 20, 10, 0, &[], &[], Some("/old".into())).unwrap();
+        assert_eq!(with.paths, vec![0, 1, 2, 3, 4, 5, 6, 7]);
+        let error = Options::new(3, 20, 10, 0, &names(&["baseline-l7"]), &[], None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("needs --baseline"), "{error}");
 
         // direct is always measured first, as the reference; duplicates collapse.
         let some = Options::new(
@@ -460,16 +492,17 @@ mod tests {
             0,
             &names(&["pgbouncer", "direct", "pgbouncer"]),
             &names(&["connect"]),
+            None,
         )
         .unwrap();
         assert_eq!(some.paths, vec![0, 5]);
         assert_eq!(some.workloads, vec![1]);
 
-        let error = Options::new(3, 20, 10, 0, &names(&["tollgate"]), &[])
+        let error = Options::new(3, 20, 10, 0, &names(&["tollgate"]), &[], None)
             .err()
             .unwrap()
             .to_string();
         assert!(error.contains("unknown path \"tollgate\""), "{error}");
-        assert!(Options::new(3, 20, 10, 0, &[], &names(&["select-only"])).is_err());
+        assert!(Options::new(3, 20, 10, 0, &[], &names(&["select-only"]), None).is_err());
     }
 }

@@ -58,6 +58,11 @@ enum Cmd {
         /// against the upstream directly) and bulk (1 GiB over HTTP by curl). Default: all.
         #[arg(long, value_delimiter = ',')]
         workloads: Vec<String>,
+        /// Another build of the agent (e.g. a checkout before a change, built with
+        /// `cargo build --release`), measured as the baseline-l4 and baseline-l7 paths
+        /// in the same run.
+        #[arg(long)]
+        baseline: Option<PathBuf>,
     },
     /// The privileged end-to-end suite on other kernels (Debian's), each in a qemu VM
     /// (root).
@@ -126,8 +131,11 @@ fn main() -> anyhow::Result<()> {
             workers,
             paths,
             workloads,
+            baseline,
         } => {
-            let options = bench::Options::new(rounds, seconds, scale, workers, &paths, &workloads)?;
+            let options = bench::Options::new(
+                rounds, seconds, scale, workers, &paths, &workloads, baseline,
+            )?;
             setup::all(&root)?;
             bench::bench(&root, &options)
         }

@@ -177,29 +177,10 @@ mod tests {
             assert!(!text.contains(absent), "{absent} in\n{text}");
         }
         // A variant's discriminant is its index in ALL.
-        assert!(
-            Direction::ALL
-                .iter()
-                .enumerate()
-                .all(|(i, d)| *d as usize == i)
-        );
-        assert!(
-            Outcome::ALL
-                .iter()
-                .enumerate()
-                .all(|(i, o)| *o as usize == i)
-        );
-        assert!(
-            EnforcedBy::ALL
-                .iter()
-                .enumerate()
-                .all(|(i, e)| *e as usize == i)
-        );
-        assert!(
-            DecisionLabel::ALL
-                .iter()
-                .enumerate()
-                .all(|(i, d)| *d as usize == i)
-        );
+        let in_order = |d: &[usize]| d.iter().copied().eq(0..d.len());
+        assert!(in_order(&Direction::ALL.map(|d| d as usize)));
+        assert!(in_order(&Outcome::ALL.map(|o| o as usize)));
+        assert!(in_order(&EnforcedBy::ALL.map(|e| e as usize)));
+        assert!(in_order(&DecisionLabel::ALL.map(|d| d as usize)));
     }
 }

@@ -9,10 +9,12 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use super::{AGENTS, PATHS};
+use super::{AGENTS, Options, PATHS, is_baseline};
 use crate::run;
 
 pub(super) struct RunningAgent {
+    /// The build it runs (this one, or `--baseline`): its CLI starts its jobs.
+    pub(super) bin: PathBuf,
     pub(super) child: Child,
     pub(super) config: PathBuf,
     pub(super) socket: PathBuf,
@@ -60,12 +62,7 @@ fn as_postgres(program: &Path) -> Command {
 }
 
 impl Environment {
-    pub(super) fn start(
-        scratch: &Path,
-        bin: &Path,
-        scale: u32,
-        workers: usize,
-    ) -> anyhow::Result<Self> {
+    pub(super) fn start(scratch: &Path, bin: &Path, options: &Options) -> anyhow::Result<Self> {
         let _ = fs::remove_dir_all(scratch);
         fs::create_dir_all(scratch)?;
         run(Command::new("chown").arg("postgres:postgres").arg(scratch))?;
@@ -81,21 +78,22 @@ impl Environment {
             agents: Vec::new(),
             pg_started: false,
         };
-        if let Err(error) = env.start_all(scale, workers) {
+        if let Err(error) = env.start_all(options) {
             env.stop();
             return Err(error);
         }
         Ok(env)
     }
 
-    fn start_all(&mut self, scale: u32, workers: usize) -> anyhow::Result<()> {
+    fn start_all(&mut self, options: &Options) -> anyhow::Result<()> {
+        let (scale, workers) = (options.scale, options.workers);
         let data = self.scratch.join("pgdata");
         run(as_postgres(&self.pg_bin.join("initdb"))
             .arg("-D")
             .arg(&data)
             .args(["--auth=trust", "-U", "postgres", "--no-sync"])
             .stdout(Stdio::null()))?;
-        let options = format!(
+        let server_options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=100 \
              -c shared_buffers=256MB -c fsync=off -c synchronous_commit=off",
             self.pg_port,
@@ -106,7 +104,7 @@ impl Environment {
             .arg(&data)
             .arg("-l")
             .arg(self.scratch.join("pg.log"))
-            .args(["-w", "-o", &options, "start"])
+            .args(["-w", "-o", &server_options, "start"])
             .stdout(Stdio::null()))?;
         self.pg_started = true;
         run(Command::new("pgbench")
@@ -177,6 +175,14 @@ impl Environment {
         );
 
         for (path, port, postgres, durable, kernel) in AGENTS {
+            let bin = if is_baseline(path) {
+                match &options.baseline {
+                    Some(baseline) => baseline.clone(),
+                    None => continue,
+                }
+            } else {
+                self.bin.clone()
+            };
             let name = format!("{path}-bench-{}", std::process::id());
             let dir = self.scratch.join(path);
             fs::create_dir_all(&dir)?;
@@ -206,7 +212,7 @@ impl Environment {
             );
             fs::write(&config_path, config)?;
             let log = fs::File::create(dir.join("agent.log"))?;
-            let child = Command::new(&self.bin)
+            let child = Command::new(&bin)
                 .arg("agent")
                 .arg("--config")
                 .arg(&config_path)
@@ -217,6 +223,7 @@ impl Environment {
             self.agents.push((
                 path,
                 RunningAgent {
+                    bin,
                     child,
                     config: config_path,
                     socket: socket.clone(),
@@ -232,6 +239,9 @@ impl Environment {
         }
         // Every path must answer before measuring.
         for path in PATHS {
+            if is_baseline(path) && options.baseline.is_none() {
+                continue;
+            }
             self.pgbench(path, &["-S", "-t", "10"], 0)?;
         }
         Ok(())
@@ -272,7 +282,7 @@ impl Environment {
         pgbench.push("postgres".to_owned());
         let agent = self.agents.iter().find(|(name, _)| *name == path);
         let mut cmd = if let Some((_, agent)) = agent {
-            let mut cmd = Command::new(&self.bin);
+            let mut cmd = Command::new(&agent.bin);
             cmd.env("TOLLGATE_CONTROL_SOCKET", &agent.socket)
                 .args(["run", "--label", "bench=pgbench", "--"])
                 .args(&pgbench);
@@ -306,7 +316,7 @@ impl Environment {
                 .arg(agent.child.id().to_string())
                 .status();
             let _ = agent.child.wait();
-            let _ = Command::new(&self.bin)
+            let _ = Command::new(&agent.bin)
                 .args(["agent", "--cleanup", "--config"])
                 .arg(&agent.config)
                 .stdout(Stdio::null())
