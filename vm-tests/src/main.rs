@@ -84,7 +84,47 @@ fn run() -> Result<bool, String> {
         child.pre_exec(|| sys::chroot("/host"));
     }
     let child = child.spawn().map_err(|e| format!("running /cmd: {e}"))?;
-    Ok(sys::reap_until(child.id()))
+    let ok = sys::reap_until(child.id());
+    report_traps();
+    Ok(ok)
+}
+
+/// Prints what the kernel logged of processes it killed for a fault (an invalid opcode,
+/// a segfault, ...): the console's `quiet` level hides those lines, and they name the
+/// instruction's address in its binary.
+fn report_traps() {
+    use std::io::{ErrorKind, Read as _};
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let Ok(mut kmsg) = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("/dev/kmsg")
+    else {
+        return;
+    };
+    // One record per read; EAGAIN at the end of the buffer.
+    let mut record = vec![0_u8; 8192];
+    loop {
+        match kmsg.read(&mut record) {
+            Ok(0) => return,
+            Ok(n) => {
+                let line = String::from_utf8_lossy(&record[..n]);
+                let text = line.split_once(';').map_or(line.as_ref(), |(_, t)| t);
+                if is_trap(text) {
+                    println!("init: kernel: {}", text.trim_end());
+                }
+            }
+            // A record overwritten while reading: go on with the next.
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+            Err(_) => return,
+        }
+    }
+}
+
+/// A kernel line about a user process killed for a fault.
+fn is_trap(text: &str) -> bool {
+    text.starts_with("traps: ") || text.contains(" segfault at ") || text.contains("invalid opcode")
 }
 
 fn mount(
@@ -116,4 +156,18 @@ fn load_modules(dir: &Path) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn fault_lines_are_told_from_others() {
+        assert!(super::is_trap(
+            "traps: tollgate[231] trap invalid opcode ip:55d0c0a1b2c3 sp:7ffd0 error:0 in tollgate[55d0c0000000+1000000]"
+        ));
+        assert!(super::is_trap(
+            "python3[77]: segfault at 0 ip 00007f sp 00007ffe error 4 in libc.so.6"
+        ));
+        assert!(!super::is_trap("virtio_net virtio0: eth0: renamed"));
+    }
 }
