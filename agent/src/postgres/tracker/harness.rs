@@ -27,6 +27,8 @@ pub struct Harness {
     pub(super) tracker: Tracker,
     finished: Vec<StatementRecord>,
     policy: PathBuf,
+    /// The policy text in force.
+    in_force: String,
     _writer: WriterHandle,
     _dir: tempfile::TempDir,
 }
@@ -101,6 +103,7 @@ impl Harness {
             tracker,
             finished: Vec::new(),
             policy: policy_file,
+            in_force: policy.to_owned(),
             _writer: writer,
             _dir: dir,
         })
@@ -129,14 +132,19 @@ impl Harness {
     pub fn reload(&mut self, policy: &str) -> anyhow::Result<()> {
         std::fs::write(&self.policy, policy)?;
         self.ctx.enforcer.reload()?;
+        policy.clone_into(&mut self.in_force);
         self.tracker.refresh(&self.ctx, &self.sql);
         Ok(())
     }
 
     /// A new session under `policy`, on the same enforcer and recorder (what a fuzz
     /// target does between two inputs instead of building everything again).
+    /// The policy is loaded again only when another is in force: parsing and validating
+    /// it is most of what an input would cost.
     pub fn restart(&mut self, policy: &str) -> anyhow::Result<()> {
-        self.reload(policy)?;
+        if self.in_force != policy {
+            self.reload(policy)?;
+        }
         self.tracker = Tracker::new(&self.ctx, &self.sql, ClientEncoding::default(), false);
         self.finished.clear();
         Ok(())
