@@ -280,7 +280,9 @@ pub fn run(pg: &Postgres, agent: Option<&Agent>, script: &Script, client: Client
         Client::TokioPostgres => {
             let job = serde_json::json!({ "dsn": dsn, "statements": script.statements() });
             (
-                vec![env!("CARGO_BIN_EXE_conformance_client").to_owned()],
+                vec![tollgate_e2e::helper(env!(
+                    "CARGO_BIN_EXE_conformance_client"
+                ))],
                 job.to_string().into_bytes(),
             )
         }

@@ -40,7 +40,7 @@ impl Runner {
             .expect("tempdir");
         fs::create_dir(dir.path().join("bin")).expect("bin dir");
         fs::copy(
-            env!("CARGO_BIN_EXE_fake-runner-worker"),
+            tollgate_e2e::helper(env!("CARGO_BIN_EXE_fake-runner-worker")),
             dir.path().join("bin/Runner.Worker"),
         )
         .expect("copying the fake worker");

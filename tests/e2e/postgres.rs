@@ -665,7 +665,10 @@ fn tokio_postgres_prepared_statements_through_tollgate() {
     let dsn = pg.dsn();
     let out = agent.run_job(
         &[("repository", "acme/api")],
-        &[env!("CARGO_BIN_EXE_tokio_pg_client"), &dsn],
+        &[
+            &tollgate_e2e::helper(env!("CARGO_BIN_EXE_tokio_pg_client")),
+            &dsn,
+        ],
     );
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
     let seen: Value = serde_json::from_str(stdout(&out).trim()).expect("the client's JSON");
@@ -716,7 +719,7 @@ fn a_reload_applies_to_statements_prepared_before_it() {
         .run_command(
             &[("repository", "acme/api")],
             &[
-                env!("CARGO_BIN_EXE_tokio_pg_client"),
+                &tollgate_e2e::helper(env!("CARGO_BIN_EXE_tokio_pg_client")),
                 &dsn,
                 "--across-reload",
             ],

@@ -2,15 +2,16 @@
 //! in the kernel with EPERM), carried by the relay when permitted, and recorded with its
 //! datagrams and bytes each way. The same probe runs directly for the paired control:
 //! what a permitted flow shows the job is what it shows the probe outside a job.
-use std::{process::Command, time::Duration};
+use std::{process::Command, sync::LazyLock, time::Duration};
 
-use tollgate::record::DecisionLabel;
-use tollgate::record::UdpFlowRecord;
+use tollgate::record::{DecisionLabel, UdpFlowRecord};
 use tollgate_e2e::{
     Agent, netns::NetnsHost, output, require_root, servers::Server, stderr, stdout, wait_for,
 };
 
-const PROBE: &str = env!("CARGO_BIN_EXE_udp_probe");
+/// The UDP probe (tests/src/bin/udp_probe.rs).
+static PROBE: LazyLock<String> =
+    LazyLock::new(|| tollgate_e2e::helper(env!("CARGO_BIN_EXE_udp_probe")));
 
 /// An echo server outside every job, on `bind` (port 0: any free one).
 struct Echo {
@@ -20,7 +21,7 @@ struct Echo {
 
 impl Echo {
     fn start(bind: &str) -> Self {
-        let mut child = Command::new(PROBE)
+        let mut child = Command::new(&*PROBE)
             .args(["echo", bind])
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -49,11 +50,11 @@ impl Drop for Echo {
 }
 
 fn probe(agent: Option<&Agent>, args: &[&str]) -> String {
-    let mut argv = vec![PROBE];
+    let mut argv = vec![PROBE.as_str()];
     argv.extend_from_slice(args);
     let out = match agent {
         Some(agent) => agent.run_job(&[("repository", "acme/api")], &argv),
-        None => output(Command::new(PROBE).args(args)),
+        None => output(Command::new(&*PROBE).args(args)),
     };
     assert!(out.status.success(), "{args:?}: {}", stderr(&out));
     stdout(&out)
@@ -85,9 +86,10 @@ fn udp_is_refused_in_the_kernel_until_a_policy_permits_it() {
     // In one job: the datagram, a connected UDP socket and QUIC's port are refused at
     // once (EPERM, so clients fall back), while TCP to a server works.
     let script = format!(
-        "{PROBE} sendto {dest} 1; {PROBE} connect {dest} 1; {PROBE} sendto 127.0.0.1:443 1; \
+        "{probe} sendto {dest} 1; {probe} connect {dest} 1; {probe} sendto 127.0.0.1:443 1; \
          curl -sS http://127.0.0.1:{}/",
-        http.port()
+        http.port(),
+        probe = *PROBE,
     );
     let out = agent.run_job(&[("repository", "acme/api")], &["sh", "-c", &script]);
     let text = stdout(&out);
@@ -148,7 +150,7 @@ fn permitted_udp_is_relayed_as_if_direct_and_other_udp_is_denied() {
     let other = Echo::start("127.0.0.1:0");
     let mut netns = NetnsHost::create(13);
     let remote = format!("{}:{port}", netns.peer_ip);
-    netns.spawn(PROBE, &["echo", &remote]);
+    netns.spawn(&PROBE, &["echo", &remote]);
     wait_for(
         "the echo server in the netns",
         Duration::from_secs(10),
@@ -190,7 +192,10 @@ fn permitted_udp_is_relayed_as_if_direct_and_other_udp_is_denied() {
     // Another port: the first datagram is dropped by the relay, the next are refused
     // in the kernel; the paired allowed flow in the same job works.
     let denied = other.addr.to_string();
-    let script = format!("{PROBE} sendto {denied} 3; {PROBE} sendto {v4} 1");
+    let script = format!(
+        "{probe} sendto {denied} 3; {probe} sendto {v4} 1",
+        probe = *PROBE
+    );
     let out = agent.run_job(&[("repository", "acme/api")], &["sh", "-c", &script]);
     let text = stdout(&out);
     assert!(
@@ -298,7 +303,7 @@ fn flows_beyond_max_flows_are_refused_and_counted_not_kept() {
     // One process, four destinations, one datagram each: two flows fit.
     let script = echoes
         .iter()
-        .map(|e| format!("{PROBE} sendto {} 1", e.addr))
+        .map(|e| format!("{} sendto {} 1", *PROBE, e.addr))
         .collect::<Vec<_>>()
         .join("; ");
     let out = agent.run_job(&[("repository", "acme/api")], &["sh", "-c", &script]);
@@ -343,7 +348,7 @@ fn a_flow_that_reached_its_destination_survives_an_agent_kill() {
             std::fs::create_dir_all(dir).expect("policy dir");
             std::fs::write(dir.join("udp.cedar"), &policy).expect("policy");
         });
-    let script = format!("{PROBE} sendto {} 1; exec sleep 60", echo.addr);
+    let script = format!("{} sendto {} 1; exec sleep 60", *PROBE, echo.addr);
     let mut job = agent
         .run_command(&[("repository", "acme/api")], &["sh", "-c", &script])
         .stdout(std::process::Stdio::piped())

@@ -371,7 +371,8 @@ impl Agent {
         let out = output(self.tollgate().args(args));
         assert!(
             out.status.success(),
-            "tollgate {args:?} failed: {}",
+            "tollgate {args:?} failed ({}): {}",
+            out.status,
             stderr(&out)
         );
         serde_json::from_str(&stdout(&out)).unwrap_or_else(|e| {

@@ -18,6 +18,20 @@ pub use agent::{Agent, NOBODY, Tables, agent_as_nobody};
 pub use postgres::postgres;
 
 /// Whether this is CI (`CI=true`), where a missing capability fails instead of skipping.
+/// A helper binary of this package, given where cargo built it
+/// (`env!("CARGO_BIN_EXE_…")`): under `TOLLGATE_E2E_HELPERS` when that is set. vm-test
+/// sets it to its snapshot of the binaries, which a rebuild on the host cannot change
+/// under a running guest (the guest reads the host's files over 9p).
+pub fn helper(built: &str) -> String {
+    match (
+        std::env::var_os("TOLLGATE_E2E_HELPERS"),
+        std::path::Path::new(built).file_name(),
+    ) {
+        (Some(dir), Some(name)) => std::path::Path::new(&dir).join(name).display().to_string(),
+        _ => built.to_owned(),
+    }
+}
+
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }

@@ -86,6 +86,11 @@ pub fn vm_test(root: &Path, options: &Options) -> anyhow::Result<()> {
     };
     let init = build_init(root)?;
     let (e2e, agent) = build_tests(root)?;
+    // The guests run copies: they read the host's files over 9p, and a binary rebuilt
+    // on the host while a guest runs it is changed under it (seen as segfaults and
+    // SIGILLs at garbage addresses in the agent, the CLI and the test binary).
+    let snapshot = Snapshot::take(root, &[&e2e, &agent])?;
+    let (e2e, agent) = (snapshot.path(&e2e), snapshot.path(&agent));
     let accel = accelerator();
     eprintln!("xtask: vm-test: qemu with {accel}");
     let logs = root.join("target/vm-tests/logs");
@@ -175,6 +180,56 @@ fn build_init(root: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// The e2e test executable and the agent it tests, built on the host.
+/// The binaries a run's guests execute, copied out of the target directory for the run,
+/// with the e2e package's helper binaries (`TOLLGATE_E2E_HELPERS`); removed when the
+/// run ends.
+struct Snapshot {
+    dir: PathBuf,
+}
+
+/// The e2e package's helper binaries (its `[[bin]]`s).
+const HELPERS: [&str; 4] = [
+    "fake-runner-worker",
+    "tokio_pg_client",
+    "conformance_client",
+    "udp_probe",
+];
+
+impl Snapshot {
+    fn take(root: &Path, binaries: &[&Path]) -> anyhow::Result<Self> {
+        let dir = root
+            .join("target/vm-tests/bin")
+            .join(std::process::id().to_string());
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir)?;
+        let snapshot = Self { dir };
+        let debug = root.join("target/debug");
+        let helpers = HELPERS.map(|name| debug.join(name));
+        for binary in binaries
+            .iter()
+            .copied()
+            .chain(helpers.iter().map(PathBuf::as_path))
+        {
+            let to = snapshot.path(binary);
+            fs::copy(binary, &to)
+                .with_context(|| format!("copying {} to {}", binary.display(), to.display()))?;
+        }
+        Ok(snapshot)
+    }
+
+    /// Where the copy of `binary` is.
+    fn path(&self, binary: &Path) -> PathBuf {
+        self.dir
+            .join(binary.file_name().unwrap_or(binary.as_os_str()))
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
 fn build_tests(root: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     let agent = crate::build(root, false)?;
     let out = cargo(root)
@@ -235,10 +290,11 @@ fn guest_command(root: &Path, e2e: &Path, agent: &Path, options: &Options) -> St
         .unwrap_or_default();
     format!(
         "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-         HOME=/root CI=true TOLLGATE_BIN='{agent}' && ip link set lo up && {uplink} && {scratch} && \
+         HOME=/root CI=true TOLLGATE_BIN='{agent}' TOLLGATE_E2E_HELPERS='{helpers}' && ip link set lo up && {uplink} && {scratch} && \
          cd '{tests}' && '{e2e}' --test-threads=1 --nocapture{filter}",
         tests = root.join("tests").display(),
         agent = agent.display(),
+        helpers = agent.parent().unwrap_or(Path::new("/")).display(),
         uplink = UPLINK,
         scratch = CHROOT_SCRATCH
             .iter()
