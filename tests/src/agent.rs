@@ -410,20 +410,30 @@ impl Agent {
         n: usize,
         ended: bool,
     ) -> Vec<ConnectionRecord> {
-        wait_for(
-            &format!("{n} recorded sessions (job {job:?}, ended: {ended})"),
-            // Longer for more: a vm-test guest under TCG records thousands of sessions
-            // several times slower than a host.
-            Duration::from_secs(20) + Duration::from_millis(10) * n as u32,
-            || {
-                let sessions = self.sessions(job);
-                let count = sessions
-                    .iter()
-                    .filter(|s| !ended || s.ended_at.is_some())
-                    .count();
-                (count >= n).then_some(sessions)
-            },
-        )
+        // Longer for more: a vm-test guest under TCG records thousands of sessions
+        // several times slower than a host.
+        let timeout = Duration::from_secs(20) + Duration::from_millis(10) * n as u32;
+        let start = std::time::Instant::now();
+        loop {
+            let sessions = self.sessions(job);
+            let count = sessions
+                .iter()
+                .filter(|s| !ended || s.ended_at.is_some())
+                .count();
+            if count >= n {
+                return sessions;
+            }
+            // Says how far it got: slow and lost are different findings.
+            assert!(
+                start.elapsed() < timeout,
+                "timed out after {timeout:?} waiting for {n} recorded sessions (job {job:?}, \
+                 ended: {ended}): {count} of {} on record; intercepted {}, kernel-path hits {}",
+                sessions.len(),
+                self.metric("tollgate_proxy_intercepted_total"),
+                self.metric("tollgate_kernel_verdicts_connects_total{outcome=\"hit\"}"),
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// One recorded connection with its statements (`tollgate sessions show`).
