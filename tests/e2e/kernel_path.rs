@@ -53,16 +53,15 @@ fn with_policy(policy: &str) -> Agent {
     })
 }
 
-fn paths(sessions: &[ConnectionRecord]) -> (usize, usize) {
-    let kernel = sessions
-        .iter()
-        .filter(|s| s.path.as_deref() == Some("kernel"))
-        .count();
-    let proxy = sessions
-        .iter()
-        .filter(|s| s.path.as_deref() == Some("proxy"))
-        .count();
-    (proxy, kernel)
+/// How many of `sessions` took the proxy path and how many the kernel path.
+fn paths<'a>(sessions: impl IntoIterator<Item = &'a ConnectionRecord>) -> (usize, usize) {
+    sessions
+        .into_iter()
+        .fold((0, 0), |(proxy, kernel), s| match s.path.as_deref() {
+            Some("proxy") => (proxy + 1, kernel),
+            Some("kernel") => (proxy, kernel + 1),
+            _ => (proxy, kernel),
+        })
 }
 
 #[test]
@@ -377,7 +376,7 @@ fn two_jobs_of_5000_short_connections_are_all_attributed_and_the_maps_empty_afte
         assert_eq!(mine.len(), 5_000, "{repo}");
         let pid = &mine[0].pid;
         assert!(mine.iter().all(|s| &s.pid == pid), "{repo}: misattributed");
-        let (proxy, kernel) = paths(&mine.iter().map(|s| (*s).clone()).collect::<Vec<_>>());
+        let (proxy, kernel) = paths(mine.iter().copied());
         // The first took the proxy path; its verdict took the rest (but fallbacks).
         assert!(
             proxy >= 1 && proxy + kernel == 5_000,
@@ -455,12 +454,15 @@ fn an_attest_that_changes_the_principal_drops_the_jobs_verdicts() {
     let sessions = agent.wait_sessions(None, 4);
     // One python before the attest and one after: each had its first connection proxied.
     for assurance in [Assurance::HostAsserted, Assurance::OidcVerified] {
-        let mine: Vec<ConnectionRecord> = sessions
+        let mine: Vec<&ConnectionRecord> = sessions
             .iter()
             .filter(|s| s.assurance == Some(assurance))
-            .cloned()
             .collect();
-        assert_eq!(paths(&mine), (1, 1), "{assurance:?}: {sessions:#?}");
+        assert_eq!(
+            paths(mine.iter().copied()),
+            (1, 1),
+            "{assurance:?}: {sessions:#?}"
+        );
         assert_eq!(mine[0].pid, mine[1].pid, "{sessions:#?}");
     }
     assert!(agent.metric("tollgate_kernel_verdicts_dropped_total{reason=\"job\"}") >= 2.0);

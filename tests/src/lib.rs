@@ -17,7 +17,6 @@ use std::{
 pub use agent::{Agent, NOBODY, Tables, agent_as_nobody};
 pub use postgres::postgres;
 
-/// Whether this is CI (`CI=true`), where a missing capability fails instead of skipping.
 /// A helper binary of this package, given where cargo built it
 /// (`env!("CARGO_BIN_EXE_…")`): under `TOLLGATE_E2E_HELPERS` when that is set. vm-test
 /// sets it to its snapshot of the binaries, which a rebuild on the host cannot change
@@ -32,6 +31,7 @@ pub fn helper(built: &str) -> String {
     }
 }
 
+/// Whether this is CI (`CI=true`), where a missing capability fails instead of skipping.
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
@@ -100,16 +100,25 @@ pub fn first_line(child: &mut std::process::Child) -> String {
 }
 
 /// Polls `check` until it returns Some, or panics with `what` after `timeout`.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for<T>(what: &str, timeout: Duration, check: impl FnMut() -> Option<T>) -> T {
+    wait_for_or(what, timeout, check, String::new)
+}
+
+/// [`wait_for`], whose panic adds what `report` says of how far it got.
+pub fn wait_for_or<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Option<T>,
+    report: impl FnOnce() -> String,
+) -> T {
     let start = Instant::now();
     loop {
         if let Some(value) = check() {
             return value;
         }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        if start.elapsed() >= timeout {
+            panic!("timed out after {timeout:?} waiting for {what}{}", report());
+        }
         std::thread::sleep(Duration::from_millis(25));
     }
 }

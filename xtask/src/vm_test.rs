@@ -85,11 +85,11 @@ pub fn vm_test(root: &Path, options: &Options) -> anyhow::Result<()> {
             .collect::<anyhow::Result<_>>()?,
     };
     let init = build_init(root)?;
-    let (e2e, agent) = build_tests(root)?;
+    let (e2e, agent, helpers) = build_tests(root)?;
     // The guests run copies: they read the host's files over 9p, and a binary rebuilt
     // on the host while a guest runs it is changed under it (seen as segfaults and
     // SIGILLs at garbage addresses in the agent, the CLI and the test binary).
-    let snapshot = Snapshot::take(root, &[&e2e, &agent])?;
+    let snapshot = Snapshot::take(root, [&e2e, &agent].into_iter().chain(&helpers))?;
     let (e2e, agent) = (snapshot.path(&e2e), snapshot.path(&agent));
     let accel = accelerator();
     eprintln!("xtask: vm-test: qemu with {accel}");
@@ -187,29 +187,18 @@ struct Snapshot {
     dir: PathBuf,
 }
 
-/// The e2e package's helper binaries (its `[[bin]]`s).
-const HELPERS: [&str; 4] = [
-    "fake-runner-worker",
-    "tokio_pg_client",
-    "conformance_client",
-    "udp_probe",
-];
-
 impl Snapshot {
-    fn take(root: &Path, binaries: &[&Path]) -> anyhow::Result<Self> {
+    fn take<'a>(
+        root: &Path,
+        binaries: impl IntoIterator<Item = &'a PathBuf>,
+    ) -> anyhow::Result<Self> {
         let dir = root
             .join("target/vm-tests/bin")
             .join(std::process::id().to_string());
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir)?;
         let snapshot = Self { dir };
-        let debug = root.join("target/debug");
-        let helpers = HELPERS.map(|name| debug.join(name));
-        for binary in binaries
-            .iter()
-            .copied()
-            .chain(helpers.iter().map(PathBuf::as_path))
-        {
+        for binary in binaries {
             let to = snapshot.path(binary);
             fs::copy(binary, &to)
                 .with_context(|| format!("copying {} to {}", binary.display(), to.display()))?;
@@ -230,7 +219,9 @@ impl Drop for Snapshot {
     }
 }
 
-fn build_tests(root: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+/// Builds the agent and the e2e tests: the e2e binary, the agent, and the e2e package's
+/// helper binaries (its `[[bin]]`s), as cargo names them.
+fn build_tests(root: &Path) -> anyhow::Result<(PathBuf, PathBuf, Vec<PathBuf>)> {
     let agent = crate::build(root, false)?;
     let out = cargo(root)
         .args([
@@ -249,19 +240,24 @@ fn build_tests(root: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
         bail!("building the e2e tests failed");
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    let e2e = text
-        .lines()
-        .filter(|l| {
-            l.contains("\"reason\":\"compiler-artifact\"")
-                && l.contains("\"kind\":[\"test\"]")
-                && l.contains("\"name\":\"e2e\"")
-        })
-        .find_map(|l| {
-            let rest = l.split("\"executable\":\"").nth(1)?;
-            Some(PathBuf::from(rest.split('"').next()?))
-        })
+    // Executables cargo built whose artifact line says all of `marks` (the package's
+    // own: the dependencies are libraries).
+    let executables = |marks: &'static [&'static str]| {
+        text.lines()
+            .filter(move |l| {
+                l.contains("\"reason\":\"compiler-artifact\"")
+                    && marks.iter().all(|mark| l.contains(mark))
+            })
+            .filter_map(|l| {
+                let rest = l.split("\"executable\":\"").nth(1)?;
+                Some(PathBuf::from(rest.split('"').next()?))
+            })
+    };
+    let e2e = executables(&["\"kind\":[\"test\"]", "\"name\":\"e2e\""])
+        .next()
         .context("cargo named no e2e test executable")?;
-    Ok((e2e, agent))
+    let helpers = executables(&["\"kind\":[\"bin\"]"]).collect();
+    Ok((e2e, agent, helpers))
 }
 
 /// The shell command the guest runs: the suite, as `cargo xtask test` runs it.
