@@ -93,3 +93,95 @@ fn two_concurrent_jobs_make_5000_connections_each_without_misattribution() {
     );
     assert_metrics_match_records(&agent);
 }
+
+/// Two connections from one source port, to two destinations, while the proxy is
+/// stopped: the second reuses the first's port (its TIME_WAIT) before the proxy accepted
+/// the first. A proxy that lags on a busy host meets the same. Each is recorded with its
+/// own destination, none unattributed: a newer connection does not take the place of an
+/// older one that still waits with the same tuple.
+const REUSE_CLIENT: &str = "\
+import os, socket, sys, time
+go, first, second = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+probe = socket.socket()
+probe.bind(('127.0.0.1', 0))
+port = probe.getsockname()[1]
+probe.close()
+while not os.path.exists(go):
+    time.sleep(0.01)
+for dst in (first, second):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(('127.0.0.1', port))
+    s.settimeout(30)
+    s.connect(('127.0.0.1', dst))
+    s.sendall(b'x')
+    s.close()
+    # The close becomes a TIME_WAIT once the FIN is acknowledged.
+    time.sleep(0.5)
+print(os.environ['TOLLGATE_JOB_ID'])
+print(port)
+";
+
+#[test]
+fn a_source_port_reused_before_the_proxy_accepted_keeps_each_connection_its_own_record() {
+    if !require_root() {
+        return;
+    }
+    let (first, second) = (Server::sink("127.0.0.1:0"), Server::sink("127.0.0.1:0"));
+    let agent = Agent::start_with_proxy("kernel_verdicts = false");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let go = dir.path().join("go");
+    let go_arg = go.to_string_lossy().into_owned();
+    let ports = [first.port().to_string(), second.port().to_string()];
+    let child = agent
+        .run_command(
+            &[("job", "reuse")],
+            &["python3", "-c", REUSE_CLIENT, &go_arg, &ports[0], &ports[1]],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tollgate run");
+    // The job is running (its client waits for `go`); the proxy stops accepting.
+    wait_for("the job", Duration::from_secs(20), || {
+        (!agent.jobs().is_empty()).then_some(())
+    });
+    agent.signal(libc::SIGSTOP);
+    std::fs::write(&go, b"").expect("go");
+    // Long enough for the second connect to be made, past the kernel's 1 s SYN retry.
+    std::thread::sleep(Duration::from_secs(3));
+    agent.signal(libc::SIGCONT);
+    let out = child.wait_with_output().expect("tollgate run");
+    assert!(out.status.success(), "client failed: {}", stderr(&out));
+    let text = stdout(&out);
+    let mut lines = text.lines();
+    let job_id = lines.next().expect("job id");
+    let source = format!("127.0.0.1:{}", lines.next().expect("port"));
+    let sessions = agent.wait_sessions(Some(job_id), 2);
+    let mut destinations: Vec<String> = sessions
+        .iter()
+        .map(|s| {
+            assert_eq!(s.source, source, "{s:?}");
+            assert!(s.attributed, "{s:?}");
+            s.destination.clone().unwrap_or_default()
+        })
+        .collect();
+    destinations.sort();
+    let mut expected = vec![
+        format!("127.0.0.1:{}", first.port()),
+        format!("127.0.0.1:{}", second.port()),
+    ];
+    expected.sort();
+    assert_eq!(
+        destinations, expected,
+        "each connection its own destination"
+    );
+    assert_eq!(agent.metric("tollgate_proxy_unattributed_total"), 0.0);
+    wait_for("an empty tuple map", Duration::from_secs(10), || {
+        agent
+            .status()
+            .maps
+            .is_some_and(|m| m.conn_by_tuple == 0)
+            .then_some(())
+    });
+}

@@ -5,8 +5,8 @@ use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use tollgate_common::{
     CONN_MAP_CAPACITY, ConnInfo, Counter, MAP_CONN_BY_COOKIE, MAP_CONN_BY_TUPLE, MAP_COUNTERS,
     MAP_JOB_SOCKETS, MAP_SETTINGS, MAP_SOCK_ALLOW, MAP_UDP_BY_TUPLE, MAP_UDP_DENIED,
-    MAP_UDP_RELAY_PEER, MAP_UDP_RELAY_PORT, SOCK_ALLOW_CAPACITY, Settings, SockKind, TupleKey,
-    UdpDenyKey,
+    MAP_UDP_RELAY_PEER, MAP_UDP_RELAY_PORT, PendingKey, SOCK_ALLOW_CAPACITY, Settings, SockKind,
+    TUPLE_SLOTS, TupleKey, UdpDenyKey,
 };
 
 use super::{BpfError, syscall};
@@ -267,12 +267,38 @@ impl ConnMaps {
         Ok(())
     }
 
-    /// Takes (looks up and deletes, atomically where the kernel can) the entry for the
-    /// client tuple an accepted connection came from.
-    pub fn take(&self, key: &TupleKey) -> io::Result<Option<ConnInfo>> {
+    /// Takes (looks up and deletes, atomically where the kernel can) the entry of the
+    /// connection the proxy accepted from `tuple`: the oldest one waiting with that
+    /// tuple, since the listener accepts in the order the connections arrived. Slot 0
+    /// holds that one, unless a client reused its port while an earlier connection with
+    /// it still waited (see [`PendingKey`]); then the slots are searched.
+    pub fn take(&self, tuple: &TupleKey) -> io::Result<Option<ConnInfo>> {
         let data =
             data(&self.tuple).ok_or_else(|| io::Error::other("CONN_BY_TUPLE is not a hash map"))?;
-        syscall::lookup_and_delete(data.fd().as_fd(), key)
+        let fd = data.fd().as_fd();
+        let first = PendingKey {
+            tuple: *tuple,
+            slot: 0,
+        };
+        if let Some(info) = syscall::lookup_and_delete(fd, &first)? {
+            return Ok(Some(info));
+        }
+        let mut oldest: Option<(PendingKey, ConnInfo)> = None;
+        for slot in 1..TUPLE_SLOTS {
+            let key = PendingKey {
+                tuple: *tuple,
+                slot,
+            };
+            if let Some(info) = syscall::lookup::<PendingKey, ConnInfo>(fd, &key)?
+                && oldest.is_none_or(|(_, o)| info.ktime_ns < o.ktime_ns)
+            {
+                oldest = Some((key, info));
+            }
+        }
+        match oldest {
+            Some((key, _)) => syscall::lookup_and_delete(fd, &key),
+            None => Ok(None),
+        }
     }
 
     pub(super) fn write_settings(&mut self, settings: Settings) -> Result<(), BpfError> {
@@ -285,7 +311,7 @@ impl ConnMaps {
     pub fn occupancy(&self) -> Result<MapOccupancy, BpfError> {
         let cookie: HashMap<&MapData, u64, ConnInfo> =
             HashMap::try_from(&self.cookie).map_err(map_err(MAP_CONN_BY_COOKIE))?;
-        let tuple: HashMap<&MapData, TupleKey, ConnInfo> =
+        let tuple: HashMap<&MapData, PendingKey, ConnInfo> =
             HashMap::try_from(&self.tuple).map_err(map_err(MAP_CONN_BY_TUPLE))?;
         Ok(MapOccupancy {
             conn_by_cookie: cookie.keys().filter(Result::is_ok).count(),
@@ -312,19 +338,25 @@ impl ConnMaps {
     /// Removes tuple entries that no accept() claimed within `max_age` (the client went
     /// away before the proxy could accept). Returns how many were removed.
     pub fn expire_stale(&self, max_age: Duration) -> Result<usize, BpfError> {
-        let tuple: HashMap<&MapData, TupleKey, ConnInfo> =
+        let tuple: HashMap<&MapData, PendingKey, ConnInfo> =
             HashMap::try_from(&self.tuple).map_err(map_err(MAP_CONN_BY_TUPLE))?;
         let now = monotonic_ns();
         let max_age = u64::try_from(max_age.as_nanos()).unwrap_or(u64::MAX);
-        let stale: Vec<TupleKey> = tuple
+        let stale: Vec<PendingKey> = tuple
             .iter()
             .filter_map(Result::ok)
             .filter(|(_, info)| now.saturating_sub(info.ktime_ns) > max_age)
             .map(|(key, _)| key)
             .collect();
+        let data = data(&self.tuple).ok_or_else(|| BpfError::Missing(MAP_CONN_BY_TUPLE))?;
+        let fd = data.fd().as_fd();
         let mut removed = 0;
         for key in stale {
-            if self.take(&key).ok().flatten().is_some() {
+            if syscall::lookup_and_delete(fd, &key)
+                .ok()
+                .flatten()
+                .is_some()
+            {
                 removed += 1;
             }
         }

@@ -7,7 +7,7 @@ use std::{
     os::fd::{AsRawFd as _, BorrowedFd},
 };
 
-use tollgate_common::{ConnInfo, TupleKey};
+use tollgate_common::ConnInfo;
 
 /// The kernel's internal ENOTSUPP, which some bpf commands leak to userspace.
 const ENOTSUPP: i32 = 524;
@@ -60,12 +60,12 @@ pub(super) unsafe fn raw_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<l
     }
 }
 
-pub fn lookup_and_delete(map: BorrowedFd<'_>, key: &TupleKey) -> io::Result<Option<ConnInfo>> {
+pub fn lookup_and_delete<K: Plain>(map: BorrowedFd<'_>, key: &K) -> io::Result<Option<ConnInfo>> {
     let mut value = MaybeUninit::<ConnInfo>::zeroed();
     let mut attr = MapElemAttr {
         map_fd: map.as_raw_fd() as u32,
         _pad: 0,
-        key: key as *const TupleKey as u64,
+        key: key as *const K as u64,
         value: value.as_mut_ptr() as u64,
         flags: 0,
     };
@@ -81,7 +81,7 @@ pub fn lookup_and_delete(map: BorrowedFd<'_>, key: &TupleKey) -> io::Result<Opti
                 Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP)
             ) =>
         {
-            let Some(info) = lookup::<TupleKey, ConnInfo>(map, key)? else {
+            let Some(info) = lookup::<K, ConnInfo>(map, key)? else {
                 return Ok(None);
             };
             Ok(delete(map, key)?.then_some(info))

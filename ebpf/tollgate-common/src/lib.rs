@@ -17,7 +17,7 @@ pub const CONN_MAP_CAPACITY: u32 = 65_536;
 
 /// Name of the map from socket cookie to [`ConnInfo`] (live job sockets).
 pub const MAP_CONN_BY_COOKIE: &str = "CONN_BY_COOKIE";
-/// Name of the map from client tuple ([`TupleKey`]) to [`ConnInfo`] (awaiting accept).
+/// Name of the map from client tuple ([`PendingKey`]) to [`ConnInfo`] (awaiting accept).
 pub const MAP_CONN_BY_TUPLE: &str = "CONN_BY_TUPLE";
 /// Name of the settings array ([`Settings`], one entry).
 pub const MAP_SETTINGS: &str = "SETTINGS";
@@ -90,7 +90,7 @@ pub const KERNEL_LOG_INFO: u16 = 3;
 
 /// Version of the layout of the maps and programs. The agent refuses to adopt pins
 /// written by a build with another version.
-pub const ABI_VERSION: u32 = 6;
+pub const ABI_VERSION: u32 = 7;
 
 /// A connection the connect hook redirected to the proxy.
 pub const PATH_PROXY: u16 = 0;
@@ -247,6 +247,23 @@ pub struct TupleKey {
     pub port: u32,
     /// Network byte order; for `AF_INET`, only `ip[0]` is set.
     pub ip: [u32; 4],
+}
+
+/// How many connections from one client tuple can wait for the proxy's accept at once.
+/// A client may reuse its source port (TIME_WAIT reuse on loopback) while the proxy has
+/// yet to accept the connection that used it before, when the proxy lags by a second or
+/// more; each waiting connection keeps its own record, in a slot of its own.
+pub const TUPLE_SLOTS: u32 = 4;
+
+/// The key of [`MAP_CONN_BY_TUPLE`]: a client tuple, and its slot. Slot 0 holds a
+/// connection that found no other one waiting with its tuple, so when slot 0 is taken it
+/// is the oldest one waiting; a connection that found others waiting takes the first
+/// free slot above 0, and the proxy then takes the oldest (by connect time) of them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PendingKey {
+    pub tuple: TupleKey,
+    pub slot: u32,
 }
 
 /// A job cgroup and a destination: the key of [`MAP_REFUSED_DST`].
@@ -526,6 +543,8 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::TupleKey {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for super::PendingKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::Settings {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SockKind {}
@@ -568,6 +587,7 @@ mod tests {
         );
         assert_eq!(align_of::<ConnInfo>(), 8);
         assert_eq!(size_of::<TupleKey>(), 24);
+        assert_eq!(size_of::<PendingKey>(), 28);
         assert_eq!(size_of::<Settings>(), 32);
         assert_eq!(size_of::<UdpDenyKey>(), 32);
         assert_eq!(size_of::<SockKind>(), 12);

@@ -6,7 +6,7 @@ use core::ptr::addr_of;
 
 use aya_ebpf::{
     bindings::{
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+        BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
         BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
         BPF_TCP_CLOSE, BPF_TCP_SYN_SENT,
     },
@@ -15,7 +15,8 @@ use aya_ebpf::{
     programs::SockOpsContext,
 };
 use tollgate_common::{
-    AF_INET, AF_INET6, ConnInfo, Counter, EventKind, KernelConnEvent, PATH_KERNEL, TupleKey,
+    AF_INET, AF_INET6, ConnInfo, Counter, EventKind, KernelConnEvent, PATH_KERNEL, PendingKey,
+    TUPLE_SLOTS, TupleKey,
 };
 
 use crate::{
@@ -61,8 +62,13 @@ fn on_connect(ctx: &SockOpsContext) -> Result<u32, u32> {
         let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
         return Ok(DONE);
     }
-    let key = local_tuple(ctx);
-    if CONN_BY_TUPLE.insert(key, info, 0).is_err() {
+    let inserted = match free_slot(local_tuple(ctx)) {
+        Some(key) => CONN_BY_TUPLE
+            .insert(key, info, u64::from(BPF_NOEXIST))
+            .is_ok(),
+        None => false,
+    };
+    if !inserted {
         // The proxy will find no entry and refuse the connection (fail closed).
         crate::rare::insert_failed(Counter::TupleInsertFailed, "CONN_BY_TUPLE", info.cgroup_id);
         return Ok(DONE);
@@ -136,12 +142,42 @@ fn on_state(ctx: &SockOpsContext) -> Result<u32, u32> {
         return Ok(DONE);
     }
     if old == BPF_TCP_SYN_SENT && new == BPF_TCP_CLOSE {
-        let key = local_tuple(ctx);
-        if CONN_BY_TUPLE.remove(key).is_ok() {
-            count(Counter::TupleReleasedUnaccepted);
+        // SAFETY: the cookie helper is allowed in sock_ops programs.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+        let tuple = local_tuple(ctx);
+        for slot in 0..TUPLE_SLOTS {
+            let key = PendingKey { tuple, slot };
+            // SAFETY: the value is read at once, not kept.
+            let ours = unsafe { CONN_BY_TUPLE.get(key) }.is_some_and(|info| info.cookie == cookie);
+            if ours && CONN_BY_TUPLE.remove(key).is_ok() {
+                count(Counter::TupleReleasedUnaccepted);
+                break;
+            }
         }
     }
     Ok(DONE)
+}
+
+/// The slot for a new connection from `tuple` ([`PendingKey`]): 0 when no other one
+/// waits with it, else the first free one above 0; none when every slot is taken.
+#[inline(always)]
+fn free_slot(tuple: TupleKey) -> Option<PendingKey> {
+    let mut free = None;
+    let mut waiting = false;
+    for slot in 0..TUPLE_SLOTS {
+        let key = PendingKey { tuple, slot };
+        // SAFETY: only the entry's presence is read.
+        if unsafe { CONN_BY_TUPLE.get(key) }.is_some() {
+            waiting = true;
+        } else if slot > 0 && free.is_none() {
+            free = Some(key);
+        }
+    }
+    if waiting {
+        free
+    } else {
+        Some(PendingKey { tuple, slot: 0 })
+    }
 }
 
 /// The client's (family, local ip, local port), canonical as the proxy's accept() sees it.

@@ -78,10 +78,29 @@ impl Agent {
             // How far it got: slow and lost are different findings.
             || {
                 let (counted, all) = last.get();
+                let metrics = self.metrics();
+                // Where records could have gone: dropped by a full queue, ended as lost,
+                // still live on the kernel path, or events the ring could not take.
+                let telling: Vec<&str> = metrics
+                    .lines()
+                    .filter(|l| !l.starts_with('#'))
+                    .filter(|l| {
+                        [
+                            "tollgate_proxy_intercepted_total",
+                            "tollgate_proxy_unattributed_total",
+                            "tollgate_kernel_verdicts_connects_total",
+                            "tollgate_kernel_connections_live",
+                            "tollgate_recording_",
+                            "tollgate_bpf_events_total",
+                        ]
+                        .iter()
+                        .any(|name| l.starts_with(name))
+                    })
+                    .collect();
                 format!(
-                    ": {counted} of {all} on record; intercepted {}, kernel-path hits {}",
-                    self.metric("tollgate_proxy_intercepted_total"),
-                    self.metric("tollgate_kernel_verdicts_connects_total{outcome=\"hit\"}"),
+                    ": {counted} of {all} on record; {}; {}",
+                    unattributed(&self.sessions(None)),
+                    telling.join("; "),
                 )
             },
         )
@@ -190,4 +209,49 @@ impl Agent {
             }
         }
     }
+}
+
+/// What became of connections missing from a job's records: the unattributed records,
+/// and how many share their source with an attributed record (a source port reused
+/// while the proxy had yet to accept the connection that used it before).
+fn unattributed(all: &[ConnectionRecord]) -> String {
+    let (lost, attributed): (Vec<&ConnectionRecord>, Vec<&ConnectionRecord>) =
+        all.iter().partition(|s| !s.attributed);
+    let shared: Vec<(&ConnectionRecord, Vec<&ConnectionRecord>)> = lost
+        .iter()
+        .map(|u| {
+            let same: Vec<_> = attributed
+                .iter()
+                .filter(|a| a.source == u.source)
+                .copied()
+                .collect();
+            (*u, same)
+        })
+        .filter(|(_, same)| !same.is_empty())
+        .collect();
+    let example = shared.first().map(|(u, same)| {
+        let first = |r: &ConnectionRecord| {
+            format!(
+                "{} started {} ended {:?} up {} down {} error {:?}",
+                r.source, r.started_at, r.ended_at, r.bytes_up, r.bytes_down, r.error
+            )
+        };
+        format!(
+            "unattributed {} ({}); attributed {}",
+            first(u),
+            u.reason,
+            same.iter()
+                .map(|r| first(r))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        )
+    });
+    format!(
+        "{} sessions of every job, {} unattributed, {} of these from a source an attributed \
+         one has too (e.g. {})",
+        all.len(),
+        lost.len(),
+        shared.len(),
+        example.unwrap_or_default()
+    )
 }
