@@ -4,10 +4,11 @@ use std::{
     io::{BufRead as _, BufReader, Write as _},
     process::{ChildStdin, ChildStdout, Stdio},
     sync::atomic::Ordering,
+    time::Duration,
 };
 
 use tollgate::record::DecisionLabel;
-use tollgate_e2e::{Agent, require_root, servers::Server};
+use tollgate_e2e::{Agent, require_root, servers::Server, wait_for};
 
 /// A job running a small Python client that connects on request.
 const CONTROLLER: &str = "\
@@ -114,6 +115,15 @@ fn sigkill_fails_closed_and_restart_resumes_interception() {
     );
 
     agent.start_again();
+    // The kernel had the job's verdict and did not use it: the agent was gone.
+    wait_for(
+        "the ignored verdict counted",
+        Duration::from_secs(10),
+        || {
+            (agent.metric("tollgate_kernel_verdicts_connects_total{outcome=\"stale\"}") >= 1.0)
+                .then_some(())
+        },
+    );
     let jobs = agent.jobs();
     assert_eq!(jobs.len(), 1, "the job survives the restart: {jobs:?}");
     assert_eq!(jobs[0].id, job_id.as_str());

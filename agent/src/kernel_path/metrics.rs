@@ -7,10 +7,11 @@ use tollgate_common::{Counter, JOB_VERDICTS_CAPACITY, VERDICTS_CAPACITY};
 
 use crate::metrics::{counter, counter_vec, gauge, gauge_vec};
 
-const OUTCOMES: [(Counter, &str); 4] = [
+const OUTCOMES: [(Counter, &str); 5] = [
     (Counter::KernelHit, "hit"),
     (Counter::KernelMiss, "miss"),
     (Counter::KernelFallback, "fallback"),
+    (Counter::KernelStale, "stale"),
     (Counter::KernelEventsLost, "events_lost"),
 ];
 
@@ -46,8 +47,9 @@ impl KernelMetrics {
             "tollgate_kernel_verdicts_connects_total",
             "Jobs' TCP connects by kernel-path outcome: hit (straight to the destination), \
              miss (no verdict: to the proxy), fallback (a verdict, but the event ring was \
-             full or the agent's heartbeat stale: to the proxy), events_lost (an establish \
-             or close event of a kernel-path connection lost).",
+             full: to the proxy), stale (a verdict, but the agent's heartbeat was stale or \
+             its listener gone: to the proxy), events_lost (an establish or close event of \
+             a kernel-path connection lost).",
             &["outcome"],
         );
         for (_, outcome) in OUTCOMES {

@@ -90,7 +90,7 @@ pub const KERNEL_LOG_INFO: u16 = 3;
 
 /// Version of the layout of the maps and programs. The agent refuses to adopt pins
 /// written by a build with another version.
-pub const ABI_VERSION: u32 = 7;
+pub const ABI_VERSION: u32 = 8;
 
 /// A connection the connect hook redirected to the proxy.
 pub const PATH_PROXY: u16 = 0;
@@ -481,14 +481,17 @@ pub enum Counter {
     /// TCP connects of jobs with no kernel verdict (sent to the proxy).
     KernelMiss = 15,
     /// TCP connects with a verdict sent to the proxy anyway: the ring had no room for
-    /// their event (never passed unrecorded), or the agent's heartbeat was stale.
+    /// their event (never passed unrecorded).
     KernelFallback = 16,
     /// Kernel-path established or close events lost (ring full).
     KernelEventsLost = 17,
+    /// TCP connects with a verdict sent to the proxy anyway: the agent's heartbeat was
+    /// stale or its listener gone (a stuck or dead agent's verdicts are not used).
+    KernelStale = 18,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 19;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Redirected,
         Counter::RefusedProxyDirect,
@@ -508,6 +511,7 @@ impl Counter {
         Counter::KernelMiss,
         Counter::KernelFallback,
         Counter::KernelEventsLost,
+        Counter::KernelStale,
     ];
 
     /// Stable label value for metrics.
@@ -531,6 +535,7 @@ impl Counter {
             Counter::KernelMiss => "kernel_miss",
             Counter::KernelFallback => "kernel_fallback",
             Counter::KernelEventsLost => "kernel_events_lost",
+            Counter::KernelStale => "kernel_stale",
         }
     }
 }

@@ -48,7 +48,7 @@ pub fn direct(c: &Caller, dst: TupleKey) -> bool {
     }
     if !fresh(c.ktime_ns) || !agent_alive() {
         // The agent is dead or stuck: its verdicts may be stale (fail closed).
-        count(Counter::KernelFallback);
+        count(Counter::KernelStale);
         return false;
     }
     true
