@@ -9,9 +9,11 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tollgate_policy::{Mode, TargetSpec, load::line_col};
 
+mod approvals;
 mod identity;
 mod validate;
 
+pub use approvals::{ApprovalsConfig, ReviewerSpec};
 pub use identity::{DEFAULT_AUDIENCE, IdentityConfig};
 
 /// Where the agent looks for its config when `--config` is not given.
@@ -60,6 +62,7 @@ pub struct Config {
     pub log: LogConfig,
     pub policy: PolicyConfig,
     pub identity: IdentityConfig,
+    pub approvals: ApprovalsConfig,
     pub postgres: PostgresConfig,
     /// Masking of sensitive values in PostgreSQL results and recordings.
     pub masking: crate::postgres::mask::MaskingConfig,

@@ -5,6 +5,7 @@
 mod accounts;
 mod admin;
 mod agent;
+pub mod approvals;
 mod bpf;
 mod cgroup;
 pub mod cli;

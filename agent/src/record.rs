@@ -1,5 +1,6 @@
 //! The recording store: every job and every connection, written to an embedded SQLite
 //! database (WAL) by a batched writer thread, off the data path.
+mod approvals;
 mod flows;
 mod journal;
 mod label;
@@ -217,6 +218,9 @@ pub struct StatementRecord {
     pub rows: Option<u64>,
     pub sqlstate: Option<String>,
     pub error: Option<String>,
+    /// The approval request (or grant) that decided it, when it needed one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<String>,
     /// Its row was written before it was forwarded (`recording.durable`); the final
     /// record completes that row.
     #[serde(skip)]
@@ -260,6 +264,8 @@ pub enum RecordEvent {
     /// A job's connect (or addressed send) to a unix socket: added to the row of its
     /// cgroup, path and decision.
     Unix(Box<UnixRecord>),
+    /// An approval request, as asked and again as decided (one row, by id).
+    Approval(Box<crate::approvals::ApprovalRecord>),
     /// Answered once everything queued before it is committed.
     Flush(SyncSender<()>),
     /// The same, for a task that awaits it.

@@ -52,6 +52,12 @@ impl Config {
                 "must be at most 1024 (0 = one per CPU)",
             ));
         }
+        if self.approvals.min_approvals == 0 {
+            return Err(invalid("approvals.min_approvals", "must be at least 1"));
+        }
+        if self.approvals.timeout < Duration::from_secs(1) {
+            return Err(invalid("approvals.timeout", "must be at least 1s"));
+        }
         if !valid_cgroup_parent(&self.cgroup.parent) {
             return Err(invalid(
                 "cgroup.parent",

@@ -328,6 +328,7 @@ impl Tracker {
                 .error
                 .as_ref()
                 .map(|e| format!("does not parse: {e}")),
+            approval: None,
             opened: self.durable,
         };
         if self.durable {

@@ -96,7 +96,7 @@ impl Store {
         let mut stmt = self.conn.prepare_cached(
             "SELECT id, connection_id, job_id, seq, started_at, duration_us, protocol, database, \
              db_user, sql, params, kind, tables, functions, decision, policy_ids, reason, rows, \
-             sqlstate, error FROM statements WHERE connection_id = ?1 ORDER BY seq",
+             sqlstate, error, approval FROM statements WHERE connection_id = ?1 ORDER BY seq",
         )?;
         let rows = stmt
             .query_map(params![connection_id], |row| {
@@ -122,6 +122,7 @@ impl Store {
                     rows: row.get::<_, Option<i64>>(17)?.map(|r| r as u64),
                     sqlstate: row.get(18)?,
                     error: row.get(19)?,
+                    approval: row.get(20)?,
                     opened: false,
                 })
             })?
@@ -151,6 +152,23 @@ impl Store {
             .query_map([], job_from_row)?
             .collect::<Result<_, _>>()?;
         Ok(jobs)
+    }
+
+    /// Approval requests, newest first (only pending ones if `pending`).
+    pub fn approvals(
+        &self,
+        pending: bool,
+        limit: u32,
+    ) -> Result<Vec<crate::approvals::ApprovalRecord>, RecordError> {
+        Ok(super::approvals::list(&self.conn, pending, limit)?)
+    }
+
+    /// One approval request.
+    pub fn approval(
+        &self,
+        id: &str,
+    ) -> Result<Option<crate::approvals::ApprovalRecord>, RecordError> {
+        Ok(super::approvals::get(&self.conn, id)?)
     }
 
     /// The audit trail, newest first.

@@ -1,7 +1,7 @@
 //! The SQLite schema of the recording store.
 use rusqlite::Connection;
 
-pub const VERSION: i64 = 12;
+pub const VERSION: i64 = 13;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -89,7 +89,8 @@ CREATE TABLE IF NOT EXISTS statements (
     reason        TEXT NOT NULL,
     rows          INTEGER,
     sqlstate      TEXT,
-    error         TEXT
+    error         TEXT,
+    approval      TEXT
 );
 CREATE INDEX IF NOT EXISTS statements_by_connection ON statements (connection_id, seq);
 CREATE TABLE IF NOT EXISTS events (
@@ -174,6 +175,15 @@ CREATE TABLE IF NOT EXISTS unix_connects (
     UNIQUE (cgroup_id, path, decision)
 );
 CREATE INDEX IF NOT EXISTS unix_connects_by_job ON unix_connects (job_id, last_at);
+CREATE TABLE IF NOT EXISTS approvals (
+    id          TEXT PRIMARY KEY,
+    state       TEXT NOT NULL,
+    job_id      TEXT,
+    asked_at    INTEGER NOT NULL,
+    decided_at  INTEGER,
+    record      TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS approvals_by_time ON approvals (asked_at);
 ";
 
 /// Opens the writer's pragmas and creates the tables.
@@ -231,6 +241,10 @@ pub fn apply(conn: &Connection) -> rusqlite::Result<()> {
     if (1..12).contains(&version) && !has_column(conn, "connections", "path")? {
         // Version 12 records whether the proxy or the kernel carried a connection.
         conn.execute_batch("ALTER TABLE connections ADD COLUMN path TEXT")?;
+    }
+    if (1..13).contains(&version) && !has_column(conn, "statements", "approval")? {
+        // Version 13 links a statement to the approval request or grant that let it run.
+        conn.execute_batch("ALTER TABLE statements ADD COLUMN approval TEXT")?;
     }
     conn.pragma_update(None, "user_version", VERSION)?;
     Ok(())

@@ -40,7 +40,7 @@ pub fn complete(
     let updated = tx
         .prepare_cached(
             "UPDATE statements SET duration_us = ?3, rows = ?4, sqlstate = ?5, error = ?6, \
-             decision = ?7, reason = ?8 WHERE connection_id = ?1 AND seq = ?2",
+             decision = ?7, reason = ?8, approval = ?9 WHERE connection_id = ?1 AND seq = ?2",
         )?
         .execute(params![
             &*s.connection_id,
@@ -51,6 +51,7 @@ pub fn complete(
             s.error,
             s.decision,
             &*s.reason,
+            s.approval,
         ])?;
     if updated == 0 {
         insert(tx, s, lists)?;
@@ -66,8 +67,8 @@ pub fn insert(
     let mut stmt = tx.prepare_cached(
         "INSERT INTO statements (id, connection_id, job_id, seq, started_at, \
          duration_us, protocol, database, db_user, sql, params, kind, tables, functions, \
-         decision, policy_ids, reason, rows, sqlstate, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, \
-         ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+         decision, policy_ids, reason, rows, sqlstate, error, approval) VALUES (?1, ?2, ?3, ?4, \
+         ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
     )?;
     stmt.execute(params![
         s.id,
@@ -90,6 +91,7 @@ pub fn insert(
         s.rows.map(|r| r as i64),
         s.sqlstate,
         s.error,
+        s.approval,
     ])?;
     Ok(())
 }

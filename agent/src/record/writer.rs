@@ -447,7 +447,15 @@ fn write_batch(conn: &mut Connection, batch: &[RecordEvent]) -> rusqlite::Result
                     ],
                 )?;
             }
+            RecordEvent::Approval(a) => super::approvals::upsert(&tx, a)?,
             RecordEvent::CloseDangling { at } => {
+                let abandoned = super::approvals::abandon_pending(&tx, *at)?;
+                if abandoned > 0 {
+                    tracing::warn!(
+                        abandoned,
+                        "approval requests left pending by an agent stop are abandoned"
+                    );
+                }
                 let closed = tx.execute(
                     "UPDATE connections SET ended_at = ?1, error = COALESCE(error, \
                      'the agent stopped before the connection ended') WHERE ended_at IS NULL",
