@@ -268,6 +268,22 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
         }));
     }
 
+    let approvals = Arc::new(crate::approvals::Approvals::new(
+        &config.approvals,
+        recorder.clone(),
+        metrics.approvals.clone(),
+    ));
+    {
+        // A job's `job`-scoped grants end with it.
+        let (approvals, registry) = (Arc::downgrade(&approvals), Arc::downgrade(&jobs));
+        jobs.on_change(Box::new(move || {
+            if let (Some(approvals), Some(registry)) = (approvals.upgrade(), registry.upgrade()) {
+                let live: Vec<String> = registry.list().iter().map(|j| j.id.clone()).collect();
+                approvals.keep_jobs(&live);
+            }
+        }));
+    }
+
     // Job processes are scanned for sockets from outside their job, and (without BPF
     // LSM) for other socket families.
     let scanner = crate::sockets::scan::Scanner::new(
@@ -329,6 +345,7 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
         resolver.clone(),
         refusals.clone(),
         kernel.clone(),
+        approvals.clone(),
     ));
     let admin_state = Arc::new(AdminState {
         metrics: metrics.clone(),
@@ -367,6 +384,7 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
             coverage,
         },
         kernel: kernel.clone(),
+        approvals: approvals.clone(),
     });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -423,6 +441,7 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
     drop(udp);
     drop(unix);
     drop(refusals);
+    drop(approvals);
     // Verdicts stop counting with the heartbeat: the job's next connects are refused.
     kernel.stop();
     drop(kernel);

@@ -294,14 +294,15 @@ impl Approvals {
         }
     }
 
+    /// Whether the caller may list and decide requests.
+    pub fn may_review(&self, caller: Caller) -> bool {
+        self.reviewers.authorize(caller).is_ok()
+    }
+
     /// The pending requests, oldest first.
     pub fn pending(&self) -> Vec<ApprovalRecord> {
-        let mut pending: Vec<ApprovalRecord> = self
-            .state()
-            .waiting
-            .values()
-            .map(|w| with_approvals(w))
-            .collect();
+        let mut pending: Vec<ApprovalRecord> =
+            self.state().waiting.values().map(with_approvals).collect();
         pending.sort_by(|a, b| a.asked_at.cmp(&b.asked_at).then(a.id.cmp(&b.id)));
         pending
     }
@@ -434,10 +435,10 @@ impl Approvals {
         result
     }
 
-    /// A job ended: its `job`-scoped grants end with it.
-    pub fn job_ended(&self, job_id: &str) {
+    /// Jobs changed: the `job`-scoped grants of jobs not in `live` end.
+    pub fn keep_jobs(&self, live: &[String]) {
         let mut state = self.state();
-        state.grants.end_job(job_id);
+        state.grants.keep_jobs(live);
         self.metrics.grants.set(state.grants.live().len() as i64);
     }
 

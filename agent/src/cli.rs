@@ -1,4 +1,5 @@
 //! Command-line interface. `anyhow` lives here, at the edge.
+mod approvals;
 mod hook;
 mod install;
 mod output;
@@ -140,6 +141,11 @@ enum Command {
     Jobs {
         #[arg(long)]
         json: bool,
+    },
+    /// Just-in-time approval requests: list, show, approve, deny; grants: revoke.
+    Approvals {
+        #[command(subcommand)]
+        command: approvals::ApprovalsCommand,
     },
     /// Recorded sessions (connections).
     Sessions {
@@ -357,6 +363,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             output::jobs(&jobs, json)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Approvals { command } => approvals::run(&socket, command),
         Command::Sessions { command } => match command {
             SessionsCommand::List { job, limit, json } => {
                 let request = Request::ListSessions { job_id: job, limit };

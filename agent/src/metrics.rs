@@ -30,6 +30,7 @@ pub struct Metrics {
     pub udp: Arc<crate::udp::UdpMetrics>,
     pub unix: Arc<crate::unix::UnixMetrics>,
     pub kernel: Arc<crate::kernel_path::KernelMetrics>,
+    pub approvals: Arc<crate::approvals::ApprovalMetrics>,
 }
 
 impl Default for Metrics {
@@ -104,6 +105,7 @@ impl Metrics {
             udp: Arc::new(crate::udp::UdpMetrics::new(&registry)),
             unix: Arc::new(crate::unix::UnixMetrics::new(&registry)),
             kernel: Arc::new(crate::kernel_path::KernelMetrics::new(&registry)),
+            approvals: Arc::new(crate::approvals::ApprovalMetrics::new(&registry)),
             control: Arc::new(ControlMetrics::new(&registry)),
             bpf: Arc::new(BpfMetrics::new(&registry)),
             policy: Arc::new(PolicyMetrics::new(&registry)),

@@ -67,6 +67,8 @@ pub struct Shared {
     pub refusals: Option<Arc<refusals::Remembered>>,
     /// Verdicts for the kernel path, offered once a connection is decided.
     pub kernel: Arc<crate::kernel_path::KernelPath>,
+    /// Just-in-time approval of what policy holds for a reviewer.
+    pub approvals: Arc<crate::approvals::Approvals>,
     live: AtomicUsize,
 }
 
@@ -92,6 +94,7 @@ impl Shared {
         dns: Arc<crate::dns::server::Resolver>,
         refusals: Option<Arc<refusals::Remembered>>,
         kernel: Arc<crate::kernel_path::KernelPath>,
+        approvals: Arc<crate::approvals::Approvals>,
     ) -> Self {
         Self {
             maps,
@@ -110,6 +113,7 @@ impl Shared {
             dns,
             refusals,
             kernel,
+            approvals,
             live: AtomicUsize::new(0),
         }
     }

@@ -456,6 +456,12 @@ impl Recorder {
     /// happen within `timeout`; the event stays queued.
     pub fn record_durably(&self, event: RecordEvent, timeout: std::time::Duration) -> bool {
         self.record(event);
+        self.flush(timeout)
+    }
+
+    /// Waits until everything queued so far is committed (at most `timeout`), so that
+    /// a read of the store sees it.
+    pub fn flush(&self, timeout: std::time::Duration) -> bool {
         let (done, committed) = std::sync::mpsc::sync_channel(1);
         self.record(RecordEvent::Flush(done));
         committed.recv_timeout(timeout).is_ok()

@@ -200,14 +200,36 @@ pub fn error_response_bytes(
     detail: Option<&[u8]>,
     hint: Option<&[u8]>,
 ) -> Vec<u8> {
+    fields_bytes(b'E', b"ERROR", code, message, detail, hint)
+}
+
+/// A NoticeResponse (severity NOTICE), which a server may send at any time: clients
+/// show it (psql prints it) and go on waiting for the reply they expect.
+pub fn notice_response_bytes(
+    code: &str,
+    message: &[u8],
+    detail: Option<&[u8]>,
+    hint: Option<&[u8]>,
+) -> Vec<u8> {
+    fields_bytes(b'N', b"NOTICE", code, message, detail, hint)
+}
+
+fn fields_bytes(
+    tag: u8,
+    severity: &[u8],
+    code: &str,
+    message: &[u8],
+    detail: Option<&[u8]>,
+    hint: Option<&[u8]>,
+) -> Vec<u8> {
     let mut body = Vec::new();
     let mut field = |kind: u8, value: &[u8]| {
         body.push(kind);
         body.extend_from_slice(value.split(|&b| b == 0).next().unwrap_or_default());
         body.push(0);
     };
-    field(b'S', b"ERROR");
-    field(b'V', b"ERROR");
+    field(b'S', severity);
+    field(b'V', severity);
     field(b'C', code.as_bytes());
     field(b'M', message);
     if let Some(detail) = detail {
@@ -217,7 +239,7 @@ pub fn error_response_bytes(
         field(b'H', hint);
     }
     body.push(0);
-    tagged(b'E', &body)
+    tagged(tag, &body)
 }
 
 /// A ReadyForQuery with transaction status `status` (`I`, `T` or `E`).

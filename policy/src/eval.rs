@@ -256,7 +256,7 @@ impl PolicyEngine {
                     .any(|id| self.bundle.annotation(id, APPROVAL_ANNOTATION) == Some("required"));
                 if needs_approval {
                     let reason = format!(
-                        "permitted by {} but approval is required; just-in-time approval is not available yet, so this is refused",
+                        "permitted by {}; approval is required (@approval)",
                         ids.join(", ")
                     );
                     (Effect::RequireApproval, ids, reason)

@@ -1,6 +1,7 @@
 //! Tollgate end-to-end tests: the real kernel hooks, real clients (curl, psql, python
 //! sockets) and a real PostgreSQL. Run with `cargo xtask test` (root, serially).
 mod addresses;
+mod approvals;
 mod control;
 mod direct_tls;
 mod dns;

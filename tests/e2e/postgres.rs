@@ -890,48 +890,6 @@ fn psql_copy_in_and_out_through_tollgate() {
 }
 
 #[test]
-fn a_statement_that_requires_approval_is_refused_with_its_own_message() {
-    if !require_root() {
-        return;
-    }
-    let pg = postgres();
-    direct_psql(
-        pg,
-        "DROP TABLE IF EXISTS tollgate_payouts; CREATE TABLE tollgate_payouts (amount int)",
-    );
-    let targets = format!(
-        "[[targets]]\nname = \"pg\"\ncidrs = [\"127.0.0.1/32\"]\nports = [{}]\nprotocol = \"postgres\"\n",
-        pg.port
-    );
-    let policy = format!(
-        "{POLICY}\n@id(\"payouts-need-approval\")\n@approval(\"required\")\n\
-         permit(principal, action == Action::\"sql:write\", resource)\n\
-         when {{ context.tables.contains(\"tollgate_payouts\") }};\n"
-    );
-    let agent = Agent::start_with_policy("", &targets, |dir| {
-        std::fs::create_dir_all(dir).expect("policy dir");
-        std::fs::write(dir.join("pg.cedar"), &policy).expect("policy");
-    });
-    let out = psql_script(
-        &agent,
-        pg,
-        "INSERT INTO tollgate_payouts VALUES (100);\nSELECT count(*) FROM tollgate_payouts;\n",
-    );
-    assert!(
-        stderr(&out).contains("requires just-in-time approval")
-            && stderr(&out).contains("payouts-need-approval"),
-        "{}",
-        stderr(&out)
-    );
-    assert_eq!(
-        stdout(&out).trim(),
-        "0",
-        "the read still passes; nothing was inserted"
-    );
-    direct_psql(pg, "DROP TABLE tollgate_payouts");
-}
-
-#[test]
 fn listen_notify_and_the_function_call_message_pass_through() {
     if !require_root() {
         return;

@@ -30,6 +30,7 @@ pub(super) struct AgentControl {
     pub(super) recorder: Recorder,
     pub(super) status: StatusBase,
     pub(super) kernel: Arc<crate::kernel_path::KernelPath>,
+    pub(super) approvals: Arc<crate::approvals::Approvals>,
 }
 
 fn error(message: impl std::fmt::Display) -> Response {
@@ -170,6 +171,10 @@ impl AgentControl {
                     Err(e) => error(e),
                 }
             }
+            Request::ListApprovals { .. }
+            | Request::ShowApproval { .. }
+            | Request::DecideApproval { .. }
+            | Request::RevokeGrant { .. } => self.approvals(caller, request),
             Request::ListEvents { job_id, limit } => {
                 let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
                 match store.events(job_id.as_deref(), limit) {
@@ -177,6 +182,67 @@ impl AgentControl {
                     Err(e) => error(e),
                 }
             }
+        }
+    }
+}
+
+impl AgentControl {
+    /// Approval requests: listed, shown and decided by reviewers.
+    fn approvals(&self, caller: Caller, request: Request) -> Response {
+        let approvals = &self.approvals;
+        let store = || {
+            // Decisions are written by the writer thread: the store shows them once
+            // committed.
+            self.recorder.flush(std::time::Duration::from_secs(2));
+            self.store.lock().unwrap_or_else(|e| e.into_inner())
+        };
+        match request {
+            Request::DecideApproval { id, verdict } => {
+                match approvals.decide(caller, &id, verdict) {
+                    Ok(record) => Response::Approval(Box::new(record)),
+                    Err(e) => error(e),
+                }
+            }
+            Request::RevokeGrant { id } => match approvals.revoke(caller, &id) {
+                Ok(grant) => Response::Grant(Box::new(grant)),
+                Err(e) => error(e),
+            },
+            _ if !approvals.may_review(caller) => {
+                let message = format!("uid {} is not a reviewer (approvals.reviewers)", caller.uid);
+                self.refused(caller, request.op(), &message);
+                error(message)
+            }
+            Request::ListApprovals { pending: true, .. } => Response::Approvals {
+                approvals: approvals.pending(),
+                grants: approvals.grants(),
+            },
+            Request::ListApprovals { limit, .. } => {
+                let live = approvals.pending();
+                match store().approvals(false, limit) {
+                    Ok(mut stored) => {
+                        // The live requests carry their approvals so far.
+                        for record in &mut stored {
+                            if let Some(now) = live.iter().find(|l| l.id == record.id) {
+                                *record = now.clone();
+                            }
+                        }
+                        Response::Approvals {
+                            approvals: stored,
+                            grants: approvals.grants(),
+                        }
+                    }
+                    Err(e) => error(e),
+                }
+            }
+            Request::ShowApproval { id } => match approvals.waiting(&id) {
+                Some(record) => Response::Approval(Box::new(record)),
+                None => match store().approval(&id) {
+                    Ok(Some(record)) => Response::Approval(Box::new(record)),
+                    Ok(None) => error(format!("no approval request {id}")),
+                    Err(e) => error(e),
+                },
+            },
+            _ => error("not an approvals request"),
         }
     }
 }

@@ -155,9 +155,9 @@ impl Grants {
         Some(self.grants.remove(at))
     }
 
-    pub(super) fn end_job(&mut self, job_id: &str) {
+    pub(super) fn keep_jobs(&mut self, live: &[String]) {
         self.grants
-            .retain(|g| g.live() && g.job_id.as_deref() != Some(job_id));
+            .retain(|g| g.live() && g.job_id.as_ref().is_none_or(|job| live.contains(job)));
     }
 
     pub(super) fn live(&self) -> Vec<Grant> {

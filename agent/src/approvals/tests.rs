@@ -198,7 +198,7 @@ async fn a_job_grant_covers_the_same_shape_in_that_job_until_revoked_or_ended() 
     let ticket = approvals.ask(request("j1", "alice"));
     let id = ticket.id().to_owned();
     approvals.decide(ROOT, &id, approve("job")).unwrap();
-    approvals.job_ended("j1");
+    approvals.keep_jobs(&["j2".to_owned()]);
     assert!(approvals.granted(&request("j1", "alice")).is_none());
 }
 

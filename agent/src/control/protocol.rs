@@ -82,6 +82,24 @@ pub enum Request {
         limit: u32,
     },
     Status {},
+    /// Approval requests (newest first; only pending ones if `pending`) and the grants
+    /// in force (reviewers only).
+    ListApprovals {
+        pending: bool,
+        limit: u32,
+    },
+    ShowApproval {
+        id: String,
+    },
+    /// A reviewer approves or denies a pending request.
+    DecideApproval {
+        id: String,
+        verdict: crate::approvals::Verdict,
+    },
+    /// A reviewer ends a grant.
+    RevokeGrant {
+        id: String,
+    },
     /// Switches the eBPF programs' rare-event log while they run (operators only).
     SetKernelLog {
         level: crate::bpf::KernelLog,
@@ -109,12 +127,17 @@ impl Request {
             Request::GitlabJobStarted { .. } => "gitlab_job_started",
             Request::Attest { .. } => "attest",
             Request::ListAudit { .. } => "list_audit",
+            Request::ListApprovals { .. } => "list_approvals",
+            Request::ShowApproval { .. } => "show_approval",
+            Request::DecideApproval { .. } => "decide_approval",
+            Request::RevokeGrant { .. } => "revoke_grant",
         }
     }
 
     /// Whether the request is for operators (root and `control.allowed_*`) only. Runner
     /// hooks and attestation are open at the socket: the agent checks runner accounts,
-    /// process ancestry and tokens itself, and records every refusal.
+    /// process ancestry and tokens itself, and records every refusal. Approvals are
+    /// for `approvals.reviewers`, whom the agent checks itself.
     pub const fn operator_only(&self) -> bool {
         !matches!(
             self,
@@ -122,6 +145,10 @@ impl Request {
                 | Request::GithubJobCompleted {}
                 | Request::GitlabJobStarted { .. }
                 | Request::Attest { .. }
+                | Request::ListApprovals { .. }
+                | Request::ShowApproval { .. }
+                | Request::DecideApproval { .. }
+                | Request::RevokeGrant { .. }
         )
     }
 }
@@ -192,6 +219,12 @@ pub enum Response {
         connects: Vec<crate::record::UnixRecord>,
     },
     Status(Status),
+    Approvals {
+        approvals: Vec<crate::approvals::ApprovalRecord>,
+        grants: Vec<crate::approvals::Grant>,
+    },
+    Approval(Box<crate::approvals::ApprovalRecord>),
+    Grant(Box<crate::approvals::Grant>),
     /// The kernel log was switched from `previous` to `level`.
     KernelLog {
         previous: crate::bpf::KernelLog,

@@ -6,7 +6,7 @@
 //! fingerprint, an unkeyed non-cryptographic hash, would let a job that crafts a
 //! colliding pair have a DROP classified as the harmless statement it primed the cache
 //! with.)
-mod shape;
+pub(super) mod shape;
 
 use std::{cell::RefCell, collections::HashMap, sync::Arc};
 

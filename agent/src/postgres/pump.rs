@@ -7,10 +7,12 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tollgate_pgwire::{self as wire, WireError, backend, frontend};
 use tollgate_policy::SqlContext;
 
+use tokio::sync::Notify;
+
 use super::{
     error::{SessionError, Violation},
     session::{Context, finish},
-    tracker::Tracker,
+    tracker::{Flow, Tracker},
 };
 use crate::{
     proxy::handler::{Progress, Side},
@@ -82,7 +84,7 @@ pub(super) trait Direction {
     const FROM: Side;
 
     /// Takes one whole message from `raw` into the tracker, writing what goes on to
-    /// `out`.
+    /// `out`; or holds it (nothing of it goes on yet).
     fn handle(
         &mut self,
         tracker: &mut Tracker,
@@ -90,10 +92,14 @@ pub(super) trait Direction {
         sql: &SqlContext,
         raw: &[u8],
         out: &mut Vec<u8>,
-    ) -> Result<(), WireError>;
+    ) -> Result<Flow, WireError>;
 
-    /// After a batch of messages, under the tracker's lock: takes what must be settled.
-    fn end_batch(&mut self, tracker: &mut Tracker);
+    /// After a batch of messages, under the tracker's lock: takes what must be settled,
+    /// and what else goes on after the batch.
+    fn end_batch(&mut self, tracker: &mut Tracker, out: &mut Vec<u8>);
+
+    /// A message was held: waits until it may be handled again.
+    async fn hold(&mut self, _tracker: &Mutex<Tracker>, _ctx: &Context, _wake: &Notify) {}
 
     /// After a batch, without the lock, before its bytes are written on: records.
     async fn settle(&mut self, ctx: &Context, progress: &Progress) -> Result<(), SessionError>;
@@ -119,14 +125,46 @@ impl Direction for ToServer {
         sql: &SqlContext,
         raw: &[u8],
         out: &mut Vec<u8>,
-    ) -> Result<(), WireError> {
+    ) -> Result<Flow, WireError> {
         let parsed = frontend::parse(raw)?;
-        tracker.frontend(ctx, sql, parsed, raw, out);
-        Ok(())
+        Ok(tracker.frontend(ctx, sql, parsed, raw, out))
     }
 
-    fn end_batch(&mut self, tracker: &mut Tracker) {
+    fn end_batch(&mut self, tracker: &mut Tracker, _: &mut Vec<u8>) {
         self.opened = tracker.take_opened();
+    }
+
+    /// Asks the reviewers, tells the client (a NoticeResponse, at the next boundary of
+    /// the server's messages) and waits for the decision; the held message is then
+    /// handled again under it.
+    async fn hold(&mut self, tracker: &Mutex<Tracker>, ctx: &Context, wake: &Notify) {
+        let lock = || tracker.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(request) = lock().take_held() else {
+            return;
+        };
+        let what = request.record.kind.clone().unwrap_or_default();
+        let ticket = ctx.approvals.ask(request);
+        let id = ticket.id().to_owned();
+        let notice = format!(
+            "tollgate: this {what} statement waits for approval (request {id}, up to {})",
+            humantime::format_duration(ctx.approvals.timeout())
+        );
+        let hint = format!(
+            "A reviewer runs `tollgate approvals approve {id}` or `tollgate approvals deny {id} --reason ...`."
+        );
+        {
+            let mut tracker = lock();
+            let bytes = backend::notice_response_bytes(
+                "01000",
+                &tracker.encode(&notice),
+                None,
+                Some(&tracker.encode(&hint)),
+            );
+            tracker.tell_client(&bytes);
+        }
+        wake.notify_one();
+        let outcome = ticket.wait().await;
+        lock().resolve(outcome);
     }
 
     async fn settle(&mut self, ctx: &Context, _: &Progress) -> Result<(), SessionError> {
@@ -173,13 +211,16 @@ impl Direction for ToClient {
         sql: &SqlContext,
         raw: &[u8],
         out: &mut Vec<u8>,
-    ) -> Result<(), WireError> {
+    ) -> Result<Flow, WireError> {
         let parsed = backend::parse(raw)?;
         tracker.backend(ctx, sql, parsed, raw, out, &mut self.finished);
-        Ok(())
+        Ok(Flow::Continue)
     }
 
-    fn end_batch(&mut self, _: &mut Tracker) {}
+    fn end_batch(&mut self, tracker: &mut Tracker, out: &mut Vec<u8>) {
+        // Tollgate's own messages go between the server's whole messages.
+        tracker.take_to_client(out);
+    }
 
     async fn settle(&mut self, ctx: &Context, progress: &Progress) -> Result<(), SessionError> {
         for record in self.finished.drain(..) {
@@ -208,6 +249,7 @@ pub(super) async fn pump<D, R, W>(
     ctx: &Context,
     sql: &SqlContext,
     progress: &Progress,
+    wake: &Notify,
 ) -> Result<(), SessionError>
 where
     D: Direction,
@@ -216,6 +258,7 @@ where
 {
     let mut out = Vec::with_capacity(READ_CHUNK);
     loop {
+        let mut held = false;
         let malformed = {
             let mut tracker = tracker.lock().unwrap_or_else(|e| e.into_inner());
             // A reload applies from the client's next message on (an Execute of a
@@ -227,12 +270,19 @@ where
                     Ok(None) => break None,
                     Err(error) => break Some(error),
                 };
-                let msg = &inbox.buf[range];
-                if let Err(error) = direction.handle(&mut tracker, ctx, sql, msg, &mut out) {
-                    break Some(error);
+                let msg = &inbox.buf[range.clone()];
+                match direction.handle(&mut tracker, ctx, sql, msg, &mut out) {
+                    Ok(Flow::Continue) => {}
+                    Ok(Flow::Hold) => {
+                        // It (and what follows it) is handled again once decided.
+                        inbox.start = range.start;
+                        held = true;
+                        break None;
+                    }
+                    Err(error) => break Some(error),
                 }
             };
-            direction.end_batch(&mut tracker);
+            direction.end_batch(&mut tracker, &mut out);
             malformed
         };
         direction.settle(ctx, progress).await?;
@@ -255,7 +305,22 @@ where
                 })?;
             out.clear();
         }
-        match inbox.fill(reader).await {
+        if held {
+            direction.hold(tracker, ctx, wake).await;
+            continue;
+        }
+        // The server's direction also wakes for what Tollgate tells the client.
+        let read = match D::FROM {
+            Side::Server => tokio::select! {
+                read = inbox.fill(reader) => Some(read),
+                () = wake.notified() => None,
+            },
+            Side::Client => Some(inbox.fill(reader).await),
+        };
+        let Some(read) = read else {
+            continue;
+        };
+        match read {
             Ok(0) => {
                 D::closed(!inbox.is_empty())?;
                 let _ = writer.shutdown().await;

@@ -49,6 +49,8 @@ pub struct Context {
     pub direct_tls: bool,
     /// The name the job resolved the destination from, if it did.
     pub hostname: Option<String>,
+    /// Where a statement that needs approval asks for it.
+    pub approvals: Arc<crate::approvals::Approvals>,
 }
 
 impl Context {
@@ -117,6 +119,9 @@ pub async fn run(
         ctx,
         progress,
     };
+    // Wakes the server's direction for what Tollgate tells the client (a held
+    // statement's notice).
+    let wake = tokio::sync::Notify::new();
     let error = {
         let (mut client_read, mut client_write) = tokio::io::split(&mut client);
         let (mut upstream_read, mut upstream_write) = tokio::io::split(&mut upstream);
@@ -129,6 +134,7 @@ pub async fn run(
             ctx,
             &sql_context,
             progress,
+            &wake,
         );
         let to_client = pump(
             ToClient::default(),
@@ -139,6 +145,7 @@ pub async fn run(
             ctx,
             &sql_context,
             progress,
+            &wake,
         );
         tokio::pin!(to_server, to_client);
         let (mut up_done, mut down_done) = (false, false);

@@ -131,6 +131,7 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
                 target: decision.target.clone(),
                 direct_tls: how == Follow::PostgresDirectTls,
                 hostname: hostname.clone(),
+                approvals: shared.approvals.clone(),
             }))
         }
         _ => Handler::Tcp {

@@ -6,8 +6,8 @@ use tollgate_pgwire::frontend;
 use tollgate_policy::SqlContext;
 
 use super::{
-    DENIED_SQL, DENIED_STATEMENT, Described, ExecuteInfo, Pending, Portal, Prepared, Reply,
-    Tracker, denial, params_of, scope,
+    DENIED_SQL, DENIED_STATEMENT, Described, ExecuteInfo, Flow, Pending, Portal, Prepared, Reply,
+    Tracker, denial, needs_approval, params_of, scope,
 };
 use crate::{
     postgres::{
@@ -26,14 +26,17 @@ pub(super) fn handle(
     message: frontend::Message<'_>,
     raw: &[u8],
     out: &mut Vec<u8>,
-) {
+) -> Flow {
     match message {
         frontend::Message::Query(text) => {
             let (_, statements) = state.classify(text);
             let (decision, kind) = state.decide(ctx, sql, &statements);
+            let Some((decision, link)) = state.approval(ctx, decision, &statements) else {
+                return Flow::Hold;
+            };
             let records = statements
                 .iter()
-                .map(|s| state.record(ctx, s, &decision, "simple", Vec::new()))
+                .map(|s| linked(state.record(ctx, s, &decision, "simple", Vec::new()), &link))
                 .collect();
             run_or_deny(state, Reply::Query, (&decision, kind), records, raw, out);
         }
@@ -42,13 +45,14 @@ pub(super) fn handle(
         } => {
             let (text, statements) = state.classify(text);
             let (decision, kind) = state.decide(ctx, sql, &statements);
-            if decision.blocks() {
+            // One that needs approval is prepared: each Execute of it asks.
+            if decision.blocks() && !needs_approval(&decision) {
                 // It will never run: its record is written now, with the denial.
                 let records = statements
                     .iter()
                     .map(|s| state.record(ctx, s, &decision, "extended", Vec::new()))
                     .collect();
-                let denial = denial(&decision, kind, &state.encoding);
+                let denial = state.refusal(&decision, kind);
                 state
                     .pending
                     .push_back(Pending::running(Reply::Parse, Some(denial), records));
@@ -94,7 +98,45 @@ pub(super) fn handle(
                 // A Parse the server rejects puts it into the state the client now
                 // expects: an error, then everything skipped up to Sync.
                 out.extend_from_slice(&frontend::parse_message(DENIED_STATEMENT, DENIED_SQL));
-                return;
+                return Flow::Continue;
+            }
+            let mut link = None;
+            if let Some(prepared) = state
+                .portals
+                .get(portal)
+                .and_then(|p| state.prepared.get(&p.statement))
+                && needs_approval(&prepared.decision)
+            {
+                let (decided, statements) =
+                    (prepared.decision.clone(), prepared.statements.clone());
+                let Some((decided, approval)) = state.approval(ctx, decided, &statements) else {
+                    return Flow::Hold;
+                };
+                if decided.blocks() {
+                    let params = state.portals.get(portal).map(|p| p.params.clone());
+                    let records = statements
+                        .iter()
+                        .map(|s| {
+                            let params = params.clone().unwrap_or_default();
+                            linked(
+                                state.record(ctx, s, &decided, "extended", params),
+                                &approval,
+                            )
+                        })
+                        .collect();
+                    let kind = statements.first().map_or(Kind::Unknown, |s| s.kind);
+                    let reply = Reply::Execute {
+                        plan: None,
+                        late: None,
+                    };
+                    let denial = state.refusal(&decided, kind);
+                    state
+                        .pending
+                        .push_back(Pending::running(reply, Some(denial), records));
+                    out.extend_from_slice(&frontend::parse_message(DENIED_STATEMENT, DENIED_SQL));
+                    return Flow::Continue;
+                }
+                link = approval;
             }
             let mut records = VecDeque::new();
             let mut plan = None;
@@ -130,8 +172,20 @@ pub(super) fn handle(
                 let statements = prepared.statements.clone();
                 let decision = prepared.decision.clone();
                 let sql_text = prepared.sql.clone();
+                let decision = match &link {
+                    Some(_) => {
+                        let mut allowed = decision.decision.clone();
+                        allowed.effect = tollgate_policy::Effect::Allow;
+                        if let Some(outcome) = &state.applied {
+                            allowed.reason = outcome.reason();
+                        }
+                        Decided::new(allowed)
+                    }
+                    None => decision,
+                };
                 for s in statements.iter() {
                     let mut record = state.record(ctx, s, &decision, "extended", params.clone());
+                    record.approval.clone_from(&link);
                     if statements.len() == 1 {
                         let text = sql_text.trim().trim_end_matches(';').trim_end();
                         record.sql = state.masking.redact(text).into();
@@ -196,10 +250,15 @@ pub(super) fn handle(
                 functions: Arc::from([oid.to_string()]),
                 error: None,
             };
-            let (decision, _) = state.decide(ctx, sql, std::slice::from_ref(&statement));
+            let statements = std::slice::from_ref(&statement);
+            let (decision, _) = state.decide(ctx, sql, statements);
+            let Some((decision, link)) = state.approval(ctx, decision, statements) else {
+                return Flow::Hold;
+            };
             let record = state.record(ctx, &statement, &decision, "function", Vec::new());
             let decided = (&*decision, Kind::Procedural);
-            run_or_deny(state, Reply::Function, decided, [record].into(), raw, out);
+            let records = [linked(record, &link)].into();
+            run_or_deny(state, Reply::Function, decided, records, raw, out);
         }
         frontend::Message::Flush
         | frontend::Message::Terminate
@@ -208,6 +267,13 @@ pub(super) fn handle(
         | frontend::Message::CopyFail(_)
         | frontend::Message::Auth(_) => out.extend_from_slice(raw),
     }
+    Flow::Continue
+}
+
+/// A statement's record, linked to the approval request or grant that decided it.
+fn linked(mut record: StatementRecord, link: &Option<String>) -> StatementRecord {
+    record.approval.clone_from(link);
+    record
 }
 
 /// Decides a portal's prepared statement again when a reload came after its Parse. Keeps
@@ -234,7 +300,7 @@ fn redecide_stale(
         prepared.decision = decision.clone();
         prepared.generation = generation;
     }
-    if !decision.blocks() {
+    if !decision.blocks() || needs_approval(&decision) {
         return None;
     }
     let records = statements
@@ -261,7 +327,7 @@ fn run_or_deny(
     out: &mut Vec<u8>,
 ) {
     let blocked = decided.blocks();
-    let denial = blocked.then(|| denial(decided, kind, &state.encoding));
+    let denial = blocked.then(|| state.refusal(decided, kind));
     state
         .pending
         .push_back(Pending::running(reply, denial, records));

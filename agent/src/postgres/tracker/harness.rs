@@ -73,7 +73,13 @@ impl Harness {
             false,
             metrics.record.clone(),
         )?;
+        let approvals = Arc::new(crate::approvals::Approvals::new(
+            &crate::config::ApprovalsConfig::default(),
+            recorder.clone(),
+            metrics.approvals.clone(),
+        ));
         let ctx = Context {
+            approvals,
             enforcer: Arc::new(enforcer),
             recorder,
             principal: Arc::new(Principal {
