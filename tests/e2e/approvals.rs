@@ -260,3 +260,299 @@ fn a_non_reviewer_cannot_decide_and_the_refusal_is_audited() {
     assert!(has_column(pg, "tollgate_held2", "x"));
     direct_psql(pg, "DROP TABLE tollgate_held2");
 }
+
+/// The Python with psycopg 3 that `cargo xtask setup` installs.
+fn python() -> std::path::PathBuf {
+    std::env::var_os("TOLLGATE_PYTHON").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv/bin/python"),
+        std::path::PathBuf::from,
+    )
+}
+
+/// psycopg's pipelined transaction (`approval_pipeline.py`) in a job, on another thread.
+fn pipeline_in_job(
+    agent: &Agent,
+    pg: &Postgres,
+    table: &str,
+    column: &str,
+) -> thread::JoinHandle<serde_json::Value> {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/approval_pipeline.py");
+    let python = python();
+    let args = [
+        python.to_string_lossy().into_owned(),
+        script.to_string_lossy().into_owned(),
+        pg.dsn(),
+        table.to_owned(),
+        column.to_owned(),
+    ];
+    let mut command = agent.run_command(
+        &[("repository", "acme/api")],
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    thread::spawn(move || {
+        let out = output(&mut command);
+        assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+        serde_json::from_str(stdout(&out).trim()).expect("the client's JSON")
+    })
+}
+
+#[test]
+fn held_statements_in_transactions_and_pipelines_leave_both_sides_agreeing() {
+    if !require_root() {
+        return;
+    }
+    let pg = tollgate_e2e::postgres::postgres();
+    direct_psql(
+        pg,
+        "DROP TABLE IF EXISTS tollgate_tx; CREATE TABLE tollgate_tx (id int)",
+    );
+    let agent = agent(pg, "30s");
+
+    // psql, simple protocol, inside BEGIN … COMMIT: approved, all of it commits.
+    let script = "BEGIN;\nINSERT INTO tollgate_tx VALUES (1);\n\
+                  ALTER TABLE tollgate_tx ADD COLUMN a int;\nINSERT INTO tollgate_tx VALUES (2);\n\
+                  COMMIT;\nSELECT count(*) FROM tollgate_tx;\n";
+    let psql = psql_in_job(&agent, pg, script);
+    let request = wait_pending(&agent);
+    assert!(
+        approvals_cli(&agent, &["approve", &request.id])
+            .status
+            .success()
+    );
+    let (out, err) = psql.join().expect("psql");
+    assert_eq!(last(&out), "2", "{out}\n{err}");
+    assert!(has_column(pg, "tollgate_tx", "a"));
+
+    // Denied inside the transaction: the server aborted it as for its own error; the
+    // COMMIT rolls back; the session is usable.
+    let script = "BEGIN;\nINSERT INTO tollgate_tx VALUES (3);\n\
+                  ALTER TABLE tollgate_tx ADD COLUMN b int;\nINSERT INTO tollgate_tx VALUES (4);\n\
+                  COMMIT;\nSELECT count(*) FROM tollgate_tx;\n";
+    let psql = psql_in_job(&agent, pg, script);
+    let request = wait_pending(&agent);
+    let out = approvals_cli(&agent, &["deny", &request.id, "--reason", "no"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (out, err) = psql.join().expect("psql");
+    assert!(err.contains("current transaction is aborted"), "{err}");
+    assert!(out.contains("ROLLBACK"), "{out}");
+    assert_eq!(
+        last(&out),
+        "2",
+        "nothing of the transaction stayed: {out}\n{err}"
+    );
+    assert!(!has_column(pg, "tollgate_tx", "b"));
+
+    // psycopg's pipeline (extended protocol): the Execute waits; approved, it commits.
+    let approved = pipeline_in_job(&agent, pg, "tollgate_tx", "c");
+    let request = wait_pending(&agent);
+    assert!(
+        request
+            .sql
+            .as_deref()
+            .unwrap_or("")
+            .contains("ADD COLUMN c")
+    );
+    assert!(
+        approvals_cli(&agent, &["approve", &request.id])
+            .status
+            .success()
+    );
+    let seen = approved.join().expect("pipeline");
+    assert_eq!(seen["result"], "committed", "{seen}");
+    assert_eq!(seen["status"], "IDLE", "{seen}");
+    assert_eq!(seen["rows"], 4, "{seen}");
+    assert!(has_column(pg, "tollgate_tx", "c"));
+
+    // Denied in the pipeline: 42501, the transaction rolled back, the session idle.
+    let denied = pipeline_in_job(&agent, pg, "tollgate_tx", "d");
+    let request = wait_pending(&agent);
+    let out = approvals_cli(&agent, &["deny", &request.id, "--reason", "not now"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let seen = denied.join().expect("pipeline");
+    assert_eq!(seen["result"], "error", "{seen}");
+    assert_eq!(seen["sqlstate"], "42501", "{seen}");
+    assert!(
+        seen["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not now")),
+        "{seen}"
+    );
+    assert_eq!(seen["status"], "IDLE", "{seen}");
+    assert_eq!(
+        seen["rows"], 4,
+        "the pipeline's inserts rolled back: {seen}"
+    );
+    assert!(!has_column(pg, "tollgate_tx", "d"));
+    direct_psql(pg, "DROP TABLE tollgate_tx");
+}
+
+#[test]
+fn a_job_grant_passes_the_same_shape_in_that_job_only_and_two_jobs_wait_independently() {
+    if !require_root() {
+        return;
+    }
+    let pg = tollgate_e2e::postgres::postgres();
+    direct_psql(
+        pg,
+        "DROP TABLE IF EXISTS tollgate_scope; CREATE TABLE tollgate_scope (id int, v int)",
+    );
+    let agent = agent(pg, "30s");
+    // One job: the first statement asks; approved with scope job, the second (the same
+    // shape, another constant) passes without asking.
+    let psql = psql_in_job(
+        &agent,
+        pg,
+        "ALTER TABLE tollgate_scope ALTER COLUMN v SET DEFAULT 1;\n\
+         ALTER TABLE tollgate_scope ALTER COLUMN v SET DEFAULT 2;\nSELECT 'done';\n",
+    );
+    let request = wait_pending(&agent);
+    let out = approvals_cli(&agent, &["approve", &request.id, "--scope", "job"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (out, err) = psql.join().expect("psql");
+    assert_eq!(last(&out), "done", "{out}\n{err}");
+    assert_eq!(
+        err.matches("waits for approval").count(),
+        1,
+        "the second passed on the grant: {err}"
+    );
+    let sessions = agent.wait_sessions(None, 1);
+    let statements = agent.wait_statements(&sessions, 2);
+    let decided: ApprovalRecord = agent.typed(&["approvals", "show", &request.id, "--json"]);
+    let grant = decided.grant_id.clone().expect("a grant");
+    assert_eq!(statements[1].approval.as_deref(), Some(grant.as_str()));
+    assert!(
+        statements[1].reason.contains("grant"),
+        "{:?}",
+        statements[1]
+    );
+    assert_eq!(
+        agent.metric("tollgate_approvals_decisions_total{outcome=\"granted\"}"),
+        1.0
+    );
+
+    // Two other jobs, at once: each asks (the grant was that job's), each is decided on
+    // its own.
+    let first = psql_in_job(
+        &agent,
+        pg,
+        "ALTER TABLE tollgate_scope ALTER COLUMN v SET DEFAULT 3;\nSELECT 'first';\n",
+    );
+    let second = psql_in_job(
+        &agent,
+        pg,
+        "ALTER TABLE tollgate_scope ALTER COLUMN v SET DEFAULT 4;\nSELECT 'second';\n",
+    );
+    let both = wait_for("two pending requests", Duration::from_secs(20), || {
+        let pending = pending(&agent);
+        (pending.len() == 2).then_some(pending)
+    });
+    assert_ne!(both[0].job_id, both[1].job_id);
+    let (approve, deny) = if both[0].sql.as_deref().unwrap_or("").contains("DEFAULT 3") {
+        (&both[0], &both[1])
+    } else {
+        (&both[1], &both[0])
+    };
+    let out = approvals_cli(&agent, &["deny", &deny.id, "--reason", "second one no"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (_, err) = second.join().expect("psql");
+    assert!(err.contains("second one no"), "{err}");
+    let out = approvals_cli(&agent, &["approve", &approve.id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (out, err) = first.join().expect("psql");
+    assert_eq!(last(&out), "first", "{err}");
+    assert_eq!(
+        direct_psql(
+            pg,
+            "SELECT column_default FROM information_schema.columns \
+             WHERE table_name = 'tollgate_scope' AND column_name = 'v'"
+        ),
+        "3"
+    );
+    // The job grant ended with its job: nothing to revoke.
+    let out = approvals_cli(&agent, &["revoke", &grant]);
+    assert!(!out.status.success(), "the job's grant ended with it");
+
+    // A duration grant covers the repository and workflow across jobs, until revoked.
+    let statement = |n: u32| {
+        format!("ALTER TABLE tollgate_scope ALTER COLUMN v SET DEFAULT {n};\nSELECT 'ok';\n")
+    };
+    let asking = psql_in_job(&agent, pg, &statement(5));
+    let request = wait_pending(&agent);
+    let out = approvals_cli(&agent, &["approve", &request.id, "--scope", "30m"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (out, err) = asking.join().expect("psql");
+    assert_eq!(last(&out), "ok", "{err}");
+    let (out, err) = psql_in_job(&agent, pg, &statement(6)).join().expect("psql");
+    assert_eq!(last(&out), "ok", "{err}");
+    assert!(
+        !err.contains("waits for approval"),
+        "another job, covered: {err}"
+    );
+    let decided: ApprovalRecord = agent.typed(&["approvals", "show", &request.id, "--json"]);
+    let grant = decided.grant_id.expect("a grant");
+    let out = approvals_cli(&agent, &["revoke", &grant]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let asking = psql_in_job(&agent, pg, &statement(7));
+    let request = wait_pending(&agent);
+    assert!(
+        approvals_cli(&agent, &["deny", &request.id, "--reason", "revoked"])
+            .status
+            .success()
+    );
+    let (_, err) = asking.join().expect("psql");
+    assert!(err.contains("revoked"), "{err}");
+    direct_psql(pg, "DROP TABLE tollgate_scope");
+}
+
+#[test]
+fn self_approval_is_refused_for_the_jobs_actor() {
+    if !require_root() {
+        return;
+    }
+    let pg = tollgate_e2e::postgres::postgres();
+    direct_psql(
+        pg,
+        "DROP TABLE IF EXISTS tollgate_self; CREATE TABLE tollgate_self (id int)",
+    );
+    let config = format!(
+        "[approvals]\nreviewers = [\"uid:{}\"]\n\n[[targets]]\nname = \"pg\"\n\
+         cidrs = [\"127.0.0.1/32\"]\nports = [{}]\nprotocol = \"postgres\"\n",
+        tollgate_e2e::NOBODY,
+        pg.port
+    );
+    let agent = Agent::start_with_policy("", &config, |dir| {
+        std::fs::create_dir_all(dir).expect("policy dir");
+        std::fs::write(dir.join("pg.cedar"), POLICY).expect("policy");
+    });
+    let args = pg.psql_session_args("127.0.0.1");
+    let mut command = agent.run_command(
+        &[("repository", "acme/api"), ("actor", "nobody")],
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let psql = thread::spawn(move || {
+        let out = output_with_stdin(
+            &mut command,
+            b"ALTER TABLE tollgate_self ADD COLUMN x int;\nSELECT 'after';\n",
+        );
+        (stdout(&out), stderr(&out))
+    });
+    let request = wait_pending(&agent);
+    let out =
+        output(tollgate_e2e::agent_as_nobody(&agent).args(["approvals", "approve", &request.id]));
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("self-approval"), "{}", stderr(&out));
+    // nobody may still list (a reviewer), and deny.
+    let listed =
+        output(tollgate_e2e::agent_as_nobody(&agent).args(["approvals", "list", "--pending"]));
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    assert!(stdout(&listed).contains(&request.id));
+    assert!(
+        approvals_cli(&agent, &["approve", &request.id])
+            .status
+            .success()
+    );
+    let (out, err) = psql.join().expect("psql");
+    assert_eq!(last(&out), "after", "{err}");
+    direct_psql(pg, "DROP TABLE tollgate_self");
+}
