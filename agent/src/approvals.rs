@@ -65,6 +65,9 @@ impl ApprovalState {
     }
 }
 
+/// How long asking waits for the request's row to be committed.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A request and, once there is one, its decision: what is recorded and shown.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApprovalRecord {
@@ -259,16 +262,17 @@ impl Approvals {
         Some(outcome)
     }
 
-    /// Asks the reviewers: the request is recorded and waits for [`Ticket::wait`].
-    pub fn ask(self: &Arc<Self>, request: NewRequest) -> Ticket {
+    /// Asks the reviewers: the request waits for [`Ticket::wait`]. It is committed to
+    /// the store before this returns (before the client is told), so that an agent
+    /// killed while it waits leaves it on record, to be marked abandoned at the next
+    /// start.
+    pub async fn ask(self: &Arc<Self>, request: NewRequest) -> Ticket {
         let NewRequest { mut record, shape } = request;
         record.id = uuid::Uuid::now_v7().to_string();
         record.state = Some(ApprovalState::Pending);
         record.asked_at = now_ms();
         let (wake, woken) = oneshot::channel();
         let id = record.id.clone();
-        self.recorder
-            .record(RecordEvent::Approval(Box::new(record.clone())));
         tracing::warn!(
             request = %id,
             job = record.job_id.as_deref().unwrap_or("-"),
@@ -276,6 +280,7 @@ impl Approvals {
             sql = record.sql.as_deref().unwrap_or("-"),
             "approval requested: `tollgate approvals approve {id}` or `tollgate approvals deny {id} --reason ...`"
         );
+        let event = RecordEvent::Approval(Box::new(record.clone()));
         self.state().waiting.insert(
             id.clone(),
             Waiting {
@@ -287,11 +292,16 @@ impl Approvals {
             },
         );
         self.metrics.pending.inc();
-        Ticket {
+        // From here on, dropping the ticket abandons the request.
+        let ticket = Ticket {
             approvals: self.clone(),
             id,
             woken: Some(woken),
+        };
+        if !self.recorder.commit([event], COMMIT_TIMEOUT).await {
+            tracing::error!(request = %ticket.id, "the approval request is not yet on record");
         }
+        ticket
     }
 
     /// Whether the caller may list and decide requests.

@@ -2,6 +2,7 @@
 //! redirected, attribute each one from the kernel's record, decide it, and relay it to
 //! its original destination.
 pub(crate) mod access;
+mod approval;
 pub mod attribute;
 mod connection;
 pub mod handler;

@@ -2,6 +2,8 @@
 //! needs approval waits in the client's own session, with a notice; a reviewer's
 //! `tollgate approvals approve` lets it run, `deny` refuses it with the reason (42501),
 //! and without a decision it times out. The session goes on after each.
+mod connect;
+
 use std::{thread, time::Duration};
 
 use tollgate::{approvals::ApprovalRecord, record::DecisionLabel};

@@ -74,7 +74,7 @@ fn approve(scope: &str) -> Verdict {
 #[tokio::test]
 async fn an_approval_wakes_the_held_request_and_a_denial_carries_its_reason() {
     let (approvals, _rx) = approvals(ApprovalsConfig::default());
-    let ticket = approvals.ask(request("j1", "alice"));
+    let ticket = approvals.ask(request("j1", "alice")).await;
     let id = ticket.id().to_owned();
     assert_eq!(approvals.pending().len(), 1);
     let record = approvals.decide(ROOT, &id, approve("once")).unwrap();
@@ -83,7 +83,7 @@ async fn an_approval_wakes_the_held_request_and_a_denial_carries_its_reason() {
     assert!(outcome.allows(), "{outcome:?}");
     assert!(approvals.pending().is_empty());
 
-    let ticket = approvals.ask(request("j1", "alice"));
+    let ticket = approvals.ask(request("j1", "alice")).await;
     let id = ticket.id().to_owned();
     assert!(matches!(
         approvals.decide(
@@ -117,7 +117,7 @@ async fn without_a_decision_the_request_times_out_and_a_late_decision_is_refused
         ..ApprovalsConfig::default()
     };
     let (approvals, _rx) = approvals(config);
-    let ticket = approvals.ask(request("j1", "alice"));
+    let ticket = approvals.ask(request("j1", "alice")).await;
     let id = ticket.id().to_owned();
     assert!(matches!(ticket.wait().await, Outcome::TimedOut { .. }));
     assert!(matches!(
@@ -129,7 +129,7 @@ async fn without_a_decision_the_request_times_out_and_a_late_decision_is_refused
 #[tokio::test]
 async fn a_dropped_ticket_is_abandoned() {
     let (approvals, _rx) = approvals(ApprovalsConfig::default());
-    let ticket = approvals.ask(request("j1", "alice"));
+    let ticket = approvals.ask(request("j1", "alice")).await;
     let id = ticket.id().to_owned();
     drop(ticket);
     assert!(approvals.waiting(&id).is_none());
@@ -146,7 +146,7 @@ async fn reviewers_self_approval_and_distinct_approvals() {
     let (approvals, _rx) = approvals(config);
     // The job's actor is ann's login (or uid:4242 where the uid has no name).
     let ann = reviewers::login(4242);
-    let ticket = approvals.ask(request("j1", &ann));
+    let ticket = approvals.ask(request("j1", &ann)).await;
     let id = ticket.id().to_owned();
     let stranger = Caller {
         pid: 0,
@@ -176,7 +176,7 @@ async fn reviewers_self_approval_and_distinct_approvals() {
 #[tokio::test]
 async fn a_job_grant_covers_the_same_shape_in_that_job_until_revoked_or_ended() {
     let (approvals, _rx) = approvals(ApprovalsConfig::default());
-    let ticket = approvals.ask(request("j1", "alice"));
+    let ticket = approvals.ask(request("j1", "alice")).await;
     let id = ticket.id().to_owned();
     let record = approvals.decide(ROOT, &id, approve("job")).unwrap();
     let grant = record.grant_id.clone().expect("a grant");
@@ -195,7 +195,7 @@ async fn a_job_grant_covers_the_same_shape_in_that_job_until_revoked_or_ended() 
     approvals.revoke(ROOT, &grant).unwrap();
     assert!(approvals.granted(&request("j1", "alice")).is_none());
 
-    let ticket = approvals.ask(request("j1", "alice"));
+    let ticket = approvals.ask(request("j1", "alice")).await;
     let id = ticket.id().to_owned();
     approvals.decide(ROOT, &id, approve("job")).unwrap();
     approvals.keep_jobs(&["j2".to_owned()]);
@@ -205,7 +205,7 @@ async fn a_job_grant_covers_the_same_shape_in_that_job_until_revoked_or_ended() 
 #[tokio::test]
 async fn a_duration_grant_covers_the_repository_and_workflow() {
     let (approvals, _rx) = approvals(ApprovalsConfig::default());
-    let ticket = approvals.ask(request("j1", "alice"));
+    let ticket = approvals.ask(request("j1", "alice")).await;
     let id = ticket.id().to_owned();
     approvals.decide(ROOT, &id, approve("30m")).unwrap();
     assert!(approvals.granted(&request("j9", "bob")).is_some());
@@ -219,7 +219,7 @@ async fn a_duration_grant_covers_the_repository_and_workflow() {
         approvals.decide(ROOT, "x", approve("sometimes")),
         Err(ApprovalError::NotPending(_)) | Err(ApprovalError::Scope(_))
     ));
-    let ticket = approvals.ask(request("j1", "alice"));
+    let ticket = approvals.ask(request("j1", "alice")).await;
     assert!(matches!(
         approvals.decide(ROOT, ticket.id(), approve("sometimes")),
         Err(ApprovalError::Scope(_))

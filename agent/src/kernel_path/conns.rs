@@ -168,7 +168,7 @@ impl Live {
             let destination = conn.info.original_destination();
             let decision =
                 policy.decide_connect(Subject::new(&job.principal, &process, destination));
-            if decision.blocks() {
+            if decision.blocks() && decision.effect != tollgate_policy::Effect::RequireApproval {
                 revoked += 1;
                 if conn.local.is_some() {
                     revoke(kp, *cookie, conn, &decision);

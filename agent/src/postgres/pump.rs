@@ -143,7 +143,7 @@ impl Direction for ToServer {
             return;
         };
         let what = request.record.kind.clone().unwrap_or_default();
-        let ticket = ctx.approvals.ask(request);
+        let ticket = ctx.approvals.ask(request).await;
         let id = ticket.id().to_owned();
         let notice = format!(
             "tollgate: this {what} statement waits for approval (request {id}, up to {})",

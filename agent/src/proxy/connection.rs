@@ -66,6 +66,11 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
         }
         Some(subject) => policy.decide_connect(subject),
     };
+    // A connect that needs approval waits here, accepted but not yet connected. Its
+    // key never goes to the kernel path: each connect asks (or finds a grant).
+    let approved = decision.enforced && decision.effect == tollgate_policy::Effect::RequireApproval;
+    let decision =
+        super::approval::decide(shared, &conn, decision, log.id(), hostname.as_deref()).await;
     log.decide(&decision);
     if decision.blocks() {
         reset(&client);
@@ -104,6 +109,7 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
         return;
     }
     if how == Follow::Tcp
+        && !approved
         && let Some(job) = &conn.job
     {
         shared.kernel.offer(

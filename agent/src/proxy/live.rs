@@ -4,7 +4,7 @@
 use std::{cell::RefCell, collections::HashMap, net::SocketAddr, sync::Arc};
 
 use tokio::sync::oneshot;
-use tollgate_policy::{Decision, Principal, Process, Subject};
+use tollgate_policy::{Decision, Effect, Principal, Process, Subject};
 
 use crate::enforce::Snapshot;
 
@@ -72,7 +72,10 @@ pub fn revoke_denied(policy: &Snapshot) -> usize {
                     Subject::new(&entry.principal, &entry.process, entry.destination)
                         .with_hostname(entry.hostname.as_deref()),
                 );
-                decision.blocks().then_some((*id, decision))
+                // A live connection that now needs approval was approved (or allowed)
+                // when it connected: approval applies to new connects only.
+                (decision.blocks() && decision.effect != Effect::RequireApproval)
+                    .then_some((*id, decision))
             })
             .collect();
         let count = blocked.len();
