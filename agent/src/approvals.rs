@@ -9,6 +9,7 @@
 mod grants;
 mod metrics;
 mod reviewers;
+mod webhooks;
 
 use std::{
     collections::HashMap,
@@ -221,6 +222,7 @@ pub struct Approvals {
     state: Mutex<State>,
     recorder: Recorder,
     metrics: Arc<ApprovalMetrics>,
+    webhooks: webhooks::Webhooks,
 }
 
 impl Approvals {
@@ -234,6 +236,7 @@ impl Approvals {
             config: config.clone(),
             state: Mutex::new(State::default()),
             recorder,
+            webhooks: webhooks::Webhooks::start(&config.webhooks, metrics.clone()),
             metrics,
         }
     }
@@ -280,6 +283,7 @@ impl Approvals {
             sql = record.sql.as_deref().unwrap_or("-"),
             "approval requested: `tollgate approvals approve {id}` or `tollgate approvals deny {id} --reason ...`"
         );
+        self.webhooks.notify("requested", &record);
         let event = RecordEvent::Approval(Box::new(record.clone()));
         self.state().waiting.insert(
             id.clone(),
@@ -461,6 +465,7 @@ impl Approvals {
     ) -> ApprovalRecord {
         waiting.record.state = Some(state);
         waiting.record.decided_at = Some(now_ms());
+        self.webhooks.notify("decided", &waiting.record);
         self.recorder
             .record(RecordEvent::Approval(Box::new(waiting.record.clone())));
         self.metrics.pending.dec();

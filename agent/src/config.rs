@@ -13,7 +13,7 @@ mod approvals;
 mod identity;
 mod validate;
 
-pub use approvals::{ApprovalsConfig, ReviewerSpec};
+pub use approvals::{ApprovalsConfig, ReviewerSpec, WebhookConfig, WebhookFormat};
 pub use identity::{DEFAULT_AUDIENCE, IdentityConfig};
 
 /// Where the agent looks for its config when `--config` is not given.

@@ -11,7 +11,7 @@ use tollgate_e2e::{
     Agent, output, output_with_stdin, postgres::Postgres, require_root, stderr, stdout, wait_for,
 };
 
-const POLICY: &str = r#"
+pub(crate) const POLICY: &str = r#"
 @id("pg-connect")
 permit(principal, action == Action::"connect", resource)
 when { resource.name == "pg" };

@@ -14,6 +14,7 @@ pub struct ApprovalMetrics {
     pub grants: IntGauge,
     decisions: IntCounterVec,
     wait: Histogram,
+    webhooks: IntCounterVec,
 }
 
 impl ApprovalMetrics {
@@ -54,7 +55,24 @@ impl ApprovalMetrics {
             ),
             decisions,
             wait,
+            webhooks: {
+                let webhooks = counter_vec(
+                    registry,
+                    "tollgate_approvals_webhooks_total",
+                    "Webhook notices of requests and decisions: sent, failed (after retries), \
+                     dropped (the queue was full).",
+                    &["outcome"],
+                );
+                for outcome in ["sent", "failed", "dropped"] {
+                    webhooks.with_label_values(&[outcome]);
+                }
+                webhooks
+            },
         }
+    }
+
+    pub(super) fn webhook(&self, outcome: &str) {
+        self.webhooks.with_label_values(&[outcome]).inc();
     }
 
     pub(super) fn decided(&self, outcome: &str, waited: Option<Duration>) {

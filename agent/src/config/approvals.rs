@@ -21,6 +21,32 @@ pub struct ApprovalsConfig {
     /// Whether a reviewer whose login equals the job's `actor` may approve that job's
     /// requests.
     pub self_approval: bool,
+    /// Where every request and decision is POSTed (`[[approvals.webhooks]]`).
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+/// One `[[approvals.webhooks]]` entry.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// https, or http to a loopback host.
+    pub url: String,
+    #[serde(default)]
+    pub format: WebhookFormat,
+    /// A file holding a bearer token (sent as `Authorization: Bearer …`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<std::path::PathBuf>,
+}
+
+/// The body a webhook gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    /// `{"event": "requested" | "decided", "request": {…}}` (docs/approvals.md).
+    #[default]
+    Json,
+    /// A Slack incoming-webhook message: `{"text": "…"}`.
+    Slack,
 }
 
 impl Default for ApprovalsConfig {
@@ -30,6 +56,7 @@ impl Default for ApprovalsConfig {
             min_approvals: 1,
             timeout: Duration::from_secs(600),
             self_approval: false,
+            webhooks: Vec::new(),
         }
     }
 }

@@ -58,6 +58,10 @@ impl Config {
         if self.approvals.timeout < Duration::from_secs(1) {
             return Err(invalid("approvals.timeout", "must be at least 1s"));
         }
+        for hook in &self.approvals.webhooks {
+            crate::identity::oidc::fetch::check_url(&hook.url)
+                .map_err(|why| invalid("approvals.webhooks.url", &why))?;
+        }
         if !valid_cgroup_parent(&self.cgroup.parent) {
             return Err(invalid(
                 "cgroup.parent",

@@ -106,3 +106,78 @@ fn a_request_pending_when_the_agent_is_killed_is_abandoned_and_the_client_errors
         "an abandoned request cannot be approved"
     );
 }
+
+#[test]
+fn webhooks_get_each_request_and_decision_and_a_down_one_blocks_nothing() {
+    if !require_root() {
+        return;
+    }
+    let pg = tollgate_e2e::postgres::postgres();
+    let receiver = Server::collector("127.0.0.1:0");
+    // A port nothing listens on: the second webhook fails (after its retries).
+    let down = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let down_port = down.local_addr().expect("addr").port();
+    drop(down);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret\n").expect("token");
+    let config = format!(
+        "[approvals]\ntimeout = \"30s\"\n\n[[approvals.webhooks]]\nurl = \"http://127.0.0.1:{}/hook\"\n\
+         token_file = \"{}\"\n\n[[approvals.webhooks]]\nurl = \"http://127.0.0.1:{down_port}/hook\"\n\
+         format = \"slack\"\n\n[[targets]]\nname = \"pg\"\ncidrs = [\"127.0.0.1/32\"]\nports = [{}]\n\
+         protocol = \"postgres\"\n",
+        receiver.port(),
+        token.display(),
+        pg.port
+    );
+    let agent = Agent::start_with_policy("", &config, |dir| {
+        std::fs::create_dir_all(dir).expect("policy dir");
+        std::fs::write(dir.join("pg.cedar"), super::POLICY).expect("policy");
+    });
+    let psql = psql_in_job(
+        &agent,
+        pg,
+        "ALTER TABLE tollgate_hooked_missing ADD COLUMN x int;\nSELECT 'went on';\n",
+    );
+    let request = wait_pending(&agent);
+    let out = approvals_cli(&agent, &["deny", &request.id, "--reason", "hooked"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (out, err) = psql.join().expect("psql");
+    assert!(
+        out.contains("went on"),
+        "the down webhook blocked nothing: {err}"
+    );
+    let bodies = tollgate_e2e::wait_for(
+        "two webhook posts",
+        std::time::Duration::from_secs(20),
+        || {
+            let all = receiver.collected.lock().expect("collected").clone();
+            (all.len() >= 2).then_some(all)
+        },
+    );
+    let events: Vec<serde_json::Value> = bodies
+        .iter()
+        .map(|(auth, body)| {
+            assert_eq!(auth.as_deref(), Some("Bearer s3cret"));
+            serde_json::from_str(body).expect("JSON payload")
+        })
+        .collect();
+    assert_eq!(events[0]["event"], "requested");
+    assert_eq!(events[0]["request"]["id"], request.id.as_str());
+    assert_eq!(events[0]["request"]["state"], "pending");
+    assert_eq!(events[1]["event"], "decided");
+    assert_eq!(events[1]["request"]["state"], "denied");
+    assert_eq!(events[1]["request"]["reason"], "hooked");
+    tollgate_e2e::wait_for(
+        "the failed webhook counted",
+        std::time::Duration::from_secs(30),
+        || {
+            (agent.metric("tollgate_approvals_webhooks_total{outcome=\"failed\"}") >= 2.0)
+                .then_some(())
+        },
+    );
+    assert_eq!(
+        agent.metric("tollgate_approvals_webhooks_total{outcome=\"sent\"}"),
+        2.0
+    );
+}
