@@ -177,3 +177,39 @@ fn invalid_values_name_their_line() {
         .to_string();
     assert!(err.starts_with("x.toml: `admin.listen`"), "{err}");
 }
+
+#[test]
+fn approvals_parse_and_their_errors_name_the_key() {
+    let config = Config::parse(
+        "[approvals]\nreviewers = [\"uid:1000\", \"group:sre\"]\nmin_approvals = 2\n\
+         timeout = \"30m\"\n\n[[approvals.webhooks]]\nurl = \"https://hooks.example.com/t\"\n\
+         format = \"slack\"\ntoken_file = \"/etc/tollgate/token\"\n",
+        "x.toml",
+    )
+    .unwrap();
+    assert_eq!(config.approvals.min_approvals, 2);
+    assert_eq!(config.approvals.timeout, Duration::from_secs(1800));
+    assert_eq!(config.approvals.reviewers.len(), 2);
+    assert_eq!(config.approvals.webhooks[0].format, WebhookFormat::Slack);
+    for (text, at) in [
+        (
+            "[approvals]\nmin_approvals = 0\n",
+            "x.toml:2: `approvals.min_approvals`",
+        ),
+        (
+            "[approvals]\n\ntimeout = \"0s\"\n",
+            "x.toml:3: `approvals.timeout`",
+        ),
+        (
+            "[[approvals.webhooks]]\nurl = \"http://hooks.example.com/t\"\n",
+            "x.toml:2: `approvals.webhooks.url`",
+        ),
+    ] {
+        let err = Config::parse(text, "x.toml").unwrap_err().to_string();
+        assert!(err.starts_with(at), "{text:?}: {err}");
+    }
+    let err = Config::parse("[approvals]\nreviewers = [\"1000\"]\n", "x.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("uid:N"), "{err}");
+}
