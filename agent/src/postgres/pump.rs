@@ -9,6 +9,8 @@ use tollgate_policy::SqlContext;
 
 use tokio::sync::Notify;
 
+use crate::approvals::Ticket;
+
 use super::{
     error::{SessionError, Violation},
     session::{Context, finish},
@@ -98,8 +100,16 @@ pub(super) trait Direction {
     /// and what else goes on after the batch.
     fn end_batch(&mut self, tracker: &mut Tracker, out: &mut Vec<u8>);
 
-    /// A message was held: waits until it may be handled again.
-    async fn hold(&mut self, _tracker: &Mutex<Tracker>, _ctx: &Context, _wake: &Notify) {}
+    /// A message was held: asks for it (and tells the client); the pump waits for the
+    /// ticket.
+    async fn hold(
+        &mut self,
+        _tracker: &Mutex<Tracker>,
+        _ctx: &Context,
+        _wake: &Notify,
+    ) -> Option<Ticket> {
+        None
+    }
 
     /// After a batch, without the lock, before its bytes are written on: records.
     async fn settle(&mut self, ctx: &Context, progress: &Progress) -> Result<(), SessionError>;
@@ -134,14 +144,16 @@ impl Direction for ToServer {
         self.opened = tracker.take_opened();
     }
 
-    /// Asks the reviewers, tells the client (a NoticeResponse, at the next boundary of
-    /// the server's messages) and waits for the decision; the held message is then
-    /// handled again under it.
-    async fn hold(&mut self, tracker: &Mutex<Tracker>, ctx: &Context, wake: &Notify) {
+    /// Asks the reviewers and tells the client (a NoticeResponse, at the next boundary
+    /// of the server's messages).
+    async fn hold(
+        &mut self,
+        tracker: &Mutex<Tracker>,
+        ctx: &Context,
+        wake: &Notify,
+    ) -> Option<Ticket> {
         let lock = || tracker.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(request) = lock().take_held() else {
-            return;
-        };
+        let request = lock().take_held()?;
         let what = request.record.kind.clone().unwrap_or_default();
         let ticket = ctx.approvals.ask(request).await;
         let id = ticket.id().to_owned();
@@ -163,8 +175,7 @@ impl Direction for ToServer {
             tracker.tell_client(&bytes);
         }
         wake.notify_one();
-        let outcome = ticket.wait().await;
-        lock().resolve(outcome);
+        Some(ticket)
     }
 
     async fn settle(&mut self, ctx: &Context, _: &Progress) -> Result<(), SessionError> {
@@ -306,7 +317,29 @@ where
             out.clear();
         }
         if held {
-            direction.hold(tracker, ctx, wake).await;
+            if let Some(ticket) = direction.hold(tracker, ctx, wake).await {
+                // While it waits, what the client sends is kept (handled in order once
+                // decided), and a client that hangs up abandons the request.
+                let decided = ticket.wait();
+                tokio::pin!(decided);
+                let outcome = loop {
+                    tokio::select! {
+                        outcome = &mut decided => break Some(outcome),
+                        read = inbox.fill(reader) => match read {
+                            Ok(0) | Err(_) => break None,
+                            Ok(n) => progress.up(n as u64),
+                        },
+                    }
+                };
+                let Some(outcome) = outcome else {
+                    let _ = writer.shutdown().await;
+                    return Ok(());
+                };
+                tracker
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .resolve(outcome);
+            }
             continue;
         }
         // The server's direction also wakes for what Tollgate tells the client.

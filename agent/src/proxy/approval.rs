@@ -1,21 +1,28 @@
 //! A connect whose decision is RequireApproval: the connection is accepted, but not
 //! connected upstream until a reviewer decides (or a grant covers it). Approved, it goes
 //! on as allowed; denied or timed out, it is reset.
+use std::time::Duration;
+
+use tokio::net::TcpStream;
 use tollgate_policy::{Decision, Effect};
 
 use super::{Shared, attribute::Attributed};
 use crate::approvals::{ApprovalRecord, NewRequest};
 
-/// The decision the connection goes on under.
+/// How often a held connection's client is checked for having hung up.
+const HUNG_UP_POLL: Duration = Duration::from_millis(250);
+
+/// The decision the connection goes on under; None when its client hung up first.
 pub async fn decide(
     shared: &Shared,
+    client: &TcpStream,
     conn: &Attributed,
     decision: Decision,
     connection_id: &str,
     hostname: Option<&str>,
-) -> Decision {
+) -> Option<Decision> {
     if !(decision.enforced && decision.effect == Effect::RequireApproval) {
-        return decision;
+        return Some(decision);
     }
     let destination = conn.destination.to_string();
     let mut identity = std::collections::BTreeMap::new();
@@ -48,7 +55,14 @@ pub async fn decide(
     };
     let outcome = match shared.approvals.granted(&request) {
         Some(outcome) => outcome,
-        None => shared.approvals.ask(request).await.wait().await,
+        None => {
+            let decided = shared.approvals.ask(request).await.wait();
+            tokio::select! {
+                outcome = decided => outcome,
+                // The client hung up: the request is abandoned (its ticket drops).
+                () = hung_up(client) => return None,
+            }
+        }
     };
     let mut decided = decision;
     decided.effect = if outcome.allows() {
@@ -57,5 +71,17 @@ pub async fn decide(
         Effect::Deny
     };
     decided.reason = outcome.reason();
-    decided
+    Some(decided)
+}
+
+/// Resolves when the client has closed its side (what it sent meanwhile stays unread).
+async fn hung_up(client: &TcpStream) {
+    let mut byte = [0u8; 1];
+    loop {
+        match client.peek(&mut byte).await {
+            Ok(0) | Err(_) => return,
+            // It sent something already: look again later.
+            Ok(_) => tokio::time::sleep(HUNG_UP_POLL).await,
+        }
+    }
 }

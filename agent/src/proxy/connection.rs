@@ -69,8 +69,20 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
     // A connect that needs approval waits here, accepted but not yet connected. Its
     // key never goes to the kernel path: each connect asks (or finds a grant).
     let approved = decision.enforced && decision.effect == tollgate_policy::Effect::RequireApproval;
-    let decision =
-        super::approval::decide(shared, &conn, decision, log.id(), hostname.as_deref()).await;
+    let held = super::approval::decide(
+        shared,
+        &client,
+        &conn,
+        decision,
+        log.id(),
+        hostname.as_deref(),
+    );
+    let Some(decision) = held.await else {
+        log.decide(&Decision::deny(
+            "the client hung up while its connect waited for approval (abandoned)",
+        ));
+        return;
+    };
     log.decide(&decision);
     if decision.blocks() {
         reset(&client);

@@ -181,3 +181,46 @@ fn webhooks_get_each_request_and_decision_and_a_down_one_blocks_nothing() {
         2.0
     );
 }
+
+#[test]
+fn a_client_that_hangs_up_while_held_abandons_its_request() {
+    if !require_root() {
+        return;
+    }
+    let pg = tollgate_e2e::postgres::postgres();
+    let agent = super::agent(pg, "60s");
+    let mut args = vec![
+        "timeout".to_owned(),
+        "-s".to_owned(),
+        "KILL".to_owned(),
+        "3".to_owned(),
+    ];
+    args.extend(pg.psql_session_args("127.0.0.1"));
+    let mut command = agent.run_command(
+        &[("repository", "acme/api")],
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let psql = thread::spawn(move || {
+        tollgate_e2e::output_with_stdin(
+            &mut command,
+            b"ALTER TABLE tollgate_hangs_up ADD COLUMN x int;\nSELECT 1;\n",
+        )
+    });
+    let request = wait_pending(&agent);
+    let out = psql.join().expect("psql");
+    assert!(!out.status.success(), "psql was killed while it waited");
+    let record = tollgate_e2e::wait_for(
+        "the request abandoned",
+        std::time::Duration::from_secs(10),
+        || {
+            let record: ApprovalRecord = agent.typed(&["approvals", "show", &request.id, "--json"]);
+            (record.state == Some(ApprovalState::Abandoned)).then_some(record)
+        },
+    );
+    assert!(record.reason.unwrap_or_default().contains("ended"));
+    assert_eq!(
+        agent.metric("tollgate_approvals_decisions_total{outcome=\"abandoned\"}"),
+        1.0
+    );
+    assert_eq!(agent.metric("tollgate_approvals_pending"), 0.0);
+}
