@@ -99,6 +99,9 @@ pub struct ApprovalRecord {
     pub scope: Option<String>,
     /// The grant an approval with a wider scope than `once` created.
     pub grant_id: Option<String>,
+    /// The widest scope the policy lets a reviewer grant (`@approval_scope`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope_cap: Option<String>,
 }
 
 /// What a request asks: filled by the data path.
@@ -197,6 +200,8 @@ pub enum ApprovalError {
     NoReason,
     #[error("no grant {0}")]
     NoGrant(String),
+    #[error("scope {asked} is wider than the policy allows (@approval_scope(\"{cap}\"))")]
+    ScopeCapped { asked: String, cap: String },
 }
 
 /// A request waiting for its decision.
@@ -402,6 +407,14 @@ impl Approvals {
                     });
                 }
                 let scope = GrantScope::parse(scope.as_deref().unwrap_or("once"))?;
+                if let Some(cap) = &waiting.record.scope_cap
+                    && !scope.within(cap)
+                {
+                    return Err(ApprovalError::ScopeCapped {
+                        asked: scope.to_string(),
+                        cap: cap.clone(),
+                    });
+                }
                 waiting.approvals.push((caller.uid, login));
                 if waiting.approvals.len() < self.config.min_approvals as usize {
                     let record = with_approvals(waiting);

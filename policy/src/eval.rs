@@ -14,6 +14,8 @@ use crate::{
 
 /// The annotation on a permit policy that turns its Allow into RequireApproval.
 pub const APPROVAL_ANNOTATION: &str = "approval";
+/// The annotation that caps the scope a reviewer may grant: `once`, `job` or a duration.
+pub const APPROVAL_SCOPE_ANNOTATION: &str = "approval_scope";
 
 /// Policies, the targets catalog and the mode: everything a decision needs.
 #[derive(Debug, Clone)]
@@ -42,6 +44,21 @@ pub(crate) fn uid(type_name: &str, id: &str) -> Option<EntityUid> {
 
 pub(crate) fn string(value: &str) -> RestrictedExpression {
     RestrictedExpression::new_string(value.to_owned())
+}
+
+impl PolicyEngine {
+    /// The `@approval_scope` caps of these policies (by id): the agent lets a reviewer
+    /// grant no wider than the narrowest of them.
+    pub fn approval_scopes(&self, policy_ids: &[String]) -> Vec<String> {
+        policy_ids
+            .iter()
+            .filter_map(|id| {
+                self.bundle
+                    .annotation(&PolicyId::new(id), APPROVAL_SCOPE_ANNOTATION)
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
 }
 
 impl PolicyEngine {

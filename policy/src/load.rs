@@ -104,6 +104,26 @@ impl PolicyBundle {
     }
 }
 
+/// `once`, `job`, or a duration of whole units (`30m`, `1h30m`, `2d`).
+fn valid_approval_scope(scope: &str) -> bool {
+    if matches!(scope, "once" | "job") {
+        return true;
+    }
+    let mut digits = false;
+    let mut units = 0;
+    for c in scope.chars() {
+        match c {
+            '0'..='9' => digits = true,
+            's' | 'm' | 'h' | 'd' if digits => {
+                digits = false;
+                units += 1;
+            }
+            _ => return false,
+        }
+    }
+    !digits && units > 0
+}
+
 /// The 1-based line and column of a byte offset in `text`.
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
@@ -180,6 +200,20 @@ pub fn load(sources: &[Source]) -> Result<PolicyBundle, LoadErrors> {
                     source,
                     offset,
                     format!("duplicate policy id `{id}`"),
+                ));
+                continue;
+            }
+            if let Some(scope) = policy.annotation(crate::eval::APPROVAL_SCOPE_ANNOTATION)
+                && !valid_approval_scope(scope)
+            {
+                let at = source.text.find("@approval_scope(").or(offset);
+                errors.push(error_at(
+                    source,
+                    at,
+                    format!(
+                        "policy `{id}`: @approval_scope(\"{scope}\") must be \"once\", \"job\" \
+                         or a duration such as \"30m\""
+                    ),
                 ));
                 continue;
             }
@@ -282,6 +316,24 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.starts_with("r.cedar:1:"), "{err}");
+    }
+
+    #[test]
+    fn approval_scopes_are_checked_at_load_with_their_line() {
+        let ok = "@id(\"a\")\n@approval(\"required\")\n@approval_scope(\"1h30m\")\n\
+                  permit(principal, action, resource);";
+        assert!(load(&[src("a.cedar", ok)]).is_ok());
+        for scope in ["job", "once", "30m", "2d"] {
+            assert!(valid_approval_scope(scope), "{scope}");
+        }
+        for scope in ["forever", "30", "m", "1.5h", ""] {
+            assert!(!valid_approval_scope(scope), "{scope}");
+        }
+        let bad = "permit(principal, action, resource);\n@id(\"b\")\n@approval(\"required\")\n\
+                   @approval_scope(\"forever\")\npermit(principal, action, resource);";
+        let err = load(&[src("b.cedar", bad)]).unwrap_err().to_string();
+        assert!(err.starts_with("b.cedar:4:"), "{err}");
+        assert!(err.contains("approval_scope"), "{err}");
     }
 
     #[test]

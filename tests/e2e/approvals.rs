@@ -229,7 +229,19 @@ fn a_non_reviewer_cannot_decide_and_the_refusal_is_audited() {
         pg,
         "DROP TABLE IF EXISTS tollgate_held2; CREATE TABLE tollgate_held2 (id int)",
     );
-    let agent = agent(pg, "30s");
+    let config = format!(
+        "[approvals]\ntimeout = \"30s\"\n\n[[targets]]\nname = \"pg\"\n\
+         cidrs = [\"127.0.0.1/32\"]\nports = [{}]\nprotocol = \"postgres\"\n",
+        pg.port
+    );
+    let capped = POLICY.replace(
+        "@approval(\"required\")",
+        "@approval(\"required\")\n@approval_scope(\"job\")",
+    );
+    let agent = Agent::start_with_policy("", &config, |dir| {
+        std::fs::create_dir_all(dir).expect("policy dir");
+        std::fs::write(dir.join("pg.cedar"), &capped).expect("policy");
+    });
     let psql = psql_in_job(
         &agent,
         pg,
@@ -255,6 +267,14 @@ fn a_non_reviewer_cannot_decide_and_the_refusal_is_audited() {
     );
     let out = approvals_cli(&agent, &["approve", &request.id, "--scope", "sometimes"]);
     assert!(!out.status.success(), "an unknown scope is refused");
+    // The policy caps the scope at a job (@approval_scope("job")).
+    assert_eq!(request.scope_cap.as_deref(), Some("job"));
+    let out = approvals_cli(&agent, &["approve", &request.id, "--scope", "30m"]);
+    assert!(
+        stderr(&out).contains("wider than the policy allows"),
+        "{}",
+        stderr(&out)
+    );
     let out = approvals_cli(&agent, &["approve", &request.id]);
     assert!(out.status.success(), "{}", stderr(&out));
     let (out, err) = psql.join().expect("psql");

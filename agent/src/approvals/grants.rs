@@ -37,6 +37,23 @@ impl GrantScope {
     }
 }
 
+impl GrantScope {
+    /// Whether this scope is no wider than every cap in `caps` (comma-separated
+    /// `@approval_scope` values): `once` allows only once; `job` allows once and job; a
+    /// duration allows once, job and durations up to it. A cap that does not parse
+    /// allows only once.
+    pub fn within(self, caps: &str) -> bool {
+        caps.split(',').all(|cap| {
+            match (self, GrantScope::parse(cap).unwrap_or(GrantScope::Once)) {
+                (Self::Once, _) => true,
+                (Self::Job, GrantScope::Job | GrantScope::For(_)) => true,
+                (Self::For(asked), GrantScope::For(cap)) => asked <= cap,
+                _ => false,
+            }
+        })
+    }
+}
+
 impl fmt::Display for GrantScope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

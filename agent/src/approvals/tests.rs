@@ -225,3 +225,35 @@ async fn a_duration_grant_covers_the_repository_and_workflow() {
         Err(ApprovalError::Scope(_))
     ));
 }
+
+#[test]
+fn scopes_stay_within_the_policy_cap() {
+    let job = GrantScope::Job;
+    let hour = GrantScope::parse("1h").unwrap();
+    assert!(GrantScope::Once.within("once"));
+    assert!(!job.within("once"));
+    assert!(job.within("job"));
+    assert!(!hour.within("job"));
+    assert!(hour.within("2h") && !hour.within("30m"));
+    assert!(job.within("30m"));
+    assert!(!job.within("job,once"), "every cap applies");
+    assert!(
+        !job.within("nonsense"),
+        "a cap that does not parse allows once only"
+    );
+}
+
+#[tokio::test]
+async fn an_approval_wider_than_the_cap_is_refused() {
+    let (approvals, _rx) = approvals(ApprovalsConfig::default());
+    let mut capped = request("j1", "alice");
+    capped.record.scope_cap = Some("once".to_owned());
+    let ticket = approvals.ask(capped).await;
+    let id = ticket.id().to_owned();
+    assert!(matches!(
+        approvals.decide(ROOT, &id, approve("job")),
+        Err(ApprovalError::ScopeCapped { .. })
+    ));
+    assert!(approvals.decide(ROOT, &id, approve("once")).is_ok());
+    assert!(ticket.wait().await.allows());
+}

@@ -138,6 +138,7 @@ fn print(record: &ApprovalRecord, json: bool) -> anyhow::Result<()> {
     field("reviewers", Some(&record.reviewers.join(", ")));
     field("reason", record.reason.as_deref());
     field("scope", record.scope.as_deref());
+    field("scope cap", record.scope_cap.as_deref());
     field("grant", record.grant_id.as_deref());
     Ok(())
 }

@@ -35,6 +35,13 @@ impl Snapshot {
     }
 
     /// The masking configuration of this generation.
+    /// The `@approval_scope` caps of the policies that decided something.
+    pub fn approval_scopes(&self, policy_ids: &[String]) -> Vec<String> {
+        self.engine()
+            .map(|engine| engine.approval_scopes(policy_ids))
+            .unwrap_or_default()
+    }
+
     pub fn masking(&self) -> Arc<MaskingConfig> {
         self.active.settings.masking.clone()
     }

@@ -389,9 +389,19 @@ impl Tracker {
                     .flat_map(|s| s.tables.iter().cloned())
                     .collect(),
                 policy_ids: decided.policy_ids.to_vec(),
+                scope_cap: self.scope_cap(ctx, &decided.policy_ids),
                 ..ApprovalRecord::default()
             },
         }
+    }
+
+    /// The policies' `@approval_scope` caps, joined (None: no cap).
+    fn scope_cap(&self, ctx: &Context, policy_ids: &[String]) -> Option<String> {
+        let caps = match &self.policy {
+            Some(policy) => policy.approval_scopes(policy_ids),
+            None => ctx.enforcer.snapshot().approval_scopes(policy_ids),
+        };
+        (!caps.is_empty()).then(|| caps.join(","))
     }
 
     /// Tollgate's ErrorResponse for the message being handled: a reviewer's refusal

@@ -49,6 +49,13 @@ pub async fn decide(
                 None => destination,
             }),
             action: "connect".to_owned(),
+            scope_cap: {
+                let caps = shared
+                    .enforcer
+                    .snapshot()
+                    .approval_scopes(&decision.policy_ids);
+                (!caps.is_empty()).then(|| caps.join(","))
+            },
             policy_ids: decision.policy_ids.clone(),
             ..ApprovalRecord::default()
         },
