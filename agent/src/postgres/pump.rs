@@ -268,6 +268,8 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut out = Vec::with_capacity(READ_CHUNK);
+    // Armed once, not per read: re-armed only after it fired.
+    let mut told = std::pin::pin!(wake.notified());
     loop {
         let mut held = false;
         let malformed = {
@@ -346,11 +348,12 @@ where
         let read = match D::FROM {
             Side::Server => tokio::select! {
                 read = inbox.fill(reader) => Some(read),
-                () = wake.notified() => None,
+                () = &mut told => None,
             },
             Side::Client => Some(inbox.fill(reader).await),
         };
         let Some(read) = read else {
+            told.set(wake.notified());
             continue;
         };
         match read {
