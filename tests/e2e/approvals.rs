@@ -28,14 +28,20 @@ when { resource.name == "pg" };
 
 /// An agent whose policy holds DDL on `pg` for approval, timing out after `timeout`.
 fn agent(pg: &Postgres, timeout: &str) -> Agent {
+    agent_with(pg, &format!("timeout = \"{timeout}\"\n"), POLICY)
+}
+
+/// An agent with `approvals` as its `[approvals]` section, `policy` as its policy, and
+/// the target `pg` (PostgreSQL).
+pub(crate) fn agent_with(pg: &Postgres, approvals: &str, policy: &str) -> Agent {
     let config = format!(
-        "[approvals]\ntimeout = \"{timeout}\"\n\n[[targets]]\nname = \"pg\"\n\
+        "[approvals]\n{approvals}\n[[targets]]\nname = \"pg\"\n\
          cidrs = [\"127.0.0.1/32\"]\nports = [{}]\nprotocol = \"postgres\"\n",
         pg.port
     );
     Agent::start_with_policy("", &config, |dir| {
         std::fs::create_dir_all(dir).expect("policy dir");
-        std::fs::write(dir.join("pg.cedar"), POLICY).expect("policy");
+        std::fs::write(dir.join("policy.cedar"), policy).expect("policy");
     })
 }
 
@@ -229,19 +235,11 @@ fn a_non_reviewer_cannot_decide_and_the_refusal_is_audited() {
         pg,
         "DROP TABLE IF EXISTS tollgate_held2; CREATE TABLE tollgate_held2 (id int)",
     );
-    let config = format!(
-        "[approvals]\ntimeout = \"30s\"\n\n[[targets]]\nname = \"pg\"\n\
-         cidrs = [\"127.0.0.1/32\"]\nports = [{}]\nprotocol = \"postgres\"\n",
-        pg.port
-    );
     let capped = POLICY.replace(
         "@approval(\"required\")",
         "@approval(\"required\")\n@approval_scope(\"job\")",
     );
-    let agent = Agent::start_with_policy("", &config, |dir| {
-        std::fs::create_dir_all(dir).expect("policy dir");
-        std::fs::write(dir.join("pg.cedar"), &capped).expect("policy");
-    });
+    let agent = agent_with(pg, "timeout = \"30s\"\n", &capped);
     let psql = psql_in_job(
         &agent,
         pg,
@@ -537,16 +535,8 @@ fn self_approval_is_refused_for_the_jobs_actor() {
         pg,
         "DROP TABLE IF EXISTS tollgate_self; CREATE TABLE tollgate_self (id int)",
     );
-    let config = format!(
-        "[approvals]\nreviewers = [\"uid:{}\"]\n\n[[targets]]\nname = \"pg\"\n\
-         cidrs = [\"127.0.0.1/32\"]\nports = [{}]\nprotocol = \"postgres\"\n",
-        tollgate_e2e::NOBODY,
-        pg.port
-    );
-    let agent = Agent::start_with_policy("", &config, |dir| {
-        std::fs::create_dir_all(dir).expect("policy dir");
-        std::fs::write(dir.join("pg.cedar"), POLICY).expect("policy");
-    });
+    let reviewers = format!("reviewers = [\"uid:{}\"]\n", tollgate_e2e::NOBODY);
+    let agent = agent_with(pg, &reviewers, POLICY);
     let args = pg.psql_session_args("127.0.0.1");
     let mut command = agent.run_command(
         &[("repository", "acme/api"), ("actor", "nobody")],

@@ -121,19 +121,14 @@ fn webhooks_get_each_request_and_decision_and_a_down_one_blocks_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let token = dir.path().join("token");
     std::fs::write(&token, "s3cret\n").expect("token");
-    let config = format!(
-        "[approvals]\ntimeout = \"30s\"\n\n[[approvals.webhooks]]\nurl = \"http://127.0.0.1:{}/hook\"\n\
+    let hooks = format!(
+        "timeout = \"30s\"\n\n[[approvals.webhooks]]\nurl = \"http://127.0.0.1:{}/hook\"\n\
          token_file = \"{}\"\n\n[[approvals.webhooks]]\nurl = \"http://127.0.0.1:{down_port}/hook\"\n\
-         format = \"slack\"\n\n[[targets]]\nname = \"pg\"\ncidrs = [\"127.0.0.1/32\"]\nports = [{}]\n\
-         protocol = \"postgres\"\n",
+         format = \"slack\"\n",
         receiver.port(),
         token.display(),
-        pg.port
     );
-    let agent = Agent::start_with_policy("", &config, |dir| {
-        std::fs::create_dir_all(dir).expect("policy dir");
-        std::fs::write(dir.join("pg.cedar"), super::POLICY).expect("policy");
-    });
+    let agent = super::agent_with(pg, &hooks, super::POLICY);
     let psql = psql_in_job(
         &agent,
         pg,
