@@ -9,6 +9,7 @@
 mod grants;
 mod metrics;
 mod reviewers;
+mod ticket;
 mod webhooks;
 
 use std::{
@@ -23,6 +24,7 @@ use tokio::sync::oneshot;
 pub use grants::{Grant, GrantScope};
 pub use metrics::ApprovalMetrics;
 pub use reviewers::Reviewer;
+pub use ticket::Ticket;
 
 use crate::{
     config::ApprovalsConfig,
@@ -302,13 +304,9 @@ impl Approvals {
         );
         self.metrics.pending.inc();
         // From here on, dropping the ticket abandons the request.
-        let ticket = Ticket {
-            approvals: self.clone(),
-            id,
-            woken: Some(woken),
-        };
+        let ticket = Ticket::new(self.clone(), id, woken);
         if !self.recorder.commit([event], COMMIT_TIMEOUT).await {
-            tracing::error!(request = %ticket.id, "the approval request is not yet on record");
+            tracing::error!(request = %ticket.id(), "the approval request is not yet on record");
         }
         ticket
     }
@@ -531,72 +529,6 @@ fn with_approvals(waiting: &Waiting) -> ApprovalRecord {
     let mut record = waiting.record.clone();
     record.reviewers = waiting.approvals.iter().map(|(_, l)| l.clone()).collect();
     record
-}
-
-/// A held statement's or connection's claim on its request. Dropped before a decision
-/// (its connection ended), the request is recorded as abandoned.
-pub struct Ticket {
-    approvals: Arc<Approvals>,
-    id: String,
-    woken: Option<oneshot::Receiver<Outcome>>,
-}
-
-impl Ticket {
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
-    /// Waits for the decision, or for `approvals.timeout`. Dropped while it waits (the
-    /// connection ended), the request is recorded as abandoned.
-    pub async fn wait(mut self) -> Outcome {
-        let timeout = self.approvals.config.timeout;
-        let Some(woken) = self.woken.as_mut() else {
-            return self.timed_out(timeout);
-        };
-        let outcome = match tokio::time::timeout(timeout, &mut *woken).await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => self.timed_out(timeout),
-            Err(_) => {
-                let reason = format!(
-                    "no reviewer decided within {}",
-                    humantime::format_duration(timeout)
-                );
-                if self
-                    .approvals
-                    .give_up(&self.id, ApprovalState::TimedOut, reason)
-                {
-                    self.timed_out(timeout)
-                } else {
-                    // A reviewer decided as the time ran out: that decision stands.
-                    match woken.await {
-                        Ok(outcome) => outcome,
-                        Err(_) => self.timed_out(timeout),
-                    }
-                }
-            }
-        };
-        self.woken = None;
-        outcome
-    }
-
-    fn timed_out(&self, after: Duration) -> Outcome {
-        Outcome::TimedOut {
-            request: self.id.clone(),
-            after,
-        }
-    }
-}
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        if self.woken.is_some() {
-            let _ = self.approvals.give_up(
-                &self.id,
-                ApprovalState::Abandoned,
-                "the connection ended before a reviewer decided".to_owned(),
-            );
-        }
-    }
 }
 
 #[cfg(test)]
