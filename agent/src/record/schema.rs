@@ -193,6 +193,11 @@ pub fn apply(conn: &Connection) -> rusqlite::Result<()> {
     // 16 MiB of page cache (the default is 2 MiB): the B-tree pages a batch of
     // statements extends stay in memory instead of being read back from the WAL.
     conn.pragma_update(None, "cache_size", -16384)?;
+    // Checkpoint every 10,000 WAL pages (40 MiB) instead of 1,000: the pages a stream of
+    // statements keeps changing (the table's last page, the index's) are copied to the
+    // database once per checkpoint, not ten times. Measured on the statement row: 3.9 to
+    // 3.6 µs per row (docs/benchmarks.md).
+    conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
     conn.execute_batch(SCHEMA)?;
