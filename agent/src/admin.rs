@@ -12,13 +12,12 @@ use hyper::{Request, Response, StatusCode, body::Bytes, server::conn::http1, ser
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::{bpf::ConnMaps, metrics::Metrics, record::Recorder};
+use crate::{bpf::ConnMaps, metrics::Metrics};
 
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub maps: Arc<ConnMaps>,
-    pub recorder: Recorder,
-    pub strict_recording: bool,
+    pub gate: crate::record::Gate,
     /// Set once the listeners are bound and the programs attached.
     pub ready: AtomicBool,
     /// Set when Tollgate's programs were found detached or replaced (until restart).
@@ -38,8 +37,8 @@ impl AdminState {
         {
             return Err(format!("interception was tampered with: {what}"));
         }
-        if self.strict_recording && !self.recorder.is_healthy() {
-            return Err("recording is failing (recording.strict)".to_owned());
+        if let Some(why) = self.gate.refusal() {
+            return Err(why.to_owned());
         }
         Ok(())
     }

@@ -37,6 +37,8 @@ pub enum AgentError {
     #[error(transparent)]
     Record(#[from] RecordError),
     #[error(transparent)]
+    HostKey(#[from] record::checkpoint::KeyError),
+    #[error(transparent)]
     Jobs(#[from] JobError),
     #[error(transparent)]
     Policy(#[from] EnforceError),
@@ -141,15 +143,33 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
     tree.ensure_parent()?;
 
     let db_path = config.recording_path();
+    let host_key = Arc::new(record::checkpoint::HostKey::load_or_create(
+        &config.host_key_path(),
+    )?);
     let (recorder, writer) = record::writer::spawn(
         &db_path,
-        config.recording.queue_capacity,
-        config.recording.batch_size,
-        config.recording.flush_interval,
-        config.recording.retention,
-        config.recording.durable,
+        record::writer::WriterOptions {
+            capacity: config.recording.queue_capacity,
+            batch_size: config.recording.batch_size,
+            flush_interval: config.recording.flush_interval,
+            retention: config.recording.retention,
+            durable: config.recording.durable,
+            signer: Some(record::writer::Signer {
+                host: config.central.host_name(),
+                key: host_key.clone(),
+                interval: config.central.checkpoint_interval,
+            }),
+            shipping: config.central.url.is_some(),
+        },
         metrics.record.clone(),
     )?;
+    let recording_gate = recorder.gate(config.recording.strict);
+    let shipper = crate::central::start(
+        &config,
+        &db_path,
+        recording_gate.clone(),
+        metrics.central.clone(),
+    );
     recorder.record(record::RecordEvent::CloseDangling {
         at: record::now_ms(),
     });
@@ -254,7 +274,7 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
         jobs: jobs.clone(),
         enforcer: enforcer.clone(),
         recorder: recorder.clone(),
-        strict_recording: config.recording.strict,
+        gate: recording_gate.clone(),
         metrics: metrics.kernel.clone(),
         proxy_metrics: metrics.proxy.clone(),
         policy_metrics: metrics.policy.clone(),
@@ -335,7 +355,7 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
         metrics.policy.clone(),
         config.proxy.connect_timeout,
         config.proxy.buffer_size,
-        config.recording.strict,
+        recording_gate.clone(),
         config.postgres.clone(),
         Arc::new(crate::postgres::tls::Tls::load(
             &config.state.dir,
@@ -350,8 +370,7 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
     let admin_state = Arc::new(AdminState {
         metrics: metrics.clone(),
         maps: maps.clone(),
-        recorder: recorder.clone(),
-        strict_recording: config.recording.strict,
+        gate: recording_gate.clone(),
         ready: false.into(),
         tampered: std::sync::Mutex::new(None),
     });
@@ -448,6 +467,10 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
     drop(recorder);
     drop(admin_state);
     writer.shutdown();
+    // The last records and checkpoint, if the central store takes them now.
+    if let Some(shipper) = shipper {
+        shipper.shutdown();
+    }
     tracing::info!("stopped; job connects are refused until the agent is back");
     Ok(())
 }
@@ -484,13 +507,23 @@ pub fn cleanup(config: &Config) -> Result<Vec<String>, AgentError> {
         let metrics = Metrics::new();
         let db_path = config.recording_path();
         if db_path.exists() {
+            let signer = record::checkpoint::HostKey::load(&config.host_key_path())
+                .ok()
+                .map(|key| record::writer::Signer {
+                    host: config.central.host_name(),
+                    key: Arc::new(key),
+                    interval: config.central.checkpoint_interval,
+                });
             let (recorder, writer) = record::writer::spawn(
                 &db_path,
-                1024,
-                256,
-                Duration::ZERO,
-                None,
-                false,
+                record::writer::WriterOptions {
+                    capacity: 1024,
+                    batch_size: 256,
+                    flush_interval: Duration::ZERO,
+                    signer,
+                    shipping: config.central.url.is_some(),
+                    ..Default::default()
+                },
                 metrics.record.clone(),
             )?;
             for (id, _, _) in &open_jobs {

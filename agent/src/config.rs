@@ -10,10 +10,12 @@ use serde::{Deserialize, Serialize};
 use tollgate_policy::{Mode, TargetSpec, load::line_col};
 
 mod approvals;
+mod central;
 mod identity;
 mod validate;
 
 pub use approvals::{ApprovalsConfig, ReviewerSpec, WebhookConfig, WebhookFormat};
+pub use central::CentralConfig;
 pub use identity::{DEFAULT_AUDIENCE, IdentityConfig};
 
 /// Where the agent looks for its config when `--config` is not given.
@@ -63,6 +65,7 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub identity: IdentityConfig,
     pub approvals: ApprovalsConfig,
+    pub central: CentralConfig,
     pub postgres: PostgresConfig,
     /// Masking of sensitive values in PostgreSQL results and recordings.
     pub masking: crate::postgres::mask::MaskingConfig,
@@ -441,6 +444,11 @@ impl Config {
             .path
             .clone()
             .unwrap_or_else(|| self.state.dir.join("recordings.db"))
+    }
+
+    /// The host key that signs the record chain's checkpoints.
+    pub fn host_key_path(&self) -> PathBuf {
+        self.state.dir.join("host.key")
     }
 
     /// Whether the admin listener is reachable only from this host.

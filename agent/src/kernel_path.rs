@@ -52,7 +52,7 @@ struct State {
     installed: HashMap<VerdictKey, Installed>,
     /// Job cgroups marked final for everything: cgroup id -> (job id, revision).
     everything: HashMap<u64, (String, u64)>,
-    /// Whether strict recording currently forbids the kernel path.
+    /// Whether recording currently forbids the kernel path.
     suspended: bool,
 }
 
@@ -62,7 +62,7 @@ pub struct KernelPath {
     jobs: Arc<JobRegistry>,
     enforcer: Arc<Enforcer>,
     recorder: Recorder,
-    strict_recording: bool,
+    gate: crate::record::Gate,
     metrics: Arc<KernelMetrics>,
     proxy_metrics: Arc<ProxyMetrics>,
     policy_metrics: Arc<PolicyMetrics>,
@@ -101,7 +101,7 @@ pub struct Parts<'a> {
     pub jobs: Arc<JobRegistry>,
     pub enforcer: Arc<Enforcer>,
     pub recorder: Recorder,
-    pub strict_recording: bool,
+    pub gate: crate::record::Gate,
     pub metrics: Arc<KernelMetrics>,
     pub proxy_metrics: Arc<ProxyMetrics>,
     pub policy_metrics: Arc<PolicyMetrics>,
@@ -149,7 +149,7 @@ impl KernelPath {
             jobs: parts.jobs,
             enforcer: parts.enforcer,
             recorder: parts.recorder,
-            strict_recording: parts.strict_recording,
+            gate: parts.gate,
             metrics: parts.metrics,
             proxy_metrics: parts.proxy_metrics,
             policy_metrics: parts.policy_metrics,
@@ -168,27 +168,30 @@ impl KernelPath {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Refreshes the heartbeat, unless strict recording is failing (then the kernel path
-    /// stops until it recovers). Also ends the records of connections whose close was
+    /// Refreshes the heartbeat, unless recording refuses new connections (strict
+    /// recording failing, or the central backlog past `central.max_lag`; then the kernel
+    /// path stops until it recovers). Also ends the records of connections whose close was
     /// lost. Called every [`HEARTBEAT_INTERVAL`].
     pub fn beat(&self) {
         if !self.enabled {
             return;
         }
-        let suspend = self.strict_recording && !self.recorder.is_healthy();
+        let refusal = self.gate.refusal();
+        let suspend = refusal.is_some();
         let was = std::mem::replace(&mut self.state().suspended, suspend);
         self.metrics.suspended.set(i64::from(suspend));
         let result = if suspend {
             if !was {
                 tracing::warn!(
-                    "recording is failing and recording.strict is set: the kernel path is \
-                     suspended (every connect goes to the proxy, which refuses it)"
+                    why = refusal.unwrap_or_default(),
+                    "the kernel path is suspended (every connect goes to the proxy, which \
+                     refuses it)"
                 );
             }
             self.maps.stop_beating()
         } else {
             if was {
-                tracing::info!("recording recovered: the kernel path resumes");
+                tracing::info!("recording lets connections through again: the kernel path resumes");
             }
             self.maps.beat()
         };

@@ -7,6 +7,7 @@ mod admin;
 mod agent;
 pub mod approvals;
 mod bpf;
+mod central;
 mod cgroup;
 pub mod cli;
 mod config;

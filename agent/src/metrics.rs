@@ -19,7 +19,7 @@ use crate::{
 pub struct Metrics {
     registry: Registry,
     pub proxy: Arc<ProxyMetrics>,
-    pub record: Arc<RecordMetrics>,
+    pub record: Arc<crate::record::RecordMetrics>,
     pub jobs: Arc<JobMetrics>,
     pub control: Arc<ControlMetrics>,
     pub bpf: Arc<BpfMetrics>,
@@ -31,6 +31,7 @@ pub struct Metrics {
     pub unix: Arc<crate::unix::UnixMetrics>,
     pub kernel: Arc<crate::kernel_path::KernelMetrics>,
     pub approvals: Arc<crate::approvals::ApprovalMetrics>,
+    pub central: Arc<crate::central::CentralMetrics>,
 }
 
 impl Default for Metrics {
@@ -97,7 +98,7 @@ impl Metrics {
         info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         Self {
             proxy: Arc::new(ProxyMetrics::new(&registry)),
-            record: Arc::new(RecordMetrics::new(&registry)),
+            record: Arc::new(crate::record::RecordMetrics::new(&registry)),
             jobs: Arc::new(JobMetrics::new(&registry)),
             identity: Arc::new(IdentityMetrics::new(&registry)),
             postgres: Arc::new(PostgresMetrics::new(&registry)),
@@ -106,6 +107,7 @@ impl Metrics {
             unix: Arc::new(crate::unix::UnixMetrics::new(&registry)),
             kernel: Arc::new(crate::kernel_path::KernelMetrics::new(&registry)),
             approvals: Arc::new(crate::approvals::ApprovalMetrics::new(&registry)),
+            central: Arc::new(crate::central::CentralMetrics::new(&registry)),
             control: Arc::new(ControlMetrics::new(&registry)),
             bpf: Arc::new(BpfMetrics::new(&registry)),
             policy: Arc::new(PolicyMetrics::new(&registry)),
@@ -244,60 +246,6 @@ impl ProxyMetrics {
         self.upstream_errors
             .with_label_values(&[kind.as_str()])
             .inc();
-    }
-}
-
-pub struct RecordMetrics {
-    pub queue_depth: IntGauge,
-    pub written: IntCounter,
-    pub failures: IntCounter,
-    pub dropped: IntCounter,
-    /// Rows deleted by retention, by `kind` (statement, connection, job, audit).
-    pub pruned: IntCounterVec,
-    pub prune_failures: IntCounter,
-    pub store_bytes: IntGauge,
-}
-
-impl RecordMetrics {
-    fn new(registry: &Registry) -> Self {
-        Self {
-            queue_depth: gauge(
-                registry,
-                "tollgate_recording_queue_depth",
-                "Records waiting for the writer.",
-            ),
-            written: counter(
-                registry,
-                "tollgate_recording_written_total",
-                "Records written to the store.",
-            ),
-            failures: counter(
-                registry,
-                "tollgate_recording_failures_total",
-                "Failed batch writes (each is retried).",
-            ),
-            dropped: counter(
-                registry,
-                "tollgate_recording_dropped_total",
-                "Records lost because the queue was full or the writer gave up.",
-            ),
-            pruned: counter_vec(
-                registry,
-                "tollgate_recording_pruned_total",
-                "Rows deleted because they ended longer ago than recording.retention.",
-                &["kind"],
-            ),
-            prune_failures: counter(
-                registry,
-                "tollgate_recording_prune_failures_total",
-                "Failed attempts to delete expired records (retried).",
-            ),
-            store_bytes: gauge(
-                registry,
-                "tollgate_recording_store_bytes",
-                "Size of the recording database (without its WAL).",
-            ),
-        }
     }
 }
 

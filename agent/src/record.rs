@@ -1,9 +1,13 @@
 //! The recording store: every job and every connection, written to an embedded SQLite
 //! database (WAL) by a batched writer thread, off the data path.
 mod approvals;
+pub mod chain;
+pub mod checkpoint;
 mod flows;
+mod gate;
 mod journal;
 mod label;
+mod metrics;
 mod query;
 mod queue;
 mod retention;
@@ -29,10 +33,11 @@ use serde::{Deserialize, Serialize};
 use crate::{
     identity::{Assurance, Identity},
     jobs::JobKind,
-    metrics::RecordMetrics,
 };
 
+pub use gate::Gate;
 pub use label::DecisionLabel;
+pub use metrics::RecordMetrics;
 pub use query::Store;
 
 #[derive(Debug, thiserror::Error)]
@@ -486,6 +491,12 @@ impl Recorder {
         let (done, committed) = tokio::sync::oneshot::channel();
         self.record(RecordEvent::Committed(done));
         matches!(tokio::time::timeout(timeout, committed).await, Ok(Ok(())))
+    }
+
+    /// What lets new connections through (`strict`: `recording.strict`). Clones share
+    /// their state.
+    pub fn gate(&self, strict: bool) -> Gate {
+        Gate::new(strict, self.healthy.clone())
     }
 
     /// False while writes are failing or records are being dropped.

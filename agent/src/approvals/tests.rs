@@ -14,11 +14,12 @@ fn approvals(
     let metrics = crate::metrics::Metrics::new();
     let (recorder, handle) = crate::record::writer::spawn(
         &dir.path().join("records.db"),
-        1024,
-        64,
-        Duration::from_millis(20),
-        None,
-        false,
+        crate::record::writer::WriterOptions {
+            capacity: 1024,
+            batch_size: 64,
+            flush_interval: Duration::from_millis(20),
+            ..Default::default()
+        },
         metrics.record.clone(),
     )
     .unwrap();

@@ -52,6 +52,30 @@ impl Config {
                 "must be at most 1024 (0 = one per CPU)",
             ));
         }
+        if self.central.checkpoint_interval < Duration::from_secs(1) {
+            return Err(invalid(
+                "central.checkpoint_interval",
+                "must be at least 1s",
+            ));
+        }
+        if !(1..=100_000).contains(&self.central.batch_size) {
+            return Err(invalid(
+                "central.batch_size",
+                "must be between 1 and 100000",
+            ));
+        }
+        if let Some(url) = &self.central.url {
+            crate::central::Target::parse(url, None)
+                .map_err(|error| invalid("central.url", &error.to_string()))?;
+        }
+        if self.central.host.as_deref().is_some_and(|h| {
+            h.is_empty() || h.len() > 255 || h.chars().any(|c| c.is_control() || c.is_whitespace())
+        }) {
+            return Err(invalid(
+                "central.host",
+                "must be 1-255 characters, without spaces or control characters",
+            ));
+        }
         if self.approvals.min_approvals == 0 {
             return Err(invalid("approvals.min_approvals", "must be at least 1"));
         }

@@ -144,7 +144,10 @@ impl Tls {
             tracing::info!(ca = %cert_path.display(), "created the local CA for PostgreSQL TLS");
             key
         };
-        let upstream = Arc::new(upstream_config(&config)?);
+        let upstream = Arc::new(client_config(
+            config.upstream,
+            config.upstream_ca_file.as_deref(),
+        )?);
         Ok(Self {
             config,
             issuer: Issuer::new(ca_params(), key),
@@ -230,10 +233,12 @@ fn write_private(path: &Path, contents: &[u8]) -> Result<(), TlsError> {
     file.write_all(contents).map_err(io_error(path))
 }
 
-fn upstream_config(config: &TlsConfig) -> Result<ClientConfig, TlsError> {
+/// A TLS client configuration for a PostgreSQL server under libpq's `sslmode` (also the
+/// central store's connection), trusting `ca_file` besides the system's roots.
+pub fn client_config(mode: UpstreamTls, ca_file: Option<&Path>) -> Result<ClientConfig, TlsError> {
     let builder =
         ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
-    let config = match config.upstream {
+    let config = match mode {
         UpstreamTls::Disable | UpstreamTls::Prefer | UpstreamTls::Require => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerification(provider())))
@@ -242,14 +247,16 @@ fn upstream_config(config: &TlsConfig) -> Result<ClientConfig, TlsError> {
             let mut roots = RootCertStore::empty();
             let native = rustls_native_certs::load_native_certs();
             roots.add_parsable_certificates(native.certs);
-            if let Some(path) = &config.upstream_ca_file {
+            if let Some(path) = ca_file {
                 let pem = std::fs::read(path).map_err(io_error(path))?;
                 let certs: Vec<CertificateDer<'static>> =
                     rustls::pki_types::pem::PemObject::pem_slice_iter(&pem)
                         .filter_map(Result::ok)
                         .collect();
                 if certs.is_empty() {
-                    return Err(TlsError::NoCertificates { path: path.clone() });
+                    return Err(TlsError::NoCertificates {
+                        path: path.to_owned(),
+                    });
                 }
                 roots.add_parsable_certificates(certs);
             }
@@ -260,7 +267,7 @@ fn upstream_config(config: &TlsConfig) -> Result<ClientConfig, TlsError> {
             .build()
             .map_err(|e| rustls::Error::General(e.to_string()))?;
             let builder = builder.dangerous();
-            if config.upstream == UpstreamTls::VerifyCa {
+            if mode == UpstreamTls::VerifyCa {
                 builder.with_custom_certificate_verifier(Arc::new(ChainOnly(verifier)))
             } else {
                 builder.with_custom_certificate_verifier(verifier)

@@ -61,8 +61,8 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
             "cgroup {} is not an active Tollgate job: refused",
             conn.info.cgroup_id
         )),
-        Some(_) if shared.strict_recording && !shared.recorder.is_healthy() => {
-            Decision::deny("recording is failing and recording.strict is set: refused")
+        Some(_) if let Some(why) = shared.gate.refusal() => {
+            Decision::deny(format!("{why}: refused"))
         }
         Some(subject) => policy.decide_connect(subject),
     };

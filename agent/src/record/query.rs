@@ -398,11 +398,12 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let (recorder, handle) = writer::spawn(
             &path,
-            16,
-            4,
-            std::time::Duration::from_millis(5),
-            None,
-            false,
+            crate::record::writer::WriterOptions {
+                capacity: 16,
+                batch_size: 4,
+                flush_interval: std::time::Duration::from_millis(5),
+                ..Default::default()
+            },
             metrics.record.clone(),
         )
         .unwrap();

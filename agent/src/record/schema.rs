@@ -1,7 +1,7 @@
 //! The SQLite schema of the recording store.
 use rusqlite::Connection;
 
-pub const VERSION: i64 = 13;
+pub const VERSION: i64 = 14;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -184,6 +184,27 @@ CREATE TABLE IF NOT EXISTS approvals (
     record      TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS approvals_by_time ON approvals (asked_at);
+CREATE TABLE IF NOT EXISTS chain (
+    seq         INTEGER PRIMARY KEY,
+    at          INTEGER NOT NULL,
+    kind        TEXT NOT NULL,
+    record_id   TEXT NOT NULL,
+    body        TEXT NOT NULL,
+    prev        BLOB NOT NULL,
+    hash        BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    seq         INTEGER PRIMARY KEY,
+    at          INTEGER NOT NULL,
+    host        TEXT NOT NULL,
+    records     INTEGER NOT NULL,
+    head        BLOB NOT NULL,
+    signature   BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS shipped (
+    what        TEXT PRIMARY KEY,
+    upto        INTEGER NOT NULL
+);
 ";
 
 /// Opens the writer's pragmas and creates the tables.
@@ -251,6 +272,8 @@ pub fn apply(conn: &Connection) -> rusqlite::Result<()> {
         // Version 13 links a statement to the approval request or grant that let it run.
         conn.execute_batch("ALTER TABLE statements ADD COLUMN approval TEXT")?;
     }
+    // Version 14 chains every record (chain, checkpoints, shipped): a store written
+    // before it starts its chain at the first record written after the upgrade.
     conn.pragma_update(None, "user_version", VERSION)?;
     Ok(())
 }

@@ -12,12 +12,14 @@ use std::{
 
 use rusqlite::{Connection, params};
 
+use super::RecordMetrics;
 use super::{
     ConnectionRecord, JobExit, JobRecord, RecordError, RecordEvent, Recorder,
+    chain::{self, Appender, Head},
+    checkpoint::{self, Checkpoint, HostKey},
     journal::{Journal, Retired},
     now_ms, queue, retention, schema, statements,
 };
-use crate::metrics::RecordMetrics;
 
 /// How long a failed batch waits before it is written again.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
@@ -47,17 +49,63 @@ impl WriterHandle {
     }
 }
 
-/// Opens (creating if needed) the database at `path` and starts the writer. With a
-/// `retention`, the writer also deletes what ended longer ago than that.
+/// How the writer batches, keeps and signs what it records.
+#[derive(Debug, Clone)]
+pub struct WriterOptions {
+    /// Records waiting for the writer before new ones are dropped.
+    pub capacity: usize,
+    /// Most records in one transaction.
+    pub batch_size: usize,
+    /// How long the writer gathers records before it commits them.
+    pub flush_interval: Duration,
+    /// Deletes what ended longer ago than this.
+    pub retention: Option<Duration>,
+    /// Commits are synced (`synchronous = FULL`).
+    pub durable: bool,
+    /// Signs checkpoints of the record chain (none: the chain is kept, unsigned).
+    pub signer: Option<Signer>,
+    /// Chain entries are kept until shipped to a central store (not only past the
+    /// retention).
+    pub shipping: bool,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        Self {
+            capacity: 1024,
+            batch_size: 64,
+            flush_interval: Duration::from_millis(50),
+            retention: None,
+            durable: false,
+            signer: None,
+            shipping: false,
+        }
+    }
+}
+
+/// Who signs the chain's checkpoints, and how often.
+#[derive(Debug, Clone)]
+pub struct Signer {
+    pub host: String,
+    pub key: Arc<HostKey>,
+    pub interval: Duration,
+}
+
+/// Opens (creating if needed) the database at `path` and starts the writer.
 pub fn spawn(
     path: &Path,
-    capacity: usize,
-    batch_size: usize,
-    flush_interval: Duration,
-    retention: Option<Duration>,
-    durable: bool,
+    options: WriterOptions,
     metrics: Arc<RecordMetrics>,
 ) -> Result<(Recorder, WriterHandle), RecordError> {
+    let WriterOptions {
+        capacity,
+        batch_size,
+        flush_interval,
+        retention,
+        durable,
+        signer,
+        shipping,
+    } = options;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|source| RecordError::Dir {
             path: dir.to_owned(),
@@ -81,27 +129,32 @@ pub fn spawn(
         path: journal_dir.clone(),
         source,
     })?;
+    let mut appender = Appender::new(chain::load_head(&conn).map_err(open_err)?);
     let connections = replay(
         &mut conn,
+        &mut appender,
         "connections",
         &left.connections,
         |c| &c.id,
         |tx, mut c| {
             c.error
                 .get_or_insert_with(|| "the agent stopped before the connection ended".into());
-            insert_connection(tx, &c)
+            insert_connection(tx, &c)?;
+            Ok(("connection", c.id.clone(), to_json(&c)))
         },
     )
     .map_err(open_err)?;
     let flows = replay(
         &mut conn,
+        &mut appender,
         "udp_flows",
         &left.flows,
         |f| &f.id,
         |tx, mut f| {
             f.ended
                 .get_or_insert_with(|| "the agent stopped before the flow ended".into());
-            super::flows::upsert(tx, &f)
+            super::flows::upsert(tx, &f)?;
+            Ok(("udp_flow", f.id.clone(), to_json(&f)))
         },
     )
     .map_err(open_err)?;
@@ -119,7 +172,13 @@ pub fn spawn(
     let (tx, rx) = queue::bounded(capacity, batch_size);
     let healthy = Arc::new(AtomicBool::new(true));
     let stopping = Arc::new(AtomicBool::new(false));
+    let checkpointed = checkpoint::latest(&conn).map_err(open_err)?;
     let writer = Writer {
+        head: appender.head(),
+        signer,
+        shipping,
+        checkpointed: checkpointed.map_or((0, 0), |c| (c.seq, c.records)),
+        next_checkpoint: Instant::now(),
         conn,
         path: path.to_owned(),
         rx,
@@ -165,16 +224,27 @@ struct Writer {
     metrics: Arc<RecordMetrics>,
     journal: Arc<Journal>,
     retired: Vec<Retired>,
+    /// The chain's head as committed.
+    head: Head,
+    signer: Option<Signer>,
+    shipping: bool,
+    /// The last checkpoint: its number and the records it covered.
+    checkpointed: (i64, i64),
+    next_checkpoint: Instant,
 }
 
+/// A chain entry's kind, record id and content.
+type Chained = (&'static str, String, String);
+
 /// Inserts the journal's rows that `table` lacks (by id), each marked by `cut` as cut
-/// by the agent's stop. Returns how many were missing.
+/// by the agent's stop, and chains them. Returns how many were missing.
 fn replay<T: Clone>(
     conn: &mut Connection,
+    appender: &mut Appender,
     table: &str,
     rows: &[T],
     id: impl Fn(&T) -> &str,
-    cut: impl Fn(&rusqlite::Transaction<'_>, T) -> rusqlite::Result<()>,
+    cut: impl Fn(&rusqlite::Transaction<'_>, T) -> rusqlite::Result<Chained>,
 ) -> rusqlite::Result<usize> {
     let tx = conn.transaction()?;
     let mut recovered = 0;
@@ -185,7 +255,8 @@ fn replay<T: Clone>(
             |r| r.get(0),
         )?;
         if !exists {
-            cut(&tx, row.clone())?;
+            let (kind, record_id, body) = cut(&tx, row.clone())?;
+            appender.append(&tx, now_ms(), kind, &record_id, &body)?;
             recovered += 1;
         }
     }
@@ -224,6 +295,8 @@ impl Writer {
             }
             self.housekeeping();
         }
+        // The last records are signed before the agent goes.
+        self.checkpoint();
         // A clean stop: everything queued is committed (or reported lost, and then the
         // journal stays for the next start).
         if self.healthy.load(Ordering::Relaxed) {
@@ -235,6 +308,9 @@ impl Writer {
     /// and measures the store.
     fn housekeeping(&mut self) {
         let now_instant = Instant::now();
+        if now_instant >= self.next_checkpoint {
+            self.checkpoint();
+        }
         self.retired.retain(|segment| {
             if segment.is_due(now_instant) {
                 segment.remove();
@@ -295,11 +371,37 @@ impl Writer {
         }
     }
 
+    /// Signs the chain's head when it moved since the last checkpoint (and a key is
+    /// configured); the next one is due an interval later.
+    fn checkpoint(&mut self) {
+        let Some(signer) = &self.signer else {
+            return;
+        };
+        self.next_checkpoint = Instant::now() + signer.interval;
+        let (seq, records) = self.checkpointed;
+        if self.head.seq == records {
+            return;
+        }
+        let cp = Checkpoint::sign(&signer.key, &signer.host, seq + 1, now_ms(), self.head);
+        match cp.store(&self.conn) {
+            Ok(()) => {
+                self.checkpointed = (cp.seq, cp.records);
+                self.metrics.checkpoints.inc();
+            }
+            Err(error) => {
+                self.metrics.failures.inc();
+                tracing::error!(%error, "storing a checkpoint of the record chain failed; will retry");
+            }
+        }
+    }
+
     fn write_with_retry(&mut self, batch: &[RecordEvent]) {
         let mut attempts_while_stopping = 0;
         loop {
-            match write_batch(&mut self.conn, batch) {
+            let mut appender = Appender::new(self.head);
+            match write_batch(&mut self.conn, batch, &mut appender) {
                 Ok(()) => {
+                    self.head = appender.head();
                     let records = batch.iter().filter(|e| !e.is_marker()).count();
                     self.metrics.written.inc_by(records as u64);
                     self.healthy.store(true, Ordering::Relaxed);
@@ -332,7 +434,11 @@ impl Writer {
     }
 }
 
-fn write_batch(conn: &mut Connection, batch: &[RecordEvent]) -> rusqlite::Result<()> {
+fn write_batch(
+    conn: &mut Connection,
+    batch: &[RecordEvent],
+    appender: &mut Appender,
+) -> rusqlite::Result<()> {
     // A connection that opened and ended within this batch is written once, complete.
     let ended: HashSet<&str> = batch
         .iter()
@@ -343,10 +449,11 @@ fn write_batch(conn: &mut Connection, batch: &[RecordEvent]) -> rusqlite::Result
         .collect();
     let tx = conn.transaction()?;
     let mut lists = statements::JsonLists::default();
+    let at = now_ms();
     for event in batch {
         match event {
-            RecordEvent::ConnectionOpened(c) if ended.contains(c.id.as_str()) => {}
-            RecordEvent::Flush(_) | RecordEvent::Committed(_) => {}
+            RecordEvent::ConnectionOpened(c) if ended.contains(c.id.as_str()) => continue,
+            RecordEvent::Flush(_) | RecordEvent::Committed(_) => continue,
             RecordEvent::StatementStarted(st) => statements::insert(&tx, st, &mut lists)?,
             RecordEvent::Statement(st) if st.opened => statements::complete(&tx, st, &mut lists)?,
             RecordEvent::Statement(st) => statements::insert(&tx, st, &mut lists)?,
@@ -468,6 +575,9 @@ fn write_batch(conn: &mut Connection, batch: &[RecordEvent]) -> rusqlite::Result
                     );
                 }
             }
+        }
+        if let Some((kind, record_id, body)) = chain::content(event) {
+            appender.append(&tx, at, kind, &record_id, &body)?;
         }
     }
     tx.commit()

@@ -66,11 +66,12 @@ impl Harness {
         let enforcer = Enforcer::load(&policies, None, settings, metrics.policy.clone())?;
         let (recorder, writer) = crate::record::writer::spawn(
             &dir.path().join("records.db"),
-            1024,
-            64,
-            Duration::from_millis(50),
-            None,
-            false,
+            crate::record::writer::WriterOptions {
+                capacity: 1024,
+                batch_size: 64,
+                flush_interval: Duration::from_millis(50),
+                ..Default::default()
+            },
             metrics.record.clone(),
         )?;
         let approvals = Arc::new(crate::approvals::Approvals::new(

@@ -120,11 +120,12 @@ async fn a_cancelled_connection_task_is_recorded_with_the_bytes_relayed_so_far()
     let metrics = Metrics::new();
     let (recorder, handle) = writer::spawn(
         &db,
-        1024,
-        64,
-        Duration::from_millis(20),
-        None,
-        false,
+        crate::record::writer::WriterOptions {
+            capacity: 1024,
+            batch_size: 64,
+            flush_interval: Duration::from_millis(20),
+            ..Default::default()
+        },
         metrics.record.clone(),
     )
     .unwrap();

@@ -1,0 +1,86 @@
+//! The fleet's central PostgreSQL store: every host's record chain, its checkpoints and
+//! enrolled keys (docs/fleet.md). The local store is the outbox: the shipper sends what
+//! the chain holds, in order and in batches, until the central store has all of it.
+mod metrics;
+pub mod schema;
+pub mod ship;
+mod target;
+
+use std::path::PathBuf;
+
+pub use metrics::CentralMetrics;
+pub use target::Target;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CentralError {
+    #[error("central.url: {0}")]
+    Url(String),
+    #[error("central.password_file {path}: {source}")]
+    Password {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("central store {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("central store TLS: {0}")]
+    Tls(String),
+    #[error("central store: {0}")]
+    Query(#[from] tokio_postgres::Error),
+    #[error(
+        "the central store has no Tollgate schema; create it with `tollgate central migrate \
+         --url …`"
+    )]
+    NoSchema,
+    #[error(
+        "the central store's schema is version {found}, this agent's is {expected}; run \
+         `tollgate central migrate` with the newer of the two"
+    )]
+    SchemaVersion { found: i32, expected: i32 },
+    #[error("the local recording store: {0}")]
+    Local(#[from] rusqlite::Error),
+}
+
+/// Starts shipping to `[central] url`, if set. A password file that cannot be read is
+/// logged and leaves recording local (the agent starts either way).
+pub fn start(
+    config: &crate::config::Config,
+    db: &std::path::Path,
+    gate: crate::record::Gate,
+    metrics: std::sync::Arc<CentralMetrics>,
+) -> Option<ship::ShipperHandle> {
+    let url = config.central.url.as_deref()?;
+    let target = match Target::parse(url, config.central.password_file.as_deref()) {
+        Ok(target) => target,
+        Err(error) => {
+            tracing::error!(%error, "records are not shipped to the central store; they stay on this host");
+            return None;
+        }
+    };
+    tracing::info!(
+        url = target.shown(),
+        host = config.central.host_name(),
+        max_lag = ?config.central.max_lag,
+        "shipping records to the central store"
+    );
+    let options = ship::Options {
+        target,
+        db: db.to_owned(),
+        host: config.central.host_name(),
+        batch_size: config.central.batch_size,
+        max_lag: config.central.max_lag,
+        gate,
+        metrics,
+    };
+    match ship::spawn(options) {
+        Ok(handle) => Some(handle),
+        Err(error) => {
+            tracing::error!(%error, "starting the central shipper");
+            None
+        }
+    }
+}
