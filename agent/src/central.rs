@@ -1,6 +1,7 @@
 //! The fleet's central PostgreSQL store: every host's record chain, its checkpoints and
 //! enrolled keys (docs/fleet.md). The local store is the outbox: the shipper sends what
 //! the chain holds, in order and in batches, until the central store has all of it.
+pub mod admin;
 mod metrics;
 pub mod schema;
 pub mod ship;

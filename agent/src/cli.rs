@@ -1,5 +1,6 @@
 //! Command-line interface. `anyhow` lives here, at the edge.
 mod approvals;
+mod central;
 mod hook;
 mod install;
 mod output;
@@ -71,12 +72,21 @@ enum Command {
     },
     /// Prove this job's identity with the CI system's OIDC token (run in a job step).
     Attest(hook::AttestArgs),
-    /// The audit trail: enrolments, hooks, attestations and refused control requests.
+    /// The audit trail: enrolments, hooks, attestations and refused control requests;
+    /// `audit verify` checks the record chain against its signed checkpoints.
+    #[command(args_conflicts_with_subcommands = true)]
     Audit {
+        #[command(subcommand)]
+        command: Option<central::AuditCommand>,
         #[arg(long, default_value_t = 100)]
         limit: u32,
         #[arg(long)]
         json: bool,
+    },
+    /// The fleet's central store: create its schema, enrol this host's key, prune.
+    Central {
+        #[command(subcommand)]
+        command: central::CentralCommand,
     },
     /// What the kernel refused or saw in jobs (refused sockets), newest first.
     Events {
@@ -317,7 +327,16 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         } => install::install_github_runner(&runner_dir, runner_user.as_deref(), &root),
         Command::Uninstall { root, purge } => install::uninstall(&root, purge),
         Command::Attest(args) => hook::attest(&socket, &args),
-        Command::Audit { limit, json } => {
+        Command::Audit {
+            command: Some(command),
+            ..
+        } => central::audit(command),
+        Command::Central { command } => central::central(command),
+        Command::Audit {
+            command: None,
+            limit,
+            json,
+        } => {
             let Response::Audit { entries } = call(&socket, &Request::ListAudit { limit })? else {
                 anyhow::bail!("unexpected reply");
             };

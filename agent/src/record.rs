@@ -10,6 +10,7 @@ mod label;
 mod metrics;
 mod query;
 mod queue;
+pub mod verify;
 mod retention;
 mod schema;
 mod statements;

@@ -26,14 +26,17 @@ pub struct Pruned {
     pub dns: u64,
     pub udp_flows: u64,
     pub unix_connects: u64,
+    pub chain: u64,
     /// A chunk was full: there may be more to delete.
     pub more: bool,
 }
 
 /// Deletes what ended before `cutoff_ms` (milliseconds since the epoch): at most one
 /// chunk of connections, with their statements, one chunk each of audit entries and
-/// kernel events, and the ended jobs that no longer have any connection on record.
-pub fn prune(conn: &mut Connection, cutoff_ms: i64) -> rusqlite::Result<Pruned> {
+/// kernel events, and the ended jobs that no longer have any connection on record; and
+/// chain entries up to position `chain_floor` (those shipped, never the newest), noting
+/// where the chain now starts.
+pub fn prune(conn: &mut Connection, cutoff_ms: i64, chain_floor: i64) -> rusqlite::Result<Pruned> {
     let tx = conn.transaction()?;
     let mut pruned = Pruned::default();
     let ids: Vec<String> = {
@@ -87,6 +90,26 @@ pub fn prune(conn: &mut Connection, cutoff_ms: i64) -> rusqlite::Result<Pruned> 
          AND NOT EXISTS (SELECT 1 FROM connections c WHERE c.job_id = jobs.id)",
         params![cutoff_ms],
     )? as u64;
+    let upto: Option<i64> = tx.query_row(
+        "SELECT max(seq) FROM (SELECT seq FROM chain WHERE at < ?1 AND seq <= ?2 \
+         ORDER BY seq LIMIT ?3)",
+        params![cutoff_ms, chain_floor, CHUNK as i64],
+        |r| r.get(0),
+    )?;
+    if let Some(upto) = upto {
+        pruned.chain = tx.execute("DELETE FROM chain WHERE seq <= ?1", params![upto])? as u64;
+        tx.execute(
+            "DELETE FROM checkpoints WHERE records <= ?1 AND seq < (SELECT max(seq) FROM \
+             checkpoints)",
+            params![upto],
+        )?;
+        tx.execute(
+            "INSERT INTO shipped (what, upto) VALUES ('pruned', ?1) \
+             ON CONFLICT (what) DO UPDATE SET upto = max(upto, excluded.upto)",
+            params![upto],
+        )?;
+        pruned.more |= pruned.chain == CHUNK as u64;
+    }
     tx.commit()?;
     Ok(pruned)
 }
@@ -175,7 +198,7 @@ mod tests {
             .unwrap();
         }
 
-        let pruned = prune(&mut conn, 1_000).unwrap();
+        let pruned = prune(&mut conn, 1_000, i64::MAX).unwrap();
         assert_eq!(
             pruned,
             Pruned {
@@ -187,6 +210,7 @@ mod tests {
                 dns: 0,
                 udp_flows: 1,
                 unix_connects: 0,
+                chain: 0,
                 more: false,
             }
         );
@@ -196,7 +220,7 @@ mod tests {
         assert_eq!(count(&conn, "connections"), 2);
         assert_eq!(count(&conn, "statements"), 6);
         assert_eq!(count(&conn, "audit"), 1);
-        assert_eq!(prune(&mut conn, 1_000).unwrap(), Pruned::default());
+        assert_eq!(prune(&mut conn, 1_000, i64::MAX).unwrap(), Pruned::default());
         assert!(store_bytes(&conn).unwrap() > 0);
     }
 
@@ -208,11 +232,11 @@ mod tests {
         for n in 0..(CHUNK + 10) {
             connection(&conn, &format!("c{n}"), "j", Some(1));
         }
-        let first = prune(&mut conn, 10).unwrap();
+        let first = prune(&mut conn, 10, i64::MAX).unwrap();
         assert_eq!(first.connections, CHUNK as u64);
         assert!(first.more);
         assert_eq!(first.jobs, 0, "the job still has connections on record");
-        let second = prune(&mut conn, 10).unwrap();
+        let second = prune(&mut conn, 10, i64::MAX).unwrap();
         assert_eq!(second.connections, 10);
         assert_eq!(second.jobs, 1);
         assert!(!second.more);

@@ -326,8 +326,21 @@ impl Writer {
             let cutoff =
                 now_ms().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
             let mut more = false;
+            // Chain entries go once shipped (when shipping), never the newest.
+            let shipped = if self.shipping {
+                self.conn
+                    .query_row(
+                        "SELECT upto FROM shipped WHERE what = 'records'",
+                        [],
+                        |r| r.get::<_, i64>(0),
+                    )
+                    .unwrap_or(0)
+            } else {
+                i64::MAX
+            };
+            let chain_floor = shipped.min(self.head.seq - 1);
             for _ in 0..PRUNE_CHUNKS {
-                match retention::prune(&mut self.conn, cutoff) {
+                match retention::prune(&mut self.conn, cutoff, chain_floor) {
                     Ok(pruned) => {
                         for (kind, rows) in [
                             ("statement", pruned.statements),
@@ -338,6 +351,7 @@ impl Writer {
                             ("dns_query", pruned.dns),
                             ("udp_flow", pruned.udp_flows),
                             ("unix_connect", pruned.unix_connects),
+                            ("chain", pruned.chain),
                         ] {
                             if rows > 0 {
                                 self.metrics.pruned.with_label_values(&[kind]).inc_by(rows);
