@@ -10,11 +10,11 @@ mod label;
 mod metrics;
 mod query;
 mod queue;
-pub mod verify;
 mod retention;
 mod schema;
 mod statements;
 mod unix;
+pub mod verify;
 pub mod writer;
 
 use std::{

@@ -2,6 +2,7 @@
 //! sockets) and a real PostgreSQL. Run with `cargo xtask test` (root, serially).
 mod addresses;
 mod approvals;
+mod central;
 mod control;
 mod direct_tls;
 mod dns;

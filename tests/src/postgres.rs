@@ -17,6 +17,42 @@ pub struct Postgres {
     pub port: u16,
     pub bin_dir: PathBuf,
     pub data_dir: PathBuf,
+    install: Install,
+    /// The server's options, to start it again.
+    options: String,
+}
+
+/// A server of one test's own, for tests that stop and start it; stopped and removed
+/// when dropped.
+pub struct OwnPostgres(Postgres);
+
+impl std::ops::Deref for OwnPostgres {
+    type Target = Postgres;
+
+    fn deref(&self) -> &Postgres {
+        &self.0
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        self.0.pg_ctl(&["-m", "immediate", "-w", "stop"]);
+        let _ = fs::remove_dir_all(&self.0.data_dir);
+    }
+}
+
+static OWN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A PostgreSQL server of the calling test's own (this host's installation).
+pub fn own_postgres() -> OwnPostgres {
+    let n = OWN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    OwnPostgres(start_tagged(
+        Install {
+            root: None,
+            bin_dir: bin_dir(),
+        },
+        &format!("own{n}"),
+    ))
 }
 
 static SERVER: OnceLock<Postgres> = OnceLock::new();
@@ -152,8 +188,12 @@ pub fn postgres() -> &'static Postgres {
 }
 
 fn start(install: Install) -> Postgres {
-    let port = ephemeral_port();
     let tag = if install.root.is_some() { "17" } else { "" };
+    start_tagged(install, tag)
+}
+
+fn start_tagged(install: Install, tag: &str) -> Postgres {
+    let port = ephemeral_port();
     let data_dir = install.scratch(tag);
     let _ = fs::remove_dir_all(&data_dir);
     fs::create_dir_all(&data_dir).expect("pg data dir");
@@ -211,21 +251,14 @@ fn start(install: Install) -> Postgres {
         cert = inner(&cert).display(),
         key = inner(&key).display(),
     );
-    let started = output(
-        as_postgres("pg_ctl")
-            .arg("-D")
-            .arg(inner(&data_dir.join("data")))
-            .arg("-l")
-            .arg(inner(&data_dir.join("server.log")))
-            .args(["-w", "-o", &options, "start"]),
-    );
-    assert!(
-        started.status.success(),
-        "pg_ctl start failed: {}{}\n{}",
-        stdout(&started),
-        stderr(&started),
-        fs::read_to_string(data_dir.join("server.log")).unwrap_or_default()
-    );
+    let server = Postgres {
+        port,
+        bin_dir: install.bin_dir.clone(),
+        data_dir: data_dir.clone(),
+        install: install.clone(),
+        options,
+    };
+    server.start_again();
     if let Ok(mut guard) = TO_STOP.lock() {
         if guard.is_empty() {
             // SAFETY: registering a plain extern "C" function, once.
@@ -233,11 +266,6 @@ fn start(install: Install) -> Postgres {
         }
         guard.push((install.clone(), data_dir.clone()));
     }
-    let server = Postgres {
-        port,
-        bin_dir: install.bin_dir.clone(),
-        data_dir,
-    };
     let args = server.psql_args(
         "127.0.0.1",
         &format!("CREATE ROLE {SCRAM_USER} LOGIN SUPERUSER PASSWORD '{SCRAM_PASSWORD}'"),
@@ -252,6 +280,36 @@ fn start(install: Install) -> Postgres {
 }
 
 impl Postgres {
+    fn pg_ctl(&self, args: &[&str]) -> std::process::Output {
+        output(
+            self.install
+                .as_postgres("pg_ctl")
+                .arg("-D")
+                .arg(self.install.inner(&self.data_dir.join("data")))
+                .args(args),
+        )
+    }
+
+    /// Stops the server at once (`pg_ctl stop -m immediate`): connections are cut.
+    pub fn stop_immediate(&self) {
+        let out = self.pg_ctl(&["-m", "immediate", "-w", "stop"]);
+        assert!(out.status.success(), "pg_ctl stop: {}", stderr(&out));
+    }
+
+    /// Starts the server (again), on its port.
+    pub fn start_again(&self) {
+        let log = self.install.inner(&self.data_dir.join("server.log"));
+        let log = log.display().to_string();
+        let started = self.pg_ctl(&["-l", &log, "-w", "-o", &self.options, "start"]);
+        assert!(
+            started.status.success(),
+            "pg_ctl start failed: {}{}\n{}",
+            stdout(&started),
+            stderr(&started),
+            fs::read_to_string(self.data_dir.join("server.log")).unwrap_or_default()
+        );
+    }
+
     /// psql as the superuser on host `host`: unaligned, tuples only (one line per
     /// value), no psqlrc. Without `-c`, it reads statements from stdin.
     /// A `[[targets]]` entry declaring this server a PostgreSQL target: followed at L7

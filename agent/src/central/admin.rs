@@ -121,10 +121,12 @@ pub async fn prune(client: &mut Client, before_ms: i64) -> Result<Vec<Pruned>, C
         let name: String = row.get(0);
         let bound: String = row.get(1);
         // FOR VALUES FROM ('a') TO ('b')
-        let end = bound
-            .rsplit("TO (")
-            .next()
-            .and_then(|s| s.trim_end_matches(')').trim_matches('\'').parse::<i64>().ok());
+        let end = bound.rsplit("TO (").next().and_then(|s| {
+            s.trim_end_matches(')')
+                .trim_matches('\'')
+                .parse::<i64>()
+                .ok()
+        });
         if end.is_some_and(|end| end <= before_ms) {
             tx.batch_execute(&format!("DROP TABLE IF EXISTS tollgate.{name}"))
                 .await?;

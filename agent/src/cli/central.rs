@@ -166,7 +166,10 @@ pub fn central(command: CentralCommand) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&pruned)?);
             } else if pruned.is_empty() {
-                println!("nothing older than {}", humantime::format_duration(older_than));
+                println!(
+                    "nothing older than {}",
+                    humantime::format_duration(older_than)
+                );
             } else {
                 for p in &pruned {
                     println!(

@@ -220,7 +220,10 @@ mod tests {
         assert_eq!(count(&conn, "connections"), 2);
         assert_eq!(count(&conn, "statements"), 6);
         assert_eq!(count(&conn, "audit"), 1);
-        assert_eq!(prune(&mut conn, 1_000, i64::MAX).unwrap(), Pruned::default());
+        assert_eq!(
+            prune(&mut conn, 1_000, i64::MAX).unwrap(),
+            Pruned::default()
+        );
         assert!(store_bytes(&conn).unwrap() > 0);
     }
 

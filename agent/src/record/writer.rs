@@ -329,11 +329,9 @@ impl Writer {
             // Chain entries go once shipped (when shipping), never the newest.
             let shipped = if self.shipping {
                 self.conn
-                    .query_row(
-                        "SELECT upto FROM shipped WHERE what = 'records'",
-                        [],
-                        |r| r.get::<_, i64>(0),
-                    )
+                    .query_row("SELECT upto FROM shipped WHERE what = 'records'", [], |r| {
+                        r.get::<_, i64>(0)
+                    })
                     .unwrap_or(0)
             } else {
                 i64::MAX

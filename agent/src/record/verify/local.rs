@@ -19,7 +19,9 @@ pub fn verify(
     // Where retention pruned the chain, it starts at the first record kept, whose link
     // back is the last pruned record's hash.
     let pruned: Option<i64> = conn
-        .query_row("SELECT upto FROM shipped WHERE what = 'pruned'", [], |r| r.get(0))
+        .query_row("SELECT upto FROM shipped WHERE what = 'pruned'", [], |r| {
+            r.get(0)
+        })
         .optional()?;
     let start = match (since, pruned) {
         (Some(_), _) => Start::Anywhere,

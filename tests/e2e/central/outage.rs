@@ -1,0 +1,176 @@
+//! The central store down: nothing is lost (through an agent's SIGKILL and restart),
+//! `central.max_lag` refuses new job connections until it is back, and a wrong password
+//! or schema is a clear error while local recording goes on.
+use std::{thread, time::Duration};
+
+use tollgate_e2e::{postgres::postgres, require_root, servers::Server, stdout, wait_for};
+
+use super::{Central, assert_all_shipped_once, pgbench_init, workload};
+
+#[test]
+fn the_central_store_down_under_load_loses_nothing_and_the_lag_rises_and_falls() {
+    if !require_root() {
+        return;
+    }
+    let pg = postgres();
+    pgbench_init(pg);
+    let web = Server::http("127.0.0.1:0");
+    let central = Central::start();
+    let mut a = central.agent("runner-a", pg, "");
+    let mut b = central.agent("runner-b", pg, "");
+    workload(&a, pg, &web, "before");
+    central.pg.stop_immediate();
+    let down = std::time::Instant::now();
+    // Load on both hosts while the store is down.
+    workload(&a, pg, &web, "during-a");
+    workload(&b, pg, &web, "during-b");
+    wait_for("the lag to rise", Duration::from_secs(20), || {
+        (a.metric("tollgate_central_lag_seconds") >= 2.0
+            && a.metric("tollgate_central_backlog_records") > 0.0
+            && a.metric("tollgate_central_backlog_bytes") > 0.0)
+            .then_some(())
+    });
+    assert_eq!(a.metric("tollgate_central_up"), 0.0);
+    // One agent dies and comes back while the store is down: its backlog is on disk.
+    b.kill9();
+    b.start_again();
+    workload(&b, pg, &web, "restarted-b");
+    if let Some(left) = Duration::from_secs(30).checked_sub(down.elapsed()) {
+        thread::sleep(left);
+    }
+    let peak = a.metric("tollgate_central_lag_seconds");
+    assert!(peak >= 20.0, "lag while down 30 s: {peak}");
+    central.pg.start_again();
+    for agent in [&a, &b] {
+        wait_for("the backlog shipped", Duration::from_secs(60), || {
+            (agent.metric("tollgate_central_backlog_records") == 0.0
+                && agent.metric("tollgate_central_lag_seconds") < 1.0)
+                .then_some(())
+        });
+    }
+    assert!(a.metric("tollgate_central_errors_total{stage=\"connect\"}") >= 1.0);
+    a.stop();
+    b.stop();
+    assert_all_shipped_once(&central, &a, "runner-a");
+    assert_all_shipped_once(&central, &b, "runner-b");
+    let out = central.verify(&a, None);
+    assert!(out.status.success(), "{}", stdout(&out));
+}
+
+#[test]
+fn max_lag_refuses_new_job_connections_until_the_store_is_back() {
+    if !require_root() {
+        return;
+    }
+    let pg = postgres();
+    let web = Server::http("127.0.0.1:0");
+    let central = Central::start();
+    let agent = central.agent("runner-lag", pg, "max_lag = \"2s\"");
+    let url = format!("http://127.0.0.1:{}/", web.port());
+    let curl = || {
+        agent
+            .run_job(
+                &[("repository", "acme/web")],
+                &["curl", "-sf", "-m", "5", &url],
+            )
+            .status
+            .success()
+    };
+    assert!(curl(), "allowed while the store is up");
+    central.pg.stop_immediate();
+    // The job's own records wait unshipped; past 2 s new connections are refused.
+    assert!(curl(), "allowed while the backlog is young");
+    wait_for("max_lag to refuse", Duration::from_secs(20), || {
+        (agent.metric("tollgate_central_refusing") == 1.0).then_some(())
+    });
+    wait_for("a job connection refused", Duration::from_secs(15), || {
+        (!curl()).then_some(())
+    });
+    let (code, body) = agent.admin_get("/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("central.max_lag"), "{body}");
+    let refused = agent.sessions(None);
+    assert!(
+        refused.iter().any(|s| s.reason.contains("central.max_lag")),
+        "a refused connection names why: {refused:?}"
+    );
+    central.pg.start_again();
+    wait_for("max_lag to let go", Duration::from_secs(30), || {
+        (agent.metric("tollgate_central_refusing") == 0.0).then_some(())
+    });
+    wait_for(
+        "job connections allowed again",
+        Duration::from_secs(15),
+        || curl().then_some(()),
+    );
+    assert_eq!(agent.admin_get("/readyz").0, 200);
+}
+
+#[test]
+fn a_wrong_password_or_schema_is_a_clear_error_and_recording_stays_local() {
+    if !require_root() {
+        return;
+    }
+    let pg = postgres();
+    let web = Server::http("127.0.0.1:0");
+    let central = Central::start();
+    let wrong = tempfile::NamedTempFile::new().expect("file");
+    std::fs::write(wrong.path(), "not-the-password\n").expect("write");
+    let extra = format!("password_file = \"{}\"", wrong.path().display());
+    // The config's own password_file is replaced by the wrong one.
+    let config = central.config("runner-pw", "").replace(
+        &format!(
+            "password_file = \"{}\"",
+            central.password_file.path().display()
+        ),
+        &extra,
+    );
+    let agent = tollgate_e2e::Agent::start_with(&format!("{config}\n{}", pg.target()));
+    let url = format!("http://127.0.0.1:{}/", web.port());
+    let out = agent.run_job(&[("repository", "acme/web")], &["curl", "-sf", &url]);
+    assert!(out.status.success(), "recording stays local, jobs go on");
+    assert_eq!(agent.wait_sessions(None, 1).len(), 1);
+    wait_for("the error logged", Duration::from_secs(15), || {
+        agent
+            .log()
+            .contains("password authentication failed")
+            .then_some(())
+    });
+    assert!(agent.metric("tollgate_central_errors_total{stage=\"connect\"}") >= 1.0);
+    assert_eq!(agent.metric("tollgate_central_up"), 0.0);
+
+    // A store at another schema version.
+    central.sql("UPDATE tollgate.meta SET value = '99' WHERE key = 'schema_version'");
+    let other = central.agent_unenrolled("runner-schema", pg);
+    wait_for("the schema error logged", Duration::from_secs(15), || {
+        other
+            .log()
+            .contains("the central store's schema is version 99, this agent's is 1")
+            .then_some(())
+    });
+    assert!(other.metric("tollgate_central_errors_total{stage=\"schema\"}") >= 1.0);
+    // And the CLI says the same.
+    let out = central.tollgate(&["central", "migrate"]);
+    assert!(!out.status.success());
+    assert!(
+        tollgate_e2e::stderr(&out).contains("schema is version 99"),
+        "{}",
+        tollgate_e2e::stderr(&out)
+    );
+    // An address where nothing listens.
+    let out = std::process::Command::new(tollgate_e2e::agent::tollgate_bin())
+        .args([
+            "central",
+            "migrate",
+            "--url",
+            "postgresql://x@127.0.0.1:1/db?sslmode=disable",
+        ])
+        .output()
+        .expect("tollgate");
+    assert!(!out.status.success());
+    assert!(
+        tollgate_e2e::stderr(&out).contains("central store postgresql://x@127.0.0.1:1/db"),
+        "{}",
+        tollgate_e2e::stderr(&out)
+    );
+}
