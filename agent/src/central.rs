@@ -22,7 +22,7 @@ pub enum CentralError {
         #[source]
         source: std::io::Error,
     },
-    #[error("central store {url}: {source}")]
+    #[error("central store {url}: {}", describe(.source))]
     Connect {
         url: String,
         #[source]
@@ -30,7 +30,7 @@ pub enum CentralError {
     },
     #[error("central store TLS: {0}")]
     Tls(String),
-    #[error("central store: {0}")]
+    #[error("central store: {}", describe(.0))]
     Query(#[from] tokio_postgres::Error),
     #[error(
         "the central store has no Tollgate schema; create it with `tollgate central migrate \
@@ -44,6 +44,18 @@ pub enum CentralError {
     SchemaVersion { found: i32, expected: i32 },
     #[error("the local recording store: {0}")]
     Local(#[from] rusqlite::Error),
+}
+
+/// A PostgreSQL error with what the server said (tokio-postgres's own text is only "db
+/// error"), or the I/O error under it.
+fn describe(error: &tokio_postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        return format!("{}: {} ({})", db.severity(), db.message(), db.code().code());
+    }
+    match std::error::Error::source(error) {
+        Some(source) => format!("{error}: {source}"),
+        None => error.to_string(),
+    }
 }
 
 /// Starts shipping to `[central] url`, if set. A password file that cannot be read is

@@ -89,11 +89,13 @@ fn max_lag_refuses_new_job_connections_until_the_store_is_back() {
     let (code, body) = agent.admin_get("/readyz");
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("central.max_lag"), "{body}");
-    let refused = agent.sessions(None);
-    assert!(
-        refused.iter().any(|s| s.reason.contains("central.max_lag")),
-        "a refused connection names why: {refused:?}"
-    );
+    let refused = wait_for("the refusal recorded", Duration::from_secs(10), || {
+        agent
+            .sessions(None)
+            .into_iter()
+            .find(|s| s.reason.contains("central.max_lag"))
+    });
+    assert_eq!(refused.decision, tollgate::record::DecisionLabel::Deny);
     central.pg.start_again();
     wait_for("max_lag to let go", Duration::from_secs(30), || {
         (agent.metric("tollgate_central_refusing") == 0.0).then_some(())
