@@ -3,6 +3,7 @@
 //! the chain holds, in order and in batches, until the central store has all of it.
 pub mod admin;
 mod metrics;
+pub mod query;
 pub mod schema;
 pub mod ship;
 mod target;

@@ -82,6 +82,8 @@ enum Command {
         limit: u32,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        fleet: central::FleetArgs,
     },
     /// The fleet's central store: create its schema, enrol this host's key, prune.
     Central {
@@ -237,6 +239,8 @@ enum SessionsCommand {
         limit: u32,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        fleet: central::FleetArgs,
     },
     /// Show one session.
     Show {
@@ -244,6 +248,8 @@ enum SessionsCommand {
         id: String,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        fleet: central::FleetArgs,
     },
 }
 
@@ -336,6 +342,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             command: None,
             limit,
             json,
+            fleet,
+        } if fleet.is_central() => central::audit_list(&fleet, limit, json),
+        Command::Audit {
+            command: None,
+            limit,
+            json,
+            ..
         } => {
             let Response::Audit { entries } = call(&socket, &Request::ListAudit { limit })? else {
                 anyhow::bail!("unexpected reply");
@@ -384,7 +397,18 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Approvals { command } => approvals::run(&socket, command),
         Command::Sessions { command } => match command {
-            SessionsCommand::List { job, limit, json } => {
+            SessionsCommand::List {
+                job,
+                limit,
+                json,
+                fleet,
+            } if fleet.is_central() => central::sessions(&fleet, job.as_deref(), limit, json),
+            SessionsCommand::Show { id, json, fleet } if fleet.is_central() => {
+                central::session(&fleet, &id, json)
+            }
+            SessionsCommand::List {
+                job, limit, json, ..
+            } => {
                 let request = Request::ListSessions { job_id: job, limit };
                 let Response::Sessions { sessions } = call(&socket, &request)? else {
                     anyhow::bail!("unexpected reply");
@@ -392,7 +416,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 output::sessions(&sessions, json)?;
                 Ok(ExitCode::SUCCESS)
             }
-            SessionsCommand::Show { id, json } => {
+            SessionsCommand::Show { id, json, .. } => {
                 let Response::Session(session) = call(&socket, &Request::ShowSession { id })?
                 else {
                     anyhow::bail!("unexpected reply");

@@ -285,8 +285,63 @@ fn three_agents_ship_every_record_exactly_once_and_tampering_is_named() {
         ),
         "runner-a,runner-b,runner-c"
     );
+    fleet_reads_span_hosts(&central, &agents[0], &agents[1].db_path);
     tampering_is_named(&central, &agents[0], "runner-a");
     local_tampering_is_named(&agents[1], "runner-b");
+}
+
+/// `sessions list|show` and `audit` with `--central` read every host's records, or one
+/// host's with `--host`, as the local store shows them.
+fn fleet_reads_span_hosts(central: &Central, agent: &Agent, b_db: &Path) {
+    let read = |args: &[&str]| -> serde_json::Value {
+        let out = output(
+            agent
+                .tollgate()
+                .args(args)
+                .args(["--json", "--central", &central.url, "--central-config"])
+                .arg(&agent.config_path),
+        );
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        serde_json::from_str(&stdout(&out)).expect("json")
+    };
+    let all = read(&["sessions", "list"]);
+    let all = all.as_array().expect("sessions");
+    let hosts: std::collections::BTreeSet<&str> =
+        all.iter().filter_map(|s| s["host"].as_str()).collect();
+    assert_eq!(
+        hosts.into_iter().collect::<Vec<_>>(),
+        ["runner-a", "runner-b", "runner-c"]
+    );
+    // The same sessions as runner-b's own store has.
+    let b = read(&["sessions", "list", "--host", "runner-b"]);
+    let b = b.as_array().expect("sessions");
+    let local_b = local_count(b_db, "SELECT count(*) FROM connections");
+    assert!(local_b > 0);
+    assert!(b.iter().all(|s| s["host"] == "runner-b"));
+    assert_eq!(b.len() as i64, local_b);
+    assert_eq!(
+        b.len(),
+        all.iter().filter(|s| s["host"] == "runner-b").count()
+    );
+    // One PostgreSQL session of runner-b, with its statements and its job's labels.
+    let psql = b
+        .iter()
+        .find(|s| s["comm"] == "psql")
+        .expect("runner-b's psql session");
+    let id = psql["id"].as_str().expect("id");
+    let shown = read(&["sessions", "show", &id[..20], "--host", "runner-b"]);
+    assert_eq!(shown["host"], "runner-b");
+    assert_eq!(shown["job_labels"]["repository"], "acme/api");
+    let sqls: Vec<&str> = shown["statements"]
+        .as_array()
+        .expect("statements")
+        .iter()
+        .filter_map(|st| st["sql"].as_str())
+        .collect();
+    assert!(sqls.iter().any(|s| s.contains("'runner-b'")), "{sqls:?}");
+    let audit = read(&["audit", "--host", "runner-c"]);
+    let audit = audit.as_array().expect("audit");
+    assert!(!audit.is_empty() && audit.iter().all(|e| e["host"] == "runner-c"));
 }
 
 /// Each central tamper fails `audit verify` with its kind and the record; the rows are

@@ -4,8 +4,9 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 
+use super::output;
 use crate::{
-    central::{Target, admin, schema},
+    central::{Target, admin, query, schema},
     config::Config,
     record::{
         checkpoint::HostKey,
@@ -41,6 +42,67 @@ impl StoreArgs {
             .or(config.central.password_file.as_deref());
         Ok(Target::parse(url, password)?)
     }
+}
+
+/// `--central URL [--host H]`: read the fleet's records from the central store.
+#[derive(Args)]
+pub struct FleetArgs {
+    /// Read from this central store (every host's records) instead of this host's agent.
+    #[arg(long)]
+    central: Option<String>,
+    /// With --central: only this host's.
+    #[arg(long, requires = "central")]
+    host: Option<String>,
+    /// With --central: the config whose central.password_file applies.
+    #[arg(long = "central-config", requires = "central")]
+    central_config: Option<PathBuf>,
+}
+
+impl FleetArgs {
+    pub fn is_central(&self) -> bool {
+        self.central.is_some()
+    }
+
+    fn target(&self) -> anyhow::Result<Target> {
+        let (config, _) = Config::load(self.central_config.as_deref())?;
+        let url = self.central.as_deref().context("--central URL")?;
+        Ok(Target::parse(url, config.central.password_file.as_deref())?)
+    }
+}
+
+pub fn sessions(
+    fleet: &FleetArgs,
+    job: Option<&str>,
+    limit: u32,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let target = fleet.target()?;
+    let sessions = runtime()?.block_on(async {
+        let client = target.connect().await?;
+        query::sessions(&client, fleet.host.as_deref(), job, limit).await
+    })?;
+    output::fleet_sessions(&sessions, json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn session(fleet: &FleetArgs, id: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let target = fleet.target()?;
+    let session = runtime()?.block_on(async {
+        let client = target.connect().await?;
+        query::session(&client, fleet.host.as_deref(), id).await
+    })?;
+    output::fleet_session(&session, json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn audit_list(fleet: &FleetArgs, limit: u32, json: bool) -> anyhow::Result<ExitCode> {
+    let target = fleet.target()?;
+    let entries = runtime()?.block_on(async {
+        let client = target.connect().await?;
+        query::audit(&client, fleet.host.as_deref(), limit).await
+    })?;
+    output::fleet_audit(&entries, json)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Subcommand)]

@@ -2,6 +2,7 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use crate::{
+    central::query::Hosted,
     jobs::Job,
     record::DecisionLabel,
     record::{AuditRecord, ConnectionRecord, DnsRecord, EventRecord, UdpFlowRecord},
@@ -50,7 +51,28 @@ pub fn sessions(sessions: &[ConnectionRecord], json: bool) -> anyhow::Result<()>
         println!("{}", serde_json::to_string_pretty(sessions)?);
         return Ok(());
     }
-    println!(
+    println!("{}", session_header());
+    for s in sessions {
+        println!("{}", session_line(s));
+    }
+    Ok(())
+}
+
+/// Sessions read from the central store, each with its host.
+pub fn fleet_sessions(sessions: &[Hosted<ConnectionRecord>], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(sessions)?);
+        return Ok(());
+    }
+    println!("{:<20}  {}", "HOST", session_header());
+    for s in sessions {
+        println!("{:<20}  {}", s.host, session_line(&s.record));
+    }
+    Ok(())
+}
+
+fn session_header() -> String {
+    format!(
         "{:<36}  {:<24}  {:<36}  {:<40}  {:<13}  {:>7}  {:<15}  {:<28}  {:<12}  {:>9}  {:>9}",
         "SESSION",
         "STARTED",
@@ -63,24 +85,34 @@ pub fn sessions(sessions: &[ConnectionRecord], json: bool) -> anyhow::Result<()>
         "DECISION",
         "UP",
         "DOWN"
-    );
-    for s in sessions {
-        println!(
-            "{:<36}  {:<24}  {:<36}  {:<40}  {:<13}  {:>7}  {:<15}  {:<28}  {:<12}  {:>9}  {:>9}",
-            s.id,
-            time(s.started_at),
-            s.job_id.as_deref().unwrap_or("-"),
-            s.job_identity.summary(),
-            s.assurance.map_or("-", |a| a.as_str()),
-            s.pid.map_or("-".to_owned(), |p| p.to_string()),
-            s.comm.as_deref().unwrap_or("-"),
-            s.destination.as_deref().unwrap_or("-"),
-            s.decision,
-            s.bytes_up,
-            s.bytes_down
-        );
+    )
+}
+
+fn session_line(s: &ConnectionRecord) -> String {
+    format!(
+        "{:<36}  {:<24}  {:<36}  {:<40}  {:<13}  {:>7}  {:<15}  {:<28}  {:<12}  {:>9}  {:>9}",
+        s.id,
+        time(s.started_at),
+        s.job_id.as_deref().unwrap_or("-"),
+        s.job_identity.summary(),
+        s.assurance.map_or("-", |a| a.as_str()),
+        s.pid.map_or("-".to_owned(), |p| p.to_string()),
+        s.comm.as_deref().unwrap_or("-"),
+        s.destination.as_deref().unwrap_or("-"),
+        s.decision,
+        s.bytes_up,
+        s.bytes_down
+    )
+}
+
+/// One session read from the central store.
+pub fn fleet_session(s: &Hosted<ConnectionRecord>, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(s)?);
+        return Ok(());
     }
-    Ok(())
+    println!("host:        {}", s.host);
+    session(&s.record, false)
 }
 
 pub fn session(s: &ConnectionRecord, json: bool) -> anyhow::Result<()> {
@@ -189,23 +221,44 @@ pub fn audit(entries: &[AuditRecord], json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(entries)?);
         return Ok(());
     }
-    println!(
-        "{:<24}  {:<20}  {:<8}  {:>7}  {:>7}  {:<36}  DETAIL",
-        "AT", "ACTION", "OUTCOME", "PID", "UID", "JOB"
-    );
+    println!("{}", audit_header());
     for e in entries {
-        println!(
-            "{:<24}  {:<20}  {:<8}  {:>7}  {:>7}  {:<36}  {}",
-            time(e.at),
-            e.action,
-            e.outcome,
-            e.caller_pid,
-            e.caller_uid,
-            e.job_id.as_deref().unwrap_or("-"),
-            e.detail
-        );
+        println!("{}", audit_line(e));
     }
     Ok(())
+}
+
+/// Audit entries read from the central store, each with its host.
+pub fn fleet_audit(entries: &[Hosted<AuditRecord>], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(entries)?);
+        return Ok(());
+    }
+    println!("{:<20}  {}", "HOST", audit_header());
+    for e in entries {
+        println!("{:<20}  {}", e.host, audit_line(&e.record));
+    }
+    Ok(())
+}
+
+fn audit_header() -> String {
+    format!(
+        "{:<24}  {:<20}  {:<8}  {:>7}  {:>7}  {:<36}  DETAIL",
+        "AT", "ACTION", "OUTCOME", "PID", "UID", "JOB"
+    )
+}
+
+fn audit_line(e: &AuditRecord) -> String {
+    format!(
+        "{:<24}  {:<20}  {:<8}  {:>7}  {:>7}  {:<36}  {}",
+        time(e.at),
+        e.action,
+        e.outcome,
+        e.caller_pid,
+        e.caller_uid,
+        e.job_id.as_deref().unwrap_or("-"),
+        e.detail
+    )
 }
 
 pub fn events(events: &[EventRecord], json: bool) -> anyhow::Result<()> {
