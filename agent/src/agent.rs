@@ -404,6 +404,7 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
         },
         kernel: kernel.clone(),
         approvals: approvals.clone(),
+        fleet: crate::central::start_fleet(&config, host_key.clone(), approvals.clone()),
     });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

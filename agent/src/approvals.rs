@@ -206,12 +206,54 @@ pub enum ApprovalError {
     ScopeCapped { asked: String, cap: String },
 }
 
+/// Who decides: a reviewer on this host (authorized by the kernel's credentials of the
+/// control socket's caller), or one on another host of the fleet (authorized by that
+/// host's agent, which signed the decision with its enrolled key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decider {
+    /// One per reviewer: `uid:N`, or `uid:N@HOST` on another host.
+    pub key: String,
+    pub uid: u32,
+    /// The login (compared with the job's actor for self-approval).
+    pub login: String,
+    /// As records show it: the login, with `@HOST` on another host.
+    pub shown: String,
+}
+
+impl Decider {
+    fn local(uid: u32, login: String) -> Self {
+        Self {
+            key: format!("uid:{uid}"),
+            uid,
+            shown: login.clone(),
+            login,
+        }
+    }
+
+    /// The same reviewer, deciding from `host`.
+    pub fn on_host(&self, host: &str) -> Self {
+        Self {
+            key: format!("{}@{host}", self.key),
+            uid: self.uid,
+            login: self.login.clone(),
+            shown: format!("{}@{host}", self.login),
+        }
+    }
+}
+
+/// What the fleet is told: a request asked here, or settled here.
+#[derive(Debug, Clone)]
+pub enum FleetEvent {
+    Asked(ApprovalRecord),
+    Settled(ApprovalRecord),
+}
+
 /// A request waiting for its decision.
 struct Waiting {
     record: ApprovalRecord,
     shape: Option<String>,
-    /// Approvals so far: (uid, login).
-    approvals: Vec<(u32, String)>,
+    /// Approvals so far.
+    approvals: Vec<Decider>,
     wake: Option<oneshot::Sender<Outcome>>,
     asked: Instant,
 }
@@ -230,6 +272,8 @@ pub struct Approvals {
     recorder: Recorder,
     metrics: Arc<ApprovalMetrics>,
     webhooks: webhooks::Webhooks,
+    /// The central store's approvals, when there is one.
+    fleet: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<FleetEvent>>,
 }
 
 impl Approvals {
@@ -245,7 +289,25 @@ impl Approvals {
             recorder,
             webhooks: webhooks::Webhooks::start(&config.webhooks, metrics.clone()),
             metrics,
+            fleet: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Tells `fleet` of every request asked and settled from now on.
+    pub fn attach_fleet(&self, fleet: tokio::sync::mpsc::UnboundedSender<FleetEvent>) {
+        let _ = self.fleet.set(fleet);
+    }
+
+    fn tell_fleet(&self, event: FleetEvent) {
+        if let Some(fleet) = self.fleet.get() {
+            let _ = fleet.send(event);
+        }
+    }
+
+    /// Authorizes a control-socket caller as a reviewer.
+    pub fn reviewer(&self, caller: Caller) -> Result<Decider, ApprovalError> {
+        let login = self.reviewers.authorize(caller)?;
+        Ok(Decider::local(caller.uid, login))
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -291,6 +353,7 @@ impl Approvals {
             "approval requested: `tollgate approvals approve {id}` or `tollgate approvals deny {id} --reason ...`"
         );
         self.webhooks.notify("requested", &record);
+        self.tell_fleet(FleetEvent::Asked(record.clone()));
         let event = RecordEvent::Approval(Box::new(record.clone()));
         self.state().waiting.insert(
             id.clone(),
@@ -342,33 +405,69 @@ impl Approvals {
         id: &str,
         verdict: Verdict,
     ) -> Result<ApprovalRecord, ApprovalError> {
-        let result = self.try_decide(caller, id, &verdict);
-        let (outcome, detail) = match &result {
+        let result = self
+            .reviewer(caller)
+            .and_then(|decider| self.try_decide(&decider, id, &verdict));
+        self.audit_decision(caller, id, &verdict, &result, "");
+        result
+    }
+
+    /// A decision made on another host of the fleet (authorized there; its signature
+    /// was checked by the caller). Recorded in the audit trail with that host.
+    pub fn decide_from_fleet(
+        &self,
+        decider: &Decider,
+        id: &str,
+        verdict: Verdict,
+    ) -> Result<ApprovalRecord, ApprovalError> {
+        let result = self.try_decide(decider, id, &verdict);
+        let caller = Caller {
+            pid: 0,
+            uid: decider.uid,
+            gid: 0,
+        };
+        self.audit_decision(
+            caller,
+            id,
+            &verdict,
+            &result,
+            &format!(" by {}", decider.shown),
+        );
+        result
+    }
+
+    fn audit_decision(
+        &self,
+        caller: Caller,
+        id: &str,
+        verdict: &Verdict,
+        result: &Result<ApprovalRecord, ApprovalError>,
+        by: &str,
+    ) {
+        let (outcome, detail) = match result {
             Ok(record) => (
                 "ok",
                 format!(
-                    "request {id}: {} ({})",
+                    "request {id}{by}: {} ({})",
                     record.state.map_or("pending", ApprovalState::as_str),
                     record.reviewers.join(", ")
                 ),
             ),
-            Err(error) => ("refused", format!("request {id}: {error}")),
+            Err(error) => ("refused", format!("request {id}{by}: {error}")),
         };
         let action = match verdict {
             Verdict::Approve { .. } => "approval_approve",
             Verdict::Deny { .. } => "approval_deny",
         };
         self.audit(caller, action, outcome, &detail, result.as_ref().ok());
-        result
     }
 
     fn try_decide(
         &self,
-        caller: Caller,
+        decider: &Decider,
         id: &str,
         verdict: &Verdict,
     ) -> Result<ApprovalRecord, ApprovalError> {
-        let login = self.reviewers.authorize(caller)?;
         let mut state = self.state();
         let waiting = state
             .waiting
@@ -384,23 +483,28 @@ impl Approvals {
                     .remove(id)
                     .ok_or_else(|| ApprovalError::NotPending(id.to_owned()))?;
                 drop(state);
-                waiting.record.reviewers = vec![login.clone()];
+                waiting.record.reviewers = vec![decider.shown.clone()];
                 waiting.record.reason = Some(reason.clone());
                 let outcome = Outcome::Denied {
                     request: id.to_owned(),
-                    by: login,
+                    by: decider.shown.clone(),
                     reason: reason.clone(),
                 };
                 Ok(self.settle(waiting, ApprovalState::Denied, outcome))
             }
             Verdict::Approve { scope, reason } => {
                 let actor = waiting.record.identity.get("actor").map(String::as_str);
-                if !self.config.self_approval && caller.uid != 0 && actor == Some(login.as_str()) {
-                    return Err(ApprovalError::SelfApproval { login });
+                if !self.config.self_approval
+                    && decider.uid != 0
+                    && actor == Some(decider.login.as_str())
+                {
+                    return Err(ApprovalError::SelfApproval {
+                        login: decider.shown.clone(),
+                    });
                 }
-                if waiting.approvals.iter().any(|(uid, _)| *uid == caller.uid) {
+                if waiting.approvals.iter().any(|d| d.key == decider.key) {
                     return Err(ApprovalError::AlreadyApproved {
-                        login,
+                        login: decider.shown.clone(),
                         id: id.to_owned(),
                     });
                 }
@@ -413,7 +517,7 @@ impl Approvals {
                         cap: cap.clone(),
                     });
                 }
-                waiting.approvals.push((caller.uid, login));
+                waiting.approvals.push(decider.clone());
                 if waiting.approvals.len() < self.config.min_approvals as usize {
                     let record = with_approvals(waiting);
                     return Ok(record);
@@ -422,7 +526,7 @@ impl Approvals {
                     .waiting
                     .remove(id)
                     .ok_or_else(|| ApprovalError::NotPending(id.to_owned()))?;
-                let by: Vec<String> = waiting.approvals.iter().map(|(_, l)| l.clone()).collect();
+                let by: Vec<String> = waiting.approvals.iter().map(|d| d.shown.clone()).collect();
                 waiting.record.reviewers = by.clone();
                 waiting.record.reason = reason.clone();
                 waiting.record.scope = Some(scope.to_string());
@@ -477,6 +581,7 @@ impl Approvals {
         waiting.record.state = Some(state);
         waiting.record.decided_at = Some(now_ms());
         self.webhooks.notify("decided", &waiting.record);
+        self.tell_fleet(FleetEvent::Settled(waiting.record.clone()));
         self.recorder
             .record(RecordEvent::Approval(Box::new(waiting.record.clone())));
         self.metrics.pending.dec();
@@ -527,7 +632,7 @@ impl Approvals {
 
 fn with_approvals(waiting: &Waiting) -> ApprovalRecord {
     let mut record = waiting.record.clone();
-    record.reviewers = waiting.approvals.iter().map(|(_, l)| l.clone()).collect();
+    record.reviewers = waiting.approvals.iter().map(|d| d.shown.clone()).collect();
     record
 }
 

@@ -2,6 +2,7 @@
 //! enrolled keys (docs/fleet.md). The local store is the outbox: the shipper sends what
 //! the chain holds, in order and in batches, until the central store has all of it.
 pub mod admin;
+pub mod fleet;
 mod metrics;
 pub mod query;
 pub mod schema;
@@ -94,6 +95,23 @@ pub fn start(
         Ok(handle) => Some(handle),
         Err(error) => {
             tracing::error!(%error, "starting the central shipper");
+            None
+        }
+    }
+}
+
+/// Starts fleet-wide approvals through `[central] url`, if set.
+pub fn start_fleet(
+    config: &crate::config::Config,
+    key: std::sync::Arc<crate::record::checkpoint::HostKey>,
+    approvals: std::sync::Arc<crate::approvals::Approvals>,
+) -> Option<fleet::FleetHandle> {
+    let url = config.central.url.as_deref()?;
+    let target = Target::parse(url, config.central.password_file.as_deref()).ok()?;
+    match fleet::spawn(target, config.central.host_name(), key, approvals) {
+        Ok(handle) => Some(handle),
+        Err(error) => {
+            tracing::error!(%error, "starting fleet approvals");
             None
         }
     }

@@ -45,7 +45,7 @@ pub(crate) fn agent_with(pg: &Postgres, approvals: &str, policy: &str) -> Agent 
     })
 }
 
-fn direct_psql(pg: &Postgres, sql: &str) -> String {
+pub(crate) fn direct_psql(pg: &Postgres, sql: &str) -> String {
     let args = pg.psql_args("127.0.0.1", sql);
     let out = output(std::process::Command::new(&args[0]).args(&args[1..]));
     assert!(out.status.success(), "{}", stderr(&out));
@@ -53,7 +53,11 @@ fn direct_psql(pg: &Postgres, sql: &str) -> String {
 }
 
 /// Runs `script` with psql in a job, on another thread (it waits for a reviewer).
-fn psql_in_job(agent: &Agent, pg: &Postgres, script: &str) -> thread::JoinHandle<(String, String)> {
+pub(crate) fn psql_in_job(
+    agent: &Agent,
+    pg: &Postgres,
+    script: &str,
+) -> thread::JoinHandle<(String, String)> {
     let args = pg.psql_session_args("127.0.0.1");
     let mut command = agent.run_command(
         &[("repository", "acme/api"), ("workflow", "deploy")],
@@ -88,11 +92,11 @@ fn approvals_cli(agent: &Agent, args: &[&str]) -> std::process::Output {
 }
 
 /// The last line psql printed (the result of the script's last query).
-fn last(out: &str) -> &str {
+pub(crate) fn last(out: &str) -> &str {
     out.trim().lines().last().unwrap_or_default().trim()
 }
 
-fn has_column(pg: &Postgres, table: &str, column: &str) -> bool {
+pub(crate) fn has_column(pg: &Postgres, table: &str, column: &str) -> bool {
     direct_psql(
         pg,
         &format!(

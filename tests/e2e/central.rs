@@ -3,6 +3,7 @@
 //! parent, pins, ports and state. Every record arrives centrally exactly once, the
 //! chains verify, and tampering with the central rows or the local file is caught by
 //! `tollgate audit verify`, which names the record.
+mod fleet;
 mod outage;
 
 use std::{path::Path, process::Command};

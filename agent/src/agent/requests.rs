@@ -31,6 +31,8 @@ pub(super) struct AgentControl {
     pub(super) status: StatusBase,
     pub(super) kernel: Arc<crate::kernel_path::KernelPath>,
     pub(super) approvals: Arc<crate::approvals::Approvals>,
+    /// Decisions on other hosts' requests, through the central store.
+    pub(super) fleet: Option<crate::central::fleet::FleetHandle>,
 }
 
 fn error(message: impl std::fmt::Display) -> Response {
@@ -187,6 +189,48 @@ impl AgentControl {
 }
 
 impl AgentControl {
+    /// A decision on another host's request, audited here as well as there.
+    fn fleet_decide(
+        &self,
+        caller: Caller,
+        id: &str,
+        verdict: crate::approvals::Verdict,
+    ) -> Response {
+        let action = match verdict {
+            crate::approvals::Verdict::Approve { .. } => "approval_approve",
+            crate::approvals::Verdict::Deny { .. } => "approval_deny",
+        };
+        let result = match (self.approvals.reviewer(caller), &self.fleet) {
+            (Err(e), _) => Err(e.to_string()),
+            (Ok(decider), Some(fleet)) => fleet.decide(decider, id, verdict),
+            (Ok(_), None) => Err("no central store".to_owned()),
+        };
+        let (outcome, detail) = match &result {
+            Ok(record) => (
+                "ok",
+                format!(
+                    "fleet request {id}: {}",
+                    record.state.map_or("pending", |s| s.as_str())
+                ),
+            ),
+            Err(why) => ("refused", format!("fleet request {id}: {why}")),
+        };
+        self.recorder
+            .record(record::RecordEvent::Audit(record::AuditRecord {
+                at: record::now_ms(),
+                action: action.to_owned(),
+                outcome: outcome.to_owned(),
+                job_id: None,
+                caller_pid: caller.pid,
+                caller_uid: caller.uid,
+                detail,
+            }));
+        match result {
+            Ok(record) => Response::Approval(Box::new(record)),
+            Err(why) => error(why),
+        }
+    }
+
     /// Approval requests: listed, shown and decided by reviewers.
     fn approvals(&self, caller: Caller, request: Request) -> Response {
         let approvals = &self.approvals;
@@ -197,6 +241,13 @@ impl AgentControl {
             self.store.lock().unwrap_or_else(|e| e.into_inner())
         };
         match request {
+            // A request this agent does not hold may be another host's: decided through
+            // the central store (this host's reviewers, this host's signature).
+            Request::DecideApproval { id, verdict }
+                if approvals.waiting(&id).is_none() && self.fleet.is_some() =>
+            {
+                self.fleet_decide(caller, &id, verdict)
+            }
             Request::DecideApproval { id, verdict } => {
                 match approvals.decide(caller, &id, verdict) {
                     Ok(record) => Response::Approval(Box::new(record)),

@@ -3,7 +3,10 @@
 use tokio_postgres::Client;
 
 use super::{CentralError, schema};
-use crate::record::{AuditRecord, ConnectionRecord, JobRecord, StatementRecord};
+use crate::{
+    approvals::ApprovalRecord,
+    record::{AuditRecord, ConnectionRecord, JobRecord, StatementRecord},
+};
 
 /// A record and the host it came from.
 #[derive(Debug, serde::Serialize)]
@@ -126,4 +129,46 @@ pub async fn audit(
             })
         })
         .collect()
+}
+
+/// Approval requests of every host (or `host`'s), newest first.
+pub async fn approvals(
+    client: &Client,
+    host: Option<&str>,
+    pending: bool,
+    limit: u32,
+) -> Result<Vec<Hosted<ApprovalRecord>>, CentralError> {
+    schema::check(client).await?;
+    let rows = client
+        .query(
+            "SELECT host, record FROM tollgate.approval_requests \
+             WHERE ($1::text IS NULL OR host = $1) AND (NOT $2 OR state = 'pending') \
+             ORDER BY asked_at DESC, id DESC LIMIT $3",
+            &[&host, &pending, &i64::from(limit)],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(Hosted {
+                host: row.get(0),
+                record: parse(row.get::<_, &str>(1))?,
+            })
+        })
+        .collect()
+}
+
+/// One approval request, by id.
+pub async fn approval(client: &Client, id: &str) -> Result<Hosted<ApprovalRecord>, CentralError> {
+    schema::check(client).await?;
+    let row = client
+        .query_opt(
+            "SELECT host, record FROM tollgate.approval_requests WHERE id = $1",
+            &[&id],
+        )
+        .await?
+        .ok_or_else(|| CentralError::Url(format!("no approval request {id}")))?;
+    Ok(Hosted {
+        host: row.get(0),
+        record: parse(row.get::<_, &str>(1))?,
+    })
 }

@@ -57,6 +57,31 @@ CREATE TABLE tollgate.prunes (
     pruned_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (host, upto)
 );
+-- Approval requests of every host, and decisions made on any host for them (signed by
+-- the deciding host's key; the asking host applies them and writes the outcome).
+CREATE TABLE tollgate.approval_requests (
+    id         text PRIMARY KEY,
+    host       text NOT NULL,
+    state      text NOT NULL,
+    asked_at   bigint NOT NULL,
+    record     text NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX approval_requests_pending ON tollgate.approval_requests (host)
+    WHERE state = 'pending';
+CREATE TABLE tollgate.approval_decisions (
+    id         bigserial PRIMARY KEY,
+    request_id text NOT NULL REFERENCES tollgate.approval_requests (id),
+    by_host    text NOT NULL,
+    decider    text NOT NULL,
+    verdict    text NOT NULL,
+    at         bigint NOT NULL,
+    signature  bytea NOT NULL,
+    outcome    text,
+    outcome_at timestamptz
+);
+CREATE INDEX approval_decisions_open ON tollgate.approval_decisions (request_id)
+    WHERE outcome IS NULL;
 -- The newest version of each record, with its columns.
 CREATE VIEW tollgate.latest AS
     SELECT DISTINCT ON (host, kind, record_id) host, seq, at, kind, record_id, body::jsonb AS body

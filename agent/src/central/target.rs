@@ -6,7 +6,8 @@ use std::{
     time::Duration,
 };
 
-use tokio_postgres::config::SslMode;
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, Notification, config::SslMode};
 
 use super::CentralError;
 use crate::postgres::tls::{UpstreamTls, client_config};
@@ -111,36 +112,68 @@ impl Target {
     /// Connects; the connection runs on a task of the current runtime until the client
     /// is dropped.
     pub async fn connect(&self) -> Result<tokio_postgres::Client, CentralError> {
+        Ok(self.connect_listening().await?.0)
+    }
+
+    /// Connects, and hands over the notifications (`LISTEN`) the server sends.
+    pub async fn connect_listening(
+        &self,
+    ) -> Result<
+        (
+            tokio_postgres::Client,
+            mpsc::UnboundedReceiver<Notification>,
+        ),
+        CentralError,
+    > {
         let connect_err = |source| CentralError::Connect {
             url: self.shown.clone(),
             source,
         };
-        let client = if self.mode == UpstreamTls::Disable {
+        if self.mode == UpstreamTls::Disable {
             let (client, connection) = self
                 .config
                 .connect(tokio_postgres::NoTls)
                 .await
                 .map_err(connect_err)?;
-            tokio::spawn(async move {
-                if let Err(error) = connection.await {
-                    tracing::debug!(%error, "central store connection ended");
-                }
-            });
-            client
+            Ok((client, drive(connection)))
         } else {
             let tls = client_config(self.mode, self.root_cert.as_deref())
                 .map_err(|e| CentralError::Tls(e.to_string()))?;
             let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls);
             let (client, connection) = self.config.connect(tls).await.map_err(connect_err)?;
-            tokio::spawn(async move {
-                if let Err(error) = connection.await {
-                    tracing::debug!(%error, "central store connection ended");
-                }
-            });
-            client
-        };
-        Ok(client)
+            Ok((client, drive(connection)))
+        }
     }
+}
+
+/// Runs a connection on a task until its client is gone, passing its notifications on.
+fn drive<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+) -> mpsc::UnboundedReceiver<Notification>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    let _ = tx.send(n);
+                }
+                Some(Ok(AsyncMessage::Notice(notice))) => {
+                    tracing::debug!(notice = %notice.message(), "central store notice");
+                }
+                Some(Ok(_)) => {}
+                Some(Err(error)) => {
+                    tracing::debug!(%error, "central store connection ended");
+                    break;
+                }
+                None => break,
+            }
+        }
+    });
+    rx
 }
 
 /// The URL with any password replaced by `***`.

@@ -21,14 +21,20 @@ pub enum ApprovalsCommand {
         limit: u32,
         #[arg(long)]
         json: bool,
+        /// Every host's requests, from the central store.
+        #[command(flatten)]
+        fleet: super::central::FleetArgs,
     },
     /// One request.
     Show {
         id: String,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        fleet: super::central::FleetArgs,
     },
-    /// Approve a pending request.
+    /// Approve a pending request. One asked on another host is decided through the
+    /// central store (this host's agent must ship to it), signed by this host.
     Approve {
         id: String,
         /// once (this request), job (the same statement shape for the rest of the job),
@@ -38,12 +44,17 @@ pub enum ApprovalsCommand {
         scope: String,
         #[arg(long)]
         reason: Option<String>,
+        /// Look the request up in this central store first (any host's).
+        #[command(flatten)]
+        fleet: super::central::FleetArgs,
     },
     /// Deny a pending request.
     Deny {
         id: String,
         #[arg(long)]
         reason: String,
+        #[command(flatten)]
+        fleet: super::central::FleetArgs,
     },
     /// End a grant.
     Revoke {
@@ -58,6 +69,31 @@ pub fn run(socket: &Path, command: ApprovalsCommand) -> anyhow::Result<ExitCode>
             pending,
             limit,
             json,
+            fleet,
+        } if fleet.is_central() => {
+            let requests = super::central::approvals(&fleet, pending, limit)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&requests)?);
+            } else {
+                for r in &requests {
+                    println!("{:<20}  {}", r.host, line(&r.record));
+                }
+            }
+        }
+        ApprovalsCommand::Show { id, json, fleet } if fleet.is_central() => {
+            let request = super::central::approval(&fleet, &id)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&request)?);
+            } else {
+                println!("host {}", request.host);
+                print(&request.record, false)?;
+            }
+        }
+        ApprovalsCommand::List {
+            pending,
+            limit,
+            json,
+            ..
         } => {
             let request = Request::ListApprovals { pending, limit };
             let Response::Approvals { approvals, grants } = call(socket, &request)? else {
@@ -75,20 +111,27 @@ pub fn run(socket: &Path, command: ApprovalsCommand) -> anyhow::Result<ExitCode>
                 }
             }
         }
-        ApprovalsCommand::Show { id, json } => {
+        ApprovalsCommand::Show { id, json, .. } => {
             let Response::Approval(record) = call(socket, &Request::ShowApproval { id })? else {
                 anyhow::bail!("unexpected reply");
             };
             print(&record, json)?;
         }
-        ApprovalsCommand::Approve { id, scope, reason } => {
+        ApprovalsCommand::Approve {
+            id,
+            scope,
+            reason,
+            fleet,
+        } => {
             let verdict = Verdict::Approve {
                 scope: Some(scope),
                 reason,
             };
-            decide(socket, id, verdict)?;
+            decide(socket, id, verdict, &fleet)?;
         }
-        ApprovalsCommand::Deny { id, reason } => decide(socket, id, Verdict::Deny { reason })?,
+        ApprovalsCommand::Deny { id, reason, fleet } => {
+            decide(socket, id, Verdict::Deny { reason }, &fleet)?
+        }
         ApprovalsCommand::Revoke { id } => {
             let Response::Grant(grant) = call(socket, &Request::RevokeGrant { id })? else {
                 anyhow::bail!("unexpected reply");
@@ -99,7 +142,27 @@ pub fn run(socket: &Path, command: ApprovalsCommand) -> anyhow::Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
-fn decide(socket: &Path, id: String, verdict: Verdict) -> anyhow::Result<()> {
+fn decide(
+    socket: &Path,
+    id: String,
+    verdict: Verdict,
+    fleet: &super::central::FleetArgs,
+) -> anyhow::Result<()> {
+    if fleet.is_central() {
+        // A clear error for a request the store does not hold, before the agent is asked.
+        let request = super::central::approval(fleet, &id)?;
+        if request
+            .record
+            .state
+            .is_some_and(|s| s != ApprovalState::Pending)
+        {
+            anyhow::bail!(
+                "request {id} (host {}) is {}, not pending",
+                request.host,
+                request.record.state.map_or("pending", |s| s.as_str())
+            );
+        }
+    }
     let Response::Approval(record) = call(socket, &Request::DecideApproval { id, verdict })? else {
         anyhow::bail!("unexpected reply");
     };

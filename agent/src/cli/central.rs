@@ -105,6 +105,29 @@ pub fn audit_list(fleet: &FleetArgs, limit: u32, json: bool) -> anyhow::Result<E
     Ok(ExitCode::SUCCESS)
 }
 
+pub fn approvals(
+    fleet: &FleetArgs,
+    pending: bool,
+    limit: u32,
+) -> anyhow::Result<Vec<query::Hosted<crate::approvals::ApprovalRecord>>> {
+    let target = fleet.target()?;
+    Ok(runtime()?.block_on(async {
+        let client = target.connect().await?;
+        query::approvals(&client, fleet.host.as_deref(), pending, limit).await
+    })?)
+}
+
+pub fn approval(
+    fleet: &FleetArgs,
+    id: &str,
+) -> anyhow::Result<query::Hosted<crate::approvals::ApprovalRecord>> {
+    let target = fleet.target()?;
+    Ok(runtime()?.block_on(async {
+        let client = target.connect().await?;
+        query::approval(&client, id).await
+    })?)
+}
+
 #[derive(Subcommand)]
 pub enum CentralCommand {
     /// Create the central store's schema, or upgrade it to this version's.
