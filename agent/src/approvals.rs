@@ -246,6 +246,9 @@ impl Decider {
 pub enum FleetEvent {
     Asked(ApprovalRecord),
     Settled(ApprovalRecord),
+    /// A grant with a duration's scope: in force on every host of the fleet.
+    Granted(Grant),
+    Revoked(String),
 }
 
 /// A request waiting for its decision.
@@ -533,6 +536,9 @@ impl Approvals {
                 if let (Some(shape), false) = (&waiting.shape, scope == GrantScope::Once) {
                     let grant = state.grants.add(&waiting.record, shape, scope, by.clone());
                     waiting.record.grant_id = Some(grant.id.clone());
+                    if grant.expires_at.is_some() {
+                        self.tell_fleet(FleetEvent::Granted(grant));
+                    }
                     self.metrics.grants.set(state.grants.live().len() as i64);
                 }
                 drop(state);
@@ -554,6 +560,7 @@ impl Approvals {
                 .revoke(id)
                 .ok_or_else(|| ApprovalError::NoGrant(id.to_owned()))?;
             self.metrics.grants.set(state.grants.live().len() as i64);
+            self.tell_fleet(FleetEvent::Revoked(grant.id.clone()));
             Ok(grant)
         });
         let (outcome, detail) = match &result {
@@ -562,6 +569,24 @@ impl Approvals {
         };
         self.audit(caller, "approval_revoke", outcome, &detail, None);
         result
+    }
+
+    /// A grant another host of the fleet made (its signature checked by the caller).
+    pub fn adopt_grant(&self, grant: Grant) {
+        let mut state = self.state();
+        let id = grant.id.clone();
+        if state.grants.adopt(grant) {
+            tracing::info!(grant = %id, "a grant made on another host is in force here");
+            self.metrics.grants.set(state.grants.live().len() as i64);
+        }
+    }
+
+    /// A fleet grant revoked on another host.
+    pub fn drop_grant(&self, id: &str) {
+        let mut state = self.state();
+        if state.grants.revoke(id).is_some() {
+            self.metrics.grants.set(state.grants.live().len() as i64);
+        }
     }
 
     /// Jobs changed: the `job`-scoped grants of jobs not in `live` end.

@@ -167,6 +167,21 @@ impl Grants {
         grant
     }
 
+    /// A grant made on another host of the fleet (a duration's scope only): in force
+    /// here until it expires. False if it was already here, or is over or job-scoped.
+    pub(super) fn adopt(&mut self, mut grant: Grant) -> bool {
+        let left = grant.expires_at.map(|at| at - now_ms());
+        let Some(left) = left.filter(|ms| *ms > 0) else {
+            return false;
+        };
+        if grant.job_id.is_some() || self.grants.iter().any(|g| g.id == grant.id) {
+            return false;
+        }
+        grant.expires = Some(Instant::now() + std::time::Duration::from_millis(left as u64));
+        self.grants.push(grant);
+        true
+    }
+
     pub(super) fn revoke(&mut self, id: &str) -> Option<Grant> {
         let at = self.grants.iter().position(|g| g.id == id)?;
         Some(self.grants.remove(at))

@@ -118,6 +118,7 @@ pub fn spawn(
                 backlog: VecDeque::new(),
                 reconciled: false,
                 last_error: None,
+                refused_grants: Default::default(),
             };
             runtime.block_on(fleet.run(commands));
         })?;
@@ -141,6 +142,8 @@ struct Fleet {
     /// This host's requests left pending by an earlier agent are marked abandoned once.
     reconciled: bool,
     last_error: Option<String>,
+    /// Grants refused for their signature (logged once each).
+    refused_grants: std::collections::HashSet<String>,
 }
 
 /// The bytes a deciding host signs.
@@ -150,6 +153,11 @@ fn message(request: &str, by_host: &str, decider: &str, verdict: &str, at: i64) 
          verdict {verdict}\nat {at}\n"
     )
     .into_bytes()
+}
+
+/// The bytes a granting host signs.
+fn grant_message(host: &str, grant: &str) -> Vec<u8> {
+    format!("tollgate-approval-grant-v1\nhost {host}\ngrant {grant}\n").into_bytes()
 }
 
 impl Fleet {
@@ -189,7 +197,8 @@ impl Fleet {
         let result = async {
             self.connect().await?;
             self.flush().await?;
-            self.apply().await
+            self.apply().await?;
+            self.grants().await
         }
         .await;
         match result {
@@ -254,22 +263,90 @@ impl Fleet {
             self.queue(event);
         }
         while let Some(event) = self.backlog.front() {
-            let (FleetEvent::Asked(record) | FleetEvent::Settled(record)) = event;
-            let state = record.state.map_or("pending", |s| s.as_str());
-            let body = serde_json::to_string(record).unwrap_or_default();
             let client = self
                 .client
                 .as_ref()
                 .ok_or(CentralError::Url("not connected".into()))?;
-            client
-                .execute(
-                    "INSERT INTO tollgate.approval_requests (id, host, state, asked_at, record) \
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO UPDATE SET \
-                     state = EXCLUDED.state, record = EXCLUDED.record, updated_at = now()",
-                    &[&record.id, &self.host, &state, &record.asked_at, &body],
-                )
-                .await?;
+            match event {
+                FleetEvent::Asked(record) | FleetEvent::Settled(record) => {
+                    let state = record.state.map_or("pending", |s| s.as_str());
+                    let body = serde_json::to_string(record).unwrap_or_default();
+                    client
+                        .execute(
+                            "INSERT INTO tollgate.approval_requests (id, host, state, asked_at, \
+                             record) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO UPDATE SET \
+                             state = EXCLUDED.state, record = EXCLUDED.record, updated_at = now()",
+                            &[&record.id, &self.host, &state, &record.asked_at, &body],
+                        )
+                        .await?;
+                }
+                FleetEvent::Granted(grant) => {
+                    let body = serde_json::to_string(grant).unwrap_or_default();
+                    let signature = self.key.sign(&grant_message(&self.host, &body));
+                    client
+                        .execute(
+                            "INSERT INTO tollgate.approval_grants (id, host, record, expires_at, \
+                             signature) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+                            &[
+                                &grant.id,
+                                &self.host,
+                                &body,
+                                &grant.expires_at.unwrap_or_default(),
+                                &signature,
+                            ],
+                        )
+                        .await?;
+                }
+                FleetEvent::Revoked(id) => {
+                    client
+                        .execute(
+                            "UPDATE tollgate.approval_grants SET revoked = true WHERE id = $1",
+                            &[id],
+                        )
+                        .await?;
+                }
+            }
             self.backlog.pop_front();
+        }
+        Ok(())
+    }
+
+    /// Takes in the grants other hosts made (signed by their enrolled keys), and drops
+    /// those revoked.
+    async fn grants(&mut self) -> Result<(), CentralError> {
+        let client = self
+            .client
+            .as_ref()
+            .ok_or(CentralError::Url("not connected".into()))?;
+        let rows = client
+            .query(
+                "SELECT g.id, g.host, g.record, g.signature, g.revoked, h.public_key \
+                 FROM tollgate.approval_grants g LEFT JOIN tollgate.hosts h ON h.host = g.host \
+                 WHERE g.host <> $1 AND g.expires_at > $2",
+                &[&self.host, &now_ms()],
+            )
+            .await?;
+        for row in rows {
+            let (id, host, body): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+            let (signature, revoked): (Vec<u8>, bool) = (row.get(3), row.get(4));
+            let key: Option<Vec<u8>> = row.get(5);
+            if revoked {
+                self.approvals.drop_grant(&id);
+                continue;
+            }
+            let signed = key.is_some_and(|key| {
+                UnparsedPublicKey::new(&signature::ED25519, key)
+                    .verify(&grant_message(&host, &body), &signature)
+                    .is_ok()
+            });
+            match serde_json::from_str(&body) {
+                Ok(grant) if signed => self.approvals.adopt_grant(grant),
+                _ => {
+                    if self.refused_grants.insert(id.clone()) {
+                        tracing::error!(grant = %id, host, "fleet approvals: a grant not signed by its host's enrolled key is ignored");
+                    }
+                }
+            }
         }
         Ok(())
     }

@@ -82,6 +82,15 @@ CREATE TABLE tollgate.approval_decisions (
 );
 CREATE INDEX approval_decisions_open ON tollgate.approval_decisions (request_id)
     WHERE outcome IS NULL;
+-- Grants with a duration's scope, in force on every host (signed by the granting host).
+CREATE TABLE tollgate.approval_grants (
+    id         text PRIMARY KEY,
+    host       text NOT NULL,
+    record     text NOT NULL,
+    expires_at bigint NOT NULL,
+    signature  bytea NOT NULL,
+    revoked    boolean NOT NULL DEFAULT false
+);
 -- The newest version of each record, with its columns.
 CREATE VIEW tollgate.latest AS
     SELECT DISTINCT ON (host, kind, record_id) host, seq, at, kind, record_id, body::jsonb AS body

@@ -161,4 +161,65 @@ fn a_request_held_on_one_host_is_approved_from_another_within_a_second() {
         "{}",
         stderr(&out)
     );
+
+    grants_are_fleet_wide(&central, &a, &b, pg);
+}
+
+/// A grant with a duration's scope, made by approving A's request from B, lets the same
+/// statement shape of the same repository and workflow pass on B too; a grant written
+/// into the store without its host's signature is ignored.
+fn grants_are_fleet_wide(
+    central: &Central,
+    a: &Agent,
+    b: &Agent,
+    pg: &tollgate_e2e::postgres::Postgres,
+) {
+    let script =
+        "ALTER TABLE tollgate_fleet ADD COLUMN IF NOT EXISTS granted int;\nSELECT 'after';\n";
+    let psql = psql_in_job(a, pg, script);
+    let (_, request) = wait_for("the request to grant", Duration::from_secs(20), || {
+        let mut pending = fleet_pending(central, b);
+        (pending.len() == 1).then(|| pending.remove(0))
+    });
+    let out = approvals(central, b, &["approve", &request.id, "--scope", "30m"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (out, err) = psql.join().expect("psql");
+    assert_eq!(last(&out), "after", "{err}");
+    let record: ApprovalRecord = a.typed(&["approvals", "show", &request.id, "--json"]);
+    let grant = record.grant_id.expect("a grant");
+    // B takes the grant in within its poll.
+    wait_for("B to hold A's grant", Duration::from_secs(10), || {
+        let list: serde_json::Value = b.typed(&["approvals", "list", "--json"]);
+        list["grants"]
+            .as_array()
+            .is_some_and(|g| g.iter().any(|g| g["id"] == grant.as_str()))
+            .then_some(())
+    });
+    let started = Instant::now();
+    let (out, err) = psql_in_job(b, pg, script).join().expect("psql on B");
+    assert_eq!(last(&out), "after", "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5), "not held on B");
+    assert!(!err.contains("waits for approval"), "{err}");
+    let sessions = b.wait_sessions(None, 1);
+    let statements = b.wait_statements(&sessions, 2);
+    assert_eq!(statements[0].approval.as_deref(), Some(grant.as_str()));
+
+    // A copy of the real grant under another id and host: only the signature is wrong.
+    central.sql(&format!(
+        "INSERT INTO tollgate.approval_grants (id, host, record, expires_at, signature) \
+         SELECT 'forged-grant', 'runner-b', replace(record, '{grant}', 'forged-grant'), \
+         expires_at, signature FROM tollgate.approval_grants WHERE id = '{grant}'"
+    ));
+    wait_for("the forged grant refused", Duration::from_secs(10), || {
+        a.log()
+            .contains("a grant not signed by its host's enrolled key is ignored")
+            .then_some(())
+    });
+    let list: serde_json::Value = a.typed(&["approvals", "list", "--json"]);
+    assert!(
+        !list["grants"]
+            .as_array()
+            .is_some_and(|g| g.iter().any(|g| g["id"] == "forged-grant")),
+        "{list}"
+    );
 }
