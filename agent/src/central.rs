@@ -88,6 +88,7 @@ pub fn start(
         host: config.central.host_name(),
         batch_size: config.central.batch_size,
         max_lag: config.central.max_lag,
+        prune_older_than: config.central.prune_older_than,
         gate,
         metrics,
     };

@@ -74,6 +74,9 @@ pub struct Pruned {
 pub async fn prune(client: &mut Client, before_ms: i64) -> Result<Vec<Pruned>, CentralError> {
     schema::check(client).await?;
     let tx = client.transaction().await?;
+    // One prune at a time across the fleet (agents' schedules and the command).
+    tx.execute("SELECT pg_advisory_xact_lock(7469677461746532)", &[])
+        .await?;
     let heads = tx
         .query(
             "SELECT DISTINCT ON (host) host, seq, hash FROM tollgate.records WHERE at < $1 \

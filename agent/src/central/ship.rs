@@ -27,6 +27,8 @@ const POLL: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// How often the backlog's bytes are measured (a scan of the backlog).
 const BYTES_EVERY: Duration = Duration::from_secs(5);
+/// How often `central.prune_older_than` prunes (the first a minute after start).
+const PRUNE_EVERY: Duration = Duration::from_secs(24 * 3600);
 /// How long a stopping agent keeps trying to ship what is left.
 const DRAIN_FOR: Duration = Duration::from_secs(5);
 
@@ -38,6 +40,8 @@ pub struct Options {
     pub host: String,
     pub batch_size: usize,
     pub max_lag: Option<Duration>,
+    /// `central.prune_older_than`: prune the central store once a day.
+    pub prune_older_than: Option<Duration>,
     pub gate: Gate,
     pub metrics: Arc<CentralMetrics>,
 }
@@ -99,6 +103,7 @@ struct Shipper {
     backoff: Duration,
     last_error: Option<String>,
     next_bytes: Instant,
+    next_prune: Instant,
 }
 
 impl Shipper {
@@ -114,6 +119,7 @@ impl Shipper {
             backoff: Duration::from_millis(500),
             last_error: None,
             next_bytes: Instant::now(),
+            next_prune: Instant::now() + Duration::from_secs(60),
         }
     }
 
@@ -257,7 +263,36 @@ impl Shipper {
                 .shipped("checkpoints", checkpoints.len());
         }
         self.measure();
+        self.prune_if_due().await;
         Ok(!full)
+    }
+
+    /// `central.prune_older_than`, once a day.
+    async fn prune_if_due(&mut self) {
+        let Some(older_than) = self.options.prune_older_than else {
+            return;
+        };
+        if Instant::now() < self.next_prune {
+            return;
+        }
+        self.next_prune = Instant::now() + PRUNE_EVERY;
+        let Some(client) = self.client.as_mut() else {
+            return;
+        };
+        let before = now_ms().saturating_sub(older_than.as_millis() as i64);
+        match super::admin::prune(client, before).await {
+            Ok(pruned) => {
+                let records: u64 = pruned.iter().map(|p| p.records).sum();
+                tracing::info!(
+                    records,
+                    hosts = pruned.len(),
+                    "pruned the central store (central.prune_older_than)"
+                );
+            }
+            Err(error) => {
+                tracing::error!(%error, "pruning the central store failed; retried tomorrow")
+            }
+        }
     }
 
     async fn ship_records(&mut self, batch: &[chain::Entry]) -> Result<(), CentralError> {

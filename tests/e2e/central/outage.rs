@@ -49,12 +49,40 @@ fn the_central_store_down_under_load_loses_nothing_and_the_lag_rises_and_falls()
         });
     }
     assert!(a.metric("tollgate_central_errors_total{stage=\"connect\"}") >= 1.0);
+    // Records made after the store came back (the prune below keeps them).
+    workload(&a, pg, &web, "after-a");
+    workload(&b, pg, &web, "after-b");
     a.stop();
     b.stop();
     assert_all_shipped_once(&central, &a, "runner-a");
     assert_all_shipped_once(&central, &b, "runner-b");
     let out = central.verify(&a, None);
     assert!(out.status.success(), "{}", stdout(&out));
+
+    // Pruning what came before the outage: the chains verify from where it cut them.
+    let before = central.count("SELECT count(*) FROM tollgate.records");
+    let out = central.tollgate(&["central", "prune", "--older-than", "15s"]);
+    assert!(out.status.success(), "{}", tollgate_e2e::stderr(&out));
+    let after = central.count("SELECT count(*) FROM tollgate.records");
+    assert!(
+        after < before && after > 0,
+        "pruned {before} -> {after}: {}",
+        stdout(&out)
+    );
+    let out = central.verify(&a, None);
+    assert!(out.status.success(), "after the prune: {}", stdout(&out));
+    // One more record gone from the start is missing, not pruned.
+    let first = central.count("SELECT min(seq) FROM tollgate.records WHERE host = 'runner-a'");
+    central.sql(&format!(
+        "DELETE FROM tollgate.records WHERE host = 'runner-a' AND seq = {first}"
+    ));
+    let out = central.verify(&a, Some("runner-a"));
+    assert!(!out.status.success());
+    assert!(
+        stdout(&out).contains(&format!("record #{first} (absent): missing")),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[test]
