@@ -17,6 +17,7 @@ use anyhow::{Context as _, bail};
 use crate::build;
 
 mod bulk;
+mod central;
 mod dns;
 mod env;
 
@@ -93,13 +94,15 @@ fn select(
 }
 
 /// The names `--workloads` takes, in the order of [`WORKLOADS`].
-const WORKLOAD_KEYS: [&str; 5] = ["select", "connect", "latency", "dns", "bulk"];
+const WORKLOAD_KEYS: [&str; 6] = ["select", "connect", "latency", "dns", "bulk", "central"];
 /// The `-c1` workload, whose report adds each path's latency over direct.
 const LATENCY_WORKLOAD: usize = 2;
 /// The DNS workload (bench/dns.rs), which is not a pgbench run.
 const DNS_WORKLOAD: usize = 3;
 /// The bulk workload (bench/bulk.rs): curl, not pgbench.
 const BULK_WORKLOAD: usize = 4;
+/// The recording workload (bench/central.rs): shipping to a central store.
+const CENTRAL_WORKLOAD: usize = 5;
 
 /// A workload: name and pgbench arguments (besides host/port/duration).
 const WORKLOADS: [(&str, &[&str]); 3] = [
@@ -156,13 +159,14 @@ pub fn bench(root: &Path, options: &Options) -> anyhow::Result<()> {
     let mut env = Environment::start(&scratch, &bin, options)?;
     let result = measure(&mut env, options);
     env.stop();
-    let (results, dns, bulk) = result?;
+    let (results, dns, bulk, central) = result?;
     report(&results, options);
     latency(&results, options);
     if !dns.is_empty() {
         dns::report(&dns, options.rounds, options.seconds);
     }
     bulk::report(&bulk, &BULK_PATHS, options.rounds);
+    central::report(&central, options.seconds);
     Ok(())
 }
 
@@ -242,12 +246,18 @@ fn clock_ticks() -> u64 {
     u64::try_from(ticks).unwrap_or(100)
 }
 
-type Measured = (Vec<Sample>, Vec<dns::Sample>, Vec<bulk::Sample>);
+type Measured = (
+    Vec<Sample>,
+    Vec<dns::Sample>,
+    Vec<bulk::Sample>,
+    Vec<central::Sample>,
+);
 
 fn measure(env: &mut Environment, options: &Options) -> anyhow::Result<Measured> {
     let mut samples = Vec::new();
     let mut dns_samples = Vec::new();
     let mut bulk_samples = Vec::new();
+    let mut central_samples = Vec::new();
     let bulk_port = if options.workloads.contains(&BULK_WORKLOAD) {
         bulk::serve()?
     } else {
@@ -283,6 +293,23 @@ fn measure(env: &mut Environment, options: &Options) -> anyhow::Result<Measured>
                         cpu_us_per_mib,
                     });
                 }
+                continue;
+            }
+            if workload == CENTRAL_WORKLOAD {
+                let scratch = env.scratch.clone();
+                let sample = central::run(env, &scratch, round, options.seconds)?;
+                eprintln!(
+                    "xtask: bench: round {} central {:>10.1} tps {:>9.1} statements/s shipped, \
+                     max lag {:.2} s, drained in {:.2} s, {} lost, {:.2} agent-us/record",
+                    round + 1,
+                    sample.tps,
+                    sample.statements_per_s,
+                    sample.max_lag_s,
+                    sample.drain_s,
+                    sample.lost,
+                    sample.agent_us_per_record
+                );
+                central_samples.push(sample);
                 continue;
             }
             if workload == DNS_WORKLOAD {
@@ -339,7 +366,7 @@ fn measure(env: &mut Environment, options: &Options) -> anyhow::Result<Measured>
             }
         }
     }
-    Ok((samples, dns_samples, bulk_samples))
+    Ok((samples, dns_samples, bulk_samples, central_samples))
 }
 
 /// What each path adds to a transaction's latency at `-c1`, from the same round's
@@ -402,7 +429,7 @@ fn report(samples: &[Sample], options: &Options) {
     for &workload in options
         .workloads
         .iter()
-        .filter(|&&w| w != DNS_WORKLOAD && w != BULK_WORKLOAD)
+        .filter(|&&w| w != DNS_WORKLOAD && w != BULK_WORKLOAD && w != CENTRAL_WORKLOAD)
     {
         let name = WORKLOADS[workload].0;
         for &path in &options.paths {
@@ -474,7 +501,7 @@ mod tests {
     fn path_and_workload_selection() {
         let all = Options::new(3, 20, 10, 0, &[], &[], None).unwrap();
         assert_eq!(all.paths, vec![0, 1, 2, 3, 4, 5]);
-        assert_eq!(all.workloads, vec![0, 1, 2, 3, 4]);
+        assert_eq!(all.workloads, vec![0, 1, 2, 3, 4, 5]);
         // With a baseline build, its paths are measured too, and only then.
         let with = Options::new(3, 20, 10, 0, &[], &[], Some("/old".into())).unwrap();
         assert_eq!(with.paths, vec![0, 1, 2, 3, 4, 5, 6, 7]);

@@ -23,10 +23,10 @@ pub(super) struct RunningAgent {
 /// PostgreSQL, pgbouncer and a Tollgate agent, all in a scratch directory, stopped on
 /// every exit path.
 pub(super) struct Environment {
-    scratch: PathBuf,
+    pub(super) scratch: PathBuf,
     pub(super) bin: PathBuf,
     pg_bin: PathBuf,
-    pg_port: u16,
+    pub(super) pg_port: u16,
     bouncer_port: u16,
     bouncer: Option<Child>,
     /// The DNS workload's upstream resolver.
@@ -36,7 +36,7 @@ pub(super) struct Environment {
     pg_started: bool,
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(super) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
