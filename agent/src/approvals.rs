@@ -6,6 +6,7 @@
 //!
 //! A grant (an approval with scope `job` or a duration) lets later requests of the same
 //! statement shape pass without asking, recorded as allowed by that grant.
+mod fleet;
 mod grants;
 mod metrics;
 mod reviewers;
@@ -21,6 +22,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+pub use fleet::{Decider, FleetEvent};
 pub use grants::{Grant, GrantScope};
 pub use metrics::ApprovalMetrics;
 pub use reviewers::Reviewer;
@@ -206,51 +208,6 @@ pub enum ApprovalError {
     ScopeCapped { asked: String, cap: String },
 }
 
-/// Who decides: a reviewer on this host (authorized by the kernel's credentials of the
-/// control socket's caller), or one on another host of the fleet (authorized by that
-/// host's agent, which signed the decision with its enrolled key).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Decider {
-    /// One per reviewer: `uid:N`, or `uid:N@HOST` on another host.
-    pub key: String,
-    pub uid: u32,
-    /// The login (compared with the job's actor for self-approval).
-    pub login: String,
-    /// As records show it: the login, with `@HOST` on another host.
-    pub shown: String,
-}
-
-impl Decider {
-    fn local(uid: u32, login: String) -> Self {
-        Self {
-            key: format!("uid:{uid}"),
-            uid,
-            shown: login.clone(),
-            login,
-        }
-    }
-
-    /// The same reviewer, deciding from `host`.
-    pub fn on_host(&self, host: &str) -> Self {
-        Self {
-            key: format!("{}@{host}", self.key),
-            uid: self.uid,
-            login: self.login.clone(),
-            shown: format!("{}@{host}", self.login),
-        }
-    }
-}
-
-/// What the fleet is told: a request asked here, or settled here.
-#[derive(Debug, Clone)]
-pub enum FleetEvent {
-    Asked(ApprovalRecord),
-    Settled(ApprovalRecord),
-    /// A grant with a duration's scope: in force on every host of the fleet.
-    Granted(Grant),
-    Revoked(String),
-}
-
 /// A request waiting for its decision.
 struct Waiting {
     record: ApprovalRecord,
@@ -293,17 +250,6 @@ impl Approvals {
             webhooks: webhooks::Webhooks::start(&config.webhooks, metrics.clone()),
             metrics,
             fleet: std::sync::OnceLock::new(),
-        }
-    }
-
-    /// Tells `fleet` of every request asked and settled from now on.
-    pub fn attach_fleet(&self, fleet: tokio::sync::mpsc::UnboundedSender<FleetEvent>) {
-        let _ = self.fleet.set(fleet);
-    }
-
-    fn tell_fleet(&self, event: FleetEvent) {
-        if let Some(fleet) = self.fleet.get() {
-            let _ = fleet.send(event);
         }
     }
 
@@ -412,30 +358,6 @@ impl Approvals {
             .reviewer(caller)
             .and_then(|decider| self.try_decide(&decider, id, &verdict));
         self.audit_decision(caller, id, &verdict, &result, "");
-        result
-    }
-
-    /// A decision made on another host of the fleet (authorized there; its signature
-    /// was checked by the caller). Recorded in the audit trail with that host.
-    pub fn decide_from_fleet(
-        &self,
-        decider: &Decider,
-        id: &str,
-        verdict: Verdict,
-    ) -> Result<ApprovalRecord, ApprovalError> {
-        let result = self.try_decide(decider, id, &verdict);
-        let caller = Caller {
-            pid: 0,
-            uid: decider.uid,
-            gid: 0,
-        };
-        self.audit_decision(
-            caller,
-            id,
-            &verdict,
-            &result,
-            &format!(" by {}", decider.shown),
-        );
         result
     }
 
@@ -569,24 +491,6 @@ impl Approvals {
         };
         self.audit(caller, "approval_revoke", outcome, &detail, None);
         result
-    }
-
-    /// A grant another host of the fleet made (its signature checked by the caller).
-    pub fn adopt_grant(&self, grant: Grant) {
-        let mut state = self.state();
-        let id = grant.id.clone();
-        if state.grants.adopt(grant) {
-            tracing::info!(grant = %id, "a grant made on another host is in force here");
-            self.metrics.grants.set(state.grants.live().len() as i64);
-        }
-    }
-
-    /// A fleet grant revoked on another host.
-    pub fn drop_grant(&self, id: &str) {
-        let mut state = self.state();
-        if state.grants.revoke(id).is_some() {
-            self.metrics.grants.set(state.grants.live().len() as i64);
-        }
     }
 
     /// Jobs changed: the `job`-scoped grants of jobs not in `live` end.

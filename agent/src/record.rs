@@ -1,6 +1,7 @@
 //! The recording store: every job and every connection, written to an embedded SQLite
 //! database (WAL) by a batched writer thread, off the data path.
 mod approvals;
+mod batch;
 pub mod chain;
 pub mod checkpoint;
 mod flows;
