@@ -296,6 +296,77 @@ impl Postgres {
         assert!(out.status.success(), "pg_ctl stop: {}", stderr(&out));
     }
 
+    /// Re-reads the server's configuration and TLS files (`pg_ctl reload`).
+    pub fn reload(&self) {
+        let out = self.pg_ctl(&["reload"]);
+        assert!(out.status.success(), "pg_ctl reload: {}", stderr(&out));
+    }
+
+    /// Makes the server present a certificate for 127.0.0.1 issued by a CA of its own,
+    /// and returns that CA's PEM file (for `sslmode=verify-full`).
+    pub fn issue_certificate(&self) -> PathBuf {
+        let dir = self.data_dir.join("ca");
+        fs::create_dir_all(&dir).expect("ca dir");
+        let openssl = |args: &[&str]| {
+            let out = output(Command::new("openssl").current_dir(&dir).args(args));
+            assert!(out.status.success(), "openssl {args:?}: {}", stderr(&out));
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-new",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=tollgate-test-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ]);
+        openssl(&[
+            "req",
+            "-new",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "leaf.key",
+            "-out",
+            "leaf.csr",
+        ]);
+        fs::write(
+            dir.join("leaf.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .expect("ext");
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "leaf.ext",
+            "-out",
+            "leaf.crt",
+        ]);
+        for (from, to) in [("leaf.crt", "server.crt"), ("leaf.key", "server.key")] {
+            let target = self.data_dir.join(to);
+            fs::copy(dir.join(from), &target).expect("copy certificate");
+            self.install.chown_postgres(&target);
+        }
+        self.reload();
+        dir.join("ca.pem")
+    }
+
     /// Starts the server (again), on its port.
     pub fn start_again(&self) {
         let log = self.install.inner(&self.data_dir.join("server.log"));

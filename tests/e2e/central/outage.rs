@@ -144,6 +144,53 @@ fn a_wrong_password_or_schema_is_a_clear_error_and_recording_stays_local() {
     let pg = postgres();
     let web = Server::http("127.0.0.1:0");
     let central = Central::start();
+    // TLS per sslmode: verify-full against the server's certificate passes; against
+    // another CA it is refused, naming the certificate.
+    let port = central.pg.port;
+    let verify_full = |root: &std::path::Path| {
+        std::process::Command::new(tollgate_e2e::agent::tollgate_bin())
+            .args(["central", "migrate", "--password-file"])
+            .arg(central.password_file.path())
+            .arg("--url")
+            .arg(format!(
+                "postgresql://{}@127.0.0.1:{port}/postgres?sslmode=verify-full&sslrootcert={}",
+                tollgate_e2e::postgres::SCRAM_USER,
+                root.display()
+            ))
+            .output()
+            .expect("tollgate")
+    };
+    let ca = central.pg.issue_certificate();
+    let ok = verify_full(&ca);
+    assert!(ok.status.success(), "{}", tollgate_e2e::stderr(&ok));
+    let other = tempfile::tempdir().expect("dir");
+    let other_ca = other.path().join("ca.pem");
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-x509",
+            "-days",
+            "1",
+            "-nodes",
+            "-subj",
+            "/CN=other",
+        ])
+        .arg("-keyout")
+        .arg(other.path().join("ca.key"))
+        .arg("-out")
+        .arg(&other_ca)
+        .output()
+        .expect("openssl");
+    assert!(made.status.success());
+    let refused = verify_full(&other_ca);
+    assert!(!refused.status.success());
+    assert!(
+        tollgate_e2e::stderr(&refused).contains("certificate"),
+        "{}",
+        tollgate_e2e::stderr(&refused)
+    );
+
     let wrong = tempfile::NamedTempFile::new().expect("file");
     std::fs::write(wrong.path(), "not-the-password\n").expect("write");
     let extra = format!("password_file = \"{}\"", wrong.path().display());
