@@ -422,9 +422,9 @@ fn boot(
             } else if let Some((feature, needs)) = skip_of(line) {
                 let entry = outcome.skips.entry(feature).or_insert((0, needs));
                 entry.0 += 1;
-            } else if line == "init: success" {
+            } else if line.ends_with("init: success") {
                 outcome.success = true;
-            } else if let Some(release) = line.strip_prefix("init: kernel ") {
+            } else if let Some(release) = init_kernel(line) {
                 outcome.release = release.to_owned();
                 init_started = true;
             } else if !init_started && kernel_crashed(line) {
@@ -463,6 +463,14 @@ fn boot(
     Ok(outcome)
 }
 
+/// The release in init's first line. The console may put terminal escapes (SeaBIOS's
+/// screen clearing) before it on the same line: a crash after it is the suite's, not a
+/// boot crash to retry.
+fn init_kernel(line: &str) -> Option<&str> {
+    line.find("init: kernel ")
+        .map(|at| &line[at + "init: kernel ".len()..])
+}
+
 /// A kernel's own report of a crash on the console.
 fn kernel_crashed(line: &str) -> bool {
     line.contains("Kernel panic - not syncing") || line.contains("] Oops: ")
@@ -499,6 +507,22 @@ mod tests {
         let prefixed = format!("test unix::a ... {line}");
         assert_eq!(skip_of(&prefixed), skip_of(line));
     }
+    #[test]
+    fn init_is_recognised_after_the_consoles_escapes() {
+        assert_eq!(
+            super::init_kernel("\u{1b}c\u{1b}[?7l\u{1b}[2Jinit: kernel 7.2.13+deb14-amd64"),
+            Some("7.2.13+deb14-amd64")
+        );
+        assert_eq!(
+            super::init_kernel("init: kernel 6.1.0-50"),
+            Some("6.1.0-50")
+        );
+        assert_eq!(
+            super::init_kernel("[    1.0] Run /init as init process"),
+            None
+        );
+    }
+
     #[test]
     fn a_kernel_crash_is_recognised_on_the_console() {
         assert!(super::kernel_crashed(
