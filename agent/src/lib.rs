@@ -26,6 +26,7 @@ mod postgres;
 mod proc_info;
 mod proxy;
 pub mod record;
+mod runtime_thread;
 mod sockets;
 mod udp;
 mod unix;

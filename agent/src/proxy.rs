@@ -192,20 +192,9 @@ impl Listeners {
         for (index, set) in self.sets.into_iter().enumerate() {
             let shared = shared.clone();
             let shutdown = shutdown.clone();
-            let thread = std::thread::Builder::new()
-                .name(format!("tollgate-proxy-{index}"))
-                .spawn(move || {
-                    let runtime = match tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                    {
-                        Ok(runtime) => runtime,
-                        Err(error) => {
-                            tracing::error!(%error, "proxy worker runtime");
-                            return;
-                        }
-                    };
-                    runtime.block_on(worker(set, shared, shutdown, drain));
+            let thread =
+                crate::runtime_thread::spawn(format!("tollgate-proxy-{index}"), move || {
+                    worker(set, shared, shutdown, drain)
                 })
                 .map_err(|source| ProxyError::Thread { source })?;
             threads.push(thread);

@@ -165,26 +165,6 @@ pub(crate) fn assert_all_shipped_once(central: &Central, agent: &Agent, host: &s
     );
 }
 
-fn pgbench_init(pg: &Postgres) {
-    let init = output(
-        Command::new("pgbench")
-            .args([
-                "-i",
-                "-q",
-                "-s",
-                "1",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-p",
-            ])
-            .arg(pg.port.to_string())
-            .arg("postgres"),
-    );
-    assert!(init.status.success(), "pgbench -i: {}", stderr(&init));
-}
-
 /// psql, pgbench and curl in a job of `agent`.
 pub(crate) fn workload(agent: &Agent, pg: &Postgres, web: &Server, tag: &str) {
     let sql = format!("SELECT '{tag}' AS who, 1; SELECT count(*) FROM pgbench_branches");
@@ -224,7 +204,7 @@ fn three_agents_ship_every_record_exactly_once_and_tampering_is_named() {
         return;
     }
     let pg = postgres();
-    pgbench_init(pg);
+    pg.pgbench_init();
     let web = Server::http("127.0.0.1:0");
     let central = Central::start();
     let hosts = ["runner-a", "runner-b", "runner-c"];

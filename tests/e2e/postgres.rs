@@ -221,23 +221,7 @@ fn pgbench_simple_extended_and_prepared_are_followed_and_recorded() {
     }
     let pg = postgres();
     // Initialized directly: its DDL would be denied in a job.
-    let init = output(
-        Command::new("pgbench")
-            .args([
-                "-i",
-                "-q",
-                "-s",
-                "1",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-p",
-            ])
-            .arg(pg.port.to_string())
-            .arg("postgres"),
-    );
-    assert!(init.status.success(), "pgbench -i: {}", stderr(&init));
+    pg.pgbench_init();
     let agent = agent(pg.port);
     for mode in ["simple", "extended", "prepared"] {
         let out = pgbench(&agent, pg.port, &["-n", "-t", "25", "-M", mode]);

@@ -296,6 +296,27 @@ impl Postgres {
         assert!(out.status.success(), "pg_ctl stop: {}", stderr(&out));
     }
 
+    /// `pgbench -i -s 1`, directly (its DDL would need policy in a job).
+    pub fn pgbench_init(&self) {
+        let init = output(
+            Command::new("pgbench")
+                .args([
+                    "-i",
+                    "-q",
+                    "-s",
+                    "1",
+                    "-h",
+                    "127.0.0.1",
+                    "-U",
+                    "postgres",
+                    "-p",
+                ])
+                .arg(self.port.to_string())
+                .arg("postgres"),
+        );
+        assert!(init.status.success(), "pgbench -i: {}", stderr(&init));
+    }
+
     /// Re-reads the server's configuration and TLS files (`pg_ctl reload`).
     pub fn reload(&self) {
         let out = self.pg_ctl(&["reload"]);

@@ -94,34 +94,21 @@ pub fn spawn(
     let (events_tx, events) = mpsc::unbounded_channel();
     approvals.attach_fleet(events_tx);
     let (commands_tx, commands) = mpsc::unbounded_channel();
-    let thread = std::thread::Builder::new()
-        .name("tollgate-fleet".into())
-        .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(error) => {
-                    tracing::error!(%error, "fleet approvals: no runtime");
-                    return;
-                }
-            };
-            let fleet = Fleet {
-                events,
-                target,
-                host,
-                key,
-                approvals,
-                client: None,
-                notices: None,
-                backlog: VecDeque::new(),
-                reconciled: false,
-                last_error: None,
-                refused_grants: Default::default(),
-            };
-            runtime.block_on(fleet.run(commands));
-        })?;
+    let fleet = Fleet {
+        events,
+        target,
+        host,
+        key,
+        approvals,
+        client: None,
+        notices: None,
+        backlog: VecDeque::new(),
+        reconciled: false,
+        last_error: None,
+        refused_grants: Default::default(),
+    };
+    let thread =
+        crate::runtime_thread::spawn("tollgate-fleet".into(), move || fleet.run(commands))?;
     Ok(FleetHandle {
         commands: Some(commands_tx),
         thread: Some(thread),
@@ -161,6 +148,12 @@ fn grant_message(host: &str, grant: &str) -> Vec<u8> {
 }
 
 impl Fleet {
+    fn client(&self) -> Result<&Client, CentralError> {
+        self.client
+            .as_ref()
+            .ok_or_else(|| CentralError::Url("not connected to the central store".into()))
+    }
+
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         let mut tick = tokio::time::interval(POLL);
         loop {
@@ -263,10 +256,7 @@ impl Fleet {
             self.queue(event);
         }
         while let Some(event) = self.backlog.front() {
-            let client = self
-                .client
-                .as_ref()
-                .ok_or(CentralError::Url("not connected".into()))?;
+            let client = self.client()?;
             match event {
                 FleetEvent::Asked(record) | FleetEvent::Settled(record) => {
                     let state = record.state.map_or("pending", |s| s.as_str());
@@ -314,10 +304,7 @@ impl Fleet {
     /// Takes in the grants other hosts made (signed by their enrolled keys), and drops
     /// those revoked.
     async fn grants(&mut self) -> Result<(), CentralError> {
-        let client = self
-            .client
-            .as_ref()
-            .ok_or(CentralError::Url("not connected".into()))?;
+        let client = self.client()?;
         let rows = client
             .query(
                 "SELECT g.id, g.host, g.record, g.signature, g.revoked, h.public_key \
@@ -353,10 +340,7 @@ impl Fleet {
 
     /// Applies the decisions other hosts made on this host's requests.
     async fn apply(&mut self) -> Result<(), CentralError> {
-        let client = self
-            .client
-            .as_ref()
-            .ok_or(CentralError::Url("not connected".into()))?;
+        let client = self.client()?;
         let rows = client
             .query(
                 "SELECT d.id, d.request_id, d.by_host, d.decider, d.verdict, d.at, d.signature, \
@@ -388,10 +372,7 @@ impl Fleet {
             // The request's settled record goes first: the deciding host reads it with
             // the outcome.
             self.flush().await?;
-            let client = self
-                .client
-                .as_ref()
-                .ok_or(CentralError::Url("not connected".into()))?;
+            let client = self.client()?;
             client
                 .execute(
                     "UPDATE tollgate.approval_decisions SET outcome = $2, outcome_at = now() \

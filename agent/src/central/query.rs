@@ -21,6 +21,20 @@ fn parse<T: serde::de::DeserializeOwned>(body: &str) -> Result<T, CentralError> 
         .map_err(|e| CentralError::Url(format!("a central record does not parse: {e}")))
 }
 
+/// Rows of (host, record JSON).
+fn hosted<T: serde::de::DeserializeOwned>(
+    rows: &[tokio_postgres::Row],
+) -> Result<Vec<Hosted<T>>, CentralError> {
+    rows.iter()
+        .map(|row| {
+            Ok(Hosted {
+                host: row.get(0),
+                record: parse(row.get::<_, &str>(1))?,
+            })
+        })
+        .collect()
+}
+
 /// Puts the job's name, labels and identity on a session (as the local store does).
 fn with_job(
     mut session: ConnectionRecord,
@@ -121,14 +135,7 @@ pub async fn audit(
             &[&host, &i64::from(limit)],
         )
         .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(Hosted {
-                host: row.get(0),
-                record: parse(row.get::<_, &str>(1))?,
-            })
-        })
-        .collect()
+    hosted(&rows)
 }
 
 /// Approval requests of every host (or `host`'s), newest first.
@@ -147,14 +154,7 @@ pub async fn approvals(
             &[&host, &pending, &i64::from(limit)],
         )
         .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(Hosted {
-                host: row.get(0),
-                record: parse(row.get::<_, &str>(1))?,
-            })
-        })
-        .collect()
+    hosted(&rows)
 }
 
 /// One approval request, by id.

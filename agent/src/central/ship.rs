@@ -69,21 +69,9 @@ impl ShipperHandle {
 pub fn spawn(options: Options) -> std::io::Result<ShipperHandle> {
     let stopping = Arc::new(AtomicBool::new(false));
     let stop = stopping.clone();
-    let thread = std::thread::Builder::new()
-        .name("tollgate-shipper".into())
-        .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(error) => {
-                    tracing::error!(%error, "the central shipper could not start a runtime");
-                    return;
-                }
-            };
-            runtime.block_on(Shipper::new(options, stop).run());
-        })?;
+    let thread = crate::runtime_thread::spawn("tollgate-shipper".into(), move || {
+        Shipper::new(options, stop).run()
+    })?;
     Ok(ShipperHandle {
         thread: Some(thread),
         stopping,

@@ -5,7 +5,7 @@ use std::{thread, time::Duration};
 
 use tollgate_e2e::{postgres::postgres, require_root, servers::Server, stdout, wait_for};
 
-use super::{Central, assert_all_shipped_once, pgbench_init, workload};
+use super::{Central, assert_all_shipped_once, workload};
 
 #[test]
 fn the_central_store_down_under_load_loses_nothing_and_the_lag_rises_and_falls() {
@@ -13,7 +13,7 @@ fn the_central_store_down_under_load_loses_nothing_and_the_lag_rises_and_falls()
         return;
     }
     let pg = postgres();
-    pgbench_init(pg);
+    pg.pgbench_init();
     let web = Server::http("127.0.0.1:0");
     let central = Central::start();
     let mut a = central.agent("runner-a", pg, "");
@@ -50,6 +50,7 @@ fn the_central_store_down_under_load_loses_nothing_and_the_lag_rises_and_falls()
     }
     assert!(a.metric("tollgate_central_errors_total{stage=\"connect\"}") >= 1.0);
     // Records made after the store came back (the prune below keeps them).
+    let back = std::time::Instant::now();
     workload(&a, pg, &web, "after-a");
     workload(&b, pg, &web, "after-b");
     a.stop();
@@ -61,7 +62,10 @@ fn the_central_store_down_under_load_loses_nothing_and_the_lag_rises_and_falls()
 
     // Pruning what came before the outage: the chains verify from where it cut them.
     let before = central.count("SELECT count(*) FROM tollgate.records");
-    let out = central.tollgate(&["central", "prune", "--older-than", "15s"]);
+    // The cutoff falls between the outage's records (30 s and more before `back`) and
+    // those made after it, however slow the host.
+    let older_than = format!("{}s", back.elapsed().as_secs() + 5);
+    let out = central.tollgate(&["central", "prune", "--older-than", &older_than]);
     assert!(out.status.success(), "{}", tollgate_e2e::stderr(&out));
     let after = central.count("SELECT count(*) FROM tollgate.records");
     assert!(
