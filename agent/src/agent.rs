@@ -164,12 +164,16 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
         metrics.record.clone(),
     )?;
     let recording_gate = recorder.gate(config.recording.strict);
-    let shipper = crate::central::start(
-        &config,
-        &db_path,
-        recording_gate.clone(),
-        metrics.central.clone(),
-    );
+    let central = crate::central::target(&config);
+    let shipper = central.clone().and_then(|target| {
+        crate::central::start(
+            &config,
+            target,
+            &db_path,
+            recording_gate.clone(),
+            metrics.central.clone(),
+        )
+    });
     recorder.record(record::RecordEvent::CloseDangling {
         at: record::now_ms(),
     });
@@ -404,7 +408,9 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
         },
         kernel: kernel.clone(),
         approvals: approvals.clone(),
-        fleet: crate::central::start_fleet(&config, host_key.clone(), approvals.clone()),
+        fleet: central.and_then(|target| {
+            crate::central::start_fleet(&config, target, host_key.clone(), approvals.clone())
+        }),
     });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

@@ -60,22 +60,27 @@ fn describe(error: &tokio_postgres::Error) -> String {
     }
 }
 
-/// Starts shipping to `[central] url`, if set. A password file that cannot be read is
-/// logged and leaves recording local (the agent starts either way).
+/// The config's central store, if `[central] url` is set and its password file can be
+/// read (otherwise logged: records then stay on this host, and approvals local).
+pub fn target(config: &crate::config::Config) -> Option<Target> {
+    let url = config.central.url.as_deref()?;
+    match Target::parse(url, config.central.password_file.as_deref()) {
+        Ok(target) => Some(target),
+        Err(error) => {
+            tracing::error!(%error, "records are not shipped to the central store; they stay on this host");
+            None
+        }
+    }
+}
+
+/// Starts shipping to the central store.
 pub fn start(
     config: &crate::config::Config,
+    target: Target,
     db: &std::path::Path,
     gate: crate::record::Gate,
     metrics: std::sync::Arc<CentralMetrics>,
 ) -> Option<ship::ShipperHandle> {
-    let url = config.central.url.as_deref()?;
-    let target = match Target::parse(url, config.central.password_file.as_deref()) {
-        Ok(target) => target,
-        Err(error) => {
-            tracing::error!(%error, "records are not shipped to the central store; they stay on this host");
-            return None;
-        }
-    };
     tracing::info!(
         url = target.shown(),
         host = config.central.host_name(),
@@ -101,14 +106,13 @@ pub fn start(
     }
 }
 
-/// Starts fleet-wide approvals through `[central] url`, if set.
+/// Starts fleet-wide approvals through the central store.
 pub fn start_fleet(
     config: &crate::config::Config,
+    target: Target,
     key: std::sync::Arc<crate::record::checkpoint::HostKey>,
     approvals: std::sync::Arc<crate::approvals::Approvals>,
 ) -> Option<fleet::FleetHandle> {
-    let url = config.central.url.as_deref()?;
-    let target = Target::parse(url, config.central.password_file.as_deref()).ok()?;
     match fleet::spawn(target, config.central.host_name(), key, approvals) {
         Ok(handle) => Some(handle),
         Err(error) => {

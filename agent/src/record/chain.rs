@@ -41,9 +41,9 @@ pub struct Entry {
     pub record_id: String,
     /// The record's canonical content (its JSON, exactly the bytes hashed).
     pub body: String,
-    #[serde(with = "hex_hash")]
+    #[serde(serialize_with = "hex_bytes")]
     pub prev: Hash,
-    #[serde(with = "hex_hash")]
+    #[serde(serialize_with = "hex_bytes")]
     pub hash: Hash,
 }
 
@@ -230,13 +230,9 @@ pub fn entry_of_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
     })
 }
 
-/// Hashes as lowercase hex in JSON.
-pub mod hex_hash {
-    use serde::Serializer;
-
-    pub fn serialize<S: Serializer>(hash: &super::Hash, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&super::hex(hash))
-    }
+/// Bytes (a hash, a signature) as lowercase hex in JSON.
+pub fn hex_bytes<T: AsRef<[u8]>, S: serde::Serializer>(bytes: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&hex(bytes.as_ref()))
 }
 
 pub fn hex(bytes: &[u8]) -> String {

@@ -17,7 +17,7 @@ use ring::{
 use rusqlite::{OptionalExtension as _, params};
 use serde::Serialize;
 
-use super::chain::{Hash, Head, hex, hex_hash, to_hash};
+use super::chain::{Hash, Head, hex, hex_bytes, to_hash};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -124,14 +124,10 @@ pub struct Checkpoint {
     /// The records the chain held: the position of its last entry.
     pub records: i64,
     /// That entry's hash.
-    #[serde(with = "hex_hash")]
+    #[serde(serialize_with = "hex_bytes")]
     pub head: Hash,
     #[serde(serialize_with = "hex_bytes")]
     pub signature: Vec<u8>,
-}
-
-fn hex_bytes<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&hex(bytes))
 }
 
 impl Checkpoint {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::{
-    chain::{self, Entry, GENESIS, Hash},
+    chain::{Entry, GENESIS, Hash},
     checkpoint::Checkpoint,
 };
 
@@ -318,11 +318,6 @@ fn describe(e: &Entry) -> String {
     } else {
         format!("{} {}", e.kind, e.record_id)
     }
-}
-
-/// The hex of a hash, for reports.
-pub fn hex(hash: &Hash) -> String {
-    chain::hex(hash)
 }
 
 pub mod local;
