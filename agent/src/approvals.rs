@@ -22,7 +22,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-pub use fleet::{Decider, FleetEvent};
+pub use fleet::{ConsoleReviewer, Decider, FleetEvent};
 pub use grants::{Grant, GrantScope};
 pub use metrics::ApprovalMetrics;
 pub use reviewers::Reviewer;

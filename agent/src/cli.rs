@@ -1,6 +1,7 @@
 //! Command-line interface. `anyhow` lives here, at the edge.
 mod approvals;
 mod central;
+mod console;
 mod hook;
 mod install;
 mod output;
@@ -85,6 +86,9 @@ enum Command {
         #[command(flatten)]
         fleet: central::FleetArgs,
     },
+    /// The review console: a web UI and JSON API where reviewers find, replay and
+    /// approve what jobs did (docs/console.md).
+    Console(console::ConsoleArgs),
     /// The fleet's central store: create its schema, enrol this host's key, prune.
     Central {
         #[command(subcommand)]
@@ -338,6 +342,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             ..
         } => central::audit(command),
         Command::Central { command } => central::central(command),
+        Command::Console(args) => console::run(args, socket),
         Command::Audit {
             command: None,
             limit,

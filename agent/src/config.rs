@@ -11,11 +11,13 @@ use tollgate_policy::{Mode, TargetSpec, load::line_col};
 
 mod approvals;
 mod central;
+mod console;
 mod identity;
 mod validate;
 
 pub use approvals::{ApprovalsConfig, ReviewerSpec, WebhookConfig, WebhookFormat};
 pub use central::CentralConfig;
+pub use console::{ConsoleConfig, ConsoleOidcConfig, RolesConfig};
 pub use identity::{DEFAULT_AUDIENCE, IdentityConfig};
 
 /// Where the agent looks for its config when `--config` is not given.
@@ -66,6 +68,8 @@ pub struct Config {
     pub identity: IdentityConfig,
     pub approvals: ApprovalsConfig,
     pub central: CentralConfig,
+    /// `[console]`: the review console (`tollgate console`).
+    pub console: ConsoleConfig,
     pub postgres: PostgresConfig,
     /// Masking of sensitive values in PostgreSQL results and recordings.
     pub masking: crate::postgres::mask::MaskingConfig,

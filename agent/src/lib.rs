@@ -11,6 +11,7 @@ mod central;
 mod cgroup;
 pub mod cli;
 mod config;
+mod console;
 pub mod control;
 mod dns;
 mod enforce;

@@ -13,6 +13,7 @@ mod query;
 mod queue;
 mod retention;
 mod schema;
+pub mod search;
 mod statements;
 mod unix;
 pub mod verify;

@@ -263,7 +263,7 @@ impl Agent {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", tollgate_bin().display()));
         self.child = Some(child);
-        let ready = wait_for_ready(self, Duration::from_secs(30));
+        let ready = wait_for_ready(self, crate::scaled(Duration::from_secs(30)));
         assert!(ready, "agent did not become ready; log:\n{}", self.log());
     }
 

@@ -32,6 +32,21 @@ pub fn helper(built: &str) -> String {
 }
 
 /// Whether this is CI (`CI=true`), where a missing capability fails instead of skipping.
+/// How much slower than the host this machine runs the tests (`TOLLGATE_TEST_TIME_SCALE`,
+/// set by vm-test for a guest under TCG; 1 elsewhere).
+pub fn time_scale() -> u32 {
+    std::env::var("TOLLGATE_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|n| (1..=20).contains(n))
+        .unwrap_or(1)
+}
+
+/// A wait or bound that allows for [`time_scale`].
+pub fn scaled(duration: Duration) -> Duration {
+    duration * time_scale()
+}
+
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }

@@ -176,6 +176,7 @@ impl AgentControl {
             Request::ListApprovals { .. }
             | Request::ShowApproval { .. }
             | Request::DecideApproval { .. }
+            | Request::DecideApprovalFor { .. }
             | Request::RevokeGrant { .. } => self.approvals(caller, request),
             Request::ListEvents { job_id, limit } => {
                 let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
@@ -193,6 +194,7 @@ impl AgentControl {
     fn fleet_decide(
         &self,
         caller: Caller,
+        decider: Result<crate::approvals::Decider, crate::approvals::ApprovalError>,
         id: &str,
         verdict: crate::approvals::Verdict,
     ) -> Response {
@@ -200,7 +202,7 @@ impl AgentControl {
             crate::approvals::Verdict::Approve { .. } => "approval_approve",
             crate::approvals::Verdict::Deny { .. } => "approval_deny",
         };
-        let result = match (self.approvals.reviewer(caller), &self.fleet) {
+        let result = match (decider, &self.fleet) {
             (Err(e), _) => Err(e.to_string()),
             (Ok(decider), Some(fleet)) => fleet.decide(decider, id, verdict),
             (Ok(_), None) => Err("no central store".to_owned()),
@@ -246,8 +248,24 @@ impl AgentControl {
             Request::DecideApproval { id, verdict }
                 if approvals.waiting(&id).is_none() && self.fleet.is_some() =>
             {
-                self.fleet_decide(caller, &id, verdict)
+                self.fleet_decide(caller, approvals.reviewer(caller), &id, verdict)
             }
+            Request::DecideApprovalFor {
+                id,
+                verdict,
+                reviewer,
+            } if approvals.waiting(&id).is_none() && self.fleet.is_some() => {
+                let decider = crate::approvals::Decider::console(&reviewer);
+                self.fleet_decide(caller, Ok(decider), &id, verdict)
+            }
+            Request::DecideApprovalFor {
+                id,
+                verdict,
+                reviewer,
+            } => match approvals.decide_for_console(caller, &reviewer, &id, verdict) {
+                Ok(record) => Response::Approval(Box::new(record)),
+                Err(e) => error(e),
+            },
             Request::DecideApproval { id, verdict } => {
                 match approvals.decide(caller, &id, verdict) {
                     Ok(record) => Response::Approval(Box::new(record)),

@@ -104,3 +104,48 @@ impl Approvals {
         }
     }
 }
+
+/// A reviewer signed in to the review console with OIDC, as the console vouches for
+/// them. The console is an operator of this agent's control socket: the agent takes
+/// its word for who signed in, and records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsoleReviewer {
+    /// The OIDC issuer and the reviewer's subject there.
+    pub issuer: String,
+    pub subject: String,
+    /// The login claim's value: shown in records, compared with a job's actor.
+    pub login: String,
+}
+
+impl Decider {
+    /// A console reviewer: never root, so self-approval is checked for them.
+    pub fn console(reviewer: &ConsoleReviewer) -> Self {
+        Self {
+            key: format!("oidc:{}#{}", reviewer.issuer, reviewer.subject),
+            uid: u32::MAX,
+            login: reviewer.login.clone(),
+            shown: format!("oidc:{}", reviewer.login),
+        }
+    }
+}
+
+impl Approvals {
+    /// A decision a console reviewer made, brought by the console (an operator).
+    /// Recorded in the audit trail with the reviewer's OIDC identity.
+    pub fn decide_for_console(
+        &self,
+        caller: Caller,
+        reviewer: &ConsoleReviewer,
+        id: &str,
+        verdict: Verdict,
+    ) -> Result<ApprovalRecord, ApprovalError> {
+        let decider = Decider::console(reviewer);
+        let result = self.try_decide(&decider, id, &verdict);
+        let by = format!(
+            " by {} (console; issuer {}, subject {})",
+            decider.shown, reviewer.issuer, reviewer.subject
+        );
+        self.audit_decision(caller, id, &verdict, &result, &by);
+        result
+    }
+}

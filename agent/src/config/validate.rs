@@ -76,6 +76,39 @@ impl Config {
                 "must be 1-255 characters, without spaces or control characters",
             ));
         }
+        if self.console.tls_cert.is_some() != self.console.tls_key.is_some() {
+            return Err(invalid(
+                "console.tls_cert",
+                "console.tls_cert and console.tls_key go together",
+            ));
+        }
+        if self.console.session_ttl < Duration::from_secs(60) {
+            return Err(invalid("console.session_ttl", "must be at least 1m"));
+        }
+        if self.console.max_sessions == 0 {
+            return Err(invalid("console.max_sessions", "must be at least 1"));
+        }
+        if let Some(oidc) = &self.console.oidc {
+            crate::identity::oidc::fetch::check_url(&oidc.issuer)
+                .map_err(|why| invalid("console.oidc.issuer", &why))?;
+            if !oidc.redirect_url.starts_with("https://")
+                && !oidc.redirect_url.starts_with("http://")
+            {
+                return Err(invalid(
+                    "console.oidc.redirect_url",
+                    "must be the console's http(s) URL ending in /auth/callback",
+                ));
+            }
+            if !oidc.redirect_url.ends_with("/auth/callback") {
+                return Err(invalid(
+                    "console.oidc.redirect_url",
+                    "must end in /auth/callback (the console's callback path)",
+                ));
+            }
+            if oidc.client_id.is_empty() {
+                return Err(invalid("console.oidc.client_id", "must not be empty"));
+            }
+        }
         if self.approvals.min_approvals == 0 {
             return Err(invalid("approvals.min_approvals", "must be at least 1"));
         }

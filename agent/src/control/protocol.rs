@@ -96,6 +96,13 @@ pub enum Request {
         id: String,
         verdict: crate::approvals::Verdict,
     },
+    /// The review console brings a decision of a reviewer signed in with OIDC
+    /// (operators only: the console vouches for the reviewer).
+    DecideApprovalFor {
+        id: String,
+        verdict: crate::approvals::Verdict,
+        reviewer: crate::approvals::ConsoleReviewer,
+    },
     /// A reviewer ends a grant.
     RevokeGrant {
         id: String,
@@ -130,6 +137,7 @@ impl Request {
             Request::ListApprovals { .. } => "list_approvals",
             Request::ShowApproval { .. } => "show_approval",
             Request::DecideApproval { .. } => "decide_approval",
+            Request::DecideApprovalFor { .. } => "decide_approval_for",
             Request::RevokeGrant { .. } => "revoke_grant",
         }
     }

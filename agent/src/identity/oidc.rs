@@ -104,7 +104,7 @@ pub struct Verifier {
     fetch: Fetch,
 }
 
-const ACCEPTED: [Algorithm; 9] = [
+pub const ACCEPTED: [Algorithm; 9] = [
     Algorithm::RS256,
     Algorithm::RS384,
     Algorithm::RS512,

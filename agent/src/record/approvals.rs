@@ -57,6 +57,18 @@ pub fn list(conn: &Connection, pending: bool, limit: u32) -> rusqlite::Result<Ve
     Ok(rows)
 }
 
+/// A job's requests, oldest first.
+pub fn of_job(conn: &Connection, job_id: &str) -> rusqlite::Result<Vec<ApprovalRecord>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT state, decided_at, record FROM approvals WHERE job_id = ?1 \
+         ORDER BY asked_at, id",
+    )?;
+    let rows = stmt
+        .query_map(params![job_id], from_row)?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
 pub fn get(conn: &Connection, id: &str) -> rusqlite::Result<Option<ApprovalRecord>> {
     conn.prepare_cached("SELECT state, decided_at, record FROM approvals WHERE id = ?1")?
         .query_row(params![id], from_row)

@@ -17,12 +17,12 @@ pub struct Store {
     conn: Connection,
 }
 
-const CONNECTION_COLUMNS: &str = "c.id, c.job_id, c.attributed, c.pid, c.tid, c.uid, c.gid, \
+pub(super) const CONNECTION_COLUMNS: &str = "c.id, c.job_id, c.attributed, c.pid, c.tid, c.uid, c.gid, \
     c.comm, c.exe, c.cgroup_id, c.source, c.destination, c.decision, c.reason, c.policy_ids, \
     c.bytes_up, c.bytes_down, c.started_at, c.connect_us, c.ended_at, c.error, j.name, j.labels, \
     c.target, j.identity, c.assurance, c.protocol, c.db_user, c.db_name, c.application_name, \
     c.client_tls, c.server_tls, c.hostname, c.path";
-const CONNECTION_FROM: &str = "connections c LEFT JOIN jobs j ON j.id = c.job_id";
+pub(super) const CONNECTION_FROM: &str = "connections c LEFT JOIN jobs j ON j.id = c.job_id";
 const JOB_COLUMNS: &str = "id, name, labels, cgroup_id, cgroup_path, owner_pid, owner_start, \
     owner_uid, started_at, ended_at, exit_code, exit_signal, end_reason, kind, identity, assurance, \
     origin_cgroup";
@@ -130,7 +130,6 @@ impl Store {
         Ok(rows)
     }
 
-    #[cfg(test)]
     pub fn job(&self, id: &str) -> Result<Option<JobRecord>, RecordError> {
         use rusqlite::OptionalExtension as _;
         Ok(self
@@ -272,7 +271,7 @@ impl Store {
     }
 }
 
-fn connection_from_row(row: &Row<'_>) -> rusqlite::Result<ConnectionRecord> {
+pub(super) fn connection_from_row(row: &Row<'_>) -> rusqlite::Result<ConnectionRecord> {
     let policy_ids: String = row.get(14)?;
     let labels: Option<String> = row.get(22)?;
     Ok(ConnectionRecord {

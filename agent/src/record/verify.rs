@@ -79,6 +79,20 @@ pub struct Report {
 }
 
 impl Report {
+    /// A host whose chain was not read (its report says nothing was checked).
+    pub fn unchecked(host: &str) -> Self {
+        Self {
+            host: host.to_owned(),
+            records: 0,
+            first: None,
+            last: None,
+            checkpoints: 0,
+            latest_checkpoint: None,
+            unsigned_tail: 0,
+            failure: None,
+        }
+    }
+
     pub fn ok(&self) -> bool {
         self.failure.is_none()
     }
