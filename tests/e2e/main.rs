@@ -3,6 +3,7 @@
 mod addresses;
 mod approvals;
 mod central;
+mod console;
 mod control;
 mod direct_tls;
 mod dns;

@@ -3,6 +3,7 @@
 //! checks that nothing is left. Tests panic with a clear message rather than return
 //! errors, and run serially (`--test-threads=1`): they share the kernel.
 pub mod agent;
+pub mod console;
 pub mod dns;
 pub mod netns;
 pub mod oidc;

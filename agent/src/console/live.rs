@@ -1,7 +1,6 @@
 //! Live updates of the approvals inbox: a Server-Sent Events stream that says
 //! `event: approvals` whenever a request is asked or decided, so that the page
-//! refetches without a reload. The store is looked at twice a second while someone
-//! listens.
+//! refetches without a reload. The store is looked at twice a second.
 use std::{sync::Arc, time::Duration};
 
 use http_body_util::{BodyExt, StreamBody};
@@ -28,26 +27,24 @@ impl Live {
     }
 }
 
-/// Watches the approval requests for changes while any page listens.
+/// Watches the approval requests for changes (all the time, so that a change just
+/// after a page subscribed is not taken for the state it subscribed to).
 pub fn watch(console: Arc<Console>) {
     tokio::spawn(async move {
         let mut last: Option<String> = None;
         loop {
-            tokio::time::sleep(POLL).await;
-            if console.live.tx.receiver_count() == 0 {
-                last = None;
-                continue;
-            }
             match console.source.approvals_version().await {
                 Ok(version) if last.as_ref() != Some(&version) => {
-                    if last.is_some() {
-                        let _ = console.live.tx.send(version.clone());
-                    }
+                    tracing::debug!(%version, listeners = console.live.tx.receiver_count(), "console: approvals changed");
+                    // The first look sends too: a page that subscribed before it refetches
+                    // (a needless refetch at most).
+                    let _ = console.live.tx.send(version.clone());
                     last = Some(version);
                 }
                 Ok(_) => {}
-                Err(error) => tracing::debug!(%error, "console: watching approvals"),
+                Err(error) => tracing::warn!(%error, "console: watching approvals"),
             }
+            tokio::time::sleep(POLL).await;
         }
     });
 }
