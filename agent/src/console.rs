@@ -67,7 +67,7 @@ pub struct Console {
 }
 
 enum SignIn {
-    Oidc(oidc::Provider),
+    Oidc(Box<oidc::Provider>),
     /// `--dev-insecure-local`: every request is this reviewer's; the CSRF token is fixed
     /// for the process.
     Dev {
@@ -111,7 +111,10 @@ pub fn run(options: Options) -> Result<(), ConsoleError> {
         }
     } else {
         let oidc = config.console.oidc.as_ref().ok_or(ConsoleError::NoSignIn)?;
-        SignIn::Oidc(oidc::Provider::discover(oidc, &config.console.roles)?)
+        SignIn::Oidc(Box::new(oidc::Provider::discover(
+            oidc,
+            &config.console.roles,
+        )?))
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

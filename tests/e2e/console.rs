@@ -2,6 +2,7 @@
 //! sessions with allowed, denied and held statements, and curl at L4. The API is read
 //! through a client that signs in with the test OIDC issuer as a browser does.
 mod approvals;
+mod browser;
 mod openapi;
 
 use std::{path::Path, time::Duration};

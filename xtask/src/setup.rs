@@ -14,7 +14,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// bpf-linker's LLVM feature must match the pinned nightly's LLVM major version.
 const BPF_LINKER_FEATURES: &str = "llvm-22,no-llvm-linking";
 /// Debian packages, each with a file that shows it is installed.
-const APT_PACKAGES: [(&str, &str); 17] = [
+const APT_PACKAGES: [(&str, &str); 20] = [
     ("postgresql", "/usr/lib/postgresql"),
     ("postgresql-client", "/usr/bin/psql"),
     ("pgbouncer", "/usr/sbin/pgbouncer"),
@@ -37,6 +37,11 @@ const APT_PACKAGES: [(&str, &str); 17] = [
     ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
     ("xz-utils", "/usr/bin/xz"),
     ("zstd", "/usr/bin/zstd"),
+    // The review console's browser tests: Debian's chromium, driven by playwright-core
+    // (npm, see `browser_env`).
+    ("chromium", "/usr/bin/chromium"),
+    ("nodejs", "/usr/bin/node"),
+    ("npm", "/usr/bin/npm"),
 ];
 
 pub fn all(root: &Path) -> anyhow::Result<()> {
@@ -46,6 +51,26 @@ pub fn all(root: &Path) -> anyhow::Result<()> {
     apt_packages()?;
     python_env(root)?;
     pg17_root(root)?;
+    browser_env(root)?;
+    Ok(())
+}
+
+/// playwright-core from npm, at the version tests/browser/package-lock.json pins, for
+/// the console's browser tests (it drives Debian's chromium; it downloads no browser).
+fn browser_env(root: &Path) -> anyhow::Result<()> {
+    let dir = root.join("tests/browser");
+    let lock =
+        std::fs::read(dir.join("package-lock.json")).context("tests/browser/package-lock.json")?;
+    let stamp_path = dir.join("node_modules/.tollgate-lock");
+    if std::fs::read(&stamp_path).is_ok_and(|stamp| stamp == lock) {
+        eprintln!("xtask: setup: playwright-core is installed");
+        return Ok(());
+    }
+    run(Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--ignore-scripts"])
+        .current_dir(&dir))?;
+    std::fs::write(&stamp_path, lock)
+        .with_context(|| format!("writing {}", stamp_path.display()))?;
     Ok(())
 }
 

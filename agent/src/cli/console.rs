@@ -42,9 +42,9 @@ pub fn run(args: ConsoleArgs, control_socket: PathBuf) -> anyhow::Result<ExitCod
             .flatten()
     });
     let source = match central {
-        Some(url) => Source::Central(CentralSource::new(
+        Some(url) => Source::Central(Box::new(CentralSource::new(
             Target::parse(&url, config.central.password_file.as_deref()).context("--central")?,
-        )),
+        ))),
         None => {
             let db = args
                 .store

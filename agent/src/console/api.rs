@@ -31,7 +31,7 @@ pub struct Who {
     pub session: Option<String>,
 }
 
-fn header_str<'a>(request: &'a Request<Incoming>, name: header::HeaderName) -> Option<&'a str> {
+fn header_str(request: &Request<Incoming>, name: header::HeaderName) -> Option<&str> {
     request.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -162,7 +162,7 @@ struct Me<'a> {
 }
 
 /// A number from the query string, within bounds.
-fn limit(query: Option<&str>, default: u32, max: u32) -> Result<u32, Response<Body>> {
+fn limit(query: Option<&str>, default: u32, max: u32) -> Result<u32, Box<Response<Body>>> {
     match form_urlencoded::parse(query.unwrap_or_default().as_bytes()).find(|(k, _)| k == "limit") {
         None => Ok(default),
         Some((_, v)) => v
@@ -170,10 +170,10 @@ fn limit(query: Option<&str>, default: u32, max: u32) -> Result<u32, Response<Bo
             .ok()
             .filter(|n| (1..=max).contains(n))
             .ok_or_else(|| {
-                error_json(
+                Box::new(error_json(
                     StatusCode::BAD_REQUEST,
                     &format!("query parameter `limit`: expected 1 to {max}"),
-                )
+                ))
             }),
     }
 }
@@ -231,7 +231,7 @@ async fn api(console: &Arc<Console>, who: &Who, request: Request<Incoming>) -> R
             let pending = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
                 .any(|(k, v)| k == "state" && v == "pending");
             match limit(query, 100, 1000) {
-                Err(response) => response,
+                Err(response) => *response,
                 Ok(limit) => answer(
                     source
                         .approvals(pending, limit)
@@ -252,7 +252,7 @@ async fn api(console: &Arc<Console>, who: &Who, request: Request<Incoming>) -> R
             decide::decide(console, who, id, verdict, request).await
         }
         (&Method::GET, ["audit"]) => match limit(query, 100, 1000) {
-            Err(response) => response,
+            Err(response) => *response,
             Ok(limit) => answer(
                 source
                     .audit(limit)

@@ -68,7 +68,7 @@ pub type Approvals = Vec<Hosted<ApprovalRecord>>;
 
 pub enum Source {
     Local(LocalSource),
-    Central(CentralSource),
+    Central(Box<CentralSource>),
 }
 
 impl Source {
