@@ -181,6 +181,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a synthetic recording store for the console's benchmark (cargo xtask bench
+    /// --workloads console; docs/benchmarks.md).
+    #[command(hide = true)]
+    BenchStore {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 10_000)]
+        jobs: u64,
+        #[arg(long, default_value_t = 1_000_000)]
+        connections: u64,
+        #[arg(long, default_value_t = 10_000_000)]
+        statements: u64,
+        #[arg(long, default_value_t = 30)]
+        days: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Switch the eBPF programs' log of rare events (refusals and why, failed map
     /// inserts) while they run: off, warn or info. The lines appear in the agent's log
     /// under the target tollgate::kernel; `[bpf] log` sets the level at start.
@@ -448,6 +465,38 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 println!("{}", toml::to_string(&status)?);
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::BenchStore {
+            out,
+            jobs,
+            connections,
+            statements,
+            days,
+            seed,
+        } => {
+            if out.exists() {
+                anyhow::bail!("{} exists", out.display());
+            }
+            let shape = crate::record::synth::Shape {
+                jobs,
+                connections,
+                statements,
+                days,
+                seed,
+            };
+            let started = std::time::Instant::now();
+            let written = crate::record::synth::generate(&out, &shape, |n| {
+                eprint!("\r{n} connections");
+            })?;
+            eprintln!();
+            println!(
+                "{} jobs, {} connections, {} statements in {:.1} s",
+                written.jobs,
+                written.connections,
+                written.statements,
+                started.elapsed().as_secs_f64()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::KernelLog { level } => {

@@ -15,6 +15,7 @@ mod retention;
 mod schema;
 pub mod search;
 mod statements;
+pub mod synth;
 mod unix;
 pub mod verify;
 pub mod writer;

@@ -18,6 +18,7 @@ use crate::build;
 
 mod bulk;
 mod central;
+mod console;
 mod dns;
 mod env;
 
@@ -94,7 +95,9 @@ fn select(
 }
 
 /// The names `--workloads` takes, in the order of [`WORKLOADS`].
-const WORKLOAD_KEYS: [&str; 6] = ["select", "connect", "latency", "dns", "bulk", "central"];
+const WORKLOAD_KEYS: [&str; 7] = [
+    "select", "connect", "latency", "dns", "bulk", "central", "console",
+];
 /// The `-c1` workload, whose report adds each path's latency over direct.
 const LATENCY_WORKLOAD: usize = 2;
 /// The DNS workload (bench/dns.rs), which is not a pgbench run.
@@ -103,6 +106,9 @@ const DNS_WORKLOAD: usize = 3;
 const BULK_WORKLOAD: usize = 4;
 /// The recording workload (bench/central.rs): shipping to a central store.
 const CENTRAL_WORKLOAD: usize = 5;
+/// The review console's sessions page on a big store (bench/console.rs): no agent, run
+/// before the others.
+const CONSOLE_WORKLOAD: usize = 6;
 
 /// A workload: name and pgbench arguments (besides host/port/duration).
 const WORKLOADS: [(&str, &[&str]); 3] = [
@@ -155,6 +161,15 @@ pub fn bench(root: &Path, options: &Options) -> anyhow::Result<()> {
         bail!("the benchmark needs root (it runs the agent)");
     }
     let bin = build(root, true)?;
+    let console = if options.workloads.contains(&CONSOLE_WORKLOAD) {
+        console::run(root, &bin)?
+    } else {
+        Vec::new()
+    };
+    if options.workloads == [CONSOLE_WORKLOAD] {
+        console::report(&console);
+        return Ok(());
+    }
     let scratch = PathBuf::from(format!("/tmp/tollgate-bench-{}", std::process::id()));
     let mut env = Environment::start(&scratch, &bin, options)?;
     let result = measure(&mut env, options);
@@ -167,6 +182,7 @@ pub fn bench(root: &Path, options: &Options) -> anyhow::Result<()> {
     }
     bulk::report(&bulk, &BULK_PATHS, options.rounds);
     central::report(&central, options.seconds);
+    console::report(&console);
     Ok(())
 }
 
@@ -265,6 +281,9 @@ fn measure(env: &mut Environment, options: &Options) -> anyhow::Result<Measured>
     };
     for round in 0..options.rounds {
         for &workload in &options.workloads {
+            if workload == CONSOLE_WORKLOAD {
+                continue;
+            }
             if workload == BULK_WORKLOAD {
                 for (index, name) in BULK_PATHS.iter().enumerate() {
                     if !options.paths.iter().any(|&p| PATHS[p] == *name) {
@@ -429,7 +448,7 @@ fn report(samples: &[Sample], options: &Options) {
     for &workload in options
         .workloads
         .iter()
-        .filter(|&&w| w != DNS_WORKLOAD && w != BULK_WORKLOAD && w != CENTRAL_WORKLOAD)
+        .filter(|&&w| WORKLOADS.get(w).is_some())
     {
         let name = WORKLOADS[workload].0;
         for &path in &options.paths {
@@ -501,7 +520,7 @@ mod tests {
     fn path_and_workload_selection() {
         let all = Options::new(3, 20, 10, 0, &[], &[], None).unwrap();
         assert_eq!(all.paths, vec![0, 1, 2, 3, 4, 5]);
-        assert_eq!(all.workloads, vec![0, 1, 2, 3, 4, 5]);
+        assert_eq!(all.workloads, vec![0, 1, 2, 3, 4, 5, 6]);
         // With a baseline build, its paths are measured too, and only then.
         let with = Options::new(3, 20, 10, 0, &[], &[], Some("/old".into())).unwrap();
         assert_eq!(with.paths, vec![0, 1, 2, 3, 4, 5, 6, 7]);

@@ -79,6 +79,11 @@ enum Cmd {
         /// The guests' lsm= list; leave out bpf to see the agent run without BPF LSM.
         #[arg(long, default_value = vm_test::LSM)]
         lsm: String,
+        /// Under TCG, emulate the guest's CPUs on several host threads: faster, but QEMU's
+        /// multi-threaded TCG races the kernel's live patching (an `Oops: int3` in the
+        /// guest now and then, seen on 7.2). Default: one thread.
+        #[arg(long)]
+        tcg_multi: bool,
     },
     /// Fuzz the PostgreSQL wire parsers (cargo-fuzz, pinned nightly).
     Fuzz {
@@ -144,6 +149,7 @@ fn main() -> anyhow::Result<()> {
             filter,
             minutes,
             lsm,
+            tcg_multi,
         } => {
             setup::all(&root)?;
             vm_test::vm_test(
@@ -153,6 +159,7 @@ fn main() -> anyhow::Result<()> {
                     filter,
                     timeout: std::time::Duration::from_secs(minutes * 60),
                     lsm,
+                    tcg_multi,
                 },
             )
         }

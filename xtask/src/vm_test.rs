@@ -35,6 +35,8 @@ pub struct Options {
     pub timeout: Duration,
     /// The guests' `lsm=` (without bpf, the agent runs without BPF LSM and says so).
     pub lsm: String,
+    /// Multi-threaded TCG (faster; races the guest kernel's live patching).
+    pub tcg_multi: bool,
 }
 
 /// One kernel's outcome.
@@ -292,7 +294,11 @@ fn guest_command(root: &Path, e2e: &Path, agent: &Path, options: &Options, accel
         agent = agent.display(),
         // Under TCG the guest runs several times slower than the host: the tests' fixed
         // waits for an agent to start, and their "promptly" bounds, grow with it.
-        scale = if accel == "kvm" { 1 } else { 4 },
+        scale = match (accel, options.tcg_multi) {
+            ("kvm", _) => 1,
+            (_, true) => 4,
+            (_, false) => 6,
+        },
         helpers = agent.parent().unwrap_or(Path::new("/")).display(),
         uplink = UPLINK,
         scratch = CHROOT_SCRATCH
@@ -361,8 +367,13 @@ fn boot(
     .args(["-m", MEMORY, "-smp", CPUS])
     .args(if accel == "kvm" {
         ["-accel", "kvm", "-cpu", "host,-arch-capabilities"]
-    } else {
+    } else if options.tcg_multi {
         ["-accel", "tcg,thread=multi", "-cpu", "max"]
+    } else {
+        // One host thread for every guest CPU: QEMU then never runs a CPU's stale
+        // translation of code another CPU is patching (with thread=multi, a guest
+        // kernel's text_poke left an int3 that another CPU hit: `Oops: int3`).
+        ["-accel", "tcg,thread=single", "-cpu", "max"]
     })
     .arg("-kernel")
     .arg(&kernel.vmlinuz)

@@ -163,7 +163,7 @@ pub(super) fn to_json(value: &impl serde::Serialize) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "{}".to_owned())
 }
 
-fn insert_job(tx: &rusqlite::Transaction<'_>, job: &JobRecord) -> rusqlite::Result<()> {
+pub(super) fn insert_job(tx: &rusqlite::Transaction<'_>, job: &JobRecord) -> rusqlite::Result<()> {
     let labels = to_json(&job.labels);
     tx.execute(
         "INSERT OR REPLACE INTO jobs (id, name, labels, cgroup_id, cgroup_path, owner_pid, \

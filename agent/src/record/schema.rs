@@ -1,7 +1,7 @@
 //! The SQLite schema of the recording store.
 use rusqlite::Connection;
 
-pub const VERSION: i64 = 14;
+pub const VERSION: i64 = 15;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -205,6 +205,12 @@ CREATE TABLE IF NOT EXISTS shipped (
     what        TEXT PRIMARY KEY,
     upto        INTEGER NOT NULL
 );
+-- Version 15: the review console finds jobs by identity (its sessions filters).
+CREATE INDEX IF NOT EXISTS jobs_by_repository ON jobs (json_extract(identity, '$.repository'));
+CREATE INDEX IF NOT EXISTS jobs_by_run ON jobs (json_extract(identity, '$.run_id'));
+CREATE INDEX IF NOT EXISTS jobs_by_actor ON jobs (json_extract(identity, '$.actor'));
+CREATE INDEX IF NOT EXISTS jobs_by_workflow ON jobs (json_extract(identity, '$.workflow'));
+CREATE INDEX IF NOT EXISTS jobs_by_environment ON jobs (json_extract(identity, '$.environment'));
 ";
 
 /// Opens the writer's pragmas and creates the tables.
@@ -274,6 +280,7 @@ pub fn apply(conn: &Connection) -> rusqlite::Result<()> {
     }
     // Version 14 chains every record (chain, checkpoints, shipped): a store written
     // before it starts its chain at the first record written after the upgrade.
+    // Version 15 indexes jobs by identity fields (created above, as every start does).
     conn.pragma_update(None, "user_version", VERSION)?;
     Ok(())
 }

@@ -40,6 +40,11 @@ pub const IDENTITY_FILTERS: [(&str, &str); 7] = [
     ("environment", "environment"),
 ];
 
+/// Identity filters that match fewer jobs than this read those jobs' sessions by the
+/// job index; more, and the newest sessions are read first (measured on 1,000,000
+/// sessions: docs/benchmarks.md).
+const FEW_JOBS: i64 = 500;
+
 /// A session as the list shows it: the connection and its statements counted.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SessionSummary {
@@ -101,12 +106,38 @@ impl Store {
         if let Some(job) = &query.job_id {
             w.bind("c.job_id = $", job.clone());
         }
-        for (field, value) in &query.identity {
+        if !query.identity.is_empty() {
             // `field` is one of IDENTITY_FILTERS' names, never the caller's text.
-            w.bind(
-                &format!("json_extract(j.identity, '$.{field}') = $"),
-                value.clone(),
-            );
+            let jobs_where = |w: &mut Where, alias: &str| -> String {
+                let mut terms = Vec::new();
+                for (field, value) in &query.identity {
+                    w.values.push(Box::new(value.clone()));
+                    terms.push(format!(
+                        "json_extract({alias}identity, '$.{field}') = ?{}",
+                        w.values.len()
+                    ));
+                }
+                terms.join(" AND ")
+            };
+            // A few jobs: their sessions by the job index, then sorted. Many: the
+            // newest sessions first, each job looked up (it finds a page sooner).
+            let mut count = Where::default();
+            let terms = jobs_where(&mut count, "");
+            let jobs: i64 = self.conn().query_row(
+                &format!(
+                    "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE {terms} LIMIT {FEW_JOBS})"
+                ),
+                params_from_iter(count.values.iter().map(|v| v.as_ref())),
+                |row| row.get(0),
+            )?;
+            if jobs < FEW_JOBS {
+                let terms = jobs_where(&mut w, "");
+                w.clauses
+                    .push(format!("c.job_id IN (SELECT id FROM jobs WHERE {terms})"));
+            } else {
+                let terms = jobs_where(&mut w, "j.");
+                w.clauses.push(terms);
+            }
         }
         if let Some(target) = &query.target {
             w.bind("c.target = $", target.clone());
