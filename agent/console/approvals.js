@@ -64,6 +64,7 @@ export async function approvalsPage(el) {
   const canDecide = state.me && state.me.role !== "viewer" && state.me.can_decide;
   const pending = h("div", { id: "pending", "aria-live": "polite" });
   const decided = h("div", { id: "decided" });
+  const grants = h("div", { id: "grants" });
   const live = h("p", { class: "muted", id: "live" }, "Connecting for live updates…");
   clear(
     el,
@@ -72,6 +73,8 @@ export async function approvalsPage(el) {
     !canDecide ? h("p", { class: "muted" }, state.me && state.me.role === "viewer" ? "Your role is viewer: you can see requests but not decide them." : "No agent's control socket here: decisions cannot be made from this console.") : null,
     h("h2", {}, "Waiting"),
     pending,
+    h("h2", {}, "Grants in force"),
+    grants,
     h("h2", {}, "Decided"),
     decided,
   );
@@ -89,6 +92,45 @@ export async function approvalsPage(el) {
     if (!open.approvals.length) clear(pending, h("p", { class: "muted empty" }, "Nothing is waiting."));
     else pending.querySelector(".empty")?.remove();
     clear(decided, all.approvals.filter((a) => a.state !== "pending").map((item) => card(item, false, refresh)));
+    await refreshGrants();
+  }
+  async function refreshGrants() {
+    let data;
+    try {
+      data = await api("grants");
+    } catch (error) {
+      clear(grants, h("p", { class: "muted" }, `Grants: ${error.message}`));
+      return;
+    }
+    if (!data.grants.length) {
+      clear(grants, h("p", { class: "muted" }, "No grants in force."));
+      return;
+    }
+    const isAdmin = state.me && state.me.role === "admin";
+    clear(
+      grants,
+      data.grants.map((g) => {
+        const message = h("span", { role: "status" });
+        const revoke = isAdmin
+          ? h("button", { type: "button", class: "deny secondary", onclick: async () => {
+              try {
+                await api(`grants/${encodeURIComponent(g.id)}/revoke`, { method: "POST", body: {} });
+                await refreshGrants();
+              } catch (error) {
+                message.replaceChildren(errorBox(error.message));
+              }
+            } }, "Revoke")
+          : null;
+        return h(
+          "article",
+          { class: "approval state-approved", dataset: { grant: g.id } },
+          h("h3", {}, badge(g.scope, "state-approved"), " ", g.shape),
+          h("p", { class: "muted" }, `approved by ${(g.approved_by || []).join(", ")} at ${time(g.granted_at)}${g.expires_at ? `, until ${time(g.expires_at)}` : ""}${g.job_id ? `, job ${g.job_id}` : ""}${g.repository ? `, ${g.repository} ${g.workflow || ""}` : ""}`),
+          revoke,
+          message,
+        );
+      }),
+    );
   }
   await refresh();
   const events = new EventSource("/api/v1/approvals/events");

@@ -475,7 +475,20 @@ impl Approvals {
 
     /// Ends a grant before its time. Recorded in the audit trail.
     pub fn revoke(&self, caller: Caller, id: &str) -> Result<Grant, ApprovalError> {
-        let result = self.reviewers.authorize(caller).and_then(|_| {
+        let authorized = self.reviewers.authorize(caller).map(|_| ());
+        self.revoke_checked(caller, authorized, id, "")
+    }
+
+    /// Ends a grant for a caller already authorized (or not); `by` names who, for the
+    /// audit trail.
+    fn revoke_checked(
+        &self,
+        caller: Caller,
+        authorized: Result<(), ApprovalError>,
+        id: &str,
+        by: &str,
+    ) -> Result<Grant, ApprovalError> {
+        let result = authorized.and_then(|()| {
             let mut state = self.state();
             let grant = state
                 .grants
@@ -486,8 +499,11 @@ impl Approvals {
             Ok(grant)
         });
         let (outcome, detail) = match &result {
-            Ok(grant) => ("ok", format!("grant {id} revoked ({})", grant.describe())),
-            Err(error) => ("refused", format!("grant {id}: {error}")),
+            Ok(grant) => (
+                "ok",
+                format!("grant {id} revoked{by} ({})", grant.describe()),
+            ),
+            Err(error) => ("refused", format!("grant {id}{by}: {error}")),
         };
         self.audit(caller, "approval_revoke", outcome, &detail, None);
         result

@@ -99,7 +99,7 @@ pub fn all(root: &Path, e2e_filter: Option<&str>, lint: bool) -> anyhow::Result<
                 filter: Some(CI_VM_FILTER.to_owned()),
                 timeout: std::time::Duration::from_secs(20 * 60),
                 lsm: crate::vm_test::LSM.to_owned(),
-                tcg_multi: false,
+                tcg_multi: true,
             },
         )?;
     }

@@ -35,7 +35,8 @@ pub struct Options {
     pub timeout: Duration,
     /// The guests' `lsm=` (without bpf, the agent runs without BPF LSM and says so).
     pub lsm: String,
-    /// Multi-threaded TCG (faster; races the guest kernel's live patching).
+    /// Multi-threaded TCG (faster; now and then races a 7.2 guest kernel's live
+    /// patching). `--tcg-single` turns it off.
     pub tcg_multi: bool,
 }
 

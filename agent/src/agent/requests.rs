@@ -177,6 +177,7 @@ impl AgentControl {
             | Request::ShowApproval { .. }
             | Request::DecideApproval { .. }
             | Request::DecideApprovalFor { .. }
+            | Request::RevokeGrantFor { .. }
             | Request::RevokeGrant { .. } => self.approvals(caller, request),
             Request::ListEvents { job_id, limit } => {
                 let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
@@ -269,6 +270,12 @@ impl AgentControl {
             Request::DecideApproval { id, verdict } => {
                 match approvals.decide(caller, &id, verdict) {
                     Ok(record) => Response::Approval(Box::new(record)),
+                    Err(e) => error(e),
+                }
+            }
+            Request::RevokeGrantFor { id, reviewer } => {
+                match approvals.revoke_for_console(caller, &reviewer, &id) {
+                    Ok(grant) => Response::Grant(Box::new(grant)),
                     Err(e) => error(e),
                 }
             }

@@ -148,4 +148,18 @@ impl Approvals {
         self.audit_decision(caller, id, &verdict, &result, &by);
         result
     }
+
+    /// A console admin ends a grant, brought by the console (an operator).
+    pub fn revoke_for_console(
+        &self,
+        caller: Caller,
+        reviewer: &ConsoleReviewer,
+        id: &str,
+    ) -> Result<super::Grant, ApprovalError> {
+        let by = format!(
+            " by oidc:{} (console; issuer {}, subject {})",
+            reviewer.login, reviewer.issuer, reviewer.subject
+        );
+        self.revoke_checked(caller, Ok(()), id, &by)
+    }
 }

@@ -1,6 +1,7 @@
 //! Routing: who the caller is (a session, or nobody: only sign-in and health answer
 //! then), the CSRF check on every state-changing request, and the JSON API's reads.
 mod decide;
+mod grants;
 mod signin;
 
 use std::sync::Arc;
@@ -126,6 +127,7 @@ pub async fn route(
         (&Method::POST, "/auth/logout") => signin::logout(console, &who),
         (&Method::GET, p) if is_page(p) => super::assets::index(),
         (&Method::GET, p) if p.starts_with("/assets/") => super::assets::asset(p),
+        (&Method::GET, "/favicon.ico") => super::assets::asset("/assets/icon.svg"),
         (_, p) if p.starts_with("/api/v1/") => api(console, &who, request).await,
         _ => error_json(StatusCode::NOT_FOUND, "not found"),
     };
@@ -250,6 +252,19 @@ async fn api(console: &Arc<Console>, who: &Who, request: Request<Incoming>) -> R
                 );
             }
             decide::decide(console, who, id, verdict, request).await
+        }
+        (&Method::GET, ["grants"]) => grants::list(console).await,
+        (&Method::POST, ["grants", id, "revoke"]) => {
+            if who.reviewer.role < Role::Admin {
+                return error_json(
+                    StatusCode::FORBIDDEN,
+                    &format!(
+                        "admins only: your console role is {}",
+                        who.reviewer.role.as_str()
+                    ),
+                );
+            }
+            grants::revoke(console, who, id).await
         }
         (&Method::GET, ["audit"]) => match limit(query, 100, 1000) {
             Err(response) => *response,

@@ -198,7 +198,8 @@ pub fn page(
         .unwrap_or_else(|| "<p><a href=\"/auth/login\">Sign in again</a></p>".to_owned());
     let body = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">{refresh}\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <link rel=\"icon\" href=\"data:,\">{refresh}\
          <title>{title} · Tollgate</title></head><body><main><h1>{title}</h1><p>{message}</p>\
          {link}</main></body></html>",
         title = escape(title),

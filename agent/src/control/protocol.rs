@@ -103,6 +103,11 @@ pub enum Request {
         verdict: crate::approvals::Verdict,
         reviewer: crate::approvals::ConsoleReviewer,
     },
+    /// The review console brings an admin's revocation of a grant (operators only).
+    RevokeGrantFor {
+        id: String,
+        reviewer: crate::approvals::ConsoleReviewer,
+    },
     /// A reviewer ends a grant.
     RevokeGrant {
         id: String,
@@ -139,6 +144,7 @@ impl Request {
             Request::DecideApproval { .. } => "decide_approval",
             Request::DecideApprovalFor { .. } => "decide_approval_for",
             Request::RevokeGrant { .. } => "revoke_grant",
+            Request::RevokeGrantFor { .. } => "revoke_grant_for",
         }
     }
 

@@ -107,7 +107,8 @@ fn a_statement_psql_holds_is_approved_in_the_console_and_the_records_name_the_re
         let out = output_with_stdin(
             &mut command,
             b"ALTER TABLE tollgate_console_held ADD COLUMN x int;\nSELECT 'after';\n\
-              ALTER TABLE tollgate_console_held ADD COLUMN y int;\nSELECT 'end';\n",
+              ALTER TABLE tollgate_console_held ADD COLUMN y int;\nSELECT 'end';\n\
+              ALTER TABLE tollgate_console_held ADD COLUMN z int;\nSELECT 'last';\n",
         );
         (stdout(&out), stderr(&out))
     });
@@ -172,10 +173,44 @@ fn a_statement_psql_holds_is_approved_in_the_console_and_the_records_name_the_re
     );
     assert_eq!(denied.status, 200, "{}", denied.body);
     assert_eq!(denied.json()["state"], "denied");
+    // The third: approved for 30 minutes, which makes a grant.
+    let third = wait_for("the third request", Duration::from_secs(20), || {
+        pending(&mut sam)
+            .into_iter()
+            .find(|r| r["id"] != id.as_str() && r["id"] != second_id.as_str())
+    });
+    let third_id = third["id"].as_str().expect("id").to_owned();
+    let granted = sam.post(
+        &format!("/api/v1/approvals/{third_id}/approve"),
+        &json!({ "scope": "30m" }),
+    );
+    assert_eq!(granted.status, 200, "{}", granted.body);
+    let grant_id = granted.json()["grant_id"]
+        .as_str()
+        .expect("a grant")
+        .to_owned();
     let (out, err) = psql.join().expect("psql");
     assert!(out.lines().any(|l| l.trim() == "after"), "{out}\n{err}");
-    assert_eq!(last(&out), "end", "{err}");
+    assert!(out.lines().any(|l| l.trim() == "end"), "{out}\n{err}");
+    assert_eq!(last(&out), "last", "{err}");
     assert!(err.contains("not during the freeze"), "{err}");
+
+    // Every reviewer sees the grant; only an admin revokes it.
+    let grants = sam.get("/api/v1/grants").json();
+    let listed = grants["grants"].as_array().cloned().unwrap_or_default();
+    assert_eq!(listed.len(), 1, "{grants}");
+    assert_eq!(listed[0]["id"], grant_id.as_str());
+    assert_eq!(listed[0]["approved_by"], json!(["oidc:sam"]));
+    let not_admin = sam.post(&format!("/api/v1/grants/{grant_id}/revoke"), &json!({}));
+    assert_eq!(not_admin.status, 403, "{}", not_admin.body);
+    assert!(not_admin.body.contains("admins only"), "{}", not_admin.body);
+    let mut ada = console.sign_in(&issuer, "ada", &["secops"]);
+    let revoked = ada.post(&format!("/api/v1/grants/{grant_id}/revoke"), &json!({}));
+    assert_eq!(revoked.status, 200, "{}", revoked.body);
+    assert_eq!(revoked.json()["id"], grant_id.as_str());
+    let again = ada.post(&format!("/api/v1/grants/{grant_id}/revoke"), &json!({}));
+    assert_eq!(again.status, 409, "{}", again.body);
+    assert_eq!(ada.get("/api/v1/grants").json()["grants"], json!([]));
 
     // The records carry the reviewer's OIDC identity.
     let decided = wait_for("the decisions on record", Duration::from_secs(10), || {
@@ -193,14 +228,25 @@ fn a_statement_psql_holds_is_approved_in_the_console_and_the_records_name_the_re
         .expect("first");
     assert_eq!(first["reviewers"], json!(["oidc:sam"]));
     assert_eq!(first["reason"], "planned migration");
-    let audit = sam.get("/api/v1/audit?limit=100").json();
+    // The audit entries are written after the decisions' records: wait for the last.
+    let audit = wait_for(
+        "the revocation in the audit trail",
+        Duration::from_secs(10),
+        || {
+            let audit = sam.get("/api/v1/audit?limit=100").json();
+            audit
+                .to_string()
+                .contains("revoked by oidc:ada")
+                .then_some(audit)
+        },
+    );
     let entries = audit["entries"].as_array().cloned().unwrap_or_default();
     let by_console: Vec<&str> = entries
         .iter()
         .filter_map(|e| e["detail"].as_str())
         .filter(|d| d.contains("oidc:sam (console; issuer"))
         .collect();
-    assert_eq!(by_console.len(), 2, "{audit}");
+    assert_eq!(by_console.len(), 3, "{audit}");
     assert!(
         by_console.iter().all(|d| d.contains("subject sub-sam")),
         "{by_console:?}"

@@ -76,12 +76,32 @@ pub async fn decide(
     let request = ControlRequest::DecideApprovalFor {
         id: id.to_owned(),
         verdict,
-        reviewer: ConsoleReviewer {
-            issuer: who.reviewer.issuer.clone(),
-            subject: who.reviewer.subject.clone(),
-            login: who.reviewer.login.clone(),
-        },
+        reviewer: reviewer(who),
     };
+    match call_agent(console, request).await {
+        Ok(ControlResponse::Approval(record)) => json(StatusCode::OK, &record),
+        Ok(other) => error_json(
+            StatusCode::BAD_GATEWAY,
+            &format!("the agent answered {other:?}"),
+        ),
+        Err(response) => *response,
+    }
+}
+
+/// The reviewer as the agent records them.
+pub(super) fn reviewer(who: &Who) -> ConsoleReviewer {
+    ConsoleReviewer {
+        issuer: who.reviewer.issuer.clone(),
+        subject: who.reviewer.subject.clone(),
+        login: who.reviewer.login.clone(),
+    }
+}
+
+/// One request to the agent's control socket; its refusal is 409, no agent 503.
+pub(super) async fn call_agent(
+    console: &Arc<Console>,
+    request: ControlRequest,
+) -> Result<ControlResponse, Box<Response<Body>>> {
     let socket = console.control_socket.clone();
     let reply = tokio::task::spawn_blocking(move || {
         let mut client = Client::connect(&socket)?;
@@ -89,16 +109,17 @@ pub async fn decide(
     })
     .await;
     match reply {
-        Ok(Ok(ControlResponse::Approval(record))) => json(StatusCode::OK, &record),
-        Ok(Ok(other)) => error_json(
-            StatusCode::BAD_GATEWAY,
-            &format!("the agent answered {other:?}"),
-        ),
-        Ok(Err(ClientError::Agent(message))) => error_json(StatusCode::CONFLICT, &message),
-        Ok(Err(error)) => error_json(
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(ClientError::Agent(message))) => {
+            Err(Box::new(error_json(StatusCode::CONFLICT, &message)))
+        }
+        Ok(Err(error)) => Err(Box::new(error_json(
             StatusCode::SERVICE_UNAVAILABLE,
             &format!("no agent to decide through: {error}"),
-        ),
-        Err(error) => error_json(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string()),
+        ))),
+        Err(error) => Err(Box::new(error_json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &error.to_string(),
+        ))),
     }
 }
