@@ -3,6 +3,7 @@
 //! through a client that signs in with the test OIDC issuer as a browser does.
 mod approvals;
 mod browser;
+mod fleet;
 mod openapi;
 
 use std::{path::Path, time::Duration};
@@ -40,8 +41,13 @@ when { resource.name == "pg" };
 
 /// An agent with `pg` (PostgreSQL) and `web` (an HTTP server's port) as targets.
 pub(crate) fn agent(pg: &Postgres, web_port: u16) -> Agent {
+    agent_with(pg, web_port, "")
+}
+
+/// The same, with `extra` (whole tables) added to its config.
+pub(crate) fn agent_with(pg: &Postgres, web_port: u16, extra: &str) -> Agent {
     let config = format!(
-        "[approvals]\ntimeout = \"2m\"\n[[targets]]\nname = \"pg\"\n\
+        "{extra}\n[approvals]\ntimeout = \"2m\"\n[[targets]]\nname = \"pg\"\n\
          cidrs = [\"127.0.0.1/32\"]\nports = [{}]\nprotocol = \"postgres\"\n\
          [[targets]]\nname = \"web\"\ncidrs = [\"127.0.0.1/32\"]\nports = [{web_port}]\n",
         pg.port

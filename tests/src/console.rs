@@ -4,7 +4,7 @@
 //! and sends the CSRF token on every state-changing request.
 use std::{
     collections::BTreeMap,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
 };
 
@@ -31,6 +31,32 @@ impl Console {
 
     /// With `args` added (e.g. `--dev-insecure-local`); `issuer` None: no [console.oidc].
     pub fn start_args(agent: &Agent, issuer: Option<&Issuer>, args: &[&str]) -> Self {
+        let mut all: Vec<std::ffi::OsString> = vec!["--store".into(), agent.db_path.clone().into()];
+        all.extend(args.iter().map(Into::into));
+        Self::launch(agent, issuer, "", &all)
+    }
+
+    /// Over the central store at `url` (its password in `password_file`), deciding
+    /// through `agent`.
+    pub fn start_central(agent: &Agent, issuer: &Issuer, url: &str, password_file: &Path) -> Self {
+        let central = format!(
+            "[central]\npassword_file = \"{}\"\n",
+            password_file.display()
+        );
+        Self::launch(
+            agent,
+            Some(issuer),
+            &central,
+            &["--central".into(), url.into()],
+        )
+    }
+
+    fn launch(
+        agent: &Agent,
+        issuer: Option<&Issuer>,
+        extra_config: &str,
+        args: &[std::ffi::OsString],
+    ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("tollgate-console-")
             .tempdir()
@@ -39,7 +65,7 @@ impl Console {
         std::fs::write(&secret, crate::oidc::CLIENT_SECRET).expect("secret");
         let port = crate::ephemeral_port();
         let mut config = format!(
-            "[state]\ndir = \"{}\"\n[console]\nlisten = \"127.0.0.1:{port}\"\n{ROLES}",
+            "[state]\ndir = \"{}\"\n{extra_config}[console]\nlisten = \"127.0.0.1:{port}\"\n{ROLES}",
             agent.dir.path().join("state").display()
         );
         if let Some(issuer) = issuer {
@@ -57,8 +83,6 @@ impl Console {
         let mut child = Command::new(tollgate_bin())
             .args(["console", "--config"])
             .arg(&config_path)
-            .arg("--store")
-            .arg(&agent.db_path)
             .arg("--control-socket")
             .arg(&agent.socket)
             .args(args)

@@ -35,7 +35,8 @@ impl Decider {
             key: format!("{}@{host}", self.key),
             uid: self.uid,
             login: self.login.clone(),
-            shown: format!("{}@{host}", self.login),
+            // A console reviewer stays `oidc:LOGIN`, with the host.
+            shown: format!("{}@{host}", self.shown),
         }
     }
 }
