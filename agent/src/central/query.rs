@@ -36,7 +36,7 @@ fn hosted<T: serde::de::DeserializeOwned>(
 }
 
 /// Puts the job's name, labels and identity on a session (as the local store does).
-fn with_job(
+pub fn with_job(
     mut session: ConnectionRecord,
     job: Option<&str>,
 ) -> Result<ConnectionRecord, CentralError> {

@@ -31,17 +31,8 @@ fn parse<T: serde::de::DeserializeOwned>(body: &str) -> Result<T, SourceError> {
 }
 
 /// Puts the job's name, labels and identity on a session, as the local store does.
-fn with_job(
-    mut session: ConnectionRecord,
-    job: Option<&str>,
-) -> Result<ConnectionRecord, SourceError> {
-    if let Some(job) = job {
-        let job: JobRecord = parse(job)?;
-        session.job_name = job.name;
-        session.job_labels = job.labels;
-        session.job_identity = job.identity;
-    }
-    Ok(session)
+fn with_job(session: ConnectionRecord, job: Option<&str>) -> Result<ConnectionRecord, SourceError> {
+    Ok(query::with_job(session, job)?)
 }
 
 /// A WHERE clause and its values, numbered as they are bound.
