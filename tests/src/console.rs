@@ -4,7 +4,7 @@
 //! and sends the CSRF token on every state-changing request.
 use std::{
     collections::BTreeMap,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
 };
 
@@ -282,9 +282,4 @@ impl Client {
         }
         (done.status, done.body)
     }
-}
-
-/// Where the console's store of an agent lives (for tampering).
-pub fn store(agent: &Agent) -> PathBuf {
-    agent.db_path.clone()
 }
