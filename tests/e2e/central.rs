@@ -96,17 +96,7 @@ impl Central {
     /// An agent shipping here as `host`, following `pg` at L7, its key enrolled.
     pub fn agent(&self, host: &str, pg: &Postgres, extra: &str) -> Agent {
         let agent = Agent::start_with(&format!("{}\n{}", self.config(host, extra), pg.target()));
-        let enrolled = output(
-            agent
-                .tollgate()
-                .args(["central", "enroll-host", "--config"])
-                .arg(&agent.config_path),
-        );
-        assert!(
-            enrolled.status.success(),
-            "enroll-host: {}",
-            stderr(&enrolled)
-        );
+        let enrolled = enroll(&agent);
         assert!(stdout(&enrolled).contains(&format!("enrolled host {host}")));
         agent
     }
@@ -121,6 +111,22 @@ impl Central {
         }
         output(&mut cmd)
     }
+}
+
+/// `tollgate central enroll-host` for `agent` (asserted to succeed).
+pub(crate) fn enroll(agent: &Agent) -> std::process::Output {
+    let enrolled = output(
+        agent
+            .tollgate()
+            .args(["central", "enroll-host", "--config"])
+            .arg(&agent.config_path),
+    );
+    assert!(
+        enrolled.status.success(),
+        "enroll-host: {}",
+        stderr(&enrolled)
+    );
+    enrolled
 }
 
 /// A count from an agent's local store.

@@ -39,6 +39,10 @@ permit(principal, action == Action::"sql:ddl", resource)
 when { resource.name == "pg" };
 "#;
 
+/// Four statements, the third denied by `no-secret-writes`.
+pub(crate) const ONE_DENIED: &str = "SELECT 'hello';\nINSERT INTO tollgate_console_items \
+    VALUES (1, 'one');\nINSERT INTO tollgate_console_secret VALUES (1);\nSELECT 'done';\n";
+
 /// An agent with `pg` (PostgreSQL) and `web` (an HTTP server's port) as targets.
 pub(crate) fn agent(pg: &Postgres, web_port: u16) -> Agent {
     agent_with(pg, web_port, "")

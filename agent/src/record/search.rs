@@ -69,24 +69,51 @@ pub fn contains_pattern(text: &str) -> String {
     pattern
 }
 
-/// A WHERE clause and its values, numbered as they are bound.
-#[derive(Default)]
-struct Where {
-    clauses: Vec<String>,
-    values: Vec<Box<dyn ToSql>>,
+/// A WHERE clause and its values, numbered as they are bound: `mark` is the dialect's
+/// placeholder (`?` in SQLite, `$` in PostgreSQL), and a clause writes `{}` for its
+/// value. The console's central source builds its query with it too.
+pub struct Where<V> {
+    pub clauses: Vec<String>,
+    pub values: Vec<V>,
+    mark: char,
 }
 
-impl Where {
-    /// Adds `clause`, whose every `$` stands for `value`.
-    fn bind(&mut self, clause: &str, value: impl ToSql + 'static) {
-        self.values.push(Box::new(value));
-        let n = format!("?{}", self.values.len());
-        // `$.` is a JSON path, not a placeholder.
-        let clause = clause
-            .replace("$.", "\u{1}")
-            .replace('$', &n)
-            .replace('\u{1}', "$.");
-        self.clauses.push(clause);
+impl<V> Where<V> {
+    pub fn new(mark: char) -> Self {
+        Self {
+            clauses: Vec::new(),
+            values: Vec::new(),
+            mark,
+        }
+    }
+
+    /// Binds `value` and returns its placeholder.
+    pub fn value(&mut self, value: V) -> String {
+        self.values.push(value);
+        format!("{}{}", self.mark, self.values.len())
+    }
+
+    /// Adds `clause`, whose every `{}` stands for `value`.
+    pub fn bind(&mut self, clause: &str, value: V) {
+        let placeholder = self.value(value);
+        self.clauses.push(clause.replace("{}", &placeholder));
+    }
+
+    /// `WHERE …`, or nothing.
+    pub fn sql(&self) -> String {
+        if self.clauses.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", self.clauses.join(" AND "))
+        }
+    }
+
+    /// The keyset condition of the page after (started_at, id).
+    pub fn after(&mut self, at: V, id: V) {
+        let (at, id) = (self.value(at), self.value(id));
+        self.clauses.push(format!(
+            "(c.started_at < {at} OR (c.started_at = {at} AND c.id < {id}))"
+        ));
     }
 }
 
@@ -96,32 +123,32 @@ impl Store {
         &self,
         query: &SessionQuery,
     ) -> Result<Vec<SessionSummary>, RecordError> {
-        let mut w = Where::default();
+        let mut w: Where<Box<dyn ToSql>> = Where::new('?');
         if let Some(from) = query.from {
-            w.bind("c.started_at >= $", from);
+            w.bind("c.started_at >= {}", Box::new(from));
         }
         if let Some(to) = query.to {
-            w.bind("c.started_at < $", to);
+            w.bind("c.started_at < {}", Box::new(to));
         }
         if let Some(job) = &query.job_id {
-            w.bind("c.job_id = $", job.clone());
+            w.bind("c.job_id = {}", Box::new(job.clone()));
         }
         if !query.identity.is_empty() {
             // `field` is one of IDENTITY_FILTERS' names, never the caller's text.
-            let jobs_where = |w: &mut Where, alias: &str| -> String {
-                let mut terms = Vec::new();
-                for (field, value) in &query.identity {
-                    w.values.push(Box::new(value.clone()));
-                    terms.push(format!(
-                        "json_extract({alias}identity, '$.{field}') = ?{}",
-                        w.values.len()
-                    ));
-                }
+            let jobs_where = |w: &mut Where<Box<dyn ToSql>>, alias: &str| -> String {
+                let terms: Vec<String> = query
+                    .identity
+                    .iter()
+                    .map(|(field, value)| {
+                        let placeholder = w.value(Box::new(value.clone()));
+                        format!("json_extract({alias}identity, '$.{field}') = {placeholder}")
+                    })
+                    .collect();
                 terms.join(" AND ")
             };
             // A few jobs: their sessions by the job index, then sorted. Many: the
             // newest sessions first, each job looked up (it finds a page sooner).
-            let mut count = Where::default();
+            let mut count: Where<Box<dyn ToSql>> = Where::new('?');
             let terms = jobs_where(&mut count, "");
             let jobs: i64 = self.conn().query_row(
                 &format!(
@@ -140,51 +167,40 @@ impl Store {
             }
         }
         if let Some(target) = &query.target {
-            w.bind("c.target = $", target.clone());
+            w.bind("c.target = {}", Box::new(target.clone()));
         }
         match query.protocol.as_deref() {
             Some("tcp") => w.clauses.push("c.protocol IS NULL".to_owned()),
-            Some(protocol) => w.bind("c.protocol = $", protocol.to_owned()),
+            Some(protocol) => w.bind("c.protocol = {}", Box::new(protocol.to_owned())),
             None => {}
         }
         if let Some(decision) = &query.decision {
-            w.bind("c.decision = $", decision.clone());
+            w.bind("c.decision = {}", Box::new(decision.clone()));
         }
         if let Some(kind) = &query.statement_kind {
             w.bind(
-                "EXISTS (SELECT 1 FROM statements s WHERE s.connection_id = c.id AND s.kind = $)",
-                kind.clone(),
+                "EXISTS (SELECT 1 FROM statements s WHERE s.connection_id = c.id AND s.kind = {})",
+                Box::new(kind.clone()),
             );
         }
         if let Some(text) = &query.text {
             w.bind(
                 "EXISTS (SELECT 1 FROM statements s WHERE s.connection_id = c.id AND \
-                 (s.sql LIKE $ ESCAPE '\\' OR s.tables LIKE $ ESCAPE '\\'))",
-                contains_pattern(text),
+                 (s.sql LIKE {} ESCAPE '\\' OR s.tables LIKE {} ESCAPE '\\'))",
+                Box::new(contains_pattern(text)),
             );
         }
         if let Some((at, id)) = &query.after {
-            w.bind("(c.started_at < $", *at);
-            let at_n = w.values.len();
-            w.values.push(Box::new(id.clone()));
-            let id_n = w.values.len();
-            if let Some(last) = w.clauses.last_mut() {
-                last.push_str(&format!(" OR (c.started_at = ?{at_n} AND c.id < ?{id_n}))"));
-            }
+            w.after(Box::new(*at), Box::new(id.clone()));
         }
-        w.values.push(Box::new(i64::from(query.limit)));
-        let limit = w.values.len();
-        let filter = if w.clauses.is_empty() {
-            String::new()
-        } else {
-            format!("WHERE {}", w.clauses.join(" AND "))
-        };
+        let limit = w.value(Box::new(i64::from(query.limit)));
+        let filter = w.sql();
         let sql = format!(
             "SELECT {CONNECTION_COLUMNS}, \
              (SELECT count(*) FROM statements s WHERE s.connection_id = c.id), \
              (SELECT count(*) FROM statements s WHERE s.connection_id = c.id \
               AND s.decision IN ('deny', 'would_deny')) \
-             FROM {CONNECTION_FROM} {filter} ORDER BY c.started_at DESC, c.id DESC LIMIT ?{limit}"
+             FROM {CONNECTION_FROM} {filter} ORDER BY c.started_at DESC, c.id DESC LIMIT {limit}"
         );
         let mut stmt = self.conn().prepare_cached(&sql)?;
         let rows = stmt

@@ -12,13 +12,7 @@ use crate::approvals::{POLICY, direct_psql, has_column, last, psql_in_job};
 fn fleet_agent(central: &Central, host: &str, pg: &tollgate_e2e::postgres::Postgres) -> Agent {
     let approvals = format!("timeout = \"60s\"\n\n{}", central.config(host, ""));
     let agent = crate::approvals::agent_with(pg, &approvals, POLICY);
-    let enrolled = output(
-        agent
-            .tollgate()
-            .args(["central", "enroll-host", "--config"])
-            .arg(&agent.config_path),
-    );
-    assert!(enrolled.status.success(), "{}", stderr(&enrolled));
+    super::enroll(&agent);
     agent
 }
 

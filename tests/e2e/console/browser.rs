@@ -67,13 +67,7 @@ fn a_reviewer_finds_replays_approves_and_audits_in_chromium() {
     );
     let agent = agent(pg, 9);
     let job_a = identity("acme/api", "4821", "octocat", "prod");
-    psql_script(
-        &agent,
-        pg,
-        &job_a,
-        "SELECT 'hello';\nINSERT INTO tollgate_console_items VALUES (1, 'one');\n\
-         INSERT INTO tollgate_console_secret VALUES (1);\nSELECT 'done';\n",
-    );
+    psql_script(&agent, pg, &job_a, super::ONE_DENIED);
     psql_script(
         &agent,
         pg,

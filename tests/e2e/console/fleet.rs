@@ -6,7 +6,7 @@ use std::{thread, time::Duration};
 
 use serde_json::json;
 use tollgate_e2e::{
-    Agent, console::Console, oidc::Issuer, output, output_with_stdin, require_root, stderr, stdout,
+    Agent, console::Console, oidc::Issuer, output_with_stdin, require_root, stderr, stdout,
     wait_for,
 };
 
@@ -18,13 +18,7 @@ use crate::{
 
 fn fleet_agent(central: &Central, host: &str, pg: &tollgate_e2e::postgres::Postgres) -> Agent {
     let agent = agent_with(pg, 9, &central.config(host, ""));
-    let enrolled = output(
-        agent
-            .tollgate()
-            .args(["central", "enroll-host", "--config"])
-            .arg(&agent.config_path),
-    );
-    assert!(enrolled.status.success(), "{}", stderr(&enrolled));
+    crate::central::enroll(&agent);
     agent
 }
 
@@ -44,13 +38,7 @@ fn the_console_reads_the_fleet_and_approves_a_statement_held_on_another_host() {
     let a = fleet_agent(&central, "runner-a", pg);
     let b = fleet_agent(&central, "runner-b", pg);
     let job_a = identity("acme/api", "4821", "octocat", "prod");
-    psql_script(
-        &a,
-        pg,
-        &job_a,
-        "SELECT 'hello';\nINSERT INTO tollgate_console_items VALUES (1, 'one');\n\
-         INSERT INTO tollgate_console_secret VALUES (1);\nSELECT 'done';\n",
-    );
+    psql_script(&a, pg, &job_a, super::ONE_DENIED);
     psql_script(
         &b,
         pg,

@@ -80,10 +80,7 @@ pub async fn decide(
     };
     match call_agent(console, request).await {
         Ok(ControlResponse::Approval(record)) => json(StatusCode::OK, &record),
-        Ok(other) => error_json(
-            StatusCode::BAD_GATEWAY,
-            &format!("the agent answered {other:?}"),
-        ),
+        Ok(other) => unexpected(&other),
         Err(response) => *response,
     }
 }
@@ -95,6 +92,14 @@ pub(super) fn reviewer(who: &Who) -> ConsoleReviewer {
         subject: who.reviewer.subject.clone(),
         login: who.reviewer.login.clone(),
     }
+}
+
+/// A reply of the wrong kind from the agent.
+pub(super) fn unexpected(reply: &ControlResponse) -> Response<Body> {
+    error_json(
+        StatusCode::BAD_GATEWAY,
+        &format!("the agent answered {reply:?}"),
+    )
 }
 
 /// One request to the agent's control socket; its refusal is 409, no agent 503.

@@ -6,12 +6,12 @@ use hyper::{Response, StatusCode};
 
 use super::{
     Who,
-    decide::{call_agent, reviewer},
+    decide::{call_agent, reviewer, unexpected},
 };
 use crate::{
     console::{
         Console,
-        http::{Body, error_json, json},
+        http::{Body, json},
     },
     control::{Request as ControlRequest, Response as ControlResponse},
 };
@@ -25,10 +25,7 @@ pub async fn list(console: &Arc<Console>) -> Response<Body> {
         Ok(ControlResponse::Approvals { grants, .. }) => {
             json(StatusCode::OK, &serde_json::json!({ "grants": grants }))
         }
-        Ok(other) => error_json(
-            StatusCode::BAD_GATEWAY,
-            &format!("the agent answered {other:?}"),
-        ),
+        Ok(other) => unexpected(&other),
         Err(response) => *response,
     }
 }
@@ -40,10 +37,7 @@ pub async fn revoke(console: &Arc<Console>, who: &Who, id: &str) -> Response<Bod
     };
     match call_agent(console, request).await {
         Ok(ControlResponse::Grant(grant)) => json(StatusCode::OK, &grant),
-        Ok(other) => error_json(
-            StatusCode::BAD_GATEWAY,
-            &format!("the agent answered {other:?}"),
-        ),
+        Ok(other) => unexpected(&other),
         Err(response) => *response,
     }
 }

@@ -11,7 +11,7 @@ use crate::{
     central::{CentralError, Target, query, query::Hosted, schema},
     record::{
         AuditRecord, ConnectionRecord, JobRecord, StatementRecord,
-        search::{SessionQuery, SessionSummary, contains_pattern},
+        search::{SessionQuery, SessionSummary, Where, contains_pattern},
     },
 };
 
@@ -33,22 +33,6 @@ fn parse<T: serde::de::DeserializeOwned>(body: &str) -> Result<T, SourceError> {
 /// Puts the job's name, labels and identity on a session, as the local store does.
 fn with_job(session: ConnectionRecord, job: Option<&str>) -> Result<ConnectionRecord, SourceError> {
     Ok(query::with_job(session, job)?)
-}
-
-/// A WHERE clause and its values, numbered as they are bound.
-#[derive(Default)]
-struct Where {
-    clauses: Vec<String>,
-    values: Vec<Param>,
-}
-
-impl Where {
-    /// Adds `clause`, whose every `$` stands for `value`.
-    fn bind(&mut self, clause: &str, value: Param) {
-        self.values.push(value);
-        let n = format!("${}", self.values.len());
-        self.clauses.push(clause.replace('$', &n));
-    }
 }
 
 impl CentralSource {
@@ -82,64 +66,54 @@ impl CentralSource {
         host: Option<&str>,
         query: &SessionQuery,
     ) -> Result<Vec<Hosted<SessionSummary>>, SourceError> {
-        let mut w = Where::default();
+        let mut w: Where<Param> = Where::new('$');
         if let Some(host) = host {
-            w.bind("c.host = $", Box::new(host.to_owned()));
+            w.bind("c.host = {}", Box::new(host.to_owned()));
         }
         if let Some(from) = query.from {
-            w.bind("c.started_at >= $", Box::new(from));
+            w.bind("c.started_at >= {}", Box::new(from));
         }
         if let Some(to) = query.to {
-            w.bind("c.started_at < $", Box::new(to));
+            w.bind("c.started_at < {}", Box::new(to));
         }
         if let Some(job) = &query.job_id {
-            w.bind("c.job_id = $", Box::new(job.clone()));
+            w.bind("c.job_id = {}", Box::new(job.clone()));
         }
         for (field, value) in &query.identity {
             // `field` is one of IDENTITY_FILTERS' names, never the caller's text.
-            let clause = format!("j.body->'identity'->>'{field}' = $");
+            let clause = format!("j.body->'identity'->>'{field}' = {{}}");
             w.bind(&clause, Box::new(value.clone()));
         }
         if let Some(target) = &query.target {
-            w.bind("c.target = $", Box::new(target.clone()));
+            w.bind("c.target = {}", Box::new(target.clone()));
         }
         match query.protocol.as_deref() {
             Some("tcp") => w.clauses.push("c.protocol IS NULL".to_owned()),
-            Some(protocol) => w.bind("c.protocol = $", Box::new(protocol.to_owned())),
+            Some(protocol) => w.bind("c.protocol = {}", Box::new(protocol.to_owned())),
             None => {}
         }
         if let Some(decision) = &query.decision {
-            w.bind("c.decision = $", Box::new(decision.clone()));
+            w.bind("c.decision = {}", Box::new(decision.clone()));
         }
         if let Some(kind) = &query.statement_kind {
             w.bind(
                 "EXISTS (SELECT 1 FROM tollgate.statements s WHERE s.host = c.host AND \
-                 s.connection_id = c.id AND s.statement_kind = $)",
+                 s.connection_id = c.id AND s.statement_kind = {})",
                 Box::new(kind.clone()),
             );
         }
         if let Some(text) = &query.text {
             w.bind(
                 "EXISTS (SELECT 1 FROM tollgate.statements s WHERE s.host = c.host AND \
-                 s.connection_id = c.id AND (s.sql ILIKE $ OR (s.body->>'tables') ILIKE $))",
+                 s.connection_id = c.id AND (s.sql ILIKE {} OR (s.body->>'tables') ILIKE {}))",
                 Box::new(contains_pattern(text)),
             );
         }
         if let Some((at, id)) = &query.after {
-            w.values.push(Box::new(*at));
-            w.values.push(Box::new(id.clone()));
-            let (a, b) = (w.values.len() - 1, w.values.len());
-            w.clauses.push(format!(
-                "(c.started_at < ${a} OR (c.started_at = ${a} AND c.id < ${b}))"
-            ));
+            w.after(Box::new(*at), Box::new(id.clone()));
         }
-        w.values.push(Box::new(i64::from(query.limit)));
-        let limit = w.values.len();
-        let filter = if w.clauses.is_empty() {
-            String::new()
-        } else {
-            format!("WHERE {}", w.clauses.join(" AND "))
-        };
+        let limit = w.value(Box::new(i64::from(query.limit)));
+        let filter = w.sql();
         let sql = format!(
             "SELECT c.host, c.body::text, j.body::text, \
              (SELECT count(*) FROM tollgate.statements s WHERE s.host = c.host \
@@ -148,7 +122,7 @@ impl CentralSource {
               AND s.connection_id = c.id AND s.decision IN ('deny', 'would_deny')) \
              FROM tollgate.connections c \
              LEFT JOIN tollgate.jobs j ON j.host = c.host AND j.id = c.job_id \
-             {filter} ORDER BY c.started_at DESC, c.id DESC LIMIT ${limit}"
+             {filter} ORDER BY c.started_at DESC, c.id DESC LIMIT {limit}"
         );
         let client = self.client().await?;
         let params: Vec<&(dyn ToSql + Sync)> = w
