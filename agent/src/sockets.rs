@@ -9,6 +9,7 @@ use tollgate_common::{SOCK_ANY, SockKind};
 pub mod brought;
 pub mod options;
 pub mod scan;
+pub mod tcp_diag;
 #[cfg(test)]
 mod tests;
 

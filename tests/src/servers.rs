@@ -13,7 +13,7 @@ pub const HTTP_BODY: &str = "hello from the tollgate e2e http server\n";
 
 #[derive(Clone, Copy)]
 enum Mode {
-    /// Answers one HTTP request with HTTP_BODY, then closes.
+    /// Answers one HTTP request with HTTP_BODY, then closes; `GET /slow` after 200 ms.
     Http,
     /// Reads until EOF, then closes.
     Sink,
@@ -125,6 +125,10 @@ fn serve(mut stream: TcpStream, mode: Mode, collected: &Collected) {
                     Ok(0) | Err(_) => return,
                     Ok(n) => request.extend_from_slice(&buf[..n]),
                 }
+            }
+            if request.starts_with(b"GET /slow ") {
+                // A client that lives a while after its connect, as most do.
+                std::thread::sleep(std::time::Duration::from_millis(200));
             }
             let _ = write!(
                 stream,

@@ -294,14 +294,26 @@ pub(super) fn spawn_control_plane(
                             let jobs = jobs.clone();
                             let _ = tokio::task::spawn_blocking(move || jobs.reap()).await;
                         }
-                        _ = expire.tick() => match maps.expire_stale(stale_after) {
-                            Ok(0) => {}
-                            Ok(n) => {
-                                metrics.bpf.expired.inc_by(n as u64);
-                                tracing::warn!(expired = n, "expired unclaimed connection entries");
+                        _ = expire.tick() => {
+                            let maps = maps.clone();
+                            let expired = tokio::task::spawn_blocking(move || {
+                                maps.expire_stale(stale_after, crate::sockets::tcp_diag::local_tuples)
+                            })
+                            .await;
+                            match expired {
+                                Ok(Ok((0, 0))) => {}
+                                Ok(Ok((n, kept))) => {
+                                    metrics.bpf.expired.inc_by(n as u64);
+                                    if n > 0 {
+                                        tracing::warn!(expired = n, kept, "expired unclaimed connection entries");
+                                    } else {
+                                        tracing::debug!(kept, "old connection entries still queued");
+                                    }
+                                }
+                                Ok(Err(error)) => tracing::warn!(%error, "expiring connection entries"),
+                                Err(error) => tracing::warn!(%error, "expiring connection entries"),
                             }
-                            Err(error) => tracing::warn!(%error, "expiring connection entries"),
-                        },
+                        }
                         _ = shutdown.wait_for(|stop| *stop) => break,
                     }
                 }

@@ -335,19 +335,38 @@ impl ConnMaps {
             .collect()
     }
 
-    /// Removes tuple entries that no accept() claimed within `max_age` (the client went
-    /// away before the proxy could accept). Returns how many were removed.
-    pub fn expire_stale(&self, max_age: Duration) -> Result<usize, BpfError> {
+    /// Removes tuple entries that no accept() claimed within `max_age` and whose client
+    /// socket is gone (the client went away before the proxy could accept). An old entry
+    /// whose socket still exists is still queued for the proxy (a slow host, a long
+    /// accept queue), and is kept. `live` lists the local tuples of the host's TCP
+    /// sockets; it is asked only when some entry is old, and when it fails the old
+    /// entries are removed as before. Returns (removed, kept).
+    pub fn expire_stale(
+        &self,
+        max_age: Duration,
+        live: impl FnOnce() -> io::Result<std::collections::HashSet<TupleKey>>,
+    ) -> Result<(usize, usize), BpfError> {
         let tuple: HashMap<&MapData, PendingKey, ConnInfo> =
             HashMap::try_from(&self.tuple).map_err(map_err(MAP_CONN_BY_TUPLE))?;
         let now = monotonic_ns();
         let max_age = u64::try_from(max_age.as_nanos()).unwrap_or(u64::MAX);
-        let stale: Vec<PendingKey> = tuple
+        let mut stale: Vec<PendingKey> = tuple
             .iter()
             .filter_map(Result::ok)
             .filter(|(_, info)| now.saturating_sub(info.ktime_ns) > max_age)
             .map(|(key, _)| key)
             .collect();
+        if stale.is_empty() {
+            return Ok((0, 0));
+        }
+        let before = stale.len();
+        match live() {
+            Ok(live) => stale.retain(|key| !live.contains(&key.tuple)),
+            Err(error) => {
+                tracing::warn!(%error, "listing TCP sockets: expiring old entries unchecked");
+            }
+        }
+        let kept = before - stale.len();
         let data = data(&self.tuple).ok_or_else(|| BpfError::Missing(MAP_CONN_BY_TUPLE))?;
         let fd = data.fd().as_fd();
         let mut removed = 0;
@@ -360,7 +379,7 @@ impl ConnMaps {
                 removed += 1;
             }
         }
-        Ok(removed)
+        Ok((removed, kept))
     }
 }
 

@@ -1,0 +1,149 @@
+//! The host's TCP sockets as the kernel lists them (an inet_diag dump over
+//! NETLINK_SOCK_DIAG): which local addresses have a socket right now, in any state.
+use std::{collections::HashSet, io, net::SocketAddr, os::fd::AsRawFd as _};
+
+use nix::sys::socket::{
+    AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, recv, sendto, socket,
+};
+use tollgate_common::TupleKey;
+
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const NLM_F_REQUEST: u16 = 1;
+const NLM_F_DUMP: u16 = 0x300;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+/// struct nlmsghdr: len u32, type u16, flags u16, seq u32, pid u32.
+const HEADER_LEN: usize = 16;
+/// nlmsghdr + struct inet_diag_req_v2 (family, protocol, ext, pad: u8; states: u32;
+/// inet_diag_sockid of 48 bytes, all zero for a dump).
+const REQUEST_LEN: usize = HEADER_LEN + 8 + 48;
+/// In an inet_diag_msg: family at 0; the sockid from 4: sport (be16) at 4, the source
+/// address ([be32; 4]) at 8.
+const MSG_FAMILY: usize = 0;
+const MSG_SPORT: usize = 4;
+const MSG_SRC: usize = 8;
+const MSG_MIN: usize = 24;
+
+/// The local (source) tuples of every TCP socket of the host, canonical as the kernel's
+/// keys are (IPv4-mapped IPv6 as IPv4).
+pub fn local_tuples() -> io::Result<HashSet<TupleKey>> {
+    let mut out = HashSet::new();
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        dump(family, &mut out)?;
+    }
+    Ok(out)
+}
+
+fn dump_request(family: AddressFamily) -> Vec<u8> {
+    let mut out = Vec::with_capacity(REQUEST_LEN);
+    out.extend_from_slice(&(REQUEST_LEN as u32).to_ne_bytes());
+    out.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    out.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    out.extend_from_slice(&1u32.to_ne_bytes()); // seq
+    out.extend_from_slice(&0u32.to_ne_bytes()); // pid
+    out.extend_from_slice(&[family as u8, libc::IPPROTO_TCP as u8, 0, 0]);
+    out.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
+    out.resize(REQUEST_LEN, 0);
+    out
+}
+
+fn dump(family: AddressFamily, out: &mut HashSet<TupleKey>) -> io::Result<()> {
+    let fd = socket(
+        AddressFamily::Netlink,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkSockDiag,
+    )?;
+    sendto(
+        fd.as_raw_fd(),
+        &dump_request(family),
+        &NetlinkAddr::new(0, 0),
+        MsgFlags::empty(),
+    )?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
+        if n == 0 {
+            return Err(io::Error::other("sock_diag dump ended without NLMSG_DONE"));
+        }
+        if parse(&buf[..n], out)? {
+            return Ok(());
+        }
+    }
+}
+
+/// Adds the sockets of one datagram of the dump; true at its end.
+fn parse(mut data: &[u8], out: &mut HashSet<TupleKey>) -> io::Result<bool> {
+    while data.len() >= HEADER_LEN {
+        let len = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]) as usize;
+        let kind = u16::from_ne_bytes([data[4], data[5]]);
+        if len < HEADER_LEN || len > data.len() {
+            return Err(io::Error::other("malformed sock_diag reply"));
+        }
+        let body = &data[HEADER_LEN..len];
+        match kind {
+            NLMSG_DONE => return Ok(true),
+            NLMSG_ERROR => {
+                let errno = body
+                    .get(..4)
+                    .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                return Err(io::Error::from_raw_os_error(-errno));
+            }
+            SOCK_DIAG_BY_FAMILY if body.len() >= MSG_MIN => {
+                if let Some(key) = local(body) {
+                    out.insert(key);
+                }
+            }
+            _ => {}
+        }
+        data = data.get(len.next_multiple_of(4)..).unwrap_or_default();
+    }
+    Ok(false)
+}
+
+fn local(msg: &[u8]) -> Option<TupleKey> {
+    let port = u16::from_be_bytes([msg[MSG_SPORT], msg[MSG_SPORT + 1]]);
+    let src: [u8; 16] = msg.get(MSG_SRC..MSG_SRC + 16)?.try_into().ok()?;
+    let ip = match i32::from(msg[MSG_FAMILY]) {
+        libc::AF_INET => std::net::IpAddr::from([src[0], src[1], src[2], src[3]]),
+        libc::AF_INET6 => std::net::IpAddr::from(src),
+        _ => return None,
+    };
+    Some(TupleKey::from_addr(SocketAddr::new(ip, port)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connected_socket_and_a_v4_mapped_one_are_listed_by_their_local_tuple() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let v6 = std::net::TcpListener::bind("[::]:0").unwrap();
+        let mapped =
+            std::net::TcpStream::connect(("127.0.0.1", v6.local_addr().unwrap().port())).unwrap();
+        let (accepted, _) = v6.accept().unwrap();
+        let tuples = local_tuples().unwrap();
+        for addr in [
+            client.local_addr().unwrap(),
+            listener.local_addr().unwrap(),
+            mapped.local_addr().unwrap(),
+            accepted.local_addr().unwrap(),
+        ] {
+            assert!(tuples.contains(&TupleKey::from_addr(addr)), "{addr}");
+        }
+        // The control: a port no socket of this test has.
+        let unused = SocketAddr::new(client.local_addr().unwrap().ip(), 1);
+        assert!(!tuples.contains(&TupleKey::from_addr(unused)));
+    }
+
+    #[test]
+    fn a_truncated_reply_is_an_error_not_a_panic() {
+        let mut reply = 100u32.to_ne_bytes().to_vec();
+        reply.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+        reply.resize(20, 0);
+        assert!(parse(&reply, &mut HashSet::new()).is_err());
+        assert!(!parse(&[1, 2, 3], &mut HashSet::new()).unwrap());
+    }
+}
