@@ -139,6 +139,9 @@ pub fn run(options: Options) -> Result<(), ConsoleError> {
             tls: tls.is_some(),
         });
         live::watch(console.clone());
+        if let Source::Local(local) = &console.source {
+            local.keep_text_index();
+        }
         let scheme = if tls.is_some() { "https" } else { "http" };
         tracing::info!(
             url = %format!("{scheme}://{bound}/"),

@@ -16,6 +16,7 @@ mod schema;
 pub mod search;
 mod statements;
 pub mod synth;
+pub mod text_index;
 mod unix;
 pub mod verify;
 pub mod writer;

@@ -297,7 +297,7 @@ pub(super) fn spawn_control_plane(
                         _ = expire.tick() => {
                             let maps = maps.clone();
                             let expired = tokio::task::spawn_blocking(move || {
-                                maps.expire_stale(stale_after, crate::sockets::tcp_diag::local_tuples)
+                                maps.expire_stale(stale_after, crate::sockets::tcp_diag::endpoints)
                             })
                             .await;
                             match expired {

@@ -335,12 +335,13 @@ impl ConnMaps {
             .collect()
     }
 
-    /// Removes tuple entries that no accept() claimed within `max_age` and whose client
-    /// socket is gone (the client went away before the proxy could accept). An old entry
-    /// whose socket still exists is still queued for the proxy (a slow host, a long
-    /// accept queue), and is kept. `live` lists the local tuples of the host's TCP
-    /// sockets; it is asked only when some entry is old, and when it fails the old
-    /// entries are removed as before. Returns (removed, kept).
+    /// Removes tuple entries that no accept() claimed within `max_age` and whose
+    /// connection is gone: no TCP socket has the entry's tuple as an end (the client's
+    /// own socket, or the connection waiting in the proxy's accept queue, which stays
+    /// there after its client closed). An old entry of a live connection is still queued
+    /// for the proxy (a slow host, a long accept queue) and is kept. `live` lists the
+    /// ends of the host's TCP sockets; it is asked only when some entry is old, and when
+    /// it fails the old entries are removed as before. Returns (removed, kept).
     pub fn expire_stale(
         &self,
         max_age: Duration,

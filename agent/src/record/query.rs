@@ -1,7 +1,7 @@
 //! Read access to the recording store, for the control socket and the agent's restart.
 use std::path::Path;
 
-use rusqlite::{Connection, OpenFlags, Row, params};
+use rusqlite::{Connection, Row, params};
 
 use super::{
     AuditRecord, ConnectionRecord, DnsRecord, EventRecord, JobExit, JobRecord, RecordError,
@@ -36,7 +36,8 @@ impl Store {
     pub fn open(path: &Path) -> Result<Self, RecordError> {
         let conn = Connection::open_with_flags(
             path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            // URI names let a search attach the text index read-only.
+            super::text_index::open_flags(),
         )
         .map_err(|source| RecordError::Open {
             path: path.to_owned(),

@@ -1,10 +1,12 @@
 //! The review console's search of this host's store: sessions by time, identity,
 //! target, protocol, decision, statement kind and text, newest first, a page at a time
 //! (keyset paging: a page holds its place however many sessions come after it).
+use std::path::Path;
+
 use rusqlite::{ToSql, params_from_iter};
 
 use super::query::{CONNECTION_COLUMNS, CONNECTION_FROM, connection_from_row};
-use super::{ConnectionRecord, RecordError, Store};
+use super::{ConnectionRecord, RecordError, Store, text_index};
 use crate::approvals::ApprovalRecord;
 
 /// What the console asks for. Every field narrows; `None` does not.
@@ -119,9 +121,11 @@ impl<V> Where<V> {
 
 impl Store {
     /// One page of sessions matching `query`, newest first.
+    /// `index`: the store's text index ([`text_index`]), if the caller keeps one.
     pub fn search_sessions(
         &self,
         query: &SessionQuery,
+        index: Option<&Path>,
     ) -> Result<Vec<SessionSummary>, RecordError> {
         let mut w: Where<Box<dyn ToSql>> = Where::new('?');
         if let Some(from) = query.from {
@@ -184,11 +188,29 @@ impl Store {
             );
         }
         if let Some(text) = &query.text {
-            w.bind(
-                "EXISTS (SELECT 1 FROM statements s WHERE s.connection_id = c.id AND \
-                 (s.sql LIKE {} ESCAPE '\\' OR s.tables LIKE {} ESCAPE '\\'))",
-                Box::new(contains_pattern(text)),
-            );
+            let like = "(s.sql LIKE {} ESCAPE '\\' OR s.tables LIKE {} ESCAPE '\\')";
+            match index.and_then(|index| self.rare_text(index, text)) {
+                // A rare text: its statements from the index, and those newer than the
+                // index by a scan of just them.
+                Some((phrase, upto)) => {
+                    let (phrase, upto) = (w.value(Box::new(phrase)), w.value(Box::new(upto)));
+                    let like = like.replace("{}", &w.value(Box::new(contains_pattern(text))));
+                    w.clauses.push(format!(
+                        "c.id IN (SELECT s.connection_id FROM statements s WHERE s.rowid IN \
+                         (SELECT rowid FROM text.stext WHERE stext MATCH {phrase}) \
+                         UNION ALL SELECT s.connection_id FROM statements s \
+                         WHERE s.rowid > {upto} AND {like})"
+                    ));
+                }
+                // A common text (or no index): the newest sessions first, each one's
+                // statements looked at, finds a page soonest.
+                None => w.bind(
+                    &format!(
+                        "EXISTS (SELECT 1 FROM statements s WHERE s.connection_id = c.id AND {like})"
+                    ),
+                    Box::new(contains_pattern(text)),
+                ),
+            }
         }
         if let Some((at, id)) = &query.after {
             w.after(Box::new(*at), Box::new(id.clone()));
@@ -216,6 +238,29 @@ impl Store {
             )?
             .collect::<Result<_, _>>()?;
         Ok(rows)
+    }
+}
+
+impl Store {
+    /// For a text the index finds in fewer than [`text_index::COMMON`] statements: its
+    /// FTS5 phrase, and how far the index goes.
+    pub(super) fn rare_text(&self, index: &Path, text: &str) -> Option<(String, i64)> {
+        let phrase = text_index::phrase(text)?;
+        let attached = text_index::attach(self.conn(), index)?;
+        let found: i64 = self
+            .conn()
+            .query_row(
+                &format!(
+                    "SELECT count(*) FROM (SELECT 1 FROM text.stext WHERE stext MATCH ?1 \
+                     LIMIT {})",
+                    text_index::COMMON
+                ),
+                [&phrase],
+                |row| row.get(0),
+            )
+            .inspect_err(|error| tracing::debug!(%error, "text index not searched"))
+            .ok()?;
+        (found < text_index::COMMON).then_some((phrase, attached.upto))
     }
 }
 

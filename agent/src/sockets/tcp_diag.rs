@@ -1,5 +1,5 @@
 //! The host's TCP sockets as the kernel lists them (an inet_diag dump over
-//! NETLINK_SOCK_DIAG): which local addresses have a socket right now, in any state.
+//! NETLINK_SOCK_DIAG): which addresses are an end of a socket right now, in any state.
 use std::{collections::HashSet, io, net::SocketAddr, os::fd::AsRawFd as _};
 
 use nix::sys::socket::{
@@ -17,16 +17,19 @@ const HEADER_LEN: usize = 16;
 /// nlmsghdr + struct inet_diag_req_v2 (family, protocol, ext, pad: u8; states: u32;
 /// inet_diag_sockid of 48 bytes, all zero for a dump).
 const REQUEST_LEN: usize = HEADER_LEN + 8 + 48;
-/// In an inet_diag_msg: family at 0; the sockid from 4: sport (be16) at 4, the source
-/// address ([be32; 4]) at 8.
+/// In an inet_diag_msg: family at 0; the sockid from 4: sport and dport (be16) at 4 and
+/// 6, the source and destination addresses ([be32; 4]) at 8 and 24.
 const MSG_FAMILY: usize = 0;
 const MSG_SPORT: usize = 4;
+const MSG_DPORT: usize = 6;
 const MSG_SRC: usize = 8;
-const MSG_MIN: usize = 24;
+const MSG_DST: usize = 24;
+const MSG_MIN: usize = 40;
 
-/// The local (source) tuples of every TCP socket of the host, canonical as the kernel's
-/// keys are (IPv4-mapped IPv6 as IPv4).
-pub fn local_tuples() -> io::Result<HashSet<TupleKey>> {
+/// Both ends (local and remote address) of every TCP socket of the host, canonical as
+/// the kernel's keys are (IPv4-mapped IPv6 as IPv4). A connection waiting in a
+/// listener's accept queue is there by its remote end even once its client closed.
+pub fn endpoints() -> io::Result<HashSet<TupleKey>> {
     let mut out = HashSet::new();
     for family in [AddressFamily::Inet, AddressFamily::Inet6] {
         dump(family, &mut out)?;
@@ -90,9 +93,8 @@ fn parse(mut data: &[u8], out: &mut HashSet<TupleKey>) -> io::Result<bool> {
                 return Err(io::Error::from_raw_os_error(-errno));
             }
             SOCK_DIAG_BY_FAMILY if body.len() >= MSG_MIN => {
-                if let Some(key) = local(body) {
-                    out.insert(key);
-                }
+                out.extend(end(body, MSG_SPORT, MSG_SRC));
+                out.extend(end(body, MSG_DPORT, MSG_DST));
             }
             _ => {}
         }
@@ -101,12 +103,13 @@ fn parse(mut data: &[u8], out: &mut HashSet<TupleKey>) -> io::Result<bool> {
     Ok(false)
 }
 
-fn local(msg: &[u8]) -> Option<TupleKey> {
-    let port = u16::from_be_bytes([msg[MSG_SPORT], msg[MSG_SPORT + 1]]);
-    let src: [u8; 16] = msg.get(MSG_SRC..MSG_SRC + 16)?.try_into().ok()?;
+/// One end of a socket: its port and address at these offsets.
+fn end(msg: &[u8], port_at: usize, addr_at: usize) -> Option<TupleKey> {
+    let port = u16::from_be_bytes(msg.get(port_at..port_at + 2)?.try_into().ok()?);
+    let addr: [u8; 16] = msg.get(addr_at..addr_at + 16)?.try_into().ok()?;
     let ip = match i32::from(msg[MSG_FAMILY]) {
-        libc::AF_INET => std::net::IpAddr::from([src[0], src[1], src[2], src[3]]),
-        libc::AF_INET6 => std::net::IpAddr::from(src),
+        libc::AF_INET => std::net::IpAddr::from([addr[0], addr[1], addr[2], addr[3]]),
+        libc::AF_INET6 => std::net::IpAddr::from(addr),
         _ => return None,
     };
     Some(TupleKey::from_addr(SocketAddr::new(ip, port)))
@@ -117,14 +120,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_connected_socket_and_a_v4_mapped_one_are_listed_by_their_local_tuple() {
+    fn both_ends_of_connected_and_v4_mapped_sockets_are_listed() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let v6 = std::net::TcpListener::bind("[::]:0").unwrap();
         let mapped =
             std::net::TcpStream::connect(("127.0.0.1", v6.local_addr().unwrap().port())).unwrap();
         let (accepted, _) = v6.accept().unwrap();
-        let tuples = local_tuples().unwrap();
+        let tuples = endpoints().unwrap();
         for addr in [
             client.local_addr().unwrap(),
             listener.local_addr().unwrap(),

@@ -86,6 +86,13 @@ fn store(root: &Path, bin: &Path) -> anyhow::Result<std::path::PathBuf> {
     Ok(db)
 }
 
+/// The console's text index of the store `db` (agent/src/record/text_index.rs).
+fn text_index_of(db: &Path) -> std::path::PathBuf {
+    let mut name = db.file_name().unwrap_or_default().to_os_string();
+    name.push(".text-index");
+    db.with_file_name(name)
+}
+
 /// GET `path`: status, body.
 fn get(path: &str) -> anyhow::Result<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", PORT))?;
@@ -146,14 +153,31 @@ pub fn run(root: &Path, bin: &Path) -> anyhow::Result<Vec<Timing>> {
         .stderr(Stdio::inherit())
         .spawn()
         .context("tollgate console")?;
+    let Some(out) = console.stdout.take() else {
+        let _ = console.kill();
+        bail!("the console's stdout");
+    };
+    let mut out = BufReader::new(out);
     let mut line = String::new();
-    if let Some(out) = console.stdout.take() {
-        BufReader::new(out).read_line(&mut line)?;
-    }
+    out.read_line(&mut line)?;
     if !line.starts_with("console listening") {
         let _ = console.kill();
         bail!("the console did not start: {line:?}");
     }
+    // The text index is made (the first time: every statement) before anything is timed.
+    let started = Instant::now();
+    line.clear();
+    out.read_line(&mut line)?;
+    if !line.starts_with("console text index ready") {
+        let _ = console.kill();
+        bail!("the console's text index: {line:?}");
+    }
+    let index = text_index_of(&db);
+    eprintln!(
+        "xtask: bench: console: text index ready in {:.0} s, {:.2} GB",
+        started.elapsed().as_secs_f64(),
+        fs::metadata(&index).map_or(0, |m| m.len()) as f64 / 1e9
+    );
     let result = measure();
     let _ = console.kill();
     let _ = console.wait();

@@ -1,6 +1,9 @@
 //! This host's store, read-only: each question opens the database afresh on a blocking
 //! thread (SQLite readers do not block the agent's writer, which uses WAL).
-use std::path::{Path, PathBuf};
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+};
 
 use super::{Approvals, HostAudit, JOB_STATEMENTS, JobView, SourceError};
 use crate::{
@@ -9,6 +12,7 @@ use crate::{
     record::{
         AuditRecord, ConnectionRecord, Store, checkpoint,
         search::{SessionQuery, SessionSummary},
+        text_index,
         verify::Report,
     },
 };
@@ -18,11 +22,69 @@ pub struct LocalSource {
     host: String,
     /// The host key, whose public half verifies the chain's checkpoints.
     key: PathBuf,
+    /// The store's text index, which [`LocalSource::keep_text_index`] keeps.
+    index: PathBuf,
 }
+
+/// How often the text index takes in new statements.
+const INDEX_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl LocalSource {
     pub fn new(db: PathBuf, host: String, key: PathBuf) -> Self {
-        Self { db, host, key }
+        let index = text_index::path_for(&db);
+        Self {
+            db,
+            host,
+            key,
+            index,
+        }
+    }
+
+    /// Keeps the store's text index up to date on a thread of its own, for as long as
+    /// the console runs. Says once on stdout when it first is (scripts wait for it).
+    /// Without it (a store directory the console may not write), text search scans.
+    pub fn keep_text_index(&self) {
+        let (db, index) = (self.db.clone(), self.index.clone());
+        let spawned = std::thread::Builder::new()
+            .name("tollgate-text-index".into())
+            .spawn(move || {
+                let (mut ready, mut failing) = (false, false);
+                loop {
+                    let started = std::time::Instant::now();
+                    match text_index::catch_up(&db, &index) {
+                        Ok(progress) => {
+                            failing = false;
+                            if progress.added > 0 || progress.dropped > 0 {
+                                tracing::info!(
+                                    added = progress.added,
+                                    dropped = progress.dropped,
+                                    upto = progress.upto,
+                                    took_ms = started.elapsed().as_millis() as u64,
+                                    "text index updated"
+                                );
+                            }
+                            if !ready {
+                                ready = true;
+                                // A reader that went away is no failure of the index.
+                                let _ = writeln!(
+                                    std::io::stdout(),
+                                    "console text index ready at statement {}",
+                                    progress.upto
+                                );
+                            }
+                        }
+                        Err(error) if !failing => {
+                            failing = true;
+                            tracing::warn!(%error, index = %index.display(), "the text index cannot be kept: text search scans the store");
+                        }
+                        Err(_) => {}
+                    }
+                    std::thread::sleep(INDEX_EVERY);
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "no text index thread: text search scans the store");
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -71,8 +133,9 @@ impl LocalSource {
         if host.is_some_and(|h| h != self.host) {
             return Ok(Vec::new());
         }
+        let index = self.index.clone();
         let rows = self
-            .read(move |store| Ok(store.search_sessions(&query)?))
+            .read(move |store| Ok(store.search_sessions(&query, Some(&index))?))
             .await?;
         Ok(rows.into_iter().map(|r| self.hosted(r)).collect())
     }
@@ -104,11 +167,14 @@ impl LocalSource {
             let job = store
                 .job(&id)?
                 .ok_or_else(|| SourceError::NotFound(format!("no job {id}")))?;
-            let sessions = store.search_sessions(&SessionQuery {
-                job_id: Some(id.clone()),
-                limit: 10_000,
-                ..SessionQuery::default()
-            })?;
+            let sessions = store.search_sessions(
+                &SessionQuery {
+                    job_id: Some(id.clone()),
+                    limit: 10_000,
+                    ..SessionQuery::default()
+                },
+                None,
+            )?;
             // Oldest session first, as the timeline reads.
             let mut statements = Vec::new();
             let mut statements_truncated = false;
