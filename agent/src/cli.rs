@@ -197,6 +197,11 @@ enum Command {
         days: u64,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Instead: write the store at --out (made before) to stdout as the central
+        /// store's records of this host, for `COPY tollgate.records (host, seq, at, kind,
+        /// record_id, body, prev, hash) FROM STDIN`.
+        #[arg(long, value_name = "HOST")]
+        copy_records: Option<String>,
     },
     /// Switch the eBPF programs' log of rare events (refusals and why, failed map
     /// inserts) while they run: off, warn or info. The lines appear in the agent's log
@@ -474,7 +479,16 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             statements,
             days,
             seed,
+            copy_records,
         } => {
+            if let Some(host) = copy_records {
+                let stdout = std::io::stdout().lock();
+                let mut stdout = std::io::BufWriter::with_capacity(1 << 20, stdout);
+                let records = crate::record::synth::copy_records(&out, &host, &mut stdout)?;
+                std::io::Write::flush(&mut stdout)?;
+                eprintln!("{records} records");
+                return Ok(ExitCode::SUCCESS);
+            }
             if out.exists() {
                 anyhow::bail!("{} exists", out.display());
             }

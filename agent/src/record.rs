@@ -67,6 +67,8 @@ pub enum RecordError {
     AmbiguousSession(String),
     #[error("starting the recording writer: {0}")]
     Spawn(#[source] std::io::Error),
+    #[error("writing records out: {0}")]
+    Output(#[from] std::io::Error),
 }
 
 /// Milliseconds since the Unix epoch.

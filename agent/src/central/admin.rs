@@ -100,6 +100,14 @@ pub async fn prune(client: &mut Client, before_ms: i64) -> Result<Vec<Pruned>, C
             &[&host, &upto],
         )
         .await?;
+        // The typed rows whose newest record is gone (schema version 2).
+        for table in ["connection_rows", "statement_rows", "job_rows"] {
+            tx.execute(
+                &format!("DELETE FROM tollgate.{table} WHERE host = $1 AND chain_seq <= $2"),
+                &[&host, &upto],
+            )
+            .await?;
+        }
         tx.execute(
             "INSERT INTO tollgate.prunes (host, upto, head, before_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT DO NOTHING",

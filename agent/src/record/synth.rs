@@ -2,7 +2,7 @@
 //! benchmark (`tollgate bench-store`, hidden; docs/benchmarks.md): jobs with pipeline
 //! identities, their connections (most of them PostgreSQL sessions) and the sessions'
 //! statements, written with the writer's own row functions. Deterministic for a seed.
-use std::{borrow::Cow, path::Path, sync::Arc};
+use std::{borrow::Cow, io::Write as _, path::Path, sync::Arc};
 
 use rusqlite::Connection;
 
@@ -314,4 +314,73 @@ pub fn generate(
     tx.commit()?;
     progress(written.connections);
     Ok(written)
+}
+
+/// The COPY text form of a field: backslash, tab and line ends escaped.
+fn copy_field(out: &mut impl std::io::Write, text: &str) -> std::io::Result<()> {
+    let mut start = 0;
+    for (i, c) in text.char_indices() {
+        let escaped = match c {
+            '\\' => "\\\\",
+            '\t' => "\\t",
+            '\n' => "\\n",
+            '\r' => "\\r",
+            _ => continue,
+        };
+        out.write_all(text[start..i].as_bytes())?;
+        out.write_all(escaped.as_bytes())?;
+        start = i + c.len_utf8();
+    }
+    out.write_all(text[start..].as_bytes())
+}
+
+/// Writes the store's jobs, connections and statements as the central store's records
+/// of `host`, in the text form of `COPY tollgate.records (host, seq, at, kind,
+/// record_id, body, prev, hash) FROM STDIN`: a central store of the same shape for the
+/// console's benchmark. The chain's hashes are zero (it does not verify). Returns the
+/// records written.
+pub fn copy_records(
+    store: &Path,
+    host: &str,
+    out: &mut impl std::io::Write,
+) -> Result<u64, RecordError> {
+    let store = super::Store::open(store)?;
+    let zero = format!("\\\\x{}", "0".repeat(64));
+    let mut seq = 0u64;
+    let mut record = |out: &mut dyn std::io::Write, at: i64, kind: &str, id: &str, body: String| {
+        seq += 1;
+        let mut line = Vec::with_capacity(body.len() + 256);
+        copy_field(&mut line, host)?;
+        write!(line, "\t{seq}\t{at}\t{kind}\t")?;
+        copy_field(&mut line, id)?;
+        line.push(b'\t');
+        copy_field(&mut line, &body)?;
+        writeln!(line, "\t{zero}\t{zero}")?;
+        out.write_all(&line)
+    };
+    let ids = |sql: &str| -> Result<Vec<String>, RecordError> {
+        let mut stmt = store.conn().prepare(sql)?;
+        let ids = stmt
+            .query_map([], |row| row.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(ids)
+    };
+    for id in ids("SELECT id FROM jobs ORDER BY started_at")? {
+        if let Some(job) = store.job(&id)? {
+            let body = serde_json::to_string(&job).unwrap_or_default();
+            record(out, job.started_at, "job", &job.id, body)?;
+        }
+    }
+    for id in ids("SELECT id FROM connections ORDER BY started_at")? {
+        let Some(session) = store.connection_exact(&id)? else {
+            continue;
+        };
+        let body = serde_json::to_string(&session).unwrap_or_default();
+        record(out, session.started_at, "connection", &session.id, body)?;
+        for statement in store.statements(&id)? {
+            let body = serde_json::to_string(&statement).unwrap_or_default();
+            record(out, statement.started_at, "statement", &statement.id, body)?;
+        }
+    }
+    Ok(seq)
 }

@@ -22,6 +22,10 @@ pub struct CentralSource {
 
 type Param = Box<dyn ToSql + Sync + Send>;
 
+/// A text in more statements than this is common: the newest sessions, each one's
+/// statements looked at, find a page sooner than the trigram indexes list them all.
+const COMMON_TEXT: i64 = 5_000;
+
 fn parse<T: serde::de::DeserializeOwned>(body: &str) -> Result<T, SourceError> {
     serde_json::from_str(body).map_err(|e| {
         SourceError::Central(CentralError::Url(format!(
@@ -45,6 +49,22 @@ impl CentralSource {
 
     pub fn shown(&self) -> &str {
         self.target.shown()
+    }
+
+    /// How many statements hold a `LIKE` pattern, counting up to [`COMMON_TEXT`].
+    async fn statements_holding(&self, pattern: &str) -> Result<i64, SourceError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM (SELECT 1 FROM tollgate.statements s \
+                     WHERE s.sql ILIKE $1 OR s.tables ILIKE $1 LIMIT {COMMON_TEXT}) found"
+                ),
+                &[&pattern],
+            )
+            .await
+            .map_err(CentralError::from)?;
+        Ok(row.get(0))
     }
 
     /// The connection, made (and the schema checked) when there is none or it broke.
@@ -103,11 +123,32 @@ impl CentralSource {
             );
         }
         if let Some(text) = &query.text {
-            w.bind(
-                "EXISTS (SELECT 1 FROM tollgate.statements s WHERE s.host = c.host AND \
-                 s.connection_id = c.id AND (s.sql ILIKE {} OR (s.body->>'tables') ILIKE {}))",
-                Box::new(contains_pattern(text)),
-            );
+            let pattern = contains_pattern(text);
+            let found = if text.chars().count() >= 3 {
+                Some(self.statements_holding(&pattern).await?)
+            } else {
+                None
+            };
+            let like = "(s.sql ILIKE {} OR s.tables ILIKE {})";
+            if found.is_some_and(|n| n < COMMON_TEXT) {
+                // A rare text: its statements by the trigram indexes, then their sessions.
+                w.bind(
+                    &format!(
+                        "(c.host, c.id) IN (SELECT s.host, s.connection_id \
+                         FROM tollgate.statements s WHERE {like})"
+                    ),
+                    Box::new(pattern),
+                );
+            } else {
+                // A common text: the newest sessions first find a page soonest.
+                w.bind(
+                    &format!(
+                        "EXISTS (SELECT 1 FROM tollgate.statements s WHERE s.host = c.host \
+                         AND s.connection_id = c.id AND {like})"
+                    ),
+                    Box::new(pattern),
+                );
+            }
         }
         if let Some((at, id)) = &query.after {
             w.after(Box::new(*at), Box::new(id.clone()));
