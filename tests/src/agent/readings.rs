@@ -67,9 +67,9 @@ impl Agent {
         let last = std::cell::Cell::new((0, 0));
         crate::wait_for_or(
             &format!("{n} recorded sessions (job {job:?}, ended: {ended})"),
-            // Longer for more: a vm-test guest under TCG records thousands of sessions
-            // several times slower than a host.
-            Duration::from_secs(20) + Duration::from_millis(10) * n as u32,
+            // Longer for more, and for a vm-test guest under TCG, which records
+            // thousands of sessions several times slower than a host.
+            crate::scaled(Duration::from_secs(20) + Duration::from_millis(10) * n as u32),
             || {
                 let sessions = self.sessions(job);
                 last.set((count(&sessions), sessions.len()));
