@@ -21,6 +21,7 @@ mod central;
 mod console;
 mod dns;
 mod env;
+mod fleet_store;
 
 use env::Environment;
 

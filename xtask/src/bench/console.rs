@@ -42,8 +42,8 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// The store, made if missing or of another shape.
-fn store(root: &Path, bin: &Path) -> anyhow::Result<std::path::PathBuf> {
+/// The store, made if missing or of another shape, and its shape.
+fn store(root: &Path, bin: &Path) -> anyhow::Result<(std::path::PathBuf, String)> {
     let dir = root.join("target/bench/console");
     let db = dir.join("recordings.db");
     let stamp = dir.join("shape");
@@ -58,7 +58,7 @@ fn store(root: &Path, bin: &Path) -> anyhow::Result<std::path::PathBuf> {
             "xtask: bench: console: the store in {} is made",
             dir.display()
         );
-        return Ok(db);
+        return Ok((db, shape));
     }
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir)?;
@@ -76,14 +76,14 @@ fn store(root: &Path, bin: &Path) -> anyhow::Result<std::path::PathBuf> {
     if !status.success() {
         bail!("tollgate bench-store failed");
     }
-    fs::write(&stamp, shape)?;
+    fs::write(&stamp, &shape)?;
     let size = fs::metadata(&db).map_or(0, |m| m.len());
     eprintln!(
         "xtask: bench: console: store written in {:.0} s, {:.2} GB",
         started.elapsed().as_secs_f64(),
         size as f64 / 1e9
     );
-    Ok(db)
+    Ok((db, shape))
 }
 
 /// The console's text index of the store `db` (agent/src/record/text_index.rs).
@@ -136,8 +136,33 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-pub fn run(root: &Path, bin: &Path) -> anyhow::Result<Vec<Timing>> {
-    let db = store(root, bin)?;
+/// One source's timings: the console on this host's store, or on the central store.
+pub struct Run {
+    pub source: &'static str,
+    pub timings: Vec<Timing>,
+}
+
+pub fn run(root: &Path, bin: &Path) -> anyhow::Result<Vec<Run>> {
+    let (db, shape) = store(root, bin)?;
+    let db_arg = db.to_string_lossy().into_owned();
+    let local = serve(root, bin, &["--store", &db_arg])?;
+    let fleet = super::fleet_store::FleetStore::start(root, bin, &db, &shape)?;
+    let central = serve(root, bin, &["--central", &fleet.url()])?;
+    drop(fleet);
+    Ok(vec![
+        Run {
+            source: "this host's store (--store)",
+            timings: local,
+        },
+        Run {
+            source: "the central store (--central, PostgreSQL)",
+            timings: central,
+        },
+    ])
+}
+
+/// Runs the console on `source` and times its sessions page.
+fn serve(root: &Path, bin: &Path, source: &[&str]) -> anyhow::Result<Vec<Timing>> {
     let config = root.join("target/bench/console/console.toml");
     fs::write(
         &config,
@@ -146,8 +171,7 @@ pub fn run(root: &Path, bin: &Path) -> anyhow::Result<Vec<Timing>> {
     let mut console = Command::new(bin)
         .args(["console", "--dev-insecure-local", "--config"])
         .arg(&config)
-        .arg("--store")
-        .arg(&db)
+        .args(source)
         .env("TOLLGATE_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -164,20 +188,23 @@ pub fn run(root: &Path, bin: &Path) -> anyhow::Result<Vec<Timing>> {
         let _ = console.kill();
         bail!("the console did not start: {line:?}");
     }
-    // The text index is made (the first time: every statement) before anything is timed.
-    let started = Instant::now();
-    line.clear();
-    out.read_line(&mut line)?;
-    if !line.starts_with("console text index ready") {
-        let _ = console.kill();
-        bail!("the console's text index: {line:?}");
+    if source.first() == Some(&"--store") {
+        // The text index is made (the first time: every statement) before anything is
+        // timed.
+        let started = Instant::now();
+        line.clear();
+        out.read_line(&mut line)?;
+        if !line.starts_with("console text index ready") {
+            let _ = console.kill();
+            bail!("the console's text index: {line:?}");
+        }
+        let index = text_index_of(Path::new(source[1]));
+        eprintln!(
+            "xtask: bench: console: text index ready in {:.0} s, {:.2} GB",
+            started.elapsed().as_secs_f64(),
+            fs::metadata(&index).map_or(0, |m| m.len()) as f64 / 1e9
+        );
     }
-    let index = text_index_of(&db);
-    eprintln!(
-        "xtask: bench: console: text index ready in {:.0} s, {:.2} GB",
-        started.elapsed().as_secs_f64(),
-        fs::metadata(&index).map_or(0, |m| m.len()) as f64 / 1e9
-    );
     let result = measure();
     let _ = console.kill();
     let _ = console.wait();
@@ -259,12 +286,22 @@ fn measure() -> anyhow::Result<Vec<Timing>> {
     Ok(timings)
 }
 
-pub fn report(timings: &[Timing]) {
+pub fn report(runs: &[Run]) {
+    for run in runs {
+        report_one(run);
+    }
+}
+
+fn report_one(run: &Run) {
+    let timings = &run.timings;
     if timings.is_empty() {
         return;
     }
     println!();
-    println!("## The console's sessions page (1,000,000 connections, 10,000,000 statements)");
+    println!(
+        "## The console's sessions page on {} (1,000,000 connections, 10,000,000 statements)",
+        run.source
+    );
     println!();
     println!("| filter | query | median ms | p90 ms | rows |");
     println!("|---|---|---|---|---|");

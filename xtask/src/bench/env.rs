@@ -42,7 +42,7 @@ pub(super) fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-fn pg_bin_dir() -> anyhow::Result<PathBuf> {
+pub(super) fn pg_bin_dir() -> anyhow::Result<PathBuf> {
     let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
         .context("PostgreSQL is not installed (cargo xtask setup)")?
         .flatten()
@@ -55,7 +55,7 @@ fn pg_bin_dir() -> anyhow::Result<PathBuf> {
         .context("no PostgreSQL under /usr/lib/postgresql")
 }
 
-fn as_postgres(program: &Path) -> Command {
+pub(super) fn as_postgres(program: &Path) -> Command {
     let mut cmd = Command::new("runuser");
     cmd.args(["-u", "postgres", "--"]).arg(program);
     cmd
