@@ -68,7 +68,7 @@ impl FleetStore {
         }
         let options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c shared_buffers=2GB \
-             -c fsync=off -c synchronous_commit=off -c max_wal_size=16GB \
+             -c fsync=off -c synchronous_commit=off -c max_wal_size=2GB \
              -c maintenance_work_mem=1GB -c work_mem=64MB",
             store.port,
             store.dir.display()

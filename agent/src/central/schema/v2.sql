@@ -47,51 +47,63 @@ CREATE INDEX job_rows_by_actor ON tollgate.job_rows ((body->'identity'->>'actor'
 CREATE INDEX job_rows_by_workflow ON tollgate.job_rows ((body->'identity'->>'workflow'));
 CREATE INDEX job_rows_by_environment ON tollgate.job_rows ((body->'identity'->>'environment'));
 
-CREATE FUNCTION tollgate.keep_row(p_host text, p_seq bigint, p_kind text, p_id text, p_body jsonb)
-RETURNS void LANGUAGE plpgsql AS $$
-BEGIN
-    IF p_kind = 'connection' THEN
-        INSERT INTO tollgate.connection_rows AS r VALUES (
-            p_host, p_id, p_seq, p_body->>'job_id', (p_body->>'started_at')::bigint,
-            p_body->>'target', p_body->>'protocol', p_body->>'decision', p_body)
-        ON CONFLICT (host, id) DO UPDATE SET chain_seq = excluded.chain_seq,
-            job_id = excluded.job_id, started_at = excluded.started_at,
-            target = excluded.target, protocol = excluded.protocol,
-            decision = excluded.decision, body = excluded.body
-        WHERE r.chain_seq < excluded.chain_seq;
-    ELSIF p_kind = 'statement' THEN
-        INSERT INTO tollgate.statement_rows AS r VALUES (
-            p_host, p_id, p_seq, p_body->>'connection_id', p_body->>'job_id',
-            (p_body->>'seq')::bigint, (p_body->>'started_at')::bigint, p_body->>'sql',
-            p_body->>'tables', p_body->>'kind', p_body->>'decision', p_body)
-        ON CONFLICT (host, id) DO UPDATE SET chain_seq = excluded.chain_seq,
-            connection_id = excluded.connection_id, job_id = excluded.job_id,
-            seq = excluded.seq, started_at = excluded.started_at, sql = excluded.sql,
-            tables = excluded.tables, statement_kind = excluded.statement_kind,
-            decision = excluded.decision, body = excluded.body
-        WHERE r.chain_seq < excluded.chain_seq;
-    ELSIF p_kind = 'job' THEN
-        INSERT INTO tollgate.job_rows AS r VALUES (
-            p_host, p_id, p_seq, (p_body->>'started_at')::bigint, p_body)
-        ON CONFLICT (host, id) DO UPDATE SET chain_seq = excluded.chain_seq,
-            started_at = excluded.started_at, body = excluded.body
-        WHERE r.chain_seq < excluded.chain_seq;
-    END IF;
-END $$;
-
+-- A batch of records at once (a statement-level trigger and its transition table): the
+-- newest version of each connection, statement and job goes to its typed table, unless
+-- the table has a newer one.
 CREATE FUNCTION tollgate.records_kept() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF NEW.record_id <> '' AND NEW.kind IN ('connection', 'statement', 'job') THEN
-        PERFORM tollgate.keep_row(NEW.host, NEW.seq, NEW.kind, NEW.record_id, NEW.body::jsonb);
-    END IF;
+    INSERT INTO tollgate.connection_rows AS r
+        SELECT DISTINCT ON (host, record_id) host, record_id, seq, b->>'job_id',
+               (b->>'started_at')::bigint, b->>'target', b->>'protocol', b->>'decision', b
+        FROM (SELECT host, record_id, seq, body::jsonb AS b FROM new_records
+              WHERE kind = 'connection' AND record_id <> '') n
+        ORDER BY host, record_id, seq DESC
+    ON CONFLICT (host, id) DO UPDATE SET chain_seq = excluded.chain_seq,
+        job_id = excluded.job_id, started_at = excluded.started_at,
+        target = excluded.target, protocol = excluded.protocol,
+        decision = excluded.decision, body = excluded.body
+    WHERE r.chain_seq < excluded.chain_seq;
+    INSERT INTO tollgate.statement_rows AS r
+        SELECT DISTINCT ON (host, record_id) host, record_id, seq, b->>'connection_id',
+               b->>'job_id', (b->>'seq')::bigint, (b->>'started_at')::bigint, b->>'sql',
+               b->>'tables', b->>'kind', b->>'decision', b
+        FROM (SELECT host, record_id, seq, body::jsonb AS b FROM new_records
+              WHERE kind = 'statement' AND record_id <> '') n
+        ORDER BY host, record_id, seq DESC
+    ON CONFLICT (host, id) DO UPDATE SET chain_seq = excluded.chain_seq,
+        connection_id = excluded.connection_id, job_id = excluded.job_id,
+        seq = excluded.seq, started_at = excluded.started_at, sql = excluded.sql,
+        tables = excluded.tables, statement_kind = excluded.statement_kind,
+        decision = excluded.decision, body = excluded.body
+    WHERE r.chain_seq < excluded.chain_seq;
+    INSERT INTO tollgate.job_rows AS r
+        SELECT DISTINCT ON (host, record_id) host, record_id, seq,
+               (b->>'started_at')::bigint, b
+        FROM (SELECT host, record_id, seq, body::jsonb AS b FROM new_records
+              WHERE kind = 'job' AND record_id <> '') n
+        ORDER BY host, record_id, seq DESC
+    ON CONFLICT (host, id) DO UPDATE SET chain_seq = excluded.chain_seq,
+        started_at = excluded.started_at, body = excluded.body
+    WHERE r.chain_seq < excluded.chain_seq;
     RETURN NULL;
 END $$;
 CREATE TRIGGER records_kept AFTER INSERT ON tollgate.records
-    FOR EACH ROW EXECUTE FUNCTION tollgate.records_kept();
+    REFERENCING NEW TABLE AS new_records
+    FOR EACH STATEMENT EXECUTE FUNCTION tollgate.records_kept();
 
--- What version 1 already holds.
-SELECT tollgate.keep_row(host, seq, kind, record_id, body)
-    FROM tollgate.latest WHERE kind IN ('connection', 'statement', 'job');
+-- What version 1 already holds (`latest` has the newest version of each record).
+INSERT INTO tollgate.connection_rows
+    SELECT host, record_id, seq, body->>'job_id', (body->>'started_at')::bigint,
+           body->>'target', body->>'protocol', body->>'decision', body
+    FROM tollgate.latest WHERE kind = 'connection';
+INSERT INTO tollgate.statement_rows
+    SELECT host, record_id, seq, body->>'connection_id', body->>'job_id',
+           (body->>'seq')::bigint, (body->>'started_at')::bigint, body->>'sql',
+           body->>'tables', body->>'kind', body->>'decision', body
+    FROM tollgate.latest WHERE kind = 'statement';
+INSERT INTO tollgate.job_rows
+    SELECT host, record_id, seq, (body->>'started_at')::bigint, body
+    FROM tollgate.latest WHERE kind = 'job';
 
 CREATE OR REPLACE VIEW tollgate.connections AS
     SELECT host, id, job_id, decision, body->>'destination' AS destination, target,
