@@ -327,11 +327,11 @@ fn copy_field(out: &mut impl std::io::Write, text: &str) -> std::io::Result<()> 
             '\r' => "\\r",
             _ => continue,
         };
-        out.write_all(text[start..i].as_bytes())?;
+        out.write_all(&text.as_bytes()[start..i])?;
         out.write_all(escaped.as_bytes())?;
         start = i + c.len_utf8();
     }
-    out.write_all(text[start..].as_bytes())
+    out.write_all(&text.as_bytes()[start..])
 }
 
 /// Writes the store's jobs, connections and statements as the central store's records
@@ -383,4 +383,19 @@ pub fn copy_records(
         }
     }
     Ok(seq)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::copy_field;
+
+    #[test]
+    fn copy_fields_escape_backslashes_tabs_and_line_ends() {
+        let mut out = Vec::new();
+        copy_field(&mut out, "{\"sql\":\"a\\\"b\"}\tx\ny\rz é").unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\"sql\":\"a\\\\\"b\"}\\tx\\ny\\rz é"
+        );
+    }
 }
