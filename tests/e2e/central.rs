@@ -40,14 +40,14 @@ impl Central {
         let out = central.tollgate(&["central", "migrate"]);
         assert!(out.status.success(), "migrate: {}", stderr(&out));
         assert!(
-            stdout(&out).contains("schema migrated from version 0 to 1"),
+            stdout(&out).contains("schema migrated from version 0 to 2"),
             "{}",
             stdout(&out)
         );
         // Once more: nothing to do.
         let again = central.tollgate(&["central", "migrate"]);
         assert!(
-            stdout(&again).contains("schema is at version 1"),
+            stdout(&again).contains("schema is at version 2"),
             "{}",
             stdout(&again)
         );
@@ -161,6 +161,34 @@ pub(crate) fn assert_all_shipped_once(central: &Central, agent: &Agent, host: &s
         statements,
         "{host}: statements"
     );
+    // The typed tables (schema version 2) hold each record's newest version: the same
+    // chain position and body as the newest of its records, one row per local row.
+    for (kind, table, local_table) in [
+        ("connection", "connection_rows", "connections"),
+        ("statement", "statement_rows", "statements"),
+        ("job", "job_rows", "jobs"),
+    ] {
+        let local_rows = local_count(
+            &agent.db_path,
+            &format!("SELECT count(*) FROM {local_table}"),
+        );
+        assert_eq!(
+            central.count(&format!(
+                "SELECT count(*) FROM tollgate.{table} r JOIN tollgate.latest l \
+                 ON l.host = r.host AND l.kind = '{kind}' AND l.record_id = r.id \
+                 AND l.seq = r.chain_seq AND l.body = r.body WHERE r.host = '{host}'"
+            )),
+            local_rows,
+            "{host}: {table} against the newest records"
+        );
+        assert_eq!(
+            central.count(&format!(
+                "SELECT count(*) FROM tollgate.{table} WHERE host = '{host}'"
+            )),
+            local_rows,
+            "{host}: {table}"
+        );
+    }
     let checkpoints = local_count(&agent.db_path, "SELECT count(*) FROM checkpoints");
     assert_eq!(
         central.count(&format!(

@@ -75,6 +75,19 @@ fn the_central_store_down_under_load_loses_nothing_and_the_lag_rises_and_falls()
     );
     let out = central.verify(&a, None);
     assert!(out.status.success(), "after the prune: {}", stdout(&out));
+    // The typed tables lost the rows whose newest record was pruned, and kept the rest.
+    for (kind, table) in [
+        ("connection", "connection_rows"),
+        ("statement", "statement_rows"),
+        ("job", "job_rows"),
+    ] {
+        let rows = central.count(&format!("SELECT count(*) FROM tollgate.{table}"));
+        let newest = central.count(&format!(
+            "SELECT count(*) FROM tollgate.latest WHERE kind = '{kind}'"
+        ));
+        assert_eq!(rows, newest, "{table} after the prune");
+    }
+    assert!(central.count("SELECT count(*) FROM tollgate.connection_rows") > 0);
     // One more record gone from the start is missing, not pruned.
     let first = central.count("SELECT min(seq) FROM tollgate.records WHERE host = 'runner-a'");
     central.sql(&format!(
@@ -226,7 +239,7 @@ fn a_wrong_password_or_schema_is_a_clear_error_and_recording_stays_local() {
     wait_for("the schema error logged", Duration::from_secs(15), || {
         other
             .log()
-            .contains("the central store's schema is version 99, this agent's is 1")
+            .contains("the central store's schema is version 99, this agent's is 2")
             .then_some(())
     });
     assert!(other.metric("tollgate_central_errors_total{stage=\"schema\"}") >= 1.0);
