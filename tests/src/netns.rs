@@ -20,6 +20,23 @@ fn ip(args: &[&str]) {
     assert!(out.status.success(), "ip {args:?}: {}", stderr(&out));
 }
 
+/// A run killed before its cleanup leaves its namespace `tge2e<pid>-<n>` behind, and
+/// with it a route to this test's subnet: removed (its veth pair goes with it).
+fn remove_stale(n: u8, ours: &str) {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    let suffix = format!("-{n}");
+    for name in String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| name.starts_with("tge2e") && name.ends_with(&suffix) && *name != ours)
+    {
+        eprintln!("removing the network namespace {name} a killed run left");
+        let _ = Command::new("ip").args(["netns", "del", name]).status();
+    }
+}
+
 impl NetnsHost {
     /// Creates namespace `tg<n>` with 198.18.<n>.2/30 inside and 198.18.<n>.1/30 here.
     pub fn create(n: u8) -> Self {
@@ -27,6 +44,7 @@ impl NetnsHost {
         let host_if = format!("tgh{}{n}", std::process::id() % 10_000);
         let peer_if = format!("tgp{}{n}", std::process::id() % 10_000);
         let (host_ip, peer_ip) = (format!("198.18.{n}.1"), format!("198.18.{n}.2"));
+        remove_stale(n, &name);
         let host = Self {
             name: name.clone(),
             host_ip: host_ip.clone(),
