@@ -213,15 +213,19 @@ fn a_statement_psql_holds_is_approved_in_the_console_and_the_records_name_the_re
     assert_eq!(ada.get("/api/v1/grants").json()["grants"], json!([]));
 
     // The records carry the reviewer's OIDC identity.
-    let decided = wait_for("the decisions on record", Duration::from_secs(10), || {
-        let all = sam.get("/api/v1/approvals").json();
-        let rows = all["approvals"].as_array().cloned().unwrap_or_default();
-        let done: Vec<_> = rows
-            .into_iter()
-            .filter(|r| r["state"] != "pending")
-            .collect();
-        (done.len() == 2).then_some(done)
-    });
+    let decided = wait_for(
+        "the decisions on record",
+        scaled(Duration::from_secs(10)),
+        || {
+            let all = sam.get("/api/v1/approvals").json();
+            let rows = all["approvals"].as_array().cloned().unwrap_or_default();
+            let done: Vec<_> = rows
+                .into_iter()
+                .filter(|r| r["state"] != "pending")
+                .collect();
+            (done.len() == 2).then_some(done)
+        },
+    );
     let first = decided
         .iter()
         .find(|r| r["id"] == id.as_str())

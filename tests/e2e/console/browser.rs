@@ -86,7 +86,13 @@ fn a_reviewer_finds_replays_approves_and_audits_in_chromium() {
     let issuer = Issuer::start();
     issuer.set_user("sam", &["sre"]);
     let console = Console::start(&agent, &issuer);
-    let artifacts = workspace().join("target/test-artifacts/console");
+    // A vm-test guest reads the workspace read-only: its screenshots go to a temporary
+    // directory instead.
+    let mut artifacts = workspace().join("target/test-artifacts/console");
+    if std::fs::create_dir_all(&artifacts).is_err() || tempfile::tempfile_in(&artifacts).is_err() {
+        artifacts = std::env::temp_dir().join("tollgate-test-artifacts/console");
+    }
+    eprintln!("screenshots: {}", artifacts.display());
     let mut node = Command::new("node")
         .arg("console.mjs")
         .current_dir(workspace().join("tests/browser"))
