@@ -11,15 +11,10 @@ use nix::{
     },
 };
 
+use crate::sockets::tcp_diag::{HEADER_LEN, NLM_F_REQUEST, NLMSG_ERROR, REQUEST_LEN, request_head};
+
 const SOCK_DESTROY: u16 = 21;
-const NLM_F_REQUEST: u16 = 1;
 const NLM_F_ACK: u16 = 4;
-const NLMSG_ERROR: u16 = 2;
-/// struct nlmsghdr: len u32, type u16, flags u16, seq u32, pid u32.
-const HEADER_LEN: usize = 16;
-/// nlmsghdr + struct inet_diag_req_v2 (family, protocol, ext, pad: u8; states: u32;
-/// inet_diag_sockid: sport, dport: be16; src, dst: [be32; 4]; if: u32; cookie: [u32; 2]).
-const REQUEST_LEN: usize = HEADER_LEN + 8 + 48;
 
 /// The SOCK_DESTROY request for one socket, in the kernel's layout (native byte order,
 /// ports and addresses in network order).
@@ -29,14 +24,7 @@ fn request(local: SocketAddr, remote: SocketAddr, cookie: u64, v6_socket: bool) 
     } else {
         AddressFamily::Inet
     };
-    let mut out = Vec::with_capacity(REQUEST_LEN);
-    out.extend_from_slice(&(REQUEST_LEN as u32).to_ne_bytes());
-    out.extend_from_slice(&SOCK_DESTROY.to_ne_bytes());
-    out.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
-    out.extend_from_slice(&1u32.to_ne_bytes()); // seq
-    out.extend_from_slice(&0u32.to_ne_bytes()); // pid
-    out.extend_from_slice(&[family as u8, libc::IPPROTO_TCP as u8, 0, 0]);
-    out.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
+    let mut out = request_head(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, family);
     out.extend_from_slice(&local.port().to_be_bytes());
     out.extend_from_slice(&remote.port().to_be_bytes());
     for ip in [local.ip(), remote.ip()] {
@@ -47,6 +35,7 @@ fn request(local: SocketAddr, remote: SocketAddr, cookie: u64, v6_socket: bool) 
     out.extend_from_slice(&0u32.to_ne_bytes()); // interface
     out.extend_from_slice(&(cookie as u32).to_ne_bytes());
     out.extend_from_slice(&((cookie >> 32) as u32).to_ne_bytes());
+    debug_assert_eq!(out.len(), REQUEST_LEN);
     out
 }
 

@@ -8,15 +8,15 @@ use nix::sys::socket::{
 use tollgate_common::TupleKey;
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const NLM_F_REQUEST: u16 = 1;
+pub(crate) const NLM_F_REQUEST: u16 = 1;
 const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_ERROR: u16 = 2;
+pub(crate) const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 /// struct nlmsghdr: len u32, type u16, flags u16, seq u32, pid u32.
-const HEADER_LEN: usize = 16;
+pub(crate) const HEADER_LEN: usize = 16;
 /// nlmsghdr + struct inet_diag_req_v2 (family, protocol, ext, pad: u8; states: u32;
-/// inet_diag_sockid of 48 bytes, all zero for a dump).
-const REQUEST_LEN: usize = HEADER_LEN + 8 + 48;
+/// inet_diag_sockid: sport, dport: be16; src, dst: [be32; 4]; if: u32; cookie: [u32; 2]).
+pub(crate) const REQUEST_LEN: usize = HEADER_LEN + 8 + 48;
 /// In an inet_diag_msg: family at 0; the sockid from 4: sport and dport (be16) at 4 and
 /// 6, the source and destination addresses ([be32; 4]) at 8 and 24.
 const MSG_FAMILY: usize = 0;
@@ -37,15 +37,22 @@ pub fn endpoints() -> io::Result<HashSet<TupleKey>> {
     Ok(out)
 }
 
-fn dump_request(family: AddressFamily) -> Vec<u8> {
+/// The start of an inet_diag request for TCP sockets in every state, up to its
+/// inet_diag_sockid, which the caller appends (48 bytes).
+pub(crate) fn request_head(kind: u16, flags: u16, family: AddressFamily) -> Vec<u8> {
     let mut out = Vec::with_capacity(REQUEST_LEN);
     out.extend_from_slice(&(REQUEST_LEN as u32).to_ne_bytes());
-    out.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    out.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    out.extend_from_slice(&kind.to_ne_bytes());
+    out.extend_from_slice(&flags.to_ne_bytes());
     out.extend_from_slice(&1u32.to_ne_bytes()); // seq
     out.extend_from_slice(&0u32.to_ne_bytes()); // pid
     out.extend_from_slice(&[family as u8, libc::IPPROTO_TCP as u8, 0, 0]);
     out.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
+    out
+}
+
+fn dump_request(family: AddressFamily) -> Vec<u8> {
+    let mut out = request_head(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, family);
     out.resize(REQUEST_LEN, 0);
     out
 }
