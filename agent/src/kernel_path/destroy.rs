@@ -5,13 +5,12 @@ use std::{io, net::SocketAddr, os::fd::AsRawFd as _};
 
 use nix::{
     errno::Errno,
-    sys::socket::{
-        AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, recv, sendto,
-        socket,
-    },
+    sys::socket::{AddressFamily, MsgFlags, recv},
 };
 
-use crate::sockets::tcp_diag::{HEADER_LEN, NLM_F_REQUEST, NLMSG_ERROR, REQUEST_LEN, request_head};
+use crate::sockets::tcp_diag::{
+    HEADER_LEN, NLM_F_REQUEST, NLMSG_ERROR, REQUEST_LEN, request_head, send,
+};
 
 const SOCK_DESTROY: u16 = 21;
 const NLM_F_ACK: u16 = 4;
@@ -48,19 +47,7 @@ pub fn destroy(
     cookie: u64,
     v6_socket: bool,
 ) -> io::Result<bool> {
-    let fd = socket(
-        AddressFamily::Netlink,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC,
-        SockProtocol::NetlinkSockDiag,
-    )?;
-    let request = request(local, remote, cookie, v6_socket);
-    sendto(
-        fd.as_raw_fd(),
-        &request,
-        &NetlinkAddr::new(0, 0),
-        MsgFlags::empty(),
-    )?;
+    let fd = send(&request(local, remote, cookie, v6_socket))?;
     let mut reply = [0u8; 512];
     let n = recv(fd.as_raw_fd(), &mut reply, MsgFlags::empty())?;
     let reply = &reply[..n];

@@ -57,7 +57,8 @@ fn dump_request(family: AddressFamily) -> Vec<u8> {
     out
 }
 
-fn dump(family: AddressFamily, out: &mut HashSet<TupleKey>) -> io::Result<()> {
+/// A NETLINK_SOCK_DIAG socket with `request` sent to the kernel: read the reply on it.
+pub(crate) fn send(request: &[u8]) -> io::Result<std::os::fd::OwnedFd> {
     let fd = socket(
         AddressFamily::Netlink,
         SockType::Datagram,
@@ -66,10 +67,15 @@ fn dump(family: AddressFamily, out: &mut HashSet<TupleKey>) -> io::Result<()> {
     )?;
     sendto(
         fd.as_raw_fd(),
-        &dump_request(family),
+        request,
         &NetlinkAddr::new(0, 0),
         MsgFlags::empty(),
     )?;
+    Ok(fd)
+}
+
+fn dump(family: AddressFamily, out: &mut HashSet<TupleKey>) -> io::Result<()> {
+    let fd = send(&dump_request(family))?;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
