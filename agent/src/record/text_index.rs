@@ -92,9 +92,33 @@ fn upto(conn: &Connection, schema: &str) -> rusqlite::Result<i64> {
 /// Brings the index of `store` up to date: indexes the statements added since, drops
 /// those pruned. Each batch is one transaction, so a reader sees whole batches.
 pub fn catch_up(store: &Path, index: &Path) -> Result<Progress, RecordError> {
-    let mut conn = open_rw(index, store)?;
+    Indexer::open(store, index)?.catch_up()
+}
+
+/// The index's writer, which keeps its connection (and the store attached) between
+/// catch-ups.
+pub struct Indexer {
+    conn: Connection,
+    index: PathBuf,
+}
+
+impl Indexer {
+    pub fn open(store: &Path, index: &Path) -> Result<Self, RecordError> {
+        Ok(Self {
+            conn: open_rw(index, store)?,
+            index: index.to_owned(),
+        })
+    }
+
+    /// [`catch_up`] on the open connection.
+    pub fn catch_up(&mut self) -> Result<Progress, RecordError> {
+        catch_up_on(&mut self.conn, &self.index)
+    }
+}
+
+fn catch_up_on(conn: &mut Connection, index: &Path) -> Result<Progress, RecordError> {
     let mut progress = Progress {
-        upto: upto(&conn, "main")?,
+        upto: upto(conn, "main")?,
         ..Progress::default()
     };
     let (oldest, newest): (Option<i64>, Option<i64>) = conn.query_row(

@@ -12,6 +12,7 @@ use crate::{
     record::{
         AuditRecord, ConnectionRecord, JobRecord, StatementRecord,
         search::{SessionQuery, SessionSummary, Where, contains_pattern},
+        text_index,
     },
 };
 
@@ -22,9 +23,6 @@ pub struct CentralSource {
 
 type Param = Box<dyn ToSql + Sync + Send>;
 
-/// A text in more statements than this is common: the newest sessions, each one's
-/// statements looked at, find a page sooner than the trigram indexes list them all.
-const COMMON_TEXT: i64 = 5_000;
 /// Statements sampled to tell a common text from a rare one.
 const TEXT_SAMPLE: f64 = 2_000.0;
 
@@ -53,7 +51,7 @@ impl CentralSource {
         self.target.shown()
     }
 
-    /// Whether more than [`COMMON_TEXT`] statements hold a `LIKE` pattern, estimated
+    /// Whether more than [`text_index::COMMON`] statements hold a `LIKE` pattern, estimated
     /// from a sample of about [`TEXT_SAMPLE`] of them (`TABLESAMPLE SYSTEM`): counting
     /// them through the trigram indexes costs a bitmap of every match, which for a
     /// common word is slower than the search itself. Either answer gives the same
@@ -83,7 +81,7 @@ impl CentralSource {
             .await
             .map_err(CentralError::from)?
             .get(0);
-        Ok(found as f64 * rows / TEXT_SAMPLE >= COMMON_TEXT as f64)
+        Ok(found as f64 * rows / TEXT_SAMPLE >= text_index::COMMON as f64)
     }
 
     /// The connection, made (and the schema checked) when there is none or it broke.
@@ -143,7 +141,8 @@ impl CentralSource {
         }
         if let Some(text) = &query.text {
             let pattern = contains_pattern(text);
-            let rare = text.chars().count() >= 3 && !self.common_text(&pattern).await?;
+            // The index's rule for what is too short to look up holds here too.
+            let rare = text_index::phrase(text).is_some() && !self.common_text(&pattern).await?;
             let like = "(s.sql ILIKE {} OR s.tables ILIKE {})";
             if rare {
                 // A rare text: its statements by the trigram indexes, then their sessions.

@@ -49,9 +49,20 @@ impl LocalSource {
             .name("tollgate-text-index".into())
             .spawn(move || {
                 let (mut ready, mut failing) = (false, false);
+                let mut indexer = None;
                 loop {
                     let started = std::time::Instant::now();
-                    match text_index::catch_up(&db, &index) {
+                    let caught_up = match indexer.as_mut() {
+                        Some(indexer) => Ok(indexer),
+                        None => text_index::Indexer::open(&db, &index)
+                            .map(|opened| indexer.insert(opened)),
+                    }
+                    .and_then(text_index::Indexer::catch_up);
+                    if caught_up.is_err() {
+                        // Opened afresh next time (the store may come later).
+                        indexer = None;
+                    }
+                    match caught_up {
                         Ok(progress) => {
                             failing = false;
                             if progress.added > 0 || progress.dropped > 0 {
