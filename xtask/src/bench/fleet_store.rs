@@ -16,6 +16,9 @@ use super::env::{as_postgres, free_port, pg_bin_dir};
 /// The central schema version the store is loaded at (agent/src/central/schema.rs).
 const CENTRAL_SCHEMA: u32 = 2;
 const DB: &str = "fleet";
+/// What loading needs on the disk: the cluster was 37 GB with its WAL for the 2.5M
+/// statement store, plus room for the checkpoints in flight.
+const LOAD_NEEDS_GB: u64 = 45;
 
 pub struct FleetStore {
     dir: PathBuf,
@@ -42,6 +45,16 @@ impl FleetStore {
         if !loaded {
             let _ = fs::remove_dir_all(&dir);
             fs::create_dir_all(&dir)?;
+            let free = free_gb(&dir)?;
+            if free < LOAD_NEEDS_GB {
+                let _ = fs::remove_dir_all(&dir);
+                bail!(
+                    "the console bench's central store needs about {LOAD_NEEDS_GB} GB free \
+                     under {} and {free} GB are; free some space (say target/debug) and \
+                     run it again",
+                    dir.display()
+                );
+            }
             ok(
                 "chown",
                 Command::new("chown")
@@ -168,6 +181,21 @@ impl FleetStore {
     }
 }
 
+/// The space free on the file system that holds `path`, in GB (`df`, as statvfs
+/// would need unsafe code or another dependency here).
+fn free_gb(path: &Path) -> anyhow::Result<u64> {
+    let out = Command::new("df")
+        .args(["--block-size=1G", "--output=avail"])
+        .arg(path)
+        .output()
+        .context("df")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .with_context(|| format!("df's answer for {}: {text:?}", path.display()))
+}
+
 impl Drop for FleetStore {
     fn drop(&mut self) {
         let _ = as_postgres(&self.pg_bin.join("pg_ctl"))
@@ -176,5 +204,10 @@ impl Drop for FleetStore {
             .args(["-m", "fast", "-w", "stop"])
             .stdout(Stdio::null())
             .status();
+        eprintln!(
+            "xtask: bench: console: the central store stays in {} for the next run \
+             (tens of GB); remove the directory to free the space",
+            self.dir.display()
+        );
     }
 }
