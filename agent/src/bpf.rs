@@ -7,6 +7,7 @@ mod kernel_log;
 mod lsm;
 mod maps;
 mod moves;
+mod pending;
 mod refusals;
 mod required;
 mod syscall;
@@ -39,6 +40,7 @@ pub use kernel_log::{KernelLog, Logger as KernelLogger, forward as forward_kerne
 use lsm::OPTIONAL_PROGRAMS;
 pub use maps::{ConnMaps, MapOccupancy, monotonic_ns};
 pub use moves::watch_moves;
+pub use pending::Taken;
 pub use refusals::Refusals;
 pub use tamper::Guard;
 pub use unix::{UNIX_PROGRAMS, UnixRules};

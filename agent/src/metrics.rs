@@ -171,6 +171,7 @@ pub struct ProxyMetrics {
     pub intercepted: IntCounter,
     decisions: Children<{ DecisionLabel::ALL.len() }>,
     pub unattributed: IntCounter,
+    reused_ports: Children<{ ReusedPortLabel::ALL.len() }>,
     pub active: IntGauge,
     /// Up (0) and down (1).
     bytes: Children<2>,
@@ -212,6 +213,14 @@ impl ProxyMetrics {
                 "tollgate_proxy_unattributed_total",
                 "Connections refused because the kernel had no record of them.",
             ),
+            reused_ports: Children::new(counter_vec(
+                registry,
+                "tollgate_proxy_reused_port_records_total",
+                "Accepted connections whose source port had several kernel records (a client \
+                 reused it while the proxy lagged): chosen by the kernel's marks, ambiguous \
+                 (refused), and orphan records removed.",
+                &["outcome"],
+            )),
             active: gauge(
                 registry,
                 "tollgate_proxy_active_connections",
@@ -237,6 +246,12 @@ impl ProxyMetrics {
         self.decisions.get(label as usize, &[label.as_str()]).inc();
     }
 
+    pub fn reused_port(&self, label: ReusedPortLabel, n: u64) {
+        self.reused_ports
+            .get(label as usize, &[label.as_str()])
+            .inc_by(n);
+    }
+
     pub fn bytes(&self, up: u64, down: u64) {
         self.bytes.get(0, &["up"]).inc_by(up);
         self.bytes.get(1, &["down"]).inc_by(down);
@@ -246,6 +261,26 @@ impl ProxyMetrics {
         self.upstream_errors
             .with_label_values(&[kind.as_str()])
             .inc();
+    }
+}
+
+/// Label `outcome` of `tollgate_proxy_reused_port_records_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReusedPortLabel {
+    Chosen,
+    Ambiguous,
+    OrphanRemoved,
+}
+
+impl ReusedPortLabel {
+    pub const ALL: [Self; 3] = [Self::Chosen, Self::Ambiguous, Self::OrphanRemoved];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Chosen => "chosen",
+            Self::Ambiguous => "ambiguous",
+            Self::OrphanRemoved => "orphan_removed",
+        }
     }
 }
 

@@ -72,6 +72,10 @@ fn two_concurrent_jobs_make_5000_connections_each_without_misattribution() {
         total += CONNECTIONS;
     }
     assert_eq!(agent.metric("tollgate_proxy_unattributed_total"), 0.0);
+    assert_eq!(
+        agent.metric("tollgate_proxy_reused_port_records_total{outcome=\"ambiguous\"}"),
+        0.0
+    );
     // Each connection went through the proxy or straight through on a kernel verdict.
     assert_eq!(
         agent.metric("tollgate_proxy_intercepted_total")
@@ -106,6 +110,7 @@ probe = socket.socket()
 probe.bind(('127.0.0.1', 0))
 port = probe.getsockname()[1]
 probe.close()
+open(go + '.ready', 'w').close()
 while not os.path.exists(go):
     time.sleep(0.01)
 for dst in (first, second):
@@ -142,10 +147,15 @@ fn a_source_port_reused_before_the_proxy_accepted_keeps_each_connection_its_own_
         .stderr(Stdio::piped())
         .spawn()
         .expect("tollgate run");
-    // The job is running (its client waits for `go`); the proxy stops accepting.
-    wait_for("the job", Duration::from_secs(20), || {
-        (!agent.jobs().is_empty()).then_some(())
-    });
+    // The job's client runs (it waits for `go`); the proxy stops accepting. (A job
+    // that merely exists may not have started its command: enrolling it needs the
+    // agent, which then would be stopped before it, and the test would not test.)
+    let ready = dir.path().join("go.ready");
+    wait_for(
+        "the job's client",
+        tollgate_e2e::scaled(Duration::from_secs(20)),
+        || ready.exists().then_some(()),
+    );
     agent.signal(libc::SIGSTOP);
     std::fs::write(&go, b"").expect("go");
     // Long enough for the second connect to be made, past the kernel's 1 s SYN retry.
@@ -177,6 +187,12 @@ fn a_source_port_reused_before_the_proxy_accepted_keeps_each_connection_its_own_
         "each connection its own destination"
     );
     assert_eq!(agent.metric("tollgate_proxy_unattributed_total"), 0.0);
+    // The first, reset by the second's SYN, was accepted dead while both records
+    // waited, and was told apart by the kernel's marks (not by slot or age alone).
+    assert_eq!(
+        agent.metric("tollgate_proxy_reused_port_records_total{outcome=\"chosen\"}"),
+        1.0
+    );
     wait_for("an empty tuple map", Duration::from_secs(10), || {
         agent
             .status()

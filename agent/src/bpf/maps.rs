@@ -1,15 +1,23 @@
 //! The agent's view of the programs' maps.
-use std::{io, os::fd::AsFd as _, time::Duration};
+use std::{
+    io,
+    os::fd::{AsFd as _, BorrowedFd},
+    time::Duration,
+};
 
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use tollgate_common::{
     CONN_MAP_CAPACITY, ConnInfo, Counter, MAP_CONN_BY_COOKIE, MAP_CONN_BY_TUPLE, MAP_COUNTERS,
     MAP_JOB_SOCKETS, MAP_SETTINGS, MAP_SOCK_ALLOW, MAP_UDP_BY_TUPLE, MAP_UDP_DENIED,
-    MAP_UDP_RELAY_PEER, MAP_UDP_RELAY_PORT, PendingKey, SOCK_ALLOW_CAPACITY, Settings, SockKind,
-    TUPLE_SLOTS, TupleKey, UdpDenyKey,
+    MAP_UDP_RELAY_PEER, MAP_UDP_RELAY_PORT, PENDING_SHARED, PendingConn, PendingKey,
+    SOCK_ALLOW_CAPACITY, Settings, SockKind, TUPLE_SLOTS, TupleKey, UdpDenyKey,
 };
 
-use super::{BpfError, syscall};
+use super::{
+    BpfError,
+    pending::{self, Taken},
+    syscall,
+};
 
 /// Entries in each connection map, for the occupancy metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -268,11 +276,11 @@ impl ConnMaps {
     }
 
     /// Takes (looks up and deletes, atomically where the kernel can) the entry of the
-    /// connection the proxy accepted from `tuple`: the oldest one waiting with that
-    /// tuple, since the listener accepts in the order the connections arrived. Slot 0
-    /// holds that one, unless a client reused its port while an earlier connection with
-    /// it still waited (see [`PendingKey`]); then the slots are searched.
-    pub fn take(&self, tuple: &TupleKey) -> io::Result<Option<ConnInfo>> {
+    /// connection the proxy accepted from `tuple`. An unshared entry in slot 0 is the
+    /// only one: taken in one step. Otherwise the entries are chosen among
+    /// ([`pending::choose`]) by the kernel's marks and by whether the accepted socket is
+    /// `alive` (asked only then); orphans found on the way are removed.
+    pub fn take(&self, tuple: &TupleKey, alive: impl FnOnce() -> bool) -> io::Result<Taken> {
         let data =
             data(&self.tuple).ok_or_else(|| io::Error::other("CONN_BY_TUPLE is not a hash map"))?;
         let fd = data.fd().as_fd();
@@ -280,25 +288,74 @@ impl ConnMaps {
             tuple: *tuple,
             slot: 0,
         };
-        if let Some(info) = syscall::lookup_and_delete(fd, &first)? {
-            return Ok(Some(info));
+        let held: Option<PendingConn> = syscall::lookup_and_delete(fd, &first)?;
+        if let Some(entry) = held
+            && entry.flags & PENDING_SHARED == 0
+        {
+            return Ok(Taken::Found(entry.info));
         }
-        let mut oldest: Option<(PendingKey, ConnInfo)> = None;
+        let mut entries: Vec<(PendingKey, PendingConn)> =
+            held.map(|e| (first, e)).into_iter().collect();
         for slot in 1..TUPLE_SLOTS {
             let key = PendingKey {
                 tuple: *tuple,
                 slot,
             };
-            if let Some(info) = syscall::lookup::<PendingKey, ConnInfo>(fd, &key)?
-                && oldest.is_none_or(|(_, o)| info.ktime_ns < o.ktime_ns)
-            {
-                oldest = Some((key, info));
+            if let Some(entry) = syscall::lookup::<PendingKey, PendingConn>(fd, &key)? {
+                entries.push((key, entry));
             }
         }
-        match oldest {
-            Some((key, _)) => syscall::lookup_and_delete(fd, &key),
-            None => Ok(None),
+        let choice = pending::choose(&entries, entries.len() < 2 || alive());
+        for orphan in &choice.orphans {
+            if *orphan != first {
+                syscall::delete(fd, orphan)?;
+            }
         }
+        let taken = match choice.take {
+            Ok(key) if key == first => held.map(|e| e.info),
+            Ok(key) => {
+                syscall::lookup_and_delete::<PendingKey, PendingConn>(fd, &key)?.map(|e| e.info)
+            }
+            Err(_) => None,
+        };
+        // Slot 0's entry was taken out to look at; it goes back unless it was chosen or
+        // an orphan.
+        if let Some(entry) = held
+            && choice.take != Ok(first)
+            && !choice.orphans.contains(&first)
+        {
+            self.put_back(fd, tuple, &entry)?;
+        }
+        Ok(match (taken, choice.take) {
+            (Some(info), _) if entries.len() == 1 => Taken::Found(info),
+            (Some(info), _) => Taken::Chosen {
+                info,
+                orphans: choice.orphans.len(),
+            },
+            (None, Err(entries)) => Taken::Ambiguous { entries },
+            (None, Ok(_)) => Taken::None,
+        })
+    }
+
+    /// Puts a shared entry taken out of slot 0 back into a free slot (slot 0 first).
+    fn put_back(
+        &self,
+        fd: BorrowedFd<'_>,
+        tuple: &TupleKey,
+        entry: &PendingConn,
+    ) -> io::Result<()> {
+        for slot in 0..TUPLE_SLOTS {
+            let key = PendingKey {
+                tuple: *tuple,
+                slot,
+            };
+            if syscall::insert_new(fd, &key, entry)? {
+                return Ok(());
+            }
+        }
+        Err(io::Error::other(
+            "no free slot to put a waiting connection's entry back: it will be refused",
+        ))
     }
 
     pub(super) fn write_settings(&mut self, settings: Settings) -> Result<(), BpfError> {
@@ -311,7 +368,7 @@ impl ConnMaps {
     pub fn occupancy(&self) -> Result<MapOccupancy, BpfError> {
         let cookie: HashMap<&MapData, u64, ConnInfo> =
             HashMap::try_from(&self.cookie).map_err(map_err(MAP_CONN_BY_COOKIE))?;
-        let tuple: HashMap<&MapData, PendingKey, ConnInfo> =
+        let tuple: HashMap<&MapData, PendingKey, PendingConn> =
             HashMap::try_from(&self.tuple).map_err(map_err(MAP_CONN_BY_TUPLE))?;
         Ok(MapOccupancy {
             conn_by_cookie: cookie.keys().filter(Result::is_ok).count(),
@@ -347,14 +404,14 @@ impl ConnMaps {
         max_age: Duration,
         live: impl FnOnce() -> io::Result<std::collections::HashSet<TupleKey>>,
     ) -> Result<(usize, usize), BpfError> {
-        let tuple: HashMap<&MapData, PendingKey, ConnInfo> =
+        let tuple: HashMap<&MapData, PendingKey, PendingConn> =
             HashMap::try_from(&self.tuple).map_err(map_err(MAP_CONN_BY_TUPLE))?;
         let now = monotonic_ns();
         let max_age = u64::try_from(max_age.as_nanos()).unwrap_or(u64::MAX);
         let mut stale: Vec<PendingKey> = tuple
             .iter()
             .filter_map(Result::ok)
-            .filter(|(_, info)| now.saturating_sub(info.ktime_ns) > max_age)
+            .filter(|(_, entry)| now.saturating_sub(entry.info.ktime_ns) > max_age)
             .map(|(key, _)| key)
             .collect();
         if stale.is_empty() {
@@ -372,7 +429,7 @@ impl ConnMaps {
         let fd = data.fd().as_fd();
         let mut removed = 0;
         for key in stale {
-            if syscall::lookup_and_delete(fd, &key)
+            if syscall::lookup_and_delete::<PendingKey, PendingConn>(fd, &key)
                 .ok()
                 .flatten()
                 .is_some()

@@ -7,8 +7,6 @@ use std::{
     os::fd::{AsRawFd as _, BorrowedFd},
 };
 
-use tollgate_common::ConnInfo;
-
 /// The kernel's internal ENOTSUPP, which some bpf commands leak to userspace.
 const ENOTSUPP: i32 = 524;
 
@@ -22,6 +20,8 @@ const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 /// Supported for hash maps since kernel 5.14.
 const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+/// The update flag that inserts only a new key.
+const BPF_NOEXIST: u64 = 1;
 
 /// The map-element variant of `union bpf_attr`.
 #[repr(C)]
@@ -60,8 +60,11 @@ pub(super) unsafe fn raw_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<l
     }
 }
 
-pub fn lookup_and_delete<K: Plain>(map: BorrowedFd<'_>, key: &K) -> io::Result<Option<ConnInfo>> {
-    let mut value = MaybeUninit::<ConnInfo>::zeroed();
+pub fn lookup_and_delete<K: Plain, V: Plain>(
+    map: BorrowedFd<'_>,
+    key: &K,
+) -> io::Result<Option<V>> {
+    let mut value = MaybeUninit::<V>::zeroed();
     let mut attr = MapElemAttr {
         map_fd: map.as_raw_fd() as u32,
         _pad: 0,
@@ -70,7 +73,7 @@ pub fn lookup_and_delete<K: Plain>(map: BorrowedFd<'_>, key: &K) -> io::Result<O
         flags: 0,
     };
     match bpf(BPF_MAP_LOOKUP_AND_DELETE_ELEM, &mut attr) {
-        // SAFETY: the kernel filled the value; ConnInfo is valid for any bytes.
+        // SAFETY: the kernel filled the value; a Plain value is valid for any bytes.
         Ok(()) => Ok(Some(unsafe { value.assume_init() })),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
         // Kernels before 5.14: look up, then delete. Only this entry's own connection
@@ -81,7 +84,7 @@ pub fn lookup_and_delete<K: Plain>(map: BorrowedFd<'_>, key: &K) -> io::Result<O
                 Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP)
             ) =>
         {
-            let Some(info) = lookup::<K, ConnInfo>(map, key)? else {
+            let Some(info) = lookup::<K, V>(map, key)? else {
                 return Ok(None);
             };
             Ok(delete(map, key)?.then_some(info))
@@ -100,6 +103,22 @@ pub fn update<K: Plain, V: Plain>(map: BorrowedFd<'_>, key: &K, value: &V) -> io
         flags: 0,
     };
     bpf(BPF_MAP_UPDATE_ELEM, &mut attr)
+}
+
+/// Inserts `key`'s value if `key` has none (BPF_NOEXIST); false if it had one.
+pub fn insert_new<K: Plain, V: Plain>(map: BorrowedFd<'_>, key: &K, value: &V) -> io::Result<bool> {
+    let mut attr = MapElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        _pad: 0,
+        key: key as *const K as u64,
+        value: value as *const V as u64,
+        flags: BPF_NOEXIST,
+    };
+    match bpf(BPF_MAP_UPDATE_ELEM, &mut attr) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Deletes `key`; true if it was there.

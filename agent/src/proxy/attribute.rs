@@ -1,14 +1,15 @@
 //! Attribution: from the kernel's record of a connect to who made it (the job and the
 //! process) and where it was going. Both paths (proxy and kernel) attribute here, and
 //! their records carry the same facts.
-use std::{io, net::SocketAddr, sync::Arc};
+use std::{io, net::SocketAddr, os::fd::AsFd, sync::Arc};
 
 use tollgate_common::{ConnInfo, TupleKey};
 use tollgate_policy::{Principal, Process, Subject};
 
 use crate::{
-    bpf::ConnMaps,
+    bpf::{ConnMaps, Taken},
     jobs::{Job, JobRegistry},
+    metrics::{ProxyMetrics, ReusedPortLabel},
     proc_info,
     record::ConnectionRecord,
 };
@@ -32,19 +33,46 @@ pub enum Unattributed {
     NoRecord,
     #[error("kernel record lookup failed: {0}: refused")]
     Lookup(#[source] io::Error),
+    #[error(
+        "{entries} kernel records wait with this connection's source port (reused while the proxy lagged) and none is certainly its own: refused"
+    )]
+    Ambiguous { entries: usize },
 }
 
 impl Attributed {
-    /// The connection the proxy accepted from `peer`: the kernel's record of it is taken
-    /// (it is used once).
+    /// The connection the proxy accepted from `peer` on `socket`: the kernel's record
+    /// of it is taken (it is used once). Whether the socket was reset tells records of
+    /// one source port apart, where it was reused.
     pub fn accepted(
         maps: &ConnMaps,
         jobs: &JobRegistry,
+        metrics: &ProxyMetrics,
         peer: SocketAddr,
+        socket: impl AsFd,
     ) -> Result<Self, Unattributed> {
-        match maps.take(&TupleKey::from_addr(peer)) {
-            Ok(Some(info)) => Ok(Self::from_record(info, jobs)),
-            Ok(None) => Err(Unattributed::NoRecord),
+        let alive = || {
+            crate::sockets::options::tcp_state(&socket)
+                .is_ok_and(|state| state != crate::sockets::options::TCP_CLOSE)
+        };
+        match maps.take(&TupleKey::from_addr(peer), alive) {
+            Ok(Taken::Found(info)) => Ok(Self::from_record(info, jobs)),
+            Ok(Taken::Chosen { info, orphans }) => {
+                metrics.reused_port(ReusedPortLabel::Chosen, 1);
+                if orphans > 0 {
+                    tracing::warn!(
+                        orphans,
+                        %peer,
+                        "removed records of connections whose handshake the proxy's listener lost while it lagged"
+                    );
+                    metrics.reused_port(ReusedPortLabel::OrphanRemoved, orphans as u64);
+                }
+                Ok(Self::from_record(info, jobs))
+            }
+            Ok(Taken::None) => Err(Unattributed::NoRecord),
+            Ok(Taken::Ambiguous { entries }) => {
+                metrics.reused_port(ReusedPortLabel::Ambiguous, 1);
+                Err(Unattributed::Ambiguous { entries })
+            }
             Err(error) => Err(Unattributed::Lookup(error)),
         }
     }

@@ -26,14 +26,15 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
     let accepted = Instant::now();
     let mut log = AccessLog::new(shared, peer);
 
-    let conn = match Attributed::accepted(&shared.maps, &shared.jobs, peer) {
-        Ok(conn) => conn,
-        Err(why) => {
-            log.unattributed(why.to_string());
-            reset(&client);
-            return;
-        }
-    };
+    let conn =
+        match Attributed::accepted(&shared.maps, &shared.jobs, &shared.metrics, peer, &client) {
+            Ok(conn) => conn,
+            Err(why) => {
+                log.unattributed(why.to_string());
+                reset(&client);
+                return;
+            }
+        };
     log.attribute(&conn);
     let destination = conn.destination;
     if destination.port() == DNS_PORT && conn.job.is_some() {

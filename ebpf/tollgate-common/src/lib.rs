@@ -90,7 +90,7 @@ pub const KERNEL_LOG_INFO: u16 = 3;
 
 /// Version of the layout of the maps and programs. The agent refuses to adopt pins
 /// written by a build with another version.
-pub const ABI_VERSION: u32 = 8;
+pub const ABI_VERSION: u32 = 9;
 
 /// A connection the connect hook redirected to the proxy.
 pub const PATH_PROXY: u16 = 0;
@@ -256,15 +256,42 @@ pub struct TupleKey {
 pub const TUPLE_SLOTS: u32 = 4;
 
 /// The key of [`MAP_CONN_BY_TUPLE`]: a client tuple, and its slot. Slot 0 holds a
-/// connection that found no other one waiting with its tuple, so when slot 0 is taken it
-/// is the oldest one waiting; a connection that found others waiting takes the first
-/// free slot above 0, and the proxy then takes the oldest (by connect time) of them.
+/// connection that found no other one waiting with its tuple; a connection that found
+/// others waiting takes the first free slot above 0, and every entry of the tuple is
+/// marked [`PENDING_SHARED`]. The proxy takes an unshared slot 0 at once, and chooses
+/// among shared entries by the kernel's other marks.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PendingKey {
     pub tuple: TupleKey,
     pub slot: u32,
 }
+
+/// The value of [`MAP_CONN_BY_TUPLE`]: a connection waiting for the proxy's accept, and
+/// what the kernel learnt of it and of the others of its tuple while it waited
+/// (`PENDING_*` flags).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingConn {
+    pub info: ConnInfo,
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// [`PendingConn::flags`]: another connection from the same tuple waited while this one
+/// did. Only then does the proxy need the other flags to tell them apart.
+pub const PENDING_SHARED: u32 = 1;
+/// [`PendingConn::flags`]: the client's handshake completed (the proxy's listener made a
+/// connection of it, or dropped its last ACK on a full accept queue).
+pub const PENDING_ESTABLISHED: u32 = 2;
+/// [`PendingConn::flags`]: a newer connection from the same tuple completed its
+/// handshake after this one. Its SYN reached the listener while this one's connection,
+/// if any, still held the tuple there, and reset it: this one is either accepted dead or
+/// never.
+pub const PENDING_SUPERSEDED: u32 = 4;
+/// [`PendingConn::flags`]: the listener acknowledged the client's FIN (FIN_WAIT1 to
+/// FIN_WAIT2), so it had made a connection of it, which the proxy will accept.
+pub const PENDING_ACKED: u32 = 8;
 
 /// A job cgroup and a destination: the key of [`MAP_REFUSED_DST`].
 #[repr(C)]
@@ -549,6 +576,8 @@ mod pod {
     unsafe impl aya::Pod for super::TupleKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PendingKey {}
+    // SAFETY: repr(C), plain data, no padding.
+    unsafe impl aya::Pod for super::PendingConn {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Settings {}
     // SAFETY: as above.
@@ -593,6 +622,7 @@ mod tests {
         assert_eq!(align_of::<ConnInfo>(), 8);
         assert_eq!(size_of::<TupleKey>(), 24);
         assert_eq!(size_of::<PendingKey>(), 28);
+        assert_eq!(size_of::<PendingConn>(), size_of::<ConnInfo>() + 8);
         assert_eq!(size_of::<Settings>(), 32);
         assert_eq!(size_of::<UdpDenyKey>(), 32);
         assert_eq!(size_of::<SockKind>(), 12);

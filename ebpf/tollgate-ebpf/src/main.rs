@@ -23,6 +23,7 @@ mod connect;
 mod maps;
 mod moves;
 mod peer;
+mod pending;
 mod rare;
 mod release;
 mod sock_create;

@@ -6,8 +6,8 @@ use aya_ebpf::{
 };
 use tollgate_common::{
     CONN_MAP_CAPACITY, ConnInfo, Counter, EVENTS_BYTES, Event, EventKind, JOB_VERDICTS_CAPACITY,
-    JobVerdict, NetKey, PROXIED_NETS_CAPACITY, PendingKey, PortSet, REFUSED_CAPACITY, Refusal,
-    RefusedKey, SOCK_ALLOW_CAPACITY, Settings, SockKind, TupleKey, UDP_DENIED_CAPACITY,
+    JobVerdict, NetKey, PROXIED_NETS_CAPACITY, PendingConn, PendingKey, PortSet, REFUSED_CAPACITY,
+    Refusal, RefusedKey, SOCK_ALLOW_CAPACITY, Settings, SockKind, TupleKey, UDP_DENIED_CAPACITY,
     UDP_MAP_CAPACITY, UDP_RELAY_CAPACITY, UNIX_RULES_CAPACITY, UdpDenyKey, UnixKey,
     VERDICTS_CAPACITY, Verdict, VerdictKey,
 };
@@ -19,7 +19,7 @@ pub static CONN_BY_COOKIE: HashMap<u64, ConnInfo> = HashMap::pinned(CONN_MAP_CAP
 
 /// Connections waiting for the proxy's accept(): written by sock_ops, taken by the agent.
 #[map(name = "CONN_BY_TUPLE")]
-pub static CONN_BY_TUPLE: HashMap<PendingKey, ConnInfo> = HashMap::pinned(CONN_MAP_CAPACITY, 0);
+pub static CONN_BY_TUPLE: HashMap<PendingKey, PendingConn> = HashMap::pinned(CONN_MAP_CAPACITY, 0);
 
 /// One [`Settings`] entry, written by the agent before any program is attached.
 #[map(name = "SETTINGS")]

@@ -6,22 +6,22 @@ use core::ptr::addr_of;
 
 use aya_ebpf::{
     bindings::{
-        BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
         BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
-        BPF_TCP_CLOSE, BPF_TCP_SYN_SENT,
+        BPF_TCP_CLOSE, BPF_TCP_FIN_WAIT1, BPF_TCP_FIN_WAIT2, BPF_TCP_SYN_SENT,
     },
     helpers::generated::{bpf_get_socket_cookie, bpf_ktime_get_ns},
     macros::sock_ops,
     programs::SockOpsContext,
 };
 use tollgate_common::{
-    AF_INET, AF_INET6, ConnInfo, Counter, EventKind, KernelConnEvent, PATH_KERNEL, PendingKey,
-    TUPLE_SLOTS, TupleKey,
+    AF_INET, AF_INET6, ConnInfo, Counter, EventKind, KernelConnEvent, PATH_KERNEL, PATH_PROXY,
+    TupleKey,
 };
 
 use crate::{
     connect::is_v4_mapped,
-    maps::{CONN_BY_COOKIE, CONN_BY_TUPLE, JOB_SOCKETS, KERNEL_CONNS, count},
+    maps::{CONN_BY_COOKIE, JOB_SOCKETS, KERNEL_CONNS},
     verdict::report_conn,
 };
 
@@ -62,12 +62,7 @@ fn on_connect(ctx: &SockOpsContext) -> Result<u32, u32> {
         let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
         return Ok(DONE);
     }
-    let inserted = match free_slot(local_tuple(ctx)) {
-        Some(key) => CONN_BY_TUPLE
-            .insert(key, info, u64::from(BPF_NOEXIST))
-            .is_ok(),
-        None => false,
-    };
+    let inserted = crate::pending::insert(local_tuple(ctx), info);
     if !inserted {
         // The proxy will find no entry and refuse the connection (fail closed).
         crate::rare::insert_failed(Counter::TupleInsertFailed, "CONN_BY_TUPLE", info.cgroup_id);
@@ -100,6 +95,14 @@ fn kernel_path(ctx: &SockOpsContext) -> Option<(u64, ConnInfo)> {
 
 fn on_established(ctx: &SockOpsContext) -> Result<u32, u32> {
     let Some((_, info)) = kernel_path(ctx) else {
+        // SAFETY: the cookie helper is allowed in sock_ops programs.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+        // SAFETY: the value is read at once, not kept.
+        let proxied = unsafe { CONN_BY_COOKIE.get(cookie) }.is_some_and(|i| i.path == PATH_PROXY);
+        if proxied {
+            // Its entry waits for the proxy's accept: mark it, and its tuple's others.
+            crate::pending::established(local_tuple(ctx), cookie);
+        }
         return Ok(DONE);
     };
     report_conn(KernelConnEvent {
@@ -144,40 +147,13 @@ fn on_state(ctx: &SockOpsContext) -> Result<u32, u32> {
     if old == BPF_TCP_SYN_SENT && new == BPF_TCP_CLOSE {
         // SAFETY: the cookie helper is allowed in sock_ops programs.
         let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
-        let tuple = local_tuple(ctx);
-        for slot in 0..TUPLE_SLOTS {
-            let key = PendingKey { tuple, slot };
-            // SAFETY: the value is read at once, not kept.
-            let ours = unsafe { CONN_BY_TUPLE.get(key) }.is_some_and(|info| info.cookie == cookie);
-            if ours && CONN_BY_TUPLE.remove(key).is_ok() {
-                count(Counter::TupleReleasedUnaccepted);
-                break;
-            }
-        }
+        crate::pending::release_unaccepted(local_tuple(ctx), cookie);
+    } else if old == BPF_TCP_FIN_WAIT1 && new == BPF_TCP_FIN_WAIT2 {
+        // SAFETY: the cookie helper is allowed in sock_ops programs.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+        crate::pending::acked(local_tuple(ctx), cookie);
     }
     Ok(DONE)
-}
-
-/// The slot for a new connection from `tuple` ([`PendingKey`]): 0 when no other one
-/// waits with it, else the first free one above 0; none when every slot is taken.
-#[inline(always)]
-fn free_slot(tuple: TupleKey) -> Option<PendingKey> {
-    let mut free = None;
-    let mut waiting = false;
-    for slot in 0..TUPLE_SLOTS {
-        let key = PendingKey { tuple, slot };
-        // SAFETY: only the entry's presence is read.
-        if unsafe { CONN_BY_TUPLE.get(key) }.is_some() {
-            waiting = true;
-        } else if slot > 0 && free.is_none() {
-            free = Some(key);
-        }
-    }
-    if waiting {
-        free
-    } else {
-        Some(PendingKey { tuple, slot: 0 })
-    }
 }
 
 /// The client's (family, local ip, local port), canonical as the proxy's accept() sees it.
