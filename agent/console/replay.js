@@ -141,6 +141,7 @@ export async function replayPage(el, host, id) {
         ["Host", host],
         ["Job", jobLink],
         ["Destination", session.hostname ? `${session.hostname} (${session.destination})` : session.destination],
+        ["TLS server name", session.sni || "—"],
         ["Database / user", session.db_name ? `${session.db_name} / ${session.db_user}` : "—"],
         ["Process", session.comm ? `${session.comm} (pid ${session.pid})` : "—"],
         ["Started", time(session.started_at)],

@@ -357,8 +357,7 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
         recorder.clone(),
         metrics.proxy.clone(),
         metrics.policy.clone(),
-        config.proxy.connect_timeout,
-        config.proxy.buffer_size,
+        config.proxy.clone(),
         recording_gate.clone(),
         config.postgres.clone(),
         Arc::new(crate::postgres::tls::Tls::load(

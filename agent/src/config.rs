@@ -164,6 +164,12 @@ pub struct ProxyConfig {
     /// How long shutdown waits for live connections to finish.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// Where a policy reads `context.sni` (or `resource.hostname`, and DNS named
+    /// nothing), how long a connect waits for the client's TLS ClientHello before it is
+    /// decided without it. A client that speaks TLS sends it at once; a protocol whose
+    /// server speaks first (SSH, SMTP, MySQL) waits this long for its decision.
+    #[serde(with = "humantime_serde")]
+    pub client_hello_wait: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -178,6 +184,7 @@ impl Default for ProxyConfig {
             workers: 0,
             buffer_size: 16 * 1024,
             drain_timeout: Duration::from_secs(5),
+            client_hello_wait: Duration::from_secs(1),
         }
     }
 }

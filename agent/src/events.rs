@@ -269,6 +269,7 @@ pub async fn watch_jobs(
         let _ = tokio::task::spawn_blocking(move || {
             let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
             let (scanner, members) = &mut *state;
+            let since = std::time::Instant::now();
             let mut now = std::collections::HashMap::new();
             let mut live = std::collections::HashSet::new();
             let mut cgroups = std::collections::HashSet::new();
@@ -294,6 +295,7 @@ pub async fn watch_jobs(
                 now.iter()
                     .map(|(pid, (job_id, _, _))| (*pid, job_id.clone()))
                     .collect(),
+                since,
             );
             for event in members.update(now, jobs.mount()) {
                 record_event(&recorder, &metrics, event);

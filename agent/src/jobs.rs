@@ -193,8 +193,9 @@ pub struct JobRegistry {
     sub_cgroups: sub_cgroups::SubCgroups,
     /// Jobs whose completion hook ran: they end (as completed) when their owner exits.
     completing: Mutex<std::collections::HashSet<String>>,
-    /// The processes last seen in each job (and those placed since): pid -> job id.
-    members: Mutex<HashMap<u32, String>>,
+    /// The processes last seen in each job (and those placed since): pid -> job id, and
+    /// when it was placed (None: seen by the watcher).
+    members: Mutex<HashMap<u32, (String, Option<Instant>)>>,
     /// The sockets processes brought into their jobs.
     pub brought: crate::sockets::brought::Brought,
     writer: Mutex<()>,
@@ -421,14 +422,25 @@ impl JobRegistry {
         self.members
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(pid, job.id.clone());
+            .insert(pid, (job.id.clone(), Some(Instant::now())));
         tracing::info!(job = %job.id, pid, "process enrolled");
         Ok(())
     }
 
-    /// The processes now in job cgroups (from the watcher), pid -> job id.
-    pub fn set_members(&self, members: HashMap<u32, String>) {
-        *self.members.lock().unwrap_or_else(|e| e.into_inner()) = members;
+    /// The processes in job cgroups as the watcher found them, reading from `since`:
+    /// pid -> job id. A process placed since then stays a member even where the
+    /// watcher's reading missed it (it read the job's processes before the move); else
+    /// a process that left its job at once would not be known as a job's.
+    pub fn set_members(&self, seen: HashMap<u32, String>, since: Instant) {
+        let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+        let placed: Vec<(u32, (String, Option<Instant>))> = members
+            .drain()
+            .filter(|(pid, (_, placed))| {
+                !seen.contains_key(pid) && placed.is_some_and(|at| at >= since)
+            })
+            .collect();
+        members.extend(seen.into_iter().map(|(pid, job)| (pid, (job, None))));
+        members.extend(placed);
     }
 
     /// The job a process was last seen in (or placed in), if any.
@@ -437,7 +449,7 @@ impl JobRegistry {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&pid)
-            .cloned()
+            .map(|(job, _)| job.clone())
     }
 
     /// Replaces a job's identity and assurance (after an OIDC verification).

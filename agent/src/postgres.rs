@@ -4,7 +4,6 @@ pub mod classify;
 mod decided;
 pub mod encoding;
 pub mod error;
-pub mod hello;
 pub mod io;
 pub mod mask;
 pub mod metrics;

@@ -6,6 +6,7 @@ mod approval;
 pub mod attribute;
 mod connection;
 pub mod handler;
+pub mod hello;
 mod live;
 pub mod refusals;
 mod relay;
@@ -56,8 +57,8 @@ pub struct Shared {
     pub recorder: Recorder,
     pub metrics: Arc<ProxyMetrics>,
     pub policy_metrics: Arc<PolicyMetrics>,
-    pub connect_timeout: Duration,
-    pub buffer_size: usize,
+    /// `[proxy]`: upstream connect timeout, relay buffers, the wait for a ClientHello.
+    pub proxy: crate::config::ProxyConfig,
     /// Whether recording lets new connections through.
     pub gate: crate::record::Gate,
     pub postgres: crate::config::PostgresConfig,
@@ -87,8 +88,7 @@ impl Shared {
         recorder: Recorder,
         metrics: Arc<ProxyMetrics>,
         policy_metrics: Arc<PolicyMetrics>,
-        connect_timeout: Duration,
-        buffer_size: usize,
+        proxy: crate::config::ProxyConfig,
         gate: crate::record::Gate,
         postgres: crate::config::PostgresConfig,
         tls: Arc<crate::postgres::tls::Tls>,
@@ -106,8 +106,7 @@ impl Shared {
             recorder,
             metrics,
             policy_metrics,
-            connect_timeout,
-            buffer_size,
+            proxy,
             gate,
             postgres,
             tls,

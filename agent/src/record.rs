@@ -136,9 +136,14 @@ pub struct ConnectionRecord {
     pub source: String,
     /// The original destination, canonical (IPv4-mapped addresses as IPv4).
     pub destination: Option<String>,
-    /// The name the job resolved the destination from (through Tollgate's resolver).
+    /// The name the job resolved the destination from (through Tollgate's resolver),
+    /// else the TLS ClientHello's name where it resolves to the destination.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    /// The host name the client's TLS ClientHello asked for (SNI), read without
+    /// decrypting; absent where the client did not open with one (store version 16).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
     /// allow, deny, require_approval, would_deny, would_require_approval, revoked, or
     /// unattributed.
     pub decision: DecisionLabel,

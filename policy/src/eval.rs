@@ -29,6 +29,7 @@ pub struct PolicyEngine {
     /// The first policy that reads what the kernel cannot see at connect time, found
     /// once at load (the agent asks on every connection it relays at L4).
     kernel_blind: Option<(String, &'static str)>,
+    reads_hello: crate::kernel::ReadsHello,
 }
 
 /// Why statements pass when no policy governs SQL.
@@ -67,6 +68,7 @@ impl PolicyEngine {
             governs_sql: bundle.governs_sql(),
             governs_dns: bundle.governs_dns(),
             kernel_blind: bundle.kernel_blind_read(),
+            reads_hello: bundle.reads_hello(),
             bundle,
             catalog,
             mode,
@@ -93,6 +95,12 @@ impl PolicyEngine {
         self.kernel_blind
             .as_ref()
             .map(|(id, what)| (id.as_str(), *what))
+    }
+
+    /// What a connect decision can read from the client's ClientHello (see
+    /// [`PolicyBundle::reads_hello`]).
+    pub fn reads_hello(&self) -> crate::kernel::ReadsHello {
+        self.reads_hello
     }
 
     pub(crate) fn bundle(&self) -> &PolicyBundle {
@@ -212,6 +220,7 @@ impl PolicyEngine {
             process,
             destination,
             hostname,
+            sni,
         } = subject;
         let target_uid = uid(
             "Target",
@@ -221,6 +230,11 @@ impl PolicyEngine {
         let resource = target_entity(target_uid.clone(), destination, hostname, target)
             .map_err(|e| e.to_string())?;
         let context = match sql {
+            None if action == "connect" => match sni {
+                Some(name) => Context::from_pairs([("sni".to_owned(), string(name))])
+                    .map_err(|e| e.to_string())?,
+                None => Context::empty(),
+            },
             None => Context::empty(),
             Some(sql) => Context::from_pairs([
                 ("database".to_owned(), string(&sql.database)),

@@ -1,15 +1,17 @@
 //! Which decisions the kernel can enforce on its own: a connect decision is final at
 //! connect time when it depends on nothing the kernel does not see there (the job's
 //! cgroup, uid, gid, comm and the destination address and port). A policy that reads
-//! `principal.process.exe` or `resource.hostname` needs the proxy for every connect.
+//! `principal.process.exe`, `resource.hostname` or `context.sni` needs the proxy for
+//! every connect.
 use serde_json::Value;
 
 use crate::load::PolicyBundle;
 
 /// Attributes the kernel does not see at connect time.
-const KERNEL_BLIND: [(&str, &str); 2] = [
+const KERNEL_BLIND: [(&str, &str); 3] = [
     ("exe", "principal.process.exe"),
     ("hostname", "resource.hostname"),
+    ("sni", "context.sni"),
 ];
 
 impl PolicyBundle {
@@ -21,6 +23,47 @@ impl PolicyBundle {
             let read = reads(&json)?;
             Some((policy.id().to_string(), read))
         })
+    }
+}
+
+/// What a connect decision may read from the client's ClientHello.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadsHello {
+    /// A policy reads `context.sni`.
+    pub sni: bool,
+    /// A policy reads `resource.hostname`, which the ClientHello's name fills where
+    /// DNS did not.
+    pub hostname: bool,
+}
+
+impl PolicyBundle {
+    /// Whether policies read what a ClientHello can tell: then a connect waits for the
+    /// client's first bytes before it is decided.
+    pub fn reads_hello(&self) -> ReadsHello {
+        let reads = |attr: &str| {
+            self.set
+                .policies()
+                .any(|policy| policy.to_json().is_ok_and(|json| reads_any(&json, &[attr])))
+        };
+        ReadsHello {
+            sni: reads("sni"),
+            hostname: reads("hostname"),
+        }
+    }
+}
+
+/// Whether an EST expression reads one of `attrs` (`.` or `has`).
+fn reads_any(value: &Value, attrs: &[&str]) -> bool {
+    match value {
+        Value::Object(map) => {
+            let here = [".", "has"].iter().any(|op| {
+                matches!(map.get(*op), Some(Value::Object(access))
+                    if matches!(access.get("attr"), Some(Value::String(a)) if attrs.contains(&a.as_str())))
+            });
+            here || map.values().any(|v| reads_any(v, attrs))
+        }
+        Value::Array(items) => items.iter().any(|v| reads_any(v, attrs)),
+        _ => false,
     }
 }
 
@@ -77,5 +120,23 @@ mod tests {
             host.kernel_blind_read().map(|(_, what)| what),
             Some("resource.hostname")
         );
+        assert_eq!(
+            host.reads_hello(),
+            super::ReadsHello {
+                sni: false,
+                hostname: true
+            }
+        );
+        let sni = bundle(
+            r#"permit(principal, action == Action::"connect", resource)
+               when { context has sni && context.sni like "*.example.com" };"#,
+        );
+        assert_eq!(
+            sni.kernel_blind_read().map(|(_, what)| what),
+            Some("context.sni")
+        );
+        assert!(sni.reads_hello().sni);
+        assert_eq!(comm.reads_hello(), super::ReadsHello::default());
+        assert_eq!(exe.reads_hello(), super::ReadsHello::default());
     }
 }

@@ -84,6 +84,9 @@ pub struct Subject<'a> {
     /// The name the job resolved the destination's address from (through Tollgate's
     /// resolver), if it did: `resource.hostname`, and what `dns_names` match.
     pub hostname: Option<&'a str>,
+    /// The name a TLS client asked for in its ClientHello (`context.sni` of a
+    /// connect), as the client claims it.
+    pub sni: Option<&'a str>,
 }
 
 impl<'a> Subject<'a> {
@@ -93,7 +96,13 @@ impl<'a> Subject<'a> {
             process,
             destination,
             hostname: None,
+            sni: None,
         }
+    }
+
+    pub fn with_sni(mut self, sni: Option<&'a str>) -> Self {
+        self.sni = sni;
+        self
     }
 
     pub fn with_hostname(mut self, hostname: Option<&'a str>) -> Self {

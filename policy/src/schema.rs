@@ -41,7 +41,9 @@ entity Job = {
 // A destination: a named target from the catalog, or (known == false) any other address.
 // Tags are entity tags and also a set of "key=value" strings.
 // hostname: for dns:query, the name queried (lowercase, no trailing dot); match suffixes
-// with `like`: resource.hostname like "*.corp.example". For connect, "" for now.
+// with `like`: resource.hostname like "*.corp.example". For connect, the name the job
+// resolved the address from through Tollgate's resolver; else the ClientHello's name,
+// when the job resolved that name to this address; else "".
 // path and engine: for unix:connect, the socket's path (an abstract name as "@name") and
 // the container engine it belongs to ("docker", "containerd", "podman", else ""); ""
 // for every other action. A unix socket's ip is 0.0.0.0, its port 0, its protocol "unix".
@@ -59,7 +61,15 @@ entity Target = {
 
 type SqlContext = { database: String, user: String, tables: Set<String> };
 
-action connect appliesTo { principal: [Job], resource: [Target] };
+// context.sni: the host name a TLS client asked for in its ClientHello (lowercase, no
+// trailing dot), read without decrypting; absent when the client did not open with a
+// ClientHello naming a host. The client chooses it: compare resource.ip or
+// resource.hostname too where that matters.
+action connect appliesTo {
+  principal: [Job],
+  resource: [Target],
+  context: { sni?: String },
+};
 // Reserved for the L7 issues.
 action "sql:read" appliesTo { principal: [Job], resource: [Target], context: SqlContext };
 action "sql:write" appliesTo { principal: [Job], resource: [Target], context: SqlContext };

@@ -15,6 +15,8 @@
 //! name = "deploy on main may reach prod-db"
 //! labels = { repository = "acme/api", workflow = "deploy", ref = "refs/heads/main" }
 //! dest = "10.1.2.3:5432"
+//! # hostname = "db.corp.example"     # the name the job resolved dest from
+//! # sni = "api.example.com"          # the name a TLS client asks for (context.sni)
 //! # identity = { provider = "github", repository = "acme/api" }  # as a runner hook sets it
 //! # assurance = "oidc-verified"                                   # default host-asserted
 //! # action = "sql:ddl"; tables = ["orders"]; database = "shop"; user = "app"   # a statement
@@ -50,6 +52,12 @@ pub struct Case {
     #[serde(default)]
     pub assurance: crate::Assurance,
     pub dest: SocketAddr,
+    /// The name the job resolved `dest` from (`resource.hostname`).
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// The name a TLS client's ClientHello asks for (`context.sni` of a connect).
+    #[serde(default)]
+    pub sni: Option<String>,
     /// For `sql:*` actions: the statement's context.
     #[serde(default)]
     pub database: String,
@@ -120,7 +128,9 @@ pub fn run(engine: &PolicyEngine, cases: &[Case]) -> Vec<Outcome> {
                 comm: p.comm,
                 exe: p.exe,
             };
-            let subject = crate::Subject::new(&principal, &process, case.dest);
+            let subject = crate::Subject::new(&principal, &process, case.dest)
+                .with_hostname(case.hostname.as_deref())
+                .with_sni(case.sni.as_deref());
             let decision = if action == "connect" {
                 engine.decide_connect(subject)
             } else {

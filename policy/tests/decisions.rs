@@ -335,6 +335,62 @@ fn an_empty_policy_set_denies_everything() {
 }
 
 #[test]
+fn a_connect_can_be_decided_by_the_client_hellos_name() {
+    let bundle = load(&[Source {
+        name: "sni.cedar".to_owned(),
+        text: r#"
+@id("github-api")
+permit(principal, action == Action::"connect", resource)
+when { context has sni && context.sni == "api.github.com" && resource.port == 443 };
+
+@id("no-paste")
+forbid(principal, action == Action::"connect", resource)
+when { context has sni && context.sni like "*.paste.example" };
+
+@id("by-host")
+permit(principal, action == Action::"connect", resource)
+when { resource.hostname == "named.example" };
+"#
+        .to_owned(),
+    }])
+    .expect("policies load");
+    let engine = PolicyEngine::new(bundle, Catalog::default(), Mode::Enforce);
+    let (job, curl) = (principal(DEPLOY), process("curl"));
+    let at = |port: u16| format!("192.0.2.7:{port}").parse().unwrap();
+    let decide = |sni: Option<&str>, hostname: Option<&str>, port: u16| {
+        engine.decide_connect(
+            Subject::new(&job, &curl, at(port))
+                .with_sni(sni)
+                .with_hostname(hostname),
+        )
+    };
+    let allowed = decide(Some("api.github.com"), None, 443);
+    assert_eq!(allowed.effect, Effect::Allow, "{allowed:?}");
+    assert_eq!(allowed.policy_ids, ["github-api"]);
+    // Another name, no name, or another port: denied by default.
+    for (sni, port) in [
+        (Some("gist.github.com"), 443),
+        (None, 443),
+        (Some("api.github.com"), 80),
+    ] {
+        let d = decide(sni, None, port);
+        assert_eq!(d.effect, Effect::Deny, "{sni:?}:{port} {d:?}");
+        assert!(d.policy_ids.is_empty(), "{d:?}");
+    }
+    let forbidden = decide(Some("x.paste.example"), Some("named.example"), 443);
+    assert_eq!(forbidden.policy_ids, ["no-paste"], "{forbidden:?}");
+    let by_host = decide(None, Some("named.example"), 443);
+    assert_eq!(by_host.policy_ids, ["by-host"], "{by_host:?}");
+    assert_eq!(
+        engine.reads_hello(),
+        tollgate_policy::kernel::ReadsHello {
+            sni: true,
+            hostname: true
+        }
+    );
+}
+
+#[test]
 #[ignore = "timing probe, run by hand"]
 fn timing_probe() {
     let engine = engine(Mode::Enforce);

@@ -23,6 +23,7 @@ mod refusals;
 mod run_cli;
 mod sockets;
 mod stress;
+mod tls_names;
 mod udp;
 mod unix;
 

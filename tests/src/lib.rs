@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod console;
 pub mod dns;
+pub mod https;
 pub mod netns;
 pub mod oidc;
 pub mod postgres;

@@ -109,6 +109,13 @@ pub struct ExplainArgs {
     /// `connect`, or `sql:read|write|ddl|admin|unknown` for one statement.
     #[arg(long, default_value = "connect")]
     action: String,
+    /// The name the job resolved the destination from (`resource.hostname`).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// For `connect`: the name a TLS client asks for in its ClientHello
+    /// (`context.sni`).
+    #[arg(long)]
+    sni: Option<String>,
     /// For `sql:*`: a table the statement uses (repeatable).
     #[arg(long = "table")]
     tables: Vec<String>,
@@ -163,19 +170,18 @@ pub fn explain(args: ExplainArgs, config: Option<&Path>) -> anyhow::Result<ExitC
         comm: args.comm,
         exe: None,
     };
+    let subject = Subject::new(&principal, &process, destination)
+        .with_hostname(args.hostname.as_deref())
+        .with_sni(args.sni.as_deref());
     let decision = if args.action == "connect" {
-        engine.decide_connect(Subject::new(&principal, &process, destination))
+        engine.decide_connect(subject)
     } else {
         let sql = tollgate_policy::SqlContext {
             database: args.database,
             user: args.db_user,
             tables: args.tables,
         };
-        engine.decide_sql(
-            Subject::new(&principal, &process, destination),
-            &args.action,
-            &sql,
-        )
+        engine.decide_sql(subject, &args.action, &sql)
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&decision)?);

@@ -40,6 +40,12 @@ impl Config {
                 "must be greater than zero",
             ));
         }
+        if self.proxy.client_hello_wait > std::time::Duration::from_secs(30) {
+            return Err(invalid(
+                "proxy.client_hello_wait",
+                "must be at most 30s (a connect waits this long for its decision)",
+            ));
+        }
         if !(4096..=16 * 1024 * 1024).contains(&self.proxy.buffer_size) {
             return Err(invalid(
                 "proxy.buffer_size",

@@ -54,6 +54,29 @@ pub fn question(bytes: &[u8]) -> Result<Question, Unanswerable> {
     })
 }
 
+/// A recursive query for the addresses of `name` (A, or AAAA when not `ipv4`), with
+/// `id`; None when `name` is not a DNS name.
+pub fn address_query(name: &str, ipv4: bool, id: u16) -> Option<Vec<u8>> {
+    use hickory_proto::{
+        op::Query,
+        rr::{Name, RecordType},
+    };
+    let name = Name::from_ascii(format!("{name}.")).ok()?;
+    let qtype = if ipv4 {
+        RecordType::A
+    } else {
+        RecordType::AAAA
+    };
+    let mut message = Message::new();
+    message
+        .set_id(id)
+        .set_message_type(MessageType::Query)
+        .set_op_code(OpCode::Query)
+        .set_recursion_desired(true)
+        .add_query(Query::query(name, qtype));
+    message.to_vec().ok()
+}
+
 /// An error answer to `question` (with its question section, as resolvers answer).
 pub fn error_answer(question: &Question, rcode: ResponseCode) -> Vec<u8> {
     let mut answer = Message::error_msg(question.id, question.message.op_code(), rcode);

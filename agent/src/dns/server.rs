@@ -88,6 +88,60 @@ impl Resolver {
         self.names.name_of(job, ip)
     }
 
+    /// Whether `name` resolves to `ip` (its A or AAAA records), asked of the upstreams
+    /// as a job's query is, and cached with the jobs' answers. A failure reads as no.
+    /// (The proxy takes a TLS client's server name for the destination's host name only
+    /// where it does.)
+    pub async fn resolves_to(&self, name: &str, ip: std::net::IpAddr) -> bool {
+        let ip = tollgate_policy::targets::canonical(ip);
+        let mut id = [0u8; 2];
+        if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id).is_err() {
+            return false;
+        }
+        let Some(query) = message::address_query(name, ip.is_ipv4(), u16::from_be_bytes(id)) else {
+            return false;
+        };
+        let Ok(question) = message::question(&query) else {
+            return false;
+        };
+        let key = Key {
+            name: question.name.clone(),
+            qtype: question.qtype.clone(),
+            qclass: question.qclass.clone(),
+        };
+        let cached = self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key, Instant::now());
+        let answer = match cached {
+            Some((_, answer)) => answer,
+            None => match self.forward(&query, &question, Transport::Udp).await {
+                Ok((bytes, answer)) => {
+                    if !answer.truncated
+                        && (answer.rcode == "NOERROR" || answer.rcode == "NXDOMAIN")
+                    {
+                        self.cache.lock().unwrap_or_else(|e| e.into_inner()).put(
+                            key,
+                            (bytes, answer.clone()),
+                            answer.min_ttl,
+                            Instant::now(),
+                        );
+                    }
+                    answer
+                }
+                Err(error) => {
+                    tracing::debug!(name, %error, "checking a TLS server name against DNS");
+                    return false;
+                }
+            },
+        };
+        answer
+            .addresses
+            .iter()
+            .any(|a| tollgate_policy::targets::canonical(*a) == ip)
+    }
+
     /// Forgets what ended jobs resolved.
     pub fn forget_ended(&self) {
         let jobs = &self.jobs;

@@ -57,6 +57,7 @@ impl Snapshot {
             process,
             destination,
             hostname,
+            sni,
         } = subject;
         let key = CacheKey {
             job_id: principal.job_id.clone(),
@@ -68,6 +69,7 @@ impl Snapshot {
             exe: process.exe.clone(),
             destination,
             hostname: hostname.map(str::to_owned),
+            sni: sni.map(str::to_owned),
         };
         CACHE.with(|cache| {
             let mut cache = cache.borrow_mut();
@@ -82,6 +84,14 @@ impl Snapshot {
             cache.map.insert(key, decision.clone());
             decision
         })
+    }
+
+    /// What a connect decision can read from the client's ClientHello: then the proxy
+    /// reads it (waiting a little for the client's first bytes) before deciding.
+    pub fn reads_hello(&self) -> tollgate_policy::kernel::ReadsHello {
+        self.engine()
+            .map(PolicyEngine::reads_hello)
+            .unwrap_or_default()
     }
 
     /// Decides one SQL statement (callers cache per connection).
@@ -166,6 +176,7 @@ struct CacheKey {
     exe: Option<String>,
     destination: SocketAddr,
     hostname: Option<String>,
+    sni: Option<String>,
 }
 
 #[derive(Default)]

@@ -207,7 +207,7 @@ impl Tls {
             .with_single_cert(chain, private)?;
         // PostgreSQL 17+ clients offer ALPN `postgresql` and (with direct TLS) require
         // the server to select it; older clients offer none, and rustls then selects none.
-        config.alpn_protocols = vec![super::hello::ALPN_POSTGRESQL.to_vec()];
+        config.alpn_protocols = vec![crate::proxy::hello::ALPN_POSTGRESQL.to_vec()];
         let config = Arc::new(config);
         let mut leaves = self.leaves.lock().unwrap_or_else(|e| e.into_inner());
         if leaves.len() >= LEAF_CACHE {

@@ -81,6 +81,11 @@ impl<'a> AccessLog<'a> {
         self.record.hostname = hostname;
     }
 
+    /// The name the client's ClientHello asked for.
+    pub fn sni(&mut self, sni: Option<String>) {
+        self.record.sni = sni;
+    }
+
     /// A policy reload denied this live connection.
     pub fn revoked(&mut self, decision: &Decision) {
         self.sinks.policy_metrics.revoked.inc();
@@ -180,6 +185,7 @@ pub fn finish(
             comm = r.comm.as_deref().unwrap_or("-"),
             src = %r.source,
             dst = r.destination.as_deref().unwrap_or("-"),
+            sni = r.sni.as_deref().unwrap_or("-"),
             decision = r.decision.as_str(),
             reason = %r.reason,
             bytes_up = r.bytes_up,

@@ -17,7 +17,7 @@ use super::{
 };
 use crate::{
     metrics::UpstreamErrorKind,
-    postgres::hello::{ALPN_POSTGRESQL, MAX_RECORD, Sniffed},
+    proxy::hello::{ALPN_POSTGRESQL, MAX_RECORD, Sniffed},
 };
 
 const DNS_PORT: u16 = 53;
@@ -50,13 +50,31 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
         log.progress().down(down);
         return;
     }
-    let hostname = conn
+    let mut hostname = conn
         .job
         .as_ref()
         .and_then(|job| shared.dns.name_of(&job.id, destination.ip()));
-    log.hostname(hostname.clone());
     // Every decision about this connection comes from this one policy.
     let policy = shared.enforcer.snapshot();
+    // Where a policy may read what the ClientHello names, it is read before the
+    // decision (the client's first bytes, peeked, waited for briefly).
+    let reads = policy.reads_hello();
+    let hello = if conn.job.is_some() && (reads.sni || (reads.hostname && hostname.is_none())) {
+        Some(super::hello::read(&client, shared.proxy.client_hello_wait).await)
+    } else {
+        None
+    };
+    let sni = hello.as_ref().and_then(Sniffed::sni).map(str::to_owned);
+    if hostname.is_none()
+        && let Some(name) = &sni
+        && shared.dns.resolves_to(name, destination.ip()).await
+    {
+        // The name the client asked for, where it resolves to this destination: a
+        // client cannot name a host it is not connecting to.
+        hostname = Some(name.clone());
+    }
+    log.hostname(hostname.clone());
+    log.sni(sni.clone());
     let decision = match conn.subject(hostname.as_deref()) {
         None => Decision::deny(format!(
             "cgroup {} is not an active Tollgate job: refused",
@@ -65,7 +83,10 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
         Some(_) if let Some(why) = shared.gate.refusal() => {
             Decision::deny(format!("{why}: refused"))
         }
-        Some(subject) => policy.decide_connect(subject),
+        Some(_) if hello == Some(Sniffed::Malformed) => Decision::deny(
+            "a TLS ClientHello whose server name cannot be read, where policy reads it: refused",
+        ),
+        Some(subject) => policy.decide_connect(subject.with_sni(sni.as_deref())),
     };
     // A connect that needs approval waits here, accepted but not yet connected. Its
     // key never goes to the kernel path: each connect asks (or finds a grant).
@@ -91,7 +112,7 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
     }
     log.opened();
 
-    let upstream = match connect(destination, shared.connect_timeout).await {
+    let upstream = match connect(destination, shared.proxy.connect_timeout).await {
         Ok(upstream) => upstream,
         Err((kind, error)) => {
             shared.metrics.upstream_error(kind);
@@ -109,11 +130,20 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
     let _ = upstream.set_nodelay(true);
     let _ = client.set_nodelay(true);
 
-    let declared = decision.protocol.as_deref() == Some("postgres");
-    let how = match conn.principal() {
-        Some(_) if shared.postgres.enabled => follow(&client, &upstream, declared).await,
-        _ => Follow::Tcp,
+    let declared = shared.postgres.enabled && decision.protocol.as_deref() == Some("postgres");
+    let (how, seen) = match conn.principal() {
+        Some(_) => follow(&client, &upstream, declared).await,
+        None => (Follow::Tcp, None),
     };
+    let how = if shared.postgres.enabled {
+        how
+    } else {
+        Follow::Tcp
+    };
+    // The name of a ClientHello first seen here (no policy read it before).
+    if sni.is_none() && seen.is_some() {
+        log.sni(seen);
+    }
     if let Follow::Unfollowable(why) = how {
         log.error(format!(
             "refused: a PostgreSQL target, but the client opened with {why}"
@@ -154,7 +184,7 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
             }))
         }
         _ => Handler::Tcp {
-            buffer_size: shared.buffer_size,
+            buffer_size: shared.proxy.buffer_size,
         },
     };
 
@@ -195,7 +225,23 @@ enum Follow {
 /// ALPN `postgresql`. A server that speaks first (SMTP, SSH, MySQL, ...) means plain TCP;
 /// nothing is consumed either way.
 /// `declared`: the decision's target declares `protocol = "postgres"`.
-async fn follow(client: &TcpStream, upstream: &TcpStream, declared: bool) -> Follow {
+async fn follow(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    declared: bool,
+) -> (Follow, Option<String>) {
+    let mut sni = None;
+    let how = follow_first_bytes(client, upstream, declared, &mut sni).await;
+    (how, sni)
+}
+
+/// [`follow`]'s reading; `sni`: the name of a ClientHello it read.
+async fn follow_first_bytes(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    declared: bool,
+    sni: &mut Option<String>,
+) -> Follow {
     if !declared {
         tokio::select! {
             biased;
@@ -214,10 +260,11 @@ async fn follow(client: &TcpStream, upstream: &TcpStream, declared: bool) -> Fol
             Err(_) => return Follow::Tcp,
         };
         let waiting = n > 0 && Instant::now() < deadline;
-        match crate::postgres::hello::sniff(&first[..n]) {
+        match super::hello::sniff(&first[..n]) {
             hello @ Sniffed::ClientHello { .. } => {
+                sni.clone_from(&hello.sni().map(str::to_owned));
                 let offers_none =
-                    matches!(&hello, Sniffed::ClientHello { alpn } if alpn.is_empty());
+                    matches!(&hello, Sniffed::ClientHello { alpn, .. } if alpn.is_empty());
                 return match (hello.offers(ALPN_POSTGRESQL), declared) {
                     (true, _) => Follow::PostgresDirectTls,
                     // A PostgreSQL target: direct TLS from a client that offers no ALPN.

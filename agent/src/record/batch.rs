@@ -197,9 +197,9 @@ pub(super) fn insert_connection(
         "INSERT OR REPLACE INTO connections (id, job_id, attributed, pid, tid, uid, gid, comm, \
          exe, cgroup_id, source, destination, decision, reason, policy_ids, bytes_up, \
          bytes_down, started_at, connect_us, ended_at, error, target, assurance, protocol, db_user, \
-         db_name, application_name, client_tls, server_tls, hostname, path) VALUES (?1, ?2, ?3, ?4, \
-         ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, \
-         ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31)",
+         db_name, application_name, client_tls, server_tls, hostname, path, sni) VALUES (?1, ?2, \
+         ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, \
+         ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32)",
     )?;
     stmt.execute(params![
         c.id,
@@ -233,6 +233,7 @@ pub(super) fn insert_connection(
         c.server_tls,
         c.hostname,
         c.path,
+        c.sni,
     ])?;
     Ok(())
 }

@@ -21,7 +21,7 @@ pub(super) const CONNECTION_COLUMNS: &str = "c.id, c.job_id, c.attributed, c.pid
     c.comm, c.exe, c.cgroup_id, c.source, c.destination, c.decision, c.reason, c.policy_ids, \
     c.bytes_up, c.bytes_down, c.started_at, c.connect_us, c.ended_at, c.error, j.name, j.labels, \
     c.target, j.identity, c.assurance, c.protocol, c.db_user, c.db_name, c.application_name, \
-    c.client_tls, c.server_tls, c.hostname, c.path";
+    c.client_tls, c.server_tls, c.hostname, c.path, c.sni";
 pub(super) const CONNECTION_FROM: &str = "connections c LEFT JOIN jobs j ON j.id = c.job_id";
 const JOB_COLUMNS: &str = "id, name, labels, cgroup_id, cgroup_path, owner_pid, owner_start, \
     owner_uid, started_at, ended_at, exit_code, exit_signal, end_reason, kind, identity, assurance, \
@@ -314,6 +314,7 @@ pub(super) fn connection_from_row(row: &Row<'_>) -> rusqlite::Result<ConnectionR
         server_tls: row.get(31)?,
         hostname: row.get(32)?,
         path: row.get(33)?,
+        sni: row.get(34)?,
         statements: Vec::new(),
     })
 }

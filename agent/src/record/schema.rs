@@ -1,7 +1,7 @@
 //! The SQLite schema of the recording store.
 use rusqlite::Connection;
 
-pub const VERSION: i64 = 15;
+pub const VERSION: i64 = 16;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -54,7 +54,8 @@ CREATE TABLE IF NOT EXISTS connections (
     client_tls  INTEGER,
     server_tls  INTEGER,
     hostname    TEXT,
-    path        TEXT
+    path        TEXT,
+    sni         TEXT
 );
 CREATE INDEX IF NOT EXISTS connections_by_job ON connections (job_id, started_at);
 CREATE INDEX IF NOT EXISTS connections_by_start ON connections (started_at);
@@ -277,6 +278,10 @@ pub fn apply(conn: &Connection) -> rusqlite::Result<()> {
     if (1..13).contains(&version) && !has_column(conn, "statements", "approval")? {
         // Version 13 links a statement to the approval request or grant that let it run.
         conn.execute_batch("ALTER TABLE statements ADD COLUMN approval TEXT")?;
+    }
+    if (1..16).contains(&version) && !has_column(conn, "connections", "sni")? {
+        // Version 16 records the name a TLS client asked for (SNI).
+        conn.execute_batch("ALTER TABLE connections ADD COLUMN sni TEXT")?;
     }
     // Version 14 chains every record (chain, checkpoints, shipped): a store written
     // before it starts its chain at the first record written after the upgrade.

@@ -225,14 +225,16 @@ impl Store {
              FROM {CONNECTION_FROM} {filter} ORDER BY c.started_at DESC, c.id DESC LIMIT {limit}"
         );
         let mut stmt = self.conn().prepare_cached(&sql)?;
+        // The counts follow the connection's own columns.
+        let counts = CONNECTION_COLUMNS.split(',').count();
         let rows = stmt
             .query_map(
                 params_from_iter(w.values.iter().map(|v| v.as_ref())),
                 |row| {
                     Ok(SessionSummary {
                         session: connection_from_row(row)?,
-                        statement_count: row.get::<_, i64>(34)? as u64,
-                        statements_denied: row.get::<_, i64>(35)? as u64,
+                        statement_count: row.get::<_, i64>(counts)? as u64,
+                        statements_denied: row.get::<_, i64>(counts + 1)? as u64,
                     })
                 },
             )?
