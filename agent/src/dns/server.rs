@@ -45,6 +45,13 @@ impl Transport {
     }
 }
 
+/// An answer, and whether it came from the cache.
+struct Looked {
+    bytes: Vec<u8>,
+    answer: message::Answer,
+    cached: bool,
+}
+
 pub struct Resolver {
     jobs: Arc<JobRegistry>,
     enforcer: Arc<Enforcer>,
@@ -104,37 +111,12 @@ impl Resolver {
         let Ok(question) = message::question(&query) else {
             return false;
         };
-        let key = Key {
-            name: question.name.clone(),
-            qtype: question.qtype.clone(),
-            qclass: question.qclass.clone(),
-        };
-        let cached = self
-            .cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key, Instant::now());
-        let answer = match cached {
-            Some((_, answer)) => answer,
-            None => match self.forward(&query, &question, Transport::Udp).await {
-                Ok((bytes, answer)) => {
-                    if !answer.truncated
-                        && (answer.rcode == "NOERROR" || answer.rcode == "NXDOMAIN")
-                    {
-                        self.cache.lock().unwrap_or_else(|e| e.into_inner()).put(
-                            key,
-                            (bytes, answer.clone()),
-                            answer.min_ttl,
-                            Instant::now(),
-                        );
-                    }
-                    answer
-                }
-                Err(error) => {
-                    tracing::debug!(name, %error, "checking a TLS server name against DNS");
-                    return false;
-                }
-            },
+        let answer = match self.lookup(&query, &question, Transport::Udp).await {
+            Ok(Looked { answer, .. }) => answer,
+            Err(error) => {
+                tracing::debug!(name, %error, "checking a TLS server name against DNS");
+                return false;
+            }
         };
         answer
             .addresses
@@ -282,45 +264,26 @@ impl Resolver {
             return Some(self.refuse(record, &question, started));
         }
 
-        let key = Key {
-            name: question.name.clone(),
-            qtype: question.qtype.clone(),
-            qclass: question.qclass.clone(),
-        };
-        let cached = self
-            .cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key, Instant::now());
-        let (reply, answer) = match cached {
-            Some((bytes, answer)) => {
-                record.cached = true;
-                self.metrics.cache_hits.inc();
-                (message::with_id(&bytes, question.id), answer)
+        let (reply, answer) = match self.lookup(query, &question, transport).await {
+            Ok(Looked {
+                bytes,
+                answer,
+                cached,
+            }) => {
+                if cached {
+                    record.cached = true;
+                    self.metrics.cache_hits.inc();
+                }
+                (bytes, answer)
             }
-            None => match self.forward(query, &question, transport).await {
-                Ok((bytes, answer)) => {
-                    if !answer.truncated
-                        && (answer.rcode == "NOERROR" || answer.rcode == "NXDOMAIN")
-                    {
-                        self.cache.lock().unwrap_or_else(|e| e.into_inner()).put(
-                            key,
-                            (bytes.clone(), answer.clone()),
-                            answer.min_ttl,
-                            Instant::now(),
-                        );
-                    }
-                    (bytes, answer)
-                }
-                Err(error) => {
-                    self.metrics.upstream_failures.inc();
-                    record.error = Some(error);
-                    record.rcode = "SERVFAIL".to_owned();
-                    let reply = message::error_answer(&question, ResponseCode::ServFail);
-                    self.finish(record, started);
-                    return Some(reply);
-                }
-            },
+            Err(error) => {
+                self.metrics.upstream_failures.inc();
+                record.error = Some(error);
+                record.rcode = "SERVFAIL".to_owned();
+                let reply = message::error_answer(&question, ResponseCode::ServFail);
+                self.finish(record, started);
+                return Some(reply);
+            }
         };
         self.names
             .learn(&job.id, &question.name, &answer.addresses, answer.min_ttl);
@@ -349,6 +312,47 @@ impl Resolver {
             "dns"
         );
         self.recorder.record(RecordEvent::Dns(Box::new(record)));
+    }
+
+    /// The answer to `question`: from the cache (its bytes carry the question's id),
+    /// else forwarded, and cached when it is a cacheable one.
+    async fn lookup(
+        &self,
+        query: &[u8],
+        question: &Question,
+        transport: Transport,
+    ) -> Result<Looked, String> {
+        let key = Key {
+            name: question.name.clone(),
+            qtype: question.qtype.clone(),
+            qclass: question.qclass.clone(),
+        };
+        let cached = self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key, Instant::now());
+        if let Some((bytes, answer)) = cached {
+            return Ok(Looked {
+                bytes: message::with_id(&bytes, question.id),
+                answer,
+                cached: true,
+            });
+        }
+        let (bytes, answer) = self.forward(query, question, transport).await?;
+        if !answer.truncated && (answer.rcode == "NOERROR" || answer.rcode == "NXDOMAIN") {
+            self.cache.lock().unwrap_or_else(|e| e.into_inner()).put(
+                key,
+                (bytes.clone(), answer.clone()),
+                answer.min_ttl,
+                Instant::now(),
+            );
+        }
+        Ok(Looked {
+            bytes,
+            answer,
+            cached: false,
+        })
     }
 
     /// Forwards the query's own bytes to each upstream in turn until one answers it;
