@@ -20,9 +20,27 @@ impl PolicyBundle {
     pub fn kernel_blind_read(&self) -> Option<(String, &'static str)> {
         self.set.policies().find_map(|policy| {
             let json = policy.to_json().ok()?;
-            let read = reads(&json)?;
-            Some((policy.id().to_string(), read))
+            let (_, what) = first_read(&json, &|attr| {
+                KERNEL_BLIND.iter().find(|(a, _)| *a == attr).copied()
+            })?;
+            Some((policy.id().to_string(), what))
         })
+    }
+
+    /// Whether policies read what a ClientHello can tell: then a connect waits for the
+    /// client's first bytes before it is decided.
+    pub fn reads_hello(&self) -> ReadsHello {
+        let reads = |attr: &str| {
+            self.set.policies().any(|policy| {
+                policy
+                    .to_json()
+                    .is_ok_and(|json| first_read(&json, &|a| (a == attr).then_some(())).is_some())
+            })
+        };
+        ReadsHello {
+            sni: reads("sni"),
+            hostname: reads("hostname"),
+        }
     }
 }
 
@@ -36,52 +54,22 @@ pub struct ReadsHello {
     pub hostname: bool,
 }
 
-impl PolicyBundle {
-    /// Whether policies read what a ClientHello can tell: then a connect waits for the
-    /// client's first bytes before it is decided.
-    pub fn reads_hello(&self) -> ReadsHello {
-        let reads = |attr: &str| {
-            self.set
-                .policies()
-                .any(|policy| policy.to_json().is_ok_and(|json| reads_any(&json, &[attr])))
-        };
-        ReadsHello {
-            sni: reads("sni"),
-            hostname: reads("hostname"),
-        }
-    }
-}
-
-/// Whether an EST expression reads one of `attrs` (`.` or `has`).
-fn reads_any(value: &Value, attrs: &[&str]) -> bool {
-    match value {
-        Value::Object(map) => {
-            let here = [".", "has"].iter().any(|op| {
-                matches!(map.get(*op), Some(Value::Object(access))
-                    if matches!(access.get("attr"), Some(Value::String(a)) if attrs.contains(&a.as_str())))
-            });
-            here || map.values().any(|v| reads_any(v, attrs))
-        }
-        Value::Array(items) => items.iter().any(|v| reads_any(v, attrs)),
-        _ => false,
-    }
-}
-
-/// The first kernel-blind attribute an EST expression reads (`.` or `has`).
-fn reads(value: &Value) -> Option<&'static str> {
+/// The first attribute an EST expression reads (`.` or `has`) that `wanted` maps to
+/// something.
+fn first_read<T>(value: &Value, wanted: &dyn Fn(&str) -> Option<T>) -> Option<T> {
     match value {
         Value::Object(map) => {
             for op in [".", "has"] {
                 if let Some(Value::Object(access)) = map.get(op)
                     && let Some(Value::String(attr)) = access.get("attr")
-                    && let Some((_, what)) = KERNEL_BLIND.iter().find(|(a, _)| a == attr)
+                    && let Some(found) = wanted(attr)
                 {
-                    return Some(what);
+                    return Some(found);
                 }
             }
-            map.values().find_map(reads)
+            map.values().find_map(|v| first_read(v, wanted))
         }
-        Value::Array(items) => items.iter().find_map(reads),
+        Value::Array(items) => items.iter().find_map(|v| first_read(v, wanted)),
         _ => None,
     }
 }
