@@ -40,12 +40,17 @@ const WAIT_LOOP: &str = r#"
 import socket, sys, time
 port = int(sys.argv[1])
 s = socket.socket()
+s.settimeout(30)
 try:
+    # The first try is accepted by the proxy (only it differs from a direct connect):
+    # wait for its answer, the reset, as a client that reads would. A loop that closes
+    # at once may make a second try within the proxy's own connect time, which a slow
+    # (TCG) guest stretches past any fixed sleep.
     s.connect(("127.0.0.1", port))
+    s.recv(1)
 except OSError:
     pass
 s.close()
-time.sleep(0.05)
 start, refused = time.time(), 0
 print("waiting", flush=True)
 while True:
