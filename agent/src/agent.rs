@@ -365,6 +365,7 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
             config.postgres.tls.clone(),
         )?),
         metrics.postgres.clone(),
+        config.http.clone(),
         resolver.clone(),
         refusals.clone(),
         kernel.clone(),

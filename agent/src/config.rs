@@ -81,6 +81,8 @@ pub struct Config {
     pub udp: crate::udp::UdpConfig,
     /// `[unix]`: jobs' connects to unix sockets (decided by `unix:connect`).
     pub unix: crate::unix::UnixConfig,
+    /// `[http]`: HTTP followed at L7 (requests decided by `http:request`).
+    pub http: crate::http::HttpConfig,
     /// The targets catalog: named destinations for policies (`[[targets]]`).
     pub targets: Vec<TargetSpec>,
 }

@@ -63,6 +63,8 @@ pub struct Settings {
     /// As configured (DNS names are resolved again on every reload).
     pub targets: Vec<TargetSpec>,
     pub masking: Arc<MaskingConfig>,
+    /// `[http] headers`: what policies may read as `context.headers`.
+    pub http_headers: Vec<String>,
 }
 
 impl Settings {
@@ -71,6 +73,7 @@ impl Settings {
             mode: config.policy.mode,
             targets: config.targets.clone(),
             masking: Arc::new(config.masking.clone()),
+            http_headers: config.http.headers.clone(),
         }
     }
 }
@@ -103,7 +106,7 @@ impl Enforcer {
         metrics: Arc<PolicyMetrics>,
     ) -> Result<Self, EnforceError> {
         let catalog = resolved_catalog(&settings.targets)?;
-        let (engine, signature) = read(dir, config_file, settings.mode, &catalog)?;
+        let (engine, signature) = read(dir, config_file, &settings, &catalog)?;
         metrics
             .loaded
             .set(engine.as_ref().map_or(0, |e| e.policy_count() as i64));
@@ -160,8 +163,7 @@ impl Enforcer {
         let current = self.active.load_full();
         let attempt = self.read_settings(&current.settings).and_then(|new| {
             let catalog = resolved_catalog(&new.targets)?;
-            let (engine, signature) =
-                read(&self.dir, self.config_file.as_deref(), new.mode, &catalog)?;
+            let (engine, signature) = read(&self.dir, self.config_file.as_deref(), &new, &catalog)?;
             Ok((engine, signature, new))
         });
         match attempt {
@@ -302,16 +304,16 @@ pub fn read_sources(dir: &Path) -> Result<Option<Vec<Source>>, EnforceError> {
 fn read(
     dir: &Path,
     config_file: Option<&Path>,
-    mode: Mode,
+    settings: &Settings,
     catalog: &Catalog,
 ) -> Result<(Option<PolicyEngine>, Signature), EnforceError> {
     let signature = signature(dir, config_file)?;
     let Some(sources) = read_sources(dir)? else {
         return Ok((None, signature));
     };
-    let bundle = tollgate_policy::load(&sources)?;
+    let bundle = tollgate_policy::load_with(&sources, &settings.http_headers)?;
     Ok((
-        Some(PolicyEngine::new(bundle, catalog.clone(), mode)),
+        Some(PolicyEngine::new(bundle, catalog.clone(), settings.mode)),
         signature,
     ))
 }
@@ -330,6 +332,7 @@ mod tests {
             mode,
             targets,
             masking: Arc::default(),
+            http_headers: Vec::new(),
         }
     }
 

@@ -18,6 +18,7 @@ mod enforce;
 mod enroll;
 mod events;
 mod features;
+mod http;
 mod identity;
 mod jobs;
 mod kernel_path;

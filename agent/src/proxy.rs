@@ -64,6 +64,8 @@ pub struct Shared {
     pub postgres: crate::config::PostgresConfig,
     pub tls: Arc<crate::postgres::tls::Tls>,
     pub postgres_metrics: Arc<crate::metrics::PostgresMetrics>,
+    /// `[http]`: HTTP followed at L7.
+    pub http: crate::http::HttpConfig,
     /// DNS over TCP (connects to port 53) goes to the resolver.
     pub dns: Arc<crate::dns::server::Resolver>,
     /// Refusals of upstreams, remembered for the connect hook (None: off).
@@ -93,6 +95,7 @@ impl Shared {
         postgres: crate::config::PostgresConfig,
         tls: Arc<crate::postgres::tls::Tls>,
         postgres_metrics: Arc<crate::metrics::PostgresMetrics>,
+        http: crate::http::HttpConfig,
         dns: Arc<crate::dns::server::Resolver>,
         refusals: Option<Arc<refusals::Remembered>>,
         kernel: Arc<crate::kernel_path::KernelPath>,
@@ -111,6 +114,7 @@ impl Shared {
             postgres,
             tls,
             postgres_metrics,
+            http,
             dns,
             refusals,
             kernel,

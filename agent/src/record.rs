@@ -242,6 +242,27 @@ pub struct StatementRecord {
     /// record completes that row.
     #[serde(skip)]
     pub opened: bool,
+    /// An HTTP request (`kind` "http") rather than a statement: what it asked and got.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<Box<HttpFacts>>,
+}
+
+/// What the record of an HTTP request holds besides a statement's fields (whose `sql`
+/// is then `METHOD scheme://host/path`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpFacts {
+    pub method: String,
+    pub scheme: String,
+    pub host: String,
+    pub path: String,
+    /// Only where `[http] record_query` says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// The answer's status; none when no answer came (the destination failed).
+    pub status: Option<u16>,
+    /// Body bytes each way.
+    pub bytes_up: u64,
+    pub bytes_down: u64,
 }
 
 #[derive(Debug)]

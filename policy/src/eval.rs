@@ -218,17 +218,10 @@ impl PolicyEngine {
         let Subject {
             principal,
             process,
-            destination,
-            hostname,
             sni,
+            ..
         } = subject;
-        let target_uid = uid(
-            "Target",
-            &target.map_or_else(|| destination.to_string(), |t| t.name.clone()),
-        )
-        .ok_or("bad target id")?;
-        let resource = target_entity(target_uid.clone(), destination, hostname, target)
-            .map_err(|e| e.to_string())?;
+        let resource = self.resource(subject, target)?;
         let context = match sql {
             None if action == "connect" => match sni {
                 Some(name) => Context::from_pairs([("sni".to_owned(), string(name))])
@@ -247,6 +240,21 @@ impl PolicyEngine {
             .map_err(|e| e.to_string())?,
         };
         self.authorize(principal, process, action, resource, context)
+    }
+
+    /// The `Target` entity of the subject's destination, as `target` of the catalog.
+    pub(crate) fn resource(
+        &self,
+        subject: Subject<'_>,
+        target: Option<&TargetSpec>,
+    ) -> Result<Entity, String> {
+        let target_uid = uid(
+            "Target",
+            &target.map_or_else(|| subject.destination.to_string(), |t| t.name.clone()),
+        )
+        .ok_or("bad target id")?;
+        target_entity(target_uid, subject.destination, subject.hostname, target)
+            .map_err(|e| e.to_string())
     }
 
     /// Asks Cedar about `action` on `resource` by the job and process.

@@ -6,6 +6,7 @@
 
 pub mod dns;
 pub mod eval;
+pub mod http;
 pub mod kernel;
 pub mod load;
 pub mod schema;
@@ -19,7 +20,8 @@ use std::{collections::BTreeMap, net::SocketAddr};
 use serde::{Deserialize, Serialize};
 
 pub use eval::PolicyEngine;
-pub use load::{LoadErrors, PolicyBundle, PolicyError, Source, load};
+pub use http::HttpRequest;
+pub use load::{LoadErrors, PolicyBundle, PolicyError, Source, load, load_with};
 pub use targets::{Catalog, PortRange, ResultsMasking, TargetMasking, TargetSpec};
 
 /// The process that opened a connection, as the kernel recorded it. Decisions depend

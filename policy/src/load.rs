@@ -5,8 +5,6 @@ use std::{collections::HashSet, str::FromStr as _};
 use cedar_policy::{PolicyId, PolicySet, ValidationMode, Validator};
 use miette::Diagnostic as _;
 
-use crate::schema::schema;
-
 /// The text of one policy file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Source {
@@ -71,13 +69,19 @@ impl PolicyBundle {
     /// Whether any policy names `dns:query` (an unconstrained action does not count:
     /// DNS is decided once a policy says how).
     pub fn governs_dns(&self) -> bool {
-        let is_dns = |uid: &cedar_policy::EntityUid| uid.id().unescaped() == "dns:query";
+        self.names_action("dns:query")
+    }
+
+    /// Whether any policy names `action` in its scope (an unconstrained action does not
+    /// count).
+    pub fn names_action(&self, action: &str) -> bool {
+        let is = |uid: &cedar_policy::EntityUid| uid.id().unescaped() == action;
         self.set
             .policies()
             .any(|policy| match policy.action_constraint() {
                 cedar_policy::ActionConstraint::Any => false,
-                cedar_policy::ActionConstraint::Eq(uid) => is_dns(&uid),
-                cedar_policy::ActionConstraint::In(uids) => uids.iter().any(is_dns),
+                cedar_policy::ActionConstraint::Eq(uid) => is(&uid),
+                cedar_policy::ActionConstraint::In(uids) => uids.iter().any(is),
             })
     }
 
@@ -150,8 +154,26 @@ fn short_name(name: &str) -> &str {
     name.rsplit('/').next().unwrap_or(name)
 }
 
-/// Parses and validates `sources` as one policy set.
+/// Parses and validates `sources` as one policy set, against the schema with no HTTP
+/// headers configured.
 pub fn load(sources: &[Source]) -> Result<PolicyBundle, LoadErrors> {
+    load_with(sources, &[])
+}
+
+/// Parses and validates `sources` as one policy set, against the schema whose
+/// `context.headers` of `http:request` holds `http_headers` (`[http] headers`).
+pub fn load_with(sources: &[Source], http_headers: &[String]) -> Result<PolicyBundle, LoadErrors> {
+    let schema = match crate::schema::with_headers(http_headers) {
+        Ok(schema) => schema,
+        Err(message) => {
+            return Err(LoadErrors(vec![PolicyError {
+                file: "[http] headers".to_owned(),
+                line: 1,
+                column: 1,
+                message,
+            }]));
+        }
+    };
     let mut errors = Vec::new();
     let mut set = PolicySet::new();
     let mut ids = Vec::new();
@@ -229,7 +251,38 @@ pub fn load(sources: &[Source]) -> Result<PolicyBundle, LoadErrors> {
         return Err(LoadErrors(errors));
     }
 
-    let result = Validator::new(schema().clone()).validate(&set, ValidationMode::Strict);
+    // A header that `[http] headers` does not name is never in a request's context: a
+    // policy reading it is a mistake (`has` would only ever be false).
+    for policy in set.policies() {
+        let mut read = Vec::new();
+        if let Ok(json) = policy.to_json() {
+            crate::http::headers_read(&json, &mut read);
+        }
+        for name in read.iter().filter(|name| !http_headers.contains(name)) {
+            let id = policy.id().to_string();
+            let Some(source) = origins
+                .iter()
+                .find(|(policy, _)| *policy == id)
+                .and_then(|(_, file)| sources.iter().find(|s| s.name == *file))
+            else {
+                continue;
+            };
+            let offset = source.text.find(&format!("\"{name}\""));
+            errors.push(error_at(
+                source,
+                offset,
+                format!(
+                    "policy `{id}`: reads context.headers[\"{name}\"], which `[http] headers` \
+                     does not name (configured: {http_headers:?}); add it there"
+                ),
+            ));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(LoadErrors(errors));
+    }
+
+    let result = Validator::new(schema).validate(&set, ValidationMode::Strict);
     for error in result.validation_errors() {
         let id = error.policy_id().to_string();
         let file = origins

@@ -96,12 +96,71 @@ action "udp:send" appliesTo { principal: [Job], resource: [Target] };
 // kernel decides at once, so a decision cannot depend on principal.process (uid and gid
 // are 4294967295, comm and exe "").
 action "unix:connect" appliesTo { principal: [Job], resource: [Target] };
+// An HTTP request of a job, on a connection followed at L7: to a target with
+// protocol = "http", or any HTTP a job speaks once a policy names this action. Allowed
+// (and recorded) on a permitted connection until a policy names it.
+// method: as sent ("GET", "DELETE"); scheme: "http", or "https" where Tollgate terminates
+// TLS (tls = "terminate"); host: the Host (HTTP/1.1) or :authority (HTTP/2), lowercase,
+// without the port, "" if none; path: as sent (percent-encoded), without the query;
+// query: what follows "?", as sent, "" if none. The client chooses host: compare
+// resource.ip or resource.hostname too where that matters.
+// headers: the request headers that `[http] headers` names (lowercase), each present
+// only when the request has it (several values joined with ", "):
+// context.headers has "x-request-id" && context.headers["x-request-id"] like "ci-*".
+type HttpHeaders = {};
 action "http:request" appliesTo {
   principal: [Job],
   resource: [Target],
-  context: { method: String, path: String, host: String },
+  context: {
+    method: String,
+    scheme: String,
+    host: String,
+    path: String,
+    query: String,
+    headers: HttpHeaders,
+  },
 };
 "#;
+
+/// The line of [`SCHEMA`] that [`text`] replaces with the configured headers.
+const HEADERS_TYPE: &str = "type HttpHeaders = {};";
+
+/// Whether `name` may be a configured header: a lowercase HTTP token.
+pub fn valid_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b)
+        })
+}
+
+/// The schema's text with `headers` (`[http] headers`) as `http:request`'s
+/// `context.headers`.
+pub fn text(headers: &[String]) -> Result<String, String> {
+    if let Some(bad) = headers.iter().find(|h| !valid_header_name(h)) {
+        return Err(format!(
+            "`{bad}` is not a header name a policy can read: lowercase letters, digits and              !#$%&'*+-.^_`|~"
+        ));
+    }
+    let fields: Vec<String> = headers
+        .iter()
+        .map(|h| format!("\"{h}\"?: String"))
+        .collect();
+    Ok(SCHEMA.replace(
+        HEADERS_TYPE,
+        &format!("type HttpHeaders = {{ {} }};", fields.join(", ")),
+    ))
+}
+
+/// The schema with `headers` configured; the one without is parsed once.
+pub fn with_headers(headers: &[String]) -> Result<Schema, String> {
+    if headers.is_empty() {
+        return Ok(schema().clone());
+    }
+    let text = text(headers)?;
+    Schema::from_cedarschema_str(&text)
+        .map(|(schema, _warnings)| schema)
+        .map_err(|error| format!("the schema with these headers does not parse: {error}"))
+}
 
 /// The parsed schema. It is a constant of this crate, so a parse failure is a bug that
 /// the unit tests catch.
@@ -118,5 +177,20 @@ mod tests {
     #[test]
     fn schema_parses() {
         let _ = super::schema();
+    }
+
+    #[test]
+    fn configured_headers_are_optional_fields_and_bad_names_are_refused() {
+        let headers = ["x-request-id".to_owned(), "user-agent".to_owned()];
+        let text = super::text(&headers).unwrap();
+        assert!(
+            text.contains(
+                r#"type HttpHeaders = { "x-request-id"?: String, "user-agent"?: String };"#
+            )
+        );
+        super::with_headers(&headers).unwrap();
+        let error = super::with_headers(&["X-Upper".to_owned()]).unwrap_err();
+        assert!(error.contains("`X-Upper`"), "{error}");
+        assert!(super::with_headers(&["a b".to_owned()]).is_err());
     }
 }

@@ -20,6 +20,8 @@
 //! # identity = { provider = "github", repository = "acme/api" }  # as a runner hook sets it
 //! # assurance = "oidc-verified"                                   # default host-asserted
 //! # action = "sql:ddl"; tables = ["orders"]; database = "shop"; user = "app"   # a statement
+//! # action = "http:request"; method = "DELETE"; url = "http://api.corp/v1/x?y=1"  # a request
+//! # headers = { "x-ci-run" = "run-42" }   # of those `[http] headers` names
 //! expect = "allow"                 # allow | deny | require_approval
 //! policies = ["prod-db-deploy"]    # optional: the determining policy ids
 //! ```
@@ -67,6 +69,14 @@ pub struct Case {
     pub tables: Vec<String>,
     #[serde(default)]
     pub action: Option<String>,
+    /// For `http:request`: the request's method and URL.
+    #[serde(default)]
+    pub method: Option<String>,
+    #[serde(default)]
+    pub url: Option<String>,
+    /// For `http:request`: request headers (names lowercase).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
     #[serde(default)]
     pub process: Option<CaseProcess>,
     pub expect: Effect,
@@ -107,12 +117,11 @@ pub fn run(engine: &PolicyEngine, cases: &[Case]) -> Vec<Outcome> {
         .iter()
         .map(|case| {
             let action = case.action.as_deref().unwrap_or("connect");
-            if action != "connect" && !action.starts_with("sql:") {
-                return Outcome {
-                    name: case.name.clone(),
-                    passed: false,
-                    detail: format!("action `{action}` cannot be tested (connect or sql:*)"),
-                };
+            if action != "connect" && action != crate::http::ACTION && !action.starts_with("sql:") {
+                return failed(
+                    case,
+                    format!("action `{action}` cannot be tested (connect, sql:* or http:request)"),
+                );
             }
             let principal = Principal {
                 job_id: "policy-test".to_owned(),
@@ -133,6 +142,21 @@ pub fn run(engine: &PolicyEngine, cases: &[Case]) -> Vec<Outcome> {
                 .with_sni(case.sni.as_deref());
             let decision = if action == "connect" {
                 engine.decide_connect(subject)
+            } else if action == crate::http::ACTION {
+                let Some(url) = &case.url else {
+                    return failed(case, "an http:request case needs url".to_owned());
+                };
+                let method = case.method.as_deref().unwrap_or("GET");
+                let mut request = match crate::HttpRequest::from_url(method, url) {
+                    Ok(request) => request,
+                    Err(error) => return failed(case, error),
+                };
+                request.headers = case
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                    .collect();
+                engine.decide_http(subject, &request)
             } else {
                 let sql = crate::SqlContext {
                     database: case.database.clone(),
@@ -169,4 +193,12 @@ pub fn run(engine: &PolicyEngine, cases: &[Case]) -> Vec<Outcome> {
             }
         })
         .collect()
+}
+
+fn failed(case: &Case, detail: String) -> Outcome {
+    Outcome {
+        name: case.name.clone(),
+        passed: false,
+        detail,
+    }
 }

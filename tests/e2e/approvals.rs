@@ -285,13 +285,7 @@ fn a_non_reviewer_cannot_decide_and_the_refusal_is_audited() {
     direct_psql(pg, "DROP TABLE tollgate_held2");
 }
 
-/// The Python with psycopg 3 that `cargo xtask setup` installs.
-fn python() -> std::path::PathBuf {
-    std::env::var_os("TOLLGATE_PYTHON").map_or_else(
-        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv/bin/python"),
-        std::path::PathBuf::from,
-    )
-}
+use tollgate_e2e::python;
 
 /// psycopg's pipelined transaction (`approval_pipeline.py`) in a job, on another thread.
 fn pipeline_in_job(

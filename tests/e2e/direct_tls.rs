@@ -20,12 +20,7 @@ forbid(principal, action == Action::"sql:ddl", resource)
 when { resource.hasTag("env") && resource.getTag("env") == "production" };
 "#;
 
-fn python() -> std::path::PathBuf {
-    std::env::var_os("TOLLGATE_PYTHON").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv/bin/python"),
-        std::path::PathBuf::from,
-    )
-}
+use tollgate_e2e::python;
 
 /// An agent whose target for the server has no protocol hint (unless `hint`): direct TLS
 /// must be recognised by its ALPN, not by configuration.

@@ -10,6 +10,7 @@ mod dns;
 mod durable;
 mod encoding;
 mod failclosed;
+mod http;
 mod identity;
 mod install;
 mod interception;

@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod console;
 pub mod dns;
+pub mod http;
 pub mod https;
 pub mod netns;
 pub mod oidc;
@@ -158,4 +159,13 @@ pub fn ephemeral_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .unwrap_or_else(|e| panic!("binding an ephemeral port: {e}"))
+}
+
+/// The Python with the tests' PyPI packages (psycopg 3, requests) that `cargo xtask
+/// setup` installs (`TOLLGATE_PYTHON` overrides it).
+pub fn python() -> std::path::PathBuf {
+    std::env::var_os("TOLLGATE_PYTHON").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv/bin/python"),
+        std::path::PathBuf::from,
+    )
 }

@@ -101,8 +101,12 @@ fn pg17_root(root: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// psycopg 3 (from PyPI) for the end-to-end tests, in a venv under target/.
-const PSYCOPG: &str = "3.3.9";
+/// What the end-to-end tests import from PyPI, in a venv under target/: psycopg 3 (a
+/// PostgreSQL client) and requests (an HTTP client).
+const PYTHON_PACKAGES: [(&str, &str, &str); 2] = [
+    ("psycopg", "psycopg[binary]", "3.3.9"),
+    ("requests", "requests", "2.34.2"),
+];
 /// The venv is made from Debian's python (apt's `python3-venv`), not whichever python3
 /// comes first on PATH: a python under /root (pyenv) is hidden in a vm-test guest, whose
 /// /root is a fresh tmpfs.
@@ -111,16 +115,28 @@ const SYSTEM_PYTHON: &str = "/usr/bin/python3";
 fn python_env(root: &Path) -> anyhow::Result<()> {
     let venv = root.join("target/pyenv");
     let python = venv.join("bin/python");
+    let imports: Vec<String> = PYTHON_PACKAGES
+        .iter()
+        .map(|(module, _, version)| format!("{module}.__version__ != '{version}'"))
+        .collect();
+    let modules: Vec<&str> = PYTHON_PACKAGES.iter().map(|(m, _, _)| *m).collect();
     let check = format!(
-        "import psycopg, sys; sys.exit(psycopg.__version__ != '{PSYCOPG}' or sys.base_prefix != '/usr')"
+        "import sys, {}; sys.exit({} or sys.base_prefix != '/usr')",
+        modules.join(", "),
+        imports.join(" or ")
     );
+    let pinned: Vec<String> = PYTHON_PACKAGES
+        .iter()
+        .map(|(_, package, version)| format!("{package}=={version}"))
+        .collect();
     if Command::new(&python)
         .args(["-c", &check])
         .status()
         .is_ok_and(|s| s.success())
     {
         eprintln!(
-            "xtask: setup: psycopg {PSYCOPG} is installed in {}",
+            "xtask: setup: {} installed in {}",
+            pinned.join(", "),
             venv.display()
         );
         return Ok(());
@@ -128,11 +144,9 @@ fn python_env(root: &Path) -> anyhow::Result<()> {
     run(Command::new(SYSTEM_PYTHON)
         .args(["-m", "venv", "--clear"])
         .arg(&venv))?;
-    run(Command::new(venv.join("bin/pip")).args([
-        "install",
-        "--quiet",
-        &format!("psycopg[binary]=={PSYCOPG}"),
-    ]))
+    run(Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet"])
+        .args(&pinned))
 }
 
 fn output(cmd: &mut Command) -> anyhow::Result<String> {

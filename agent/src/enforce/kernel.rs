@@ -31,8 +31,16 @@ pub fn proxied_because(target: &TargetSpec, mode: Mode) -> Option<String> {
     if target.kernel_verdicts == Some(false) {
         return Some("the target opts out (kernel_verdicts = false)".to_owned());
     }
-    if target.protocol.as_deref() == Some("postgres") {
-        return Some("an L7 target (protocol = \"postgres\"): statements are decided".to_owned());
+    match target.protocol.as_deref() {
+        Some("postgres") => {
+            return Some(
+                "an L7 target (protocol = \"postgres\"): statements are decided".to_owned(),
+            );
+        }
+        Some("http") => {
+            return Some("an L7 target (protocol = \"http\"): requests are decided".to_owned());
+        }
+        _ => {}
     }
     if target.masking.is_some() {
         return Some("masking is configured for its sessions".to_owned());
@@ -163,6 +171,13 @@ impl Snapshot {
             engine.governs_sql() || masks_results(&active.settings.masking),
             by_address.and_then(|t| t.protocol.as_deref()),
         )?;
+        if engine.governs_http() && by_address.and_then(|t| t.protocol.as_deref()).is_none() {
+            return Err(
+                "the target declares no protocol, and a policy governs HTTP requests: HTTP \
+                 to it is followed"
+                    .to_owned(),
+            );
+        }
         // A name the job resolved may pick another target than the address alone.
         if hostname.is_some()
             && by_address.map_or("(unknown)", |t| t.name.as_str()) != decision.target

@@ -50,7 +50,17 @@ impl Snapshot {
     /// names the target and the protocol it declares.
     pub fn decide_connect(&self, subject: Subject<'_>) -> Decision {
         let Some(engine) = self.engine() else {
-            return Decision::allow(NO_POLICY_REASON);
+            // Without policies every connect is allowed; a configured target still says
+            // which protocol its connections are followed as.
+            let mut decision = Decision::allow(NO_POLICY_REASON);
+            decision.protocol = self
+                .active
+                .settings
+                .targets
+                .iter()
+                .find(|t| t.matches(subject.destination.ip(), subject.destination.port()))
+                .and_then(|t| t.protocol.clone());
+            return decision;
         };
         let Subject {
             principal,
@@ -128,6 +138,29 @@ impl Snapshot {
             .map_or(self.active.settings.masking.results, |masking| {
                 masking.results
             })
+    }
+
+    /// Decides one HTTP request on a followed connection.
+    pub fn decide_http(
+        &self,
+        subject: Subject<'_>,
+        request: &tollgate_policy::HttpRequest,
+    ) -> Decision {
+        match self.engine() {
+            Some(engine) => engine.decide_http(subject, request),
+            None => Decision::allow(NO_POLICY_REASON),
+        }
+    }
+
+    /// Whether a policy names `http:request`: then HTTP that a job speaks to any
+    /// destination is followed, not only to targets that declare it.
+    pub fn governs_http(&self) -> bool {
+        self.engine().is_some_and(PolicyEngine::governs_http)
+    }
+
+    /// The `[http] headers` of this generation: what requests' contexts hold.
+    pub fn http_headers(&self) -> &[String] {
+        &self.active.settings.http_headers
     }
 
     /// Decides one DNS query of a job.

@@ -356,6 +356,7 @@ impl Tracker {
                 .map(|e| format!("does not parse: {e}")),
             approval: None,
             opened: self.durable,
+            http: None,
         };
         if self.durable {
             self.opened.push(record.clone());

@@ -129,6 +129,8 @@ impl<'a> AccessLog<'a> {
                 r.client_tls = Some(startup.client_tls);
                 r.server_tls = Some(startup.server_tls);
             }
+        } else if let Some(protocol) = self.progress.protocol() {
+            r.protocol = Some(protocol.to_owned());
         }
     }
 

@@ -16,6 +16,7 @@ use super::{
     live,
 };
 use crate::{
+    http::detect::Detect,
     metrics::UpstreamErrorKind,
     proxy::hello::{ALPN_POSTGRESQL, MAX_RECORD, Sniffed},
 };
@@ -130,23 +131,30 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
     let _ = upstream.set_nodelay(true);
     let _ = client.set_nodelay(true);
 
-    let declared = shared.postgres.enabled && decision.protocol.as_deref() == Some("postgres");
-    let (how, seen) = match conn.principal() {
-        Some(_) => follow(&client, &upstream, declared).await,
-        None => (Follow::Tcp, None),
+    let wanted = Wanted {
+        postgres: shared.postgres.enabled,
+        declared: match decision.protocol.as_deref() {
+            Some("postgres") if shared.postgres.enabled => Some(Declared::Postgres),
+            Some("http") if shared.http.enabled => Some(Declared::Http),
+            _ => None,
+        },
+        http: shared.http.enabled && policy.governs_http(),
     };
-    let how = if shared.postgres.enabled {
-        how
-    } else {
-        Follow::Tcp
+    let (how, seen) = match conn.principal() {
+        Some(_) => follow(&client, &upstream, wanted).await,
+        None => (Follow::Tcp, None),
     };
     // The name of a ClientHello first seen here (no policy read it before).
     if sni.is_none() && seen.is_some() {
         log.sni(seen);
     }
     if let Follow::Unfollowable(why) = how {
+        let target = match wanted.declared {
+            Some(Declared::Http) => "an HTTP target",
+            _ => "a PostgreSQL target",
+        };
         log.error(format!(
-            "refused: a PostgreSQL target, but the client opened with {why}"
+            "refused: {target}, but the client opened with {why}"
         ));
         reset(&client);
         return;
@@ -165,6 +173,20 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
         );
     }
     let handler = match conn.principal() {
+        Some(principal) if let Follow::Http(version) = how => {
+            Handler::Http(Box::new(crate::http::session::Context {
+                enforcer: shared.enforcer.clone(),
+                recorder: shared.recorder.clone(),
+                principal: principal.clone(),
+                process: conn.process.clone(),
+                destination,
+                hostname: hostname.clone(),
+                connection_id: log.id().into(),
+                job_id: conn.job.as_ref().map(|j| j.id.as_str().into()),
+                config: shared.http.clone(),
+                version,
+            }))
+        }
         Some(principal) if how != Follow::Tcp => {
             Handler::Postgres(Box::new(crate::postgres::session::Context {
                 enforcer: shared.enforcer.clone(),
@@ -215,23 +237,43 @@ enum Follow {
     Postgres,
     /// PostgreSQL with direct TLS (`sslnegotiation=direct`): a ClientHello first.
     PostgresDirectTls,
-    /// A `protocol = "postgres"` target whose first bytes are neither: refused, never
+    /// HTTP/1 or HTTP/2 (prior knowledge), request by request.
+    Http(Detect),
+    /// A target declaring a protocol whose first bytes are not it: refused, never
     /// relayed blind.
     Unfollowable(&'static str),
 }
 
-/// How to follow the connection: its target says PostgreSQL, or the client speaks first
-/// and its first bytes are a PostgreSQL startup-phase message or a ClientHello offering
-/// ALPN `postgresql`. A server that speaks first (SMTP, SSH, MySQL, ...) means plain TCP;
-/// nothing is consumed either way.
-/// `declared`: the decision's target declares `protocol = "postgres"`.
+/// The protocol a connection's target declares, where the agent follows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Declared {
+    Postgres,
+    Http,
+}
+
+/// What the proxy follows on this connection.
+#[derive(Debug, Clone, Copy)]
+struct Wanted {
+    /// PostgreSQL detected on the client's first bytes (`[postgres] enabled`).
+    postgres: bool,
+    /// What the target declares.
+    declared: Option<Declared>,
+    /// HTTP detected on the client's first bytes (`[http] enabled`, and a policy names
+    /// `http:request`).
+    http: bool,
+}
+
+/// How to follow the connection: its target declares the protocol, or the client speaks
+/// first and its first bytes are a PostgreSQL startup-phase message, a ClientHello
+/// offering ALPN `postgresql`, or HTTP (where wanted). A server that speaks first (SMTP,
+/// SSH, MySQL, ...) means plain TCP; nothing is consumed either way.
 async fn follow(
     client: &TcpStream,
     upstream: &TcpStream,
-    declared: bool,
+    wanted: Wanted,
 ) -> (Follow, Option<String>) {
     let mut sni = None;
-    let how = follow_first_bytes(client, upstream, declared, &mut sni).await;
+    let how = follow_first_bytes(client, upstream, wanted, &mut sni).await;
     (how, sni)
 }
 
@@ -239,9 +281,12 @@ async fn follow(
 async fn follow_first_bytes(
     client: &TcpStream,
     upstream: &TcpStream,
-    declared: bool,
+    wanted: Wanted,
     sni: &mut Option<String>,
 ) -> Follow {
+    let declared = wanted.declared.is_some();
+    let postgres = wanted.declared == Some(Declared::Postgres);
+    let http = wanted.declared == Some(Declared::Http);
     if !declared {
         tokio::select! {
             biased;
@@ -265,14 +310,19 @@ async fn follow_first_bytes(
                 sni.clone_from(&hello.sni().map(str::to_owned));
                 let offers_none =
                     matches!(&hello, Sniffed::ClientHello { alpn, .. } if alpn.is_empty());
-                return match (hello.offers(ALPN_POSTGRESQL), declared) {
-                    (true, _) => Follow::PostgresDirectTls,
+                if http {
+                    return Follow::Unfollowable(
+                        "TLS, which the agent does not terminate for this target",
+                    );
+                }
+                return match (hello.offers(ALPN_POSTGRESQL), postgres) {
+                    (true, _) if wanted.postgres => Follow::PostgresDirectTls,
                     // A PostgreSQL target: direct TLS from a client that offers no ALPN.
                     (false, true) if offers_none => Follow::PostgresDirectTls,
                     (false, true) => Follow::Unfollowable(
                         "TLS for another protocol (ALPN) to a PostgreSQL target",
                     ),
-                    (false, false) => Follow::Tcp,
+                    _ => Follow::Tcp,
                 };
             }
             Sniffed::NeedMore(want) if waiting => {
@@ -296,9 +346,27 @@ async fn follow_first_bytes(
             Sniffed::Malformed => return Follow::Tcp,
             Sniffed::NotTls | Sniffed::NeedMore(_) => {}
         }
+        if http || wanted.http {
+            match crate::http::detect::detect(&first[..n]) {
+                version @ (Detect::Http1 | Detect::Http2) => return Follow::Http(version),
+                Detect::NeedMore if waiting => {
+                    if first.len() < HTTP_SNIFF && n == first.len() {
+                        first.resize(HTTP_SNIFF, 0);
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    continue;
+                }
+                _ if http => return Follow::Unfollowable("bytes that are not HTTP"),
+                _ => {}
+            }
+        }
+        if !postgres && !wanted.postgres {
+            return Follow::Tcp;
+        }
         match tollgate_pgwire::detect(&first[..n.min(8)]) {
             tollgate_pgwire::Detect::Postgres => return Follow::Postgres,
-            tollgate_pgwire::Detect::NotPostgres if declared => {
+            tollgate_pgwire::Detect::NotPostgres if postgres => {
                 // The session reads it and answers with a protocol error, on record.
                 return Follow::Postgres;
             }
@@ -307,11 +375,14 @@ async fn follow_first_bytes(
             tollgate_pgwire::Detect::NeedMore if waiting => {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
-            tollgate_pgwire::Detect::NeedMore if declared => return Follow::Postgres,
+            tollgate_pgwire::Detect::NeedMore if postgres => return Follow::Postgres,
             tollgate_pgwire::Detect::NeedMore => return Follow::Tcp,
         }
     }
 }
+
+/// How many first bytes tell HTTP (the HTTP/2 preface's length).
+const HTTP_SNIFF: usize = crate::http::detect::H2_PREFACE.len();
 
 async fn connect(
     destination: SocketAddr,

@@ -58,6 +58,8 @@ pub enum RelayError {
     Revoked,
     #[error(transparent)]
     Postgres(#[from] SessionError),
+    #[error(transparent)]
+    Http(#[from] crate::http::session::HttpError),
 }
 
 /// What a handler has relayed so far; owned by the connection's access-log guard, which
@@ -70,6 +72,8 @@ pub struct Progress {
     statements: AtomicU64,
     refused: AtomicU64,
     postgres: Mutex<Option<Startup>>,
+    /// The protocol another handler follows the connection as (`http/1.1`, `http/2`).
+    followed: std::sync::OnceLock<&'static str>,
     /// While a revocation can end the connection: a descriptor of each leg, so that
     /// they are reset (not closed in order) when it does.
     legs: Mutex<Option<Legs>>,
@@ -108,6 +112,12 @@ impl Progress {
         if refused {
             self.refused.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// `n` statements (or HTTP requests) were recorded, `refused` of them refused.
+    pub fn statements_add(&self, n: u64, refused: u64) {
+        self.statements.fetch_add(n, Ordering::Relaxed);
+        self.refused.fetch_add(refused, Ordering::Relaxed);
     }
 
     /// Statements recorded so far, and how many of them were refused.
@@ -155,6 +165,15 @@ impl Progress {
         *self.postgres.lock().unwrap_or_else(|e| e.into_inner()) = Some(startup.clone());
     }
 
+    /// The connection is followed as `protocol` (by a handler other than PostgreSQL's).
+    pub fn followed(&self, protocol: &'static str) {
+        let _ = self.followed.set(protocol);
+    }
+
+    pub fn protocol(&self) -> Option<&'static str> {
+        self.followed.get().copied()
+    }
+
     pub fn startup(&self) -> Option<Startup> {
         self.postgres
             .lock()
@@ -169,6 +188,8 @@ pub enum Handler {
     Tcp { buffer_size: usize },
     /// A PostgreSQL session, statement by statement.
     Postgres(Box<session::Context>),
+    /// HTTP, request by request.
+    Http(Box<crate::http::session::Context>),
 }
 
 /// How a handled connection ended.
@@ -201,6 +222,10 @@ pub async fn run(
             }
             Handler::Postgres(ctx) => session::run(client, upstream, &ctx, progress)
                 .await
+                .map(RelayError::from),
+            Handler::Http(ctx) => crate::http::session::run(client, upstream, *ctx, progress)
+                .await
+                .err()
                 .map(RelayError::from),
         };
         Outcome {

@@ -1,7 +1,7 @@
 //! The SQLite schema of the recording store.
 use rusqlite::Connection;
 
-pub const VERSION: i64 = 16;
+pub const VERSION: i64 = 17;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -91,7 +91,9 @@ CREATE TABLE IF NOT EXISTS statements (
     rows          INTEGER,
     sqlstate      TEXT,
     error         TEXT,
-    approval      TEXT
+    approval      TEXT,
+    -- An HTTP request's method, host, path, status and bytes (JSON); NULL for SQL.
+    http          TEXT
 );
 CREATE INDEX IF NOT EXISTS statements_by_connection ON statements (connection_id, seq);
 CREATE TABLE IF NOT EXISTS events (
@@ -282,6 +284,11 @@ pub fn apply(conn: &Connection) -> rusqlite::Result<()> {
     if (1..16).contains(&version) && !has_column(conn, "connections", "sni")? {
         // Version 16 records the name a TLS client asked for (SNI).
         conn.execute_batch("ALTER TABLE connections ADD COLUMN sni TEXT")?;
+    }
+    if (1..17).contains(&version) && !has_column(conn, "statements", "http")? {
+        // Version 17 records HTTP requests beside statements (their method, host, path,
+        // status and bytes).
+        conn.execute_batch("ALTER TABLE statements ADD COLUMN http TEXT")?;
     }
     // Version 14 chains every record (chain, checkpoints, shipped): a store written
     // before it starts its chain at the first record written after the upgrade.

@@ -67,8 +67,9 @@ pub fn insert(
     let mut stmt = tx.prepare_cached(
         "INSERT INTO statements (id, connection_id, job_id, seq, started_at, \
          duration_us, protocol, database, db_user, sql, params, kind, tables, functions, \
-         decision, policy_ids, reason, rows, sqlstate, error, approval) VALUES (?1, ?2, ?3, ?4, \
-         ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+         decision, policy_ids, reason, rows, sqlstate, error, approval, http) VALUES (?1, ?2, \
+         ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, \
+         ?22)",
     )?;
     stmt.execute(params![
         s.id,
@@ -92,6 +93,9 @@ pub fn insert(
         s.sqlstate,
         s.error,
         s.approval,
+        s.http
+            .as_ref()
+            .and_then(|facts| serde_json::to_string(facts).ok()),
     ])?;
     Ok(())
 }

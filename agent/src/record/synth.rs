@@ -296,6 +296,7 @@ pub fn generate(
                         error: refused.then(|| "denied by policy".to_owned()),
                         approval: None,
                         opened: false,
+                        http: None,
                     };
                     insert(&tx, &statement, &mut lists)?;
                     written.statements += 1;

@@ -3,13 +3,7 @@
 
 use super::*;
 
-/// The Python with psycopg 3 that `cargo xtask setup` installs.
-fn python() -> std::path::PathBuf {
-    std::env::var_os("TOLLGATE_PYTHON").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv/bin/python"),
-        std::path::PathBuf::from,
-    )
-}
+use tollgate_e2e::python;
 
 #[test]
 fn psycopg_parameters_pipelines_copy_and_binary_results_through_tollgate() {

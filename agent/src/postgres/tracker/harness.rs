@@ -62,6 +62,7 @@ impl Harness {
             mode: Mode::Enforce,
             targets: Vec::new(),
             masking: Arc::new(masking),
+            http_headers: Vec::new(),
         };
         let enforcer = Enforcer::load(&policies, None, settings, metrics.policy.clone())?;
         let (recorder, writer) = crate::record::writer::spawn(

@@ -1,0 +1,483 @@
+//! One followed HTTP connection: hyper serves the job's side, each request is decided
+//! and recorded here, and an allowed one goes to the destination over the connection's
+//! own upstream leg, by a hyper client of the client's version.
+use std::{
+    borrow::Cow,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{Request, Response, Version};
+use http_body::Body as _;
+use http_body_util::{BodyExt as _, Limited, combinators::UnsyncBoxBody};
+use hyper::{body::Incoming, client::conn as client, server::conn as server};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::{net::TcpStream, task::JoinHandle};
+use tollgate_policy::{Decision, Principal, Process, Subject};
+
+use super::{
+    HttpConfig,
+    body::{Counted, Ended},
+    detect::Detect,
+    io::Counting,
+    request,
+};
+use crate::{
+    enforce::Enforcer,
+    proxy::handler::Progress,
+    record::{DecisionLabel, HttpFacts, RecordEvent, Recorder, StatementRecord, now_ms},
+};
+
+/// The most of a refused request's body read (and dropped) so that its connection
+/// stays usable; a larger one closes the connection after the 403.
+const DRAIN_LIMIT: usize = 1024 * 1024;
+/// How long a refused request's body may take to arrive.
+const DRAIN_TIME: Duration = Duration::from_secs(10);
+
+/// Why a followed HTTP connection ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("HTTP with the destination: {0}")]
+    Upstream(#[source] hyper::Error),
+    #[error("HTTP from the client: {0}")]
+    Client(#[source] hyper::Error),
+}
+
+/// What a followed connection's requests are decided and recorded with.
+pub struct Context {
+    pub enforcer: Arc<Enforcer>,
+    pub recorder: Recorder,
+    pub principal: Arc<Principal>,
+    pub process: Process,
+    pub destination: SocketAddr,
+    /// The name the job resolved the destination from, if it did.
+    pub hostname: Option<String>,
+    pub connection_id: Arc<str>,
+    pub job_id: Option<Arc<str>>,
+    pub config: HttpConfig,
+    /// HTTP/1 or HTTP/2, as the client's first bytes said.
+    pub version: Detect,
+}
+
+type Body = UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// The destination's side: one connection, shared by the client's requests.
+enum Sender {
+    /// HTTP/1: one request at a time, in order (as the client's side serves them).
+    H1(tokio::sync::Mutex<client::http1::SendRequest<Counted<Incoming>>>),
+    H2(client::http2::SendRequest<Counted<Incoming>>),
+}
+
+impl Sender {
+    async fn send(
+        &self,
+        request: Request<Counted<Incoming>>,
+    ) -> Result<Response<Incoming>, hyper::Error> {
+        match self {
+            Sender::H1(sender) => {
+                let mut sender = sender.lock().await;
+                sender.ready().await?;
+                sender.send_request(request).await
+            }
+            Sender::H2(sender) => {
+                let mut sender = sender.clone();
+                sender.ready().await?;
+                sender.send_request(request).await
+            }
+        }
+    }
+}
+
+/// The state the requests of one connection share.
+struct Shared {
+    ctx: Context,
+    sender: Sender,
+    seq: AtomicU64,
+    /// Requests recorded, and of them refused: the connection's counts.
+    requests: AtomicU64,
+    refused: AtomicU64,
+    /// An upgraded connection's (WebSocket, CONNECT) relay, which the session waits for.
+    upgraded: Mutex<Option<JoinHandle<()>>>,
+    /// A request that may upgrade the connection was sent.
+    upgrading: std::sync::atomic::AtomicBool,
+}
+
+/// Adds what the session carried to the connection's progress however it ends
+/// (returned, or dropped by a revocation).
+struct Tally<'a> {
+    progress: &'a Progress,
+    up: Arc<AtomicU64>,
+    down: Arc<AtomicU64>,
+    shared: Option<Arc<Shared>>,
+}
+
+impl Drop for Tally<'_> {
+    fn drop(&mut self) {
+        self.progress.up(self.up.load(Ordering::Relaxed));
+        self.progress.down(self.down.load(Ordering::Relaxed));
+        if let Some(shared) = &self.shared {
+            self.progress.statements_add(
+                shared.requests.load(Ordering::Relaxed),
+                shared.refused.load(Ordering::Relaxed),
+            );
+        }
+    }
+}
+
+/// Serves the connection until the client or the destination closes it.
+pub async fn run(
+    client: TcpStream,
+    upstream: TcpStream,
+    ctx: Context,
+    progress: &Progress,
+) -> Result<(), HttpError> {
+    let mut tally = Tally {
+        progress,
+        up: Arc::default(),
+        down: Arc::default(),
+        shared: None,
+    };
+    let client = TokioIo::new(Counting::new(client, tally.up.clone(), tally.down.clone()));
+    let upstream = TokioIo::new(Counting::new(upstream, Arc::default(), Arc::default()));
+    let h2 = ctx.version == Detect::Http2;
+    progress.followed(if h2 { "http/2" } else { "http/1.1" });
+    // The destination's connection ended (it closed an idle keep-alive connection, say):
+    // the client's side is closed too, once its requests in flight are answered, so
+    // that its next request opens a new connection as it would directly.
+    let (closed_tx, closed) = tokio::sync::oneshot::channel::<()>();
+    let sender = if h2 {
+        let (sender, connection) = client::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_header_list_size(header_limit(&ctx.config))
+            .handshake(upstream)
+            .await
+            .map_err(HttpError::Upstream)?;
+        tokio::spawn(async move {
+            match connection.await {
+                Ok(()) => tracing::debug!("HTTP/2 connection to the destination ended"),
+                Err(error) => tracing::debug!(%error, "HTTP/2 connection to the destination"),
+            }
+            drop(closed_tx);
+        });
+        Sender::H2(sender)
+    } else {
+        let (sender, connection) = client::http1::Builder::new()
+            .preserve_header_case(true)
+            .max_buf_size(buffer_limit(&ctx.config))
+            .handshake(upstream)
+            .await
+            .map_err(HttpError::Upstream)?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.with_upgrades().await {
+                tracing::debug!(%error, "HTTP/1 connection to the destination");
+            }
+            drop(closed_tx);
+        });
+        Sender::H1(tokio::sync::Mutex::new(sender))
+    };
+    let shared = Arc::new(Shared {
+        ctx,
+        sender,
+        seq: AtomicU64::new(0),
+        requests: AtomicU64::new(0),
+        refused: AtomicU64::new(0),
+        upgraded: Mutex::new(None),
+        upgrading: std::sync::atomic::AtomicBool::new(false),
+    });
+    tally.shared = Some(shared.clone());
+    let service = {
+        let shared = shared.clone();
+        hyper::service::service_fn(move |request| {
+            let shared = shared.clone();
+            async move { serve(&shared, request).await }
+        })
+    };
+    let served = if h2 {
+        let connection = server::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_header_list_size(header_limit(&shared.ctx.config))
+            .serve_connection(client, service);
+        let mut connection = std::pin::pin!(connection);
+        tokio::select! {
+            served = connection.as_mut() => served,
+            _ = closed => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        }
+    } else {
+        let connection = server::http1::Builder::new()
+            .timer(TokioTimer::new())
+            // A job's client may keep a connection idle as long as the destination lets
+            // it; only the head's size is bounded.
+            .header_read_timeout(None)
+            .half_close(true)
+            .preserve_header_case(true)
+            // Room past the limit, so that a head over it is read and answered (431).
+            .max_buf_size(buffer_limit(&shared.ctx.config))
+            .serve_connection(client, service)
+            .with_upgrades();
+        let mut connection = std::pin::pin!(connection);
+        tokio::select! {
+            served = connection.as_mut() => served,
+            // An upgraded destination connection ends its HTTP too; the client's side
+            // is upgraded with it.
+            _ = closed, if !shared.upgrading.load(Ordering::Relaxed) => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        }
+    };
+    let relay = shared
+        .upgraded
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    if let Some(relay) = relay {
+        let _ = relay.await;
+    }
+    served.map_err(HttpError::Client)
+}
+
+fn header_limit(config: &HttpConfig) -> u32 {
+    u32::try_from(config.max_header_size.saturating_mul(2)).unwrap_or(u32::MAX)
+}
+
+/// hyper's HTTP/1 read buffer: twice the head limit, at least hyper's minimum.
+fn buffer_limit(config: &HttpConfig) -> usize {
+    config.max_header_size.saturating_mul(2).max(8192)
+}
+
+/// Decides one request, and answers it: refused here, or from the destination. An error
+/// closes the client's connection (HTTP/1) or resets its stream (HTTP/2), as the
+/// destination's failure would have.
+async fn serve(
+    shared: &Arc<Shared>,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, HttpError> {
+    let ctx = &shared.ctx;
+    let started = Instant::now();
+    let started_at = now_ms();
+    let version = request.version();
+    let (mut parts, body) = request.into_parts();
+    if head_size(&parts) > ctx.config.max_header_size {
+        return Ok(too_large(shared, &parts, version, started, started_at));
+    }
+    let policy = ctx.enforcer.snapshot();
+    let scheme = "http";
+    let seen = request::for_policy(&parts, scheme, policy.http_headers());
+    let subject = Subject::new(&ctx.principal, &ctx.process, ctx.destination)
+        .with_hostname(ctx.hostname.as_deref());
+    let decision = policy.decide_http(subject, &seen);
+    let record = Pending {
+        shared: shared.clone(),
+        record: statement(shared, &seen, &decision, version, started_at),
+        started,
+    };
+    if decision.blocks() {
+        // The body is read (up to a limit) so that the connection stays usable.
+        let limited = Limited::new(body, DRAIN_LIMIT);
+        let drained = tokio::time::timeout(DRAIN_TIME, limited.collect()).await;
+        let (read, whole) = match drained {
+            Ok(Ok(collected)) => (collected.to_bytes().len() as u64, true),
+            _ => (0, false),
+        };
+        let mut response = request::refused(&decision, &record.record.id, version);
+        if !whole && version < Version::HTTP_2 {
+            response.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+        }
+        let size = response.body().size_hint().exact().unwrap_or(0);
+        record.finish(Some(403), read, size, None);
+        return Ok(response.map(|b| b.map_err(|never| match never {}).boxed_unsync()));
+    }
+    request::strip_hop_by_hop(&mut parts.headers);
+    let up = Arc::new(AtomicU64::new(0));
+    let mut request = Request::from_parts(parts, Counted::new(body, up.clone(), None));
+    let upgrade = (version < Version::HTTP_2)
+        .then(|| hyper::upgrade::on(&mut request))
+        .filter(|_| {
+            request.headers().contains_key(http::header::UPGRADE)
+                || request.method() == http::Method::CONNECT
+        });
+    if upgrade.is_some() {
+        shared.upgrading.store(true, Ordering::Relaxed);
+    }
+    let mut response = match shared.sender.send(request).await {
+        Ok(response) => response,
+        Err(error) => {
+            let why = format!("the destination did not answer: {error}");
+            record.finish(None, up.load(Ordering::Relaxed), 0, Some(why));
+            return Err(HttpError::Upstream(error));
+        }
+    };
+    let status = response.status();
+    if let Some(client_side) = upgrade
+        && (status == http::StatusCode::SWITCHING_PROTOCOLS
+            || (status.is_success() && record.record.sql.starts_with("CONNECT ")))
+    {
+        let server_side = hyper::upgrade::on(&mut response);
+        let relay = tokio::spawn(async move {
+            if let (Ok(a), Ok(b)) = tokio::join!(client_side, server_side) {
+                let _ =
+                    tokio::io::copy_bidirectional(&mut TokioIo::new(a), &mut TokioIo::new(b)).await;
+            }
+        });
+        *shared.upgraded.lock().unwrap_or_else(|e| e.into_inner()) = Some(relay);
+    }
+    let down = Arc::new(AtomicU64::new(0));
+    let on_end = Box::new(move |bytes: u64, ended: Ended| {
+        let error = match ended {
+            Ended::Complete => None,
+            Ended::Failed(why) => Some(format!("the answer's body failed: {why}")),
+            Ended::Dropped => Some("the client did not read the whole answer".to_owned()),
+        };
+        record.finish(
+            Some(status.as_u16()),
+            up.load(Ordering::Relaxed),
+            bytes,
+            error,
+        );
+    });
+    Ok(response.map(|body| Counted::new(body, down, Some(on_end)).boxed_unsync()))
+}
+
+/// The size of a request's head as sent: its target and its header lines.
+fn head_size(parts: &http::request::Parts) -> usize {
+    parts.uri.to_string().len()
+        + parts
+            .headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum::<usize>()
+}
+
+/// The answer to a request whose head is past `[http] max_header_size`: 431, recorded
+/// as malformed, and the connection closes.
+fn too_large(
+    shared: &Arc<Shared>,
+    parts: &http::request::Parts,
+    version: Version,
+    started: Instant,
+    started_at: i64,
+) -> Response<Body> {
+    let seen = request::for_policy(parts, "http", &[]);
+    let decision = Decision::deny(format!(
+        "the request's head is larger than [http] max_header_size ({} bytes): refused",
+        shared.ctx.config.max_header_size
+    ));
+    let mut record = statement(shared, &seen, &decision, version, started_at);
+    record.decision = DecisionLabel::Malformed;
+    let mut response = request::refused(&decision, &record.id, version);
+    *response.status_mut() = http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+    if version < Version::HTTP_2 {
+        response.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
+    let size = response.body().size_hint().exact().unwrap_or(0);
+    Pending {
+        shared: shared.clone(),
+        record,
+        started,
+    }
+    .finish(Some(431), 0, size, Some(decision.reason));
+    response.map(|b| b.map_err(|never| match never {}).boxed_unsync())
+}
+
+/// The record of a request, written once it is answered.
+struct Pending {
+    shared: Arc<Shared>,
+    record: StatementRecord,
+    started: Instant,
+}
+
+impl Pending {
+    fn finish(mut self, status: Option<u16>, up: u64, down: u64, error: Option<String>) {
+        let refused = self.record.decision != DecisionLabel::Allow
+            && self.record.decision != DecisionLabel::WouldDeny
+            && self.record.decision != DecisionLabel::WouldRequireApproval;
+        self.record.duration_us = Some(self.started.elapsed().as_micros() as u64);
+        self.record.error = error;
+        if let Some(http) = self.record.http.as_mut() {
+            http.status = status;
+            http.bytes_up = up;
+            http.bytes_down = down;
+        }
+        self.shared.requests.fetch_add(1, Ordering::Relaxed);
+        if refused {
+            self.shared.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        self.shared
+            .ctx
+            .recorder
+            .record(RecordEvent::Statement(Box::new(self.record)));
+    }
+}
+
+fn statement(
+    shared: &Shared,
+    seen: &tollgate_policy::HttpRequest,
+    decision: &Decision,
+    version: Version,
+    started_at: i64,
+) -> StatementRecord {
+    let ctx = &shared.ctx;
+    let seq = shared.seq.fetch_add(1, Ordering::Relaxed) + 1;
+    let query = (ctx.config.record_query && !seen.query.is_empty()).then(|| seen.query.clone());
+    let mut sql = format!(
+        "{} {}://{}{}",
+        seen.method, seen.scheme, seen.host, seen.path
+    );
+    if let Some(query) = &query {
+        sql.push('?');
+        sql.push_str(query);
+    }
+    StatementRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        connection_id: ctx.connection_id.clone(),
+        job_id: ctx.job_id.clone(),
+        seq,
+        started_at,
+        started: None,
+        duration_us: None,
+        protocol: Cow::Borrowed(match version {
+            Version::HTTP_2 => "http/2",
+            Version::HTTP_10 => "http/1.0",
+            _ => "http/1.1",
+        }),
+        database: Arc::from(""),
+        user: Arc::from(""),
+        sql: Arc::from(sql),
+        params: Vec::new(),
+        kind: Cow::Borrowed("http"),
+        tables: Arc::from([]),
+        functions: Arc::from([]),
+        decision: DecisionLabel::from(decision),
+        policy_ids: Arc::from(decision.policy_ids.clone()),
+        reason: Arc::from(decision.reason.as_str()),
+        rows: None,
+        sqlstate: None,
+        error: None,
+        approval: None,
+        opened: false,
+        http: Some(Box::new(HttpFacts {
+            method: seen.method.clone(),
+            scheme: seen.scheme.clone(),
+            host: seen.host.clone(),
+            path: seen.path.clone(),
+            query,
+            status: None,
+            bytes_up: 0,
+            bytes_down: 0,
+        })),
+    }
+}
