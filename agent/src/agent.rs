@@ -349,6 +349,11 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
                 port: config.proxy.port,
                 source,
             })?;
+    // The local CA: certificates for clients whose TLS the agent terminates.
+    let local_tls = Arc::new(crate::postgres::tls::Tls::load(
+        &config.state.dir,
+        config.postgres.tls.clone(),
+    )?);
     let shared = Arc::new(Shared::new(
         maps.clone(),
         jobs.clone(),
@@ -360,12 +365,11 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
         config.proxy.clone(),
         recording_gate.clone(),
         config.postgres.clone(),
-        Arc::new(crate::postgres::tls::Tls::load(
-            &config.state.dir,
-            config.postgres.tls.clone(),
-        )?),
+        local_tls.clone(),
         metrics.postgres.clone(),
         config.http.clone(),
+        Arc::new(crate::http::tls::Https::new(local_tls, &config.http.tls)?),
+        metrics.http.clone(),
         resolver.clone(),
         refusals.clone(),
         kernel.clone(),

@@ -12,8 +12,10 @@ use serde::{Deserialize, Serialize};
 pub mod body;
 pub mod detect;
 pub mod io;
+pub mod metrics;
 pub mod request;
 pub mod session;
+pub mod tls;
 
 /// `[http]`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -28,6 +30,8 @@ pub struct HttpConfig {
     pub record_query: bool,
     /// The largest request or response head (request line or status, and headers).
     pub max_header_size: usize,
+    /// `[http.tls]`: TLS to targets with `tls = "terminate"`.
+    pub tls: tls::HttpTlsConfig,
 }
 
 impl Default for HttpConfig {
@@ -37,6 +41,7 @@ impl Default for HttpConfig {
             headers: Vec::new(),
             record_query: false,
             max_header_size: 64 * 1024,
+            tls: tls::HttpTlsConfig::default(),
         }
     }
 }

@@ -66,6 +66,9 @@ pub struct Shared {
     pub postgres_metrics: Arc<crate::metrics::PostgresMetrics>,
     /// `[http]`: HTTP followed at L7.
     pub http: crate::http::HttpConfig,
+    /// TLS for `tls = "terminate"` targets.
+    pub https: Arc<crate::http::tls::Https>,
+    pub http_metrics: Arc<crate::http::metrics::HttpMetrics>,
     /// DNS over TCP (connects to port 53) goes to the resolver.
     pub dns: Arc<crate::dns::server::Resolver>,
     /// Refusals of upstreams, remembered for the connect hook (None: off).
@@ -96,6 +99,8 @@ impl Shared {
         tls: Arc<crate::postgres::tls::Tls>,
         postgres_metrics: Arc<crate::metrics::PostgresMetrics>,
         http: crate::http::HttpConfig,
+        https: Arc<crate::http::tls::Https>,
+        http_metrics: Arc<crate::http::metrics::HttpMetrics>,
         dns: Arc<crate::dns::server::Resolver>,
         refusals: Option<Arc<refusals::Remembered>>,
         kernel: Arc<crate::kernel_path::KernelPath>,
@@ -115,6 +120,8 @@ impl Shared {
             tls,
             postgres_metrics,
             http,
+            https,
+            http_metrics,
             dns,
             refusals,
             kernel,

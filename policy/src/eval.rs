@@ -502,6 +502,7 @@ mod tests {
             mode: None,
             masking: None,
             kernel_verdicts: None,
+            tls: None,
             resolved: Vec::new(),
         };
         let destination: SocketAddr = "10.1.2.3:5432".parse().unwrap();

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 pub use eval::PolicyEngine;
 pub use http::HttpRequest;
 pub use load::{LoadErrors, PolicyBundle, PolicyError, Source, load, load_with};
-pub use targets::{Catalog, PortRange, ResultsMasking, TargetMasking, TargetSpec};
+pub use targets::{Catalog, PortRange, ResultsMasking, TargetMasking, TargetSpec, TargetTls};
 
 /// The process that opened a connection, as the kernel recorded it. Decisions depend
 /// on every field but `pid`, which is informational.

@@ -96,6 +96,14 @@ pub struct TargetMasking {
     pub results: ResultsMasking,
 }
 
+/// What the agent does with TLS to a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetTls {
+    /// Terminate the client's TLS with the local CA, and originate TLS to the target.
+    Terminate,
+}
+
 /// One named target of the catalog (`[[targets]]` in the agent's config).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -125,6 +133,11 @@ pub struct TargetSpec {
     /// decision is final in the kernel (`proxy.kernel_verdicts`).
     #[serde(default)]
     pub kernel_verdicts: Option<bool>,
+    /// `"terminate"`: the agent terminates clients' TLS to this target with its local CA
+    /// and originates TLS to it, so an L7 protocol (`protocol = "http"`) is followed
+    /// inside. Unset: TLS passes untouched.
+    #[serde(default)]
+    pub tls: Option<TargetTls>,
     /// Addresses `dns_names` resolved to (filled in by the agent; not configured).
     #[serde(skip)]
     pub resolved: Vec<IpAddr>,
@@ -266,6 +279,7 @@ mod tests {
             mode: None,
             masking: None,
             kernel_verdicts: None,
+            tls: None,
             resolved: Vec::new(),
         }
     }

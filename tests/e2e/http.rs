@@ -249,6 +249,13 @@ fn decided_on_one_connection(
         "{:?}",
         sessions[0]
     );
+    let metrics = agent.metrics();
+    for (decision, n) in [("allow", 2), ("deny", 3)] {
+        let series = format!(
+            "tollgate_http_requests_total{{decision=\"{decision}\",version=\"{expected}\"}} {n}"
+        );
+        assert!(metrics.contains(&series), "{series} in {metrics}");
+    }
 }
 
 #[test]

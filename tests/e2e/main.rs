@@ -11,6 +11,7 @@ mod durable;
 mod encoding;
 mod failclosed;
 mod http;
+mod http_tls;
 mod identity;
 mod install;
 mod interception;

@@ -365,6 +365,20 @@ impl Agent {
         http_get(self.admin_port, path)
     }
 
+    /// The agent's local CA (`tollgate ca export`), written to a file in its directory,
+    /// for clients that verify the certificates it presents.
+    pub fn export_ca(&self) -> PathBuf {
+        let ca = output(
+            self.tollgate()
+                .args(["ca", "export", "--config"])
+                .arg(&self.config_path),
+        );
+        assert!(ca.status.success(), "{}", crate::stderr(&ca));
+        let file = self.dir.path().join("tollgate-ca.pem");
+        std::fs::write(&file, crate::stdout(&ca)).expect("CA file");
+        file
+    }
+
     pub fn metrics(&self) -> String {
         let (code, body) = self.admin_get("/metrics");
         assert_eq!(code, 200, "/metrics: {body}");

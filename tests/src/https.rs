@@ -31,44 +31,102 @@ server.serve_forever()
 
 pub struct HttpsServer {
     pub port: u16,
-    /// The server's certificate (PEM), for clients that verify it.
+    /// The CA that issued the server's certificate (PEM), for clients that verify it.
     pub cert: PathBuf,
     child: Child,
     _dir: tempfile::TempDir,
 }
 
 impl HttpsServer {
-    /// Serves a certificate for `names` (its subject alternative names).
+    /// Serves a certificate for `names` (its subject alternative names), issued by a CA
+    /// of its own ([`HttpsServer::cert`]), as real servers' are.
     pub fn start(names: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let path = |name: &str| dir.path().join(name);
+        let (ca, ca_key) = (path("ca.pem"), path("ca-key.pem"));
+        let (leaf, key, csr, ext) = (
+            path("leaf.pem"),
+            path("key.pem"),
+            path("leaf.csr"),
+            path("leaf.ext"),
+        );
+        let openssl = |args: &[&std::ffi::OsStr]| {
+            let made = Command::new("openssl")
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl");
+            assert!(made.success(), "openssl {args:?}: {made}");
+        };
+        let new_key = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let os = |s: &str| std::ffi::OsString::from(s);
+        let mut args: Vec<std::ffi::OsString> = vec![os("req"), os("-x509")];
+        args.extend(new_key.iter().map(|a| os(a)));
+        args.extend([
+            os("-days"),
+            os("1"),
+            os("-subj"),
+            os("/CN=Tollgate test CA"),
+        ]);
+        args.extend([
+            os("-keyout"),
+            ca_key.clone().into(),
+            os("-out"),
+            ca.clone().into(),
+        ]);
+        openssl(&args.iter().map(|a| a.as_os_str()).collect::<Vec<_>>());
+        let mut args: Vec<std::ffi::OsString> = vec![os("req")];
+        args.extend(new_key.iter().map(|a| os(a)));
+        let subject = format!("/CN={}", names.first().copied().unwrap_or("localhost"));
+        args.extend([os("-subj"), os(&subject)]);
+        args.extend([
+            os("-keyout"),
+            key.clone().into(),
+            os("-out"),
+            csr.clone().into(),
+        ]);
+        openssl(&args.iter().map(|a| a.as_os_str()).collect::<Vec<_>>());
         let san = names
             .iter()
             .map(|n| format!("DNS:{n}"))
             .collect::<Vec<_>>()
             .join(",");
-        let made = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .arg("-subj")
-            .arg(format!(
-                "/CN={}",
-                names.first().copied().unwrap_or("localhost")
-            ))
-            .arg("-addext")
-            .arg(format!("subjectAltName={san}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("openssl");
-        assert!(made.success(), "openssl req: {made}");
+        std::fs::write(
+            &ext,
+            format!(
+                "subjectAltName={san}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
+            ),
+        )
+        .expect("extensions");
+        let args: Vec<std::ffi::OsString> = vec![
+            os("x509"),
+            os("-req"),
+            os("-days"),
+            os("1"),
+            os("-in"),
+            csr.into(),
+            os("-CA"),
+            ca.clone().into(),
+            os("-CAkey"),
+            ca_key.into(),
+            os("-CAcreateserial"),
+            os("-extfile"),
+            ext.into(),
+            os("-out"),
+            leaf.clone().into(),
+        ];
+        openssl(&args.iter().map(|a| a.as_os_str()).collect::<Vec<_>>());
+        let cert = ca;
         let mut child = Command::new("python3")
             .args(["-c", SERVER])
-            .arg(&cert)
+            .arg(&leaf)
             .arg(&key)
             .stdout(Stdio::piped())
             .spawn()

@@ -30,15 +30,13 @@ fn sources(path: &Path) -> anyhow::Result<Vec<Source>> {
 
 /// `tollgate policy check [PATH]`.
 pub fn check(path: Option<PathBuf>, config: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let path = match path {
-        Some(path) => path,
-        None => Config::load(config)?.0.policy.dir,
-    };
+    let config = Config::load(config)?.0;
+    let path = path.unwrap_or(config.policy.dir);
     if !path.exists() {
         bail!("{} does not exist", path.display());
     }
     let sources = sources(&path)?;
-    match tollgate_policy::load(&sources) {
+    match tollgate_policy::load_with(&sources, &config.http.headers) {
         Ok(bundle) => {
             println!(
                 "ok: {} policies in {} file(s) under {}",
@@ -71,7 +69,8 @@ fn engine(
         Some(sources) => sources,
         None => bail!("policy directory {} does not exist", dir.display()),
     };
-    let bundle = tollgate_policy::load(&sources).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let bundle = tollgate_policy::load_with(&sources, &config.http.headers)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let catalog =
         Catalog::new(config.targets.clone()).map_err(|e| anyhow::anyhow!("targets: {e}"))?;
     Ok(PolicyEngine::new(
@@ -79,6 +78,27 @@ fn engine(
         catalog,
         mode.unwrap_or(config.policy.mode),
     ))
+}
+
+/// `HOST:PORT` of a URL (port 80 for http, 443 for https, where it names none).
+fn url_destination(url: &str) -> anyhow::Result<String> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .with_context(|| format!("--url {url}: expected http://HOST/PATH"))?;
+    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+    let has_port = authority
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.ends_with(':') && port.parse::<u16>().is_ok());
+    Ok(if has_port {
+        authority.to_owned()
+    } else {
+        let port = if scheme.eq_ignore_ascii_case("https") {
+            443
+        } else {
+            80
+        };
+        format!("{authority}:{port}")
+    })
 }
 
 fn resolve(dest: &str) -> anyhow::Result<SocketAddr> {
@@ -103,12 +123,23 @@ pub struct ExplainArgs {
     /// The job's assurance: host-asserted or oidc-verified.
     #[arg(long, default_value = "host-asserted", value_parser = parse_assurance)]
     assurance: tollgate_policy::Assurance,
-    /// The destination, HOST:PORT.
-    #[arg(long)]
-    dest: String,
-    /// `connect`, or `sql:read|write|ddl|admin|unknown` for one statement.
+    /// The destination, HOST:PORT (for `http:request`, by default the URL's host and
+    /// port).
+    #[arg(long, required_unless_present = "url")]
+    dest: Option<String>,
+    /// `connect`, `sql:read|write|ddl|admin|unknown` for one statement, or
+    /// `http:request` for one request.
     #[arg(long, default_value = "connect")]
     action: String,
+    /// For `http:request`: the request's method.
+    #[arg(long, default_value = "GET")]
+    method: String,
+    /// For `http:request`: the request's URL (`http://host[:port]/path?query`).
+    #[arg(long)]
+    url: Option<String>,
+    /// For `http:request`: a request header (repeatable), as `[http] headers` names it.
+    #[arg(long = "header", value_name = "NAME=VALUE", value_parser = crate::jobs::parse_label)]
+    headers: Vec<(String, String)>,
     /// The name the job resolved the destination from (`resource.hostname`).
     #[arg(long)]
     hostname: Option<String>,
@@ -147,16 +178,37 @@ pub fn explain(args: ExplainArgs, config: Option<&Path>) -> anyhow::Result<ExitC
         "sql:admin",
         "sql:unknown",
     ];
-    if args.action != "connect" && !SQL_ACTIONS.contains(&args.action.as_str()) {
+    let http = args.action == tollgate_policy::http::ACTION;
+    if args.action != "connect" && !http && !SQL_ACTIONS.contains(&args.action.as_str()) {
         bail!(
-            "--action {}: expected connect or one of {}",
+            "--action {}: expected connect, http:request or one of {}",
             args.action,
             SQL_ACTIONS.join(", ")
         );
     }
+    let request = match (&args.url, http) {
+        (Some(url), true) => {
+            let mut request = tollgate_policy::HttpRequest::from_url(&args.method, url)
+                .map_err(|e| anyhow::anyhow!("--url {e}"))?;
+            request.headers = args
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                .collect();
+            Some(request)
+        }
+        (None, true) => bail!("--action http:request needs --url"),
+        (Some(_), false) => bail!("--url is for --action http:request"),
+        (None, false) => None,
+    };
     let (config, _) = Config::load(config)?;
     let engine = engine(&config, args.policy_dir.as_deref(), None)?;
-    let destination = resolve(&args.dest)?;
+    let dest = match (&args.dest, &args.url) {
+        (Some(dest), _) => dest.clone(),
+        (None, Some(url)) => url_destination(url)?,
+        (None, None) => bail!("--dest is required"),
+    };
+    let destination = resolve(&dest)?;
     let principal = Principal {
         job_id: "explain".to_owned(),
         labels: args.labels.into_iter().collect(),
@@ -173,7 +225,9 @@ pub fn explain(args: ExplainArgs, config: Option<&Path>) -> anyhow::Result<ExitC
     let subject = Subject::new(&principal, &process, destination)
         .with_hostname(args.hostname.as_deref())
         .with_sni(args.sni.as_deref());
-    let decision = if args.action == "connect" {
+    let decision = if let Some(request) = &request {
+        engine.decide_http(subject, request)
+    } else if args.action == "connect" {
         engine.decide_connect(subject)
     } else {
         let sql = tollgate_policy::SqlContext {

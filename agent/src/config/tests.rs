@@ -213,3 +213,52 @@ fn approvals_parse_and_their_errors_name_the_key() {
         .to_string();
     assert!(err.contains("uid:N"), "{err}");
 }
+
+#[test]
+fn http_headers_must_be_lowercase_names_listed_once() {
+    let ok = Config::parse(
+        "[http]\nheaders = [\"x-ci-run\", \"user-agent\"]\n",
+        "agent.toml",
+    )
+    .unwrap();
+    assert_eq!(ok.http.headers, ["x-ci-run", "user-agent"]);
+    for (text, says) in [
+        ("[http]\nheaders = [\"X-CI-Run\"]\n", "`X-CI-Run`"),
+        ("[http]\nheaders = [\"a\", \"a\"]\n", "listed twice"),
+        ("[http]\nmax_header_size = 10\n", "http.max_header_size"),
+    ] {
+        let error = Config::parse(text, "agent.toml").unwrap_err().to_string();
+        assert!(error.contains(says), "{error}");
+        assert!(error.contains("agent.toml:"), "names the line: {error}");
+    }
+}
+
+#[test]
+fn tls_termination_is_for_http_targets() {
+    let ok = Config::parse(
+        "[[targets]]\nname = \"api\"\nports = [443]\nprotocol = \"http\"\ntls = \"terminate\"\n",
+        "agent.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        ok.targets[0].tls,
+        Some(tollgate_policy::TargetTls::Terminate)
+    );
+    let error = Config::parse(
+        "[[targets]]\nname = \"db\"\nports = [5432]\nprotocol = \"postgres\"\ntls = \"terminate\"\n",
+        "agent.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("agent.toml:5") && error.contains("`db`"),
+        "{error}"
+    );
+    let error = Config::parse(
+        "[[targets]]\nname = \"api\"\ntls = \"inspect\"\n",
+        "agent.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("inspect"), "{error}");
+}

@@ -199,6 +199,20 @@ impl Config {
                 return Err(invalid("unix.engine_sockets.engine", "must not be empty"));
             }
         }
+        if let Some(target) = self
+            .targets
+            .iter()
+            .find(|t| t.tls.is_some() && t.protocol.as_deref() != Some("http"))
+        {
+            return Err(invalid(
+                "targets.tls",
+                &format!(
+                    "target `{}`: tls = \"terminate\" needs protocol = \"http\" (the agent \
+                     terminates TLS only to follow HTTP inside it)",
+                    target.name
+                ),
+            ));
+        }
         if let Err(message) = Catalog::new(self.targets.clone()) {
             return Err(invalid("targets", &message));
         }
@@ -255,6 +269,39 @@ impl Config {
             return Err(invalid(
                 "postgres.max_message_size",
                 "must be between 1024 and 1073741824",
+            ));
+        }
+        if let Some(bad) = self
+            .http
+            .headers
+            .iter()
+            .find(|h| !tollgate_policy::schema::valid_header_name(h))
+        {
+            return Err(invalid(
+                "http.headers",
+                &format!(
+                    "`{bad}` is not a header name policies can read: lowercase letters, \
+                     digits and !#$%&'*+-.^_`|~"
+                ),
+            ));
+        }
+        if let Some(twice) = self
+            .http
+            .headers
+            .iter()
+            .enumerate()
+            .find(|(i, h)| self.http.headers[..*i].contains(h))
+            .map(|(_, h)| h)
+        {
+            return Err(invalid(
+                "http.headers",
+                &format!("`{twice}` is listed twice"),
+            ));
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.http.max_header_size) {
+            return Err(invalid(
+                "http.max_header_size",
+                "must be between 1024 and 16777216",
             ));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {

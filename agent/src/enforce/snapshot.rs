@@ -158,6 +158,21 @@ impl Snapshot {
         self.engine().is_some_and(PolicyEngine::governs_http)
     }
 
+    /// Whether the agent terminates TLS to `destination`, decided as about `target`
+    /// (its catalog target's `tls = "terminate"`).
+    pub fn terminates_tls(&self, destination: SocketAddr, target: &str) -> bool {
+        let spec = match self.engine() {
+            Some(engine) => engine.targets().iter().find(|t| t.name == target),
+            None => self
+                .active
+                .settings
+                .targets
+                .iter()
+                .find(|t| t.matches(destination.ip(), destination.port())),
+        };
+        spec.is_some_and(|t| t.tls == Some(tollgate_policy::TargetTls::Terminate))
+    }
+
     /// The `[http] headers` of this generation: what requests' contexts hold.
     pub fn http_headers(&self) -> &[String] {
         &self.active.settings.http_headers

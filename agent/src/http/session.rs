@@ -17,7 +17,11 @@ use http_body::Body as _;
 use http_body_util::{BodyExt as _, Limited, combinators::UnsyncBoxBody};
 use hyper::{body::Incoming, client::conn as client, server::conn as server};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::{net::TcpStream, task::JoinHandle};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+    task::JoinHandle,
+};
 use tollgate_policy::{Decision, Principal, Process, Subject};
 
 use super::{
@@ -46,6 +50,8 @@ pub enum HttpError {
     Upstream(#[source] hyper::Error),
     #[error("HTTP from the client: {0}")]
     Client(#[source] hyper::Error),
+    #[error(transparent)]
+    Tls(#[from] super::tls::HttpsError),
 }
 
 /// What a followed connection's requests are decided and recorded with.
@@ -60,8 +66,12 @@ pub struct Context {
     pub connection_id: Arc<str>,
     pub job_id: Option<Arc<str>>,
     pub config: HttpConfig,
-    /// HTTP/1 or HTTP/2, as the client's first bytes said.
+    pub metrics: Arc<super::metrics::HttpMetrics>,
+    /// HTTP/1 or HTTP/2, as the client's first bytes said (where TLS is not
+    /// terminated).
     pub version: Detect,
+    /// The target's `tls = "terminate"`: the client opened with TLS, terminated here.
+    pub https: Option<Arc<super::tls::Https>>,
 }
 
 type Body = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -96,6 +106,9 @@ impl Sender {
 /// The state the requests of one connection share.
 struct Shared {
     ctx: Context,
+    /// `http`, or `https` where the agent terminates TLS.
+    scheme: &'static str,
+    h2: bool,
     sender: Sender,
     seq: AtomicU64,
     /// Requests recorded, and of them refused: the connection's counts.
@@ -142,9 +155,55 @@ pub async fn run(
         down: Arc::default(),
         shared: None,
     };
-    let client = TokioIo::new(Counting::new(client, tally.up.clone(), tally.down.clone()));
-    let upstream = TokioIo::new(Counting::new(upstream, Arc::default(), Arc::default()));
-    let h2 = ctx.version == Detect::Http2;
+    // Wire bytes, under TLS where the agent terminates it.
+    let client = Counting::new(client, tally.up.clone(), tally.down.clone());
+    let upstream = Counting::new(upstream, Arc::default(), Arc::default());
+    match ctx.https.clone() {
+        Some(https) => {
+            let terminated = super::tls::terminate(&https, client, upstream, ctx.destination)
+                .await
+                .map_err(HttpError::Tls)?;
+            let version = terminated.version;
+            carry(
+                TokioIo::new(terminated.client),
+                TokioIo::new(terminated.upstream),
+                version,
+                "https",
+                ctx,
+                &mut tally,
+            )
+            .await
+        }
+        None => {
+            let version = ctx.version;
+            carry(
+                TokioIo::new(client),
+                TokioIo::new(upstream),
+                version,
+                "http",
+                ctx,
+                &mut tally,
+            )
+            .await
+        }
+    }
+}
+
+/// [`run`] on the (plain or TLS) streams, in the HTTP version both sides speak.
+async fn carry<C, U>(
+    client: TokioIo<C>,
+    upstream: TokioIo<U>,
+    version: Detect,
+    scheme: &'static str,
+    ctx: Context,
+    tally: &mut Tally<'_>,
+) -> Result<(), HttpError>
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let progress = tally.progress;
+    let h2 = version == Detect::Http2;
     progress.followed(if h2 { "http/2" } else { "http/1.1" });
     // The destination's connection ended (it closed an idle keep-alive connection, say):
     // the client's side is closed too, once its requests in flight are answered, so
@@ -182,6 +241,8 @@ pub async fn run(
     };
     let shared = Arc::new(Shared {
         ctx,
+        scheme,
+        h2,
         sender,
         seq: AtomicU64::new(0),
         requests: AtomicU64::new(0),
@@ -269,8 +330,7 @@ async fn serve(
         return Ok(too_large(shared, &parts, version, started, started_at));
     }
     let policy = ctx.enforcer.snapshot();
-    let scheme = "http";
-    let seen = request::for_policy(&parts, scheme, policy.http_headers());
+    let seen = request::for_policy(&parts, shared.scheme, policy.http_headers());
     let subject = Subject::new(&ctx.principal, &ctx.process, ctx.destination)
         .with_hostname(ctx.hostname.as_deref());
     let decision = policy.decide_http(subject, &seen);
@@ -368,7 +428,7 @@ fn too_large(
     started: Instant,
     started_at: i64,
 ) -> Response<Body> {
-    let seen = request::for_policy(parts, "http", &[]);
+    let seen = request::for_policy(parts, shared.scheme, &[]);
     let decision = Decision::deny(format!(
         "the request's head is larger than [http] max_header_size ({} bytes): refused",
         shared.ctx.config.max_header_size
@@ -413,6 +473,10 @@ impl Pending {
             http.bytes_down = down;
         }
         self.shared.requests.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .ctx
+            .metrics
+            .request(self.shared.h2, self.record.decision);
         if refused {
             self.shared.refused.fetch_add(1, Ordering::Relaxed);
         }

@@ -327,9 +327,11 @@ async fn accept_tls(
     let start =
         tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
     let sni = start.client_hello().server_name().map(str::to_owned);
-    let config = ctx
-        .tls
-        .server_config(sni.as_deref(), ctx.destination.ip())?;
+    let config = ctx.tls.server_config(
+        sni.as_deref(),
+        ctx.destination.ip(),
+        super::tls::Alpn::Postgres,
+    )?;
     let stream = start.into_stream(config).await?;
     Ok((Io::Accepted(Box::new(stream)), sni))
 }

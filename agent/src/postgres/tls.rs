@@ -114,8 +114,34 @@ pub fn ca_pem(state_dir: &Path) -> Result<String, TlsError> {
     std::fs::read_to_string(&path).map_err(io_error(&path))
 }
 
-/// Server configs by (SNI, address) they present a certificate for.
-type Leaves = HashMap<(Option<String>, IpAddr), Arc<ServerConfig>>;
+/// Server configs by (SNI, address) they present a certificate for, and the protocols
+/// they select by ALPN.
+type Leaves = HashMap<(Option<String>, IpAddr, Alpn), Arc<ServerConfig>>;
+
+/// What a terminated connection carries, as the server selects it by ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Alpn {
+    /// PostgreSQL 17+ clients offer `postgresql` (and with direct TLS require it);
+    /// older clients offer none, and none is selected.
+    Postgres,
+    /// HTTP/2 (`h2`), as the destination chose.
+    H2,
+    /// HTTP/1.1 (`http/1.1`), as the destination chose.
+    Http1,
+    /// Nothing selected (the destination chose none).
+    None,
+}
+
+impl Alpn {
+    fn protocols(self) -> Vec<Vec<u8>> {
+        match self {
+            Alpn::Postgres => vec![crate::proxy::hello::ALPN_POSTGRESQL.to_vec()],
+            Alpn::H2 => vec![b"h2".to_vec()],
+            Alpn::Http1 => vec![b"http/1.1".to_vec()],
+            Alpn::None => Vec::new(),
+        }
+    }
+}
 
 pub struct Tls {
     config: TlsConfig,
@@ -168,13 +194,15 @@ impl Tls {
         self.upstream.clone()
     }
 
-    /// The server config presenting a certificate for `sni` and `address`.
+    /// The server config presenting a certificate for `sni` and `address`, selecting
+    /// the protocols of `alpn`.
     pub fn server_config(
         &self,
         sni: Option<&str>,
         address: IpAddr,
+        alpn: Alpn,
     ) -> Result<Arc<ServerConfig>, TlsError> {
-        let key = (sni.map(str::to_owned), address);
+        let key = (sni.map(str::to_owned), address, alpn);
         if let Some(config) = self
             .leaves
             .lock()
@@ -205,9 +233,7 @@ impl Tls {
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_single_cert(chain, private)?;
-        // PostgreSQL 17+ clients offer ALPN `postgresql` and (with direct TLS) require
-        // the server to select it; older clients offer none, and rustls then selects none.
-        config.alpn_protocols = vec![crate::proxy::hello::ALPN_POSTGRESQL.to_vec()];
+        config.alpn_protocols = alpn.protocols();
         let config = Arc::new(config);
         let mut leaves = self.leaves.lock().unwrap_or_else(|e| e.into_inner());
         if leaves.len() >= LEAF_CACHE {
@@ -390,10 +416,18 @@ mod tests {
             .unwrap();
         assert_eq!(mode, 0o600);
         let a = tls
-            .server_config(Some("db.internal"), "10.0.0.5".parse().unwrap())
+            .server_config(
+                Some("db.internal"),
+                "10.0.0.5".parse().unwrap(),
+                Alpn::Postgres,
+            )
             .unwrap();
         let b = tls
-            .server_config(Some("db.internal"), "10.0.0.5".parse().unwrap())
+            .server_config(
+                Some("db.internal"),
+                "10.0.0.5".parse().unwrap(),
+                Alpn::Postgres,
+            )
             .unwrap();
         assert!(Arc::ptr_eq(&a, &b), "issued once, then cached");
         // Loading again keeps the same CA.

@@ -139,6 +139,8 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
             _ => None,
         },
         http: shared.http.enabled && policy.governs_http(),
+        terminate: decision.protocol.as_deref() == Some("http")
+            && policy.terminates_tls(destination, &decision.target),
     };
     let (how, seen) = match conn.principal() {
         Some(_) => follow(&client, &upstream, wanted).await,
@@ -173,7 +175,11 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
         );
     }
     let handler = match conn.principal() {
-        Some(principal) if let Follow::Http(version) = how => {
+        Some(principal) if matches!(how, Follow::Http(_) | Follow::Https) => {
+            let (version, https) = match how {
+                Follow::Http(version) => (version, None),
+                _ => (Detect::Http1, Some(shared.https.clone())),
+            };
             Handler::Http(Box::new(crate::http::session::Context {
                 enforcer: shared.enforcer.clone(),
                 recorder: shared.recorder.clone(),
@@ -184,7 +190,9 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
                 connection_id: log.id().into(),
                 job_id: conn.job.as_ref().map(|j| j.id.as_str().into()),
                 config: shared.http.clone(),
+                metrics: shared.http_metrics.clone(),
                 version,
+                https,
             }))
         }
         Some(principal) if how != Follow::Tcp => {
@@ -239,6 +247,8 @@ enum Follow {
     PostgresDirectTls,
     /// HTTP/1 or HTTP/2 (prior knowledge), request by request.
     Http(Detect),
+    /// HTTP inside TLS that the agent terminates (`tls = "terminate"`).
+    Https,
     /// A target declaring a protocol whose first bytes are not it: refused, never
     /// relayed blind.
     Unfollowable(&'static str),
@@ -261,6 +271,8 @@ struct Wanted {
     /// HTTP detected on the client's first bytes (`[http] enabled`, and a policy names
     /// `http:request`).
     http: bool,
+    /// The HTTP target's `tls = "terminate"`: its clients open with TLS.
+    terminate: bool,
 }
 
 /// How to follow the connection: its target declares the protocol, or the client speaks
@@ -310,9 +322,12 @@ async fn follow_first_bytes(
                 sni.clone_from(&hello.sni().map(str::to_owned));
                 let offers_none =
                     matches!(&hello, Sniffed::ClientHello { alpn, .. } if alpn.is_empty());
+                if http && wanted.terminate {
+                    return Follow::Https;
+                }
                 if http {
                     return Follow::Unfollowable(
-                        "TLS, which the agent does not terminate for this target",
+                        "TLS, which the agent does not terminate for this target (tls)",
                     );
                 }
                 return match (hello.offers(ALPN_POSTGRESQL), postgres) {
@@ -348,7 +363,12 @@ async fn follow_first_bytes(
         }
         if http || wanted.http {
             match crate::http::detect::detect(&first[..n]) {
-                version @ (Detect::Http1 | Detect::Http2) => return Follow::Http(version),
+                version @ (Detect::Http1 | Detect::Http2) if !wanted.terminate => {
+                    return Follow::Http(version);
+                }
+                Detect::Http1 | Detect::Http2 => {
+                    return Follow::Unfollowable("plain HTTP to a target whose TLS is terminated");
+                }
                 Detect::NeedMore if waiting => {
                     if first.len() < HTTP_SNIFF && n == first.len() {
                         first.resize(HTTP_SNIFF, 0);

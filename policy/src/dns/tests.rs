@@ -78,6 +78,7 @@ fn a_name_policy_allows_one_domain_and_refuses_another() {
         mode: None,
         masking: None,
         kernel_verdicts: None,
+        tls: None,
         resolved: vec![],
     };
     db.ports = vec![];
@@ -126,6 +127,7 @@ fn connects_match_dns_named_targets_by_the_name_the_job_resolved() {
         mode: None,
         masking: None,
         kernel_verdicts: None,
+        tls: None,
         resolved: vec![],
     };
     let e = engine(

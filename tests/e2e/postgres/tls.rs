@@ -11,15 +11,7 @@ fn tls_is_terminated_with_the_local_ca_and_originated_to_the_server() {
     let pg = postgres();
     let agent = agent(pg.port);
     // The CA the agent created in its state directory.
-    let ca = output(
-        agent
-            .tollgate()
-            .args(["ca", "export", "--config"])
-            .arg(&agent.config_path),
-    );
-    assert!(ca.status.success(), "{}", stderr(&ca));
-    let ca_file = agent.dir.path().join("tollgate-ca.pem");
-    std::fs::write(&ca_file, stdout(&ca)).expect("CA file");
+    let ca_file = agent.export_ca();
     let sql = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
     // SCRAM through a terminated TLS session: SCRAM-SHA-256-PLUS is not offered, and
     // under `prefer` the server connection is plaintext so that the server does not
