@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 
 pub mod body;
 pub mod detect;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod harness;
 pub mod io;
 pub mod metrics;
 pub mod request;

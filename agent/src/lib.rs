@@ -34,8 +34,9 @@ mod udp;
 mod unix;
 
 /// What the fuzz targets drive: the PostgreSQL message tracker with an enforcer, a
-/// recorder and masking around it.
+/// recorder and masking around it, and a followed HTTP connection over in-memory
+/// streams.
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing {
-    pub use crate::postgres::tracker::harness::Harness;
+    pub use crate::{http::harness::Harness as HttpHarness, postgres::tracker::harness::Harness};
 }

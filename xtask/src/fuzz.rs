@@ -1,5 +1,6 @@
-//! `cargo xtask fuzz`: the cargo-fuzz targets of the PostgreSQL wire parsers and the
-//! session tracker, each run for a while on the pinned nightly, with their exec counts reported.
+//! `cargo xtask fuzz`: the cargo-fuzz targets of the PostgreSQL wire parsers, the
+//! session tracker and a followed HTTP connection, each run for a while on the pinned
+//! nightly, with their exec counts reported.
 use std::{path::Path, process::Command};
 
 use anyhow::{Context as _, bail};
@@ -7,14 +8,21 @@ use anyhow::{Context as _, bail};
 use crate::{ebpf_toolchain, run};
 
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
-pub const TARGETS: [&str; 3] = ["frontend", "backend", "tracker"];
+pub const TARGETS: [&str; 4] = ["frontend", "backend", "tracker", "http"];
 
-pub fn fuzz(root: &Path, seconds: u64) -> anyhow::Result<()> {
+/// Runs `only` (every target when empty) for `seconds` each.
+pub fn fuzz(root: &Path, seconds: u64, only: &[String]) -> anyhow::Result<()> {
+    if let Some(unknown) = only.iter().find(|t| !TARGETS.contains(&t.as_str())) {
+        bail!("--target {unknown}: expected one of {}", TARGETS.join(", "));
+    }
     let nightly = ebpf_toolchain(root)?;
     cargo_fuzz()?;
     let dir = root.join("fuzz");
     let mut summary = Vec::new();
-    for target in TARGETS {
+    let chosen = TARGETS
+        .iter()
+        .filter(|t| only.is_empty() || only.iter().any(|o| o == *t));
+    for &target in chosen {
         std::fs::create_dir_all(dir.join("corpus").join(target))?;
         eprintln!("xtask: fuzz: {target} for {seconds} s");
         let out = Command::new("cargo")

@@ -86,11 +86,15 @@ enum Cmd {
         #[arg(long)]
         tcg_single: bool,
     },
-    /// Fuzz the PostgreSQL wire parsers (cargo-fuzz, pinned nightly).
+    /// Fuzz the PostgreSQL wire parsers, the session tracker and a followed HTTP
+    /// connection (cargo-fuzz, pinned nightly).
     Fuzz {
         /// Seconds per target.
         #[arg(long, default_value_t = 600)]
         seconds: u64,
+        /// Only these targets (repeatable): frontend, backend, tracker, http.
+        #[arg(long = "target")]
+        targets: Vec<String>,
     },
     /// The differential conformance suite: each workload direct and through a Tollgate
     /// job, byte for byte (root). `cargo xtask test` runs it too.
@@ -164,9 +168,9 @@ fn main() -> anyhow::Result<()> {
                 },
             )
         }
-        Cmd::Fuzz { seconds } => {
+        Cmd::Fuzz { seconds, targets } => {
             setup::all(&root)?;
-            fuzz::fuzz(&root, seconds)
+            fuzz::fuzz(&root, seconds, &targets)
         }
         Cmd::Conformance { scripts } => {
             setup::all(&root)?;

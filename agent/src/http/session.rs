@@ -189,6 +189,36 @@ pub async fn run(
     }
 }
 
+/// [`run`] over any streams, without TLS termination: the harness's connection.
+#[cfg(any(test, feature = "fuzzing"))]
+pub async fn carry_streams<C, U>(
+    client: C,
+    upstream: U,
+    ctx: Context,
+    progress: &Progress,
+) -> Result<(), HttpError>
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut tally = Tally {
+        progress,
+        up: Arc::default(),
+        down: Arc::default(),
+        shared: None,
+    };
+    let version = ctx.version;
+    carry(
+        TokioIo::new(client),
+        TokioIo::new(upstream),
+        version,
+        "http",
+        ctx,
+        &mut tally,
+    )
+    .await
+}
+
 /// [`run`] on the (plain or TLS) streams, in the HTTP version both sides speak.
 async fn carry<C, U>(
     client: TokioIo<C>,
