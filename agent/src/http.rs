@@ -9,6 +9,7 @@
 //! first bytes are HTTP and a policy names `http:request`.
 use serde::{Deserialize, Serialize};
 
+mod approval;
 pub mod body;
 pub mod detect;
 #[cfg(any(test, feature = "fuzzing"))]

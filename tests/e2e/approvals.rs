@@ -3,12 +3,14 @@
 //! `tollgate approvals approve` lets it run, `deny` refuses it with the reason (42501),
 //! and without a decision it times out. The session goes on after each.
 mod connect;
+mod http;
 
 use std::{thread, time::Duration};
 
 use tollgate::{approvals::ApprovalRecord, record::DecisionLabel};
 use tollgate_e2e::{
-    Agent, output, output_with_stdin, postgres::Postgres, require_root, stderr, stdout, wait_for,
+    Agent, output, output_with_stdin, postgres::Postgres, python, require_root, stderr, stdout,
+    wait_for,
 };
 
 pub(crate) const POLICY: &str = r#"
@@ -284,8 +286,6 @@ fn a_non_reviewer_cannot_decide_and_the_refusal_is_audited() {
     assert!(has_column(pg, "tollgate_held2", "x"));
     direct_psql(pg, "DROP TABLE tollgate_held2");
 }
-
-use tollgate_e2e::python;
 
 /// psycopg's pipelined transaction (`approval_pipeline.py`) in a job, on another thread.
 fn pipeline_in_job(

@@ -6,7 +6,7 @@ use std::{path::Path, process::Command};
 
 use serde_json::Value;
 use tollgate::record::DecisionLabel;
-use tollgate_e2e::{Agent, output, postgres::postgres17, require_root, stderr, stdout};
+use tollgate_e2e::{Agent, output, postgres::postgres17, python, require_root, stderr, stdout};
 
 const POLICY: &str = r#"
 @id("connect")
@@ -19,8 +19,6 @@ permit(principal, action in [Action::"sql:read", Action::"sql:write"], resource)
 forbid(principal, action == Action::"sql:ddl", resource)
 when { resource.hasTag("env") && resource.getTag("env") == "production" };
 "#;
-
-use tollgate_e2e::python;
 
 /// An agent whose target for the server has no protocol hint (unless `hint`): direct TLS
 /// must be recognised by its ALPN, not by configuration.

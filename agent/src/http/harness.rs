@@ -39,6 +39,7 @@ const LIMIT: Duration = Duration::from_secs(5);
 
 pub struct Harness {
     enforcer: Arc<Enforcer>,
+    approvals: Arc<crate::approvals::Approvals>,
     recorder: crate::record::Recorder,
     metrics: Metrics,
     runtime: tokio::runtime::Runtime,
@@ -79,11 +80,17 @@ impl Harness {
             },
             metrics.record.clone(),
         )?;
+        let approvals = Arc::new(crate::approvals::Approvals::new(
+            &crate::config::ApprovalsConfig::default(),
+            recorder.clone(),
+            metrics.approvals.clone(),
+        ));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         Ok(Self {
             enforcer: Arc::new(enforcer),
+            approvals,
             recorder,
             metrics,
             runtime,
@@ -114,6 +121,8 @@ impl Harness {
             metrics: self.metrics.http.clone(),
             version: if h2 { Detect::Http2 } else { Detect::Http1 },
             https: None,
+            approvals: self.approvals.clone(),
+            target: "api".to_owned(),
         };
         self.runtime.block_on(async {
             let (client, proxy_client) = tokio::io::duplex(64 * 1024);

@@ -72,6 +72,10 @@ pub struct Context {
     pub version: Detect,
     /// The target's `tls = "terminate"`: the client opened with TLS, terminated here.
     pub https: Option<Arc<super::tls::Https>>,
+    /// Where a request that needs approval asks for it.
+    pub approvals: Arc<crate::approvals::Approvals>,
+    /// The catalog target's name, for the approval request.
+    pub target: String,
 }
 
 type Body = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -104,8 +108,8 @@ impl Sender {
 }
 
 /// The state the requests of one connection share.
-struct Shared {
-    ctx: Context,
+pub(super) struct Shared {
+    pub(super) ctx: Context,
     /// `http`, or `https` where the agent terminates TLS.
     scheme: &'static str,
     h2: bool,
@@ -363,12 +367,26 @@ async fn serve(
     let seen = request::for_policy(&parts, shared.scheme, policy.http_headers());
     let subject = Subject::new(&ctx.principal, &ctx.process, ctx.destination)
         .with_hostname(ctx.hostname.as_deref());
-    let decision = policy.decide_http(subject, &seen);
-    let record = Pending {
+    let mut decision = policy.decide_http(subject, &seen);
+    let mut approval = None;
+    if decision.enforced && decision.effect == tollgate_policy::Effect::RequireApproval {
+        // Held here, inside the client's own request, until a reviewer decides (or a
+        // grant covers it); a client that goes away drops the wait, abandoning it.
+        let outcome = super::approval::hold(shared, &seen, &decision, &policy).await;
+        decision.effect = if outcome.allows() {
+            tollgate_policy::Effect::Allow
+        } else {
+            tollgate_policy::Effect::Deny
+        };
+        decision.reason = outcome.reason();
+        approval = Some(outcome.link().to_owned());
+    }
+    let mut record = Pending {
         shared: shared.clone(),
         record: statement(shared, &seen, &decision, version, started_at),
         started,
     };
+    record.record.approval = approval;
     if decision.blocks() {
         // The body is read (up to a limit) so that the connection stays usable.
         let limited = Limited::new(body, DRAIN_LIMIT);

@@ -193,6 +193,8 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
                 metrics: shared.http_metrics.clone(),
                 version,
                 https,
+                approvals: shared.approvals.clone(),
+                target: decision.target.clone(),
             }))
         }
         Some(principal) if how != Follow::Tcp => {

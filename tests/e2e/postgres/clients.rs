@@ -2,7 +2,6 @@
 //! tokio-postgres (prepared statements), and statements prepared before a reload.
 
 use super::*;
-
 use tollgate_e2e::python;
 
 #[test]
