@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 mod approval;
 pub mod body;
+mod decided;
 pub mod detect;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod harness;

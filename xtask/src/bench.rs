@@ -22,6 +22,7 @@ mod console;
 mod dns;
 mod env;
 mod fleet_store;
+mod http;
 
 use env::Environment;
 
@@ -96,8 +97,8 @@ fn select(
 }
 
 /// The names `--workloads` takes, in the order of [`WORKLOADS`].
-const WORKLOAD_KEYS: [&str; 7] = [
-    "select", "connect", "latency", "dns", "bulk", "central", "console",
+const WORKLOAD_KEYS: [&str; 8] = [
+    "select", "connect", "latency", "dns", "bulk", "central", "console", "http",
 ];
 /// The `-c1` workload, whose report adds each path's latency over direct.
 const LATENCY_WORKLOAD: usize = 2;
@@ -110,6 +111,9 @@ const CENTRAL_WORKLOAD: usize = 5;
 /// The review console's sessions page on a big store (bench/console.rs): no agent, run
 /// before the others.
 const CONSOLE_WORKLOAD: usize = 6;
+/// wrk against a local HTTP origin, direct, through Tollgate at L7 and through nginx
+/// (bench/http.rs): an environment of its own.
+const HTTP_WORKLOAD: usize = 7;
 
 /// A workload: name and pgbench arguments (besides host/port/duration).
 const WORKLOADS: [(&str, &[&str]); 3] = [
@@ -167,8 +171,18 @@ pub fn bench(root: &Path, options: &Options) -> anyhow::Result<()> {
     } else {
         Vec::new()
     };
-    if options.workloads == [CONSOLE_WORKLOAD] {
+    let http = if options.workloads.contains(&HTTP_WORKLOAD) {
+        http::run(&bin, options.rounds, options.seconds)?
+    } else {
+        Vec::new()
+    };
+    if options
+        .workloads
+        .iter()
+        .all(|w| [CONSOLE_WORKLOAD, HTTP_WORKLOAD].contains(w))
+    {
         console::report(&console);
+        http::report(&http, options.rounds);
         return Ok(());
     }
     let scratch = PathBuf::from(format!("/tmp/tollgate-bench-{}", std::process::id()));
@@ -184,6 +198,7 @@ pub fn bench(root: &Path, options: &Options) -> anyhow::Result<()> {
     bulk::report(&bulk, &BULK_PATHS, options.rounds);
     central::report(&central, options.seconds);
     console::report(&console);
+    http::report(&http, options.rounds);
     Ok(())
 }
 
@@ -282,7 +297,7 @@ fn measure(env: &mut Environment, options: &Options) -> anyhow::Result<Measured>
     };
     for round in 0..options.rounds {
         for &workload in &options.workloads {
-            if workload == CONSOLE_WORKLOAD {
+            if workload == CONSOLE_WORKLOAD || workload == HTTP_WORKLOAD {
                 continue;
             }
             if workload == BULK_WORKLOAD {
@@ -521,7 +536,7 @@ mod tests {
     fn path_and_workload_selection() {
         let all = Options::new(3, 20, 10, 0, &[], &[], None).unwrap();
         assert_eq!(all.paths, vec![0, 1, 2, 3, 4, 5]);
-        assert_eq!(all.workloads, vec![0, 1, 2, 3, 4, 5, 6]);
+        assert_eq!(all.workloads, vec![0, 1, 2, 3, 4, 5, 6, 7]);
         // With a baseline build, its paths are measured too, and only then.
         let with = Options::new(3, 20, 10, 0, &[], &[], Some("/old".into())).unwrap();
         assert_eq!(with.paths, vec![0, 1, 2, 3, 4, 5, 6, 7]);

@@ -14,10 +14,13 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// bpf-linker's LLVM feature must match the pinned nightly's LLVM major version.
 const BPF_LINKER_FEATURES: &str = "llvm-22,no-llvm-linking";
 /// Debian packages, each with a file that shows it is installed.
-const APT_PACKAGES: [(&str, &str); 20] = [
+const APT_PACKAGES: [(&str, &str); 22] = [
     ("postgresql", "/usr/lib/postgresql"),
     ("postgresql-client", "/usr/bin/psql"),
     ("pgbouncer", "/usr/sbin/pgbouncer"),
+    // The HTTP benchmark: its load generator, and nginx (the origin and the peer proxy).
+    ("wrk", "/usr/bin/wrk"),
+    ("nginx", "/usr/sbin/nginx"),
     ("curl", "/usr/bin/curl"),
     ("iproute2", "/usr/sbin/ip"),
     ("bpftool", "/usr/sbin/bpftool"),

@@ -122,6 +122,8 @@ pub(super) struct Shared {
     upgraded: Mutex<Option<JoinHandle<()>>>,
     /// A request that may upgrade the connection was sent.
     upgrading: std::sync::atomic::AtomicBool,
+    /// The connection's decisions of requests seen before, under this policy.
+    decisions: super::decided::Decisions,
 }
 
 /// Adds what the session carried to the connection's progress however it ends
@@ -283,6 +285,7 @@ where
         refused: AtomicU64::new(0),
         upgraded: Mutex::new(None),
         upgrading: std::sync::atomic::AtomicBool::new(false),
+        decisions: super::decided::Decisions::default(),
     });
     tally.shared = Some(shared.clone());
     let service = {
@@ -367,7 +370,7 @@ async fn serve(
     let seen = request::for_policy(&parts, shared.scheme, policy.http_headers());
     let subject = Subject::new(&ctx.principal, &ctx.process, ctx.destination)
         .with_hostname(ctx.hostname.as_deref());
-    let mut decision = policy.decide_http(subject, &seen);
+    let mut decision = shared.decisions.decide(&policy, subject, &seen);
     let mut approval = None;
     if decision.enforced && decision.effect == tollgate_policy::Effect::RequireApproval {
         // Held here, inside the client's own request, until a reviewer decides (or a
