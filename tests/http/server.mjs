@@ -1,11 +1,13 @@
 // The HTTP servers of the end-to-end tests: HTTP/1.1 (keep-alive) and HTTP/2 over
-// cleartext (prior knowledge), on loopback ports of the system's choosing. Prints
-// "HTTP1_PORT HTTP2_PORT" once both listen.
+// cleartext (prior knowledge), and with a certificate and key HTTPS (h2 or http/1.1 by
+// ALPN), on loopback ports of the system's choosing. Prints their ports once all
+// listen.
 //
 // Every answer is JSON about the request as it arrived: method, path, query, the body's
 // length, the HTTP version, the peer's port (one per connection: a reused connection
 // keeps it) and the x-ci-run header. GET /big?n=N answers N bytes of text; a path under
 // /slow/ waits 100 ms first.
+import fs from "node:fs";
 import http from "node:http";
 import http2 from "node:http2";
 
@@ -38,12 +40,22 @@ function answer(req, res) {
   });
 }
 
-const h1 = http.createServer(answer);
-const h2 = http2.createServer(answer);
+// With `CERT KEY` arguments, a third server: HTTPS offering h2 and http/1.1 (ALPN).
+const [cert, key] = process.argv.slice(2);
+const servers = [http.createServer(answer), http2.createServer(answer)];
+if (cert && key) {
+  servers.push(
+    http2.createSecureServer(
+      { cert: fs.readFileSync(cert), key: fs.readFileSync(key), allowHTTP1: true },
+      answer,
+    ),
+  );
+}
 let listening = 0;
 const ready = () => {
   listening += 1;
-  if (listening === 2) console.log(`${h1.address().port} ${h2.address().port}`);
+  if (listening === servers.length) {
+    console.log(servers.map((s) => s.address().port).join(" "));
+  }
 };
-h1.listen(0, "127.0.0.1", ready);
-h2.listen(0, "127.0.0.1", ready);
+for (const server of servers) server.listen(0, "127.0.0.1", ready);

@@ -33,6 +33,9 @@ pub struct HttpsServer {
     pub port: u16,
     /// The CA that issued the server's certificate (PEM), for clients that verify it.
     pub cert: PathBuf,
+    /// The server's own certificate and key (PEM), for another server to present.
+    pub leaf: PathBuf,
+    pub key: PathBuf,
     child: Child,
     _dir: tempfile::TempDir,
 }
@@ -142,6 +145,8 @@ impl HttpsServer {
         Self {
             port,
             cert,
+            leaf,
+            key,
             child,
             _dir: dir,
         }
