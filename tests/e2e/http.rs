@@ -485,3 +485,47 @@ print(data.split(b"\r\n")[0].decode() or "closed")
     let direct = output(Command::new("curl").args(["-sS", &format!("http://127.0.0.1:{port}/")]));
     assert!(direct.status.success());
 }
+
+/// Upgrades to `echo` on `port`, then sends `ping` and prints what came back.
+const UPGRADE_CLIENT: &str = r#"
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.settimeout(10)
+s.sendall(b"GET /stream HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+head = b""
+while b"\r\n\r\n" not in head:
+    head += s.recv(1)
+print(head.split(b"\r\n")[0].decode())
+s.sendall(b"ping over the upgraded connection")
+got = b""
+while len(got) < 33:
+    got += s.recv(100)
+print(got.decode())
+"#;
+
+#[test]
+fn an_upgrade_the_server_accepts_is_relayed_after_its_request_is_decided() {
+    if !require_root() {
+        return;
+    }
+    let servers = HttpServers::start();
+    let agent = agent();
+    let port = servers.h1.to_string();
+    let direct = sh(None, &format!("python3 -c '{UPGRADE_CLIENT}' {port}"));
+    assert_eq!(
+        direct,
+        "HTTP/1.1 101 Switching Protocols\nping over the upgraded connection\n"
+    );
+    let text = sh(
+        Some(&agent),
+        &format!("echo $TOLLGATE_JOB_ID; python3 -c '{UPGRADE_CLIENT}' {port}"),
+    );
+    let (job_id, rest) = text.split_once('\n').expect("the job id");
+    assert_eq!(rest, direct, "the same as directly");
+    let sessions = agent.wait_sessions(Some(job_id), 1);
+    let statements = agent.wait_statement_records(&sessions[0], 1);
+    assert_eq!(
+        requests(&statements),
+        [("GET", "/stream", Some(101), DecisionLabel::Allow)]
+    );
+}

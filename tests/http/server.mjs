@@ -51,6 +51,13 @@ if (cert && key) {
     ),
   );
 }
+// An `Upgrade: echo` request on HTTP/1.1 switches protocols: the server then echoes
+// every byte it gets (a stand-in for WebSocket).
+servers[0].on("upgrade", (req, socket, head) => {
+  socket.write("HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n");
+  if (head.length) socket.write(head);
+  socket.pipe(socket);
+});
 let listening = 0;
 const ready = () => {
   listening += 1;
