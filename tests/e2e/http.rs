@@ -529,3 +529,37 @@ fn an_upgrade_the_server_accepts_is_relayed_after_its_request_is_decided() {
         [("GET", "/stream", Some(101), DecisionLabel::Allow)]
     );
 }
+
+/// One request (Node answers it chunked), then idle past the server's keep-alive
+/// timeout (Node's: 5 s): prints the status line and what a read gets then (`closed` at
+/// EOF).
+const IDLE_CLIENT: &str = r#"
+import socket, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.settimeout(15)
+s.sendall(b"GET /v1/idle HTTP/1.1\r\nHost: h\r\n\r\n")
+data = b""
+while not data.endswith(b"0\r\n\r\n"):
+    data += s.recv(4096)
+print(data.split(b"\r\n")[0].decode())
+time.sleep(6.5)
+got = s.recv(100)
+print("closed" if got == b"" else "open " + repr(got))
+"#;
+
+#[test]
+fn a_connection_the_server_closes_when_idle_is_closed_for_the_client_too() {
+    if !require_root() {
+        return;
+    }
+    let servers = HttpServers::start();
+    let agent = agent();
+    let port = servers.h1.to_string();
+    let direct = sh(None, &format!("python3 -c '{IDLE_CLIENT}' {port}"));
+    assert_eq!(direct, "HTTP/1.1 200 OK\nclosed\n");
+    let in_job = sh(Some(&agent), &format!("python3 -c '{IDLE_CLIENT}' {port}"));
+    assert_eq!(
+        in_job, direct,
+        "the client's connection ends with the server's"
+    );
+}
