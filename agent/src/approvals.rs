@@ -108,6 +108,20 @@ pub struct ApprovalRecord {
     pub scope_cap: Option<String>,
 }
 
+/// The identity a request shows its reviewer: the job's identity fields, and its labels
+/// where a field of the same name is missing.
+pub fn identity_of(
+    principal: &tollgate_policy::Principal,
+) -> std::collections::BTreeMap<String, String> {
+    let mut identity = principal.identity.clone();
+    for (name, value) in &principal.labels {
+        identity
+            .entry(name.clone())
+            .or_insert_with(|| value.clone());
+    }
+    identity
+}
+
 /// What a request asks: filled by the data path.
 pub struct NewRequest {
     pub record: ApprovalRecord,

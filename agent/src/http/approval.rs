@@ -17,12 +17,7 @@ pub(super) async fn hold(
     policy: &Snapshot,
 ) -> Outcome {
     let ctx = &shared.ctx;
-    let mut identity = ctx.principal.identity.clone();
-    for (name, value) in &ctx.principal.labels {
-        identity
-            .entry(name.clone())
-            .or_insert_with(|| value.clone());
-    }
+    let identity = crate::approvals::identity_of(&ctx.principal);
     let line = format!(
         "{} {}://{}{}",
         seen.method, seen.scheme, seen.host, seen.path

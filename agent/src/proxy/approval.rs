@@ -25,15 +25,10 @@ pub async fn decide(
         return Some(decision);
     }
     let destination = conn.destination.to_string();
-    let mut identity = std::collections::BTreeMap::new();
-    if let Some(principal) = conn.principal() {
-        identity.clone_from(&principal.identity);
-        for (name, value) in &principal.labels {
-            identity
-                .entry(name.clone())
-                .or_insert_with(|| value.clone());
-        }
-    }
+    let identity = conn
+        .principal()
+        .map(|principal| crate::approvals::identity_of(principal))
+        .unwrap_or_default();
     let request = NewRequest {
         shape: Some(format!("connect {destination}")),
         record: ApprovalRecord {

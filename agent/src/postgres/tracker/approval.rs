@@ -69,12 +69,7 @@ impl Tracker {
             .iter()
             .find(|s| s.kind.action().is_some())
             .map_or(Kind::Unknown, |s| s.kind);
-        let mut identity = ctx.principal.identity.clone();
-        for (name, value) in &ctx.principal.labels {
-            identity
-                .entry(name.clone())
-                .or_insert_with(|| value.clone());
-        }
+        let identity = crate::approvals::identity_of(&ctx.principal);
         NewRequest {
             shape: classify::shape::shape(&text).or_else(|| Some(text.clone())),
             record: ApprovalRecord {
