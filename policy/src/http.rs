@@ -16,8 +16,9 @@ pub const ACTION: &str = "http:request";
 pub const NO_HTTP_POLICY_REASON: &str =
     "no policy governs HTTP requests: allowed on a permitted connection";
 
-/// One request as policy sees it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// One request as policy sees it: everything an `http:request` decision reads of it
+/// (so it also keys a cache of those decisions).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct HttpRequest {
     /// As sent (methods are case-sensitive): `GET`, `DELETE`, ...
     pub method: String,

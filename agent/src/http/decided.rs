@@ -20,18 +20,7 @@ pub(super) struct Decisions {
 #[derive(Default)]
 struct Kept {
     generation: u64,
-    map: HashMap<Key, Decision>,
-}
-
-/// What a request's decision depends on besides the connection's own facts.
-#[derive(PartialEq, Eq, Hash)]
-struct Key {
-    method: String,
-    scheme: String,
-    host: String,
-    path: String,
-    query: String,
-    headers: Vec<(String, String)>,
+    map: HashMap<HttpRequest, Decision>,
 }
 
 impl Decisions {
@@ -42,21 +31,13 @@ impl Decisions {
         subject: Subject<'_>,
         request: &HttpRequest,
     ) -> Decision {
-        let key = Key {
-            method: request.method.clone(),
-            scheme: request.scheme.clone(),
-            host: request.host.clone(),
-            path: request.path.clone(),
-            query: request.query.clone(),
-            headers: request.headers.clone(),
-        };
         {
             let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
             if kept.generation != policy.generation() {
                 kept.generation = policy.generation();
                 kept.map.clear();
             }
-            if let Some(decision) = kept.map.get(&key) {
+            if let Some(decision) = kept.map.get(request) {
                 return decision.clone();
             }
         }
@@ -66,7 +47,7 @@ impl Decisions {
             if kept.map.len() >= CAPACITY {
                 kept.map.clear();
             }
-            kept.map.insert(key, decision.clone());
+            kept.map.insert(request.clone(), decision.clone());
         }
         decision
     }
