@@ -71,18 +71,31 @@ fn masks_results(masking: &MaskingConfig) -> bool {
     masking.enabled && (masking.results == ResultsMasking::Detect || !masking.rules.is_empty())
 }
 
-/// A target that declares no protocol, where an unfollowed PostgreSQL session would
-/// escape a policy on statements or the masking of results, stays on the proxy path
-/// (the next connection might speak PostgreSQL, which the proxy would follow).
-fn undeclared(followed_matters: bool, protocol: Option<&str>) -> Result<(), String> {
-    if followed_matters && protocol.is_none() {
-        return Err(
-            "the target declares no protocol, and a PostgreSQL session to it would be \
-             followed (a policy governs SQL, or results are masked)"
-                .to_owned(),
-        );
+/// A target that declares no protocol, where what the proxy would follow on it (a
+/// PostgreSQL session under a policy on statements or the masking of results, HTTP under
+/// a policy on requests) would escape unfollowed, stays on the proxy path: the next
+/// connection might speak it. `followed`: why such a connection would be followed, if
+/// anything would be.
+fn undeclared(followed: Option<&str>, protocol: Option<&str>) -> Result<(), String> {
+    match followed {
+        Some(why) if protocol.is_none() => Err(format!(
+            "the target declares no protocol, and {why}: a connection to it would be followed"
+        )),
+        _ => Ok(()),
     }
-    Ok(())
+}
+
+/// Why a connection to a target that declares no protocol would be followed at L7.
+fn followed_because(sql: bool, masking: &MaskingConfig, http: bool) -> Option<&'static str> {
+    if sql {
+        Some("a policy governs SQL")
+    } else if masks_results(masking) {
+        Some("[masking] masks PostgreSQL results")
+    } else if http {
+        Some("a policy governs HTTP requests")
+    } else {
+        None
+    }
 }
 
 impl Snapshot {
@@ -154,7 +167,7 @@ impl Snapshot {
                 return Err(why);
             }
             return undeclared(
-                masks_results(&active.settings.masking),
+                followed_because(false, &active.settings.masking, false),
                 target.and_then(|t| t.protocol.as_deref()),
             );
         };
@@ -168,16 +181,13 @@ impl Snapshot {
             return Err(why);
         }
         undeclared(
-            engine.governs_sql() || masks_results(&active.settings.masking),
+            followed_because(
+                engine.governs_sql(),
+                &active.settings.masking,
+                engine.governs_http(),
+            ),
             by_address.and_then(|t| t.protocol.as_deref()),
         )?;
-        if engine.governs_http() && by_address.and_then(|t| t.protocol.as_deref()).is_none() {
-            return Err(
-                "the target declares no protocol, and a policy governs HTTP requests: HTTP \
-                 to it is followed"
-                    .to_owned(),
-            );
-        }
         // A name the job resolved may pick another target than the address alone.
         if hostname.is_some()
             && by_address.map_or("(unknown)", |t| t.name.as_str()) != decision.target
