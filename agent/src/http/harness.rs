@@ -15,7 +15,7 @@ use tollgate_policy::{Mode, Principal, Process};
 use super::{
     HttpConfig,
     detect::Detect,
-    session::{Context, HttpError, carry_streams},
+    session::{Context, HttpError, run},
 };
 use crate::{
     enforce::{Enforcer, Settings},
@@ -137,7 +137,7 @@ impl Harness {
                 };
                 let mut answer = Vec::new();
                 let read = reader.read_to_end(&mut answer);
-                let carried = carry_streams(proxy_client, proxy_upstream, ctx, &progress);
+                let carried = run(proxy_client, proxy_upstream, ctx, &progress);
                 let ((), _, result) = tokio::join!(write, read, carried);
                 Served {
                     answer,

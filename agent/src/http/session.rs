@@ -19,7 +19,6 @@ use hyper::{body::Incoming, client::conn as client, server::conn as server};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
-    net::TcpStream,
     task::JoinHandle,
 };
 use tollgate_policy::{Decision, Principal, Process, Subject};
@@ -149,55 +148,7 @@ impl Drop for Tally<'_> {
 }
 
 /// Serves the connection until the client or the destination closes it.
-pub async fn run(
-    client: TcpStream,
-    upstream: TcpStream,
-    ctx: Context,
-    progress: &Progress,
-) -> Result<(), HttpError> {
-    let mut tally = Tally {
-        progress,
-        up: Arc::default(),
-        down: Arc::default(),
-        shared: None,
-    };
-    // Wire bytes, under TLS where the agent terminates it.
-    let client = Counting::new(client, tally.up.clone(), tally.down.clone());
-    let upstream = Counting::new(upstream, Arc::default(), Arc::default());
-    match ctx.https.clone() {
-        Some(https) => {
-            let terminated = super::tls::terminate(&https, client, upstream, ctx.destination)
-                .await
-                .map_err(HttpError::Tls)?;
-            let version = terminated.version;
-            carry(
-                TokioIo::new(terminated.client),
-                TokioIo::new(terminated.upstream),
-                version,
-                "https",
-                ctx,
-                &mut tally,
-            )
-            .await
-        }
-        None => {
-            let version = ctx.version;
-            carry(
-                TokioIo::new(client),
-                TokioIo::new(upstream),
-                version,
-                "http",
-                ctx,
-                &mut tally,
-            )
-            .await
-        }
-    }
-}
-
-/// [`run`] over any streams, without TLS termination: the harness's connection.
-#[cfg(any(test, feature = "fuzzing"))]
-pub async fn carry_streams<C, U>(
+pub async fn run<C, U>(
     client: C,
     upstream: U,
     ctx: Context,
@@ -213,22 +164,28 @@ where
         down: Arc::default(),
         shared: None,
     };
-    let version = ctx.version;
-    carry(
-        TokioIo::new(client),
-        TokioIo::new(upstream),
-        version,
-        "http",
-        ctx,
-        &mut tally,
-    )
-    .await
+    // The client's wire bytes, under TLS where the agent terminates it.
+    let client = Counting::new(client, tally.up.clone(), tally.down.clone());
+    match ctx.https.clone() {
+        Some(https) => {
+            let terminated = super::tls::terminate(&https, client, upstream, ctx.destination)
+                .await
+                .map_err(HttpError::Tls)?;
+            let version = terminated.version;
+            let (client, upstream) = (terminated.client, terminated.upstream);
+            carry(client, upstream, version, "https", ctx, &mut tally).await
+        }
+        None => {
+            let version = ctx.version;
+            carry(client, upstream, version, "http", ctx, &mut tally).await
+        }
+    }
 }
 
 /// [`run`] on the (plain or TLS) streams, in the HTTP version both sides speak.
 async fn carry<C, U>(
-    client: TokioIo<C>,
-    upstream: TokioIo<U>,
+    client: C,
+    upstream: U,
     version: Detect,
     scheme: &'static str,
     ctx: Context,
@@ -238,6 +195,7 @@ where
     C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let (client, upstream) = (TokioIo::new(client), TokioIo::new(upstream));
     let progress = tally.progress;
     let h2 = version == Detect::Http2;
     progress.followed(if h2 { "http/2" } else { "http/1.1" });
