@@ -92,22 +92,29 @@ pub fn all(root: &Path, e2e_filter: Option<&str>, lint: bool) -> anyhow::Result<
         // tests: under TCG (this project's /dev/kvm boots no stock kernel) the whole
         // suite on every kernel takes longer than CI has. `cargo xtask vm-test
         // --kernel all` runs everything (docs/kernels.md).
-        crate::vm_test::vm_test(
-            root,
-            &crate::vm_test::Options {
-                kernel: CI_KERNELS.to_owned(),
-                filter: Some(CI_VM_FILTER.to_owned()),
-                timeout: std::time::Duration::from_secs(20 * 60),
-                lsm: crate::vm_test::LSM.to_owned(),
-                tcg_multi: true,
-            },
-        )?;
+        // Each kernel with the TCG threading it is sound under: with thread=multi a 7.2
+        // guest now and then hits its own live-patched int3 (`Oops: int3` in
+        // __inet_stream_connect, which failed a CI run), so 7.2 runs single-threaded;
+        // 5.10 keeps the faster multi-threaded TCG (docs/kernels.md).
+        for (kernel, tcg_multi) in CI_KERNELS {
+            crate::vm_test::vm_test(
+                root,
+                &crate::vm_test::Options {
+                    kernel: (*kernel).to_owned(),
+                    filter: Some(CI_VM_FILTER.to_owned()),
+                    timeout: std::time::Duration::from_secs(20 * 60),
+                    lsm: crate::vm_test::LSM.to_owned(),
+                    tcg_multi: *tcg_multi,
+                },
+            )?;
+        }
     }
     Ok(())
 }
 
 /// What `cargo xtask test` boots, after the host suite.
-const CI_KERNELS: &str = "5.10,7.2";
+/// (kernel, multi-threaded TCG)
+const CI_KERNELS: &[(&str, bool)] = &[("5.10", true), ("7.2", false)];
 const CI_VM_FILTER: &str = "failclosed::,refusals::";
 
 /// `cargo xtask conformance`: the conformance test target alone, on `scripts` (a
