@@ -370,6 +370,11 @@ pub fn run(config: Config, source: Source) -> Result<(), AgentError> {
         config.http.clone(),
         Arc::new(crate::http::tls::Https::new(local_tls, &config.http.tls)?),
         metrics.http.clone(),
+        Arc::new(crate::mcp::Mcp::new(
+            config.mcp.clone(),
+            metrics.mcp.clone(),
+            recorder.clone(),
+        )),
         resolver.clone(),
         refusals.clone(),
         kernel.clone(),

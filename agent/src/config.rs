@@ -83,6 +83,8 @@ pub struct Config {
     pub unix: crate::unix::UnixConfig,
     /// `[http]`: HTTP followed at L7 (requests decided by `http:request`).
     pub http: crate::http::HttpConfig,
+    /// `[mcp]`: MCP followed inside HTTP (tool calls decided by `mcp:call`).
+    pub mcp: crate::mcp::McpConfig,
     /// The targets catalog: named destinations for policies (`[[targets]]`).
     pub targets: Vec<TargetSpec>,
 }

@@ -23,6 +23,7 @@ mod identity;
 mod jobs;
 mod kernel_path;
 mod leave;
+mod mcp;
 mod metrics;
 mod postgres;
 mod proc_info;

@@ -69,6 +69,8 @@ pub struct Shared {
     /// TLS for `tls = "terminate"` targets.
     pub https: Arc<crate::http::tls::Https>,
     pub http_metrics: Arc<crate::http::metrics::HttpMetrics>,
+    /// MCP inside followed HTTP: its config, sessions and metrics.
+    pub mcp: Arc<crate::mcp::Mcp>,
     /// DNS over TCP (connects to port 53) goes to the resolver.
     pub dns: Arc<crate::dns::server::Resolver>,
     /// Refusals of upstreams, remembered for the connect hook (None: off).
@@ -101,6 +103,7 @@ impl Shared {
         http: crate::http::HttpConfig,
         https: Arc<crate::http::tls::Https>,
         http_metrics: Arc<crate::http::metrics::HttpMetrics>,
+        mcp: Arc<crate::mcp::Mcp>,
         dns: Arc<crate::dns::server::Resolver>,
         refusals: Option<Arc<refusals::Remembered>>,
         kernel: Arc<crate::kernel_path::KernelPath>,
@@ -122,6 +125,7 @@ impl Shared {
             http,
             https,
             http_metrics,
+            mcp,
             dns,
             refusals,
             kernel,

@@ -245,6 +245,41 @@ pub struct StatementRecord {
     /// An HTTP request (`kind` "http") rather than a statement: what it asked and got.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<Box<HttpFacts>>,
+    /// An MCP message (`kind` "mcp"): a tool call or a listing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp: Option<Box<McpFacts>>,
+}
+
+/// What the record of an MCP message holds besides a statement's fields (whose `sql` is
+/// then `tools/call NAME` or `tools/list`, and `protocol` the transport).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct McpFacts {
+    /// The JSON-RPC method.
+    pub method: String,
+    /// The MCP session (its `Mcp-Session-Id`, or the SSE transport's endpoint).
+    #[serde(default)]
+    pub session: String,
+    /// `tools/call`: the tool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+    /// `tools/call`: the arguments as JSON, masked by the detectors and rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<String>,
+    /// The answer's `result`, in bytes of JSON; none when no result came.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_bytes: Option<u64>,
+    /// The tool said its call failed (`isError`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub is_error: bool,
+    /// The tool changed within the session before this call (the rug-pull case).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub changed: bool,
+    /// `tools/list`: tools left out of the answer (no call of them is permitted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hidden: Vec<String>,
+    /// `tools/list`: tools that changed since the session first listed them, and how.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<String>,
 }
 
 /// What the record of an HTTP request holds besides a statement's fields (whose `sql`

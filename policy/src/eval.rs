@@ -266,6 +266,20 @@ impl PolicyEngine {
         resource: Entity,
         context: Context,
     ) -> Result<(Effect, Vec<String>, String), String> {
+        self.authorize_noting_errors(principal, process, action, resource, context)
+            .map(|(effect, ids, reason, _)| (effect, ids, reason))
+    }
+
+    /// [`Self::authorize`], and whether a permit policy failed to evaluate (so did not
+    /// apply).
+    pub(crate) fn authorize_noting_errors(
+        &self,
+        principal: &Principal,
+        process: &Process,
+        action: &str,
+        resource: Entity,
+        context: Context,
+    ) -> Result<(Effect, Vec<String>, String, bool), String> {
         let job_uid = uid("Job", &principal.job_id).ok_or("bad job id")?;
         let action_uid = uid("Action", action).ok_or("bad action")?;
         let target_uid = resource.uid().clone();
@@ -283,12 +297,20 @@ impl PolicyEngine {
             .errors()
             .map(ToString::to_string)
             .collect();
+        // A permit that failed to evaluate might have permitted with other input.
+        let permit_errored = response.diagnostics().errors().any(|error| {
+            let cedar_policy::AuthorizationError::PolicyEvaluationError(error) = error;
+            self.bundle
+                .set
+                .policy(error.policy_id())
+                .is_some_and(|p| p.effect() == cedar_policy::Effect::Permit)
+        });
         let errors_note = if errors.is_empty() {
             String::new()
         } else {
             format!(" (evaluation errors: {})", errors.join("; "))
         };
-        Ok(match response.decision() {
+        let (effect, ids, reason) = match response.decision() {
             CedarDecision::Allow => {
                 let needs_approval = determining
                     .iter()
@@ -313,7 +335,8 @@ impl PolicyEngine {
                 let reason = format!("forbidden by {}{errors_note}", ids.join(", "));
                 (Effect::Deny, ids, reason)
             }
-        })
+        };
+        Ok((effect, ids, reason, permit_errored))
     }
 }
 

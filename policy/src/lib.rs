@@ -9,6 +9,7 @@ pub mod eval;
 pub mod http;
 pub mod kernel;
 pub mod load;
+pub mod mcp;
 pub mod schema;
 pub mod targets;
 pub mod testcases;
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 pub use eval::PolicyEngine;
 pub use http::HttpRequest;
+pub use mcp::McpCall;
 pub use load::{LoadErrors, PolicyBundle, PolicyError, Source, load, load_with};
 pub use targets::{Catalog, PortRange, ResultsMasking, TargetMasking, TargetSpec, TargetTls};
 

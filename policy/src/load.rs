@@ -283,7 +283,10 @@ pub fn load_with(sources: &[Source], http_headers: &[String]) -> Result<PolicyBu
     }
 
     let result = Validator::new(schema).validate(&set, ValidationMode::Strict);
-    for error in result.validation_errors() {
+    for error in result
+        .validation_errors()
+        .filter(|e| !crate::mcp::is_argument_access(e))
+    {
         let id = error.policy_id().to_string();
         let file = origins
             .iter()

@@ -120,6 +120,23 @@ action "http:request" appliesTo {
     headers: HttpHeaders,
   },
 };
+// An MCP tool call of a job (JSON-RPC `tools/call`), on a connection followed at L7: to
+// a target with protocol = "mcp", or any MCP a job speaks over HTTP once a policy names
+// this action. Allowed (and recorded) on a permitted connection until a policy names it.
+// tool: the tool's name (params.name).
+// arguments: params.arguments as a record (objects are records, arrays sets, integers
+// Longs, other numbers decimals, null absent). A tool's arguments are its server's, so
+// this schema declares none and any attribute may be read:
+// context.tool == "query" && context.arguments has table && context.arguments.table == "users".
+// A policy reading an argument a call lacks (or of another type) does not apply to it.
+// changed: the tool's name, description or input schema changed within the MCP session
+// since the job first listed it (a "rug pull"): forbid(...) when { context.changed };
+// `tools/list` shows a job only the tools it may call (with some arguments).
+action "mcp:call" appliesTo {
+  principal: [Job],
+  resource: [Target],
+  context: { tool: String, arguments: {}, changed: Bool },
+};
 "#;
 
 /// The line of [`SCHEMA`] that [`text`] replaces with the configured headers.

@@ -22,6 +22,8 @@
 //! # action = "sql:ddl"; tables = ["orders"]; database = "shop"; user = "app"   # a statement
 //! # action = "http:request"; method = "DELETE"; url = "http://api.corp/v1/x?y=1"  # a request
 //! # headers = { "x-ci-run" = "run-42" }   # of those `[http] headers` names
+//! # action = "mcp:call"; tool = "query"; arguments = '{"table": "users"}'  # a tool call
+//! # changed = true                      # the tool changed within its session
 //! expect = "allow"                 # allow | deny | require_approval
 //! policies = ["prod-db-deploy"]    # optional: the determining policy ids
 //! ```
@@ -77,6 +79,14 @@ pub struct Case {
     /// For `http:request`: request headers (names lowercase).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// For `mcp:call`: the tool, its arguments (a JSON object's text), and whether it
+    /// changed within its session.
+    #[serde(default)]
+    pub tool: Option<String>,
+    #[serde(default)]
+    pub arguments: Option<String>,
+    #[serde(default)]
+    pub changed: bool,
     #[serde(default)]
     pub process: Option<CaseProcess>,
     pub expect: Effect,
@@ -117,10 +127,17 @@ pub fn run(engine: &PolicyEngine, cases: &[Case]) -> Vec<Outcome> {
         .iter()
         .map(|case| {
             let action = case.action.as_deref().unwrap_or("connect");
-            if action != "connect" && action != crate::http::ACTION && !action.starts_with("sql:") {
+            if action != "connect"
+                && action != crate::http::ACTION
+                && action != crate::mcp::ACTION
+                && !action.starts_with("sql:")
+            {
                 return failed(
                     case,
-                    format!("action `{action}` cannot be tested (connect, sql:* or http:request)"),
+                    format!(
+                        "action `{action}` cannot be tested (connect, sql:*, http:request or \
+                         mcp:call)"
+                    ),
                 );
             }
             let principal = Principal {
@@ -157,6 +174,19 @@ pub fn run(engine: &PolicyEngine, cases: &[Case]) -> Vec<Outcome> {
                     .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
                     .collect();
                 engine.decide_http(subject, &request)
+            } else if action == crate::mcp::ACTION {
+                let Some(tool) = &case.tool else {
+                    return failed(case, "an mcp:call case needs tool".to_owned());
+                };
+                let mut call = match crate::McpCall::parse(
+                    tool,
+                    case.arguments.as_deref().unwrap_or(""),
+                ) {
+                    Ok(call) => call,
+                    Err(error) => return failed(case, error),
+                };
+                call.changed = case.changed;
+                engine.decide_mcp(subject, &call)
             } else {
                 let sql = crate::SqlContext {
                     database: case.database.clone(),

@@ -78,7 +78,7 @@ fn pending(agent: &Agent) -> Vec<ApprovalRecord> {
 }
 
 /// The one request that waits now.
-fn wait_pending(agent: &Agent) -> ApprovalRecord {
+pub(crate) fn wait_pending(agent: &Agent) -> ApprovalRecord {
     wait_for(
         "a pending approval request",
         Duration::from_secs(20),
@@ -89,7 +89,7 @@ fn wait_pending(agent: &Agent) -> ApprovalRecord {
     )
 }
 
-fn approvals_cli(agent: &Agent, args: &[&str]) -> std::process::Output {
+pub(crate) fn approvals_cli(agent: &Agent, args: &[&str]) -> std::process::Output {
     output(agent.tollgate().arg("approvals").args(args))
 }
 

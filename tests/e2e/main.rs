@@ -17,6 +17,7 @@ mod install;
 mod interception;
 mod kernel_log;
 mod kernel_path;
+mod mcp;
 mod outside;
 mod policy;
 mod postgres;

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod console;
 pub mod dns;
 pub mod http;
+pub mod mcp;
 pub mod https;
 pub mod netns;
 pub mod oidc;

@@ -8,7 +8,7 @@ use anyhow::{Context as _, bail};
 use crate::{ebpf_toolchain, run};
 
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
-pub const TARGETS: [&str; 4] = ["frontend", "backend", "tracker", "http"];
+pub const TARGETS: [&str; 5] = ["frontend", "backend", "tracker", "http", "mcp"];
 
 /// Runs `only` (every target when empty) for `seconds` each.
 pub fn fuzz(root: &Path, seconds: u64, only: &[String]) -> anyhow::Result<()> {

@@ -105,10 +105,12 @@ fn pg17_root(root: &Path) -> anyhow::Result<()> {
 }
 
 /// What the end-to-end tests import from PyPI, in a venv under target/: psycopg 3 (a
-/// PostgreSQL client) and requests (an HTTP client).
-const PYTHON_PACKAGES: [(&str, &str, &str); 2] = [
+/// PostgreSQL client), requests (an HTTP client) and the official MCP SDK (an MCP
+/// server and client). (module, requirement, version)
+const PYTHON_PACKAGES: [(&str, &str, &str); 3] = [
     ("psycopg", "psycopg[binary]", "3.3.9"),
     ("requests", "requests", "2.34.2"),
+    ("mcp", "mcp", "2.3.0"),
 ];
 /// The venv is made from Debian's python (apt's `python3-venv`), not whichever python3
 /// comes first on PATH: a python under /root (pyenv) is hidden in a vm-test guest, whose
@@ -120,11 +122,13 @@ fn python_env(root: &Path) -> anyhow::Result<()> {
     let python = venv.join("bin/python");
     let imports: Vec<String> = PYTHON_PACKAGES
         .iter()
-        .map(|(module, _, version)| format!("{module}.__version__ != '{version}'"))
+        .map(|(module, _, version)| {
+            format!("importlib.metadata.version('{module}') != '{version}'")
+        })
         .collect();
     let modules: Vec<&str> = PYTHON_PACKAGES.iter().map(|(m, _, _)| *m).collect();
     let check = format!(
-        "import sys, {}; sys.exit({} or sys.base_prefix != '/usr')",
+        "import sys, importlib.metadata, {}; sys.exit({} or sys.base_prefix != '/usr')",
         modules.join(", "),
         imports.join(" or ")
     );

@@ -123,12 +123,12 @@ pub struct ExplainArgs {
     /// The job's assurance: host-asserted or oidc-verified.
     #[arg(long, default_value = "host-asserted", value_parser = parse_assurance)]
     assurance: tollgate_policy::Assurance,
-    /// The destination, HOST:PORT (for `http:request`, by default the URL's host and
-    /// port).
+    /// The destination, HOST:PORT (for `http:request` and `mcp:call`, by default the
+    /// URL's host and port).
     #[arg(long, required_unless_present = "url")]
     dest: Option<String>,
-    /// `connect`, `sql:read|write|ddl|admin|unknown` for one statement, or
-    /// `http:request` for one request.
+    /// `connect`, `sql:read|write|ddl|admin|unknown` for one statement,
+    /// `http:request` for one request, or `mcp:call` for one MCP tool call.
     #[arg(long, default_value = "connect")]
     action: String,
     /// For `http:request`: the request's method.
@@ -140,6 +140,15 @@ pub struct ExplainArgs {
     /// For `http:request`: a request header (repeatable), as `[http] headers` names it.
     #[arg(long = "header", value_name = "NAME=VALUE", value_parser = crate::jobs::parse_label)]
     headers: Vec<(String, String)>,
+    /// For `mcp:call`: the tool's name.
+    #[arg(long)]
+    tool: Option<String>,
+    /// For `mcp:call`: the call's arguments, a JSON object.
+    #[arg(long, value_name = "JSON")]
+    arguments: Option<String>,
+    /// For `mcp:call`: the tool changed within its session (`context.changed`).
+    #[arg(long)]
+    changed: bool,
     /// The name the job resolved the destination from (`resource.hostname`).
     #[arg(long)]
     hostname: Option<String>,
@@ -179,13 +188,30 @@ pub fn explain(args: ExplainArgs, config: Option<&Path>) -> anyhow::Result<ExitC
         "sql:unknown",
     ];
     let http = args.action == tollgate_policy::http::ACTION;
-    if args.action != "connect" && !http && !SQL_ACTIONS.contains(&args.action.as_str()) {
+    let mcp = args.action == tollgate_policy::mcp::ACTION;
+    if args.action != "connect" && !http && !mcp && !SQL_ACTIONS.contains(&args.action.as_str())
+    {
         bail!(
-            "--action {}: expected connect, http:request or one of {}",
+            "--action {}: expected connect, http:request, mcp:call or one of {}",
             args.action,
             SQL_ACTIONS.join(", ")
         );
     }
+    let call = match (&args.tool, mcp) {
+        (Some(tool), true) => {
+            let mut call =
+                tollgate_policy::McpCall::parse(tool, args.arguments.as_deref().unwrap_or(""))
+                    .map_err(|e| anyhow::anyhow!("--arguments: {e}"))?;
+            call.changed = args.changed;
+            Some(call)
+        }
+        (None, true) => bail!("--action mcp:call needs --tool"),
+        (Some(_), false) => bail!("--tool is for --action mcp:call"),
+        (None, false) if args.arguments.is_some() => {
+            bail!("--arguments is for --action mcp:call")
+        }
+        (None, false) => None,
+    };
     let request = match (&args.url, http) {
         (Some(url), true) => {
             let mut request = tollgate_policy::HttpRequest::from_url(&args.method, url)
@@ -198,7 +224,8 @@ pub fn explain(args: ExplainArgs, config: Option<&Path>) -> anyhow::Result<ExitC
             Some(request)
         }
         (None, true) => bail!("--action http:request needs --url"),
-        (Some(_), false) => bail!("--url is for --action http:request"),
+        (Some(_), false) if !mcp => bail!("--url is for --action http:request or mcp:call"),
+        (Some(_), false) => None,
         (None, false) => None,
     };
     let (config, _) = Config::load(config)?;
@@ -227,6 +254,8 @@ pub fn explain(args: ExplainArgs, config: Option<&Path>) -> anyhow::Result<ExitC
         .with_sni(args.sni.as_deref());
     let decision = if let Some(request) = &request {
         engine.decide_http(subject, request)
+    } else if let Some(call) = &call {
+        engine.decide_mcp(subject, call)
     } else if args.action == "connect" {
         engine.decide_connect(subject)
     } else {

@@ -202,13 +202,13 @@ impl Config {
         if let Some(target) = self
             .targets
             .iter()
-            .find(|t| t.tls.is_some() && t.protocol.as_deref() != Some("http"))
+            .find(|t| t.tls.is_some() && !matches!(t.protocol.as_deref(), Some("http" | "mcp")))
         {
             return Err(invalid(
                 "targets.tls",
                 &format!(
-                    "target `{}`: tls = \"terminate\" needs protocol = \"http\" (the agent \
-                     terminates TLS only to follow HTTP inside it)",
+                    "target `{}`: tls = \"terminate\" needs protocol = \"http\" or \"mcp\" \
+                     (the agent terminates TLS only to follow HTTP inside it)",
                     target.name
                 ),
             ));
@@ -302,6 +302,12 @@ impl Config {
             return Err(invalid(
                 "http.max_header_size",
                 "must be between 1024 and 16777216",
+            ));
+        }
+        if !(1024..=256 * 1024 * 1024).contains(&self.mcp.max_message_size) {
+            return Err(invalid(
+                "mcp.max_message_size",
+                "must be between 1024 and 268435456",
             ));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {

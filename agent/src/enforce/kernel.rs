@@ -40,6 +40,9 @@ pub fn proxied_because(target: &TargetSpec, mode: Mode) -> Option<String> {
         Some("http") => {
             return Some("an L7 target (protocol = \"http\"): requests are decided".to_owned());
         }
+        Some("mcp") => {
+            return Some("an L7 target (protocol = \"mcp\"): tool calls are decided".to_owned());
+        }
         _ => {}
     }
     if target.masking.is_some() {
@@ -92,7 +95,7 @@ fn followed_because(sql: bool, masking: &MaskingConfig, http: bool) -> Option<&'
     } else if masks_results(masking) {
         Some("[masking] masks PostgreSQL results")
     } else if http {
-        Some("a policy governs HTTP requests")
+        Some("a policy governs HTTP requests or MCP tool calls")
     } else {
         None
     }
@@ -184,7 +187,7 @@ impl Snapshot {
             followed_because(
                 engine.governs_sql(),
                 &active.settings.masking,
-                engine.governs_http(),
+                engine.governs_http() || engine.governs_mcp(),
             ),
             by_address.and_then(|t| t.protocol.as_deref()),
         )?;

@@ -158,6 +158,26 @@ impl Snapshot {
         self.engine().is_some_and(PolicyEngine::governs_http)
     }
 
+    /// Decides one MCP tool call on a followed connection.
+    pub fn decide_mcp(&self, subject: Subject<'_>, call: &tollgate_policy::McpCall) -> Decision {
+        match self.engine() {
+            Some(engine) => engine.decide_mcp(subject, call),
+            None => Decision::allow(NO_POLICY_REASON),
+        }
+    }
+
+    /// Whether a `tools/list` answer shows the job `tool` (every tool, without policies).
+    pub fn lists_tool(&self, subject: Subject<'_>, tool: &str, changed: bool) -> bool {
+        self.engine()
+            .is_none_or(|engine| engine.lists_tool(subject, tool, changed))
+    }
+
+    /// Whether a policy names `mcp:call`: then MCP inside the HTTP a job speaks to any
+    /// destination is followed, not only to targets that declare it.
+    pub fn governs_mcp(&self) -> bool {
+        self.engine().is_some_and(PolicyEngine::governs_mcp)
+    }
+
     /// Whether the agent terminates TLS to `destination`, decided as about `target`
     /// (its catalog target's `tls = "terminate"`).
     pub fn terminates_tls(&self, destination: SocketAddr, target: &str) -> bool {

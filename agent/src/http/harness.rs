@@ -1,7 +1,8 @@
 //! One followed HTTP connection with everything it needs around it (an enforcer over an
-//! `http:request` policy, a recorder), driven over in-memory streams: the client's
-//! bytes as given, and a destination that answers every request `200 ok`. The unit
-//! tests' connection and the `http` fuzz target's.
+//! `http:request` and `mcp:call` policy, a recorder), driven over in-memory streams: the
+//! client's bytes as given, and a destination that answers every request `200 ok` (or,
+//! for MCP, with the bytes given). The unit tests' connection and the `http` and `mcp`
+//! fuzz targets'.
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
@@ -32,6 +33,15 @@ when { context.method == "GET" && context.headers has "x-run" || context.method 
 @id("no-admin")
 forbid(principal, action == Action::"http:request", resource)
 when { context.path like "/admin*" };
+@id("mcp-endpoint")
+permit(principal, action == Action::"http:request", resource)
+when { context.method == "POST" && context.path == "/mcp" };
+@id("tools")
+permit(principal, action == Action::"mcp:call", resource)
+when { context.tool != "drop" };
+@id("no-users")
+forbid(principal, action == Action::"mcp:call", resource)
+when { context.arguments.table == "users" };
 "#;
 
 /// How long one input may take.
@@ -40,6 +50,7 @@ const LIMIT: Duration = Duration::from_secs(5);
 pub struct Harness {
     enforcer: Arc<Enforcer>,
     approvals: Arc<crate::approvals::Approvals>,
+    mcp: Arc<crate::mcp::Mcp>,
     recorder: crate::record::Recorder,
     metrics: Metrics,
     runtime: tokio::runtime::Runtime,
@@ -88,9 +99,18 @@ impl Harness {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
+        let mcp = Arc::new(crate::mcp::Mcp::new(
+            crate::mcp::McpConfig {
+                max_message_size: 64 * 1024,
+                ..crate::mcp::McpConfig::default()
+            },
+            metrics.mcp.clone(),
+            recorder.clone(),
+        ));
         Ok(Self {
             enforcer: Arc::new(enforcer),
             approvals,
+            mcp,
             recorder,
             metrics,
             runtime,
@@ -102,6 +122,32 @@ impl Harness {
     /// Serves one connection whose client sends `input` (HTTP/2 when `h2`, the client's
     /// preface included in `input`) and then closes its side.
     pub fn serve(&self, input: &[u8], h2: bool) -> Served {
+        self.serve_with(input, h2, Origin::Ok)
+    }
+
+    /// Serves one HTTP/1.1 connection to an MCP target whose client POSTs `body` to
+    /// `/mcp` (twice, the second time after the first answer) and whose server answers
+    /// each POST with `answer`, as an SSE stream when `sse`, else as JSON, in chunks cut
+    /// where `cuts` says.
+    pub fn serve_mcp(&self, body: &[u8], answer: &[u8], sse: bool, cuts: &[usize]) -> Served {
+        let mut input = Vec::new();
+        for _ in 0..2 {
+            input.extend_from_slice(
+                format!(
+                    "POST /mcp HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\n\
+                     Accept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+            input.extend_from_slice(body);
+        }
+        let chunks = cut(answer, cuts);
+        self.serve_with(&input, false, Origin::Mcp { chunks, sse })
+    }
+
+    fn serve_with(&self, input: &[u8], h2: bool, origin: Origin) -> Served {
+        let mcp = matches!(origin, Origin::Mcp { .. });
         let ctx = Context {
             enforcer: self.enforcer.clone(),
             recorder: self.recorder.clone(),
@@ -123,11 +169,13 @@ impl Harness {
             https: None,
             approvals: self.approvals.clone(),
             target: "api".to_owned(),
+            mcp: mcp.then(|| self.mcp.clone()),
+            mcp_declared: mcp,
         };
         self.runtime.block_on(async {
             let (client, proxy_client) = tokio::io::duplex(64 * 1024);
-            let (proxy_upstream, origin) = tokio::io::duplex(64 * 1024);
-            tokio::spawn(origin_serve(origin, h2));
+            let (proxy_upstream, origin_io) = tokio::io::duplex(64 * 1024);
+            tokio::spawn(origin_serve(origin_io, h2, origin));
             let progress = Progress::default();
             let session = async {
                 let (mut reader, mut writer) = tokio::io::split(client);
@@ -154,10 +202,57 @@ impl Harness {
     }
 }
 
-/// The destination: `200 ok` to every request, in the version the proxy speaks.
-async fn origin_serve(io: tokio::io::DuplexStream, h2: bool) {
-    let service = hyper::service::service_fn(|_request: hyper::Request<Incoming>| async {
-        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
+/// What the destination answers.
+#[derive(Clone)]
+enum Origin {
+    /// `200 ok` to every request.
+    Ok,
+    /// These chunks, as an SSE stream or JSON.
+    Mcp { chunks: Vec<Bytes>, sse: bool },
+}
+
+/// `bytes` cut at `cuts` (offsets, taken modulo its length).
+fn cut(bytes: &[u8], cuts: &[usize]) -> Vec<Bytes> {
+    let mut at: Vec<usize> = cuts
+        .iter()
+        .map(|c| c % bytes.len().max(1))
+        .chain([0, bytes.len()])
+        .collect();
+    at.sort_unstable();
+    at.dedup();
+    at.windows(2)
+        .map(|w| Bytes::copy_from_slice(&bytes[w[0]..w[1]]))
+        .collect()
+}
+
+/// The destination, in the version the proxy speaks.
+async fn origin_serve(io: tokio::io::DuplexStream, h2: bool, origin: Origin) {
+    let service = hyper::service::service_fn(move |_request: hyper::Request<Incoming>| {
+        let origin = origin.clone();
+        async move {
+            let response = match origin {
+                Origin::Ok => hyper::Response::new(
+                    http_body_util::Either::Left(Full::new(Bytes::from_static(b"ok"))),
+                ),
+                Origin::Mcp { chunks, sse } => {
+                    let frames = chunks
+                        .into_iter()
+                        .map(|c| Ok::<_, Infallible>(http_body::Frame::data(c)));
+                    let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+                    let mut response = hyper::Response::new(http_body_util::Either::Right(body));
+                    response.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static(if sse {
+                            "text/event-stream"
+                        } else {
+                            "application/json"
+                        }),
+                    );
+                    response
+                }
+            };
+            Ok::<_, Infallible>(response)
+        }
     });
     let io = TokioIo::new(io);
     let _ = if h2 {

@@ -14,7 +14,7 @@ use std::{
 use bytes::Bytes;
 use http::{Request, Response, Version};
 use http_body::Body as _;
-use http_body_util::{BodyExt as _, Limited, combinators::UnsyncBoxBody};
+use http_body_util::{BodyExt as _, Either, Full, Limited, combinators::UnsyncBoxBody};
 use hyper::{body::Incoming, client::conn as client, server::conn as server};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::{
@@ -51,6 +51,8 @@ pub enum HttpError {
     Client(#[source] hyper::Error),
     #[error(transparent)]
     Tls(#[from] super::tls::HttpsError),
+    #[error("{0}")]
+    RequestBody(String),
 }
 
 /// What a followed connection's requests are decided and recorded with.
@@ -75,21 +77,29 @@ pub struct Context {
     pub approvals: Arc<crate::approvals::Approvals>,
     /// The catalog target's name, for the approval request.
     pub target: String,
+    /// MCP, where it is followed on this connection (`[mcp] enabled`, and the target
+    /// declares `protocol = "mcp"` or a policy names `mcp:call`).
+    pub mcp: Option<Arc<crate::mcp::Mcp>>,
+    /// The target declares `protocol = "mcp"`: every POST is JSON-RPC.
+    pub mcp_declared: bool,
 }
 
-type Body = UnsyncBoxBody<Bytes, hyper::Error>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(super) type Body = UnsyncBoxBody<Bytes, BoxError>;
+/// A request's body as forwarded: the client's as it streams, or one read whole (MCP).
+type Upward = Counted<Either<Incoming, Full<Bytes>>>;
 
 /// The destination's side: one connection, shared by the client's requests.
 enum Sender {
     /// HTTP/1: one request at a time, in order (as the client's side serves them).
-    H1(tokio::sync::Mutex<client::http1::SendRequest<Counted<Incoming>>>),
-    H2(client::http2::SendRequest<Counted<Incoming>>),
+    H1(tokio::sync::Mutex<client::http1::SendRequest<Upward>>),
+    H2(client::http2::SendRequest<Upward>),
 }
 
 impl Sender {
     async fn send(
         &self,
-        request: Request<Counted<Incoming>>,
+        request: Request<Upward>,
     ) -> Result<Response<Incoming>, hyper::Error> {
         match self {
             Sender::H1(sender) => {
@@ -113,10 +123,10 @@ pub(super) struct Shared {
     scheme: &'static str,
     h2: bool,
     sender: Sender,
-    seq: AtomicU64,
+    pub(super) seq: AtomicU64,
     /// Requests recorded, and of them refused: the connection's counts.
-    requests: AtomicU64,
-    refused: AtomicU64,
+    pub(super) requests: AtomicU64,
+    pub(super) refused: AtomicU64,
     /// An upgraded connection's (WebSocket, CONNECT) relay, which the session waits for.
     upgraded: Mutex<Option<JoinHandle<()>>>,
     /// A request that may upgrade the connection was sent.
@@ -320,7 +330,7 @@ async fn serve(
     let started = Instant::now();
     let started_at = now_ms();
     let version = request.version();
-    let (mut parts, body) = request.into_parts();
+    let (parts, body) = request.into_parts();
     if head_size(&parts) > ctx.config.max_header_size {
         return Ok(too_large(shared, &parts, version, started, started_at));
     }
@@ -367,6 +377,24 @@ async fn serve(
         record.finish(Some(403), read, size, None);
         return Ok(response.map(|b| b.map_err(|never| match never {}).boxed_unsync()));
     }
+    if super::mcp::wants(shared, &parts) {
+        return super::mcp::serve(shared, parts, body, record).await;
+    }
+    let answering = super::mcp::Answering::for_stream(shared, &parts);
+    forward(shared, parts, Either::Left(body), record, answering).await
+}
+
+/// Sends an allowed request to the destination and answers the client with its
+/// response (read by MCP where `answering` says so); `record` is written once the
+/// response's body has passed.
+pub(super) async fn forward(
+    shared: &Arc<Shared>,
+    mut parts: http::request::Parts,
+    body: Either<Incoming, Full<Bytes>>,
+    record: Pending,
+    answering: Option<super::mcp::Answering>,
+) -> Result<Response<Body>, HttpError> {
+    let version = parts.version;
     request::strip_hop_by_hop(&mut parts.headers);
     let up = Arc::new(AtomicU64::new(0));
     let mut request = Request::from_parts(parts, Counted::new(body, up.clone(), None));
@@ -415,7 +443,17 @@ async fn serve(
             error,
         );
     });
-    Ok(response.map(|body| Counted::new(body, down, Some(on_end)).boxed_unsync()))
+    Ok(match answering {
+        Some(answering) => answering
+            .respond(response)
+            .await
+            .map(|body| Counted::new(body, down, Some(on_end)).boxed_unsync()),
+        None => response.map(|body| {
+            Counted::new(body, down, Some(on_end))
+                .map_err(BoxError::from)
+                .boxed_unsync()
+        }),
+    })
 }
 
 /// The size of a request's head as sent: its target and its header lines.
@@ -463,14 +501,14 @@ fn too_large(
 }
 
 /// The record of a request, written once it is answered.
-struct Pending {
+pub(super) struct Pending {
     shared: Arc<Shared>,
     record: StatementRecord,
     started: Instant,
 }
 
 impl Pending {
-    fn finish(mut self, status: Option<u16>, up: u64, down: u64, error: Option<String>) {
+    pub(super) fn finish(mut self, status: Option<u16>, up: u64, down: u64, error: Option<String>) {
         let refused = self.record.decision != DecisionLabel::Allow
             && self.record.decision != DecisionLabel::WouldDeny
             && self.record.decision != DecisionLabel::WouldRequireApproval;
@@ -552,5 +590,6 @@ fn statement(
             bytes_up: 0,
             bytes_down: 0,
         })),
+        mcp: None,
     }
 }

@@ -7,6 +7,7 @@
 //! on a target) lets the detectors read result values too, and then only values of
 //! text-like types (see `types`).
 mod detect;
+mod json;
 pub mod plan;
 pub mod types;
 

@@ -357,6 +357,7 @@ impl Tracker {
             approval: None,
             opened: self.durable,
             http: None,
+            mcp: None,
         };
         if self.durable {
             self.opened.push(record.clone());

@@ -136,12 +136,19 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
         declared: match decision.protocol.as_deref() {
             Some("postgres") if shared.postgres.enabled => Some(Declared::Postgres),
             Some("http") if shared.http.enabled => Some(Declared::Http),
+            Some("mcp") if shared.http.enabled && shared.mcp.config.enabled => {
+                Some(Declared::Http)
+            }
             _ => None,
         },
-        http: shared.http.enabled && policy.governs_http(),
-        terminate: decision.protocol.as_deref() == Some("http")
+        http: shared.http.enabled
+            && (policy.governs_http() || (shared.mcp.config.enabled && policy.governs_mcp())),
+        terminate: matches!(decision.protocol.as_deref(), Some("http" | "mcp"))
             && policy.terminates_tls(destination, &decision.target),
     };
+    let mcp_declared = decision.protocol.as_deref() == Some("mcp");
+    let mcp = (shared.mcp.config.enabled && (mcp_declared || policy.governs_mcp()))
+        .then(|| shared.mcp.clone());
     let (how, seen) = match conn.principal() {
         Some(_) => follow(&client, &upstream, wanted).await,
         None => (Follow::Tcp, None),
@@ -195,6 +202,8 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
                 https,
                 approvals: shared.approvals.clone(),
                 target: decision.target.clone(),
+                mcp,
+                mcp_declared,
             }))
         }
         Some(principal) if how != Follow::Tcp => {

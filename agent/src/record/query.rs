@@ -97,7 +97,8 @@ impl Store {
         let mut stmt = self.conn.prepare_cached(
             "SELECT id, connection_id, job_id, seq, started_at, duration_us, protocol, database, \
              db_user, sql, params, kind, tables, functions, decision, policy_ids, reason, rows, \
-             sqlstate, error, approval, http FROM statements WHERE connection_id = ?1 ORDER BY seq",
+             sqlstate, error, approval, http, mcp FROM statements WHERE connection_id = ?1 ORDER BY \
+             seq",
         )?;
         let rows = stmt
             .query_map(params![connection_id], |row| {
@@ -127,6 +128,9 @@ impl Store {
                     opened: false,
                     http: row
                         .get::<_, Option<String>>(21)?
+                        .and_then(|text| serde_json::from_str(&text).ok()),
+                    mcp: row
+                        .get::<_, Option<String>>(22)?
                         .and_then(|text| serde_json::from_str(&text).ok()),
                 })
             })?

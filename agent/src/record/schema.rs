@@ -1,7 +1,7 @@
 //! The SQLite schema of the recording store.
 use rusqlite::Connection;
 
-pub const VERSION: i64 = 17;
+pub const VERSION: i64 = 18;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -93,7 +93,9 @@ CREATE TABLE IF NOT EXISTS statements (
     error         TEXT,
     approval      TEXT,
     -- An HTTP request's method, host, path, status and bytes (JSON); NULL for SQL.
-    http          TEXT
+    http          TEXT,
+    -- An MCP tool call's or listing's tool, arguments (masked), result size (JSON).
+    mcp           TEXT
 );
 CREATE INDEX IF NOT EXISTS statements_by_connection ON statements (connection_id, seq);
 CREATE TABLE IF NOT EXISTS events (
@@ -289,6 +291,10 @@ pub fn apply(conn: &Connection) -> rusqlite::Result<()> {
         // Version 17 records HTTP requests beside statements (their method, host, path,
         // status and bytes).
         conn.execute_batch("ALTER TABLE statements ADD COLUMN http TEXT")?;
+    }
+    if (1..18).contains(&version) && !has_column(conn, "statements", "mcp")? {
+        // Version 18 records MCP tool calls and listings beside statements.
+        conn.execute_batch("ALTER TABLE statements ADD COLUMN mcp TEXT")?;
     }
     // Version 14 chains every record (chain, checkpoints, shipped): a store written
     // before it starts its chain at the first record written after the upgrade.

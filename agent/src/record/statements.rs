@@ -67,9 +67,9 @@ pub fn insert(
     let mut stmt = tx.prepare_cached(
         "INSERT INTO statements (id, connection_id, job_id, seq, started_at, \
          duration_us, protocol, database, db_user, sql, params, kind, tables, functions, \
-         decision, policy_ids, reason, rows, sqlstate, error, approval, http) VALUES (?1, ?2, \
-         ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, \
-         ?22)",
+         decision, policy_ids, reason, rows, sqlstate, error, approval, http, mcp) VALUES (?1, \
+         ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, \
+         ?21, ?22, ?23)",
     )?;
     stmt.execute(params![
         s.id,
@@ -94,6 +94,9 @@ pub fn insert(
         s.error,
         s.approval,
         s.http
+            .as_ref()
+            .and_then(|facts| serde_json::to_string(facts).ok()),
+        s.mcp
             .as_ref()
             .and_then(|facts| serde_json::to_string(facts).ok()),
     ])?;

@@ -297,6 +297,7 @@ pub fn generate(
                         approval: None,
                         opened: false,
                         http: None,
+                        mcp: None,
                     };
                     insert(&tx, &statement, &mut lists)?;
                     written.statements += 1;
