@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 
 pub use eval::PolicyEngine;
 pub use http::HttpRequest;
-pub use mcp::McpCall;
 pub use load::{LoadErrors, PolicyBundle, PolicyError, Source, load, load_with};
+pub use mcp::McpCall;
 pub use targets::{Catalog, PortRange, ResultsMasking, TargetMasking, TargetSpec, TargetTls};
 
 /// The process that opened a connection, as the kernel recorded it. Decisions depend

@@ -170,8 +170,10 @@ fn decimal(n: &serde_json::Number) -> Option<RestrictedExpression> {
 /// Whether a validation error is an access to an attribute of `context.arguments`,
 /// which the schema cannot declare.
 pub(crate) fn is_argument_access(error: &cedar_policy::ValidationError) -> bool {
-    matches!(error, cedar_policy::ValidationError::UnsafeAttributeAccess(_))
-        && error.to_string().contains("attribute `arguments.")
+    matches!(
+        error,
+        cedar_policy::ValidationError::UnsafeAttributeAccess(_)
+    ) && error.to_string().contains("attribute `arguments.")
 }
 
 #[cfg(test)]

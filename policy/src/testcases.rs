@@ -178,13 +178,11 @@ pub fn run(engine: &PolicyEngine, cases: &[Case]) -> Vec<Outcome> {
                 let Some(tool) = &case.tool else {
                     return failed(case, "an mcp:call case needs tool".to_owned());
                 };
-                let mut call = match crate::McpCall::parse(
-                    tool,
-                    case.arguments.as_deref().unwrap_or(""),
-                ) {
-                    Ok(call) => call,
-                    Err(error) => return failed(case, error),
-                };
+                let mut call =
+                    match crate::McpCall::parse(tool, case.arguments.as_deref().unwrap_or("")) {
+                        Ok(call) => call,
+                        Err(error) => return failed(case, error),
+                    };
                 call.changed = case.changed;
                 engine.decide_mcp(subject, &call)
             } else {

@@ -46,17 +46,19 @@ fn agent_with(extra: &str) -> Agent {
 /// the job's id (or "") and each step's outcome.
 fn client(agent: Option<&Agent>, server: &McpServer, steps: &Value) -> (String, Vec<Value>) {
     let argv = client_argv(server, steps);
-    let script = format!(
-        "echo \"${{TOLLGATE_JOB_ID:-}}\"; exec \"$@\"",
-    );
-    let mut command: Vec<&str> = vec!["sh", "-c", &script, "sh"];
+    let script = "echo \"${TOLLGATE_JOB_ID:-}\"; exec \"$@\"";
+    let mut command: Vec<&str> = vec!["sh", "-c", script, "sh"];
     command.extend(argv.iter().map(String::as_str));
     let out = output(&mut Agent::direct_or_in_job(
         agent,
         &[("repository", "acme/agents")],
         &command,
     ));
-    assert!(out.status.success(), "the MCP client failed: {}", stderr(&out));
+    assert!(
+        out.status.success(),
+        "the MCP client failed: {}",
+        stderr(&out)
+    );
     let text = stdout(&out);
     let mut lines = text.lines();
     let job = lines.next().unwrap_or_default().to_owned();
@@ -107,7 +109,15 @@ fn calls_decided(transport: &'static str) {
     let steps: Value = serde_json::from_str(STEPS).expect("steps");
     // The control: directly, every tool is listed and every call runs.
     let (_, direct) = client(None, &server, &steps);
-    let all_tools = json!(["add", "customer", "deploy", "drop_table", "echo", "query", "rugpull"]);
+    let all_tools = json!([
+        "add",
+        "customer",
+        "deploy",
+        "drop_table",
+        "echo",
+        "query",
+        "rugpull"
+    ]);
     assert_eq!(direct[0]["tools"], all_tools, "{direct:?}");
     assert_eq!(direct[1]["text"], "hello");
     assert_eq!(direct[2]["text"], "dropped orders");
@@ -167,7 +177,11 @@ fn calls_decided(transport: &'static str) {
     assert!(echo.result_bytes.is_some_and(|b| b > 0), "{echo:?}");
     assert!(records[1].duration_us.is_some());
     assert_eq!(&*records[3].policy_ids, ["no-users"]);
-    let transport_label = if transport == "sse" { "mcp/sse" } else { "mcp/http" };
+    let transport_label = if transport == "sse" {
+        "mcp/sse"
+    } else {
+        "mcp/http"
+    };
     assert!(
         records.iter().all(|r| r.protocol == transport_label),
         "{records:#?}"
@@ -225,7 +239,11 @@ fn a_tool_that_changes_within_its_session_is_flagged_and_its_calls_refused() {
         .nth(1)
         .expect("the second listing");
     let facts = second.mcp.as_ref().expect("facts");
-    assert_eq!(facts.changes, ["echo: its description changed"], "{facts:?}");
+    assert_eq!(
+        facts.changes,
+        ["echo: its description changed"],
+        "{facts:?}"
+    );
     let last = records.last().expect("the last call");
     assert!(last.mcp.as_ref().is_some_and(|m| m.changed), "{last:?}");
     assert!(agent.metric("tollgate_mcp_tools_changed_total") >= 1.0);
@@ -256,19 +274,40 @@ fn a_held_call_runs_only_once_approved() {
     let request = wait_pending(&agent);
     assert_eq!(request.action, "mcp:call");
     assert_eq!(request.policy_ids, ["deploys-need-approval"]);
-    assert_eq!(request.sql.as_deref(), Some(r#"tools/call deploy {"env":"prod"}"#));
-    assert!(server.take_calls().is_empty(), "held: the server saw nothing yet");
-    assert!(approvals_cli(&agent, &["approve", &request.id]).status.success());
+    assert_eq!(
+        request.sql.as_deref(),
+        Some(r#"tools/call deploy {"env":"prod"}"#)
+    );
+    assert!(
+        server.take_calls().is_empty(),
+        "held: the server saw nothing yet"
+    );
+    assert!(
+        approvals_cli(&agent, &["approve", &request.id])
+            .status
+            .success()
+    );
     let out = approved.join().expect("client");
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("deployed to prod"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("deployed to prod"),
+        "{}",
+        stdout(&out)
+    );
     assert_eq!(server.take_calls().len(), 1);
 
     let denied = deploy(&agent, "staging");
     let request = wait_pending(&agent);
-    assert!(approvals_cli(&agent, &["deny", &request.id, "--reason", "not today"]).status.success());
+    assert!(
+        approvals_cli(&agent, &["deny", &request.id, "--reason", "not today"])
+            .status
+            .success()
+    );
     let out = denied.join().expect("client");
     let text = stdout(&out);
-    assert!(text.contains("-32001") && text.contains("not today"), "{text}");
+    assert!(
+        text.contains("-32001") && text.contains("not today"),
+        "{text}"
+    );
     assert!(server.take_calls().is_empty());
 }

@@ -47,7 +47,11 @@ impl McpServer {
 
     /// The URL its clients open.
     pub fn url(&self) -> String {
-        let path = if self.transport == "sse" { "sse" } else { "mcp" };
+        let path = if self.transport == "sse" {
+            "sse"
+        } else {
+            "mcp"
+        };
         format!("http://127.0.0.1:{}/{path}", self.port)
     }
 

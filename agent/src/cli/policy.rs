@@ -189,8 +189,7 @@ pub fn explain(args: ExplainArgs, config: Option<&Path>) -> anyhow::Result<ExitC
     ];
     let http = args.action == tollgate_policy::http::ACTION;
     let mcp = args.action == tollgate_policy::mcp::ACTION;
-    if args.action != "connect" && !http && !mcp && !SQL_ACTIONS.contains(&args.action.as_str())
-    {
+    if args.action != "connect" && !http && !mcp && !SQL_ACTIONS.contains(&args.action.as_str()) {
         bail!(
             "--action {}: expected connect, http:request, mcp:call or one of {}",
             args.action,

@@ -231,9 +231,9 @@ async fn origin_serve(io: tokio::io::DuplexStream, h2: bool, origin: Origin) {
         let origin = origin.clone();
         async move {
             let response = match origin {
-                Origin::Ok => hyper::Response::new(
-                    http_body_util::Either::Left(Full::new(Bytes::from_static(b"ok"))),
-                ),
+                Origin::Ok => hyper::Response::new(http_body_util::Either::Left(Full::new(
+                    Bytes::from_static(b"ok"),
+                ))),
                 Origin::Mcp { chunks, sse } => {
                     let frames = chunks
                         .into_iter()

@@ -95,10 +95,16 @@ pub(super) async fn serve(
         Ok(collected) => collected.to_bytes(),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => {
             mcp.metrics.malformed.inc();
-            let message = format!("the MCP message is larger than [mcp] max_message_size ({limit} bytes)");
+            let message =
+                format!("the MCP message is larger than [mcp] max_message_size ({limit} bytes)");
             let response = error_response(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                &jsonrpc::error_response(&Value::Null, jsonrpc::INVALID_REQUEST, &message, Value::Null),
+                &jsonrpc::error_response(
+                    &Value::Null,
+                    jsonrpc::INVALID_REQUEST,
+                    &message,
+                    Value::Null,
+                ),
                 version,
                 true,
             );
@@ -138,7 +144,12 @@ pub(super) async fn serve(
                 true,
             );
             calls::malformed(shared, &message);
-            record.finish(Some(400), bytes.len() as u64, body_len(&response), Some(message));
+            record.finish(
+                Some(400),
+                bytes.len() as u64,
+                body_len(&response),
+                Some(message),
+            );
             return Ok(response);
         }
     };
@@ -181,7 +192,12 @@ pub(super) async fn serve(
 
 /// A response whose body is `value` as JSON; `close`: the HTTP/1 connection closes
 /// after it (what came before it cannot be trusted).
-fn error_response(status: StatusCode, value: &Value, version: Version, close: bool) -> Response<Body> {
+fn error_response(
+    status: StatusCode,
+    value: &Value,
+    version: Version,
+    close: bool,
+) -> Response<Body> {
     let body = serde_json::to_vec(value).unwrap_or_default();
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
@@ -191,13 +207,18 @@ fn error_response(status: StatusCode, value: &Value, version: Version, close: bo
         http::HeaderValue::from_static("application/json"),
     );
     if close && version < Version::HTTP_2 {
-        headers.insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+        headers.insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
     }
     response.map(|b| b.map_err(|never| match never {}).boxed_unsync())
 }
 
 fn body_len(response: &Response<Body>) -> u64 {
-    http_body::Body::size_hint(response.body()).exact().unwrap_or(0)
+    http_body::Body::size_hint(response.body())
+        .exact()
+        .unwrap_or(0)
 }
 
 /// Whether a message is a request of `method`.

@@ -97,10 +97,7 @@ enum Sender {
 }
 
 impl Sender {
-    async fn send(
-        &self,
-        request: Request<Upward>,
-    ) -> Result<Response<Incoming>, hyper::Error> {
+    async fn send(&self, request: Request<Upward>) -> Result<Response<Incoming>, hyper::Error> {
         match self {
             Sender::H1(sender) => {
                 let mut sender = sender.lock().await;

@@ -68,7 +68,9 @@ impl Message {
         if let Some(params) = map.get("params")
             && !(params.is_object() || params.is_array())
         {
-            return Err(JsonRpcError::Shape("\"params\" must be an object or an array"));
+            return Err(JsonRpcError::Shape(
+                "\"params\" must be an object or an array",
+            ));
         }
         Ok(Self { kind, value })
     }
@@ -224,7 +226,10 @@ mod tests {
             (br#"{"jsonrpc":"2.0","id":{},"method":"x"}"#, "id"),
             (br#"{"jsonrpc":"2.0","id":1,"method":7}"#, "method"),
             (br#"{"jsonrpc":"2.0","id":1}"#, "neither"),
-            (br#"{"jsonrpc":"2.0","id":1,"method":"x","params":3}"#, "params"),
+            (
+                br#"{"jsonrpc":"2.0","id":1,"method":"x","params":3}"#,
+                "params",
+            ),
         ] {
             let error = Batch::parse(bytes).unwrap_err().to_string();
             assert!(error.contains(want), "{error} lacks {want}");
@@ -233,10 +238,15 @@ mod tests {
 
     #[test]
     fn canonical_text_does_not_depend_on_key_order() {
-        let a: Value = serde_json::from_str(r#"{"b":1,"a":{"y":[{"q":1,"p":2}],"x":null}}"#).unwrap();
-        let b: Value = serde_json::from_str(r#"{"a":{"x":null,"y":[{"p":2,"q":1}]},"b":1}"#).unwrap();
+        let a: Value =
+            serde_json::from_str(r#"{"b":1,"a":{"y":[{"q":1,"p":2}],"x":null}}"#).unwrap();
+        let b: Value =
+            serde_json::from_str(r#"{"a":{"x":null,"y":[{"p":2,"q":1}]},"b":1}"#).unwrap();
         assert_eq!(canonical(&a), canonical(&b));
-        assert_eq!(canonical(&a), r#"{"a":{"x":null,"y":[{"p":2,"q":1}]},"b":1}"#);
+        assert_eq!(
+            canonical(&a),
+            r#"{"a":{"x":null,"y":[{"p":2,"q":1}]},"b":1}"#
+        );
     }
 
     #[test]

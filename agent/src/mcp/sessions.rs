@@ -36,9 +36,15 @@ pub struct SessionKey {
 /// A request awaiting its answer.
 pub enum Pending {
     /// `tools/list`.
-    List { record: Box<StatementRecord>, started: Instant },
+    List {
+        record: Box<StatementRecord>,
+        started: Instant,
+    },
     /// `tools/call`.
-    Call { record: Box<StatementRecord>, started: Instant },
+    Call {
+        record: Box<StatementRecord>,
+        started: Instant,
+    },
 }
 
 #[derive(Default)]
@@ -95,8 +101,14 @@ impl Drop for Session {
         };
         let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
         for pending in state.drain() {
-            let (Pending::Call { mut record, started } | Pending::List { mut record, started }) =
-                pending;
+            let (Pending::Call {
+                mut record,
+                started,
+            }
+            | Pending::List {
+                mut record,
+                started,
+            }) = pending;
             record.error = Some("no answer came before the agent forgot the session".to_owned());
             record.duration_us = Some(started.elapsed().as_micros() as u64);
             recorder.record(RecordEvent::Statement(record));

@@ -136,9 +136,7 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) {
         declared: match decision.protocol.as_deref() {
             Some("postgres") if shared.postgres.enabled => Some(Declared::Postgres),
             Some("http") if shared.http.enabled => Some(Declared::Http),
-            Some("mcp") if shared.http.enabled && shared.mcp.config.enabled => {
-                Some(Declared::Http)
-            }
+            Some("mcp") if shared.http.enabled && shared.mcp.config.enabled => Some(Declared::Http),
             _ => None,
         },
         http: shared.http.enabled

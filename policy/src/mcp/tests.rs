@@ -77,11 +77,21 @@ fn calls_are_decided_by_tool_and_arguments() {
     let bare = decide(&engine, "query", "{}");
     assert_eq!(bare.effect, Effect::Allow, "{}", bare.reason);
     // Numbers are Longs; nested objects records.
-    assert_eq!(decide(&engine, "add", r#"{"a": 5000, "b": 1}"#).effect, Effect::Deny);
-    assert_eq!(decide(&engine, "add", r#"{"a": 5, "b": 1}"#).effect, Effect::Allow);
+    assert_eq!(
+        decide(&engine, "add", r#"{"a": 5000, "b": 1}"#).effect,
+        Effect::Deny
+    );
+    assert_eq!(
+        decide(&engine, "add", r#"{"a": 5, "b": 1}"#).effect,
+        Effect::Allow
+    );
     let nested = decide(&engine, "echo", r#"{"options": {"dangerous": true}}"#);
     assert_eq!(nested.policy_ids, ["nested"]);
-    let safe = decide(&engine, "echo", r#"{"options": {"dangerous": false}, "x": null}"#);
+    let safe = decide(
+        &engine,
+        "echo",
+        r#"{"options": {"dangerous": false}, "x": null}"#,
+    );
     assert_eq!(safe.effect, Effect::Allow, "{}", safe.reason);
     // Approval.
     assert_eq!(
@@ -169,7 +179,10 @@ fn arguments_parse_as_an_object_only() {
     let deep = format!("{}1{}", r#"{"a":"#.repeat(40), "}".repeat(40));
     let call = McpCall::parse("t", &deep).unwrap();
     assert!(context(&call).is_ok());
-    let odd = McpCall::parse("t", r#"{"f": 1.5, "big": 1e300, "u": 18446744073709551615, "s": [1, "x"]}"#)
-        .unwrap();
+    let odd = McpCall::parse(
+        "t",
+        r#"{"f": 1.5, "big": 1e300, "u": 18446744073709551615, "s": [1, "x"]}"#,
+    )
+    .unwrap();
     assert!(context(&odd).is_ok());
 }

@@ -47,7 +47,10 @@ impl Answering {
 
     /// For a request other than a POST of JSON-RPC on an MCP connection (a GET that
     /// opens an SSE stream): answers may come on its stream.
-    pub(in crate::http) fn for_stream(shared: &Arc<Shared>, parts: &http::request::Parts) -> Option<Self> {
+    pub(in crate::http) fn for_stream(
+        shared: &Arc<Shared>,
+        parts: &http::request::Parts,
+    ) -> Option<Self> {
         let mcp = super::mcp_of(shared)?.clone();
         if parts.method != http::Method::GET {
             return None;
@@ -84,6 +87,8 @@ impl Answering {
             }
         };
         let out = self.answer_body(bytes);
+        // The body is whole now: its length is said, not its chunking.
+        parts.headers.remove(http::header::TRANSFER_ENCODING);
         parts.headers.remove(http::header::CONTENT_LENGTH);
         parts.headers.insert(
             http::header::CONTENT_LENGTH,
@@ -137,7 +142,12 @@ impl Answering {
         }
     }
 
-    fn listed(&self, message: &mut Message, mut record: Box<StatementRecord>, started: Instant) -> bool {
+    fn listed(
+        &self,
+        message: &mut Message,
+        mut record: Box<StatementRecord>,
+        started: Instant,
+    ) -> bool {
         let ctx = &self.shared.ctx;
         let error = message.error_message();
         let Some(result) = message.result_mut() else {
@@ -192,7 +202,12 @@ impl Answering {
         changed
     }
 
-    fn called(&self, message: &mut Message, mut record: Box<StatementRecord>, started: Instant) -> bool {
+    fn called(
+        &self,
+        message: &mut Message,
+        mut record: Box<StatementRecord>,
+        started: Instant,
+    ) -> bool {
         let ctx = &self.shared.ctx;
         let error = message.error_message();
         let Some(result) = message.result_mut() else {
@@ -206,7 +221,11 @@ impl Answering {
         let size = serde_json::to_vec(&*result).map_or(0, |v| v.len()) as u64;
         let masked = policy.masking().mask_json(result, &ctx.target, detect);
         if is_error {
-            record.error = Some(first_text(result).unwrap_or("the tool reported an error").to_owned());
+            record.error = Some(
+                first_text(result)
+                    .unwrap_or("the tool reported an error")
+                    .to_owned(),
+            );
         }
         if let Some(facts) = record.mcp.as_mut() {
             facts.result_bytes = Some(size);
@@ -241,5 +260,9 @@ fn is_event_stream(headers: &http::HeaderMap) -> bool {
     headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/event-stream"))
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        })
 }

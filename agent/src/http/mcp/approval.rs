@@ -20,7 +20,9 @@ pub(super) async fn hold(
     let ctx = &shared.ctx;
     // What the reviewer reads: the tool and its arguments, masked as they are recorded.
     let mut arguments = Value::Object(call.arguments.clone());
-    policy.masking().mask_json(&mut arguments, &ctx.target, true);
+    policy
+        .masking()
+        .mask_json(&mut arguments, &ctx.target, true);
     let line = format!("tools/call {} {arguments}", call.tool);
     let request = NewRequest {
         // A grant covers the same tool with the same arguments.

@@ -110,7 +110,13 @@ pub(super) async fn decide(
                 ..McpFacts::default()
             };
             let decision = Decision::allow("listed: the tools the job may call");
-            let record = Box::new(record(shared, transport(session), facts, &decision, started_at));
+            let record = Box::new(record(
+                shared,
+                transport(session),
+                facts,
+                &decision,
+                started_at,
+            ));
             outcomes.push(Some(Ok((id_key, Pending::List { record, started }))));
         } else if message.kind == jsonrpc::Kind::Request {
             outcomes.push(Some(Err(Value::Null)));
@@ -124,7 +130,11 @@ pub(super) async fn decide(
         for (id, pending) in outcomes.into_iter().flatten().filter_map(Result::ok) {
             awaiting.push(id.clone());
             if let Some(evicted) = state.await_answer(id, pending) {
-                unanswered(shared, evicted, "no answer came before the session had too many requests in flight");
+                unanswered(
+                    shared,
+                    evicted,
+                    "no answer came before the session had too many requests in flight",
+                );
             }
         }
         return Decided {
@@ -141,7 +151,11 @@ pub(super) async fn decide(
             Some(Err(_)) => answers.push(not_sent(&id)),
             Some(Ok((_, pending))) => {
                 answers.push(not_sent(&id));
-                unanswered(shared, pending, "not sent: a call in the same batch was refused");
+                unanswered(
+                    shared,
+                    pending,
+                    "not sent: a call in the same batch was refused",
+                );
             }
             None => {}
         }
@@ -157,7 +171,10 @@ fn refusal(id: &Value, decision: &Decision, record: &str, tool: &str) -> Value {
     jsonrpc::error_response(
         id,
         jsonrpc::REFUSED,
-        &format!("tollgate: the call of tool `{tool}` was refused: {}", decision.reason),
+        &format!(
+            "tollgate: the call of tool `{tool}` was refused: {}",
+            decision.reason
+        ),
         json!({
             "decision": decision.label(),
             "policy_ids": decision.policy_ids,
@@ -250,7 +267,14 @@ pub(super) fn finish(shared: &Shared, mut record: StatementRecord, started: Inst
 
 /// Records a request that will get no answer the agent sees, and why.
 pub(super) fn unanswered(shared: &Shared, pending: Pending, why: &str) {
-    let (Pending::Call { mut record, started } | Pending::List { mut record, started }) = pending;
+    let (Pending::Call {
+        mut record,
+        started,
+    }
+    | Pending::List {
+        mut record,
+        started,
+    }) = pending;
     record.error = Some(why.to_owned());
     finish(shared, *record, started);
 }

@@ -20,7 +20,12 @@ const RESULT_EVENT: &[u8] =
 fn an_allowed_call_reaches_the_server_and_its_answer_passes_unchanged() {
     let harness = Harness::new().unwrap();
     for cuts in [&[][..], &[1, 5, 17, 40, 41, 90][..]] {
-        let served = harness.serve_mcp(&call("7", "echo", r#"{"text":"hi"}"#), RESULT_EVENT, true, cuts);
+        let served = harness.serve_mcp(
+            &call("7", "echo", r#"{"text":"hi"}"#),
+            RESULT_EVENT,
+            true,
+            cuts,
+        );
         let answer = text(&served.answer);
         assert_eq!(answer.matches("HTTP/1.1 200 OK").count(), 2, "{answer}");
         assert_eq!(
@@ -41,8 +46,15 @@ fn a_refused_call_gets_a_json_rpc_error_with_its_id_and_the_connection_goes_on()
         &[],
     );
     let answer = text(&served.answer);
-    assert_eq!(answer.matches("HTTP/1.1 200 OK").count(), 2, "both POSTs answered: {answer}");
-    assert!(!answer.contains("\"hi\""), "the server was not asked: {answer}");
+    assert_eq!(
+        answer.matches("HTTP/1.1 200 OK").count(),
+        2,
+        "both POSTs answered: {answer}"
+    );
+    assert!(
+        !answer.contains("\"hi\""),
+        "the server was not asked: {answer}"
+    );
     assert_eq!(answer.matches(r#""id":"abc""#).count(), 2, "{answer}");
     assert!(answer.contains("no-users"), "the policy is named: {answer}");
     assert!(answer.contains("-32001"), "{answer}");
@@ -63,7 +75,10 @@ fn a_listing_loses_the_tools_no_call_of_which_is_permitted() {
     let answer = br#"{"jsonrpc":"2.0","id":3,"result":{"tools":[{"name":"echo","inputSchema":{"type":"object"}},{"name":"drop","inputSchema":{"type":"object"}},{"name":"query","inputSchema":{"type":"object"}}]}}"#;
     let served = harness.serve_mcp(list, answer, false, &[10, 50]);
     let text = text(&served.answer);
-    assert!(text.contains("\"echo\"") && text.contains("\"query\""), "{text}");
+    assert!(
+        text.contains("\"echo\"") && text.contains("\"query\""),
+        "{text}"
+    );
     assert!(!text.contains("\"drop\""), "{text}");
     // The same as an SSE event.
     let mut event = b"data: ".to_vec();
@@ -71,13 +86,20 @@ fn a_listing_loses_the_tools_no_call_of_which_is_permitted() {
     event.extend_from_slice(b"\n\n");
     let served = harness.serve_mcp(list, &event, true, &[3]);
     let text = String::from_utf8_lossy(&served.answer);
-    assert!(text.contains("\"echo\"") && !text.contains("\"drop\""), "{text}");
+    assert!(
+        text.contains("\"echo\"") && !text.contains("\"drop\""),
+        "{text}"
+    );
 }
 
 #[test]
 fn bodies_that_are_not_json_rpc_get_a_protocol_error() {
     let harness = Harness::new().unwrap();
-    for body in [&b"{not json"[..], b"[]", br#"{"jsonrpc":"1.0","id":1,"method":"x"}"#] {
+    for body in [
+        &b"{not json"[..],
+        b"[]",
+        br#"{"jsonrpc":"1.0","id":1,"method":"x"}"#,
+    ] {
         let served = harness.serve_mcp(body, RESULT_EVENT, true, &[]);
         let answer = text(&served.answer);
         assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");

@@ -111,7 +111,10 @@ mod tests {
         assert_eq!(rules_only["user"]["ssn"], Value::Null);
         assert_eq!(rules_only["user"]["db_password"], "****");
         assert_eq!(rules_only["user"]["email"], "ann@example.com");
-        assert_eq!(rules_only["user"]["city"], "Oslo", "a rule about a database");
+        assert_eq!(
+            rules_only["user"]["city"], "Oslo",
+            "a rule about a database"
+        );
         assert_eq!(config.mask_json(&mut doc, "api", true), 4);
         assert_eq!(doc["user"]["email"], "****@example.com");
         assert_eq!(doc["content"][0]["text"], "card ************1111 and id 42");
