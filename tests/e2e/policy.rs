@@ -211,7 +211,7 @@ fn the_documented_examples_check_and_pass_their_tests() {
         stderr(&check)
     );
     assert!(
-        stdout(&check).contains("ok: 12 policies"),
+        stdout(&check).contains("ok: 16 policies"),
         "{}",
         stdout(&check)
     );
@@ -224,7 +224,7 @@ fn the_documented_examples_check_and_pass_their_tests() {
     );
     assert!(test.status.success(), "{}{}", stdout(&test), stderr(&test));
     assert!(
-        stdout(&test).contains("16 passed, 0 failed"),
+        stdout(&test).contains("20 passed, 0 failed"),
         "{}",
         stdout(&test)
     );

@@ -92,7 +92,7 @@ enum Cmd {
         /// Seconds per target.
         #[arg(long, default_value_t = 600)]
         seconds: u64,
-        /// Only these targets (repeatable): frontend, backend, tracker, http.
+        /// Only these targets (repeatable): frontend, backend, tracker, http, mcp.
         #[arg(long = "target")]
         targets: Vec<String>,
     },
