@@ -1,11 +1,25 @@
-// Replay of a session: its statements in order, one at a time, with their timing, rows,
-// SQLSTATE, decision and policies. Step with the buttons or the arrow keys, play at the
+// Replay of a session: its statements (and HTTP requests and MCP tool calls) in order,
+// one at a time, with their timing, rows, SQLSTATE, decision and policies. Step with the buttons or the arrow keys, play at the
 // recorded speed, and link to a statement (#s<seq>). Values masked when recorded stay
 // masked: the console shows what the record holds.
 import { h, clear, time, duration, decision, identityLine, badge } from "./dom.js";
 import { api } from "./app.js";
 
 const MAX_GAP_MS = 60_000;
+
+// An MCP tool call's or listing's facts (kind "mcp").
+function mcpRows(m, row) {
+  return [
+    row("MCP method", m.method),
+    row("Tool", m.tool),
+    row("Arguments", m.arguments ? h("code", {}, m.arguments) : null),
+    row("Result", m.result_bytes == null ? null : `${m.result_bytes} bytes${m.is_error ? " (the tool reported an error)" : ""}`),
+    row("Tool changed", m.changed ? "yes: it changed within its session before this call" : null),
+    row("Hidden from the listing", (m.hidden || []).join(", ") || null),
+    row("Changed tools", (m.changes || []).join("; ") || null),
+    row("MCP session", m.session || null),
+  ].flat();
+}
 
 export async function replayPage(el, host, id) {
   const session = await api(`sessions/${encodeURIComponent(host)}/${encodeURIComponent(id)}`);
@@ -71,6 +85,7 @@ export async function replayPage(el, host, id) {
         row("Approval", s.approval),
         row("Database / user", `${s.database} / ${s.user}`),
         row("Protocol", s.protocol),
+        ...(s.mcp ? mcpRows(s.mcp, row) : []),
       ),
       h("p", {}, h("a", { href: `#s${s.seq}`, class: "permalink" }, "Link to this statement")),
     );

@@ -16,6 +16,7 @@ pub mod detect;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod harness;
 pub mod io;
+mod masking;
 mod mcp;
 pub mod metrics;
 pub mod request;

@@ -563,3 +563,30 @@ fn a_connection_the_server_closes_when_idle_is_closed_for_the_client_too() {
         "the client's connection ends with the server's"
     );
 }
+
+#[test]
+fn json_answers_of_a_target_that_configures_masking_are_masked() {
+    if !require_root() {
+        return;
+    }
+    let servers = HttpServers::start();
+    let agent = agent_with(
+        POLICY,
+        &format!(
+            "[http]\nheaders = [\"x-ci-run\"]\n\n[[targets]]\nname = \"api\"\ncidrs = [\"127.0.0.1/32\"]\nports = [{}]\nprotocol = \"http\"\n\
+             masking = {{ results = \"detect\" }}\n",
+            servers.h1
+        ),
+    );
+    let script = format!(
+        "curl -sS --max-time 20 'http://127.0.0.1:{}/v1/items?owner=ann@example.com&page=2'",
+        servers.h1
+    );
+    let direct: Value = serde_json::from_str(&sh(None, &script)).expect("JSON");
+    assert_eq!(direct["query"], "owner=ann@example.com&page=2");
+    let in_job: Value = serde_json::from_str(&sh(Some(&agent), &script)).expect("JSON");
+    assert_eq!(in_job["query"], "owner=****@example.com&page=2", "{in_job}");
+    // Ordinary values stay as they were.
+    assert_eq!(in_job["path"], direct["path"]);
+    assert_eq!(in_job["method"], "GET");
+}

@@ -158,6 +158,18 @@ impl Snapshot {
         self.engine().is_some_and(PolicyEngine::governs_http)
     }
 
+    /// How JSON bodies from the target named `target` are masked, where it configures
+    /// `masking` (HTTP targets mask nothing unless they do).
+    pub fn json_masking(&self, target: &str) -> Option<ResultsMasking> {
+        let engine = self.engine()?;
+        engine
+            .targets()
+            .iter()
+            .find(|t| t.name == target)
+            .and_then(|t| t.masking)
+            .map(|m| m.results)
+    }
+
     /// Decides one MCP tool call on a followed connection.
     pub fn decide_mcp(&self, subject: Subject<'_>, call: &tollgate_policy::McpCall) -> Decision {
         match self.engine() {

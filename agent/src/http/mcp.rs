@@ -45,13 +45,7 @@ pub(super) fn wants(shared: &Shared, parts: &Parts) -> bool {
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            let v = v.trim_start().to_ascii_lowercase();
-            v.starts_with("application/json") || v.contains("+json")
-        })
+    super::masking::is_json(headers)
 }
 
 /// The session a request belongs to: the legacy SSE transport's, when the request goes

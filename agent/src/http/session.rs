@@ -440,12 +440,26 @@ pub(super) async fn forward(
             error,
         );
     });
-    Ok(match answering {
-        Some(answering) => answering
+    // A JSON answer of a target that configures masking is masked.
+    let masked = if answering.is_none() && super::masking::is_json(response.headers()) {
+        let policy = shared.ctx.enforcer.snapshot();
+        policy
+            .json_masking(&shared.ctx.target)
+            .map(|mode| (mode, policy))
+    } else {
+        None
+    };
+    Ok(match (answering, masked) {
+        (Some(answering), _) => answering
             .respond(response)
             .await
             .map(|body| Counted::new(body, down, Some(on_end)).boxed_unsync()),
-        None => response.map(|body| {
+        (None, Some((mode, policy))) => {
+            super::masking::mask(response, &policy.masking(), &shared.ctx.target, mode)
+                .await
+                .map(|body| Counted::new(body, down, Some(on_end)).boxed_unsync())
+        }
+        (None, None) => response.map(|body| {
             Counted::new(body, down, Some(on_end))
                 .map_err(BoxError::from)
                 .boxed_unsync()

@@ -87,13 +87,7 @@ impl Answering {
             }
         };
         let out = self.answer_body(bytes);
-        // The body is whole now: its length is said, not its chunking.
-        parts.headers.remove(http::header::TRANSFER_ENCODING);
-        parts.headers.remove(http::header::CONTENT_LENGTH);
-        parts.headers.insert(
-            http::header::CONTENT_LENGTH,
-            http::HeaderValue::from(out.len() as u64),
-        );
+        crate::http::masking::whole(&mut parts.headers, out.len());
         Response::from_parts(
             parts,
             Full::new(out)

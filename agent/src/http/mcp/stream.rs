@@ -30,6 +30,10 @@ pub(super) struct SseFilter {
     /// Events the agent adds to a legacy session's stream.
     added: Option<mpsc::UnboundedReceiver<Bytes>>,
     ended: bool,
+    /// The stream failed: passed on once what came before it is, and written.
+    failed: Option<BoxError>,
+    /// A poll has returned Pending since the last bytes (hyper writes them out then).
+    yielded: bool,
 }
 
 impl SseFilter {
@@ -41,6 +45,8 @@ impl SseFilter {
             out: VecDeque::new(),
             added: None,
             ended: false,
+            failed: None,
+            yielded: false,
         }
     }
 
@@ -134,7 +140,18 @@ impl Body for SseFilter {
         let this = self.get_mut();
         loop {
             if let Some(bytes) = this.out.pop_front() {
+                this.yielded = false;
                 return Poll::Ready(Some(Ok(Frame::data(bytes))));
+            }
+            if this.failed.is_some() && !this.yielded {
+                // Once, so that hyper writes what came before the failure: an error
+                // right after its bytes would abort the connection with them unsent.
+                this.yielded = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            if let Some(error) = this.failed.take() {
+                return Poll::Ready(Some(Err(error)));
             }
             if this.ended {
                 return Poll::Ready(None);
@@ -149,10 +166,14 @@ impl Body for SseFilter {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => this.ended(),
                 Poll::Ready(Some(Err(error))) => {
+                    // What came of the event it cut goes on first, as it would directly.
+                    let why = format!("the answer's stream failed: {error}");
+                    if let Some(rest) = this.reader.unfinished() {
+                        this.out.push_back(Bytes::copy_from_slice(rest));
+                    }
                     this.ended = true;
-                    this.answering
-                        .unanswered(&format!("the answer's stream failed: {error}"));
-                    return Poll::Ready(Some(Err(error.into())));
+                    this.failed = Some(error.into());
+                    this.answering.unanswered(&why);
                 }
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => match this.reader.push(&data) {
