@@ -19,6 +19,7 @@ pub mod io;
 mod masking;
 mod mcp;
 pub mod metrics;
+mod record;
 pub mod request;
 pub mod session;
 pub mod tls;

@@ -198,6 +198,28 @@ pub fn session(s: &ConnectionRecord, json: bool) -> anyhow::Result<()> {
             if !st.params.is_empty() {
                 println!("{:>58}params: {}", "", st.params.join(", "));
             }
+            if let Some(mcp) = &st.mcp {
+                if let Some(arguments) = &mcp.arguments {
+                    println!("{:>58}arguments: {}", "", one_line(arguments));
+                }
+                if let Some(bytes) = mcp.result_bytes {
+                    let failed = if mcp.is_error {
+                        " (the tool reported an error)"
+                    } else {
+                        ""
+                    };
+                    println!("{:>58}result: {bytes} bytes{failed}", "");
+                }
+                if mcp.changed {
+                    println!("{:>58}the tool changed within its session", "");
+                }
+                if !mcp.hidden.is_empty() {
+                    println!("{:>58}hidden: {}", "", mcp.hidden.join(", "));
+                }
+                for change in &mcp.changes {
+                    println!("{:>58}changed: {change}", "");
+                }
+            }
             if st.decision != DecisionLabel::Allow {
                 println!("{:>58}{} ({})", "", st.reason, st.policy_ids.join(", "));
             }

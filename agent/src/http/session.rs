@@ -2,7 +2,6 @@
 //! and recorded here, and an allowed one goes to the destination over the connection's
 //! own upstream leg, by a hyper client of the client's version.
 use std::{
-    borrow::Cow,
     net::SocketAddr,
     sync::{
         Arc, Mutex,
@@ -23,6 +22,8 @@ use tokio::{
 };
 use tollgate_policy::{Decision, Principal, Process, Subject};
 
+pub(super) use super::record::Pending;
+use super::record::statement;
 use super::{
     HttpConfig,
     body::{Counted, Ended},
@@ -33,7 +34,7 @@ use super::{
 use crate::{
     enforce::Enforcer,
     proxy::handler::Progress,
-    record::{DecisionLabel, HttpFacts, RecordEvent, Recorder, StatementRecord, now_ms},
+    record::{DecisionLabel, Recorder, now_ms},
 };
 
 /// The most of a refused request's body read (and dropped) so that its connection
@@ -118,7 +119,7 @@ pub(super) struct Shared {
     pub(super) ctx: Context,
     /// `http`, or `https` where the agent terminates TLS.
     scheme: &'static str,
-    h2: bool,
+    pub(super) h2: bool,
     sender: Sender,
     pub(super) seq: AtomicU64,
     /// Requests recorded, and of them refused: the connection's counts.
@@ -509,98 +510,4 @@ fn too_large(
     }
     .finish(Some(431), 0, size, Some(decision.reason));
     response.map(|b| b.map_err(|never| match never {}).boxed_unsync())
-}
-
-/// The record of a request, written once it is answered.
-pub(super) struct Pending {
-    shared: Arc<Shared>,
-    record: StatementRecord,
-    started: Instant,
-}
-
-impl Pending {
-    pub(super) fn finish(mut self, status: Option<u16>, up: u64, down: u64, error: Option<String>) {
-        let refused = self.record.decision != DecisionLabel::Allow
-            && self.record.decision != DecisionLabel::WouldDeny
-            && self.record.decision != DecisionLabel::WouldRequireApproval;
-        self.record.duration_us = Some(self.started.elapsed().as_micros() as u64);
-        self.record.error = error;
-        if let Some(http) = self.record.http.as_mut() {
-            http.status = status;
-            http.bytes_up = up;
-            http.bytes_down = down;
-        }
-        self.shared.requests.fetch_add(1, Ordering::Relaxed);
-        self.shared
-            .ctx
-            .metrics
-            .request(self.shared.h2, self.record.decision);
-        if refused {
-            self.shared.refused.fetch_add(1, Ordering::Relaxed);
-        }
-        self.shared
-            .ctx
-            .recorder
-            .record(RecordEvent::Statement(Box::new(self.record)));
-    }
-}
-
-fn statement(
-    shared: &Shared,
-    seen: &tollgate_policy::HttpRequest,
-    decision: &Decision,
-    version: Version,
-    started_at: i64,
-) -> StatementRecord {
-    let ctx = &shared.ctx;
-    let seq = shared.seq.fetch_add(1, Ordering::Relaxed) + 1;
-    let query = (ctx.config.record_query && !seen.query.is_empty()).then(|| seen.query.clone());
-    let mut sql = format!(
-        "{} {}://{}{}",
-        seen.method, seen.scheme, seen.host, seen.path
-    );
-    if let Some(query) = &query {
-        sql.push('?');
-        sql.push_str(query);
-    }
-    StatementRecord {
-        id: uuid::Uuid::now_v7().to_string(),
-        connection_id: ctx.connection_id.clone(),
-        job_id: ctx.job_id.clone(),
-        seq,
-        started_at,
-        started: None,
-        duration_us: None,
-        protocol: Cow::Borrowed(match version {
-            Version::HTTP_2 => "http/2",
-            Version::HTTP_10 => "http/1.0",
-            _ => "http/1.1",
-        }),
-        database: Arc::from(""),
-        user: Arc::from(""),
-        sql: Arc::from(sql),
-        params: Vec::new(),
-        kind: Cow::Borrowed("http"),
-        tables: Arc::from([]),
-        functions: Arc::from([]),
-        decision: DecisionLabel::from(decision),
-        policy_ids: Arc::from(decision.policy_ids.clone()),
-        reason: Arc::from(decision.reason.as_str()),
-        rows: None,
-        sqlstate: None,
-        error: None,
-        approval: None,
-        opened: false,
-        http: Some(Box::new(HttpFacts {
-            method: seen.method.clone(),
-            scheme: seen.scheme.clone(),
-            host: seen.host.clone(),
-            path: seen.path.clone(),
-            query,
-            status: None,
-            bytes_up: 0,
-            bytes_down: 0,
-        })),
-        mcp: None,
-    }
 }

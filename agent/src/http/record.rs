@@ -1,0 +1,107 @@
+//! The record of one HTTP request: made when it is decided, written once its answer has
+//! passed (or it was refused), with its status, bytes and duration.
+use std::{
+    borrow::Cow,
+    sync::{Arc, atomic::Ordering},
+    time::Instant,
+};
+
+use http::Version;
+use tollgate_policy::Decision;
+
+use super::session::Shared;
+use crate::record::{DecisionLabel, HttpFacts, RecordEvent, StatementRecord};
+
+/// The record of a request, written once it is answered.
+pub(super) struct Pending {
+    pub(super) shared: Arc<Shared>,
+    pub(super) record: StatementRecord,
+    pub(super) started: Instant,
+}
+
+impl Pending {
+    pub(super) fn finish(mut self, status: Option<u16>, up: u64, down: u64, error: Option<String>) {
+        let refused = self.record.decision != DecisionLabel::Allow
+            && self.record.decision != DecisionLabel::WouldDeny
+            && self.record.decision != DecisionLabel::WouldRequireApproval;
+        self.record.duration_us = Some(self.started.elapsed().as_micros() as u64);
+        self.record.error = error;
+        if let Some(http) = self.record.http.as_mut() {
+            http.status = status;
+            http.bytes_up = up;
+            http.bytes_down = down;
+        }
+        self.shared.requests.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .ctx
+            .metrics
+            .request(self.shared.h2, self.record.decision);
+        if refused {
+            self.shared.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        self.shared
+            .ctx
+            .recorder
+            .record(RecordEvent::Statement(Box::new(self.record)));
+    }
+}
+
+pub(super) fn statement(
+    shared: &Shared,
+    seen: &tollgate_policy::HttpRequest,
+    decision: &Decision,
+    version: Version,
+    started_at: i64,
+) -> StatementRecord {
+    let ctx = &shared.ctx;
+    let seq = shared.seq.fetch_add(1, Ordering::Relaxed) + 1;
+    let query = (ctx.config.record_query && !seen.query.is_empty()).then(|| seen.query.clone());
+    let mut sql = format!(
+        "{} {}://{}{}",
+        seen.method, seen.scheme, seen.host, seen.path
+    );
+    if let Some(query) = &query {
+        sql.push('?');
+        sql.push_str(query);
+    }
+    StatementRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        connection_id: ctx.connection_id.clone(),
+        job_id: ctx.job_id.clone(),
+        seq,
+        started_at,
+        started: None,
+        duration_us: None,
+        protocol: Cow::Borrowed(match version {
+            Version::HTTP_2 => "http/2",
+            Version::HTTP_10 => "http/1.0",
+            _ => "http/1.1",
+        }),
+        database: Arc::from(""),
+        user: Arc::from(""),
+        sql: Arc::from(sql),
+        params: Vec::new(),
+        kind: Cow::Borrowed("http"),
+        tables: Arc::from([]),
+        functions: Arc::from([]),
+        decision: DecisionLabel::from(decision),
+        policy_ids: Arc::from(decision.policy_ids.clone()),
+        reason: Arc::from(decision.reason.as_str()),
+        rows: None,
+        sqlstate: None,
+        error: None,
+        approval: None,
+        opened: false,
+        http: Some(Box::new(HttpFacts {
+            method: seen.method.clone(),
+            scheme: seen.scheme.clone(),
+            host: seen.host.clone(),
+            path: seen.path.clone(),
+            query,
+            status: None,
+            bytes_up: 0,
+            bytes_down: 0,
+        })),
+        mcp: None,
+    }
+}
