@@ -590,3 +590,57 @@ fn json_answers_of_a_target_that_configures_masking_are_masked() {
     assert_eq!(in_job["path"], direct["path"]);
     assert_eq!(in_job["method"], "GET");
 }
+
+/// A CONNECT to `sys.argv[2]` through the server, then a line through the tunnel:
+/// prints the status line and what came back.
+const CONNECT_CLIENT: &str = r#"
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.settimeout(15)
+s.sendall(b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (sys.argv[2].encode(), sys.argv[2].encode()))
+head = b""
+while b"\r\n\r\n" not in head:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    head += chunk
+status = head.split(b"\r\n")[0].decode()
+print(status)
+if " 200 " in status:
+    s.sendall(b"ping over the tunnel")
+    got = b""
+    while len(got) < 20:
+        got += s.recv(100)
+    print(got.decode())
+"#;
+
+#[test]
+fn a_connect_tunnel_is_decided_and_relayed() {
+    if !require_root() {
+        return;
+    }
+    let servers = HttpServers::start();
+    let policy = format!(
+        "{POLICY}\n@id(\"tunnels\")\npermit(principal, action == Action::\"http:request\", resource)\n\
+         when {{ context.method == \"CONNECT\" && context.host == \"tunnel.internal\" }};\n"
+    );
+    let agent = agent_with(&policy, "[http]\nheaders = [\"x-ci-run\"]\n");
+    let port = servers.h1.to_string();
+    let run = |agent: Option<&Agent>, to: &str| {
+        sh(agent, &format!("python3 -c '{CONNECT_CLIENT}' {port} {to}"))
+    };
+    let direct = run(None, "tunnel.internal:443");
+    assert_eq!(
+        direct,
+        "HTTP/1.1 200 Connection Established\nping over the tunnel\n"
+    );
+    assert_eq!(
+        run(Some(&agent), "tunnel.internal:443"),
+        direct,
+        "the same as directly"
+    );
+    // Another host: refused by default (directly, the server would tunnel it too).
+    assert_eq!(run(None, "elsewhere.internal:443"), direct);
+    let refused = run(Some(&agent), "elsewhere.internal:443");
+    assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+}

@@ -58,6 +58,12 @@ servers[0].on("upgrade", (req, socket, head) => {
   if (head.length) socket.write(head);
   socket.pipe(socket);
 });
+// A CONNECT tunnel: the server answers 200 and then echoes every byte it gets.
+servers[0].on("connect", (req, socket, head) => {
+  socket.write("HTTP/1.1 200 Connection Established\r\n\r\n");
+  if (head.length) socket.write(head);
+  socket.pipe(socket);
+});
 let listening = 0;
 const ready = () => {
   listening += 1;
