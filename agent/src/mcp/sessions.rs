@@ -55,18 +55,27 @@ pub struct State {
 }
 
 impl State {
-    /// Remembers a request by its id; returns one pushed out, if the session has too many.
-    pub fn await_answer(&mut self, id: String, pending: Pending) -> Option<Pending> {
-        let mut evicted = None;
+    /// Remembers a request by its id; returns those that will get no answer now, and
+    /// why: the oldest, if the session has too many, and one with the same id.
+    pub fn await_answer(&mut self, id: String, pending: Pending) -> Vec<(Pending, &'static str)> {
+        let mut lost = Vec::new();
         if self.pending.len() >= PENDING
             && let Some(oldest) = self.order.pop_front()
+            && let Some(evicted) = self.pending.remove(&oldest)
         {
-            evicted = self.pending.remove(&oldest);
+            lost.push((
+                evicted,
+                "no answer came before the session had too many requests in flight",
+            ));
         }
-        if self.pending.insert(id.clone(), pending).is_none() {
-            self.order.push_back(id);
+        match self.pending.insert(id.clone(), pending) {
+            None => self.order.push_back(id),
+            Some(replaced) => lost.push((
+                replaced,
+                "another request with the same id was sent before its answer came",
+            )),
         }
-        evicted
+        lost
     }
 
     /// The request an answer with `id` answers.
@@ -239,13 +248,20 @@ mod tests {
             started: Instant::now(),
         };
         for i in 0..PENDING {
-            assert!(state.await_answer(i.to_string(), call()).is_none());
+            assert!(state.await_answer(i.to_string(), call()).is_empty());
         }
-        assert!(state.await_answer("new".to_owned(), call()).is_some());
+        assert_eq!(state.await_answer("new".to_owned(), call()).len(), 1);
         assert!(state.answered("0").is_none(), "pushed out");
         assert!(state.answered("new").is_some());
         assert!(state.answered("new").is_none(), "answered once");
         assert_eq!(state.drain().len(), PENDING - 1);
+        // An id used again before its answer: the first request is lost, and said so.
+        let mut state = State::default();
+        assert!(state.await_answer("again".to_owned(), call()).is_empty());
+        let lost = state.await_answer("again".to_owned(), call());
+        assert_eq!(lost.len(), 1);
+        assert!(lost[0].1.contains("same id"));
+        assert_eq!(state.drain().len(), 1);
     }
 
     #[test]

@@ -129,12 +129,8 @@ pub(super) async fn decide(
         let mut state = session.state();
         for (id, pending) in outcomes.into_iter().flatten().filter_map(Result::ok) {
             awaiting.push(id.clone());
-            if let Some(evicted) = state.await_answer(id, pending) {
-                unanswered(
-                    shared,
-                    evicted,
-                    "no answer came before the session had too many requests in flight",
-                );
+            for (lost, why) in state.await_answer(id, pending) {
+                unanswered(shared, lost, why);
             }
         }
         return Decided {

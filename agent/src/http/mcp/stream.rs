@@ -104,6 +104,9 @@ impl SseFilter {
             self.answering
                 .unanswered("the answer's stream ended in the middle of an event");
         }
+        // A POST's stream that ended without answering all it was sent.
+        self.answering
+            .unanswered("the answer's stream ended before the answer came");
         if self.added.is_some() {
             // The legacy transport's stream carried the session's answers: none will come.
             let pending = self.answering.session.state().drain();
