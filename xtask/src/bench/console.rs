@@ -22,8 +22,8 @@ const SHAPE: [(&str, &str); 4] = [
     ("--statements", "10000000"),
     ("--days", "30"),
 ];
-/// The recording store's schema version (agent/src/record/schema.rs).
-const SCHEMA: u32 = 15;
+/// Where the recording store's schema version is (`pub const VERSION: i64 = N;`).
+const SCHEMA_SOURCE: &str = "agent/src/record/schema.rs";
 const ASKS: usize = 11;
 const PORT: u16 = 9481;
 const DAY_MS: i64 = 86_400_000;
@@ -42,17 +42,34 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// The agent's recording-store schema version, read from its source (so a new version
+/// is never missed here).
+fn schema_version(root: &Path) -> anyhow::Result<u32> {
+    let path = root.join(SCHEMA_SOURCE);
+    let text = fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+    text.lines()
+        .find_map(|line| {
+            line.trim()
+                .strip_prefix("pub const VERSION: i64 = ")?
+                .strip_suffix(';')?
+                .parse()
+                .ok()
+        })
+        .with_context(|| format!("{}: no `pub const VERSION: i64 = N;`", path.display()))
+}
+
 /// The store, made if missing or of another shape, and its shape.
 fn store(root: &Path, bin: &Path) -> anyhow::Result<(std::path::PathBuf, String)> {
     let dir = root.join("target/bench/console");
     let db = dir.join("recordings.db");
     let stamp = dir.join("shape");
     // The store's schema is the agent's: a new schema version makes a new store.
+    let schema = schema_version(root)?;
     let shape: String = SHAPE
         .iter()
         .map(|(k, v)| format!("{k} {v}\n"))
         .collect::<String>()
-        + &format!("schema {SCHEMA}\n");
+        + &format!("schema {schema}\n");
     if db.exists() && fs::read_to_string(&stamp).is_ok_and(|s| s == shape) {
         eprintln!(
             "xtask: bench: console: the store in {} is made",
