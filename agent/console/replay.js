@@ -65,9 +65,12 @@ export async function replayPage(el, host, id) {
     detail.dataset.decision = s.decision;
     detail.dataset.seq = s.seq;
     const row = (label, value) => [h("dt", {}, label), h("dd", {}, value ?? "—")];
+    // SQL facts only for SQL statements; an HTTP request or an MCP message has its own.
+    const sql = !s.http && !s.mcp;
+    const title = s.mcp ? (s.mcp.method === "tools/call" ? "Tool call" : "MCP message") : s.http ? "Request" : "Statement";
     clear(
       detail,
-      h("h2", {}, `Statement #${s.seq} `, decision(s.decision), " ", badge(s.kind, "kind")),
+      h("h2", {}, `${title} #${s.seq} `, decision(s.decision), " ", badge(s.kind, "kind")),
       h("pre", { class: "sql" }, s.sql),
       s.params && s.params.length ? h("p", {}, "Parameters: ", h("code", {}, s.params.map((p) => JSON.stringify(p)).join(", "))) : null,
       h(
@@ -75,15 +78,16 @@ export async function replayPage(el, host, id) {
         { class: "facts" },
         row("Started", `${time(s.started_at)} (+${((s.started_at - session.started_at) / 1000).toFixed(3)} s)`),
         row("Duration", duration(s.duration_us)),
-        row("Rows", s.rows),
-        row("SQLSTATE", s.sqlstate),
+        sql ? row("Rows", s.rows) : [],
+        sql ? row("SQLSTATE", s.sqlstate) : [],
+        s.http ? row("Status", s.http.status) : [],
         row("Error", s.error),
         row("Decision", s.decision),
         row("Policies", (s.policy_ids || []).join(", ") || "—"),
         row("Reason", s.reason),
-        row("Tables", (s.tables || []).join(", ") || "—"),
+        sql ? row("Tables", (s.tables || []).join(", ") || "—") : [],
         row("Approval", s.approval),
-        row("Database / user", `${s.database} / ${s.user}`),
+        sql ? row("Database / user", `${s.database} / ${s.user}`) : [],
         row("Protocol", s.protocol),
         ...(s.mcp ? mcpRows(s.mcp, row) : []),
       ),
