@@ -268,3 +268,98 @@ fn the_documented_examples_check_and_pass_their_tests() {
     assert_eq!(bad.status.code(), Some(1));
     assert!(stderr(&bad).contains("bad.cedar:2:"), "{}", stderr(&bad));
 }
+
+#[test]
+fn policy_explain_decides_a_connect_a_request_and_a_tool_call_as_the_agent_would() {
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples");
+    let explain = |args: &[&str]| {
+        output(
+            Command::new(tollgate_bin())
+                .args(["policy", "explain", "--json", "--config"])
+                .arg(docs.join("agent.toml"))
+                .arg("--policy-dir")
+                .arg(docs.join("policies"))
+                .args(args),
+        )
+    };
+    let decided = |args: &[&str]| -> serde_json::Value {
+        let out = explain(args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        serde_json::from_str(&stdout(&out)).expect("JSON")
+    };
+    let agents = ["--label", "repository=acme/agents"];
+    let call = |tool: &str, arguments: &str| {
+        let mut args = vec!["--action", "mcp:call", "--dest", "10.40.0.9:8000"];
+        args.extend(agents);
+        args.extend(["--tool", tool, "--arguments", arguments]);
+        decided(&args)
+    };
+    // A tool call by its arguments, and its allowed control.
+    let users = call("query", r#"{"table": "users"}"#);
+    assert_eq!(users["effect"], "deny", "{users}");
+    assert_eq!(users["policy_ids"], serde_json::json!(["no-users-table"]));
+    assert_eq!(users["target"], "tools-mcp");
+    let orders = call("query", r#"{"table": "orders"}"#);
+    assert_eq!(orders["effect"], "allow", "{orders}");
+    assert_eq!(
+        call("deploy", r#"{"env": "prod"}"#)["effect"],
+        "require_approval"
+    );
+    let changed = decided(&[
+        "--action",
+        "mcp:call",
+        "--dest",
+        "10.40.0.9:8000",
+        "--label",
+        "repository=acme/agents",
+        "--tool",
+        "search",
+        "--changed",
+    ]);
+    assert_eq!(changed["policy_ids"], serde_json::json!(["no-rug-pulls"]));
+    // An HTTP request, its destination from the URL.
+    let read = decided(&[
+        "--action",
+        "http:request",
+        "--method",
+        "GET",
+        "--url",
+        "https://10.40.0.7/v1/projects/7",
+        "--label",
+        "repository=acme/web",
+    ]);
+    assert_eq!(read["effect"], "allow", "{read}");
+    assert_eq!(read["target"], "internal-api");
+    // Wrong combinations are errors that say what is wrong.
+    for (args, says) in [
+        (
+            &["--action", "mcp:call", "--dest", "10.40.0.9:8000"][..],
+            "needs --tool",
+        ),
+        (
+            &["--dest", "10.40.0.9:8000", "--tool", "x"][..],
+            "--tool is for --action mcp:call",
+        ),
+        (
+            &[
+                "--action",
+                "mcp:call",
+                "--dest",
+                "10.40.0.9:8000",
+                "--tool",
+                "x",
+                "--arguments",
+                "[1]",
+            ][..],
+            "must be a JSON object",
+        ),
+        (
+            &["--action", "mcp:list", "--dest", "10.40.0.9:8000"][..],
+            "expected connect",
+        ),
+    ] {
+        let out = explain(args);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+    }
+}
