@@ -77,11 +77,12 @@ fn pending(agent: &Agent) -> Vec<ApprovalRecord> {
     serde_json::from_value(all["approvals"].clone()).expect("approval records")
 }
 
-/// The one request that waits now.
+/// The one request that waits now. (A client that starts slowly, such as a Python
+/// MCP client in a TCG guest, may take a while to ask.)
 pub(crate) fn wait_pending(agent: &Agent) -> ApprovalRecord {
     wait_for(
         "a pending approval request",
-        Duration::from_secs(20),
+        tollgate_e2e::scaled(Duration::from_secs(20)),
         || {
             let mut pending = pending(agent);
             (pending.len() == 1).then(|| pending.remove(0))

@@ -39,9 +39,11 @@ impl McpServer {
             calls,
             child,
         };
-        crate::wait_for("the MCP server to listen", Duration::from_secs(30), || {
-            TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
-        });
+        crate::wait_for(
+            "the MCP server to listen",
+            crate::scaled(Duration::from_secs(30)),
+            || TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ()),
+        );
         server
     }
 
