@@ -4,7 +4,7 @@
 // the console (dev sign-in on loopback); this script prints `ok NAME` per check, `fail
 // WHY` on the first that fails, and `done`.
 //
-// Environment: CONSOLE_URL, REFUSED and ALLOWED (the replays' paths of the connections
+// Environment: CONSOLE_URL, TIMEOUT_MS, REFUSED and ALLOWED (the replays' paths of the connections
 // that carried the refused call and the allowed one: a client spreads its POSTs over
 // its pooled connections), ARTIFACTS, CHROMIUM.
 import { mkdirSync } from "node:fs";
@@ -22,7 +22,8 @@ const browser = await chromium.launch({
 const problems = [];
 try {
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
-  page.setDefaultTimeout(20_000);
+  // Longer in a slow guest (vm-test under TCG): the test passes its scaled wait.
+  page.setDefaultTimeout(Number(process.env.TIMEOUT_MS || 20_000));
   page.on("console", (m) => {
     if (m.type() === "error") problems.push(`console: ${m.text()}`);
   });

@@ -585,6 +585,12 @@ fn the_console_replays_the_tool_call_timeline_in_chromium() {
             .arg("replay_mcp.mjs")
             .current_dir(workspace.join("tests/browser"))
             .env("CONSOLE_URL", &console.url)
+            .env(
+                "TIMEOUT_MS",
+                tollgate_e2e::scaled(std::time::Duration::from_secs(20))
+                    .as_millis()
+                    .to_string(),
+            )
             .env("REFUSED", replay(&refused))
             .env("ALLOWED", replay(&allowed))
             .env("ARTIFACTS", &artifacts)
