@@ -20,8 +20,12 @@ pub(super) fn is_json(headers: &http::HeaderMap) -> bool {
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| {
-            let v = v.trim_start().to_ascii_lowercase();
-            v.starts_with("application/json") || v.contains("+json")
+            // (No allocation: every answer of a followed connection asks.)
+            let essence = v.split(';').next().unwrap_or("").trim();
+            essence.eq_ignore_ascii_case("application/json")
+                || essence
+                    .get(essence.len().saturating_sub(5)..)
+                    .is_some_and(|tail| tail.eq_ignore_ascii_case("+json"))
         })
 }
 

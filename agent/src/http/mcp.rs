@@ -15,7 +15,7 @@ mod tests;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Response, StatusCode, Version, request::Parts};
+use http::{Method, Response, StatusCode, Version, request::Parts};
 use http_body_util::{BodyExt as _, Either, Full, Limited};
 use hyper::body::Incoming;
 use serde_json::Value;
@@ -41,11 +41,7 @@ pub(super) fn mcp_of(shared: &Shared) -> Option<&Arc<Mcp>> {
 pub(super) fn wants(shared: &Shared, parts: &Parts) -> bool {
     mcp_of(shared).is_some()
         && parts.method == Method::POST
-        && (shared.ctx.mcp_declared || is_json(&parts.headers))
-}
-
-fn is_json(headers: &HeaderMap) -> bool {
-    super::masking::is_json(headers)
+        && (shared.ctx.mcp_declared || super::masking::is_json(&parts.headers))
 }
 
 /// The session a request belongs to: the legacy SSE transport's, when the request goes

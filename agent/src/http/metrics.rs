@@ -10,8 +10,8 @@ pub struct HttpMetrics {
 }
 
 const VERSIONS: [&str; 2] = ["http/1.1", "http/2"];
-/// The labels a request's record can have.
-const DECISIONS: [DecisionLabel; 6] = [
+/// The labels a request's (or an MCP call's) record can have: one series each.
+pub(crate) const DECISIONS: [DecisionLabel; 6] = [
     DecisionLabel::Allow,
     DecisionLabel::Deny,
     DecisionLabel::RequireApproval,
@@ -19,6 +19,14 @@ const DECISIONS: [DecisionLabel; 6] = [
     DecisionLabel::WouldRequireApproval,
     DecisionLabel::Malformed,
 ];
+
+/// `decision`'s place in [`DECISIONS`] (any other label counts as the last).
+pub(crate) fn decision_index(decision: DecisionLabel) -> usize {
+    DECISIONS
+        .iter()
+        .position(|d| *d == decision)
+        .unwrap_or(DECISIONS.len() - 1)
+}
 
 impl HttpMetrics {
     pub(crate) fn new(registry: &Registry) -> Self {
@@ -45,10 +53,7 @@ impl HttpMetrics {
 
     /// Counts one request: `h2` for HTTP/2, else HTTP/1.x.
     pub fn request(&self, h2: bool, decision: DecisionLabel) {
-        let d = DECISIONS
-            .iter()
-            .position(|d| *d == decision)
-            .unwrap_or(DECISIONS.len() - 1);
+        let d = decision_index(decision);
         let v = usize::from(h2);
         if let Some(counter) = self.requests.get(v * DECISIONS.len() + d) {
             counter.inc();

@@ -54,7 +54,6 @@ pub(super) fn statement(
     started_at: i64,
 ) -> StatementRecord {
     let ctx = &shared.ctx;
-    let seq = shared.seq.fetch_add(1, Ordering::Relaxed) + 1;
     let query = (ctx.config.record_query && !seen.query.is_empty()).then(|| seen.query.clone());
     let mut sql = format!(
         "{} {}://{}{}",
@@ -64,24 +63,50 @@ pub(super) fn statement(
         sql.push('?');
         sql.push_str(query);
     }
+    let protocol = match version {
+        Version::HTTP_2 => "http/2",
+        Version::HTTP_10 => "http/1.0",
+        _ => "http/1.1",
+    };
+    let mut record = l7(shared, protocol, "http", sql, decision, started_at);
+    record.http = Some(Box::new(HttpFacts {
+        method: seen.method.clone(),
+        scheme: seen.scheme.clone(),
+        host: seen.host.clone(),
+        path: seen.path.clone(),
+        query,
+        status: None,
+        bytes_up: 0,
+        bytes_down: 0,
+    }));
+    record
+}
+
+/// The record of a request (or an MCP message inside one) on this connection, next in
+/// its order: what a statement's record has that is not SQL.
+pub(super) fn l7(
+    shared: &Shared,
+    protocol: &'static str,
+    kind: &'static str,
+    sql: String,
+    decision: &Decision,
+    started_at: i64,
+) -> StatementRecord {
+    let ctx = &shared.ctx;
     StatementRecord {
         id: uuid::Uuid::now_v7().to_string(),
         connection_id: ctx.connection_id.clone(),
         job_id: ctx.job_id.clone(),
-        seq,
+        seq: shared.seq.fetch_add(1, Ordering::Relaxed) + 1,
         started_at,
         started: None,
         duration_us: None,
-        protocol: Cow::Borrowed(match version {
-            Version::HTTP_2 => "http/2",
-            Version::HTTP_10 => "http/1.0",
-            _ => "http/1.1",
-        }),
+        protocol: Cow::Borrowed(protocol),
         database: Arc::from(""),
         user: Arc::from(""),
         sql: Arc::from(sql),
         params: Vec::new(),
-        kind: Cow::Borrowed("http"),
+        kind: Cow::Borrowed(kind),
         tables: Arc::from([]),
         functions: Arc::from([]),
         decision: DecisionLabel::from(decision),
@@ -92,16 +117,7 @@ pub(super) fn statement(
         error: None,
         approval: None,
         opened: false,
-        http: Some(Box::new(HttpFacts {
-            method: seen.method.clone(),
-            scheme: seen.scheme.clone(),
-            host: seen.host.clone(),
-            path: seen.path.clone(),
-            query,
-            status: None,
-            bytes_up: 0,
-            bytes_down: 0,
-        })),
+        http: None,
         mcp: None,
     }
 }

@@ -3,6 +3,7 @@
 use prometheus::{IntCounter, IntCounterVec, Registry};
 
 use crate::{
+    http::metrics::{DECISIONS, decision_index},
     metrics::{counter, counter_vec},
     record::DecisionLabel,
 };
@@ -14,15 +15,6 @@ pub struct McpMetrics {
     pub changed: IntCounter,
     pub malformed: IntCounter,
 }
-
-const DECISIONS: [DecisionLabel; 6] = [
-    DecisionLabel::Allow,
-    DecisionLabel::Deny,
-    DecisionLabel::RequireApproval,
-    DecisionLabel::WouldDeny,
-    DecisionLabel::WouldRequireApproval,
-    DecisionLabel::Malformed,
-];
 
 impl McpMetrics {
     pub(crate) fn new(registry: &Registry) -> Self {
@@ -56,11 +48,7 @@ impl McpMetrics {
     }
 
     pub fn call(&self, decision: DecisionLabel) {
-        let d = DECISIONS
-            .iter()
-            .position(|x| *x == decision)
-            .unwrap_or(DECISIONS.len() - 1);
-        if let Some(counter) = self.calls.get(d) {
+        if let Some(counter) = self.calls.get(decision_index(decision)) {
             counter.inc();
         }
     }

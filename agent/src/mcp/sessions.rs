@@ -33,18 +33,28 @@ pub struct SessionKey {
     pub id: String,
 }
 
-/// A request awaiting its answer.
-pub enum Pending {
-    /// `tools/list`.
-    List {
-        record: Box<StatementRecord>,
-        started: Instant,
-    },
-    /// `tools/call`.
-    Call {
-        record: Box<StatementRecord>,
-        started: Instant,
-    },
+/// A request awaiting its answer (a `tools/call` or a `tools/list`, as its record's
+/// `mcp.method` says): its record, completed when the answer comes.
+pub struct Pending {
+    pub record: Box<StatementRecord>,
+    pub started: Instant,
+}
+
+impl Pending {
+    /// Whether it is a `tools/list`.
+    pub fn is_listing(&self) -> bool {
+        self.record
+            .mcp
+            .as_ref()
+            .is_some_and(|m| m.method == "tools/list")
+    }
+
+    /// Its record, ended: with its duration, and `error` if it failed.
+    pub fn ended(mut self, error: Option<String>) -> Box<StatementRecord> {
+        self.record.error = error;
+        self.record.duration_us = Some(self.started.elapsed().as_micros() as u64);
+        self.record
+    }
 }
 
 #[derive(Default)]
@@ -110,17 +120,8 @@ impl Drop for Session {
         };
         let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
         for pending in state.drain() {
-            let (Pending::Call {
-                mut record,
-                started,
-            }
-            | Pending::List {
-                mut record,
-                started,
-            }) = pending;
-            record.error = Some("no answer came before the agent forgot the session".to_owned());
-            record.duration_us = Some(started.elapsed().as_micros() as u64);
-            recorder.record(RecordEvent::Statement(record));
+            let why = "no answer came before the agent forgot the session";
+            recorder.record(RecordEvent::Statement(pending.ended(Some(why.to_owned()))));
         }
     }
 }
@@ -243,7 +244,7 @@ mod tests {
     #[test]
     fn answers_find_their_requests_and_too_many_push_out_the_oldest() {
         let mut state = State::default();
-        let call = || Pending::Call {
+        let call = || Pending {
             record: Box::default(),
             started: Instant::now(),
         };

@@ -1,7 +1,7 @@
 //! What the server sends back: answers to calls (recorded, their results masked) and to
 //! listings (filtered to the tools the job may call; a changed tool flagged), in a JSON
 //! body or in the events of an SSE stream.
-use std::{sync::Arc, time::Instant};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::Response;
@@ -10,7 +10,8 @@ use hyper::body::Incoming;
 use serde_json::Value;
 use tollgate_policy::{ResultsMasking, Subject};
 
-use super::{calls, is_json, stream::SseFilter};
+use super::{calls, stream::SseFilter};
+use crate::http::masking::is_json;
 use crate::{
     http::session::{Body, Shared},
     mcp::{
@@ -18,7 +19,6 @@ use crate::{
         jsonrpc::{Batch, Kind, Message},
         sessions::{Pending, Session},
     },
-    record::StatementRecord,
 };
 
 /// How the answers to one request are read.
@@ -130,29 +130,25 @@ impl Answering {
         let Some(pending) = self.session.state().answered(&id) else {
             return false;
         };
-        match pending {
-            Pending::List { record, started } => self.listed(message, record, started),
-            Pending::Call { record, started } => self.called(message, record, started),
+        // An error answer, or one without a result: its request failed.
+        let error = message.error_message();
+        let Some(result) = message.result_mut() else {
+            calls::finish(&self.shared, pending, error);
+            return false;
+        };
+        if pending.is_listing() {
+            self.listed(result, pending)
+        } else {
+            self.called(result, pending)
         }
     }
 
-    fn listed(
-        &self,
-        message: &mut Message,
-        mut record: Box<StatementRecord>,
-        started: Instant,
-    ) -> bool {
+    fn listed(&self, result: &mut Value, mut pending: Pending) -> bool {
         let ctx = &self.shared.ctx;
-        let error = message.error_message();
-        let Some(result) = message.result_mut() else {
-            record.error = error;
-            calls::finish(&self.shared, *record, started);
-            return false;
-        };
         let more = result.get("nextCursor").is_some_and(|c| !c.is_null());
         let Some(Value::Array(tools)) = result.get_mut("tools") else {
-            record.error = Some("the answer lists no tools".to_owned());
-            calls::finish(&self.shared, *record, started);
+            let why = "the answer lists no tools".to_owned();
+            calls::finish(&self.shared, pending, Some(why));
             return false;
         };
         let policy = ctx.enforcer.snapshot();
@@ -184,7 +180,7 @@ impl Answering {
         }
         self.mcp.metrics.hidden.inc_by(hidden.len() as u64);
         let changed = !hidden.is_empty();
-        if let Some(facts) = record.mcp.as_mut() {
+        if let Some(facts) = pending.record.mcp.as_mut() {
             facts.result_bytes = Some(serde_json::to_vec(&*result).map_or(0, |v| v.len()) as u64);
             facts.hidden = hidden;
             facts.changes = changes
@@ -192,40 +188,27 @@ impl Answering {
                 .map(|c| format!("{}: {}", c.tool, c.what))
                 .collect();
         }
-        calls::finish(&self.shared, *record, started);
+        calls::finish(&self.shared, pending, None);
         changed
     }
 
-    fn called(
-        &self,
-        message: &mut Message,
-        mut record: Box<StatementRecord>,
-        started: Instant,
-    ) -> bool {
+    fn called(&self, result: &mut Value, mut pending: Pending) -> bool {
         let ctx = &self.shared.ctx;
-        let error = message.error_message();
-        let Some(result) = message.result_mut() else {
-            record.error = error;
-            calls::finish(&self.shared, *record, started);
-            return false;
-        };
         let policy = ctx.enforcer.snapshot();
         let detect = policy.results_masking(ctx.destination) == ResultsMasking::Detect;
         let is_error = result.get("isError") == Some(&Value::Bool(true));
         let size = serde_json::to_vec(&*result).map_or(0, |v| v.len()) as u64;
         let masked = policy.masking().mask_json(result, &ctx.target, detect);
-        if is_error {
-            record.error = Some(
-                first_text(result)
-                    .unwrap_or("the tool reported an error")
-                    .to_owned(),
-            );
-        }
-        if let Some(facts) = record.mcp.as_mut() {
+        let error = is_error.then(|| {
+            first_text(result)
+                .unwrap_or("the tool reported an error")
+                .to_owned()
+        });
+        if let Some(facts) = pending.record.mcp.as_mut() {
             facts.result_bytes = Some(size);
             facts.is_error = is_error;
         }
-        calls::finish(&self.shared, *record, started);
+        calls::finish(&self.shared, pending, error);
         masked > 0
     }
 

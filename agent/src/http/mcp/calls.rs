@@ -1,7 +1,6 @@
 //! The requests of one MCP POST: each `tools/call` decided (and held for approval where
 //! a policy says so), each call and listing remembered until its answer comes.
 use std::{
-    borrow::Cow,
     sync::{Arc, atomic::Ordering},
     time::Instant,
 };
@@ -96,12 +95,16 @@ pub(super) async fn decide(
                 refused = true;
                 let id = message.id().cloned().unwrap_or(Value::Null);
                 let answer = refusal(&id, &decision, &record.id, &call.tool);
-                record.error = Some(decision.reason.clone());
-                finish(shared, record, started);
+                let record = Box::new(record);
+                finish(
+                    shared,
+                    Pending { record, started },
+                    Some(decision.reason.clone()),
+                );
                 outcomes.push(Some(Err(answer)));
             } else {
                 let record = Box::new(record);
-                outcomes.push(Some(Ok((id_key, Pending::Call { record, started }))));
+                outcomes.push(Some(Ok((id_key, Pending { record, started }))));
             }
         } else if is_request(message, "tools/list") {
             let facts = McpFacts {
@@ -117,7 +120,7 @@ pub(super) async fn decide(
                 &decision,
                 started_at,
             ));
-            outcomes.push(Some(Ok((id_key, Pending::List { record, started }))));
+            outcomes.push(Some(Ok((id_key, Pending { record, started }))));
         } else if message.kind == jsonrpc::Kind::Request {
             outcomes.push(Some(Err(Value::Null)));
         } else {
@@ -197,39 +200,13 @@ pub(super) fn record(
     decision: &Decision,
     started_at: i64,
 ) -> StatementRecord {
-    let ctx = &shared.ctx;
-    let seq = shared.seq.fetch_add(1, Ordering::Relaxed) + 1;
     let sql = match &facts.tool {
         Some(tool) => format!("{} {tool}", facts.method),
         None => facts.method.clone(),
     };
-    StatementRecord {
-        id: uuid::Uuid::now_v7().to_string(),
-        connection_id: ctx.connection_id.clone(),
-        job_id: ctx.job_id.clone(),
-        seq,
-        started_at,
-        started: None,
-        duration_us: None,
-        protocol: Cow::Borrowed(transport),
-        database: Arc::from(""),
-        user: Arc::from(""),
-        sql: Arc::from(sql),
-        params: Vec::new(),
-        kind: Cow::Borrowed("mcp"),
-        tables: Arc::from([]),
-        functions: Arc::from([]),
-        decision: DecisionLabel::from(decision),
-        policy_ids: Arc::from(decision.policy_ids.clone()),
-        reason: Arc::from(decision.reason.as_str()),
-        rows: None,
-        sqlstate: None,
-        error: None,
-        approval: None,
-        opened: false,
-        http: None,
-        mcp: Some(Box::new(facts)),
-    }
+    let mut record = crate::http::record::l7(shared, transport, "mcp", sql, decision, started_at);
+    record.mcp = Some(Box::new(facts));
+    record
 }
 
 /// How a session's messages travel: `mcp/sse` (the legacy transport) or `mcp/http`.
@@ -252,27 +229,17 @@ fn count(shared: &Shared, record: &StatementRecord) {
     }
 }
 
-/// Writes a record, with its duration.
-pub(super) fn finish(shared: &Shared, mut record: StatementRecord, started: Instant) {
-    record.duration_us = Some(started.elapsed().as_micros() as u64);
+/// Writes a request's record, ended (with `error` if it failed).
+pub(super) fn finish(shared: &Shared, pending: Pending, error: Option<String>) {
     shared
         .ctx
         .recorder
-        .record(RecordEvent::Statement(Box::new(record)));
+        .record(RecordEvent::Statement(pending.ended(error)));
 }
 
 /// Records a request that will get no answer the agent sees, and why.
 pub(super) fn unanswered(shared: &Shared, pending: Pending, why: &str) {
-    let (Pending::Call {
-        mut record,
-        started,
-    }
-    | Pending::List {
-        mut record,
-        started,
-    }) = pending;
-    record.error = Some(why.to_owned());
-    finish(shared, *record, started);
+    finish(shared, pending, Some(why.to_owned()));
 }
 
 /// Records a body that is not JSON-RPC, sent to an MCP target.
@@ -286,7 +253,8 @@ pub(super) fn malformed(shared: &Shared, why: &str) {
     let mut record = record(shared, "mcp/http", facts, &decision, now_ms());
     record.decision = DecisionLabel::Malformed;
     record.sql = Arc::from("(not JSON-RPC)");
-    record.error = Some(why.to_owned());
     count(shared, &record);
-    finish(shared, record, Instant::now());
+    let record = Box::new(record);
+    let started = Instant::now();
+    unanswered(shared, Pending { record, started }, why);
 }
