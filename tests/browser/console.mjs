@@ -7,7 +7,7 @@
 // Environment: CONSOLE_URL, ARTIFACTS, CHROMIUM (the browser binary).
 import { createInterface } from "node:readline";
 import { mkdirSync } from "node:fs";
-import { chromium } from "playwright-core";
+import { launch, watch } from "./browser.mjs";
 
 const base = process.env.CONSOLE_URL;
 const artifacts = process.env.ARTIFACTS;
@@ -24,20 +24,13 @@ function check(condition, message) {
   if (!condition) throw new Error(message);
 }
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: ["--headless", "--no-sandbox", "--disable-background-networking"],
-});
+const browser = await launch();
 const problems = [];
 try {
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
   const page = await context.newPage();
   page.setDefaultTimeout(20_000);
-  page.on("console", (message) => {
-    if (message.type() === "error") problems.push(`console: ${message.text()}`);
-  });
-  page.on("pageerror", (error) => problems.push(`page error: ${error.message}`));
+  watch(page, problems);
   const shot = (name) => page.screenshot({ path: `${artifacts}/${name}.png`, fullPage: true });
 
   // 1. Sign in through the OIDC issuer: the console sends the browser there and back.

@@ -8,26 +8,19 @@
 // that carried the refused call and the allowed one: a client spreads its POSTs over
 // its pooled connections), ARTIFACTS, CHROMIUM.
 import { mkdirSync } from "node:fs";
-import { chromium } from "playwright-core";
+import { launch, watch } from "./browser.mjs";
 
 const base = process.env.CONSOLE_URL;
 const artifacts = process.env.ARTIFACTS;
 mkdirSync(artifacts, { recursive: true });
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: ["--headless", "--no-sandbox", "--disable-background-networking"],
-});
+const browser = await launch();
 const problems = [];
 try {
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
   // Longer in a slow guest (vm-test under TCG): the test passes its scaled wait.
   page.setDefaultTimeout(Number(process.env.TIMEOUT_MS || 20_000));
-  page.on("console", (m) => {
-    if (m.type() === "error") problems.push(`console: ${m.text()}`);
-  });
-  page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
+  watch(page, problems);
   // Steps a replay to the first statement whose detail includes `text`.
   const stepTo = async (text) => {
     await page.click("#first");
