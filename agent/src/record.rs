@@ -9,6 +9,7 @@ mod gate;
 mod journal;
 mod label;
 mod metrics;
+mod priority;
 mod query;
 mod queue;
 mod retention;

@@ -119,7 +119,10 @@ fn a_held_statement_runs_once_approved_and_is_refused_when_denied_or_timed_out()
         pg,
         "DROP TABLE IF EXISTS tollgate_held; CREATE TABLE tollgate_held (id int)",
     );
-    let agent = agent(pg, "4s");
+    // Short, so that the timed-out case ends soon; long enough for a slow guest to
+    // see the request and approve it (a 7.2 single-threaded TCG guest took over 4 s).
+    let timeout = format!("{}s", 4 * tollgate_e2e::time_scale());
+    let agent = agent(pg, &timeout);
 
     // Approved: the ALTER runs, and the session goes on.
     let psql = psql_in_job(
@@ -205,7 +208,10 @@ fn a_held_statement_runs_once_approved_and_is_refused_when_denied_or_timed_out()
     );
     let request = wait_pending(&agent);
     let (out, err) = psql.join().expect("psql");
-    assert!(err.contains("no reviewer decided within 4s"), "{err}");
+    assert!(
+        err.contains(&format!("no reviewer decided within {timeout}")),
+        "{err}"
+    );
     assert!(!has_column(pg, "tollgate_held", "late"));
     assert_eq!(last(&out), "3", "{err}");
     let timed_out: ApprovalRecord = agent.typed(&["approvals", "show", &request.id, "--json"]);

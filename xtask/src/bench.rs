@@ -172,7 +172,7 @@ pub fn bench(root: &Path, options: &Options) -> anyhow::Result<()> {
         Vec::new()
     };
     let http = if options.workloads.contains(&HTTP_WORKLOAD) {
-        http::run(&bin, options.rounds, options.seconds)?
+        http::run(&bin, options.rounds, options.seconds, options.workers)?
     } else {
         Vec::new()
     };

@@ -46,7 +46,7 @@ enum Cmd {
         /// pgbench scale factor.
         #[arg(long, default_value_t = 10)]
         scale: u32,
-        /// The Tollgate agents' `proxy.workers` (0: the agent's default, one per CPU).
+        /// The Tollgate agents' `proxy.workers` (0: the agent's default, one per two CPUs).
         #[arg(long, default_value_t = 0)]
         workers: usize,
         /// Paths to measure besides direct (the reference): tollgate-kernel,

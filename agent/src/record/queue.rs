@@ -98,6 +98,11 @@ impl Drop for Sender {
 }
 
 impl Receiver {
+    /// The events queued now (those not yet taken into a batch).
+    pub fn backlog(&self) -> usize {
+        self.0.lock().events.len()
+    }
+
     /// Waits for the next batch and moves it into `batch`: up to `batch_size` events,
     /// gathered for at most `window` after the first one arrived, and at once when a
     /// flush is queued or the producers are gone. After `idle` without any event it

@@ -181,6 +181,7 @@ pub fn spawn(
         conn,
         path: path.to_owned(),
         rx,
+        capacity,
         flush_interval,
         retention,
         next_prune: Instant::now(),
@@ -214,6 +215,8 @@ struct Writer {
     conn: Connection,
     path: PathBuf,
     rx: queue::Receiver,
+    /// The queue's capacity, which the writer's priority follows its backlog against.
+    capacity: usize,
     flush_interval: Duration,
     retention: Option<Duration>,
     next_prune: Instant,
@@ -269,9 +272,11 @@ impl Writer {
         let idle = self
             .retention
             .map_or(SIZE_EVERY, |r| retention::interval(r).min(SIZE_EVERY));
+        let mut priority = super::priority::Priority::new(self.capacity);
         // Gather for up to one flush interval: one transaction per batch, not per
         // record. Someone waiting for a flush ends the gathering at once.
         while self.rx.next_batch(&mut batch, self.flush_interval, idle) {
+            priority.follow(self.rx.backlog());
             if !batch.is_empty() {
                 self.metrics.queue_depth.sub(batch.len() as i64);
                 self.write_with_retry(&batch);

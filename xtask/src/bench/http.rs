@@ -1,9 +1,12 @@
 //! The HTTP workload: wrk with keep-alive against a local origin (nginx answering
-//! `200 ok`), through three paths in the same round: direct; Tollgate at L7 (a
-//! `protocol = "http"` target, 100 `http:request` policies); and nginx as a reverse
-//! proxy (keep-alive to the origin), the peer. Reported as requests per second, the
-//! ratio to direct, p50 and p99 latency, and host CPU per request. It has an
-//! environment of its own (its agent, the two nginx), stopped on every exit path.
+//! `200 ok`), through four paths in the same round: direct; Tollgate at L7 (a
+//! `protocol = "http"` target, 100 `http:request` policies, every request recorded);
+//! nginx as a reverse proxy (keep-alive to the origin, no access log), the peer; and the
+//! same nginx writing its access log, a line per request as Tollgate records a row per
+//! request. Reported as requests per second, the ratio to direct, p50 and p99 latency,
+//! host CPU per request, and the proxy's own CPU per request (agent or nginx, every
+//! thread). It has an environment of its own (its agent, the nginx), stopped on every
+//! exit path.
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -15,7 +18,7 @@ use anyhow::{Context as _, bail};
 
 use super::env::free_port;
 
-pub const PATHS: [&str; 3] = ["direct", "tollgate-l7", "nginx"];
+pub const PATHS: [&str; 4] = ["direct", "tollgate-l7", "nginx", "nginx-logged"];
 /// wrk's connections and threads.
 const CONNECTIONS: &str = "32";
 const THREADS: &str = "2";
@@ -30,6 +33,8 @@ pub struct Sample {
     pub p99_ms: f64,
     /// Host CPU time per request, in microseconds.
     pub cpu_us: f64,
+    /// The proxy's own CPU time per request (none for direct).
+    pub proxy_us: f64,
 }
 
 /// The origin, the reverse proxy and the agent.
@@ -38,6 +43,8 @@ struct Http {
     bin: PathBuf,
     origin_port: u16,
     proxy_port: u16,
+    logged_port: u16,
+    /// The origin, the proxy and the logging proxy.
     nginx: Vec<Child>,
     agent: Option<Child>,
     config: PathBuf,
@@ -107,11 +114,12 @@ fn nginx(scratch: &Path, name: &str, server: &str) -> anyhow::Result<Child> {
 }
 
 impl Http {
-    fn start(bin: &Path) -> anyhow::Result<Self> {
+    /// `workers`: the agent's `proxy.workers` (0: its default).
+    fn start(bin: &Path, workers: usize) -> anyhow::Result<Self> {
         let scratch = PathBuf::from(format!("/tmp/tollgate-bench-http-{}", std::process::id()));
         let _ = fs::remove_dir_all(&scratch);
         fs::create_dir_all(&scratch)?;
-        let (origin_port, proxy_port) = (free_port()?, free_port()?);
+        let (origin_port, proxy_port, logged_port) = (free_port()?, free_port()?, free_port()?);
         let dir = scratch.join("agent");
         fs::create_dir_all(dir.join("policies"))?;
         fs::write(dir.join("policies/http.cedar"), policies())?;
@@ -122,6 +130,7 @@ impl Http {
             bin: bin.to_owned(),
             origin_port,
             proxy_port,
+            logged_port,
             nginx: Vec::new(),
             agent: None,
         };
@@ -133,20 +142,30 @@ impl Http {
                  location / {{ return 200 \"ok\\n\"; }} }}"
             ),
         )?);
-        http.nginx.push(nginx(
-            &http.scratch,
-            "proxy",
-            &format!(
-                " upstream origin {{ server 127.0.0.1:{origin_port}; keepalive 64; }}\n \
-                 server {{ listen 127.0.0.1:{proxy_port}; location / {{ proxy_pass \
-                 http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}"
+        for (name, port, log) in [
+            ("proxy", proxy_port, String::new()),
+            (
+                "logged",
+                logged_port,
+                format!(" access_log {};", http.scratch.join("access.log").display()),
             ),
-        )?);
+        ] {
+            http.nginx.push(nginx(
+                &http.scratch,
+                name,
+                &format!(
+                    " upstream origin {{ server 127.0.0.1:{origin_port}; keepalive 64; }}\n \
+                     server {{ listen 127.0.0.1:{port};{log} location / {{ proxy_pass \
+                     http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; \
+                     }} }}"
+                ),
+            )?);
+        }
         let name = format!("http-bench-{}", std::process::id());
         fs::write(
             &http.config,
             format!(
-                "[proxy]\nport = 972\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+                "[proxy]\nport = 972\nworkers = {workers}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
                  [control]\nsocket = \"{socket}\"\n[cgroup]\nparent = \"{name}\"\n\
                  [bpf]\npin_dir = \"/sys/fs/bpf/{name}\"\n[state]\ndir = \"{state}\"\n\
                  [log]\nlevel = \"warn\"\n[policy]\ndir = \"{policies}\"\n\
@@ -183,12 +202,22 @@ impl Http {
         Ok(http)
     }
 
+    /// The process that proxies `path` (none for direct).
+    fn proxy_pid(&self, path: usize) -> Option<u32> {
+        match PATHS[path] {
+            "tollgate-l7" => self.agent.as_ref().map(Child::id),
+            "nginx" => self.nginx.get(1).map(Child::id),
+            "nginx-logged" => self.nginx.get(2).map(Child::id),
+            _ => None,
+        }
+    }
+
     /// wrk for `seconds` on `path`: (requests/s, p50 ms, p99 ms, requests).
     fn wrk(&self, path: usize, seconds: u64) -> anyhow::Result<(f64, f64, f64, f64)> {
-        let port = if PATHS[path] == "nginx" {
-            self.proxy_port
-        } else {
-            self.origin_port
+        let port = match PATHS[path] {
+            "nginx" => self.proxy_port,
+            "nginx-logged" => self.logged_port,
+            _ => self.origin_port,
         };
         let url = format!("http://127.0.0.1:{port}/");
         let duration = format!("{seconds}s");
@@ -260,14 +289,20 @@ fn millis(text: &str) -> anyhow::Result<f64> {
 }
 
 /// `rounds` rounds of every path, `seconds` each.
-pub fn run(bin: &Path, rounds: usize, seconds: u64) -> anyhow::Result<Vec<Sample>> {
-    let http = Http::start(bin)?;
+pub fn run(bin: &Path, rounds: usize, seconds: u64, workers: usize) -> anyhow::Result<Vec<Sample>> {
+    let http = Http::start(bin, workers)?;
     let mut samples = Vec::new();
     for round in 0..rounds {
         for path in 0..PATHS.len() {
+            let proxy = http.proxy_pid(path);
+            let proxy_before = proxy.map(super::process_cpu).transpose()?;
             let busy_before = super::host_busy()?;
             let (rps, p50_ms, p99_ms, requests) = http.wrk(path, seconds)?;
             let busy = super::host_busy()?.saturating_sub(busy_before);
+            let proxy_cpu = match (proxy, proxy_before) {
+                (Some(pid), Some(before)) => super::process_cpu(pid)?.saturating_sub(before),
+                _ => Duration::ZERO,
+            };
             samples.push(Sample {
                 round,
                 path,
@@ -275,6 +310,7 @@ pub fn run(bin: &Path, rounds: usize, seconds: u64) -> anyhow::Result<Vec<Sample
                 p50_ms,
                 p99_ms,
                 cpu_us: busy.as_secs_f64() * 1e6 / requests.max(1.0),
+                proxy_us: proxy_cpu.as_secs_f64() * 1e6 / requests.max(1.0),
             });
         }
     }
@@ -292,8 +328,15 @@ pub fn report(samples: &[Sample], rounds: usize) {
          ratio = path req/s / direct req/s of the same round"
     );
     println!(
-        "{:<12} {:>12} {:>13} {:>10} {:>10} {:>14} {:>11}",
-        "path", "median req/s", "median ratio", "p50 ms", "p99 ms", "p99 over direct", "cpu-us/req"
+        "{:<12} {:>12} {:>13} {:>10} {:>10} {:>14} {:>11} {:>13}",
+        "path",
+        "median req/s",
+        "median ratio",
+        "p50 ms",
+        "p99 ms",
+        "p99 over direct",
+        "cpu-us/req",
+        "proxy-us/req"
     );
     let of =
         |round: usize, path: usize| samples.iter().find(|s| s.round == round && s.path == path);
@@ -306,7 +349,7 @@ pub fn report(samples: &[Sample], rounds: usize) {
             .filter_map(|r| Some(of(r, index)?.p99_ms - of(r, 0)?.p99_ms))
             .collect();
         println!(
-            "{:<12} {:>12.0} {:>13.3} {:>10.3} {:>10.3} {:>14.3} {:>11.1}",
+            "{:<12} {:>12.0} {:>13.3} {:>10.3} {:>10.3} {:>14.3} {:>11.1} {:>13.1}",
             name,
             super::median(mine().map(|s| s.rps).collect()),
             super::median(ratios),
@@ -314,6 +357,7 @@ pub fn report(samples: &[Sample], rounds: usize) {
             super::median(mine().map(|s| s.p99_ms).collect()),
             super::median(added),
             super::median(mine().map(|s| s.cpu_us).collect()),
+            super::median(mine().map(|s| s.proxy_us).collect()),
         );
     }
 }
