@@ -262,10 +262,21 @@ fn a_tool_that_changes_within_its_session_is_flagged_and_its_calls_refused() {
 
 #[test]
 fn a_held_call_runs_only_once_approved() {
+    held_call("streamable-http");
+}
+
+#[test]
+fn a_held_call_over_the_legacy_sse_transport_runs_only_once_approved() {
+    held_call("sse");
+}
+
+/// A call that needs approval waits, inside the client's own request, until a reviewer
+/// approves (it then runs) or denies it (the client gets the JSON-RPC error).
+fn held_call(transport: &'static str) {
     if !require_root() {
         return;
     }
-    let server = McpServer::start("streamable-http");
+    let server = McpServer::start(transport);
     let agent = agent_with("[approvals]\ntimeout = \"30s\"\n");
     let deploy = |agent: &Agent, env: &str| {
         let argv = client_argv(&server, &json!([["call", "deploy", {"env": env}]]));
