@@ -52,13 +52,22 @@ pub fn is_alive(pid: u32, start: u64) -> bool {
     }
 }
 
-/// The real uid (first field of `Uid:` in /proc/PID/status).
-pub fn uid(pid: u32) -> io::Result<u32> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+/// The value of the `key:` line of /proc/`task`/status (`task`: a pid, `self` or
+/// `thread-self`).
+pub fn status_field(task: &str, key: &str) -> io::Result<String> {
+    let status = fs::read_to_string(format!("/proc/{task}/status"))?;
     status
         .lines()
-        .find_map(|line| line.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().next())
+        .find_map(|line| line.strip_prefix(key)?.strip_prefix(':'))
+        .map(|value| value.trim().to_owned())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("no {key} in status")))
+}
+
+/// The real uid (first field of `Uid:` in /proc/PID/status).
+pub fn uid(pid: u32) -> io::Result<u32> {
+    status_field(&pid.to_string(), "Uid")?
+        .split_whitespace()
+        .next()
         .and_then(|uid| uid.parse().ok())
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no Uid in status"))
 }

@@ -216,6 +216,23 @@ struct Sample {
     proxy_us: f64,
 }
 
+/// `run`'s result, with the host's busy time over it and that of process `proxy`, every
+/// thread (zero without one).
+fn cpu_over<T>(
+    proxy: Option<u32>,
+    run: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<(T, Duration, Duration)> {
+    let proxy_before = proxy.map(process_cpu).transpose()?;
+    let busy_before = host_busy()?;
+    let out = run()?;
+    let busy = host_busy()?.saturating_sub(busy_before);
+    let proxy_busy = match (proxy, proxy_before) {
+        (Some(pid), Some(before)) => process_cpu(pid)?.saturating_sub(before),
+        _ => Duration::ZERO,
+    };
+    Ok((out, busy, proxy_busy))
+}
+
 /// CPU time (user and system, every thread) of process `pid` so far, from its
 /// /proc/PID/stat.
 fn process_cpu(pid: u32) -> anyhow::Result<Duration> {
@@ -374,14 +391,8 @@ fn measure(env: &mut Environment, options: &Options) -> anyhow::Result<Measured>
             for &path in &options.paths {
                 let path_name = PATHS[path];
                 let proxy = env.proxy_pid(path_name);
-                let proxy_before = proxy.map(process_cpu).transpose()?;
-                let busy_before = host_busy()?;
-                let tps = env.pgbench(path_name, args, options.seconds)?;
-                let busy = host_busy()?.saturating_sub(busy_before);
-                let proxy_busy = match (proxy, proxy_before) {
-                    (Some(pid), Some(before)) => process_cpu(pid)?.saturating_sub(before),
-                    _ => Duration::ZERO,
-                };
+                let (tps, busy, proxy_busy) =
+                    cpu_over(proxy, || env.pgbench(path_name, args, options.seconds))?;
                 let transactions = (tps * options.seconds as f64).max(1.0);
                 let cpu_us = busy.as_secs_f64() * 1e6 / transactions;
                 let proxy_us = proxy_busy.as_secs_f64() * 1e6 / transactions;

@@ -57,12 +57,7 @@ pub(super) fn login(uid: u32) -> Reviewer {
 
 /// The supplementary groups of a process (from /proc; empty if it is gone).
 fn groups_of(pid: u32) -> Vec<u32> {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return Vec::new();
-    };
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("Groups:"))
+    crate::proc_info::status_field(&pid.to_string(), "Groups")
         .map(|groups| {
             groups
                 .split_whitespace()

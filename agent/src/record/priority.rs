@@ -65,14 +65,9 @@ impl Priority {
 /// The calling thread has CAP_SYS_NICE, so it can undo a lowered priority.
 fn may_raise() -> bool {
     const CAP_SYS_NICE: u32 = 23;
-    std::fs::read_to_string("/proc/thread-self/status")
+    crate::proc_info::status_field("thread-self", "CapEff")
         .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("CapEff:"))
-                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        })
+        .and_then(|hex| u64::from_str_radix(&hex, 16).ok())
         .is_some_and(|caps| caps & (1 << CAP_SYS_NICE) != 0)
 }
 

@@ -98,6 +98,11 @@ impl Drop for Sender {
 }
 
 impl Receiver {
+    /// The most events the queue holds.
+    pub fn capacity(&self) -> usize {
+        self.0.capacity
+    }
+
     /// The events queued now (those not yet taken into a batch).
     pub fn backlog(&self) -> usize {
         self.0.lock().events.len()

@@ -181,7 +181,6 @@ pub fn spawn(
         conn,
         path: path.to_owned(),
         rx,
-        capacity,
         flush_interval,
         retention,
         next_prune: Instant::now(),
@@ -215,8 +214,6 @@ struct Writer {
     conn: Connection,
     path: PathBuf,
     rx: queue::Receiver,
-    /// The queue's capacity, which the writer's priority follows its backlog against.
-    capacity: usize,
     flush_interval: Duration,
     retention: Option<Duration>,
     next_prune: Instant,
@@ -272,7 +269,7 @@ impl Writer {
         let idle = self
             .retention
             .map_or(SIZE_EVERY, |r| retention::interval(r).min(SIZE_EVERY));
-        let mut priority = super::priority::Priority::new(self.capacity);
+        let mut priority = super::priority::Priority::new(self.rx.capacity());
         // Gather for up to one flush interval: one transaction per batch, not per
         // record. Someone waiting for a flush ends the gathering at once.
         while self.rx.next_batch(&mut batch, self.flush_interval, idle) {

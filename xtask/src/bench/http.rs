@@ -37,15 +37,22 @@ pub struct Sample {
     pub proxy_us: f64,
 }
 
-/// The origin, the reverse proxy and the agent.
+/// An nginx reverse proxy in front of the origin: the path it serves, and its port.
+struct Peer {
+    path: &'static str,
+    port: u16,
+    nginx: Child,
+}
+
+/// The origin, the reverse proxies and the agent.
 struct Http {
     scratch: PathBuf,
     bin: PathBuf,
     origin_port: u16,
-    proxy_port: u16,
-    logged_port: u16,
-    /// The origin, the proxy and the logging proxy.
-    nginx: Vec<Child>,
+    /// The origin nginx.
+    origin: Option<Child>,
+    /// The nginx reverse proxies: the peer paths.
+    peers: Vec<Peer>,
     agent: Option<Child>,
     config: PathBuf,
     socket: PathBuf,
@@ -53,7 +60,8 @@ struct Http {
 
 impl Drop for Http {
     fn drop(&mut self) {
-        for mut child in self.nginx.drain(..) {
+        let peers = self.peers.drain(..).map(|peer| peer.nginx);
+        for mut child in self.origin.take().into_iter().chain(peers) {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -119,7 +127,7 @@ impl Http {
         let scratch = PathBuf::from(format!("/tmp/tollgate-bench-http-{}", std::process::id()));
         let _ = fs::remove_dir_all(&scratch);
         fs::create_dir_all(&scratch)?;
-        let (origin_port, proxy_port, logged_port) = (free_port()?, free_port()?, free_port()?);
+        let origin_port = free_port()?;
         let dir = scratch.join("agent");
         fs::create_dir_all(dir.join("policies"))?;
         fs::write(dir.join("policies/http.cedar"), policies())?;
@@ -129,12 +137,11 @@ impl Http {
             scratch,
             bin: bin.to_owned(),
             origin_port,
-            proxy_port,
-            logged_port,
-            nginx: Vec::new(),
+            origin: None,
+            peers: Vec::new(),
             agent: None,
         };
-        http.nginx.push(nginx(
+        http.origin = Some(nginx(
             &http.scratch,
             "origin",
             &format!(
@@ -142,24 +149,25 @@ impl Http {
                  location / {{ return 200 \"ok\\n\"; }} }}"
             ),
         )?);
-        for (name, port, log) in [
-            ("proxy", proxy_port, String::new()),
+        for (path, log) in [
+            ("nginx", String::new()),
             (
-                "logged",
-                logged_port,
+                "nginx-logged",
                 format!(" access_log {};", http.scratch.join("access.log").display()),
             ),
         ] {
-            http.nginx.push(nginx(
+            let port = free_port()?;
+            let nginx = nginx(
                 &http.scratch,
-                name,
+                path,
                 &format!(
                     " upstream origin {{ server 127.0.0.1:{origin_port}; keepalive 64; }}\n \
                      server {{ listen 127.0.0.1:{port};{log} location / {{ proxy_pass \
                      http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; \
                      }} }}"
                 ),
-            )?);
+            )?;
+            http.peers.push(Peer { path, port, nginx });
         }
         let name = format!("http-bench-{}", std::process::id());
         fs::write(
@@ -202,23 +210,22 @@ impl Http {
         Ok(http)
     }
 
+    /// The nginx proxy that serves `path`, if one does.
+    fn peer(&self, path: usize) -> Option<&Peer> {
+        self.peers.iter().find(|peer| peer.path == PATHS[path])
+    }
+
     /// The process that proxies `path` (none for direct).
     fn proxy_pid(&self, path: usize) -> Option<u32> {
         match PATHS[path] {
             "tollgate-l7" => self.agent.as_ref().map(Child::id),
-            "nginx" => self.nginx.get(1).map(Child::id),
-            "nginx-logged" => self.nginx.get(2).map(Child::id),
-            _ => None,
+            _ => self.peer(path).map(|peer| peer.nginx.id()),
         }
     }
 
     /// wrk for `seconds` on `path`: (requests/s, p50 ms, p99 ms, requests).
     fn wrk(&self, path: usize, seconds: u64) -> anyhow::Result<(f64, f64, f64, f64)> {
-        let port = match PATHS[path] {
-            "nginx" => self.proxy_port,
-            "nginx-logged" => self.logged_port,
-            _ => self.origin_port,
-        };
+        let port = self.peer(path).map_or(self.origin_port, |peer| peer.port);
         let url = format!("http://127.0.0.1:{port}/");
         let duration = format!("{seconds}s");
         let wrk = [
@@ -294,15 +301,8 @@ pub fn run(bin: &Path, rounds: usize, seconds: u64, workers: usize) -> anyhow::R
     let mut samples = Vec::new();
     for round in 0..rounds {
         for path in 0..PATHS.len() {
-            let proxy = http.proxy_pid(path);
-            let proxy_before = proxy.map(super::process_cpu).transpose()?;
-            let busy_before = super::host_busy()?;
-            let (rps, p50_ms, p99_ms, requests) = http.wrk(path, seconds)?;
-            let busy = super::host_busy()?.saturating_sub(busy_before);
-            let proxy_cpu = match (proxy, proxy_before) {
-                (Some(pid), Some(before)) => super::process_cpu(pid)?.saturating_sub(before),
-                _ => Duration::ZERO,
-            };
+            let ((rps, p50_ms, p99_ms, requests), busy, proxy_cpu) =
+                super::cpu_over(http.proxy_pid(path), || http.wrk(path, seconds))?;
             samples.push(Sample {
                 round,
                 path,
