@@ -63,16 +63,50 @@ pub fn report() -> KernelReport {
 }
 
 /// Whether bpf is among the kernel's active LSMs (securityfs `lsm`): an lsm_cgroup
-/// program runs only then, though it attaches without.
+/// program runs only then, though it attaches without. Where nothing is mounted on
+/// /sys/kernel/security (a host booted without systemd, a container), securityfs is
+/// mounted there first, as systemd does at boot: the list is the kernel's, not a mount's.
 pub fn bpf_lsm_active() -> Result<(), String> {
     const LSM: &str = "/sys/kernel/security/lsm";
+    if let Err(error) = ensure_securityfs() {
+        return Err(format!("{LSM}: {error}"));
+    }
     let list = std::fs::read_to_string(LSM)
-        .map_err(|e| format!("{LSM}: {e} (securityfs not mounted, or no LSM list)"))?;
+        .map_err(|e| format!("{LSM}: {e} (the kernel has no LSM list)"))?;
     if lsm_list_has_bpf(&list) {
         Ok(())
     } else {
         Err(format!("bpf is not an active LSM ({LSM}: {})", list.trim()))
     }
+}
+
+/// Mounts securityfs on /sys/kernel/security unless one is there.
+fn ensure_securityfs() -> Result<(), String> {
+    use nix::sys::statfs::{SECURITYFS_MAGIC, statfs};
+    const DIR: &str = "/sys/kernel/security";
+    let mounted = |dir: &str| {
+        statfs(dir)
+            .map(|s| s.filesystem_type() == SECURITYFS_MAGIC)
+            .map_err(|e| format!("{dir}: {e}"))
+    };
+    if mounted(DIR)? {
+        return Ok(());
+    }
+    nix::mount::mount(
+        Some("securityfs"),
+        DIR,
+        Some("securityfs"),
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|e| format!("securityfs is not mounted and mounting it on {DIR} failed: {e}"))?;
+    tracing::info!(
+        path = DIR,
+        "mounted securityfs to read the kernel's active LSMs"
+    );
+    Ok(())
 }
 
 fn lsm_list_has_bpf(list: &str) -> bool {

@@ -167,6 +167,21 @@ fn a_job_creates_only_the_sockets_on_the_allow_list() {
         }
         None => assert!(covered, "{status:?}"),
     }
+    // Where the kernel's active LSMs include bpf (read here from securityfs, which the
+    // agent mounts where nothing was), the agent tried the program itself: a gap then
+    // is the kernel refusing it, never the agent missing the list.
+    let active = std::fs::read_to_string("/sys/kernel/security/lsm")
+        .expect("the agent mounts securityfs where nothing was, and the kernel lists its LSMs");
+    if active.trim().split(',').any(|lsm| lsm == "bpf")
+        && kernel_at_least(&status.kernel.release, 6, 0)
+        && let Some(reason) = agent.gap("socket_families")
+    {
+        assert!(
+            reason.contains("socket_post_create: eBPF program"),
+            "bpf is an active LSM ({}), yet the agent did not try its program: {reason}",
+            active.trim()
+        );
+    }
     // `tollgate status` (TOML) says the same.
     let plain = tollgate_e2e::output(agent.tollgate().arg("status"));
     let text = String::from_utf8_lossy(&plain.stdout);
@@ -378,4 +393,13 @@ fn a_refused_socket_the_kernel_cannot_refuse_is_found_and_its_process_killed() {
         );
     }
     assert!(event.job_id.is_some());
+}
+
+/// Whether `release` (`uname -r`) is at least `major.minor`.
+fn kernel_at_least(release: &str, major: u32, minor: u32) -> bool {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    found >= (major, minor)
 }
