@@ -296,7 +296,8 @@ pub fn install(
             cgroup_moves: false,
             outside_sockets: OutsideSockets::DetectedAndKilled,
             // An earlier agent that could not attach them: this one tries again.
-            unix_sockets: unix::pinned(pin_dir) || attach_unix(pin_dir, cgroup_parent)?,
+            unix_sockets: unix::pinned(pin_dir)
+                || attach_unix(pin_dir, cgroup_parent, unix::load(pin_dir))?,
         };
         return Ok(Installed {
             maps,
@@ -381,17 +382,30 @@ pub fn install(
     // The allow list is in place before sock_create starts deciding.
     maps.write_sock_allow(sock_allow)?;
     let cgroup = fs::File::open(cgroup_parent).map_err(io_err(cgroup_parent))?;
+    let required = |e| match e {
+        BpfError::Program { name, .. } => BpfError::Required {
+            name,
+            needs: required::needs(name),
+            release: crate::features::release(),
+            source: Box::new(e),
+        },
+        e => e,
+    };
+    // The verifier's work, on every CPU: the required programs, and beside them the unix
+    // programs (their maps are pinned by now).
+    let (loaded, unix_loaded) = std::thread::scope(|scope| {
+        let unix = scope.spawn(|| unix::load(pin_dir));
+        let loaded = required::load_all(&mut ebpf, &PROGRAMS.map(|(name, _)| name));
+        let unix = unix
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (loaded, unix)
+    });
+    loaded.map_err(required)?;
+    // Attached one at a time, in PROGRAMS' order.
     for (name, pin) in PROGRAMS {
         let program = ebpf.program_mut(name).ok_or(BpfError::Missing(name))?;
-        let link = required::attach(program, name, &cgroup).map_err(|e| match e {
-            BpfError::Program { .. } => BpfError::Required {
-                name,
-                needs: required::needs(name),
-                release: crate::features::release(),
-                source: Box::new(e),
-            },
-            e => e,
-        })?;
+        let link = required::attach(program, name, &cgroup).map_err(required)?;
         link.pin(pin_dir.join(pin))
             .map_err(|source| BpfError::Pin { name, source })?;
     }
@@ -413,7 +427,7 @@ pub fn install(
         take(&mut ebpf, MAP_PROXIED_NETS)?,
         take(&mut ebpf, MAP_HEARTBEAT)?,
     );
-    coverage.unix_sockets = attach_unix(pin_dir, cgroup_parent)?;
+    coverage.unix_sockets = attach_unix(pin_dir, cgroup_parent, unix_loaded)?;
     Ok(Installed {
         maps,
         events,
@@ -426,10 +440,15 @@ pub fn install(
     })
 }
 
-/// Attaches the unix programs; false (and a warning) where this kernel cannot run them.
-fn attach_unix(pin_dir: &Path, cgroup_parent: &Path) -> Result<bool, BpfError> {
+/// Attaches the unix programs, `loaded` by [`unix::load`]; false (and a warning) where
+/// this kernel cannot run them.
+fn attach_unix(
+    pin_dir: &Path,
+    cgroup_parent: &Path,
+    loaded: Result<unix::Loaded, unix::UnixError>,
+) -> Result<bool, BpfError> {
     let cgroup = fs::File::open(cgroup_parent).map_err(io_err(cgroup_parent))?;
-    match unix::attach(pin_dir, &cgroup) {
+    match loaded.and_then(|loaded| unix::attach(loaded, pin_dir, &cgroup)) {
         Ok(()) => Ok(true),
         Err(error) => {
             crate::features::missing(

@@ -101,15 +101,18 @@ pub fn pinned(pin_dir: &Path) -> bool {
         .all(|p| obj_get(&pin_dir.join(p.pin)).is_ok())
 }
 
-/// Loads the unix programs, attaches them to `cgroup` and pins their links. The maps
-/// they use must already be pinned in `pin_dir`. On error nothing of theirs stays
-/// attached.
-pub fn attach(pin_dir: &Path, cgroup: &File) -> Result<(), UnixError> {
+/// The unix programs, loaded (verified) and not yet attached.
+pub struct Loaded {
+    programs: Vec<(&'static UnixProgram, OwnedFd)>,
+}
+
+/// Loads the unix programs. The maps they use must already be pinned in `pin_dir`.
+pub fn load(pin_dir: &Path) -> Result<Loaded, UnixError> {
     let sections: Vec<&str> = UNIX_PROGRAMS.iter().map(|p| p.section).collect();
     let programs = elf::programs(UNIX_OBJECT, &sections)?;
     let mut maps: Vec<(String, OwnedFd)> = Vec::new();
     let mut btf: Option<aya::Btf> = None;
-    let mut links: Vec<(&'static str, &'static str, OwnedFd)> = Vec::new();
+    let mut loaded = Vec::with_capacity(UNIX_PROGRAMS.len());
     for (spec, mut code) in UNIX_PROGRAMS.iter().zip(programs) {
         for (offset, reference) in std::mem::take(&mut code.references) {
             match reference {
@@ -160,6 +163,16 @@ pub fn attach(pin_dir: &Path, cgroup: &File) -> Result<(), UnixError> {
             source,
             log,
         })?;
+        loaded.push((spec, prog));
+    }
+    Ok(Loaded { programs: loaded })
+}
+
+/// Attaches the loaded programs to `cgroup` and pins their links. On error nothing of
+/// theirs stays attached.
+pub fn attach(loaded: Loaded, pin_dir: &Path, cgroup: &File) -> Result<(), UnixError> {
+    let mut links: Vec<(&'static str, &'static str, OwnedFd)> = Vec::new();
+    for (spec, prog) in &loaded.programs {
         let link = syscall::link_create(prog.as_fd(), cgroup.as_fd(), spec.attach_type).map_err(
             |source| UnixError::Attach {
                 name: spec.name,
