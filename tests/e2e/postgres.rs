@@ -178,32 +178,13 @@ fn a_denied_ddl_inside_a_transaction_fails_it_on_both_sides() {
     assert!(statements.iter().all(|s| s.protocol == "simple"));
     // The session's one access-log event counts its statements, and the refused one.
     let id = session.id.clone();
-    let log = strip_ansi(&agent.log());
+    let log = agent.plain_log();
     let access = log
         .lines()
         .find(|l| l.contains(&format!("id={id}")) && l.contains("connection"))
         .unwrap_or_else(|| panic!("no access event for {id} in\n{log}"));
     assert!(access.contains("statements=8"), "{access}");
     assert!(access.contains("refused_statements=1"), "{access}");
-}
-
-/// The text of a log without its terminal colours.
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // CSI: ESC [ parameters, ending in a letter.
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 fn pgbench(agent: &Agent, pg_port: u16, args: &[&str]) -> std::process::Output {

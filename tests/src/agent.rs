@@ -247,6 +247,11 @@ impl Agent {
         fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
     }
 
+    /// The agent's log without its terminal colours (`key=value` fields as written).
+    pub fn plain_log(&self) -> String {
+        strip_ansi(&self.log())
+    }
+
     fn spawn(&mut self) {
         let log = fs::OpenOptions::new()
             .create(true)
@@ -507,4 +512,23 @@ pub fn metric_value(text: &str, series: &str) -> f64 {
             (name == series).then(|| value.parse().ok()).flatten()
         })
         .unwrap_or(0.0)
+}
+
+/// The text of a log without its terminal colours.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters, ending in a letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

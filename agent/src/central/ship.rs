@@ -113,21 +113,35 @@ impl Shipper {
 
     async fn run(mut self) {
         let mut drain_until = None;
+        // Attempts since the agent began to stop, and whether the last one failed.
+        let mut draining = (0u32, false);
         loop {
             if self.stopping.load(Ordering::Relaxed) && drain_until.is_none() {
                 drain_until = Some(Instant::now() + DRAIN_FOR);
             }
-            let caught_up = match self.step().await {
+            let step = self.step().await;
+            if drain_until.is_some() {
+                draining = (draining.0 + 1, step.is_err());
+            }
+            let caught_up = match step {
                 Ok(caught_up) => {
                     self.backoff = Duration::from_millis(500);
                     caught_up
                 }
                 Err(error) => {
                     self.failed(error);
-                    if drain_until.is_some_and(|t| Instant::now() >= t) {
-                        break;
+                    match drain_until {
+                        // Stopping: the next attempt still waits its turn, so that an
+                        // agent going down does not hammer a store that is down.
+                        Some(until) => {
+                            let left = until.saturating_duration_since(Instant::now());
+                            if left.is_zero() {
+                                break;
+                            }
+                            tokio::time::sleep(self.backoff.min(left)).await;
+                        }
+                        None => self.sleep(self.backoff).await,
                     }
-                    self.sleep(self.backoff).await;
                     self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
                     continue;
                 }
@@ -140,6 +154,13 @@ impl Shipper {
             if caught_up {
                 self.sleep(POLL).await;
             }
+        }
+        if draining.1 {
+            tracing::warn!(
+                attempts = draining.0,
+                "stopping with records the central store has not taken; they stay on local \
+                 disk and are shipped after the next start"
+            );
         }
         self.measure();
     }

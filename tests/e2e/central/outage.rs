@@ -219,7 +219,7 @@ fn a_wrong_password_or_schema_is_a_clear_error_and_recording_stays_local() {
         ),
         &extra,
     );
-    let agent = tollgate_e2e::Agent::start_with(&format!("{config}\n{}", pg.target()));
+    let mut agent = tollgate_e2e::Agent::start_with(&format!("{config}\n{}", pg.target()));
     let url = format!("http://127.0.0.1:{}/", web.port());
     let out = agent.run_job(&[("repository", "acme/web")], &["curl", "-sf", &url]);
     assert!(out.status.success(), "recording stays local, jobs go on");
@@ -232,6 +232,21 @@ fn a_wrong_password_or_schema_is_a_clear_error_and_recording_stays_local() {
     });
     assert!(agent.metric("tollgate_central_errors_total{stage=\"connect\"}") >= 1.0);
     assert_eq!(agent.metric("tollgate_central_up"), 0.0);
+    // Stopping, it tries the store a few more times within its 5 s, backing off as
+    // before (it once retried back to back, hundreds of times), and says what it left.
+    agent.stop();
+    let log = agent.plain_log();
+    let attempts: u32 = log
+        .lines()
+        .find(|l| l.contains("stopping with records the central store has not taken"))
+        .and_then(|l| l.split("attempts=").nth(1))
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no stop warning with its attempts; log:\n{log}"));
+    assert!(
+        (1..=5).contains(&attempts),
+        "{attempts} attempts while stopping"
+    );
 
     // A store at another schema version.
     central.sql("UPDATE tollgate.meta SET value = '99' WHERE key = 'schema_version'");
