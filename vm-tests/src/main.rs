@@ -4,11 +4,12 @@
 //! guest needs as `/modules/NN-name.ko` (loaded in name order, dependencies first), and
 //! the command to run as `/cmd`. The init mounts what a runner host has (proc, sysfs,
 //! devtmpfs, bpffs, cgroup2, securityfs, tracefs), mounts the host's root read-only over
-//! 9p as `/host` with fresh tmpfs on its writable directories, and runs `/cmd` with
-//! `/bin/sh` chrooted there. It prints `init: success` or `init: failure` (the line the
+//! 9p as `/host` with fresh tmpfs on its writable directories, holds the cgroup-BPF
+//! static keys on (keys.rs), and runs `/cmd` with `/bin/sh` chrooted there. It prints `init: success` or `init: failure` (the line the
 //! host reads) and powers the guest off.
 use std::{fs, io::Write as _, os::unix::process::CommandExt as _, path::Path, process::Command};
 
+mod keys;
 mod sys;
 
 /// Mounts below the host's root, in order: (source, target, fstype, options).
@@ -70,6 +71,18 @@ fn run() -> Result<bool, String> {
             println!("init: {error}");
         }
     }
+    // Held until the suite ends (see keys.rs: the emulator's race with the kernel's
+    // text rewriting).
+    let (held, refused) = keys::hold("/host/sys/fs/cgroup");
+    println!(
+        "init: cgroup-BPF static keys held on for {} attach types{}",
+        held.len(),
+        if refused.is_empty() {
+            String::new()
+        } else {
+            format!(" (refused: {})", refused.join("; "))
+        }
+    );
     if kept {
         // On a tmpfs the directory is made; on the read-only host root it exists.
         mount("/keep", &format!("/host{keep}"), "", "", libc::MS_BIND)?;
