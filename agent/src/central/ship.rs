@@ -113,17 +113,15 @@ impl Shipper {
 
     async fn run(mut self) {
         let mut drain_until = None;
-        // Attempts since the agent began to stop, and whether the last one failed.
-        let mut draining = (0u32, false);
-        loop {
+        // Attempts since the agent began to stop.
+        let mut attempts = 0u32;
+        // Whether the last attempt failed.
+        let failed = loop {
             if self.stopping.load(Ordering::Relaxed) && drain_until.is_none() {
                 drain_until = Some(Instant::now() + DRAIN_FOR);
             }
-            let step = self.step().await;
-            if drain_until.is_some() {
-                draining = (draining.0 + 1, step.is_err());
-            }
-            let caught_up = match step {
+            attempts += u32::from(drain_until.is_some());
+            let caught_up = match self.step().await {
                 Ok(caught_up) => {
                     self.backoff = Duration::from_millis(500);
                     caught_up
@@ -136,7 +134,7 @@ impl Shipper {
                         Some(until) => {
                             let left = until.saturating_duration_since(Instant::now());
                             if left.is_zero() {
-                                break;
+                                break true;
                             }
                             tokio::time::sleep(self.backoff.min(left)).await;
                         }
@@ -149,15 +147,15 @@ impl Shipper {
             if let Some(until) = drain_until
                 && (caught_up || Instant::now() >= until)
             {
-                break;
+                break false;
             }
             if caught_up {
                 self.sleep(POLL).await;
             }
-        }
-        if draining.1 {
+        };
+        if failed {
             tracing::warn!(
-                attempts = draining.0,
+                attempts,
                 "stopping with records the central store has not taken; they stay on local \
                  disk and are shipped after the next start"
             );
