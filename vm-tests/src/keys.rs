@@ -14,12 +14,10 @@
 //! The keys then stay on and the tests' attaches and detaches rewrite nothing.
 use std::{
     fs::File,
-    io,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, OwnedFd},
 };
 
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_LINK_CREATE: libc::c_long = 28;
+use tollgate_bpf_sys::{link_create, prog_load};
 
 const PROG_TYPE_CGROUP_SKB: u32 = 8;
 const PROG_TYPE_CGROUP_SOCK: u32 = 9;
@@ -63,48 +61,15 @@ pub fn hold(cgroup_root: &str) -> (Vec<OwnedFd>, Vec<String>) {
     };
     let mut held = Vec::new();
     let mut refused = Vec::new();
+    let insns: Vec<u8> = ALLOW.iter().flat_map(|i| i.to_le_bytes()).collect();
     for &(prog_type, attach_type, name) in TYPES {
-        match load(prog_type, attach_type).and_then(|prog| link(&prog, &cgroup, attach_type)) {
+        let linked = prog_load(prog_type, attach_type, name, &insns)
+            .map_err(|refused| refused.error)
+            .and_then(|prog| link_create(prog.as_fd(), cgroup.as_fd(), attach_type));
+        match linked {
             Ok(link) => held.push(link),
             Err(error) => refused.push(format!("{name}: {error}")),
         }
     }
     (held, refused)
-}
-
-fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> io::Result<OwnedFd> {
-    // SAFETY: `attr` is a zeroed bpf_attr of the size passed, valid for the call.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len()) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel returned a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-fn put(attr: &mut [u8; 128], offset: usize, bytes: &[u8]) {
-    attr[offset..offset + bytes.len()].copy_from_slice(bytes);
-}
-
-fn load(prog_type: u32, attach_type: u32) -> io::Result<OwnedFd> {
-    let insns: Vec<u8> = ALLOW.iter().flat_map(|i| i.to_le_bytes()).collect();
-    let license = c"GPL";
-    let mut attr = [0_u8; 128];
-    // union bpf_attr, BPF_PROG_LOAD: prog_type, insn_cnt, insns, license, ...,
-    // expected_attach_type at 68.
-    put(&mut attr, 0, &prog_type.to_ne_bytes());
-    put(&mut attr, 4, &(ALLOW.len() as u32).to_ne_bytes());
-    put(&mut attr, 8, &(insns.as_ptr() as u64).to_ne_bytes());
-    put(&mut attr, 16, &(license.as_ptr() as u64).to_ne_bytes());
-    put(&mut attr, 68, &attach_type.to_ne_bytes());
-    bpf(BPF_PROG_LOAD, &mut attr)
-}
-
-fn link(prog: &OwnedFd, cgroup: &File, attach_type: u32) -> io::Result<OwnedFd> {
-    let mut attr = [0_u8; 128];
-    // union bpf_attr, BPF_LINK_CREATE: prog_fd, target_fd, attach_type, flags.
-    put(&mut attr, 0, &(prog.as_raw_fd() as u32).to_ne_bytes());
-    put(&mut attr, 4, &(cgroup.as_raw_fd() as u32).to_ne_bytes());
-    put(&mut attr, 8, &attach_type.to_ne_bytes());
-    bpf(BPF_LINK_CREATE, &mut attr)
 }

@@ -3,7 +3,7 @@
 //! update and delete, which aya offers only through an exclusive borrow.
 use std::{
     io,
-    mem::{MaybeUninit, size_of},
+    mem::MaybeUninit,
     os::fd::{AsRawFd as _, BorrowedFd},
 };
 
@@ -38,27 +38,7 @@ fn bpf(cmd: libc::c_long, attr: &mut MapElemAttr) -> io::Result<()> {
     unsafe { raw_bpf(cmd, attr) }.map(|_| ())
 }
 
-/// bpf(2) with one variant of `union bpf_attr`: its return value.
-///
-/// # Safety
-/// `attr` must be the variant `cmd` reads, with every pointer in it valid for the call
-/// and every byte past the fields the kernel knows zero.
-pub(super) unsafe fn raw_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
-    // SAFETY: as the caller promises; the size passed is the variant's own.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *mut T,
-            size_of::<T>() as libc::c_uint,
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
-}
+pub(super) use tollgate_bpf_sys::raw_bpf;
 
 pub fn lookup_and_delete<K: Plain, V: Plain>(
     map: BorrowedFd<'_>,

@@ -3,72 +3,17 @@
 //! link open, so a removed pin detaches nothing and is pinned again; a detached or
 //! replaced link is reported (an event, a metric, and `/readyz` fails).
 use std::{
-    ffi::CString,
     io,
     mem::size_of,
-    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
-    os::unix::ffi::OsStrExt as _,
-    path::{Path, PathBuf},
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd},
+    path::PathBuf,
 };
 
 use super::{BpfError, OPTIONAL_PROGRAMS, PROGRAMS};
 
-const BPF_OBJ_PIN: libc::c_long = 6;
-const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 
-/// `union bpf_attr` for BPF_OBJ_PIN and BPF_OBJ_GET.
-#[repr(C)]
-struct PinAttr {
-    pathname: u64,
-    bpf_fd: u32,
-    file_flags: u32,
-}
-
-fn c_path(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)
-}
-
-fn pin_syscall(cmd: libc::c_long, attr: &mut PinAttr) -> libc::c_long {
-    // SAFETY: attr is a valid PinAttr whose pathname outlives the call.
-    unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *mut PinAttr,
-            size_of::<PinAttr>() as libc::c_uint,
-        )
-    }
-}
-
-/// Opens a pinned object.
-pub(super) fn obj_get(path: &Path) -> io::Result<OwnedFd> {
-    let name = c_path(path)?;
-    let mut attr = PinAttr {
-        pathname: name.as_ptr() as u64,
-        bpf_fd: 0,
-        file_flags: 0,
-    };
-    let fd = pin_syscall(BPF_OBJ_GET, &mut attr);
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a non-negative return is a new fd that we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-pub(super) fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
-    let name = c_path(path)?;
-    let mut attr = PinAttr {
-        pathname: name.as_ptr() as u64,
-        bpf_fd: fd.as_raw_fd() as u32,
-        file_flags: 0,
-    };
-    if pin_syscall(BPF_OBJ_PIN, &mut attr) < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
+pub(super) use tollgate_bpf_sys::{obj_get, obj_pin};
 
 /// The head of `struct bpf_link_info` with the cgroup member of its union.
 #[repr(C)]
@@ -98,21 +43,10 @@ fn link_info(fd: BorrowedFd<'_>) -> io::Result<LinkInfo> {
         info_len: size_of::<LinkInfo>() as u32,
         info: &raw mut info as u64,
     };
-    // SAFETY: attr points at a valid InfoAttr whose info buffer outlives the call and is
-    // info_len bytes long; the kernel writes at most that much.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET_INFO_BY_FD,
-            &raw mut attr,
-            size_of::<InfoAttr>() as libc::c_uint,
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(info)
-    }
+    // SAFETY: the BPF_OBJ_GET_INFO_BY_FD variant, whose info buffer outlives the call and
+    // is info_len bytes long; the kernel writes at most that much.
+    unsafe { tollgate_bpf_sys::raw_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }?;
+    Ok(info)
 }
 
 struct Watched {

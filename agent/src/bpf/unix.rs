@@ -5,7 +5,6 @@
 //! are pinned beside the others, so they stay attached while the agent is down.
 mod elf;
 mod rules;
-mod syscall;
 
 use std::{
     fs::File,
@@ -15,6 +14,7 @@ use std::{
 };
 
 use aya_obj::btf::BtfKind;
+use tollgate_bpf_sys as syscall;
 
 use super::tamper::{obj_get, obj_pin};
 use elf::Reference;
@@ -158,10 +158,10 @@ pub fn load(pin_dir: &Path) -> Result<Loaded, UnixError> {
             spec.name,
             &code.insns,
         )
-        .map_err(|(source, log)| UnixError::Load {
+        .map_err(|refused| UnixError::Load {
             name: spec.name,
-            source,
-            log,
+            source: refused.error,
+            log: refused.log,
         })?;
         loaded.push((spec, prog));
     }

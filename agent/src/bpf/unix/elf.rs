@@ -6,7 +6,7 @@ use object::{Object as _, ObjectSection as _, ObjectSymbol as _, RelocationTarge
 use super::UnixError;
 
 /// One instruction is 8 bytes: code, registers (dst low nibble, src high), off, imm.
-pub const INSN_SIZE: usize = 8;
+pub use tollgate_bpf_sys::INSN_SIZE;
 const BPF_PSEUDO_MAP_FD: u8 = 1;
 const BPF_PSEUDO_KFUNC_CALL: u8 = 2;
 /// `BPF_JMP | BPF_CALL`.
