@@ -54,11 +54,13 @@ pub fn direct(c: &Caller, dst: TupleKey) -> bool {
     true
 }
 
-/// Whether the agent's heartbeat is younger than the limit.
+/// Whether the agent's heartbeat is younger than the limit. `now` is when the program
+/// began, so a beat written since then is later than it: fresh too (it wrapped to stale
+/// before). A beat later than that by the limit is not the agent's clock, and stale.
 #[inline(always)]
 fn fresh(now: u64) -> bool {
     match HEARTBEAT.get(0) {
-        Some(&beat) if beat != 0 => now.wrapping_sub(beat) < HEARTBEAT_MAX_AGE_NS,
+        Some(&beat) if beat != 0 => now.abs_diff(beat) < HEARTBEAT_MAX_AGE_NS,
         _ => false,
     }
 }
