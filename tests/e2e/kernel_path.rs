@@ -237,19 +237,16 @@ fn without_a_policy_directory_a_jobs_first_connect_is_exact() {
     let script = format!("</dev/tcp/127.0.0.1/{closed}");
     let direct = tollgate_e2e::output(std::process::Command::new("bash").args(["-c", &script]));
     let in_job = agent.run_job(&[("repository", "acme/api")], &["bash", "-c", &script]);
-    let kernel = || -> String {
-        let metrics = agent.metrics();
-        metrics
-            .lines()
-            .filter(|l| l.starts_with("tollgate_kernel_verdicts"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
     assert_eq!(
         in_job.status.code(),
         direct.status.code(),
         "the job's connect took the proxy path; the kernel path's counters:\n{}",
-        kernel()
+        agent
+            .metrics()
+            .lines()
+            .filter(|l| l.starts_with("tollgate_kernel_verdicts"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     assert_eq!(stderr(&in_job), stderr(&direct), "the first attempt too");
     assert!(stderr(&in_job).contains("Connection refused"));

@@ -7,6 +7,8 @@ use std::{
     os::fd::{AsRawFd as _, BorrowedFd},
 };
 
+use tollgate_bpf_sys::raw_bpf;
+
 /// The kernel's internal ENOTSUPP, which some bpf commands leak to userspace.
 const ENOTSUPP: i32 = 524;
 
@@ -37,8 +39,6 @@ fn bpf(cmd: libc::c_long, attr: &mut MapElemAttr) -> io::Result<()> {
     // SAFETY: attr is a valid MapElemAttr whose key and value pointers outlive the call.
     unsafe { raw_bpf(cmd, attr) }.map(|_| ())
 }
-
-pub(super) use tollgate_bpf_sys::raw_bpf;
 
 pub fn lookup_and_delete<K: Plain, V: Plain>(
     map: BorrowedFd<'_>,

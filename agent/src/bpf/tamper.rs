@@ -9,11 +9,11 @@ use std::{
     path::PathBuf,
 };
 
+use tollgate_bpf_sys::{obj_get, obj_pin, raw_bpf};
+
 use super::{BpfError, OPTIONAL_PROGRAMS, PROGRAMS};
 
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-
-pub(super) use tollgate_bpf_sys::{obj_get, obj_pin};
 
 /// The head of `struct bpf_link_info` with the cgroup member of its union.
 #[repr(C)]
@@ -45,7 +45,7 @@ fn link_info(fd: BorrowedFd<'_>) -> io::Result<LinkInfo> {
     };
     // SAFETY: the BPF_OBJ_GET_INFO_BY_FD variant, whose info buffer outlives the call and
     // is info_len bytes long; the kernel writes at most that much.
-    unsafe { tollgate_bpf_sys::raw_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }?;
+    unsafe { raw_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }?;
     Ok(info)
 }
 

@@ -14,9 +14,8 @@ use std::{
 };
 
 use aya_obj::btf::BtfKind;
-use tollgate_bpf_sys as syscall;
+use tollgate_bpf_sys::{self as syscall, obj_get, obj_pin};
 
-use super::tamper::{obj_get, obj_pin};
 use elf::Reference;
 pub use rules::UnixRules;
 

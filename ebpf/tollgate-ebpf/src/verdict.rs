@@ -54,9 +54,9 @@ pub fn direct(c: &Caller, dst: TupleKey) -> bool {
     true
 }
 
-/// Whether the agent's heartbeat is younger than the limit. `now` is when the program
-/// began, so a beat written since then is later than it: fresh too (it wrapped to stale
-/// before). A beat later than that by the limit is not the agent's clock, and stale.
+/// Whether the agent's heartbeat is within the limit of `now`, on either side: `now` is
+/// when the program began, so a beat written since is later than it. A beat later by
+/// more than the limit is not the agent's clock, and stale.
 #[inline(always)]
 fn fresh(now: u64) -> bool {
     match HEARTBEAT.get(0) {
